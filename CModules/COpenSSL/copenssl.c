@@ -1,0 +1,32 @@
+#include "copenssl.h"
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+void *ckpt_digest_new(ckpt_digest_alg alg) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL) return NULL;
+    const EVP_MD *md = alg == CKPT_DIGEST_MD5 ? EVP_md5() : EVP_sha256();
+    if (EVP_DigestInit_ex(ctx, md, NULL) != 1) {
+        EVP_MD_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+int ckpt_digest_update(void *ctx, const void *data, size_t len) {
+    return EVP_DigestUpdate((EVP_MD_CTX *)ctx, data, len);
+}
+
+int ckpt_digest_final_free(void *ctx, uint8_t *out) {
+    unsigned int n = 0;
+    int rc = EVP_DigestFinal_ex((EVP_MD_CTX *)ctx, out, &n);
+    EVP_MD_CTX_free((EVP_MD_CTX *)ctx);
+    return rc;
+}
+
+void ckpt_digest_free(void *ctx) { EVP_MD_CTX_free((EVP_MD_CTX *)ctx); }
+
+int ckpt_hmac_sha256(const void *key, size_t key_len, const void *data, size_t data_len, uint8_t *out) {
+    unsigned int n = 0;
+    return HMAC(EVP_sha256(), key, (int)key_len, data, data_len, out, &n) != NULL;
+}

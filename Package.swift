@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+// ckptfs: an S3 bucket as a POSIX directory for ML training.
+//
+// Layers, dependencies pointing one way:
+//   ckptfs (CLI) → [FUSE adapter → filesystem core →] CkptS3 → CkptHTTP → CCurl
+//                                                    ↘ CkptDigest → COpenSSL
+// Only CkptHTTP touches libcurl, only CkptDigest touches OpenSSL, only the FUSE adapter touches libfuse.
+import PackageDescription
+
+let package = Package(
+    name: "ckptfs",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ckptfs", targets: ["ckptfs"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // C shims: only what Swift cannot import directly (macros, variadic functions).
+        .target(name: "CFuse", path: "CModules/CFuse", linkerSettings: [.linkedLibrary("fuse3")]),
+        .target(name: "CCurl", path: "CModules/CCurl", linkerSettings: [.linkedLibrary("curl")]),
+        .target(name: "COpenSSL", path: "CModules/COpenSSL", linkerSettings: [.linkedLibrary("crypto")]),
+
+        // Hashes and MACs (SHA-256, HMAC-SHA256, MD5, CRC32C) over OpenSSL.
+        .target(name: "CkptDigest", dependencies: ["COpenSSL"]),
+        // HTTP transport: libcurl multi interface on its own thread; async API; no Swift thread ever blocks.
+        .target(name: "CkptHTTP", dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")]),
+        // S3 client: SigV4, operations, XML, retries, typed errors, configuration and credentials.
+        .target(name: "CkptS3", dependencies: [
+            "CkptHTTP", "CkptDigest", .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The command line.
+        .executableTarget(name: "ckptfs", dependencies: [
+            "CkptS3", "CkptHTTP", "CFuse",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
+        .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP"]),
+        .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest"], exclude: ["Fixtures"]),
+        .testTarget(name: "CFuseTests", dependencies: ["CFuse"]),
+    ]
+)

@@ -1,0 +1,187 @@
+// Inputs and outputs of S3 operations.
+import CkptHTTP
+import Foundation
+
+/// What HeadObject / GetObject report about an object.
+public struct ObjectInfo: Sendable, Equatable {
+    public var size: Int64
+    public var etag: String
+    public var lastModified: Date?
+    public var contentType: String?
+    public var versionId: String?
+    /// User metadata (x-amz-meta-*), names lower-cased without the prefix.
+    public var metadata: [String: String]
+
+    public init(size: Int64, etag: String, lastModified: Date? = nil, contentType: String? = nil,
+                versionId: String? = nil, metadata: [String: String] = [:]) {
+        self.size = size
+        self.etag = etag
+        self.lastModified = lastModified
+        self.contentType = contentType
+        self.versionId = versionId
+        self.metadata = metadata
+    }
+}
+
+/// An object in a listing.
+public struct ObjectSummary: Sendable, Equatable {
+    public var key: String
+    public var size: Int64
+    public var etag: String
+    public var lastModified: Date?
+    public var storageClass: String?
+}
+
+/// One page of ListObjectsV2.
+public struct ListObjectsPage: Sendable {
+    public var objects: [ObjectSummary]
+    /// Common prefixes (the "directories" under the delimiter), each ending with the delimiter.
+    public var commonPrefixes: [String]
+    public var isTruncated: Bool
+    public var nextContinuationToken: String?
+}
+
+/// One version or delete marker from ListObjectVersions.
+public struct ObjectVersion: Sendable, Equatable {
+    public var key: String
+    public var versionId: String
+    public var isLatest: Bool
+    public var isDeleteMarker: Bool
+    public var size: Int64
+    public var etag: String?
+    public var lastModified: Date?
+}
+
+public struct ListVersionsPage: Sendable {
+    /// Versions and delete markers, in the order the server listed them.
+    public var versions: [ObjectVersion]
+    public var commonPrefixes: [String]
+    public var isTruncated: Bool
+    public var nextKeyMarker: String?
+    public var nextVersionIdMarker: String?
+}
+
+public struct MultipartUploadSummary: Sendable, Equatable {
+    public var key: String
+    public var uploadId: String
+    public var initiated: Date?
+}
+
+public struct ListMultipartUploadsPage: Sendable {
+    public var uploads: [MultipartUploadSummary]
+    public var isTruncated: Bool
+    public var nextKeyMarker: String?
+    public var nextUploadIdMarker: String?
+}
+
+public struct PartSummary: Sendable, Equatable {
+    public var partNumber: Int
+    public var etag: String
+    public var size: Int64
+}
+
+public struct ListPartsPage: Sendable {
+    public var parts: [PartSummary]
+    public var isTruncated: Bool
+    public var nextPartNumberMarker: Int?
+}
+
+/// A part to assemble in CompleteMultipartUpload.
+public struct CompletedPart: Sendable, Equatable {
+    public var partNumber: Int
+    public var etag: String
+    public init(partNumber: Int, etag: String) {
+        self.partNumber = partNumber
+        self.etag = etag
+    }
+}
+
+/// The result of a write (PutObject, CompleteMultipartUpload, CopyObject).
+public struct WriteResult: Sendable, Equatable {
+    public var etag: String
+    public var versionId: String?
+    public var lastModified: Date?
+}
+
+/// A condition on a write, where the server supports conditional writes.
+public enum WriteCondition: Sendable, Equatable {
+    /// Fail with PreconditionFailed if the key exists (`If-None-Match: *`).
+    case ifNoneMatch
+    /// Fail unless the current object has this ETag (`If-Match`).
+    case ifMatch(String)
+}
+
+/// Key and optional version, for DeleteObjects.
+public struct ObjectIdentifier: Sendable, Equatable {
+    public var key: String
+    public var versionId: String?
+    public init(key: String, versionId: String? = nil) {
+        self.key = key
+        self.versionId = versionId
+    }
+}
+
+public struct DeleteObjectsResult: Sendable {
+    public var deleted: [ObjectIdentifier]
+    /// Keys the server refused to delete, with its code and message.
+    public var errors: [(key: String, code: String, message: String)]
+}
+
+/// Options of PutObject and CreateMultipartUpload.
+public struct PutOptions: Sendable {
+    public var contentType: String?
+    public var metadata: [String: String]
+    public var condition: WriteCondition?
+    /// MD5 of the body, sent as Content-MD5 so the server rejects a body damaged in transit.
+    public var contentMD5: [UInt8]?
+
+    public init(contentType: String? = nil, metadata: [String: String] = [:], condition: WriteCondition? = nil,
+                contentMD5: [UInt8]? = nil) {
+        self.contentType = contentType
+        self.metadata = metadata
+        self.condition = condition
+        self.contentMD5 = contentMD5
+    }
+}
+
+/// Dates as S3 writes them: ISO 8601 in XML, RFC 1123 in headers.
+public enum S3Date {
+    /// `2009-10-12T17:50:30.000Z`
+    public static func parseISO8601(_ s: String) -> Date? {
+        let u = Array(s.utf8)
+        guard u.count >= 19 else { return nil }
+        func num(_ a: Int, _ b: Int) -> Int? { Int(String(decoding: u[a..<b], as: UTF8.self)) }
+        guard let y = num(0, 4), let mo = num(5, 7), let d = num(8, 10), let h = num(11, 13), let mi = num(14, 16),
+              let sec = num(17, 19) else { return nil }
+        var frac = 0.0
+        if u.count > 20, u[19] == UInt8(ascii: ".") {
+            var j = 20
+            var scale = 0.1
+            while j < u.count, u[j] >= 48, u[j] <= 57 { frac += Double(u[j] - 48) * scale; scale /= 10; j += 1 }
+        }
+        return make(y, mo, d, h, mi, sec).map { $0.addingTimeInterval(frac) }
+    }
+
+    /// `Wed, 21 Oct 2015 07:28:00 GMT`
+    public static func parseRFC1123(_ s: String) -> Date? {
+        let parts = s.split(separator: " ")
+        guard parts.count >= 5 else { return nil }
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        guard let d = Int(parts[1]), let mIdx = months.firstIndex(of: String(parts[2])), let y = Int(parts[3]) else { return nil }
+        let t = parts[4].split(separator: ":")
+        guard t.count == 3, let h = Int(t[0]), let mi = Int(t[1]), let sec = Int(t[2]) else { return nil }
+        return make(y, mIdx + 1, d, h, mi, sec)
+    }
+
+    static func make(_ y: Int, _ mo: Int, _ d: Int, _ h: Int, _ mi: Int, _ s: Int) -> Date? {
+        guard (1...12).contains(mo), (1...31).contains(d) else { return nil }
+        var t = tm()
+        t.tm_year = Int32(y - 1900)
+        t.tm_mon = Int32(mo - 1)
+        t.tm_mday = Int32(d)
+        t.tm_hour = Int32(h)
+        t.tm_min = Int32(mi)
+        t.tm_sec = Int32(s)
+        return Date(timeIntervalSince1970: TimeInterval(timegm(&t)))
+    }
+}

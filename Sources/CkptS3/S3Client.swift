@@ -1,0 +1,571 @@
+// The S3 client: a protocol the filesystem core programs against, and its libcurl implementation.
+//
+// Every operation goes through `perform`, which builds the URL (path or virtual-hosted style), signs
+// the request with SigV4 at send time, sends it through the shared `HTTPClient`, turns error
+// responses into typed `S3Error`s, and retries what may succeed later (5xx, SlowDown, timeouts,
+// resets, short bodies) with capped exponential backoff and full jitter. A clock-skew error is
+// retried once with the server's clock. Nothing here logs or returns a secret.
+import CkptDigest
+import CkptHTTP
+import Foundation
+import Logging
+import Synchronization
+
+/// The S3 operations ckptfs uses. The filesystem core depends on this protocol only, so it can be
+/// tested with an in-memory implementation.
+public protocol ObjectClient: Sendable {
+    func headBucket(_ bucket: String) async throws(S3Error)
+    func headObject(_ bucket: String, _ key: String, versionId: String?, ifMatch: String?) async throws(S3Error) -> ObjectInfo
+    /// Reads an object (or `range`, end exclusive) into memory.
+    func getObject(_ bucket: String, _ key: String, range: Range<Int64>?, ifMatch: String?, versionId: String?) async throws(S3Error) -> (ObjectInfo, [UInt8])
+    /// Reads an object (or `range`) into `sink`, which receives (offset within the returned bytes, bytes).
+    func getObject(_ bucket: String, _ key: String, range: Range<Int64>?, ifMatch: String?, versionId: String?,
+                   sink: @escaping HTTPBodySink) async throws(S3Error) -> ObjectInfo
+    func putObject(_ bucket: String, _ key: String, body: HTTPRequestBody, options: PutOptions) async throws(S3Error) -> WriteResult
+    func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions) async throws(S3Error) -> String
+    func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: HTTPRequestBody,
+                    contentMD5: [UInt8]?) async throws(S3Error) -> String
+    func completeMultipartUpload(_ bucket: String, _ key: String, uploadId: String, parts: [CompletedPart],
+                                 condition: WriteCondition?) async throws(S3Error) -> WriteResult
+    func abortMultipartUpload(_ bucket: String, _ key: String, uploadId: String) async throws(S3Error)
+    func listParts(_ bucket: String, _ key: String, uploadId: String, partNumberMarker: Int?) async throws(S3Error) -> ListPartsPage
+    func listMultipartUploads(_ bucket: String, prefix: String?, keyMarker: String?, uploadIdMarker: String?) async throws(S3Error) -> ListMultipartUploadsPage
+    func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String,
+                    ifMatch: String?, options: PutOptions?) async throws(S3Error) -> WriteResult
+    func uploadPartCopy(from source: (bucket: String, key: String, versionId: String?), range: Range<Int64>?,
+                        to bucket: String, _ key: String, uploadId: String, partNumber: Int, ifMatch: String?) async throws(S3Error) -> String
+    func deleteObject(_ bucket: String, _ key: String, versionId: String?) async throws(S3Error)
+    func deleteObjects(_ bucket: String, _ objects: [ObjectIdentifier]) async throws(S3Error) -> DeleteObjectsResult
+    func listObjectsV2(_ bucket: String, prefix: String?, delimiter: String?, continuationToken: String?,
+                       startAfter: String?, maxKeys: Int?) async throws(S3Error) -> ListObjectsPage
+    func listObjectVersions(_ bucket: String, prefix: String?, delimiter: String?, keyMarker: String?,
+                            versionIdMarker: String?, maxKeys: Int?) async throws(S3Error) -> ListVersionsPage
+}
+
+/// The libcurl-backed S3 client.
+public final class S3Client: ObjectClient {
+    public let configuration: S3ClientConfiguration
+    public let http: HTTPClient
+    let logger: Logger
+    /// Seconds to add to the local clock, learned from a RequestTimeTooSkewed answer.
+    private let clockOffset = Mutex<TimeInterval>(0)
+
+    public init(configuration: S3ClientConfiguration, http: HTTPClient? = nil,
+                logger: Logger = Logger(label: "ckptfs.s3")) {
+        self.configuration = configuration
+        self.http = http ?? HTTPClient(configuration: configuration.http)
+        self.logger = logger
+    }
+
+    // MARK: Request pipeline
+
+    struct Request {
+        var operation: String
+        var method: HTTPMethod
+        var bucket: String?
+        var key: String?
+        var query: [(String, String)] = []
+        var headers: [(String, String)] = []
+        var body: HTTPRequestBody = .empty
+        var sink: HTTPBodySink? = nil
+        /// Status codes that count as success besides 2xx (none by default).
+        var extraSuccess: Set<Int> = []
+    }
+
+    /// The URL and the path as signed, for a bucket and key.
+    func target(bucket: String?, key: String?, query: [(String, String)]) -> (url: String, host: String, path: String) {
+        let ep = configuration.endpoint
+        var host = ep.authority
+        var path = ep.basePath
+        if let bucket {
+            if configuration.usesVirtualHost(bucket: bucket) {
+                host = "\(bucket).\(host)"
+            } else {
+                path += "/" + URIEncoding.encode(bucket)
+            }
+        }
+        if let key { path += "/" + URIEncoding.encode(key, keepSlash: true) }
+        if path.isEmpty { path = "/" }
+        var url = "\(ep.scheme)://\(host)\(path)"
+        if !query.isEmpty {
+            url += "?" + query.map { $0.1.isEmpty && S3Client.bareQueryNames.contains($0.0)
+                ? URIEncoding.encode($0.0) : "\(URIEncoding.encode($0.0))=\(URIEncoding.encode($0.1))" }
+                .joined(separator: "&")
+        }
+        return (url, host, path)
+    }
+
+    /// Sub-resources sent without `=`, as S3 documents them.
+    static let bareQueryNames: Set<String> = ["uploads", "delete", "versions", "versioning", "location"]
+
+    func perform(_ r: Request) async throws(S3Error) -> HTTPResponse {
+        var attempt = 0
+        var skewRetried = false
+        while true {
+            attempt += 1
+            let (url, host, path) = target(bucket: r.bucket, key: r.key, query: r.query)
+            var headers = r.headers
+            headers.append(("host", host))
+            let now = Date().addingTimeInterval(clockOffset.withLock { $0 })
+            headers.append(("x-amz-date", SigV4Signer.amzDate(now)))
+            let payloadHash: String
+            switch r.body {
+            case .empty: payloadHash = Digest.sha256([UInt8]()).hexString
+            case .bytes(let b): payloadHash = Digest.sha256(b).hexString
+            case .file: payloadHash = "UNSIGNED-PAYLOAD"
+            }
+            headers.append(("x-amz-content-sha256", payloadHash))
+            if let creds = configuration.credentials {
+                if let token = creds.sessionToken { headers.append(("x-amz-security-token", token)) }
+                let signer = SigV4Signer(credentials: creds, region: configuration.region)
+                let sig = signer.sign(method: r.method.rawValue, path: path, query: r.query, headers: headers,
+                                      payloadHash: payloadHash, date: now)
+                headers.append(("Authorization", sig.authorization))
+            }
+            // curl sets Host itself from the URL; do not send it twice.
+            let wire = headers.filter { $0.0 != "host" }
+            logger.debug("s3 request", metadata: ["s3.op": "\(r.operation)", "s3.bucket": "\(r.bucket ?? "")",
+                                                  "s3.key": "\(r.key ?? "")", "s3.attempt": "\(attempt)"])
+            var error: S3Error
+            do {
+                let response = try await http.execute(HTTPRequest(method: r.method, url: url, headers: wire, body: r.body), sink: r.sink)
+                if (200..<300).contains(response.status) || r.extraSuccess.contains(response.status) {
+                    // A body shorter than Content-Length that libcurl did not flag (e.g. connection closed cleanly).
+                    if r.method != .HEAD, let cl = response.header("content-length").flatMap(Int64.init), cl != response.bodyLength {
+                        error = S3Error.transportFailure(
+                            HTTPTransportError(kind: .partialBody, curlCode: 18,
+                                               message: "body of \(response.bodyLength) bytes, Content-Length \(cl)",
+                                               origin: configuration.endpoint.description),
+                            operation: r.operation, bucket: r.bucket, key: r.key)
+                    } else {
+                        return response
+                    }
+                } else {
+                    error = S3Error.from(response: response, operation: r.operation, bucket: r.bucket, key: r.key)
+                    if error.code == .requestTimeTooSkewed, !skewRetried,
+                       let serverDate = response.header("date").flatMap(S3Date.parseRFC1123) {
+                        skewRetried = true
+                        clockOffset.withLock { $0 = serverDate.timeIntervalSince(Date()) }
+                        logger.warning("clock skew: adjusting request time by the server's clock",
+                                       metadata: ["s3.skew_seconds": "\(Int(serverDate.timeIntervalSinceNow))"])
+                        attempt -= 1
+                        continue
+                    }
+                }
+            } catch let e as HTTPTransportError {
+                if e.kind == .cancelled { throw S3Error.transportFailure(e, operation: r.operation, bucket: r.bucket, key: r.key) }
+                error = S3Error.transportFailure(e, operation: r.operation, bucket: r.bucket, key: r.key)
+            } catch {
+                throw S3Error(code: .other("Internal"), s3Code: "Internal", message: "\(error)", operation: r.operation,
+                              bucket: r.bucket, key: r.key)
+            }
+            error.attempts = attempt
+            guard configuration.retry.shouldRetry(error, attempt: attempt), !Task.isCancelled else { throw error }
+            let wait = configuration.retry.delay(afterAttempt: attempt)
+            logger.debug("s3 retry", metadata: ["s3.op": "\(r.operation)", "s3.error": "\(error.s3Code)",
+                                                "s3.wait_ms": "\(wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000)"])
+            try? await Task.sleep(for: wait)
+        }
+    }
+
+    /// Parses an XML body, or fails with a malformed-response error naming the operation.
+    func xml(_ response: HTTPResponse, _ r: Request) throws(S3Error) -> XMLNode {
+        do { return try XML.parse(response.body) } catch {
+            throw S3Error.malformed("\(error)", operation: r.operation, bucket: r.bucket, key: r.key)
+        }
+    }
+
+    /// CompleteMultipartUpload and the copy operations may answer 200 with an `<Error>` body.
+    func xmlOrEmbeddedError(_ r: Request) async throws(S3Error) -> XMLNode {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let response = try await perform(r)
+            let root = try xml(response, r)
+            guard root.name == "Error" else { return root }
+            var e = S3Error.fromXML(root, status: response.status, operation: r.operation, bucket: r.bucket, key: r.key)
+            e.attempts = attempt
+            guard configuration.retry.shouldRetry(e, attempt: attempt) else { throw e }
+            try? await Task.sleep(for: configuration.retry.delay(afterAttempt: attempt))
+        }
+    }
+
+    static func info(from r: HTTPResponse, rangeRequested: Bool) -> ObjectInfo {
+        var size = r.header("content-length").flatMap(Int64.init) ?? r.bodyLength
+        if let cr = r.header("content-range"), let slash = cr.lastIndex(of: "/"), let total = Int64(cr[cr.index(after: slash)...]) {
+            size = total
+        } else if rangeRequested && r.status == 206 {
+            size = -1
+        }
+        var meta: [String: String] = [:]
+        for h in r.headers where h.name.hasPrefix("x-amz-meta-") {
+            meta[String(h.name.dropFirst("x-amz-meta-".count))] = h.value
+        }
+        return ObjectInfo(size: size, etag: r.header("etag") ?? "", lastModified: r.header("last-modified").flatMap(S3Date.parseRFC1123),
+                          contentType: r.header("content-type"), versionId: r.header("x-amz-version-id"), metadata: meta)
+    }
+
+    static func putHeaders(_ o: PutOptions) -> [(String, String)] {
+        var h: [(String, String)] = []
+        if let t = o.contentType { h.append(("Content-Type", t)) }
+        for (k, v) in o.metadata.sorted(by: { $0.key < $1.key }) { h.append(("x-amz-meta-\(k.lowercased())", v)) }
+        if let md5 = o.contentMD5 { h.append(("Content-MD5", md5.base64String)) }
+        h += conditionHeaders(o.condition)
+        return h
+    }
+
+    static func conditionHeaders(_ c: WriteCondition?) -> [(String, String)] {
+        switch c {
+        case .ifNoneMatch: return [("If-None-Match", "*")]
+        case .ifMatch(let etag): return [("If-Match", etag)]
+        case nil: return []
+        }
+    }
+
+    static func rangeHeader(_ range: Range<Int64>) -> (String, String) {
+        ("Range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")
+    }
+
+    static func copySource(_ s: (bucket: String, key: String, versionId: String?)) -> String {
+        var v = "/\(URIEncoding.encode(s.bucket))/\(URIEncoding.encode(s.key, keepSlash: true))"
+        if let id = s.versionId { v += "?versionId=\(URIEncoding.encode(id))" }
+        return v
+    }
+
+    // MARK: Buckets
+
+    public func headBucket(_ bucket: String) async throws(S3Error) {
+        let r = Request(operation: "HeadBucket", method: .HEAD, bucket: bucket)
+        do {
+            _ = try await perform(r)
+        } catch let e where e.httpStatus != nil && e.httpStatus != 404 && e.s3Code != "NoSuchBucket" {
+            // HEAD answers carry no error body: ask once more with a GET to learn the precise cause
+            // (InvalidAccessKeyId vs SignatureDoesNotMatch vs AccessDenied, the bucket's region).
+            var probe = Request(operation: "HeadBucket", method: .GET, bucket: bucket)
+            probe.query = [("list-type", "2"), ("max-keys", "0")]
+            do {
+                _ = try await perform(probe)
+            } catch let detailed {
+                var d = detailed
+                if d.bucketRegion == nil { d.bucketRegion = e.bucketRegion }
+                throw d
+            }
+            throw e
+        }
+    }
+
+    /// Creates a bucket (used by tests and the quick start).
+    public func createBucket(_ bucket: String) async throws(S3Error) {
+        var r = Request(operation: "CreateBucket", method: .PUT, bucket: bucket)
+        if configuration.region != "us-east-1" {
+            r.body = .bytes(Array(("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+                + "<LocationConstraint>\(XML.escape(configuration.region))</LocationConstraint></CreateBucketConfiguration>").utf8))
+        }
+        _ = try await perform(r)
+    }
+
+    public func deleteBucket(_ bucket: String) async throws(S3Error) {
+        _ = try await perform(Request(operation: "DeleteBucket", method: .DELETE, bucket: bucket))
+    }
+
+    /// Turns versioning on or suspends it.
+    public func putBucketVersioning(_ bucket: String, enabled: Bool) async throws(S3Error) {
+        var r = Request(operation: "PutBucketVersioning", method: .PUT, bucket: bucket)
+        r.query = [("versioning", "")]
+        r.body = .bytes(Array(("<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+            + "<Status>\(enabled ? "Enabled" : "Suspended")</Status></VersioningConfiguration>").utf8))
+        _ = try await perform(r)
+    }
+
+    // MARK: Objects
+
+    public func headObject(_ bucket: String, _ key: String, versionId: String? = nil, ifMatch: String? = nil) async throws(S3Error) -> ObjectInfo {
+        var r = Request(operation: "HeadObject", method: .HEAD, bucket: bucket, key: key)
+        if let versionId { r.query = [("versionId", versionId)] }
+        if let ifMatch { r.headers.append(("If-Match", ifMatch)) }
+        return S3Client.info(from: try await perform(r), rangeRequested: false)
+    }
+
+    func getRequest(_ bucket: String, _ key: String, range: Range<Int64>?, ifMatch: String?, versionId: String?) -> Request {
+        var r = Request(operation: "GetObject", method: .GET, bucket: bucket, key: key)
+        if let versionId { r.query = [("versionId", versionId)] }
+        if let range { r.headers.append(S3Client.rangeHeader(range)) }
+        if let ifMatch { r.headers.append(("If-Match", ifMatch)) }
+        return r
+    }
+
+    public func getObject(_ bucket: String, _ key: String, range: Range<Int64>? = nil, ifMatch: String? = nil,
+                          versionId: String? = nil) async throws(S3Error) -> (ObjectInfo, [UInt8]) {
+        if let range, range.isEmpty { return (try await headObject(bucket, key, versionId: versionId, ifMatch: ifMatch), []) }
+        let r = getRequest(bucket, key, range: range, ifMatch: ifMatch, versionId: versionId)
+        let response = try await perform(r)
+        try checkRange(response, range, r)
+        return (S3Client.info(from: response, rangeRequested: range != nil), response.body)
+    }
+
+    public func getObject(_ bucket: String, _ key: String, range: Range<Int64>? = nil, ifMatch: String? = nil,
+                          versionId: String? = nil, sink: @escaping HTTPBodySink) async throws(S3Error) -> ObjectInfo {
+        if let range, range.isEmpty { return try await headObject(bucket, key, versionId: versionId, ifMatch: ifMatch) }
+        var r = getRequest(bucket, key, range: range, ifMatch: ifMatch, versionId: versionId)
+        r.sink = sink
+        let response = try await perform(r)
+        try checkRange(response, range, r)
+        return S3Client.info(from: response, rangeRequested: range != nil)
+    }
+
+    /// A ranged GET must return exactly the bytes asked for (or fewer only at the end of the object).
+    func checkRange(_ response: HTTPResponse, _ range: Range<Int64>?, _ r: Request) throws(S3Error) {
+        guard let range else { return }
+        if response.status == 200 {
+            // The server ignored Range and sent the whole object: only acceptable when that is what we asked for.
+            if range.lowerBound != 0 || response.bodyLength > range.count {
+                throw S3Error.malformed("server ignored the Range header", operation: r.operation, bucket: r.bucket, key: r.key)
+            }
+            return
+        }
+        guard let cr = response.header("content-range"), cr.hasPrefix("bytes ") else { return }
+        let spec = cr.dropFirst(6).split(separator: "/")[0].split(separator: "-")
+        guard spec.count == 2, let first = Int64(spec[0]), let last = Int64(spec[1]) else { return }
+        if first != range.lowerBound || last >= range.upperBound || response.bodyLength != last - first + 1 {
+            throw S3Error.malformed("asked for bytes \(range.lowerBound)-\(range.upperBound - 1), got \(cr) with \(response.bodyLength) bytes",
+                                    operation: r.operation, bucket: r.bucket, key: r.key)
+        }
+    }
+
+    public func putObject(_ bucket: String, _ key: String, body: HTTPRequestBody, options: PutOptions = .init()) async throws(S3Error) -> WriteResult {
+        var r = Request(operation: "PutObject", method: .PUT, bucket: bucket, key: key)
+        r.headers = S3Client.putHeaders(options)
+        r.body = body
+        let response = try await perform(r)
+        return WriteResult(etag: response.header("etag") ?? "", versionId: response.header("x-amz-version-id"),
+                           lastModified: response.header("last-modified").flatMap(S3Date.parseRFC1123))
+    }
+
+    public func deleteObject(_ bucket: String, _ key: String, versionId: String? = nil) async throws(S3Error) {
+        var r = Request(operation: "DeleteObject", method: .DELETE, bucket: bucket, key: key)
+        if let versionId { r.query = [("versionId", versionId)] }
+        _ = try await perform(r)
+    }
+
+    /// Deletes up to any number of objects, 1,000 a request (the S3 limit).
+    public func deleteObjects(_ bucket: String, _ objects: [ObjectIdentifier]) async throws(S3Error) -> DeleteObjectsResult {
+        var result = DeleteObjectsResult(deleted: [], errors: [])
+        var start = 0
+        while start < objects.count {
+            let chunk = objects[start..<min(start + 1000, objects.count)]
+            start += chunk.count
+            var xmlBody = "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>false</Quiet>"
+            for o in chunk {
+                xmlBody += "<Object><Key>\(XML.escape(o.key))</Key>"
+                if let v = o.versionId { xmlBody += "<VersionId>\(XML.escape(v))</VersionId>" }
+                xmlBody += "</Object>"
+            }
+            xmlBody += "</Delete>"
+            let bytes = Array(xmlBody.utf8)
+            var r = Request(operation: "DeleteObjects", method: .POST, bucket: bucket)
+            r.query = [("delete", "")]
+            r.headers = [("Content-Type", "application/xml"), ("Content-MD5", Digest.md5(bytes).base64String)]
+            r.body = .bytes(bytes)
+            let root = try xml(try await perform(r), r)
+            for d in root.all("Deleted") {
+                result.deleted.append(ObjectIdentifier(key: d.string("Key") ?? "", versionId: d.string("VersionId")))
+            }
+            for e in root.all("Error") {
+                result.errors.append((key: e.string("Key") ?? "", code: e.string("Code") ?? "", message: e.string("Message") ?? ""))
+            }
+        }
+        return result
+    }
+
+    // MARK: Multipart
+
+    public func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions = .init()) async throws(S3Error) -> String {
+        var r = Request(operation: "CreateMultipartUpload", method: .POST, bucket: bucket, key: key)
+        r.query = [("uploads", "")]
+        var o = options
+        o.condition = nil  // conditions belong on CompleteMultipartUpload
+        o.contentMD5 = nil
+        r.headers = S3Client.putHeaders(o)
+        let root = try xml(try await perform(r), r)
+        guard let id = root.string("UploadId"), !id.isEmpty else {
+            throw S3Error.malformed("no UploadId in the answer", operation: r.operation, bucket: bucket, key: key)
+        }
+        return id
+    }
+
+    public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: HTTPRequestBody,
+                           contentMD5: [UInt8]? = nil) async throws(S3Error) -> String {
+        var r = Request(operation: "UploadPart", method: .PUT, bucket: bucket, key: key)
+        r.query = [("partNumber", "\(partNumber)"), ("uploadId", uploadId)]
+        if let md5 = contentMD5 { r.headers.append(("Content-MD5", md5.base64String)) }
+        r.body = body
+        let response = try await perform(r)
+        guard let etag = response.header("etag") else {
+            throw S3Error.malformed("no ETag for part \(partNumber)", operation: r.operation, bucket: bucket, key: key)
+        }
+        return etag
+    }
+
+    public func completeMultipartUpload(_ bucket: String, _ key: String, uploadId: String, parts: [CompletedPart],
+                                        condition: WriteCondition? = nil) async throws(S3Error) -> WriteResult {
+        var body = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+        for p in parts.sorted(by: { $0.partNumber < $1.partNumber }) {
+            body += "<Part><PartNumber>\(p.partNumber)</PartNumber><ETag>\(XML.escape(p.etag))</ETag></Part>"
+        }
+        body += "</CompleteMultipartUpload>"
+        var r = Request(operation: "CompleteMultipartUpload", method: .POST, bucket: bucket, key: key)
+        r.query = [("uploadId", uploadId)]
+        r.headers = [("Content-Type", "application/xml")] + S3Client.conditionHeaders(condition)
+        r.body = .bytes(Array(body.utf8))
+        let root = try await xmlOrEmbeddedError(r)
+        guard root.name == "CompleteMultipartUploadResult" else {
+            throw S3Error.malformed("unexpected <\(root.name)>", operation: r.operation, bucket: bucket, key: key)
+        }
+        return WriteResult(etag: root.string("ETag") ?? "", versionId: nil, lastModified: nil)
+    }
+
+    public func abortMultipartUpload(_ bucket: String, _ key: String, uploadId: String) async throws(S3Error) {
+        var r = Request(operation: "AbortMultipartUpload", method: .DELETE, bucket: bucket, key: key)
+        r.query = [("uploadId", uploadId)]
+        _ = try await perform(r)
+    }
+
+    public func listParts(_ bucket: String, _ key: String, uploadId: String, partNumberMarker: Int? = nil) async throws(S3Error) -> ListPartsPage {
+        var r = Request(operation: "ListParts", method: .GET, bucket: bucket, key: key)
+        r.query = [("uploadId", uploadId)]
+        if let m = partNumberMarker { r.query.append(("part-number-marker", "\(m)")) }
+        let root = try xml(try await perform(r), r)
+        let parts = root.all("Part").map {
+            PartSummary(partNumber: Int($0.string("PartNumber") ?? "") ?? 0, etag: $0.string("ETag") ?? "",
+                        size: Int64($0.string("Size") ?? "") ?? 0)
+        }
+        return ListPartsPage(parts: parts, isTruncated: root.string("IsTruncated") == "true",
+                             nextPartNumberMarker: root.string("NextPartNumberMarker").flatMap(Int.init))
+    }
+
+    public func listMultipartUploads(_ bucket: String, prefix: String? = nil, keyMarker: String? = nil,
+                                     uploadIdMarker: String? = nil) async throws(S3Error) -> ListMultipartUploadsPage {
+        var r = Request(operation: "ListMultipartUploads", method: .GET, bucket: bucket)
+        r.query = [("uploads", ""), ("encoding-type", "url")]
+        if let prefix { r.query.append(("prefix", prefix)) }
+        if let keyMarker { r.query.append(("key-marker", keyMarker)) }
+        if let uploadIdMarker { r.query.append(("upload-id-marker", uploadIdMarker)) }
+        let root = try xml(try await perform(r), r)
+        let decode = S3Client.keyDecoder(root)
+        let uploads = root.all("Upload").map {
+            MultipartUploadSummary(key: decode($0.string("Key") ?? ""), uploadId: $0.string("UploadId") ?? "",
+                                   initiated: $0.string("Initiated").flatMap(S3Date.parseISO8601))
+        }
+        return ListMultipartUploadsPage(uploads: uploads, isTruncated: root.string("IsTruncated") == "true",
+                                        nextKeyMarker: root.string("NextKeyMarker").map(decode),
+                                        nextUploadIdMarker: root.string("NextUploadIdMarker"))
+    }
+
+    // MARK: Copy
+
+    public func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String,
+                           ifMatch: String? = nil, options: PutOptions? = nil) async throws(S3Error) -> WriteResult {
+        var r = Request(operation: "CopyObject", method: .PUT, bucket: bucket, key: key)
+        r.headers = [("x-amz-copy-source", S3Client.copySource(source))]
+        if let ifMatch { r.headers.append(("x-amz-copy-source-if-match", ifMatch)) }
+        if let options {
+            r.headers.append(("x-amz-metadata-directive", "REPLACE"))
+            r.headers += S3Client.putHeaders(options)
+        }
+        let root = try await xmlOrEmbeddedError(r)
+        return WriteResult(etag: root.string("ETag") ?? "", versionId: nil,
+                           lastModified: root.string("LastModified").flatMap(S3Date.parseISO8601))
+    }
+
+    public func uploadPartCopy(from source: (bucket: String, key: String, versionId: String?), range: Range<Int64>?,
+                               to bucket: String, _ key: String, uploadId: String, partNumber: Int,
+                               ifMatch: String? = nil) async throws(S3Error) -> String {
+        var r = Request(operation: "UploadPartCopy", method: .PUT, bucket: bucket, key: key)
+        r.query = [("partNumber", "\(partNumber)"), ("uploadId", uploadId)]
+        r.headers = [("x-amz-copy-source", S3Client.copySource(source))]
+        if let range { r.headers.append(("x-amz-copy-source-range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")) }
+        if let ifMatch { r.headers.append(("x-amz-copy-source-if-match", ifMatch)) }
+        let root = try await xmlOrEmbeddedError(r)
+        guard let etag = root.string("ETag") else {
+            throw S3Error.malformed("no ETag in CopyPartResult", operation: r.operation, bucket: bucket, key: key)
+        }
+        return etag
+    }
+
+    // MARK: Listing
+
+    /// With `encoding-type=url` the server percent-encodes keys (so any byte survives XML); decode them
+    /// only if it says it did.
+    static func keyDecoder(_ root: XMLNode) -> @Sendable (String) -> String {
+        if root.string("EncodingType")?.lowercased() == "url" {
+            return { URIEncoding.decode($0, plusAsSpace: true) }
+        }
+        return { $0 }
+    }
+
+    public func listObjectsV2(_ bucket: String, prefix: String? = nil, delimiter: String? = nil, continuationToken: String? = nil,
+                              startAfter: String? = nil, maxKeys: Int? = nil) async throws(S3Error) -> ListObjectsPage {
+        var r = Request(operation: "ListObjectsV2", method: .GET, bucket: bucket)
+        r.query = [("list-type", "2"), ("encoding-type", "url")]
+        if let prefix, !prefix.isEmpty { r.query.append(("prefix", prefix)) }
+        if let delimiter { r.query.append(("delimiter", delimiter)) }
+        if let continuationToken { r.query.append(("continuation-token", continuationToken)) }
+        if let startAfter { r.query.append(("start-after", startAfter)) }
+        if let maxKeys { r.query.append(("max-keys", "\(maxKeys)")) }
+        let root = try xml(try await perform(r), r)
+        let decode = S3Client.keyDecoder(root)
+        let objects = root.all("Contents").map {
+            ObjectSummary(key: decode($0.string("Key") ?? ""), size: Int64($0.string("Size") ?? "") ?? 0,
+                          etag: $0.string("ETag") ?? "", lastModified: $0.string("LastModified").flatMap(S3Date.parseISO8601),
+                          storageClass: $0.string("StorageClass"))
+        }
+        let prefixes = root.all("CommonPrefixes").compactMap { $0.string("Prefix").map(decode) }
+        let truncated = root.string("IsTruncated") == "true"
+        let token = root.string("NextContinuationToken")
+        if truncated && (token ?? "").isEmpty {
+            throw S3Error.malformed("truncated listing without NextContinuationToken", operation: r.operation, bucket: bucket, key: nil)
+        }
+        return ListObjectsPage(objects: objects, commonPrefixes: prefixes, isTruncated: truncated, nextContinuationToken: token)
+    }
+
+    public func listObjectVersions(_ bucket: String, prefix: String? = nil, delimiter: String? = nil, keyMarker: String? = nil,
+                                   versionIdMarker: String? = nil, maxKeys: Int? = nil) async throws(S3Error) -> ListVersionsPage {
+        var r = Request(operation: "ListObjectVersions", method: .GET, bucket: bucket)
+        r.query = [("versions", ""), ("encoding-type", "url")]
+        if let prefix, !prefix.isEmpty { r.query.append(("prefix", prefix)) }
+        if let delimiter { r.query.append(("delimiter", delimiter)) }
+        if let keyMarker { r.query.append(("key-marker", keyMarker)) }
+        if let versionIdMarker { r.query.append(("version-id-marker", versionIdMarker)) }
+        if let maxKeys { r.query.append(("max-keys", "\(maxKeys)")) }
+        let root = try xml(try await perform(r), r)
+        let decode = S3Client.keyDecoder(root)
+        var versions: [ObjectVersion] = []
+        for node in root.children where node.name == "Version" || node.name == "DeleteMarker" {
+            versions.append(ObjectVersion(
+                key: decode(node.string("Key") ?? ""), versionId: node.string("VersionId") ?? "null",
+                isLatest: node.string("IsLatest") == "true", isDeleteMarker: node.name == "DeleteMarker",
+                size: Int64(node.string("Size") ?? "") ?? 0, etag: node.string("ETag"),
+                lastModified: node.string("LastModified").flatMap(S3Date.parseISO8601)))
+        }
+        return ListVersionsPage(versions: versions,
+                                commonPrefixes: root.all("CommonPrefixes").compactMap { $0.string("Prefix").map(decode) },
+                                isTruncated: root.string("IsTruncated") == "true",
+                                nextKeyMarker: root.string("NextKeyMarker").map(decode),
+                                nextVersionIdMarker: root.string("NextVersionIdMarker"))
+    }
+}
+
+extension ObjectClient {
+    /// Every object under `prefix`, following continuation tokens.
+    public func listAllObjects(_ bucket: String, prefix: String? = nil) async throws(S3Error) -> [ObjectSummary] {
+        var out: [ObjectSummary] = []
+        var token: String? = nil
+        repeat {
+            let page = try await listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
+                                               startAfter: nil, maxKeys: nil)
+            out += page.objects
+            token = page.isTruncated ? page.nextContinuationToken : nil
+        } while token != nil
+        return out
+    }
+}

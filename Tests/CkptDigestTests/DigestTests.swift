@@ -1,0 +1,52 @@
+import CkptDigest
+import XCTest
+
+final class DigestTests: XCTestCase {
+    func testSHA256KnownAnswers() {
+        XCTAssertEqual(Digest.sha256([UInt8]()).hexString, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(Digest.sha256("abc").hexString, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+
+    func testStreamingEqualsOneShot() {
+        let data = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        var d = StreamingDigest(.sha256)
+        var i = 0
+        while i < data.count {
+            let n = min(977, data.count - i)
+            d.update(Array(data[i..<i + n]))
+            i += n
+        }
+        let streamed = d.finalize()
+        XCTAssertEqual(streamed, Digest.sha256(data))
+    }
+
+    func testMD5KnownAnswer() {
+        XCTAssertEqual(Digest.md5(Array("The quick brown fox jumps over the lazy dog".utf8)).hexString,
+                       "9e107d9d372bb6826bd81d3542a419d6")
+    }
+
+    func testHMACSHA256RFC4231Case2() {
+        let mac = Digest.hmacSHA256(key: Array("Jefe".utf8), string: "what do ya want for nothing?")
+        XCTAssertEqual(mac.hexString, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    }
+
+    func testCRC32CKnownAnswers() {
+        XCTAssertEqual(CRC32C.checksum(Array("123456789".utf8)), 0xE306_9283)
+        XCTAssertEqual(CRC32C.checksum([UInt8](repeating: 0, count: 32)), 0x8A91_36AA)
+        // Incremental equals one-shot.
+        let data = (0..<4099).map { UInt8(truncatingIfNeeded: $0) }
+        let one = CRC32C.checksum(data)
+        let a = data[0..<1000].withUnsafeBytes { CRC32C.update(0, $0) }
+        let b = data[1000...].withUnsafeBytes { CRC32C.update(a, $0) }
+        XCTAssertEqual(a == one, false)
+        XCTAssertEqual(b, one)
+    }
+
+    func testBase64() {
+        XCTAssertEqual(Array("".utf8).base64String, "")
+        XCTAssertEqual(Array("f".utf8).base64String, "Zg==")
+        XCTAssertEqual(Array("fo".utf8).base64String, "Zm8=")
+        XCTAssertEqual(Array("foo".utf8).base64String, "Zm9v")
+        XCTAssertEqual(Array("foobar".utf8).base64String, "Zm9vYmFy")
+    }
+}
