@@ -109,17 +109,15 @@ def start(args):
         tail = open(os.path.join(d, "weed.log"), errors="replace").read()[-3000:]
         raise SystemExit(f"seaweed.py: SeaweedFS did not answer at {endpoint} within {args.timeout}s "
                          f"(last error: {err}); log tail:\n{tail}")
-    for b in args.bucket or []:
-        for attempt in range(40):
+    try:
+        for b in args.bucket or []:
             try:
                 client.create_bucket(Bucket=b)
-                break
             except client.exceptions.BucketAlreadyOwnedByYou:
-                break
-            except Exception:
-                if attempt == 39:
-                    raise
-                time.sleep(0.25)
+                pass
+    except Exception as e:
+        kill_tree(proc.pid)
+        raise SystemExit(f"seaweed.py: could not create bucket: {e}")
     info = {
         "endpoint": endpoint, "access_key": ACCESS_KEY, "secret_key": SECRET_KEY, "region": "us-east-1",
         "pid": proc.pid, "dir": d, "ports": ports,

@@ -177,12 +177,16 @@ public final class S3Client: ObjectClient {
 
     /// CompleteMultipartUpload and the copy operations may answer 200 with an `<Error>` body.
     func xmlOrEmbeddedError(_ r: Request) async throws(S3Error) -> XMLNode {
+        try await xmlAndResponse(r).0
+    }
+
+    func xmlAndResponse(_ r: Request) async throws(S3Error) -> (XMLNode, HTTPResponse) {
         var attempt = 0
         while true {
             attempt += 1
             let response = try await perform(r)
             let root = try xml(response, r)
-            guard root.name == "Error" else { return root }
+            guard root.name == "Error" else { return (root, response) }
             var e = S3Error.fromXML(root, status: response.status, operation: r.operation, bucket: r.bucket, key: r.key)
             e.attempts = attempt
             guard configuration.retry.shouldRetry(e, attempt: attempt) else { throw e }
@@ -201,8 +205,15 @@ public final class S3Client: ObjectClient {
         for h in r.headers where h.name.hasPrefix("x-amz-meta-") {
             meta[String(h.name.dropFirst("x-amz-meta-".count))] = h.value
         }
-        return ObjectInfo(size: size, etag: r.header("etag") ?? "", lastModified: r.header("last-modified").flatMap(S3Date.parseRFC1123),
+        return ObjectInfo(size: size, etag: S3Client.quotedETag(r.header("etag") ?? ""), lastModified: r.header("last-modified").flatMap(S3Date.parseRFC1123),
                           contentType: r.header("content-type"), versionId: r.header("x-amz-version-id"), metadata: meta)
+    }
+
+    /// S3 quotes ETags; some servers do not everywhere. Always hand out the quoted form.
+    public static func quotedETag(_ etag: String) -> String {
+        if etag.isEmpty || (etag.hasPrefix("\"") && etag.hasSuffix("\"") && etag.count >= 2) { return etag }
+        if etag.hasPrefix("W/") { return etag }
+        return "\"\(etag)\""
     }
 
     static func putHeaders(_ o: PutOptions) -> [(String, String)] {
@@ -337,7 +348,7 @@ public final class S3Client: ObjectClient {
         r.headers = S3Client.putHeaders(options)
         r.body = body
         let response = try await perform(r)
-        return WriteResult(etag: response.header("etag") ?? "", versionId: response.header("x-amz-version-id"),
+        return WriteResult(etag: S3Client.quotedETag(response.header("etag") ?? ""), versionId: response.header("x-amz-version-id"),
                            lastModified: response.header("last-modified").flatMap(S3Date.parseRFC1123))
     }
 
@@ -403,7 +414,7 @@ public final class S3Client: ObjectClient {
         guard let etag = response.header("etag") else {
             throw S3Error.malformed("no ETag for part \(partNumber)", operation: r.operation, bucket: bucket, key: key)
         }
-        return etag
+        return S3Client.quotedETag(etag)
     }
 
     public func completeMultipartUpload(_ bucket: String, _ key: String, uploadId: String, parts: [CompletedPart],
@@ -417,11 +428,11 @@ public final class S3Client: ObjectClient {
         r.query = [("uploadId", uploadId)]
         r.headers = [("Content-Type", "application/xml")] + S3Client.conditionHeaders(condition)
         r.body = .bytes(Array(body.utf8))
-        let root = try await xmlOrEmbeddedError(r)
+        let (root, response) = try await xmlAndResponse(r)
         guard root.name == "CompleteMultipartUploadResult" else {
             throw S3Error.malformed("unexpected <\(root.name)>", operation: r.operation, bucket: bucket, key: key)
         }
-        return WriteResult(etag: root.string("ETag") ?? "", versionId: nil, lastModified: nil)
+        return WriteResult(etag: S3Client.quotedETag(root.string("ETag") ?? ""), versionId: response.header("x-amz-version-id"), lastModified: nil)
     }
 
     public func abortMultipartUpload(_ bucket: String, _ key: String, uploadId: String) async throws(S3Error) {
@@ -436,7 +447,7 @@ public final class S3Client: ObjectClient {
         if let m = partNumberMarker { r.query.append(("part-number-marker", "\(m)")) }
         let root = try xml(try await perform(r), r)
         let parts = root.all("Part").map {
-            PartSummary(partNumber: Int($0.string("PartNumber") ?? "") ?? 0, etag: $0.string("ETag") ?? "",
+            PartSummary(partNumber: Int($0.string("PartNumber") ?? "") ?? 0, etag: S3Client.quotedETag($0.string("ETag") ?? ""),
                         size: Int64($0.string("Size") ?? "") ?? 0)
         }
         return ListPartsPage(parts: parts, isTruncated: root.string("IsTruncated") == "true",
@@ -473,7 +484,7 @@ public final class S3Client: ObjectClient {
             r.headers += S3Client.putHeaders(options)
         }
         let root = try await xmlOrEmbeddedError(r)
-        return WriteResult(etag: root.string("ETag") ?? "", versionId: nil,
+        return WriteResult(etag: S3Client.quotedETag(root.string("ETag") ?? ""), versionId: nil,
                            lastModified: root.string("LastModified").flatMap(S3Date.parseISO8601))
     }
 
@@ -489,7 +500,7 @@ public final class S3Client: ObjectClient {
         guard let etag = root.string("ETag") else {
             throw S3Error.malformed("no ETag in CopyPartResult", operation: r.operation, bucket: bucket, key: key)
         }
-        return etag
+        return S3Client.quotedETag(etag)
     }
 
     // MARK: Listing
@@ -516,7 +527,7 @@ public final class S3Client: ObjectClient {
         let decode = S3Client.keyDecoder(root)
         let objects = root.all("Contents").map {
             ObjectSummary(key: decode($0.string("Key") ?? ""), size: Int64($0.string("Size") ?? "") ?? 0,
-                          etag: $0.string("ETag") ?? "", lastModified: $0.string("LastModified").flatMap(S3Date.parseISO8601),
+                          etag: S3Client.quotedETag($0.string("ETag") ?? ""), lastModified: $0.string("LastModified").flatMap(S3Date.parseISO8601),
                           storageClass: $0.string("StorageClass"))
         }
         let prefixes = root.all("CommonPrefixes").compactMap { $0.string("Prefix").map(decode) }
@@ -544,7 +555,7 @@ public final class S3Client: ObjectClient {
             versions.append(ObjectVersion(
                 key: decode(node.string("Key") ?? ""), versionId: node.string("VersionId") ?? "null",
                 isLatest: node.string("IsLatest") == "true", isDeleteMarker: node.name == "DeleteMarker",
-                size: Int64(node.string("Size") ?? "") ?? 0, etag: node.string("ETag"),
+                size: Int64(node.string("Size") ?? "") ?? 0, etag: node.string("ETag").map(S3Client.quotedETag),
                 lastModified: node.string("LastModified").flatMap(S3Date.parseISO8601)))
         }
         return ListVersionsPage(versions: versions,

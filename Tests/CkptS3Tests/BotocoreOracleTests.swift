@@ -64,19 +64,10 @@ final class BotocoreOracleTests: XCTestCase {
     func runOracle(endpoint: String, region: String, style: String, creds: Credentials) throws -> [Captured] {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../Harness/botocore_oracle.py").standardized.path
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", script, endpoint, region, style, creds.accessKeyId, creds.secretAccessKey] + (creds.sessionToken.map { [$0] } ?? [])
-        let input = Pipe(), output = Pipe()
-        p.standardInput = input
-        p.standardOutput = output
-        try p.run()
         let json = try JSONSerialization.data(withJSONObject: Self.cases().map { ["op": $0.op, "params": $0.params] })
-        input.fileHandleForWriting.write(json)
-        try input.fileHandleForWriting.close()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, "botocore oracle failed (is boto3 installed?)")
+        let output = try CkptS3Tests.run(["python3", script, endpoint, region, style, creds.accessKeyId, creds.secretAccessKey]
+                             + (creds.sessionToken.map { [$0] } ?? []), input: String(decoding: json, as: UTF8.self))
+        let data = Data(output.utf8)
         return try JSONDecoder().decode([Captured].self, from: data)
     }
 
