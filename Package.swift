@@ -38,6 +38,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // Benchmark tool for the S3 client alone (bench/s3_download.py drives it).
+        .executableTarget(name: "ckpt-s3bench", dependencies: ["CkptS3"], path: "bench/S3Bench"),
+
         .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
         .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP"]),
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest"], exclude: ["Fixtures"]),

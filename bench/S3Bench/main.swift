@@ -1,0 +1,37 @@
+// ckpt-s3bench: measures the S3 client alone (no mount). `download s3://B/K FILE` fetches an object
+// with parallel ranged GETs into FILE and prints one JSON line with the figures.
+// Configuration comes from the environment exactly as for ckptfs (AWS_ENDPOINT_URL, credentials...).
+import CkptS3
+import Foundation
+
+func usage() -> Never {
+    FileHandle.standardError.write(Data("usage: ckpt-s3bench download s3://BUCKET/KEY FILE [--part-size MiB] [--concurrency N]\n".utf8))
+    exit(2)
+}
+
+let args = CommandLine.arguments
+guard args.count >= 4, args[1] == "download" else { usage() }
+var partMiB: Int64 = 8
+var concurrency = 16
+var i = 4
+while i < args.count {
+    switch args[i] {
+    case "--part-size": partMiB = Int64(args[i + 1]) ?? partMiB; i += 2
+    case "--concurrency": concurrency = Int(args[i + 1]) ?? concurrency; i += 2
+    default: usage()
+    }
+}
+do throws(any Error) {
+    let url = try S3URL(args[2])
+    let config = try S3ClientConfiguration.resolve(.init(forcePathStyle: true))
+    let client = S3Client(configuration: config)
+    let fd = open(args[3], O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard fd >= 0 else { throw LocalIOError(errno: errno, operation: "open \(args[3])") }
+    let report = try await client.download(url.bucket, url.prefix, to: fd, partSize: partMiB << 20, concurrency: concurrency)
+    close(fd)
+    print("{\"bytes\": \(report.bytes), \"seconds\": \(report.seconds), \"requests\": \(report.requests), "
+        + "\"part_size\": \(partMiB << 20), \"concurrency\": \(concurrency)}")
+} catch {
+    FileHandle.standardError.write(Data("ckpt-s3bench: \(error)\n".utf8))
+    exit(1)
+}
