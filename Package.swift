@@ -41,9 +41,12 @@ let package = Package(
         // Benchmark tool for the S3 client alone (bench/s3_download.py drives it).
         .executableTarget(name: "ckpt-s3bench", dependencies: ["CkptS3"], path: "bench/S3Bench"),
 
+        // Shared by the test targets: a real SeaweedFS per test process, the fault server, helpers.
+        .target(name: "CkptTestSupport", dependencies: ["CkptS3"], path: "Tests/CkptTestSupport"),
         .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
-        .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP"]),
-        .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest"], exclude: ["Fixtures"]),
+        .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP", "CkptDigest", "CkptTestSupport"]),
+        .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
+                    exclude: ["Fixtures"]),
         .testTarget(name: "CFuseTests", dependencies: ["CFuse"]),
     ]
 )

@@ -1,4 +1,5 @@
 import CkptDigest
+import CkptTestSupport
 @testable import CkptS3
 import Foundation
 import XCTest
@@ -65,7 +66,7 @@ final class BotocoreOracleTests: XCTestCase {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../Harness/botocore_oracle.py").standardized.path
         let json = try JSONSerialization.data(withJSONObject: Self.cases().map { ["op": $0.op, "params": $0.params] })
-        let output = try CkptS3Tests.run(["python3", script, endpoint, region, style, creds.accessKeyId, creds.secretAccessKey]
+        let output = try CkptTestSupport.run(["python3", script, endpoint, region, style, creds.accessKeyId, creds.secretAccessKey]
                              + (creds.sessionToken.map { [$0] } ?? []), input: String(decoding: json, as: UTF8.self))
         let data = Data(output.utf8)
         return try JSONDecoder().decode([Captured].self, from: data)

@@ -1,4 +1,5 @@
 import CkptDigest
+import CkptTestSupport
 import CkptHTTP
 @testable import CkptS3
 import Foundation

@@ -8,6 +8,8 @@ misbehave before answering properly, so each test uses its own counter:
     /bucket/short-N/...      Content-Length 1000 but 500 bytes and a close, N times
     /bucket/reset-N/...      close the connection without answering, N times
     /bucket/denied/...       403 AccessDenied always (must not be retried)
+    /bucket/stall/...        send headers and 10 bytes, then nothing for 30 s
+    /echo/...                answer with "LENGTH SHA256" of the request body
 The good answer is 1000 bytes: bytes(range(256)) repeated. Prints the port on stdout, then serves
 until stdin closes. GET /_count/PATH returns how many requests PATH received.
 """
@@ -34,8 +36,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_PUT(self):
         n = int(self.headers.get("Content-Length", "0"))
-        self.rfile.read(n)
+        body = self.rfile.read(n)
+        if self.path.startswith("/echo/"):
+            import hashlib
+            return self.reply(200, f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
         self.do_GET()
+
+    do_POST = do_PUT
 
     def do_GET(self):
         path = self.path.split("?")[0]
@@ -47,6 +54,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             seen = counts[path]
         m = re.match(r"^/[^/]+/(\w+?)(?:-(\d+))?/", path)
         kind, times = (m.group(1), int(m.group(2) or 0)) if m else ("ok", 0)
+        if kind == "stall":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(BODY[:10])
+            self.wfile.flush()
+            import time
+            time.sleep(30)
+            return
         if kind == "denied":
             return self.error(403, "AccessDenied", "Access Denied")
         if seen <= times:

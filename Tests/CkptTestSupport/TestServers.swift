@@ -1,18 +1,19 @@
+// Test support shared by the test targets: running commands, a real SeaweedFS for this test process,
+// the fault-injecting server, deterministic data.
 import CkptS3
 import Foundation
-import XCTest
 
 /// Paths inside the repository.
-enum Repo {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+public enum Repo {
+    public static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
-    static func path(_ rel: String) -> String { root.appendingPathComponent(rel).path }
+    public static func path(_ rel: String) -> String { root.appendingPathComponent(rel).path }
 }
 
 /// Runs a command and returns its standard output; throws on a non-zero exit. Uses posix_spawn and
 /// waitpid directly: Foundation's Process can miss the exit of a child that forked a daemon.
 @discardableResult
-func run(_ args: [String], input: String? = nil) throws -> String {
+public func run(_ args: [String], input: String? = nil) throws -> String {
     let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("ckptfs-run-\(UUID().uuidString)")
     let inPath = tmp.path + ".in", outPath = tmp.path + ".out"
     try Data((input ?? "").utf8).write(to: URL(fileURLWithPath: inPath))
@@ -44,20 +45,20 @@ func run(_ args: [String], input: String? = nil) throws -> String {
 /// A real SeaweedFS S3 server on loopback for this test process: started on first use by
 /// scripts/seaweed.py (fresh data dir, free ports, SigV4 identities), stopped by a watchdog when
 /// this process exits.
-final class SeaweedFS: @unchecked Sendable {
-    struct Info: Decodable {
-        var endpoint: String
-        var access_key: String
-        var secret_key: String
-        var region: String
-        var pid: Int32
-        var dir: String
-        var metrics: String
+public final class SeaweedFS: @unchecked Sendable {
+    public struct Info: Decodable {
+        public var endpoint: String
+        public var access_key: String
+        public var secret_key: String
+        public var region: String
+        public var pid: Int32
+        public var dir: String
+        public var metrics: String
     }
 
-    let info: Info
-    static let bucket = "ckptfs-it"
-    static let versionedBucket = "ckptfs-it-versioned"
+    public let info: Info
+    public static let bucket = "ckptfs-it"
+    public static let versionedBucket = "ckptfs-it-versioned"
 
     private init() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ckptfs-seaweed-\(getpid())").path
@@ -69,25 +70,25 @@ final class SeaweedFS: @unchecked Sendable {
     nonisolated(unsafe) private static var _shared: Result<SeaweedFS, Error>?
     private static let lock = NSLock()
 
-    static func shared() throws -> SeaweedFS {
+    public static func shared() throws -> SeaweedFS {
         lock.lock()
         defer { lock.unlock() }
         if _shared == nil { _shared = Result { try SeaweedFS() } }
         return try _shared!.get()
     }
 
-    func configuration(secret: String? = nil, accessKey: String? = nil, retry: RetryPolicy = RetryPolicy()) throws -> S3ClientConfiguration {
+    public func configuration(secret: String? = nil, accessKey: String? = nil, retry: RetryPolicy = RetryPolicy()) throws -> S3ClientConfiguration {
         S3ClientConfiguration(endpoint: try S3Endpoint(url: info.endpoint), region: info.region, addressingStyle: .path,
                               credentials: Credentials(accessKeyId: accessKey ?? info.access_key, secretAccessKey: secret ?? info.secret_key),
                               retry: retry)
     }
 
-    func client(secret: String? = nil, accessKey: String? = nil) throws -> S3Client {
+    public func client(secret: String? = nil, accessKey: String? = nil) throws -> S3Client {
         S3Client(configuration: try configuration(secret: secret, accessKey: accessKey))
     }
 
     /// Runs Python with boto3 configured for this server, as an independent client.
-    func boto3(_ script: String) throws -> String {
+    public func boto3(_ script: String) throws -> String {
         let prelude = """
             import boto3, hashlib, sys, json
             from botocore.config import Config
@@ -101,12 +102,12 @@ final class SeaweedFS: @unchecked Sendable {
 }
 
 /// The misbehaving server of Tests/Harness/fault_server.py, one per test that needs it.
-final class FaultServer {
+public final class FaultServer {
     let process = Process()
     let stdin = Pipe()
-    let port: Int
+    public let port: Int
 
-    init() throws {
+    public init() throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", Repo.path("Tests/Harness/fault_server.py")]
         let out = Pipe()
@@ -123,14 +124,14 @@ final class FaultServer {
         port = p
     }
 
-    var endpoint: String { "http://127.0.0.1:\(port)" }
+    public var endpoint: String { "http://127.0.0.1:\(port)" }
 
-    func client(retry: RetryPolicy) throws -> S3Client {
+    public func client(retry: RetryPolicy) throws -> S3Client {
         S3Client(configuration: S3ClientConfiguration(endpoint: try S3Endpoint(url: endpoint), region: "us-east-1",
                                                       addressingStyle: .path, credentials: nil, retry: retry))
     }
 
-    func requestCount(_ path: String) throws -> Int {
+    public func requestCount(_ path: String) throws -> Int {
         Int(try run(["python3", "-c", "import urllib.request;print(urllib.request.urlopen('\(endpoint)/_count\(path)').read().decode())"])
             .trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
@@ -143,7 +144,7 @@ final class FaultServer {
 }
 
 /// Deterministic pseudo-random bytes.
-func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
+public func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
     var x = seed &* 0x9E37_79B9_7F4A_7C15 | 1
     var out = [UInt8](repeating: 0, count: count)
     out.withUnsafeMutableBytes { buf in
