@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,7 +69,7 @@ def machine_facts():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--endpoint")
     ap.add_argument("--bucket", default="bench")
     ap.add_argument("--no-build", action="store_true")
@@ -112,20 +113,27 @@ def main():
         }
         names = list(systems)
         times = {n: [] for n in names}
+        cpu = {n: [] for n in names}
         for r in range(args.rounds + 1):  # round 0 warms up every path and is not counted
             order = names[r % len(names):] + names[:r % len(names)]
             for n in order:
                 if os.path.exists(dst):
                     os.unlink(dst)
+                os.sync()  # the previous run's dirty pages must not be flushed during this one
+                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
                 sh(systems[n], env=env, capture=True)
                 dt = time.perf_counter() - t0
+                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
                 got = sha256_file(dst)
                 if got != digest:
                     raise SystemExit(f"CHECKSUM MISMATCH for {n}: {got} != {digest}")
                 if r > 0:
                     times[n].append(dt)
-                print(f"round {r} {n:24s} {size / dt / 1e6:8.1f} MB/s{'  (warm-up)' if r == 0 else ''}", flush=True)
+                    cpu[n].append(cpu_s)
+                print(f"round {r} {n:24s} {size / dt / 1e6:8.1f} MB/s  {cpu_s:5.2f} CPU s"
+                      f"{'  (warm-up)' if r == 0 else ''}", flush=True)
         if os.path.exists(dst):
             os.unlink(dst)
     finally:
@@ -133,14 +141,15 @@ def main():
             sh([sys.executable, os.path.join(ROOT, "scripts", "seaweed.py"), "stop", "--dir", started])
 
     results = {n: {"median_seconds": statistics.median(t), "median_MBps": size / statistics.median(t) / 1e6,
-                   "runs_seconds": t} for n, t in times.items()}
+                   "runs_seconds": t, "median_cpu_seconds": statistics.median(cpu[n])} for n, t in times.items()}
     base = results["ckptfs client"]["median_MBps"]
     ratios = {f"ckptfs / {n}": base / results[n]["median_MBps"] for n in names if n != "ckptfs client"}
     print()
-    print(f"| system | median MB/s | runs (s) |")
-    print(f"|---|---|---|")
+    print("| system | median MB/s | median CPU s (client) | runs (s) |")
+    print("|---|---|---|---|")
     for n in names:
-        print(f"| {n} | {results[n]['median_MBps']:.0f} | {', '.join(f'{x:.2f}' for x in times[n])} |")
+        print(f"| {n} | {results[n]['median_MBps']:.0f} | {results[n]['median_cpu_seconds']:.2f} | "
+              f"{', '.join(f'{x:.2f}' for x in times[n])} |")
     for k, v in ratios.items():
         print(f"\n{k}: {v:.2f}x", end="")
     print()

@@ -91,6 +91,9 @@ public struct HTTPClientConfiguration: Sendable {
     public var userAgent: String = "ckptfs"
     /// Largest body kept in memory for a response without a sink.
     public var maxInMemoryBody: Int = 256 << 20
+    /// Transport threads, each with its own multi handle and connections. Two let receiving and writing
+    /// bodies use both cores of a small machine; more rarely helps.
+    public var eventLoops: Int = 2
 
     public init() {}
 }
@@ -146,19 +149,27 @@ public struct HTTPClientStats: Sendable {
 /// An HTTP client for many concurrent requests. Create one per process and share it.
 public final class HTTPClient: Sendable {
     public let configuration: HTTPClientConfiguration
-    private let loop: CurlLoop
+    private let loops: [CurlLoop]
 
     public init(configuration: HTTPClientConfiguration = .init()) {
         self.configuration = configuration
-        self.loop = CurlLoop(configuration: configuration)
+        var c = configuration
+        c.maxConnections = max(1, configuration.maxConnections / max(1, configuration.eventLoops))
+        self.loops = (0..<max(1, configuration.eventLoops)).map { _ in CurlLoop(configuration: c) }
     }
 
-    deinit { loop.shutdown() }
+    deinit { loops.forEach { $0.shutdown() } }
+
+    /// The loop with the fewest transfers in flight.
+    private func pickLoop() -> CurlLoop {
+        loops.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) }!
+    }
 
     /// Sends `request` and returns its response. With a `sink`, the body of a 2xx response is written to
     /// it instead of being kept in memory; error bodies are always kept (they carry the S3 error).
     public func execute(_ request: HTTPRequest, sink: HTTPBodySink? = nil) async throws -> HTTPResponse {
         let transfer = Transfer(request: request, sink: sink, configuration: configuration)
+        let loop = pickLoop()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<HTTPResponse, any Error>) in
                 transfer.continuation = cont
@@ -170,7 +181,14 @@ public final class HTTPClient: Sendable {
         }
     }
 
-    public var stats: HTTPClientStats { loop.stats.withLock { $0 } }
+    public var stats: HTTPClientStats {
+        loops.reduce(into: HTTPClientStats()) { total, loop in
+            let s = loop.stats.withLock { $0 }
+            total.requests += s.requests
+            total.bytesReceived += s.bytesReceived
+            total.bytesSent += s.bytesSent
+        }
+    }
 
     /// The libcurl and TLS library versions in use.
     public static var libraryVersions: String {
@@ -220,6 +238,8 @@ final class CurlLoop: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
     let stats = Mutex(HTTPClientStats())
+    /// Transfers submitted and not yet finished.
+    let load = Atomic<Int>(0)
     // Touched only by the transport thread:
     private var active: [UnsafeMutableRawPointer: Transfer] = [:]
     private var idleHandles: [UnsafeMutableRawPointer] = []
@@ -239,6 +259,7 @@ final class CurlLoop: @unchecked Sendable {
     }
 
     func submit(_ t: Transfer) {
+        load.wrappingAdd(1, ordering: .relaxed)
         pending.withLock { $0.append(t) }
         curl_multi_wakeup(multi)
     }
@@ -374,6 +395,7 @@ final class CurlLoop: @unchecked Sendable {
     }
 
     private func complete(_ t: Transfer, _ result: Result<HTTPResponse, HTTPTransportError>) {
+        load.wrappingSubtract(1, ordering: .relaxed)
         let cont = t.continuation
         t.continuation = nil
         switch result {
