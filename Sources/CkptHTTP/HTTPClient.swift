@@ -207,7 +207,12 @@ final class Transfer: @unchecked Sendable {
 
     var easy: UnsafeMutableRawPointer?
     var headerList: UnsafeMutablePointer<curl_slist>?
-    var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+    /// libcurl writes its error text here while the transfer runs, so it must have a stable address.
+    let errorBuffer: UnsafeMutablePointer<CChar> = {
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+        p.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+        return p
+    }()
     var status = 0
     var headers: [(name: String, value: String)] = []
     var body: [UInt8] = []
@@ -221,6 +226,8 @@ final class Transfer: @unchecked Sendable {
         self.sink = sink
         self.configuration = configuration
     }
+
+    deinit { errorBuffer.deallocate() }
 
     var origin: String {
         // scheme://host[:port] only.
@@ -331,7 +338,7 @@ final class CurlLoop: @unchecked Sendable {
         _ = ckpt_curl_setopt_long(h, CURLOPT_SSL_VERIFYPEER, c.verifyTLS ? 1 : 0)
         _ = ckpt_curl_setopt_long(h, CURLOPT_SSL_VERIFYHOST, c.verifyTLS ? 2 : 0)
         if let ca = c.caBundle { _ = ckpt_curl_setopt_str(h, CURLOPT_CAINFO, ca) }
-        t.errorBuffer.withUnsafeMutableBufferPointer { _ = ckpt_curl_setopt_ptr(h, CURLOPT_ERRORBUFFER, $0.baseAddress) }
+        _ = ckpt_curl_setopt_ptr(h, CURLOPT_ERRORBUFFER, t.errorBuffer)
 
         let length = r.body.length
         switch r.method {
@@ -378,7 +385,7 @@ final class CurlLoop: @unchecked Sendable {
         _ = ckpt_curl_getinfo_off(easy, CURLINFO_SIZE_UPLOAD_T, &sent)
         if let list = t.headerList { curl_slist_free_all(list) }
         t.headerList = nil
-        let message = t.errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        let message = String(cString: t.errorBuffer)
         curl_easy_reset(easy)
         if idleHandles.count < 256 { idleHandles.append(easy) } else { curl_easy_cleanup(easy) }
         t.easy = nil
