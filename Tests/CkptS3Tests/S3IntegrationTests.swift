@@ -281,6 +281,33 @@ final class S3IntegrationTests: XCTestCase {
         } catch { XCTAssertEqual(error.code, .noSuchBucket, "\(error)") }
     }
 
+    func testHTTPSVerifiesCertificatesAndAcceptsACustomCABundle() async throws {
+        let https = try XCTUnwrap(server.info.https_endpoint)
+        var config = try server.configuration()
+        config.endpoint = try S3Endpoint(url: https)
+        // The system store does not know the test CA: the handshake must fail, with the fix in the message.
+        config.http.caBundle = nil
+        do {
+            try await S3Client(configuration: config).headBucket(bucket)
+            XCTFail("an unknown CA must be refused: certificate verification is on by default")
+        } catch {
+            XCTAssertEqual(error.code, .transport(.tls), "\(error)")
+            XCTAssertTrue(error.description.contains("AWS_CA_BUNDLE"))
+        }
+        // AWS_CA_BUNDLE (resolved into caBundle) makes it work.
+        let resolved = try S3ClientConfiguration.resolve(
+            .init(endpointURL: https),
+            environment: ["AWS_CA_BUNDLE": try XCTUnwrap(server.info.ca_bundle), "AWS_ACCESS_KEY_ID": server.info.access_key,
+                          "AWS_SECRET_ACCESS_KEY": server.info.secret_key, "AWS_CONFIG_FILE": "/nonexistent",
+                          "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "HOME": "/nonexistent"])
+        let tls = S3Client(configuration: resolved)
+        try await tls.headBucket(bucket)
+        let key = prefix + "over-tls"
+        _ = try await tls.putObject(bucket, key, body: .bytes(Array("secure".utf8)))
+        let got = try await tls.getObject(bucket, key)
+        XCTAssertEqual(got.1, Array("secure".utf8))
+    }
+
     func testManyRequestsInFlightOverReusedConnections() async throws {
         let s3c: S3Client = s3
         let bucketName = bucket

@@ -54,6 +54,8 @@ public final class SeaweedFS: @unchecked Sendable {
         public var pid: Int32
         public var dir: String
         public var metrics: String
+        public var https_endpoint: String?
+        public var ca_bundle: String?
     }
 
     public let info: Info
@@ -63,7 +65,7 @@ public final class SeaweedFS: @unchecked Sendable {
     private init() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ckptfs-seaweed-\(getpid())").path
         let json = try run(["python3", Repo.path("scripts/seaweed.py"), "start", "--dir", dir, "--bucket", Self.bucket,
-                            "--bucket", Self.versionedBucket, "--watch-pid", "\(getpid())", "--json"])
+                            "--bucket", Self.versionedBucket, "--tls", "--watch-pid", "\(getpid())", "--json"])
         info = try JSONDecoder().decode(Info.self, from: Data(json.utf8))
     }
 
