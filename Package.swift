@@ -31,6 +31,8 @@ let package = Package(
         .target(name: "CkptS3", dependencies: [
             "CkptHTTP", "CkptDigest", .product(name: "Logging", package: "swift-log"),
         ]),
+        // Persistent, checksummed, size-bounded block cache on local disk.
+        .target(name: "CkptCache", dependencies: ["CkptDigest"]),
         // The command line.
         .executableTarget(name: "ckptfs", dependencies: [
             "CkptS3", "CkptHTTP", "CFuse",
@@ -44,6 +46,7 @@ let package = Package(
         // Shared by the test targets: a real SeaweedFS per test process, the fault server, helpers.
         .target(name: "CkptTestSupport", dependencies: ["CkptS3"], path: "Tests/CkptTestSupport"),
         .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
+        .testTarget(name: "CkptCacheTests", dependencies: ["CkptCache"]),
         .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP", "CkptDigest", "CkptTestSupport"]),
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
                     exclude: ["Fixtures"]),

@@ -1,0 +1,326 @@
+// A persistent, checksummed, size-bounded block cache on local disk.
+//
+// Objects are cached in fixed-size blocks keyed by (bucket, key, ETag, block index), so a changed object
+// (new ETag) never hits an old block. Each block is one file, `blocks/HH/HASH-INDEX`, holding a 64-byte
+// header (magic, block index, length, CRC32C of the data, hash of bucket/key/ETag) and the data. A block
+// is checked against its header and checksum the first time it is served in a process; a block that
+// fails is deleted and reported as a miss, so it is fetched again and never served damaged.
+//
+// The index of blocks lives in memory and is rebuilt from the directory at start, so the cache survives
+// unmount, remount and restarts. Eviction is least-recently-used down to 90% of capacity. A lock file
+// (flock) keeps a second process from using the same directory at once.
+import CkptDigest
+import Foundation
+import Synchronization
+
+/// Identifies one block of one version of one object.
+public struct BlockKey: Hashable, Sendable {
+    public var bucket: String
+    public var key: String
+    public var etag: String
+    public var index: Int64
+
+    public init(bucket: String, key: String, etag: String, index: Int64) {
+        self.bucket = bucket
+        self.key = key
+        self.etag = etag
+        self.index = index
+    }
+
+    /// Hash of (bucket, key, ETag): the part of the file name shared by all blocks of an object version.
+    var objectHash: [UInt8] {
+        var d = StreamingDigest(.sha256)
+        d.update(Array(bucket.utf8)); d.update([0])
+        d.update(Array(key.utf8)); d.update([0])
+        d.update(Array(etag.utf8))
+        return d.finalize()
+    }
+}
+
+/// A cache failure the user must act on.
+public struct CacheError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Counters, cumulative for the life of the cache object.
+public struct CacheStats: Sendable, Equatable {
+    public var hits: Int = 0
+    public var misses: Int = 0
+    public var bytesServed: Int64 = 0
+    public var bytesStored: Int64 = 0
+    public var evictions: Int = 0
+    /// Blocks that failed their check and were discarded.
+    public var corruptBlocks: Int = 0
+    /// Stores skipped because the disk was full (the data was still served).
+    public var storeFailures: Int = 0
+    public var usedBytes: Int64 = 0
+    public var blocks: Int = 0
+}
+
+/// A cached block opened for reading: the data is `length` bytes at `offset` in `fd`. Close `fd` when done.
+public struct OpenBlock: Sendable {
+    public var fd: Int32
+    public var offset: Int64
+    public var length: Int
+}
+
+public final class BlockCache: Sendable {
+    public let directory: String
+    public let capacity: Int64
+    public let blockSize: Int
+    static let headerSize = 64
+    static let magic: [UInt8] = Array("CKPTBLK1".utf8)
+
+    struct Entry {
+        var size: Int64
+        var lastUse: UInt64
+        var verified: Bool
+    }
+
+    struct State {
+        var entries: [String: Entry] = [:]
+        var clock: UInt64 = 0
+        var stats = CacheStats()
+    }
+
+    private let state = Mutex(State())
+    private let lockFD: Int32
+
+    /// Opens (or creates, mode 0700) the cache in `directory`, bounded by `capacity` bytes.
+    public init(directory: String, capacity: Int64, blockSize: Int = 1 << 20) throws(CacheError) {
+        self.directory = directory
+        self.capacity = capacity
+        self.blockSize = blockSize
+        let blocks = directory + "/blocks"
+        do {
+            try FileManager.default.createDirectory(atPath: blocks, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+            try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: directory)
+        } catch {
+            throw CacheError("cannot create the cache directory \(directory): \(error.localizedDescription); "
+                + "choose another with --cache-dir")
+        }
+        let fd = Glibc.open(directory + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CacheError("cannot open \(directory)/lock: \(String(cString: strerror(errno)))") }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            var pid = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &pid, 31, 0)
+            close(fd)
+            let holder = n > 0 ? " (process \(String(decoding: pid[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)))" : ""
+            throw CacheError("the cache directory \(directory) is in use by another ckptfs mount\(holder); "
+                + "unmount it first, or give this mount its own --cache-dir")
+        }
+        ftruncate(fd, 0)
+        let me = Array("\(getpid())\n".utf8)
+        _ = pwrite(fd, me, me.count, 0)
+        lockFD = fd
+        rebuildIndex()
+    }
+
+    deinit { close(lockFD) }
+
+    /// Scans the directory: every block file becomes an entry, oldest modification first in LRU order.
+    private func rebuildIndex() {
+        let root = directory + "/blocks"
+        var found: [(String, Int64, Double)] = []
+        let fm = FileManager.default
+        for sub in (try? fm.contentsOfDirectory(atPath: root)) ?? [] {
+            for name in (try? fm.contentsOfDirectory(atPath: "\(root)/\(sub)")) ?? [] {
+                let path = "\(root)/\(sub)/\(name)"
+                if name.hasSuffix(".tmp") { unlink(path); continue }
+                var st = stat()
+                guard stat(path, &st) == 0 else { continue }
+                found.append(("\(sub)/\(name)", Int64(st.st_size), Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9))
+            }
+        }
+        found.sort { $0.2 < $1.2 }
+        state.withLock { s in
+            for (name, size, _) in found {
+                s.clock += 1
+                s.entries[name] = Entry(size: size, lastUse: s.clock, verified: false)
+                s.stats.usedBytes += size
+            }
+            s.stats.blocks = s.entries.count
+        }
+    }
+
+    func relativePath(_ k: BlockKey) -> String {
+        let h = k.objectHash.hexString
+        return "\(h.prefix(2))/\(h.dropFirst(2).prefix(38))-\(k.index)"
+    }
+
+    /// Whether the block is in the cache (without checking it).
+    public func contains(_ k: BlockKey) -> Bool {
+        let rel = relativePath(k)
+        return state.withLock { $0.entries[rel] != nil }
+    }
+
+    /// Opens a cached block for reading, checking it the first time. Nil on a miss or a damaged block.
+    public func open(_ k: BlockKey) -> OpenBlock? {
+        let rel = relativePath(k)
+        let known = state.withLock { s -> Entry? in
+            guard var e = s.entries[rel] else {
+                s.stats.misses += 1
+                return nil
+            }
+            s.clock += 1
+            e.lastUse = s.clock
+            s.entries[rel] = e
+            return e
+        }
+        guard let entry = known else { return nil }
+        let path = "\(directory)/blocks/\(rel)"
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            drop(rel)
+            return nil
+        }
+        guard let length = verifyHeader(fd: fd, key: k, checkData: !entry.verified) else {
+            close(fd)
+            unlink(path)
+            state.withLock { s in
+                if let e = s.entries.removeValue(forKey: rel) { s.stats.usedBytes -= e.size }
+                s.stats.corruptBlocks += 1
+                s.stats.misses += 1
+                s.stats.blocks = s.entries.count
+            }
+            return nil
+        }
+        state.withLock { s in
+            s.entries[rel]?.verified = true
+            s.stats.hits += 1
+            s.stats.bytesServed += Int64(length)
+        }
+        return OpenBlock(fd: fd, offset: Int64(BlockCache.headerSize), length: length)
+    }
+
+    /// Reads a cached block into memory. Nil on a miss or a damaged block.
+    public func read(_ k: BlockKey) -> [UInt8]? {
+        guard let b = open(k) else { return nil }
+        defer { close(b.fd) }
+        var out = [UInt8](repeating: 0, count: b.length)
+        let ok = out.withUnsafeMutableBytes { preadAll(b.fd, $0, at: b.offset) }
+        return ok ? out : nil
+    }
+
+    /// Checks the header (and with `checkData` the CRC of the data); returns the data length if good.
+    func verifyHeader(fd: Int32, key k: BlockKey, checkData: Bool) -> Int? {
+        var header = [UInt8](repeating: 0, count: BlockCache.headerSize)
+        guard header.withUnsafeMutableBytes({ preadAll(fd, $0, at: 0) }) else { return nil }
+        guard Array(header[0..<8]) == BlockCache.magic else { return nil }
+        let index = header[8..<16].withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }
+        let length = Int(header[16..<20].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+        let crc = header[20..<24].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        guard index == k.index, Array(header[24..<56]) == k.objectHash, length <= blockSize else { return nil }
+        var st = stat()
+        guard fstat(fd, &st) == 0, Int(st.st_size) == BlockCache.headerSize + length else { return nil }
+        if checkData {
+            var data = [UInt8](repeating: 0, count: length)
+            guard data.withUnsafeMutableBytes({ preadAll(fd, $0, at: Int64(BlockCache.headerSize)) }) else { return nil }
+            guard CRC32C.checksum(data) == crc else { return nil }
+        }
+        return length
+    }
+
+    /// Stores a block (written to a temporary file, fsync-free, then renamed into place). A full disk is
+    /// not an error for the caller: the block is simply not cached and the counter says so.
+    @discardableResult
+    public func store(_ k: BlockKey, _ data: UnsafeRawBufferPointer) -> Bool {
+        precondition(data.count <= blockSize, "block larger than the block size")
+        let rel = relativePath(k)
+        let dir = "\(directory)/blocks/\(rel.prefix(2))"
+        let path = "\(directory)/blocks/\(rel)"
+        let tmp = "\(path).\(UInt32.random(in: 0...UInt32.max)).tmp"
+        var header = [UInt8](repeating: 0, count: BlockCache.headerSize)
+        header.replaceSubrange(0..<8, with: BlockCache.magic)
+        withUnsafeBytes(of: k.index) { header.replaceSubrange(8..<16, with: $0) }
+        withUnsafeBytes(of: UInt32(data.count)) { header.replaceSubrange(16..<20, with: $0) }
+        withUnsafeBytes(of: CRC32C.update(0, data)) { header.replaceSubrange(20..<24, with: $0) }
+        header.replaceSubrange(24..<56, with: k.objectHash)
+        var fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        if fd < 0 && errno == ENOENT {
+            mkdir(dir, 0o700)
+            fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        }
+        guard fd >= 0 else { return storeFailed() }
+        let ok = header.withUnsafeBytes { pwriteAll(fd, $0, at: 0) } && pwriteAll(fd, data, at: Int64(BlockCache.headerSize))
+        close(fd)
+        guard ok, rename(tmp, path) == 0 else {
+            unlink(tmp)
+            return storeFailed()
+        }
+        let size = Int64(BlockCache.headerSize + data.count)
+        let victims = state.withLock { s -> [String] in
+            if let old = s.entries[rel] { s.stats.usedBytes -= old.size }
+            s.clock += 1
+            s.entries[rel] = Entry(size: size, lastUse: s.clock, verified: true)
+            s.stats.usedBytes += size
+            s.stats.bytesStored += Int64(data.count)
+            s.stats.blocks = s.entries.count
+            return chooseVictims(&s)
+        }
+        for v in victims { unlink("\(directory)/blocks/\(v)") }
+        return true
+    }
+
+    private func storeFailed() -> Bool {
+        state.withLock { $0.stats.storeFailures += 1 }
+        // Make room for the next attempt if the disk is what is full.
+        let victims = state.withLock { s -> [String] in
+            let target = max(0, s.stats.usedBytes - s.stats.usedBytes / 10)
+            return chooseVictims(&s, target: target)
+        }
+        for v in victims { unlink("\(directory)/blocks/\(v)") }
+        return false
+    }
+
+    /// Least recently used entries to delete so usage falls to `target` (default 90% of capacity).
+    private func chooseVictims(_ s: inout State, target: Int64? = nil) -> [String] {
+        let goal = target ?? capacity - capacity / 10
+        guard s.stats.usedBytes > (target ?? capacity) else { return [] }
+        var out: [String] = []
+        for (name, e) in s.entries.sorted(by: { $0.value.lastUse < $1.value.lastUse }) {
+            if s.stats.usedBytes <= goal { break }
+            s.entries.removeValue(forKey: name)
+            s.stats.usedBytes -= e.size
+            s.stats.evictions += 1
+            out.append(name)
+        }
+        s.stats.blocks = s.entries.count
+        return out
+    }
+
+    private func drop(_ rel: String) {
+        state.withLock { s in
+            if let e = s.entries.removeValue(forKey: rel) { s.stats.usedBytes -= e.size }
+            s.stats.misses += 1
+            s.stats.blocks = s.entries.count
+        }
+    }
+
+    public var stats: CacheStats { state.withLock { $0.stats } }
+}
+
+func preadAll(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, at offset: Int64) -> Bool {
+    var done = 0
+    while done < buf.count {
+        let n = pread(fd, buf.baseAddress! + done, buf.count - done, off_t(offset + Int64(done)))
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return false }
+        done += n
+    }
+    return true
+}
+
+func pwriteAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, at offset: Int64) -> Bool {
+    var done = 0
+    while done < buf.count {
+        let n = pwrite(fd, buf.baseAddress! + done, buf.count - done, off_t(offset + Int64(done)))
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return false }
+        done += n
+    }
+    return true
+}
