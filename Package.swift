@@ -33,6 +33,8 @@ let package = Package(
         ]),
         // Persistent, checksummed, size-bounded block cache on local disk.
         .target(name: "CkptCache", dependencies: ["CkptDigest"]),
+        // The filesystem core: namespace, inodes, reads with read-ahead. No C module, no kernel.
+        .target(name: "CkptFS", dependencies: ["CkptS3", "CkptCache", .product(name: "Logging", package: "swift-log")]),
         // The command line.
         .executableTarget(name: "ckptfs", dependencies: [
             "CkptS3", "CkptHTTP", "CFuse",
@@ -47,6 +49,7 @@ let package = Package(
         .target(name: "CkptTestSupport", dependencies: ["CkptS3"], path: "Tests/CkptTestSupport"),
         .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
         .testTarget(name: "CkptCacheTests", dependencies: ["CkptCache"]),
+        .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache"]),
         .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP", "CkptDigest", "CkptTestSupport"]),
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
                     exclude: ["Fixtures"]),

@@ -57,6 +57,7 @@ public struct CacheStats: Sendable, Equatable {
     public var storeFailures: Int = 0
     public var usedBytes: Int64 = 0
     public var blocks: Int = 0
+    public init() {}
 }
 
 /// A cached block opened for reading: the data is `length` bytes at `offset` in `fd`. Close `fd` when done.

@@ -1,0 +1,123 @@
+// Directory listing: paginated ListObjectsV2 with delimiter "/", streamed into the open directory handle
+// page by page, so a directory of any size lists with one page in flight. A complete listing also answers
+// later lookups in that directory until the TTL passes.
+import CkptS3
+import Foundation
+import Synchronization
+
+final class DirHandle: Sendable {
+    struct State: Sendable {
+        var names: [String] = []
+        var kinds: [Bool] = []  // isDirectory, parallel to names
+        var position: [String: Int] = [:]
+        var metas: [String: FileSystem.Meta] = [:]
+        var token: String? = nil
+        var done = false
+    }
+    let ino: UInt64
+    let key: String
+    let state = Mutex(State())
+    /// Serializes page fetches of this handle.
+    let fetching = Mutex(false)
+    init(ino: UInt64, key: String) {
+        self.ino = ino
+        self.key = key
+    }
+}
+
+extension FileSystem {
+    public func opendir(ino: UInt64) throws(FSError) -> UInt64 {
+        let n = try node(ino)
+        guard n.meta.isDirectory else { throw .notDirectory }
+        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        dirHandles.withLock { $0[h] = DirHandle(ino: ino, key: n.key) }
+        return h
+    }
+
+    public func releasedir(handle: UInt64) { _ = dirHandles.withLock { $0.removeValue(forKey: handle) } }
+
+    /// Entries from `offset` (0 = start): ".", "..", then the children. Returns at most `limit` entries;
+    /// an empty result means the end.
+    public func readdir(handle: UInt64, offset: Int64, limit: Int = 512) async throws(FSError) -> [DirEntry] {
+        guard let d = dirHandles.withLock({ $0[handle] }) else { throw .badHandle }
+        var out: [DirEntry] = []
+        if offset == 0 { out.append(DirEntry(name: ".", ino: d.ino, isDirectory: true, nextOffset: 1)) }
+        if offset <= 1 {
+            let parent = (try? node(d.ino).parent) ?? FileSystem.rootIno
+            out.append(DirEntry(name: "..", ino: parent, isDirectory: true, nextOffset: 2))
+        }
+        var index = Int(max(0, offset - 2))
+        while out.count < limit {
+            let (have, done) = d.state.withLock { ($0.names.count, $0.done) }
+            if index >= have {
+                if done { break }
+                try await fetchPage(d)
+                continue
+            }
+            let batch = d.state.withLock { s in
+                (index..<min(s.names.count, index + limit - out.count)).map { (s.names[$0], s.kinds[$0]) }
+            }
+            for (name, isDir) in batch {
+                out.append(DirEntry(name: name, ino: inoFor(parent: d.ino, name: name), isDirectory: isDir,
+                                    nextOffset: Int64(index) + 3))
+                index += 1
+            }
+        }
+        return out
+    }
+
+    /// The stable inode number of (parent, name), allocated on first sight.
+    func inoFor(parent: UInt64, name: String) -> UInt64 {
+        table.withLock { t in
+            let pk = PathKey(parent: parent, name: name)
+            if let i = t.inoByPath[pk] { return i }
+            let i = t.nextIno
+            t.nextIno += 1
+            t.inoByPath[pk] = i
+            return i
+        }
+    }
+
+    func fetchPage(_ d: DirHandle) async throws(FSError) {
+        let token = d.state.withLock { $0.token }
+        if d.state.withLock({ $0.done }) { return }
+        counters.withLock { $0.listRequests += 1 }
+        let page: ListObjectsPage
+        do {
+            page = try await client.listObjectsV2(bucket, prefix: d.key.isEmpty ? nil : d.key, delimiter: "/",
+                                                  continuationToken: token, startAfter: nil, maxKeys: nil)
+        } catch { throw FSError.from(error) }
+        let listing: [String: Meta]? = d.state.withLock { s in
+            guard s.token == token, !s.done else { return nil }  // another reader fetched it meanwhile
+            for p in page.commonPrefixes {
+                let name = String(p.dropFirst(d.key.count).dropLast())
+                guard FileSystem.validName(name) else { continue }
+                let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime)
+                if let at = s.position[name] {
+                    s.kinds[at] = true  // a prefix and an object of the same name: the directory wins
+                } else {
+                    s.position[name] = s.names.count
+                    s.names.append(name)
+                    s.kinds.append(true)
+                }
+                s.metas[name] = meta
+            }
+            for o in page.objects {
+                let name = String(o.key.dropFirst(d.key.count))
+                guard FileSystem.validName(name), s.position[name] == nil else { continue }
+                s.position[name] = s.names.count
+                s.names.append(name)
+                s.kinds.append(false)
+                s.metas[name] = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime)
+            }
+            s.token = page.isTruncated ? page.nextContinuationToken : nil
+            s.done = !page.isTruncated
+            return s.done ? s.metas : nil
+        }
+        if let listing {
+            // The whole directory is known: it answers lookups (and negative lookups) until the TTL passes.
+            table.withLock { $0.listings[d.ino] = Listing(entries: listing, expires: .now + options.metadataTTL) }
+            d.state.withLock { $0.metas = [:] }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+// The filesystem core: an S3 prefix as a directory tree, independent of FUSE and of any C module.
+//
+// Namespace. Directories are key prefixes (and `dir/` marker objects); files are objects. Inode numbers
+// are assigned per (parent, name) and never change or get reused during a mount. Attributes, directory
+// listings and negative lookups are cached for `metadataTTL`. A name that is both an object and a prefix
+// is shown as the directory. Keys that cannot be file names (empty segments from `//`, `.`, `..`) are not
+// shown.
+//
+// Reads. Each open handle pins the object's ETag (open revalidates with HEAD); every GET carries
+// If-Match, so one handle never mixes two versions. Data is fetched in cache-block units and stored in
+// the block cache; concurrent readers of a block share one fetch. Sequential reads grow a read-ahead
+// window (requestSize, doubling to maxReadAhead) served by parallel ranged GETs; random reads fetch only
+// the blocks they touch.
+import CkptCache
+import CkptS3
+import Foundation
+import Logging
+import Synchronization
+
+public final class FileSystem: Sendable {
+    public static let rootIno: UInt64 = 1
+
+    public let client: any ObjectClient
+    public let bucket: String
+    /// The key prefix the mount shows as its root; empty or ending with "/".
+    public let prefix: String
+    public let cache: BlockCache
+    public let options: FSOptions
+    let logger: Logger
+    let mountTime = Date()
+
+    struct Meta: Sendable {
+        var isDirectory: Bool
+        var size: Int64
+        var etag: String
+        var mtime: Date
+    }
+
+    struct Node: Sendable {
+        var parent: UInt64
+        var name: String
+        var key: String  // files: the object key; directories: the prefix, ending with "/" (root: `prefix`)
+        var meta: Meta
+        var fetched: ContinuousClock.Instant
+        var lookups: UInt64
+    }
+
+    struct Listing: Sendable {
+        var entries: [String: Meta]
+        var expires: ContinuousClock.Instant
+    }
+
+    struct PathKey: Hashable, Sendable {
+        var parent: UInt64
+        var name: String
+    }
+
+    struct Table: Sendable {
+        var nodes: [UInt64: Node] = [:]
+        var inoByPath: [PathKey: UInt64] = [:]
+        var nextIno: UInt64 = 2
+        var listings: [UInt64: Listing] = [:]
+        var negative: [PathKey: ContinuousClock.Instant] = [:]
+    }
+
+    let table = Mutex(Table())
+    let handles = Mutex<[UInt64: FileHandle]>([:])
+    let dirHandles = Mutex<[UInt64: DirHandle]>([:])
+    let nextHandle = Atomic<UInt64>(1)
+    /// Block fetches in flight, by block; the id tells which fetch registered the entry.
+    let fetches = Mutex<[BlockKey: (id: UInt64, task: Task<[Int64: [UInt8]], any Error>)]>([:])
+    let prefetchInFlight = Atomic<Int>(0)
+    let counters = Mutex(FSStats())
+
+    public init(client: any ObjectClient, bucket: String, prefix: String, cache: BlockCache, options: FSOptions,
+                logger: Logger = Logger(label: "ckptfs.fs")) {
+        self.client = client
+        self.bucket = bucket
+        var p = prefix
+        while p.hasPrefix("/") { p.removeFirst() }
+        if !p.isEmpty && !p.hasSuffix("/") { p += "/" }
+        self.prefix = p
+        self.cache = cache
+        self.options = options
+        self.logger = logger
+        table.withLock {
+            $0.nodes[FileSystem.rootIno] = Node(parent: FileSystem.rootIno, name: "", key: p,
+                                                meta: Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime),
+                                                fetched: .now, lookups: 1)
+        }
+    }
+
+    public var stats: FSStats {
+        var s = counters.withLock { $0 }
+        s.cache = cache.stats
+        return s
+    }
+
+    // MARK: Attributes
+
+    func attributes(_ ino: UInt64, _ m: Meta) -> Attributes {
+        Attributes(ino: ino, isDirectory: m.isDirectory, size: m.isDirectory ? 4096 : m.size,
+                   mtime: m.isDirectory ? mountTime : m.mtime,
+                   permissions: m.isDirectory ? options.dirMode : options.fileMode, uid: options.uid, gid: options.gid)
+    }
+
+    /// Whether an object key segment can be a file name.
+    static func validName(_ name: String) -> Bool {
+        !name.isEmpty && name != "." && name != ".." && !name.contains("/") && !name.contains("\0") && name.utf8.count <= 255
+    }
+
+    func isFresh(_ t: ContinuousClock.Instant) -> Bool { ContinuousClock.now - t < options.metadataTTL }
+
+    func node(_ ino: UInt64) throws(FSError) -> Node {
+        guard let n = table.withLock({ $0.nodes[ino] }) else { throw FSError(ESTALE, "unknown inode \(ino)") }
+        return n
+    }
+
+    // MARK: Lookup
+
+    /// Finds `name` in directory `parent` and takes one lookup reference on the result (released by `forget`).
+    public func lookup(parent: UInt64, name: String) async throws(FSError) -> Attributes {
+        let dir = try node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        guard FileSystem.validName(name) else { throw .noEntry }
+        let pk = PathKey(parent: parent, name: name)
+        // A fresh listing of the parent, or a fresh negative entry, answers without a request.
+        let cached: Meta?? = table.withLock { t in
+            if let l = t.listings[parent], ContinuousClock.now < l.expires { return .some(l.entries[name]) }
+            if let neg = t.negative[pk], isFresh(neg) { return .some(nil) }
+            if let ino = t.inoByPath[pk], let n = t.nodes[ino], isFresh(n.fetched) { return .some(n.meta) }
+            return nil
+        }
+        let meta: Meta
+        if let c = cached {
+            guard let m = c else { throw .noEntry }
+            meta = m
+        } else {
+            guard let m = try await fetchMeta(key: dir.key + name) else {
+                table.withLock { $0.negative[pk] = .now }
+                throw .noEntry
+            }
+            meta = m
+        }
+        return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
+    }
+
+    /// Asks S3 whether `key` is a directory (a prefix with something under it) or a file.
+    func fetchMeta(key: String) async throws(FSError) -> Meta? {
+        async let listing = capture { () async throws(FSError) -> Bool in try await self.listProbe(key + "/") }
+        async let head = capture { () async throws(FSError) -> Meta? in try await self.headProbe(key) }
+        if try await listing.get() { return Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime) }
+        return try await head.get()
+    }
+
+    /// Runs `f` and keeps its outcome, so two requests can run concurrently with `async let`.
+    func capture<T: Sendable>(_ f: () async throws(FSError) -> T) async -> Result<T, FSError> {
+        do { return .success(try await f()) } catch { return .failure(error) }
+    }
+
+    func listProbe(_ dirPrefix: String) async throws(FSError) -> Bool {
+        counters.withLock { $0.listRequests += 1 }
+        do {
+            let page = try await client.listObjectsV2(bucket, prefix: dirPrefix, delimiter: "/", continuationToken: nil,
+                                                      startAfter: nil, maxKeys: 1)
+            return !page.objects.isEmpty || !page.commonPrefixes.isEmpty
+        } catch { throw FSError.from(error) }
+    }
+
+    func headProbe(_ key: String) async throws(FSError) -> Meta? {
+        counters.withLock { $0.headRequests += 1 }
+        do {
+            let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+            return Meta(isDirectory: false, size: info.size, etag: info.etag, mtime: FileSystem.mtime(info))
+        } catch {
+            if error.code == .noSuchKey { return nil }
+            throw FSError.from(error)
+        }
+    }
+
+    /// The mtime a writer stored (x-amz-meta-mtime, seconds since the epoch), else Last-Modified.
+    static func mtime(_ info: ObjectInfo) -> Date {
+        if let s = info.metadata["mtime"], let t = Double(s) { return Date(timeIntervalSince1970: t) }
+        return info.lastModified ?? Date(timeIntervalSince1970: 0)
+    }
+
+    /// Records what is known of (parent, name) and returns its attributes. The inode number of a path is
+    /// stable for the mount; a path that changes between file and directory gets a new one.
+    @discardableResult
+    func remember(parent: UInt64, name: String, key: String, meta: Meta, addLookup: Bool) -> Attributes {
+        let pk = PathKey(parent: parent, name: name)
+        return table.withLock { t in
+            t.negative.removeValue(forKey: pk)
+            var ino = t.inoByPath[pk]
+            if let i = ino, let existing = t.nodes[i], existing.meta.isDirectory != meta.isDirectory {
+                ino = nil  // the kind changed: a new inode; the old one lives until forgotten
+            }
+            let i: UInt64
+            if let ino {
+                i = ino
+            } else {
+                i = t.nextIno
+                t.nextIno += 1
+                t.inoByPath[pk] = i
+            }
+            let nodeKey = meta.isDirectory ? key + "/" : key
+            var n = t.nodes[i] ?? Node(parent: parent, name: name, key: nodeKey, meta: meta, fetched: .now, lookups: 0)
+            n.meta = meta
+            n.fetched = .now
+            if addLookup { n.lookups += 1 }
+            t.nodes[i] = n
+            return attributes(i, meta)
+        }
+    }
+
+    /// The kernel dropped `count` references to `ino`.
+    public func forget(ino: UInt64, count: UInt64) {
+        guard ino != FileSystem.rootIno else { return }
+        table.withLock { t in
+            guard var n = t.nodes[ino] else { return }
+            n.lookups = n.lookups > count ? n.lookups - count : 0
+            if n.lookups == 0 {
+                t.nodes.removeValue(forKey: ino)
+                t.listings.removeValue(forKey: ino)
+            } else {
+                t.nodes[ino] = n
+            }
+        }
+    }
+
+    public func getattr(ino: UInt64) async throws(FSError) -> Attributes {
+        let n = try node(ino)
+        if n.meta.isDirectory || isFresh(n.fetched) { return attributes(ino, n.meta) }
+        guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
+        table.withLock { t in
+            t.nodes[ino]?.meta = m
+            t.nodes[ino]?.fetched = .now
+        }
+        return attributes(ino, m)
+    }
+
+    public struct StatFS: Sendable {
+        public var blockSize: UInt64 = 1 << 20
+        public var blocks: UInt64 = 1 << 30
+        public var freeBlocks: UInt64 = 1 << 30
+        public var files: UInt64 = 1 << 30
+        public var freeFiles: UInt64 = 1 << 30
+        public var nameMax: UInt64 = 255
+    }
+
+    public func statfs() -> StatFS { StatFS() }
+}

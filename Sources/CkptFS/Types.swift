@@ -1,0 +1,96 @@
+// Public types of the filesystem core: options, attributes, errors, read results.
+import CkptCache
+import CkptS3
+import Foundation
+
+/// How the mount behaves. Defaults suit training jobs that read a bucket others change rarely.
+public struct FSOptions: Sendable {
+    /// How long attributes, directory listings and negative lookups are trusted.
+    public var metadataTTL: Duration = .seconds(30)
+    public var uid: UInt32 = 0
+    public var gid: UInt32 = 0
+    public var fileMode: UInt32 = 0o644
+    public var dirMode: UInt32 = 0o755
+    public var readOnly = false
+    /// Size of one ranged GET when reading ahead.
+    public var requestSize: Int64 = 8 << 20
+    /// Largest read-ahead window of one open file.
+    public var maxReadAhead: Int64 = 64 << 20
+    /// Most ranged GETs in flight for read-ahead, over all files (demand reads are never held back).
+    public var maxPrefetchRequests = 16
+
+    public init() {}
+}
+
+/// What stat reports for a file or directory.
+public struct Attributes: Sendable, Equatable {
+    public var ino: UInt64
+    public var isDirectory: Bool
+    public var size: Int64
+    public var mtime: Date
+    /// Permission bits only; the file type comes from `isDirectory`.
+    public var permissions: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var nlink: UInt32 { isDirectory ? 2 : 1 }
+}
+
+/// A directory entry.
+public struct DirEntry: Sendable, Equatable {
+    public var name: String
+    public var ino: UInt64
+    public var isDirectory: Bool
+    /// The offset to pass to continue after this entry.
+    public var nextOffset: Int64
+}
+
+/// A failure of a filesystem operation, as an errno for the kernel and a message for the log.
+public struct FSError: Error, Sendable, CustomStringConvertible {
+    public var errno: Int32
+    public var message: String
+    public init(_ errno: Int32, _ message: String = "") {
+        self.errno = errno
+        self.message = message
+    }
+    public static let noEntry = FSError(ENOENT)
+    public static let notDirectory = FSError(ENOTDIR)
+    public static let isDirectory = FSError(EISDIR)
+    public static let readOnly = FSError(EROFS)
+    public static let badHandle = FSError(EBADF)
+
+    /// Maps an S3 failure: a missing key is ENOENT, refused access EACCES, a changed object ESTALE, the rest EIO.
+    public static func from(_ e: S3Error) -> FSError {
+        switch e.code {
+        case .noSuchKey, .noSuchBucket: return FSError(ENOENT, e.description)
+        case .accessDenied: return FSError(EACCES, e.description)
+        case .preconditionFailed: return FSError(ESTALE, "the object changed while open: \(e.description)")
+        default: return FSError(EIO, e.description)
+        }
+    }
+
+    public var description: String { message.isEmpty ? String(cString: strerror(errno)) : "\(String(cString: strerror(errno))): \(message)" }
+}
+
+/// One piece of a read reply: bytes in memory, or a range of a cached block file (sent without copying
+/// through user space where the kernel interface allows it).
+public enum ReadSegment: Sendable {
+    case bytes([UInt8])
+    /// `length` bytes at `offset` in `fd`; the receiver closes `fd`.
+    case file(fd: Int32, offset: Int64, length: Int)
+
+    public var count: Int {
+        switch self {
+        case .bytes(let b): return b.count
+        case .file(_, _, let n): return n
+        }
+    }
+}
+
+/// Counters the mount exposes (status, tests).
+public struct FSStats: Sendable {
+    public var getRequests = 0
+    public var bytesDownloaded: Int64 = 0
+    public var listRequests = 0
+    public var headRequests = 0
+    public var cache = CacheStats()
+}

@@ -1,0 +1,257 @@
+// An in-memory ObjectClient for unit tests of the layers above: the same semantics as S3 for what ckptfs
+// uses (ETags, ranges, If-Match, listings with delimiter and pagination, multipart, copy), counters of
+// requests, and switchable faults. It never replaces a real server in integration tests.
+import CkptDigest
+import CkptHTTP
+import Foundation
+import Synchronization
+
+public final class MemoryObjectClient: ObjectClient {
+    struct Object {
+        var data: [UInt8]
+        var etag: String
+        var modified: Date
+        var metadata: [String: String]
+    }
+
+    struct State {
+        var buckets: [String: [String: Object]] = [:]
+        var uploads: [String: (bucket: String, key: String, parts: [Int: [UInt8]], metadata: [String: String])] = [:]
+        var counts: [String: Int] = [:]
+        var bytesSent: Int64 = 0
+        var failNext: [String: S3Error] = [:]
+    }
+
+    private let state = Mutex(State())
+    /// Page size of listings (S3's is 1,000); small values exercise pagination.
+    public let pageSize: Int
+
+    public init(buckets: [String], pageSize: Int = 1000) {
+        self.pageSize = pageSize
+        state.withLock { s in for b in buckets { s.buckets[b] = [:] } }
+    }
+
+    /// How many requests of an operation were made ("GetObject", "ListObjectsV2", ...).
+    public func count(_ operation: String) -> Int { state.withLock { $0.counts[operation] ?? 0 } }
+    /// Body bytes returned by GetObject.
+    public var bytesSent: Int64 { state.withLock { $0.bytesSent } }
+    /// Makes the next request of `operation` fail with `error`.
+    public func failNext(_ operation: String, with error: S3Error) { state.withLock { $0.failNext[operation] = error } }
+
+    /// Puts an object directly (test setup); returns its ETag.
+    @discardableResult
+    public func seed(_ bucket: String, _ key: String, _ data: [UInt8], metadata: [String: String] = [:]) -> String {
+        let etag = "\"\(Digest.md5(data).hexString)\""
+        state.withLock { $0.buckets[bucket, default: [:]][key] = Object(data: data, etag: etag, modified: Date(), metadata: metadata) }
+        return etag
+    }
+
+    private func begin(_ op: String, _ bucket: String, _ key: String? = nil) throws(S3Error) {
+        let injected = state.withLock { s -> S3Error? in
+            s.counts[op, default: 0] += 1
+            return s.failNext.removeValue(forKey: op)
+        }
+        if let injected { throw injected }
+        guard state.withLock({ $0.buckets[bucket] != nil }) else {
+            throw S3Error(code: .noSuchBucket, s3Code: "NoSuchBucket", message: "The specified bucket does not exist",
+                          httpStatus: 404, operation: op, bucket: bucket, key: key)
+        }
+    }
+
+    private func object(_ op: String, _ bucket: String, _ key: String, ifMatch: String?) throws(S3Error) -> Object {
+        guard let o = state.withLock({ $0.buckets[bucket]?[key] }) else {
+            throw S3Error(code: .noSuchKey, s3Code: "NoSuchKey", message: "The specified key does not exist.",
+                          httpStatus: 404, operation: op, bucket: bucket, key: key)
+        }
+        if let ifMatch, ifMatch != o.etag {
+            throw S3Error(code: .preconditionFailed, s3Code: "PreconditionFailed", message: "At least one of the pre-conditions you specified did not hold",
+                          httpStatus: 412, operation: op, bucket: bucket, key: key)
+        }
+        return o
+    }
+
+    private func info(_ o: Object) -> ObjectInfo {
+        ObjectInfo(size: Int64(o.data.count), etag: o.etag, lastModified: o.modified, contentType: nil, versionId: nil, metadata: o.metadata)
+    }
+
+    public func headBucket(_ bucket: String) async throws(S3Error) { try begin("HeadBucket", bucket) }
+
+    public func headObject(_ bucket: String, _ key: String, versionId: String?, ifMatch: String?) async throws(S3Error) -> ObjectInfo {
+        try begin("HeadObject", bucket, key)
+        return info(try object("HeadObject", bucket, key, ifMatch: ifMatch))
+    }
+
+    public func getObject(_ bucket: String, _ key: String, range: Range<Int64>?, ifMatch: String?, versionId: String?) async throws(S3Error) -> (ObjectInfo, [UInt8]) {
+        try begin("GetObject", bucket, key)
+        let o = try object("GetObject", bucket, key, ifMatch: ifMatch)
+        let r = range.map { Int(min($0.lowerBound, Int64(o.data.count)))..<Int(min($0.upperBound, Int64(o.data.count))) } ?? 0..<o.data.count
+        let bytes = Array(o.data[r])
+        state.withLock { $0.bytesSent += Int64(bytes.count) }
+        return (info(o), bytes)
+    }
+
+    public func getObject(_ bucket: String, _ key: String, range: Range<Int64>?, ifMatch: String?, versionId: String?,
+                          sink: @escaping HTTPBodySink) async throws(S3Error) -> ObjectInfo {
+        let (i, bytes) = try await getObject(bucket, key, range: range, ifMatch: ifMatch, versionId: versionId)
+        do {
+            try bytes.withUnsafeBytes { try sink(0, $0) }
+        } catch {
+            throw S3Error(code: .transport(.sinkFailed), s3Code: "Transport", message: "\(error)", operation: "GetObject", bucket: bucket, key: key)
+        }
+        return i
+    }
+
+    public func putObject(_ bucket: String, _ key: String, body: HTTPRequestBody, options: PutOptions) async throws(S3Error) -> WriteResult {
+        try begin("PutObject", bucket, key)
+        let data = try MemoryObjectClient.bytes(body)
+        let etag = seed(bucket, key, data, metadata: options.metadata)
+        return WriteResult(etag: etag, versionId: nil, lastModified: Date())
+    }
+
+    static func bytes(_ body: HTTPRequestBody) throws(S3Error) -> [UInt8] {
+        switch body {
+        case .empty: return []
+        case .bytes(let b): return b
+        case .file(let fd, let offset, let length):
+            var out = [UInt8](repeating: 0, count: Int(length))
+            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress, Int(length), off_t(offset)) }
+            guard n == Int(length) else {
+                throw S3Error(code: .transport(.bodyReadFailed), s3Code: "Transport", message: "short read", operation: "PutObject")
+            }
+            return out
+        }
+    }
+
+    public func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions) async throws(S3Error) -> String {
+        try begin("CreateMultipartUpload", bucket, key)
+        let id = UUID().uuidString
+        state.withLock { $0.uploads[id] = (bucket, key, [:], options.metadata) }
+        return id
+    }
+
+    public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: HTTPRequestBody,
+                           contentMD5: [UInt8]?) async throws(S3Error) -> String {
+        try begin("UploadPart", bucket, key)
+        let data = try MemoryObjectClient.bytes(body)
+        let ok = state.withLock { s -> Bool in
+            guard s.uploads[uploadId] != nil else { return false }
+            s.uploads[uploadId]!.parts[partNumber] = data
+            return true
+        }
+        guard ok else { throw noSuchUpload("UploadPart", bucket, key) }
+        return "\"\(Digest.md5(data).hexString)\""
+    }
+
+    func noSuchUpload(_ op: String, _ bucket: String, _ key: String) -> S3Error {
+        S3Error(code: .noSuchUpload, s3Code: "NoSuchUpload", message: "The specified upload does not exist", httpStatus: 404,
+                operation: op, bucket: bucket, key: key)
+    }
+
+    public func completeMultipartUpload(_ bucket: String, _ key: String, uploadId: String, parts: [CompletedPart],
+                                        condition: WriteCondition?) async throws(S3Error) -> WriteResult {
+        try begin("CompleteMultipartUpload", bucket, key)
+        guard let up = state.withLock({ $0.uploads.removeValue(forKey: uploadId) }) else { throw noSuchUpload("CompleteMultipartUpload", bucket, key) }
+        var data: [UInt8] = []
+        for p in parts.sorted(by: { $0.partNumber < $1.partNumber }) { data += up.parts[p.partNumber] ?? [] }
+        let etag = seed(bucket, key, data, metadata: up.metadata)
+        return WriteResult(etag: etag, versionId: nil, lastModified: Date())
+    }
+
+    public func abortMultipartUpload(_ bucket: String, _ key: String, uploadId: String) async throws(S3Error) {
+        try begin("AbortMultipartUpload", bucket, key)
+        _ = state.withLock { $0.uploads.removeValue(forKey: uploadId) }
+    }
+
+    public func listParts(_ bucket: String, _ key: String, uploadId: String, partNumberMarker: Int?) async throws(S3Error) -> ListPartsPage {
+        try begin("ListParts", bucket, key)
+        guard let up = state.withLock({ $0.uploads[uploadId] }) else { throw noSuchUpload("ListParts", bucket, key) }
+        let parts = up.parts.keys.sorted().filter { $0 > (partNumberMarker ?? 0) }.map {
+            PartSummary(partNumber: $0, etag: "\"\(Digest.md5(up.parts[$0]!).hexString)\"", size: Int64(up.parts[$0]!.count))
+        }
+        return ListPartsPage(parts: parts, isTruncated: false, nextPartNumberMarker: nil)
+    }
+
+    public func listMultipartUploads(_ bucket: String, prefix: String?, keyMarker: String?, uploadIdMarker: String?) async throws(S3Error) -> ListMultipartUploadsPage {
+        try begin("ListMultipartUploads", bucket)
+        let ups = state.withLock { s in
+            s.uploads.filter { $0.value.bucket == bucket && $0.value.key.hasPrefix(prefix ?? "") }
+                .map { MultipartUploadSummary(key: $0.value.key, uploadId: $0.key, initiated: nil) }
+        }
+        return ListMultipartUploadsPage(uploads: ups.sorted { $0.key < $1.key }, isTruncated: false, nextKeyMarker: nil, nextUploadIdMarker: nil)
+    }
+
+    public func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String,
+                           ifMatch: String?, options: PutOptions?) async throws(S3Error) -> WriteResult {
+        try begin("CopyObject", bucket, key)
+        let o = try object("CopyObject", source.bucket, source.key, ifMatch: ifMatch)
+        let etag = seed(bucket, key, o.data, metadata: options?.metadata ?? o.metadata)
+        return WriteResult(etag: etag, versionId: nil, lastModified: Date())
+    }
+
+    public func uploadPartCopy(from source: (bucket: String, key: String, versionId: String?), range: Range<Int64>?,
+                               to bucket: String, _ key: String, uploadId: String, partNumber: Int, ifMatch: String?) async throws(S3Error) -> String {
+        try begin("UploadPartCopy", bucket, key)
+        let o = try object("UploadPartCopy", source.bucket, source.key, ifMatch: ifMatch)
+        let r = range.map { Int($0.lowerBound)..<Int($0.upperBound) } ?? 0..<o.data.count
+        return try await uploadPart(bucket, key, uploadId: uploadId, partNumber: partNumber, body: .bytes(Array(o.data[r])), contentMD5: nil)
+    }
+
+    public func deleteObject(_ bucket: String, _ key: String, versionId: String?) async throws(S3Error) {
+        try begin("DeleteObject", bucket, key)
+        _ = state.withLock { $0.buckets[bucket]?.removeValue(forKey: key) }
+    }
+
+    public func deleteObjects(_ bucket: String, _ objects: [ObjectIdentifier]) async throws(S3Error) -> DeleteObjectsResult {
+        try begin("DeleteObjects", bucket)
+        state.withLock { s in for o in objects { s.buckets[bucket]?.removeValue(forKey: o.key) } }
+        return DeleteObjectsResult(deleted: objects, errors: [])
+    }
+
+    public func listObjectsV2(_ bucket: String, prefix: String?, delimiter: String?, continuationToken: String?,
+                              startAfter: String?, maxKeys: Int?) async throws(S3Error) -> ListObjectsPage {
+        try begin("ListObjectsV2", bucket)
+        let p = prefix ?? ""
+        let all = state.withLock { $0.buckets[bucket] ?? [:] }
+        let after = continuationToken ?? startAfter ?? ""
+        var objects: [ObjectSummary] = []
+        var prefixes: [String] = []
+        var last = ""
+        var truncated = false
+        let limit = min(maxKeys ?? pageSize, pageSize)
+        for key in all.keys.sorted() where key.hasPrefix(p) && key > after {
+            var entry = key
+            var isPrefix = false
+            if let d = delimiter, let r = key.dropFirst(p.count).range(of: d) {
+                entry = String(key[..<r.upperBound])
+                isPrefix = true
+                if entry <= after || prefixes.last == entry { continue }
+            }
+            if objects.count + prefixes.count == limit {
+                truncated = true
+                break
+            }
+            if isPrefix {
+                prefixes.append(entry)
+                last = entry + "\u{10FFFF}"
+            } else {
+                let o = all[key]!
+                objects.append(ObjectSummary(key: key, size: Int64(o.data.count), etag: o.etag, lastModified: o.modified, storageClass: nil))
+                last = key
+            }
+        }
+        return ListObjectsPage(objects: objects, commonPrefixes: prefixes, isTruncated: truncated,
+                               nextContinuationToken: truncated ? last : nil)
+    }
+
+    public func listObjectVersions(_ bucket: String, prefix: String?, delimiter: String?, keyMarker: String?,
+                                   versionIdMarker: String?, maxKeys: Int?) async throws(S3Error) -> ListVersionsPage {
+        try begin("ListObjectVersions", bucket)
+        let page = try await listObjectsV2(bucket, prefix: prefix, delimiter: delimiter, continuationToken: keyMarker,
+                                           startAfter: nil, maxKeys: maxKeys)
+        return ListVersionsPage(versions: page.objects.map {
+            ObjectVersion(key: $0.key, versionId: "null", isLatest: true, isDeleteMarker: false, size: $0.size, etag: $0.etag,
+                          lastModified: $0.lastModified)
+        }, commonPrefixes: page.commonPrefixes, isTruncated: page.isTruncated, nextKeyMarker: page.nextContinuationToken,
+           nextVersionIdMarker: nil)
+    }
+}

@@ -1,0 +1,243 @@
+import CkptCache
+@testable import CkptFS
+import CkptS3
+import Foundation
+import XCTest
+
+/// The filesystem core against the in-memory object client: no kernel, no server.
+final class FileSystemTests: XCTestCase {
+    var dir: String!
+    var s3: MemoryObjectClient!
+    var fs: FileSystem!
+    let bucket = "b"
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "ckptfs-core-\(UUID().uuidString)"
+        s3 = MemoryObjectClient(buckets: [bucket], pageSize: 100)
+        fs = try make()
+    }
+
+    override func tearDown() {
+        fs = nil
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    func make(prefix: String = "", ttl: Duration = .seconds(30)) throws -> FileSystem {
+        var o = FSOptions()
+        o.metadataTTL = ttl
+        o.uid = 1234
+        o.gid = 99
+        return FileSystem(client: s3, bucket: bucket, prefix: prefix,
+                          cache: try BlockCache(directory: dir + "/\(UUID().uuidString)", capacity: 1 << 30, blockSize: 1 << 20), options: o)
+    }
+
+    func data(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: ($0 &* 131) >> 3) &+ seed } }
+
+    func names(_ ino: UInt64) async throws -> [String: Bool] {
+        let h = try fs.opendir(ino: ino)
+        defer { fs.releasedir(handle: h) }
+        var out: [String: Bool] = [:]
+        var offset: Int64 = 0
+        while true {
+            let batch = try await fs.readdir(handle: h, offset: offset, limit: 37)
+            if batch.isEmpty { break }
+            for e in batch { out[e.name] = e.isDirectory }
+            offset = batch.last!.nextOffset
+        }
+        return out
+    }
+
+    func readAll(_ ino: UInt64, chunk: Int = 128 << 10) async throws -> [UInt8] {
+        let h = try await fs.open(ino: ino, write: false)
+        defer { fs.release(handle: h) }
+        var out: [UInt8] = []
+        while true {
+            let segs = try await fs.read(handle: h, offset: Int64(out.count), size: chunk)
+            if segs.isEmpty { break }
+            for s in segs { out += bytes(s) }
+        }
+        return out
+    }
+
+    func bytes(_ s: ReadSegment) -> [UInt8] {
+        switch s {
+        case .bytes(let b): return b
+        case .file(let fd, let off, let n):
+            var b = [UInt8](repeating: 0, count: n)
+            _ = pread(fd, &b, n, off_t(off))
+            close(fd)
+            return b
+        }
+    }
+
+    func testTreeFromKeysPrefixesAndMarkers() async throws {
+        s3.seed(bucket, "a.txt", Array("hello".utf8))
+        s3.seed(bucket, "dir/b.bin", data(10, 1))
+        s3.seed(bucket, "dir/sub/c", data(3, 2))
+        s3.seed(bucket, "marker/", [])
+        s3.seed(bucket, "both", Array("file".utf8))
+        s3.seed(bucket, "both/inside", Array("x".utf8))
+        s3.seed(bucket, "bad//name", [1])
+        s3.seed(bucket, "dots/./x", [1])
+        s3.seed(bucket, "dots/../y", [1])
+        let root = try await names(FileSystem.rootIno)
+        XCTAssertEqual(root, [".": true, "..": true, "a.txt": false, "dir": true, "marker": true, "both": true, "bad": true, "dots": true])
+        let d = try await fs.lookup(parent: FileSystem.rootIno, name: "dir")
+        XCTAssertTrue(d.isDirectory)
+        XCTAssertEqual(d.permissions, 0o755)
+        let v1 = try await names(d.ino)
+        XCTAssertEqual(v1, [".": true, "..": true, "b.bin": false, "sub": true])
+        let b = try await fs.lookup(parent: d.ino, name: "b.bin")
+        XCTAssertEqual(b.size, 10)
+        XCTAssertEqual(b.uid, 1234)
+        XCTAssertEqual(b.gid, 99)
+        XCTAssertEqual(b.permissions, 0o644)
+        // An object and a prefix of the same name: the directory wins, the object is hidden.
+        let both = try await fs.lookup(parent: FileSystem.rootIno, name: "both")
+        XCTAssertTrue(both.isDirectory)
+        // Names that cannot be file names are not shown.
+        let bad = try await fs.lookup(parent: FileSystem.rootIno, name: "bad")
+        let v2 = try await names(bad.ino)
+        XCTAssertEqual(v2, [".": true, "..": true])
+        let dots = try await fs.lookup(parent: FileSystem.rootIno, name: "dots")
+        let v3 = try await names(dots.ino)
+        XCTAssertEqual(v3, [".": true, "..": true])
+        let marker = try await fs.lookup(parent: FileSystem.rootIno, name: "marker")
+        let v4 = try await names(marker.ino)
+        XCTAssertEqual(v4, [".": true, "..": true], "an empty directory from a marker object")
+        for invalid in [".", "..", "", "a/b"] {
+            do {
+                _ = try await fs.lookup(parent: FileSystem.rootIno, name: invalid)
+                XCTFail(invalid)
+            } catch { XCTAssertEqual(error.errno, ENOENT) }
+        }
+        do {
+            _ = try await fs.lookup(parent: b.ino, name: "x")
+            XCTFail()
+        } catch { XCTAssertEqual(error.errno, ENOTDIR) }
+    }
+
+    func testInodesAreStableAndMatchReaddir() async throws {
+        s3.seed(bucket, "x/y", [1])
+        let x1 = try await fs.lookup(parent: FileSystem.rootIno, name: "x")
+        let h = try fs.opendir(ino: FileSystem.rootIno)
+        let entry = try await fs.readdir(handle: h, offset: 0).first { $0.name == "x" }
+        XCTAssertEqual(entry?.ino, x1.ino)
+        fs.forget(ino: x1.ino, count: 1)
+        let x2 = try await fs.lookup(parent: FileSystem.rootIno, name: "x")
+        XCTAssertEqual(x2.ino, x1.ino, "the same path keeps its inode number for the life of the mount")
+    }
+
+    func testNegativeLookupsAndListingsAreCachedForTheTTL() async throws {
+        s3.seed(bucket, "present", [1])
+        do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "missing"); XCTFail() } catch { XCTAssertEqual(error.errno, ENOENT) }
+        let before = s3.count("HeadObject") + s3.count("ListObjectsV2")
+        do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "missing"); XCTFail() } catch { XCTAssertEqual(error.errno, ENOENT) }
+        XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), before, "negative entry answered")
+        // After a complete listing, lookups in that directory need no request.
+        _ = try await names(FileSystem.rootIno)
+        let afterList = s3.count("HeadObject") + s3.count("ListObjectsV2")
+        _ = try await fs.lookup(parent: FileSystem.rootIno, name: "present")
+        do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "other"); XCTFail() } catch {}
+        XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), afterList)
+        // With a zero TTL every lookup asks again, so a new object is seen at once.
+        fs = try make(ttl: .zero)
+        do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "late"); XCTFail() } catch {}
+        s3.seed(bucket, "late", [7])
+        let late = try await fs.lookup(parent: FileSystem.rootIno, name: "late")
+        XCTAssertEqual(late.size, 1)
+    }
+
+    func testLargeDirectoryListsAcrossPages() async throws {
+        for i in 0..<2500 { s3.seed(bucket, "big/f\(String(format: "%05d", i))", []) }
+        for i in 0..<30 { s3.seed(bucket, "big/d\(i)/x", []) }
+        let big = try await fs.lookup(parent: FileSystem.rootIno, name: "big")
+        let listed = try await names(big.ino)
+        XCTAssertEqual(listed.count, 2 + 2500 + 30)
+        XCTAssertEqual(listed.values.filter { $0 }.count, 2 + 30)
+        XCTAssertGreaterThanOrEqual(s3.count("ListObjectsV2"), 26, "pages of 100")
+    }
+
+    func testPrefixMountShowsOnlyThePrefix() async throws {
+        s3.seed(bucket, "runs/42/model.pt", data(100, 3))
+        s3.seed(bucket, "runs/43/other", [1])
+        s3.seed(bucket, "top", [1])
+        fs = try make(prefix: "runs/42")
+        let v5 = try await names(FileSystem.rootIno)
+        XCTAssertEqual(v5, [".": true, "..": true, "model.pt": false])
+        let m = try await fs.lookup(parent: FileSystem.rootIno, name: "model.pt")
+        let v6 = try await readAll(m.ino)
+        XCTAssertEqual(v6, data(100, 3))
+    }
+
+    func testRandomAndSequentialReadsReturnExactBytes() async throws {
+        let obj = data((5 << 20) + 12345, 9)
+        s3.seed(bucket, "model.safetensors", obj)
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "model.safetensors")
+        let h = try await fs.open(ino: a.ino, write: false)
+        for (off, len) in [(0, 1), (4095, 2), (1 << 20 - 10, 20), (3 << 20, 1 << 20), (obj.count - 5, 100), (123_457, 300_000)] {
+            let segs = try await fs.read(handle: h, offset: Int64(off), size: len)
+            let got = segs.flatMap { bytes($0) }
+            XCTAssertEqual(got, Array(obj[off..<min(obj.count, off + len)]), "pread at \(off)")
+        }
+        let v7 = try await fs.read(handle: h, offset: Int64(obj.count), size: 10).count
+        XCTAssertEqual(v7, 0, "EOF")
+        fs.release(handle: h)
+        let v8 = try await readAll(a.ino)
+        XCTAssertEqual(v8, obj)
+    }
+
+    func testSequentialReadsReadAheadAndTheCacheServesTheSecondPass() async throws {
+        let obj = data(40 << 20, 4)
+        s3.seed(bucket, "shard.tar", obj)
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "shard.tar")
+        let v9 = try await readAll(a.ino)
+        XCTAssertEqual(v9, obj)
+        let gets = s3.count("GetObject")
+        XCTAssertLessThanOrEqual(gets, 12, "read-ahead fetches several blocks per GET (\(gets) GETs for 40 blocks)")
+        XCTAssertLessThanOrEqual(s3.bytesSent, Int64(obj.count) + (8 << 20), "nothing fetched twice")
+        // Second pass: all from the cache.
+        let v10 = try await readAll(a.ino)
+        XCTAssertEqual(v10, obj)
+        XCTAssertEqual(s3.count("GetObject"), gets, "a warm read sends no GET")
+        XCTAssertGreaterThanOrEqual(fs.stats.cache.hits, 40)
+    }
+
+    func testSmallRandomReadsDoNotTriggerLargeReadAhead() async throws {
+        let obj = data(64 << 20, 5)
+        s3.seed(bucket, "data.h5", obj)
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "data.h5")
+        let h = try await fs.open(ino: a.ino, write: false)
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<20 {
+            let off = Int.random(in: 0..<(obj.count - 4096), using: &rng)
+            let got = try await fs.read(handle: h, offset: Int64(off), size: 4096).flatMap { bytes($0) }
+            XCTAssertEqual(got, Array(obj[off..<off + 4096]))
+        }
+        XCTAssertLessThanOrEqual(s3.bytesSent, Int64(20 * 2 << 20), "each random read fetches at most its blocks")
+    }
+
+    func testAHandleSeesOneVersionAndAChangeIsReported() async throws {
+        s3.seed(bucket, "ckpt", data(3 << 20, 1))
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt")
+        let h = try await fs.open(ino: a.ino, write: false)
+        _ = try await fs.read(handle: h, offset: 0, size: 4096)
+        s3.seed(bucket, "ckpt", data(3 << 20, 2))  // overwritten behind the mount's back
+        do {
+            _ = try await fs.read(handle: h, offset: 2 << 20, size: 4096)
+            XCTFail("a handle must not mix versions")
+        } catch { XCTAssertEqual(error.errno, ESTALE) }
+        fs.release(handle: h)
+        // A new open after the attributes expire revalidates and sees the new version.
+        try await Task.sleep(for: .milliseconds(1100))
+        let h2 = try await fs.open(ino: a.ino, write: false)
+        let got = try await fs.read(handle: h2, offset: 2 << 20, size: 16).flatMap { bytes($0) }
+        XCTAssertEqual(got, Array(data(3 << 20, 2)[(2 << 20)..<(2 << 20) + 16]))
+    }
+
+    func testWritesAreRefusedInThisBuild() async throws {
+        s3.seed(bucket, "f", [1])
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "f")
+        do { _ = try await fs.open(ino: a.ino, write: true); XCTFail() } catch { XCTAssertEqual(error.errno, EROFS) }
+    }
+}
