@@ -1,5 +1,7 @@
 #include "cfuse.h"
+#include <errno.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 int ckpt_fuse_session_loop_mt(struct fuse_session *se, int clone_fd, int max_idle_threads, int max_threads) {
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -15,3 +17,38 @@ int ckpt_fuse_session_loop_mt(struct fuse_session *se, int clone_fd, int max_idl
 int ckpt_fuse_runtime_version(void) { return fuse_version(); }
 
 int ckpt_fuse_use_version(void) { return FUSE_USE_VERSION; }
+
+int ckpt_fuse_reply_segments(fuse_req_t req, size_t n, const int *fd, const off_t *off, const void *const *mem,
+                             const size_t *len) {
+    if (n == 0) return fuse_reply_buf(req, NULL, 0);
+    struct fuse_bufvec *v = calloc(1, sizeof(struct fuse_bufvec) + (n - 1) * sizeof(struct fuse_buf));
+    if (v == NULL) return fuse_reply_err(req, ENOMEM);
+    v->count = n;
+    for (size_t i = 0; i < n; i++) {
+        v->buf[i].size = len[i];
+        if (fd[i] >= 0) {
+            v->buf[i].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+            v->buf[i].fd = fd[i];
+            v->buf[i].pos = off[i];
+        } else {
+            v->buf[i].flags = 0;
+            v->buf[i].mem = (void *)mem[i];
+        }
+    }
+    int rc = fuse_reply_data(req, v, FUSE_BUF_SPLICE_MOVE);
+    free(v);
+    return rc;
+}
+
+void ckpt_fuse_fi_set(struct fuse_file_info *fi, uint64_t fh, int keep_cache, int direct_io) {
+    fi->fh = fh;
+    fi->keep_cache = keep_cache ? 1 : 0;
+    fi->direct_io = direct_io ? 1 : 0;
+}
+
+void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead) {
+    if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+    if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want &= ~FUSE_CAP_READDIRPLUS;
+    conn->max_readahead = max_readahead;
+}

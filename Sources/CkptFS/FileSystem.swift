@@ -127,7 +127,7 @@ public final class FileSystem: Sendable {
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
         let cached: Meta?? = table.withLock { t in
             if let l = t.listings[parent], ContinuousClock.now < l.expires { return .some(l.entries[name]) }
-            if let neg = t.negative[pk], isFresh(neg) { return .some(nil) }
+            if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
             if let ino = t.inoByPath[pk], let n = t.nodes[ino], isFresh(n.fetched) { return .some(n.meta) }
             return nil
         }

@@ -46,7 +46,7 @@ struct S3Options: ParsableArguments {
 }
 
 /// Prints a user-facing failure and exits non-zero.
-struct UserFacingFailure: Error, CustomStringConvertible {
+struct UserFacingFailure: Error, Sendable, CustomStringConvertible {
     var message: String
     var code: Int32 = 1
     var description: String { message }

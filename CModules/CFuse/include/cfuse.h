@@ -9,10 +9,24 @@
 
 #define FUSE_USE_VERSION 312
 #include <fuse3/fuse_lowlevel.h>
+#include <stdint.h>
 
 /// Runs the multi-threaded session loop (the `fuse_session_loop_mt` macro).
 /// `max_idle_threads` < 0 keeps libfuse's default; `max_threads` <= 0 likewise.
 int ckpt_fuse_session_loop_mt(struct fuse_session *se, int clone_fd, int max_idle_threads, int max_threads);
+
+/// Replies to a read with `n` segments, each either `len[i]` bytes of file `fd[i]` at `off[i]` (fd >= 0)
+/// or `len[i]` bytes at `mem[i]` (fd < 0). File segments go to the kernel without passing through this
+/// process's memory where the kernel allows (splice). `struct fuse_bufvec` ends in a one-element array,
+/// so a vector of several buffers has to be allocated here.
+int ckpt_fuse_reply_segments(fuse_req_t req, size_t n, const int *fd, const off_t *off, const void *const *mem,
+                             const size_t *len);
+
+/// Sets the fields of a fuse_file_info that are C bitfields.
+void ckpt_fuse_fi_set(struct fuse_file_info *fi, uint64_t fh, int keep_cache, int direct_io);
+
+/// Turns on the capabilities a read-mostly filesystem wants, if the kernel offers them.
+void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead);
 
 /// The libfuse version the library reports at run time (e.g. 314 for 3.14).
 int ckpt_fuse_runtime_version(void);

@@ -1,0 +1,228 @@
+// The FUSE adapter: libfuse's low-level API on one side, the filesystem core on the other.
+//
+// Every operation is "copy the arguments, call the core, reply": the callbacks are capture-free C
+// function pointers that recover the adapter from fuse_req_userdata, copy what libfuse only lends for the
+// duration of the call (names, fuse_file_info), and start a Task that awaits the core and sends exactly
+// one reply. No FUSE worker thread waits for S3, and no Swift task blocks in libfuse.
+// Cached data is replied with fd-backed buffers (fuse_reply_data), so warm reads are not copied through
+// this process. This is the only module that touches libfuse.
+import CFuse
+import CkptFS
+import Foundation
+import Logging
+
+public final class FuseAdapter: Sendable {
+    public let fs: FileSystem
+    let logger: Logger
+    /// How long the kernel may cache attributes and entries (the metadata TTL).
+    let timeout: Double
+
+    public init(fs: FileSystem, logger: Logger) {
+        self.fs = fs
+        self.logger = logger
+        let ttl = fs.options.metadataTTL.components
+        self.timeout = Double(ttl.seconds) + Double(ttl.attoseconds) / 1e18
+    }
+
+    static func adapter(_ req: fuse_req_t?) -> FuseAdapter {
+        Unmanaged<FuseAdapter>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+    }
+
+    func stat(_ a: Attributes) -> stat {
+        var st = Glibc.stat()
+        st.st_ino = ino_t(a.ino)
+        st.st_mode = (a.isDirectory ? S_IFDIR : S_IFREG) | mode_t(a.permissions)
+        st.st_nlink = nlink_t(a.nlink)
+        st.st_uid = a.uid
+        st.st_gid = a.gid
+        st.st_size = off_t(a.size)
+        st.st_blksize = 1 << 20
+        st.st_blocks = blkcnt_t((a.size + 511) / 512)
+        let t = a.mtime.timeIntervalSince1970
+        let ts = timespec(tv_sec: Int(t.rounded(.down)), tv_nsec: Int((t - t.rounded(.down)) * 1e9))
+        st.st_mtim = ts
+        st.st_ctim = ts
+        st.st_atim = ts
+        return st
+    }
+
+    func replyError(_ req: fuse_req_t?, _ e: FSError, _ op: String) {
+        if e.errno == EIO || e.errno == ESTALE || e.errno == EACCES {
+            logger.error("operation failed", metadata: ["fuse.op": "\(op)", "fuse.error": "\(e)"])
+        } else {
+            logger.debug("operation failed", metadata: ["fuse.op": "\(op)", "fuse.error": "\(e)"])
+        }
+        fuse_reply_err(req, e.errno)
+    }
+
+    /// Runs `body` in a Task and replies with its error if it throws (a successful body replies itself).
+    static func async(_ req: fuse_req_t?, _ op: String,
+                      _ body: @escaping @Sendable (FuseAdapter, UnsafeSendable<fuse_req_t?>) async throws(FSError) -> Void) {
+        let a = FuseAdapter.adapter(req)
+        let r = UnsafeSendable(req)
+        Task {
+            do throws(FSError) { try await body(a, r) } catch { a.replyError(r.value, error, op) }
+        }
+    }
+
+    /// The operations table.
+    public static func operations() -> fuse_lowlevel_ops {
+        var ops = fuse_lowlevel_ops()
+        ops.`init` = { userdata, conn in
+            ckpt_fuse_init_conn(conn, 1 << 20)
+        }
+        ops.lookup = { req, parent, name in
+            let n = String(cString: name!)
+            FuseAdapter.async(req, "lookup") { a, r throws(FSError) in
+                let req = r.value
+                let attr = try await a.fs.lookup(parent: UInt64(parent), name: n)
+                var e = fuse_entry_param()
+                e.ino = fuse_ino_t(attr.ino)
+                e.generation = 1
+                e.attr = a.stat(attr)
+                e.attr_timeout = a.timeout
+                e.entry_timeout = a.timeout
+                fuse_reply_entry(req, &e)
+            }
+        }
+        ops.forget = { req, ino, nlookup in
+            FuseAdapter.adapter(req).fs.forget(ino: UInt64(ino), count: UInt64(nlookup))
+            fuse_reply_none(req)
+        }
+        ops.forget_multi = { req, count, forgets in
+            let a = FuseAdapter.adapter(req)
+            for i in 0..<count {
+                let f = forgets![i]
+                a.fs.forget(ino: UInt64(f.ino), count: UInt64(f.nlookup))
+            }
+            fuse_reply_none(req)
+        }
+        ops.getattr = { req, ino, _ in
+            FuseAdapter.async(req, "getattr") { a, r throws(FSError) in
+                let req = r.value
+                var st = a.stat(try await a.fs.getattr(ino: UInt64(ino)))
+                fuse_reply_attr(req, &st, a.timeout)
+            }
+        }
+        ops.open = { req, ino, fi in
+            let flags = fi!.pointee.flags
+            let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
+            var info = fi!.pointee
+            let boxed = UnsafeSendable(info)
+            FuseAdapter.async(req, "open") { a, r throws(FSError) in
+                let req = r.value
+                let h = try await a.fs.open(ino: UInt64(ino), write: write)
+                var copy = boxed.value
+                // keep_cache: the page cache stays valid across opens; a handle pins one ETag anyway.
+                ckpt_fuse_fi_set(&copy, h, 1, 0)
+                if fuse_reply_open(req, &copy) != 0 { a.fs.release(handle: h) }
+            }
+            _ = info
+            info = fuse_file_info()
+        }
+        ops.read = { req, _, size, off, fi in
+            let h = fi!.pointee.fh
+            FuseAdapter.async(req, "read") { a, r throws(FSError) in
+                let req = r.value
+                let segments = try await a.fs.read(handle: h, offset: Int64(off), size: size)
+                a.reply(req, segments)
+            }
+        }
+        ops.release = { req, _, fi in
+            FuseAdapter.adapter(req).fs.release(handle: fi!.pointee.fh)
+            fuse_reply_err(req, 0)
+        }
+        ops.opendir = { req, ino, fi in
+            var info = fi!.pointee
+            do throws(FSError) {
+                let h = try FuseAdapter.adapter(req).fs.opendir(ino: UInt64(ino))
+                ckpt_fuse_fi_set(&info, h, 0, 0)
+                fuse_reply_open(req, &info)
+            } catch {
+                FuseAdapter.adapter(req).replyError(req, error, "opendir")
+            }
+        }
+        ops.readdir = { req, _, size, off, fi in
+            let h = fi!.pointee.fh
+            FuseAdapter.async(req, "readdir") { a, r throws(FSError) in
+                let req = r.value
+                let entries = try await a.fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / 32))
+                var buf = [CChar](repeating: 0, count: size)
+                var used = 0
+                for e in entries {
+                    var st = Glibc.stat()
+                    st.st_ino = ino_t(e.ino)
+                    st.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
+                    let need = buf.withUnsafeMutableBufferPointer { p in
+                        fuse_add_direntry(req, p.baseAddress! + used, size - used, e.name, &st, off_t(e.nextOffset))
+                    }
+                    if used + need > size { break }
+                    used += need
+                }
+                buf.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, used) }
+            }
+        }
+        ops.releasedir = { req, _, fi in
+            FuseAdapter.adapter(req).fs.releasedir(handle: fi!.pointee.fh)
+            fuse_reply_err(req, 0)
+        }
+        ops.statfs = { req, _ in
+            let s = FuseAdapter.adapter(req).fs.statfs()
+            var v = statvfs()
+            v.f_bsize = UInt(s.blockSize)
+            v.f_frsize = UInt(s.blockSize)
+            v.f_blocks = fsblkcnt_t(s.blocks)
+            v.f_bfree = fsblkcnt_t(s.freeBlocks)
+            v.f_bavail = fsblkcnt_t(s.freeBlocks)
+            v.f_files = fsfilcnt_t(s.files)
+            v.f_ffree = fsfilcnt_t(s.freeFiles)
+            v.f_favail = fsfilcnt_t(s.freeFiles)
+            v.f_namemax = UInt(s.nameMax)
+            fuse_reply_statfs(req, &v)
+        }
+        // Changes are not supported by this build: say so plainly rather than ENOSYS.
+        ops.setattr = { req, _, _, _, _ in fuse_reply_err(req, EROFS) }
+        ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EROFS) }
+        ops.mkdir = { req, _, _, _ in fuse_reply_err(req, EROFS) }
+        ops.unlink = { req, _, _ in fuse_reply_err(req, EROFS) }
+        ops.rmdir = { req, _, _ in fuse_reply_err(req, EROFS) }
+        ops.rename = { req, _, _, _, _, _ in fuse_reply_err(req, EROFS) }
+        ops.create = { req, _, _, _, _ in fuse_reply_err(req, EROFS) }
+        ops.write = { req, _, _, _, _, _ in fuse_reply_err(req, EROFS) }
+        ops.symlink = { req, _, _, _ in fuse_reply_err(req, EROFS) }
+        ops.link = { req, _, _, _ in fuse_reply_err(req, EROFS) }
+        return ops
+    }
+
+    /// Sends read segments (fds are closed afterwards).
+    func reply(_ req: fuse_req_t?, _ segments: [ReadSegment]) {
+        var fds: [Int32] = []
+        var offs: [off_t] = []
+        var lens: [Int] = []
+        var mems: [UnsafeMutableRawPointer?] = []
+        for s in segments {
+            switch s {
+            case .file(let fd, let off, let n):
+                fds.append(fd); offs.append(off_t(off)); lens.append(n); mems.append(nil)
+            case .bytes(let b):
+                let p = UnsafeMutableRawPointer.allocate(byteCount: max(1, b.count), alignment: 16)
+                b.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: b.count) }
+                fds.append(-1); offs.append(0); lens.append(b.count); mems.append(p)
+            }
+        }
+        let constMems = mems.map { UnsafeRawPointer($0) }
+        constMems.withUnsafeBufferPointer { m in
+            _ = ckpt_fuse_reply_segments(req, segments.count, fds, offs, m.baseAddress, lens)
+        }
+        for (fd, mem) in zip(fds, mems) {
+            if fd >= 0 { close(fd) }
+            mem?.deallocate()
+        }
+    }
+}
+
+/// Carries a value libfuse guarantees stays valid (a request handle until replied) into a Task.
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

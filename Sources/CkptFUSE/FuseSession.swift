@@ -1,0 +1,57 @@
+// Mounting: create the libfuse session, mount it, run the multi-threaded loop on a dedicated thread
+// (never on Swift's cooperative pool), and unmount when the loop ends: on `ckptfs unmount` /
+// `fusermount3 -u`, or on SIGINT, SIGTERM or SIGHUP (libfuse's signal handlers end the loop).
+import CFuse
+import Foundation
+
+public struct FuseError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+public enum FuseSession {
+    /// Mounts `adapter` at `mountpoint` with mount options `options` (`-o` list), calls `onMounted` once
+    /// the mount is live, and returns when it has been unmounted.
+    public static func run(adapter: FuseAdapter, mountpoint: String, options: [String], threads: Int = 16,
+                           onMounted: @escaping @Sendable () -> Void) async throws(FuseError) {
+        let result: Result<Void, FuseError> = await withCheckedContinuation { cont in
+            let t = Thread {
+                cont.resume(returning: runBlocking(adapter: adapter, mountpoint: mountpoint, options: options,
+                                                   threads: threads, onMounted: onMounted))
+            }
+            t.name = "ckptfs-fuse"
+            t.start()
+        }
+        try result.get()
+    }
+
+    static func runBlocking(adapter: FuseAdapter, mountpoint: String, options: [String], threads: Int,
+                            onMounted: () -> Void) -> Result<Void, FuseError> {
+        var ops = FuseAdapter.operations()
+        let words: [String] = ["ckptfs", "-o", options.joined(separator: ",")]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var cargv = argv
+        return cargv.withUnsafeMutableBufferPointer { buf -> Result<Void, FuseError> in
+            var args = fuse_args(argc: 3, argv: buf.baseAddress, allocated: 0)
+            let userdata = Unmanaged.passRetained(adapter).toOpaque()
+            defer { Unmanaged<FuseAdapter>.fromOpaque(userdata).release() }
+            guard let se = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
+                return .failure(FuseError(message: "libfuse rejected the mount options \(options.joined(separator: ","))"))
+            }
+            defer { fuse_session_destroy(se) }
+            guard fuse_set_signal_handlers(se) == 0 else {
+                return .failure(FuseError(message: "could not install signal handlers"))
+            }
+            defer { fuse_remove_signal_handlers(se) }
+            guard fuse_session_mount(se, mountpoint) == 0 else {
+                return .failure(FuseError(message: "mounting at \(mountpoint) failed (see the message above; as a user, "
+                    + "fusermount3 must be installed and /dev/fuse accessible)"))
+            }
+            onMounted()
+            let rc = ckpt_fuse_session_loop_mt(se, 0, -1, Int32(threads))
+            fuse_session_unmount(se)
+            return rc == 0 ? .success(()) : .failure(FuseError(message: "the FUSE session ended with error \(rc)"))
+        }
+    }
+}

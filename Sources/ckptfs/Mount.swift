@@ -1,0 +1,223 @@
+import ArgumentParser
+import CkptCache
+import CkptDigest
+import CkptFS
+import CkptFUSE
+import CkptS3
+import Foundation
+import Logging
+
+/// `ckptfs mount s3://BUCKET[/PREFIX] MOUNTPOINT`: checks everything it can before mounting; without
+/// --foreground it starts the daemon and returns 0 only once the mount is live.
+struct Mount: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Mount a bucket (or a prefix of it) as a directory.")
+
+    @Argument(help: "s3://BUCKET or s3://BUCKET/PREFIX") var url: String
+    @Argument(help: "An existing, empty directory.") var mountpoint: String
+    @OptionGroup var s3: S3Options
+
+    @Option(name: .customLong("cache-dir"), help: "Block cache directory (default: ~/.cache/ckptfs/BUCKET-HASH).")
+    var cacheDir: String?
+    @Option(name: .customLong("cache-size"), help: "Cache bound, e.g. 20GiB (default: half the free space, 1 to 100 GiB).")
+    var cacheSize: String?
+    @Option(name: .customLong("metadata-ttl"), help: "Seconds attributes and listings are trusted.")
+    var metadataTTL: Double = 30
+    @Flag(name: .customLong("read-only")) var readOnly = false
+    @Flag(name: .customLong("allow-other"), help: "Let other users access the mount (needs user_allow_other for non-root).")
+    var allowOther = false
+    @Option var uid: UInt32?
+    @Option var gid: UInt32?
+    @Option(name: .customLong("file-mode")) var fileMode: String = "0644"
+    @Option(name: .customLong("dir-mode")) var dirMode: String = "0755"
+    @Flag var foreground = false
+    @Option(name: .customLong("log-file"), help: "Where the daemon logs (default: CACHE_DIR/ckptfs.log).")
+    var logFile: String?
+    @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
+
+    func validate() throws {
+        do { _ = try S3URL(url) } catch { throw ValidationError(error.description) }
+        if let c = cacheSize, MountChecks.parseSize(c) == nil {
+            throw ValidationError("--cache-size '\(c)' is not a size; write it like 20GiB, 512MiB or a number of bytes")
+        }
+        guard metadataTTL >= 0 else { throw ValidationError("--metadata-ttl must be zero or more seconds") }
+        for (name, m) in [("--file-mode", fileMode), ("--dir-mode", dirMode)] {
+            guard let v = UInt32(m, radix: 8), v <= 0o7777 else { throw ValidationError("\(name) '\(m)' is not an octal mode like 0644") }
+        }
+    }
+
+    func run() async throws {
+        do {
+            try await mount()
+        } catch let f as UserFacingFailure {
+            report(f.message)
+            throw ExitCode(1)
+        }
+    }
+
+    func report(_ message: String) {
+        if let fd = readyFD {
+            let line = Array("ERR \(message.replacingOccurrences(of: "\n", with: "\u{1}"))\n".utf8)
+            _ = write(fd, line, line.count)
+        }
+        FileHandle.standardError.write(Data("ckptfs: error: \(message)\n".utf8))
+    }
+
+    func mount() async throws {
+        let target = try S3URL(url)
+        let config: S3ClientConfiguration
+        do { config = try s3.resolve() } catch let e as ConfigurationError { throw UserFacingFailure(message: e.description) }
+        try MountChecks.fuseAvailable()
+        let mp = try MountChecks.mountpoint(mountpoint)
+        let cache = cacheDir.map(MountChecks.absolute) ?? defaultCacheDir(target, config)
+        let logPath = logFile.map(MountChecks.absolute) ?? cache + "/ckptfs.log"
+
+        if !foreground {
+            // Check access here so the user sees the error on the terminal, then hand over to the daemon.
+            try await checkBucket(target, config, logger: Logger(label: "ckptfs"))
+            try spawnDaemon(logPath: logPath, cacheDir: cache)
+            print("mounted \(target) at \(mp)")
+            return
+        }
+
+        if readyFD != nil { try redirectOutput(to: logPath, cacheDir: cache) }
+        let logger = s3.logger()
+        try await checkBucket(target, config, logger: logger)
+        let blockCache = try openCache(cache, size: cacheSize.flatMap(MountChecks.parseSize) ?? MountChecks.defaultCacheSize(for: cache))
+        var o = FSOptions()
+        o.metadataTTL = .milliseconds(Int64(metadataTTL * 1000))
+        o.uid = uid ?? getuid()
+        o.gid = gid ?? getgid()
+        o.fileMode = UInt32(fileMode, radix: 8)!
+        o.dirMode = UInt32(dirMode, radix: 8)!
+        o.readOnly = readOnly
+        let client = S3Client(configuration: config, logger: logger)
+        let fs = FileSystem(client: client, bucket: target.bucket, prefix: target.prefix, cache: blockCache, options: o, logger: logger)
+        var mountOptions = ["fsname=\(target.description.replacingOccurrences(of: ",", with: "_"))", "subtype=ckptfs", "default_permissions"]
+        if allowOther { mountOptions.append("allow_other") }
+        if readOnly { mountOptions.append("ro") }
+        logger.notice("mounting", metadata: ["s3.url": "\(target)", "mountpoint": "\(mp)", "cache.dir": "\(cache)",
+                                            "cache.capacity": "\(blockCache.capacity)"])
+        let ready = readyFD
+        do {
+            try await FuseSession.run(adapter: FuseAdapter(fs: fs, logger: logger), mountpoint: mp, options: mountOptions) {
+                if let fd = ready {
+                    _ = write(fd, "OK\n", 3)
+                    close(fd)
+                }
+            }
+        } catch {
+            throw UserFacingFailure(message: error.description)
+        }
+        logger.notice("unmounted", metadata: ["mountpoint": "\(mp)"])
+    }
+
+    func checkBucket(_ target: S3URL, _ config: S3ClientConfiguration, logger: Logger) async throws(UserFacingFailure) {
+        do {
+            try await S3Client(configuration: config, logger: logger).headBucket(target.bucket)
+        } catch {
+            throw UserFacingFailure(message: error.description)
+        }
+    }
+
+    func defaultCacheDir(_ target: S3URL, _ config: S3ClientConfiguration) -> String {
+        let base = ProcessInfo.processInfo.environment["XDG_CACHE_HOME"] ?? (NSHomeDirectory() + "/.cache")
+        let id = Digest.sha256("\(config.endpoint)\n\(target.bucket)\n\(target.prefix)").hexString.prefix(12)
+        return "\(base)/ckptfs/\(target.bucket)-\(id)"
+    }
+
+    /// Opens the cache; a mount that has just been unmounted may still be releasing it, so wait briefly.
+    func openCache(_ dir: String, size: Int64) throws(UserFacingFailure) -> BlockCache {
+        var last: CacheError?
+        for _ in 0..<50 {
+            do { return try BlockCache(directory: dir, capacity: size) } catch {
+                last = error
+                guard error.message.contains("in use") else { break }
+                usleep(100_000)
+            }
+        }
+        throw UserFacingFailure(message: last?.description ?? "cannot open the cache")
+    }
+
+    func redirectOutput(to logPath: String, cacheDir: String) throws(UserFacingFailure) {
+        try? FileManager.default.createDirectory(atPath: cacheDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw UserFacingFailure(message: "cannot open the log file \(logPath): \(String(cString: strerror(errno)))") }
+        dup2(fd, 1)
+        dup2(fd, 2)
+        close(fd)
+    }
+
+    /// Starts `ckptfs mount ... --foreground --ready-fd 3` in a new session and waits for it to report.
+    func spawnDaemon(logPath: String, cacheDir: String) throws(UserFacingFailure) {
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else { throw UserFacingFailure(message: "pipe: \(String(cString: strerror(errno)))") }
+        let (r, w) = (pipeFDs[0], pipeFDs[1])
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, w, 3)
+        posix_spawn_file_actions_addclose(&actions, r)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        posix_spawnattr_setflags(&attr, 0x80)  // POSIX_SPAWN_SETSID (glibc), not exported to Swift: a new session
+        let exe = "/proc/self/exe"
+        var args = CommandLine.arguments
+        args += ["--foreground", "--ready-fd", "3"]
+        if logFile == nil { args += ["--log-file", logPath] }
+        if cacheDir != self.cacheDir { args += ["--cache-dir", cacheDir] }
+        let argv = args.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, exe, &actions, &attr, argv, environ)
+        close(w)
+        guard rc == 0 else {
+            close(r)
+            throw UserFacingFailure(message: "could not start the ckptfs daemon: \(String(cString: strerror(rc)))")
+        }
+        // Wait for "OK" or "ERR message" (or the daemon dying: EOF).
+        var line = [UInt8]()
+        var byte: UInt8 = 0
+        while read(r, &byte, 1) == 1 && byte != UInt8(ascii: "\n") { line.append(byte) }
+        close(r)
+        let text = String(decoding: line, as: UTF8.self)
+        if text == "OK" { return }
+        if text.hasPrefix("ERR ") {
+            throw UserFacingFailure(message: String(text.dropFirst(4)).replacingOccurrences(of: "\u{1}", with: "\n"))
+        }
+        var status: Int32 = 0
+        waitpid(pid, &status, WNOHANG)
+        throw UserFacingFailure(message: "the ckptfs daemon exited before the mount was live; see \(logPath)")
+    }
+}
+
+/// `ckptfs unmount MOUNTPOINT`
+struct Unmount: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Unmount a ckptfs mount.")
+    @Argument var mountpoint: String
+
+    func run() throws {
+        let path = MountChecks.absolute(mountpoint)
+        guard let m = MountChecks.mounts().last(where: { $0.path == path }) else {
+            throw fail("\(path) is not mounted")
+        }
+        guard m.type == "fuse.ckptfs" else { throw fail("\(path) is a \(m.type) mount, not ckptfs; use umount") }
+        if let fusermount = MountChecks.findExecutable("fusermount3") {
+            var pid: pid_t = 0
+            let words: [String] = [fusermount, "-u", path]
+            let argv = words.map { strdup($0) } + [nil]
+            defer { argv.forEach { free($0) } }
+            guard posix_spawn(&pid, fusermount, nil, nil, argv, environ) == 0 else { throw fail("could not run \(fusermount)") }
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            guard status == 0 else { throw fail("fusermount3 -u \(path) failed (is a file under it still open?)") }
+        } else if umount2(path, 0) != 0 {
+            throw fail("umount \(path): \(String(cString: strerror(errno)))")
+        }
+        // The daemon exits once the kernel has let go; give it a moment to release its cache.
+        for _ in 0..<50 where MountChecks.isMounted(path) { usleep(100_000) }
+    }
+}
