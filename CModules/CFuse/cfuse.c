@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 int ckpt_fuse_session_loop_mt(struct fuse_session *se, int clone_fd, int max_idle_threads, int max_threads) {
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -51,4 +53,38 @@ void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead) {
     if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want &= ~FUSE_CAP_READDIRPLUS;
     conn->max_readahead = max_readahead;
+}
+
+static struct fuse_session *volatile exit_session = NULL;
+static volatile int exit_notify_fd = -1;
+
+static void exit_signal_handler(int sig) {
+    struct fuse_session *se = exit_session;
+    if (se != NULL) fuse_session_exit(se);
+    int fd = exit_notify_fd;
+    if (fd >= 0) {
+        char c = (char)sig;
+        ssize_t ignored = write(fd, &c, 1);
+        (void)ignored;
+    }
+}
+
+int ckpt_fuse_install_exit_signals(struct fuse_session *se, int notify_fd) {
+    exit_session = se;
+    exit_notify_fd = notify_fd;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = exit_signal_handler;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGHUP, &sa, NULL) != 0) return -1;
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+void ckpt_fuse_remove_exit_signals(void) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    exit_session = NULL;
+    exit_notify_fd = -1;
 }

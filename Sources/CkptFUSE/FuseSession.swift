@@ -25,6 +25,19 @@ public enum FuseSession {
         try result.get()
     }
 
+    /// Detaches the mount so the kernel ends the FUSE connection (root: umount2; users: fusermount3 -uz).
+    static func lazyUnmount(_ mountpoint: String) {
+        if getuid() == 0, umount2(mountpoint, Int32(MNT_DETACH)) == 0 { return }
+        var pid: pid_t = 0
+        let words = ["fusermount3", "-u", "-z", mountpoint]
+        let argv = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        if posix_spawnp(&pid, "fusermount3", nil, nil, argv, environ) == 0 {
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+    }
+
     static func runBlocking(adapter: FuseAdapter, mountpoint: String, options: [String], threads: Int,
                             onMounted: () -> Void) -> Result<Void, FuseError> {
         var ops = FuseAdapter.operations()
@@ -40,10 +53,26 @@ public enum FuseSession {
                 return .failure(FuseError(message: "libfuse rejected the mount options \(options.joined(separator: ","))"))
             }
             defer { fuse_session_destroy(se) }
-            guard fuse_set_signal_handlers(se) == 0 else {
+            // SIGINT, SIGTERM and SIGHUP end the session: the handler writes to a pipe, and a watcher thread
+            // unmounts (lazily), which wakes every thread blocked reading /dev/fuse.
+            var notify: [Int32] = [-1, -1]
+            guard pipe(&notify) == 0 else { return .failure(FuseError(message: "pipe: \(String(cString: strerror(errno)))")) }
+            guard ckpt_fuse_install_exit_signals(se, notify[1]) == 0 else {
                 return .failure(FuseError(message: "could not install signal handlers"))
             }
-            defer { fuse_remove_signal_handlers(se) }
+            defer {
+                ckpt_fuse_remove_exit_signals()
+                close(notify[1])  // ends the watcher if no signal came
+            }
+            let watchFD = notify[0]
+            let watcher = Thread {
+                var sig: UInt8 = 0
+                let n = read(watchFD, &sig, 1)
+                close(watchFD)
+                if n == 1 { lazyUnmount(mountpoint) }
+            }
+            watcher.name = "ckptfs-signals"
+            watcher.start()
             guard fuse_session_mount(se, mountpoint) == 0 else {
                 return .failure(FuseError(message: "mounting at \(mountpoint) failed (see the message above; as a user, "
                     + "fusermount3 must be installed and /dev/fuse accessible)"))
@@ -51,7 +80,9 @@ public enum FuseSession {
             onMounted()
             let rc = ckpt_fuse_session_loop_mt(se, 0, -1, Int32(threads))
             fuse_session_unmount(se)
-            return rc == 0 ? .success(()) : .failure(FuseError(message: "the FUSE session ended with error \(rc)"))
+            // A loop ended by a signal reports the signal: that is a requested, clean exit.
+            if rc == 0 || rc == SIGINT || rc == SIGTERM || rc == SIGHUP { return .success(()) }
+            return .failure(FuseError(message: "the FUSE session ended with error \(rc)"))
         }
     }
 }

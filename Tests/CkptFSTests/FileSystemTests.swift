@@ -188,23 +188,23 @@ final class FileSystemTests: XCTestCase {
     }
 
     func testSequentialReadsReadAheadAndTheCacheServesTheSecondPass() async throws {
-        let obj = data(40 << 20, 4)
+        let obj = data(24 << 20, 4)
         s3.seed(bucket, "shard.tar", obj)
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "shard.tar")
         let v9 = try await readAll(a.ino)
         XCTAssertEqual(v9, obj)
         let gets = s3.count("GetObject")
-        XCTAssertLessThanOrEqual(gets, 12, "read-ahead fetches several blocks per GET (\(gets) GETs for 40 blocks)")
+        XCTAssertLessThanOrEqual(gets, 8, "read-ahead fetches several blocks per GET (\(gets) GETs for 24 blocks)")
         XCTAssertLessThanOrEqual(s3.bytesSent, Int64(obj.count) + (8 << 20), "nothing fetched twice")
         // Second pass: all from the cache.
         let v10 = try await readAll(a.ino)
         XCTAssertEqual(v10, obj)
         XCTAssertEqual(s3.count("GetObject"), gets, "a warm read sends no GET")
-        XCTAssertGreaterThanOrEqual(fs.stats.cache.hits, 40)
+        XCTAssertGreaterThanOrEqual(fs.stats.cache.hits, 24)
     }
 
     func testSmallRandomReadsDoNotTriggerLargeReadAhead() async throws {
-        let obj = data(64 << 20, 5)
+        let obj = data(32 << 20, 5)
         s3.seed(bucket, "data.h5", obj)
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "data.h5")
         let h = try await fs.open(ino: a.ino, write: false)

@@ -10,6 +10,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse3/fuse_lowlevel.h>
 #include <stdint.h>
+#include <signal.h>
 
 /// Runs the multi-threaded session loop (the `fuse_session_loop_mt` macro).
 /// `max_idle_threads` < 0 keeps libfuse's default; `max_threads` <= 0 likewise.
@@ -27,6 +28,13 @@ void ckpt_fuse_fi_set(struct fuse_file_info *fi, uint64_t fh, int keep_cache, in
 
 /// Turns on the capabilities a read-mostly filesystem wants, if the kernel offers them.
 void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead);
+
+/// Installs handlers for SIGINT, SIGTERM and SIGHUP that end the session and write the signal number to
+/// `notify_fd`. libfuse's own handlers only set a flag; in a multi-threaded process the signal may land on a
+/// thread that is not reading /dev/fuse, so the loop would not notice until the next request. The writer of
+/// `notify_fd` wakes a thread that unmounts, which ends every reader at once. SIGPIPE is ignored.
+int ckpt_fuse_install_exit_signals(struct fuse_session *se, int notify_fd);
+void ckpt_fuse_remove_exit_signals(void);
 
 /// The libfuse version the library reports at run time (e.g. 314 for 3.14).
 int ckpt_fuse_runtime_version(void);
