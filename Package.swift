@@ -45,7 +45,7 @@ let package = Package(
         ]),
 
         // Benchmark tool for the S3 client alone (bench/s3_download.py drives it).
-        .executableTarget(name: "ckpt-s3bench", dependencies: ["CkptS3"], path: "bench/S3Bench"),
+        .executableTarget(name: "ckpt-s3bench", dependencies: ["CkptS3", "CkptFS", "CkptCache"], path: "bench/S3Bench"),
 
         // Shared by the test targets: a real SeaweedFS per test process, the fault server, helpers.
         .target(name: "CkptTestSupport", dependencies: ["CkptS3"], path: "Tests/CkptTestSupport"),

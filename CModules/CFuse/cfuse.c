@@ -53,6 +53,9 @@ void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead) {
     if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want &= ~FUSE_CAP_READDIRPLUS;
     conn->max_readahead = max_readahead;
+    /* libfuse derives the kernel's max_pages from max_write: 1 MiB lets the kernel send 1 MiB reads
+       (one cache block per request) instead of 128 KiB ones. */
+    conn->max_write = 1 << 20;
 }
 
 static struct fuse_session *volatile exit_session = NULL;

@@ -2,7 +2,7 @@
 //
 // Objects are cached in fixed-size blocks keyed by (bucket, key, ETag, block index), so a changed object
 // (new ETag) never hits an old block. Each block is one file, `blocks/HH/HASH-INDEX`, holding a 64-byte
-// header (magic, block index, length, CRC32C of the data, hash of bucket/key/ETag) and the data. A block
+// header (magic, block index, length, hash of bucket/key/ETag, XXH64 checksum of the data) and the data. A block
 // is checked against its header and checksum the first time it is served in a process; a block that
 // fails is deleted and reported as a miss, so it is fetched again and never served damaged.
 //
@@ -72,7 +72,7 @@ public final class BlockCache: Sendable {
     public let capacity: Int64
     public let blockSize: Int
     static let headerSize = 64
-    static let magic: [UInt8] = Array("CKPTBLK1".utf8)
+    static let magic: [UInt8] = Array("CKPTBLK2".utf8)
 
     struct Entry {
         var size: Int64
@@ -213,14 +213,14 @@ public final class BlockCache: Sendable {
         guard Array(header[0..<8]) == BlockCache.magic else { return nil }
         let index = header[8..<16].withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }
         let length = Int(header[16..<20].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
-        let crc = header[20..<24].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        let checksum = header[56..<64].withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
         guard index == k.index, Array(header[24..<56]) == k.objectHash, length <= blockSize else { return nil }
         var st = stat()
         guard fstat(fd, &st) == 0, Int(st.st_size) == BlockCache.headerSize + length else { return nil }
         if checkData {
             var data = [UInt8](repeating: 0, count: length)
             guard data.withUnsafeMutableBytes({ preadAll(fd, $0, at: Int64(BlockCache.headerSize)) }) else { return nil }
-            guard CRC32C.checksum(data) == crc else { return nil }
+            guard XXH64.hash(data) == checksum else { return nil }
         }
         return length
     }
@@ -238,8 +238,8 @@ public final class BlockCache: Sendable {
         header.replaceSubrange(0..<8, with: BlockCache.magic)
         withUnsafeBytes(of: k.index) { header.replaceSubrange(8..<16, with: $0) }
         withUnsafeBytes(of: UInt32(data.count)) { header.replaceSubrange(16..<20, with: $0) }
-        withUnsafeBytes(of: CRC32C.update(0, data)) { header.replaceSubrange(20..<24, with: $0) }
         header.replaceSubrange(24..<56, with: k.objectHash)
+        withUnsafeBytes(of: XXH64.hash(data)) { header.replaceSubrange(56..<64, with: $0) }
         var fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         if fd < 0 && errno == ENOENT {
             mkdir(dir, 0o700)

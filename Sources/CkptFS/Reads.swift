@@ -12,6 +12,7 @@ final class FileHandle: Sendable {
 
     struct ReadAhead: Sendable {
         var lastEnd: Int64 = -1
+        var streak = 0
         var window: Int64 = 0
         /// Blocks below this index were already considered for prefetch.
         var prefetchedTo: Int64 = 0
@@ -57,22 +58,35 @@ extension FileSystem {
         let bs = Int64(cache.blockSize)
         let first = offset / bs, last = (end - 1) / bs
 
-        // Sequential detection: a read that starts where the last one ended grows the window.
+        // Stream detection: the kernel sends a sequential reader's reads several at a time and not always in
+        // order, so a read counts as sequential when it is large and lands within `band` of the furthest point
+        // reached.
+        // Two such reads in a row open the read-ahead window; each further one doubles it. A read elsewhere
+        // closes it, so random readers fetch only what they touch.
+        let band: Int64 = 16 << 20
         let (sequential, prefetch): (Bool, Range<Int64>?) = fh.readAhead.withLock { ra in
-            let seq = ra.lastEnd >= 0 && offset >= ra.lastEnd - bs && offset <= ra.lastEnd + bs
-            ra.lastEnd = end
-            if seq {
+            // Random access reaches us as single pages; a stream as large reads (the kernel's read-ahead).
+            let large = end - offset >= 64 << 10 || end == fh.size
+            let near = large && ra.lastEnd >= 0 && offset >= ra.lastEnd - band && offset <= ra.lastEnd + band
+            ra.lastEnd = near ? max(ra.lastEnd, end) : end
+            ra.streak = near ? ra.streak + 1 : 0
+            if ra.streak >= 2 {
                 ra.window = ra.window == 0 ? options.requestSize : min(options.maxReadAhead, ra.window * 2)
             } else {
                 ra.window = 0
                 ra.prefetchedTo = 0
-                return (false, nil)
+                return (ra.streak >= 1, nil)
             }
-            let from = max(last + 1, ra.prefetchedTo)
-            let to = min((end + ra.window + bs - 1) / bs, (fh.size + bs - 1) / bs)
-            guard from < to else { return (true, nil) }
-            ra.prefetchedTo = to
-            return (true, from..<to)
+            let from = max((ra.lastEnd + bs - 1) / bs, ra.prefetchedTo)
+            let fileBlocks = (fh.size + bs - 1) / bs
+            let to = min((end + ra.window + bs - 1) / bs, fileBlocks)
+            // Issue whole requests only: wait until a full requestSize fits (or the file ends), so the
+            // window's steady advance does not turn into one small GET per read.
+            let per = max(1, options.requestSize / bs)
+            guard from < to, to - from >= per || to == fileBlocks else { return (true, nil) }
+            let upTo = to == fileBlocks ? to : from + (to - from) / per * per
+            ra.prefetchedTo = upTo
+            return (true, from..<upTo)
         }
 
         var segments: [ReadSegment] = []
@@ -82,14 +96,16 @@ extension FileSystem {
                 let lo = Int(max(offset, blockStart) - blockStart)
                 let hi = Int(min(end, blockStart + bs) - blockStart)
                 let key = BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b)
-                if let ob = cache.open(key) {
+                var source = cache.open(key).map { BlockSource.file($0) }
+                if source == nil { source = try await fetchBlock(fh, b, demandBlocks: sequential ? options.requestSize / bs : 1) }
+                switch source! {
+                case .file(let ob):
                     guard hi <= ob.length else {
                         close(ob.fd)
                         throw FSError(EIO, "cached block \(b) of \(fh.key) is shorter than the object says")
                     }
                     segments.append(.file(fd: ob.fd, offset: ob.offset + Int64(lo), length: hi - lo))
-                } else {
-                    let data = try await block(fh, b, demandBlocks: sequential ? options.requestSize / bs : 1)
+                case .memory(let data):
                     guard hi <= data.count else { throw FSError(EIO, "short block \(b) of \(fh.key)") }
                     segments.append(.bytes(Array(data[lo..<hi])))
                 }
@@ -102,21 +118,27 @@ extension FileSystem {
         return segments
     }
 
-    /// The bytes of block `b`, from a fetch already in flight or a new one covering up to `demandBlocks`
-    /// blocks that are neither cached nor being fetched.
-    func block(_ fh: FileHandle, _ b: Int64, demandBlocks: Int64) async throws(FSError) -> [UInt8] {
+    enum BlockSource {
+        case file(OpenBlock)
+        /// A block the cache could not keep (disk full): served from memory.
+        case memory([UInt8])
+    }
+
+    /// Block `b`, from a fetch already in flight or a new one covering up to `demandBlocks` blocks that are
+    /// neither cached nor being fetched. Fetched blocks land in the cache and are served from there.
+    func fetchBlock(_ fh: FileHandle, _ b: Int64, demandBlocks: Int64) async throws(FSError) -> BlockSource {
         let key = BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b)
         for attempt in 0..<2 {
             let task = fetches.withLock { $0[key]?.task } ?? startFetch(fh, from: b, count: max(1, demandBlocks))
             do {
-                let blocks = try await task.value
-                if let data = blocks[b] { return data }
+                let unstored = try await task.value
+                if let data = unstored[b] { return .memory(data) }
             } catch let e as FSError {
                 if attempt == 1 || e.errno == ESTALE || e.errno == ENOENT { throw e }
             } catch {
                 if attempt == 1 { throw FSError(EIO, "\(error)") }
             }
-            if let data = cache.read(key) { return data }
+            if let ob = cache.open(key) { return .file(ob) }
         }
         throw FSError(EIO, "block \(b) of \(fh.key) could not be read")
     }
@@ -148,25 +170,21 @@ extension FileSystem {
                 }
                 if isPrefetch { self.prefetchInFlight.wrappingSubtract(1, ordering: .relaxed) }
             }
-            let data: [UInt8]
+            // The body streams into the cache block by block; nothing but one block is held in memory.
+            let assembler = BlockAssembler(cache: self.cache, first: from, blockSize: Int(bs)) { key($0) }
             do {
-                data = try await self.client.getObject(bucket, fh.key, range: range, ifMatch: fh.etag, versionId: nil).1
+                _ = try await self.client.getObject(bucket, fh.key, range: range, ifMatch: fh.etag, versionId: nil,
+                                                    sink: assembler.sink)
             } catch let e as S3Error {
                 throw FSError.from(e)
             }
+            let (received, unstored) = assembler.finish()
             self.counters.withLock {
                 $0.getRequests += 1
-                $0.bytesDownloaded += Int64(data.count)
+                $0.bytesDownloaded += received
             }
-            guard data.count == range.count else { throw FSError(EIO, "got \(data.count) bytes for \(range.count)") }
-            var out: [Int64: [UInt8]] = [:]
-            for i in 0..<n {
-                let lo = Int(i * bs), hi = min(Int((i + 1) * bs), data.count)
-                let block = Array(data[lo..<hi])
-                block.withUnsafeBytes { _ = self.cache.store(key(from + i), $0) }
-                out[from + i] = block
-            }
-            return out
+            guard received == Int64(range.count) else { throw FSError(EIO, "got \(received) bytes for \(range.count)") }
+            return unstored
         }
         // Register, unless another reader registered a fetch of the first block meanwhile: then use that one.
         let winner = fetches.withLock { map -> Task<[Int64: [UInt8]], any Error> in
@@ -196,5 +214,69 @@ extension FileSystem {
             startFetch(fh, from: b, count: min(per, range.upperBound - b), isPrefetch: true)
             b += per
         }
+    }
+}
+
+/// Cuts a streamed body into cache blocks as it arrives. Blocks the cache cannot keep (disk full) are kept
+/// in memory and handed to the readers waiting for them. A retried request starts again at offset 0.
+final class BlockAssembler: @unchecked Sendable {
+    let cache: BlockCache
+    let first: Int64
+    let blockSize: Int
+    let key: (Int64) -> BlockKey
+    private let lock = NSLock()
+    private let buffer: UnsafeMutableRawBufferPointer
+    private var fill = 0
+    private var index: Int64
+    private var expected: Int64 = 0
+    private var unstored: [Int64: [UInt8]] = [:]
+
+    init(cache: BlockCache, first: Int64, blockSize: Int, key: @escaping (Int64) -> BlockKey) {
+        self.cache = cache
+        self.first = first
+        self.blockSize = blockSize
+        self.key = key
+        self.index = first
+        self.buffer = .allocate(byteCount: blockSize, alignment: 4096)
+    }
+
+    deinit { buffer.deallocate() }
+
+    var sink: ObjectBodySink {
+        { [self] offset, bytes in
+            lock.lock()
+            defer { lock.unlock() }
+            if offset != expected {
+                guard offset == 0 else { throw FSError(EIO, "body arrived out of order") }
+                fill = 0  // a retry: start over
+                index = first
+                expected = 0
+                unstored.removeAll()
+            }
+            var p = 0
+            while p < bytes.count {
+                let n = min(blockSize - fill, bytes.count - p)
+                (buffer.baseAddress! + fill).copyMemory(from: bytes.baseAddress! + p, byteCount: n)
+                fill += n
+                p += n
+                if fill == blockSize { flush() }
+            }
+            expected += Int64(bytes.count)
+        }
+    }
+
+    private func flush() {
+        let data = UnsafeRawBufferPointer(rebasing: buffer[0..<fill])
+        if !cache.store(key(index), data) { unstored[index] = Array(data) }
+        index += 1
+        fill = 0
+    }
+
+    /// Stores the last, partial block; returns the bytes received and the blocks the cache did not keep.
+    func finish() -> (Int64, [Int64: [UInt8]]) {
+        lock.lock()
+        defer { lock.unlock() }
+        if fill > 0 { flush() }
+        return (expected, unstored)
     }
 }

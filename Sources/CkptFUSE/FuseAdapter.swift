@@ -69,7 +69,7 @@ public final class FuseAdapter: Sendable {
     public static func operations() -> fuse_lowlevel_ops {
         var ops = fuse_lowlevel_ops()
         ops.`init` = { userdata, conn in
-            ckpt_fuse_init_conn(conn, 1 << 20)
+            ckpt_fuse_init_conn(conn, 16 << 20)
         }
         ops.lookup = { req, parent, name in
             let n = String(cString: name!)

@@ -185,3 +185,7 @@ public enum S3Date {
         return Date(timeIntervalSince1970: TimeInterval(timegm(&t)))
     }
 }
+
+/// Receives an object's body as it arrives: (offset within the body, bytes). The layers above the S3
+/// client use this name and need not know the transport.
+public typealias ObjectBodySink = HTTPBodySink

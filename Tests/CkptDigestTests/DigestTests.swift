@@ -50,3 +50,31 @@ final class DigestTests: XCTestCase {
         XCTAssertEqual(Array("foobar".utf8).base64String, "Zm9vYmFy")
     }
 }
+
+final class XXH64Tests: XCTestCase {
+    /// Reference values from the `xxhash` package (the C implementation).
+    func testKnownAnswers() {
+        XCTAssertEqual(XXH64.hash([UInt8]()), 0xEF46_DB37_51D8_E999)
+        XCTAssertEqual(XXH64.hash(Array("a".utf8)), 0xD24E_C4F1_A98C_6E5B)
+        XCTAssertEqual(XXH64.hash(Array("abc".utf8)), 0x44BC_2CF5_AD77_0999)
+        XCTAssertEqual(XXH64.hash((0..<1280).map { UInt8($0 % 256) }), 0xAFC1_84AD_7938_A354)
+        XCTAssertEqual(XXH64.hash([UInt8](repeating: UInt8(ascii: "x"), count: 31)), 0x60DD_0D01_083B_99F0)
+        XCTAssertEqual(XXH64.hash([UInt8](repeating: UInt8(ascii: "y"), count: 32)), 0x64DA_1F1D_3495_CE66)
+        XCTAssertEqual(XXH64.hash([UInt8](repeating: UInt8(ascii: "z"), count: 33)), 0xC524_1253_C64E_0268)
+    }
+
+    func testStreamingInAnyPiecesEqualsOneShot() {
+        let data = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        let one = XXH64.hash(data)
+        for piece in [1, 7, 31, 32, 33, 1000] {
+            var x = XXH64()
+            var i = 0
+            while i < data.count {
+                let n = min(piece, data.count - i)
+                data[i..<i + n].withUnsafeBytes { x.update($0) }
+                i += n
+            }
+            XCTAssertEqual(x.finalize(), one, "pieces of \(piece)")
+        }
+    }
+}
