@@ -33,7 +33,7 @@ extension FileSystem {
     public func open(ino: UInt64, write: Bool) async throws(FSError) -> UInt64 {
         let n = try node(ino)
         guard !n.meta.isDirectory else { throw .isDirectory }
-        if write { throw FSError(options.readOnly ? EROFS : EROFS, "writes are not supported by this build") }
+        if write { throw FSError(EROFS, "writes are not supported by this build") }
         var meta = n.meta
         if ContinuousClock.now - n.fetched > .seconds(1) {
             guard let m = try await headProbe(n.key) else { throw .noEntry }
