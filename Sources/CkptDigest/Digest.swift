@@ -1,7 +1,7 @@
 // Hashes and MACs for signing, integrity checks and cache-block checksums.
 //
 // SHA-256, MD5 and HMAC-SHA256 come from OpenSSL (hardware-accelerated where the CPU allows) through the
-// COpenSSL shim; CRC32C is computed here with a slice-by-8 table. Callers get value types and hex strings;
+// COpenSSL shim; XXH64, the cache-block checksum, is computed here. Callers get value types and hex strings;
 // no OpenSSL type leaks out of this module.
 import COpenSSL
 import Foundation
@@ -118,48 +118,6 @@ extension Sequence where Element == UInt8 {
         }
         return String(decoding: out, as: UTF8.self)
     }
-}
-
-/// CRC-32C (Castagnoli), the checksum S3 offers as `x-amz-checksum-crc32c` and the one cache blocks carry.
-public enum CRC32C {
-    private static let tables: [[UInt32]] = {
-        var t = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
-        for i in 0..<256 {
-            var c = UInt32(i)
-            for _ in 0..<8 { c = c & 1 != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
-            t[0][i] = c
-        }
-        for i in 0..<256 {
-            for k in 1..<8 { t[k][i] = (t[k - 1][i] >> 8) ^ t[0][Int(t[k - 1][i] & 0xff)] }
-        }
-        return t
-    }()
-
-    /// Continues a CRC over `bytes`; start with `crc: 0`.
-    public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
-        var c = ~crc
-        let t = tables
-        t.withUnsafeBufferPointer { tp in
-            let t0 = tp[0], t1 = tp[1], t2 = tp[2], t3 = tp[3], t4 = tp[4], t5 = tp[5], t6 = tp[6], t7 = tp[7]
-            var i = 0
-            let n = bytes.count
-            while i + 8 <= n {
-                let lo = UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 24
-                let hi = UInt32(bytes[i + 4]) | UInt32(bytes[i + 5]) << 8 | UInt32(bytes[i + 6]) << 16 | UInt32(bytes[i + 7]) << 24
-                let x = c ^ lo
-                c = t7[Int(x & 0xff)] ^ t6[Int(x >> 8 & 0xff)] ^ t5[Int(x >> 16 & 0xff)] ^ t4[Int(x >> 24)]
-                    ^ t3[Int(hi & 0xff)] ^ t2[Int(hi >> 8 & 0xff)] ^ t1[Int(hi >> 16 & 0xff)] ^ t0[Int(hi >> 24)]
-                i += 8
-            }
-            while i < n {
-                c = t0[Int((c ^ UInt32(bytes[i])) & 0xff)] ^ (c >> 8)
-                i += 1
-            }
-        }
-        return ~c
-    }
-
-    public static func checksum<C: ContiguousBytes>(_ bytes: C) -> UInt32 { bytes.withUnsafeBytes { update(0, $0) } }
 }
 
 /// XXH64 (xxHash, 64-bit, seed 0), streaming. Cache blocks carry it as their checksum: it detects damage

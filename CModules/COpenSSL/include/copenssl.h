@@ -2,7 +2,7 @@
 //
 // Why a shim: the EVP API works through opaque pointers and a few macros (EVP_MAX_MD_SIZE);
 // these wrappers give Swift a small fixed surface: one-shot and streaming SHA-256 and MD5,
-// and HMAC-SHA256. CRC32C, used for cache-block checksums, is computed in Swift.
+// and HMAC-SHA256. The cache-block checksum (XXH64) is computed in Swift.
 #ifndef CKPT_COPENSSL_H
 #define CKPT_COPENSSL_H
 
