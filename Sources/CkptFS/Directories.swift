@@ -17,8 +17,6 @@ final class DirHandle: Sendable {
     let ino: UInt64
     let key: String
     let state = Mutex(State())
-    /// Serializes page fetches of this handle.
-    let fetching = Mutex(false)
     init(ino: UInt64, key: String) {
         self.ino = ino
         self.key = key

@@ -107,8 +107,7 @@ public final class FuseAdapter: Sendable {
         ops.open = { req, ino, fi in
             let flags = fi!.pointee.flags
             let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
-            var info = fi!.pointee
-            let boxed = UnsafeSendable(info)
+            let boxed = UnsafeSendable(fi!.pointee)
             FuseAdapter.async(req, "open") { a, r throws(FSError) in
                 let req = r.value
                 let h = try await a.fs.open(ino: UInt64(ino), write: write)
@@ -117,8 +116,6 @@ public final class FuseAdapter: Sendable {
                 ckpt_fuse_fi_set(&copy, h, 1, 0)
                 if fuse_reply_open(req, &copy) != 0 { a.fs.release(handle: h) }
             }
-            _ = info
-            info = fuse_file_info()
         }
         ops.read = { req, _, size, off, fi in
             let h = fi!.pointee.fh

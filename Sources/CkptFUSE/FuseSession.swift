@@ -25,17 +25,22 @@ public enum FuseSession {
         try result.get()
     }
 
-    /// Detaches the mount so the kernel ends the FUSE connection (root: umount2; users: fusermount3 -uz).
-    static func lazyUnmount(_ mountpoint: String) {
-        if getuid() == 0, umount2(mountpoint, Int32(MNT_DETACH)) == 0 { return }
+    /// Unmounts `mountpoint`: with `fusermount3 -u` (`-z`: lazily, detaching even while files are open), or as
+    /// root with umount2 when fusermount3 is not there. Returns nil on success, else what went wrong.
+    @discardableResult
+    public static func unmount(_ mountpoint: String, lazy: Bool) -> String? {
+        if lazy, getuid() == 0, umount2(mountpoint, Int32(MNT_DETACH)) == 0 { return nil }
         var pid: pid_t = 0
-        let words = ["fusermount3", "-u", "-z", mountpoint]
+        let words = ["fusermount3", "-u"] + (lazy ? ["-z"] : []) + [mountpoint]
         let argv = words.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         if posix_spawnp(&pid, "fusermount3", nil, nil, argv, environ) == 0 {
             var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            return status == 0 ? nil : "fusermount3 -u \(mountpoint) failed (is a file under it still open?)"
         }
+        if getuid() == 0, umount2(mountpoint, lazy ? Int32(MNT_DETACH) : 0) == 0 { return nil }
+        return "cannot unmount \(mountpoint): fusermount3 is not installed (apt-get install fuse3)"
     }
 
     static func runBlocking(adapter: FuseAdapter, mountpoint: String, options: [String], threads: Int,
@@ -69,7 +74,7 @@ public enum FuseSession {
                 var sig: UInt8 = 0
                 let n = read(watchFD, &sig, 1)
                 close(watchFD)
-                if n == 1 { lazyUnmount(mountpoint) }
+                if n == 1 { unmount(mountpoint, lazy: true) }
             }
             watcher.name = "ckptfs-signals"
             watcher.start()

@@ -205,18 +205,7 @@ struct Unmount: ParsableCommand {
             throw fail("\(path) is not mounted")
         }
         guard m.type == "fuse.ckptfs" else { throw fail("\(path) is a \(m.type) mount, not ckptfs; use umount") }
-        if let fusermount = MountChecks.findExecutable("fusermount3") {
-            var pid: pid_t = 0
-            let words: [String] = [fusermount, "-u", path]
-            let argv = words.map { strdup($0) } + [nil]
-            defer { argv.forEach { free($0) } }
-            guard posix_spawn(&pid, fusermount, nil, nil, argv, environ) == 0 else { throw fail("could not run \(fusermount)") }
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
-            guard status == 0 else { throw fail("fusermount3 -u \(path) failed (is a file under it still open?)") }
-        } else if umount2(path, 0) != 0 {
-            throw fail("umount \(path): \(String(cString: strerror(errno)))")
-        }
+        if let problem = FuseSession.unmount(path, lazy: false) { throw fail(problem) }
         // The daemon exits once the kernel has let go; give it a moment to release its cache.
         for _ in 0..<50 where MountChecks.isMounted(path) { usleep(100_000) }
     }
