@@ -23,6 +23,17 @@ int ckpt_fuse_use_version(void) { return FUSE_USE_VERSION; }
 int ckpt_fuse_reply_segments(fuse_req_t req, size_t n, const int *fd, const off_t *off, const void *const *mem,
                              const size_t *len) {
     if (n == 0) return fuse_reply_buf(req, NULL, 0);
+    int any_fd = 0;
+    for (size_t i = 0; i < n; i++) any_fd |= fd[i] >= 0;
+    if (!any_fd) {
+        /* Memory only: one writev. fuse_reply_data would first copy memory into a pipe to splice it. */
+        struct iovec iov[n];
+        for (size_t i = 0; i < n; i++) {
+            iov[i].iov_base = (void *)mem[i];
+            iov[i].iov_len = len[i];
+        }
+        return fuse_reply_iov(req, iov, (int)n);
+    }
     struct fuse_bufvec *v = calloc(1, sizeof(struct fuse_bufvec) + (n - 1) * sizeof(struct fuse_buf));
     if (v == NULL) return fuse_reply_err(req, ENOMEM);
     v->count = n;
@@ -56,6 +67,10 @@ void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead) {
     /* libfuse derives the kernel's max_pages from max_write: 1 MiB lets the kernel send 1 MiB reads
        (one cache block per request) instead of 128 KiB ones. */
     conn->max_write = 1 << 20;
+    /* The kernel sends read-ahead as background requests and stops at max_background (default 12) of
+       them; a network filesystem wants many more in flight so parallel fetches can be waited on together. */
+    conn->max_background = 64;
+    conn->congestion_threshold = 48;
 }
 
 static struct fuse_session *volatile exit_session = NULL;

@@ -67,9 +67,13 @@ public final class FileSystem: Sendable {
     let handles = Mutex<[UInt64: FileHandle]>([:])
     let dirHandles = Mutex<[UInt64: DirHandle]>([:])
     let nextHandle = Atomic<UInt64>(1)
-    /// Block fetches in flight, by block; the id tells which fetch registered the entry.
-    let fetches = Mutex<[BlockKey: (id: UInt64, task: Task<[Int64: [UInt8]], any Error>)]>([:])
+    /// Blocks being fetched, each registered by the one fetch that delivers it.
+    let fetches = Mutex<[BlockKey: PendingBlock]>([:])
     let prefetchInFlight = Atomic<Int>(0)
+    let cacheWriter = CacheWriter()
+    /// Freshly downloaded blocks, served from memory while the reader catches up.
+    /// Sized to what read-ahead can have in flight, so its blocks are still in memory when the reader arrives.
+    let recent: RecentBlocks
     let counters = Mutex(FSStats())
 
     public init(client: any ObjectClient, bucket: String, prefix: String, cache: BlockCache, options: FSOptions,
@@ -83,6 +87,7 @@ public final class FileSystem: Sendable {
         self.cache = cache
         self.options = options
         self.logger = logger
+        self.recent = RecentBlocks(budget: Int(max(options.maxReadAhead, Int64(options.maxPrefetchRequests) * options.requestSize)))
         table.withLock {
             $0.nodes[FileSystem.rootIno] = Node(parent: FileSystem.rootIno, name: "", key: p,
                                                 meta: Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime),

@@ -96,7 +96,7 @@ extension FileSystem {
                 let lo = Int(max(offset, blockStart) - blockStart)
                 let hi = Int(min(end, blockStart + bs) - blockStart)
                 let key = BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b)
-                var source = cache.open(key).map { BlockSource.file($0) }
+                var source = recent.get(key).map { BlockSource.memory($0) } ?? cache.open(key).map { BlockSource.file($0) }
                 if source == nil { source = try await fetchBlock(fh, b, demandBlocks: sequential ? options.requestSize / bs : 1) }
                 switch source! {
                 case .file(let ob):
@@ -105,9 +105,11 @@ extension FileSystem {
                         throw FSError(EIO, "cached block \(b) of \(fh.key) is shorter than the object says")
                     }
                     segments.append(.file(fd: ob.fd, offset: ob.offset + Int64(lo), length: hi - lo))
-                case .memory(let data):
-                    guard hi <= data.count else { throw FSError(EIO, "short block \(b) of \(fh.key)") }
-                    segments.append(.bytes(Array(data[lo..<hi])))
+                case .memory(let buf):
+                    guard hi <= buf.count else { throw FSError(EIO, "short block \(b) of \(fh.key)") }
+                    segments.append(.memory(buf, offset: lo, length: hi - lo))
+                    // A stream that has read a block to its end will not come back for it (the kernel keeps it).
+                    if sequential && hi == buf.count { recent.remove(key) }
                 }
             }
         } catch {
@@ -120,23 +122,21 @@ extension FileSystem {
 
     enum BlockSource {
         case file(OpenBlock)
-        /// A block the cache could not keep (disk full): served from memory.
-        case memory([UInt8])
+        /// A block just downloaded, served from memory while (or instead of, when the disk is full) it is stored.
+        case memory(BlockBuffer)
     }
 
     /// Block `b`, from a fetch already in flight or a new one covering up to `demandBlocks` blocks that are
-    /// neither cached nor being fetched. Fetched blocks land in the cache and are served from there.
+    /// neither cached nor being fetched. A reader waits for its own block only, not for the whole request:
+    /// each block is handed over as soon as its last byte has arrived and been stored.
     func fetchBlock(_ fh: FileHandle, _ b: Int64, demandBlocks: Int64) async throws(FSError) -> BlockSource {
         let key = BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b)
         for attempt in 0..<2 {
-            let task = fetches.withLock { $0[key]?.task } ?? startFetch(fh, from: b, count: max(1, demandBlocks))
-            do {
-                let unstored = try await task.value
-                if let data = unstored[b] { return .memory(data) }
-            } catch let e as FSError {
-                if attempt == 1 || e.errno == ESTALE || e.errno == ENOENT { throw e }
+            let pending = fetches.withLock { $0[key] } ?? startFetch(fh, from: b, count: max(1, demandBlocks))
+            do throws(FSError) {
+                return .memory(try await pending.wait())
             } catch {
-                if attempt == 1 { throw FSError(EIO, "\(error)") }
+                if attempt == 1 || error.errno == ESTALE || error.errno == ENOENT { throw error }
             }
             if let ob = cache.open(key) { return .file(ob) }
         }
@@ -144,56 +144,68 @@ extension FileSystem {
     }
 
     /// Starts one ranged GET for blocks [from, from+count) (stopping at the first block cached or in
-    /// flight), registers it for each of those blocks, and stores every block in the cache as it arrives.
+    /// flight), registers a pending block for each, and stores every block in the cache as it arrives.
+    /// Returns the pending block `from` (which may belong to a fetch already in flight).
     @discardableResult
-    func startFetch(_ fh: FileHandle, from: Int64, count: Int64, isPrefetch: Bool = false) -> Task<[Int64: [UInt8]], any Error> {
+    func startFetch(_ fh: FileHandle, from: Int64, count: Int64, isPrefetch: Bool = false) -> PendingBlock {
         let bs = Int64(cache.blockSize)
         let lastBlock = (fh.size - 1) / bs
         let bucket = self.bucket
-        func key(_ i: Int64) -> BlockKey { BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: i) }
-        // Plan under the lock: join a fetch in flight, or decide how many blocks a new one covers.
-        let plan: (existing: Task<[Int64: [UInt8]], any Error>?, n: Int64) = fetches.withLock { map in
-            if let e = map[key(from)] { return (e.task, 0) }
-            var n: Int64 = 1
-            while n < count && from + n <= lastBlock && map[key(from + n)] == nil && !cache.contains(key(from + n)) { n += 1 }
-            return (nil, n)
+        @Sendable func key(_ i: Int64) -> BlockKey { BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: i) }
+        // Plan and register under one lock: join a fetch in flight, or claim the blocks a new one covers.
+        let (joined, claimed): (PendingBlock?, [PendingBlock]) = fetches.withLock { map in
+            if let e = map[key(from)] { return (e, []) }
+            var blocks: [PendingBlock] = []
+            var i = from
+            while i < from + max(1, count) && i <= lastBlock && (i == from || (map[key(i)] == nil && !cache.contains(key(i)))) {
+                let p = PendingBlock(index: i)
+                map[key(i)] = p
+                blocks.append(p)
+                i += 1
+            }
+            return (nil, blocks)
         }
-        if let existing = plan.existing { return existing }
-        let n = plan.n
-        let id = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        if let joined { return joined }
+        let mine = claimed
+        let n = Int64(mine.count)
         let range = (from * bs)..<min((from + n) * bs, fh.size)
         if isPrefetch { prefetchInFlight.wrappingAdd(1, ordering: .relaxed) }
-        let task = Task<[Int64: [UInt8]], any Error> {
-            defer {
-                self.fetches.withLock { m in
-                    for i in from..<(from + n) where m[key(i)]?.id == id { m.removeValue(forKey: key(i)) }
+        Task {
+            defer { if isPrefetch { self.prefetchInFlight.wrappingSubtract(1, ordering: .relaxed) } }
+            // Each block goes to its readers the moment it is complete, and to the cache off the network
+            // thread; it stays registered (answering readers from memory) until it is on disk.
+            let assembler = BlockAssembler(first: from, blockSize: Int(bs)) { i, buf in
+                let p = mine[Int(i - from)]
+                p.resolve(.success(buf))
+                self.cacheWriter.store(self.cache, key(i), buf) {
+                    self.recent.put(key(i), buf)
+                    self.fetches.withLock { m in if m[key(i)] === p { m.removeValue(forKey: key(i)) } }
                 }
-                if isPrefetch { self.prefetchInFlight.wrappingSubtract(1, ordering: .relaxed) }
             }
-            // The body streams into the cache block by block; nothing but one block is held in memory.
-            let assembler = BlockAssembler(cache: self.cache, first: from, blockSize: Int(bs)) { key($0) }
+            var failure: FSError?
             do {
                 _ = try await self.client.getObject(bucket, fh.key, range: range, ifMatch: fh.etag, versionId: nil,
                                                     sink: assembler.sink)
+                let received = assembler.finish()
+                self.counters.withLock {
+                    $0.getRequests += 1
+                    $0.bytesDownloaded += received
+                }
+                if received != Int64(range.count) { failure = FSError(EIO, "got \(received) bytes for \(range.count)") }
             } catch let e as S3Error {
-                throw FSError.from(e)
+                failure = FSError.from(e)
+            } catch let e as FSError {
+                failure = e
+            } catch {
+                failure = FSError(EIO, "\(error)")
             }
-            let (received, unstored) = assembler.finish()
-            self.counters.withLock {
-                $0.getRequests += 1
-                $0.bytesDownloaded += received
+            // Blocks that never arrived fail their readers and are unregistered, so a later read retries.
+            let err = failure ?? FSError(EIO, "the response ended early")
+            for p in mine where p.resolve(.failure(err)) {
+                self.fetches.withLock { m in if m[key(p.index)] === p { m.removeValue(forKey: key(p.index)) } }
             }
-            guard received == Int64(range.count) else { throw FSError(EIO, "got \(received) bytes for \(range.count)") }
-            return unstored
         }
-        // Register, unless another reader registered a fetch of the first block meanwhile: then use that one.
-        let winner = fetches.withLock { map -> Task<[Int64: [UInt8]], any Error> in
-            if let e = map[key(from)] { return e.task }
-            for i in from..<(from + n) where map[key(i)] == nil { map[key(i)] = (id, task) }
-            return task
-        }
-        if winner != task { task.cancel() }
-        return winner
+        return mine[0]
     }
 
     /// Fetches the blocks in `range` ahead of the reader, in requestSize pieces, within the global limit.
@@ -202,7 +214,13 @@ extension FileSystem {
         var b = range.lowerBound
         while b < range.upperBound {
             let k = BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b)
-            if cache.contains(k) || fetches.withLock({ $0[k] != nil }) {
+            if cache.contains(k) {
+                // Cached on disk: have the kernel start reading it now, so the reader does not wait for the disk.
+                cache.prefetch(k)
+                b += 1
+                continue
+            }
+            if recent.get(k) != nil || fetches.withLock({ $0[k] != nil }) {
                 b += 1
                 continue
             }
@@ -217,30 +235,117 @@ extension FileSystem {
     }
 }
 
-/// Cuts a streamed body into cache blocks as it arrives. Blocks the cache cannot keep (disk full) are kept
-/// in memory and handed to the readers waiting for them. A retried request starts again at offset 0.
-final class BlockAssembler: @unchecked Sendable {
-    let cache: BlockCache
-    let first: Int64
-    let blockSize: Int
-    let key: (Int64) -> BlockKey
-    private let lock = NSLock()
-    private let buffer: UnsafeMutableRawBufferPointer
-    private var fill = 0
-    private var index: Int64
-    private var expected: Int64 = 0
-    private var unstored: [Int64: [UInt8]] = [:]
+/// One block that a fetch in flight will deliver: readers wait on it; the fetch resolves it with the block's
+/// bytes as soon as they are all there (or with the fetch's error).
+final class PendingBlock: Sendable {
+    typealias Outcome = Result<BlockBuffer, FSError>
+    let index: Int64
+    private let state = Mutex<(result: Outcome?, waiters: [CheckedContinuation<Outcome, Never>])>((nil, []))
 
-    init(cache: BlockCache, first: Int64, blockSize: Int, key: @escaping (Int64) -> BlockKey) {
-        self.cache = cache
-        self.first = first
-        self.blockSize = blockSize
-        self.key = key
-        self.index = first
-        self.buffer = .allocate(byteCount: blockSize, alignment: 4096)
+    init(index: Int64) { self.index = index }
+
+    /// Resolves the block; only the first call counts (and returns true).
+    @discardableResult
+    func resolve(_ r: Outcome) -> Bool {
+        let (first, waiters) = state.withLock { s -> (Bool, [CheckedContinuation<Outcome, Never>]) in
+            guard s.result == nil else { return (false, []) }
+            s.result = r
+            defer { s.waiters = [] }
+            return (true, s.waiters)
+        }
+        for w in waiters { w.resume(returning: r) }
+        return first
     }
 
-    deinit { buffer.deallocate() }
+    func wait() async throws(FSError) -> BlockBuffer {
+        let r = await withCheckedContinuation { (c: CheckedContinuation<Outcome, Never>) in
+            let done = state.withLock { s -> Outcome? in
+                if let r = s.result { return r }
+                s.waiters.append(c)
+                return nil
+            }
+            if let done { c.resume(returning: done) }
+        }
+        return try r.get()
+    }
+}
+
+/// Blocks downloaded lately, kept in memory within a byte budget (oldest dropped first). Read-ahead runs ahead of
+/// the reader; without this its blocks would be read back from disk moments after they were downloaded.
+final class RecentBlocks: Sendable {
+    private let state = Mutex<(map: [BlockKey: BlockBuffer], order: [BlockKey], bytes: Int)>(([:], [], 0))
+    let budget: Int
+
+    init(budget: Int) { self.budget = budget }
+
+    func put(_ k: BlockKey, _ b: BlockBuffer) {
+        state.withLock { s in
+            guard s.map.updateValue(b, forKey: k) == nil else { return }
+            s.order.append(k)
+            s.bytes += b.capacity
+            while s.bytes > budget, !s.order.isEmpty {
+                let old = s.order.removeFirst()
+                if let v = s.map.removeValue(forKey: old) { s.bytes -= v.capacity }
+            }
+        }
+    }
+
+    func get(_ k: BlockKey) -> BlockBuffer? { state.withLock { $0.map[k] } }
+
+    func remove(_ k: BlockKey) {
+        state.withLock { s in
+            guard let v = s.map.removeValue(forKey: k) else { return }
+            s.bytes -= v.capacity
+            if let i = s.order.firstIndex(of: k) { s.order.remove(at: i) }
+        }
+    }
+}
+
+/// Writes downloaded blocks to the cache on its own threads, so the network threads never wait for the disk.
+/// At most `limit` blocks wait in memory; beyond that the caller stores inline (back-pressure on the download).
+final class CacheWriter: Sendable {
+    private let queues = [DispatchQueue(label: "ckptfs.cache-writer.0"), DispatchQueue(label: "ckptfs.cache-writer.1")]
+    private let next = Atomic<Int>(0)
+    private let queued = Atomic<Int>(0)
+    let limit: Int
+
+    init(limit: Int = 64) { self.limit = limit }
+
+    func store(_ cache: BlockCache, _ key: BlockKey, _ buf: BlockBuffer, then done: @escaping @Sendable () -> Void) {
+        if queued.wrappingAdd(1, ordering: .relaxed).newValue > limit {
+            queued.wrappingSubtract(1, ordering: .relaxed)
+            cache.store(key, buf.bytes)
+            done()
+            return
+        }
+        queues[next.wrappingAdd(1, ordering: .relaxed).newValue % queues.count].async { [self] in
+            cache.store(key, buf.bytes)
+            queued.wrappingSubtract(1, ordering: .relaxed)
+            done()
+        }
+    }
+}
+
+/// Cuts a streamed body into blocks as it arrives and hands each one over as soon as it is complete. A retried
+/// request starts again at offset 0; blocks already handed over are not handed over twice.
+final class BlockAssembler: @unchecked Sendable {
+    let first: Int64
+    let blockSize: Int
+    let delivered: (Int64, BlockBuffer) -> Void
+    private let lock = NSLock()
+    private var buffer: BlockBuffer
+    private var index: Int64
+    private var expected: Int64 = 0
+    private var handedOver: Int64
+
+    init(first: Int64, blockSize: Int, delivered: @escaping (Int64, BlockBuffer) -> Void) {
+        self.first = first
+        self.blockSize = blockSize
+        self.delivered = delivered
+        self.index = first
+        self.handedOver = first
+        self.buffer = BlockBuffer(capacity: blockSize)
+    }
 
     var sink: ObjectBodySink {
         { [self] offset, bytes in
@@ -248,35 +353,33 @@ final class BlockAssembler: @unchecked Sendable {
             defer { lock.unlock() }
             if offset != expected {
                 guard offset == 0 else { throw FSError(EIO, "body arrived out of order") }
-                fill = 0  // a retry: start over
+                buffer = BlockBuffer(capacity: blockSize)  // a retry: start over
                 index = first
                 expected = 0
-                unstored.removeAll()
             }
             var p = 0
             while p < bytes.count {
-                let n = min(blockSize - fill, bytes.count - p)
-                (buffer.baseAddress! + fill).copyMemory(from: bytes.baseAddress! + p, byteCount: n)
-                fill += n
-                p += n
-                if fill == blockSize { flush() }
+                p += buffer.append(UnsafeRawBufferPointer(rebasing: bytes[p...]))
+                if buffer.isFull { handOver() }
             }
             expected += Int64(bytes.count)
         }
     }
 
-    private func flush() {
-        let data = UnsafeRawBufferPointer(rebasing: buffer[0..<fill])
-        if !cache.store(key(index), data) { unstored[index] = Array(data) }
+    private func handOver() {
+        if index >= handedOver {
+            delivered(index, buffer)
+            handedOver = index + 1
+        }
         index += 1
-        fill = 0
+        buffer = BlockBuffer(capacity: blockSize)
     }
 
-    /// Stores the last, partial block; returns the bytes received and the blocks the cache did not keep.
-    func finish() -> (Int64, [Int64: [UInt8]]) {
+    /// Hands over the last, partial block; returns the bytes received.
+    func finish() -> Int64 {
         lock.lock()
         defer { lock.unlock() }
-        if fill > 0 { flush() }
-        return (expected, unstored)
+        if buffer.count > 0 { handOver() }
+        return expected
     }
 }

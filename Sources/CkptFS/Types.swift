@@ -13,11 +13,11 @@ public struct FSOptions: Sendable {
     public var dirMode: UInt32 = 0o755
     public var readOnly = false
     /// Size of one ranged GET when reading ahead.
-    public var requestSize: Int64 = 8 << 20
+    public var requestSize: Int64 = 16 << 20
     /// Largest read-ahead window of one open file.
-    public var maxReadAhead: Int64 = 64 << 20
+    public var maxReadAhead: Int64 = 128 << 20
     /// Most ranged GETs in flight for read-ahead, over all files (demand reads are never held back).
-    public var maxPrefetchRequests = 16
+    public var maxPrefetchRequests = 8
 
     public init() {}
 }
@@ -74,13 +74,14 @@ public struct FSError: Error, Sendable, CustomStringConvertible {
 /// One piece of a read reply: bytes in memory, or a range of a cached block file (sent without copying
 /// through user space where the kernel interface allows it).
 public enum ReadSegment: Sendable {
-    case bytes([UInt8])
+    /// `length` bytes at `offset` in a block held in memory (kept alive by the segment).
+    case memory(BlockBuffer, offset: Int, length: Int)
     /// `length` bytes at `offset` in `fd`; the receiver closes `fd`.
     case file(fd: Int32, offset: Int64, length: Int)
 
     public var count: Int {
         switch self {
-        case .bytes(let b): return b.count
+        case .memory(_, _, let n): return n
         case .file(_, _, let n): return n
         }
     }

@@ -7,6 +7,7 @@
 // Cached data is replied with fd-backed buffers (fuse_reply_data), so warm reads are not copied through
 // this process. This is the only module that touches libfuse.
 import CFuse
+import CkptCache
 import CkptFS
 import Foundation
 import Logging
@@ -191,30 +192,27 @@ public final class FuseAdapter: Sendable {
         return ops
     }
 
-    /// Sends read segments (fds are closed afterwards).
+    /// Sends read segments (fds are closed afterwards). Memory segments are passed by pointer: the buffers
+    /// live in `segments` until the reply has been written.
     func reply(_ req: fuse_req_t?, _ segments: [ReadSegment]) {
         var fds: [Int32] = []
         var offs: [off_t] = []
         var lens: [Int] = []
-        var mems: [UnsafeMutableRawPointer?] = []
+        var mems: [UnsafeRawPointer?] = []
         for s in segments {
             switch s {
             case .file(let fd, let off, let n):
                 fds.append(fd); offs.append(off_t(off)); lens.append(n); mems.append(nil)
-            case .bytes(let b):
-                let p = UnsafeMutableRawPointer.allocate(byteCount: max(1, b.count), alignment: 16)
-                b.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: b.count) }
-                fds.append(-1); offs.append(0); lens.append(b.count); mems.append(p)
+            case .memory(let buf, let off, let n):
+                fds.append(-1); offs.append(0); lens.append(n); mems.append(buf.bytes.baseAddress.map { $0 + off })
             }
         }
-        let constMems = mems.map { UnsafeRawPointer($0) }
-        constMems.withUnsafeBufferPointer { m in
-            _ = ckpt_fuse_reply_segments(req, segments.count, fds, offs, m.baseAddress, lens)
+        withExtendedLifetime(segments) {
+            mems.withUnsafeBufferPointer { m in
+                _ = ckpt_fuse_reply_segments(req, segments.count, fds, offs, m.baseAddress, lens)
+            }
         }
-        for (fd, mem) in zip(fds, mems) {
-            if fd >= 0 { close(fd) }
-            mem?.deallocate()
-        }
+        for fd in fds where fd >= 0 { close(fd) }
     }
 }
 

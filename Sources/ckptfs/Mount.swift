@@ -22,6 +22,10 @@ struct Mount: AsyncParsableCommand {
     var cacheSize: String?
     @Option(name: .customLong("metadata-ttl"), help: "Seconds attributes and listings are trusted.")
     var metadataTTL: Double = 30
+    @Option(name: .customLong("read-part-size"), help: "Size of one ranged GET when streaming a file (default 16MiB).")
+    var readPartSize: String = "16MiB"
+    @Option(name: .customLong("max-read-ahead"), help: "Largest read-ahead window of one open file (default 128MiB).")
+    var maxReadAhead: String = "128MiB"
     @Flag(name: .customLong("read-only")) var readOnly = false
     @Flag(name: .customLong("allow-other"), help: "Let other users access the mount (needs user_allow_other for non-root).")
     var allowOther = false
@@ -38,6 +42,11 @@ struct Mount: AsyncParsableCommand {
         do { _ = try S3URL(url) } catch { throw ValidationError(error.description) }
         if let c = cacheSize, MountChecks.parseSize(c) == nil {
             throw ValidationError("--cache-size '\(c)' is not a size; write it like 20GiB, 512MiB or a number of bytes")
+        }
+        for (name, v) in [("--read-part-size", readPartSize), ("--max-read-ahead", maxReadAhead)] {
+            guard let n = MountChecks.parseSize(v), n >= 1 << 20, n <= 1 << 30 else {
+                throw ValidationError("\(name) '\(v)' must be a size between 1MiB and 1GiB, like 8MiB")
+            }
         }
         guard metadataTTL >= 0 else { throw ValidationError("--metadata-ttl must be zero or more seconds") }
         for (name, m) in [("--file-mode", fileMode), ("--dir-mode", dirMode)] {
@@ -90,6 +99,8 @@ struct Mount: AsyncParsableCommand {
         o.fileMode = UInt32(fileMode, radix: 8)!
         o.dirMode = UInt32(dirMode, radix: 8)!
         o.readOnly = readOnly
+        o.requestSize = MountChecks.parseSize(readPartSize)!
+        o.maxReadAhead = max(o.requestSize, MountChecks.parseSize(maxReadAhead)!)
         let client = S3Client(configuration: config, logger: logger)
         let fs = FileSystem(client: client, bucket: target.bucket, prefix: target.prefix, cache: blockCache, options: o, logger: logger)
         var mountOptions = ["fsname=\(target.description.replacingOccurrences(of: ",", with: "_"))", "subtype=ckptfs", "default_permissions"]

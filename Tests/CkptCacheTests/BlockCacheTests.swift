@@ -49,9 +49,9 @@ final class BlockCacheTests: XCTestCase {
         let path = "\(dir!)/blocks/\(c.relativePath(k))"
         let fd = open(path, O_RDWR)
         var b: UInt8 = 0
-        pread(fd, &b, 1, 64 + 100)
+        pread(fd, &b, 1, BlockCache.headerSize + 100)
         b ^= 0xff
-        pwrite(fd, &b, 1, 64 + 100)
+        pwrite(fd, &b, 1, BlockCache.headerSize + 100)
         close(fd)
         XCTAssertNil(c.read(k), "a block that fails its checksum is never served")
         XCTAssertEqual(c.stats.corruptBlocks, 1)
@@ -59,12 +59,12 @@ final class BlockCacheTests: XCTestCase {
         // Truncated files and wrong headers are caught too.
         data.withUnsafeBytes { _ = c.store(k, $0) }
         XCTAssertEqual(c.read(k), data)
-        truncate(path, 64 + 10)
+        truncate(path, off_t(BlockCache.headerSize + 10))
         XCTAssertNil(c.read(k), "a truncated block is caught even after it was verified once")
     }
 
     func testLRUEvictionKeepsUsageBounded() throws {
-        let c = try BlockCache(directory: dir, capacity: 10 * (4096 + 64), blockSize: 4096)
+        let c = try BlockCache(directory: dir, capacity: 10 * (4096 + Int64(BlockCache.headerSize)), blockSize: 4096)
         let data = block(4096, 3)
         for i in 0..<8 { data.withUnsafeBytes { _ = c.store(BlockKey(bucket: "b", key: "k", etag: "e", index: Int64(i)), $0) } }
         // Touch block 0 so it is recent.

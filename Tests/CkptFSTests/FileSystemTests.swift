@@ -61,7 +61,7 @@ final class FileSystemTests: XCTestCase {
 
     func bytes(_ s: ReadSegment) -> [UInt8] {
         switch s {
-        case .bytes(let b): return b
+        case .memory(let buf, let off, let n): return Array(buf.bytes[off..<off + n])
         case .file(let fd, let off, let n):
             var b = [UInt8](repeating: 0, count: n)
             _ = pread(fd, &b, n, off_t(off))

@@ -127,9 +127,9 @@ def test_a_corrupted_cache_block_is_fetched_again_never_served(server, bucket, m
     assert len(blocks) == 5
     victim = blocks[2]
     with open(victim, "r+b") as f:
-        f.seek(64 + 1000)
+        f.seek(4096 + 1000)
         b = f.read(1)
-        f.seek(64 + 1000)
+        f.seek(4096 + 1000)
         f.write(bytes([b[0] ^ 0xFF]))
     before = server.sent_bytes(bucket)
     mp2, _ = mounts.mount(f"s3://{bucket}", None, cache)
