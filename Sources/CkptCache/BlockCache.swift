@@ -344,6 +344,15 @@ public final class BlockCache: Sendable {
         return true
     }
 
+    /// Evicts least-recently-used blocks until `bytes` more are free in the cache (or it is empty): the disk
+    /// is full and dirty data needs the space.
+    public func makeRoom(_ bytes: Int64) {
+        let victims = state.withLock { s -> [String] in
+            chooseVictims(&s, target: max(0, s.stats.usedBytes - bytes))
+        }
+        for v in victims { unlink("\(directory)/blocks/\(v)") }
+    }
+
     private func storeFailed() -> Bool {
         state.withLock { $0.stats.storeFailures += 1 }
         // Make room for the next attempt if the disk is what is full.

@@ -123,7 +123,7 @@ extension Sequence where Element == UInt8 {
 /// XXH64 (xxHash, 64-bit, seed 0), streaming. Cache blocks carry it as their checksum: it detects damage
 /// as well as a CRC does for this purpose and runs several times faster in pure Swift (four independent
 /// 64-bit multiply lanes instead of a table lookup per byte).
-public struct XXH64 {
+public struct XXH64: Sendable {
     static let p1: UInt64 = 0x9E37_79B1_85EB_CA87
     static let p2: UInt64 = 0xC2B2_AE3D_27D4_EB4F
     static let p3: UInt64 = 0x1656_67B1_9E37_79F9

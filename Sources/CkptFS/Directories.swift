@@ -85,6 +85,13 @@ extension FileSystem {
             page = try await client.listObjectsV2(bucket, prefix: d.key.isEmpty ? nil : d.key, delimiter: "/",
                                                   continuationToken: token, startAfter: nil, maxKeys: nil)
         } catch { throw FSError.from(error) }
+        let localChildren: [(String, Meta)] = page.isTruncated ? [] : local.withLock { l in
+            l.compactMap { key, f in
+                guard key.hasPrefix(d.key) else { return nil }
+                let name = String(key.dropFirst(d.key.count))
+                return FileSystem.validName(name) ? (name, localMeta(f.current)) : nil
+            }
+        }
         let listing: [String: Meta]? = d.state.withLock { s in
             guard s.token == token, !s.done else { return nil }  // another reader fetched it meanwhile
             for p in page.commonPrefixes {
@@ -110,6 +117,15 @@ extension FileSystem {
             }
             s.token = page.isTruncated ? page.nextContinuationToken : nil
             s.done = !page.isTruncated
+            if s.done {
+                // Files created here and not uploaded yet.
+                for (name, meta) in localChildren where s.position[name] == nil {
+                    s.position[name] = s.names.count
+                    s.names.append(name)
+                    s.kinds.append(false)
+                    s.metas[name] = meta
+                }
+            }
             return s.done ? s.metas : nil
         }
         if let listing {

@@ -72,12 +72,33 @@ public final class FileSystem: Sendable {
     let prefetchInFlight = Atomic<Int>(0)
     let cacheWriter = CacheWriter()
     /// Freshly downloaded blocks, served from memory while the reader catches up.
+    // Write-back (Writes.swift, Uploads.swift).
+    struct UploadState: Sendable {
+        var pending: [UInt64: StagedVersion] = [:]
+        var tails: [String: Task<Void, Never>] = [:]
+        var uploadedFiles = 0
+        var uploadedBytes: Int64 = 0
+        var recovered = 0
+        var quarantined: [String] = []
+    }
+    /// Keys with local changes, by key.
+    let local = Mutex<[String: LocalFile]>([:])
+    let localHandles = Mutex<[UInt64: LocalHandle]>([:])
+    let nextVersion = Atomic<UInt64>(0)
+    let uploadState = Mutex(UploadState())
+    let uploadSlots: AsyncSemaphore
+    let partSlots: AsyncSemaphore
+    let journal: Journal
+    var journalPath: String { cache.directory + "/journal" }
+
     /// Sized to what read-ahead can have in flight, so its blocks are still in memory when the reader arrives.
     let recent: RecentBlocks
     let counters = Mutex(FSStats())
 
+    /// Opens the filesystem over `cache` (its directory also holds the staging area and the journal). Call
+    /// `recover()` before serving requests, so files an earlier mount acknowledged are queued again.
     public init(client: any ObjectClient, bucket: String, prefix: String, cache: BlockCache, options: FSOptions,
-                logger: Logger = Logger(label: "ckptfs.fs")) {
+                logger: Logger = Logger(label: "ckptfs.fs")) throws(FSError) {
         self.client = client
         self.bucket = bucket
         var p = prefix
@@ -87,6 +108,10 @@ public final class FileSystem: Sendable {
         self.cache = cache
         self.options = options
         self.logger = logger
+        Glibc.mkdir(cache.directory + "/staging", 0o700)
+        self.journal = try Journal(path: cache.directory + "/journal")
+        self.uploadSlots = AsyncSemaphore(options.uploadConcurrency)
+        self.partSlots = AsyncSemaphore(options.partConcurrency)
         self.recent = RecentBlocks(budget: Int(max(options.maxReadAhead, Int64(options.maxPrefetchRequests) * options.requestSize)))
         table.withLock {
             $0.nodes[FileSystem.rootIno] = Node(parent: FileSystem.rootIno, name: "", key: p,
@@ -129,6 +154,10 @@ public final class FileSystem: Sendable {
         guard dir.meta.isDirectory else { throw .notDirectory }
         guard FileSystem.validName(name) else { throw .noEntry }
         let pk = PathKey(parent: parent, name: name)
+        // A file with local changes is what its local version says.
+        if let v = local.withLock({ $0[dir.key + name]?.current }) {
+            return remember(parent: parent, name: name, key: dir.key + name, meta: localMeta(v), addLookup: true)
+        }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
         let cached: Meta?? = table.withLock { t in
             if let l = t.listings[parent], ContinuousClock.now < l.expires { return .some(l.entries[name]) }
@@ -235,6 +264,7 @@ public final class FileSystem: Sendable {
 
     public func getattr(ino: UInt64) async throws(FSError) -> Attributes {
         let n = try node(ino)
+        if !n.meta.isDirectory, let v = local.withLock({ $0[n.key]?.current }) { return attributes(ino, localMeta(v)) }
         if n.meta.isDirectory || isFresh(n.fetched) { return attributes(ino, n.meta) }
         guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
         table.withLock { t in

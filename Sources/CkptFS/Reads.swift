@@ -28,12 +28,19 @@ final class FileHandle: Sendable {
 }
 
 extension FileSystem {
-    /// Opens a file for reading. Revalidates the object (HEAD) unless it was checked within the last second
-    /// (the kernel looks a file up right before opening it), and pins its ETag for the handle's life.
-    public func open(ino: UInt64, write: Bool) async throws(FSError) -> UInt64 {
+    /// Opens a file. Reading a clean file revalidates the object (HEAD) unless it was checked within the last
+    /// second (the kernel looks a file up right before opening it) and pins its ETag for the handle's life.
+    /// Writing (or reading a file with local changes) goes to its local version (Writes.swift).
+    public func open(ino: UInt64, flags: Int32) async throws(FSError) -> UInt64 {
         let n = try node(ino)
         guard !n.meta.isDirectory else { throw .isDirectory }
-        if write { throw FSError(EROFS, "writes are not supported by this build") }
+        let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
+        if write || local.withLock({ $0[n.key] != nil }) {
+            if let h = try await openLocal(ino: ino, key: n.key, write: write, truncate: flags & O_TRUNC != 0,
+                                           append: flags & O_APPEND != 0, exists: n.meta.size > 0 || !n.meta.etag.isEmpty) {
+                return h
+            }
+        }
         var meta = n.meta
         if ContinuousClock.now - n.fetched > .seconds(1) {
             guard let m = try await headProbe(n.key) else { throw .noEntry }
@@ -48,11 +55,16 @@ extension FileSystem {
         return h
     }
 
-    public func release(handle: UInt64) { _ = handles.withLock { $0.removeValue(forKey: handle) } }
+    public func release(handle: UInt64) {
+        if handles.withLock({ $0.removeValue(forKey: handle) }) == nil { releaseLocal(handle: handle) }
+    }
 
     /// Reads up to `size` bytes at `offset`. Fewer bytes only at the end of the file.
     public func read(handle: UInt64, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
-        guard let fh = handles.withLock({ $0[handle] }) else { throw .badHandle }
+        guard let fh = handles.withLock({ $0[handle] }) else {
+            guard let lh = localHandles.withLock({ $0[handle] }) else { throw .badHandle }
+            return try readLocal(lh, offset: offset, size: size)
+        }
         guard offset < fh.size, size > 0 else { return [] }
         let end = min(offset + Int64(size), fh.size)
         let bs = Int64(cache.blockSize)

@@ -18,6 +18,17 @@ public struct FSOptions: Sendable {
     public var maxReadAhead: Int64 = 128 << 20
     /// Most ranged GETs in flight for read-ahead, over all files (demand reads are never held back).
     public var maxPrefetchRequests = 8
+    /// fsync() waits until the file is in S3 (true) or only until it is on local disk (false).
+    public var durableFsync = true
+    /// Smallest multipart part (a file up to this size is one PutObject).
+    public var partSize: Int64 = 16 << 20
+    /// Files uploaded at once, and parts in flight over all files.
+    public var uploadConcurrency = 4
+    public var partConcurrency = 8
+    /// Tests: keep sealed files queued without uploading them.
+    public var holdUploads = false
+    /// Tests: kill the process at this point of an upload (see FileSystem.crashPoint).
+    public var crashAt: String?
 
     public init() {}
 }
@@ -93,5 +104,6 @@ public struct FSStats: Sendable {
     public var bytesDownloaded: Int64 = 0
     public var listRequests = 0
     public var headRequests = 0
+    public var putRequests = 0
     public var cache = CacheStats()
 }

@@ -47,6 +47,16 @@ public final class FuseAdapter: Sendable {
         return st
     }
 
+    func entry(_ attr: Attributes) -> fuse_entry_param {
+        var e = fuse_entry_param()
+        e.ino = fuse_ino_t(attr.ino)
+        e.generation = 1
+        e.attr = stat(attr)
+        e.attr_timeout = timeout
+        e.entry_timeout = timeout
+        return e
+    }
+
     func replyError(_ req: fuse_req_t?, _ e: FSError, _ op: String) {
         if e.errno == EIO || e.errno == ESTALE || e.errno == EACCES {
             logger.error("operation failed", metadata: ["fuse.op": "\(op)", "fuse.error": "\(e)"])
@@ -107,15 +117,93 @@ public final class FuseAdapter: Sendable {
         }
         ops.open = { req, ino, fi in
             let flags = fi!.pointee.flags
-            let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
             let boxed = UnsafeSendable(fi!.pointee)
             FuseAdapter.async(req, "open") { a, r throws(FSError) in
                 let req = r.value
-                let h = try await a.fs.open(ino: UInt64(ino), write: write)
+                let h = try await a.fs.open(ino: UInt64(ino), flags: flags)
                 var copy = boxed.value
-                // keep_cache: the page cache stays valid across opens; a handle pins one ETag anyway.
-                ckpt_fuse_fi_set(&copy, h, 1, 0)
+                // keep_cache: the page cache stays valid across opens; a handle pins one ETag anyway. A file
+                // opened for writing drops it (its bytes may change).
+                let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
+                ckpt_fuse_fi_set(&copy, h, write ? 0 : 1, 0)
                 if fuse_reply_open(req, &copy) != 0 { a.fs.release(handle: h) }
+            }
+        }
+        ops.create = { req, parent, name, _, fi in
+            let n = String(cString: name!)
+            let flags = fi!.pointee.flags
+            let boxed = UnsafeSendable(fi!.pointee)
+            FuseAdapter.async(req, "create") { a, r throws(FSError) in
+                let req = r.value
+                let (attr, h) = try await a.fs.create(parent: UInt64(parent), name: n, flags: flags)
+                var e = a.entry(attr)
+                var copy = boxed.value
+                ckpt_fuse_fi_set(&copy, h, 0, 0)
+                if fuse_reply_create(req, &e, &copy) != 0 { a.fs.release(handle: h) }
+            }
+        }
+        ops.write = { req, _, buf, size, off, fi in
+            // Synchronous: the bytes go to local disk, and libfuse only lends `buf` for this call.
+            let a = FuseAdapter.adapter(req)
+            do throws(FSError) {
+                let n = try a.fs.write(handle: fi!.pointee.fh, offset: Int64(off), data: UnsafeRawBufferPointer(start: buf, count: size))
+                fuse_reply_write(req, n)
+            } catch {
+                a.replyError(req, error, "write")
+            }
+        }
+        ops.flush = { req, _, fi in
+            // close(): returns once the data and its journal record are on local disk.
+            let a = FuseAdapter.adapter(req)
+            do throws(FSError) {
+                try a.fs.flush(handle: fi!.pointee.fh)
+                fuse_reply_err(req, 0)
+            } catch {
+                a.replyError(req, error, "flush")
+            }
+        }
+        ops.fsync = { req, _, _, fi in
+            let h = fi!.pointee.fh
+            FuseAdapter.async(req, "fsync") { a, r throws(FSError) in
+                try await a.fs.fsync(handle: h)
+                fuse_reply_err(r.value, 0)
+            }
+        }
+        ops.setattr = { req, ino, attr, toSet, fi in
+            let st = attr!.pointee
+            let size: Int64? = toSet & FUSE_SET_ATTR_SIZE != 0 ? Int64(st.st_size) : nil
+            var mtime: Date?
+            if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 {
+                mtime = Date()
+            } else if toSet & FUSE_SET_ATTR_MTIME != 0 {
+                mtime = Date(timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
+            }
+            let h = fi.map { $0.pointee.fh }
+            let newMtime = mtime
+            FuseAdapter.async(req, "setattr") { a, r throws(FSError) in
+                var out = a.stat(try await a.fs.setattr(ino: UInt64(ino), handle: h, size: size, mtime: newMtime))
+                fuse_reply_attr(r.value, &out, a.timeout)
+            }
+        }
+        ops.mkdir = { req, parent, name, _ in
+            let n = String(cString: name!)
+            FuseAdapter.async(req, "mkdir") { a, r throws(FSError) in
+                var e = a.entry(try await a.fs.mkdir(parent: UInt64(parent), name: n))
+                fuse_reply_entry(r.value, &e)
+            }
+        }
+        ops.unlink = { req, parent, name in
+            let n = String(cString: name!)
+            FuseAdapter.async(req, "unlink") { a, r throws(FSError) in
+                try await a.fs.unlink(parent: UInt64(parent), name: n)
+                fuse_reply_err(r.value, 0)
+            }
+        }
+        ops.rmdir = { req, parent, name in
+            let n = String(cString: name!)
+            FuseAdapter.async(req, "rmdir") { a, r throws(FSError) in
+                try await a.fs.rmdir(parent: UInt64(parent), name: n)
+                fuse_reply_err(r.value, 0)
             }
         }
         ops.read = { req, _, size, off, fi in
@@ -178,17 +266,17 @@ public final class FuseAdapter: Sendable {
             v.f_namemax = UInt(s.nameMax)
             fuse_reply_statfs(req, &v)
         }
-        // Changes are not supported by this build: say so plainly rather than ENOSYS.
-        ops.setattr = { req, _, _, _, _ in fuse_reply_err(req, EROFS) }
-        ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EROFS) }
-        ops.mkdir = { req, _, _, _ in fuse_reply_err(req, EROFS) }
-        ops.unlink = { req, _, _ in fuse_reply_err(req, EROFS) }
-        ops.rmdir = { req, _, _ in fuse_reply_err(req, EROFS) }
-        ops.rename = { req, _, _, _, _, _ in fuse_reply_err(req, EROFS) }
-        ops.create = { req, _, _, _, _ in fuse_reply_err(req, EROFS) }
-        ops.write = { req, _, _, _, _, _ in fuse_reply_err(req, EROFS) }
-        ops.symlink = { req, _, _, _ in fuse_reply_err(req, EROFS) }
-        ops.link = { req, _, _, _ in fuse_reply_err(req, EROFS) }
+        ops.rename = { req, parent, name, newParent, newName, flags in
+            let (n, nn) = (String(cString: name!), String(cString: newName!))
+            FuseAdapter.async(req, "rename") { a, r throws(FSError) in
+                try await a.fs.rename(parent: UInt64(parent), name: n, newParent: UInt64(newParent), newName: nn, flags: UInt32(flags))
+                fuse_reply_err(r.value, 0)
+            }
+        }
+        // Special files and links have no S3 form.
+        ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.symlink = { req, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.link = { req, _, _, _ in fuse_reply_err(req, EPERM) }
         return ops
     }
 

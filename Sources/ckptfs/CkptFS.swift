@@ -12,5 +12,5 @@ struct CkptFS: AsyncParsableCommand {
         commandName: "ckptfs",
         abstract: "An S3 bucket as a POSIX directory for ML training.",
         version: "ckptfs 0.1.0 (\(HTTPClient.libraryVersions))",
-        subcommands: [Mount.self, Unmount.self, Check.self])
+        subcommands: [Mount.self, Unmount.self, Flush.self, Status.self, Check.self])
 }

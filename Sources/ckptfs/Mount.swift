@@ -26,6 +26,11 @@ struct Mount: AsyncParsableCommand {
     var readPartSize: String = "16MiB"
     @Option(name: .customLong("max-read-ahead"), help: "Largest read-ahead window of one open file (default 128MiB).")
     var maxReadAhead: String = "128MiB"
+    @Option(name: .customLong("fsync"), help: "durable: fsync() returns once the file is in S3; local: once it is on local disk.")
+    var fsyncMode: String = "durable"
+    @Option(name: .customLong("drain-timeout"), help: "Seconds SIGTERM/unmount wait for queued uploads (default 120).")
+    var drainTimeout: Double = 120
+    @Flag(name: .customLong("debug-hold-uploads"), help: .hidden) var holdUploads = false
     @Flag(name: .customLong("read-only")) var readOnly = false
     @Flag(name: .customLong("allow-other"), help: "Let other users access the mount (needs user_allow_other for non-root).")
     var allowOther = false
@@ -48,6 +53,10 @@ struct Mount: AsyncParsableCommand {
                 throw ValidationError("\(name) '\(v)' must be a size between 1MiB and 1GiB, like 8MiB")
             }
         }
+        guard fsyncMode == "durable" || fsyncMode == "local" else {
+            throw ValidationError("--fsync must be 'durable' (wait for S3) or 'local' (wait for local disk)")
+        }
+        guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must be zero or more seconds") }
         guard metadataTTL >= 0 else { throw ValidationError("--metadata-ttl must be zero or more seconds") }
         for (name, m) in [("--file-mode", fileMode), ("--dir-mode", dirMode)] {
             guard let v = UInt32(m, radix: 8), v <= 0o7777 else { throw ValidationError("\(name) '\(m)' is not an octal mode like 0644") }
@@ -101,8 +110,26 @@ struct Mount: AsyncParsableCommand {
         o.readOnly = readOnly
         o.requestSize = MountChecks.parseSize(readPartSize)!
         o.maxReadAhead = max(o.requestSize, MountChecks.parseSize(maxReadAhead)!)
+        o.durableFsync = fsyncMode == "durable"
+        o.holdUploads = holdUploads
+        o.crashAt = ProcessInfo.processInfo.environment["CKPTFS_CRASH_AT"]
         let client = S3Client(configuration: config, logger: logger)
-        let fs = FileSystem(client: client, bucket: target.bucket, prefix: target.prefix, cache: blockCache, options: o, logger: logger)
+        let fs: FileSystem
+        do {
+            fs = try FileSystem(client: client, bucket: target.bucket, prefix: target.prefix, cache: blockCache, options: o, logger: logger)
+            // Files an earlier mount acknowledged but did not upload are queued again before anything is served.
+            let r = try await fs.recover()
+            if !r.requeued.isEmpty || !r.quarantined.isEmpty || r.abortedMultipart > 0 || r.tornTail {
+                logger.notice("recovered write-back from the journal", metadata: [
+                    "requeued": "\(r.requeued.count)", "quarantined": "\(r.quarantined.map { "\($0.key) -> \($0.path)" })",
+                    "aborted.multipart": "\(r.abortedMultipart)", "journal.torn_tail": "\(r.tornTail)"])
+            }
+        } catch {
+            throw UserFacingFailure(message: "cannot start the write-back in \(cache): \(error)")
+        }
+        let control = ControlServer(fs: fs, mountpoint: mp, logger: logger)
+        try control.start()
+        defer { control.stop() }
         var mountOptions = ["fsname=\(target.description.replacingOccurrences(of: ",", with: "_"))", "subtype=ckptfs", "default_permissions"]
         if allowOther { mountOptions.append("allow_other") }
         if readOnly { mountOptions.append("ro") }
@@ -120,6 +147,16 @@ struct Mount: AsyncParsableCommand {
             throw UserFacingFailure(message: error.description)
         }
         logger.notice("unmounted", metadata: ["mountpoint": "\(mp)"])
+        // SIGTERM or fusermount3 -u: finish queued uploads first, within the drain timeout (`ckptfs unmount`
+        // drained before unmounting and sets it to what is left of its own).
+        let drain = holdUploads ? 0 : control.drainTimeout.withLock { $0 } ?? drainTimeout
+        let left = await fs.flushAll(under: "", timeout: .milliseconds(Int64(drain * 1000)))
+        if left.isEmpty {
+            logger.notice("write-back drained")
+        } else {
+            logger.error("not durable at exit; kept in the journal, the next mount with this cache dir uploads them",
+                         metadata: ["files": "\(left.map { "\($0.path): \($0.reason)" })"])
+        }
     }
 
     func checkBucket(_ target: S3URL, _ config: S3ClientConfiguration, logger: Logger) async throws(UserFacingFailure) {
@@ -209,6 +246,8 @@ struct Mount: AsyncParsableCommand {
 struct Unmount: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Unmount a ckptfs mount.")
     @Argument var mountpoint: String
+    @Option(name: .customLong("drain-timeout"), help: "Seconds to wait for queued uploads before unmounting (default 120).")
+    var drainTimeout: Double = 120
 
     func run() throws {
         let path = MountChecks.absolute(mountpoint)
@@ -216,6 +255,15 @@ struct Unmount: ParsableCommand {
             throw fail("\(path) is not mounted")
         }
         guard m.type == "fuse.ckptfs" else { throw fail("\(path) is a \(m.type) mount, not ckptfs; use umount") }
+        // Drain first: uploads finish while the mount is still there.
+        if let data = try? Control.call(path, .init(cmd: "flush", path: "", timeout: drainTimeout)),
+           let r = try? JSONDecoder().decode(Control.FlushReply.self, from: data), !r.ok {
+            var msg = "ckptfs: warning: \(r.notDurable.count) file(s) are not durable in S3 after \(Int(drainTimeout)) s; "
+                + "they stay in the journal and the next mount with the same cache dir uploads them:"
+            for n in r.notDurable { msg += "\n  \(n.path): \(n.reason)" }
+            FileHandle.standardError.write(Data((msg + "\n").utf8))
+        }
+        _ = try? Control.call(path, .init(cmd: "unmounting", timeout: 0))
         if let problem = FuseSession.unmount(path, lazy: false) { throw fail(problem) }
         // The daemon exits once the kernel has let go; give it a moment to release its cache.
         for _ in 0..<50 where MountChecks.isMounted(path) { usleep(100_000) }

@@ -113,7 +113,13 @@ class Mounts:
 
     def cleanup(self):
         for mp in self.active:
+            pids = subprocess.run(["pgrep", "-f", f"ckptfs mount .* {mp} "], capture_output=True, text=True).stdout.split()
             subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+            for p in pids:
+                try:
+                    os.kill(int(p), 9)
+                except OSError:
+                    pass
 
 
 @pytest.fixture

@@ -49,9 +49,9 @@ func coreRead() async {
         let key = url.prefix
         let parentKey = key.contains("/") ? String(key[..<key.lastIndex(of: "/")!]) : ""
         let name = String(key.split(separator: "/").last!)
-        let fs = FileSystem(client: S3Client(configuration: config), bucket: url.bucket, prefix: parentKey, cache: cache, options: FSOptions())
+        let fs = try FileSystem(client: S3Client(configuration: config), bucket: url.bucket, prefix: parentKey, cache: cache, options: FSOptions())
         let attr = try await fs.lookup(parent: FileSystem.rootIno, name: name)
-        let h = try await fs.open(ino: attr.ino, write: false)
+        let h = try await fs.open(ino: attr.ino, flags: O_RDONLY)
         let start = ContinuousClock.now
         var offset: Int64 = 0
         while true {

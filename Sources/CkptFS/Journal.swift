@@ -1,0 +1,142 @@
+// The write-back journal: an append-only file of records, each fsynced before the operation it describes
+// is acknowledged. It is what makes "close() returned" mean "this file will reach S3", across a crash of the
+// daemon or of the machine.
+//
+// Record framing: 4-byte little-endian payload length, 8-byte XXH64 of the payload, the payload (JSON).
+// Replay stops at the first record that is short or fails its checksum: a torn final record (a crash
+// mid-append) is ignored, and every record before it is intact.
+import CkptDigest
+import Foundation
+import Synchronization
+
+/// One journal record.
+struct JournalRecord: Codable, Equatable, Sendable {
+    enum Op: String, Codable, Sendable {
+        /// A staged version was acknowledged (close/fsync): the file `staging/ID` holds `size` bytes with
+        /// checksum `xxh64` and must reach `key`.
+        case commit
+        /// A multipart upload was started for version `id` (so recovery can abort it).
+        case multipart
+        /// Version `id` is durable in S3 (or no longer wanted: `drop`); its staging file may go.
+        case done
+        case drop
+    }
+    var op: Op
+    var id: UInt64
+    var key: String?
+    var size: Int64?
+    var xxh64: String?
+    var mtime: Double?
+    var uploadId: String?
+    var etag: String?
+}
+
+final class Journal: Sendable {
+    let path: String
+    private let fd: Mutex<Int32>
+
+    /// Opens (creating) the journal for appending.
+    init(path: String) throws(FSError) {
+        self.path = path
+        let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard f >= 0 else { throw FSError(errno, "cannot open the journal \(path): \(String(cString: strerror(errno)))") }
+        fd = Mutex(f)
+    }
+
+    deinit { fd.withLock { close($0) } }
+
+    /// Reopens the file at `path` (after `rewrite` replaced it).
+    func reopen() throws(FSError) {
+        let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard f >= 0 else { throw FSError(errno, "cannot open the journal \(path): \(String(cString: strerror(errno)))") }
+        fd.withLock { old in
+            close(old)
+            old = f
+        }
+    }
+
+    static func frame(_ r: JournalRecord) -> [UInt8] {
+        let payload = Array(try! JSONEncoder().encode(r))
+        var out = [UInt8]()
+        out.reserveCapacity(12 + payload.count)
+        withUnsafeBytes(of: UInt32(payload.count).littleEndian) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: XXH64.hash(payload).littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: payload)
+        return out
+    }
+
+    /// Appends records and makes them durable (fdatasync) before returning.
+    func append(_ records: [JournalRecord]) throws(FSError) {
+        let bytes = records.flatMap(Journal.frame)
+        let rc: Int32 = fd.withLock { f in
+            var done = 0
+            while done < bytes.count {
+                let n = bytes.withUnsafeBytes { write(f, $0.baseAddress! + done, bytes.count - done) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return errno == 0 ? EIO : errno }
+                done += n
+            }
+            return fdatasync(f) == 0 ? 0 : errno
+        }
+        if rc != 0 { throw FSError(rc, "cannot write the journal: \(String(cString: strerror(rc)))") }
+    }
+
+    func append(_ r: JournalRecord) throws(FSError) { try append([r]) }
+
+    /// Reads every intact record of the journal at `path`, stopping at the first torn or damaged one.
+    /// Returns the records and whether a damaged tail was found.
+    static func replay(path: String) -> (records: [JournalRecord], tornTail: Bool) {
+        guard let data = FileManager.default.contents(atPath: path) else { return ([], false) }
+        let bytes = [UInt8](data)
+        var out: [JournalRecord] = []
+        var p = 0
+        let decoder = JSONDecoder()
+        while p < bytes.count {
+            guard bytes.count - p >= 12 else { return (out, true) }
+            let len = Int(bytes[p..<p + 4].withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) })
+            let sum = bytes[p + 4..<p + 12].withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+            guard len <= bytes.count - p - 12 else { return (out, true) }
+            let payload = Array(bytes[p + 12..<p + 12 + len])
+            guard XXH64.hash(payload) == sum, let r = try? decoder.decode(JournalRecord.self, from: Data(payload)) else {
+                return (out, true)
+            }
+            out.append(r)
+            p += 12 + len
+        }
+        return (out, false)
+    }
+
+    /// Replaces the journal at `path` with just `records` (written to a temporary file, fsynced, renamed).
+    static func rewrite(path: String, _ records: [JournalRecord]) throws(FSError) {
+        let tmp = path + ".tmp"
+        let f = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard f >= 0 else { throw FSError(errno, "cannot write \(tmp): \(String(cString: strerror(errno)))") }
+        let bytes = records.flatMap(frame)
+        var ok = true
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(f, $0.baseAddress! + done, bytes.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { ok = false; break }
+            done += n
+        }
+        ok = ok && fsync(f) == 0
+        close(f)
+        guard ok, rename(tmp, path) == 0 else {
+            let e = errno
+            unlink(tmp)
+            throw FSError(e == 0 ? EIO : e, "cannot rewrite the journal \(path)")
+        }
+        syncDirectory(of: path)
+    }
+}
+
+/// fsyncs the directory holding `path`, so a rename or create in it survives a power loss.
+func syncDirectory(of path: String) {
+    let dir = (path as NSString).deletingLastPathComponent
+    let d = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if d >= 0 {
+        fsync(d)
+        close(d)
+    }
+}

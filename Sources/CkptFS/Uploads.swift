@@ -1,0 +1,480 @@
+// Uploads of sealed versions, in the background: PutObject for small files, parallel multipart for large
+// ones; verified before the local copy counts as clean; retried until they succeed or the file is unlinked.
+// Versions of one key are uploaded in order; a version replaced by a newer one before its upload started is
+// skipped (the newer one carries everything the older one acknowledged). Also: crash recovery from the
+// journal, waiting for durability (fsync, `ckptfs flush`, unmount) and the write-back status.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+/// A counting semaphore for tasks.
+final class AsyncSemaphore: Sendable {
+    private let state: Mutex<(free: Int, waiters: [CheckedContinuation<Void, Never>])>
+    init(_ n: Int) { state = Mutex((n, [])) }
+
+    func acquire() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let go = state.withLock { s -> Bool in
+                if s.free > 0 {
+                    s.free -= 1
+                    return true
+                }
+                s.waiters.append(c)
+                return false
+            }
+            if go { c.resume() }
+        }
+    }
+
+    func release() {
+        let w = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if s.waiters.isEmpty {
+                s.free += 1
+                return nil
+            }
+            return s.waiters.removeFirst()
+        }
+        w?.resume()
+    }
+}
+
+/// What the write-back is doing (for `ckptfs status`).
+public struct WriteBackStatus: Sendable, Codable {
+    public struct Pending: Sendable, Codable {
+        public var path: String
+        public var bytes: Int64
+        public var state: String
+        public var ageSeconds: Double
+        public var error: String?
+    }
+    public var dirtyFiles = 0
+    public var dirtyBytes: Int64 = 0
+    public var uploadsInFlight = 0
+    public var oldestDirtySeconds: Double = 0
+    public var uploadedFiles = 0
+    public var uploadedBytes: Int64 = 0
+    public var failures: [Pending] = []
+    public var pending: [Pending] = []
+    public var recovered = 0
+    public var quarantined: [String] = []
+}
+
+/// What recovery found in the journal.
+public struct RecoveryReport: Sendable {
+    public var requeued: [String] = []
+    /// Staged files that failed their checksum, moved aside: (key, where it now is).
+    public var quarantined: [(key: String, path: String)] = []
+    public var abortedMultipart = 0
+    public var tornTail = false
+}
+
+extension FileSystem {
+    /// The part size for a file: at least `options.partSize`, large enough that 10,000 parts suffice,
+    /// rounded up to a MiB.
+    static func partSize(for size: Int64, minimum: Int64) -> Int64 {
+        let need = (size + 9_999) / 10_000
+        let p = max(minimum, need)
+        return (p + (1 << 20) - 1) / (1 << 20) * (1 << 20)
+    }
+
+    /// Queues a sealed version. An older version of the same key still waiting is superseded by it.
+    func enqueueUpload(_ v: StagedVersion) {
+        let key = v.key
+        let previous: Task<Void, Never>? = uploadState.withLock { u in
+            for (_, old) in u.pending where old !== v && old.key == key {
+                let skip = old.state.withLock { s -> Bool in
+                    guard case .waiting = s.upload else { return false }
+                    s.successor = v
+                    return true
+                }
+                if skip { old.settle(.superseded) }
+            }
+            u.pending[v.id] = v
+            return u.tails[key]
+        }
+        let task = Task {
+            await previous?.value  // one key's versions go in order
+            await self.uploadSlots.acquire()
+            defer { self.uploadSlots.release() }
+            await self.upload(v)
+        }
+        uploadState.withLock { u in u.tails[key] = task }
+    }
+
+    /// Unlink: versions of `key` are never uploaded; their acknowledgement is withdrawn in the journal. The
+    /// staged files go first: on a full disk that is what makes room for the journal record.
+    func dropVersions(of key: String, newest: StagedVersion) throws(FSError) {
+        let victims = (uploadState.withLock { u in u.pending.values.filter { $0.key == key } } + [newest]).filter { !$0.isSettled }
+        var records: [JournalRecord] = []
+        for v in victims {
+            if v.state.withLock({ $0.committedSum != nil }) { records.append(JournalRecord(op: .drop, id: v.id)) }
+            v.settle(.dropped)
+            Glibc.unlink(v.path)
+        }
+        uploadState.withLock { u in for v in victims { u.pending.removeValue(forKey: v.id) } }
+        do { try journal.append(records) } catch {
+            // Recovery treats a journaled file whose staging file is gone as lost and says so; the user
+            // deleted it, so nothing is lost that was wanted.
+            logger.warning("could not journal an unlink", metadata: ["key": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    /// Uploads `v` until it is durable, superseded or dropped.
+    func upload(_ v: StagedVersion) async {
+        var delay: Duration = .milliseconds(500)
+        while true {
+            let go = v.state.withLock { s -> Bool in
+                guard case .waiting = s.upload else { return false }
+                s.upload = .uploading
+                return true
+            }
+            guard go else {
+                finishUpload(v)
+                return
+            }
+            if options.holdUploads {
+                v.state.withLock { $0.upload = .waiting }
+                try? await Task.sleep(for: .seconds(3600 * 24))
+                continue
+            }
+            do throws(FSError) {
+                let (key, etag) = try await uploadOnce(v)
+                if v.state.withLock({ if case .dropped = $0.upload { return true } else { return false } }) {
+                    // Unlinked while uploading: the delete may have run before the upload landed.
+                    try? await client.deleteObject(bucket, key, versionId: nil)
+                    return
+                }
+                if v.key != key {
+                    // Renamed while uploading: the object landed under the old name. Remove it and go again.
+                    try? await client.deleteObject(bucket, key, versionId: nil)
+                    v.state.withLock { $0.upload = .waiting }
+                    continue
+                }
+                try journal.append(JournalRecord(op: .done, id: v.id, etag: etag))
+                let size = v.size
+                v.state.withLock { s in
+                    s.lastError = nil
+                    s.bytesUploaded = size
+                }
+                v.settle(.done(etag: etag))
+                uploadState.withLock { u in
+                    u.uploadedFiles += 1
+                    u.uploadedBytes += size
+                }
+                finishUpload(v, etag: etag)
+                return
+            } catch {
+                let stop = v.state.withLock { s -> Bool in
+                    s.lastError = error.description
+                    if case .uploading = s.upload { s.upload = .waiting; return false }
+                    return true
+                }
+                logger.warning("upload failed; retrying", metadata: ["key": "\(v.key)", "error": "\(error)",
+                                                                    "retry.in": "\(delay)"])
+                if stop { finishUpload(v); return }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(30))
+            }
+        }
+    }
+
+    /// One attempt: PutObject or multipart, then a HEAD that checks the size. Returns the ETag.
+    func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String) {
+        let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
+        let put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970)])
+        let partSize = FileSystem.partSize(for: size, minimum: options.partSize)
+        var expectedParts = 0
+        do {
+            if size <= partSize {
+                _ = try await client.putObject(bucket, key, body: .file(descriptor: v.fd, offset: 0, length: size), options: put)
+            } else {
+                let uploadId = try await client.createMultipartUpload(bucket, key, options: put)
+                try journal.append(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
+                do {
+                    let parts = try await uploadParts(v, key: key, uploadId: uploadId, size: size, partSize: partSize)
+                    expectedParts = parts.count
+                    crashPoint("before-complete")
+                    _ = try await client.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: nil)
+                } catch {
+                    try? await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
+                    throw error
+                }
+            }
+            crashPoint("after-complete")
+            let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+            guard info.size == size else {
+                throw FSError(EIO, "uploaded \(key) but the server reports \(info.size) bytes instead of \(size)")
+            }
+            if expectedParts > 0, let dash = info.etag.lastIndex(of: "-"),
+               let n = Int(info.etag[info.etag.index(after: dash)...].filter(\.isNumber)), n != expectedParts {
+                throw FSError(EIO, "uploaded \(key) in \(expectedParts) parts but the server's ETag says \(n)")
+            }
+            counters.withLock { $0.putRequests += max(1, expectedParts) }
+            return (key, info.etag)
+        } catch let e as FSError {
+            throw e
+        } catch let e as S3Error {
+            throw FSError.from(e)
+        } catch {
+            throw FSError(EIO, "\(error)")
+        }
+    }
+
+    func uploadParts(_ v: StagedVersion, key: String, uploadId: String, size: Int64, partSize: Int64) async throws -> [CompletedPart] {
+        let count = Int((size + partSize - 1) / partSize)
+        let client = self.client, bucket = self.bucket, slots = self.partSlots
+        return try await withThrowingTaskGroup(of: CompletedPart.self) { group in
+            for i in 0..<count {
+                await slots.acquire()
+                let off = Int64(i) * partSize
+                let len = min(partSize, size - off)
+                group.addTask {
+                    defer { slots.release() }
+                    let etag = try await client.uploadPart(bucket, key, uploadId: uploadId, partNumber: i + 1,
+                                                           body: .file(descriptor: v.fd, offset: off, length: len),
+                                                           contentMD5: nil)
+                    v.state.withLock { $0.bytesUploaded += len }
+                    return CompletedPart(partNumber: i + 1, etag: etag)
+                }
+                if i == 1 { crashPoint("during-parts") }
+            }
+            var parts: [CompletedPart] = []
+            for try await p in group { parts.append(p) }
+            return parts.sorted { $0.partNumber < $1.partNumber }
+        }
+    }
+
+    /// Test hook: the daemon kills itself at the named point (CKPTFS_CRASH_AT), to test crash recovery at
+    /// moments a signal from outside cannot hit reliably.
+    func crashPoint(_ name: String) {
+        if options.crashAt == name {
+            logger.critical("crash point reached, killing the daemon", metadata: ["point": "\(name)"])
+            kill(getpid(), SIGKILL)
+        }
+    }
+
+    /// After a version settles: drop its staging file; if it was the key's newest and nobody writes it, the
+    /// key is clean again and stat shows the uploaded object.
+    func finishUpload(_ v: StagedVersion, etag: String? = nil) {
+        uploadState.withLock { u in
+            u.pending.removeValue(forKey: v.id)
+        }
+        Glibc.unlink(v.path)
+        let key = v.key
+        let (size, mtime) = v.state.withLock { ($0.size, $0.mtime) }
+        let clean = local.withLock { l -> Bool in
+            guard let f = l[key], f.current === v, f.writers == 0 else { return false }
+            l.removeValue(forKey: key)
+            return true
+        }
+        guard clean, let etag else { return }
+        let meta = Meta(isDirectory: false, size: size, etag: etag, mtime: mtime)
+        table.withLock { t in
+            for (ino, n) in t.nodes where n.key == key && !n.meta.isDirectory {
+                t.nodes[ino]?.meta = meta
+                t.nodes[ino]?.fetched = .now
+                if t.listings[n.parent] != nil { t.listings[n.parent]?.entries[n.name] = meta }
+            }
+        }
+    }
+
+    /// Waits until each version is settled, or the deadline passes. Returns the keys not durable, with why.
+    func waitDurable(_ versions: [StagedVersion], deadline: ContinuousClock.Instant?) async -> [(String, String)] {
+        for v in versions {
+            var cur = v
+            while true {
+                if let deadline {
+                    // Poll: a continuation-based wait cannot be abandoned at the deadline.
+                    while !cur.isSettled && ContinuousClock.now < deadline {
+                        try? await Task.sleep(for: .milliseconds(50))
+                    }
+                    if !cur.isSettled { break }
+                } else {
+                    await cur.waitSettled()
+                }
+                // A superseded version is durable when its successor is.
+                guard let next = cur.state.withLock({ s -> StagedVersion? in
+                    if case .superseded = s.upload { return s.successor }
+                    return nil
+                }) else { break }
+                cur = next
+            }
+        }
+        var left: [(String, String)] = []
+        for v in versions {
+            var cur = v
+            while let next = cur.state.withLock({ s -> StagedVersion? in
+                if case .superseded = s.upload { return s.successor }
+                return nil
+            }) { cur = next }
+            if !cur.isSettled {
+                let (key, err, up) = cur.state.withLock { ($0.key, $0.lastError, $0.upload) }
+                let why: String
+                if let err { why = err } else if case .uploading = up { why = "still uploading" } else { why = "waiting to upload" }
+                left.append((key, why))
+            }
+        }
+        return left
+    }
+
+    /// Blocks until every dirty file under `path` (relative to the mount; "" for all) is durable in S3, or
+    /// the timeout passes. Files still open for writing are committed and sealed first. Returns the paths
+    /// that are not durable, with the reason.
+    public func flushAll(under path: String, timeout: Duration?) async -> [(path: String, reason: String)] {
+        let keyPrefix = prefix + path
+        func under(_ key: String) -> Bool {
+            path.isEmpty || key == keyPrefix || key.hasPrefix(keyPrefix.hasSuffix("/") ? keyPrefix : keyPrefix + "/")
+        }
+        var versions: [StagedVersion] = []
+        var failures: [(String, String)] = []
+        for (key, f) in local.withLock({ $0 }) where under(key) {
+            do { try commit(f.current, seal: true) } catch { failures.append((key, error.description)) }
+            versions.append(f.current)
+        }
+        versions += uploadState.withLock { u in u.pending.values.filter { under($0.key) } }
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        failures += await waitDurable(versions, deadline: deadline)
+        var seen = Set<String>()
+        return failures.filter { seen.insert($0.0).inserted }.map { (String($0.0.dropFirst(prefix.count)), $0.1) }
+    }
+
+    public var writeBackStatus: WriteBackStatus {
+        var s = WriteBackStatus()
+        let pending = uploadState.withLock { u -> [StagedVersion] in
+            s.uploadedFiles = u.uploadedFiles
+            s.uploadedBytes = u.uploadedBytes
+            s.recovered = u.recovered
+            s.quarantined = u.quarantined
+            return Array(u.pending.values)
+        }
+        var versions = pending
+        for f in local.withLock({ Array($0.values) }) where !versions.contains(where: { $0 === f.current }) {
+            if f.current.state.withLock({ !$0.sealed }) { versions.append(f.current) }
+        }
+        for v in versions {
+            let (key, size, up, err, sealed) = v.state.withLock { ($0.key, $0.size, $0.upload, $0.lastError, $0.sealed) }
+            let state: String
+            switch up {
+            case .waiting: state = sealed ? "queued" : "open"
+            case .uploading: state = "uploading"
+            default: continue
+            }
+            let age = (ContinuousClock.now - v.created).seconds
+            let p = WriteBackStatus.Pending(path: String(key.dropFirst(prefix.count)), bytes: size, state: state,
+                                            ageSeconds: age, error: err)
+            s.dirtyFiles += 1
+            s.dirtyBytes += size
+            if state == "uploading" { s.uploadsInFlight += 1 }
+            s.oldestDirtySeconds = max(s.oldestDirtySeconds, age)
+            s.pending.append(p)
+            if err != nil { s.failures.append(p) }
+        }
+        s.pending.sort { $0.path < $1.path }
+        return s
+    }
+
+    // MARK: Recovery
+
+    /// Reads the journal left by an earlier mount, checks each acknowledged staged file against its checksum
+    /// and queues it for upload (reads of its path see the staged bytes from now on). Damaged files are moved
+    /// to `lost+found` and reported, never uploaded. Multipart uploads the crash left open are aborted.
+    /// Call before serving requests.
+    public func recover() async throws(FSError) -> RecoveryReport {
+        var report = RecoveryReport()
+        let (records, torn) = Journal.replay(path: journalPath)
+        report.tornTail = torn
+        var commits: [UInt64: JournalRecord] = [:]
+        var settled = Set<UInt64>()
+        var multipart: [(UInt64, String, String)] = []
+        var maxId: UInt64 = 0
+        for r in records {
+            maxId = max(maxId, r.id)
+            switch r.op {
+            case .commit: commits[r.id] = r
+            case .done, .drop: settled.insert(r.id)
+            case .multipart: if let k = r.key, let u = r.uploadId { multipart.append((r.id, k, u)) }
+            }
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
+            if let id = UInt64(name) { maxId = max(maxId, id) }
+        }
+        nextVersion.store(maxId, ordering: .relaxed)
+
+        // Multipart uploads of versions not durable were cut short: abort them (a new upload starts over).
+        for (id, key, uploadId) in multipart where !settled.contains(id) {
+            do {
+                try await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
+                report.abortedMultipart += 1
+            } catch {
+                if error.code != .noSuchUpload { logger.warning("could not abort an old multipart upload", metadata: ["key": "\(key)", "error": "\(error)"]) }
+            }
+        }
+
+        // The newest acknowledged version of each key is what must reach S3.
+        var newest: [String: JournalRecord] = [:]
+        for (id, r) in commits where !settled.contains(id) {
+            guard let key = r.key else { continue }
+            if let cur = newest[key], cur.id > id { continue }
+            newest[key] = r
+        }
+        var keep: [JournalRecord] = []
+        var keepIds = Set<UInt64>()
+        for (key, r) in newest.sorted(by: { $0.value.id < $1.value.id }) {
+            let path = "\(stagingDir)/\(r.id)"
+            let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+            var ok = fd >= 0
+            if ok {
+                var st = stat()
+                fstat(fd, &st)
+                ok = Int64(st.st_size) == r.size
+                if ok, let want = r.xxh64 { ok = (try? checksum(fd: fd, size: r.size ?? 0)).map { String($0, radix: 16) } == want }
+            }
+            guard ok else {
+                if fd >= 0 { close(fd) }
+                let lost = cache.directory + "/lost+found"
+                Glibc.mkdir(lost, 0o700)
+                let dest = "\(lost)/\(r.id)-" + key.replacingOccurrences(of: "/", with: "_")
+                if Glibc.rename(path, dest) != 0 { Glibc.unlink(path) }
+                report.quarantined.append((key, dest))
+                logger.error("a staged file failed its checksum; moved aside, not uploaded",
+                             metadata: ["key": "\(key)", "moved.to": "\(dest)"])
+                continue
+            }
+            let v = StagedVersion(id: r.id, path: path, fd: fd, key: key, size: r.size ?? 0,
+                                  mtime: Date(timeIntervalSince1970: r.mtime ?? Date().timeIntervalSince1970))
+            v.state.withLock { s in
+                s.sealed = true
+                s.changed = false
+                s.committedSum = r.xxh64
+            }
+            local.withLock { $0[key] = LocalFile(current: v, writers: 0) }
+            keep.append(r)
+            keepIds.insert(r.id)
+            report.requeued.append(String(key.dropFirst(prefix.count)))
+        }
+        // Staged files nobody acknowledged (close never returned) or already uploaded are removed.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
+            if let id = UInt64(name), keepIds.contains(id) { continue }
+            Glibc.unlink("\(stagingDir)/\(name)")
+        }
+        try Journal.rewrite(path: journalPath, keep)
+        try journal.reopen()
+        uploadState.withLock { u in
+            u.recovered = report.requeued.count
+            u.quarantined = report.quarantined.map { "\($0.key) -> \($0.path)" }
+        }
+        for key in newest.keys.sorted() {
+            if let v = local.withLock({ $0[key]?.current }), keepIds.contains(v.id) { enqueueUpload(v) }
+        }
+        return report
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,512 @@
+// The write path: dirty files are staged on local disk, acknowledged through the journal, then uploaded.
+//
+// A file being written is a StagedVersion: a file `staging/ID` under the cache directory. Every writer of a key
+// shares the key's newest version. close() (FUSE flush) fsyncs the data and appends a `commit` record to the
+// journal before it returns; when the last writer closes, the version is sealed (immutable) and queued for
+// upload. A write to a sealed version first copies it to a new version, so an upload never reads bytes that
+// change under it. Reads of a dirty or uploading file see the newest local version.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+/// One version of a file's contents on local disk.
+final class StagedVersion: Sendable {
+    let id: UInt64
+    let path: String
+    let fd: Int32
+    let created = ContinuousClock.now
+
+    enum Upload: Sendable {
+        case waiting
+        case uploading
+        case done(etag: String)
+        /// Replaced by a newer version of the same key before it was uploaded, or unlinked.
+        case superseded
+        case dropped
+    }
+
+    struct State: Sendable {
+        var key: String
+        var size: Int64
+        var mtime: Date
+        var sealed = false
+        /// Running checksum of [0, hashedTo) while writes only append; nil once a write lands elsewhere.
+        var hasher: XXH64? = XXH64()
+        var hashedTo: Int64 = 0
+        /// Whether bytes changed since the last commit record.
+        var changed = true
+        /// The checksum in the last commit record.
+        var committedSum: String?
+        var upload: Upload = .waiting
+        var lastError: String?
+        var bytesUploaded: Int64 = 0
+        var successor: StagedVersion?
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    let state: Mutex<State>
+
+    init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date) {
+        self.id = id
+        self.path = path
+        self.fd = fd
+        self.state = Mutex(State(key: key, size: size, mtime: mtime))
+    }
+
+    deinit { close(fd) }
+
+    var key: String { state.withLock { $0.key } }
+    var size: Int64 { state.withLock { $0.size } }
+
+    /// Whether this version has reached a final state (durable, superseded or dropped).
+    var isSettled: Bool {
+        state.withLock {
+            switch $0.upload {
+            case .done, .superseded, .dropped: return true
+            case .waiting, .uploading: return false
+            }
+        }
+    }
+
+    /// Marks the version settled and wakes everyone waiting for it.
+    func settle(_ u: Upload) {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.upload = u
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Waits until settled (no timeout; callers race it against one).
+    func waitSettled() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                switch s.upload {
+                case .done, .superseded, .dropped: return true
+                case .waiting, .uploading:
+                    s.waiters.append(c)
+                    return false
+                }
+            }
+            if now { c.resume() }
+        }
+    }
+}
+
+/// A key with local changes: its newest version and how many handles may write it.
+struct LocalFile: Sendable {
+    var current: StagedVersion
+    var writers: Int
+}
+
+/// An open handle on a file that has a local version (written, or being uploaded).
+final class LocalHandle: Sendable {
+    let ino: UInt64
+    let key: String
+    let writable: Bool
+    let append: Bool
+    /// The version last used: reads fall back to it once the local version is uploaded and gone.
+    let last: Mutex<StagedVersion>
+
+    init(ino: UInt64, key: String, writable: Bool, append: Bool, version: StagedVersion) {
+        self.ino = ino
+        self.key = key
+        self.writable = writable
+        self.append = append
+        self.last = Mutex(version)
+    }
+}
+
+extension FileSystem {
+    var stagingDir: String { cache.directory + "/staging" }
+
+    func checkWritable() throws(FSError) {
+        if options.readOnly { throw FSError(EROFS, "mounted read-only") }
+    }
+
+    /// A new, empty staged version of `key`, or a copy of `source`.
+    func newVersion(key: String, copying source: StagedVersion? = nil, mtime: Date = Date()) throws(FSError) -> StagedVersion {
+        let id = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+        let path = "\(stagingDir)/\(id)"
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw FSError(errno, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        let v = StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime)
+        if let source {
+            let size = source.size
+            try copyFile(from: source.fd, to: fd, size: size)
+            v.state.withLock { s in
+                s.size = size
+                s.mtime = source.state.withLock { $0.mtime }
+                s.hasher = nil
+            }
+        }
+        return v
+    }
+
+    func copyFile(from src: Int32, to dst: Int32, size: Int64) throws(FSError) {
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buf.deallocate() }
+        var off: Int64 = 0
+        while off < size {
+            let n = pread(src, buf.baseAddress, min(buf.count, Int(size - off)), off_t(off))
+            guard n > 0 else { throw FSError(EIO, "copying a staged file: \(String(cString: strerror(errno)))") }
+            try writeLocal(dst, UnsafeRawBufferPointer(rebasing: buf[0..<n]), at: off)
+            off += Int64(n)
+        }
+        if ftruncate(dst, off_t(size)) != 0 { throw FSError(errno, "ftruncate") }
+    }
+
+    /// pwrite that, when the disk is full, evicts clean cache blocks and tries again before giving up with
+    /// ENOSPC. Dirty data is never evicted.
+    func writeLocal(_ fd: Int32, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
+        var done = 0
+        var evicted = false
+        while done < data.count {
+            let n = pwrite(fd, data.baseAddress! + done, data.count - done, off_t(offset + Int64(done)))
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && (errno == ENOSPC || errno == EDQUOT) && !evicted {
+                evicted = true
+                cache.makeRoom(Int64(data.count - done) + (64 << 20))
+                continue
+            }
+            if n <= 0 {
+                let e = n < 0 ? errno : EIO
+                throw FSError(e, "writing to the staging area \(stagingDir): \(String(cString: strerror(e)))")
+            }
+            done += n
+        }
+    }
+
+    // MARK: Opening for write
+
+    /// The key's local file, creating its first version: empty with `truncate`, else a copy of the object
+    /// in S3 (downloaded) or of the newest local version. Takes a writer reference when `writer`.
+    func localFile(key: String, truncate: Bool, writer: Bool, exists: Bool) async throws(FSError) -> StagedVersion {
+        if let v = local.withLock({ l -> StagedVersion? in
+            guard var f = l[key] else { return nil }
+            if writer { f.writers += 1 }
+            l[key] = f
+            return f.current
+        }) {
+            if truncate {
+                try truncateVersion(key: key, to: 0)
+                return local.withLock { $0[key]!.current }
+            }
+            return v
+        }
+        let v = try newVersion(key: key)
+        if exists && !truncate {
+            // Overwrite in place: start from the object's bytes.
+            do {
+                _ = try await client.download(bucket, key, to: v.fd, partSize: options.requestSize, concurrency: 8)
+            } catch {
+                Glibc.unlink(v.path)
+                throw FSError.from(error)
+            }
+            var st = stat()
+            fstat(v.fd, &st)
+            v.state.withLock { s in
+                s.size = Int64(st.st_size)
+                s.hasher = nil
+            }
+        }
+        // Another opener may have raced us: the first registration wins.
+        let winner = local.withLock { l -> StagedVersion in
+            if var f = l[key] {
+                if writer { f.writers += 1 }
+                l[key] = f
+                return f.current
+            }
+            l[key] = LocalFile(current: v, writers: writer ? 1 : 0)
+            return v
+        }
+        if winner !== v { Glibc.unlink(v.path) }
+        return winner
+    }
+
+    /// The version writes go to: the current one, or a copy of it if it is sealed.
+    func writableVersion(key: String) throws(FSError) -> StagedVersion {
+        guard let cur = local.withLock({ $0[key]?.current }) else { throw FSError(EBADF, "\(key) has no local version") }
+        if !cur.state.withLock({ $0.sealed }) { return cur }
+        let copy = try newVersion(key: key, copying: cur)
+        return local.withLock { l -> StagedVersion in
+            guard var f = l[key] else { return copy }
+            if f.current !== cur { return f.current }  // another writer copied first
+            f.current = copy
+            l[key] = f
+            return copy
+        }
+    }
+
+    /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
+    public func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
+        try checkWritable()
+        let dir = try node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        let key = dir.key + name
+        let v = try await localFile(key: key, truncate: true, writer: true, exists: false)
+        let attr = remember(parent: parent, name: name, key: key, meta: localMeta(v), addLookup: true)
+        table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = localMeta(v) } }
+        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, key: key, writable: true, append: flags & O_APPEND != 0, version: v) }
+        return (attr, h)
+    }
+
+    func localMeta(_ v: StagedVersion) -> Meta {
+        v.state.withLock { Meta(isDirectory: false, size: $0.size, etag: "", mtime: $0.mtime) }
+    }
+
+    /// Opens a file that has (or, for writing, gets) a local version.
+    func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, append: Bool, exists: Bool) async throws(FSError) -> UInt64? {
+        let v: StagedVersion
+        if write {
+            try checkWritable()
+            v = try await localFile(key: key, truncate: truncate, writer: true, exists: exists)
+        } else {
+            guard let cur = local.withLock({ $0[key]?.current }) else { return nil }
+            v = cur
+        }
+        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        localHandles.withLock { $0[h] = LocalHandle(ino: ino, key: key, writable: write, append: append, version: v) }
+        return h
+    }
+
+    // MARK: Writing
+
+    /// Writes `data` at `offset` (at the end for O_APPEND handles). Returns the bytes written.
+    public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Int {
+        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
+        let v = try writableVersion(key: h.key)
+        h.last.withLock { $0 = v }
+        let at = h.append ? v.size : offset
+        try writeLocal(v.fd, data, at: at)
+        v.state.withLock { s in
+            if at == s.hashedTo, s.hasher != nil {
+                s.hasher!.update(data)
+                s.hashedTo += Int64(data.count)
+            } else if at + Int64(data.count) > s.hashedTo || at < s.hashedTo {
+                s.hasher = nil
+            }
+            s.size = max(s.size, at + Int64(data.count))
+            s.mtime = Date()
+            s.changed = true
+        }
+        return data.count
+    }
+
+    /// Sets the size of the key's local version (creating one from the object if needed).
+    func truncateVersion(key: String, to size: Int64) throws(FSError) {
+        let v = try writableVersion(key: key)
+        guard ftruncate(v.fd, off_t(size)) == 0 else { throw FSError(errno, "ftruncate: \(String(cString: strerror(errno)))") }
+        v.state.withLock { s in
+            if size < s.hashedTo || size > s.hashedTo { s.hasher = nil }
+            s.size = size
+            s.mtime = Date()
+            s.changed = true
+        }
+    }
+
+    // MARK: Acknowledging
+
+    /// Makes the version's bytes and a journal record describing them durable on local disk; with `seal`, the
+    /// version becomes immutable and is queued for upload.
+    func commit(_ v: StagedVersion, seal: Bool) throws(FSError) {
+        let (changed, sealed) = v.state.withLock { ($0.changed, $0.sealed) }
+        if sealed { return }
+        if changed {
+            guard Glibc.fsync(v.fd) == 0 else {
+                let e = errno
+                throw FSError(e == ENOSPC ? ENOSPC : EIO, "fsync of the staged file failed: \(String(cString: strerror(e)))")
+            }
+            let (key, size, mtime, hasher, hashedTo) = v.state.withLock { ($0.key, $0.size, $0.mtime, $0.hasher, $0.hashedTo) }
+            let sum: UInt64
+            if let hasher, hashedTo == size {
+                sum = hasher.finalize()
+            } else {
+                sum = try checksum(fd: v.fd, size: size)
+            }
+            let hex = String(sum, radix: 16)
+            try journal.append(JournalRecord(op: .commit, id: v.id, key: key, size: size, xxh64: hex,
+                                             mtime: mtime.timeIntervalSince1970))
+            v.state.withLock { s in
+                s.changed = false
+                s.committedSum = hex
+            }
+        }
+        guard seal else { return }
+        let first = v.state.withLock { s -> Bool in
+            if s.sealed { return false }
+            s.sealed = true
+            return true
+        }
+        if first { enqueueUpload(v) }
+    }
+
+    func checksum(fd: Int32, size: Int64) throws(FSError) -> UInt64 {
+        var h = XXH64()
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buf.deallocate() }
+        var off: Int64 = 0
+        while off < size {
+            let n = pread(fd, buf.baseAddress, min(buf.count, Int(size - off)), off_t(off))
+            guard n > 0 else { throw FSError(EIO, "reading a staged file: \(String(cString: strerror(errno)))") }
+            h.update(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+            off += Int64(n)
+        }
+        return h.finalize()
+    }
+
+    /// close(): the data is on local disk and journaled when this returns. The version is sealed and queued
+    /// when the last handle is released (after every duplicate of the descriptor is closed).
+    public func flush(handle: UInt64) throws(FSError) {
+        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return }
+        guard let v = local.withLock({ $0[h.key]?.current }) else { return }
+        try commit(v, seal: false)
+    }
+
+    /// fsync(): with durable fsync, returns once the file is in S3; with local fsync, once it is on local disk.
+    public func fsync(handle: UInt64) async throws(FSError) {
+        guard let h = localHandles.withLock({ $0[handle] }) else { return }
+        guard let v = local.withLock({ $0[h.key]?.current }) else { return }  // clean: nothing to do
+        try commit(v, seal: true)
+        if options.durableFsync {
+            let left = await waitDurable([v], deadline: nil)
+            if let (_, why) = left.first { throw FSError(EIO, "upload of \(h.key) failed: \(why)") }
+        }
+    }
+
+    public func releaseLocal(handle: UInt64) {
+        guard let h = localHandles.withLock({ $0.removeValue(forKey: handle) }), h.writable else { return }
+        let v: StagedVersion? = local.withLock { l in
+            guard var f = l[h.key] else { return nil }
+            f.writers = max(0, f.writers - 1)
+            l[h.key] = f
+            return f.writers == 0 ? f.current : nil
+        }
+        // The last writer is gone: seal and queue (a writer whose flush failed gets its last state journaled).
+        if let v {
+            do { try commit(v, seal: true) } catch {
+                logger.error("could not commit a file at release", metadata: ["key": "\(h.key)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Reads from a handle's local version.
+    func readLocal(_ h: LocalHandle, offset: Int64, size: Int) throws(FSError) -> [ReadSegment] {
+        let v = local.withLock { $0[h.key]?.current } ?? h.last.withLock { $0 }
+        h.last.withLock { $0 = v }
+        let total = v.size
+        guard offset < total, size > 0 else { return [] }
+        let n = Int(min(Int64(size), total - offset))
+        let fd = dup(v.fd)
+        guard fd >= 0 else { throw FSError(EMFILE, "dup") }
+        return [.file(fd: fd, offset: offset, length: n)]
+    }
+
+    // MARK: Attributes
+
+    /// Changes size and times. Mode and owner are accepted and not stored (they come from the mount options).
+    public func setattr(ino: UInt64, handle: UInt64?, size: Int64?, mtime: Date?) async throws(FSError) -> Attributes {
+        let n = try node(ino)
+        if let size {
+            guard !n.meta.isDirectory else { throw .isDirectory }
+            try checkWritable()
+            let hadLocal = local.withLock { $0[n.key] != nil }
+            if !hadLocal {
+                _ = try await localFile(key: n.key, truncate: size == 0, writer: true, exists: true)
+            } else {
+                local.withLock { l in l[n.key]?.writers += 1 }
+            }
+            defer {
+                // Without an open writer, a truncate is a complete change: acknowledge and queue it now.
+                let v: StagedVersion? = local.withLock { l in
+                    guard var f = l[n.key] else { return nil }
+                    f.writers -= 1
+                    l[n.key] = f
+                    return f.writers == 0 ? f.current : nil
+                }
+                if let v { try? commit(v, seal: true) }
+            }
+            try truncateVersion(key: n.key, to: size)
+        }
+        if let mtime, !n.meta.isDirectory {
+            // Stored with the upload (x-amz-meta-mtime) while the file is local; otherwise not kept.
+            if let v = local.withLock({ $0[n.key]?.current }) {
+                v.state.withLock { s in
+                    if case .waiting = s.upload { s.mtime = mtime }
+                }
+            }
+        }
+        return try await getattr(ino: ino)
+    }
+
+    // MARK: Namespace changes
+
+    public func mkdir(parent: UInt64, name: String) async throws(FSError) -> Attributes {
+        try checkWritable()
+        let dir = try node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        if (try? await lookup(parent: parent, name: name)) != nil {
+            forget(ino: inoFor(parent: parent, name: name), count: 1)
+            throw FSError(EEXIST)
+        }
+        do {
+            _ = try await client.putObject(bucket, dir.key + name + "/", body: .empty, options: PutOptions())
+        } catch { throw FSError.from(error) }
+        let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: Date())
+        table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta } }
+        return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
+    }
+
+    public func rmdir(parent: UInt64, name: String) async throws(FSError) {
+        try checkWritable()
+        let dir = try node(parent)
+        let prefix = dir.key + name + "/"
+        let page: ListObjectsPage
+        do {
+            page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: "/", continuationToken: nil,
+                                                  startAfter: nil, maxKeys: 2)
+        } catch { throw FSError.from(error) }
+        let others = page.objects.filter { $0.key != prefix }
+        let localChildren = local.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } }
+        if !others.isEmpty || !page.commonPrefixes.isEmpty || localChildren { throw FSError(ENOTEMPTY) }
+        guard page.objects.contains(where: { $0.key == prefix }) else {
+            // Nothing under it and no marker: it exists only if it was just listed; either way it is gone now.
+            invalidate(parent: parent, name: name)
+            return
+        }
+        do { try await client.deleteObject(bucket, prefix, versionId: nil) } catch { throw FSError.from(error) }
+        invalidate(parent: parent, name: name)
+    }
+
+    /// Removes a file: its local versions stop (and are never uploaded) and the object is deleted.
+    public func unlink(parent: UInt64, name: String) async throws(FSError) {
+        try checkWritable()
+        let dir = try node(parent)
+        let key = dir.key + name
+        let attr = try await lookup(parent: parent, name: name)
+        forget(ino: attr.ino, count: 1)
+        guard !attr.isDirectory else { throw .isDirectory }
+        if let f = local.withLock({ $0.removeValue(forKey: key) }) {
+            try dropVersions(of: key, newest: f.current)
+        }
+        do { try await client.deleteObject(bucket, key, versionId: nil) } catch {
+            if error.code != .noSuchKey { throw FSError.from(error) }
+        }
+        invalidate(parent: parent, name: name)
+    }
+
+    /// Forgets what is cached about (parent, name) so the next lookup asks again.
+    func invalidate(parent: UInt64, name: String) {
+        table.withLock { t in
+            t.listings[parent]?.entries.removeValue(forKey: name)
+            let pk = PathKey(parent: parent, name: name)
+            if let ino = t.inoByPath[pk] { t.nodes[ino]?.fetched = .now - .seconds(86400 * 365) }
+            t.negative[pk] = .now
+        }
+    }
+}

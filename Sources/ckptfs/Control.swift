@@ -1,0 +1,256 @@
+// The control channel between the CLI (`ckptfs status`, `flush`, `unmount`) and a running mount: a Unix
+// socket named after the mountpoint. One request per connection: a line of JSON in, a line of JSON out.
+import ArgumentParser
+import CkptDigest
+import CkptFS
+import Foundation
+import Logging
+import Synchronization
+
+enum Control {
+    /// Where the socket of the mount at `mountpoint` (absolute) lives.
+    static func socketPath(for mountpoint: String) -> String {
+        let dir: String
+        if geteuid() == 0 {
+            dir = "/run/ckptfs"
+        } else if let x = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !x.isEmpty {
+            dir = x + "/ckptfs"
+        } else {
+            dir = "/tmp/ckptfs-\(geteuid())"
+        }
+        return "\(dir)/\(Digest.sha256(mountpoint).hexString.prefix(20)).sock"
+    }
+
+    struct Request: Codable {
+        var cmd: String
+        var path: String?
+        var timeout: Double?
+    }
+
+    struct NotDurable: Codable {
+        var path: String
+        var reason: String
+    }
+
+    struct FlushReply: Codable {
+        var ok: Bool
+        var notDurable: [NotDurable]
+    }
+
+    struct StatusReply: Codable {
+        var writeBack: WriteBackStatus
+        var cacheUsedBytes: Int64
+        var cacheCapacityBytes: Int64
+        var cacheBlocks: Int
+        var cacheHits: Int
+        var cacheMisses: Int
+        var cacheHitRatio: Double
+        var getRequests: Int
+        var bytesDownloaded: Int64
+        var headRequests: Int
+        var listRequests: Int
+        var putRequests: Int
+    }
+
+    static func sockaddr(_ path: String) -> sockaddr_un? {
+        var a = sockaddr_un()
+        a.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: a.sun_path) else { return nil }
+        withUnsafeMutableBytes(of: &a.sun_path) { p in
+            for (i, b) in bytes.enumerated() { p[i] = b }
+            p[bytes.count] = 0
+        }
+        return a
+    }
+
+    /// Sends one request to the mount at `mountpoint` and returns the reply line.
+    static func call(_ mountpoint: String, _ request: Request) throws(UserFacingFailure) -> Data {
+        let path = socketPath(for: mountpoint)
+        guard var addr = sockaddr(path) else { throw UserFacingFailure(message: "socket path too long: \(path)") }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw UserFacingFailure(message: "socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            throw UserFacingFailure(message: "cannot reach the ckptfs daemon of \(mountpoint) (\(path): "
+                + "\(String(cString: strerror(errno)))); is it a ckptfs mount started by this user?")
+        }
+        var line = try! JSONEncoder().encode(request)
+        line.append(UInt8(ascii: "\n"))
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var out = Data()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out.append(contentsOf: buf[0..<n])
+        }
+        guard !out.isEmpty else { throw UserFacingFailure(message: "the ckptfs daemon of \(mountpoint) closed the connection without answering; see its log") }
+        return out
+    }
+}
+
+/// Serves the control socket of one mount on its own thread.
+final class ControlServer: @unchecked Sendable {
+    let fs: FileSystem
+    let path: String
+    let logger: Logger
+    private var fd: Int32 = -1
+    /// Set by `ckptfs unmount` (which drains before unmounting): how long the daemon still drains after.
+    let drainTimeout = Mutex<Double?>(nil)
+
+    init(fs: FileSystem, mountpoint: String, logger: Logger) {
+        self.fs = fs
+        self.path = Control.socketPath(for: mountpoint)
+        self.logger = logger
+    }
+
+    func start() throws(UserFacingFailure) {
+        let dir = (path as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        unlink(path)
+        guard var addr = Control.sockaddr(path) else { throw UserFacingFailure(message: "socket path too long: \(path)") }
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0 && listen(fd, 16) == 0
+        guard ok else { throw UserFacingFailure(message: "cannot create the control socket \(path): \(String(cString: strerror(errno)))") }
+        chmod(path, 0o600)
+        let t = Thread { [self] in acceptLoop() }
+        t.name = "ckptfs-control"
+        t.start()
+    }
+
+    func stop() {
+        unlink(path)
+        shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    private func acceptLoop() {
+        while true {
+            let c = accept(fd, nil, nil)
+            if c < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            Task { await self.serve(c) }
+        }
+    }
+
+    private func serve(_ c: Int32) async {
+        defer { close(c) }
+        var line = [UInt8]()
+        var b: UInt8 = 0
+        while read(c, &b, 1) == 1 && b != UInt8(ascii: "\n") { line.append(b) }
+        guard let req = try? JSONDecoder().decode(Control.Request.self, from: Data(line)) else { return }
+        let reply: Data
+        switch req.cmd {
+        case "flush":
+            let left = await fs.flushAll(under: req.path ?? "", timeout: req.timeout.map { .milliseconds(Int64($0 * 1000)) })
+            reply = try! JSONEncoder().encode(Control.FlushReply(ok: left.isEmpty, notDurable: left.map { .init(path: $0.path, reason: $0.reason) }))
+        case "unmounting":
+            drainTimeout.withLock { $0 = req.timeout ?? 0 }
+            reply = Data("{}".utf8)
+        case "status":
+            let s = fs.stats
+            let lookups = s.cache.hits + s.cache.misses
+            reply = try! JSONEncoder().encode(Control.StatusReply(
+                writeBack: fs.writeBackStatus, cacheUsedBytes: s.cache.usedBytes, cacheCapacityBytes: fs.cache.capacity,
+                cacheBlocks: s.cache.blocks, cacheHits: s.cache.hits, cacheMisses: s.cache.misses,
+                cacheHitRatio: lookups == 0 ? 0 : Double(s.cache.hits) / Double(lookups), getRequests: s.getRequests,
+                bytesDownloaded: s.bytesDownloaded, headRequests: s.headRequests, listRequests: s.listRequests,
+                putRequests: s.putRequests))
+        default:
+            reply = Data("{\"error\":\"unknown command\"}".utf8)
+        }
+        var out = reply
+        out.append(UInt8(ascii: "\n"))
+        _ = out.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+    }
+}
+
+/// Finds the ckptfs mount holding `path`; returns its mountpoint and the path below it.
+func ckptfsMount(containing path: String) throws(UserFacingFailure) -> (mountpoint: String, relative: String) {
+    let abs = MountChecks.absolute(path)
+    let candidates = MountChecks.mounts().filter { $0.type == "fuse.ckptfs" && (abs == $0.path || abs.hasPrefix($0.path == "/" ? "/" : $0.path + "/")) }
+    guard let m = candidates.max(by: { $0.path.count < $1.path.count }) else {
+        throw UserFacingFailure(message: "\(abs) is not on a ckptfs mount; give the mountpoint (or a path under it)")
+    }
+    var rel = String(abs.dropFirst(m.path.count))
+    while rel.hasPrefix("/") { rel.removeFirst() }
+    return (m.path, rel)
+}
+
+func formatBytes(_ n: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 {
+        v /= 1024
+        u += 1
+    }
+    return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
+}
+
+/// `ckptfs flush MOUNTPOINT[/PATH] [--timeout S]`
+struct Flush: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Wait until every dirty file under a path is durable in S3.",
+        discussion: "Exits 0 once everything under PATH is in S3; otherwise (timeout or upload failure) exits 1 and lists what is not durable and why.")
+    @Argument(help: "The mountpoint or a path under it.") var path: String
+    @Option(help: "Give up after this many seconds (default: wait as long as it takes).") var timeout: Double?
+
+    func run() throws {
+        do {
+            let (mp, rel) = try ckptfsMount(containing: path)
+            let data = try Control.call(mp, .init(cmd: "flush", path: rel, timeout: timeout))
+            guard let r = try? JSONDecoder().decode(Control.FlushReply.self, from: data) else {
+                throw UserFacingFailure(message: "unexpected reply from the daemon: \(String(decoding: data, as: UTF8.self))")
+            }
+            if r.ok { return }
+            var msg = "\(r.notDurable.count) file(s) under \(mp)/\(rel) are not durable in S3 yet:"
+            for n in r.notDurable { msg += "\n  \(n.path): \(n.reason)" }
+            throw UserFacingFailure(message: msg + "\nThey stay queued (and journaled); run ckptfs flush again or see ckptfs status.")
+        } catch let f as UserFacingFailure {
+            throw fail(f.message)
+        }
+    }
+}
+
+/// `ckptfs status MOUNTPOINT [--json]`
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show uploads, dirty files and cache use of a mount.")
+    @Argument var mountpoint: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        do {
+            let (mp, _) = try ckptfsMount(containing: mountpoint)
+            let data = try Control.call(mp, .init(cmd: "status"))
+            if json {
+                print(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+                return
+            }
+            guard let s = try? JSONDecoder().decode(Control.StatusReply.self, from: data) else {
+                throw UserFacingFailure(message: "unexpected reply from the daemon")
+            }
+            let w = s.writeBack
+            print("mount:            \(mp)")
+            print("dirty files:      \(w.dirtyFiles) (\(formatBytes(w.dirtyBytes))), oldest \(String(format: "%.0f", w.oldestDirtySeconds)) s")
+            print("uploads:          \(w.uploadsInFlight) in flight, \(w.uploadedFiles) done (\(formatBytes(w.uploadedBytes)))")
+            if w.recovered > 0 { print("recovered:        \(w.recovered) file(s) from the journal at mount") }
+            for q in w.quarantined { print("quarantined:      \(q)") }
+            for f in w.failures { print("failing:          \(f.path): \(f.error ?? "")") }
+            print("cache:            \(formatBytes(s.cacheUsedBytes)) of \(formatBytes(s.cacheCapacityBytes)), "
+                + "hit ratio \(String(format: "%.2f", s.cacheHitRatio))")
+            print("requests:         \(s.getRequests) GET (\(formatBytes(s.bytesDownloaded))), \(s.putRequests) PUT/part, "
+                + "\(s.headRequests) HEAD, \(s.listRequests) LIST")
+        } catch let f as UserFacingFailure {
+            throw fail(f.message)
+        }
+    }
+}
