@@ -142,6 +142,7 @@ public final class BlockCache: Sendable {
 
     private let state = Mutex(State())
     private let lockFD: Int32
+    private let unlocked = Atomic<Bool>(false)
 
     /// Opens (or creates, mode 0700) the cache in `directory`, bounded by `capacity` bytes.
     public init(directory: String, capacity: Int64, blockSize: Int = 1 << 20) throws(CacheError) {
@@ -174,7 +175,12 @@ public final class BlockCache: Sendable {
         rebuildIndex()
     }
 
-    deinit { close(lockFD) }
+    deinit { unlock() }
+
+    /// Gives up the directory (another process may open it); this object must not be used afterwards.
+    public func unlock() {
+        if !unlocked.exchange(true, ordering: .relaxed) { close(lockFD) }
+    }
 
     /// Scans the directory: every block file becomes an entry, oldest modification first in LRU order.
     private func rebuildIndex() {

@@ -25,6 +25,9 @@ public struct FSOptions: Sendable {
     /// Files uploaded at once, and parts in flight over all files.
     public var uploadConcurrency = 4
     public var partConcurrency = 8
+    /// How long a closed file waits before its upload starts, unless fsync/flush waits for it: a rename in
+    /// that time (write-temp-then-rename) is a local move.
+    public var uploadDelay: Duration = .milliseconds(500)
     /// Tests: keep sealed files queued without uploading them.
     public var holdUploads = false
     /// Tests: kill the process at this point of an upload (see FileSystem.crashPoint).

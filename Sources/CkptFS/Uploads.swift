@@ -121,10 +121,18 @@ extension FileSystem {
         }
     }
 
-    /// Uploads `v` until it is durable, superseded or dropped.
+    /// Uploads `v` until it is durable, superseded or dropped. Waits `options.uploadDelay` after the seal
+    /// first (unless someone waits for it), so a rename right after close (write-temp-then-rename) is a local
+    /// move and the file is uploaded once, under its final name.
     func upload(_ v: StagedVersion) async {
+        while true {
+            let (urgent, sealedAt) = v.state.withLock { ($0.urgent, $0.sealedAt) }
+            if urgent || v.isSettled || ContinuousClock.now - (sealedAt ?? .now) >= options.uploadDelay { break }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
         var delay: Duration = .milliseconds(500)
         while true {
+            if Task.isCancelled { return }
             let go = v.state.withLock { s -> Bool in
                 guard case .waiting = s.upload else { return false }
                 s.upload = .uploading
@@ -282,6 +290,7 @@ extension FileSystem {
 
     /// Waits until each version is settled, or the deadline passes. Returns the keys not durable, with why.
     func waitDurable(_ versions: [StagedVersion], deadline: ContinuousClock.Instant?) async -> [(String, String)] {
+        for v in versions { v.state.withLock { $0.urgent = true } }
         for v in versions {
             var cur = v
             while true {
@@ -300,6 +309,7 @@ extension FileSystem {
                     return nil
                 }) else { break }
                 cur = next
+                cur.state.withLock { $0.urgent = true }
             }
         }
         var left: [(String, String)] = []
@@ -373,6 +383,13 @@ extension FileSystem {
         }
         s.pending.sort { $0.path < $1.path }
         return s
+    }
+
+    /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
+    /// as a crash would. For tests of recovery.
+    public func shutdown() {
+        for t in uploadState.withLock({ Array($0.tails.values) }) { t.cancel() }
+        cache.unlock()
     }
 
     // MARK: Recovery

@@ -42,6 +42,9 @@ final class StagedVersion: Sendable {
         var upload: Upload = .waiting
         var lastError: String?
         var bytesUploaded: Int64 = 0
+        /// Someone waits for this version (fsync, flush): upload without the settle delay.
+        var urgent = false
+        var sealedAt: ContinuousClock.Instant?
         var successor: StagedVersion?
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
@@ -340,6 +343,7 @@ extension FileSystem {
         let first = v.state.withLock { s -> Bool in
             if s.sealed { return false }
             s.sealed = true
+            s.sealedAt = .now
             return true
         }
         if first { enqueueUpload(v) }

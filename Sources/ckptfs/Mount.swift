@@ -30,6 +30,8 @@ struct Mount: AsyncParsableCommand {
     var fsyncMode: String = "durable"
     @Option(name: .customLong("drain-timeout"), help: "Seconds SIGTERM/unmount wait for queued uploads (default 120).")
     var drainTimeout: Double = 120
+    @Option(name: .customLong("upload-delay"), help: "Seconds a closed file waits before uploading, so a rename right after close is a local move (default 0.5).")
+    var uploadDelay: Double = 0.5
     @Flag(name: .customLong("debug-hold-uploads"), help: .hidden) var holdUploads = false
     @Flag(name: .customLong("read-only")) var readOnly = false
     @Flag(name: .customLong("allow-other"), help: "Let other users access the mount (needs user_allow_other for non-root).")
@@ -56,6 +58,7 @@ struct Mount: AsyncParsableCommand {
         guard fsyncMode == "durable" || fsyncMode == "local" else {
             throw ValidationError("--fsync must be 'durable' (wait for S3) or 'local' (wait for local disk)")
         }
+        guard uploadDelay >= 0 else { throw ValidationError("--upload-delay must be zero or more seconds") }
         guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must be zero or more seconds") }
         guard metadataTTL >= 0 else { throw ValidationError("--metadata-ttl must be zero or more seconds") }
         for (name, m) in [("--file-mode", fileMode), ("--dir-mode", dirMode)] {
@@ -112,6 +115,7 @@ struct Mount: AsyncParsableCommand {
         o.maxReadAhead = max(o.requestSize, MountChecks.parseSize(maxReadAhead)!)
         o.durableFsync = fsyncMode == "durable"
         o.holdUploads = holdUploads
+        o.uploadDelay = .milliseconds(Int64(uploadDelay * 1000))
         o.crashAt = ProcessInfo.processInfo.environment["CKPTFS_CRASH_AT"]
         let client = S3Client(configuration: config, logger: logger)
         let fs: FileSystem

@@ -27,7 +27,7 @@ final class FileSystemTests: XCTestCase {
         o.metadataTTL = ttl
         o.uid = 1234
         o.gid = 99
-        return FileSystem(client: s3, bucket: bucket, prefix: prefix,
+        return try FileSystem(client: s3, bucket: bucket, prefix: prefix,
                           cache: try BlockCache(directory: dir + "/\(UUID().uuidString)", capacity: 1 << 30, blockSize: 1 << 20), options: o)
     }
 
@@ -48,7 +48,7 @@ final class FileSystemTests: XCTestCase {
     }
 
     func readAll(_ ino: UInt64, chunk: Int = 128 << 10) async throws -> [UInt8] {
-        let h = try await fs.open(ino: ino, write: false)
+        let h = try await fs.open(ino: ino, flags: O_RDONLY)
         defer { fs.release(handle: h) }
         var out: [UInt8] = []
         while true {
@@ -174,7 +174,7 @@ final class FileSystemTests: XCTestCase {
         let obj = data((5 << 20) + 12345, 9)
         s3.seed(bucket, "model.safetensors", obj)
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "model.safetensors")
-        let h = try await fs.open(ino: a.ino, write: false)
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY)
         for (off, len) in [(0, 1), (4095, 2), (1 << 20 - 10, 20), (3 << 20, 1 << 20), (obj.count - 5, 100), (123_457, 300_000)] {
             let segs = try await fs.read(handle: h, offset: Int64(off), size: len)
             let got = segs.flatMap { bytes($0) }
@@ -207,7 +207,7 @@ final class FileSystemTests: XCTestCase {
         let obj = data(32 << 20, 5)
         s3.seed(bucket, "data.h5", obj)
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "data.h5")
-        let h = try await fs.open(ino: a.ino, write: false)
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY)
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<20 {
             let off = Int.random(in: 0..<(obj.count - 4096), using: &rng)
@@ -220,7 +220,7 @@ final class FileSystemTests: XCTestCase {
     func testAHandleSeesOneVersionAndAChangeIsReported() async throws {
         s3.seed(bucket, "ckpt", data(3 << 20, 1))
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt")
-        let h = try await fs.open(ino: a.ino, write: false)
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY)
         _ = try await fs.read(handle: h, offset: 0, size: 4096)
         s3.seed(bucket, "ckpt", data(3 << 20, 2))  // overwritten behind the mount's back
         do {
@@ -230,14 +230,19 @@ final class FileSystemTests: XCTestCase {
         fs.release(handle: h)
         // A new open after the attributes expire revalidates and sees the new version.
         try await Task.sleep(for: .milliseconds(1100))
-        let h2 = try await fs.open(ino: a.ino, write: false)
+        let h2 = try await fs.open(ino: a.ino, flags: O_RDONLY)
         let got = try await fs.read(handle: h2, offset: 2 << 20, size: 16).flatMap { bytes($0) }
         XCTAssertEqual(got, Array(data(3 << 20, 2)[(2 << 20)..<(2 << 20) + 16]))
     }
 
-    func testWritesAreRefusedInThisBuild() async throws {
+    func testWritesAreRefusedOnAReadOnlyMount() async throws {
         s3.seed(bucket, "f", [1])
-        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "f")
-        do { _ = try await fs.open(ino: a.ino, write: true); XCTFail() } catch { XCTAssertEqual(error.errno, EROFS) }
+        var o = FSOptions()
+        o.readOnly = true
+        let ro = try FileSystem(client: s3, bucket: bucket, prefix: "",
+                                cache: try BlockCache(directory: dir + "/ro", capacity: 1 << 30), options: o)
+        let a = try await ro.lookup(parent: FileSystem.rootIno, name: "f")
+        do { _ = try await ro.open(ino: a.ino, flags: O_WRONLY); XCTFail() } catch { XCTAssertEqual(error.errno, EROFS) }
+        do { _ = try await ro.mkdir(parent: FileSystem.rootIno, name: "d"); XCTFail() } catch { XCTAssertEqual(error.errno, EROFS) }
     }
 }

@@ -370,3 +370,39 @@ def test_full_cache_disk_gives_enospc_and_keeps_running(server, bucket, mounts, 
         mounts.unmount(mp)
     finally:
         subprocess.run(["umount", "-l", str(tiny)])
+
+
+def test_rename_files_and_directories(server, bucket, mounts):
+    server.s3.put_object(Bucket=bucket, Key="old/a.bin", Body=b"a" * 5000)
+    server.s3.put_object(Bucket=bucket, Key="old/sub/b.bin", Body=b"b" * 7000)
+    server.s3.put_object(Bucket=bucket, Key="clean.bin", Body=b"clean")
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    # Write-temp-then-rename, before the upload: a local move, one upload, to the final name only.
+    data = os.urandom(3 * MiB)
+    with open(f"{mp}/ckpt.tmp", "wb") as f:
+        f.write(data)
+    os.rename(f"{mp}/ckpt.tmp", f"{mp}/ckpt.bin")
+    assert not os.path.exists(f"{mp}/ckpt.tmp")
+    with open(f"{mp}/ckpt.bin", "rb") as f:
+        assert sha(f.read()) == sha(data)
+    # A file only in S3: copied server-side.
+    os.rename(f"{mp}/clean.bin", f"{mp}/renamed.bin")
+    # A directory with objects in S3 and a file not uploaded yet.
+    with open(f"{mp}/old/new.bin", "wb") as f:
+        f.write(b"new")
+    os.rename(f"{mp}/old", f"{mp}/moved")
+    assert sorted(os.listdir(f"{mp}/moved")) == ["a.bin", "new.bin", "sub"]
+    with open(f"{mp}/moved/sub/b.bin", "rb") as f:
+        assert f.read() == b"b" * 7000
+    # Replace an existing file (os.replace).
+    with open(f"{mp}/x.tmp", "wb") as f:
+        f.write(b"v2")
+    os.replace(f"{mp}/x.tmp", f"{mp}/renamed.bin")
+    flush(mounts, mp)
+    keys = set(s3_keys(server, bucket))
+    assert keys == {"ckpt.bin", "renamed.bin", "moved/a.bin", "moved/sub/b.bin", "moved/new.bin"}, keys
+    assert sha(s3_bytes(server, bucket, "ckpt.bin")) == sha(data)
+    assert s3_bytes(server, bucket, "renamed.bin") == b"v2"
+    assert s3_bytes(server, bucket, "moved/new.bin") == b"new"
+    assert s3_bytes(server, bucket, "moved/a.bin") == b"a" * 5000
+    assert status(mounts, mp)["putRequests"] == 3, "write-temp-then-rename uploads once per file"

@@ -1,0 +1,158 @@
+import CkptCache
+@testable import CkptFS
+import CkptS3
+import Foundation
+import XCTest
+
+/// The write-back core against the in-memory object client: staging, journal, uploads, recovery.
+final class WriteBackTests: XCTestCase {
+    var dir: String!
+    var s3: MemoryObjectClient!
+    let bucket = "b"
+
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "ckptfs-wb-\(UUID().uuidString)"
+        s3 = MemoryObjectClient(buckets: [bucket])
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func make(hold: Bool = false, partSize: Int64 = 5 << 20) throws -> FileSystem {
+        var o = FSOptions()
+        o.holdUploads = hold
+        o.partSize = partSize
+        o.uploadDelay = .zero
+        return try FileSystem(client: s3, bucket: bucket, prefix: "", cache: try BlockCache(directory: dir, capacity: 1 << 30), options: o)
+    }
+
+    func object(_ key: String) async throws -> [UInt8] {
+        try await s3.getObject(bucket, key, range: nil, ifMatch: nil, versionId: nil).1
+    }
+
+    func write(_ fs: FileSystem, _ name: String, _ data: [UInt8], chunk: Int = 1 << 20) async throws {
+        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: name, flags: O_WRONLY)
+        var off = 0
+        while off < data.count {
+            let n = min(chunk, data.count - off)
+            _ = try data[off..<off + n].withUnsafeBytes { try fs.write(handle: h, offset: Int64(off), data: $0) }
+            off += n
+        }
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+    }
+
+    func testSmallAndMultipartFilesUploadAfterCloseAndFlush() async throws {
+        let fs = try make()
+        let small = Array("hello".utf8)
+        let big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ ($0 >> 13)) }
+        try await write(fs, "small.txt", small)
+        try await write(fs, "big.bin", big)
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let gotSmall = try await object("small.txt")
+        let gotBig = try await object("big.bin")
+        XCTAssertEqual(gotSmall, small)
+        XCTAssertEqual(gotBig, big)
+        XCTAssertEqual(s3.count("CompleteMultipartUpload"), 1)
+        XCTAssertEqual(s3.count("UploadPart"), 3, "12 MiB in 5 MiB parts")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/staging"), [], "staging emptied")
+        XCTAssertEqual(fs.writeBackStatus.dirtyFiles, 0)
+    }
+
+    func testPartSizeKeepsUnderTenThousandParts() {
+        XCTAssertEqual(FileSystem.partSize(for: 1 << 30, minimum: 16 << 20), 16 << 20)
+        for size: Int64 in [100 << 30, 1 << 40, 5 << 40] {
+            let p = FileSystem.partSize(for: size, minimum: 16 << 20)
+            XCTAssertLessThanOrEqual((size + p - 1) / p, 10_000)
+            XCTAssertEqual(p % (1 << 20), 0)
+        }
+    }
+
+    func testReadsSeeLocalBytesAndAWriteAfterSealMakesANewVersion() async throws {
+        let fs = try make(hold: true)
+        try await write(fs, "f", Array("version one".utf8))
+        let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "f")
+        XCTAssertEqual(attr.size, 11)
+        let r = try await fs.open(ino: attr.ino, flags: O_RDWR)
+        _ = try Array("VERSION".utf8).withUnsafeBytes { try fs.write(handle: r, offset: 0, data: $0) }
+        let segs = try await fs.read(handle: r, offset: 0, size: 100)
+        guard case .file(let fd, let off, let n) = segs[0] else { return XCTFail("expected a file segment") }
+        var buf = [UInt8](repeating: 0, count: n)
+        pread(fd, &buf, n, off_t(off))
+        close(fd)
+        XCTAssertEqual(String(decoding: buf, as: UTF8.self), "VERSION one")
+        // Two versions staged: the sealed one (held) was not touched by the write.
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/staging").count, 2)
+        try fs.flush(handle: r)
+        fs.release(handle: r)
+    }
+
+    func testRecoveryUploadsAcknowledgedFilesAndIgnoresATornTail() async throws {
+        do {
+            let fs = try make(hold: true)
+            try await write(fs, "a", Array(repeating: 1, count: 1000))
+            try await write(fs, "b", Array(repeating: 2, count: 2000))
+            XCTAssertEqual(s3.count("PutObject"), 0)
+            fs.shutdown()
+        }
+        // The process "died": the journal and the staged files are all that is left. Add a torn record.
+        let j = open(dir + "/journal", O_WRONLY | O_APPEND)
+        _ = Glibc.write(j, [0x50, 0, 0, 0, 1, 2, 3], 7)
+        close(j)
+        let (records, torn) = Journal.replay(path: dir + "/journal")
+        XCTAssertTrue(torn)
+        XCTAssertEqual(records.filter { $0.op == .commit }.count, 2)
+
+        let fs = try make()
+        let report = try await fs.recover()
+        XCTAssertEqual(Set(report.requeued), ["a", "b"])
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty)
+        let a = try await object("a")
+        let b = try await object("b")
+        XCTAssertEqual(a, Array(repeating: 1, count: 1000))
+        XCTAssertEqual(b, Array(repeating: 2, count: 2000))
+    }
+
+    func testDamagedStagedFileIsQuarantined() async throws {
+        do {
+            let fs = try make(hold: true)
+            try await write(fs, "a", Array(repeating: 1, count: 1000))
+            fs.shutdown()
+        }
+        let staged = try FileManager.default.contentsOfDirectory(atPath: dir + "/staging")
+        let fd = open(dir + "/staging/" + staged[0], O_WRONLY)
+        pwrite(fd, [9], 1, 10)
+        close(fd)
+        let fs = try make()
+        let report = try await fs.recover()
+        XCTAssertEqual(report.requeued, [])
+        XCTAssertEqual(report.quarantined.map(\.key), ["a"])
+        _ = await fs.flushAll(under: "", timeout: .seconds(5))
+        XCTAssertEqual(s3.count("PutObject"), 0, "never uploaded")
+    }
+
+    func testUnlinkBeforeUploadNeverUploads() async throws {
+        let fs = try make(hold: true)
+        try await write(fs, "gone", [1, 2, 3])
+        try await fs.unlink(parent: FileSystem.rootIno, name: "gone")
+        let fs2Records = Journal.replay(path: dir + "/journal").records
+        XCTAssertTrue(fs2Records.contains { $0.op == .drop })
+        XCTAssertEqual(fs.writeBackStatus.dirtyFiles, 0)
+        var errno: Int32 = 0
+        do throws(FSError) { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "gone") } catch { errno = error.errno }
+        XCTAssertEqual(errno, ENOENT, "unlinked file still visible")
+    }
+
+    func testUploadFailureIsRetriedAndReported() async throws {
+        let fs = try make()
+        s3.failNext("PutObject", with: S3Error(code: .internalError, s3Code: "InternalError", message: "boom",
+                                               operation: "PutObject", bucket: bucket, key: "r"))
+        try await write(fs, "r", [7, 7, 7])
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty)
+        let got = try await object("r")
+        XCTAssertEqual(got, [7, 7, 7])
+        XCTAssertGreaterThanOrEqual(s3.count("PutObject"), 2)
+    }
+}
