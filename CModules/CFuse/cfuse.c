@@ -62,6 +62,9 @@ void ckpt_fuse_fi_set(struct fuse_file_info *fi, uint64_t fh, int keep_cache, in
 void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead) {
     if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
     if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+    /* Writes land in the kernel's page cache and reach us in large, parallel requests; close() still waits
+       for all of them (the kernel writes back before FLUSH). */
+    if (conn->capable & FUSE_CAP_WRITEBACK_CACHE) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want &= ~FUSE_CAP_READDIRPLUS;
     conn->max_readahead = max_readahead;
     /* libfuse derives the kernel's max_pages from max_write: 1 MiB lets the kernel send 1 MiB reads

@@ -229,6 +229,12 @@ public final class FileSystem: Sendable {
             if let i = ino, let existing = t.nodes[i], existing.meta.isDirectory != meta.isDirectory {
                 ino = nil  // the kind changed: a new inode; the old one lives until forgotten
             }
+            if let i = ino, let existing = t.nodes[i], !meta.isDirectory, !existing.meta.etag.isEmpty, !meta.etag.isEmpty,
+               existing.meta.etag != meta.etag {
+                // Replaced by another writer: a new inode, as a file replaced by rename gets on a local disk.
+                // The kernel trusts its own size for an inode it caches writes for, so it must see a new one.
+                ino = nil
+            }
             let i: UInt64
             if let ino {
                 i = ino

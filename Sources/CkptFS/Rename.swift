@@ -48,6 +48,9 @@ extension FileSystem {
             return f
         }
         if let moved {
+            for h in localHandles.withLock({ Array($0.values) }) {
+                h.keyBox.withLock { if $0 == src { $0 = dst } }
+            }
             // A local move: queued and staged versions now go to the new key. The journal learns the new key
             // before this returns, so recovery uploads to it.
             var versions = uploadState.withLock { u in u.pending.values.filter { $0.key == src } }

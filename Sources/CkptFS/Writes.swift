@@ -107,7 +107,9 @@ struct LocalFile: Sendable {
 /// An open handle on a file that has a local version (written, or being uploaded).
 final class LocalHandle: Sendable {
     let ino: UInt64
-    let key: String
+    /// The key the handle writes: it follows renames (the kernel may write back cached pages after one).
+    let keyBox: Mutex<String>
+    var key: String { keyBox.withLock { $0 } }
     let writable: Bool
     let append: Bool
     /// The version last used: reads fall back to it once the local version is uploaded and gone.
@@ -115,7 +117,7 @@ final class LocalHandle: Sendable {
 
     init(ino: UInt64, key: String, writable: Bool, append: Bool, version: StagedVersion) {
         self.ino = ino
-        self.key = key
+        self.keyBox = Mutex(key)
         self.writable = writable
         self.append = append
         self.last = Mutex(version)
@@ -284,7 +286,8 @@ extension FileSystem {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
         let v = try writableVersion(key: h.key)
         h.last.withLock { $0 = v }
-        let at = h.append ? v.size : offset
+        // The kernel computes O_APPEND offsets itself (from the size it knows), so `offset` is always right.
+        let at = offset
         try writeLocal(v.fd, data, at: at)
         v.state.withLock { s in
             if at == s.hashedTo, s.hasher != nil {
@@ -384,10 +387,11 @@ extension FileSystem {
 
     public func releaseLocal(handle: UInt64) {
         guard let h = localHandles.withLock({ $0.removeValue(forKey: handle) }), h.writable else { return }
+        let key = h.key
         let v: StagedVersion? = local.withLock { l in
-            guard var f = l[h.key] else { return nil }
+            guard var f = l[key] else { return nil }
             f.writers = max(0, f.writers - 1)
-            l[h.key] = f
+            l[key] = f
             return f.writers == 0 ? f.current : nil
         }
         // The last writer is gone: seal and queue (a writer whose flush failed gets its last state journaled).
@@ -463,7 +467,10 @@ extension FileSystem {
         } catch { throw FSError.from(error) }
         let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: Date())
         table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta } }
-        return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
+        let attr = remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
+        // It did not exist, so it is empty: lookups of new names in it need not ask S3.
+        table.withLock { $0.listings[attr.ino] = Listing(entries: [:], expires: .now + options.metadataTTL) }
+        return attr
     }
 
     public func rmdir(parent: UInt64, name: String) async throws(FSError) {

@@ -150,14 +150,23 @@ def test_a_changed_object_is_seen_after_the_ttl(server, bucket, mounts):
         assert f.read() == b"version two, longer"
 
 
-def test_prefix_mount_and_read_only_refusals(server, bucket, mounts):
+def test_prefix_mount_and_read_only_mount(server, bucket, mounts):
     put(server, bucket, "runs/7/a.bin", b"a")
     put(server, bucket, "other/b.bin", b"b")
     mp, _ = mounts.mount(f"s3://{bucket}/runs/7")
     assert os.listdir(mp) == ["a.bin"]
-    with pytest.raises(OSError) as e:
-        open(os.path.join(mp, "new.bin"), "wb")
-    assert e.value.errno in (30,)  # EROFS: writes arrive with write-back
+    # A file written under a prefix mount lands under the prefix.
+    with open(os.path.join(mp, "new.bin"), "wb") as f:
+        f.write(b"new")
+    assert mounts.run("flush", mp).returncode == 0
+    assert server.s3.get_object(Bucket=bucket, Key="runs/7/new.bin")["Body"].read() == b"new"
+    ro, _ = mounts.mount(f"s3://{bucket}/runs/7", None, None, "--read-only")
+    assert sorted(os.listdir(ro)) == ["a.bin", "new.bin"]
+    for attempt in (lambda: open(os.path.join(ro, "x.bin"), "wb"), lambda: os.mkdir(os.path.join(ro, "d")),
+                    lambda: os.unlink(os.path.join(ro, "a.bin")), lambda: open(os.path.join(ro, "a.bin"), "r+b")):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == 30  # EROFS
 
 
 def test_mount_errors_name_the_cause_and_exit_non_zero(server, bucket, mounts, tmp_path):
