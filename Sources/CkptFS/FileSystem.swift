@@ -75,7 +75,7 @@ public final class FileSystem: Sendable {
     // Write-back (Writes.swift, Uploads.swift).
     struct UploadState: Sendable {
         var pending: [UInt64: StagedVersion] = [:]
-        var tails: [String: Task<Void, Never>] = [:]
+        var tails: [String: UploadTail] = [:]
         var uploadedFiles = 0
         var uploadedBytes: Int64 = 0
         var recovered = 0

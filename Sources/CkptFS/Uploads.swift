@@ -9,6 +9,13 @@ import CkptS3
 import Foundation
 import Synchronization
 
+/// The last upload queued for a key (the next one waits for it).
+struct UploadTail: Sendable {
+    var id: UInt64
+    var task: Task<Void, Never>
+    func isCurrent(_ v: UInt64) -> Bool { id == v }
+}
+
 /// A counting semaphore for tasks.
 final class AsyncSemaphore: Sendable {
     private let state: Mutex<(free: Int, waiters: [CheckedContinuation<Void, Never>])>
@@ -82,7 +89,7 @@ extension FileSystem {
     /// Queues a sealed version. An older version of the same key still waiting is superseded by it.
     func enqueueUpload(_ v: StagedVersion) {
         let key = v.key
-        let previous: Task<Void, Never>? = uploadState.withLock { u in
+        let previous: UploadTail? = uploadState.withLock { u in
             for (_, old) in u.pending where old !== v && old.key == key {
                 let skip = old.state.withLock { s -> Bool in
                     guard case .waiting = s.upload else { return false }
@@ -95,12 +102,15 @@ extension FileSystem {
             return u.tails[key]
         }
         let task = Task {
-            await previous?.value  // one key's versions go in order
+            await previous?.task.value  // one key's versions go in order
             await self.uploadSlots.acquire()
             defer { self.uploadSlots.release() }
             await self.upload(v)
+            self.uploadState.withLock { u in
+                if u.tails[key]?.isCurrent(v.id) == true { u.tails.removeValue(forKey: key) }
+            }
         }
-        uploadState.withLock { u in u.tails[key] = task }
+        uploadState.withLock { u in u.tails[key] = UploadTail(id: v.id, task: task) }
     }
 
     /// Unlink: versions of `key` are never uploaded; their acknowledgement is withdrawn in the journal. The
@@ -196,7 +206,21 @@ extension FileSystem {
         var expectedParts = 0
         do {
             if size <= partSize {
-                _ = try await client.putObject(bucket, key, body: .file(descriptor: v.fd, offset: 0, length: size), options: put)
+                // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
+                // must equal ours. No HEAD needed.
+                var md5 = StreamingDigest(.md5)
+                try forEachChunk(of: v.fd, size: size) { chunk, _ in md5.update(chunk) }
+                let sum = md5.finalize()
+                var o = put
+                o.contentMD5 = sum
+                let r = try await client.putObject(bucket, key, body: .file(descriptor: v.fd, offset: 0, length: size), options: o)
+                let etag = r.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+                if etag.count == 32, etag.allSatisfy(\.isHexDigit), etag.lowercased() != sum.hexString {
+                    throw FSError(EIO, "uploaded \(key) but the server's ETag \(etag) is not the MD5 of the file")
+                }
+                crashPoint("after-complete")
+                counters.withLock { $0.putRequests += 1 }
+                return (key, r.etag)
             } else {
                 let uploadId = try await client.createMultipartUpload(bucket, key, options: put)
                 try journal.append(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
@@ -388,7 +412,7 @@ extension FileSystem {
     /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
     /// as a crash would. For tests of recovery.
     public func shutdown() {
-        for t in uploadState.withLock({ Array($0.tails.values) }) { t.cancel() }
+        for t in uploadState.withLock({ Array($0.tails.values) }) { t.task.cancel() }
         cache.unlock()
     }
 

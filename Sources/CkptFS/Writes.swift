@@ -150,16 +150,21 @@ extension FileSystem {
         return v
     }
 
-    func copyFile(from src: Int32, to dst: Int32, size: Int64) throws(FSError) {
+    /// Reads the first `size` bytes of `fd` in 1 MiB pieces, handing each to `body` with its offset.
+    func forEachChunk(of fd: Int32, size: Int64, _ body: (UnsafeRawBufferPointer, Int64) throws(FSError) -> Void) throws(FSError) {
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buf.deallocate() }
         var off: Int64 = 0
         while off < size {
-            let n = pread(src, buf.baseAddress, min(buf.count, Int(size - off)), off_t(off))
-            guard n > 0 else { throw FSError(EIO, "copying a staged file: \(String(cString: strerror(errno)))") }
-            try writeLocal(dst, UnsafeRawBufferPointer(rebasing: buf[0..<n]), at: off)
+            let n = pread(fd, buf.baseAddress, min(buf.count, Int(size - off)), off_t(off))
+            guard n > 0 else { throw FSError(EIO, "reading a staged file: \(n < 0 ? String(cString: strerror(errno)) : "it is shorter than recorded")") }
+            try body(UnsafeRawBufferPointer(rebasing: buf[0..<n]), off)
             off += Int64(n)
         }
+    }
+
+    func copyFile(from src: Int32, to dst: Int32, size: Int64) throws(FSError) {
+        try forEachChunk(of: src, size: size) { (chunk, off) throws(FSError) in try writeLocal(dst, chunk, at: off) }
         if ftruncate(dst, off_t(size)) != 0 { throw FSError(errno, "ftruncate") }
     }
 
@@ -167,13 +172,14 @@ extension FileSystem {
     /// ENOSPC. Dirty data is never evicted.
     func writeLocal(_ fd: Int32, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
         var done = 0
-        var evicted = false
+        var attempts = 0
         while done < data.count {
             let n = pwrite(fd, data.baseAddress! + done, data.count - done, off_t(offset + Int64(done)))
             if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == ENOSPC || errno == EDQUOT) && !evicted {
-                evicted = true
-                cache.makeRoom(Int64(data.count - done) + (64 << 20))
+            if n < 0 && (errno == ENOSPC || errno == EDQUOT) && attempts < 5 {
+                // Evict clean blocks; space of files just unlinked may also take a moment to come back.
+                if attempts == 0 { cache.makeRoom(Int64(data.count - done) + (64 << 20)) } else { usleep(100_000) }
+                attempts += 1
                 continue
             }
             if n <= 0 {
@@ -354,15 +360,7 @@ extension FileSystem {
 
     func checksum(fd: Int32, size: Int64) throws(FSError) -> UInt64 {
         var h = XXH64()
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
-        defer { buf.deallocate() }
-        var off: Int64 = 0
-        while off < size {
-            let n = pread(fd, buf.baseAddress, min(buf.count, Int(size - off)), off_t(off))
-            guard n > 0 else { throw FSError(EIO, "reading a staged file: \(String(cString: strerror(errno)))") }
-            h.update(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
-            off += Int64(n)
-        }
+        try forEachChunk(of: fd, size: size) { chunk, _ in h.update(chunk) }
         return h.finalize()
     }
 
