@@ -37,7 +37,7 @@ extension FileSystem {
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
         if write || local.withLock({ $0[n.key] != nil }) {
             if let h = try await openLocal(ino: ino, key: n.key, write: write, truncate: flags & O_TRUNC != 0,
-                                           append: flags & O_APPEND != 0, exists: n.meta.size > 0 || !n.meta.etag.isEmpty) {
+                                           exists: n.meta.size > 0 || !n.meta.etag.isEmpty) {
                 return h
             }
         }

@@ -111,15 +111,13 @@ final class LocalHandle: Sendable {
     let keyBox: Mutex<String>
     var key: String { keyBox.withLock { $0 } }
     let writable: Bool
-    let append: Bool
     /// The version last used: reads fall back to it once the local version is uploaded and gone.
     let last: Mutex<StagedVersion>
 
-    init(ino: UInt64, key: String, writable: Bool, append: Bool, version: StagedVersion) {
+    init(ino: UInt64, key: String, writable: Bool, version: StagedVersion) {
         self.ino = ino
         self.keyBox = Mutex(key)
         self.writable = writable
-        self.append = append
         self.last = Mutex(version)
     }
 }
@@ -262,7 +260,7 @@ extension FileSystem {
         let attr = remember(parent: parent, name: name, key: key, meta: localMeta(v), addLookup: true)
         table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = localMeta(v) } }
         let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
-        localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, key: key, writable: true, append: flags & O_APPEND != 0, version: v) }
+        localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, key: key, writable: true, version: v) }
         return (attr, h)
     }
 
@@ -271,7 +269,7 @@ extension FileSystem {
     }
 
     /// Opens a file that has (or, for writing, gets) a local version.
-    func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, append: Bool, exists: Bool) async throws(FSError) -> UInt64? {
+    func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, exists: Bool) async throws(FSError) -> UInt64? {
         let v: StagedVersion
         if write {
             try checkWritable()
@@ -281,7 +279,7 @@ extension FileSystem {
             v = cur
         }
         let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
-        localHandles.withLock { $0[h] = LocalHandle(ino: ino, key: key, writable: write, append: append, version: v) }
+        localHandles.withLock { $0[h] = LocalHandle(ino: ino, key: key, writable: write, version: v) }
         return h
     }
 
@@ -415,7 +413,7 @@ extension FileSystem {
     // MARK: Attributes
 
     /// Changes size and times. Mode and owner are accepted and not stored (they come from the mount options).
-    public func setattr(ino: UInt64, handle: UInt64?, size: Int64?, mtime: Date?) async throws(FSError) -> Attributes {
+    public func setattr(ino: UInt64, size: Int64?, mtime: Date?) async throws(FSError) -> Attributes {
         let n = try node(ino)
         if let size {
             guard !n.meta.isDirectory else { throw .isDirectory }

@@ -169,7 +169,7 @@ public final class FuseAdapter: Sendable {
                 fuse_reply_err(r.value, 0)
             }
         }
-        ops.setattr = { req, ino, attr, toSet, fi in
+        ops.setattr = { req, ino, attr, toSet, _ in
             let st = attr!.pointee
             let size: Int64? = toSet & FUSE_SET_ATTR_SIZE != 0 ? Int64(st.st_size) : nil
             var mtime: Date?
@@ -178,10 +178,9 @@ public final class FuseAdapter: Sendable {
             } else if toSet & FUSE_SET_ATTR_MTIME != 0 {
                 mtime = Date(timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
             }
-            let h = fi.map { $0.pointee.fh }
             let newMtime = mtime
             FuseAdapter.async(req, "setattr") { a, r throws(FSError) in
-                var out = a.stat(try await a.fs.setattr(ino: UInt64(ino), handle: h, size: size, mtime: newMtime))
+                var out = a.stat(try await a.fs.setattr(ino: UInt64(ino), size: size, mtime: newMtime))
                 fuse_reply_attr(r.value, &out, a.timeout)
             }
         }
