@@ -69,19 +69,25 @@ final class Journal: Sendable {
     func append(_ records: [JournalRecord]) throws(FSError) {
         let bytes = records.flatMap(Journal.frame)
         let rc: Int32 = fd.withLock { f in
-            var done = 0
-            while done < bytes.count {
-                let n = bytes.withUnsafeBytes { write(f, $0.baseAddress! + done, bytes.count - done) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return errno == 0 ? EIO : errno }
-                done += n
-            }
+            if let e = Journal.writeAll(f, bytes) { return e }
             return fdatasync(f) == 0 ? 0 : errno
         }
         if rc != 0 { throw FSError(rc, "cannot write the journal: \(String(cString: strerror(rc)))") }
     }
 
     func append(_ r: JournalRecord) throws(FSError) { try append([r]) }
+
+    /// Writes all of `bytes` at the file's position; returns the errno on failure.
+    static func writeAll(_ f: Int32, _ bytes: [UInt8]) -> Int32? {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(f, $0.baseAddress! + done, bytes.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return n < 0 && errno != 0 ? errno : EIO }
+            done += n
+        }
+        return nil
+    }
 
     /// Reads every intact record of the journal at `path`, stopping at the first torn or damaged one.
     /// Returns the records and whether a damaged tail was found.
@@ -111,15 +117,7 @@ final class Journal: Sendable {
         let tmp = path + ".tmp"
         let f = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard f >= 0 else { throw FSError(errno, "cannot write \(tmp): \(String(cString: strerror(errno)))") }
-        let bytes = records.flatMap(frame)
-        var ok = true
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(f, $0.baseAddress! + done, bytes.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { ok = false; break }
-            done += n
-        }
+        var ok = writeAll(f, records.flatMap(frame)) == nil
         ok = ok && fsync(f) == 0
         close(f)
         guard ok, rename(tmp, path) == 0 else {

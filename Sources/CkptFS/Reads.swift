@@ -165,7 +165,7 @@ extension FileSystem {
         let bucket = self.bucket
         @Sendable func key(_ i: Int64) -> BlockKey { BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: i) }
         // Plan and register under one lock: join a fetch in flight, or claim the blocks a new one covers.
-        let (joined, claimed): (PendingBlock?, [PendingBlock]) = fetches.withLock { map in
+        let (joined, mine): (PendingBlock?, [PendingBlock]) = fetches.withLock { map in
             if let e = map[key(from)] { return (e, []) }
             var blocks: [PendingBlock] = []
             var i = from
@@ -178,8 +178,10 @@ extension FileSystem {
             return (nil, blocks)
         }
         if let joined { return joined }
-        let mine = claimed
         let n = Int64(mine.count)
+        @Sendable func unregister(_ p: PendingBlock) {
+            fetches.withLock { m in if m[key(p.index)] === p { m.removeValue(forKey: key(p.index)) } }
+        }
         let range = (from * bs)..<min((from + n) * bs, fh.size)
         if isPrefetch { prefetchInFlight.wrappingAdd(1, ordering: .relaxed) }
         Task {
@@ -191,7 +193,7 @@ extension FileSystem {
                 p.resolve(.success(buf))
                 self.cacheWriter.store(self.cache, key(i), buf) {
                     self.recent.put(key(i), buf)
-                    self.fetches.withLock { m in if m[key(i)] === p { m.removeValue(forKey: key(i)) } }
+                    unregister(p)
                 }
             }
             var failure: FSError?
@@ -213,9 +215,7 @@ extension FileSystem {
             }
             // Blocks that never arrived fail their readers and are unregistered, so a later read retries.
             let err = failure ?? FSError(EIO, "the response ended early")
-            for p in mine where p.resolve(.failure(err)) {
-                self.fetches.withLock { m in if m[key(p.index)] === p { m.removeValue(forKey: key(p.index)) } }
-            }
+            for p in mine where p.resolve(.failure(err)) { unregister(p) }
         }
         return mine[0]
     }

@@ -312,37 +312,40 @@ extension FileSystem {
         }
     }
 
-    /// Waits until each version is settled, or the deadline passes. Returns the keys not durable, with why.
+    /// The version that carries `v`'s bytes to S3: `v`, or the newest version that superseded it.
+    func carrier(of v: StagedVersion) -> StagedVersion {
+        var cur = v
+        while let next = cur.state.withLock({ s -> StagedVersion? in
+            if case .superseded = s.upload { return s.successor }
+            return nil
+        }) { cur = next }
+        return cur
+    }
+
+    /// Waits until each version (or the version that superseded it) is settled, or the deadline passes.
+    /// Returns the keys not durable, with why.
     func waitDurable(_ versions: [StagedVersion], deadline: ContinuousClock.Instant?) async -> [(String, String)] {
-        for v in versions { v.state.withLock { $0.urgent = true } }
+        // Someone waits for all of them: none waits out the upload delay.
+        for v in versions { carrier(of: v).state.withLock { $0.urgent = true } }
         for v in versions {
-            var cur = v
             while true {
+                let cur = carrier(of: v)
+                cur.state.withLock { $0.urgent = true }
                 if let deadline {
                     // Poll: a continuation-based wait cannot be abandoned at the deadline.
                     while !cur.isSettled && ContinuousClock.now < deadline {
                         try? await Task.sleep(for: .milliseconds(50))
                     }
-                    if !cur.isSettled { break }
                 } else {
                     await cur.waitSettled()
                 }
-                // A superseded version is durable when its successor is.
-                guard let next = cur.state.withLock({ s -> StagedVersion? in
-                    if case .superseded = s.upload { return s.successor }
-                    return nil
-                }) else { break }
-                cur = next
-                cur.state.withLock { $0.urgent = true }
+                // Settled by being superseded meanwhile: wait for the successor.
+                if carrier(of: v) === cur || !cur.isSettled { break }
             }
         }
         var left: [(String, String)] = []
         for v in versions {
-            var cur = v
-            while let next = cur.state.withLock({ s -> StagedVersion? in
-                if case .superseded = s.upload { return s.successor }
-                return nil
-            }) { cur = next }
+            let cur = carrier(of: v)
             if !cur.isSettled {
                 let (key, err, up) = cur.state.withLock { ($0.key, $0.lastError, $0.upload) }
                 let why: String

@@ -193,12 +193,14 @@ extension FileSystem {
     /// The key's local file, creating its first version: empty with `truncate`, else a copy of the object
     /// in S3 (downloaded) or of the newest local version. Takes a writer reference when `writer`.
     func localFile(key: String, truncate: Bool, writer: Bool, exists: Bool) async throws(FSError) -> StagedVersion {
-        if let v = local.withLock({ l -> StagedVersion? in
+        /// The key's current version, taking a writer reference, if it has one.
+        func join(_ l: inout [String: LocalFile]) -> StagedVersion? {
             guard var f = l[key] else { return nil }
             if writer { f.writers += 1 }
             l[key] = f
             return f.current
-        }) {
+        }
+        if let v = local.withLock({ join(&$0) }) {
             if truncate {
                 try truncateVersion(key: key, to: 0)
                 return local.withLock { $0[key]!.current }
@@ -223,11 +225,7 @@ extension FileSystem {
         }
         // Another opener may have raced us: the first registration wins.
         let winner = local.withLock { l -> StagedVersion in
-            if var f = l[key] {
-                if writer { f.writers += 1 }
-                l[key] = f
-                return f.current
-            }
+            if let other = join(&l) { return other }
             l[key] = LocalFile(current: v, writers: writer ? 1 : 0)
             return v
         }
@@ -383,18 +381,21 @@ extension FileSystem {
 
     public func releaseLocal(handle: UInt64) {
         guard let h = localHandles.withLock({ $0.removeValue(forKey: handle) }), h.writable else { return }
-        let key = h.key
+        releaseWriter(key: h.key)
+    }
+
+    /// Drops one writer reference; when the last writer is gone the version is sealed and queued (a writer
+    /// whose flush failed gets its last state journaled here).
+    func releaseWriter(key: String) {
         let v: StagedVersion? = local.withLock { l in
             guard var f = l[key] else { return nil }
             f.writers = max(0, f.writers - 1)
             l[key] = f
             return f.writers == 0 ? f.current : nil
         }
-        // The last writer is gone: seal and queue (a writer whose flush failed gets its last state journaled).
-        if let v {
-            do { try commit(v, seal: true) } catch {
-                logger.error("could not commit a file at release", metadata: ["key": "\(h.key)", "error": "\(error)"])
-            }
+        guard let v else { return }
+        do { try commit(v, seal: true) } catch {
+            logger.error("could not commit a file", metadata: ["key": "\(key)", "error": "\(error)"])
         }
     }
 
@@ -418,22 +419,10 @@ extension FileSystem {
         if let size {
             guard !n.meta.isDirectory else { throw .isDirectory }
             try checkWritable()
-            let hadLocal = local.withLock { $0[n.key] != nil }
-            if !hadLocal {
-                _ = try await localFile(key: n.key, truncate: size == 0, writer: true, exists: true)
-            } else {
-                local.withLock { l in l[n.key]?.writers += 1 }
-            }
-            defer {
-                // Without an open writer, a truncate is a complete change: acknowledge and queue it now.
-                let v: StagedVersion? = local.withLock { l in
-                    guard var f = l[n.key] else { return nil }
-                    f.writers -= 1
-                    l[n.key] = f
-                    return f.writers == 0 ? f.current : nil
-                }
-                if let v { try? commit(v, seal: true) }
-            }
+            // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
+            // nothing); without another open writer it is a complete change, acknowledged and queued at once.
+            _ = try await localFile(key: n.key, truncate: false, writer: true, exists: size > 0)
+            defer { releaseWriter(key: n.key) }
             try truncateVersion(key: n.key, to: size)
         }
         if let mtime, !n.meta.isDirectory {
