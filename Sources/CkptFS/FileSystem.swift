@@ -85,6 +85,8 @@ public final class FileSystem: Sendable {
     let local = Mutex<[String: LocalFile]>([:])
     let localHandles = Mutex<[UInt64: LocalHandle]>([:])
     let nextVersion = Atomic<UInt64>(0)
+    /// Set once the server rejected a conditional write as not implemented: later uploads go without.
+    let conditionsUnsupported = Atomic<Bool>(false)
     let uploadState = Mutex(UploadState())
     let uploadSlots: AsyncSemaphore
     let partSlots: AsyncSemaphore

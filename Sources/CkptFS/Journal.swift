@@ -29,6 +29,16 @@ struct JournalRecord: Codable, Equatable, Sendable {
     var mtime: Double?
     var uploadId: String?
     var etag: String?
+    /// Commit of a file opened in place: blocks `missing` (as [first, end) ranges) are still those of
+    /// object `baseKey` version `baseETag` (`baseSize` bytes), up to `baseLimit`; the checksum counts them as zeros.
+    var baseKey: String?
+    var baseETag: String?
+    var baseSize: Int64?
+    var baseLimit: Int64?
+    var missing: [[Int64]]?
+    /// The upload's condition: If-Match this ETag, or If-None-Match when `ifNoneMatch`.
+    var ifMatch: String?
+    var ifNoneMatch: Bool?
 }
 
 final class Journal: Sendable {

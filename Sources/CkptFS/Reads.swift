@@ -35,24 +35,35 @@ extension FileSystem {
         let n = try node(ino)
         guard !n.meta.isDirectory else { throw .isDirectory }
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
-        if write || local.withLock({ $0[n.key] != nil }) {
-            if let h = try await openLocal(ino: ino, key: n.key, write: write, truncate: flags & O_TRUNC != 0,
-                                           exists: n.meta.size > 0 || !n.meta.etag.isEmpty) {
-                return h
-            }
+        let isLocal = local.withLock { $0[n.key] != nil }
+        if isLocal && !write, let h = try await openLocal(ino: ino, key: n.key, write: false, truncate: false, remote: nil) {
+            return h
         }
+        let remote = isLocal ? nil : try await remoteObject(ino, n)
+        if write {
+            if !isLocal && remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
+            return try await openLocal(ino: ino, key: n.key, write: true, truncate: flags & O_TRUNC != 0, remote: remote)!
+        }
+        guard let remote else { throw .noEntry }
+        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        handles.withLock { $0[h] = FileHandle(ino: ino, key: n.key, etag: remote.etag, size: remote.size) }
+        return h
+    }
+
+    /// The object behind a node as S3 has it now (revalidated with a HEAD unless checked within the last
+    /// second: the kernel looks a file up right before opening it), or nil when there is none.
+    func remoteObject(_ ino: UInt64, _ n: Node) async throws(FSError) -> FileHandle? {
         var meta = n.meta
-        if ContinuousClock.now - n.fetched > .seconds(1) {
-            guard let m = try await headProbe(n.key) else { throw .noEntry }
+        if meta.etag.isEmpty && local.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
+        if ContinuousClock.now - n.fetched > .seconds(1) || meta.etag.isEmpty {
+            guard let m = try await headProbe(n.key) else { return nil }
             meta = m
             table.withLock { t in
                 t.nodes[ino]?.meta = m
                 t.nodes[ino]?.fetched = .now
             }
         }
-        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
-        handles.withLock { $0[h] = FileHandle(ino: ino, key: n.key, etag: meta.etag, size: meta.size) }
-        return h
+        return FileHandle(ino: ino, key: n.key, etag: meta.etag, size: meta.size)
     }
 
     public func release(handle: UInt64) {
@@ -63,8 +74,13 @@ extension FileSystem {
     public func read(handle: UInt64, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
         guard let fh = handles.withLock({ $0[handle] }) else {
             guard let lh = localHandles.withLock({ $0[handle] }) else { throw .badHandle }
-            return try readLocal(lh, offset: offset, size: size)
+            return try await readLocal(lh, offset: offset, size: size)
         }
+        return try await readObject(fh, offset: offset, size: size)
+    }
+
+    /// Reads up to `size` bytes of the object version `fh` pins, through the block cache.
+    func readObject(_ fh: FileHandle, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
         guard offset < fh.size, size > 0 else { return [] }
         let end = min(offset + Int64(size), fh.size)
         let bs = Int64(cache.blockSize)

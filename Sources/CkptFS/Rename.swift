@@ -25,6 +25,7 @@ extension FileSystem {
             if d.ino == src.ino { return }
         }
         let srcKey = srcDir.key + name, dstKey = dstDir.key + newName
+        var sourceRemains = false
         if src.isDirectory {
             if dstKey.hasPrefix(srcKey + "/") { throw FSError(EINVAL, "cannot move a directory into itself") }
             if dstExisting != nil {
@@ -32,16 +33,30 @@ extension FileSystem {
             }
             try await renameDirectory(from: srcKey + "/", to: dstKey + "/")
         } else {
-            try await renameFile(from: srcKey, to: dstKey)
+            sourceRemains = try await renameFile(from: srcKey, to: dstKey)
         }
         moveNode(parent: parent, name: name, newParent: newParent, newName: newName, from: srcKey, to: dstKey,
                  isDirectory: src.isDirectory)
+        if sourceRemains {
+            // The next lookup of the old name asks S3 again.
+            table.withLock { t in
+                t.negative.removeValue(forKey: PathKey(parent: parent, name: name))
+                t.listings.removeValue(forKey: parent)
+            }
+        }
     }
 
-    /// Renames one file key.
-    func renameFile(from src: String, to dst: String) async throws(FSError) {
+    /// Renames one file key. Returns true when an object stays under the old name (after a conflict).
+    @discardableResult
+    func renameFile(from src: String, to dst: String) async throws(FSError) -> Bool {
         // The destination's own local versions (an overwritten file) are withdrawn.
         if let old = local.withLock({ $0.removeValue(forKey: dst) }) { try dropVersions(of: dst, newest: old.current) }
+        // A file opened in place still reads unchanged blocks from the source object, which is deleted below.
+        if let f = local.withLock({ $0[src] }) {
+            var versions = uploadState.withLock { u in u.pending.values.filter { $0.key == src } }
+            versions.append(f.current)
+            for v in versions { try await fillAll(v) }
+        }
         let moved: LocalFile? = local.withLock { l in
             guard let f = l.removeValue(forKey: src) else { return nil }
             l[dst] = f
@@ -55,24 +70,36 @@ extension FileSystem {
             // before this returns, so recovery uploads to it.
             var versions = uploadState.withLock { u in u.pending.values.filter { $0.key == src } }
             if !versions.contains(where: { $0 === moved.current }) { versions.append(moved.current) }
+            // The destination is replaced whatever it holds (POSIX rename): uploads to it carry no condition.
+            // A version stopped by a conflict under the old name is uploaded again under the new one.
             var records: [JournalRecord] = []
+            var requeue: [StagedVersion] = []
             for v in versions {
-                let r = v.state.withLock { s -> JournalRecord? in
+                let sum = v.state.withLock { s -> String? in
                     s.key = dst
-                    guard let sum = s.committedSum, !s.changed else { return nil }
-                    return JournalRecord(op: .commit, id: v.id, key: dst, size: s.size, xxh64: sum, mtime: s.mtime.timeIntervalSince1970)
+                    s.expect = .anything
+                    if case .conflict = s.upload {
+                        s.upload = .waiting
+                        s.lastError = nil
+                        requeue.append(v)
+                    }
+                    return !s.changed ? s.committedSum : nil
                 }
-                if let r { records.append(r) }
+                if let sum { records.append(commitRecord(v, checksum: sum)) }
             }
             try journal.append(records)
-            // An earlier upload may have put the old name in S3.
+            for v in requeue { enqueueUpload(v) }
+            // An earlier upload may have put the old name in S3. Not after a conflict: the object there is
+            // someone else's, and it stays (the old name shows it again).
+            if !requeue.isEmpty { return true }
             do { try await client.deleteObject(bucket, src, versionId: nil) } catch {
                 if error.code != .noSuchKey { throw FSError.from(error) }
             }
-            return
+            return false
         }
         try await copyObject(from: src, to: dst)
         do { try await client.deleteObject(bucket, src, versionId: nil) } catch { throw FSError.from(error) }
+        return false
     }
 
     /// Server-side copy; multipart (UploadPartCopy) when the object is over 5 GiB.

@@ -28,6 +28,9 @@ public struct FSOptions: Sendable {
     /// How long a closed file waits before its upload starts, unless fsync/flush waits for it: a rename in
     /// that time (write-temp-then-rename) is a local move.
     public var uploadDelay: Duration = .milliseconds(500)
+    /// Uploads carry If-None-Match / If-Match so a change someone else made in S3 is never overwritten
+    /// silently (a conflict keeps the local copy and is reported).
+    public var conditionalWrites = true
     /// Tests: keep sealed files queued without uploading them.
     public var holdUploads = false
     /// Tests: kill the process at this point of an upload (see FileSystem.crashPoint).
@@ -62,9 +65,16 @@ public struct DirEntry: Sendable, Equatable {
 public struct FSError: Error, Sendable, CustomStringConvertible {
     public var errno: Int32
     public var message: String
+    /// The object in S3 changed since the file was opened (a conditional write or an ETag-pinned read failed).
+    public var isConflict = false
     public init(_ errno: Int32, _ message: String = "") {
         self.errno = errno
         self.message = message
+    }
+    public static func conflict(_ message: String) -> FSError {
+        var e = FSError(EIO, "conflict: " + message)
+        e.isConflict = true
+        return e
     }
     public static let noEntry = FSError(ENOENT)
     public static let notDirectory = FSError(ENOTDIR)

@@ -96,7 +96,12 @@ extension FileSystem {
                     s.successor = v
                     return true
                 }
-                if skip { old.settle(.superseded) }
+                if skip {
+                    old.settle(.superseded)
+                    // The new version inherits what the skipped one expected to find in S3.
+                    let inherited = old.state.withLock { $0.expect }
+                    v.state.withLock { s in if case .after(let p) = s.expect, p === old { s.expect = inherited } }
+                }
             }
             u.pending[v.id] = v
             return u.tails[key]
@@ -171,6 +176,7 @@ extension FileSystem {
                     continue
                 }
                 try journal.append(JournalRecord(op: .done, id: v.id, etag: etag))
+                resolveExpectations(after: v, etag: etag)
                 let size = v.size
                 v.state.withLock { s in
                     s.lastError = nil
@@ -184,6 +190,14 @@ extension FileSystem {
                 finishUpload(v, etag: etag)
                 return
             } catch {
+                if error.isConflict {
+                    // Someone else changed the object: keep ours (journaled, readable here) and say so.
+                    v.state.withLock { $0.lastError = error.message + "; the local copy is kept (rename it to upload it under another name)" }
+                    logger.error("upload stopped by a conflict; the local copy is kept",
+                                 metadata: ["key": "\(v.key)", "error": "\(error)"])
+                    v.settle(.conflict)
+                    return
+                }
                 let stop = v.state.withLock { s -> Bool in
                     s.lastError = error.description
                     if case .uploading = s.upload { s.upload = .waiting; return false }
@@ -200,11 +214,44 @@ extension FileSystem {
 
     /// One attempt: PutObject or multipart, then a HEAD that checks the size. Returns the ETag.
     func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String) {
+        // Opened in place and never changed: the object in S3 is already this file.
+        if let base = v.state.withLock({ $0.modified ? nil : $0.base }), base.key == v.key { return (v.key, base.etag) }
+        try await fillAll(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
-        let put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970)])
+        var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970)])
+        put.condition = conditionsUnsupported.load(ordering: .relaxed) ? nil : condition(for: v)
         let partSize = FileSystem.partSize(for: size, minimum: options.partSize)
         var expectedParts = 0
         do {
+            do {
+                return try await putOrMultipart()
+            } catch let e as S3Error where e.code == .preconditionFailed {
+                // Perhaps our own earlier attempt landed (a crash or a lost reply after it completed).
+                if let info = try? await client.headObject(bucket, key, versionId: nil, ifMatch: nil), info.size == size,
+                   try localETag(v, size: size, partSize: partSize) == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
+                    return (key, info.etag)
+                }
+                let what: String
+                switch put.condition {
+                case .ifNoneMatch: what = "\(key) was created in S3 by someone else after this file was created here"
+                default: what = "\(key) was changed in S3 by someone else after this file was opened here"
+                }
+                throw FSError.conflict(what)
+            } catch let e as S3Error where put.condition != nil && (e.code == .other("NotImplemented") || e.httpStatus == 501) {
+                logger.warning("the server does not support conditional writes; uploading without conditions")
+                conditionsUnsupported.store(true, ordering: .relaxed)
+                put.condition = nil
+                return try await putOrMultipart()
+            }
+        } catch let e as FSError {
+            throw e
+        } catch let e as S3Error {
+            throw FSError.from(e)
+        } catch {
+            throw FSError(EIO, "\(error)")
+        }
+
+        func putOrMultipart() async throws -> (key: String, etag: String) {
             if size <= partSize {
                 // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
                 // must equal ours. No HEAD needed.
@@ -228,7 +275,7 @@ extension FileSystem {
                     let parts = try await uploadParts(v, key: key, uploadId: uploadId, size: size, partSize: partSize)
                     expectedParts = parts.count
                     crashPoint("before-complete")
-                    _ = try await client.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: nil)
+                    _ = try await client.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: put.condition)
                 } catch {
                     try? await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
                     throw error
@@ -245,13 +292,37 @@ extension FileSystem {
             }
             counters.withLock { $0.putRequests += max(1, expectedParts) }
             return (key, info.etag)
-        } catch let e as FSError {
-            throw e
-        } catch let e as S3Error {
-            throw FSError.from(e)
-        } catch {
-            throw FSError(EIO, "\(error)")
         }
+    }
+
+    /// The ETag S3 gives this file when uploaded with `partSize`: the MD5 for one PUT, else the MD5 of the
+    /// parts' MD5s and "-count".
+    func localETag(_ v: StagedVersion, size: Int64, partSize: Int64) throws(FSError) -> String {
+        if size <= partSize {
+            var md5 = StreamingDigest(.md5)
+            try forEachChunk(of: v.fd, size: size) { chunk, _ in md5.update(chunk) }
+            return md5.finalize().hexString
+        }
+        var parts: [UInt8] = []
+        var md5 = StreamingDigest(.md5)
+        var partEnd = partSize
+        try forEachChunk(of: v.fd, size: size) { chunk, off in
+            var at = 0
+            while at < chunk.count {
+                let n = min(chunk.count - at, Int(partEnd - (off + Int64(at))))
+                md5.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
+                at += n
+                if off + Int64(at) == partEnd {
+                    parts += md5.finalize()
+                    md5 = StreamingDigest(.md5)
+                    partEnd += partSize
+                }
+            }
+        }
+        if size % partSize != 0 { parts += md5.finalize() }
+        var all = StreamingDigest(.md5)
+        parts.withUnsafeBytes { all.update($0) }
+        return all.finalize().hexString + "-\((size + partSize - 1) / partSize)"
     }
 
     func uploadParts(_ v: StagedVersion, key: String, uploadId: String, size: Int64, partSize: Int64) async throws -> [CompletedPart] {
@@ -333,11 +404,11 @@ extension FileSystem {
                 cur.state.withLock { $0.urgent = true }
                 if let deadline {
                     // Poll: a continuation-based wait cannot be abandoned at the deadline.
-                    while !cur.isSettled && ContinuousClock.now < deadline {
+                    while !cur.isFinal && ContinuousClock.now < deadline {
                         try? await Task.sleep(for: .milliseconds(50))
                     }
                 } else {
-                    await cur.waitSettled()
+                    await cur.waitFinal()
                 }
                 // Settled by being superseded meanwhile: wait for the successor.
                 if carrier(of: v) === cur || !cur.isSettled { break }
@@ -396,6 +467,7 @@ extension FileSystem {
             switch up {
             case .waiting: state = sealed ? "queued" : "open"
             case .uploading: state = "uploading"
+            case .conflict: state = "conflict"
             default: continue
             }
             let age = (ContinuousClock.now - v.created).seconds
@@ -467,13 +539,17 @@ extension FileSystem {
         var keepIds = Set<UInt64>()
         for (key, r) in newest.sorted(by: { $0.value.id < $1.value.id }) {
             let path = "\(stagingDir)/\(r.id)"
+            var missing = Set<Int64>()
+            for range in r.missing ?? [] where range.count == 2 && range[0] < range[1] { missing.formUnion(range[0]..<range[1]) }
             let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
             var ok = fd >= 0
             if ok {
                 var st = stat()
                 fstat(fd, &st)
                 ok = Int64(st.st_size) == r.size
-                if ok, let want = r.xxh64 { ok = (try? checksum(fd: fd, size: r.size ?? 0)).map { String($0, radix: 16) } == want }
+                if ok, let want = r.xxh64 {
+                    ok = (try? checksum(fd: fd, size: r.size ?? 0, missing: missing)).map { String($0, radix: 16) } == want
+                }
             }
             guard ok else {
                 if fd >= 0 { close(fd) }
@@ -492,6 +568,13 @@ extension FileSystem {
                 s.sealed = true
                 s.changed = false
                 s.committedSum = r.xxh64
+                s.modified = true
+                if let e = r.ifMatch { s.expect = .etag(e) } else if r.ifNoneMatch == true { s.expect = .absent }
+                if let bk = r.baseKey, let be = r.baseETag, let bs = r.baseSize, !missing.isEmpty {
+                    s.base = FileHandle(ino: 0, key: bk, etag: be, size: bs)
+                    s.baseLimit = r.baseLimit ?? bs
+                    s.missing = missing
+                }
             }
             local.withLock { $0[key] = LocalFile(current: v, writers: 0) }
             keep.append(r)

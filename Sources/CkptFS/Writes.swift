@@ -25,6 +25,21 @@ final class StagedVersion: Sendable {
         /// Replaced by a newer version of the same key before it was uploaded, or unlinked.
         case superseded
         case dropped
+        /// The object in S3 changed since this version was opened (a conditional write failed): kept
+        /// locally, journaled, not retried; reported by status and flush.
+        case conflict
+    }
+
+    /// What the object in S3 must be for this version's upload to go ahead (a conditional write).
+    enum Expect: Sendable {
+        /// No condition (rename destinations, conditions turned off).
+        case anything
+        /// A new key: `If-None-Match: *`.
+        case absent
+        /// An overwrite of the object with this ETag: `If-Match`.
+        case etag(String)
+        /// Whatever the earlier local version of this key leaves in S3 (resolved when that one lands).
+        case after(StagedVersion)
     }
 
     struct State: Sendable {
@@ -47,6 +62,15 @@ final class StagedVersion: Sendable {
         var sealedAt: ContinuousClock.Instant?
         var successor: StagedVersion?
         var waiters: [CheckedContinuation<Void, Never>] = []
+        var expect: Expect = .anything
+        /// A file opened in place: the object version it started from. Blocks in `missing` hold that object's
+        /// bytes (up to `baseLimit`) and are not here yet; they are fetched when read, partly written, or
+        /// uploaded. Blocks a write covers whole are never fetched.
+        var base: FileHandle?
+        var missing = Set<Int64>()
+        var baseLimit: Int64 = 0
+        /// Whether a write or truncate changed the contents since the version was made from `base`.
+        var modified = false
     }
     let state: Mutex<State>
 
@@ -67,6 +91,16 @@ final class StagedVersion: Sendable {
         state.withLock {
             switch $0.upload {
             case .done, .superseded, .dropped: return true
+            case .waiting, .uploading, .conflict: return false
+            }
+        }
+    }
+
+    /// Settled, or stopped by a conflict: nothing more will happen to it without the user.
+    var isFinal: Bool {
+        state.withLock {
+            switch $0.upload {
+            case .done, .superseded, .dropped, .conflict: return true
             case .waiting, .uploading: return false
             }
         }
@@ -82,12 +116,12 @@ final class StagedVersion: Sendable {
         for w in waiters { w.resume() }
     }
 
-    /// Waits until settled (no timeout; callers race it against one).
-    func waitSettled() async {
+    /// Waits until final (no timeout; callers race it against one).
+    func waitFinal() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
                 switch s.upload {
-                case .done, .superseded, .dropped: return true
+                case .done, .superseded, .dropped, .conflict: return true
                 case .waiting, .uploading:
                     s.waiters.append(c)
                     return false
@@ -137,12 +171,21 @@ extension FileSystem {
         guard fd >= 0 else { throw FSError(errno, "cannot create \(path): \(String(cString: strerror(errno)))") }
         let v = StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime)
         if let source {
-            let size = source.size
+            // Only the bytes already here are copied; blocks still in S3 stay to be fetched from the same base.
+            let (size, mtime, base, missing, limit, modified) = source.state.withLock {
+                ($0.size, $0.mtime, $0.base, $0.missing, $0.baseLimit, $0.modified)
+            }
             try copyFile(from: source.fd, to: fd, size: size)
+            let expect = expectation(after: source)
             v.state.withLock { s in
                 s.size = size
-                s.mtime = source.state.withLock { $0.mtime }
+                s.mtime = mtime
                 s.hasher = nil
+                s.base = base
+                s.missing = missing
+                s.baseLimit = limit
+                s.modified = modified
+                s.expect = expect
             }
         }
         return v
@@ -190,9 +233,10 @@ extension FileSystem {
 
     // MARK: Opening for write
 
-    /// The key's local file, creating its first version: empty with `truncate`, else a copy of the object
-    /// in S3 (downloaded) or of the newest local version. Takes a writer reference when `writer`.
-    func localFile(key: String, truncate: Bool, writer: Bool, exists: Bool) async throws(FSError) -> StagedVersion {
+    /// The key's local file, creating its first version: empty with `truncate`, else the object `remote` in
+    /// place (its blocks fetched only when needed), or the newest local version. Takes a writer reference
+    /// when `writer`. `remote` is the object at `key` in S3, nil when there is none.
+    func localFile(key: String, truncate: Bool, writer: Bool, remote: FileHandle?) async throws(FSError) -> StagedVersion {
         /// The key's current version, taking a writer reference, if it has one.
         func join(_ l: inout [String: LocalFile]) -> StagedVersion? {
             guard var f = l[key] else { return nil }
@@ -208,19 +252,22 @@ extension FileSystem {
             return v
         }
         let v = try newVersion(key: key)
-        if exists && !truncate {
-            // Overwrite in place: start from the object's bytes.
-            do {
-                _ = try await client.download(bucket, key, to: v.fd, partSize: options.requestSize, concurrency: 8)
-            } catch {
+        let expect: StagedVersion.Expect = !options.conditionalWrites ? .anything : remote.map { .etag($0.etag) } ?? .absent
+        v.state.withLock { $0.expect = expect }
+        if let remote, !truncate, remote.size > 0 {
+            // Overwrite in place: the staged file starts sparse; the object's blocks come when needed.
+            guard ftruncate(v.fd, off_t(remote.size)) == 0 else {
+                let e = errno
                 Glibc.unlink(v.path)
-                throw FSError.from(error)
+                throw FSError(e, "ftruncate of a staged file: \(String(cString: strerror(e)))")
             }
-            var st = stat()
-            fstat(v.fd, &st)
+            let blocks = (remote.size + Int64(cache.blockSize) - 1) / Int64(cache.blockSize)
             v.state.withLock { s in
-                s.size = Int64(st.st_size)
+                s.size = remote.size
                 s.hasher = nil
+                s.base = remote
+                s.baseLimit = remote.size
+                s.missing = Set(0..<blocks)
             }
         }
         // Another opener may have raced us: the first registration wins.
@@ -254,7 +301,7 @@ extension FileSystem {
         guard dir.meta.isDirectory else { throw .notDirectory }
         guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
         let key = dir.key + name
-        let v = try await localFile(key: key, truncate: true, writer: true, exists: false)
+        let v = try await localFile(key: key, truncate: true, writer: true, remote: nil)
         let attr = remember(parent: parent, name: name, key: key, meta: localMeta(v), addLookup: true)
         table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = localMeta(v) } }
         let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
@@ -267,11 +314,11 @@ extension FileSystem {
     }
 
     /// Opens a file that has (or, for writing, gets) a local version.
-    func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, exists: Bool) async throws(FSError) -> UInt64? {
+    func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, remote: FileHandle?) async throws(FSError) -> UInt64? {
         let v: StagedVersion
         if write {
             try checkWritable()
-            v = try await localFile(key: key, truncate: truncate, writer: true, exists: exists)
+            v = try await localFile(key: key, truncate: truncate, writer: true, remote: remote)
         } else {
             guard let cur = local.withLock({ $0[key]?.current }) else { return nil }
             v = cur
@@ -290,8 +337,10 @@ extension FileSystem {
         h.last.withLock { $0 = v }
         // The kernel computes O_APPEND offsets itself (from the size it knows), so `offset` is always right.
         let at = offset
+        try claimBlocks(v, offset: at, count: data.count)
         try writeLocal(v.fd, data, at: at)
         v.state.withLock { s in
+            s.modified = true
             if at == s.hashedTo, s.hasher != nil {
                 s.hasher!.update(data)
                 s.hashedTo += Int64(data.count)
@@ -310,6 +359,8 @@ extension FileSystem {
         let v = try writableVersion(key: key)
         guard ftruncate(v.fd, off_t(size)) == 0 else { throw FSError(errno, "ftruncate: \(String(cString: strerror(errno)))") }
         v.state.withLock { s in
+            s.modified = true
+            truncateBase(&s, to: size)
             if size < s.hashedTo || size > s.hashedTo { s.hasher = nil }
             s.size = size
             s.mtime = Date()
@@ -329,16 +380,15 @@ extension FileSystem {
                 let e = errno
                 throw FSError(e == ENOSPC ? ENOSPC : EIO, "fsync of the staged file failed: \(String(cString: strerror(e)))")
             }
-            let (key, size, mtime, hasher, hashedTo) = v.state.withLock { ($0.key, $0.size, $0.mtime, $0.hasher, $0.hashedTo) }
+            let (size, hasher, hashedTo, missing) = v.state.withLock { ($0.size, $0.hasher, $0.hashedTo, $0.missing) }
             let sum: UInt64
             if let hasher, hashedTo == size {
                 sum = hasher.finalize()
             } else {
-                sum = try checksum(fd: v.fd, size: size)
+                sum = try checksum(fd: v.fd, size: size, missing: missing)
             }
             let hex = String(sum, radix: 16)
-            try journal.append(JournalRecord(op: .commit, id: v.id, key: key, size: size, xxh64: hex,
-                                             mtime: mtime.timeIntervalSince1970))
+            try journal.append(commitRecord(v, checksum: hex))
             v.state.withLock { s in
                 s.changed = false
                 s.committedSum = hex
@@ -354,10 +404,56 @@ extension FileSystem {
         if first { enqueueUpload(v) }
     }
 
-    func checksum(fd: Int32, size: Int64) throws(FSError) -> UInt64 {
+    /// XXH64 of the first `size` bytes of `fd`, counting blocks in `missing` (of an in-place file) as zeros:
+    /// they may be filled from S3 after the checksum is journaled, and that must not make the record fail.
+    func checksum(fd: Int32, size: Int64, missing: Set<Int64> = []) throws(FSError) -> UInt64 {
         var h = XXH64()
-        try forEachChunk(of: fd, size: size) { chunk, _ in h.update(chunk) }
+        if missing.isEmpty {
+            try forEachChunk(of: fd, size: size) { chunk, _ in h.update(chunk) }
+            return h.finalize()
+        }
+        let bs = fillBlock
+        let zeros = [UInt8](repeating: 0, count: Int(bs))
+        try forEachChunk(of: fd, size: size) { chunk, off in
+            var at = 0
+            while at < chunk.count {
+                let pos = off + Int64(at)
+                let n = min(chunk.count - at, Int(bs - pos % bs))
+                if missing.contains(pos / bs) {
+                    zeros.withUnsafeBytes { h.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                } else {
+                    h.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
+                }
+                at += n
+            }
+        }
         return h.finalize()
+    }
+
+    /// The journal record that acknowledges `v` as it is now.
+    func commitRecord(_ v: StagedVersion, checksum: String) -> JournalRecord {
+        let condition = condition(for: v)
+        return v.state.withLock { s in
+            var r = JournalRecord(op: .commit, id: v.id, key: s.key, size: s.size, xxh64: checksum,
+                                  mtime: s.mtime.timeIntervalSince1970)
+            if let base = s.base, !s.missing.isEmpty {
+                r.baseKey = base.key
+                r.baseETag = base.etag
+                r.baseSize = base.size
+                r.baseLimit = s.baseLimit
+                var ranges: [[Int64]] = []
+                for b in s.missing.sorted() {
+                    if let last = ranges.last, last[1] == b { ranges[ranges.count - 1][1] = b + 1 } else { ranges.append([b, b + 1]) }
+                }
+                r.missing = ranges
+            }
+            switch condition {
+            case .ifMatch(let e): r.ifMatch = e
+            case .ifNoneMatch: r.ifNoneMatch = true
+            case nil: break
+            }
+            return r
+        }
     }
 
     /// close(): the data is on local disk and journaled when this returns. The version is sealed and queued
@@ -399,13 +495,14 @@ extension FileSystem {
         }
     }
 
-    /// Reads from a handle's local version.
-    func readLocal(_ h: LocalHandle, offset: Int64, size: Int) throws(FSError) -> [ReadSegment] {
+    /// Reads from a handle's local version (fetching blocks of an in-place file that are not here yet).
+    func readLocal(_ h: LocalHandle, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
         let v = local.withLock { $0[h.key]?.current } ?? h.last.withLock { $0 }
         h.last.withLock { $0 = v }
         let total = v.size
         guard offset < total, size > 0 else { return [] }
         let n = Int(min(Int64(size), total - offset))
+        try await fill(v, blocks: missingBlocks(v, offset: offset, count: n, partialOnly: false))
         let fd = dup(v.fd)
         guard fd >= 0 else { throw FSError(EMFILE, "dup") }
         return [.file(fd: fd, offset: offset, length: n)]
@@ -421,7 +518,9 @@ extension FileSystem {
             try checkWritable()
             // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
             // nothing); without another open writer it is a complete change, acknowledged and queued at once.
-            _ = try await localFile(key: n.key, truncate: false, writer: true, exists: size > 0)
+            let isLocal = local.withLock { $0[n.key] != nil }
+            _ = try await localFile(key: n.key, truncate: false, writer: true,
+                                    remote: isLocal ? nil : try await remoteObject(ino, n))
             defer { releaseWriter(key: n.key) }
             try truncateVersion(key: n.key, to: size)
         }

@@ -70,6 +70,21 @@ public final class MemoryObjectClient: ObjectClient {
         return o
     }
 
+    /// A conditional write's precondition, as S3 checks it.
+    private func check(_ condition: WriteCondition?, _ op: String, _ bucket: String, _ key: String) throws(S3Error) {
+        guard let condition else { return }
+        let current = state.withLock { $0.buckets[bucket]?[key]?.etag }
+        let holds: Bool
+        switch condition {
+        case .ifNoneMatch: holds = current == nil
+        case .ifMatch(let e): holds = current == e
+        }
+        if !holds {
+            throw S3Error(code: .preconditionFailed, s3Code: "PreconditionFailed", message: "At least one of the pre-conditions you specified did not hold",
+                          httpStatus: 412, operation: op, bucket: bucket, key: key)
+        }
+    }
+
     private func info(_ o: Object) -> ObjectInfo {
         ObjectInfo(size: Int64(o.data.count), etag: o.etag, lastModified: o.modified, contentType: nil, versionId: nil, metadata: o.metadata)
     }
@@ -103,6 +118,7 @@ public final class MemoryObjectClient: ObjectClient {
 
     public func putObject(_ bucket: String, _ key: String, body: HTTPRequestBody, options: PutOptions) async throws(S3Error) -> WriteResult {
         try begin("PutObject", bucket, key)
+        try check(options.condition, "PutObject", bucket, key)
         let data = try MemoryObjectClient.bytes(body)
         let etag = seed(bucket, key, data, metadata: options.metadata)
         return WriteResult(etag: etag, versionId: nil, lastModified: Date())
@@ -150,6 +166,7 @@ public final class MemoryObjectClient: ObjectClient {
     public func completeMultipartUpload(_ bucket: String, _ key: String, uploadId: String, parts: [CompletedPart],
                                         condition: WriteCondition?) async throws(S3Error) -> WriteResult {
         try begin("CompleteMultipartUpload", bucket, key)
+        try check(condition, "CompleteMultipartUpload", bucket, key)
         guard let up = state.withLock({ $0.uploads.removeValue(forKey: uploadId) }) else { throw noSuchUpload("CompleteMultipartUpload", bucket, key) }
         var data: [UInt8] = []
         for p in parts.sorted(by: { $0.partNumber < $1.partNumber }) { data += up.parts[p.partNumber] ?? [] }

@@ -32,6 +32,9 @@ struct Mount: AsyncParsableCommand {
     var drainTimeout: Double = 120
     @Option(name: .customLong("upload-delay"), help: "Seconds a closed file waits before uploading, so a rename right after close is a local move (default 0.5).")
     var uploadDelay: Double = 0.5
+    @Flag(inversion: .prefixedNo,
+          help: "Upload with If-None-Match/If-Match, so an object someone else changed since it was opened here is never overwritten (a conflict keeps the local copy and is reported by status and flush).")
+    var conditionalWrites = true
     @Flag(name: .customLong("debug-hold-uploads"), help: .hidden) var holdUploads = false
     @Flag(name: .customLong("read-only")) var readOnly = false
     @Flag(name: .customLong("allow-other"), help: "Let other users access the mount (needs user_allow_other for non-root).")
@@ -116,6 +119,7 @@ struct Mount: AsyncParsableCommand {
         o.durableFsync = fsyncMode == "durable"
         o.holdUploads = holdUploads
         o.uploadDelay = .milliseconds(Int64(uploadDelay * 1000))
+        o.conditionalWrites = conditionalWrites
         o.crashAt = ProcessInfo.processInfo.environment["CKPTFS_CRASH_AT"]
         let client = S3Client(configuration: config, logger: logger)
         let fs: FileSystem

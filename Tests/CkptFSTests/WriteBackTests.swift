@@ -155,4 +155,141 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(got, [7, 7, 7])
         XCTAssertGreaterThanOrEqual(s3.count("PutObject"), 2)
     }
+
+    // MARK: Overwrite in place and conditional writes
+
+    /// Writes through a handle the way the FUSE adapter does: waiting for blocks a write covers in part.
+    func put(_ fs: FileSystem, _ h: UInt64, _ data: [UInt8], at offset: Int64) async throws {
+        if fs.writeNeedsFetch(handle: h, offset: offset, count: data.count) {
+            _ = try await fs.writeFetching(handle: h, offset: offset, data: data)
+        } else {
+            _ = try data.withUnsafeBytes { try fs.write(handle: h, offset: offset, data: $0) }
+        }
+    }
+
+    func pattern(_ n: Int, seed: Int = 1) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ seed &+ ($0 >> 11)) } }
+
+    func testOverwriteInPlaceFetchesOnlyTheBlocksAWriteCoversInPart() async throws {
+        let fs = try make(hold: true)
+        var expected = pattern(8 << 20)
+        _ = s3.seed(bucket, "model.h5", expected)
+        let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "model.h5")
+        let h = try await fs.open(ino: attr.ino, flags: O_RDWR)
+        XCTAssertEqual(s3.count("GetObject"), 0, "opening for writing downloads nothing")
+        // 4 KiB inside block 3: that block is fetched. All of block 5: never fetched.
+        let small = [UInt8](repeating: 0xAB, count: 4096)
+        try await put(fs, h, small, at: (3 << 20) + 100)
+        let whole = [UInt8](repeating: 0xCD, count: 1 << 20)
+        try await put(fs, h, whole, at: 5 << 20)
+        XCTAssertEqual(s3.count("GetObject"), 1)
+        XCTAssertEqual(s3.bytesSent, 1 << 20, "one block fetched")
+        expected.replaceSubrange(((3 << 20) + 100)..<((3 << 20) + 4196), with: small)
+        expected.replaceSubrange((5 << 20)..<(6 << 20), with: whole)
+        // Reads see the new bytes and, elsewhere, the object's (fetched on demand).
+        let segs = try await fs.read(handle: h, offset: (3 << 20), size: 8192)
+        guard case .file(let fd, let off, let n) = segs[0] else { return XCTFail("expected a file segment") }
+        var buf = [UInt8](repeating: 0, count: n)
+        pread(fd, &buf, n, off_t(off))
+        close(fd)
+        XCTAssertEqual(buf, Array(expected[(3 << 20)..<((3 << 20) + 8192)]))
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        fs.shutdown()
+        // A crash with the upload pending: recovery still knows which blocks come from the object.
+        let fs2 = try make()
+        let report = try await fs2.recover()
+        XCTAssertEqual(report.requeued, ["model.h5"])
+        XCTAssertEqual(report.quarantined.count, 0)
+        let left = await fs2.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let got = try await object("model.h5")
+        XCTAssertEqual(got, expected)
+    }
+
+    func testOpeningForWriteWithoutChangesUploadsNothing() async throws {
+        let fs = try make()
+        _ = s3.seed(bucket, "ckpt.pt", pattern(3 << 20))
+        let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt.pt")
+        let h = try await fs.open(ino: attr.ino, flags: O_RDWR)
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(10))
+        XCTAssertTrue(left.isEmpty)
+        XCTAssertEqual(s3.count("PutObject") + s3.count("CreateMultipartUpload") + s3.count("GetObject"), 0)
+    }
+
+    func testTruncateOfAnInPlaceFileKeepsOnlyTheObjectsBytesBelowTheCut() async throws {
+        let fs = try make()
+        let original = pattern(3 << 20)
+        _ = s3.seed(bucket, "t", original)
+        let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "t")
+        let h = try await fs.open(ino: attr.ino, flags: O_RDWR)
+        _ = try await fs.setattr(ino: attr.ino, size: 1_500_000, mtime: nil)
+        _ = try await fs.setattr(ino: attr.ino, size: 2_000_000, mtime: nil)
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(10))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let got = try await object("t")
+        XCTAssertEqual(got, Array(original[0..<1_500_000]) + [UInt8](repeating: 0, count: 500_000))
+    }
+
+    func testAChangeInS3MeanwhileIsAConflictThatKeepsTheLocalCopy() async throws {
+        let fs = try make()
+        _ = s3.seed(bucket, "c", Array("theirs v1".utf8))
+        let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "c")
+        let h = try await fs.open(ino: attr.ino, flags: O_WRONLY | O_TRUNC)
+        try await put(fs, h, Array("ours".utf8), at: 0)
+        _ = s3.seed(bucket, "c", Array("theirs v2".utf8))  // someone else writes meanwhile
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(10))
+        XCTAssertEqual(left.map(\.path), ["c"])
+        XCTAssertTrue(left.first?.reason.contains("conflict") == true, "\(left)")
+        let theirs = try await object("c")
+        XCTAssertEqual(theirs, Array("theirs v2".utf8), "their object is not overwritten")
+        let status = fs.writeBackStatus
+        XCTAssertEqual(status.failures.first?.state, "conflict")
+        // The local copy is kept and readable; renaming it uploads it under the new name.
+        let local = try await fs.lookup(parent: FileSystem.rootIno, name: "c")
+        XCTAssertEqual(local.size, 4)
+        try await fs.rename(parent: FileSystem.rootIno, name: "c", newParent: FileSystem.rootIno, newName: "c.mine", flags: 0)
+        let left2 = await fs.flushAll(under: "", timeout: .seconds(10))
+        XCTAssertTrue(left2.isEmpty, "\(left2)")
+        let mine = try await object("c.mine")
+        XCTAssertEqual(mine, Array("ours".utf8))
+    }
+
+    func testANewFileConflictsWithAnObjectCreatedMeanwhile() async throws {
+        let fs = try make()
+        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: "n", flags: O_WRONLY)
+        try await put(fs, h, Array("mine".utf8), at: 0)
+        _ = s3.seed(bucket, "n", Array("other writer".utf8))
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(10))
+        XCTAssertEqual(left.map(\.path), ["n"])
+        let got = try await object("n")
+        XCTAssertEqual(got, Array("other writer".utf8))
+    }
+
+    func testSuccessiveVersionsOfOneFileEachExpectTheLastOne() async throws {
+        let fs = try make()
+        for i in 0..<3 {
+            let data = pattern(100_000 + i, seed: i)
+            if i == 0 {
+                try await write(fs, "v", data)
+            } else {
+                let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "v")
+                let h = try await fs.open(ino: attr.ino, flags: O_WRONLY | O_TRUNC)
+                try await put(fs, h, data, at: 0)
+                try fs.flush(handle: h)
+                fs.release(handle: h)
+            }
+            let left = await fs.flushAll(under: "", timeout: .seconds(10))
+            XCTAssertTrue(left.isEmpty, "version \(i): \(left)")
+            let got = try await object("v")
+            XCTAssertEqual(got, data)
+        }
+    }
 }

@@ -406,3 +406,54 @@ def test_rename_files_and_directories(server, bucket, mounts):
     assert s3_bytes(server, bucket, "moved/new.bin") == b"new"
     assert s3_bytes(server, bucket, "moved/a.bin") == b"a" * 5000
     assert status(mounts, mp)["putRequests"] == 3, "write-temp-then-rename uploads once per file"
+
+
+def test_overwrite_in_place_fetches_only_what_it_needs(server, bucket, mounts):
+    """Opening an existing object for writing downloads nothing; a small write fetches only the blocks it
+    touches; the upload fills in the rest from the same object version."""
+    rng = random.Random(7)
+    data = bytearray(rng.randbytes(48 * MiB))
+    server.s3.put_object(Bucket=bucket, Key="weights.bin", Body=bytes(data))
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
+    with open(os.path.join(mp, "weights.bin"), "r+b") as f:
+        f.seek(10 * MiB + 5)
+        f.write(b"x" * 100)
+        f.seek(30 * MiB)
+        f.write(b"y" * (2 * MiB))  # two whole blocks: never fetched
+    data[10 * MiB + 5:10 * MiB + 105] = b"x" * 100
+    data[30 * MiB:32 * MiB] = b"y" * (2 * MiB)
+    before = status(mounts, mp)
+    assert before["bytesDownloaded"] <= 2 * MiB, before
+    with open(os.path.join(mp, "weights.bin"), "rb") as f:
+        assert sha(f.read()) == sha(bytes(data)), "reads through the mount see old and new bytes"
+    flush(mounts, mp)
+    assert sha(s3_bytes(server, bucket, "weights.bin")) == sha(bytes(data))
+    # Opened for writing and closed without a change: nothing is uploaded.
+    etag = server.s3.head_object(Bucket=bucket, Key="weights.bin")["ETag"]
+    with open(os.path.join(mp, "weights.bin"), "r+b"):
+        pass
+    flush(mounts, mp)
+    assert server.s3.head_object(Bucket=bucket, Key="weights.bin")["ETag"] == etag
+
+
+def test_a_change_in_s3_meanwhile_is_a_conflict_not_an_overwrite(server, bucket, mounts):
+    server.s3.put_object(Bucket=bucket, Key="best.ckpt", Body=b"epoch 1")
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
+    path = os.path.join(mp, "best.ckpt")
+    with open(path, "wb") as f:
+        f.write(b"epoch 2 from this machine")
+    server.s3.put_object(Bucket=bucket, Key="best.ckpt", Body=b"epoch 2 from another machine")
+    r = mounts.run("flush", mp, "--timeout", "30", timeout=60)
+    assert r.returncode != 0
+    assert "best.ckpt" in r.stderr and "conflict" in r.stderr, r.stderr
+    assert s3_bytes(server, bucket, "best.ckpt") == b"epoch 2 from another machine"
+    st = status(mounts, mp)
+    assert [f["state"] for f in st["writeBack"]["failures"]] == ["conflict"], st
+    with open(path, "rb") as f:
+        assert f.read() == b"epoch 2 from this machine", "the local copy is kept"
+    os.rename(path, os.path.join(mp, "best.ckpt.mine"))
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "best.ckpt.mine") == b"epoch 2 from this machine"
+    assert s3_bytes(server, bucket, "best.ckpt") == b"epoch 2 from another machine"
+    with open(path, "rb") as f:
+        assert f.read() == b"epoch 2 from another machine", "the old name shows the other writer's object again"

@@ -1,0 +1,180 @@
+// Overwrite in place and conditional writes.
+//
+// Opening an existing object for writing (without O_TRUNC) does not download it. The staged file starts
+// sparse, with every block "missing": its bytes are those of the object version seen at open (the base,
+// pinned by ETag). A block is fetched (through the block cache) only when it is read, when a write covers
+// part of it, or when the file is uploaded; a block a write covers whole is never fetched. A file opened for
+// writing and closed without a change is not uploaded at all.
+//
+// Every upload is conditional where the server supports it: a new key with `If-None-Match: *`, an
+// overwrite with `If-Match: <ETag seen at open>`. If someone else changed the object meanwhile the upload
+// stops with a conflict: the local copy is kept (journaled, readable through the mount) and reported by
+// `ckptfs status` and `ckptfs flush`; renaming the file uploads it under the new name without a condition.
+import CkptCache
+import CkptS3
+import Foundation
+
+extension FileSystem {
+    var fillBlock: Int64 { Int64(cache.blockSize) }
+
+    /// Blocks of `v` that are missing and overlap [offset, offset+count); with `partialOnly`, only those the
+    /// range covers in part (a write must fetch them first; it replaces the others whole).
+    func missingBlocks(_ v: StagedVersion, offset: Int64, count: Int, partialOnly: Bool) -> [Int64] {
+        guard count > 0 else { return [] }
+        let bs = fillBlock, end = offset + Int64(count)
+        return v.state.withLock { s -> [Int64] in
+            guard s.base != nil, !s.missing.isEmpty else { return [] }
+            var out: [Int64] = []
+            for b in (offset / bs)...((end - 1) / bs) where s.missing.contains(b) {
+                let blockEnd = min((b + 1) * bs, s.size)
+                if partialOnly && offset <= b * bs && end >= blockEnd { continue }
+                out.append(b)
+            }
+            return out
+        }
+    }
+
+    /// Whether a write at [offset, offset+count) through `handle` must first fetch blocks from S3.
+    public func writeNeedsFetch(handle: UInt64, offset: Int64, count: Int) -> Bool {
+        guard let h = localHandles.withLock({ $0[handle] }),
+              let v = local.withLock({ $0[h.key]?.current }) else { return false }
+        return !missingBlocks(v, offset: offset, count: count, partialOnly: true).isEmpty
+    }
+
+    /// A write that first fetches the blocks it covers in part (see `writeNeedsFetch`).
+    public func writeFetching(handle: UInt64, offset: Int64, data: [UInt8]) async throws(FSError) -> Int {
+        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
+        for _ in 0..<8 {
+            let v = try writableVersion(key: h.key)
+            try await fill(v, blocks: missingBlocks(v, offset: offset, count: data.count, partialOnly: true))
+            let r = data.withUnsafeBytes { p in Result { () throws(FSError) in try write(handle: handle, offset: offset, data: p) } }
+            switch r {
+            case .success(let n): return n
+            case .failure(let e) where e.errno == EAGAIN: continue  // copied on write meanwhile: fetch into the copy
+            case .failure(let e): throw e
+            }
+        }
+        throw FSError(EIO, "could not prepare \(h.key) for a write")
+    }
+
+    /// Called before a write lands: blocks the write covers whole stop being missing; a block it covers in
+    /// part must have been fetched (EAGAIN otherwise, see `writeFetching`).
+    func claimBlocks(_ v: StagedVersion, offset: Int64, count: Int) throws(FSError) {
+        guard count > 0 else { return }
+        let bs = fillBlock, end = offset + Int64(count)
+        try v.state.withLock { (s) throws(FSError) in
+            guard s.base != nil, !s.missing.isEmpty else { return }
+            for b in (offset / bs)...((end - 1) / bs) where s.missing.contains(b) {
+                let blockEnd = min((b + 1) * bs, s.size)
+                guard offset <= b * bs && end >= blockEnd else { throw FSError(EAGAIN, "block \(b) must be fetched first") }
+                s.missing.remove(b)
+            }
+        }
+    }
+
+    /// Truncation of an in-place file: bytes at or past `size` no longer come from the base.
+    func truncateBase(_ s: inout StagedVersion.State, to size: Int64) {
+        guard s.base != nil else { return }
+        s.baseLimit = min(s.baseLimit, size)
+        let bs = fillBlock
+        s.missing = s.missing.filter { $0 * bs < s.baseLimit }
+    }
+
+    /// Copies the given missing blocks of `v` from its base object (ETag-pinned, through the block cache).
+    /// Safe against concurrent writes: a block is written here only while still missing, under the lock.
+    func fill(_ v: StagedVersion, blocks: [Int64]) async throws(FSError) {
+        guard !blocks.isEmpty, let base = v.state.withLock({ $0.base }) else { return }
+        let bs = fillBlock
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(bs), alignment: 4096)
+        defer { buf.deallocate() }
+        for b in blocks {
+            let (still, limit) = v.state.withLock { ($0.missing.contains(b), $0.baseLimit) }
+            guard still else { continue }
+            let start = b * bs
+            let want = Int(max(0, min(start + bs, limit, base.size) - start))
+            var got = 0
+            if want > 0 {
+                let segments: [ReadSegment]
+                do throws(FSError) {
+                    segments = try await readObject(base, offset: start, size: want)
+                } catch {
+                    if error.errno == ESTALE || error.errno == ENOENT {
+                        throw FSError.conflict("\(base.key) changed in S3 since it was opened for writing, so the "
+                                               + "parts of it this file did not rewrite are gone")
+                    }
+                    throw error
+                }
+                for seg in segments {
+                    switch seg {
+                    case .memory(let m, let off, let len):
+                        buf.baseAddress!.advanced(by: got).copyMemory(from: m.bytes.baseAddress! + off, byteCount: len)
+                        got += len
+                    case .file(let fd, let off, let len):
+                        defer { close(fd) }
+                        var done = 0
+                        while done < len {
+                            let n = pread(fd, buf.baseAddress! + got + done, len - done, off_t(off + Int64(done)))
+                            guard n > 0 else { throw FSError(EIO, "reading a cached block failed") }
+                            done += n
+                        }
+                        got += len
+                    }
+                }
+                guard got == want else { throw FSError(EIO, "fetched \(got) bytes of block \(b) of \(base.key), wanted \(want)") }
+            }
+            try v.state.withLock { (s) throws(FSError) in
+                guard s.missing.contains(b) else { return }
+                // A truncate may have lowered the limit while we fetched.
+                let n = Int(max(0, min(Int64(got), s.baseLimit - start)))
+                if n > 0 { try writeLocal(v.fd, UnsafeRawBufferPointer(rebasing: buf[0..<n]), at: start) }
+                s.missing.remove(b)
+            }
+        }
+    }
+
+    /// Fetches every block still missing (before an upload, or before a rename deletes the base object).
+    func fillAll(_ v: StagedVersion) async throws(FSError) {
+        let blocks = v.state.withLock { $0.missing.sorted() }
+        try await fill(v, blocks: blocks)
+    }
+
+    // MARK: Conditional writes
+
+    /// The expectation for a new version that follows `previous` of the same key.
+    func expectation(after previous: StagedVersion) -> StagedVersion.Expect {
+        previous.state.withLock { s in
+            if case .done(let etag) = s.upload { return .etag(etag) }
+            if case .anything = s.expect { return .anything }
+            return .after(previous)
+        }
+    }
+
+    /// The condition `v`'s upload carries, resolving "after the previous version" chains.
+    func condition(for v: StagedVersion) -> WriteCondition? {
+        guard options.conditionalWrites else { return nil }
+        var cur = v
+        for _ in 0..<10_000 {
+            switch cur.state.withLock({ $0.expect }) {
+            case .anything: return nil
+            case .absent: return .ifNoneMatch
+            case .etag(let e): return .ifMatch(e)
+            case .after(let p):
+                if case .done(let etag) = p.state.withLock({ $0.upload }) { return .ifMatch(etag) }
+                cur = p
+            }
+        }
+        return nil
+    }
+
+    /// After `v` landed as `etag`: versions that were waiting on it now expect that ETag (and drop the
+    /// reference, so finished versions are freed).
+    func resolveExpectations(after v: StagedVersion, etag: String) {
+        var others = uploadState.withLock { u in Array(u.pending.values) }
+        if let cur = local.withLock({ $0[v.key]?.current }) { others.append(cur) }
+        for o in others where o !== v {
+            o.state.withLock { s in
+                if case .after(let p) = s.expect, p === v { s.expect = .etag(etag) }
+            }
+        }
+    }
+}
