@@ -66,6 +66,8 @@ void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead) {
        for all of them (the kernel writes back before FLUSH). */
     if (conn->capable & FUSE_CAP_WRITEBACK_CACHE) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want &= ~FUSE_CAP_READDIRPLUS;
+    /* Lookups and readdir in one directory run in parallel (each may wait a round trip to S3). */
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     conn->max_readahead = max_readahead;
     /* libfuse derives the kernel's max_pages from max_write: 1 MiB lets the kernel send 1 MiB reads
        (one cache block per request) instead of 128 KiB ones. */

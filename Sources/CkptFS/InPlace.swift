@@ -34,14 +34,7 @@ extension FileSystem {
         }
     }
 
-    /// Whether a write at [offset, offset+count) through `handle` must first fetch blocks from S3.
-    public func writeNeedsFetch(handle: UInt64, offset: Int64, count: Int) -> Bool {
-        guard let h = localHandles.withLock({ $0[handle] }),
-              let v = local.withLock({ $0[h.key]?.current }) else { return false }
-        return !missingBlocks(v, offset: offset, count: count, partialOnly: true).isEmpty
-    }
-
-    /// A write that first fetches the blocks it covers in part (see `writeNeedsFetch`).
+    /// A write that first fetches the blocks it covers in part (after `write` said EAGAIN).
     public func writeFetching(handle: UInt64, offset: Int64, data: [UInt8]) async throws(FSError) -> Int {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
         for _ in 0..<8 {
@@ -58,17 +51,18 @@ extension FileSystem {
     }
 
     /// Called before a write lands: blocks the write covers whole stop being missing; a block it covers in
-    /// part must have been fetched (EAGAIN otherwise, see `writeFetching`).
+    /// part must have been fetched (EAGAIN otherwise, and nothing changes: see `writeFetching`).
     func claimBlocks(_ v: StagedVersion, offset: Int64, count: Int) throws(FSError) {
         guard count > 0 else { return }
         let bs = fillBlock, end = offset + Int64(count)
         try v.state.withLock { (s) throws(FSError) in
             guard s.base != nil, !s.missing.isEmpty else { return }
-            for b in (offset / bs)...((end - 1) / bs) where s.missing.contains(b) {
-                let blockEnd = min((b + 1) * bs, s.size)
-                guard offset <= b * bs && end >= blockEnd else { throw FSError(EAGAIN, "block \(b) must be fetched first") }
-                s.missing.remove(b)
+            let touched = ((offset / bs)...((end - 1) / bs)).filter { s.missing.contains($0) }
+            // All or nothing: a block marked present here must be the one this write fills.
+            for b in touched where !(offset <= b * bs && end >= min((b + 1) * bs, s.size)) {
+                throw FSError(EAGAIN, "block \(b) must be fetched first")
             }
+            for b in touched { s.missing.remove(b) }
         }
     }
 

@@ -210,6 +210,9 @@ extension FileSystem {
                 self.cacheWriter.store(self.cache, key(i), buf) {
                     self.recent.put(key(i), buf)
                     unregister(p)
+                    // A random reader's block (a one-block demand fetch) is likely read again soon: the O_DIRECT
+                    // store bypassed the page cache, so have the kernel read it in now (DMA, no copy here).
+                    if !isPrefetch && n == 1 { self.cache.prefetch(key(i)) }
                 }
             }
             var failure: FSError?

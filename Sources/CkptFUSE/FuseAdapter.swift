@@ -144,21 +144,19 @@ public final class FuseAdapter: Sendable {
         }
         ops.write = { req, _, buf, size, off, fi in
             // Synchronous: the bytes go to local disk, and libfuse only lends `buf` for this call. Unless the
-            // file was opened in place and the write covers part of a block still in S3: then the bytes are
-            // copied and the write waits for that block in a Task.
+            // file was opened in place and the write covers part of a block still in S3 (EAGAIN): then the
+            // bytes are copied and the write waits for that block in a Task.
             let a = FuseAdapter.adapter(req)
             let h = fi!.pointee.fh
-            if a.fs.writeNeedsFetch(handle: h, offset: Int64(off), count: size) {
+            do throws(FSError) {
+                let n = try a.fs.write(handle: h, offset: Int64(off), data: UnsafeRawBufferPointer(start: buf, count: size))
+                fuse_reply_write(req, n)
+            } catch where error.errno == EAGAIN {
                 let data = [UInt8](UnsafeRawBufferPointer(start: buf, count: size))
                 FuseAdapter.async(req, "write") { a, r throws(FSError) in
                     let n = try await a.fs.writeFetching(handle: h, offset: Int64(off), data: data)
                     fuse_reply_write(r.value, n)
                 }
-                return
-            }
-            do throws(FSError) {
-                let n = try a.fs.write(handle: fi!.pointee.fh, offset: Int64(off), data: UnsafeRawBufferPointer(start: buf, count: size))
-                fuse_reply_write(req, n)
             } catch {
                 a.replyError(req, error, "write")
             }

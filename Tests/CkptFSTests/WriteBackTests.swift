@@ -160,10 +160,10 @@ final class WriteBackTests: XCTestCase {
 
     /// Writes through a handle the way the FUSE adapter does: waiting for blocks a write covers in part.
     func put(_ fs: FileSystem, _ h: UInt64, _ data: [UInt8], at offset: Int64) async throws {
-        if fs.writeNeedsFetch(handle: h, offset: offset, count: data.count) {
-            _ = try await fs.writeFetching(handle: h, offset: offset, data: data)
-        } else {
+        do {
             _ = try data.withUnsafeBytes { try fs.write(handle: h, offset: offset, data: $0) }
+        } catch let e as FSError where e.errno == EAGAIN {
+            _ = try await fs.writeFetching(handle: h, offset: offset, data: data)
         }
     }
 
@@ -183,8 +183,13 @@ final class WriteBackTests: XCTestCase {
         try await put(fs, h, whole, at: 5 << 20)
         XCTAssertEqual(s3.count("GetObject"), 1)
         XCTAssertEqual(s3.bytesSent, 1 << 20, "one block fetched")
+        // Block 6 whole and half of block 7: only block 7 is fetched, and block 6 keeps the written bytes.
+        let span = [UInt8](repeating: 0xEF, count: (1 << 20) + (1 << 19))
+        try await put(fs, h, span, at: 6 << 20)
+        XCTAssertEqual(s3.bytesSent, 2 << 20, "two blocks fetched")
         expected.replaceSubrange(((3 << 20) + 100)..<((3 << 20) + 4196), with: small)
         expected.replaceSubrange((5 << 20)..<(6 << 20), with: whole)
+        expected.replaceSubrange((6 << 20)..<((7 << 20) + (1 << 19)), with: span)
         // Reads see the new bytes and, elsewhere, the object's (fetched on demand).
         let segs = try await fs.read(handle: h, offset: (3 << 20), size: 8192)
         guard case .file(let fd, let off, let n) = segs[0] else { return XCTFail("expected a file segment") }
