@@ -214,7 +214,10 @@ struct Flush: ParsableCommand {
             if r.ok { return }
             var msg = "\(r.notDurable.count) file(s) under \(mp)/\(rel) are not durable in S3 yet:"
             for n in r.notDurable { msg += "\n  \(n.path): \(n.reason)" }
-            throw UserFacingFailure(message: msg + "\nThey stay queued (and journaled); run ckptfs flush again or see ckptfs status.")
+            let conflicts = r.notDurable.contains { $0.reason.hasPrefix("conflict") }
+            throw UserFacingFailure(message: msg + "\nThey stay journaled, and readable here. "
+                + (conflicts ? "A conflict is not retried: rename the file to upload it under another name. " : "")
+                + "Other failures are retried: run ckptfs flush again or see ckptfs status.")
         } catch let f as UserFacingFailure {
             throw fail(f.message)
         }

@@ -266,7 +266,7 @@ struct Unmount: ParsableCommand {
         // Drain first: uploads finish while the mount is still there.
         if let data = try? Control.call(path, .init(cmd: "flush", path: "", timeout: drainTimeout)),
            let r = try? JSONDecoder().decode(Control.FlushReply.self, from: data), !r.ok {
-            var msg = "ckptfs: warning: \(r.notDurable.count) file(s) are not durable in S3 after \(Int(drainTimeout)) s; "
+            var msg = "ckptfs: warning: \(r.notDurable.count) file(s) are not durable in S3 (waited up to \(Int(drainTimeout)) s); "
                 + "they stay in the journal and the next mount with the same cache dir uploads them:"
             for n in r.notDurable { msg += "\n  \(n.path): \(n.reason)" }
             FileHandle.standardError.write(Data((msg + "\n").utf8))
