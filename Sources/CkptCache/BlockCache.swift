@@ -404,7 +404,8 @@ let oDirect: Int32 = 0o200000
 let oDirect: Int32 = 0o40000
 #endif
 
-func preadAll(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, at offset: Int64) -> Bool {
+/// pread until `buf` is full; false on an error or end of file first.
+public func preadAll(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, at offset: Int64) -> Bool {
     var done = 0
     while done < buf.count {
         let n = pread(fd, buf.baseAddress! + done, buf.count - done, off_t(offset + Int64(done)))

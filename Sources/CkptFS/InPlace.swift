@@ -26,12 +26,16 @@ extension FileSystem {
             guard s.base != nil, !s.missing.isEmpty else { return [] }
             var out: [Int64] = []
             for b in (offset / bs)...((end - 1) / bs) where s.missing.contains(b) {
-                let blockEnd = min((b + 1) * bs, s.size)
-                if partialOnly && offset <= b * bs && end >= blockEnd { continue }
+                if partialOnly && covers(offset, end, block: b, size: s.size) { continue }
                 out.append(b)
             }
             return out
         }
+    }
+
+    /// Whether [offset, end) covers block `b` of a file of `size` bytes whole (a write there replaces it).
+    func covers(_ offset: Int64, _ end: Int64, block b: Int64, size: Int64) -> Bool {
+        offset <= b * fillBlock && end >= min((b + 1) * fillBlock, size)
     }
 
     /// A write that first fetches the blocks it covers in part (after `write` said EAGAIN).
@@ -59,7 +63,7 @@ extension FileSystem {
             guard s.base != nil, !s.missing.isEmpty else { return }
             let touched = ((offset / bs)...((end - 1) / bs)).filter { s.missing.contains($0) }
             // All or nothing: a block marked present here must be the one this write fills.
-            for b in touched where !(offset <= b * bs && end >= min((b + 1) * bs, s.size)) {
+            for b in touched where !covers(offset, end, block: b, size: s.size) {
                 throw FSError(EAGAIN, "block \(b) must be fetched first")
             }
             for b in touched { s.missing.remove(b) }
@@ -105,11 +109,8 @@ extension FileSystem {
                         got += len
                     case .file(let fd, let off, let len):
                         defer { close(fd) }
-                        var done = 0
-                        while done < len {
-                            let n = pread(fd, buf.baseAddress! + got + done, len - done, off_t(off + Int64(done)))
-                            guard n > 0 else { throw FSError(EIO, "reading a cached block failed") }
-                            done += n
+                        guard preadAll(fd, UnsafeMutableRawBufferPointer(rebasing: buf[got..<(got + len)]), at: off) else {
+                            throw FSError(EIO, "reading a cached block failed")
                         }
                         got += len
                     }

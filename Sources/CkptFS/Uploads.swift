@@ -255,9 +255,7 @@ extension FileSystem {
             if size <= partSize {
                 // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
                 // must equal ours. No HEAD needed.
-                var md5 = StreamingDigest(.md5)
-                try forEachChunk(of: v.fd, size: size) { chunk, _ in md5.update(chunk) }
-                let sum = md5.finalize()
+                let sum = try md5(of: v.fd, size: size)
                 var o = put
                 o.contentMD5 = sum
                 let r = try await client.putObject(bucket, key, body: .file(descriptor: v.fd, offset: 0, length: size), options: o)
@@ -295,14 +293,17 @@ extension FileSystem {
         }
     }
 
+    /// MD5 of the first `size` bytes of `fd` (Content-MD5 of a single PUT, and its ETag).
+    func md5(of fd: Int32, size: Int64) throws(FSError) -> [UInt8] {
+        var md5 = StreamingDigest(.md5)
+        try forEachChunk(of: fd, size: size) { chunk, _ in md5.update(chunk) }
+        return md5.finalize()
+    }
+
     /// The ETag S3 gives this file when uploaded with `partSize`: the MD5 for one PUT, else the MD5 of the
     /// parts' MD5s and "-count".
     func localETag(_ v: StagedVersion, size: Int64, partSize: Int64) throws(FSError) -> String {
-        if size <= partSize {
-            var md5 = StreamingDigest(.md5)
-            try forEachChunk(of: v.fd, size: size) { chunk, _ in md5.update(chunk) }
-            return md5.finalize().hexString
-        }
+        if size <= partSize { return try md5(of: v.fd, size: size).hexString }
         var parts: [UInt8] = []
         var md5 = StreamingDigest(.md5)
         var partEnd = partSize
