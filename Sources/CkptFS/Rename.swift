@@ -53,9 +53,7 @@ extension FileSystem {
         if let old = local.withLock({ $0.removeValue(forKey: dst) }) { try dropVersions(of: dst, newest: old.current) }
         // A file opened in place still reads unchanged blocks from the source object, which is deleted below.
         if let f = local.withLock({ $0[src] }) {
-            var versions = uploadState.withLock { u in u.pending.values.filter { $0.key == src } }
-            versions.append(f.current)
-            for v in versions { try await fillAll(v) }
+            for v in versions(of: src, newest: f.current) { try await fillAll(v) }
         }
         let moved: LocalFile? = local.withLock { l in
             guard let f = l.removeValue(forKey: src) else { return nil }
@@ -68,8 +66,7 @@ extension FileSystem {
             }
             // A local move: queued and staged versions now go to the new key. The journal learns the new key
             // before this returns, so recovery uploads to it.
-            var versions = uploadState.withLock { u in u.pending.values.filter { $0.key == src } }
-            if !versions.contains(where: { $0 === moved.current }) { versions.append(moved.current) }
+            let versions = versions(of: src, newest: moved.current)
             // The destination is replaced whatever it holds (POSIX rename): uploads to it carry no condition.
             // A version stopped by a conflict under the old name is uploaded again under the new one.
             var records: [JournalRecord] = []

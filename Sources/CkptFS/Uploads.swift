@@ -118,10 +118,17 @@ extension FileSystem {
         uploadState.withLock { u in u.tails[key] = UploadTail(id: v.id, task: task) }
     }
 
+    /// Every local version of `key`: those queued or uploading, and `newest` (the key's current one).
+    func versions(of key: String, newest: StagedVersion) -> [StagedVersion] {
+        var vs = uploadState.withLock { u in u.pending.values.filter { $0.key == key } }
+        if !vs.contains(where: { $0 === newest }) { vs.append(newest) }
+        return vs
+    }
+
     /// Unlink: versions of `key` are never uploaded; their acknowledgement is withdrawn in the journal. The
     /// staged files go first: on a full disk that is what makes room for the journal record.
     func dropVersions(of key: String, newest: StagedVersion) throws(FSError) {
-        let victims = (uploadState.withLock { u in u.pending.values.filter { $0.key == key } } + [newest]).filter { !$0.isSettled }
+        let victims = versions(of: key, newest: newest).filter { !$0.isSettled }
         var records: [JournalRecord] = []
         for v in victims {
             if v.state.withLock({ $0.committedSum != nil }) { records.append(JournalRecord(op: .drop, id: v.id)) }
