@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "CkptTestSupport", dependencies: ["CkptS3"], path: "Tests/CkptTestSupport"),
         .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
         .testTarget(name: "CkptCacheTests", dependencies: ["CkptCache"]),
-        .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache"]),
+        .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache", "CkptDigest"]),
         .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP", "CkptDigest", "CkptTestSupport"]),
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
                     exclude: ["Fixtures"]),

@@ -399,9 +399,9 @@ public final class BlockCache: Sendable {
 
 /// O_DIRECT, which Glibc's Swift module hides (it needs _GNU_SOURCE); the value differs by architecture.
 #if arch(arm64)
-let oDirect: Int32 = 0o200000
+public let oDirect: Int32 = 0o200000
 #else
-let oDirect: Int32 = 0o40000
+public let oDirect: Int32 = 0o40000
 #endif
 
 /// pread until `buf` is full; false on an error or end of file first.

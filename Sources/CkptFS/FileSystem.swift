@@ -91,6 +91,7 @@ public final class FileSystem: Sendable {
     let uploadSlots: AsyncSemaphore
     let partSlots: AsyncSemaphore
     let journal: Journal
+    let alignedBuffers = AlignedBuffers()
     var journalPath: String { cache.directory + "/journal" }
 
     /// Sized to what read-ahead can have in flight, so its blocks are still in memory when the reader arrives.

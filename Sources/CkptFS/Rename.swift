@@ -72,6 +72,7 @@ extension FileSystem {
             var records: [JournalRecord] = []
             var requeue: [StagedVersion] = []
             for v in versions {
+                abandonEarlyUpload(v)  // its parts went to the old name
                 let sum = v.state.withLock { s -> String? in
                     s.key = dst
                     s.expect = .anything
@@ -107,19 +108,13 @@ extension FileSystem {
                 _ = try await client.copyObject(from: (bucket, src, nil), to: bucket, dst, ifMatch: info.etag, options: nil)
                 return
             }
-            let part = FileSystem.partSize(for: info.size, minimum: 512 << 20)
             let uploadId = try await client.createMultipartUpload(bucket, dst, options: PutOptions(metadata: info.metadata))
             do {
                 var parts: [CompletedPart] = []
-                var off: Int64 = 0
-                var n = 1
-                while off < info.size {
-                    let r = off..<min(off + part, info.size)
+                for (i, r) in FileSystem.partRanges(size: info.size, minimum: 512 << 20).enumerated() {
                     let etag = try await client.uploadPartCopy(from: (bucket, src, nil), range: r, to: bucket, dst,
-                                                               uploadId: uploadId, partNumber: n, ifMatch: info.etag)
-                    parts.append(CompletedPart(partNumber: n, etag: etag))
-                    off = r.upperBound
-                    n += 1
+                                                               uploadId: uploadId, partNumber: i + 1, ifMatch: info.etag)
+                    parts.append(CompletedPart(partNumber: i + 1, etag: etag))
                 }
                 _ = try await client.completeMultipartUpload(bucket, dst, uploadId: uploadId, parts: parts, condition: nil)
             } catch {

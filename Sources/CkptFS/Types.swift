@@ -25,6 +25,11 @@ public struct FSOptions: Sendable {
     /// Files uploaded at once, and parts in flight over all files.
     public var uploadConcurrency = 4
     public var partConcurrency = 8
+    /// A large new file written from the start goes up in parts while it is still being written (see
+    /// EarlyUpload.swift); off, every upload starts after close.
+    public var uploadWhileWriting = true
+    /// Parts of one file in flight while it is being written (few: the writer should not wait for them).
+    public var partsWhileWriting = 2
     /// How long a closed file waits before its upload starts, unless fsync/flush waits for it: a rename in
     /// that time (write-temp-then-rename) is a local move.
     public var uploadDelay: Duration = .milliseconds(500)

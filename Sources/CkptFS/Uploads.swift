@@ -55,6 +55,8 @@ public struct WriteBackStatus: Sendable, Codable {
         public var state: String
         public var ageSeconds: Double
         public var error: String?
+        /// Bytes already sent in parts (while the file was written, or of the upload in progress).
+        public var sentBytes: Int64 = 0
     }
     public var dirtyFiles = 0
     public var dirtyBytes: Int64 = 0
@@ -78,14 +80,6 @@ public struct RecoveryReport: Sendable {
 }
 
 extension FileSystem {
-    /// The part size for a file: at least `options.partSize`, large enough that 10,000 parts suffice,
-    /// rounded up to a MiB.
-    static func partSize(for size: Int64, minimum: Int64) -> Int64 {
-        let need = (size + 9_999) / 10_000
-        let p = max(minimum, need)
-        return (p + (1 << 20) - 1) / (1 << 20) * (1 << 20)
-    }
-
     /// Queues a sealed version. An older version of the same key still waiting is superseded by it.
     func enqueueUpload(_ v: StagedVersion) {
         let key = v.key
@@ -131,6 +125,7 @@ extension FileSystem {
         let victims = versions(of: key, newest: newest).filter { !$0.isSettled }
         var records: [JournalRecord] = []
         for v in victims {
+            abandonEarlyUpload(v)
             if v.state.withLock({ $0.committedSum != nil }) { records.append(JournalRecord(op: .drop, id: v.id)) }
             v.settle(.dropped)
             Glibc.unlink(v.path)
@@ -227,7 +222,7 @@ extension FileSystem {
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
         var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970)])
         put.condition = conditionsUnsupported.load(ordering: .relaxed) ? nil : condition(for: v)
-        let partSize = FileSystem.partSize(for: size, minimum: options.partSize)
+        let ranges = FileSystem.partRanges(size: size, minimum: options.partSize)
         var expectedParts = 0
         do {
             do {
@@ -235,7 +230,7 @@ extension FileSystem {
             } catch let e as S3Error where e.code == .preconditionFailed {
                 // Perhaps our own earlier attempt landed (a crash or a lost reply after it completed).
                 if let info = try? await client.headObject(bucket, key, versionId: nil, ifMatch: nil), info.size == size,
-                   try localETag(v, size: size, partSize: partSize) == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
+                   try localETag(v, parts: ranges) == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
                     return (key, info.etag)
                 }
                 let what: String
@@ -259,7 +254,7 @@ extension FileSystem {
         }
 
         func putOrMultipart() async throws -> (key: String, etag: String) {
-            if size <= partSize {
+            if ranges.count <= 1 {
                 // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
                 // must equal ours. No HEAD needed.
                 let sum = try md5(of: v.fd, size: size)
@@ -274,10 +269,17 @@ extension FileSystem {
                 counters.withLock { $0.putRequests += 1 }
                 return (key, r.etag)
             } else {
-                let uploadId = try await client.createMultipartUpload(bucket, key, options: put)
-                try journal.append(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
+                // Parts sent while the file was written are kept; otherwise a new multipart upload.
+                let early = await takeEarlyUpload(v, key: key)
+                let uploadId: String
+                if let early {
+                    uploadId = early.uploadId
+                } else {
+                    uploadId = try await client.createMultipartUpload(bucket, key, options: put)
+                    try journal.append(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
+                }
                 do {
-                    let parts = try await uploadParts(v, key: key, uploadId: uploadId, size: size, partSize: partSize)
+                    let parts = try await uploadParts(v, key: key, uploadId: uploadId, ranges: ranges, done: early?.parts ?? [:])
                     expectedParts = parts.count
                     crashPoint("before-complete")
                     _ = try await client.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: put.condition)
@@ -307,51 +309,56 @@ extension FileSystem {
         return md5.finalize()
     }
 
-    /// The ETag S3 gives this file when uploaded with `partSize`: the MD5 for one PUT, else the MD5 of the
-    /// parts' MD5s and "-count".
-    func localETag(_ v: StagedVersion, size: Int64, partSize: Int64) throws(FSError) -> String {
-        if size <= partSize { return try md5(of: v.fd, size: size).hexString }
-        var parts: [UInt8] = []
+    /// The ETag S3 gives this file when uploaded in `parts`: the MD5 for one PUT, else the MD5 of the parts'
+    /// MD5s and "-count".
+    func localETag(_ v: StagedVersion, parts: [Range<Int64>]) throws(FSError) -> String {
+        let size = parts.last?.upperBound ?? 0
+        if parts.count <= 1 { return try md5(of: v.fd, size: size).hexString }
+        var sums: [UInt8] = []
         var md5 = StreamingDigest(.md5)
-        var partEnd = partSize
+        var part = 0
         try forEachChunk(of: v.fd, size: size) { chunk, off in
             var at = 0
             while at < chunk.count {
-                let n = min(chunk.count - at, Int(partEnd - (off + Int64(at))))
+                let n = min(chunk.count - at, Int(parts[part].upperBound - (off + Int64(at))))
                 md5.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
                 at += n
-                if off + Int64(at) == partEnd {
-                    parts += md5.finalize()
+                if off + Int64(at) == parts[part].upperBound {
+                    sums += md5.finalize()
                     md5 = StreamingDigest(.md5)
-                    partEnd += partSize
+                    part += 1
                 }
             }
         }
-        if size % partSize != 0 { parts += md5.finalize() }
         var all = StreamingDigest(.md5)
-        parts.withUnsafeBytes { all.update($0) }
-        return all.finalize().hexString + "-\((size + partSize - 1) / partSize)"
+        sums.withUnsafeBytes { all.update($0) }
+        return all.finalize().hexString + "-\(parts.count)"
     }
 
-    func uploadParts(_ v: StagedVersion, key: String, uploadId: String, size: Int64, partSize: Int64) async throws -> [CompletedPart] {
-        let count = Int((size + partSize - 1) / partSize)
+    /// Uploads the parts not in `done` (part number → ETag), several at a time; returns all of them in order.
+    func uploadParts(_ v: StagedVersion, key: String, uploadId: String, ranges: [Range<Int64>],
+                     done: [Int: String]) async throws -> [CompletedPart] {
         let client = self.client, bucket = self.bucket, slots = self.partSlots
         return try await withThrowingTaskGroup(of: CompletedPart.self) { group in
-            for i in 0..<count {
+            var parts: [CompletedPart] = []
+            var started = 0
+            for (i, r) in ranges.enumerated() {
+                if let etag = done[i + 1] {
+                    parts.append(CompletedPart(partNumber: i + 1, etag: etag))
+                    continue
+                }
                 await slots.acquire()
-                let off = Int64(i) * partSize
-                let len = min(partSize, size - off)
                 group.addTask {
                     defer { slots.release() }
                     let etag = try await client.uploadPart(bucket, key, uploadId: uploadId, partNumber: i + 1,
-                                                           body: .file(descriptor: v.fd, offset: off, length: len),
+                                                           body: .file(descriptor: v.fd, offset: r.lowerBound, length: Int64(r.count)),
                                                            contentMD5: nil)
-                    v.state.withLock { $0.bytesUploaded += len }
+                    v.state.withLock { $0.bytesUploaded += Int64(r.count) }
                     return CompletedPart(partNumber: i + 1, etag: etag)
                 }
-                if i == 1 { crashPoint("during-parts") }
+                started += 1
+                if started == 2 { crashPoint("during-parts") }
             }
-            var parts: [CompletedPart] = []
             for try await p in group { parts.append(p) }
             return parts.sorted { $0.partNumber < $1.partNumber }
         }
@@ -369,9 +376,8 @@ extension FileSystem {
     /// After a version settles: drop its staging file; if it was the key's newest and nobody writes it, the
     /// key is clean again and stat shows the uploaded object.
     func finishUpload(_ v: StagedVersion, etag: String? = nil) {
-        uploadState.withLock { u in
-            u.pending.removeValue(forKey: v.id)
-        }
+        abandonEarlyUpload(v)  // superseded or dropped before its parts were used
+        uploadState.withLock { u in _ = u.pending.removeValue(forKey: v.id) }
         Glibc.unlink(v.path)
         let key = v.key
         let (size, mtime) = v.state.withLock { ($0.size, $0.mtime) }
@@ -470,7 +476,7 @@ extension FileSystem {
             if f.current.state.withLock({ !$0.sealed }) { versions.append(f.current) }
         }
         for v in versions {
-            let (key, size, up, err, sealed) = v.state.withLock { ($0.key, $0.size, $0.upload, $0.lastError, $0.sealed) }
+            let (key, size, up, err, sealed, sent) = v.state.withLock { ($0.key, $0.size, $0.upload, $0.lastError, $0.sealed, $0.bytesUploaded) }
             let state: String
             switch up {
             case .waiting: state = sealed ? "queued" : "open"
@@ -480,7 +486,7 @@ extension FileSystem {
             }
             let age = (ContinuousClock.now - v.created).seconds
             let p = WriteBackStatus.Pending(path: String(key.dropFirst(prefix.count)), bytes: size, state: state,
-                                            ageSeconds: age, error: err)
+                                            ageSeconds: age, error: err, sentBytes: sent)
             s.dirtyFiles += 1
             s.dirtyBytes += size
             if state == "uploading" { s.uploadsInFlight += 1 }

@@ -17,6 +17,7 @@ final class StagedVersion: Sendable {
     let path: String
     let fd: Int32
     let created = ContinuousClock.now
+    let createdDate = Date()
 
     enum Upload: Sendable {
         case waiting
@@ -47,9 +48,9 @@ final class StagedVersion: Sendable {
         var size: Int64
         var mtime: Date
         var sealed = false
-        /// Running checksum of [0, hashedTo) while writes only append; nil once a write lands elsewhere.
-        var hasher: XXH64? = XXH64()
-        var hashedTo: Int64 = 0
+        /// The checksum of a file written front to back, kept as it is written; nil once a write lands
+        /// below what it covers (or the version did not start empty).
+        var sum: RunningChecksum? = RunningChecksum()
         /// Whether bytes changed since the last commit record.
         var changed = true
         /// The checksum in the last commit record.
@@ -71,17 +72,35 @@ final class StagedVersion: Sendable {
         var baseLimit: Int64 = 0
         /// Whether a write or truncate changed the contents since the version was made from `base`.
         var modified = false
+        /// Parts sent while the file is still being written (EarlyUpload.swift).
+        var early: EarlyUpload?
+        /// Bytes below this were on disk at the last background fdatasync; one is running when `syncing`.
+        var syncedTo: Int64 = 0
+        var syncing = false
+        /// An error the background fdatasync saw: the kernel reports a writeback error once per open file, so
+        /// the fsync at close would not see it again. Fails every later commit of this version.
+        var syncError: Int32 = 0
     }
     let state: Mutex<State>
 
-    init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date) {
+    /// The same file opened with O_DIRECT for large aligned writes (-1 where the filesystem refuses it, or
+    /// for a version that is not written any more).
+    let directFd: Int32
+    /// Cleared when a direct write is refused: every write then goes through the page cache.
+    let direct = Atomic<Bool>(true)
+
+    init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date, writable: Bool = false) {
         self.id = id
         self.path = path
         self.fd = fd
+        self.directFd = writable ? Glibc.open(path, O_WRONLY | oDirect | O_CLOEXEC) : -1
         self.state = Mutex(State(key: key, size: size, mtime: mtime))
     }
 
-    deinit { close(fd) }
+    deinit {
+        close(fd)
+        if directFd >= 0 { close(directFd) }
+    }
 
     var key: String { state.withLock { $0.key } }
     var size: Int64 { state.withLock { $0.size } }
@@ -169,7 +188,7 @@ extension FileSystem {
         let path = "\(stagingDir)/\(id)"
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw FSError(errno, "cannot create \(path): \(String(cString: strerror(errno)))") }
-        let v = StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime)
+        let v = StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime, writable: true)
         if let source {
             // Only the bytes already here are copied; blocks still in S3 stay to be fetched from the same base.
             let (size, mtime, base, missing, limit, modified) = source.state.withLock {
@@ -180,7 +199,7 @@ extension FileSystem {
             v.state.withLock { s in
                 s.size = size
                 s.mtime = mtime
-                s.hasher = nil
+                s.sum = nil
                 s.base = base
                 s.missing = missing
                 s.baseLimit = limit
@@ -207,6 +226,30 @@ extension FileSystem {
     func copyFile(from src: Int32, to dst: Int32, size: Int64) throws(FSError) {
         try forEachChunk(of: src, size: size) { (chunk, off) throws(FSError) in try writeLocal(dst, chunk, at: off) }
         if ftruncate(dst, off_t(size)) != 0 { throw FSError(errno, "ftruncate") }
+    }
+
+    /// Writes to a staged file. Large page-aligned writes (the kernel's write-back of a checkpoint stream) go
+    /// with O_DIRECT: no second copy into the page cache, and nothing left to flush at close(). Others, and
+    /// every write where the filesystem refuses O_DIRECT (tmpfs), go through the page cache; the kernel keeps
+    /// the two coherent.
+    func writeStaged(_ v: StagedVersion, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
+        let page = 4096
+        guard v.directFd >= 0, v.direct.load(ordering: .relaxed), offset % Int64(page) == 0,
+              data.count % page == 0, data.count >= 64 << 10 else {
+            return try writeLocal(v.fd, data, at: offset)
+        }
+        // The request's bytes follow its header in libfuse's buffer: copy them to an aligned one (reused: a
+        // fresh megabyte per write would cost more in page faults than the copy to the page cache saves).
+        let buf = alignedBuffers.take(data.count)
+        defer { alignedBuffers.give(buf) }
+        let chunk = UnsafeMutableRawBufferPointer(rebasing: buf[0..<data.count])
+        chunk.copyMemory(from: data)
+        do throws(FSError) {
+            try writeLocal(v.directFd, UnsafeRawBufferPointer(chunk), at: offset)
+        } catch where error.errno == EINVAL {
+            v.direct.store(false, ordering: .relaxed)
+            try writeLocal(v.fd, data, at: offset)
+        }
     }
 
     /// pwrite that, when the disk is full, evicts clean cache blocks and tries again before giving up with
@@ -264,7 +307,7 @@ extension FileSystem {
             let blocks = (remote.size + Int64(cache.blockSize) - 1) / Int64(cache.blockSize)
             v.state.withLock { s in
                 s.size = remote.size
-                s.hasher = nil
+                s.sum = nil
                 s.base = remote
                 s.baseLimit = remote.size
                 s.missing = Set(0..<blocks)
@@ -281,10 +324,18 @@ extension FileSystem {
     }
 
     /// The version writes go to: the current one, or a copy of it if it is sealed.
-    func writableVersion(key: String) throws(FSError) -> StagedVersion {
+    /// With `empty` (the caller truncates it to nothing) a sealed version is not copied.
+    func writableVersion(key: String, empty: Bool = false) throws(FSError) -> StagedVersion {
         guard let cur = local.withLock({ $0[key]?.current }) else { throw FSError(EBADF, "\(key) has no local version") }
         if !cur.state.withLock({ $0.sealed }) { return cur }
-        let copy = try newVersion(key: key, copying: cur)
+        let copy: StagedVersion
+        if empty {
+            copy = try newVersion(key: key)
+            let expect = expectation(after: cur)
+            copy.state.withLock { $0.expect = expect }
+        } else {
+            copy = try newVersion(key: key, copying: cur)
+        }
         return local.withLock { l -> StagedVersion in
             guard var f = l[key] else { return copy }
             if f.current !== cur { return f.current }  // another writer copied first
@@ -338,37 +389,71 @@ extension FileSystem {
         // The kernel computes O_APPEND offsets itself (from the size it knows), so `offset` is always right.
         let at = offset
         try claimBlocks(v, offset: at, count: data.count)
-        try writeLocal(v.fd, data, at: at)
-        v.state.withLock { s in
+        try writeStaged(v, data, at: at)
+        let broke = v.state.withLock { s -> Int64? in
             s.modified = true
-            if at == s.hashedTo, s.hasher != nil {
-                s.hasher!.update(data)
-                s.hashedTo += Int64(data.count)
-            } else if at + Int64(data.count) > s.hashedTo || at < s.hashedTo {
-                s.hasher = nil
+            defer {
+                s.size = max(s.size, at + Int64(data.count))
+                s.mtime = Date()
+                s.changed = true
             }
-            s.size = max(s.size, at + Int64(data.count))
-            s.mtime = Date()
-            s.changed = true
+            guard let before = s.sum?.hashedTo else { return nil }
+            if s.sum!.wrote(data, at: at, fd: v.fd) { return nil }
+            s.sum = nil
+            return before
         }
+        if let broke {
+            logger.debug("a write below the end: the checksum is computed at close", metadata: [
+                "key": "\(h.key)", "offset": "\(at)", "count": "\(data.count)", "contiguous.to": "\(broke)"])
+        }
+        checkEarlyUpload(v, changedFrom: at)
+        streamIfReady(v)
+        syncInBackground(v)
         return data.count
     }
 
     /// Sets the size of the key's local version (creating one from the object if needed).
     func truncateVersion(key: String, to size: Int64) throws(FSError) {
-        let v = try writableVersion(key: key)
+        let v = try writableVersion(key: key, empty: size == 0)
         guard ftruncate(v.fd, off_t(size)) == 0 else { throw FSError(errno, "ftruncate: \(String(cString: strerror(errno)))") }
         v.state.withLock { s in
             s.modified = true
             truncateBase(&s, to: size)
-            if size < s.hashedTo || size > s.hashedTo { s.hasher = nil }
+            // Emptied, the file is written front to back again (O_TRUNC); otherwise the sum covers it only if
+            // it covered all of it and the size stays.
+            if size == 0 {
+                s.sum = RunningChecksum()
+            } else if s.sum?.value(size: s.size) == nil || size != s.size {
+                s.sum = nil
+            }
             s.size = size
             s.mtime = Date()
             s.changed = true
         }
+        checkEarlyUpload(v, changedFrom: size)
     }
 
     // MARK: Acknowledging
+
+    /// Every 64 MiB written, an fdatasync in the background: the kernel would otherwise keep gigabytes dirty
+    /// until close() and then write them all while the writer waits. The fsync at close finds little left.
+    func syncInBackground(_ v: StagedVersion) {
+        let start = v.state.withLock { s -> Bool in
+            guard !s.syncing, s.size - s.syncedTo >= 64 << 20 else { return false }
+            s.syncing = true
+            return true
+        }
+        guard start else { return }
+        DispatchQueue.global(qos: .utility).async {
+            let target = v.size
+            let e = fdatasync(v.fd) == 0 ? 0 : errno
+            v.state.withLock { s in
+                s.syncedTo = max(s.syncedTo, target)
+                s.syncing = false
+                if e != 0 && e != EINTR && s.syncError == 0 { s.syncError = e }
+            }
+        }
+    }
 
     /// Makes the version's bytes and a journal record describing them durable on local disk; with `seal`, the
     /// version becomes immutable and is queued for upload.
@@ -376,14 +461,16 @@ extension FileSystem {
         let (changed, sealed) = v.state.withLock { ($0.changed, $0.sealed) }
         if sealed { return }
         if changed {
-            guard Glibc.fsync(v.fd) == 0 else {
-                let e = errno
+            let synced = Glibc.fsync(v.fd) == 0 ? 0 : errno
+            while v.state.withLock({ $0.syncing }) { usleep(1000) }  // its error, if any, is recorded by then
+            let e = synced != 0 ? synced : v.state.withLock { $0.syncError }
+            guard e == 0 else {
                 throw FSError(e == ENOSPC ? ENOSPC : EIO, "fsync of the staged file failed: \(String(cString: strerror(e)))")
             }
-            let (size, hasher, hashedTo, missing) = v.state.withLock { ($0.size, $0.hasher, $0.hashedTo, $0.missing) }
+            let (size, running, missing) = v.state.withLock { ($0.size, $0.sum?.value(size: $0.size), $0.missing) }
             let sum: UInt64
-            if let hasher, hashedTo == size {
-                sum = hasher.finalize()
+            if let running {
+                sum = running
             } else {
                 sum = try checksum(fd: v.fd, size: size, missing: missing)
             }
@@ -527,9 +614,16 @@ extension FileSystem {
         if let mtime, !n.meta.isDirectory {
             // Stored with the upload (x-amz-meta-mtime) while the file is local; otherwise not kept.
             if let v = local.withLock({ $0[n.key]?.current }) {
-                v.state.withLock { s in
-                    if case .waiting = s.upload { s.mtime = mtime }
+                let set = v.state.withLock { s -> Bool in
+                    guard case .waiting = s.upload else { return false }
+                    s.mtime = mtime
+                    return true
                 }
+                // Parts sent early carry no mtime (the object shows Last-Modified, about the close). With the
+                // kernel's write-back cache it sends the file's own write times here, which Last-Modified
+                // matches closely enough; a time from outside the writing (cp -p, rsync -t, touch -d) must be
+                // stored, so such an upload is started afresh, with it.
+                if set && (mtime < v.createdDate - 1 || mtime > Date() + 1) { abandonEarlyUpload(v) }
             }
         }
         return try await getattr(ino: ino)
@@ -603,5 +697,29 @@ extension FileSystem {
             if let ino = t.inoByPath[pk] { t.nodes[ino]?.fetched = .now - .seconds(86400 * 365) }
             t.negative[pk] = .now
         }
+    }
+}
+
+/// Page-aligned buffers of at least 1 MiB for O_DIRECT writes, kept for reuse.
+final class AlignedBuffers: Sendable {
+    /// Addresses of free buffers of `size` bytes.
+    private let free = Mutex<[UInt]>([])
+    static let size = 1 << 20
+
+    func take(_ count: Int) -> UnsafeMutableRawBufferPointer {
+        if count <= AlignedBuffers.size, let a = free.withLock({ $0.popLast() }) {
+            return UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: a), count: AlignedBuffers.size)
+        }
+        return .allocate(byteCount: max(count, AlignedBuffers.size), alignment: 4096)
+    }
+
+    func give(_ b: UnsafeMutableRawBufferPointer) {
+        let a = UInt(bitPattern: b.baseAddress)
+        let kept = b.count == AlignedBuffers.size && free.withLock { f -> Bool in
+            guard f.count < 16 else { return false }
+            f.append(a)
+            return true
+        }
+        if !kept { b.deallocate() }
     }
 }

@@ -248,6 +248,11 @@ struct Status: ParsableCommand {
             if w.recovered > 0 { print("recovered:        \(w.recovered) file(s) from the journal at mount") }
             for q in w.quarantined { print("quarantined:      \(q)") }
             for f in w.failures { print("failing:          \(f.path): \(f.error ?? "")") }
+            for p in w.pending.prefix(20) where p.error == nil {
+                let sent = p.sentBytes > 0 ? ", \(formatBytes(p.sentBytes)) sent" : ""
+                print("pending:          \(p.path) (\(formatBytes(p.bytes)), \(p.state)\(sent))")
+            }
+            if w.pending.count > 20 { print("                  ... and \(w.pending.count - 20) more") }
             print("cache:            \(formatBytes(s.cacheUsedBytes)) of \(formatBytes(s.cacheCapacityBytes)), "
                 + "hit ratio \(String(format: "%.2f", s.cacheHitRatio))")
             print("requests:         \(s.getRequests) GET (\(formatBytes(s.bytesDownloaded))), \(s.putRequests) PUT/part, "

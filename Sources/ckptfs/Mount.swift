@@ -35,6 +35,9 @@ struct Mount: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo,
           help: "Upload with If-None-Match/If-Match, so an object someone else changed since it was opened here is never overwritten (a conflict keeps the local copy and is reported by status and flush).")
     var conditionalWrites = true
+    @Flag(name: .customLong("upload-while-writing"), inversion: .prefixedNo,
+          help: "Send a large new file written from the start in parts while it is still being written, so it is durable soon after close (default on).")
+    var uploadWhileWriting = true
     @Flag(name: .customLong("debug-hold-uploads"), help: .hidden) var holdUploads = false
     @Flag(name: .customLong("read-only")) var readOnly = false
     @Flag(name: .customLong("allow-other"), help: "Let other users access the mount (needs user_allow_other for non-root).")
@@ -120,6 +123,7 @@ struct Mount: AsyncParsableCommand {
         o.holdUploads = holdUploads
         o.uploadDelay = .milliseconds(Int64(uploadDelay * 1000))
         o.conditionalWrites = conditionalWrites
+        o.uploadWhileWriting = uploadWhileWriting
         o.crashAt = ProcessInfo.processInfo.environment["CKPTFS_CRASH_AT"]
         let client = S3Client(configuration: config, logger: logger)
         let fs: FileSystem

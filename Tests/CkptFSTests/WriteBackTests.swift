@@ -1,4 +1,5 @@
 import CkptCache
+import CkptDigest
 @testable import CkptFS
 import CkptS3
 import Foundation
@@ -59,12 +60,155 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(fs.writeBackStatus.dirtyFiles, 0)
     }
 
-    func testPartSizeKeepsUnderTenThousandParts() {
-        XCTAssertEqual(FileSystem.partSize(for: 1 << 30, minimum: 16 << 20), 16 << 20)
+    // MARK: Parts sent while the file is written
+
+    /// Opens `name` new and writes `data` from the start in 1 MiB writes, without closing. Returns the handle.
+    func writeOpen(_ fs: FileSystem, _ name: String, _ data: [UInt8]) async throws -> UInt64 {
+        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: name, flags: O_WRONLY)
+        var off = 0
+        while off < data.count {
+            let n = min(1 << 20, data.count - off)
+            _ = try data[off..<off + n].withUnsafeBytes { try fs.write(handle: h, offset: Int64(off), data: $0) }
+            off += n
+        }
+        return h
+    }
+
+    func waitFor(_ what: String, _ cond: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !cond() {
+            if ContinuousClock.now > deadline { XCTFail("timed out waiting for \(what)"); return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    func openUploads() async throws -> Int {
+        try await s3.listMultipartUploads(bucket, prefix: nil, keyMarker: nil, uploadIdMarker: nil).uploads.count
+    }
+
+    func testALargeNewFileGoesUpInPartsWhileItIsWritten() async throws {
+        let fs = try make()
+        let big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ ($0 >> 11)) }
+        let h = try await writeOpen(fs, "ckpt.pt", big)
+        // 5 MiB parts: the writer is past the first two (not the last), so they go before close.
+        try await waitFor("two early parts") { s3.count("UploadPart") == 2 }
+        XCTAssertEqual(s3.count("CreateMultipartUpload"), 1)
+        XCTAssertEqual(s3.count("CompleteMultipartUpload"), 0, "nothing is visible before close")
+        let before = try? await object("ckpt.pt")
+        XCTAssertNil(before)
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let got = try await object("ckpt.pt")
+        XCTAssertEqual(got, big)
+        XCTAssertEqual(s3.count("UploadPart"), 3, "only the tail after close")
+        XCTAssertEqual(s3.count("CreateMultipartUpload"), 1)
+        XCTAssertEqual(s3.count("AbortMultipartUpload"), 0)
+        let open = try await openUploads()
+        XCTAssertEqual(open, 0)
+    }
+
+    func testARewriteBelowWhatWentUpStartsTheUploadAfresh() async throws {
+        let fs = try make()
+        var big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 5 &+ 1) }
+        let h = try await writeOpen(fs, "model.h5", big)
+        try await waitFor("early parts") { s3.count("UploadPart") == 2 }
+        // Like HDF5 rewriting its superblock at the end.
+        let header = [UInt8](repeating: 0xAB, count: 512)
+        _ = try header.withUnsafeBytes { try fs.write(handle: h, offset: 100, data: $0) }
+        big.replaceSubrange(100..<612, with: header)
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let got = try await object("model.h5")
+        XCTAssertEqual(got, big)
+        try await waitFor("the abort of the stale upload") { s3.count("AbortMultipartUpload") == 1 }
+        XCTAssertEqual(s3.count("CreateMultipartUpload"), 2)
+        XCTAssertEqual(s3.count("UploadPart"), 2 + 3)
+        let open = try await openUploads()
+        XCTAssertEqual(open, 0)
+    }
+
+    func testTemporaryNamesUnlinkAndRenameLeaveNoUploadBehind() async throws {
+        let fs = try make()
+        let big = [UInt8](repeating: 7, count: 12 << 20)
+        // A temporary name is uploaded only after close (usually it is renamed first).
+        let t = try await writeOpen(fs, "ckpt.pt.tmp", big)
+        try await Task.sleep(for: .milliseconds(200))
+        XCTAssertEqual(s3.count("UploadPart"), 0)
+        // Unlinked while being written: the early upload is aborted.
+        let u = try await writeOpen(fs, "gone.bin", big)
+        try await waitFor("early parts") { s3.count("UploadPart") == 2 }
+        try await fs.unlink(parent: FileSystem.rootIno, name: "gone.bin")
+        try await waitFor("the abort") { s3.count("AbortMultipartUpload") == 1 }
+        fs.release(handle: u)
+        // Renamed while being written: the parts went to the old name; the file goes up under the new one.
+        let r = try await writeOpen(fs, "a.bin", big)
+        try await waitFor("early parts") { s3.count("UploadPart") == 4 }
+        try await fs.rename(parent: FileSystem.rootIno, name: "a.bin", newParent: FileSystem.rootIno, newName: "b.bin", flags: 0)
+        try await waitFor("the abort") { s3.count("AbortMultipartUpload") == 2 }
+        for h in [t, r] {
+            try fs.flush(handle: h)
+            fs.release(handle: h)
+        }
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let b = try await object("b.bin")
+        let tmp = try await object("ckpt.pt.tmp")
+        XCTAssertEqual(b, big)
+        XCTAssertEqual(tmp, big)
+        let keys = try await s3.listObjectsV2(bucket, prefix: nil, delimiter: nil, continuationToken: nil, startAfter: nil, maxKeys: 1000).objects.map(\.key)
+        XCTAssertEqual(keys.sorted(), ["b.bin", "ckpt.pt.tmp"])
+        let open = try await openUploads()
+        XCTAssertEqual(open, 0)
+    }
+
+    func testTheRunningChecksumTakesWritesALittleOutOfOrder() throws {
+        let data = (0..<(3 << 20) + 123).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ ($0 >> 9)) }
+        var whole = XXH64()
+        data.withUnsafeBytes { whole.update($0) }
+        let path = NSTemporaryDirectory() + "ckptfs-sum-\(UUID().uuidString)"
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
+        defer { close(fd); unlink(path) }
+        // Pieces of 128 KiB, each pair swapped (as the kernel's write-back sends them), some overlapping.
+        var pieces: [Range<Int>] = stride(from: 0, to: data.count, by: 128 << 10).map { $0..<min($0 + (128 << 10), data.count) }
+        for i in stride(from: 0, to: pieces.count - 1, by: 2) { pieces.swapAt(i, i + 1) }
+        pieces.insert(5000..<70000, at: 0)  // a rewrite of bytes not yet hashed: fine
+        var sum = RunningChecksum()
+        for r in pieces {
+            _ = data[r].withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(r.lowerBound)) }
+            XCTAssertTrue(data[r].withUnsafeBytes { sum.wrote($0, at: Int64(r.lowerBound), fd: fd) })
+        }
+        XCTAssertEqual(sum.value(size: Int64(data.count)), whole.finalize())
+        XCTAssertNil(sum.value(size: Int64(data.count) + 1))
+        // A write below what is hashed ends it.
+        XCTAssertFalse(data[10..<20].withUnsafeBytes { sum.wrote($0, at: 10, fd: fd) })
+    }
+
+    func testTemporaryLookingNames() {
+        for k in ["d/x.tmp", "d/tmpab12cd", "model.ckpt.data-00000-of-00001.tempstate123", "a.pt~", ".~lock", "w.part"] {
+            XCTAssertTrue(FileSystem.looksTemporary(k), k)
+        }
+        for k in ["ckpt/model.pt", "epoch-3.safetensors", "attempt.bin", "weights.h5"] {
+            XCTAssertFalse(FileSystem.looksTemporary(k), k)
+        }
+    }
+
+    func testPartLayoutKeepsUnderTenThousandParts() {
+        XCTAssertEqual(FileSystem.partRanges(size: 1 << 30, minimum: 16 << 20).count, 64)
+        XCTAssertEqual(FileSystem.partRanges(size: (16 << 20) + 1, minimum: 16 << 20).map(\.count), [16 << 20, 1])
+        XCTAssertEqual(FileSystem.partRanges(size: 0, minimum: 16 << 20), [])
         for size: Int64 in [100 << 30, 1 << 40, 5 << 40] {
-            let p = FileSystem.partSize(for: size, minimum: 16 << 20)
-            XCTAssertLessThanOrEqual((size + p - 1) / p, 10_000)
-            XCTAssertEqual(p % (1 << 20), 0)
+            let parts = FileSystem.partRanges(size: size, minimum: 16 << 20)
+            XCTAssertLessThanOrEqual(parts.count, 10_000)
+            XCTAssertEqual(parts.first?.lowerBound, 0)
+            XCTAssertEqual(parts.last?.upperBound, size)
+            for (a, b) in zip(parts, parts.dropFirst()) { XCTAssertEqual(a.upperBound, b.lowerBound) }
+            XCTAssertTrue(parts.dropLast().allSatisfy { $0.count % (1 << 20) == 0 && $0.count <= 5 << 30 })
+            // The layout does not depend on the size: a prefix of a larger file's layout.
+            XCTAssertEqual(Array(FileSystem.partRanges(size: 5 << 40, minimum: 16 << 20).prefix(parts.count - 1)), Array(parts.dropLast()))
         }
     }
 
