@@ -26,8 +26,9 @@ public struct FSOptions: Sendable {
     public var uploadConcurrency = 4
     public var partConcurrency = 8
     /// A large new file written from the start goes up in parts while it is still being written (see
-    /// EarlyUpload.swift); off, every upload starts after close.
-    public var uploadWhileWriting = true
+    /// EarlyUpload.swift); off (the default), every upload starts after close. On the 2-core bench machine,
+    /// which also runs the server, it slowed the writer and did not make files durable sooner.
+    public var uploadWhileWriting = false
     /// Parts of one file in flight while it is being written (few: the writer should not wait for them).
     public var partsWhileWriting = 2
     /// How long a closed file waits before its upload starts, unless fsync/flush waits for it: a rename in

@@ -36,8 +36,8 @@ struct Mount: AsyncParsableCommand {
           help: "Upload with If-None-Match/If-Match, so an object someone else changed since it was opened here is never overwritten (a conflict keeps the local copy and is reported by status and flush).")
     var conditionalWrites = true
     @Flag(name: .customLong("upload-while-writing"), inversion: .prefixedNo,
-          help: "Send a large new file written from the start in parts while it is still being written, so it is durable soon after close (default on).")
-    var uploadWhileWriting = true
+          help: "Send a large new file written from the start in parts while it is still being written, so it is durable sooner after close; needs spare CPU and network while the file is written (default off).")
+    var uploadWhileWriting = false
     @Flag(name: .customLong("debug-hold-uploads"), help: .hidden) var holdUploads = false
     @Flag(name: .customLong("read-only")) var readOnly = false
     @Flag(name: .customLong("allow-other"), help: "Let other users access the mount (needs user_allow_other for non-root).")

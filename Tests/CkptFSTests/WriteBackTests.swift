@@ -18,8 +18,9 @@ final class WriteBackTests: XCTestCase {
 
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    func make(hold: Bool = false, partSize: Int64 = 5 << 20) throws -> FileSystem {
+    func make(hold: Bool = false, partSize: Int64 = 5 << 20, whileWriting: Bool = false) throws -> FileSystem {
         var o = FSOptions()
+        o.uploadWhileWriting = whileWriting
         o.holdUploads = hold
         o.partSize = partSize
         o.uploadDelay = .zero
@@ -87,7 +88,7 @@ final class WriteBackTests: XCTestCase {
     }
 
     func testALargeNewFileGoesUpInPartsWhileItIsWritten() async throws {
-        let fs = try make()
+        let fs = try make(whileWriting: true)
         let big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ ($0 >> 11)) }
         let h = try await writeOpen(fs, "ckpt.pt", big)
         // 5 MiB parts: the writer is past the first two (not the last), so they go before close.
@@ -110,7 +111,7 @@ final class WriteBackTests: XCTestCase {
     }
 
     func testARewriteBelowWhatWentUpStartsTheUploadAfresh() async throws {
-        let fs = try make()
+        let fs = try make(whileWriting: true)
         var big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 5 &+ 1) }
         let h = try await writeOpen(fs, "model.h5", big)
         try await waitFor("early parts") { s3.count("UploadPart") == 2 }
@@ -132,7 +133,7 @@ final class WriteBackTests: XCTestCase {
     }
 
     func testTemporaryNamesUnlinkAndRenameLeaveNoUploadBehind() async throws {
-        let fs = try make()
+        let fs = try make(whileWriting: true)
         let big = [UInt8](repeating: 7, count: 12 << 20)
         // A temporary name is uploaded only after close (usually it is renamed first).
         let t = try await writeOpen(fs, "ckpt.pt.tmp", big)
@@ -185,6 +186,18 @@ final class WriteBackTests: XCTestCase {
         XCTAssertNil(sum.value(size: Int64(data.count) + 1))
         // A write below what is hashed ends it.
         XCTAssertFalse(data[10..<20].withUnsafeBytes { sum.wrote($0, at: 10, fd: fd) })
+    }
+
+    func testByDefaultNothingGoesUpBeforeClose() async throws {
+        let fs = try make()
+        let h = try await writeOpen(fs, "ckpt.pt", [UInt8](repeating: 1, count: 12 << 20))
+        try await Task.sleep(for: .milliseconds(200))
+        XCTAssertEqual(s3.count("CreateMultipartUpload") + s3.count("UploadPart"), 0)
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        XCTAssertEqual(s3.count("UploadPart"), 3)
     }
 
     func testTemporaryLookingNames() {

@@ -465,7 +465,7 @@ def test_a_change_in_s3_meanwhile_is_a_conflict_not_an_overwrite(server, bucket,
 
 
 def test_a_large_file_goes_up_while_it_is_written_and_a_crash_leaves_nothing_behind(server, bucket, mounts):
-    mp, cache = mounts.mount(f"s3://{bucket}")
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-while-writing")
     rng = random.Random(11)
     data = rng.randbytes(80 * MiB + 4321)
     f = open(f"{mp}/ckpt.pt", "wb", buffering=0)
@@ -510,7 +510,7 @@ def test_a_large_file_goes_up_while_it_is_written_and_a_crash_leaves_nothing_beh
         pass
     kill9_cleanup(mp)
     mounts.active.remove(mp)
-    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
+    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache, "--upload-while-writing")
     assert open_multipart(server, bucket) == []
     assert sorted(s3_keys(server, bucket)) == ["ckpt.pt", "model.h5"]
     assert not os.path.exists(f"{mp}/crash.pt")
