@@ -83,6 +83,16 @@ final class WriteBackTests: XCTestCase {
         }
     }
 
+    /// Closes the handles and waits until everything is in S3.
+    func closeAndFlush(_ fs: FileSystem, _ handles: UInt64...) async throws {
+        for h in handles {
+            try fs.flush(handle: h)
+            fs.release(handle: h)
+        }
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+    }
+
     func openUploads() async throws -> Int {
         try await s3.listMultipartUploads(bucket, prefix: nil, keyMarker: nil, uploadIdMarker: nil).uploads.count
     }
@@ -97,10 +107,7 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(s3.count("CompleteMultipartUpload"), 0, "nothing is visible before close")
         let before = try? await object("ckpt.pt")
         XCTAssertNil(before)
-        try fs.flush(handle: h)
-        fs.release(handle: h)
-        let left = await fs.flushAll(under: "", timeout: .seconds(30))
-        XCTAssertTrue(left.isEmpty, "\(left)")
+        try await closeAndFlush(fs, h)
         let got = try await object("ckpt.pt")
         XCTAssertEqual(got, big)
         XCTAssertEqual(s3.count("UploadPart"), 3, "only the tail after close")
@@ -119,10 +126,7 @@ final class WriteBackTests: XCTestCase {
         let header = [UInt8](repeating: 0xAB, count: 512)
         _ = try header.withUnsafeBytes { try fs.write(handle: h, offset: 100, data: $0) }
         big.replaceSubrange(100..<612, with: header)
-        try fs.flush(handle: h)
-        fs.release(handle: h)
-        let left = await fs.flushAll(under: "", timeout: .seconds(30))
-        XCTAssertTrue(left.isEmpty, "\(left)")
+        try await closeAndFlush(fs, h)
         let got = try await object("model.h5")
         XCTAssertEqual(got, big)
         try await waitFor("the abort of the stale upload") { s3.count("AbortMultipartUpload") == 1 }
@@ -150,12 +154,7 @@ final class WriteBackTests: XCTestCase {
         try await waitFor("early parts") { s3.count("UploadPart") == 4 }
         try await fs.rename(parent: FileSystem.rootIno, name: "a.bin", newParent: FileSystem.rootIno, newName: "b.bin", flags: 0)
         try await waitFor("the abort") { s3.count("AbortMultipartUpload") == 2 }
-        for h in [t, r] {
-            try fs.flush(handle: h)
-            fs.release(handle: h)
-        }
-        let left = await fs.flushAll(under: "", timeout: .seconds(30))
-        XCTAssertTrue(left.isEmpty, "\(left)")
+        try await closeAndFlush(fs, t, r)
         let b = try await object("b.bin")
         let tmp = try await object("ckpt.pt.tmp")
         XCTAssertEqual(b, big)
@@ -193,10 +192,7 @@ final class WriteBackTests: XCTestCase {
         let h = try await writeOpen(fs, "ckpt.pt", [UInt8](repeating: 1, count: 12 << 20))
         try await Task.sleep(for: .milliseconds(200))
         XCTAssertEqual(s3.count("CreateMultipartUpload") + s3.count("UploadPart"), 0)
-        try fs.flush(handle: h)
-        fs.release(handle: h)
-        let left = await fs.flushAll(under: "", timeout: .seconds(30))
-        XCTAssertTrue(left.isEmpty, "\(left)")
+        try await closeAndFlush(fs, h)
         XCTAssertEqual(s3.count("UploadPart"), 3)
     }
 
