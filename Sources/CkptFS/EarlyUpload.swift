@@ -134,9 +134,7 @@ extension FileSystem {
                 defer { self.partSlots.release() }
                 var etag: String?
                 do {
-                    etag = try await self.client.uploadPart(bucket, key, uploadId: uploadId, partNumber: number,
-                                                            body: .file(descriptor: v.fd, offset: range.lowerBound, length: Int64(range.count)),
-                                                            contentMD5: nil)
+                    etag = try await self.sendPart(v, key: key, uploadId: uploadId, number: number, range: range)
                 } catch {
                     self.logger.info("an early part failed; it is sent again after close",
                                      metadata: ["key": "\(key)", "part": "\(number)", "error": "\(error)"])
@@ -145,7 +143,6 @@ extension FileSystem {
                     s.early?.inFlight -= 1
                     if let etag {
                         s.early?.parts[number] = etag
-                        s.bytesUploaded += Int64(range.count)
                     } else {
                         s.early?.stalled = true
                     }
@@ -204,6 +201,7 @@ extension FileSystem {
 
     /// After a write or truncate: bytes below what already went up changed, so the early parts are stale.
     func checkEarlyUpload(_ v: StagedVersion, changedFrom offset: Int64) {
+        guard options.uploadWhileWriting else { return }  // no early upload exists: spare every write the lock
         if v.state.withLock({ s in s.early.map { !$0.abandoned && !$0.taken && offset < $0.scheduledEnd } ?? false }) {
             abandonEarlyUpload(v)
         }

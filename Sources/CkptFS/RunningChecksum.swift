@@ -2,6 +2,7 @@
 // back. The kernel's write-back sends a sequential writer's pages a little out of order (several requests in
 // flight), so bytes past a gap are remembered as ranges and hashed, read back from the file, once the gap
 // fills. A write below the hashed point (a rewrite) ends it; the checksum is then computed at close.
+import CkptCache
 import CkptDigest
 import Foundation
 
@@ -68,11 +69,10 @@ struct RunningChecksum: Sendable {
         defer { buf.deallocate() }
         var off = r.lowerBound
         while off < r.upperBound {
-            let n = pread(fd, buf.baseAddress, min(buf.count, Int(r.upperBound - off)), off_t(off))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
-            hasher.update(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
-            off += Int64(n)
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buf[0..<min(buf.count, Int(r.upperBound - off))])
+            guard preadAll(fd, chunk, at: off) else { return false }
+            hasher.update(UnsafeRawBufferPointer(chunk))
+            off += Int64(chunk.count)
         }
         return true
     }

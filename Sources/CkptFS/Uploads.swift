@@ -338,7 +338,7 @@ extension FileSystem {
     /// Uploads the parts not in `done` (part number → ETag), several at a time; returns all of them in order.
     func uploadParts(_ v: StagedVersion, key: String, uploadId: String, ranges: [Range<Int64>],
                      done: [Int: String]) async throws -> [CompletedPart] {
-        let client = self.client, bucket = self.bucket, slots = self.partSlots
+        let slots = self.partSlots
         return try await withThrowingTaskGroup(of: CompletedPart.self) { group in
             var parts: [CompletedPart] = []
             var started = 0
@@ -350,11 +350,8 @@ extension FileSystem {
                 await slots.acquire()
                 group.addTask {
                     defer { slots.release() }
-                    let etag = try await client.uploadPart(bucket, key, uploadId: uploadId, partNumber: i + 1,
-                                                           body: .file(descriptor: v.fd, offset: r.lowerBound, length: Int64(r.count)),
-                                                           contentMD5: nil)
-                    v.state.withLock { $0.bytesUploaded += Int64(r.count) }
-                    return CompletedPart(partNumber: i + 1, etag: etag)
+                    return CompletedPart(partNumber: i + 1, etag: try await self.sendPart(v, key: key, uploadId: uploadId,
+                                                                                          number: i + 1, range: r))
                 }
                 started += 1
                 if started == 2 { crashPoint("during-parts") }
@@ -362,6 +359,15 @@ extension FileSystem {
             for try await p in group { parts.append(p) }
             return parts.sorted { $0.partNumber < $1.partNumber }
         }
+    }
+
+    /// Uploads bytes `range` of `v`'s staged file as part `number`, and counts them as sent. Returns the ETag.
+    func sendPart(_ v: StagedVersion, key: String, uploadId: String, number: Int, range: Range<Int64>) async throws(S3Error) -> String {
+        let etag = try await client.uploadPart(bucket, key, uploadId: uploadId, partNumber: number,
+                                               body: .file(descriptor: v.fd, offset: range.lowerBound, length: Int64(range.count)),
+                                               contentMD5: nil)
+        v.state.withLock { $0.bytesUploaded += Int64(range.count) }
+        return etag
     }
 
     /// Test hook: the daemon kills itself at the named point (CKPTFS_CRASH_AT), to test crash recovery at
