@@ -95,12 +95,8 @@ extension FileSystem {
             let key = v.key
             do {
                 // No metadata: the mtime is not known yet (the object gets Last-Modified, about the close).
-                let uploadId = try await client.createMultipartUpload(bucket, key, options: PutOptions())
-                // Recorded first, so whatever happens next aborts it (abandon, or recovery after a crash).
+                let uploadId = try await createUpload(v, key: key, options: PutOptions())
                 v.state.withLock { $0.early?.uploadId = uploadId }
-                do { try journal.append(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId)) } catch {
-                    abandonEarlyUpload(v)
-                }
             } catch {
                 logger.info("could not start uploading a file being written; it is uploaded after close",
                             metadata: ["key": "\(key)", "error": "\(error)"])
@@ -172,13 +168,13 @@ extension FileSystem {
             s.early = e
             return (id, e.parts)
         }
-        if usable == nil { abandonEarlyUpload(v) }
+        if usable == nil { abandonEarlyUpload(v, because: "it does not fit the file as closed") }
         return usable
     }
 
     /// Gives up `v`'s early upload (if any, and not taken over): no more parts start, and once those in flight
     /// are done the multipart upload is aborted, so nothing is left on the server.
-    func abandonEarlyUpload(_ v: StagedVersion) {
+    func abandonEarlyUpload(_ v: StagedVersion, because reason: String) {
         let had = v.state.withLock { s -> Bool in
             guard var e = s.early, !e.abandoned, !e.taken else { return false }
             e.abandoned = true
@@ -187,6 +183,8 @@ extension FileSystem {
             return true
         }
         guard had else { return }
+        logger.info("parts sent while writing are dropped; the file is uploaded afresh after close",
+                    metadata: ["key": "\(v.key)", "reason": "\(reason)"])
         Task {
             await self.earlyIdle(v)
             guard let (key, uploadId) = v.state.withLock({ s in s.early.flatMap { e in e.uploadId.map { (e.key, $0) } } }) else { return }
@@ -203,7 +201,7 @@ extension FileSystem {
     func checkEarlyUpload(_ v: StagedVersion, changedFrom offset: Int64) {
         guard options.uploadWhileWriting else { return }  // no early upload exists: spare every write the lock
         if v.state.withLock({ s in s.early.map { !$0.abandoned && !$0.taken && offset < $0.scheduledEnd } ?? false }) {
-            abandonEarlyUpload(v)
+            abandonEarlyUpload(v, because: "bytes below what was sent changed (at \(offset))")
         }
     }
 }

@@ -15,6 +15,9 @@ struct JournalRecord: Codable, Equatable, Sendable {
         /// A staged version was acknowledged (close/fsync): the file `staging/ID` holds `size` bytes with
         /// checksum `xxh64` and must reach `key`.
         case commit
+        /// A multipart upload of version `id` to `key` is about to be created (`mtime`: when, seconds since
+        /// 1970). If a crash comes before its `multipart` record, recovery finds it on the server by key and time.
+        case starting
         /// A multipart upload was started for version `id` (so recovery can abort it).
         case multipart
         /// Version `id` is durable in S3 (or no longer wanted: `drop`); its staging file may go.

@@ -72,7 +72,7 @@ extension FileSystem {
             var records: [JournalRecord] = []
             var requeue: [StagedVersion] = []
             for v in versions {
-                abandonEarlyUpload(v)  // its parts went to the old name
+                abandonEarlyUpload(v, because: "renamed")  // its parts went to the old name
                 let sum = v.state.withLock { s -> String? in
                     s.key = dst
                     s.expect = .anything

@@ -125,7 +125,7 @@ extension FileSystem {
         let victims = versions(of: key, newest: newest).filter { !$0.isSettled }
         var records: [JournalRecord] = []
         for v in victims {
-            abandonEarlyUpload(v)
+            abandonEarlyUpload(v, because: "unlinked")
             if v.state.withLock({ $0.committedSum != nil }) { records.append(JournalRecord(op: .drop, id: v.id)) }
             v.settle(.dropped)
             Glibc.unlink(v.path)
@@ -275,8 +275,7 @@ extension FileSystem {
                 if let early {
                     uploadId = early.uploadId
                 } else {
-                    uploadId = try await client.createMultipartUpload(bucket, key, options: put)
-                    try journal.append(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
+                    uploadId = try await createUpload(v, key: key, options: put)
                 }
                 do {
                     let parts = try await uploadParts(v, key: key, uploadId: uploadId, ranges: ranges, done: early?.parts ?? [:])
@@ -382,7 +381,7 @@ extension FileSystem {
     /// After a version settles: drop its staging file; if it was the key's newest and nobody writes it, the
     /// key is clean again and stat shows the uploaded object.
     func finishUpload(_ v: StagedVersion, etag: String? = nil) {
-        abandonEarlyUpload(v)  // superseded or dropped before its parts were used
+        abandonEarlyUpload(v, because: "superseded")  // superseded or dropped before its parts were used
         uploadState.withLock { u in _ = u.pending.removeValue(forKey: v.id) }
         Glibc.unlink(v.path)
         let key = v.key
@@ -513,6 +512,38 @@ extension FileSystem {
 
     // MARK: Recovery
 
+    /// Creates a multipart upload of `v` to `key`, journaled on both sides of the request: a `starting` record
+    /// before it and the upload id after it, so that recovery aborts it whenever a crash comes.
+    func createUpload(_ v: StagedVersion, key: String, options put: PutOptions) async throws -> String {
+        try journal.append(JournalRecord(op: .starting, id: v.id, key: key, mtime: Date().timeIntervalSince1970))
+        let uploadId = try await client.createMultipartUpload(bucket, key, options: put)
+        do {
+            try journal.append(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
+        } catch {
+            try? await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
+            throw error
+        }
+        return uploadId
+    }
+
+    /// Multipart uploads of `key` created since `time` (less a margin for clock skew) that no journal record
+    /// names: a crash came between CreateMultipartUpload and its `multipart` record.
+    func unrecordedUploads(of key: String, since time: Double) async -> [String] {
+        let since = Date(timeIntervalSince1970: time - 300)
+        var found: [String] = []
+        var keyMarker: String?, idMarker: String?
+        while true {
+            guard let page = try? await client.listMultipartUploads(bucket, prefix: key, keyMarker: keyMarker, uploadIdMarker: idMarker) else {
+                logger.warning("could not list multipart uploads to find one a crash left open", metadata: ["key": "\(key)"])
+                return found
+            }
+            found += page.uploads.filter { $0.key == key && ($0.initiated ?? since) >= since }.map(\.uploadId)
+            guard page.isTruncated, page.nextKeyMarker != nil || page.nextUploadIdMarker != nil else { return found }
+            keyMarker = page.nextKeyMarker
+            idMarker = page.nextUploadIdMarker
+        }
+    }
+
     /// Reads the journal left by an earlier mount, checks each acknowledged staged file against its checksum
     /// and queues it for upload (reads of its path see the staged bytes from now on). Damaged files are moved
     /// to `lost+found` and reported, never uploaded. Multipart uploads the crash left open are aborted.
@@ -524,14 +555,21 @@ extension FileSystem {
         var commits: [UInt64: JournalRecord] = [:]
         var settled = Set<UInt64>()
         var multipart: [(UInt64, String, String)] = []
+        var starting: [UInt64: (key: String, time: Double)] = [:]  // created, perhaps, but no id recorded
         var maxId: UInt64 = 0
         for r in records {
             maxId = max(maxId, r.id)
             switch r.op {
             case .commit: commits[r.id] = r
             case .done, .drop: settled.insert(r.id)
-            case .multipart: if let k = r.key, let u = r.uploadId { multipart.append((r.id, k, u)) }
+            case .starting: if let k = r.key { starting[r.id] = (k, r.mtime ?? 0) }
+            case .multipart:
+                if let k = r.key, let u = r.uploadId { multipart.append((r.id, k, u)) }
+                starting[r.id] = nil
             }
+        }
+        for (id, s) in starting where !settled.contains(id) {
+            multipart += await unrecordedUploads(of: s.key, since: s.time).map { (id, s.key, $0) }
         }
         for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
             if let id = UInt64(name) { maxId = max(maxId, id) }

@@ -390,23 +390,28 @@ extension FileSystem {
         let at = offset
         try claimBlocks(v, offset: at, count: data.count)
         try writeStaged(v, data, at: at)
-        let broke = v.state.withLock { s -> Int64? in
+        // Whether the running checksum took the write (bytes not written before), and if it just gave up,
+        // how far it had got.
+        let (taken, broke) = v.state.withLock { s -> (Bool, Int64?) in
             s.modified = true
             defer {
                 s.size = max(s.size, at + Int64(data.count))
                 s.mtime = Date()
                 s.changed = true
             }
-            guard let before = s.sum?.hashedTo else { return nil }
-            if s.sum!.wrote(data, at: at, fd: v.fd) { return nil }
+            guard let before = s.sum?.hashedTo else { return (false, nil) }
+            if s.sum!.wrote(data, at: at, fd: v.fd) { return (true, nil) }
             s.sum = nil
-            return before
+            return (false, before)
         }
         if let broke {
             logger.debug("a write below the end: the checksum is computed at close", metadata: [
                 "key": "\(h.key)", "offset": "\(at)", "count": "\(data.count)", "contiguous.to": "\(broke)"])
         }
-        checkEarlyUpload(v, changedFrom: at)
+        // A write the sum took is new bytes, in the file before any part could cover them (parts follow the
+        // sum). Only a rewrite can change bytes already sent. Checking the offset alone would race: another
+        // thread may schedule a part over this write between the sum taking it and this line.
+        if !taken { checkEarlyUpload(v, changedFrom: at) }
         streamIfReady(v)
         syncInBackground(v)
         return data.count
@@ -623,7 +628,9 @@ extension FileSystem {
                 // kernel's write-back cache it sends the file's own write times here, which Last-Modified
                 // matches closely enough; a time from outside the writing (cp -p, rsync -t, touch -d) must be
                 // stored, so such an upload is started afresh, with it.
-                if set && (mtime < v.createdDate - 1 || mtime > Date() + 1) { abandonEarlyUpload(v) }
+                if set && (mtime < v.createdDate - 1 || mtime > Date() + 1) {
+                    abandonEarlyUpload(v, because: "an mtime from outside the writing was set")
+                }
             }
         }
         return try await getattr(ino: ino)

@@ -267,6 +267,23 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(b, Array(repeating: 2, count: 2000))
     }
 
+    func testRecoveryAbortsAnUploadCreatedJustBeforeTheCrash() async throws {
+        // A crash between CreateMultipartUpload and the journal record of its id: only `starting` is there.
+        do {
+            let fs = try make()
+            try fs.journal.append(JournalRecord(op: .starting, id: 41, key: "ckpt.pt", mtime: Date().timeIntervalSince1970))
+            fs.shutdown()
+        }
+        let orphan = try await s3.createMultipartUpload(bucket, "ckpt.pt", options: .init())
+        let other = try await s3.createMultipartUpload(bucket, "ckpt.pt.other", options: .init())
+        let fs = try make()
+        let report = try await fs.recover()
+        XCTAssertEqual(report.abortedMultipart, 1)
+        let left = try await s3.listMultipartUploads(bucket, prefix: nil, keyMarker: nil, uploadIdMarker: nil).uploads.map(\.uploadId)
+        XCTAssertEqual(left, [other], "the orphan \(orphan) is aborted, an upload of another key is not")
+        XCTAssertFalse(Journal.replay(path: dir + "/journal").records.contains { $0.op == .starting }, "compacted away")
+    }
+
     func testDamagedStagedFileIsQuarantined() async throws {
         do {
             let fs = try make(hold: true)
