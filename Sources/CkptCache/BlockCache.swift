@@ -79,7 +79,7 @@ public final class BlockBuffer: @unchecked Sendable {
     /// at network speed is a good part of a core.
     /// (address, size) of free buffers.
     private static let pool = Mutex<[(Int, Int)]>([])
-    private static let poolLimit = 64
+    private static let poolLimit = 256
 
     public init(capacity: Int) {
         let n = max(capacity, 1)
@@ -116,6 +116,10 @@ public final class BlockBuffer: @unchecked Sendable {
     }
 
     public var isFull: Bool { count == storage.count }
+
+    /// Set when a sequential reader has read the block to its end: it will not be asked for again (the
+    /// kernel's page cache has it), so nobody needs to keep it in memory.
+    public let consumed = Atomic<Bool>(false)
 }
 
 public final class BlockCache: Sendable {

@@ -137,7 +137,10 @@ extension FileSystem {
                     guard hi <= buf.count else { throw FSError(EIO, "short block \(b) of \(fh.key)") }
                     segments.append(.memory(buf, offset: lo, length: hi - lo))
                     // A stream that has read a block to its end will not come back for it (the kernel keeps it).
-                    if sequential && hi == buf.count { recent.remove(key) }
+                    if sequential && hi == buf.count {
+                        buf.consumed.store(true, ordering: .relaxed)
+                        recent.remove(key)
+                    }
                 }
             }
         } catch {
@@ -208,7 +211,8 @@ extension FileSystem {
                 let p = mine[Int(i - from)]
                 p.resolve(.success(buf))
                 self.cacheWriter.store(self.cache, key(i), buf) {
-                    self.recent.put(key(i), buf)
+                    // Kept in memory for the reader still to come, unless it already read the block meanwhile.
+                    if !buf.consumed.load(ordering: .relaxed) { self.recent.put(key(i), buf) }
                     unregister(p)
                     // A random reader's block (a one-block demand fetch) is likely read again soon: the O_DIRECT
                     // store bypassed the page cache, so have the kernel read it in now (DMA, no copy here).
