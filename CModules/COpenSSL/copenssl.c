@@ -1,8 +1,16 @@
 #include "copenssl.h"
 #include <openssl/evp.h>
+#include <openssl/crypto.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
+
+/* OpenSSL frees its global state in an atexit handler by default; a thread still hashing when the process
+   exits (a cache store, an upload) would then crash on a freed lock. Initialise it once, without that. */
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static void init_openssl(void) { OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL); }
 
 void *ckpt_digest_new(ckpt_digest_alg alg) {
+    pthread_once(&init_once, init_openssl);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL) return NULL;
     const EVP_MD *md = alg == CKPT_DIGEST_MD5 ? EVP_md5() : EVP_sha256();
@@ -28,5 +36,6 @@ void ckpt_digest_free(void *ctx) { EVP_MD_CTX_free((EVP_MD_CTX *)ctx); }
 
 int ckpt_hmac_sha256(const void *key, size_t key_len, const void *data, size_t data_len, uint8_t *out) {
     unsigned int n = 0;
+    pthread_once(&init_once, init_openssl);
     return HMAC(EVP_sha256(), key, (int)key_len, data, data_len, out, &n) != NULL;
 }

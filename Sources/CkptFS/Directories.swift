@@ -1,6 +1,12 @@
 // Directory listing: paginated ListObjectsV2 with delimiter "/", streamed into the open directory handle
 // page by page, so a directory of any size lists with one page in flight. A complete listing also answers
 // later lookups in that directory until the TTL passes.
+//
+// Lookups by name (open or stat of a path nobody listed) would each cost a HEAD and a one-key LIST, and the
+// kernel sends the lookups of one directory one at a time, so 8 readers opening files of one directory
+// wait for each other's round trips. From the second lookup that misses in a directory within the TTL, the
+// directory is listed instead (at most `lookupListingPages` pages) and answers every lookup until the TTL
+// passes; a larger directory goes back to one probe per name.
 import CkptS3
 import Foundation
 import Synchronization
@@ -23,7 +29,51 @@ final class DirHandle: Sendable {
     }
 }
 
+/// Lookups that missed in one directory lately, and the listing they started.
+struct DirProbe: Sendable {
+    var since: ContinuousClock.Instant
+    var misses = 0
+    /// Lists the directory; true when a complete listing was installed.
+    var task: Task<Bool, Never>?
+}
+
 extension FileSystem {
+    /// A directory larger than this many listing pages (1,000 entries each) is not listed for lookups.
+    static let lookupListingPages = 5
+
+    /// Called when a lookup in `parent` missed every cache: counts the miss and, from the second one within
+    /// the TTL, lists the directory (once) and waits for it. True when a complete listing is now installed.
+    func listForLookups(parent: UInt64, key: String) async -> Bool {
+        guard options.metadataTTL > .zero else { return false }
+        let task = dirProbes.withLock { probes -> Task<Bool, Never>? in
+            let now = ContinuousClock.now
+            if probes.count > 4096 { probes = probes.filter { now - $0.value.since < options.metadataTTL } }
+            var p = probes[parent].flatMap { now - $0.since < options.metadataTTL ? $0 : nil } ?? DirProbe(since: now)
+            p.misses += 1
+            if p.task == nil && p.misses >= 2 {
+                p.task = Task { await self.listForLookups(ino: parent, key: key) }
+            }
+            probes[parent] = p
+            return p.task
+        }
+        return await task?.value ?? false
+    }
+
+    private func listForLookups(ino: UInt64, key: String) async -> Bool {
+        let d = DirHandle(ino: ino, key: key)
+        for _ in 0..<FileSystem.lookupListingPages {
+            do throws(FSError) { try await fetchPage(d) } catch { return false }
+            if d.state.withLock({ $0.done }) {
+                // Listed for lookups, not for a reader of the directory: a name missing from it is trusted as
+                // absent for at most 5 s, like any missed lookup.
+                let until = ContinuousClock.now + min(options.metadataTTL, .seconds(5))
+                table.withLock { t in t.listings[ino].map { t.listings[ino]!.negativeUntil = min($0.negativeUntil, until) } }
+                return true
+            }
+        }
+        return false
+    }
+
     public func opendir(ino: UInt64) throws(FSError) -> UInt64 {
         let n = try node(ino)
         guard n.meta.isDirectory else { throw .notDirectory }

@@ -48,6 +48,15 @@ public final class FileSystem: Sendable {
     struct Listing: Sendable {
         var entries: [String: Meta]
         var expires: ContinuousClock.Instant
+        /// Until when a name missing from `entries` is known absent (a listing made for lookups: misses are
+        /// trusted for at most 5 s, like negative lookups).
+        var negativeUntil: ContinuousClock.Instant
+
+        init(entries: [String: Meta], expires: ContinuousClock.Instant) {
+            self.entries = entries
+            self.expires = expires
+            negativeUntil = expires
+        }
     }
 
     struct PathKey: Hashable, Sendable {
@@ -97,6 +106,8 @@ public final class FileSystem: Sendable {
     /// Sized to what read-ahead can have in flight, so its blocks are still in memory when the reader arrives.
     let recent: RecentBlocks
     let counters = Mutex(FSStats())
+    /// Directories where lookups missed lately, and their listing for lookups (Directories.swift).
+    let dirProbes = Mutex<[UInt64: DirProbe]>([:])
 
     /// Opens the filesystem over `cache` (its directory also holds the staging area and the journal). Call
     /// `recover()` before serving requests, so files an earlier mount acknowledged are queued again.
@@ -163,7 +174,10 @@ public final class FileSystem: Sendable {
         }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
         let cached: Meta?? = table.withLock { t in
-            if let l = t.listings[parent], ContinuousClock.now < l.expires { return .some(l.entries[name]) }
+            if let l = t.listings[parent], ContinuousClock.now < l.expires {
+                if let m = l.entries[name] { return .some(m) }
+                if ContinuousClock.now < l.negativeUntil { return .some(nil) }
+            }
             if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
             if let ino = t.inoByPath[pk], let n = t.nodes[ino], isFresh(n.fetched) { return .some(n.meta) }
             return nil
@@ -171,6 +185,16 @@ public final class FileSystem: Sendable {
         let meta: Meta
         if let c = cached {
             guard let m = c else { throw .noEntry }
+            meta = m
+        } else if await listForLookups(parent: parent, key: dir.key),
+                  let listed = table.withLock({ t -> Meta?? in
+                      guard let l = t.listings[parent], ContinuousClock.now < l.expires else { return nil }
+                      if let m = l.entries[name] { return .some(m) }
+                      return ContinuousClock.now < l.negativeUntil ? .some(nil) : nil
+                  }) {
+            // Lookups keep missing here: the directory was listed once and answers them all (a training job
+            // opening its shards one by one asks the server once, not once or twice per file).
+            guard let m = listed else { throw .noEntry }
             meta = m
         } else {
             guard let m = try await fetchMeta(key: dir.key + name) else {

@@ -148,6 +148,34 @@ final class FileSystemTests: XCTestCase {
         XCTAssertEqual(late.size, 1)
     }
 
+    func testLookupsThatKeepMissingListTheDirectoryOnce() async throws {
+        for i in 0..<120 { s3.seed(bucket, "shards/s\(i).tar", [UInt8(i)]) }
+        s3.seed(bucket, "shards/sub/x", [1])
+        let dir = try await fs.lookup(parent: FileSystem.rootIno, name: "shards")
+        func requests() -> Int { s3.count("HeadObject") + s3.count("ListObjectsV2") }
+        let before = requests()
+        _ = try await fs.lookup(parent: dir.ino, name: "s0.tar")  // one miss: HEAD + one-key LIST
+        XCTAssertEqual(requests() - before, 2)
+        _ = try await fs.lookup(parent: dir.ino, name: "s1.tar")  // the second: the directory is listed
+        let listed = requests()
+        XCTAssertEqual(listed - before, 2 + 2, "two pages of 100")
+        for i in 2..<120 {
+            let a = try await fs.lookup(parent: dir.ino, name: "s\(i).tar")
+            XCTAssertEqual(a.size, 1)
+        }
+        let sub = try await fs.lookup(parent: dir.ino, name: "sub")
+        XCTAssertTrue(sub.isDirectory)
+        do { _ = try await fs.lookup(parent: dir.ino, name: "absent"); XCTFail() } catch { XCTAssertEqual(error.errno, ENOENT) }
+        XCTAssertEqual(requests(), listed, "every later lookup answered by the listing")
+
+        // A directory too large to list for lookups: one probe per name, as before.
+        for i in 0...(FileSystem.lookupListingPages * 100) { s3.seed(bucket, "huge/f\(i)", [1]) }
+        let huge = try await fs.lookup(parent: FileSystem.rootIno, name: "huge")
+        let heads = s3.count("HeadObject")
+        for i in 0..<6 { _ = try await fs.lookup(parent: huge.ino, name: "f\(i)") }
+        XCTAssertEqual(s3.count("HeadObject") - heads, 6)
+    }
+
     func testLargeDirectoryListsAcrossPages() async throws {
         for i in 0..<2500 { s3.seed(bucket, "big/f\(String(format: "%05d", i))", []) }
         for i in 0..<30 { s3.seed(bucket, "big/d\(i)/x", []) }
