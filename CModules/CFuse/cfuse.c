@@ -65,7 +65,9 @@ void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead) {
     /* Writes land in the kernel's page cache and reach us in large, parallel requests; close() still waits
        for all of them (the kernel writes back before FLUSH). */
     if (conn->capable & FUSE_CAP_WRITEBACK_CACHE) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
-    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want &= ~FUSE_CAP_READDIRPLUS;
+    /* Listings carry every entry's attributes: hand them over with the names (the kernel decides when). */
+    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
     /* Lookups and readdir in one directory run in parallel (each may wait a round trip to S3). */
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     conn->max_readahead = max_readahead;

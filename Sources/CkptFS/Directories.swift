@@ -114,6 +114,20 @@ extension FileSystem {
         return out
     }
 
+    /// For readdirplus: the attributes of entry `name` of directory handle `handle` as its listing gave them,
+    /// taking one lookup reference (the kernel counts such an entry as a lookup). Nil for "." and "..", or
+    /// when the listing is no longer at hand (the entry then goes without attributes).
+    public func listedEntry(handle: UInt64, name: String) -> Attributes? {
+        guard name != ".", name != "..", let d = dirHandles.withLock({ $0[handle] }) else { return nil }
+        let key = d.key + name
+        if let v = local.withLock({ $0[key]?.current }) {
+            return remember(parent: d.ino, name: name, key: key, meta: localMeta(v), addLookup: true)
+        }
+        let meta = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
+        guard let meta else { return nil }
+        return remember(parent: d.ino, name: name, key: key, meta: meta, addLookup: true)
+    }
+
     /// The stable inode number of (parent, name), allocated on first sight.
     func inoFor(parent: UInt64, name: String) -> UInt64 {
         table.withLock { t in

@@ -256,6 +256,31 @@ public final class FuseAdapter: Sendable {
                 buf.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, used) }
             }
         }
+        // With attributes: `ls -l` of a directory needs no lookup per entry afterwards. Each entry given with
+        // attributes is a lookup reference, taken only once it fits in the reply.
+        ops.readdirplus = { req, _, size, off, fi in
+            let h = fi!.pointee.fh
+            FuseAdapter.async(req, "readdirplus") { a, r throws(FSError) in
+                let req = r.value
+                let entries = try await a.fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / 64))
+                var buf = [CChar](repeating: 0, count: size)
+                var used = 0
+                for e in entries {
+                    if used + fuse_add_direntry_plus(req, nil, 0, e.name, nil, off_t(e.nextOffset)) > size { break }
+                    var p = fuse_entry_param()
+                    if let attr = a.fs.listedEntry(handle: h, name: e.name) {
+                        p = a.entry(attr)
+                    } else {
+                        p.attr.st_ino = ino_t(e.ino)
+                        p.attr.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
+                    }
+                    used += buf.withUnsafeMutableBufferPointer { b in
+                        fuse_add_direntry_plus(req, b.baseAddress! + used, size - used, e.name, &p, off_t(e.nextOffset))
+                    }
+                }
+                buf.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, used) }
+            }
+        }
         ops.releasedir = { req, _, fi in
             FuseAdapter.adapter(req).fs.releasedir(handle: fi!.pointee.fh)
             fuse_reply_err(req, 0)

@@ -176,6 +176,28 @@ final class FileSystemTests: XCTestCase {
         XCTAssertEqual(s3.count("HeadObject") - heads, 6)
     }
 
+    func testReaddirplusEntriesCarryAttributesAndTakeALookup() async throws {
+        s3.seed(bucket, "d/a.bin", [1, 2, 3])
+        s3.seed(bucket, "d/sub/x", [1])
+        let d = try await fs.lookup(parent: FileSystem.rootIno, name: "d")
+        let h = try fs.opendir(ino: d.ino)
+        defer { fs.releasedir(handle: h) }
+        let entries = try await fs.readdir(handle: h, offset: 0)
+        XCTAssertEqual(Set(entries.map(\.name)), [".", "..", "sub", "a.bin"])
+        XCTAssertNil(fs.listedEntry(handle: h, name: "."))
+        XCTAssertNil(fs.listedEntry(handle: h, name: ".."))
+        let a = try XCTUnwrap(fs.listedEntry(handle: h, name: "a.bin"))
+        XCTAssertEqual(a.size, 3)
+        XCTAssertFalse(a.isDirectory)
+        XCTAssertTrue(try XCTUnwrap(fs.listedEntry(handle: h, name: "sub")).isDirectory)
+        XCTAssertEqual(fs.table.withLock { $0.nodes[a.ino]?.lookups }, 1, "one reference, as the kernel counts it")
+        let again = try await fs.lookup(parent: d.ino, name: "a.bin")
+        XCTAssertEqual(again.ino, a.ino)
+        XCTAssertEqual(fs.table.withLock { $0.nodes[a.ino]?.lookups }, 2)
+        fs.forget(ino: a.ino, count: 2)
+        XCTAssertNil(fs.table.withLock { $0.nodes[a.ino] }, "forgotten once every reference is returned")
+    }
+
     func testLargeDirectoryListsAcrossPages() async throws {
         for i in 0..<2500 { s3.seed(bucket, "big/f\(String(format: "%05d", i))", []) }
         for i in 0..<30 { s3.seed(bucket, "big/d\(i)/x", []) }
