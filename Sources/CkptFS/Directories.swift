@@ -5,8 +5,9 @@
 // Lookups by name (open or stat of a path nobody listed) would each cost a HEAD and a one-key LIST, and the
 // kernel sends the lookups of one directory one at a time, so 8 readers opening files of one directory
 // wait for each other's round trips. From the second lookup that misses in a directory within the TTL, the
-// directory is listed instead (at most `lookupListingPages` pages) and answers every lookup until the TTL
-// passes; a larger directory goes back to one probe per name.
+// directory is listed instead and answers every lookup until the TTL passes. Lookups wait for the first page
+// only: a larger directory is listed on in the background (at most `lookupListingPages` pages) while they
+// probe names one by one as before.
 import CkptS3
 import Foundation
 import Synchronization
@@ -39,7 +40,7 @@ struct DirProbe: Sendable {
 
 extension FileSystem {
     /// A directory larger than this many listing pages (1,000 entries each) is not listed for lookups.
-    static let lookupListingPages = 5
+    static let lookupListingPages = 3
 
     /// Called when a lookup in `parent` missed every cache: counts the miss and, from the second one within
     /// the TTL, lists the directory (once) and waits for it. True when a complete listing is now installed.
@@ -59,19 +60,29 @@ extension FileSystem {
         return await task?.value ?? false
     }
 
+    /// Lists the directory for lookups. Returns true when its first page completed it (the lookups waiting
+    /// are answered from it); otherwise the rest is listed in the background (up to `lookupListingPages`)
+    /// while lookups go on probing names, and a listing that completes answers the lookups after it.
     private func listForLookups(ino: UInt64, key: String) async -> Bool {
         let d = DirHandle(ino: ino, key: key)
-        for _ in 0..<FileSystem.lookupListingPages {
-            do throws(FSError) { try await fetchPage(d) } catch { return false }
-            if d.state.withLock({ $0.done }) {
-                // Listed for lookups, not for a reader of the directory: a name missing from it is trusted as
-                // absent for at most 5 s, like any missed lookup.
-                let until = ContinuousClock.now + min(options.metadataTTL, .seconds(5))
-                table.withLock { t in t.listings[ino].map { t.listings[ino]!.negativeUntil = min($0.negativeUntil, until) } }
-                return true
+        do throws(FSError) { try await fetchPage(d) } catch { return false }
+        if finishLookupListing(d) { return true }
+        Task {
+            for _ in 1..<FileSystem.lookupListingPages {
+                do throws(FSError) { try await self.fetchPage(d) } catch { return }
+                if self.finishLookupListing(d) { return }
             }
         }
         return false
+    }
+
+    /// If `d` is completely listed: a name missing from a listing made for lookups (not for a reader of the
+    /// directory) is trusted as absent for at most 5 s, like any missed lookup. Returns whether it is.
+    private func finishLookupListing(_ d: DirHandle) -> Bool {
+        guard d.state.withLock({ $0.done }) else { return false }
+        let until = ContinuousClock.now + min(options.metadataTTL, .seconds(5))
+        table.withLock { t in t.listings[d.ino].map { t.listings[d.ino]!.negativeUntil = min($0.negativeUntil, until) } }
+        return true
     }
 
     public func opendir(ino: UInt64) throws(FSError) -> UInt64 {

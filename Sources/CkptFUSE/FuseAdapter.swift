@@ -57,6 +57,31 @@ public final class FuseAdapter: Sendable {
         return e
     }
 
+    /// Answers readdir (names and types) or readdirplus (with attributes, so `ls -l` needs no lookup per
+    /// entry afterwards; each entry given with attributes is a lookup reference, taken only once it fits).
+    func replyDirectory(_ req: fuse_req_t?, handle h: UInt64, size: Int, offset off: off_t, plus: Bool) async throws(FSError) {
+        let entries = try await fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / (plus ? 64 : 32)))
+        var buf = [CChar](repeating: 0, count: size)
+        var used = 0
+        for e in entries {
+            let next = off_t(e.nextOffset)
+            let need = plus ? fuse_add_direntry_plus(req, nil, 0, e.name, nil, next) : fuse_add_direntry(req, nil, 0, e.name, nil, next)
+            if used + need > size { break }
+            var p = fuse_entry_param()
+            if plus, let attr = fs.listedEntry(handle: h, name: e.name) {
+                p = entry(attr)
+            } else {
+                p.attr.st_ino = ino_t(e.ino)
+                p.attr.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
+            }
+            used += buf.withUnsafeMutableBufferPointer { b in
+                plus ? fuse_add_direntry_plus(req, b.baseAddress! + used, size - used, e.name, &p, next)
+                    : fuse_add_direntry(req, b.baseAddress! + used, size - used, e.name, &p.attr, next)
+            }
+        }
+        buf.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, used) }
+    }
+
     func replyError(_ req: fuse_req_t?, _ e: FSError, _ op: String) {
         if e.errno == EIO || e.errno == ESTALE || e.errno == EACCES {
             logger.error("operation failed", metadata: ["fuse.op": "\(op)", "fuse.error": "\(e)"])
@@ -239,46 +264,13 @@ public final class FuseAdapter: Sendable {
         ops.readdir = { req, _, size, off, fi in
             let h = fi!.pointee.fh
             FuseAdapter.async(req, "readdir") { a, r throws(FSError) in
-                let req = r.value
-                let entries = try await a.fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / 32))
-                var buf = [CChar](repeating: 0, count: size)
-                var used = 0
-                for e in entries {
-                    var st = Glibc.stat()
-                    st.st_ino = ino_t(e.ino)
-                    st.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
-                    let need = buf.withUnsafeMutableBufferPointer { p in
-                        fuse_add_direntry(req, p.baseAddress! + used, size - used, e.name, &st, off_t(e.nextOffset))
-                    }
-                    if used + need > size { break }
-                    used += need
-                }
-                buf.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, used) }
+                try await a.replyDirectory(r.value, handle: h, size: size, offset: off, plus: false)
             }
         }
-        // With attributes: `ls -l` of a directory needs no lookup per entry afterwards. Each entry given with
-        // attributes is a lookup reference, taken only once it fits in the reply.
         ops.readdirplus = { req, _, size, off, fi in
             let h = fi!.pointee.fh
             FuseAdapter.async(req, "readdirplus") { a, r throws(FSError) in
-                let req = r.value
-                let entries = try await a.fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / 64))
-                var buf = [CChar](repeating: 0, count: size)
-                var used = 0
-                for e in entries {
-                    if used + fuse_add_direntry_plus(req, nil, 0, e.name, nil, off_t(e.nextOffset)) > size { break }
-                    var p = fuse_entry_param()
-                    if let attr = a.fs.listedEntry(handle: h, name: e.name) {
-                        p = a.entry(attr)
-                    } else {
-                        p.attr.st_ino = ino_t(e.ino)
-                        p.attr.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
-                    }
-                    used += buf.withUnsafeMutableBufferPointer { b in
-                        fuse_add_direntry_plus(req, b.baseAddress! + used, size - used, e.name, &p, off_t(e.nextOffset))
-                    }
-                }
-                buf.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, used) }
+                try await a.replyDirectory(r.value, handle: h, size: size, offset: off, plus: true)
             }
         }
         ops.releasedir = { req, _, fi in

@@ -149,7 +149,7 @@ final class FileSystemTests: XCTestCase {
     }
 
     func testLookupsThatKeepMissingListTheDirectoryOnce() async throws {
-        for i in 0..<120 { s3.seed(bucket, "shards/s\(i).tar", [UInt8(i)]) }
+        for i in 0..<90 { s3.seed(bucket, "shards/s\(i).tar", [UInt8(i)]) }
         s3.seed(bucket, "shards/sub/x", [1])
         let dir = try await fs.lookup(parent: FileSystem.rootIno, name: "shards")
         func requests() -> Int { s3.count("HeadObject") + s3.count("ListObjectsV2") }
@@ -158,8 +158,8 @@ final class FileSystemTests: XCTestCase {
         XCTAssertEqual(requests() - before, 2)
         _ = try await fs.lookup(parent: dir.ino, name: "s1.tar")  // the second: the directory is listed
         let listed = requests()
-        XCTAssertEqual(listed - before, 2 + 2, "two pages of 100")
-        for i in 2..<120 {
+        XCTAssertEqual(listed - before, 2 + 1, "one page of 100")
+        for i in 2..<90 {
             let a = try await fs.lookup(parent: dir.ino, name: "s\(i).tar")
             XCTAssertEqual(a.size, 1)
         }
@@ -174,6 +174,24 @@ final class FileSystemTests: XCTestCase {
         let heads = s3.count("HeadObject")
         for i in 0..<6 { _ = try await fs.lookup(parent: huge.ino, name: "f\(i)") }
         XCTAssertEqual(s3.count("HeadObject") - heads, 6)
+        try await Task.sleep(for: .milliseconds(200))
+        XCTAssertLessThanOrEqual(s3.count("ListObjectsV2"), listed + 6 + FileSystem.lookupListingPages + 2,
+                                 "the background listing stops at its page limit")
+        XCTAssertNil(fs.table.withLock { $0.listings[huge.ino] })
+    }
+
+    func testADirectoryOverOnePageIsListedForLookupsInTheBackground() async throws {
+        for i in 0..<250 { s3.seed(bucket, "mid/f\(i)", [1, 2]) }
+        let mid = try await fs.lookup(parent: FileSystem.rootIno, name: "mid")
+        _ = try await fs.lookup(parent: mid.ino, name: "f0")
+        _ = try await fs.lookup(parent: mid.ino, name: "f1")  // waits for the first page only
+        let deadline = ContinuousClock.now + .seconds(5)
+        while fs.table.withLock({ $0.listings[mid.ino] }) == nil && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let before = s3.count("HeadObject") + s3.count("ListObjectsV2")
+        for i in 2..<250 { _ = try await fs.lookup(parent: mid.ino, name: "f\(i)") }
+        XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), before, "answered by the finished listing")
     }
 
     func testReaddirplusEntriesCarryAttributesAndTakeALookup() async throws {
