@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cold sequential read of a 1 GiB object, ckptfs against `s5cmd cp`, repeated in alternating rounds.
 
-    bench/read_rounds.py [--rounds 5] [--size-mib 1024] [--config "ARGS"]... [--output read-rounds]
+    bench/read_rounds.py [--rounds 5] [--size-mib 1024] [--config "ARGS"]... [--latency-ms 0] [--output read-rounds]
 
 One figure per system varies by ±40% on the 2-core bench machine (the server, the client and the daemon
 share the cores), so this runs several rounds, each one s5cmd download then every ckptfs configuration
@@ -9,7 +9,8 @@ share the cores), so this runs several rounds, each one s5cmd download then ever
 medians. Every ckptfs read is checked by sha256 against the object. Also recorded per read: the daemon's
 CPU seconds (user+system), minor page faults and peak RSS, and the server's CPU seconds.
 
-A local SeaweedFS is started on loopback for the run (scripts/seaweed.py) and stopped afterwards. Results:
+With --latency-ms N both go through bench/latency_proxy.py (N ms added each way). A local SeaweedFS is
+started on loopback for the run (scripts/seaweed.py) and stopped afterwards. Results:
 bench/results/NAME.json and NAME.md. Needs root (drop_caches), s5cmd and a release build of ckptfs.
 """
 import argparse
@@ -45,6 +46,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--config", action="append", default=None,
                     help='extra ckptfs mount arguments, e.g. "--max-read-ahead 32MiB"; repeatable ("" = defaults)')
+    ap.add_argument("--latency-ms", type=int, default=0)
     ap.add_argument("--output", default="read-rounds")
     args = ap.parse_args()
     configs = args.config if args.config is not None else [""]
@@ -63,6 +65,18 @@ def main():
         raise SystemExit(f"read_rounds: could not start SeaweedFS: {r.stderr}")
     info = json.loads(r.stdout)
     server_pid = info["pid"]
+    proxy = None
+    if args.latency_ms:
+        pf = os.path.join(OUT, "proxy.port")
+        proxy = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "latency_proxy.py"), "--target",
+                                  info["endpoint"].split("://", 1)[1], "--delay-ms", str(args.latency_ms),
+                                  "--port-file", pf])
+        deadline = time.monotonic() + 10
+        while not (os.path.exists(pf) and open(pf).read().strip()):
+            if time.monotonic() > deadline:
+                raise SystemExit("read_rounds: the latency proxy did not start")
+            time.sleep(0.05)
+        info["endpoint"] = "http://127.0.0.1:" + open(pf).read().strip()
     env = dict(os.environ, AWS_ENDPOINT_URL=info["endpoint"], AWS_ACCESS_KEY_ID=info["access_key"],
                AWS_SECRET_ACCESS_KEY=info["secret_key"], AWS_REGION="us-east-1")
     s5 = ["s5cmd", "--endpoint-url", info["endpoint"]]
@@ -134,6 +148,8 @@ def main():
                       flush=True)
     finally:
         subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+        if proxy:
+            proxy.terminate()
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "seaweed.py"), "stop", "--dir", sw],
                        capture_output=True)
 
@@ -148,13 +164,14 @@ def main():
                             per_round_ratios=[r["mb_s"] / b["mb_s"] for r, b in
                                               zip(mine, [x for x in rows if x["system"] == "s5cmd"])]))
     command = "bench/read_rounds.py " + " ".join(sys.argv[1:])
-    res = dict(command=command, date=time.strftime("%Y-%m-%d"), size_mib=args.size_mib, rounds=rows,
+    res = dict(command=command, date=time.strftime("%Y-%m-%d"), size_mib=args.size_mib, latency_ms=args.latency_ms, rounds=rows,
                summary=summary, cpus=os.cpu_count())
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     with open(os.path.join(ROOT, "bench", "results", args.output + ".json"), "w") as f:
         json.dump(res, f, indent=1)
     lines = [f"Command: `{command}` ({res['date']}, {os.cpu_count()} cores, server on the same machine).", "",
-             f"Cold sequential read of a {args.size_mib} MiB object, {args.rounds} alternating rounds; median, "
+             f"Cold sequential read of a {args.size_mib} MiB object ({args.latency_ms} ms added each way), "
+             f"{args.rounds} alternating rounds; median, "
              "range, and the ratio of ckptfs's median to s5cmd's.", "",
              "| system | median MB/s | min | max | vs s5cmd (medians) | per-round ratios |", "|---|---|---|---|---|---|"]
     for s in summary:
