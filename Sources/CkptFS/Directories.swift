@@ -34,7 +34,7 @@ final class DirHandle: Sendable {
 struct DirProbe: Sendable {
     var since: ContinuousClock.Instant
     var misses = 0
-    /// Lists the directory; true when a complete listing was installed.
+    /// Lists the directory; true when its first page completed the listing (installed for lookups).
     var task: Task<Bool, Never>?
 }
 
@@ -43,7 +43,8 @@ extension FileSystem {
     static let lookupListingPages = 3
 
     /// Called when a lookup in `parent` missed every cache: counts the miss and, from the second one within
-    /// the TTL, lists the directory (once) and waits for it. True when a complete listing is now installed.
+    /// the TTL, lists the directory (once) and waits for its first page. True when that page completed the
+    /// listing, which is now installed.
     func listForLookups(parent: UInt64, key: String) async -> Bool {
         guard options.metadataTTL > .zero else { return false }
         let task = dirProbes.withLock { probes -> Task<Bool, Never>? in

@@ -57,6 +57,15 @@ public final class FileSystem: Sendable {
             self.expires = expires
             negativeUntil = expires
         }
+
+        /// What the listing says of `name` now: its metadata, known absent (`.some(nil)`), or nothing (the
+        /// listing expired, or it lacks the name and that is no longer trusted).
+        func answer(_ name: String) -> Meta?? {
+            let now = ContinuousClock.now
+            guard now < expires else { return nil }
+            if let m = entries[name] { return .some(m) }
+            return now < negativeUntil ? .some(nil) : nil
+        }
     }
 
     struct PathKey: Hashable, Sendable {
@@ -174,10 +183,7 @@ public final class FileSystem: Sendable {
         }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
         let cached: Meta?? = table.withLock { t in
-            if let l = t.listings[parent], ContinuousClock.now < l.expires {
-                if let m = l.entries[name] { return .some(m) }
-                if ContinuousClock.now < l.negativeUntil { return .some(nil) }
-            }
+            if let known = t.listings[parent]?.answer(name) { return known }
             if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
             if let ino = t.inoByPath[pk], let n = t.nodes[ino], isFresh(n.fetched) { return .some(n.meta) }
             return nil
@@ -187,11 +193,7 @@ public final class FileSystem: Sendable {
             guard let m = c else { throw .noEntry }
             meta = m
         } else if await listForLookups(parent: parent, key: dir.key),
-                  let listed = table.withLock({ t -> Meta?? in
-                      guard let l = t.listings[parent], ContinuousClock.now < l.expires else { return nil }
-                      if let m = l.entries[name] { return .some(m) }
-                      return ContinuousClock.now < l.negativeUntil ? .some(nil) : nil
-                  }) {
+                  let listed = table.withLock({ $0.listings[parent]?.answer(name) }) {
             // Lookups keep missing here: the directory was listed once and answers them all (a training job
             // opening its shards one by one asks the server once, not once or twice per file).
             guard let m = listed else { throw .noEntry }
