@@ -5,9 +5,12 @@
 #include <pthread.h>
 
 /* OpenSSL frees its global state in an atexit handler by default; a thread still hashing when the process
-   exits (a cache store, an upload) would then crash on a freed lock. Initialise it once, without that. */
+   exits (a cache store, an upload, a request's signature) would then crash on a freed lock. Initialise it
+   without that, before main: libcurl's global init would otherwise initialise OpenSSL first, with the
+   handler (seen: a benchmark tool crashed in CRYPTO_THREAD_read_lock at exit). */
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static void init_openssl(void) { OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL); }
+__attribute__((constructor)) static void init_openssl_at_load(void) { pthread_once(&init_once, init_openssl); }
 
 void *ckpt_digest_new(ckpt_digest_alg alg) {
     pthread_once(&init_once, init_openssl);
