@@ -9,6 +9,13 @@ share the cores), so this runs several rounds, each one s5cmd download then ever
 medians. Every ckptfs read is checked by sha256 against the object. Also recorded per read: the daemon's
 CPU seconds (user+system), minor page faults and peak RSS, and the server's CPU seconds.
 
+Both start their timed read the same --settle seconds (default 3) after the caches are dropped: on the
+bench VM, memory freed by drop_caches is handed back to the host after about 2 s (free page reporting,
+page_reporting_order=11 on its kernel command line), and touching it again then costs ~3 s of system time
+per GiB (measured at the start of each run and recorded as first_touch_s_per_gib). Without the settle,
+whichever system starts sooner after the drop gets the cheap pages: s5cmd started at once while ckptfs
+first mounted. The ckptfs mount is made before the drop for the same reason.
+
 With --latency-ms N both go through bench/latency_proxy.py (N ms added each way). A local SeaweedFS is
 started on loopback for the run (scripts/seaweed.py) and stopped afterwards. Results:
 bench/results/NAME.json and NAME.md. Needs root (drop_caches), s5cmd and a release build of ckptfs.
@@ -35,6 +42,26 @@ def drop_caches():
         f.write("3\n")
 
 
+def first_touch_cost():
+    """System seconds per GiB to write into the page cache right after a drop and a settle (fresh memory),
+    and to overwrite the same pages (memory already backed)."""
+    path = os.path.join(OUT, "touch.bin")
+    block = b"\0" * MiB
+    out = []
+    for fresh in (True, False):
+        if fresh:
+            drop_caches()
+            time.sleep(3)
+        t0 = os.times()
+        with open(path, "r+b" if not fresh else "wb") as f:
+            for _ in range(256):
+                f.write(block)
+        t1 = os.times()
+        out.append((t1.system - t0.system) * 4)
+    os.unlink(path)
+    return out
+
+
 def cpu_seconds(pid):
     st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK"), int(st[7])  # utime+stime, minflt
@@ -47,6 +74,8 @@ def main():
     ap.add_argument("--config", action="append", default=None,
                     help='extra ckptfs mount arguments, e.g. "--max-read-ahead 32MiB"; repeatable ("" = defaults)')
     ap.add_argument("--latency-ms", type=int, default=0)
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds between dropping the caches and starting a timed read, for both systems")
     ap.add_argument("--output", default="read-rounds")
     args = ap.parse_args()
     configs = args.config if args.config is not None else [""]
@@ -96,9 +125,13 @@ def main():
         os.unlink(src)
         size = args.size_mib * MiB
 
+        fresh, rewrite = first_touch_cost()
+        print(f"page cache writes: {fresh:.2f} system s/GiB into fresh memory, {rewrite:.2f} over backed pages",
+              flush=True)
         for rnd in range(args.rounds):
             dst = os.path.join(OUT, "download.bin")
             drop_caches()
+            time.sleep(args.settle)
             s0, c0 = cpu_seconds(server_pid)[0], resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             subprocess.run(s5 + ["cp", "s3://rounds/object.bin", dst], env=env, check=True, capture_output=True)
@@ -112,13 +145,14 @@ def main():
             for cfg in configs:
                 cache = os.path.join(OUT, "cache")
                 shutil.rmtree(cache, ignore_errors=True)
-                drop_caches()
                 r = subprocess.run([binary, "mount", "s3://rounds", mp, "--cache-dir", cache, *cfg.split()],
                                    env=env, capture_output=True, text=True)
                 if r.returncode != 0:
                     raise SystemExit(f"read_rounds: mount failed: {r.stderr}")
                 pid = int(subprocess.run(["pgrep", "-f", f"ckptfs mount .* {mp} "], capture_output=True,
                                          text=True).stdout.split()[0])
+                drop_caches()
+                time.sleep(args.settle)
                 d0, f0 = cpu_seconds(pid)
                 s0 = cpu_seconds(server_pid)[0]
                 buf = bytearray(MiB)
@@ -164,15 +198,18 @@ def main():
                             per_round_ratios=[r["mb_s"] / b["mb_s"] for r, b in
                                               zip(mine, [x for x in rows if x["system"] == "s5cmd"])]))
     command = "bench/read_rounds.py " + " ".join(sys.argv[1:])
-    res = dict(command=command, date=time.strftime("%Y-%m-%d"), size_mib=args.size_mib, latency_ms=args.latency_ms, rounds=rows,
+    res = dict(command=command, date=time.strftime("%Y-%m-%d"), size_mib=args.size_mib, latency_ms=args.latency_ms,
+               settle_s=args.settle, first_touch_s_per_gib=fresh, rewrite_s_per_gib=rewrite, rounds=rows,
                summary=summary, cpus=os.cpu_count())
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     with open(os.path.join(ROOT, "bench", "results", args.output + ".json"), "w") as f:
         json.dump(res, f, indent=1)
     lines = [f"Command: `{command}` ({res['date']}, {os.cpu_count()} cores, server on the same machine).", "",
              f"Cold sequential read of a {args.size_mib} MiB object ({args.latency_ms} ms added each way), "
-             f"{args.rounds} alternating rounds; median, "
-             "range, and the ratio of ckptfs's median to s5cmd's.", "",
+             f"{args.rounds} alternating rounds, each read starting {args.settle:g} s after the caches were dropped; "
+             "median, range, and the ratio of ckptfs's median to s5cmd's.", "",
+             f"Writing into the page cache cost {fresh:.2f} system s/GiB in fresh memory and {rewrite:.2f} over "
+             "pages already backed (this VM returns freed memory to its host).", "",
              "| system | median MB/s | min | max | vs s5cmd (medians) | per-round ratios |", "|---|---|---|---|---|---|"]
     for s in summary:
         per = ", ".join(f"{x:.2f}" for x in s["per_round_ratios"]) if s["system"] != "s5cmd" else ""

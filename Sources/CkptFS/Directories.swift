@@ -205,9 +205,13 @@ extension FileSystem {
             return s.done ? s.metas : nil
         }
         if let listing {
-            // The whole directory is known: it answers lookups (and negative lookups) until the TTL passes.
-            table.withLock { $0.listings[d.ino] = Listing(entries: listing, expires: .now + options.metadataTTL) }
-            d.state.withLock { $0.metas = [:] }
+            // The whole directory is known: it answers lookups (and negative lookups) until the TTL passes,
+            // unless it is too large to keep (the handle then keeps its entries' attributes for readdirplus).
+            let kept = table.withLock {
+                $0.install(Listing(entries: listing, expires: .now + options.metadataTTL), for: d.ino,
+                           limit: options.maxListedEntries)
+            }
+            if kept { d.state.withLock { $0.metas = [:] } }
         }
     }
 }

@@ -78,7 +78,37 @@ public final class FileSystem: Sendable {
         var inoByPath: [PathKey: UInt64] = [:]
         var nextIno: UInt64 = 2
         var listings: [UInt64: Listing] = [:]
+        /// Entries in `listings` as of the last sweep plus those installed since (an upper bound, near enough).
+        var listedEntries = 0
+        var lastSweep = ContinuousClock.now
         var negative: [PathKey: ContinuousClock.Instant] = [:]
+
+        /// Keeps the complete listing of `ino` for lookups. Expired listings are dropped first (at most once a
+        /// second, or when the bound is reached), then the oldest ones while the entries kept would exceed
+        /// `limit`. A listing larger than `limit` by itself is not kept (false).
+        mutating func install(_ listing: Listing, for ino: UInt64, limit: Int) -> Bool {
+            let now = ContinuousClock.now
+            let n = listing.entries.count
+            guard n <= limit else {
+                if let old = listings.removeValue(forKey: ino) { listedEntries -= old.entries.count }
+                return false
+            }
+            if now - lastSweep > .seconds(1) || listedEntries + n > limit {
+                listings = listings.filter { $0.key != ino && $0.value.expires > now }
+                listedEntries = listings.values.reduce(0) { $0 + $1.entries.count }
+                lastSweep = now
+                if listedEntries + n > limit {
+                    for (i, l) in listings.sorted(by: { $0.value.expires < $1.value.expires }) {
+                        listings.removeValue(forKey: i)
+                        listedEntries -= l.entries.count
+                        if listedEntries + n <= limit { break }
+                    }
+                }
+            }
+            if let old = listings.updateValue(listing, forKey: ino) { listedEntries -= old.entries.count }
+            listedEntries += n
+            return true
+        }
     }
 
     let table = Mutex(Table())

@@ -654,7 +654,9 @@ extension FileSystem {
         table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta } }
         let attr = remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
         // It did not exist, so it is empty: lookups of new names in it need not ask S3.
-        table.withLock { $0.listings[attr.ino] = Listing(entries: [:], expires: .now + options.metadataTTL) }
+        _ = table.withLock {
+            $0.install(Listing(entries: [:], expires: .now + options.metadataTTL), for: attr.ino, limit: options.maxListedEntries)
+        }
         return attr
     }
 

@@ -22,9 +22,10 @@ final class FileSystemTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    func make(prefix: String = "", ttl: Duration = .seconds(30)) throws -> FileSystem {
+    func make(prefix: String = "", ttl: Duration = .seconds(30), maxListedEntries: Int = 250_000) throws -> FileSystem {
         var o = FSOptions()
         o.metadataTTL = ttl
+        o.maxListedEntries = maxListedEntries
         o.uid = 1234
         o.gid = 99
         return try FileSystem(client: s3, bucket: bucket, prefix: prefix,
@@ -214,6 +215,52 @@ final class FileSystemTests: XCTestCase {
         XCTAssertEqual(fs.table.withLock { $0.nodes[a.ino]?.lookups }, 2)
         fs.forget(ino: a.ino, count: 2)
         XCTAssertNil(fs.table.withLock { $0.nodes[a.ino] }, "forgotten once every reference is returned")
+    }
+
+    func testListingsKeptForLookupsAreBoundedInEntries() async throws {
+        fs = try make(maxListedEntries: 150)
+        for d in ["a", "b"] { for i in 0..<100 { s3.seed(bucket, "\(d)/f\(i)", [1]) } }
+        for i in 0..<200 { s3.seed(bucket, "c/f\(i)", [1, 2]) }
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "a")
+        let b = try await fs.lookup(parent: FileSystem.rootIno, name: "b")
+        let c = try await fs.lookup(parent: FileSystem.rootIno, name: "c")
+        _ = try await names(a.ino)
+        XCTAssertNotNil(fs.table.withLock { $0.listings[a.ino] })
+        _ = try await names(b.ino)
+        XCTAssertNil(fs.table.withLock { $0.listings[a.ino] }, "the oldest listing makes room")
+        XCTAssertNotNil(fs.table.withLock { $0.listings[b.ino] })
+        // Too large to keep: listed for the reader, attributes still handed out, lookups ask S3.
+        let h = try fs.opendir(ino: c.ino)
+        defer { fs.releasedir(handle: h) }
+        var offset: Int64 = 0
+        var seen = 0
+        while true {
+            let batch = try await fs.readdir(handle: h, offset: offset, limit: 64)
+            if batch.isEmpty { break }
+            seen += batch.count
+            offset = batch.last!.nextOffset
+        }
+        XCTAssertEqual(seen, 202)
+        XCTAssertNil(fs.table.withLock { $0.listings[c.ino] })
+        XCTAssertEqual(try XCTUnwrap(fs.listedEntry(handle: h, name: "f150")).size, 2)
+        let heads = s3.count("HeadObject")
+        let f7 = try await fs.lookup(parent: c.ino, name: "f7")
+        XCTAssertEqual(f7.size, 2)
+        XCTAssertEqual(s3.count("HeadObject"), heads + 1)
+        XCTAssertLessThanOrEqual(fs.table.withLock { $0.listings.values.reduce(0) { $0 + $1.entries.count } }, 150)
+    }
+
+    func testExpiredListingsAreDropped() async throws {
+        fs = try make(ttl: .milliseconds(100))
+        for d in ["a", "b"] { for i in 0..<10 { s3.seed(bucket, "\(d)/f\(i)", [1]) } }
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "a")
+        _ = try await names(a.ino)
+        XCTAssertNotNil(fs.table.withLock { $0.listings[a.ino] })
+        try await Task.sleep(for: .milliseconds(1100))
+        let b = try await fs.lookup(parent: FileSystem.rootIno, name: "b")
+        _ = try await names(b.ino)
+        XCTAssertNil(fs.table.withLock { $0.listings[a.ino] }, "an expired listing does not stay in memory")
+        XCTAssertNotNil(fs.table.withLock { $0.listings[b.ino] })
     }
 
     func testLargeDirectoryListsAcrossPages() async throws {
