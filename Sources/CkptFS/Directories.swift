@@ -39,8 +39,12 @@ struct DirProbe: Sendable {
 }
 
 extension FileSystem {
-    /// A directory larger than this many listing pages (1,000 entries each) is not listed for lookups.
-    static let lookupListingPages = 3
+    /// A directory larger than this many listing pages (1,000 entries each) is not listed for lookups; the
+    /// listing is kept within `FSOptions.maxListedEntries`. Stat-ing 1,000 names of a 10,000-object
+    /// directory went from 41 to 1,816 per second at 20 ms RTT (610 to about 3,000 on loopback) when this
+    /// went from 3 pages to 100; a directory too large costs up to 100 LIST requests per TTL, in the
+    /// background, while its names are probed one by one.
+    static let lookupListingPages = 100
 
     /// Called when a lookup in `parent` missed every cache: counts the miss and, from the second one within
     /// the TTL, lists the directory (once) and waits for its first page. True when that page completed the

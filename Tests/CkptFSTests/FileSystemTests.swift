@@ -175,7 +175,13 @@ final class FileSystemTests: XCTestCase {
         let heads = s3.count("HeadObject")
         for i in 0..<6 { _ = try await fs.lookup(parent: huge.ino, name: "f\(i)") }
         XCTAssertEqual(s3.count("HeadObject") - heads, 6)
-        try await Task.sleep(for: .milliseconds(200))
+        var lists = -1
+        let deadline = ContinuousClock.now + .seconds(10)
+        while s3.count("ListObjectsV2") != lists && ContinuousClock.now < deadline {  // until the background listing stops
+            lists = s3.count("ListObjectsV2")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        XCTAssertGreaterThanOrEqual(s3.count("ListObjectsV2"), listed + FileSystem.lookupListingPages)
         XCTAssertLessThanOrEqual(s3.count("ListObjectsV2"), listed + 6 + FileSystem.lookupListingPages + 2,
                                  "the background listing stops at its page limit")
         XCTAssertNil(fs.table.withLock { $0.listings[huge.ino] })
