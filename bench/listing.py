@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, require_tools, start_seaweed, stop_seaweed
+
 OUT = os.path.join(ROOT, "bench", "out", "listing")
 
 
@@ -48,21 +49,10 @@ def main():
     ap.add_argument("--metadata-ttl", type=int, default=5)
     ap.add_argument("--output", default="listing")
     args = ap.parse_args()
-    binary = os.path.join(ROOT, ".build", "release", "ckptfs")
-    if not os.path.exists(binary):
-        raise SystemExit("listing: build first: swift build -c release")
-    if shutil.which("s5cmd") is None:
-        raise SystemExit("listing: s5cmd not found (bench/run installs it)")
+    binary = require_tools("listing")
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
-    sw = os.path.join(OUT, "seaweed")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "seaweed.py"), "start", "--dir", sw,
-                        "--bucket", "listing", "--json"], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"listing: could not start SeaweedFS: {r.stderr}")
-    info = json.loads(r.stdout)
-    env = dict(os.environ, AWS_ENDPOINT_URL=info["endpoint"], AWS_ACCESS_KEY_ID=info["access_key"],
-               AWS_SECRET_ACCESS_KEY=info["secret_key"], AWS_REGION="us-east-1")
+    info, env = start_seaweed(OUT, "listing", "listing")
     s5 = ["s5cmd", "--endpoint-url", info["endpoint"]]
     mp = os.path.join(OUT, "mnt")
     os.makedirs(mp)
@@ -105,8 +95,7 @@ def main():
     finally:
         subprocess.run([binary, "unmount", mp], capture_output=True)
         subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
-        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "seaweed.py"), "stop", "--dir", sw],
-                       capture_output=True)
+        stop_seaweed(OUT)
 
     command = "bench/listing.py " + " ".join(sys.argv[1:])
     res = dict(command=command, date=time.strftime("%Y-%m-%d"), objects=n, metadata_ttl=args.metadata_ttl,

@@ -31,15 +31,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, drop_caches, require_tools, start_seaweed, stop_seaweed
+
 OUT = os.path.join(ROOT, "bench", "out", "read-rounds")
 MiB = 1 << 20
-
-
-def drop_caches():
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 def first_touch_cost():
@@ -79,20 +74,10 @@ def main():
     ap.add_argument("--output", default="read-rounds")
     args = ap.parse_args()
     configs = args.config if args.config is not None else [""]
-    binary = os.path.join(ROOT, ".build", "release", "ckptfs")
-    if not os.path.exists(binary):
-        raise SystemExit("read_rounds: build first: swift build -c release")
-    if shutil.which("s5cmd") is None:
-        raise SystemExit("read_rounds: s5cmd not found (bench/run installs it)")
-
+    binary = require_tools("read_rounds")
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
-    sw = os.path.join(OUT, "seaweed")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "seaweed.py"), "start", "--dir", sw,
-                        "--bucket", "rounds", "--json"], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"read_rounds: could not start SeaweedFS: {r.stderr}")
-    info = json.loads(r.stdout)
+    info, env = start_seaweed(OUT, "rounds", "read_rounds")
     server_pid = info["pid"]
     proxy = None
     if args.latency_ms:
@@ -106,8 +91,7 @@ def main():
                 raise SystemExit("read_rounds: the latency proxy did not start")
             time.sleep(0.05)
         info["endpoint"] = "http://127.0.0.1:" + open(pf).read().strip()
-    env = dict(os.environ, AWS_ENDPOINT_URL=info["endpoint"], AWS_ACCESS_KEY_ID=info["access_key"],
-               AWS_SECRET_ACCESS_KEY=info["secret_key"], AWS_REGION="us-east-1")
+    env["AWS_ENDPOINT_URL"] = info["endpoint"]
     s5 = ["s5cmd", "--endpoint-url", info["endpoint"]]
     mp = os.path.join(OUT, "mnt")
     os.makedirs(mp)
@@ -184,8 +168,7 @@ def main():
         subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
         if proxy:
             proxy.terminate()
-        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "seaweed.py"), "stop", "--dir", sw],
-                       capture_output=True)
+        stop_seaweed(OUT)
 
     systems = list(dict.fromkeys(r["system"] for r in rows))
     base = statistics.median(r["mb_s"] for r in rows if r["system"] == "s5cmd")
