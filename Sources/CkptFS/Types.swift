@@ -8,7 +8,7 @@ public struct FSOptions: Sendable {
     /// How long attributes, directory listings and negative lookups are trusted.
     public var metadataTTL: Duration = .seconds(30)
     /// Most entries kept in complete directory listings (they answer lookups until the TTL passes), over all
-    /// directories: about 200 bytes each. A directory larger than this is listed for readers as always but
+    /// directories: a few hundred bytes each. A directory larger than this is listed for readers as always but
     /// its listing is not kept; lookups in it ask S3 name by name.
     public var maxListedEntries = 250_000
     public var uid: UInt32 = 0
