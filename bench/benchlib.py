@@ -40,3 +40,17 @@ def start_seaweed(out, bucket, tool):
 def stop_seaweed(out):
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "seaweed.py"), "stop", "--dir",
                     os.path.join(out, "seaweed")], capture_output=True)
+
+
+def save_results(name, res, lines):
+    """Writes bench/results/NAME.json (`res`, which holds `command` and `date`) and NAME.md: a line naming the
+    command, then `lines`. Returns the Markdown lines."""
+    out = [f"Command: `{res['command']}` ({res['date']}, {os.cpu_count()} cores, server on the same machine).", ""]
+    out += lines
+    results = os.path.join(ROOT, "bench", "results")
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, name + ".json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(results, name + ".md"), "w") as f:
+        f.write("\n".join(out) + "\n")
+    return out

@@ -13,14 +13,13 @@ Every listing is checked to have N entries. Results: bench/results/NAME.json and
 Needs a release build of ckptfs and s5cmd.
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 
-from benchlib import ROOT, require_tools, start_seaweed, stop_seaweed
+from benchlib import ROOT, require_tools, save_results, start_seaweed, stop_seaweed
 
 OUT = os.path.join(ROOT, "bench", "out", "listing")
 
@@ -100,11 +99,7 @@ def main():
     command = "bench/listing.py " + " ".join(sys.argv[1:])
     res = dict(command=command, date=time.strftime("%Y-%m-%d"), objects=n, metadata_ttl=args.metadata_ttl,
                rows=rows, cpus=os.cpu_count())
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", args.output + ".json"), "w") as f:
-        json.dump(res, f, indent=1)
-    lines = [f"Command: `{command}` ({res['date']}, {os.cpu_count()} cores, server on the same machine).", "",
-             f"One directory of {n:,} objects; each `ls -l` runs after the {args.metadata_ttl} s metadata TTL "
+    lines = [f"One directory of {n:,} objects; each `ls -l` runs after the {args.metadata_ttl} s metadata TTL "
              "has passed, so it lists the bucket again.", "",
              "| what | seconds | daemon RSS MiB |", "|---|---|---|"]
     for r in rows:
@@ -113,9 +108,7 @@ def main():
         if "peak_rss_mib" in r:
             rss += f" (peak {r['peak_rss_mib']:.0f})"
         lines.append(f"| {r['what']} | {sec} | {rss} |")
-    with open(os.path.join(ROOT, "bench", "results", args.output + ".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(save_results(args.output, res, lines)))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ bench/results/NAME.json and NAME.md. Needs root (drop_caches), s5cmd and a relea
 """
 import argparse
 import hashlib
-import json
 import os
 import resource
 import shutil
@@ -31,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ROOT, drop_caches, require_tools, start_seaweed, stop_seaweed
+from benchlib import ROOT, drop_caches, require_tools, save_results, start_seaweed, stop_seaweed
 
 OUT = os.path.join(ROOT, "bench", "out", "read-rounds")
 MiB = 1 << 20
@@ -184,11 +183,7 @@ def main():
     res = dict(command=command, date=time.strftime("%Y-%m-%d"), size_mib=args.size_mib, latency_ms=args.latency_ms,
                settle_s=args.settle, first_touch_s_per_gib=fresh, rewrite_s_per_gib=rewrite, rounds=rows,
                summary=summary, cpus=os.cpu_count())
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", args.output + ".json"), "w") as f:
-        json.dump(res, f, indent=1)
-    lines = [f"Command: `{command}` ({res['date']}, {os.cpu_count()} cores, server on the same machine).", "",
-             f"Cold sequential read of a {args.size_mib} MiB object ({args.latency_ms} ms added each way), "
+    lines = [f"Cold sequential read of a {args.size_mib} MiB object ({args.latency_ms} ms added each way), "
              f"{args.rounds} alternating rounds, each read starting {args.settle:g} s after the caches were dropped; "
              "median, range, and the ratio of ckptfs's median to s5cmd's.", "",
              f"Writing into the page cache cost {fresh:.2f} system s/GiB in fresh memory and {rewrite:.2f} over "
@@ -208,9 +203,8 @@ def main():
             daemon = f" {r['daemon_cpu']:.2f} | {r['minor_faults']} | {r['peak_rss_mib']} "
             client = ""
         lines.append(f"| {r['round']} | {r['system']} | {r['mb_s']:.0f} |{daemon}| {r['server_cpu']:.2f} | {client} |")
-    with open(os.path.join(ROOT, "bench", "results", args.output + ".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[:5 + len(summary) + 1]))
+    out = save_results(args.output, res, lines)
+    print("\n".join(out[:len(out) - len(rows) - 3]))  # all but the per-round table
 
 
 if __name__ == "__main__":
