@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -179,7 +180,7 @@ def main():
                             max_mb_s=max(r["mb_s"] for r in mine), ratio_of_medians=med / base,
                             per_round_ratios=[r["mb_s"] / b["mb_s"] for r, b in
                                               zip(mine, [x for x in rows if x["system"] == "s5cmd"])]))
-    command = "bench/read_rounds.py " + " ".join(sys.argv[1:])
+    command = "bench/read_rounds.py " + shlex.join(sys.argv[1:])
     res = dict(command=command, date=time.strftime("%Y-%m-%d"), size_mib=args.size_mib, latency_ms=args.latency_ms,
                settle_s=args.settle, first_touch_s_per_gib=fresh, rewrite_s_per_gib=rewrite, rounds=rows,
                summary=summary, cpus=os.cpu_count())

@@ -3,6 +3,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fuse.h>
+#include <stdatomic.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 int ckpt_fuse_session_loop_mt(struct fuse_session *se, int clone_fd, int max_idle_threads, int max_threads) {
@@ -113,3 +116,51 @@ void ckpt_fuse_remove_exit_signals(void) {
     exit_session = NULL;
     exit_notify_fd = -1;
 }
+
+/* FUSE_DIRECT_IO_ALLOW_MMAP (protocol 7.39, Linux 6.6): shared mmap of a file opened with direct_io. libfuse
+   3.14 predates it, so its INIT reply never carries the flag; the custom I/O below notes whether the kernel
+   offers it (read of the INIT request, before libfuse calls the init operation) and adds it to the reply. */
+#define CKPT_DIRECT_IO_ALLOW_MMAP_FLAGS2 (1u << (36 - 32))
+
+static _Atomic uint64_t init_unique;
+static _Atomic int direct_io_mmap;
+
+static ssize_t ckpt_io_read(int fd, void *buf, size_t len, void *userdata) {
+    (void)userdata;
+    ssize_t n = read(fd, buf, len);
+    if (n >= (ssize_t)(sizeof(struct fuse_in_header) + offsetof(struct fuse_init_in, unused))) {
+        const struct fuse_in_header *h = buf;
+        if (h->opcode == FUSE_INIT) {
+            const struct fuse_init_in *in = (const void *)(h + 1);
+            uint32_t flags2 = (in->flags & FUSE_INIT_EXT) ? in->flags2 : 0;
+            atomic_store(&direct_io_mmap, (flags2 & CKPT_DIRECT_IO_ALLOW_MMAP_FLAGS2) ? 1 : 0);
+            atomic_store(&init_unique, h->unique);
+        }
+    }
+    return n;
+}
+
+static ssize_t ckpt_io_writev(int fd, struct iovec *iov, int count, void *userdata) {
+    (void)userdata;
+    uint64_t unique = atomic_load(&init_unique);
+    if (unique != 0 && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header) &&
+        iov[1].iov_len >= offsetof(struct fuse_init_out, unused)) {
+        const struct fuse_out_header *h = iov[0].iov_base;
+        if (h->unique == unique && h->error == 0) {
+            struct fuse_init_out *out = iov[1].iov_base;
+            /* The kernel only reads flags2 when the reply has FUSE_INIT_EXT, which libfuse sets whenever the
+               request had it (and without it the kernel offered nothing in flags2). */
+            if (atomic_load(&direct_io_mmap) && (out->flags & FUSE_INIT_EXT))
+                out->flags2 |= CKPT_DIRECT_IO_ALLOW_MMAP_FLAGS2;
+            atomic_store(&init_unique, 0);
+        }
+    }
+    return writev(fd, iov, count);
+}
+
+int ckpt_fuse_negotiate_direct_io_mmap(struct fuse_session *se) {
+    static const struct fuse_custom_io io = {.read = ckpt_io_read, .writev = ckpt_io_writev};
+    return fuse_session_custom_io(se, &io, fuse_session_fd(se));
+}
+
+int ckpt_fuse_direct_io_mmap(void) { return atomic_load(&direct_io_mmap); }

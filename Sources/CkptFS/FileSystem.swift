@@ -115,6 +115,9 @@ public final class FileSystem: Sendable {
     let handles = Mutex<[UInt64: FileHandle]>([:])
     let dirHandles = Mutex<[UInt64: DirHandle]>([:])
     let nextHandle = Atomic<UInt64>(1)
+    /// Whether the kernel can give handles direct I/O and still map their files (set by the FUSE adapter once
+    /// the session is up); without it no open asks for direct I/O.
+    public let directReadsAvailable = Atomic<Bool>(true)
     /// Blocks being fetched, each registered by the one fetch that delivers it.
     let fetches = Mutex<[BlockKey: PendingBlock]>([:])
     let prefetchInFlight = Atomic<Int>(0)

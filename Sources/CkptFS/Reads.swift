@@ -9,6 +9,8 @@ final class FileHandle: Sendable {
     let key: String
     let etag: String
     let size: Int64
+    /// Reads of this handle should bypass the kernel's page cache (FSOptions.directReadMinSize).
+    let direct: Bool
 
     struct ReadAhead: Sendable {
         var lastEnd: Int64 = -1
@@ -19,11 +21,12 @@ final class FileHandle: Sendable {
     }
     let readAhead = Mutex(ReadAhead())
 
-    init(ino: UInt64, key: String, etag: String, size: Int64) {
+    init(ino: UInt64, key: String, etag: String, size: Int64, direct: Bool = false) {
         self.ino = ino
         self.key = key
         self.etag = etag
         self.size = size
+        self.direct = direct
     }
 }
 
@@ -45,9 +48,20 @@ extension FileSystem {
             return try await openLocal(ino: ino, key: n.key, write: true, truncate: flags & O_TRUNC != 0, remote: remote)!
         }
         guard let remote else { throw .noEntry }
+        let direct = directReadsAvailable.load(ordering: .relaxed) && options.directReadMinSize.map { min in
+            remote.size >= min && remote.size > 0
+                && !cache.contains(BlockKey(bucket: bucket, key: n.key, etag: remote.etag, index: 0))
+        } ?? false
+        if direct { counters.withLock { $0.directOpens += 1 } }
         let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
-        handles.withLock { $0[h] = FileHandle(ino: ino, key: n.key, etag: remote.etag, size: remote.size) }
+        handles.withLock { $0[h] = FileHandle(ino: ino, key: n.key, etag: remote.etag, size: remote.size, direct: direct) }
         return h
+    }
+
+    /// Whether reads of `handle` bypass the kernel's page cache (a cold read-only open of a large file,
+    /// FSOptions.directReadMinSize). False for handles of local versions.
+    public func readsDirect(handle: UInt64) -> Bool {
+        handles.withLock { $0[handle]?.direct } ?? false
     }
 
     /// The object behind a node as S3 has it now (revalidated with a HEAD unless checked within the last
@@ -72,30 +86,79 @@ extension FileSystem {
 
     /// Reads up to `size` bytes at `offset`. Fewer bytes only at the end of the file.
     public func read(handle: UInt64, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
+        switch try readNow(handle: handle, offset: offset, size: size) {
+        case .done(let segments): return segments
+        case .later(let rest): return try await rest.segments()
+        }
+    }
+
+    /// What `readNow` found: the read's bytes, or the rest of the read, which has to wait for a download.
+    public enum ReadNow: Sendable {
+        case done([ReadSegment])
+        case later(PendingRead)
+    }
+
+    /// A read that has to wait; `segments()` finishes it (once).
+    public struct PendingRead: Sendable {
+        let finish: @Sendable () async throws(FSError) -> [ReadSegment]
+        public func segments() async throws(FSError) -> [ReadSegment] { try await finish() }
+    }
+
+    /// Starts a read without waiting: when every block it needs is in memory or in the cache, its bytes are
+    /// returned at once (the FUSE thread replies without handing the request to another thread, which is
+    /// most of a small read's cost); otherwise the part that waits for the network is returned to be awaited.
+    /// Either way the read-ahead it triggers has started.
+    public func readNow(handle: UInt64, offset: Int64, size: Int) throws(FSError) -> ReadNow {
         guard let fh = handles.withLock({ $0[handle] }) else {
             guard let lh = localHandles.withLock({ $0[handle] }) else { throw .badHandle }
-            return try await readLocal(lh, offset: offset, size: size)
+            return .later(PendingRead { () async throws(FSError) in try await self.readLocal(lh, offset: offset, size: size) })
         }
-        return try await readObject(fh, offset: offset, size: size)
+        guard offset < fh.size, size > 0 else { return .done([]) }
+        let plan = planRead(fh, offset: offset, size: size)
+        if let segments = try objectSegmentsNow(fh, plan) {
+            if let prefetch = plan.prefetch { schedulePrefetch(fh, prefetch) }
+            return .done(segments)
+        }
+        return .later(PendingRead { () async throws(FSError) in try await self.finishRead(fh, plan) })
     }
 
     /// Reads up to `size` bytes of the object version `fh` pins, through the block cache.
     func readObject(_ fh: FileHandle, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
         guard offset < fh.size, size > 0 else { return [] }
+        return try await finishRead(fh, planRead(fh, offset: offset, size: size))
+    }
+
+    func finishRead(_ fh: FileHandle, _ plan: ReadPlan) async throws(FSError) -> [ReadSegment] {
+        let segments = try await objectSegments(fh, plan)
+        if let prefetch = plan.prefetch { schedulePrefetch(fh, prefetch) }
+        return segments
+    }
+
+    /// One read of an object: its byte range, whether it continues a stream, and the blocks to fetch ahead.
+    struct ReadPlan: Sendable {
+        var offset: Int64
+        var end: Int64
+        var sequential: Bool
+        var prefetch: Range<Int64>?
+    }
+
+    /// Stream detection and the read-ahead window, updated once per read (`offset` < file size, `size` > 0).
+    func planRead(_ fh: FileHandle, offset: Int64, size: Int) -> ReadPlan {
         let end = min(offset + Int64(size), fh.size)
         let bs = Int64(cache.blockSize)
-        let first = offset / bs, last = (end - 1) / bs
 
         // Stream detection: the kernel sends a sequential reader's reads several at a time and not always in
         // order, so a read counts as sequential when it is large and lands within `band` of the furthest point
-        // reached.
+        // reached, or when it starts exactly where the last one ended (small reads of a direct-I/O handle
+        // reach us as the program makes them).
         // Two such reads in a row open the read-ahead window; each further one doubles it. A read elsewhere
         // closes it, so random readers fetch only what they touch.
         let band: Int64 = 16 << 20
         let (sequential, prefetch): (Bool, Range<Int64>?) = fh.readAhead.withLock { ra in
             // Random access reaches us as single pages; a stream as large reads (the kernel's read-ahead).
             let large = end - offset >= 64 << 10 || end == fh.size
-            let near = large && ra.lastEnd >= 0 && offset >= ra.lastEnd - band && offset <= ra.lastEnd + band
+            let near = offset == ra.lastEnd
+                || (large && ra.lastEnd >= 0 && offset >= ra.lastEnd - band && offset <= ra.lastEnd + band)
             ra.lastEnd = near ? max(ra.lastEnd, end) : end
             ra.streak = near ? ra.streak + 1 : 0
             if ra.streak >= 2 {
@@ -116,39 +179,85 @@ extension FileSystem {
             ra.prefetchedTo = upTo
             return (true, from..<upTo)
         }
+        return ReadPlan(offset: offset, end: end, sequential: sequential, prefetch: prefetch)
+    }
 
+    /// The segments of a planned read, from memory, the cache, or (waiting for them) downloads.
+    func objectSegments(_ fh: FileHandle, _ plan: ReadPlan) async throws(FSError) -> [ReadSegment] {
         var segments: [ReadSegment] = []
         do throws(FSError) {
-            for b in first...last {
-                let blockStart = b * bs
-                let lo = Int(max(offset, blockStart) - blockStart)
-                let hi = Int(min(end, blockStart + bs) - blockStart)
-                let key = BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b)
-                var source = recent.get(key).map { BlockSource.memory($0) } ?? cache.open(key).map { BlockSource.file($0) }
-                if source == nil { source = try await fetchBlock(fh, b, demandBlocks: sequential ? options.requestSize / bs : 1) }
-                switch source! {
-                case .file(let ob):
-                    guard hi <= ob.length else {
-                        close(ob.fd)
-                        throw FSError(EIO, "cached block \(b) of \(fh.key) is shorter than the object says")
-                    }
-                    segments.append(.file(fd: ob.fd, offset: ob.offset + Int64(lo), length: hi - lo))
-                case .memory(let buf):
-                    guard hi <= buf.count else { throw FSError(EIO, "short block \(b) of \(fh.key)") }
-                    segments.append(.memory(buf, offset: lo, length: hi - lo))
-                    // A stream that has read a block to its end will not come back for it (the kernel keeps it).
-                    if sequential && hi == buf.count {
-                        buf.consumed.store(true, ordering: .relaxed)
-                        recent.remove(key)
-                    }
+            for b in blockRange(plan) {
+                var source = blockSourceNow(fh, b)
+                if source == nil {
+                    source = try await fetchBlock(fh, b, demandBlocks: plan.sequential ? options.requestSize / Int64(cache.blockSize) : 1)
                 }
+                try appendSegment(&segments, fh, plan, b, source!)
             }
         } catch {
-            for case .file(let fd, _, _) in segments { close(fd) }
+            closeFiles(segments)
             throw error
         }
-        if let prefetch { schedulePrefetch(fh, prefetch) }
         return segments
+    }
+
+    /// The segments of a planned read if every block is in memory or in the cache now, else nil.
+    func objectSegmentsNow(_ fh: FileHandle, _ plan: ReadPlan) throws(FSError) -> [ReadSegment]? {
+        var segments: [ReadSegment] = []
+        do throws(FSError) {
+            for b in blockRange(plan) {
+                guard let source = blockSourceNow(fh, b) else {
+                    closeFiles(segments)
+                    return nil
+                }
+                try appendSegment(&segments, fh, plan, b, source)
+            }
+        } catch {
+            closeFiles(segments)
+            throw error
+        }
+        return segments
+    }
+
+    func blockRange(_ plan: ReadPlan) -> ClosedRange<Int64> {
+        let bs = Int64(cache.blockSize)
+        return (plan.offset / bs)...((plan.end - 1) / bs)
+    }
+
+    /// Block `b` if it is at hand: in memory (downloaded lately, or downloaded and still being stored) or in
+    /// the cache.
+    func blockSourceNow(_ fh: FileHandle, _ b: Int64) -> BlockSource? {
+        let key = BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b)
+        if let buf = recent.get(key) ?? fetches.withLock({ $0[key] })?.arrived { return .memory(buf) }
+        return cache.open(key).map { BlockSource.file($0) }
+    }
+
+    func closeFiles(_ segments: [ReadSegment]) {
+        for case .file(let fd, _, _) in segments { close(fd) }
+    }
+
+    /// Adds block `b`'s part of the read.
+    func appendSegment(_ segments: inout [ReadSegment], _ fh: FileHandle, _ plan: ReadPlan, _ b: Int64,
+                       _ source: BlockSource) throws(FSError) {
+        let bs = Int64(cache.blockSize)
+        let blockStart = b * bs
+        let lo = Int(max(plan.offset, blockStart) - blockStart)
+        let hi = Int(min(plan.end, blockStart + bs) - blockStart)
+        switch source {
+        case .file(let ob):
+            guard hi <= ob.length else {
+                close(ob.fd)
+                throw FSError(EIO, "cached block \(b) of \(fh.key) is shorter than the object says")
+            }
+            segments.append(.file(fd: ob.fd, offset: ob.offset + Int64(lo), length: hi - lo))
+        case .memory(let buf):
+            guard hi <= buf.count else { throw FSError(EIO, "short block \(b) of \(fh.key)") }
+            segments.append(.memory(buf, offset: lo, length: hi - lo))
+            // A stream that has read a block to its end will not come back for it.
+            if plan.sequential && hi == buf.count {
+                buf.consumed.store(true, ordering: .relaxed)
+                recent.remove(BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b))
+            }
+        }
     }
 
     enum BlockSource {
@@ -278,6 +387,11 @@ final class PendingBlock: Sendable {
     private let state = Mutex<(result: Outcome?, waiters: [CheckedContinuation<Outcome, Never>])>((nil, []))
 
     init(index: Int64) { self.index = index }
+
+    /// The block's bytes if they have arrived.
+    var arrived: BlockBuffer? {
+        state.withLock { s in if case .success(let b)? = s.result { b } else { nil } }
+    }
 
     /// Resolves the block; only the first call counts (and returns true).
     @discardableResult

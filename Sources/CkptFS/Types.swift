@@ -22,6 +22,12 @@ public struct FSOptions: Sendable {
     public var maxReadAhead: Int64 = 128 << 20
     /// Most ranged GETs in flight for read-ahead, over all files (demand reads are never held back).
     public var maxPrefetchRequests = 8
+    /// A read-only open of a file at least this large whose first block is not cached yet asks for direct
+    /// I/O (the adapter decides whether the kernel can do it): reads then bypass the kernel's page cache, so
+    /// a cold stream's bytes are copied once, from the download straight into the reader's buffer, instead of
+    /// into newly allocated page-cache pages and from there to the reader. Cached files keep the page cache.
+    /// 0: every read-only open of a clean file; nil: never.
+    public var directReadMinSize: Int64? = 32 << 20
     /// fsync() waits until the file is in S3 (true) or only until it is on local disk (false).
     public var durableFsync = true
     /// Smallest multipart part (a file up to this size is one PutObject).
@@ -128,5 +134,7 @@ public struct FSStats: Sendable {
     public var listRequests = 0
     public var headRequests = 0
     public var putRequests = 0
+    /// Read-only opens that asked for direct I/O (FSOptions.directReadMinSize).
+    public var directOpens = 0
     public var cache = CacheStats()
 }

@@ -106,6 +106,8 @@ public final class FuseAdapter: Sendable {
         var ops = fuse_lowlevel_ops()
         ops.`init` = { userdata, conn in
             ckpt_fuse_init_conn(conn, 16 << 20)
+            let a = Unmanaged<FuseAdapter>.fromOpaque(userdata!).takeUnretainedValue()
+            a.fs.directReadsAvailable.store(ckpt_fuse_direct_io_mmap() == 1, ordering: .relaxed)
         }
         ops.lookup = { req, parent, name in
             let n = String(cString: name!)
@@ -148,9 +150,11 @@ public final class FuseAdapter: Sendable {
                 let h = try await a.fs.open(ino: UInt64(ino), flags: flags)
                 var copy = boxed.value
                 // keep_cache: the page cache stays valid across opens; a handle pins one ETag anyway. A file
-                // opened for writing drops it (its bytes may change).
+                // opened for writing drops it (its bytes may change). direct_io for the cold reads the core asks
+                // it for, only where the kernel also lets such files be mapped (mmap must keep working).
                 let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
-                ckpt_fuse_fi_set(&copy, h, write ? 0 : 1, 0)
+                let direct = !write && a.fs.readsDirect(handle: h)
+                ckpt_fuse_fi_set(&copy, h, write ? 0 : 1, direct ? 1 : 0)
                 if fuse_reply_open(req, &copy) != 0 { a.fs.release(handle: h) }
             }
         }
@@ -240,11 +244,17 @@ public final class FuseAdapter: Sendable {
             }
         }
         ops.read = { req, _, size, off, fi in
-            let h = fi!.pointee.fh
-            FuseAdapter.async(req, "read") { a, r throws(FSError) in
-                let req = r.value
-                let segments = try await a.fs.read(handle: h, offset: Int64(off), size: size)
-                a.reply(req, segments)
+            // Answered on this thread when the bytes are at hand (no Task: most of a small read's cost).
+            let a = FuseAdapter.adapter(req)
+            do throws(FSError) {
+                switch try a.fs.readNow(handle: fi!.pointee.fh, offset: Int64(off), size: size) {
+                case .done(let segments):
+                    a.reply(req, segments)
+                case .later(let rest):
+                    FuseAdapter.async(req, "read") { a, r throws(FSError) in a.reply(r.value, try await rest.segments()) }
+                }
+            } catch {
+                a.replyError(req, error, "read")
             }
         }
         ops.release = { req, _, fi in

@@ -50,6 +50,7 @@ enum Control {
         var headRequests: Int
         var listRequests: Int
         var putRequests: Int
+        var directOpens: Int
     }
 
     static func sockaddr(_ path: String) -> sockaddr_un? {
@@ -163,7 +164,7 @@ final class ControlServer: @unchecked Sendable {
                 cacheBlocks: s.cache.blocks, cacheHits: s.cache.hits, cacheMisses: s.cache.misses,
                 cacheHitRatio: lookups == 0 ? 0 : Double(s.cache.hits) / Double(lookups), getRequests: s.getRequests,
                 bytesDownloaded: s.bytesDownloaded, headRequests: s.headRequests, listRequests: s.listRequests,
-                putRequests: s.putRequests))
+                putRequests: s.putRequests, directOpens: s.directOpens))
         default:
             reply = Data("{\"error\":\"unknown command\"}".utf8)
         }

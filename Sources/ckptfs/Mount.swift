@@ -26,6 +26,9 @@ struct Mount: AsyncParsableCommand {
     var readPartSize: String = "16MiB"
     @Option(name: .customLong("max-read-ahead"), help: "Largest read-ahead window of one open file (default 128MiB).")
     var maxReadAhead: String = "128MiB"
+    @Option(name: .customLong("direct-reads"),
+            help: "auto: a file of 32MiB or more that is not cached yet is read without the kernel's page cache (one copy less on a cold stream; mmap still works); always: every read-only open of a clean file; never (default auto).")
+    var directReads: String = "auto"
     @Option(name: .customLong("fsync"), help: "durable: fsync() returns once the file is in S3; local: once it is on local disk.")
     var fsyncMode: String = "durable"
     @Option(name: .customLong("drain-timeout"), help: "Seconds SIGTERM/unmount wait for queued uploads (default 120).")
@@ -60,6 +63,9 @@ struct Mount: AsyncParsableCommand {
             guard let n = MountChecks.parseSize(v), n >= 1 << 20, n <= 1 << 30 else {
                 throw ValidationError("\(name) '\(v)' must be a size between 1MiB and 1GiB, like 8MiB")
             }
+        }
+        guard ["auto", "always", "never"].contains(directReads) else {
+            throw ValidationError("--direct-reads must be 'auto', 'always' or 'never'")
         }
         guard fsyncMode == "durable" || fsyncMode == "local" else {
             throw ValidationError("--fsync must be 'durable' (wait for S3) or 'local' (wait for local disk)")
@@ -120,6 +126,11 @@ struct Mount: AsyncParsableCommand {
         o.requestSize = MountChecks.parseSize(readPartSize)!
         o.maxReadAhead = max(o.requestSize, MountChecks.parseSize(maxReadAhead)!)
         o.durableFsync = fsyncMode == "durable"
+        switch directReads {
+        case "always": o.directReadMinSize = 0
+        case "never": o.directReadMinSize = nil
+        default: break  // auto: FSOptions' default
+        }
         o.holdUploads = holdUploads
         o.uploadDelay = .milliseconds(Int64(uploadDelay * 1000))
         o.conditionalWrites = conditionalWrites

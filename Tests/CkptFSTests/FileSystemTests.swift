@@ -338,6 +338,61 @@ final class FileSystemTests: XCTestCase {
         XCTAssertLessThanOrEqual(s3.bytesSent, Int64(20 * 2 << 20), "each random read fetches at most its blocks")
     }
 
+    func testSmallContiguousReadsReadAheadLikeLargeOnes() async throws {
+        // A direct-I/O handle passes the program's own read sizes through: 4 KiB reads one after the other are
+        // a stream and must be fetched ahead in large GETs, not one block per GET.
+        let obj = data(24 << 20, 6)
+        s3.seed(bucket, "shard.bin", obj)
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "shard.bin")
+        let v = try await readAll(a.ino, chunk: 4096)
+        XCTAssertEqual(v, obj)
+        let gets = s3.count("GetObject")
+        XCTAssertLessThanOrEqual(gets, 8, "\(gets) GETs for 24 blocks read 4 KiB at a time")
+    }
+
+    func testColdLargeFilesAreReadDirectAndCachedOnesThroughThePageCache() async throws {
+        s3.seed(bucket, "big.pt", data(40 << 20, 1))
+        s3.seed(bucket, "small.json", data(1000, 2))
+        let big = try await fs.lookup(parent: FileSystem.rootIno, name: "big.pt")
+        let small = try await fs.lookup(parent: FileSystem.rootIno, name: "small.json")
+        var h = try await fs.open(ino: big.ino, flags: O_RDONLY)
+        XCTAssertTrue(fs.readsDirect(handle: h), "a cold file of 40 MiB is read without the page cache")
+        _ = try await fs.read(handle: h, offset: 0, size: 1 << 20)
+        fs.release(handle: h)
+        let small1 = try await fs.open(ino: small.ino, flags: O_RDONLY)
+        XCTAssertFalse(fs.readsDirect(handle: small1), "a small file keeps the page cache")
+        XCTAssertEqual(fs.stats.directOpens, 1)
+        // Once its first block is cached, the file is warm: the page cache serves re-reads.
+        let first = BlockKey(bucket: bucket, key: "big.pt", etag: try await s3.headObject(bucket, "big.pt", versionId: nil, ifMatch: nil).etag, index: 0)
+        for _ in 0..<200 where !fs.cache.contains(first) { try await Task.sleep(for: .milliseconds(10)) }
+        h = try await fs.open(ino: big.ino, flags: O_RDONLY)
+        XCTAssertFalse(fs.readsDirect(handle: h), "a cached file is read through the page cache")
+        // A kernel that cannot map direct-I/O files gets no direct handles.
+        fs = try make()
+        fs.directReadsAvailable.store(false, ordering: .relaxed)
+        let again = try await fs.lookup(parent: FileSystem.rootIno, name: "big.pt")
+        h = try await fs.open(ino: again.ino, flags: O_RDONLY)
+        XCTAssertFalse(fs.readsDirect(handle: h))
+        XCTAssertEqual(fs.stats.directOpens, 0)
+    }
+
+    func testReadsAtHandAreAnsweredWithoutWaiting() async throws {
+        let obj = data(3 << 20, 7)
+        s3.seed(bucket, "w", obj)
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "w")
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY)
+        guard case .later(let rest) = try fs.readNow(handle: h, offset: 100, size: 4096) else {
+            return XCTFail("nothing is cached yet: the read has to wait for a GET")
+        }
+        let got = try await rest.segments().flatMap { bytes($0) }
+        XCTAssertEqual(got, Array(obj[100..<4196]))
+        guard case .done(let segs) = try fs.readNow(handle: h, offset: 5000, size: 4096) else {
+            return XCTFail("the block just downloaded is at hand")
+        }
+        XCTAssertEqual(segs.flatMap { bytes($0) }, Array(obj[5000..<9096]))
+        XCTAssertEqual(s3.count("GetObject"), 1)
+    }
+
     func testAHandleSeesOneVersionAndAChangeIsReported() async throws {
         s3.seed(bucket, "ckpt", data(3 << 20, 1))
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt")

@@ -1,5 +1,6 @@
 """Reading through a real mount of a real S3 server, checked from outside (boto3, sha256, server metrics)."""
 import hashlib
+import json
 import mmap
 import os
 import random
@@ -102,6 +103,45 @@ def test_random_preads_and_mmap(server, bucket, mounts):
             assert m[-5:] == data[-5:]
     finally:
         os.close(fd)
+
+
+def resident_bytes(path):
+    """Bytes of `path` in the kernel's page cache (fincore opens it anew: a warm file, so no direct I/O)."""
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[0])
+
+
+def test_a_cold_large_file_bypasses_the_page_cache_and_still_maps(server, bucket, mounts):
+    data = random.Random(12).randbytes(40 * 1024 * 1024 + 77)
+    put(server, bucket, "model-00001.safetensors", data)
+    put(server, bucket, "small.bin", data[:1 << 20])
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    path = os.path.join(mp, "model-00001.safetensors")
+    # Cold and 40 MiB: read with direct I/O, so the FUSE file's pages never enter the page cache.
+    assert file_sha(path) == sha(data)
+    status = lambda: json.loads(mounts.run("status", mp, "--json").stdout)
+    assert status()["directOpens"] == 1
+    # Once its blocks are cached the file is warm, so fincore's own open is not a direct one (whose mapping
+    # would drop the pages it is about to count).
+    assert wait_until(lambda: status()["cacheBlocks"] >= 41, 30)
+    assert resident_bytes(path) == 0
+    # A small file keeps the page cache.
+    assert file_sha(os.path.join(mp, "small.bin")) == sha(data[:1 << 20])
+    assert resident_bytes(os.path.join(mp, "small.bin")) > 0
+    mounts.unmount(mp)
+    # Shared mappings of a direct-I/O handle work (FUSE_DIRECT_IO_ALLOW_MMAP), as safetensors and numpy use them.
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    path = os.path.join(mp, "model-00001.safetensors")
+    with open(path, "rb") as f:
+        assert f.read(8) == data[:8]
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            rng = random.Random(13)
+            for _ in range(50):
+                off = rng.randrange(0, len(data) - 4096)
+                assert m[off:off + 4096] == data[off:off + 4096]
+            assert hashlib.sha256(m).hexdigest() == sha(data)
+    assert json.loads(mounts.run("status", mp, "--json").stdout)["directOpens"] == 1
 
 
 def test_remount_serves_cached_blocks_without_downloading_again(server, bucket, mounts):

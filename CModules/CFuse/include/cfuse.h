@@ -26,6 +26,14 @@ int ckpt_fuse_reply_segments(fuse_req_t req, size_t n, const int *fd, const off_
 /// Sets the fields of a fuse_file_info that are C bitfields.
 void ckpt_fuse_fi_set(struct fuse_file_info *fi, uint64_t fh, int keep_cache, int direct_io);
 
+/// Lets the kernel map files opened with direct_io (shared mmap then goes through the page cache):
+/// installs read/writev hooks on the session's /dev/fuse fd (call after fuse_session_mount) that add
+/// FUSE_DIRECT_IO_ALLOW_MMAP to libfuse's INIT reply when the kernel offers it. Returns 0 or -errno.
+int ckpt_fuse_negotiate_direct_io_mmap(struct fuse_session *se);
+
+/// 1 when the kernel offered FUSE_DIRECT_IO_ALLOW_MMAP in INIT (known from the init operation on), else 0.
+int ckpt_fuse_direct_io_mmap(void);
+
 /// Turns on the capabilities a read-mostly filesystem wants, if the kernel offers them.
 void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead);
 
