@@ -257,7 +257,7 @@ struct Status: ParsableCommand {
             print("cache:            \(formatBytes(s.cacheUsedBytes)) of \(formatBytes(s.cacheCapacityBytes)), "
                 + "hit ratio \(String(format: "%.2f", s.cacheHitRatio))")
             print("requests:         \(s.getRequests) GET (\(formatBytes(s.bytesDownloaded))), \(s.putRequests) PUT/part, "
-                + "\(s.headRequests) HEAD, \(s.listRequests) LIST")
+                + "\(s.headRequests) HEAD, \(s.listRequests) LIST; \(s.directOpens) direct-I/O opens")
         } catch let f as UserFacingFailure {
             throw fail(f.message)
         }
