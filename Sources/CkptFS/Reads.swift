@@ -86,16 +86,21 @@ extension FileSystem {
 
     /// Reads up to `size` bytes at `offset`. Fewer bytes only at the end of the file.
     public func read(handle: UInt64, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
-        switch try readNow(handle: handle, offset: offset, size: size) {
-        case .done(let segments): return segments
-        case .later(let rest): return try await rest.segments()
-        }
+        try await readNow(handle: handle, offset: offset, size: size).segments()
     }
 
     /// What `readNow` found: the read's bytes, or the rest of the read, which has to wait for a download.
     public enum ReadNow: Sendable {
         case done([ReadSegment])
         case later(PendingRead)
+
+        /// The read's bytes, waiting for them if need be.
+        public func segments() async throws(FSError) -> [ReadSegment] {
+            switch self {
+            case .done(let segments): return segments
+            case .later(let rest): return try await rest.segments()
+            }
+        }
     }
 
     /// A read that has to wait; `segments()` finishes it (once).
@@ -114,22 +119,47 @@ extension FileSystem {
             return .later(PendingRead { () async throws(FSError) in try await self.readLocal(lh, offset: offset, size: size) })
         }
         guard offset < fh.size, size > 0 else { return .done([]) }
-        let plan = planRead(fh, offset: offset, size: size)
-        if let segments = try objectSegmentsNow(fh, plan) {
-            if let prefetch = plan.prefetch { schedulePrefetch(fh, prefetch) }
-            return .done(segments)
-        }
-        return .later(PendingRead { () async throws(FSError) in try await self.finishRead(fh, plan) })
+        return try startRead(fh, offset: offset, size: size)
     }
 
     /// Reads up to `size` bytes of the object version `fh` pins, through the block cache.
     func readObject(_ fh: FileHandle, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
         guard offset < fh.size, size > 0 else { return [] }
-        return try await finishRead(fh, planRead(fh, offset: offset, size: size))
+        return try await startRead(fh, offset: offset, size: size).segments()
     }
 
-    func finishRead(_ fh: FileHandle, _ plan: ReadPlan) async throws(FSError) -> [ReadSegment] {
-        let segments = try await objectSegments(fh, plan)
+    /// Plans a read of an object and gathers the blocks at hand; the rest waits in the returned `.later`.
+    func startRead(_ fh: FileHandle, offset: Int64, size: Int) throws(FSError) -> ReadNow {
+        let plan = planRead(fh, offset: offset, size: size)
+        var segments: [ReadSegment] = []
+        guard let missing = try gatherNow(fh, plan, &segments) else {
+            if let prefetch = plan.prefetch { schedulePrefetch(fh, prefetch) }
+            return .done(segments)
+        }
+        let have = segments
+        return .later(PendingRead { () async throws(FSError) in
+            try await self.finishRead(fh, plan, have: have, from: missing)
+        })
+    }
+
+    /// Completes a planned read from block `missing` on; `have` holds the segments of the blocks before it.
+    /// Block `missing` was just found not at hand: it is looked up again only if it has reached the cache
+    /// since (so a cache miss is counted once), else fetched or joined to its fetch in flight.
+    func finishRead(_ fh: FileHandle, _ plan: ReadPlan, have: [ReadSegment], from missing: Int64) async throws(FSError) -> [ReadSegment] {
+        var segments = have
+        do throws(FSError) {
+            for b in missing...blockRange(plan).upperBound {
+                let look = b != missing || cache.contains(BlockKey(bucket: bucket, key: fh.key, etag: fh.etag, index: b))
+                var source = look ? blockSourceNow(fh, b) : nil
+                if source == nil {
+                    source = try await fetchBlock(fh, b, demandBlocks: plan.sequential ? options.requestSize / Int64(cache.blockSize) : 1)
+                }
+                try appendSegment(&segments, fh, plan, b, source!)
+            }
+        } catch {
+            closeFiles(segments)
+            throw error
+        }
         if let prefetch = plan.prefetch { schedulePrefetch(fh, prefetch) }
         return segments
     }
@@ -182,40 +212,19 @@ extension FileSystem {
         return ReadPlan(offset: offset, end: end, sequential: sequential, prefetch: prefetch)
     }
 
-    /// The segments of a planned read, from memory, the cache, or (waiting for them) downloads.
-    func objectSegments(_ fh: FileHandle, _ plan: ReadPlan) async throws(FSError) -> [ReadSegment] {
-        var segments: [ReadSegment] = []
+    /// Appends the segments of the read's blocks that are at hand now, in order, and returns the first block
+    /// that is not (nothing appended from it on), or nil when the read is complete.
+    func gatherNow(_ fh: FileHandle, _ plan: ReadPlan, _ segments: inout [ReadSegment]) throws(FSError) -> Int64? {
         do throws(FSError) {
             for b in blockRange(plan) {
-                var source = blockSourceNow(fh, b)
-                if source == nil {
-                    source = try await fetchBlock(fh, b, demandBlocks: plan.sequential ? options.requestSize / Int64(cache.blockSize) : 1)
-                }
-                try appendSegment(&segments, fh, plan, b, source!)
-            }
-        } catch {
-            closeFiles(segments)
-            throw error
-        }
-        return segments
-    }
-
-    /// The segments of a planned read if every block is in memory or in the cache now, else nil.
-    func objectSegmentsNow(_ fh: FileHandle, _ plan: ReadPlan) throws(FSError) -> [ReadSegment]? {
-        var segments: [ReadSegment] = []
-        do throws(FSError) {
-            for b in blockRange(plan) {
-                guard let source = blockSourceNow(fh, b) else {
-                    closeFiles(segments)
-                    return nil
-                }
+                guard let source = blockSourceNow(fh, b) else { return b }
                 try appendSegment(&segments, fh, plan, b, source)
             }
         } catch {
             closeFiles(segments)
             throw error
         }
-        return segments
+        return nil
     }
 
     func blockRange(_ plan: ReadPlan) -> ClosedRange<Int64> {
