@@ -51,6 +51,14 @@ enum Control {
         var listRequests: Int
         var putRequests: Int
         var directOpens: Int
+        /// Present while the daemon drains before unmounting, after a signal.
+        var stopping: Stopping?
+    }
+
+    struct Stopping: Codable {
+        var signal: String
+        /// Seconds left before the drain gives up.
+        var drainSecondsLeft: Double
     }
 
     static func sockaddr(_ path: String) -> sockaddr_un? {
@@ -103,6 +111,8 @@ final class ControlServer: @unchecked Sendable {
     private var fd: Int32 = -1
     /// Set by `ckptfs unmount` (which drains before unmounting): how long the daemon still drains after.
     let drainTimeout = Mutex<Double?>(nil)
+    /// Set when a signal started the drain before an unmount.
+    let stopping = Mutex<DrainState?>(nil)
 
     init(fs: FileSystem, mountpoint: String, logger: Logger) {
         self.fs = fs
@@ -164,7 +174,8 @@ final class ControlServer: @unchecked Sendable {
                 cacheBlocks: s.cache.blocks, cacheHits: s.cache.hits, cacheMisses: s.cache.misses,
                 cacheHitRatio: lookups == 0 ? 0 : Double(s.cache.hits) / Double(lookups), getRequests: s.getRequests,
                 bytesDownloaded: s.bytesDownloaded, headRequests: s.headRequests, listRequests: s.listRequests,
-                putRequests: s.putRequests, directOpens: s.directOpens))
+                putRequests: s.putRequests, directOpens: s.directOpens,
+                stopping: stopping.withLock { $0 }.map { .init(signal: $0.signalName, drainSecondsLeft: max(0, ($0.deadline - .now).seconds)) }))
         default:
             reply = Data("{\"error\":\"unknown command\"}".utf8)
         }
@@ -244,6 +255,9 @@ struct Status: ParsableCommand {
             }
             let w = s.writeBack
             print("mount:            \(mp)")
+            if let st = s.stopping {
+                print("stopping:         \(st.signal): draining uploads (\(Int(st.drainSecondsLeft.rounded(.up))) s left), then unmounting")
+            }
             print("dirty files:      \(w.dirtyFiles) (\(formatBytes(w.dirtyBytes))), oldest \(String(format: "%.0f", w.oldestDirtySeconds)) s")
             print("uploads:          \(w.uploadsInFlight) in flight, \(w.uploadedFiles) done (\(formatBytes(w.uploadedBytes)))")
             if w.recovered > 0 { print("recovered:        \(w.recovered) file(s) from the journal at mount") }
