@@ -192,24 +192,28 @@ def test_mount_takes_over_a_dead_mount_point_and_unmount_clears_one(server, buck
     data = os.urandom(MiB)
     with open(f"{mp}/kept.bin", "wb") as f:
         f.write(data)
-    kill9(mp)
-    mounts.active.remove(mp)
-    r = mounts.run("mount", f"s3://{bucket}", mp, "--cache-dir", cache)
-    assert r.returncode == 0, r.stderr
-    mounts.active.append(mp)
-    assert "dead" in r.stderr
-    with open(f"{mp}/kept.bin", "rb") as f:
-        assert sha(f.read()) == sha(data)
-    r = mounts.run("flush", mp, "--timeout", "60", timeout=90)
-    assert r.returncode == 0, r.stderr
-    assert sha(server.s3.get_object(Bucket=bucket, Key="kept.bin")["Body"].read()) == sha(data)
+    try:
+        kill9(mp)
+        mounts.active.remove(mp)
+        r = mounts.run("mount", f"s3://{bucket}", mp, "--cache-dir", cache)
+        assert r.returncode == 0, r.stderr
+        mounts.active.append(mp)
+        assert "dead" in r.stderr
+        with open(f"{mp}/kept.bin", "rb") as f:
+            assert sha(f.read()) == sha(data)
+        r = mounts.run("flush", mp, "--timeout", "60", timeout=90)
+        assert r.returncode == 0, r.stderr
+        assert sha(server.s3.get_object(Bucket=bucket, Key="kept.bin")["Body"].read()) == sha(data)
 
-    kill9(mp)
-    r = mounts.run("unmount", mp)
-    assert r.returncode == 0, r.stderr
-    mounts.active.remove(mp)
-    assert not is_mounted(mp)
-    assert os.listdir(mp) == []
+        kill9(mp)
+        r = mounts.run("unmount", mp)
+        assert r.returncode == 0, r.stderr
+        mounts.active.remove(mp)
+        assert not is_mounted(mp)
+        assert os.listdir(mp) == []
+    finally:
+        if is_mounted(mp):  # a failure left a dead mount behind
+            subprocess.run(["umount", "-l", mp], capture_output=True)
 
 
 def test_mount_refuses_a_dead_mount_point_of_another_filesystem(server, bucket, mounts, tmp_path):
@@ -232,3 +236,51 @@ def test_mount_refuses_a_dead_mount_point_of_another_filesystem(server, bucket, 
     finally:
         subprocess.run(["umount", "-l", mp], capture_output=True)
 
+
+def test_flush_shows_what_it_waits_for(server, bucket, mounts, proxy):
+    """Kind 12: a flush held by a stalled server prints progress lines naming the file, then exits 1."""
+    mp, _ = mount_via(mounts, proxy, bucket)
+    proxy.stall()
+    with open(f"{mp}/stuck.bin", "wb") as f:
+        f.write(os.urandom(MiB))
+    assert proxy.held.wait(30)
+    r = mounts.run("flush", mp, "--timeout", "8", timeout=60)
+    proxy.release()
+    assert r.returncode == 1
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    progress = [l for l in lines if l.startswith("ckptfs: flush:")]
+    assert progress, r.stderr
+    assert all("stuck.bin" in l and "uploading" in l for l in progress), r.stderr
+    # Then the final report, as before.
+    assert any(l.startswith("ckptfs: error:") for l in lines[lines.index(progress[-1]):]), r.stderr
+
+
+def test_flush_on_a_terminal_shows_one_live_line(server, bucket, mounts, proxy):
+    """Kind 12: on a terminal the progress is one line rewritten in place, cleared at the end."""
+    import pty
+    mp, _ = mount_via(mounts, proxy, bucket)
+    proxy.stall()
+    with open(f"{mp}/stuck.bin", "wb") as f:
+        f.write(os.urandom(MiB))
+    assert proxy.held.wait(30)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([mounts.bin, "flush", mp, "--timeout", "4"], env=server.env(), stdin=slave,
+                         stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert p.wait(30) == 1
+    os.close(master)
+    proxy.release()
+    text = out.decode(errors="replace")
+    assert text.count("\r\x1b[K") >= 2, text  # rewritten in place, then cleared
+    assert "stuck.bin" in text.split("ckptfs: error:")[0]
+    assert "\nckptfs: flush:" not in text
