@@ -59,6 +59,10 @@ enum Control {
         var signal: String
         /// Seconds left before the drain gives up.
         var drainSecondsLeft: Double
+        /// True once the drain is over: every change fails with EROFS until the mount is gone.
+        var refusingChanges: Bool
+        /// Files still open for writing through the mount.
+        var openForWriting: Int
     }
 
     static func sockaddr(_ path: String) -> sockaddr_un? {
@@ -186,7 +190,10 @@ final class ControlServer: @unchecked Sendable {
                 cacheHitRatio: lookups == 0 ? 0 : Double(s.cache.hits) / Double(lookups), getRequests: s.getRequests,
                 bytesDownloaded: s.bytesDownloaded, headRequests: s.headRequests, listRequests: s.listRequests,
                 putRequests: s.putRequests, directOpens: s.directOpens,
-                stopping: stopping.withLock { $0 }.map { .init(signal: $0.signalName, drainSecondsLeft: max(0, ($0.deadline - .now).seconds)) }))
+                stopping: stopping.withLock { $0 }.map {
+                    .init(signal: $0.signalName, drainSecondsLeft: max(0, ($0.deadline - .now).seconds),
+                          refusingChanges: !$0.gate.acceptsChanges, openForWriting: $0.gate.openWriters)
+                }))
         default:
             reply = Data("{\"error\":\"unknown command\"}".utf8)
         }
@@ -275,7 +282,10 @@ struct Status: ParsableCommand {
             let w = s.writeBack
             print("mount:            \(mp)")
             if let st = s.stopping {
-                print("stopping:         \(st.signal): draining uploads (\(Int(st.drainSecondsLeft.rounded(.up))) s left), then unmounting")
+                print(st.refusingChanges
+                    ? "stopping:         \(st.signal): drain over, refusing changes (EROFS) until unmounted"
+                    : "stopping:         \(st.signal): draining uploads (\(Int(st.drainSecondsLeft.rounded(.up))) s left, "
+                        + "\(st.openForWriting) file(s) open for writing), then unmounting")
             }
             print("dirty files:      \(w.dirtyFiles) (\(formatBytes(w.dirtyBytes))), oldest \(String(format: "%.0f", w.oldestDirtySeconds)) s")
             print("uploads:          \(w.uploadsInFlight) in flight, \(w.uploadedFiles) done (\(formatBytes(w.uploadedBytes)))")

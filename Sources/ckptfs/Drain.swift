@@ -12,6 +12,8 @@ struct DrainState: Sendable {
     var signal: Int32
     /// When it gives up (ContinuousClock): what is not durable by then stays in the journal.
     var deadline: ContinuousClock.Instant
+    /// The mount's gate: closed once the drain is over and changes are refused until the unmount.
+    var gate: WriteGate
 
     var signalName: String {
         switch signal {

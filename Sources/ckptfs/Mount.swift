@@ -164,7 +164,7 @@ struct Mount: AsyncParsableCommand {
         // A signal: drain while the mount still serves (see Drain.swift), then FuseSession refuses changes
         // and unmounts.
         let drain: @Sendable (Int32) async -> Void = { sig in
-            let state = DrainState(signal: sig, deadline: .now + .milliseconds(Int64(configuredDrain * 1000)))
+            let state = DrainState(signal: sig, deadline: .now + .milliseconds(Int64(configuredDrain * 1000)), gate: adapter.gate)
             control.stopping.withLock { $0 = state }
             logger.notice("stopping: draining the write-back while the mount still serves, then unmounting",
                           metadata: ["signal": "\(state.signalName)", "drain.timeout_s": "\(configuredDrain)",
