@@ -208,6 +208,7 @@ public final class FileSystem: Sendable {
     public func lookup(parent: UInt64, name: String) async throws(FSError) -> Attributes {
         let dir = try node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
+        try checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
         guard FileSystem.validName(name) else { throw .noEntry }
         let pk = PathKey(parent: parent, name: name)
         // A file with local changes is what its local version says.
