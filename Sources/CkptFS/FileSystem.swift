@@ -43,6 +43,9 @@ public final class FileSystem: Sendable {
         var meta: Meta
         var fetched: ContinuousClock.Instant
         var lookups: UInt64
+        /// Another version of the object now has the path (see `replaced`): this inode keeps showing the
+        /// version it stood for, and opens of it fail with ESTALE so the kernel looks the path up again.
+        var superseded = false
     }
 
     struct Listing: Sendable {
@@ -295,7 +298,9 @@ public final class FileSystem: Sendable {
             if let i = ino, let existing = t.nodes[i], !meta.isDirectory, !existing.meta.etag.isEmpty, !meta.etag.isEmpty,
                existing.meta.etag != meta.etag {
                 // Replaced by another writer: a new inode, as a file replaced by rename gets on a local disk.
-                // The kernel trusts its own size for an inode it caches writes for, so it must see a new one.
+                // The kernel trusts its own size and mtime for an inode it caches writes for, and keeps its
+                // pages (keep_cache), so it must see a new one.
+                t.nodes[i]?.superseded = true
                 ino = nil
             }
             let i: UInt64
@@ -313,6 +318,21 @@ public final class FileSystem: Sendable {
             if addLookup { n.lookups += 1 }
             t.nodes[i] = n
             return attributes(i, meta)
+        }
+    }
+
+    /// Another writer replaced the object `ino` shows (node `n`) with the version `m`. One inode stands for one
+    /// version of an object: the kernel keeps an inode's pages across opens (keep_cache) and, with its
+    /// write-back cache on, trusts its own size and mtime of a regular file for the inode's life (Linux
+    /// fs/fuse/inode.c, fuse_get_cache_mask), so neither a new attribute reply nor a reopen can bring the
+    /// inode to the new version. The path gets a new inode number with `m` (given to the kernel at its next
+    /// lookup), and `ino` is marked superseded: it keeps showing its version, and opens of it fail with
+    /// ESTALE so the kernel looks the path up again (see `remoteObject`).
+    func replaced(_ ino: UInt64, _ n: Node, by m: Meta) {
+        remember(parent: n.parent, name: n.name, key: n.key, meta: m, addLookup: false)
+        table.withLock { t in
+            t.nodes[ino]?.superseded = true
+            if t.listings[n.parent]?.entries[n.name] != nil { t.listings[n.parent]?.entries[n.name] = m }
         }
     }
 
@@ -334,8 +354,14 @@ public final class FileSystem: Sendable {
     public func getattr(ino: UInt64) async throws(FSError) -> Attributes {
         let n = try node(ino)
         if !n.meta.isDirectory, let v = local.withLock({ $0[n.key]?.current }) { return attributes(ino, localMeta(v)) }
-        if n.meta.isDirectory || isFresh(n.fetched) { return attributes(ino, n.meta) }
+        if n.meta.isDirectory || n.superseded || isFresh(n.fetched) { return attributes(ino, n.meta) }
         guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
+        if !n.meta.etag.isEmpty && m.etag != n.meta.etag {
+            // The inode keeps showing its version (an open file of it reads that version or fails with
+            // ESTALE); the path gets a new inode at its next lookup, and opens of this one are sent there.
+            replaced(ino, n, by: m)
+            return attributes(ino, n.meta)
+        }
         table.withLock { t in
             t.nodes[ino]?.meta = m
             t.nodes[ino]?.fetched = .now

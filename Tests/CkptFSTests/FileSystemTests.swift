@@ -404,9 +404,17 @@ final class FileSystemTests: XCTestCase {
             XCTFail("a handle must not mix versions")
         } catch { XCTAssertEqual(error.errno, ESTALE) }
         fs.release(handle: h)
-        // A new open after the attributes expire revalidates and sees the new version.
+        // A new open revalidates (after the second in which a lookup counts as fresh): the inode stands for
+        // the old version, so the open fails with ESTALE (the kernel then looks the path up again) and the
+        // path has a new inode that reads the new version whole.
         try await Task.sleep(for: .milliseconds(1100))
-        let h2 = try await fs.open(ino: a.ino, flags: O_RDONLY)
+        do {
+            _ = try await fs.open(ino: a.ino, flags: O_RDONLY)
+            XCTFail("the old inode must not open the new version")
+        } catch { XCTAssertEqual(error.errno, ESTALE) }
+        let b = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt")
+        XCTAssertNotEqual(b.ino, a.ino)
+        let h2 = try await fs.open(ino: b.ino, flags: O_RDONLY)
         let got = try await fs.read(handle: h2, offset: 2 << 20, size: 16).flatMap { bytes($0) }
         XCTAssertEqual(got, Array(data(3 << 20, 2)[(2 << 20)..<(2 << 20) + 16]))
     }

@@ -53,11 +53,13 @@ def past_revalidation_window():
 
 # Kind 6: a changed object reads as a mix.
 
-@pytest.mark.parametrize("case", ["small-read-whole", "large-read-in-part", "grows", "shrinks", "held-open"])
+@pytest.mark.parametrize("case", ["small-read-whole", "large-read-in-part", "grows", "shrinks", "held-open",
+                                  "reopened-for-writing"])
 def test_an_object_overwritten_elsewhere_reads_whole_and_new_after_reopen(server, bucket, mounts, case):
     rng = random.Random(case)
     sizes = {"small-read-whole": (40_000, 40_000), "large-read-in-part": (3 * MiB, 3 * MiB),
-             "grows": (100_000, 3 * MiB + 5), "shrinks": (3 * MiB + 5, 100_000), "held-open": (3 * MiB, 3 * MiB)}
+             "grows": (100_000, 3 * MiB + 5), "shrinks": (3 * MiB + 5, 100_000), "held-open": (3 * MiB, 3 * MiB),
+             "reopened-for-writing": (2 * MiB, 2 * MiB)}
     old_size, new_size = sizes[case]
     old, new = rng.randbytes(old_size), rng.randbytes(new_size)
     server.s3.put_object(Bucket=bucket, Key="ckpt.pt", Body=old)
@@ -73,6 +75,15 @@ def test_an_object_overwritten_elsewhere_reads_whole_and_new_after_reopen(server
     server.s3.put_object(Bucket=bucket, Key="ckpt.pt", Body=new)  # another client overwrites it
     past_revalidation_window()
 
+    if case == "reopened-for-writing":
+        # A write in place after the change lands on the new object: the rest of the page it touches, and
+        # every other byte, must come from the new version, not from the old pages the kernel kept.
+        with open(p, "r+b") as f:
+            f.seek(100)
+            f.write(b"patched")
+        new = new[:100] + b"patched" + new[107:]
+        flush(mounts, mp)
+        assert sha(s3_bytes(server, bucket, "ckpt.pt")) == sha(new)
     with open(p, "rb") as f:
         got = f.read()
         assert os.fstat(f.fileno()).st_size == new_size
