@@ -34,6 +34,9 @@ public final class FileSystem: Sendable {
         var size: Int64
         var etag: String
         var mtime: Date
+        /// False for a file known only from a listing: `mtime` is its Last-Modified, and whether its writer
+        /// stored an mtime (x-amz-meta-mtime, which wins) is not known until a HEAD (StoredMtimes.swift).
+        var mtimeKnown = true
     }
 
     struct Node: Sendable {
@@ -54,6 +57,9 @@ public final class FileSystem: Sendable {
         /// Until when a name missing from `entries` is known absent (a listing made for lookups: misses are
         /// trusted for at most 5 s, like negative lookups).
         var negativeUntil: ContinuousClock.Instant
+        /// The names of the files in `entries`, in the order S3 lists them; made when first needed
+        /// (StoredMtimes.swift).
+        var sortedFiles: [String]?
 
         init(entries: [String: Meta], expires: ContinuousClock.Instant) {
             self.entries = entries
@@ -153,6 +159,11 @@ public final class FileSystem: Sendable {
     let counters = Mutex(FSStats())
     /// Directories where lookups missed lately, and their listing for lookups (Directories.swift).
     let dirProbes = Mutex<[UInt64: DirProbe]>([:])
+    /// HEADs in flight for stored mtimes, by key; lookups in listing order, by directory; the bound on those
+    /// HEADs in flight (StoredMtimes.swift).
+    let mtimeHeads = Mutex<[String: Task<Result<Meta?, FSError>, Never>]>([:])
+    let mtimeScans = Mutex<[UInt64: MtimeScan]>([:])
+    let metaSlots = AsyncSemaphore(FileSystem.mtimeHeadConcurrency)
 
     /// Opens the filesystem over `cache` (its directory also holds the staging area and the journal). Call
     /// `recover()` before serving requests, so files an earlier mount acknowledged are queued again.
@@ -220,12 +231,19 @@ public final class FileSystem: Sendable {
         }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
         let cached: Meta?? = table.withLock { t in
-            if let known = t.listings[parent]?.answer(name) { return known }
+            if let known = t.listings[parent]?.answer(name) {
+                // A listing lacks stored mtimes; the node of the same version may have it from a HEAD.
+                if let m = known, !m.mtimeKnown, let ino = t.inoByPath[pk], let n = t.nodes[ino], !n.superseded,
+                   n.meta.mtimeKnown, n.meta.etag == m.etag, !m.etag.isEmpty {
+                    return .some(n.meta)
+                }
+                return known
+            }
             if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
             if let ino = t.inoByPath[pk], let n = t.nodes[ino], isFresh(n.fetched) { return .some(n.meta) }
             return nil
         }
-        let meta: Meta
+        var meta: Meta
         if let c = cached {
             guard let m = c else { throw .noEntry }
             meta = m
@@ -237,6 +255,15 @@ public final class FileSystem: Sendable {
             meta = m
         } else {
             guard let m = try await fetchMeta(key: dir.key + name) else {
+                table.withLock { $0.negative[pk] = .now }
+                throw .noEntry
+            }
+            meta = m
+        }
+        if !meta.isDirectory && !meta.mtimeKnown {
+            // Known from a listing only: the kernel keeps the mtime an inode is created with, so HEAD for the
+            // stored one first (the HEAD also revalidates: an open right after sends none).
+            guard let m = try await lookupStoredMeta(parent: parent, dirKey: dir.key, name: name) else {
                 table.withLock { $0.negative[pk] = .now }
                 throw .noEntry
             }
@@ -313,6 +340,11 @@ public final class FileSystem: Sendable {
             }
             let nodeKey = meta.isDirectory ? key + "/" : key
             var n = t.nodes[i] ?? Node(parent: parent, name: name, key: nodeKey, meta: meta, fetched: .now, lookups: 0)
+            var meta = meta
+            if !meta.mtimeKnown && n.meta.mtimeKnown && n.meta.etag == meta.etag && !meta.etag.isEmpty {
+                meta.mtime = n.meta.mtime  // a listing of the same version: keep the stored mtime a HEAD gave
+                meta.mtimeKnown = true
+            }
             n.meta = meta
             n.fetched = .now
             if addLookup { n.lookups += 1 }
@@ -354,7 +386,7 @@ public final class FileSystem: Sendable {
     public func getattr(ino: UInt64) async throws(FSError) -> Attributes {
         let n = try node(ino)
         if !n.meta.isDirectory, let v = local.withLock({ $0[n.key]?.current }) { return attributes(ino, localMeta(v)) }
-        if n.meta.isDirectory || n.superseded || isFresh(n.fetched) { return attributes(ino, n.meta) }
+        if n.meta.isDirectory || n.superseded || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
         guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
         if !n.meta.etag.isEmpty && m.etag != n.meta.etag {
             // The inode keeps showing its version (an open file of it reads that version or fails with

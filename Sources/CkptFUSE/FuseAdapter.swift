@@ -61,6 +61,8 @@ public final class FuseAdapter: Sendable {
     /// entry afterwards; each entry given with attributes is a lookup reference, taken only once it fits).
     func replyDirectory(_ req: fuse_req_t?, handle h: UInt64, size: Int, offset off: off_t, plus: Bool) async throws(FSError) {
         let entries = try await fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / (plus ? 64 : 32)))
+        // Attributes carry the stored mtime, which a listing lacks: HEAD this batch's entries in parallel.
+        if plus { await fs.resolveListedEntries(handle: h, names: entries.map(\.name)) }
         var buf = [CChar](repeating: 0, count: size)
         var used = 0
         for e in entries {

@@ -103,6 +103,82 @@ def test_an_object_overwritten_elsewhere_reads_whole_and_new_after_reopen(server
         assert sha(file_bytes(p)) == sha(new)
 
 
+
+# Kind 7: attributes depend on the access path.
+
+STORED = {"d/a.bin": 1_000_000_000, "d/b.bin": 1_234_567_890}
+
+
+def stat_by_name(mp):
+    return {k: os.stat(os.path.join(mp, k)).st_mtime for k in STORED}
+
+
+def stat_after_listdir(mp):
+    os.listdir(os.path.join(mp, "d"))  # a plain listing first: the names come without attributes
+    return stat_by_name(mp)
+
+
+def stat_while_listing(mp):
+    # `ls -l`: the kernel reads the directory with readdirplus (attributes with each entry) where it can.
+    with os.scandir(os.path.join(mp, "d")) as it:
+        return {"d/" + e.name: e.stat().st_mtime for e in it if "d/" + e.name in STORED}
+
+
+def ls_l(mp):
+    out = subprocess.run(["ls", "-l", "--time-style=+%s", os.path.join(mp, "d")], capture_output=True, text=True,
+                         check=True).stdout
+    return {"d/" + line.split()[-1]: float(line.split()[-2]) for line in out.splitlines()[1:]
+            if "d/" + line.split()[-1] in STORED}
+
+
+def stat_many_by_name(mp):
+    # Lookups that keep missing in one directory list it, and the listing answers the lookups after it.
+    for i in range(5):
+        os.stat(os.path.join(mp, "d", f"filler-{i}"))
+    return stat_by_name(mp)
+
+
+@pytest.mark.parametrize("reach", [stat_by_name, stat_after_listdir, stat_while_listing, ls_l, stat_many_by_name])
+def test_a_files_mtime_is_the_stored_one_whichever_way_it_is_reached(server, bucket, mounts, reach):
+    for key, t in STORED.items():
+        server.s3.put_object(Bucket=bucket, Key=key, Body=key.encode(), Metadata={"mtime": str(t)})
+    for i in range(5):
+        server.s3.put_object(Bucket=bucket, Key=f"d/filler-{i}", Body=b"f")  # no stored mtime: Last-Modified
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    assert reach(mp) == {k: float(t) for k, t in STORED.items()}
+    # Whatever came first, every way agrees afterwards, and so do files without a stored mtime.
+    assert stat_while_listing(mp) == stat_by_name(mp) == {k: float(t) for k, t in STORED.items()}
+    last_modified = server.s3.head_object(Bucket=bucket, Key="d/filler-3")["LastModified"].timestamp()
+    assert os.stat(os.path.join(mp, "d", "filler-3")).st_mtime == last_modified
+
+
+def test_mtimes_set_by_cp_p_survive_upload_and_remount_for_ls_and_find(server, bucket, mounts, tmp_path):
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    os.mkdir(os.path.join(mp, "src"))
+    for i in range(20):
+        p = os.path.join(mp, "src", f"f{i:02d}.o")
+        with open(p, "wb") as f:
+            f.write(b"%d" % i)
+        os.utime(p, (1_500_000_000 + i, 1_500_000_000 + i))  # what `tar x`, `cp -p`, `rsync -t` do
+    flush(mounts, mp)
+    mounts.unmount(mp)
+    ref = tmp_path / "ref"
+    ref.write_bytes(b"")
+    os.utime(ref, (1_500_000_009.5, 1_500_000_009.5))
+
+    mp2, _ = mounts.mount(f"s3://{bucket}")  # a new mount with an empty cache
+    listed = ls_l_dir(os.path.join(mp2, "src"))
+    assert listed == {f"f{i:02d}.o": 1_500_000_000 + i for i in range(20)}
+    newer = subprocess.run(["find", os.path.join(mp2, "src"), "-type", "f", "-newer", str(ref)], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert sorted(os.path.basename(p) for p in newer) == [f"f{i:02d}.o" for i in range(10, 20)]
+
+
+def ls_l_dir(path):
+    out = subprocess.run(["ls", "-l", "--time-style=+%s", path], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1]: int(line.split()[-2]) for line in out.splitlines()[1:]}
+
+
 # Kind 8: name and key limits.
 
 def test_names_and_keys_s3_cannot_store_are_refused_with_enametoolong(server, bucket, mounts):
