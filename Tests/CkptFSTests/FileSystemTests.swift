@@ -430,6 +430,57 @@ final class FileSystemTests: XCTestCase {
         XCTAssertEqual(got, Array(data(3 << 20, 2)[(2 << 20)..<(2 << 20) + 16]))
     }
 
+    func testAListedFileShowsItsStoredMtimeWhicheverWayItIsReached() async throws {
+        for i in 0..<40 { s3.seed(bucket, "d/f\(i)", [1], metadata: ["mtime": "\(1_000_000_000 + i)"]) }
+        let d = try await fs.lookup(parent: FileSystem.rootIno, name: "d")
+        _ = try await names(d.ino)  // a listing: Last-Modified only
+        let heads = s3.count("HeadObject")
+        for i in 0..<40 {  // in listing order (f0, f1, f10, ...): the names after each are HEADed ahead
+            let name = "f\(i)"
+            let a = try await fs.lookup(parent: d.ino, name: name)
+            XCTAssertEqual(a.mtime.timeIntervalSince1970, Double(1_000_000_000 + i), name)
+            let g = try await fs.getattr(ino: a.ino)
+            XCTAssertEqual(g.mtime, a.mtime)
+        }
+        XCTAssertLessThanOrEqual(s3.count("HeadObject") - heads, 40, "each file HEADed once at most")
+        let before = s3.count("HeadObject")
+        _ = try await names(d.ino)  // listed again: the same versions keep the mtimes HEADs found
+        _ = try await fs.lookup(parent: d.ino, name: "f7")
+        XCTAssertEqual(s3.count("HeadObject"), before)
+    }
+
+    func testNamesAndKeysS3CannotStoreAreRefusedWithENAMETOOLONG() async throws {
+        let long = String(repeating: "n", count: 256)
+        func errno(_ f: () async throws -> Void) async -> Int32? {
+            do { try await f(); return nil } catch { return (error as? FSError)?.errno }
+        }
+        var e = await errno { _ = try await self.fs.create(parent: FileSystem.rootIno, name: long, flags: O_WRONLY) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        e = await errno { _ = try await self.fs.mkdir(parent: FileSystem.rootIno, name: long) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        e = await errno { _ = try await self.fs.lookup(parent: FileSystem.rootIno, name: long) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        e = await errno { try self.fs.makeSpecial(parent: FileSystem.rootIno, name: long) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        e = await errno { try self.fs.makeSpecial(parent: FileSystem.rootIno, name: "fifo") }
+        XCTAssertEqual(e, EPERM)
+        // A directory rename that would push a child's key past 1,024 bytes moves nothing.
+        let c255 = String(repeating: "c", count: 255)
+        s3.seed(bucket, "s/\(c255)/\(c255)/\(c255)/" + String(repeating: "c", count: 254), [1])  // 1,024 bytes
+        e = await errno { try await self.fs.rename(parent: FileSystem.rootIno, name: "s", newParent: FileSystem.rootIno, newName: "ss", flags: 0) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        // Keys: a mount whose prefix is 1,000 bytes leaves 24 bytes for a file name, 23 for a directory's.
+        fs = try make(prefix: String(repeating: "p", count: 999))
+        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: String(repeating: "f", count: 24), flags: O_WRONLY)
+        fs.release(handle: h)
+        e = await errno { _ = try await self.fs.create(parent: FileSystem.rootIno, name: String(repeating: "f", count: 25), flags: O_WRONLY) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        _ = try await fs.mkdir(parent: FileSystem.rootIno, name: String(repeating: "g", count: 23))
+        e = await errno { _ = try await self.fs.mkdir(parent: FileSystem.rootIno, name: String(repeating: "g", count: 24)) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        XCTAssertEqual(s3.count("CopyObject"), 0)
+    }
+
     func testWritesAreRefusedOnAReadOnlyMount() async throws {
         s3.seed(bucket, "f", [1])
         var o = FSOptions()
