@@ -131,8 +131,9 @@ extension FileSystem {
     }
 
     /// For readdirplus: the attributes of entry `name` of directory handle `handle` as its listing gave them,
-    /// taking one lookup reference (the kernel counts such an entry as a lookup). Nil for "." and "..", or
-    /// when the listing is no longer at hand (the entry then goes without attributes).
+    /// taking one lookup reference (the kernel counts such an entry as a lookup). Nil for "." and "..", when
+    /// the listing is no longer at hand, or when a file's stored mtime is not known (`resolveListedEntries`
+    /// learns it): the entry then goes without attributes and the kernel looks it up.
     public func listedEntry(handle: UInt64, name: String) -> Attributes? {
         guard name != ".", name != "..", let d = dirHandles.withLock({ $0[handle] }) else { return nil }
         let key = d.key + name
@@ -140,7 +141,7 @@ extension FileSystem {
             return remember(parent: d.ino, name: name, key: key, meta: localMeta(v), addLookup: true)
         }
         let meta = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
-        guard let meta else { return nil }
+        guard let meta, meta.isDirectory || meta.mtimeKnown else { return nil }
         return remember(parent: d.ino, name: name, key: key, meta: meta, addLookup: true)
     }
 
@@ -172,6 +173,8 @@ extension FileSystem {
                 return FileSystem.validName(name) ? (name, localMeta(f.current)) : nil
             }
         }
+        // Stored mtimes HEADs found for these versions before (an expired listing may still be at hand).
+        let known: [String: Meta] = table.withLock { $0.listings[d.ino]?.entries ?? [:] }
         let listing: [String: Meta]? = d.state.withLock { s in
             guard s.token == token, !s.done else { return nil }  // another reader fetched it meanwhile
             for p in page.commonPrefixes {
@@ -193,7 +196,12 @@ extension FileSystem {
                 s.position[name] = s.names.count
                 s.names.append(name)
                 s.kinds.append(false)
-                s.metas[name] = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime)
+                if let k = known[name], k.mtimeKnown, !k.isDirectory, k.etag == o.etag, k.size == o.size {
+                    s.metas[name] = k
+                } else {
+                    s.metas[name] = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime,
+                                         mtimeKnown: false)
+                }
             }
             s.token = page.isTruncated ? page.nextContinuationToken : nil
             s.done = !page.isTruncated

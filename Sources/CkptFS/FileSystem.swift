@@ -34,6 +34,9 @@ public final class FileSystem: Sendable {
         var size: Int64
         var etag: String
         var mtime: Date
+        /// False for a file known only from a listing: `mtime` is its Last-Modified, and whether its writer
+        /// stored an mtime (x-amz-meta-mtime, which wins) is not known until a HEAD (StoredMtimes.swift).
+        var mtimeKnown = true
     }
 
     struct Node: Sendable {
@@ -43,6 +46,9 @@ public final class FileSystem: Sendable {
         var meta: Meta
         var fetched: ContinuousClock.Instant
         var lookups: UInt64
+        /// Another version of the object now has the path (see `replaced`): this inode keeps showing the
+        /// version it stood for, and opens of it fail with ESTALE so the kernel looks the path up again.
+        var superseded = false
     }
 
     struct Listing: Sendable {
@@ -51,6 +57,9 @@ public final class FileSystem: Sendable {
         /// Until when a name missing from `entries` is known absent (a listing made for lookups: misses are
         /// trusted for at most 5 s, like negative lookups).
         var negativeUntil: ContinuousClock.Instant
+        /// The names of the files in `entries`, in the order S3 lists them; made when first needed
+        /// (StoredMtimes.swift).
+        var sortedFiles: [String]?
 
         init(entries: [String: Meta], expires: ContinuousClock.Instant) {
             self.entries = entries
@@ -147,6 +156,11 @@ public final class FileSystem: Sendable {
     let counters = Mutex(FSStats())
     /// Directories where lookups missed lately, and their listing for lookups (Directories.swift).
     let dirProbes = Mutex<[UInt64: DirProbe]>([:])
+    /// HEADs in flight for stored mtimes, by key; lookups in listing order, by directory; the bound on those
+    /// HEADs in flight (StoredMtimes.swift).
+    let mtimeHeads = Mutex<[String: Task<Result<Meta?, FSError>, Never>]>([:])
+    let mtimeScans = Mutex<[UInt64: MtimeScan]>([:])
+    let metaSlots = AsyncSemaphore(FileSystem.mtimeHeadConcurrency)
 
     /// Opens the filesystem over `cache` (its directory also holds the staging area and the journal). Call
     /// `recover()` before serving requests, so files an earlier mount acknowledged are queued again.
@@ -206,6 +220,7 @@ public final class FileSystem: Sendable {
     public func lookup(parent: UInt64, name: String) async throws(FSError) -> Attributes {
         let dir = try node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
+        try checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
         guard FileSystem.validName(name) else { throw .noEntry }
         let pk = PathKey(parent: parent, name: name)
         // A file with local changes is what its local version says.
@@ -214,12 +229,19 @@ public final class FileSystem: Sendable {
         }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
         let cached: Meta?? = table.withLock { t in
-            if let known = t.listings[parent]?.answer(name) { return known }
+            if let known = t.listings[parent]?.answer(name) {
+                // A listing lacks stored mtimes; the node of the same version may have it from a HEAD.
+                if let m = known, !m.mtimeKnown, let ino = t.inoByPath[pk], let n = t.nodes[ino], !n.superseded,
+                   n.meta.mtimeKnown, n.meta.etag == m.etag, !m.etag.isEmpty {
+                    return .some(n.meta)
+                }
+                return known
+            }
             if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
             if let ino = t.inoByPath[pk], let n = t.nodes[ino], isFresh(n.fetched) { return .some(n.meta) }
             return nil
         }
-        let meta: Meta
+        var meta: Meta
         if let c = cached {
             guard let m = c else { throw .noEntry }
             meta = m
@@ -231,6 +253,15 @@ public final class FileSystem: Sendable {
             meta = m
         } else {
             guard let m = try await fetchMeta(key: dir.key + name) else {
+                table.withLock { $0.negative[pk] = .now }
+                throw .noEntry
+            }
+            meta = m
+        }
+        if !meta.isDirectory && !meta.mtimeKnown {
+            // Known from a listing only: the kernel keeps the mtime an inode is created with, so HEAD for the
+            // stored one first (the HEAD also revalidates: an open right after sends none).
+            guard let m = try await lookupStoredMeta(parent: parent, dirKey: dir.key, name: name) else {
                 table.withLock { $0.negative[pk] = .now }
                 throw .noEntry
             }
@@ -300,7 +331,9 @@ public final class FileSystem: Sendable {
             if let i = ino, let existing = t.nodes[i], !meta.isDirectory, !existing.meta.etag.isEmpty, !meta.etag.isEmpty,
                existing.meta.etag != meta.etag {
                 // Replaced by another writer: a new inode, as a file replaced by rename gets on a local disk.
-                // The kernel trusts its own size for an inode it caches writes for, so it must see a new one.
+                // The kernel trusts its own size and mtime for an inode it caches writes for, and keeps its
+                // pages (keep_cache), so it must see a new one.
+                t.nodes[i]?.superseded = true
                 ino = nil
             }
             let i: UInt64
@@ -313,11 +346,31 @@ public final class FileSystem: Sendable {
             }
             let nodeKey = meta.isDirectory ? key + "/" : key
             var n = t.nodes[i] ?? Node(parent: parent, name: name, key: nodeKey, meta: meta, fetched: .now, lookups: 0)
+            var meta = meta
+            if !meta.mtimeKnown && n.meta.mtimeKnown && n.meta.etag == meta.etag && !meta.etag.isEmpty {
+                meta.mtime = n.meta.mtime  // a listing of the same version: keep the stored mtime a HEAD gave
+                meta.mtimeKnown = true
+            }
             n.meta = meta
             n.fetched = .now
             if addLookup { n.lookups += 1 }
             t.nodes[i] = n
             return attributes(i, meta)
+        }
+    }
+
+    /// Another writer replaced the object `ino` shows (node `n`) with the version `m`. One inode stands for one
+    /// version of an object: the kernel keeps an inode's pages across opens (keep_cache) and, with its
+    /// write-back cache on, trusts its own size and mtime of a regular file for the inode's life (Linux
+    /// fs/fuse/inode.c, fuse_get_cache_mask), so neither a new attribute reply nor a reopen can bring the
+    /// inode to the new version. The path gets a new inode number with `m` (given to the kernel at its next
+    /// lookup), and `ino` is marked superseded: it keeps showing its version, and opens of it fail with
+    /// ESTALE so the kernel looks the path up again (see `remoteObject`).
+    func replaced(_ ino: UInt64, _ n: Node, by m: Meta) {
+        remember(parent: n.parent, name: n.name, key: n.key, meta: m, addLookup: false)
+        table.withLock { t in
+            t.nodes[ino]?.superseded = true
+            if t.listings[n.parent]?.entries[n.name] != nil { t.listings[n.parent]?.entries[n.name] = m }
         }
     }
 
@@ -340,8 +393,14 @@ public final class FileSystem: Sendable {
         let n = try node(ino)
         if let f = orphans.withLock({ $0[ino] }) { return attributes(ino, localMeta(f.current)) }
         if !n.meta.isDirectory, let v = localVersion(n.key) { return attributes(ino, localMeta(v)) }
-        if n.meta.isDirectory || isFresh(n.fetched) { return attributes(ino, n.meta) }
+        if n.meta.isDirectory || n.superseded || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
         guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
+        if !n.meta.etag.isEmpty && m.etag != n.meta.etag {
+            // The inode keeps showing its version (an open file of it reads that version or fails with
+            // ESTALE); the path gets a new inode at its next lookup, and opens of this one are sent there.
+            replaced(ino, n, by: m)
+            return attributes(ino, n.meta)
+        }
         table.withLock { t in
             t.nodes[ino]?.meta = m
             t.nodes[ino]?.fetched = .now

@@ -66,11 +66,22 @@ extension FileSystem {
 
     /// The object behind a node as S3 has it now (revalidated with a HEAD unless checked within the last
     /// second: the kernel looks a file up right before opening it), or nil when there is none.
+    ///
+    /// An inode stands for one version of its object (see `replaced`). When the object is no longer the
+    /// version the inode shows, this throws ESTALE: the kernel then walks the path again with a forced
+    /// lookup (the VFS retries an open that fails with ESTALE once, with LOOKUP_REVAL), which finds the new
+    /// inode, and the open goes to it. So an open that revalidated never reads the kernel's pages, size or
+    /// mtime of the old version.
     func remoteObject(_ ino: UInt64, _ n: Node) async throws(FSError) -> FileHandle? {
         var meta = n.meta
         if meta.etag.isEmpty && local.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
+        if n.superseded { throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again") }
         if ContinuousClock.now - n.fetched > .seconds(1) || meta.etag.isEmpty {
             guard let m = try await headProbe(n.key) else { return nil }
+            if !meta.etag.isEmpty && m.etag != meta.etag {
+                replaced(ino, n, by: m)
+                throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again")
+            }
             meta = m
             table.withLock { t in
                 t.nodes[ino]?.meta = m

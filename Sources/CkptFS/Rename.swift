@@ -16,11 +16,16 @@ extension FileSystem {
     public func rename(parent: UInt64, name: String, newParent: UInt64, newName: String, flags: UInt32) async throws(FSError) {
         try checkWritable()
         if flags & FileSystem.renameExchange != 0 { throw FSError(EINVAL, "RENAME_EXCHANGE is not supported") }
-        guard FileSystem.validName(newName) else { throw FSError(EINVAL, "not a valid name: \(newName)") }
         let srcDir = try node(parent), dstDir = try node(newParent)
+        try checkStorable(newName, in: dstDir.key, isDirectory: false)
+        guard FileSystem.validName(newName) else { throw FSError(EINVAL, "not a valid name: \(newName)") }
         guard srcDir.meta.isDirectory, dstDir.meta.isDirectory else { throw .notDirectory }
         let src = try await lookup(parent: parent, name: name)
         forget(ino: src.ino, count: 1)
+        if src.isDirectory {
+            try checkStorable(newName, in: dstDir.key, isDirectory: true)
+            try await checkDirectoryMove(from: srcDir.key + name + "/", to: dstDir.key + newName + "/")
+        }
         let dstExisting = try? await lookup(parent: newParent, name: newName)
         if let d = dstExisting {
             forget(ino: d.ino, count: 1)

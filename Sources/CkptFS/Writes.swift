@@ -440,6 +440,7 @@ extension FileSystem {
         try checkWritable()
         let dir = try node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
+        try checkStorable(name, in: dir.key, isDirectory: false)
         guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
         let key = dir.key + name
         let f = try await openLocalFile(key: key, truncate: true, writer: true, remote: nil)
@@ -877,6 +878,7 @@ extension FileSystem {
         try checkWritable()
         let dir = try node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
+        try checkStorable(name, in: dir.key, isDirectory: true)
         guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
         if (try? await lookup(parent: parent, name: name)) != nil {
             forget(ino: inoFor(parent: parent, name: name), count: 1)

@@ -63,6 +63,8 @@ public final class FuseAdapter: Sendable {
     /// entry afterwards; each entry given with attributes is a lookup reference, taken only once it fits).
     func replyDirectory(_ req: fuse_req_t?, handle h: UInt64, size: Int, offset off: off_t, plus: Bool) async throws(FSError) {
         let entries = try await fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / (plus ? 64 : 32)))
+        // Attributes carry the stored mtime, which a listing lacks: HEAD this batch's entries in parallel.
+        if plus { await fs.resolveListedEntries(handle: h, names: entries.map(\.name)) }
         var buf = [CChar](repeating: 0, count: size)
         var used = 0
         for e in entries {
@@ -339,11 +341,19 @@ public final class FuseAdapter: Sendable {
                 fuse_reply_err(r.value, 0)
             }
         }
-        // Special files and links have no S3 form.
-        ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
-        ops.symlink = { req, _, _, _ in fuse_reply_err(req, EPERM) }
-        ops.link = { req, _, _, _ in fuse_reply_err(req, EPERM) }
+        // Special files and links have no S3 form (EPERM; ENAMETOOLONG first for a name that is too long).
+        ops.mknod = { req, parent, name, _, _ in FuseAdapter.special(req, parent, name) }
+        ops.symlink = { req, _, parent, name in FuseAdapter.special(req, parent, name) }
+        ops.link = { req, _, parent, name in FuseAdapter.special(req, parent, name) }
         return ops
+    }
+
+    /// Refuses a special file or link named `name` in `parent`.
+    static func special(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
+        let a = FuseAdapter.adapter(req)
+        do throws(FSError) { try a.fs.makeSpecial(parent: UInt64(parent), name: String(cString: name!)) } catch {
+            a.replyError(req, error, "mknod")
+        }
     }
 
     /// Sends read segments (fds are closed afterwards). Memory segments are passed by pointer: the buffers

@@ -135,12 +135,14 @@ final class FileSystemTests: XCTestCase {
         let before = s3.count("HeadObject") + s3.count("ListObjectsV2")
         do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "missing"); XCTFail() } catch { XCTAssertEqual(error.errno, ENOENT) }
         XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), before, "negative entry answered")
-        // After a complete listing, lookups in that directory need no request.
+        // After a complete listing, lookups in that directory need no LIST; a listed file is HEADed once, for
+        // the mtime its writer stored (a listing does not carry it), and a missing name needs no request.
         _ = try await names(FileSystem.rootIno)
         let afterList = s3.count("HeadObject") + s3.count("ListObjectsV2")
         _ = try await fs.lookup(parent: FileSystem.rootIno, name: "present")
+        _ = try await fs.lookup(parent: FileSystem.rootIno, name: "present")
         do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "other"); XCTFail() } catch {}
-        XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), afterList)
+        XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), afterList + 1)
         // With a zero TTL every lookup asks again, so a new object is seen at once.
         fs = try make(ttl: .zero)
         do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "late"); XCTFail() } catch {}
@@ -157,9 +159,9 @@ final class FileSystemTests: XCTestCase {
         let before = requests()
         _ = try await fs.lookup(parent: dir.ino, name: "s0.tar")  // one miss: HEAD + one-key LIST
         XCTAssertEqual(requests() - before, 2)
+        let lists = s3.count("ListObjectsV2"), heads = s3.count("HeadObject")
         _ = try await fs.lookup(parent: dir.ino, name: "s1.tar")  // the second: the directory is listed
-        let listed = requests()
-        XCTAssertEqual(listed - before, 2 + 1, "one page of 100")
+        XCTAssertEqual(s3.count("ListObjectsV2") - lists, 1, "one page of 100")
         for i in 2..<90 {
             let a = try await fs.lookup(parent: dir.ino, name: "s\(i).tar")
             XCTAssertEqual(a.size, 1)
@@ -167,18 +169,20 @@ final class FileSystemTests: XCTestCase {
         let sub = try await fs.lookup(parent: dir.ino, name: "sub")
         XCTAssertTrue(sub.isDirectory)
         do { _ = try await fs.lookup(parent: dir.ino, name: "absent"); XCTFail() } catch { XCTAssertEqual(error.errno, ENOENT) }
-        XCTAssertEqual(requests(), listed, "every later lookup answered by the listing")
+        XCTAssertEqual(s3.count("ListObjectsV2"), lists + 1, "every later lookup answered by the listing")
+        XCTAssertLessThanOrEqual(s3.count("HeadObject") - heads, 89, "each listed file HEADed at most once, for its mtime")
+        let listed = s3.count("ListObjectsV2")
 
         // A directory too large to list for lookups: one probe per name, as before.
         for i in 0...(FileSystem.lookupListingPages * 100) { s3.seed(bucket, "huge/f\(i)", [1]) }
         let huge = try await fs.lookup(parent: FileSystem.rootIno, name: "huge")
-        let heads = s3.count("HeadObject")
+        let hugeHeads = s3.count("HeadObject")
         for i in 0..<6 { _ = try await fs.lookup(parent: huge.ino, name: "f\(i)") }
-        XCTAssertEqual(s3.count("HeadObject") - heads, 6)
-        var lists = -1
+        XCTAssertEqual(s3.count("HeadObject") - hugeHeads, 6)
+        var hugeLists = -1
         let deadline = ContinuousClock.now + .seconds(10)
-        while s3.count("ListObjectsV2") != lists && ContinuousClock.now < deadline {  // until the background listing stops
-            lists = s3.count("ListObjectsV2")
+        while s3.count("ListObjectsV2") != hugeLists && ContinuousClock.now < deadline {  // until the background listing stops
+            hugeLists = s3.count("ListObjectsV2")
             try await Task.sleep(for: .milliseconds(100))
         }
         XCTAssertGreaterThanOrEqual(s3.count("ListObjectsV2"), listed + FileSystem.lookupListingPages)
@@ -196,13 +200,14 @@ final class FileSystemTests: XCTestCase {
         while fs.table.withLock({ $0.listings[mid.ino] }) == nil && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
-        let before = s3.count("HeadObject") + s3.count("ListObjectsV2")
+        let lists = s3.count("ListObjectsV2"), heads = s3.count("HeadObject")
         for i in 2..<250 { _ = try await fs.lookup(parent: mid.ino, name: "f\(i)") }
-        XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), before, "answered by the finished listing")
+        XCTAssertEqual(s3.count("ListObjectsV2"), lists, "answered by the finished listing")
+        XCTAssertLessThanOrEqual(s3.count("HeadObject") - heads, 248, "each file HEADed at most once, for its mtime")
     }
 
     func testReaddirplusEntriesCarryAttributesAndTakeALookup() async throws {
-        s3.seed(bucket, "d/a.bin", [1, 2, 3])
+        s3.seed(bucket, "d/a.bin", [1, 2, 3], metadata: ["mtime": "1000000000.5"])
         s3.seed(bucket, "d/sub/x", [1])
         let d = try await fs.lookup(parent: FileSystem.rootIno, name: "d")
         let h = try fs.opendir(ino: d.ino)
@@ -211,7 +216,12 @@ final class FileSystemTests: XCTestCase {
         XCTAssertEqual(Set(entries.map(\.name)), [".", "..", "sub", "a.bin"])
         XCTAssertNil(fs.listedEntry(handle: h, name: "."))
         XCTAssertNil(fs.listedEntry(handle: h, name: ".."))
+        XCTAssertNil(fs.listedEntry(handle: h, name: "a.bin"), "no attributes before its stored mtime is known")
+        let heads = s3.count("HeadObject")
+        await fs.resolveListedEntries(handle: h, names: entries.map(\.name))
+        XCTAssertEqual(s3.count("HeadObject") - heads, 1, "the file, not the directory")
         let a = try XCTUnwrap(fs.listedEntry(handle: h, name: "a.bin"))
+        XCTAssertEqual(a.mtime.timeIntervalSince1970, 1_000_000_000.5, "the stored mtime, not Last-Modified")
         XCTAssertEqual(a.size, 3)
         XCTAssertFalse(a.isDirectory)
         XCTAssertTrue(try XCTUnwrap(fs.listedEntry(handle: h, name: "sub")).isDirectory)
@@ -248,6 +258,7 @@ final class FileSystemTests: XCTestCase {
         }
         XCTAssertEqual(seen, 202)
         XCTAssertNil(fs.table.withLock { $0.listings[c.ino] })
+        await fs.resolveListedEntries(handle: h, names: ["f150"])
         XCTAssertEqual(try XCTUnwrap(fs.listedEntry(handle: h, name: "f150")).size, 2)
         let heads = s3.count("HeadObject")
         let f7 = try await fs.lookup(parent: c.ino, name: "f7")
@@ -404,11 +415,70 @@ final class FileSystemTests: XCTestCase {
             XCTFail("a handle must not mix versions")
         } catch { XCTAssertEqual(error.errno, ESTALE) }
         fs.release(handle: h)
-        // A new open after the attributes expire revalidates and sees the new version.
+        // A new open revalidates (after the second in which a lookup counts as fresh): the inode stands for
+        // the old version, so the open fails with ESTALE (the kernel then looks the path up again) and the
+        // path has a new inode that reads the new version whole.
         try await Task.sleep(for: .milliseconds(1100))
-        let h2 = try await fs.open(ino: a.ino, flags: O_RDONLY)
+        do {
+            _ = try await fs.open(ino: a.ino, flags: O_RDONLY)
+            XCTFail("the old inode must not open the new version")
+        } catch { XCTAssertEqual(error.errno, ESTALE) }
+        let b = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt")
+        XCTAssertNotEqual(b.ino, a.ino)
+        let h2 = try await fs.open(ino: b.ino, flags: O_RDONLY)
         let got = try await fs.read(handle: h2, offset: 2 << 20, size: 16).flatMap { bytes($0) }
         XCTAssertEqual(got, Array(data(3 << 20, 2)[(2 << 20)..<(2 << 20) + 16]))
+    }
+
+    func testAListedFileShowsItsStoredMtimeWhicheverWayItIsReached() async throws {
+        for i in 0..<40 { s3.seed(bucket, "d/f\(i)", [1], metadata: ["mtime": "\(1_000_000_000 + i)"]) }
+        let d = try await fs.lookup(parent: FileSystem.rootIno, name: "d")
+        _ = try await names(d.ino)  // a listing: Last-Modified only
+        let heads = s3.count("HeadObject")
+        for i in 0..<40 {  // in listing order (f0, f1, f10, ...): the names after each are HEADed ahead
+            let name = "f\(i)"
+            let a = try await fs.lookup(parent: d.ino, name: name)
+            XCTAssertEqual(a.mtime.timeIntervalSince1970, Double(1_000_000_000 + i), name)
+            let g = try await fs.getattr(ino: a.ino)
+            XCTAssertEqual(g.mtime, a.mtime)
+        }
+        XCTAssertLessThanOrEqual(s3.count("HeadObject") - heads, 40, "each file HEADed once at most")
+        let before = s3.count("HeadObject")
+        _ = try await names(d.ino)  // listed again: the same versions keep the mtimes HEADs found
+        _ = try await fs.lookup(parent: d.ino, name: "f7")
+        XCTAssertEqual(s3.count("HeadObject"), before)
+    }
+
+    func testNamesAndKeysS3CannotStoreAreRefusedWithENAMETOOLONG() async throws {
+        let long = String(repeating: "n", count: 256)
+        func errno(_ f: () async throws -> Void) async -> Int32? {
+            do { try await f(); return nil } catch { return (error as? FSError)?.errno }
+        }
+        var e = await errno { _ = try await self.fs.create(parent: FileSystem.rootIno, name: long, flags: O_WRONLY) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        e = await errno { _ = try await self.fs.mkdir(parent: FileSystem.rootIno, name: long) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        e = await errno { _ = try await self.fs.lookup(parent: FileSystem.rootIno, name: long) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        e = await errno { try self.fs.makeSpecial(parent: FileSystem.rootIno, name: long) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        e = await errno { try self.fs.makeSpecial(parent: FileSystem.rootIno, name: "fifo") }
+        XCTAssertEqual(e, EPERM)
+        // A directory rename that would push a child's key past 1,024 bytes moves nothing.
+        let c255 = String(repeating: "c", count: 255)
+        s3.seed(bucket, "s/\(c255)/\(c255)/\(c255)/" + String(repeating: "c", count: 254), [1])  // 1,024 bytes
+        e = await errno { try await self.fs.rename(parent: FileSystem.rootIno, name: "s", newParent: FileSystem.rootIno, newName: "ss", flags: 0) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        // Keys: a mount whose prefix is 1,000 bytes leaves 24 bytes for a file name, 23 for a directory's.
+        fs = try make(prefix: String(repeating: "p", count: 999))
+        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: String(repeating: "f", count: 24), flags: O_WRONLY)
+        fs.release(handle: h)
+        e = await errno { _ = try await self.fs.create(parent: FileSystem.rootIno, name: String(repeating: "f", count: 25), flags: O_WRONLY) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        _ = try await fs.mkdir(parent: FileSystem.rootIno, name: String(repeating: "g", count: 23))
+        e = await errno { _ = try await self.fs.mkdir(parent: FileSystem.rootIno, name: String(repeating: "g", count: 24)) }
+        XCTAssertEqual(e, ENAMETOOLONG)
+        XCTAssertEqual(s3.count("CopyObject"), 0)
     }
 
     func testWritesAreRefusedOnAReadOnlyMount() async throws {

@@ -1,0 +1,70 @@
+// Name and key limits: what can be stored is checked when a name is made, never at upload.
+//
+// A file name is at most 255 bytes (NAME_MAX on Linux; the kernel's FUSE module lets up to 1,024 through, so
+// the check is ours). An object key is at most 1,024 bytes of UTF-8 (S3 API reference, "Object key naming":
+// "The name for a key is a sequence of Unicode characters whose UTF-8 encoding is at most 1,024 bytes long").
+// A key includes the mount's prefix, and a directory's marker key its trailing "/". A call that would make a
+// name or key over either limit fails with ENAMETOOLONG before anything is acknowledged: create, mknod,
+// mkdir, and rename (also of a directory whose children's keys would grow past the limit). A lookup of such
+// a name fails the same way (no such key can exist).
+import CkptS3
+import Foundation
+
+extension FileSystem {
+    /// Longest name of one file or directory, in bytes of UTF-8 (NAME_MAX; `statfs` reports it).
+    public static let maxNameBytes = 255
+    /// Longest S3 object key, in bytes of UTF-8 (S3 API reference, "Object key naming").
+    public static let maxKeyBytes = 1024
+
+    /// Throws ENAMETOOLONG when `name` in the directory whose key prefix is `dirKey` could not be stored: the
+    /// name is over `maxNameBytes`, or its key (a directory's marker key, with its "/") over `maxKeyBytes`.
+    func checkStorable(_ name: String, in dirKey: String, isDirectory: Bool) throws(FSError) {
+        let n = name.utf8.count
+        if n > FileSystem.maxNameBytes {
+            throw FSError(ENAMETOOLONG, "a name is at most \(FileSystem.maxNameBytes) bytes; this one has \(n)")
+        }
+        let keyBytes = dirKey.utf8.count + n + (isDirectory ? 1 : 0)
+        if keyBytes > FileSystem.maxKeyBytes {
+            throw FSError(ENAMETOOLONG, "an S3 key is at most \(FileSystem.maxKeyBytes) bytes; \(dirKey + name) would have \(keyBytes)")
+        }
+    }
+
+    /// Throws ENAMETOOLONG when moving the keys `keys` (all under the prefix `src`) to the prefix `dst` would
+    /// make one of them longer than `maxKeyBytes`. Checked before a directory rename moves anything.
+    func checkMovable(_ keys: some Sequence<String>, from src: String, to dst: String) throws(FSError) {
+        let growth = dst.utf8.count - src.utf8.count
+        guard growth > 0, let longest = keys.max(by: { $0.utf8.count < $1.utf8.count }) else { return }
+        let n = longest.utf8.count + growth
+        if n > FileSystem.maxKeyBytes {
+            throw FSError(ENAMETOOLONG, "renaming \(src) to \(dst) would make \(longest) a key of \(n) bytes (at most \(FileSystem.maxKeyBytes))")
+        }
+    }
+
+    /// Throws ENAMETOOLONG when renaming the directory prefix `src` to `dst` (both ending in "/") would make
+    /// the key of something under it, in S3 or local, longer than `maxKeyBytes`. Lists the prefix only when
+    /// the new name is longer (a rename of a directory copies every object under it anyway, one request per
+    /// object; the listing is one request per 1,000).
+    func checkDirectoryMove(from src: String, to dst: String) async throws(FSError) {
+        guard dst.utf8.count > src.utf8.count else { return }
+        try checkMovable(local.withLock { Array($0.keys.filter { $0.hasPrefix(src) }) }, from: src, to: dst)
+        var token: String?
+        repeat {
+            counters.withLock { $0.listRequests += 1 }
+            do {
+                let page = try await client.listObjectsV2(bucket, prefix: src, delimiter: nil, continuationToken: token,
+                                                          startAfter: nil, maxKeys: nil)
+                try checkMovable(page.objects.map(\.key), from: src, to: dst)
+                token = page.isTruncated ? page.nextContinuationToken : nil
+            } catch let e as S3Error { throw FSError.from(e) } catch let e as FSError { throw e } catch { throw FSError(EIO, "\(error)") }
+        } while token != nil
+    }
+
+    /// mknod, symlink and link: S3 has no such objects (EPERM), but a name that could never be stored is
+    /// refused as such first, like any other new name.
+    public func makeSpecial(parent: UInt64, name: String) throws(FSError) -> Never {
+        let dir = try node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        try checkStorable(name, in: dir.key, isDirectory: false)
+        throw FSError(EPERM, "S3 has no special files or links")
+    }
+}

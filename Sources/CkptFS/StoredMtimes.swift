@@ -1,0 +1,181 @@
+// One rule for a file's mtime, whichever way the kernel reaches the file: the mtime its writer stored
+// (x-amz-meta-mtime: ckptfs stores it with every upload, `cp -p`, `tar x` and `rsync -t` set it), else
+// Last-Modified.
+//
+// A listing (ListObjectsV2) carries Last-Modified but no user metadata, so a file known only from a listing
+// has no known mtime yet (`Meta.mtimeKnown` false) and HEAD has to tell. That HEAD cannot wait until someone
+// asks for the mtime: with its write-back cache on, the kernel keeps the size and mtime a regular file's inode
+// was created with for the inode's life and ignores later attribute replies (Linux fs/fuse/inode.c,
+// fuse_get_cache_mask), so the reply that creates an inode (lookup, readdirplus) must already carry the
+// stored mtime. Hence:
+// - readdirplus HEADs the entries of each reply it does not know yet, in parallel (at most
+//   `mtimeHeadConcurrency` at once), before replying; an entry whose HEAD fails goes without attributes;
+// - a lookup answered by a listing HEADs the name. That HEAD also revalidates the object, so the open that
+//   follows within a second sends none of its own;
+// - lookups that come in listing order (`ls -l`, `find`, `du` and `rsync` stat entries as they read them;
+//   readdirplus only covers some of the kernel's readdir calls) HEAD the names after them too, in parallel,
+//   a window growing from 32 to 256 names, like read-ahead.
+// HEAD results go back into the listing, so each file is HEADed once per listing.
+import CkptS3
+import Foundation
+import Synchronization
+
+/// Lookups in one directory that needed a HEAD for the mtime: whether they go in listing order.
+struct MtimeScan: Sendable {
+    /// Position of the last such name among the listing's file names (sorted as S3 lists them).
+    var last = -1
+    var streak = 0
+    var window = 0
+    /// Names before this position were already HEADed ahead (or are being).
+    var aheadTo = 0
+}
+
+extension FileSystem {
+    /// HEADs in flight at once for mtimes of listed files (readdirplus batches, lookups ahead): half of the
+    /// HTTP client's 64 connections, so reads keep connections of their own.
+    static let mtimeHeadConcurrency = 32
+    /// Largest number of names HEADed ahead of lookups that come in listing order.
+    static let maxMtimeWindow = 256
+
+    /// The metadata of listed file `name` of `parent` with its stored mtime, from a HEAD of `key` (shared with
+    /// any HEAD of that key in flight), or nil when the object is gone. The answer is written back to the
+    /// listing of `parent`.
+    func storedMeta(parent: UInt64, name: String, key: String) async throws(FSError) -> Meta? {
+        try await startStoredMeta(parent: parent, name: name, key: key, bounded: false).value.get()
+    }
+
+    /// Starts (or joins) the HEAD of `key` for its stored mtime; registered before this returns, so a lookup
+    /// of the same name joins it instead of sending another. `bounded`: waits for one of the
+    /// `mtimeHeadConcurrency` slots first (HEADs ahead of lookups, readdirplus batches).
+    func startStoredMeta(parent: UInt64, name: String, key: String, bounded: Bool) -> Task<Result<Meta?, FSError>, Never> {
+        mtimeHeads.withLock { heads in
+            if let t = heads[key] { return t }
+            let t = Task { () -> Result<Meta?, FSError> in
+                if bounded { await self.metaSlots.acquire() }
+                let r = await self.capture { () async throws(FSError) -> Meta? in try await self.headProbe(key) }
+                if bounded { self.metaSlots.release() }
+                // Into the listing before the HEAD stops being in flight, so no lookup in between sends another.
+                if case .success(let m) = r { self.noteStoredMeta(parent: parent, name: name, m) }
+                self.mtimeHeads.withLock { _ = $0.removeValue(forKey: key) }
+                return r
+            }
+            heads[key] = t
+            return t
+        }
+    }
+
+    /// Records what a HEAD said of listed entry `name` of `parent`: its metadata, or that it is gone.
+    func noteStoredMeta(parent: UInt64, name: String, _ m: Meta?) {
+        table.withLock { t in
+            guard t.listings[parent]?.entries[name] != nil else { return }
+            if let m {
+                t.listings[parent]?.entries[name] = m
+            } else {
+                t.listings[parent]?.entries.removeValue(forKey: name)
+            }
+        }
+    }
+
+    /// The metadata of file `name` of directory `parent` (key prefix `dirKey`) with its stored mtime, for a
+    /// lookup that found it only in a listing; nil when the object is gone. Starts HEADs of the names after it
+    /// when lookups in this directory come in listing order.
+    func lookupStoredMeta(parent: UInt64, dirKey: String, name: String) async throws(FSError) -> Meta? {
+        for n in mtimeAhead(parent: parent, name: name) ?? [] {
+            _ = startStoredMeta(parent: parent, name: n, key: dirKey + n, bounded: true)
+        }
+        return try await storedMeta(parent: parent, name: name, key: dirKey + name)
+    }
+
+    /// The names to HEAD ahead of a lookup of `name` in `parent`, if lookups there come in listing order.
+    func mtimeAhead(parent: UInt64, name: String) -> [String]? {
+        guard let files = sortedFiles(parent) else { return nil }
+        guard let i = FileSystem.position(of: name, in: files) else { return nil }
+        let range: Range<Int>? = mtimeScans.withLock { scans in
+            if scans.count > 1024 { scans.removeAll() }  // a bound; losing the streaks costs only speed
+            var s = scans[parent] ?? MtimeScan()
+            // The kernel may send a few lookups out of order (parallel stats): "in order" allows a small band.
+            let inOrder = i > s.last && i - s.last <= 8
+            s.streak = inOrder ? s.streak + 1 : 0
+            s.last = i
+            defer { scans[parent] = s }
+            guard s.streak >= 1 else {
+                s.window = 0
+                s.aheadTo = 0
+                return nil
+            }
+            s.window = s.window == 0 ? 32 : min(FileSystem.maxMtimeWindow, s.window * 2)
+            let from = max(i + 1, s.aheadTo), to = min(files.count, i + 1 + s.window)
+            guard from < to else { return nil }
+            s.aheadTo = to
+            return from..<to
+        }
+        guard let range else { return nil }
+        let names = Array(files[range])
+        return table.withLock { t in
+            names.filter { t.listings[parent]?.entries[$0].map { !$0.mtimeKnown } ?? false }
+        }
+    }
+
+    /// The names of the files in the listing of `parent`, in the order S3 lists them (bytes of UTF-8), made
+    /// once per listing when lookups first need it.
+    func sortedFiles(_ parent: UInt64) -> [String]? {
+        let (sorted, entries, expires): ([String]?, [String: Meta]?, ContinuousClock.Instant?) = table.withLock { t in
+            guard let l = t.listings[parent] else { return (nil, nil, nil) }
+            return (l.sortedFiles, l.sortedFiles == nil ? l.entries : nil, l.expires)
+        }
+        if let sorted { return sorted }
+        guard let entries, let expires else { return nil }
+        let files = entries.filter { !$0.value.isDirectory }.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        table.withLock { t in if t.listings[parent]?.expires == expires { t.listings[parent]?.sortedFiles = files } }
+        return files
+    }
+
+    /// Binary search in names sorted by bytes of UTF-8.
+    static func position(of name: String, in sorted: [String]) -> Int? {
+        var lo = 0, hi = sorted.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if sorted[mid] == name { return mid }
+            if sorted[mid].utf8.lexicographicallyPrecedes(name.utf8) { lo = mid + 1 } else { hi = mid }
+        }
+        return nil
+    }
+
+    /// For readdirplus: learns the stored mtimes of the entries `names` of directory handle `handle` that came
+    /// from its listing, HEADing them in parallel (at most `mtimeHeadConcurrency` at once), so that
+    /// `listedEntry` can give them to the kernel with their attributes.
+    public func resolveListedEntries(handle: UInt64, names: [String]) async {
+        guard let d = dirHandles.withLock({ $0[handle] }) else { return }
+        let unknown: [String] = names.filter { name in
+            guard name != ".", name != ".." else { return false }
+            let m = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
+            return m.map { !$0.isDirectory && !$0.mtimeKnown } ?? false
+        }
+        // The kernel asks for the next batch once this one is answered: HEAD the entries after it meanwhile
+        // (twice this batch, at least 64), so a listing costs about one round trip per
+        // `mtimeHeadConcurrency` files rather than one per batch. Started after this batch's own HEADs, which
+        // get the free slots first.
+        let following: [String] = d.state.withLock { s in
+            guard let last = names.last(where: { $0 != "." && $0 != ".." }), let at = s.position[last] else { return [] }
+            let end = max(at + 1, min(s.names.count, at + 1 + max(64, 2 * names.count)))
+            return (at + 1 ..< end).compactMap { s.kinds[$0] ? nil : s.names[$0] }
+        }
+        let ahead = following.filter { name in
+            let m = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
+            return m.map { !$0.mtimeKnown } ?? false
+        }
+        let heads = unknown.map { ($0, startStoredMeta(parent: d.ino, name: $0, key: d.key + $0, bounded: true)) }
+        for name in ahead { _ = startStoredMeta(parent: d.ino, name: name, key: d.key + name, bounded: true) }
+        await withTaskGroup(of: Void.self) { g in
+            for (name, head) in heads {
+                g.addTask {
+                    guard case .success(let m) = await head.value else { return }
+                    d.state.withLock { s in
+                        guard s.metas[name] != nil else { return }
+                        if let m { s.metas[name] = m } else { s.metas.removeValue(forKey: name) }
+                    }
+                }
+            }
+        }
+    }
+}
