@@ -291,11 +291,11 @@ def test_deletes_wait_for_the_uploads_before_them_but_not_for_later_ones(server,
 def test_sigterm_during_a_save_keeps_the_last_good_object(server, bucket, mounts):
     good = b"last good checkpoint" * 1000
     server.s3.put_object(Bucket=bucket, Key="model.pt", Body=good)
-    mp, _ = mounts.mount(f"s3://{bucket}")
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--drain-timeout", "3")
     f = open(f"{mp}/model.pt", "wb", buffering=0)
     for _ in range(20):
-        f.write(os.urandom(MiB))  # a save in progress: never closed
-    os.kill(daemon_pid(mp), signal.SIGTERM)
+        f.write(os.urandom(MiB))  # a save in progress: never closed (the trainer hangs, or dies later)
+    os.kill(daemon_pid(mp), signal.SIGTERM)  # the drain waits for it 3 s, then gives up on it
     assert wait_until(lambda: daemon_pid(mp) is None, 60)
     try:
         f.close()
