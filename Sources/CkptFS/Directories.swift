@@ -200,7 +200,7 @@ extension FileSystem {
                     s.metas[name] = k
                 } else {
                     s.metas[name] = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime,
-                                         mtimeKnown: false)
+                                         mtimeKnown: !options.storedMtimes)
                 }
             }
             s.token = page.isTruncated ? page.nextContinuationToken : nil

@@ -304,7 +304,8 @@ public final class FileSystem: Sendable {
         counters.withLock { $0.headRequests += 1 }
         do {
             let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
-            return Meta(isDirectory: false, size: info.size, etag: info.etag, mtime: FileSystem.mtime(info))
+            return Meta(isDirectory: false, size: info.size, etag: info.etag,
+                        mtime: options.storedMtimes ? FileSystem.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
         } catch {
             if error.code == .noSuchKey { return nil }
             throw FSError.from(error)

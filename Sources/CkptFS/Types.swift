@@ -28,6 +28,10 @@ public struct FSOptions: Sendable {
     /// into newly allocated page-cache pages and from there to the reader. Cached files keep the page cache.
     /// 0: every read-only open of a clean file; nil: never.
     public var directReadMinSize: Int64? = 32 << 20
+    /// A file's mtime is the one its writer stored (x-amz-meta-mtime), else Last-Modified (true: a file known
+    /// only from a listing is HEADed before the kernel sees it, see StoredMtimes.swift); or always
+    /// Last-Modified (false: listings answer without HEADs, as mountpoint-s3 does). One rule either way.
+    public var storedMtimes = true
     /// fsync() waits until the file is in S3 (true) or only until it is on local disk (false).
     public var durableFsync = true
     /// Smallest multipart part (a file up to this size is one PutObject).

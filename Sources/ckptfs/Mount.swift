@@ -29,6 +29,9 @@ struct Mount: AsyncParsableCommand {
     @Option(name: .customLong("direct-reads"),
             help: "auto: a file of 32MiB or more that is not cached yet is read without the kernel's page cache (one copy less on a cold stream; mmap still works); always: every read-only open of a clean file; never (default auto).")
     var directReads: String = "auto"
+    @Option(name: .customLong("mtime"),
+            help: "stored: a file's mtime is the one its writer stored (x-amz-meta-mtime: cp -p, rsync -t, tar x), else Last-Modified (a listed file is HEADed for it); last-modified: always Last-Modified, so listings and opens after them need no HEAD (default stored).")
+    var mtimeMode: String = "stored"
     @Option(name: .customLong("fsync"), help: "durable: fsync() returns once the file is in S3; local: once it is on local disk.")
     var fsyncMode: String = "durable"
     @Option(name: .customLong("drain-timeout"), help: "Seconds SIGTERM/unmount wait for queued uploads (default 120).")
@@ -66,6 +69,9 @@ struct Mount: AsyncParsableCommand {
         }
         guard ["auto", "always", "never"].contains(directReads) else {
             throw ValidationError("--direct-reads must be 'auto', 'always' or 'never'")
+        }
+        guard mtimeMode == "stored" || mtimeMode == "last-modified" else {
+            throw ValidationError("--mtime must be 'stored' (the writer's mtime, else Last-Modified) or 'last-modified'")
         }
         guard fsyncMode == "durable" || fsyncMode == "local" else {
             throw ValidationError("--fsync must be 'durable' (wait for S3) or 'local' (wait for local disk)")
@@ -126,6 +132,7 @@ struct Mount: AsyncParsableCommand {
         o.requestSize = MountChecks.parseSize(readPartSize)!
         o.maxReadAhead = max(o.requestSize, MountChecks.parseSize(maxReadAhead)!)
         o.durableFsync = fsyncMode == "durable"
+        o.storedMtimes = mtimeMode == "stored"
         switch directReads {
         case "always": o.directReadMinSize = 0
         case "never": o.directReadMinSize = nil

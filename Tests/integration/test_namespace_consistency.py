@@ -244,3 +244,27 @@ def test_names_and_keys_s3_cannot_store_are_refused_with_enametoolong(server, bu
     assert all(len(k.encode()) <= 1024 for k in s3_keys(server, bucket))
     assert not any(k.startswith(prefix + "ss/") or k.startswith(prefix + "tt/") for k in s3_keys(server, bucket))
     assert sorted(os.listdir(deep)) == sorted(["f" * 64, "g" * 63, "s", "t"])
+
+
+@pytest.mark.parametrize("reach", [stat_by_name, stat_after_listdir, stat_while_listing, ls_l])
+def test_mtime_last_modified_is_one_rule_too_and_needs_no_head_after_a_listing(server, bucket, mounts, reach):
+    """`--mtime last-modified`: every way shows Last-Modified (a stored mtime is ignored), and a listing
+    answers `ls -l` and the opens right after it without a HEAD per file."""
+    import json
+    for key, t in STORED.items():
+        server.s3.put_object(Bucket=bucket, Key=key, Body=key.encode(), Metadata={"mtime": str(t)})
+    for i in range(20):
+        server.s3.put_object(Bucket=bucket, Key=f"d/filler-{i}", Body=b"f")
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--mtime", "last-modified")
+    want = {k: server.s3.head_object(Bucket=bucket, Key=k)["LastModified"].timestamp() for k in STORED}
+    assert reach(mp) == want
+    assert stat_while_listing(mp) == stat_by_name(mp) == want
+    mp2, _ = mounts.mount(f"s3://{bucket}", None, None, "--mtime", "last-modified")
+    os.stat(os.path.join(mp2, "d"))  # the directory's own lookup (HEAD d, LIST d/)
+    before = json.loads(mounts.run("status", mp2, "--json").stdout)["headRequests"]
+    subprocess.run(["ls", "-l", os.path.join(mp2, "d")], check=True, capture_output=True)
+    for i in range(20):
+        with open(os.path.join(mp2, "d", f"filler-{i}"), "rb") as f:
+            f.read()
+    heads = json.loads(mounts.run("status", mp2, "--json").stdout)["headRequests"] - before
+    assert heads == 0, f"{heads} HEADs for ls -l and 20 opens after it"
