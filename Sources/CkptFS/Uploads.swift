@@ -599,6 +599,11 @@ extension FileSystem {
                 if let a = acked[r.id], r.key == nil || r.key == a.record.key {
                     acked[r.id] = nil
                     landed.insert(r.id)
+                    // Versions of the key acknowledged before it were superseded by it (their staged files are
+                    // gone): what landed carries their bytes.
+                    if let key = a.record.key {
+                        for (id, b) in acked where b.record.key == key && b.position < a.position { acked[id] = nil }
+                    }
                 }
                 deletes[r.id] = nil
                 renames[r.id] = nil

@@ -728,8 +728,11 @@ extension FileSystem {
         }
         if unlinked {
             if handles == 0 {
-                // The last close of an unlinked file: its bytes go with it.
-                for v in versions(of: f) { Glibc.unlink(v.path) }
+                // The last close of an unlinked file: its bytes go with it (only its own: a file created under
+                // its old name meanwhile has versions of the same key).
+                let v = f.current
+                Glibc.unlink(v.path)
+                if let fallback = v.state.withLock({ $0.fallback }) { Glibc.unlink(fallback.path) }
                 orphans.withLock { o in o = o.filter { $0.value !== f } }
             }
             return
@@ -841,6 +844,13 @@ extension FileSystem {
     /// Changes size and times. Mode and owner are accepted and not stored (they come from the mount options).
     public func setattr(ino: UInt64, size: Int64?, mtime: Date?) async throws(FSError) -> Attributes {
         let n = try node(ino)
+        if let f = orphans.withLock({ $0[ino] }) {
+            // An unlinked file still open (ftruncate, futimens through its descriptor): it stays an orphan, and
+            // a file created under its old name meanwhile is not touched.
+            if let size { try truncateVersion(f, to: size) }
+            if let mtime { f.current.state.withLock { $0.mtime = mtime } }
+            return attributes(ino, localMeta(f.current))
+        }
         if let size {
             guard !n.meta.isDirectory else { throw .isDirectory }
             try checkWritable()

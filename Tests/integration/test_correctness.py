@@ -382,3 +382,21 @@ def test_staging_is_emptied_after_fsync_mmap_and_rewrites(server, bucket, mounts
     assert status(mounts, mp)["writeBack"]["stagingBytes"] == 0
     log = open(f"{cache}/ckptfs.log").read() if os.path.exists(f"{cache}/ckptfs.log") else ""
     assert "failed its checksum" not in log
+
+
+def test_an_unlinked_open_file_truncated_through_its_descriptor_stays_gone(server, bucket, mounts):
+    """stress-ng --sync-file: ftruncate of a file unlinked while open brought it back, in S3 and the mount."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    os.mkdir(f"{mp}/d")
+    for size in (0, 1024):
+        fd = os.open(f"{mp}/d/f", os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fd, b"x" * 4096)
+        os.unlink(f"{mp}/d/f")
+        os.ftruncate(fd, size)
+        os.utime(fd, (1, 1))
+        assert os.fstat(fd).st_size == size
+        os.close(fd)
+    flush(mounts, mp)
+    assert os.listdir(f"{mp}/d") == []
+    assert s3_keys(server, bucket) == ["d/"]
+    os.rmdir(f"{mp}/d")

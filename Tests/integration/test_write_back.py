@@ -494,7 +494,8 @@ def test_a_large_file_goes_up_while_it_is_written_and_a_crash_leaves_nothing_beh
     # Still open: parts are on their way, in an open multipart upload; nothing is visible under the key.
     assert wait_until(lambda: any(p["sentBytes"] >= 32 * MiB for p in status(mounts, mp)["writeBack"]["pending"]), 30), \
         status(mounts, mp)
-    assert [u["Key"] for u in open_multipart(server, bucket)] == ["ckpt.pt"]
+    uploads = open_multipart(server, bucket)
+    assert [u["Key"] for u in uploads] == ["ckpt.pt"], (uploads, status(mounts, mp))
     assert s3_keys(server, bucket) == []
     for i in range(64 * MiB, len(data), MiB):
         f.write(data[i:i + MiB])
