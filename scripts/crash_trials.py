@@ -199,20 +199,35 @@ class Model:
         self.tolerated = {}  # path -> extra states allowed (a truncate at open, before the close is acked)
         self.acks = 0
         self.pending = None
+        self.trace = {}  # path -> the acknowledged operations on it, for the report
+
+    def note(self, path, what):
+        self.trace.setdefault(path, []).append(what)
+
+    def how(self, path):
+        steps = self.trace.get(path, ["(never acknowledged)"])[-4:]
+        if steps[-1].startswith("renamed from "):  # show what the source went through
+            src = steps[-1][len("renamed from "):]
+            steps = [f"{src}: " + " > ".join(self.trace.get(src, [])[-4:-1])] + steps
+        return " > ".join(steps)
 
     def apply(self, op):
         kind = op["op"]
         if kind in ("fsync", "close"):
+            self.note(op["path"], f"{kind} {op['sha'][:8]}")
             self.state[op["path"]] = op["sha"]
             self.history.setdefault(op["path"], []).append(op["sha"])
             self.tolerated.pop(op["path"], None)
         elif kind == "rename":
+            self.note(op["src"], f"renamed to {op['dst']}")
+            self.note(op["dst"], f"renamed from {op['src']}")
             s = self.state.get(op["src"])
             self.state[op["dst"]] = s
             self.state[op["src"]] = None
             self.tolerated.pop(op["src"], None)
             self.tolerated.pop(op["dst"], None)
         elif kind == "unlink":
+            self.note(op["path"], "unlink")
             self.state[op["path"]] = None
             self.tolerated.pop(op["path"], None)
         elif kind == "open_trunc":
@@ -498,23 +513,24 @@ def run_trial(args, server, base, k, seed):
             continue
         if got is not None and path in model.state and model.state[path] is None:
             res["resurrected"] += 1
-            res["notes"].append(f"resurrected: {path} (deleted or renamed away, acknowledged) is in S3")
+            res["notes"].append(f"resurrected: {path} (deleted or renamed away, acknowledged) is in S3 [{model.how(path)}]")
         elif got is None:
             res["lost"] += 1
-            res["notes"].append(f"lost: {path} (acknowledged) is missing from S3")
+            res["notes"].append(f"lost: {path} (acknowledged) is missing from S3 [{model.how(path)}]")
         elif got in model.history.get(path, []):
             res["lost"] += 1
-            res["notes"].append(f"lost: {path} holds an older acknowledged version, not the last one")
+            res["notes"].append(f"lost: {path} holds an older acknowledged version, not the last one [{model.how(path)}]")
         else:
             res["wrong"] += 1
-            res["notes"].append(f"wrong: {path} holds bytes that were never acknowledged")
+            res["notes"].append(f"wrong: {path} holds bytes that were never acknowledged [{model.how(path)}]")
     pairs = model.rename_pairs()
     if pairs is not None:
         p = model.pending
         got = (s3_state.get(p["src"]), s3_state.get(p["dst"]))
         if got not in pairs:
             res["unexpected"] += 1
-            res["notes"].append(f"rename {p['src']} -> {p['dst']} in flight left {got[0] and 'src'} {got[1] and 'dst'}: half done")
+            left = " and ".join(n for n, v in ((p["src"], got[0]), (p["dst"], got[1])) if v) or "neither name"
+            res["notes"].append(f"half rename: {p['src']} -> {p['dst']} was in flight; S3 holds {left}")
     for key in s3_state:
         if key not in allowed:
             res["unexpected"] += 1
