@@ -79,6 +79,60 @@ if [ -n "$pjd" ]; then
         total_pass=$((total_pass + pass)) total_fail=$((total_fail + fail))
     done
     echo "pjdfstest: $total_pass assertions passed, $total_fail failed; failures in $out/failures.txt"
+    # Failing assertions grouped by cause. The first five causes are ckptfs's design (README, semantics);
+    # a cascade is a later assertion of the same test file that fails because an earlier step could not be
+    # done; anything under "other" needs a look.
+    python3 - "$out/failures.txt" <<'PY'
+import collections, re, sys
+causes = collections.Counter()
+special, owner, other = set(), set(), []
+for line in open(sys.argv[1]):
+    m = re.match(r"(\S+): (\S+): not ok \d+(?: - tried '(.*)', expected (.*), got (.*))?", line.strip())
+    if not m or m.group(2) == "fsx":
+        continue
+    group, f, tried, exp, got = m.groups()
+    tried, exp, got = tried or "", exp or "", got or ""
+    words = tried.split()
+    while words and words[0] in ("-u", "-g", "-U"):
+        words = words[2:]
+    op = words[1] if words[:1] == ["--"] and len(words) > 1 else (words[0] if words else "")
+    nonroot = bool(re.match(r"-[ug] ", tried))
+    if re.search(r"[0-9a-f]{60,}", tried):
+        c = "BUG? name over 255 bytes or path over S3's 1,024-byte key: ENOENT/EINVAL, not ENAMETOOLONG (and cascades)"
+    elif not tried:
+        c = "by design: ctime not stored, a directory's times are the mount time (time checks)"
+    elif op in ("mknod", "mkfifo", "symlink", "link", "bind") and got in ("EPERM",):
+        c = "by design: no hard links, symlinks, FIFOs, sockets or device nodes (EPERM)"; special.add(f)
+    elif re.search(r"/utimensat/05\.t$", f):
+        c = "by design (cascade): a special file the test could not create"  # made by ln -s, outside pjdfstest
+    elif re.search(r"/utimensat/00\.t$", f) and op == "lstat" and got.isdigit():
+        c = "by design: atime mirrors mtime; a directory's times are the mount time"  # the dir case of the loop
+    elif re.search(r"/(rename/09|rename/10|rmdir/11|unlink/11)\.t$", f):
+        c = "by design: mode not stored (sticky directories)"
+    elif nonroot and got == "EACCES":
+        c = "by design: owner/mode not stored; the fixed owner root and 0755/0644 deny other users"; owner.add(f)
+    elif op in ("chmod", "chown", "lchown", "fchmod", "fchown", "lchmod") or re.search(r"\b(mode|uid|gid)\b", tried) \
+            or re.search(r"(^|[,(|])0[0-7]{2,4}\b|(^|,)6553[0-9]", exp):
+        c = "by design: owner/mode not stored (chmod/chown accepted, mode and owner from mount options)"; owner.add(f)
+    elif "nlink" in tried:
+        c = "by design: no hard links (nlink stays 1)"
+    elif op == "lstat" and "atime" in tried:
+        c = "by design: atime mirrors mtime; a directory's times are the mount time"
+    elif f in special and (got in ("ENOENT", "EEXIST", "0", "EISDIR", "EADDRINUSE", "ENOTDIR") or "inode" in tried
+                           or exp in ("ELOOP", "ENXIO", "EEXIST", "ENOTDIR")):
+        c = "by design (cascade): a special file the test could not create"
+    elif f in owner and got in ("ENOENT", "EEXIST", "0", "EACCES", "EPERM"):
+        c = "by design (cascade): owner/mode not stored"
+    else:
+        c = "other"
+        other.append(f"{f}: tried '{tried}', expected {exp}, got {got}")
+    causes[c] += 1
+print("pjdfstest failures by cause:")
+for c, n in causes.most_common():
+    print(f"  {n:6d}  {c}")
+for o in other[:40]:
+    print("    other: " + re.sub(r"pjdfstest_[0-9a-f]+", "P", o)[:200])
+PY
 fi
 
 if [ -n "$fsx" ]; then
