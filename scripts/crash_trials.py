@@ -12,10 +12,12 @@ Each trial, on its own bucket of a local SeaweedFS (started here on 127.0.0.1, s
      before it starts and when it returns: torch-like checkpoint saves (a zip archive of several MB, some
      over 16 MiB so they go up in parts), written to ckpt-N.tmp (fsync or not) and renamed to ckpt-N, or
      saved straight to ckpt-N; an atomic-write helper that fsyncs and renames before close (`latest`);
-     trainer_state.json overwritten in place (O_TRUNC); metrics.jsonl appended; rotation deleting
+     trainer_state.json overwritten in place (O_TRUNC); metrics.jsonl appended; now and then an 18 MiB
+     scratch file deleted right after its close (its delete races its multipart upload); rotation deleting
      ckpt-(N-2) or, like save_total_limit=1, ckpt-(N-1).
   3. An observer thread lists the bucket every 0.25 s and loads each new checkpoint object (zip test of
-     every member); at a random moment the daemon is killed with SIGKILL, and S3 (frozen: nothing writes
+     every member); at a random moment (in about a third of the trials: 0 to 1.2 s after a scratch file's
+     delete returned) the daemon is killed with SIGKILL, and S3 (frozen: nothing writes
      any more) is checked once more for a loadable checkpoint.
   4. The dead mount is detached, the bucket remounted with the SAME cache directory, `ckptfs flush` run,
      status read, the mount's view compared, and the mount unmounted cleanly.
@@ -168,6 +170,9 @@ def workload(mp, log_path, seed, start_step):
             rename(f"ckpt-{step}.tmp", f"ckpt-{step}")
         else:  # torch.save straight to the final name
             write_file(f"ckpt-{step}", ck, do_fsync=rng.random() < 0.5, rewrite_head=rng.random() < 0.3)
+        if rng.random() < 0.15:  # a save thrown away at once (failed validation): its delete races its upload
+            write_file(f"scratch-{step}.tmp", rng.randbytes(18 * MiB + rng.randrange(MiB)))
+            unlink(f"scratch-{step}.tmp")
         if rng.random() < 0.7:
             atomic_write("latest", f"ckpt-{step}\n".encode())
         state = json.dumps({"step": step, "loss": rng.random(), "pad": "x" * rng.randrange(2000)}).encode()
@@ -430,9 +435,27 @@ def run_trial(args, server, base, k, seed):
     observer.start()
     wl = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--workload", mp, log_path, str(seed), "0"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
     kill_at = rng.uniform(0.3, args.max_kill)
+    if rng.random() < 0.3:
+        # Aim at the window after a delete of a file whose upload may be running (a scratch save thrown
+        # away): kill 0 to 1.2 s after the first such unlink returns, or at the drawn time if none comes.
+        res["aim"] = "after scratch unlink"
+        after = None
+        while time.time() - t0 < args.max_kill and after is None:
+            time.sleep(0.05)
+            try:
+                with open(log_path) as f:
+                    text = f.read()
+            except OSError:
+                continue
+            m = re.search(r'"i": (\d+), "op": "unlink", "path": "scratch-', text)
+            if m and re.search(r'"e": "a", "i": %s,' % m.group(1), text):
+                after = time.time()
+        if after is not None:
+            kill_at = after - t0 + rng.uniform(0, 1.2)
     res["kill_at"] = kill_at
-    time.sleep(kill_at)
+    time.sleep(max(0.0, t0 + kill_at - time.time()))
     pids = daemon_pids(mp)
     if not pids:
         res["notes"].append("no daemon found to kill")
@@ -603,9 +626,10 @@ def main():
         for c in cols:
             v = r.get(c, "")
             if c == "kill_at":
-                v = f"{v:.2f}" if v != "" else ""
+                v = (f"{v:.2f}" if v != "" else "") + ("*" if r.get("aim") else "")
             cells.append(f"{v:<36}" if c == "opts" else f"{v!s:>11}")
         print(" | ".join(cells))
+    print("(* killed 0 to 1.2 s after a scratch file's delete returned)")
     tot = {v: sum(r[v] for r in results) for v in VIOLATIONS}
     print(f"\ntotals: {len(results)} trials, {sum(r['acks'] for r in results)} acknowledged operations, "
           + ", ".join(f"{v} {tot[v]}" for v in VIOLATIONS)
