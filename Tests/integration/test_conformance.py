@@ -1,8 +1,9 @@
-"""Conformance runs of standard Debian tools on a real mount: `stress-ng --hdd --verify` and
-`fio --verify=crc32c` (sequential, random, O_DIRECT, fsync, mmap and libaio writers), each verifying what it
-wrote through the mount; then `ckptfs flush`, unmount, a remount with an EMPTY cache directory, and the same
-files verified again (fio --verify_only, and sha256 through the mount against sha256 recorded before and
-against the object read with boto3). Bounded for CI: well under 3 minutes on the 2-core test machine.
+"""Conformance runs of standard Debian tools on a real mount: `stress-ng --hdd --verify`, a few other stress-ng
+file stressors with --verify, and `fio --verify=crc32c` (sequential, random, O_DIRECT, fsync, mmap and libaio
+writers), each verifying what it wrote through the mount; then `ckptfs flush`, unmount, a remount with an EMPTY
+cache directory, and the same files verified again (fio --verify_only, and sha256 through the mount against
+sha256 recorded before and against the object read with boto3). Bounded for CI: well under 3 minutes on the
+2-core test machine (about 20 s).
 
 The tools come from Debian (`stress-ng`, `fio`), installed by scripts/setup."""
 import hashlib
@@ -136,6 +137,33 @@ def test_stress_ng_hdd_verify(server, bucket, mounts, variant, tmp_path):
     assert [k for k in s3_keys(server, bucket, "stress/") if not k.endswith("/")] == []
     mounts.unmount(mp)
     assert staged_files(cache) == {}, "staged copies of deleted files left behind after unmount"
+
+
+# Other stress-ng file stressors with --verify, bounded by operation count. Most open a file, unlink it at
+# once and go on using the descriptor (write, readahead after dropping the page cache, fdatasync,
+# sync_file_range, syncfs), as POSIX allows until the last close.
+OTHER_STRESSORS = {
+    "readahead": ["--readahead", "1", "--readahead-bytes", "4m", "--readahead-ops", "200"],
+    "seek": ["--seek", "1", "--seek-size", "4m", "--seek-ops", "20000"],
+    "sync-file": ["--sync-file", "1", "--sync-file-bytes", "2m", "--sync-file-ops", "200"],
+    "io": ["--io", "1", "--io-ops", "50"],
+    "rename": ["--rename", "1", "--rename-ops", "2000"],
+    "dir": ["--dir", "1", "--dir-ops", "100"],
+}
+
+
+@pytest.mark.parametrize("stressor", list(OTHER_STRESSORS))
+def test_stress_ng_file_stressors_verify(server, bucket, mounts, stressor, tmp_path):
+    mp, cache = mounts.mount(f"s3://{bucket}/stress")
+    work = os.path.join(mp, stressor)
+    os.mkdir(work)
+    cmd = [need("stress-ng"), *OTHER_STRESSORS[stressor], "--verify", "--temp-path", work, "--timeout", "15s"]
+    r = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=90)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "fail:" not in out, f"{' '.join(cmd)}: exit {r.returncode}\n{out[-4000:]}"
+    assert os.listdir(work) == []
+    flush(mounts, mp)
+    assert [k for k in s3_keys(server, bucket, "stress/") if not k.endswith("/")] == []
 
 
 def test_fio_verify_then_remount_with_empty_cache(server, bucket, mounts, tmp_path):
