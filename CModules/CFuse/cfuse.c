@@ -83,12 +83,11 @@ void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead) {
     conn->congestion_threshold = 48;
 }
 
-static struct fuse_session *volatile exit_session = NULL;
 static volatile int exit_notify_fd = -1;
 
+/* Only writes the signal number: the session keeps serving while the daemon drains, and the thread reading
+   `exit_notify_fd` ends it afterwards. write(2) is async-signal-safe. */
 static void exit_signal_handler(int sig) {
-    struct fuse_session *se = exit_session;
-    if (se != NULL) fuse_session_exit(se);
     int fd = exit_notify_fd;
     if (fd >= 0) {
         char c = (char)sig;
@@ -97,8 +96,7 @@ static void exit_signal_handler(int sig) {
     }
 }
 
-int ckpt_fuse_install_exit_signals(struct fuse_session *se, int notify_fd) {
-    exit_session = se;
+int ckpt_fuse_install_exit_signals(int notify_fd) {
     exit_notify_fd = notify_fd;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -113,7 +111,6 @@ void ckpt_fuse_remove_exit_signals(void) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
-    exit_session = NULL;
     exit_notify_fd = -1;
 }
 

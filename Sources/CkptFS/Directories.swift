@@ -136,7 +136,7 @@ extension FileSystem {
     public func listedEntry(handle: UInt64, name: String) -> Attributes? {
         guard name != ".", name != "..", let d = dirHandles.withLock({ $0[handle] }) else { return nil }
         let key = d.key + name
-        if let v = local.withLock({ $0[key]?.current }) {
+        if let v = localVersion(key) {
             return remember(parent: d.ino, name: name, key: key, meta: localMeta(v), addLookup: true)
         }
         let meta = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
@@ -176,7 +176,7 @@ extension FileSystem {
             guard s.token == token, !s.done else { return nil }  // another reader fetched it meanwhile
             for p in page.commonPrefixes {
                 let name = String(p.dropFirst(d.key.count).dropLast())
-                guard FileSystem.validName(name) else { continue }
+                guard FileSystem.validName(name), !isHidden(p) else { continue }
                 let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime)
                 if let at = s.position[name] {
                     s.kinds[at] = true  // a prefix and an object of the same name: the directory wins
@@ -189,7 +189,7 @@ extension FileSystem {
             }
             for o in page.objects {
                 let name = String(o.key.dropFirst(d.key.count))
-                guard FileSystem.validName(name), s.position[name] == nil else { continue }
+                guard FileSystem.validName(name), s.position[name] == nil, !isHidden(o.key) else { continue }
                 s.position[name] = s.names.count
                 s.names.append(name)
                 s.kinds.append(false)

@@ -95,7 +95,7 @@ extension FileSystem {
             let key = v.key
             do {
                 // No metadata: the mtime is not known yet (the object gets Last-Modified, about the close).
-                let uploadId = try await createUpload(v, key: key, options: PutOptions())
+                let uploadId = try await createUpload(v, key: key, options: PutOptions(metadata: [FileSystem.versionTag: versionTag(v)]))
                 v.state.withLock { $0.early?.uploadId = uploadId }
             } catch {
                 logger.info("could not start uploading a file being written; it is uploaded after close",

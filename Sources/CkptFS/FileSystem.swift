@@ -123,18 +123,12 @@ public final class FileSystem: Sendable {
     let prefetchInFlight = Atomic<Int>(0)
     let cacheWriter = CacheWriter()
     /// Freshly downloaded blocks, served from memory while the reader catches up.
-    // Write-back (Writes.swift, Uploads.swift).
-    struct UploadState: Sendable {
-        var pending: [UInt64: StagedVersion] = [:]
-        var tails: [String: UploadTail] = [:]
-        var uploadedFiles = 0
-        var uploadedBytes: Int64 = 0
-        var recovered = 0
-        var quarantined: [String] = []
-    }
+    // Write-back (Writes.swift, Uploads.swift, Changes.swift).
     /// Keys with local changes, by key.
     let local = Mutex<[String: LocalFile]>([:])
     let localHandles = Mutex<[UInt64: LocalHandle]>([:])
+    /// Files unlinked while open, by inode: stat through an open descriptor still answers (Writes.swift).
+    let orphans = Mutex<[UInt64: LocalFile]>([:])
     let nextVersion = Atomic<UInt64>(0)
     /// Set once the server rejected a conditional write as not implemented: later uploads go without.
     let conditionsUnsupported = Atomic<Bool>(false)
@@ -142,6 +136,9 @@ public final class FileSystem: Sendable {
     let uploadSlots: AsyncSemaphore
     let partSlots: AsyncSemaphore
     let journal: Journal
+    /// Tags this cache directory's uploads (x-amz-meta-ckptfs-version), so a later mount of it recognises its
+    /// own earlier uploads after a crash (Uploads.swift).
+    let writerId: String
     let alignedBuffers = AlignedBuffers()
     var journalPath: String { cache.directory + "/journal" }
 
@@ -166,6 +163,7 @@ public final class FileSystem: Sendable {
         self.logger = logger
         Glibc.mkdir(cache.directory + "/staging", 0o700)
         self.journal = try Journal(path: cache.directory + "/journal")
+        self.writerId = FileSystem.writerId(directory: cache.directory)
         self.uploadSlots = AsyncSemaphore(options.uploadConcurrency)
         self.partSlots = AsyncSemaphore(options.partConcurrency)
         self.recent = RecentBlocks(budget: Int(max(options.maxReadAhead, Int64(options.maxPrefetchRequests) * options.requestSize)))
@@ -211,7 +209,7 @@ public final class FileSystem: Sendable {
         guard FileSystem.validName(name) else { throw .noEntry }
         let pk = PathKey(parent: parent, name: name)
         // A file with local changes is what its local version says.
-        if let v = local.withLock({ $0[dir.key + name]?.current }) {
+        if let v = localVersion(dir.key + name) {
             return remember(parent: parent, name: name, key: dir.key + name, meta: localMeta(v), addLookup: true)
         }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
@@ -256,14 +254,22 @@ public final class FileSystem: Sendable {
 
     func listProbe(_ dirPrefix: String) async throws(FSError) -> Bool {
         counters.withLock { $0.listRequests += 1 }
+        if isHidden(dirPrefix) { return false }  // removed here, its delete still queued
         do {
+            // One key tells, unless deletes are queued: then what is listed may be on its way out.
+            let hiding = hasHidden
             let page = try await client.listObjectsV2(bucket, prefix: dirPrefix, delimiter: "/", continuationToken: nil,
-                                                      startAfter: nil, maxKeys: 1)
+                                                      startAfter: nil, maxKeys: hiding ? 1000 : 1)
+            if hiding {
+                return page.objects.contains { !isHidden($0.key) } || page.commonPrefixes.contains { !isHidden($0) }
+                    || page.isTruncated
+            }
             return !page.objects.isEmpty || !page.commonPrefixes.isEmpty
         } catch { throw FSError.from(error) }
     }
 
     func headProbe(_ key: String) async throws(FSError) -> Meta? {
+        if isHidden(key) { return nil }  // removed here, its delete still queued
         counters.withLock { $0.headRequests += 1 }
         do {
             let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
@@ -332,7 +338,8 @@ public final class FileSystem: Sendable {
 
     public func getattr(ino: UInt64) async throws(FSError) -> Attributes {
         let n = try node(ino)
-        if !n.meta.isDirectory, let v = local.withLock({ $0[n.key]?.current }) { return attributes(ino, localMeta(v)) }
+        if let f = orphans.withLock({ $0[ino] }) { return attributes(ino, localMeta(f.current)) }
+        if !n.meta.isDirectory, let v = localVersion(n.key) { return attributes(ino, localMeta(v)) }
         if n.meta.isDirectory || isFresh(n.fetched) { return attributes(ino, n.meta) }
         guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
         table.withLock { t in

@@ -42,7 +42,7 @@ extension FileSystem {
     public func writeFetching(handle: UInt64, offset: Int64, data: [UInt8]) async throws(FSError) -> Int {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
         for _ in 0..<8 {
-            let v = try writableVersion(key: h.key)
+            let v = try writableVersion(h.file)
             try await fill(v, blocks: missingBlocks(v, offset: offset, count: data.count, partialOnly: true))
             let r = data.withUnsafeBytes { p in Result { () throws(FSError) in try write(handle: handle, offset: offset, data: p) } }
             switch r {

@@ -20,9 +20,19 @@ struct JournalRecord: Codable, Equatable, Sendable {
         case starting
         /// A multipart upload was started for version `id` (so recovery can abort it).
         case multipart
-        /// Version `id` is durable in S3 (or no longer wanted: `drop`); its staging file may go.
+        /// Version `id` landed in S3 under `key` (its staging file may go), or the change `id` (a delete, a
+        /// rename) is complete. A version renamed after its `done` has a later `commit` under the new key, and a
+        /// `done` whose key is not the version's key at that point of the journal does not settle it.
         case done
+        /// Version `id` is no longer wanted (unlinked, replaced by a rename, or its close failed).
         case drop
+        /// `key` is to be deleted in S3 (unlink, rmdir, the old name of a rename) once every upload journaled
+        /// before this record has landed; `done` with the same `id` when it has been.
+        case delete
+        /// Objects `keys` (under `key`, a prefix, or the single key `key`) are being copied to the same names
+        /// under `target`; recovery finishes a rename a crash cut short (copies what is left, moves the local
+        /// files, deletes the old names). `done` with the same `id` once the deletes are queued.
+        case renaming
     }
     var op: Op
     var id: UInt64
@@ -42,11 +52,20 @@ struct JournalRecord: Codable, Equatable, Sendable {
     /// The upload's condition: If-Match this ETag, or If-None-Match when `ifNoneMatch`.
     var ifMatch: String?
     var ifNoneMatch: Bool?
+    /// `renaming`: the new prefix (or key), and the objects being copied.
+    var target: String?
+    var keys: [String]?
 }
 
 final class Journal: Sendable {
     let path: String
     private let fd: Mutex<Int32>
+    /// Space set aside on the cache disk for the journal's own records: when the disk is full, this file goes
+    /// so that records withdrawing or acknowledging changes (an unlink that frees space, an upload that landed)
+    /// can still be written. Set aside again once there is room.
+    var reservePath: String { path + ".reserve" }
+    static let reserveSize: Int64 = 4 << 20
+    private let reserveMissing = Atomic<Bool>(true)
 
     /// Opens (creating) the journal for appending.
     init(path: String) throws(FSError) {
@@ -54,6 +73,20 @@ final class Journal: Sendable {
         let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard f >= 0 else { throw FSError(errno, "cannot open the journal \(path): \(String(cString: strerror(errno)))") }
         fd = Mutex(f)
+        replenishReserve()
+    }
+
+    /// Sets the reserve aside if it is missing and the disk has room (real blocks, not a sparse file).
+    func replenishReserve() {
+        guard reserveMissing.load(ordering: .relaxed) else { return }
+        let r = open(reservePath, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        guard r >= 0 else { return }
+        defer { close(r) }
+        if posix_fallocate(r, 0, off_t(Journal.reserveSize)) == 0 {
+            reserveMissing.store(false, ordering: .relaxed)
+        } else {
+            ftruncate(r, 0)
+        }
     }
 
     deinit { fd.withLock { close($0) } }
@@ -82,10 +115,20 @@ final class Journal: Sendable {
     func append(_ records: [JournalRecord]) throws(FSError) {
         let bytes = records.flatMap(Journal.frame)
         let rc: Int32 = fd.withLock { f in
-            if let e = Journal.writeAll(f, bytes) { return e }
-            return fdatasync(f) == 0 ? 0 : errno
+            var end = lseek(f, 0, SEEK_END)
+            for attempt in 0..<2 {
+                let e = Journal.writeAll(f, bytes) ?? (fdatasync(f) == 0 ? 0 : errno)
+                guard (e == ENOSPC || e == EDQUOT) && attempt == 0 else { return e }
+                // The disk is full: give up the reserve and write the record again, whole.
+                if end >= 0 { ftruncate(f, end) }
+                unlink(reservePath)
+                reserveMissing.store(true, ordering: .relaxed)
+                end = lseek(f, 0, SEEK_END)
+            }
+            return EIO
         }
         if rc != 0 { throw FSError(rc, "cannot write the journal: \(String(cString: strerror(rc)))") }
+        replenishReserve()
     }
 
     func append(_ r: JournalRecord) throws(FSError) { try append([r]) }

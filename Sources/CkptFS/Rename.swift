@@ -1,7 +1,11 @@
-// Rename, emulated: S3 has no rename. A file with local changes (written, not uploaded yet) is moved locally,
-// so write-temp-then-rename costs one upload, to the final name. A file that is only in S3 is copied
-// server-side (CopyObject; multipart UploadPartCopy above 5 GiB) and the old key deleted. A directory is
-// renamed object by object. Not atomic: a crash midway can leave both names; nothing is lost.
+// Rename, emulated: S3 has no rename. A file with local changes (written, not uploaded yet, or uploading, or
+// uploaded while still open) is moved locally: its versions go to the new key (one already sent under the old
+// name is sent again), so write-temp-then-rename costs one upload, to the final name. A file that is only in
+// S3 is copied server-side (CopyObject; multipart UploadPartCopy above 5 GiB). A directory is renamed object
+// by object (directory markers are written anew: some servers refuse to copy keys ending in "/"). The old
+// names are deleted through the change queue, after the new names' uploads. A rename that copies objects is
+// journaled first, so a failure undoes it and a crash is finished by the next mount: never a half move,
+// never data under neither name.
 import CkptS3
 import Foundation
 
@@ -33,7 +37,7 @@ extension FileSystem {
             }
             try await renameDirectory(from: srcKey + "/", to: dstKey + "/")
         } else {
-            sourceRemains = try await renameFile(from: srcKey, to: dstKey)
+            sourceRemains = try await renameFile(from: srcKey, to: dstKey, replacing: dstExisting?.ino)
         }
         moveNode(parent: parent, name: name, newParent: newParent, newName: newName, from: srcKey, to: dstKey,
                  isDirectory: src.isDirectory)
@@ -46,58 +50,100 @@ extension FileSystem {
         }
     }
 
-    /// Renames one file key. Returns true when an object stays under the old name (after a conflict).
+    /// Renames one file key (`replacing`: the inode of the file the destination was, if any). Returns true when
+    /// an object stays under the old name (after a conflict: the object there is someone else's).
     @discardableResult
-    func renameFile(from src: String, to dst: String) async throws(FSError) -> Bool {
-        // The destination's own local versions (an overwritten file) are withdrawn.
-        if let old = local.withLock({ $0.removeValue(forKey: dst) }) { try dropVersions(of: dst, newest: old.current) }
-        // A file opened in place still reads unchanged blocks from the source object, which is deleted below.
+    func renameFile(from src: String, to dst: String, replacing: UInt64? = nil) async throws(FSError) -> Bool {
+        // The destination's own local versions (an overwritten file) are withdrawn; open, it lives on as an orphan.
+        var withdrawn = Withdrawal()
+        if let old = local.withLock({ $0.removeValue(forKey: dst) }) { withdrawn = orphan(old, ino: replacing) }
+        defer { withdrawn.removeFiles() }
+        let records = withdrawn.records
         if let f = local.withLock({ $0[src] }) {
-            for v in versions(of: src, newest: f.current) { try await fillAll(v) }
+            // A file opened in place reads unchanged blocks from the source object, which is deleted later.
+            for v in versions(of: f) { try await fillAll(v) }
+            let moved = retarget(f, from: src, to: dst)
+            let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
+            try journal.append(records + moved.records + deletes)
+            for v in moved.requeue { enqueueUpload(v) }
+            queueDeletes(items, hiding: [src])
+            return moved.keepsSource
         }
-        let moved: LocalFile? = local.withLock { l in
-            guard let f = l.removeValue(forKey: src) else { return nil }
+        await clearPendingDelete(of: dst)
+        let intent = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+        try journal.append(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+        do throws(FSError) { try await copyObjectOrMarker(from: src, to: dst) } catch {
+            try? journal.append(JournalRecord(op: .done, id: intent))
+            throw error
+        }
+        try deleteLater([src], hiding: [src], with: [JournalRecord(op: .done, id: intent)])
+        return false
+    }
+
+    /// What moving a local file's versions to a new key needs: journal records, versions to queue again.
+    struct Retarget {
+        var records: [JournalRecord] = []
+        var requeue: [StagedVersion] = []
+        /// A version was stopped by a conflict under the old name: the object there is someone else's and stays.
+        var keepsSource = false
+    }
+
+    /// Moves local file `f` from `src` to `dst`: handles follow it, and every version not settled goes to the
+    /// new key. A version waiting or uploaded (still held: the file is open) is queued again under the new key; one
+    /// uploading is queued again by its uploader when it lands. The destination is replaced whatever it holds
+    /// (POSIX rename): uploads to it carry no condition. The caller journals the records before queueing.
+    func retarget(_ f: LocalFile, from src: String, to dst: String) -> Retarget {
+        var out = Retarget()
+        let vs = versions(of: src, newest: f.current)
+        local.withLock { l in
+            if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f
-            return f
+            f.state.withLock { $0.key = dst }
         }
-        if let moved {
-            for h in localHandles.withLock({ Array($0.values) }) {
-                h.keyBox.withLock { if $0 == src { $0 = dst } }
-            }
-            // A local move: queued and staged versions now go to the new key. The journal learns the new key
-            // before this returns, so recovery uploads to it.
-            let versions = versions(of: src, newest: moved.current)
-            // The destination is replaced whatever it holds (POSIX rename): uploads to it carry no condition.
-            // A version stopped by a conflict under the old name is uploaded again under the new one.
-            var records: [JournalRecord] = []
-            var requeue: [StagedVersion] = []
-            for v in versions {
-                abandonEarlyUpload(v, because: "renamed")  // its parts went to the old name
-                let sum = v.state.withLock { s -> String? in
-                    s.key = dst
-                    s.expect = .anything
-                    if case .conflict = s.upload {
-                        s.upload = .waiting
-                        s.lastError = nil
-                        requeue.append(v)
-                    }
-                    return !s.changed ? s.committedSum : nil
+        for v in vs {
+            abandonEarlyUpload(v, because: "renamed")  // its parts went to the old name
+            let (requeue, sum) = v.state.withLock { s -> (Bool, String?) in
+                s.key = dst
+                s.expect = .anything
+                var requeue = false
+                switch s.upload {
+                case .waiting: requeue = s.sealed
+                case .uploading: break
+                case .done:
+                    s.upload = .waiting
+                    requeue = true
+                case .conflict:
+                    s.upload = .waiting
+                    s.lastError = nil
+                    requeue = true
+                    out.keepsSource = true
+                case .superseded, .dropped: break
                 }
-                if let sum { records.append(commitRecord(v, checksum: sum)) }
+                return (requeue, !s.changed ? s.committedSum : nil)
             }
-            try journal.append(records)
-            for v in requeue { enqueueUpload(v) }
-            // An earlier upload may have put the old name in S3. Not after a conflict: the object there is
-            // someone else's, and it stays (the old name shows it again).
-            if !requeue.isEmpty { return true }
-            do { try await client.deleteObject(bucket, src, versionId: nil) } catch {
-                if error.code != .noSuchKey { throw FSError.from(error) }
-            }
-            return false
+            if requeue { out.requeue.append(v) }
+            if let sum { out.records.append(commitRecord(v, checksum: sum)) }
+        }
+        return out
+    }
+
+    /// Server-side copy; multipart (UploadPartCopy) when the object is over 5 GiB. A directory marker (a key
+    /// ending in "/") is written anew instead: SeaweedFS, among others, refuses to copy one.
+    func copyObjectOrMarker(from src: String, to dst: String) async throws(FSError) {
+        if src.hasSuffix("/") {
+            do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError.from(error) }
+            return
         }
         try await copyObject(from: src, to: dst)
-        do { try await client.deleteObject(bucket, src, versionId: nil) } catch { throw FSError.from(error) }
-        return false
+    }
+
+    /// Recovery of a rename: copies `src` to `dst` if `src` still exists.
+    func copyIfPresent(from src: String, to dst: String) async throws(FSError) {
+        do { _ = try await client.headObject(bucket, src, versionId: nil, ifMatch: nil) } catch {
+            if error.code == .noSuchKey { return }
+            throw FSError.from(error)
+        }
+        try await copyObjectOrMarker(from: src, to: dst)
     }
 
     /// Server-side copy; multipart (UploadPartCopy) when the object is over 5 GiB.
@@ -124,7 +170,10 @@ extension FileSystem {
         } catch { throw FSError.from(error) }
     }
 
-    /// Renames every object and local file under `src` (a prefix ending in "/") to `dst`.
+    /// Renames every object and local file under `src` (a prefix ending in "/") to `dst`. The objects are copied
+    /// first (journaled, so a crash is finished by the next mount; a failure deletes the copies made and
+    /// changes nothing), then the local files move and the old names are queued for deletion, in one journal
+    /// record batch.
     func renameDirectory(from src: String, to dst: String) async throws(FSError) {
         var keys: [String] = []
         var token: String?
@@ -132,43 +181,72 @@ extension FileSystem {
             do {
                 let page = try await client.listObjectsV2(bucket, prefix: src, delimiter: nil, continuationToken: token,
                                                           startAfter: nil, maxKeys: nil)
-                keys += page.objects.map(\.key)
+                keys += page.objects.map(\.key).filter { !isHidden($0) }
                 token = page.isTruncated ? page.nextContinuationToken : nil
             } catch { throw FSError.from(error) }
         } while token != nil
-        let localKeys = local.withLock { l in l.keys.filter { $0.hasPrefix(src) } }
-        for k in localKeys { try await renameFile(from: k, to: dst + k.dropFirst(src.count)) }
-        let remaining = keys.filter { !localKeys.contains($0) }
-        if remaining.isEmpty && localKeys.isEmpty {
-            // An empty directory that only exists as a marker, or only in this mount's memory.
-            do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError.from(error) }
-            return
+        let localFiles = local.withLock { l in l.filter { $0.key.hasPrefix(src) } }
+        let remaining = keys.filter { localFiles[$0] == nil }
+        func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
+        if hasHidden { for k in remaining { await clearPendingDelete(of: target(k)) } }
+        await clearPendingDelete(of: dst)
+        let intent = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+        if !remaining.isEmpty {
+            try journal.append(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
         }
-        // Copy in parallel, a few at a time; delete the originals after all copies landed.
+        // Copy in parallel, a few at a time. On a failure the copies made are deleted: nothing moved.
+        var copied: [String] = []
+        var failure: FSError?
         var i = 0
-        while i < remaining.count {
-            let batch = remaining[i..<min(i + 8, remaining.count)]
-            let results = await withTaskGroup(of: FSError?.self) { g -> [FSError] in
+        while i < remaining.count && failure == nil {
+            let batch = Array(remaining[i..<min(i + 8, remaining.count)])
+            let results = await withTaskGroup(of: (String, FSError?).self) { g -> [(String, FSError?)] in
                 for k in batch {
                     g.addTask {
-                        do throws(FSError) { try await self.copyObject(from: k, to: dst + k.dropFirst(src.count)); return nil } catch { return error }
+                        do throws(FSError) { try await self.copyObjectOrMarker(from: k, to: target(k)); return (k, nil) } catch { return (k, error) }
                     }
                 }
-                var errs: [FSError] = []
-                for await e in g { if let e { errs.append(e) } }
-                return errs
+                var out: [(String, FSError?)] = []
+                for await r in g { out.append(r) }
+                return out
             }
-            if let e = results.first { throw e }
+            copied += results.filter { $0.1 == nil }.map(\.0)
+            failure = results.compactMap(\.1).first
             i += 8
         }
-        var j = 0
-        while j < remaining.count {
-            let batch = remaining[j..<min(j + 1000, remaining.count)].map { ObjectIdentifier(key: $0) }
-            do {
-                let r = try await client.deleteObjects(bucket, Array(batch))
-                if let e = r.errors.first { throw FSError(EIO, "could not delete \(e.key): \(e.code) \(e.message)") }
-            } catch let e as S3Error { throw FSError.from(e) } catch let e as FSError { throw e } catch { throw FSError(EIO, "\(error)") }
-            j += 1000
+        if let failure {
+            for k in copied { try? await client.deleteObject(bucket, target(k), versionId: nil) }
+            try? journal.append(JournalRecord(op: .done, id: intent))
+            throw FSError(failure.errno, "renaming \(src) to \(dst) failed and was undone: \(failure.message)")
+        }
+        crashPoint("rename-copied")
+        var moves = Retarget()
+        for (k, f) in localFiles.sorted(by: { $0.key < $1.key }) {
+            let r = retarget(f, from: k, to: target(k))
+            moves.records += r.records
+            moves.requeue += r.requeue
+        }
+        if keys.isEmpty && localFiles.isEmpty {
+            // An empty directory that exists only in this mount's memory.
+            do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError.from(error) }
+        }
+        // The old names go (after the uploads before them), hidden until then, with every directory under them.
+        let old = Array(Set(keys + localFiles.keys))
+        var hides: Set<String> = [src]
+        for k in old {
+            var at = k.index(k.startIndex, offsetBy: src.count)
+            while let slash = k[at...].firstIndex(of: "/") {
+                hides.insert(String(k[...slash]))
+                at = k.index(after: slash)
+            }
+        }
+        let (deletes, items) = deleteRecords(FileSystem.deleteOrder(old))
+        try journal.append(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
+        for v in moves.requeue { enqueueUpload(v) }
+        if items.isEmpty {
+            try deleteLater([src], hiding: [src])
+        } else {
+            queueDeletes(items, hiding: Array(hides))
         }
     }
 

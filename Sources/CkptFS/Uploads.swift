@@ -9,13 +9,6 @@ import CkptS3
 import Foundation
 import Synchronization
 
-/// The last upload queued for a key (the next one waits for it).
-struct UploadTail: Sendable {
-    var id: UInt64
-    var task: Task<Void, Never>
-    func isCurrent(_ v: UInt64) -> Bool { id == v }
-}
-
 /// A counting semaphore for tasks.
 final class AsyncSemaphore: Sendable {
     private let state: Mutex<(free: Int, waiters: [CheckedContinuation<Void, Never>])>
@@ -68,6 +61,11 @@ public struct WriteBackStatus: Sendable, Codable {
     public var pending: [Pending] = []
     public var recovered = 0
     public var quarantined: [String] = []
+    /// Deletes (unlink, rmdir, old names of renames) journaled and not applied in S3 yet: each waits for the
+    /// uploads acknowledged before it.
+    public var pendingDeletes = 0
+    /// Bytes the staging area takes on the cache disk (dirty versions, and copies still open).
+    public var stagingBytes: Int64 = 0
 }
 
 /// What recovery found in the journal.
@@ -77,87 +75,39 @@ public struct RecoveryReport: Sendable {
     public var quarantined: [(key: String, path: String)] = []
     public var abortedMultipart = 0
     public var tornTail = false
+    /// Deletes journaled and not applied yet, queued again.
+    public var pendingDeletes = 0
+    /// Renames a crash interrupted, finished.
+    public var finishedRenames = 0
 }
 
 extension FileSystem {
-    /// Queues a sealed version. An older version of the same key still waiting is superseded by it.
-    func enqueueUpload(_ v: StagedVersion) {
-        let key = v.key
-        let previous: UploadTail? = uploadState.withLock { u in
-            for (_, old) in u.pending where old !== v && old.key == key {
-                let skip = old.state.withLock { s -> Bool in
-                    guard case .waiting = s.upload else { return false }
-                    s.successor = v
-                    return true
-                }
-                if skip {
-                    old.settle(.superseded)
-                    // The new version inherits what the skipped one expected to find in S3.
-                    let inherited = old.state.withLock { $0.expect }
-                    v.state.withLock { s in if case .after(let p) = s.expect, p === old { s.expect = inherited } }
-                }
-            }
-            u.pending[v.id] = v
-            return u.tails[key]
-        }
-        let task = Task {
-            await previous?.task.value  // one key's versions go in order
-            await self.uploadSlots.acquire()
-            defer { self.uploadSlots.release() }
-            await self.upload(v)
-            self.uploadState.withLock { u in
-                if u.tails[key]?.isCurrent(v.id) == true { u.tails.removeValue(forKey: key) }
-            }
-        }
-        uploadState.withLock { u in u.tails[key] = UploadTail(id: v.id, task: task) }
-    }
-
-    /// Every local version of `key`: those queued or uploading, and `newest` (the key's current one).
-    func versions(of key: String, newest: StagedVersion) -> [StagedVersion] {
-        var vs = uploadState.withLock { u in u.pending.values.filter { $0.key == key } }
-        if !vs.contains(where: { $0 === newest }) { vs.append(newest) }
-        return vs
-    }
-
-    /// Unlink: versions of `key` are never uploaded; their acknowledgement is withdrawn in the journal. The
-    /// staged files go first: on a full disk that is what makes room for the journal record.
-    func dropVersions(of key: String, newest: StagedVersion) throws(FSError) {
-        let victims = versions(of: key, newest: newest).filter { !$0.isSettled }
-        var records: [JournalRecord] = []
-        for v in victims {
-            abandonEarlyUpload(v, because: "unlinked")
-            if v.state.withLock({ $0.committedSum != nil }) { records.append(JournalRecord(op: .drop, id: v.id)) }
-            v.settle(.dropped)
-            Glibc.unlink(v.path)
-        }
-        uploadState.withLock { u in for v in victims { u.pending.removeValue(forKey: v.id) } }
-        do { try journal.append(records) } catch {
-            // Recovery treats a journaled file whose staging file is gone as lost and says so; the user
-            // deleted it, so nothing is lost that was wanted.
-            logger.warning("could not journal an unlink", metadata: ["key": "\(key)", "error": "\(error)"])
-        }
-    }
-
-    /// Uploads `v` until it is durable, superseded or dropped. Waits `options.uploadDelay` after the seal
-    /// first (unless someone waits for it), so a rename right after close (write-temp-then-rename) is a local
-    /// move and the file is uploaded once, under its final name.
-    func upload(_ v: StagedVersion) async {
-        while true {
-            let (urgent, sealedAt) = v.state.withLock { ($0.urgent, $0.sealedAt) }
-            if urgent || v.isSettled || ContinuousClock.now - (sealedAt ?? .now) >= options.uploadDelay { break }
-            try? await Task.sleep(for: .milliseconds(20))
+    /// Uploads `v` (for upload job `job`) until it is durable, superseded, dropped or renamed (then a new job
+    /// under the new name takes over). Waits `options.uploadDelay` after the seal first (unless someone waits
+    /// for it), so a rename right after close (write-temp-then-rename) is a local move and the file is uploaded
+    /// once, under its final name.
+    func upload(_ v: StagedVersion, job: UInt64) async {
+        let sealedAt = v.state.withLock { $0.sealedAt }
+        if let sealedAt {
+            let left = options.uploadDelay - (ContinuousClock.now - sealedAt)
+            if left > .zero { _ = await v.urgentOrTimeout(left) }
         }
         var delay: Duration = .milliseconds(500)
         while true {
             if Task.isCancelled { return }
-            let go = v.state.withLock { s -> Bool in
-                guard case .waiting = s.upload else { return false }
+            enum Go { case go, stale, settled }
+            let go = v.state.withLock { s -> Go in
+                guard s.job == job else { return .stale }
+                guard case .waiting = s.upload else { return .settled }
                 s.upload = .uploading
-                return true
+                return .go
             }
-            guard go else {
+            switch go {
+            case .stale: return
+            case .settled:
                 finishUpload(v)
                 return
+            case .go: break
             }
             if options.holdUploads {
                 v.state.withLock { $0.upload = .waiting }
@@ -166,18 +116,29 @@ extension FileSystem {
             }
             do throws(FSError) {
                 let (key, etag) = try await uploadOnce(v)
-                if v.state.withLock({ if case .dropped = $0.upload { return true } else { return false } }) {
-                    // Unlinked while uploading: the delete may have run before the upload landed.
-                    try? await client.deleteObject(bucket, key, versionId: nil)
+                // The record names the key: a rename after it journals the version again under the new key.
+                try journal.append(JournalRecord(op: .done, id: v.id, key: key, etag: etag))
+                enum Landed { case landed, dropped, moved }
+                let outcome = v.state.withLock { s -> Landed in
+                    if case .dropped = s.upload { return .dropped }
+                    if s.key != key {
+                        s.upload = .waiting
+                        return .moved
+                    }
+                    return .landed
+                }
+                switch outcome {
+                case .dropped:
+                    // Unlinked while uploading: the delete queued behind this job removes what landed.
+                    finishUpload(v)
                     return
+                case .moved:
+                    // Renamed while uploading: it goes again under the new name (the old name's delete is
+                    // queued after that).
+                    enqueueUpload(v)
+                    return
+                case .landed: break
                 }
-                if v.key != key {
-                    // Renamed while uploading: the object landed under the old name. Remove it and go again.
-                    try? await client.deleteObject(bucket, key, versionId: nil)
-                    v.state.withLock { $0.upload = .waiting }
-                    continue
-                }
-                try journal.append(JournalRecord(op: .done, id: v.id, etag: etag))
                 resolveExpectations(after: v, etag: etag)
                 let size = v.size
                 v.state.withLock { s in
@@ -220,7 +181,8 @@ extension FileSystem {
         if let base = v.state.withLock({ $0.modified ? nil : $0.base }), base.key == v.key { return (v.key, base.etag) }
         try await fillAll(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
-        var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970)])
+        var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970),
+                                        FileSystem.versionTag: versionTag(v)])
         put.condition = conditionsUnsupported.load(ordering: .relaxed) ? nil : condition(for: v)
         let ranges = FileSystem.partRanges(size: size, minimum: options.partSize)
         var expectedParts = 0
@@ -228,8 +190,20 @@ extension FileSystem {
             do {
                 return try await putOrMultipart()
             } catch let e as S3Error where e.code == .preconditionFailed {
-                // Perhaps our own earlier attempt landed (a crash or a lost reply after it completed).
-                if let info = try? await client.headObject(bucket, key, versionId: nil, ifMatch: nil), info.size == size,
+                // Perhaps our own earlier attempt landed (a crash or a lost reply after it completed), or an earlier
+                // version of this key from this cache directory that the condition was written before (a crash
+                // while it was uploading): the object's tag tells.
+                let info = try? await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+                if let info, let tagged = ownVersion(info) {
+                    if tagged == v.id { return (key, info.etag) }
+                    if tagged < v.id {
+                        logger.info("an earlier version of this file from this cache landed before a crash; uploading over it",
+                                    metadata: ["key": "\(key)"])
+                        put.condition = .ifMatch(info.etag)
+                        return try await putOrMultipart()
+                    }
+                }
+                if let info, info.size == size,
                    try localETag(v, parts: ranges) == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
                     return (key, info.etag)
                 }
@@ -299,6 +273,34 @@ extension FileSystem {
             counters.withLock { $0.putRequests += max(1, expectedParts) }
             return (key, info.etag)
         }
+    }
+
+    /// User metadata naming the cache directory and version an object was uploaded from
+    /// (x-amz-meta-ckptfs-version: WRITER.VERSION).
+    static let versionTag = "ckptfs-version"
+
+    func versionTag(_ v: StagedVersion) -> String { "\(writerId).\(v.id)" }
+
+    /// The version id, if `info` is an object this cache directory uploaded.
+    func ownVersion(_ info: ObjectInfo) -> UInt64? {
+        guard let tag = info.metadata[FileSystem.versionTag], let dot = tag.lastIndex(of: "."),
+              tag[..<dot] == writerId else { return nil }
+        return UInt64(tag[tag.index(after: dot)...])
+    }
+
+    /// The random id of the cache directory `directory` (created on first use, kept in `writer-id`).
+    static func writerId(directory: String) -> String {
+        let path = directory + "/writer-id"
+        if let s = try? String(contentsOfFile: path, encoding: .utf8) {
+            let id = s.trimmingCharacters(in: .whitespacesAndNewlines)
+            if !id.isEmpty { return id }
+        }
+        let id = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(16)
+        let tmp = path + ".tmp"
+        if FileManager.default.createFile(atPath: tmp, contents: Data(id.utf8)), Glibc.rename(tmp, path) == 0 {
+            syncDirectory(of: path)
+        }
+        return (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? String(id)
     }
 
     /// MD5 of the first `size` bytes of `fd` (Content-MD5 of a single PUT, and its ETag).
@@ -378,21 +380,33 @@ extension FileSystem {
         }
     }
 
-    /// After a version settles: drop its staging file; if it was the key's newest and nobody writes it, the
-    /// key is clean again and stat shows the uploaded object.
+    /// After a version settles (landed, superseded, dropped): it leaves the queue. Its staged copy goes unless
+    /// it is the current version of a file still open (a rename may need it again; the last close cleans up).
+    /// A landed current version of a file nobody has open makes the file clean: stat shows the object.
     func finishUpload(_ v: StagedVersion, etag: String? = nil) {
         abandonEarlyUpload(v, because: "superseded")  // superseded or dropped before its parts were used
         uploadState.withLock { u in _ = u.pending.removeValue(forKey: v.id) }
-        Glibc.unlink(v.path)
+        closeUploadJobs()
         let key = v.key
         let (size, mtime) = v.state.withLock { ($0.size, $0.mtime) }
-        let clean = local.withLock { l -> Bool in
-            guard let f = l[key], f.current === v, f.writers == 0 else { return false }
-            l.removeValue(forKey: key)
-            return true
+        enum After { case remove, keep, clean }
+        let after = local.withLock { l -> After in
+            guard let f = l[key] else { return .remove }
+            return f.state.withLock { s -> After in
+                guard s.current === v else { return .remove }
+                guard etag != nil else { return .keep }
+                if s.handles > 0 { return .keep }
+                l.removeValue(forKey: key)
+                return .clean
+            }
         }
-        guard clean, let etag else { return }
-        let meta = Meta(isDirectory: false, size: size, etag: etag, mtime: mtime)
+        if after != .keep { Glibc.unlink(v.path) }
+        guard after == .clean, let etag else { return }
+        showUploaded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
+    }
+
+    /// The attributes of `key` are those of the object just uploaded.
+    func showUploaded(key: String, meta: Meta) {
         table.withLock { t in
             for (ino, n) in t.nodes where n.key == key && !n.meta.isDirectory {
                 t.nodes[ino]?.meta = meta
@@ -416,21 +430,16 @@ extension FileSystem {
     /// Returns the keys not durable, with why.
     func waitDurable(_ versions: [StagedVersion], deadline: ContinuousClock.Instant?) async -> [(String, String)] {
         // Someone waits for all of them: none waits out the upload delay.
-        for v in versions { carrier(of: v).state.withLock { $0.urgent = true } }
+        for v in versions { carrier(of: v).markUrgent() }
         for v in versions {
             while true {
                 let cur = carrier(of: v)
-                cur.state.withLock { $0.urgent = true }
-                if let deadline {
-                    // Poll: a continuation-based wait cannot be abandoned at the deadline.
-                    while !cur.isFinal && ContinuousClock.now < deadline {
-                        try? await Task.sleep(for: .milliseconds(50))
-                    }
-                } else {
-                    await cur.waitFinal()
-                }
-                // Settled by being superseded meanwhile: wait for the successor.
-                if carrier(of: v) === cur || !cur.isSettled { break }
+                cur.markUrgent()
+                if cur.isSettled && carrier(of: v) === cur { break }
+                if cur.isFinal && !cur.isSettled { break }  // a conflict: nothing more happens without the user
+                let left = deadline.map { $0 - ContinuousClock.now }
+                if let left, left <= .zero { break }
+                await cur.waitFinal(timeout: left)
             }
         }
         var left: [(String, String)] = []
@@ -446,23 +455,28 @@ extension FileSystem {
         return left
     }
 
-    /// Blocks until every dirty file under `path` (relative to the mount; "" for all) is durable in S3, or
-    /// the timeout passes. Files still open for writing are committed and sealed first. Returns the paths
-    /// that are not durable, with the reason.
+    /// Blocks until every acknowledged change under `path` (relative to the mount; "" for all) is durable in
+    /// S3, or the timeout passes: files closed or fsynced (queued or uploading versions), and deletes. A file still open
+    /// for writing is not sealed here: only what close() or fsync() acknowledged is uploaded, so bytes of a
+    /// save in progress never reach S3 (its last acknowledged version, if any, is waited for). Returns the
+    /// paths that are not durable, with the reason.
     public func flushAll(under path: String, timeout: Duration?) async -> [(path: String, reason: String)] {
         let keyPrefix = prefix + path
         func under(_ key: String) -> Bool {
             path.isEmpty || key == keyPrefix || key.hasPrefix(keyPrefix.hasSuffix("/") ? keyPrefix : keyPrefix + "/")
         }
-        var versions: [StagedVersion] = []
-        var failures: [(String, String)] = []
-        for (key, f) in local.withLock({ $0 }) where under(key) {
-            do { try commit(f.current, seal: true) } catch { failures.append((key, error.description)) }
-            versions.append(f.current)
+        let versions = uploadState.withLock { u in u.pending.values.filter { under($0.key) } }
+        let open = local.withLock { l in l.filter { under($0.key) && !$0.value.current.state.withLock { $0.sealed } }.map(\.key) }
+        if !open.isEmpty {
+            logger.info("files open for writing are not uploaded until they are closed or fsynced",
+                        metadata: ["keys": "\(open.sorted().prefix(10))", "count": "\(open.count)"])
         }
-        versions += uploadState.withLock { u in u.pending.values.filter { under($0.key) } }
         let deadline = timeout.map { ContinuousClock.now + $0 }
-        failures += await waitDurable(versions, deadline: deadline)
+        var failures = await waitDurable(versions, deadline: deadline)
+        // Deletes too (unlink, rmdir, old names of renames), which go after the uploads before them.
+        for key in await waitDeletes(under: under, deadline: deadline) {
+            failures.append((key, "delete not applied yet (it waits for the uploads before it)"))
+        }
         var seen = Set<String>()
         return failures.filter { seen.insert($0.0).inserted }.map { (String($0.0.dropFirst(prefix.count)), $0.1) }
     }
@@ -474,6 +488,7 @@ extension FileSystem {
             s.uploadedBytes = u.uploadedBytes
             s.recovered = u.recovered
             s.quarantined = u.quarantined
+            s.pendingDeletes = u.deletes.count
             return Array(u.pending.values)
         }
         var versions = pending
@@ -500,7 +515,18 @@ extension FileSystem {
             if err != nil { s.failures.append(p) }
         }
         s.pending.sort { $0.path < $1.path }
+        s.stagingBytes = FileSystem.diskUsage(of: stagingDir)
         return s
+    }
+
+    /// Bytes the files in `dir` take on disk (allocated blocks: sparse staged files count what they hold).
+    static func diskUsage(of dir: String) -> Int64 {
+        var total: Int64 = 0
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            var st = stat()
+            if lstat(dir + "/" + name, &st) == 0 { total += Int64(st.st_blocks) * 512 }
+        }
+        return total
     }
 
     /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
@@ -544,31 +570,48 @@ extension FileSystem {
         }
     }
 
-    /// Reads the journal left by an earlier mount, checks each acknowledged staged file against its checksum
-    /// and queues it for upload (reads of its path see the staged bytes from now on). Damaged files are moved
-    /// to `lost+found` and reported, never uploaded. Multipart uploads the crash left open are aborted.
-    /// Call before serving requests.
+    /// Reads the journal left by an earlier mount, in order, and queues again what it acknowledged and S3 does
+    /// not have yet: the newest acknowledged version of each key (checked against its size and checksum; a
+    /// damaged one is moved to `lost+found` and reported, never uploaded) and the deletes not applied yet, in
+    /// the order they were journaled (so a delete still waits for the uploads acknowledged before it). A rename
+    /// a crash cut short is finished. Multipart uploads the crash left open are aborted. Reads of recovered
+    /// paths see the staged bytes from now on. Call before serving requests.
     public func recover() async throws(FSError) -> RecoveryReport {
         var report = RecoveryReport()
         let (records, torn) = Journal.replay(path: journalPath)
         report.tornTail = torn
-        var commits: [UInt64: JournalRecord] = [:]
-        var settled = Set<UInt64>()
+        // Versions acknowledged and neither landed nor dropped (a `done` counts only for the key the version
+        // had at that point of the journal), with the position of their last commit record.
+        var acked: [UInt64: (record: JournalRecord, position: Int)] = [:]
+        var landed = Set<UInt64>()
+        var deletes: [UInt64: (key: String, position: Int)] = [:]
+        var renames: [UInt64: JournalRecord] = [:]
         var multipart: [(UInt64, String, String)] = []
         var starting: [UInt64: (key: String, time: Double)] = [:]  // created, perhaps, but no id recorded
         var maxId: UInt64 = 0
-        for r in records {
+        for (position, r) in records.enumerated() {
             maxId = max(maxId, r.id)
             switch r.op {
-            case .commit: commits[r.id] = r
-            case .done, .drop: settled.insert(r.id)
+            case .commit:
+                acked[r.id] = (r, position)
+                landed.remove(r.id)
+            case .done:
+                if let a = acked[r.id], r.key == nil || r.key == a.record.key {
+                    acked[r.id] = nil
+                    landed.insert(r.id)
+                }
+                deletes[r.id] = nil
+                renames[r.id] = nil
+            case .drop: acked[r.id] = nil
+            case .delete: if let k = r.key { deletes[r.id] = (k, position) }
+            case .renaming: renames[r.id] = r
             case .starting: if let k = r.key { starting[r.id] = (k, r.mtime ?? 0) }
             case .multipart:
                 if let k = r.key, let u = r.uploadId { multipart.append((r.id, k, u)) }
                 starting[r.id] = nil
             }
         }
-        for (id, s) in starting where !settled.contains(id) {
+        for (id, s) in starting where !landed.contains(id) {
             multipart += await unrecordedUploads(of: s.key, since: s.time).map { (id, s.key, $0) }
         }
         for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
@@ -576,8 +619,9 @@ extension FileSystem {
         }
         nextVersion.store(maxId, ordering: .relaxed)
 
-        // Multipart uploads of versions not durable were cut short: abort them (a new upload starts over).
-        for (id, key, uploadId) in multipart where !settled.contains(id) {
+        // Multipart uploads of versions that did not land were cut short (or their version was dropped): abort
+        // them (an upload starts over). One that completed answers NoSuchUpload.
+        for (id, key, uploadId) in multipart where !landed.contains(id) {
             do {
                 try await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
                 report.abortedMultipart += 1
@@ -586,31 +630,73 @@ extension FileSystem {
             }
         }
 
-        // The newest acknowledged version of each key is what must reach S3.
-        var newest: [String: JournalRecord] = [:]
-        for (id, r) in commits where !settled.contains(id) {
-            guard let key = r.key else { continue }
-            if let cur = newest[key], cur.id > id { continue }
-            newest[key] = r
+        // Renames a crash cut short are finished: the objects not copied yet are copied, local versions move to
+        // the new names, and the old names are deleted (after the uploads, like any delete).
+        var keptRenames: [JournalRecord] = []
+        var end = records.count
+        for (_, r) in renames.sorted(by: { $0.key < $1.key }) {
+            guard let src = r.key, let dst = r.target else { continue }
+            func mapped(_ k: String) -> String? {
+                if k == src { return dst }
+                return src.hasSuffix("/") && k.hasPrefix(src) ? dst + k.dropFirst(src.count) : nil
+            }
+            do throws(FSError) {
+                for k in r.keys ?? [] {
+                    guard let to = mapped(k) else { continue }
+                    try await copyIfPresent(from: k, to: to)
+                }
+            } catch {
+                logger.error("could not finish a rename a crash interrupted; the next mount tries again",
+                             metadata: ["from": "\(src)", "to": "\(dst)", "error": "\(error)"])
+                keptRenames.append(r)
+                continue
+            }
+            for (id, a) in acked {
+                guard let k = a.record.key, let to = mapped(k) else { continue }
+                var rec = a.record
+                rec.key = to
+                rec.ifMatch = nil
+                rec.ifNoneMatch = nil
+                acked[id] = (rec, end)
+                end += 1
+            }
+            for k in FileSystem.deleteOrder(r.keys ?? []) {
+                let id = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+                deletes[id] = (k, end)
+                end += 1
+            }
+            report.finishedRenames += 1
         }
-        var keep: [JournalRecord] = []
-        var keepIds = Set<UInt64>()
-        for (key, r) in newest.sorted(by: { $0.value.id < $1.value.id }) {
+
+        // The newest acknowledged version of each key is what must reach S3.
+        var newest: [String: (record: JournalRecord, position: Int)] = [:]
+        for (_, a) in acked {
+            guard let key = a.record.key else { continue }
+            if let cur = newest[key], cur.position > a.position { continue }
+            newest[key] = a
+        }
+        var keep: [(JournalRecord, Int)] = []
+        var recovered: [(StagedVersion, Int)] = []
+        for (key, a) in newest {
+            let r = a.record
             let path = "\(stagingDir)/\(r.id)"
             var missing = Set<Int64>()
             for range in r.missing ?? [] where range.count == 2 && range[0] < range[1] { missing.formUnion(range[0]..<range[1]) }
             let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
-            var ok = fd >= 0
-            if ok {
-                var st = stat()
-                fstat(fd, &st)
-                ok = Int64(st.st_size) == r.size
-                if ok, let want = r.xxh64 {
-                    ok = (try? checksum(fd: fd, size: r.size ?? 0, missing: missing)).map { String($0, radix: 16) } == want
-                }
+            guard fd >= 0 else {
+                report.quarantined.append((key, path))
+                logger.error("an acknowledged file's staged copy is missing; it cannot be uploaded",
+                             metadata: ["key": "\(key)", "path": "\(path)"])
+                continue
+            }
+            var st = stat()
+            fstat(fd, &st)
+            var ok = Int64(st.st_size) == r.size
+            if ok, let want = r.xxh64 {
+                ok = (try? checksum(fd: fd, size: r.size ?? 0, missing: missing)).map { String($0, radix: 16) } == want
             }
             guard ok else {
-                if fd >= 0 { close(fd) }
+                close(fd)
                 let lost = cache.directory + "/lost+found"
                 Glibc.mkdir(lost, 0o700)
                 let dest = "\(lost)/\(r.id)-" + key.replacingOccurrences(of: "/", with: "_")
@@ -634,25 +720,36 @@ extension FileSystem {
                     s.missing = missing
                 }
             }
-            local.withLock { $0[key] = LocalFile(current: v, writers: 0) }
-            keep.append(r)
-            keepIds.insert(r.id)
+            local.withLock { $0[key] = LocalFile(key: key, current: v) }
+            keep.append((r, a.position))
+            recovered.append((v, a.position))
             report.requeued.append(String(key.dropFirst(prefix.count)))
         }
-        // Staged files nobody acknowledged (close never returned) or already uploaded are removed.
+        // Staged files nobody acknowledged (close never returned), superseded or already uploaded are removed.
+        let keepIds = Set(keep.map { $0.0.id })
         for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
             if let id = UInt64(name), keepIds.contains(id) { continue }
             Glibc.unlink("\(stagingDir)/\(name)")
         }
-        try Journal.rewrite(path: journalPath, keep)
+        for (id, d) in deletes { keep.append((JournalRecord(op: .delete, id: id, key: d.key), d.position)) }
+        for r in keptRenames { keep.append((r, -1)) }
+        try Journal.rewrite(path: journalPath, keep.sorted { $0.1 < $1.1 }.map(\.0))
         try journal.reopen()
         uploadState.withLock { u in
             u.recovered = report.requeued.count
             u.quarantined = report.quarantined.map { "\($0.key) -> \($0.path)" }
         }
-        for key in newest.keys.sorted() {
-            if let v = local.withLock({ $0[key]?.current }), keepIds.contains(v.id) { enqueueUpload(v) }
+        // Queued again in the journal's order: each delete after the uploads acknowledged before it.
+        enum Op { case upload(StagedVersion), delete(UInt64, String) }
+        var ops: [(Op, Int)] = recovered.map { (.upload($0.0), $0.1) }
+        ops += deletes.map { (.delete($0.key, $0.value.key), $0.value.position) }
+        for (op, _) in ops.sorted(by: { $0.1 < $1.1 }) {
+            switch op {
+            case .upload(let v): enqueueUpload(v)
+            case .delete(let id, let key): queueDeletes([(id, key)], hiding: key.hasSuffix("/") ? [key] : [])
+            }
         }
+        report.pendingDeletes = deletes.count
         return report
     }
 }

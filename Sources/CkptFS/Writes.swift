@@ -62,7 +62,23 @@ final class StagedVersion: Sendable {
         var urgent = false
         var sealedAt: ContinuousClock.Instant?
         var successor: StagedVersion?
-        var waiters: [CheckedContinuation<Void, Never>] = []
+        /// Tasks waiting for the version to become final, by ticket (a ticket is withdrawn at its deadline).
+        var waiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        var nextTicket: UInt64 = 0
+        /// Upload jobs waiting out the upload delay, by ticket, woken early when someone waits for the version.
+        var delayWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        /// The upload job that may upload this version (ChangeQueue): a rename queues a new one, and the old
+        /// job then finds it is not current and does nothing.
+        var job: UInt64 = 0
+        /// The acknowledged version this one was copied from when a write came after the acknowledgement (a
+        /// close of one descriptor while another stays open): it stands for the file until this one is
+        /// acknowledged, and again if this one is dropped.
+        var fallback: StagedVersion?
+        /// A write, truncate or commit of this version failed and no commit succeeded since: the writer was told,
+        /// so these bytes are never acknowledged by a later release (they are dropped, not uploaded).
+        var failed = false
+        /// The errno of that failure, for the close() that follows.
+        var failedErrno: Int32 = 0
         var expect: Expect = .anything
         /// A file opened in place: the object version it started from. Blocks in `missing` hold that object's
         /// bytes (up to `baseLimit`) and are not here yet; they are fetched when read, partly written, or
@@ -125,53 +141,110 @@ final class StagedVersion: Sendable {
         }
     }
 
-    /// Marks the version settled and wakes everyone waiting for it.
+    /// Sets the upload state and wakes everyone waiting for the version (they look again: a renamed version
+    /// goes back to waiting).
     func settle(_ u: Upload) {
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+        let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
             s.upload = u
-            defer { s.waiters = [] }
-            return s.waiters
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
         }
-        for w in waiters { w.resume() }
+        for w in waiters { w.resume(returning: true) }
     }
 
-    /// Waits until final (no timeout; callers race it against one).
-    func waitFinal() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
+    /// A write, truncate or commit failed with `errno`: the version is never acknowledged.
+    func fail(_ errno: Int32) {
+        state.withLock { s in
+            s.failed = true
+            if s.failedErrno == 0 { s.failedErrno = errno == ENOSPC || errno == EDQUOT ? errno : EIO }
+        }
+    }
+
+    /// Someone waits for this version (fsync, flush): its upload starts without the settle delay.
+    func markUrgent() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+            s.urgent = true
+            defer { s.delayWaiters = [:] }
+            return Array(s.delayWaiters.values)
+        }
+        for w in waiters { w.resume(returning: true) }
+    }
+
+    /// Waits until the version is urgent (true) or `timeout` passes (false): the upload delay.
+    func urgentOrTimeout(_ timeout: Duration) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let ticket = state.withLock { s -> UInt64? in
+                if s.urgent { return nil }
+                s.nextTicket += 1
+                s.delayWaiters[s.nextTicket] = c
+                return s.nextTicket
+            }
+            guard let ticket else { return c.resume(returning: true) }
+            Task {
+                try? await Task.sleep(for: timeout)
+                self.state.withLock { $0.delayWaiters.removeValue(forKey: ticket) }?.resume(returning: false)
+            }
+        }
+    }
+
+    /// Waits until final, or until `timeout` passes (false). No polling: a timer task withdraws the ticket.
+    @discardableResult
+    func waitFinal(timeout: Duration? = nil) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let ticket = state.withLock { s -> UInt64? in
                 switch s.upload {
-                case .done, .superseded, .dropped, .conflict: return true
+                case .done, .superseded, .dropped, .conflict: return nil
                 case .waiting, .uploading:
-                    s.waiters.append(c)
-                    return false
+                    s.nextTicket += 1
+                    s.waiters[s.nextTicket] = c
+                    return s.nextTicket
                 }
             }
-            if now { c.resume() }
+            guard let ticket else { return c.resume(returning: true) }
+            if let timeout {
+                Task {
+                    try? await Task.sleep(for: timeout)
+                    self.state.withLock { $0.waiters.removeValue(forKey: ticket) }?.resume(returning: false)
+                }
+            }
         }
     }
 }
 
-/// A key with local changes: its newest version and how many handles may write it.
-struct LocalFile: Sendable {
-    var current: StagedVersion
-    var writers: Int
+/// A file with local changes, from its first local version until it is clean again (uploaded, and no handle
+/// open). It follows renames (its handles write to it whatever its name now is) and outlives an unlink while
+/// open: it is then an orphan, read and written through its handles, never journaled or uploaded, and gone at
+/// its last close, as POSIX says of an unlinked open file.
+final class LocalFile: Sendable {
+    struct State: Sendable {
+        var key: String
+        var current: StagedVersion
+        /// Open handles, and those of them open for writing.
+        var handles = 0
+        var writers = 0
+        var unlinked = false
+    }
+    let state: Mutex<State>
+
+    init(key: String, current: StagedVersion) { state = Mutex(State(key: key, current: current)) }
+
+    var current: StagedVersion { state.withLock { $0.current } }
+    var key: String { state.withLock { $0.key } }
+    var unlinked: Bool { state.withLock { $0.unlinked } }
 }
 
 /// An open handle on a file that has a local version (written, or being uploaded).
 final class LocalHandle: Sendable {
     let ino: UInt64
-    /// The key the handle writes: it follows renames (the kernel may write back cached pages after one).
-    let keyBox: Mutex<String>
-    var key: String { keyBox.withLock { $0 } }
+    let file: LocalFile
     let writable: Bool
-    /// The version last used: reads fall back to it once the local version is uploaded and gone.
-    let last: Mutex<StagedVersion>
+    /// The key the handle writes: it follows renames (the kernel may write back cached pages after one).
+    var key: String { file.key }
 
-    init(ino: UInt64, key: String, writable: Bool, version: StagedVersion) {
+    init(ino: UInt64, file: LocalFile, writable: Bool) {
         self.ino = ino
-        self.keyBox = Mutex(key)
+        self.file = file
         self.writable = writable
-        self.last = Mutex(version)
     }
 }
 
@@ -276,23 +349,27 @@ extension FileSystem {
 
     // MARK: Opening for write
 
-    /// The key's local file, creating its first version: empty with `truncate`, else the object `remote` in
-    /// place (its blocks fetched only when needed), or the newest local version. Takes a writer reference
-    /// when `writer`. `remote` is the object at `key` in S3, nil when there is none.
-    func localFile(key: String, truncate: Bool, writer: Bool, remote: FileHandle?) async throws(FSError) -> StagedVersion {
-        /// The key's current version, taking a writer reference, if it has one.
-        func join(_ l: inout [String: LocalFile]) -> StagedVersion? {
-            guard var f = l[key] else { return nil }
-            if writer { f.writers += 1 }
-            l[key] = f
-            return f.current
-        }
-        if let v = local.withLock({ join(&$0) }) {
-            if truncate {
-                try truncateVersion(key: key, to: 0)
-                return local.withLock { $0[key]!.current }
+    /// The local file of `key`, creating it with a first version: empty with `truncate`, else the object
+    /// `remote` in place (its blocks fetched only when needed). Counts one handle (a writer with `writer`) on it;
+    /// `releaseHandle` gives it back. `remote` is the object at `key` in S3, nil when there is none.
+    func openLocalFile(key: String, truncate: Bool, writer: Bool, remote: FileHandle?) async throws(FSError) -> LocalFile {
+        /// The key's local file, taking a handle on it, if it has one.
+        func join(_ l: inout [String: LocalFile]) -> LocalFile? {
+            guard let f = l[key] else { return nil }
+            f.state.withLock { s in
+                s.handles += 1
+                if writer { s.writers += 1 }
             }
-            return v
+            return f
+        }
+        if let f = local.withLock({ join(&$0) }) {
+            if truncate {
+                do throws(FSError) { try truncateVersion(f, to: 0) } catch {
+                    releaseHandle(f, writer: writer)
+                    throw error
+                }
+            }
+            return f
         }
         let v = try newVersion(key: key)
         let expect: StagedVersion.Expect = !options.conditionalWrites ? .anything : remote.map { .etag($0.etag) } ?? .absent
@@ -314,35 +391,48 @@ extension FileSystem {
             }
         }
         // Another opener may have raced us: the first registration wins.
-        let winner = local.withLock { l -> StagedVersion in
+        let fresh = LocalFile(key: key, current: v)
+        let winner = local.withLock { l -> LocalFile in
             if let other = join(&l) { return other }
-            l[key] = LocalFile(current: v, writers: writer ? 1 : 0)
-            return v
+            fresh.state.withLock { s in
+                s.handles = 1
+                s.writers = writer ? 1 : 0
+            }
+            l[key] = fresh
+            return fresh
         }
-        if winner !== v { Glibc.unlink(v.path) }
+        if winner !== fresh { Glibc.unlink(v.path) }
         return winner
     }
 
-    /// The version writes go to: the current one, or a copy of it if it is sealed.
-    /// With `empty` (the caller truncates it to nothing) a sealed version is not copied.
-    func writableVersion(key: String, empty: Bool = false) throws(FSError) -> StagedVersion {
-        guard let cur = local.withLock({ $0[key]?.current }) else { throw FSError(EBADF, "\(key) has no local version") }
-        if !cur.state.withLock({ $0.sealed }) { return cur }
+    /// The version writes to `f` go to: the current one, or a copy of it once it is acknowledged (journaled)
+    /// or sealed: those bytes never change again, so an upload, or recovery after a crash, finds exactly what
+    /// close() or fsync() acknowledged. With `empty` (the caller truncates it to nothing) nothing is copied.
+    func writableVersion(_ f: LocalFile, empty: Bool = false) throws(FSError) -> StagedVersion {
+        let cur = f.current
+        let (frozen, sealed) = cur.state.withLock { ($0.sealed || $0.committedSum != nil, $0.sealed) }
+        if !frozen { return cur }
         let copy: StagedVersion
         if empty {
-            copy = try newVersion(key: key)
+            copy = try newVersion(key: f.key)
             let expect = expectation(after: cur)
             copy.state.withLock { $0.expect = expect }
         } else {
-            copy = try newVersion(key: key, copying: cur)
+            copy = try newVersion(key: f.key, copying: cur)
         }
-        return local.withLock { l -> StagedVersion in
-            guard var f = l[key] else { return copy }
-            if f.current !== cur { return f.current }  // another writer copied first
-            f.current = copy
-            l[key] = f
-            return copy
+        if !sealed { copy.state.withLock { $0.fallback = cur } }
+        let won = f.state.withLock { s -> Bool in
+            guard s.current === cur else { return false }  // another writer copied first
+            s.current = copy
+            return true
         }
+        guard won else {
+            Glibc.unlink(copy.path)
+            return f.current
+        }
+        // An uploaded version kept only because it was current goes now (one still queued goes when it settles).
+        if cur.isSettled { Glibc.unlink(cur.path) }
+        return copy
     }
 
     /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
@@ -352,11 +442,12 @@ extension FileSystem {
         guard dir.meta.isDirectory else { throw .notDirectory }
         guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
         let key = dir.key + name
-        let v = try await localFile(key: key, truncate: true, writer: true, remote: nil)
+        let f = try await openLocalFile(key: key, truncate: true, writer: true, remote: nil)
+        let v = f.current
         let attr = remember(parent: parent, name: name, key: key, meta: localMeta(v), addLookup: true)
         table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = localMeta(v) } }
         let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
-        localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, key: key, writable: true, version: v) }
+        localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, file: f, writable: true) }
         return (attr, h)
     }
 
@@ -364,18 +455,28 @@ extension FileSystem {
         v.state.withLock { Meta(isDirectory: false, size: $0.size, etag: "", mtime: $0.mtime) }
     }
 
+    /// The newest local version of `key`, if it has local changes.
+    func localVersion(_ key: String) -> StagedVersion? {
+        local.withLock { $0[key] }?.current
+    }
+
     /// Opens a file that has (or, for writing, gets) a local version.
     func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, remote: FileHandle?) async throws(FSError) -> UInt64? {
-        let v: StagedVersion
+        let f: LocalFile
         if write {
             try checkWritable()
-            v = try await localFile(key: key, truncate: truncate, writer: true, remote: remote)
+            f = try await openLocalFile(key: key, truncate: truncate, writer: true, remote: remote)
         } else {
-            guard let cur = local.withLock({ $0[key]?.current }) else { return nil }
-            v = cur
+            let joined = local.withLock { l -> LocalFile? in
+                guard let f = l[key] else { return nil }
+                f.state.withLock { $0.handles += 1 }
+                return f
+            }
+            guard let joined else { return nil }
+            f = joined
         }
         let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
-        localHandles.withLock { $0[h] = LocalHandle(ino: ino, key: key, writable: write, version: v) }
+        localHandles.withLock { $0[h] = LocalHandle(ino: ino, file: f, writable: write) }
         return h
     }
 
@@ -384,12 +485,16 @@ extension FileSystem {
     /// Writes `data` at `offset` (at the end for O_APPEND handles). Returns the bytes written.
     public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Int {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
-        let v = try writableVersion(key: h.key)
-        h.last.withLock { $0 = v }
+        let v = try writableVersion(h.file)
         // The kernel computes O_APPEND offsets itself (from the size it knows), so `offset` is always right.
         let at = offset
-        try claimBlocks(v, offset: at, count: data.count)
-        try writeStaged(v, data, at: at)
+        do throws(FSError) {
+            try claimBlocks(v, offset: at, count: data.count)
+            try writeStaged(v, data, at: at)
+        } catch {
+            if error.errno != EAGAIN { v.fail(error.errno) }
+            throw error
+        }
         // Whether the running checksum took the write (bytes not written before), and if it just gave up,
         // how far it had got.
         let (taken, broke) = v.state.withLock { s -> (Bool, Int64?) in
@@ -417,16 +522,23 @@ extension FileSystem {
         return data.count
     }
 
-    /// Sets the size of the key's local version (creating one from the object if needed).
-    func truncateVersion(key: String, to size: Int64) throws(FSError) {
-        let v = try writableVersion(key: key, empty: size == 0)
-        guard ftruncate(v.fd, off_t(size)) == 0 else { throw FSError(errno, "ftruncate: \(String(cString: strerror(errno)))") }
+    /// Sets the size of `f`'s local version.
+    func truncateVersion(_ f: LocalFile, to size: Int64) throws(FSError) {
+        let v = try writableVersion(f, empty: size == 0)
+        guard ftruncate(v.fd, off_t(size)) == 0 else {
+            let e = errno
+            v.fail(e)
+            throw FSError(e, "ftruncate: \(String(cString: strerror(e)))")
+        }
         v.state.withLock { s in
             s.modified = true
             truncateBase(&s, to: size)
             // Emptied, the file is written front to back again (O_TRUNC); otherwise the sum covers it only if
             // it covered all of it and the size stays.
             if size == 0 {
+                // Emptied: whatever failed before is gone with it.
+                s.failed = false
+                s.failedErrno = 0
                 s.sum = RunningChecksum()
             } else if s.sum?.value(size: s.size) == nil || size != s.size {
                 s.sum = nil
@@ -460,40 +572,70 @@ extension FileSystem {
         }
     }
 
-    /// Makes the version's bytes and a journal record describing them durable on local disk; with `seal`, the
-    /// version becomes immutable and is queued for upload.
-    func commit(_ v: StagedVersion, seal: Bool) throws(FSError) {
-        let (changed, sealed) = v.state.withLock { ($0.changed, $0.sealed) }
+    /// Acknowledges `v`, the current version of `f` (close): its bytes and a journal record describing them
+    /// are made durable on local disk, and its bytes never change again (a later write goes to a copy). From
+    /// then on they reach S3, across a crash. An orphan (unlinked while open) is never journaled or uploaded.
+    func acknowledge(_ v: StagedVersion, of f: LocalFile) throws(FSError) {
+        if f.unlinked { return }
+        let (changed, sealed, failed) = v.state.withLock { ($0.changed, $0.sealed, $0.failedErrno) }
         if sealed { return }
-        if changed {
-            let synced = Glibc.fsync(v.fd) == 0 ? 0 : errno
-            while v.state.withLock({ $0.syncing }) { usleep(1000) }  // its error, if any, is recorded by then
-            let e = synced != 0 ? synced : v.state.withLock { $0.syncError }
-            guard e == 0 else {
-                throw FSError(e == ENOSPC ? ENOSPC : EIO, "fsync of the staged file failed: \(String(cString: strerror(e)))")
-            }
-            let (size, running, missing) = v.state.withLock { ($0.size, $0.sum?.value(size: $0.size), $0.missing) }
-            let sum: UInt64
-            if let running {
-                sum = running
-            } else {
-                sum = try checksum(fd: v.fd, size: size, missing: missing)
-            }
-            let hex = String(sum, radix: 16)
-            try journal.append(commitRecord(v, checksum: hex))
-            v.state.withLock { s in
-                s.changed = false
-                s.committedSum = hex
-            }
+        // A write that failed leaves the file short of what the program wrote: close() says so and nothing of
+        // it is acknowledged (the last acknowledged version, or the object in S3, stays).
+        if failed != 0 {
+            throw FSError(failed, "an earlier write to this file failed (\(String(cString: strerror(failed)))); it is not kept")
         }
-        guard seal else { return }
+        if !changed { return }
+        do throws(FSError) { try journalCommit(v) } catch {
+            v.fail(error.errno)
+            throw error
+        }
+    }
+
+    /// Acknowledges `v` (if it is not yet) and queues it for upload (fsync, or the last writer's close). Uploads
+    /// carry only versions acknowledged this way.
+    func commit(_ v: StagedVersion, of f: LocalFile) throws(FSError) {
+        if f.unlinked { return }
+        try acknowledge(v, of: f)
         let first = v.state.withLock { s -> Bool in
             if s.sealed { return false }
             s.sealed = true
             s.sealedAt = .now
+            s.failed = false
             return true
         }
         if first { enqueueUpload(v) }
+    }
+
+    /// fsyncs `v`'s staged file and appends its commit record (size, checksum, condition) to the journal.
+    func journalCommit(_ v: StagedVersion) throws(FSError) {
+        let synced = Glibc.fsync(v.fd) == 0 ? 0 : errno
+        while v.state.withLock({ $0.syncing }) { usleep(1000) }  // its error, if any, is recorded by then
+        let e = synced != 0 ? synced : v.state.withLock { $0.syncError }
+        guard e == 0 else {
+            throw FSError(e == ENOSPC ? ENOSPC : EIO, "fsync of the staged file failed: \(String(cString: strerror(e)))")
+        }
+        let (size, running, missing) = v.state.withLock { ($0.size, $0.sum?.value(size: $0.size), $0.missing) }
+        let sum: UInt64
+        if let running {
+            sum = running
+        } else {
+            sum = try checksum(fd: v.fd, size: size, missing: missing)
+        }
+        let hex = String(sum, radix: 16)
+        // The acknowledged version this one was copied from is replaced by it.
+        let fallback = v.state.withLock { $0.fallback }
+        try journal.append([commitRecord(v, checksum: hex)] + (fallback.map { [JournalRecord(op: .drop, id: $0.id)] } ?? []))
+        v.state.withLock { s in
+            s.changed = false
+            s.committedSum = hex
+            s.failed = false
+            s.fallback = nil
+        }
+        if let fallback {
+            abandonEarlyUpload(fallback, because: "a later version was acknowledged")
+            fallback.settle(.superseded)
+            Glibc.unlink(fallback.path)
+        }
     }
 
     /// XXH64 of the first `size` bytes of `fd`, counting blocks in `missing` (of an in-place file) as zeros:
@@ -548,49 +690,142 @@ extension FileSystem {
         }
     }
 
-    /// close(): the data is on local disk and journaled when this returns. The version is sealed and queued
-    /// when the last handle is released (after every duplicate of the descriptor is closed).
+    /// close(): the data is on local disk and journaled when this returns. The version is queued for upload
+    /// when the last descriptor of the open file is closed (release): a close() of a duplicate (a child
+    /// process exiting) acknowledges what was written so far but queues nothing while the writer goes on.
     public func flush(handle: UInt64) throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return }
-        guard let v = local.withLock({ $0[h.key]?.current }) else { return }
-        try commit(v, seal: false)
+        try acknowledge(h.file.current, of: h.file)
     }
 
     /// fsync(): with durable fsync, returns once the file is in S3; with local fsync, once it is on local disk.
     public func fsync(handle: UInt64) async throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }) else { return }
-        guard let v = local.withLock({ $0[h.key]?.current }) else { return }  // clean: nothing to do
-        try commit(v, seal: true)
-        if options.durableFsync {
+        let v = h.file.current
+        try commit(v, of: h.file)
+        if options.durableFsync && !h.file.unlinked {
             let left = await waitDurable([v], deadline: nil)
             if let (_, why) = left.first { throw FSError(EIO, "upload of \(h.key) failed: \(why)") }
         }
     }
 
     public func releaseLocal(handle: UInt64) {
-        guard let h = localHandles.withLock({ $0.removeValue(forKey: handle) }), h.writable else { return }
-        releaseWriter(key: h.key)
+        guard let h = localHandles.withLock({ $0.removeValue(forKey: handle) }) else { return }
+        releaseHandle(h.file, writer: h.writable)
     }
 
-    /// Drops one writer reference; when the last writer is gone the version is sealed and queued (a writer
-    /// whose flush failed gets its last state journaled here).
-    func releaseWriter(key: String) {
-        let v: StagedVersion? = local.withLock { l in
-            guard var f = l[key] else { return nil }
-            f.writers = max(0, f.writers - 1)
-            l[key] = f
-            return f.writers == 0 ? f.current : nil
+    /// Gives back one handle of `f`. When the last writer is gone, changes nobody acknowledged are acknowledged
+    /// now (a program that closes without close() returning, e.g. writes through a mapping after close) — unless
+    /// a write, truncate or close of them failed: then the program was told, and they are dropped (the last
+    /// acknowledged version, or the object in S3, stays). When the last handle is gone, a file whose newest
+    /// version is in S3 is clean again, and an orphan is gone.
+    func releaseHandle(_ f: LocalFile, writer: Bool) {
+        let (writers, handles, unlinked, key) = f.state.withLock { s -> (Int, Int, Bool, String) in
+            s.handles = max(0, s.handles - 1)
+            if writer { s.writers = max(0, s.writers - 1) }
+            return (s.writers, s.handles, s.unlinked, s.key)
         }
-        guard let v else { return }
-        do { try commit(v, seal: true) } catch {
-            logger.error("could not commit a file", metadata: ["key": "\(key)", "error": "\(error)"])
+        if unlinked {
+            if handles == 0 {
+                // The last close of an unlinked file: its bytes go with it.
+                for v in versions(of: f) { Glibc.unlink(v.path) }
+                orphans.withLock { o in o = o.filter { $0.value !== f } }
+            }
+            return
         }
+        if writer && writers == 0 {
+            let v = f.current
+            let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.changed, $0.failed, $0.committedSum != nil) }
+            if !sealed && failed {
+                discardUnacknowledged(f, v)
+            } else if !sealed && (changed || acked) {
+                do { try commit(v, of: f) } catch {
+                    logger.error("could not acknowledge a file at its last close; its changes are dropped",
+                                 metadata: ["key": "\(key)", "error": "\(error)"])
+                    discardUnacknowledged(f, v)
+                }
+            } else if !sealed {
+                // Opened for writing and not changed: nothing to upload.
+                discardUnacknowledged(f, v, quietly: true)
+            }
+        }
+        if handles == 0 { cleanIfUploaded(f) }
+    }
+
+    /// Drops `v`, the unacknowledged current version of `f`: the previous local version (still queued or
+    /// uploading) becomes current again, or, if there is none, the file has no local changes any more.
+    func discardUnacknowledged(_ f: LocalFile, _ v: StagedVersion, quietly: Bool = false) {
+        if !quietly {
+            logger.error("a file whose write or close failed is not uploaded; S3 keeps its last acknowledged version",
+                         metadata: ["key": "\(f.key)"])
+        }
+        abandonEarlyUpload(v, because: "its changes were not acknowledged")
+        v.settle(.dropped)
+        let fallback = v.state.withLock { s -> StagedVersion? in
+            defer { s.fallback = nil }
+            return s.fallback
+        }
+        let previous = fallback ?? uploadState.withLock { u in
+            u.pending.values.filter { $0 !== v && $0.key == f.key }.max { $0.id < $1.id }
+        }
+        let gone = local.withLock { l -> Bool in
+            f.state.withLock { s -> Bool in
+                guard s.current === v else { return false }
+                if let previous {
+                    s.current = previous
+                    return false
+                }
+                if l[s.key] === f { l.removeValue(forKey: s.key) }
+                return true
+            }
+        }
+        Glibc.unlink(v.path)
+        if gone { forgetLocal(key: f.key) }
+        // The acknowledged version it was copied from stands again, and goes up once nobody writes.
+        if let fallback, f.state.withLock({ $0.writers == 0 }) {
+            do { try commit(fallback, of: f) } catch {
+                logger.error("could not queue a file's acknowledged version", metadata: ["key": "\(f.key)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// After the last handle of `f` closed: if its newest version is in S3, the file is clean again (its staged
+    /// copy goes) and stat shows the object.
+    func cleanIfUploaded(_ f: LocalFile) {
+        let removed: (StagedVersion, String)? = local.withLock { l in
+            f.state.withLock { s in
+                guard s.handles == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
+                    return nil
+                }
+                l.removeValue(forKey: s.key)
+                return (s.current, etag)
+            }
+        }
+        guard let (v, etag) = removed else { return }
+        Glibc.unlink(v.path)
+        let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
+        showUploaded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
+    }
+
+    /// Stat of `key` shows its object again (the local version is gone without reaching S3): cached
+    /// attributes are forgotten.
+    func forgetLocal(key: String) {
+        table.withLock { t in
+            for (ino, n) in t.nodes where n.key == key && !n.meta.isDirectory {
+                t.nodes[ino]?.fetched = .now - .seconds(86400 * 365)
+                t.listings.removeValue(forKey: n.parent)
+            }
+        }
+    }
+
+    /// Every version of `f` still held: those queued or uploading under its key, and its current one.
+    func versions(of f: LocalFile) -> [StagedVersion] {
+        versions(of: f.key, newest: f.current)
     }
 
     /// Reads from a handle's local version (fetching blocks of an in-place file that are not here yet).
     func readLocal(_ h: LocalHandle, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
-        let v = local.withLock { $0[h.key]?.current } ?? h.last.withLock { $0 }
-        h.last.withLock { $0 = v }
+        let v = h.file.current
         let total = v.size
         guard offset < total, size > 0 else { return [] }
         let n = Int(min(Int64(size), total - offset))
@@ -611,14 +846,14 @@ extension FileSystem {
             // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
             // nothing); without another open writer it is a complete change, acknowledged and queued at once.
             let isLocal = local.withLock { $0[n.key] != nil }
-            _ = try await localFile(key: n.key, truncate: false, writer: true,
-                                    remote: isLocal ? nil : try await remoteObject(ino, n))
-            defer { releaseWriter(key: n.key) }
-            try truncateVersion(key: n.key, to: size)
+            let f = try await openLocalFile(key: n.key, truncate: false, writer: true,
+                                            remote: isLocal ? nil : try await remoteObject(ino, n))
+            defer { releaseHandle(f, writer: true) }
+            try truncateVersion(f, to: size)
         }
         if let mtime, !n.meta.isDirectory {
             // Stored with the upload (x-amz-meta-mtime) while the file is local; otherwise not kept.
-            if let v = local.withLock({ $0[n.key]?.current }) {
+            if let v = localVersion(n.key) {
                 let set = v.state.withLock { s -> Bool in
                     guard case .waiting = s.upload else { return false }
                     s.mtime = mtime
@@ -647,6 +882,8 @@ extension FileSystem {
             forget(ino: inoFor(parent: parent, name: name), count: 1)
             throw FSError(EEXIST)
         }
+        // A delete of the same name still queued (rmdir, or a rename of the directory away) must not remove it.
+        await reviveDirectory(dir.key + name + "/")
         do {
             _ = try await client.putObject(bucket, dir.key + name + "/", body: .empty, options: PutOptions())
         } catch { throw FSError.from(error) }
@@ -660,6 +897,8 @@ extension FileSystem {
         return attr
     }
 
+    /// Removes an empty directory: its marker is deleted in S3 in order after the uploads before it (ChangeQueue);
+    /// until then lookups and listings do not show it.
     public func rmdir(parent: UInt64, name: String) async throws(FSError) {
         try checkWritable()
         let dir = try node(parent)
@@ -667,21 +906,19 @@ extension FileSystem {
         let page: ListObjectsPage
         do {
             page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: "/", continuationToken: nil,
-                                                  startAfter: nil, maxKeys: 2)
+                                                  startAfter: nil, maxKeys: 1000)
         } catch { throw FSError.from(error) }
-        let others = page.objects.filter { $0.key != prefix }
+        let others = page.objects.filter { $0.key != prefix && !isHidden($0.key) }
+        let prefixes = page.commonPrefixes.filter { !isHidden($0) }
         let localChildren = local.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } }
-        if !others.isEmpty || !page.commonPrefixes.isEmpty || localChildren { throw FSError(ENOTEMPTY) }
-        guard page.objects.contains(where: { $0.key == prefix }) else {
-            // Nothing under it and no marker: it exists only if it was just listed; either way it is gone now.
-            invalidate(parent: parent, name: name)
-            return
-        }
-        do { try await client.deleteObject(bucket, prefix, versionId: nil) } catch { throw FSError.from(error) }
+        if !others.isEmpty || !prefixes.isEmpty || localChildren { throw FSError(ENOTEMPTY) }
+        try deleteLater([prefix], hiding: [prefix])
         invalidate(parent: parent, name: name)
     }
 
-    /// Removes a file: its local versions stop (and are never uploaded) and the object is deleted.
+    /// Removes a file: its local versions stop (and are never uploaded; a file still open lives on as an
+    /// orphan until its last close) and the object is deleted in S3 in order after the uploads before it
+    /// (ChangeQueue). Until then lookups and listings do not show it. Journaled before it returns.
     public func unlink(parent: UInt64, name: String) async throws(FSError) {
         try checkWritable()
         let dir = try node(parent)
@@ -689,13 +926,32 @@ extension FileSystem {
         let attr = try await lookup(parent: parent, name: name)
         forget(ino: attr.ino, count: 1)
         guard !attr.isDirectory else { throw .isDirectory }
+        var withdrawn = Withdrawal()
         if let f = local.withLock({ $0.removeValue(forKey: key) }) {
-            try dropVersions(of: key, newest: f.current)
+            withdrawn = orphan(f, ino: attr.ino)
         }
-        do { try await client.deleteObject(bucket, key, versionId: nil) } catch {
-            if error.code != .noSuchKey { throw FSError.from(error) }
-        }
+        try deleteLater([key], hiding: [key], with: withdrawn.records)
+        withdrawn.removeFiles()
         invalidate(parent: parent, name: name)
+        // The name is free: a file created under it is a new inode, whatever the kernel still holds open.
+        table.withLock { t in _ = t.inoByPath.removeValue(forKey: PathKey(parent: parent, name: name)) }
+    }
+
+    /// `f` lost its name (unlink, or replaced by a rename): its versions are never uploaded. Open handles keep
+    /// it readable and writable (stat by inode `ino` too) until the last one closes. Returns the journal
+    /// records that withdraw its acknowledged versions (and the staged files to remove once journaled).
+    func orphan(_ f: LocalFile, ino: UInt64?) -> Withdrawal {
+        let handles = f.state.withLock { s -> Int in
+            s.unlinked = true
+            return s.handles
+        }
+        let records = dropVersions(of: f)
+        if handles > 0 {
+            if let ino { orphans.withLock { $0[ino] = f } }
+            // Its handles write the current version in place from now on (nothing uploads it).
+            f.current.state.withLock { $0.sealed = false }
+        }
+        return records
     }
 
     /// Forgets what is cached about (parent, name) so the next lookup asks again.

@@ -17,6 +17,8 @@ public final class FuseAdapter: Sendable {
     let logger: Logger
     /// How long the kernel may cache attributes and entries (the metadata TTL).
     let timeout: Double
+    /// Handles open for writing, and whether changes are still accepted (not after the drain at unmount).
+    public let gate = WriteGate()
 
     public init(fs: FileSystem, logger: Logger) {
         self.fs = fs
@@ -91,6 +93,14 @@ public final class FuseAdapter: Sendable {
         fuse_reply_err(req, e.errno)
     }
 
+    /// Replies EROFS and returns true once the mount stopped accepting changes (the drain before an unmount
+    /// is over): a change made then is refused, never acknowledged and left behind.
+    static func refused(_ req: fuse_req_t?) -> Bool {
+        guard !adapter(req).gate.acceptsChanges else { return false }
+        fuse_reply_err(req, EROFS)
+        return true
+    }
+
     /// Runs `body` in a Task and replies with its error if it throws (a successful body replies itself).
     static func async(_ req: fuse_req_t?, _ op: String,
                       _ body: @escaping @Sendable (FuseAdapter, UnsafeSendable<fuse_req_t?>) async throws(FSError) -> Void) {
@@ -144,6 +154,8 @@ public final class FuseAdapter: Sendable {
         }
         ops.open = { req, ino, fi in
             let flags = fi!.pointee.flags
+            let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
+            if write && FuseAdapter.refused(req) { return }
             let boxed = UnsafeSendable(fi!.pointee)
             FuseAdapter.async(req, "open") { a, r throws(FSError) in
                 let req = r.value
@@ -152,13 +164,17 @@ public final class FuseAdapter: Sendable {
                 // keep_cache: the page cache stays valid across opens; a handle pins one ETag anyway. A file
                 // opened for writing drops it (its bytes may change). direct_io for the cold reads the core asks
                 // it for, only where the kernel also lets such files be mapped (mmap must keep working).
-                let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
                 let direct = !write && a.fs.readsDirect(handle: h)
                 ckpt_fuse_fi_set(&copy, h, write ? 0 : 1, direct ? 1 : 0)
-                if fuse_reply_open(req, &copy) != 0 { a.fs.release(handle: h) }
+                if write { a.gate.opened(writer: h) }
+                if fuse_reply_open(req, &copy) != 0 {
+                    a.gate.released(h)
+                    a.fs.release(handle: h)
+                }
             }
         }
         ops.create = { req, parent, name, _, fi in
+            if FuseAdapter.refused(req) { return }
             let n = String(cString: name!)
             let flags = fi!.pointee.flags
             let boxed = UnsafeSendable(fi!.pointee)
@@ -168,13 +184,18 @@ public final class FuseAdapter: Sendable {
                 var e = a.entry(attr)
                 var copy = boxed.value
                 ckpt_fuse_fi_set(&copy, h, 0, 0)
-                if fuse_reply_create(req, &e, &copy) != 0 { a.fs.release(handle: h) }
+                a.gate.opened(writer: h)
+                if fuse_reply_create(req, &e, &copy) != 0 {
+                    a.gate.released(h)
+                    a.fs.release(handle: h)
+                }
             }
         }
         ops.write = { req, _, buf, size, off, fi in
             // Synchronous: the bytes go to local disk, and libfuse only lends `buf` for this call. Unless the
             // file was opened in place and the write covers part of a block still in S3 (EAGAIN): then the
             // bytes are copied and the write waits for that block in a Task.
+            if FuseAdapter.refused(req) { return }
             let a = FuseAdapter.adapter(req)
             let h = fi!.pointee.fh
             do throws(FSError) {
@@ -191,8 +212,10 @@ public final class FuseAdapter: Sendable {
             }
         }
         ops.flush = { req, _, fi in
-            // close(): returns once the data and its journal record are on local disk.
+            // close(): returns once the data and its journal record are on local disk. After the drain, a
+            // writer's close is refused: what it wrote since the drain ended is not acknowledged.
             let a = FuseAdapter.adapter(req)
+            if a.gate.isWriter(fi!.pointee.fh) && FuseAdapter.refused(req) { return }
             do throws(FSError) {
                 try a.fs.flush(handle: fi!.pointee.fh)
                 fuse_reply_err(req, 0)
@@ -202,12 +225,14 @@ public final class FuseAdapter: Sendable {
         }
         ops.fsync = { req, _, _, fi in
             let h = fi!.pointee.fh
+            if FuseAdapter.adapter(req).gate.isWriter(h) && FuseAdapter.refused(req) { return }
             FuseAdapter.async(req, "fsync") { a, r throws(FSError) in
                 try await a.fs.fsync(handle: h)
                 fuse_reply_err(r.value, 0)
             }
         }
         ops.setattr = { req, ino, attr, toSet, _ in
+            if FuseAdapter.refused(req) { return }
             let st = attr!.pointee
             let size: Int64? = toSet & FUSE_SET_ATTR_SIZE != 0 ? Int64(st.st_size) : nil
             var mtime: Date?
@@ -223,6 +248,7 @@ public final class FuseAdapter: Sendable {
             }
         }
         ops.mkdir = { req, parent, name, _ in
+            if FuseAdapter.refused(req) { return }
             let n = String(cString: name!)
             FuseAdapter.async(req, "mkdir") { a, r throws(FSError) in
                 var e = a.entry(try await a.fs.mkdir(parent: UInt64(parent), name: n))
@@ -230,6 +256,7 @@ public final class FuseAdapter: Sendable {
             }
         }
         ops.unlink = { req, parent, name in
+            if FuseAdapter.refused(req) { return }
             let n = String(cString: name!)
             FuseAdapter.async(req, "unlink") { a, r throws(FSError) in
                 try await a.fs.unlink(parent: UInt64(parent), name: n)
@@ -237,6 +264,7 @@ public final class FuseAdapter: Sendable {
             }
         }
         ops.rmdir = { req, parent, name in
+            if FuseAdapter.refused(req) { return }
             let n = String(cString: name!)
             FuseAdapter.async(req, "rmdir") { a, r throws(FSError) in
                 try await a.fs.rmdir(parent: UInt64(parent), name: n)
@@ -258,7 +286,9 @@ public final class FuseAdapter: Sendable {
             }
         }
         ops.release = { req, _, fi in
-            FuseAdapter.adapter(req).fs.release(handle: fi!.pointee.fh)
+            let a = FuseAdapter.adapter(req)
+            a.fs.release(handle: fi!.pointee.fh)
+            a.gate.released(fi!.pointee.fh)
             fuse_reply_err(req, 0)
         }
         ops.opendir = { req, ino, fi in
@@ -302,6 +332,7 @@ public final class FuseAdapter: Sendable {
             fuse_reply_statfs(req, &v)
         }
         ops.rename = { req, parent, name, newParent, newName, flags in
+            if FuseAdapter.refused(req) { return }
             let (n, nn) = (String(cString: name!), String(cString: newName!))
             FuseAdapter.async(req, "rename") { a, r throws(FSError) in
                 try await a.fs.rename(parent: UInt64(parent), name: n, newParent: UInt64(newParent), newName: nn, flags: UInt32(flags))

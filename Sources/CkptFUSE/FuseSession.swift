@@ -1,6 +1,9 @@
 // Mounting: create the libfuse session, mount it, run the multi-threaded loop on a dedicated thread
 // (never on Swift's cooperative pool), and unmount when the loop ends: on `ckptfs unmount` /
-// `fusermount3 -u`, or on SIGINT, SIGTERM or SIGHUP (libfuse's signal handlers end the loop).
+// `fusermount3 -u`, or after SIGINT, SIGTERM or SIGHUP. A signal does not end the loop at once: the mount
+// keeps serving while `drain` runs (queued uploads go to S3, a save begun in a trainer's own SIGTERM
+// handler is accepted and uploaded), then changes are refused with EROFS, and only then is the mount
+// point detached — so nothing written meanwhile lands in the directory underneath.
 import CFuse
 import Foundation
 
@@ -11,13 +14,16 @@ public struct FuseError: Error, Sendable, CustomStringConvertible {
 
 public enum FuseSession {
     /// Mounts `adapter` at `mountpoint` with mount options `options` (`-o` list), calls `onMounted` once
-    /// the mount is live, and returns when it has been unmounted.
+    /// the mount is live, and returns when it has been unmounted. On SIGINT, SIGTERM or SIGHUP (the signal
+    /// number is passed) it runs `drain` while the mount still serves, then refuses changes
+    /// (`adapter.gate`), then unmounts.
     public static func run(adapter: FuseAdapter, mountpoint: String, options: [String], threads: Int = 16,
+                           drain: @escaping @Sendable (Int32) async -> Void = { _ in },
                            onMounted: @escaping @Sendable () -> Void) async throws(FuseError) {
         let result: Result<Void, FuseError> = await withCheckedContinuation { cont in
             let t = Thread {
                 cont.resume(returning: runBlocking(adapter: adapter, mountpoint: mountpoint, options: options,
-                                                   threads: threads, onMounted: onMounted))
+                                                   threads: threads, drain: drain, onMounted: onMounted))
             }
             t.name = "ckptfs-fuse"
             t.start()
@@ -44,7 +50,7 @@ public enum FuseSession {
     }
 
     static func runBlocking(adapter: FuseAdapter, mountpoint: String, options: [String], threads: Int,
-                            onMounted: () -> Void) -> Result<Void, FuseError> {
+                            drain: @escaping @Sendable (Int32) async -> Void, onMounted: () -> Void) -> Result<Void, FuseError> {
         var ops = FuseAdapter.operations()
         let words: [String] = ["ckptfs", "-o", options.joined(separator: ",")]
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
@@ -58,23 +64,44 @@ public enum FuseSession {
                 return .failure(FuseError(message: "libfuse rejected the mount options \(options.joined(separator: ","))"))
             }
             defer { fuse_session_destroy(se) }
-            // SIGINT, SIGTERM and SIGHUP end the session: the handler writes to a pipe, and a watcher thread
-            // unmounts (lazily), which wakes every thread blocked reading /dev/fuse.
+            // SIGINT, SIGTERM and SIGHUP: the handler writes the signal number to a pipe; a watcher thread
+            // drains while the loop keeps serving, closes the gate, ends the loop and unmounts (lazily),
+            // which wakes every thread blocked reading /dev/fuse.
             var notify: [Int32] = [-1, -1]
             guard pipe(&notify) == 0 else { return .failure(FuseError(message: "pipe: \(String(cString: strerror(errno)))")) }
-            guard ckpt_fuse_install_exit_signals(se, notify[1]) == 0 else {
+            guard ckpt_fuse_install_exit_signals(notify[1]) == 0 else {
+                close(notify[0])
+                close(notify[1])
                 return .failure(FuseError(message: "could not install signal handlers"))
             }
+            // The watcher may still be draining when the loop ends by itself (`fusermount3 -u` meanwhile):
+            // the session is destroyed only after it is done with it.
+            let watcherDone = DispatchSemaphore(value: 0)
             defer {
                 ckpt_fuse_remove_exit_signals()
                 close(notify[1])  // ends the watcher if no signal came
+                watcherDone.wait()
             }
             let watchFD = notify[0]
+            let session = UnsafeSendable(se)
             let watcher = Thread {
+                defer { watcherDone.signal() }
                 var sig: UInt8 = 0
                 let n = read(watchFD, &sig, 1)
+                guard n == 1 else {
+                    close(watchFD)
+                    return
+                }
+                let drained = DispatchSemaphore(value: 0)
+                Task {
+                    await drain(Int32(sig))
+                    drained.signal()
+                }
+                drained.wait()
                 close(watchFD)
-                if n == 1 { unmount(mountpoint, lazy: true) }
+                adapter.gate.close()
+                fuse_session_exit(session.value)
+                unmount(mountpoint, lazy: true)
             }
             watcher.name = "ckptfs-signals"
             watcher.start()

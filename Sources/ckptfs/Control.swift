@@ -51,6 +51,18 @@ enum Control {
         var listRequests: Int
         var putRequests: Int
         var directOpens: Int
+        /// Present while the daemon drains before unmounting, after a signal.
+        var stopping: Stopping?
+    }
+
+    struct Stopping: Codable {
+        var signal: String
+        /// Seconds left before the drain gives up.
+        var drainSecondsLeft: Double
+        /// True once the drain is over: every change fails with EROFS until the mount is gone.
+        var refusingChanges: Bool
+        /// Files still open for writing through the mount.
+        var openForWriting: Int
     }
 
     static func sockaddr(_ path: String) -> sockaddr_un? {
@@ -65,8 +77,10 @@ enum Control {
         return a
     }
 
-    /// Sends one request to the mount at `mountpoint` and returns the reply line.
-    static func call(_ mountpoint: String, _ request: Request) throws(UserFacingFailure) -> Data {
+    /// Sends one request to the mount at `mountpoint` and returns the reply line. While no reply has come,
+    /// `whileWaiting` is called every `interval` (a display timer: the reply itself wakes the wait).
+    static func call(_ mountpoint: String, _ request: Request, every interval: Duration? = nil,
+                     whileWaiting: () -> Void = {}) throws(UserFacingFailure) -> Data {
         let path = socketPath(for: mountpoint)
         guard var addr = sockaddr(path) else { throw UserFacingFailure(message: "socket path too long: \(path)") }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -85,6 +99,15 @@ enum Control {
         var out = Data()
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
+            if let interval {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let r = poll(&p, 1, Int32(interval / .milliseconds(1)))
+                if r == 0 {
+                    whileWaiting()
+                    continue
+                }
+                if r < 0 && errno == EINTR { continue }
+            }
             let n = read(fd, &buf, buf.count)
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
@@ -103,6 +126,8 @@ final class ControlServer: @unchecked Sendable {
     private var fd: Int32 = -1
     /// Set by `ckptfs unmount` (which drains before unmounting): how long the daemon still drains after.
     let drainTimeout = Mutex<Double?>(nil)
+    /// Set when a signal started the drain before an unmount.
+    let stopping = Mutex<DrainState?>(nil)
 
     init(fs: FileSystem, mountpoint: String, logger: Logger) {
         self.fs = fs
@@ -164,7 +189,11 @@ final class ControlServer: @unchecked Sendable {
                 cacheBlocks: s.cache.blocks, cacheHits: s.cache.hits, cacheMisses: s.cache.misses,
                 cacheHitRatio: lookups == 0 ? 0 : Double(s.cache.hits) / Double(lookups), getRequests: s.getRequests,
                 bytesDownloaded: s.bytesDownloaded, headRequests: s.headRequests, listRequests: s.listRequests,
-                putRequests: s.putRequests, directOpens: s.directOpens))
+                putRequests: s.putRequests, directOpens: s.directOpens,
+                stopping: stopping.withLock { $0 }.map {
+                    .init(signal: $0.signalName, drainSecondsLeft: max(0, ($0.deadline - .now).seconds),
+                          refusingChanges: !$0.gate.acceptsChanges, openForWriting: $0.gate.openWriters)
+                }))
         default:
             reply = Data("{\"error\":\"unknown command\"}".utf8)
         }
@@ -208,7 +237,15 @@ struct Flush: ParsableCommand {
     func run() throws {
         do {
             let (mp, rel) = try ckptfsMount(containing: path)
-            let data = try Control.call(mp, .init(cmd: "flush", path: rel, timeout: timeout))
+            var progress = FlushProgress(mountpoint: mp, relative: rel)
+            let data: Data
+            do {
+                data = try Control.call(mp, .init(cmd: "flush", path: rel, timeout: timeout), every: progress.interval) { progress.show() }
+                progress.finish()
+            } catch {
+                progress.finish()
+                throw error
+            }
             guard let r = try? JSONDecoder().decode(Control.FlushReply.self, from: data) else {
                 throw UserFacingFailure(message: "unexpected reply from the daemon: \(String(decoding: data, as: UTF8.self))")
             }
@@ -244,6 +281,12 @@ struct Status: ParsableCommand {
             }
             let w = s.writeBack
             print("mount:            \(mp)")
+            if let st = s.stopping {
+                print(st.refusingChanges
+                    ? "stopping:         \(st.signal): drain over, refusing changes (EROFS) until unmounted"
+                    : "stopping:         \(st.signal): draining uploads (\(Int(st.drainSecondsLeft.rounded(.up))) s left, "
+                        + "\(st.openForWriting) file(s) open for writing), then unmounting")
+            }
             print("dirty files:      \(w.dirtyFiles) (\(formatBytes(w.dirtyBytes))), oldest \(String(format: "%.0f", w.oldestDirtySeconds)) s")
             print("uploads:          \(w.uploadsInFlight) in flight, \(w.uploadedFiles) done (\(formatBytes(w.uploadedBytes)))")
             if w.recovered > 0 { print("recovered:        \(w.recovered) file(s) from the journal at mount") }
@@ -261,5 +304,77 @@ struct Status: ParsableCommand {
         } catch let f as UserFacingFailure {
             throw fail(f.message)
         }
+    }
+}
+
+/// What a waiting `ckptfs flush` shows on stderr: how many files and bytes under its path are not durable
+/// yet, which are uploading (and how far), which are queued, and the last upload error. On a terminal one
+/// line rewritten every second; otherwise a plain line every few seconds, so a log shows what a long flush
+/// waited for. Nothing is shown for a flush that ends within the first interval. Read from `status`.
+struct FlushProgress {
+    let mountpoint: String
+    let relative: String
+    let terminal = isatty(2) == 1
+    let started = ContinuousClock.now
+    /// Whether a live line is on the terminal (to be cleared at the end).
+    private var live = false
+
+    init(mountpoint: String, relative: String) {
+        self.mountpoint = mountpoint
+        self.relative = relative
+    }
+
+    /// How often the line is shown: 1 s on a terminal, 3 s otherwise.
+    var interval: Duration { terminal ? .seconds(1) : .seconds(3) }
+
+    mutating func show() {
+        var text = "ckptfs: flush: \(Int((ContinuousClock.now - started).seconds)) s, " + describe()
+        if terminal {
+            var w = winsize()
+            if ioctl(2, UInt(TIOCGWINSZ), &w) == 0, w.ws_col > 1, text.count >= Int(w.ws_col) {
+                text = String(text.prefix(Int(w.ws_col) - 2)) + "…"
+            }
+            FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
+            live = true
+        } else {
+            FileHandle.standardError.write(Data((text + "\n").utf8))
+        }
+    }
+
+    /// Clears the live line, so what follows starts on a clean line.
+    mutating func finish() {
+        if live { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        live = false
+    }
+
+    /// "waiting for 2 file(s) (40.0 MiB) under /mnt/x: uploading a.bin (12.0 MiB of 32.0 MiB sent); queued b.bin; last error: ..."
+    func describe() -> String {
+        let place = relative.isEmpty ? mountpoint : "\(mountpoint)/\(relative)"
+        guard let data = try? Control.call(mountpoint, .init(cmd: "status")),
+              let s = try? JSONDecoder().decode(Control.StatusReply.self, from: data) else {
+            return "waiting for the uploads under \(place) (status unavailable)"
+        }
+        let mine = s.writeBack.pending.filter { relative.isEmpty || $0.path == relative || $0.path.hasPrefix(relative + "/") }
+        guard !mine.isEmpty else { return "waiting for the last uploads under \(place) to be confirmed" }
+        var text = "waiting for \(mine.count) file(s) (\(formatBytes(mine.reduce(0) { $0 + $1.bytes }))) under \(place):"
+        func list(_ ps: [WriteBackStatus.Pending], _ each: (WriteBackStatus.Pending) -> String) -> String {
+            ps.prefix(3).map(each).joined(separator: ", ") + (ps.count > 3 ? " and \(ps.count - 3) more" : "")
+        }
+        var parts: [String] = []
+        let uploading = mine.filter { $0.state == "uploading" }
+        if !uploading.isEmpty {
+            parts.append("uploading " + list(uploading) { "\($0.path) (\(formatBytes($0.sentBytes)) of \(formatBytes($0.bytes)) sent)" })
+        }
+        let queued = mine.filter { $0.state == "queued" }
+        if !queued.isEmpty { parts.append("queued " + list(queued) { $0.path }) }
+        let open = mine.filter { $0.state == "open" }
+        if !open.isEmpty { parts.append("still open for writing " + list(open) { $0.path }) }
+        let conflicts = mine.filter { $0.state == "conflict" }
+        if !conflicts.isEmpty { parts.append("conflict " + list(conflicts) { $0.path }) }
+        text += " " + parts.joined(separator: "; ")
+        if let failing = mine.first(where: { $0.error != nil }), let e = failing.error {
+            text += "; last error: \(failing.path): \(e)"
+        }
+        return text
     }
 }

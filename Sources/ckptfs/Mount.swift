@@ -159,8 +159,24 @@ struct Mount: AsyncParsableCommand {
         logger.notice("mounting", metadata: ["s3.url": "\(target)", "mountpoint": "\(mp)", "cache.dir": "\(cache)",
                                             "cache.capacity": "\(blockCache.capacity)"])
         let ready = readyFD
+        let adapter = FuseAdapter(fs: fs, logger: logger)
+        let configuredDrain = holdUploads ? 0 : drainTimeout
+        // A signal: drain while the mount still serves (see Drain.swift), then FuseSession refuses changes
+        // and unmounts.
+        let drain: @Sendable (Int32) async -> Void = { sig in
+            let state = DrainState(signal: sig, deadline: .now + .milliseconds(Int64(configuredDrain * 1000)), gate: adapter.gate)
+            control.stopping.withLock { $0 = state }
+            logger.notice("stopping: draining the write-back while the mount still serves, then unmounting",
+                          metadata: ["signal": "\(state.signalName)", "drain.timeout_s": "\(configuredDrain)",
+                                     "files.open_for_writing": "\(adapter.gate.openWriters)"])
+            let left = await drainWriteBack(fs: fs, gate: adapter.gate, until: state.deadline)
+            if !left.isEmpty {
+                logger.warning("drain timed out or failed; unmounting anyway", metadata: [
+                    "files": "\(left.map { "\($0.path): \($0.reason)" })", "files.open_for_writing": "\(adapter.gate.openWriters)"])
+            }
+        }
         do {
-            try await FuseSession.run(adapter: FuseAdapter(fs: fs, logger: logger), mountpoint: mp, options: mountOptions) {
+            try await FuseSession.run(adapter: adapter, mountpoint: mp, options: mountOptions, drain: drain) {
                 if let fd = ready {
                     _ = write(fd, "OK\n", 3)
                     close(fd)
@@ -170,10 +186,16 @@ struct Mount: AsyncParsableCommand {
             throw UserFacingFailure(message: error.description)
         }
         logger.notice("unmounted", metadata: ["mountpoint": "\(mp)"])
-        // SIGTERM or fusermount3 -u: finish queued uploads first, within the drain timeout (`ckptfs unmount`
-        // drained before unmounting and sets it to what is left of its own).
-        let drain = holdUploads ? 0 : control.drainTimeout.withLock { $0 } ?? drainTimeout
-        let left = await fs.flushAll(under: "", timeout: .milliseconds(Int64(drain * 1000)))
+        // fusermount3 -u: finish queued uploads now, within the drain timeout (`ckptfs unmount` drained
+        // before unmounting and sets it to what is left of its own; a signal drained before unmounting, and
+        // only what is left of its deadline remains).
+        let remaining: Double
+        if let s = control.stopping.withLock({ $0 }) {
+            remaining = max(0, (s.deadline - .now).seconds)
+        } else {
+            remaining = holdUploads ? 0 : control.drainTimeout.withLock { $0 } ?? drainTimeout
+        }
+        let left = await fs.flushAll(under: "", timeout: .milliseconds(Int64(remaining * 1000)))
         if left.isEmpty {
             logger.notice("write-back drained")
         } else {
@@ -278,6 +300,14 @@ struct Unmount: ParsableCommand {
             throw fail("\(path) is not mounted")
         }
         guard m.type == "fuse.ckptfs" else { throw fail("\(path) is a \(m.type) mount, not ckptfs; use umount") }
+        // A daemon killed with -9 leaves a dead mount ("Transport endpoint is not connected"): there is
+        // nothing to drain, so detach it (lazily: a process may still have a file or its cwd there).
+        if MountChecks.deadFuseMount(path) != nil {
+            if let problem = FuseSession.unmount(path, lazy: true) { throw fail(problem) }
+            FileHandle.standardError.write(Data(("ckptfs: note: the daemon of \(path) was gone; detached the dead mount. Files it "
+                + "had not uploaded stay in its cache directory's journal; the next mount with that cache directory uploads them.\n").utf8))
+            return
+        }
         // Drain first: uploads finish while the mount is still there.
         if let data = try? Control.call(path, .init(cmd: "flush", path: "", timeout: drainTimeout)),
            let r = try? JSONDecoder().decode(Control.FlushReply.self, from: data), !r.ok {

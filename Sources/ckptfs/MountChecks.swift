@@ -1,4 +1,5 @@
 // Checks made before mounting, each failing with the cause and the fix.
+import CkptFUSE
 import Foundation
 
 enum MountChecks {
@@ -31,16 +32,53 @@ enum MountChecks {
 
     static func isMounted(_ path: String) -> Bool { mounts().contains { $0.path == path } }
 
+    /// `path` made absolute, with symbolic links resolved. A dead FUSE mount point cannot be resolved itself
+    /// (ENOTCONN): then its parent is, and the last component appended.
     static func absolute(_ path: String) -> String {
-        if let r = realpath(path, nil) {
+        func real(_ p: String) -> String? {
+            guard let r = realpath(p, nil) else { return nil }
             defer { free(r) }
             return String(cString: r)
+        }
+        if let r = real(path) { return r }
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        let ns = trimmed as NSString
+        let parent = ns.deletingLastPathComponent
+        if !ns.lastPathComponent.isEmpty, ns.lastPathComponent != "..", ns.lastPathComponent != ".",
+           let p = real(parent.isEmpty ? "." : parent) {
+            return (p == "/" ? "" : p) + "/" + ns.lastPathComponent
         }
         return path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
     }
 
-    /// The mount point must exist, be an empty directory, and not be mounted already.
+    /// The filesystem type of a FUSE mount at `path` whose daemon is gone ("Transport endpoint is not
+    /// connected"), or nil if `path` is not such a mount. Asked with statvfs (statfs), which the kernel always sends to
+    /// the daemon (stat may be answered from its attribute cache for a while after the daemon died).
+    static func deadFuseMount(_ path: String) -> String? {
+        let abs = absolute(path)
+        guard let m = mounts().last(where: { $0.path == abs }), m.type == "fuse" || m.type.hasPrefix("fuse.") else { return nil }
+        var v = statvfs()
+        guard statvfs(abs, &v) != 0, errno == ENOTCONN || errno == ECONNABORTED else { return nil }
+        return m.type
+    }
+
+    /// The mount point must exist, be an empty directory, and not be mounted already. A dead ckptfs mount
+    /// there (its daemon was killed) is detached first: nothing is lost by that, since what it had not
+    /// uploaded is in its cache directory's journal, and the next mount with that cache directory uploads it.
     static func mountpoint(_ raw: String) throws(UserFacingFailure) -> String {
+        if let type = deadFuseMount(raw) {
+            let path = absolute(raw)
+            guard type == "fuse.ckptfs" else {
+                throw UserFacingFailure(message: "\(path) is a dead \(type) mount (its daemon is gone: Transport endpoint is "
+                    + "not connected); unmount it first: fusermount3 -u \(path)")
+            }
+            if let problem = FuseSession.unmount(path, lazy: true) {
+                throw UserFacingFailure(message: "\(path) is a dead ckptfs mount (its daemon is gone) and detaching it failed: "
+                    + "\(problem); run ckptfs unmount \(path)")
+            }
+            FileHandle.standardError.write(Data(("ckptfs: note: \(path) was a dead ckptfs mount (its daemon is gone); "
+                + "detached it. Files it had not uploaded are uploaded by a mount with its cache directory.\n").utf8))
+        }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: raw, isDirectory: &isDir) else {
             throw UserFacingFailure(message: "the mount point \(raw) does not exist; create it first: mkdir -p \(raw)")

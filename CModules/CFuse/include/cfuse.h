@@ -37,11 +37,11 @@ int ckpt_fuse_direct_io_mmap(void);
 /// Turns on the capabilities a read-mostly filesystem wants, if the kernel offers them.
 void ckpt_fuse_init_conn(struct fuse_conn_info *conn, unsigned max_readahead);
 
-/// Installs handlers for SIGINT, SIGTERM and SIGHUP that end the session and write the signal number to
-/// `notify_fd`. libfuse's own handlers only set a flag; in a multi-threaded process the signal may land on a
-/// thread that is not reading /dev/fuse, so the loop would not notice until the next request. The writer of
-/// `notify_fd` wakes a thread that unmounts, which ends every reader at once. SIGPIPE is ignored.
-int ckpt_fuse_install_exit_signals(struct fuse_session *se, int notify_fd);
+/// Installs handlers for SIGINT, SIGTERM and SIGHUP that only write the signal number to `notify_fd`.
+/// They do not end the session (libfuse's own handlers would, at once): the daemon keeps serving while it
+/// drains its uploads, so nothing written during the drain falls through to the directory underneath, and
+/// the thread reading `notify_fd` ends the session and unmounts afterwards. SIGPIPE is ignored.
+int ckpt_fuse_install_exit_signals(int notify_fd);
 void ckpt_fuse_remove_exit_signals(void);
 
 /// The libfuse version the library reports at run time (e.g. 314 for 3.14).

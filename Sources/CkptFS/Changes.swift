@@ -1,0 +1,348 @@
+// Ordered changes to S3. Every change the mount makes to S3 — the upload of a version, the delete of a key —
+// goes through one queue, so that S3 only ever holds a state the trainer could have seen:
+//
+// - One key's changes happen in the order they were made: each key has a chain of jobs, each waiting for the
+//   one before it. An upload that was renamed away, or superseded, leaves a job that does nothing.
+// - A delete (unlink, rmdir, the old name of a rename) waits until every upload job queued before it has
+//   landed (or was dropped): rotating checkpoints — save `ckpt-N+1`, delete `ckpt-N` — never leaves S3
+//   without one, also across a crash (deletes are journaled before they are acknowledged, and recovery queues
+//   the journal's uploads and deletes again in the journal's order).
+// - An upload queued while a delete of the same key has not started replaces it (the delete is skipped: the
+//   upload overwrites the object anyway). So an upload never waits behind a delete that waits for it.
+// - Until a delete is applied, lookups and listings do not show what it removes (`isHidden`).
+//
+// Nothing polls: jobs wait on the task before them and on continuations resumed when a version settles.
+import CkptS3
+import Foundation
+import Synchronization
+
+/// The last job queued for a key (the next one waits for it).
+struct UploadTail: Sendable {
+    var id: UInt64
+    var task: Task<Void, Never>
+    func isCurrent(_ v: UInt64) -> Bool { id == v }
+}
+
+/// Deletes queued together (a directory's objects): the prefixes they hide stay hidden until all are applied.
+final class DeleteGroup: Sendable {
+    let hides: [String]
+    let remaining: Atomic<Int>
+    init(hides: [String], count: Int) {
+        self.hides = hides
+        remaining = Atomic(count)
+    }
+}
+
+extension FileSystem {
+    /// The write-back's shared state: versions queued or uploading, the change queue, counters for status.
+    struct UploadState: Sendable {
+        var pending: [UInt64: StagedVersion] = [:]
+        /// Per key, the last job queued.
+        var tails: [String: UploadTail] = [:]
+        var uploadedFiles = 0
+        var uploadedBytes: Int64 = 0
+        var recovered = 0
+        var quarantined: [String] = []
+        var nextJob: UInt64 = 0
+        /// Upload jobs by number, until their version (or the one that superseded it) has settled.
+        var openUploads: [UInt64: StagedVersion] = [:]
+        /// Deletes not applied yet, by journal id.
+        var deletes: [UInt64: PendingDelete] = [:]
+        /// Keys and prefixes ("dir/": everything under it, and the directory itself) that queued deletes hide,
+        /// with how many deletes hide each.
+        var hidden: [String: Int] = [:]
+        /// Deletes waiting for the uploads queued before them, by journal id.
+        var barrier: [UInt64: (job: UInt64, c: CheckedContinuation<Void, Never>)] = [:]
+        /// Tasks waiting for a delete to finish (flush), by ticket.
+        var deleteWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextTicket: UInt64 = 0
+    }
+
+    struct PendingDelete: Sendable {
+        var key: String
+        var job: UInt64
+        var started = false
+        var cancelled = false
+        var group: DeleteGroup
+        var task: Task<Void, Never>?
+    }
+
+    // MARK: Uploads
+
+    /// Queues an upload job for a sealed version, in its key's order. An older version of the same key still
+    /// waiting is superseded by it; a delete of the key that has not started is replaced by it.
+    func enqueueUpload(_ v: StagedVersion) {
+        let key = v.key
+        let cancelled: [CheckedContinuation<Void, Never>] = uploadState.withLock { u in
+            for (_, old) in u.pending where old !== v && old.key == key {
+                let skip = old.state.withLock { s -> Bool in
+                    guard case .waiting = s.upload, s.sealed else { return false }
+                    s.successor = v
+                    return true
+                }
+                if skip {
+                    old.settle(.superseded)
+                    // The new version inherits what the skipped one expected to find in S3.
+                    let inherited = old.state.withLock { $0.expect }
+                    v.state.withLock { s in if case .after(let p) = s.expect, p === old { s.expect = inherited } }
+                }
+            }
+            u.pending[v.id] = v
+            u.nextJob += 1
+            let job = u.nextJob
+            u.openUploads[job] = v
+            v.state.withLock { $0.job = job }
+            var cancelled: [CheckedContinuation<Void, Never>] = []
+            for (id, d) in u.deletes where d.key == key && !d.started && !d.cancelled {
+                u.deletes[id]?.cancelled = true
+                if let w = u.barrier.removeValue(forKey: id) { cancelled.append(w.c) }
+            }
+            let previous = u.tails[key]
+            let task = Task {
+                await previous?.task.value  // one key's changes go in order
+                if v.state.withLock({ $0.job }) == job {
+                    await self.uploadSlots.acquire()
+                    await self.upload(v, job: job)
+                    self.uploadSlots.release()
+                }
+                self.uploadState.withLock { u in
+                    if u.tails[key]?.isCurrent(job) == true { u.tails.removeValue(forKey: key) }
+                }
+            }
+            u.tails[key] = UploadTail(id: job, task: task)
+            return cancelled
+        }
+        for c in cancelled { c.resume() }
+        closeUploadJobs()
+    }
+
+    /// Forgets upload jobs whose version has settled (landed, or dropped; a superseded one once the version
+    /// that carries its bytes has), and lets the deletes go that waited only for them.
+    func closeUploadJobs() {
+        let ready = uploadState.withLock { u -> [CheckedContinuation<Void, Never>] in
+            u.openUploads = u.openUploads.filter { !carrier(of: $0.value).isSettled }
+            let low = u.openUploads.keys.min() ?? .max
+            var ready: [CheckedContinuation<Void, Never>] = []
+            for (id, w) in u.barrier where w.job < low {
+                ready.append(w.c)
+                u.barrier.removeValue(forKey: id)
+            }
+            return ready
+        }
+        for c in ready { c.resume() }
+    }
+
+    /// Every local version of `key`: those queued or uploading, and `newest` (the key's current one).
+    func versions(of key: String, newest: StagedVersion) -> [StagedVersion] {
+        var vs = uploadState.withLock { u in u.pending.values.filter { $0.key == key } }
+        if !vs.contains(where: { $0 === newest }) { vs.append(newest) }
+        return vs
+    }
+
+    /// `f`'s versions are never uploaded (unlink, replaced by a rename). Returns the journal records that
+    /// withdraw the acknowledged ones, and the staged files to remove once those are journaled (none while a
+    /// handle has the file open: an orphan reads them; they go at its last close).
+    func dropVersions(of f: LocalFile) -> Withdrawal {
+        let victims = versions(of: f).filter { !$0.isSettled }
+        var records: [JournalRecord] = []
+        for v in victims {
+            abandonEarlyUpload(v, because: "unlinked")
+            if v.state.withLock({ $0.committedSum != nil }) { records.append(JournalRecord(op: .drop, id: v.id)) }
+            v.settle(.dropped)
+        }
+        uploadState.withLock { u in for v in victims { u.pending.removeValue(forKey: v.id) } }
+        closeUploadJobs()
+        let open = f.state.withLock { $0.handles > 0 }
+        return Withdrawal(records: records, paths: open ? [] : victims.map(\.path))
+    }
+
+    /// Journal records that withdraw versions, and their staged files, removed only after the records are
+    /// journaled (a crash in between must not leave a record naming a file that is gone).
+    struct Withdrawal {
+        var records: [JournalRecord] = []
+        var paths: [String] = []
+        func removeFiles() { for p in paths { Glibc.unlink(p) } }
+    }
+
+    // MARK: Deletes
+
+    /// Deletes `keys` in S3 in order after every upload queued before now, and hides them (and `hiding`:
+    /// prefixes "dir/") from lookups and listings until then. Journaled, with `records`, before it returns.
+    func deleteLater(_ keys: [String], hiding: [String], with records: [JournalRecord] = []) throws(FSError) {
+        let (deleteRecords, items) = deleteRecords(keys)
+        try journal.append(records + deleteRecords)
+        queueDeletes(items, hiding: hiding)
+    }
+
+    /// Journal records for deletes of `keys`, with the (id, key) pairs to queue once they are journaled.
+    func deleteRecords(_ keys: [String]) -> ([JournalRecord], [(UInt64, String)]) {
+        var records: [JournalRecord] = []
+        var items: [(UInt64, String)] = []
+        for k in keys {
+            let id = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+            records.append(JournalRecord(op: .delete, id: id, key: k))
+            items.append((id, k))
+        }
+        return (records, items)
+    }
+
+    /// Orders deletes so that objects go before the directory markers above them, deepest first.
+    static func deleteOrder(_ keys: [String]) -> [String] {
+        keys.sorted { a, b in
+            let (ma, mb) = (a.hasSuffix("/"), b.hasSuffix("/"))
+            if ma != mb { return !ma }
+            let (da, db) = (a.filter { $0 == "/" }.count, b.filter { $0 == "/" }.count)
+            return da != db ? da > db : a < b
+        }
+    }
+
+    /// Queues journaled deletes (id, key) in the change queue.
+    func queueDeletes(_ items: [(UInt64, String)], hiding: [String]) {
+        guard !items.isEmpty else { return }
+        let group = DeleteGroup(hides: hiding, count: items.count)
+        uploadState.withLock { u in
+            for h in hiding { u.hidden[h, default: 0] += 1 }
+            for (id, key) in items {
+                u.hidden[key, default: 0] += 1
+                u.nextJob += 1
+                let job = u.nextJob
+                let previous = u.tails[key]
+                let task = Task {
+                    await previous?.task.value
+                    await self.runDelete(id: id)
+                    self.uploadState.withLock { u in
+                        if u.tails[key]?.isCurrent(job) == true { u.tails.removeValue(forKey: key) }
+                    }
+                }
+                u.deletes[id] = PendingDelete(key: key, job: job, group: group, task: task)
+                u.tails[key] = UploadTail(id: job, task: task)
+            }
+        }
+    }
+
+    /// Applies delete `id` once every upload queued before it has settled (unless an upload of the same key
+    /// replaced it meanwhile), retrying until S3 accepts it.
+    func runDelete(id: UInt64) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = uploadState.withLock { u -> Bool in
+                guard let d = u.deletes[id], !d.cancelled else { return true }
+                if (u.openUploads.keys.min() ?? .max) > d.job { return true }
+                u.barrier[id] = (d.job, c)
+                return false
+            }
+            if now { c.resume() }
+        }
+        // A directory marker goes after the deletes queued under it (they never wait for a marker above them, so
+        // this cannot wait in a circle): some servers (SeaweedFS) keep
+        // listing a directory whose marker was deleted while it still held objects.
+        let (mine, children) = uploadState.withLock { u -> (PendingDelete?, [Task<Void, Never>]) in
+            guard let d = u.deletes[id], d.key.hasSuffix("/") else { return (nil, []) }
+            return (d, u.deletes.values.filter { $0.key != d.key && $0.key.hasPrefix(d.key) }.compactMap(\.task))
+        }
+        if mine != nil { for t in children { await t.value } }
+        let key: String? = uploadState.withLock { u in
+            guard var d = u.deletes[id], !d.cancelled else { return nil }
+            d.started = true
+            u.deletes[id] = d
+            return d.key
+        }
+        if let key {
+            var delay: Duration = .milliseconds(500)
+            while !Task.isCancelled {
+                do throws(S3Error) {
+                    try await client.deleteObject(bucket, key, versionId: nil)
+                    break
+                } catch {
+                    if error.code == .noSuchKey { break }
+                    logger.warning("delete failed; retrying", metadata: ["s3.key": "\(key)", "error": "\(error)", "retry.in": "\(delay)"])
+                    try? await Task.sleep(for: delay)
+                    delay = min(delay * 2, .seconds(30))
+                }
+            }
+            if Task.isCancelled { return }  // shut down: the journal still has it
+        }
+        do { try journal.append(JournalRecord(op: .done, id: id)) } catch {
+            logger.warning("could not journal a finished delete; the next mount repeats it", metadata: ["error": "\(error)"])
+        }
+        let waiters = uploadState.withLock { u -> [CheckedContinuation<Void, Never>] in
+            if let d = u.deletes.removeValue(forKey: id) {
+                FileSystem.unhide(&u.hidden, d.key)
+                if d.group.remaining.wrappingSubtract(1, ordering: .relaxed).newValue == 0 {
+                    for h in d.group.hides { FileSystem.unhide(&u.hidden, h) }
+                }
+            }
+            defer { u.deleteWaiters = [:] }
+            return Array(u.deleteWaiters.values)
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Waits until no delete of a key `under` accepts is queued, or the deadline passes. Returns the keys
+    /// still queued.
+    func waitDeletes(under: (String) -> Bool, deadline: ContinuousClock.Instant?) async -> [String] {
+        while true {
+            let left = uploadState.withLock { u in u.deletes.values.map(\.key).filter(under) }
+            if left.isEmpty { return [] }
+            let timeout = deadline.map { $0 - ContinuousClock.now }
+            if let timeout, timeout <= .zero { return left }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let ticket = uploadState.withLock { u -> UInt64 in
+                    u.nextTicket += 1
+                    u.deleteWaiters[u.nextTicket] = c
+                    return u.nextTicket
+                }
+                if let timeout {
+                    Task {
+                        try? await Task.sleep(for: timeout)
+                        self.uploadState.withLock { $0.deleteWaiters.removeValue(forKey: ticket) }?.resume()
+                    }
+                }
+            }
+        }
+    }
+
+    static func unhide(_ hidden: inout [String: Int], _ k: String) {
+        guard let n = hidden[k] else { return }
+        if n <= 1 { hidden.removeValue(forKey: k) } else { hidden[k] = n - 1 }
+    }
+
+    /// Whether a queued delete hides `key` (a file's key, or a directory prefix ending in "/"): the key itself,
+    /// or a directory above it.
+    func isHidden(_ key: String) -> Bool {
+        uploadState.withLock { u in
+            guard !u.hidden.isEmpty else { return false }
+            if u.hidden[key] != nil { return true }
+            var i = key.startIndex
+            while let slash = key[i...].firstIndex(of: "/") {
+                let p = String(key[...slash])
+                if p != key, u.hidden[p] != nil { return true }
+                i = key.index(after: slash)
+            }
+            return false
+        }
+    }
+
+    /// Whether any delete is queued (listings then filter what they show).
+    var hasHidden: Bool { uploadState.withLock { !$0.hidden.isEmpty } }
+
+    /// Before something is written under `key` directly (a directory marker, a server-side copy): a queued
+    /// delete of it that has not started is dropped, one that has is waited for, so it cannot remove what is
+    /// written now. With a prefix ("dir/"), the directory shows again (objects under it still queued for
+    /// deletion stay hidden).
+    func clearPendingDelete(of key: String) async {
+        let (tail, waiters) = uploadState.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>]) in
+            var ws: [CheckedContinuation<Void, Never>] = []
+            for (id, d) in u.deletes where d.key == key && !d.started && !d.cancelled {
+                u.deletes[id]?.cancelled = true
+                if let w = u.barrier.removeValue(forKey: id) { ws.append(w.c) }
+            }
+            if key.hasSuffix("/") { u.hidden.removeValue(forKey: key) }
+            return (u.tails[key]?.task, ws)
+        }
+        for w in waiters { w.resume() }
+        await tail?.value
+    }
+
+    /// mkdir of a name whose old directory is still being deleted.
+    func reviveDirectory(_ prefix: String) async { await clearPendingDelete(of: prefix) }
+}

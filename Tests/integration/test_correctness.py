@@ -1,0 +1,384 @@
+"""Regression tests for the data-integrity faults found by outside testing (issue 13), one or more per kind:
+the safe-save idiom, files unlinked while open, directory rename, deletes racing uploads across a crash,
+ordering of deletes after uploads, and unacknowledged bytes. Each runs through a real mount of a real S3
+server and is checked from outside with boto3 by sha256, and where it matters after a remount with an empty
+cache. Each failed on 8ff9784."""
+import errno
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import wait_until
+from test_write_back import (MiB, daemon_pid, flush, kill9, kill9_cleanup, open_multipart, s3_bytes, s3_keys, sha,
+                             status)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def remount_empty(mounts, bucket, mp, *extra):
+    """Unmounts (draining) and mounts again with a new, empty cache directory."""
+    mounts.unmount(mp)
+    mp2, _ = mounts.mount(f"s3://{bucket}", None, None, *extra)
+    return mp2
+
+
+# Kind 1: the safe-save idiom (write a temporary name, fsync, rename, close) in every order.
+
+@pytest.mark.parametrize("fsync_first", [True, False])
+@pytest.mark.parametrize("write_after_rename", [True, False])
+@pytest.mark.parametrize("close_before_rename", [True, False])
+def test_safe_save_in_every_order_lands_under_the_final_name(server, bucket, mounts, fsync_first,
+                                                              write_after_rename, close_before_rename):
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    server.s3.put_object(Bucket=bucket, Key="t", Body=b"previous version")
+    rng = random.Random(int(fsync_first) * 4 + int(write_after_rename) * 2 + int(close_before_rename))
+    first, more = rng.randbytes(3 * MiB + 17), rng.randbytes(100_000)
+    fd = os.open(f"{mp}/t.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, first)
+    if fsync_first:
+        os.fsync(fd)  # the upload of t.tmp completes here
+    if close_before_rename:
+        os.close(fd)
+        fd = None
+    os.rename(f"{mp}/t.tmp", f"{mp}/t")
+    expect = first
+    if write_after_rename:
+        if fd is None:
+            fd = os.open(f"{mp}/t", os.O_WRONLY)
+        os.pwrite(fd, more, len(first))
+        expect = first + more
+    if fd is not None:
+        os.close(fd)
+    r = flush(mounts, mp)
+    assert "conflict" not in r.stderr
+    assert sha(s3_bytes(server, bucket, "t")) == sha(expect)
+    assert "t.tmp" not in s3_keys(server, bucket)
+    mp2 = remount_empty(mounts, bucket, mp)
+    assert sha(read(f"{mp2}/t")) == sha(expect)
+    assert not os.path.exists(f"{mp2}/t.tmp")
+
+
+@pytest.mark.parametrize("delay", ["0", "0.5"])
+def test_rename_at_any_moment_of_the_upload_keeps_every_file(server, bucket, mounts, delay):
+    """Renames 0-520 ms after close, while the source's upload starts, runs or has just landed."""
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", delay)
+    rng = random.Random(5)
+    expect = {}
+    for i in range(24):
+        data = rng.randbytes(rng.choice([20_000, 2 * MiB, 17 * MiB + 3]))
+        with open(f"{mp}/f{i}.tmp", "wb") as f:
+            f.write(data)
+        time.sleep(rng.uniform(0, 0.52))
+        os.rename(f"{mp}/f{i}.tmp", f"{mp}/f{i}")
+        expect[f"f{i}"] = data
+    flush(mounts, mp)
+    keys = set(s3_keys(server, bucket))
+    assert keys == set(expect), sorted(keys ^ set(expect))
+    for k, v in expect.items():
+        assert sha(s3_bytes(server, bucket, k)) == sha(v), k
+    assert open_multipart(server, bucket) == []
+
+
+def test_git_style_lockfile_updates_survive_a_remount(server, bucket, mounts):
+    """git writes `index.lock`, fsyncs, renames it over `index`, many times; a packfile is written the same way."""
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0")
+    os.mkdir(f"{mp}/repo")
+    last = b""
+    for i in range(12):
+        last = f"index version {i} ".encode() * (1000 + i)
+        fd = os.open(f"{mp}/repo/index.lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, last)
+        os.fsync(fd)
+        os.rename(f"{mp}/repo/index.lock", f"{mp}/repo/index")
+        os.close(fd)
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "repo/index") == last
+    assert "repo/index.lock" not in s3_keys(server, bucket)
+    mp2 = remount_empty(mounts, bucket, mp)
+    assert read(f"{mp2}/repo/index") == last
+
+
+# Kind 2: files unlinked while open live until their last close.
+
+def test_an_unlinked_open_file_lives_until_its_last_close(server, bucket, mounts):
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    fd = os.open(f"{mp}/scratch", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, b"a" * 10_000)
+    os.unlink(f"{mp}/scratch")
+    assert not os.path.exists(f"{mp}/scratch")
+    assert os.fstat(fd).st_size == 10_000
+    os.pwrite(fd, b"b" * 5000, 10_000)
+    assert os.fstat(fd).st_size == 15_000
+    assert os.pread(fd, 15_000, 0) == b"a" * 10_000 + b"b" * 5000
+    os.close(fd)  # returns 0
+    with tempfile.TemporaryFile(dir=mp) as t:  # open, unlink at once, use, close
+        t.write(b"x" * 100_000)
+        t.seek(0)
+        assert t.read() == b"x" * 100_000
+    flush(mounts, mp)
+    assert s3_keys(server, bucket) == []
+
+
+def test_reusing_the_name_of_an_unlinked_open_file_does_not_mix_them(server, bucket, mounts):
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    a, b = b"A" * (8 * MiB), b"B" * (8 * MiB)
+    for round in range(6):
+        old = os.open(f"{mp}/f", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.unlink(f"{mp}/f")
+        new = os.open(f"{mp}/f", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        for off in range(0, len(a), MiB):
+            os.pwrite(old, a[off:off + MiB], off)
+            os.pwrite(new, b[off:off + MiB], off)
+        assert os.pread(old, len(a), 0) == a, f"round {round}: the unlinked file changed"
+        assert os.pread(new, len(b), 0) == b, f"round {round}: the new file changed"
+        os.close(old)
+        os.close(new)
+        assert read(f"{mp}/f") == b
+    flush(mounts, mp)
+    assert sha(s3_bytes(server, bucket, "f")) == sha(b)
+
+
+# Kind 3: directory rename on every server, never half done.
+
+def test_rename_of_an_empty_directory_and_of_nested_directories_with_markers(server, bucket, mounts):
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    os.mkdir(f"{mp}/d")
+    os.rename(f"{mp}/d", f"{mp}/e")
+    assert os.listdir(mp) == ["e"]
+    os.makedirs(f"{mp}/run/sub/deeper")
+    with open(f"{mp}/run/sub/w.bin", "wb") as f:
+        f.write(b"w" * 70_000)
+    server.s3.put_object(Bucket=bucket, Key="run/s3only.bin", Body=b"s" * 1000)
+    flush(mounts, mp)
+    with open(f"{mp}/run/local.bin", "wb") as f:  # not uploaded yet
+        f.write(b"l" * 5000)
+    os.rename(f"{mp}/run", f"{mp}/run2")
+    assert sorted(os.listdir(mp)) == ["e", "run2"]
+    assert sorted(os.listdir(f"{mp}/run2")) == ["local.bin", "s3only.bin", "sub"]
+    flush(mounts, mp)
+    keys = set(s3_keys(server, bucket))
+    assert keys == {"e/", "run2/", "run2/sub/", "run2/sub/deeper/", "run2/sub/w.bin", "run2/s3only.bin",
+                    "run2/local.bin"}, keys
+    mp2 = remount_empty(mounts, bucket, mp)
+    assert sorted(os.listdir(mp2)) == ["e", "run2"]
+    assert read(f"{mp2}/run2/sub/w.bin") == b"w" * 70_000
+    assert os.listdir(f"{mp2}/run2/sub/deeper") == []
+
+
+def test_a_crash_in_the_middle_of_a_directory_rename_is_finished_by_the_next_mount(server, bucket, mounts):
+    for i in range(20):
+        server.s3.put_object(Bucket=bucket, Key=f"old/f{i:02}", Body=f"file {i}".encode() * 100)
+    server.s3.put_object(Bucket=bucket, Key="old/", Body=b"")
+    env = server.env(CKPTFS_CRASH_AT="rename-copied")
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, env=env)
+    with pytest.raises(OSError):
+        os.rename(f"{mp}/old", f"{mp}/new")  # the daemon dies after the copies, before anything else
+    kill9_cleanup(mp)
+    mounts.active.remove(mp)
+    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
+    flush(mounts, mp)
+    keys = set(s3_keys(server, bucket))
+    assert keys == {"new/"} | {f"new/f{i:02}" for i in range(20)}, sorted(keys)
+    assert sorted(os.listdir(mp)) == ["new"]
+    assert s3_bytes(server, bucket, "new/f07") == b"file 7" * 100
+
+
+# Kind 4: deletes racing uploads across a crash; recovery uploads on its own and without false conflicts.
+
+def test_a_delete_during_an_upload_survives_a_crash_after_complete(server, bucket, mounts):
+    env = server.env(CKPTFS_CRASH_AT="after-complete")
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0", env=env)
+    with open(f"{mp}/gone.bin", "wb") as f:
+        f.write(os.urandom(48 * MiB))
+    try:
+        os.unlink(f"{mp}/gone.bin")  # while it uploads
+    except OSError:
+        pass  # the daemon already died: then the delete was not acknowledged either
+    assert wait_until(lambda: daemon_pid(mp) is None, 60), "the crash point was not reached"
+    unlinked = "gone.bin" not in subprocess.run(["ls", mp], capture_output=True, text=True).stdout
+    kill9_cleanup(mp)
+    mounts.active.remove(mp)
+    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
+    flush(mounts, mp)
+    if unlinked:
+        assert "gone.bin" not in s3_keys(server, bucket), "a deleted file came back"
+        assert not os.path.exists(f"{mp}/gone.bin")
+    assert open_multipart(server, bucket) == []
+
+
+def test_recovered_files_upload_without_being_asked(server, bucket, mounts):
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+    with open(f"{mp}/a.bin", "wb") as f:
+        f.write(b"acknowledged")
+    kill9(mp)
+    mounts.active.remove(mp)
+    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
+    # No flush, fsync or unmount: the recovered file goes up by itself.
+    assert wait_until(lambda: "a.bin" in s3_keys(server, bucket), 30), "recovered file not uploaded"
+    assert s3_bytes(server, bucket, "a.bin") == b"acknowledged"
+
+
+def test_a_version_queued_behind_an_upload_is_not_a_false_conflict_after_a_crash(server, bucket, mounts):
+    env = server.env(CKPTFS_CRASH_AT="after-complete")
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0", env=env)
+    with open(f"{mp}/model.pt", "wb") as f:
+        f.write(os.urandom(40 * MiB))
+    second = b"the second save"
+    try:
+        with open(f"{mp}/model.pt", "wb") as f:  # queued behind the first, whose upload is running
+            f.write(second)
+    except OSError:
+        pytest.skip("the first upload completed before the second save")
+    assert wait_until(lambda: daemon_pid(mp) is None, 60), "the crash point was not reached"
+    kill9_cleanup(mp)
+    mounts.active.remove(mp)
+    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
+    r = mounts.run("flush", mp, "--timeout", "60", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert s3_bytes(server, bucket, "model.pt") == second
+    assert open_multipart(server, bucket) == []
+
+
+# Kind 5: S3 always holds a checkpoint the trainer could have seen.
+
+def test_rotation_never_leaves_s3_without_a_checkpoint(server, bucket, mounts):
+    server.s3.put_object(Bucket=bucket, Key="ckpt-0.pt", Body=b"epoch 0" * 1000)
+    mp, cache = mounts.mount(f"s3://{bucket}")
+    data = os.urandom(40 * MiB)
+    with open(f"{mp}/ckpt-1.pt", "wb") as f:
+        f.write(data)
+    os.unlink(f"{mp}/ckpt-0.pt")  # HF save_total_limit=1: the old one goes right after the new one is saved
+    assert sorted(os.listdir(mp)) == ["ckpt-1.pt"]
+    kill9(mp)  # at once: S3 must still hold a complete checkpoint
+    keys = s3_keys(server, bucket)
+    assert "ckpt-0.pt" in keys or "ckpt-1.pt" in keys, keys
+    if "ckpt-1.pt" in keys:
+        assert sha(s3_bytes(server, bucket, "ckpt-1.pt")) == sha(data)
+    mounts.active.remove(mp)
+    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
+    assert sorted(os.listdir(mp)) == ["ckpt-1.pt"], "the journaled delete holds across the crash"
+    flush(mounts, mp)
+    assert s3_keys(server, bucket) == ["ckpt-1.pt"]
+    assert sha(s3_bytes(server, bucket, "ckpt-1.pt")) == sha(data)
+    assert status(mounts, mp)["writeBack"]["pendingDeletes"] == 0
+
+
+def test_deletes_wait_for_the_uploads_before_them_but_not_for_later_ones(server, bucket, mounts):
+    server.s3.put_object(Bucket=bucket, Key="old.pt", Body=b"old")
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+    with open(f"{mp}/new.pt", "wb") as f:
+        f.write(b"new")
+    os.unlink(f"{mp}/old.pt")
+    time.sleep(1)
+    # The upload of new.pt is held, so the delete of old.pt waits; the mount already shows it gone.
+    assert "old.pt" in s3_keys(server, bucket)
+    assert os.listdir(mp) == ["new.pt"]
+    assert status(mounts, mp)["writeBack"]["pendingDeletes"] == 1
+
+
+# Kind 10: only acknowledged states reach S3.
+
+def test_sigterm_during_a_save_keeps_the_last_good_object(server, bucket, mounts):
+    good = b"last good checkpoint" * 1000
+    server.s3.put_object(Bucket=bucket, Key="model.pt", Body=good)
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    f = open(f"{mp}/model.pt", "wb", buffering=0)
+    for _ in range(20):
+        f.write(os.urandom(MiB))  # a save in progress: never closed
+    os.kill(daemon_pid(mp), signal.SIGTERM)
+    assert wait_until(lambda: daemon_pid(mp) is None, 60)
+    try:
+        f.close()
+    except OSError:
+        pass
+    subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+    mounts.active.remove(mp)
+    assert s3_bytes(server, bucket, "model.pt") == good, "an unacknowledged partial save reached S3"
+
+
+def test_flush_while_another_process_writes_does_not_upload_the_partial_file(server, bucket, mounts):
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    f = open(f"{mp}/partial.pt", "wb", buffering=0)
+    f.write(os.urandom(3 * MiB))
+    r = mounts.run("flush", mp, "--timeout", "30", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "partial.pt" not in s3_keys(server, bucket)
+    rest = os.urandom(MiB)
+    f.write(rest)
+    f.close()
+    flush(mounts, mp)
+    assert len(s3_bytes(server, bucket, "partial.pt")) == 4 * MiB
+
+
+def test_a_write_that_failed_on_a_full_cache_disk_is_never_uploaded(server, bucket, mounts, tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(tiny)], check=True)
+    try:
+        server.s3.put_object(Bucket=bucket, Key="big.bin", Body=b"previous")
+        mp, _ = mounts.mount(f"s3://{bucket}", None, str(tiny / "cache"), "--cache-size", "4MiB")
+        data = os.urandom(MiB)
+        fd = os.open(f"{mp}/big.bin", os.O_WRONLY | os.O_TRUNC)
+        failures = []
+        try:
+            for _ in range(40):
+                os.write(fd, data)
+        except OSError as e:
+            failures.append(e.errno)
+        try:
+            os.close(fd)  # with the kernel's write-back cache the failure may come here; close() reports it
+        except OSError as e:
+            failures.append(e.errno)
+        assert errno.ENOSPC in failures, f"the disk did not fill: {failures}"
+        assert failures[-1] == errno.ENOSPC, "close() did not report the failed write"
+        with open(f"{mp}/small.bin", "wb") as f:
+            f.write(b"fits")
+        flush(mounts, mp)
+        assert s3_bytes(server, bucket, "big.bin") == b"previous", "a failed save reached S3"
+        assert s3_bytes(server, bucket, "small.bin") == b"fits"
+        mounts.unmount(mp)
+    finally:
+        subprocess.run(["umount", "-l", str(tiny)])
+
+
+# Kind 9: staged copies go when no longer needed, and nothing is falsely reported damaged.
+
+def test_staging_is_emptied_after_fsync_mmap_and_rewrites(server, bucket, mounts):
+    import mmap
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0")
+    rng = random.Random(3)
+    model = bytearray(4 * MiB)
+    fd = os.open(f"{mp}/fsx.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, len(model))
+    for i in range(60):
+        off, n = rng.randrange(0, len(model) - 70_000), rng.randrange(1, 65_536)
+        chunk = rng.randbytes(n)
+        if i % 3 == 0:
+            with mmap.mmap(fd, len(model)) as m:
+                m[off:off + n] = chunk
+                m.flush()
+        else:
+            os.pwrite(fd, chunk, off)
+        model[off:off + n] = chunk
+        if i % 7 == 0:
+            os.fsync(fd)
+        if i % 11 == 0:
+            dup = os.dup(fd)  # a close() of a duplicate while the file stays open
+            os.close(dup)
+    os.close(fd)
+    flush(mounts, mp)
+    assert sha(s3_bytes(server, bucket, "fsx.bin")) == sha(bytes(model))
+    assert wait_until(lambda: os.listdir(f"{cache}/staging") == [], 10), os.listdir(f"{cache}/staging")
+    assert status(mounts, mp)["writeBack"]["stagingBytes"] == 0
+    log = open(f"{cache}/ckptfs.log").read() if os.path.exists(f"{cache}/ckptfs.log") else ""
+    assert "failed its checksum" not in log
