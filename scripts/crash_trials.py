@@ -498,6 +498,8 @@ def run_trial(args, server, base, k, seed):
     try:
         wb = json.loads(st.stdout).get("writeBack", {})
         res["quarantined"] = len(wb.get("quarantined", []))
+        if wb.get("quarantined"):
+            res["notes"].append(f"status quarantined: {json.dumps(wb['quarantined'])[:400]}")
         res["recovered"] = wb.get("recovered", 0)
         if wb.get("failures"):
             res["notes"].append(f"status failures: {json.dumps(wb['failures'])[:300]}")
