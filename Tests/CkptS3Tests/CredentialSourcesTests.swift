@@ -186,6 +186,26 @@ final class CredentialSourcesTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(st.sts_calls["AssumeRole"] ?? 0, 8, "both sides called STS, chained roles twice")
     }
 
+    /// `ckptfs check` prints the access key id, the source and the expiry, and at trace level logs neither the
+    /// secret nor the session token.
+    func testCheckPrintsSourceAndExpiryButNoSecret() async throws {
+        let binary = Repo.path(".build/debug/ckptfs")
+        guard FileManager.default.isExecutableFile(atPath: binary) else { throw XCTSkip("no \(binary); run swift build first") }
+        let s = try CredentialStandIn()
+        let env = try baseEnv(["AWS_WEB_IDENTITY_TOKEN_FILE": dir.appendingPathComponent("web-token").path,
+                               "AWS_ROLE_ARN": Self.role, "AWS_ENDPOINT_URL_STS": s.url])
+        var config = try S3ClientConfiguration.resolve(.init(endpointURL: s.url), environment: env)
+        try await config.prepareCredentials()
+        let c = try XCTUnwrap(config.credentials)
+        let out = try CkptTestSupport.run(["/usr/bin/env", "-i", "PATH=/usr/bin:/bin"] + env.map { "\($0.key)=\($0.value)" }
+            + ["/bin/sh", "-c", "'\(binary)' check --endpoint-url \(s.url) --force-path-style --log-level trace s3://bucket/p 2>&1"])
+        XCTAssertTrue(out.contains("credentials: \(c.accessKeyId) from web identity role \(Self.role), expires "), out)
+        XCTAssertTrue(out.contains("is reachable"), out)
+        XCTAssertFalse(out.contains(c.secretAccessKey), "the secret never shows")
+        XCTAssertFalse(out.contains(try XCTUnwrap(c.sessionToken)), "the session token never shows")
+        XCTAssertFalse(out.contains(Self.webToken), "the web identity token never shows")
+    }
+
     /// Refused credentials name the source and the fix, and never show a secret or token.
     func testFailuresNameSourceAndFixWithoutSecrets() async throws {
         let s = try CredentialStandIn(["--container-token", "right-token"])
