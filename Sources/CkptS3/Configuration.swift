@@ -1,17 +1,19 @@
 // Endpoint, region, addressing style and credentials, resolved the way the AWS CLI resolves them.
 //
 // Order (first match wins):
-//   credentials: --no-sign-request → anonymous; --profile NAME → that profile only;
-//                AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY[/AWS_SESSION_TOKEN];
-//                profile AWS_PROFILE (or "default") in AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials),
-//                then in AWS_CONFIG_FILE (~/.aws/config), including `credential_process`.
-//   region:      --region, AWS_REGION, AWS_DEFAULT_REGION, the profile's `region`, us-east-1.
+//   credentials: --no-sign-request → anonymous; otherwise botocore's default chain (Credentials/CredentialChain.swift):
+//                environment keys (not with --profile), the profile's role_arn (STS AssumeRole), web identity
+//                (STS AssumeRoleWithWebIdentity), SSO (an error naming the fix), the profile's keys in
+//                AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials), its credential_process, its keys in
+//                AWS_CONFIG_FILE (~/.aws/config), container credentials, EC2 instance metadata (IMDSv2).
+//   region:      --region, AWS_REGION, AWS_DEFAULT_REGION, the profile's `region`, the instance's region when the
+//                credentials come from instance metadata (`prepareCredentials()`), us-east-1.
 //   endpoint:    --endpoint-url, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's `s3.endpoint_url`
 //                or `endpoint_url` (unless AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true), else AWS's regional endpoint.
 //   addressing:  --force-path-style, the profile's `s3.addressing_style`; otherwise virtual-hosted on AWS for
 //                DNS-compatible bucket names and path style for custom endpoints.
 //   CA bundle:   AWS_CA_BUNDLE, the profile's `ca_bundle`.
-// Instance-metadata (IMDS) and SSO credentials are not read.
+// `resolve` contacts no endpoint; credentials that need one are fetched on first use or by `prepareCredentials()`.
 import CkptHTTP
 import Foundation
 
@@ -112,8 +114,12 @@ public struct S3ClientConfiguration: Sendable {
     public var endpointIsDefault: Bool
     public var region: String
     public var addressingStyle: AddressingStyle
-    /// nil: anonymous requests (public buckets).
-    public var credentials: Credentials?
+    /// Where request credentials come from; nil: anonymous requests (public buckets).
+    public var credentialsProvider: CredentialsProvider?
+    /// The credentials last fetched (nil for anonymous requests, or before the first fetch).
+    public var credentials: Credentials? { credentialsProvider?.current }
+    /// True when no flag, variable or profile set the region (us-east-1 was assumed).
+    public var regionIsDefault = false
     public var retry: RetryPolicy
     public var http: HTTPClientConfiguration
 
@@ -123,9 +129,29 @@ public struct S3ClientConfiguration: Sendable {
         self.endpointIsDefault = endpoint == nil
         self.region = region
         self.addressingStyle = addressingStyle
-        self.credentials = credentials
+        self.credentialsProvider = credentials.map(CredentialsProvider.fixed)
         self.retry = retry
         self.http = http
+    }
+
+    public init(endpoint: S3Endpoint? = nil, region: String = "us-east-1", addressingStyle: AddressingStyle = .auto,
+                credentialsProvider: CredentialsProvider?, retry: RetryPolicy = RetryPolicy(), http: HTTPClientConfiguration = .init()) {
+        self.init(endpoint: endpoint, region: region, addressingStyle: addressingStyle, credentials: nil, retry: retry, http: http)
+        self.credentialsProvider = credentialsProvider
+    }
+
+    /// Fetches the credentials now (STS, container, instance metadata), so a failure is reported before any
+    /// S3 request, and takes the region from instance metadata when the credentials come from there and nothing
+    /// else set it (the AWS CLI does the same). Throws with the source and the fix.
+    public mutating func prepareCredentials() async throws(CredentialsError) {
+        guard let provider = credentialsProvider else { return }
+        _ = try await provider.credentials()
+        if regionIsDefault, let imds = provider.source as? InstanceMetadataCredentialSource,
+           let r = try? await imds.client.region(), !r.isEmpty {
+            region = r
+            regionIsDefault = false
+            if endpointIsDefault { endpoint = .aws(region: r) }
+        }
     }
 
     /// Whether requests for `bucket` use virtual-hosted addressing.
@@ -185,8 +211,9 @@ public struct S3ClientConfiguration: Sendable {
         }
 
         // Region.
-        let region = nonEmpty(o.region) ?? nonEmpty(env["AWS_REGION"]) ?? nonEmpty(env["AWS_DEFAULT_REGION"])
-            ?? nonEmpty(profileConfig?.value("region")) ?? "us-east-1"
+        let configuredRegion = nonEmpty(o.region) ?? nonEmpty(env["AWS_REGION"]) ?? nonEmpty(env["AWS_DEFAULT_REGION"])
+            ?? nonEmpty(profileConfig?.value("region"))
+        let region = configuredRegion ?? "us-east-1"
 
         // Endpoint.
         let ignoreConfigured = env["AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"]?.lowercased() == "true"
@@ -208,14 +235,6 @@ public struct S3ClientConfiguration: Sendable {
             style = parsed
         }
 
-        // Credentials.
-        var credentials: Credentials? = nil
-        if !o.noSignRequest {
-            credentials = try resolveCredentials(explicitProfile: nonEmpty(o.profile) != nil, env: env, profileName: profileName,
-                                                 profileCredentials: profileCredentials, profileConfig: profileConfig,
-                                                 credentialsPath: credentialsPath, configPath: configPath)
-        }
-
         var http = HTTPClientConfiguration()
         http.caBundle = nonEmpty(env["AWS_CA_BUNDLE"]).map { expandTilde($0, home: home) }
             ?? nonEmpty(profileConfig?.value("ca_bundle")).map { expandTilde($0, home: home) }
@@ -229,67 +248,18 @@ public struct S3ClientConfiguration: Sendable {
             }
             retry.maxAttempts = n
         }
-        return S3ClientConfiguration(endpoint: endpoint, region: region, addressingStyle: style,
-                                     credentials: credentials, retry: retry, http: http)
-    }
 
-    static func resolveCredentials(explicitProfile: Bool, env: [String: String], profileName: String,
-                                   profileCredentials: AWSConfigFile.Profile?, profileConfig: AWSConfigFile.Profile?,
-                                   credentialsPath: String, configPath: String) throws(ConfigurationError) -> Credentials {
-        if !explicitProfile {
-            let id = nonEmpty(env["AWS_ACCESS_KEY_ID"])
-            let secret = nonEmpty(env["AWS_SECRET_ACCESS_KEY"])
-            if let id, let secret {
-                return Credentials(accessKeyId: id, secretAccessKey: secret, sessionToken: nonEmpty(env["AWS_SESSION_TOKEN"]),
-                                   source: "environment (AWS_ACCESS_KEY_ID)")
-            }
-            if (id == nil) != (secret == nil) {
-                throw ConfigurationError("only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY is set; set both, or neither to use a profile")
-            }
+        // Credentials: chosen now, fetched on first use (see CredentialChain).
+        var provider: CredentialsProvider? = nil
+        if !o.noSignRequest {
+            provider = try CredentialChain(env: env, profileName: profileName, explicitProfile: nonEmpty(o.profile) != nil,
+                                           configFile: configFile, credentialsFile: credentialsFile, configPath: configPath,
+                                           credentialsPath: credentialsPath, region: configuredRegion, caBundle: http.caBundle).resolve()
         }
-        for (p, path) in [(profileCredentials, credentialsPath), (profileConfig, configPath)] {
-            guard let p else { continue }
-            let id = nonEmpty(p.value("aws_access_key_id"))
-            let secret = nonEmpty(p.value("aws_secret_access_key"))
-            if let id, let secret {
-                return Credentials(accessKeyId: id, secretAccessKey: secret, sessionToken: nonEmpty(p.value("aws_session_token")),
-                                   source: "profile \(profileName) in \(path)")
-            }
-            if (id == nil) != (secret == nil) {
-                throw ConfigurationError("profile '\(profileName)' in \(path) has only one of aws_access_key_id and aws_secret_access_key; add the other")
-            }
-        }
-        if let command = nonEmpty(profileConfig?.value("credential_process")) ?? nonEmpty(profileCredentials?.value("credential_process")) {
-            return try credentialProcess(command, profile: profileName)
-        }
-        if profileConfig?.value("role_arn") != nil || profileConfig?.value("sso_session") != nil || profileConfig?.value("sso_start_url") != nil {
-            throw ConfigurationError("profile '\(profileName)' uses role or SSO credentials, which ckptfs cannot obtain itself; "
-                + "export temporary credentials (e.g. `eval \"$(aws configure export-credentials --profile \(profileName) --format env)\"`) and retry")
-        }
-        throw ConfigurationError("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            + "add a [\(profileName)] profile to \(credentialsPath), or use --no-sign-request for a public bucket")
-    }
-
-    /// Runs a `credential_process` command and reads its JSON (Version 1).
-    static func credentialProcess(_ command: String, profile: String) throws(ConfigurationError) -> Credentials {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", command]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.standardError
-        do { try p.run() } catch { throw ConfigurationError("credential_process of profile '\(profile)' could not start: \(error)") }
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw ConfigurationError("credential_process of profile '\(profile)' exited with status \(p.terminationStatus)")
-        }
-        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let id = obj["AccessKeyId"] as? String, let secret = obj["SecretAccessKey"] as? String else {
-            throw ConfigurationError("credential_process of profile '\(profile)' did not print JSON with AccessKeyId and SecretAccessKey")
-        }
-        return Credentials(accessKeyId: id, secretAccessKey: secret, sessionToken: obj["SessionToken"] as? String,
-                           source: "credential_process of profile \(profile)")
+        var config = S3ClientConfiguration(endpoint: endpoint, region: region, addressingStyle: style,
+                                           credentialsProvider: provider, retry: retry, http: http)
+        config.regionIsDefault = configuredRegion == nil
+        return config
     }
 
     static func nonEmpty(_ s: String?) -> String? {

@@ -4,7 +4,8 @@
 // the request with SigV4 at send time, sends it through the shared `HTTPClient`, turns error
 // responses into typed `S3Error`s, and retries what may succeed later (5xx, SlowDown, timeouts,
 // resets, short bodies) with capped exponential backoff and full jitter. A clock-skew error is
-// retried once with the server's clock. Nothing here logs or returns a secret.
+// retried once with the server's clock, and one rejected as ExpiredToken once after a credentials refresh.
+// Credentials are read from the provider for each request. Nothing here logs or returns a secret.
 import CkptDigest
 import CkptHTTP
 import Foundation
@@ -101,6 +102,7 @@ public final class S3Client: ObjectClient {
     func perform(_ r: Request) async throws(S3Error) -> HTTPResponse {
         var attempt = 0
         var skewRetried = false
+        var tokenRetried = false
         while true {
             attempt += 1
             let (url, host, path) = target(bucket: r.bucket, key: r.key, query: r.query)
@@ -115,7 +117,13 @@ public final class S3Client: ObjectClient {
             case .file: payloadHash = "UNSIGNED-PAYLOAD"
             }
             headers.append(("x-amz-content-sha256", payloadHash))
-            if let creds = configuration.credentials {
+            if let provider = configuration.credentialsProvider {
+                // Read per request: a background refresh takes effect on the next request.
+                let creds: Credentials
+                do { creds = try await provider.credentials() } catch {
+                    throw S3Error(code: .other("CredentialsUnavailable"), s3Code: "CredentialsUnavailable",
+                                  message: error.description, operation: r.operation, bucket: r.bucket, key: r.key)
+                }
                 if let token = creds.sessionToken { headers.append(("x-amz-security-token", token)) }
                 let signer = SigV4Signer(credentials: creds, region: configuration.region)
                 let sig = signer.sign(method: r.method.rawValue, path: path, query: r.query, headers: headers,
@@ -150,6 +158,18 @@ public final class S3Client: ObjectClient {
                                        metadata: ["s3.skew_seconds": "\(Int(serverDate.timeIntervalSinceNow))"])
                         attempt -= 1
                         continue
+                    }
+                    // Temporary credentials that S3 no longer accepts: refresh once and send again (botocore
+                    // does the same for ExpiredToken / InvalidToken / RequestExpired).
+                    if (error.code == .expiredToken || error.s3Code == "InvalidToken"), !tokenRetried,
+                       let provider = configuration.credentialsProvider, provider.source.canRefresh {
+                        tokenRetried = true
+                        logger.notice("credentials rejected as expired; refreshing and retrying",
+                                      metadata: ["s3.op": "\(r.operation)", "credentials.source": "\(provider.source.name)"])
+                        if (try? await provider.refresh()) != nil {
+                            attempt -= 1
+                            continue
+                        }
                     }
                 }
             } catch let e as HTTPTransportError {

@@ -12,18 +12,25 @@ public struct Credentials: Sendable, Equatable, CustomStringConvertible {
     public var accessKeyId: String
     public var secretAccessKey: String
     public var sessionToken: String?
-    /// Where they came from (e.g. "environment", "profile default in /root/.aws/credentials").
+    /// Where they came from (e.g. "environment", "profile default in /root/.aws/credentials",
+    /// "instance profile trainer-role"). Never a secret.
     public var source: String
+    /// When temporary credentials stop working (STS, container and instance-metadata credentials); nil for
+    /// long-term keys.
+    public var expiration: Date?
 
-    public init(accessKeyId: String, secretAccessKey: String, sessionToken: String? = nil, source: String = "explicit") {
+    public init(accessKeyId: String, secretAccessKey: String, sessionToken: String? = nil, source: String = "explicit",
+                expiration: Date? = nil) {
         self.accessKeyId = accessKeyId
         self.secretAccessKey = secretAccessKey
         self.sessionToken = sessionToken
         self.source = source
+        self.expiration = expiration
     }
 
     public var description: String {
-        "Credentials(accessKeyId: \(accessKeyId), secretAccessKey: <redacted>\(sessionToken == nil ? "" : ", sessionToken: <redacted>"), source: \(source))"
+        "Credentials(accessKeyId: \(accessKeyId), secretAccessKey: <redacted>\(sessionToken == nil ? "" : ", sessionToken: <redacted>"), source: \(source)"
+            + (expiration.map { ", expires: \(S3Date.iso8601($0))" } ?? "") + ")"
     }
 }
 

@@ -20,13 +20,13 @@ struct Check: AsyncParsableCommand {
     func run() async throws {
         let target = try S3URL(url)
         let logger = s3.logger()
-        let config: S3ClientConfiguration
-        do { config = try s3.resolve() } catch let e as ConfigurationError { throw fail(e.description) }
+        var config: S3ClientConfiguration
+        do { config = try await s3.resolve() } catch let e as UserFacingFailure { throw fail(e.description) }
         let client = S3Client(configuration: config, logger: logger)
         print("endpoint:    \(config.endpoint)\(config.endpointIsDefault ? " (AWS default for the region)" : "")")
         print("region:      \(config.region)")
         print("addressing:  \(config.usesVirtualHost(bucket: target.bucket) ? "virtual-hosted" : "path")")
-        print("credentials: \(config.credentials.map { "\($0.accessKeyId) from \($0.source)" } ?? "none (anonymous requests)")")
+        print("credentials: \(Check.describe(config.credentials))")
         do {
             try await client.headBucket(target.bucket)
             let page = try await client.listObjectsV2(target.bucket, prefix: target.prefix.isEmpty ? nil : target.prefix,
@@ -36,5 +36,19 @@ struct Check: AsyncParsableCommand {
         } catch {
             throw fail(error.description)
         }
+    }
+
+    /// "ASIA… from instance profile trainer-role, expires 2025-01-01T12:00:00Z (in 5h 59m)": the access key id
+    /// and the source, never the secret or the session token.
+    static func describe(_ c: Credentials?) -> String {
+        guard let c else { return "none (anonymous requests)" }
+        var s = "\(c.accessKeyId) from \(c.source)"
+        if let e = c.expiration {
+            let left = Int(e.timeIntervalSinceNow)
+            s += ", expires \(S3Date.iso8601(e)) (in \(left / 3600)h \((left % 3600) / 60)m \(left % 60)s; refreshed before then)"
+        } else if c.sessionToken != nil {
+            s += ", with a session token of unknown expiry"
+        }
+        return s
     }
 }

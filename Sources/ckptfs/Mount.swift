@@ -104,7 +104,7 @@ struct Mount: AsyncParsableCommand {
     func mount() async throws {
         let target = try S3URL(url)
         let config: S3ClientConfiguration
-        do { config = try s3.resolve() } catch let e as ConfigurationError { throw UserFacingFailure(message: e.description) }
+        config = try await s3.resolve()
         try MountChecks.fuseAvailable()
         let mp = try MountChecks.mountpoint(mountpoint)
         let cache = cacheDir.map(MountChecks.absolute) ?? defaultCacheDir(target, config)

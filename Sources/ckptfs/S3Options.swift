@@ -29,9 +29,18 @@ struct S3Options: ParsableArguments {
         }
     }
 
-    func resolve() throws -> S3ClientConfiguration {
-        try S3ClientConfiguration.resolve(.init(profile: profile, endpointURL: endpointURL, region: region,
-                                                forcePathStyle: forcePathStyle, noSignRequest: noSignRequest))
+    /// The configuration with its credentials fetched (STS, container, instance metadata), so a missing or
+    /// refused credential is reported here with its source and fix, before any S3 request.
+    func resolve() async throws(UserFacingFailure) -> S3ClientConfiguration {
+        var config: S3ClientConfiguration
+        do {
+            config = try S3ClientConfiguration.resolve(.init(profile: profile, endpointURL: endpointURL, region: region,
+                                                             forcePathStyle: forcePathStyle, noSignRequest: noSignRequest))
+        } catch {
+            throw UserFacingFailure(message: error.description)
+        }
+        do { try await config.prepareCredentials() } catch { throw UserFacingFailure(message: error.description) }
+        return config
     }
 
     func logger() -> Logger {

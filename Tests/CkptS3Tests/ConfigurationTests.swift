@@ -40,6 +40,11 @@ final class ConfigurationTests: XCTestCase {
         role_arn = arn:aws:iam::123:role/x
         source_profile = default
 
+        [profile sso]
+        sso_session = corp
+        sso_account_id = 123
+        sso_role_name = r
+
         [sso-session corp]
         sso_region = us-east-1
         """.write(to: dir.appendingPathComponent("config"), atomically: true, encoding: .utf8)
@@ -117,14 +122,36 @@ final class ConfigurationTests: XCTestCase {
             do { _ = try S3ClientConfiguration.resolve(o, environment: e); return "" } catch { return error.description }
         }
         XCTAssertTrue(message(.init(profile: "nope"), env()).contains("profile 'nope' is not defined"))
-        XCTAssertTrue(message(.init(profile: "role"), env()).contains("export temporary credentials"))
-        let empty = ["HOME": dir.path, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/c", "AWS_CONFIG_FILE": "/nonexistent/f"]
+        XCTAssertTrue(message(.init(profile: "sso"), env()).contains("aws sso login --profile sso"))
+        let empty = ["HOME": dir.path, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/c", "AWS_CONFIG_FILE": "/nonexistent/f",
+                     "AWS_EC2_METADATA_DISABLED": "true"]
         let none = message(.init(), empty)
         XCTAssertTrue(none.contains("no AWS credentials found") && none.contains("--no-sign-request"))
         XCTAssertTrue(message(.init(), empty.merging(["AWS_ACCESS_KEY_ID": "x"]) { $1 }).contains("only one of"))
         XCTAssertTrue(message(.init(endpointURL: "localhost:9000"), env()).contains("has no scheme"))
         XCTAssertTrue(message(.init(), env(["AWS_CA_BUNDLE": "/nonexistent/ca.pem"])).contains("AWS_CA_BUNDLE"))
         XCTAssertFalse(message(.init(profile: "work", region: "x"), env()).contains("worksecret"))
+    }
+
+    /// The chain picks a source from the environment and files alone; nothing is fetched while resolving.
+    func testChainChoosesSourcesInBotocoreOrderWithoutContactingThem() throws {
+        func source(_ o: S3ClientConfiguration.Overrides, _ e: [String: String]) throws -> String {
+            try S3ClientConfiguration.resolve(o, environment: e).credentialsProvider?.source.name ?? "none"
+        }
+        let empty = ["HOME": dir.path, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/c", "AWS_CONFIG_FILE": "/nonexistent/f"]
+        XCTAssertEqual(try source(.init(profile: "role"), env()), "assumed role arn:aws:iam::123:role/x via profile role")
+        XCTAssertEqual(try source(.init(), empty), "EC2 instance metadata", "the last resort, chosen without a request")
+        XCTAssertEqual(try source(.init(), empty.merging(["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/creds/x"]) { $1 }),
+                       "container credentials")
+        let web = empty.merging(["AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/w"]) { $1 }
+        XCTAssertEqual(try source(.init(), web), "web identity role arn:aws:iam::1:role/w")
+        XCTAssertEqual(try source(.init(), web.merging(["AWS_ACCESS_KEY_ID": "AKIAENV", "AWS_SECRET_ACCESS_KEY": "s"]) { $1 }),
+                       "environment (AWS_ACCESS_KEY_ID)", "environment keys come first")
+        XCTAssertEqual(try source(.init(), env(["AWS_WEB_IDENTITY_TOKEN_FILE": "/t", "AWS_ROLE_ARN": "arn:aws:iam::1:role/w"])),
+                       "web identity role arn:aws:iam::1:role/w", "web identity comes before the credentials file (botocore)")
+        XCTAssertThrowsError(try source(.init(), empty.merging(["AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.1.2.3/creds"]) { $1 })) {
+            XCTAssertTrue("\($0)".contains("loopback"))
+        }
     }
 
     func testAnonymousAndPathStyleOverrides() throws {
