@@ -6,25 +6,11 @@ import XCTest
 /// Tests/Harness/credentials_standin.py on loopback: instance metadata, the container endpoint, STS and an S3
 /// that recomputes each request's SigV4 with botocore and checks its session token.
 final class CredentialStandIn {
-    let process = Process()
-    let stdin = Pipe()
-    let port: Int
+    let server: HarnessServer
+    var port: Int { server.port }
 
     init(_ args: [String] = []) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", Repo.path("Tests/Harness/credentials_standin.py"), "--max-seconds", "600"] + args
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardInput = stdin
-        try process.run()
-        var line = Data()
-        while true {
-            let b = out.fileHandleForReading.readData(ofLength: 1)
-            if b.isEmpty || b == Data("\n".utf8) { break }
-            line += b
-        }
-        guard let p = Int(String(decoding: line, as: UTF8.self)) else { throw NSError(domain: "standin", code: 1) }
-        port = p
+        server = try HarnessServer(script: "Tests/Harness/credentials_standin.py", ["--max-seconds", "600"] + args)
     }
 
     var url: String { "http://127.0.0.1:\(port)" }
@@ -44,12 +30,6 @@ final class CredentialStandIn {
 
     func control(_ what: String) throws {
         try CkptTestSupport.run(["python3", "-c", "import urllib.request;urllib.request.urlopen(urllib.request.Request('\(url)/_standin/\(what)', data=b''))"])
-    }
-
-    deinit {
-        try? stdin.fileHandleForWriting.close()
-        process.terminate()
-        process.waitUntilExit()
     }
 }
 

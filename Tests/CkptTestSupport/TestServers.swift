@@ -103,15 +103,16 @@ public final class SeaweedFS: @unchecked Sendable {
     }
 }
 
-/// The misbehaving server of Tests/Harness/fault_server.py, one per test that needs it.
-public final class FaultServer {
-    let process = Process()
+/// A loopback server from Tests/Harness, run as `python3 SCRIPT ARGS...`: it prints its port on its first line
+/// and stops when its standard input closes (when this object goes).
+public final class HarnessServer {
+    public let process = Process()
     let stdin = Pipe()
     public let port: Int
 
-    public init() throws {
+    public init(script: String, _ args: [String] = []) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", Repo.path("Tests/Harness/fault_server.py")]
+        process.arguments = ["python3", Repo.path(script)] + args
         let out = Pipe()
         process.standardOutput = out
         process.standardInput = stdin
@@ -122,9 +123,25 @@ public final class FaultServer {
             if b.isEmpty || b == Data("\n".utf8) { break }
             line += b
         }
-        guard let p = Int(String(decoding: line, as: UTF8.self)) else { throw NSError(domain: "fault", code: 1) }
+        guard let p = Int(String(decoding: line, as: UTF8.self)) else {
+            throw NSError(domain: "harness", code: 1, userInfo: [NSLocalizedDescriptionKey: "\(script) printed no port"])
+        }
         port = p
     }
+
+    deinit {
+        try? stdin.fileHandleForWriting.close()
+        process.terminate()
+        process.waitUntilExit()
+    }
+}
+
+/// The misbehaving server of Tests/Harness/fault_server.py, one per test that needs it.
+public final class FaultServer {
+    let server: HarnessServer
+    public var port: Int { server.port }
+
+    public init() throws { server = try HarnessServer(script: "Tests/Harness/fault_server.py") }
 
     public var endpoint: String { "http://127.0.0.1:\(port)" }
 
@@ -138,11 +155,6 @@ public final class FaultServer {
             .trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
 
-    deinit {
-        try? stdin.fileHandleForWriting.close()
-        process.terminate()
-        process.waitUntilExit()
-    }
 }
 
 /// Deterministic pseudo-random bytes.

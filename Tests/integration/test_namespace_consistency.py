@@ -16,33 +16,12 @@ import time
 
 import pytest
 
-MiB = 1 << 20
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
+from test_write_back import MiB, flush, s3_bytes, s3_keys, sha
 
 
 def file_bytes(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def flush(mounts, path, timeout=120):
-    r = mounts.run("flush", path, "--timeout", str(timeout), timeout=timeout + 30)
-    assert r.returncode == 0, r.stderr
-    return r
-
-
-def s3_bytes(server, bucket, key):
-    return server.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def s3_keys(server, bucket, prefix=""):
-    keys = []
-    for page in server.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
-    return keys
 
 
 def past_revalidation_window():
