@@ -921,11 +921,23 @@ extension FileSystem {
                                                   startAfter: nil, maxKeys: 1000)
         } catch { throw FSError.from(error) }
         let others = page.objects.filter { $0.key != prefix && !isHidden($0.key) }
-        let prefixes = page.commonPrefixes.filter { !isHidden($0) }
+        var prefixes: [String] = []
+        for p in page.commonPrefixes where !isHidden(p) {
+            // Some servers (SeaweedFS) keep listing a prefix whose objects are all deleted: only one that
+            // still holds an object (not being deleted) makes the directory non-empty.
+            if await holdsObjects(p) { prefixes.append(p) }
+        }
         let localChildren = local.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } }
         if !others.isEmpty || !prefixes.isEmpty || localChildren { throw FSError(ENOTEMPTY) }
         try deleteLater([prefix], hiding: [prefix])
         invalidate(parent: parent, name: name)
+    }
+
+    /// Whether anything under `prefix` is in S3 and not being deleted (true when that cannot be told).
+    func holdsObjects(_ prefix: String) async -> Bool {
+        guard let page = try? await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: nil,
+                                                         startAfter: nil, maxKeys: 1000) else { return true }
+        return page.objects.contains { !isHidden($0.key) } || page.isTruncated
     }
 
     /// Removes a file: its local versions stop (and are never uploaded; a file still open lives on as an

@@ -56,6 +56,19 @@ class Server:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def settled(self, read, quiet=0.5, timeout=10.0):
+        """A server counter once it has stopped moving: SeaweedFS counts a request when it has finished sending,
+        which can be just after the client has its answer. Not an event the test can wait on otherwise."""
+        end = time.time() + timeout
+        last = read()
+        while time.time() < end:
+            time.sleep(quiet)
+            now = read()
+            if now == last:
+                return now
+            last = now
+        return last
+
     def sent_bytes(self, bucket):
         return self.metric("SeaweedFS_s3_bucket_traffic_sent_bytes_total", bucket=bucket)
 

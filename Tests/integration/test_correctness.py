@@ -427,3 +427,19 @@ def test_git_clone_into_the_mount_passes_fsck_after_a_remount_with_an_empty_cach
     assert subprocess.run(["git", "-C", f"{mp2}/repo", "rev-parse", "HEAD"], capture_output=True, text=True,
                           env=env).stdout == head
     assert not [k for k in s3_keys(server, bucket) if k.endswith(".lock") or "/tmp_" in k or "tmp_pack" in k]
+
+
+def test_rm_r_of_a_tree_whose_objects_are_gone_is_not_enotempty(server, bucket, mounts):
+    """SeaweedFS keeps listing a prefix whose objects were all deleted (a directory of its filer): rmdir of the
+    parent must not fail with ENOTEMPTY because of it (`rm -rf` failed once after pjdfstest)."""
+    server.s3.put_object(Bucket=bucket, Key="top/sub/f", Body=b"x")
+    server.s3.delete_object(Bucket=bucket, Key="top/sub/f")
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    os.makedirs(f"{mp}/top/made/deeper")
+    with open(f"{mp}/top/made/deeper/w", "wb") as f:
+        f.write(b"w")
+    flush(mounts, mp)
+    subprocess.run(["rm", "-rf", f"{mp}/top"], check=True)
+    assert os.listdir(mp) == []
+    flush(mounts, mp)
+    assert s3_keys(server, bucket) == []
