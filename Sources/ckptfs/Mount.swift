@@ -105,6 +105,8 @@ struct Mount: AsyncParsableCommand {
         let target = try parseTarget(url)
         let config: S3ClientConfiguration
         config = try await s3.resolve()
+        // The directory of the control socket must be this user's own (see Control.checkPrivate).
+        try Control.checkPrivate(Control.socketDirectory(), create: true)
         try MountChecks.fuseAvailable()
         let mp = try MountChecks.mountpoint(mountpoint)
         let cache = cacheDir.map(MountChecks.absolute) ?? defaultCacheDir(target, config)

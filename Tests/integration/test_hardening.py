@@ -1,7 +1,15 @@
 """Hardening of the command line (issue 15, kinds 5-7): bounded pre-mount checks against an endpoint that
 never answers, refusal of S3 prefixes that cannot be file names and of unusable cache directories, and a
 control socket that neither side trusts unless it belongs to the caller's uid (or root)."""
+import hashlib
+import json
 import os
+import pwd
+import shutil
+import stat
+import sys
+import tempfile
+import uuid
 import socket
 import subprocess
 import threading
@@ -127,6 +135,8 @@ def test_prefix_that_cannot_be_a_file_name_is_refused(mounts, bucket, command, u
     args = ["check", url] if command == "check" else \
         ["mount", url, mounts.dirs(), "--cache-dir", os.path.join(mounts.tmp, "cache")]
     r = mounts.run(*args)
+    if command == "mount" and r.returncode == 0:
+        mounts.active.append(args[2])  # unmounted by the fixture
     assert r.returncode != 0, r.stdout
     assert why in r.stderr and "fix:" in r.stderr and f"e.g. {instead}" in r.stderr, r.stderr
     if command == "mount":
@@ -169,3 +179,157 @@ def test_cache_dir_errors_name_the_cache_dir_and_the_fix(mounts, bucket, case):
     assert f"cache directory {path}" in r.stderr and reason in r.stderr, r.stderr
     assert "fix: " in r.stderr and "--cache-dir" in r.stderr, r.stderr
     assert "log file" not in r.stderr, r.stderr
+
+
+# --- kind 7: local security of the control socket ---------------------------------------------------------
+
+FAKE_DAEMON = r"""
+import os, socket, sys
+path, owner, run_as = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+os.chown(path, owner, -1)
+os.chmod(path, 0o777)
+os.setgid(run_as)
+os.setuid(run_as)      # before listen(): SO_PEERCRED reports the listener's credentials at listen()
+s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    try:
+        c.recv(4096)
+        c.sendall(b'{"ok":true,"notDurable":[]}\n')
+    except OSError:
+        pass  # the client hung up first
+    c.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def other_user():
+    """A throwaway local user (name, uid), deleted afterwards."""
+    name = "ckt" + uuid.uuid4().hex[:8]
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        yield name, pwd.getpwnam(name).pw_uid
+    finally:
+        subprocess.run(["userdel", name])
+
+
+def sock_name(mp):
+    return hashlib.sha256(mp.encode()).hexdigest()[:20] + ".sock"
+
+
+def run_as(user, *argv, timeout=30):
+    """Runs argv as `user` with no XDG_RUNTIME_DIR (as cron or `sudo -u` would)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/"}
+    return subprocess.run([shutil.which("runuser"), "-u", user, "--", *argv], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def planted(other_user, mounts, bucket):
+    """A live root mount, and for `other_user` a fake daemon planted where that user's CLI looks for the
+    mount's socket (/tmp/ckptfs-UID/...). Yields a function (dir_owner, socket_owner, daemon_uid) -> mountpoint."""
+    name, uid = other_user
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    d = f"/tmp/ckptfs-{uid}"
+    procs = []
+
+    def plant(dir_owner, socket_owner, daemon_uid):
+        shutil.rmtree(d, ignore_errors=True)
+        os.mkdir(d, 0o700)
+        os.chown(d, dir_owner, -1)
+        os.chmod(d, 0o755 if dir_owner != uid else 0o700)
+        p = subprocess.Popen([sys.executable, "-c", FAKE_DAEMON, os.path.join(d, sock_name(mp)), str(socket_owner),
+                              str(daemon_uid)], stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "ready"
+        return mp
+
+    yield plant
+    for p in procs:
+        p.kill()
+        p.wait()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize("dir_owner,socket_owner,daemon_uid,says", [
+    ("nobody", "nobody", "nobody", "socket directory /tmp/ckptfs-{uid} is owned by uid 65534"),
+    ("user", "nobody", "nobody", "socket /tmp/ckptfs-{uid}/{sock} is owned by uid 65534"),
+    ("user", "user", "nobody", "runs as uid 65534, not as you"),
+])
+def test_cli_refuses_a_control_socket_of_another_user(planted, other_user, mounts, dir_owner, socket_owner, daemon_uid, says):
+    """A user's `ckptfs flush` (and `status`) finds, where it looks for the daemon's socket, a fake daemon of
+    another user answering "all durable": it refuses it with a message naming the owner and the fix, whether
+    the directory, the socket or only the listening process (SO_PEERCRED) belongs to someone else."""
+    name, uid = other_user
+    ids = {"nobody": NOBODY, "user": uid}
+    mp = planted(ids[dir_owner], ids[socket_owner], ids[daemon_uid])
+    for cmd in (["flush", mp], ["status", mp, "--json"]):
+        r = run_as(name, mounts.bin, *cmd)
+        assert r.returncode != 0, f"{cmd[0]} trusted a fake daemon: {r.stdout} {r.stderr}"
+        assert says.format(uid=uid, sock=sock_name(mp)) in r.stderr and "fix:" in r.stderr, r.stderr
+
+
+def test_daemon_refuses_requests_from_another_user(other_user, mounts, bucket):
+    """The daemon answers only its own uid and root: another user who reaches its socket (here through a hard
+    link in a directory that user can enter, the socket made 0666) gets a refusal, not the mount's status; root
+    still gets it on /run/ckptfs/<sha256(mountpoint)[:20]>.sock."""
+    name, uid = other_user
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    real = "/run/ckptfs/" + sock_name(os.path.realpath(mp))
+    d = tempfile.mkdtemp(prefix="ckptfs-hardening-", dir="/run")
+    os.chmod(d, 0o711)
+    link = os.path.join(d, "s.sock")
+    os.link(real, link)
+    mode = os.stat(real).st_mode & 0o7777
+    os.chmod(real, 0o666)
+    ask = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+           "s.sendall(b'{\"cmd\":\"status\"}\\n'); print(s.makefile().readline())")
+    try:
+        r = run_as(name, "/usr/bin/python3", "-c", ask, link)
+    finally:
+        os.chmod(real, mode)
+        shutil.rmtree(d)
+    assert r.returncode == 0, r.stderr
+    assert "writeBack" not in r.stdout and f"uid {uid} may not control this mount" in r.stdout, r.stdout
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(real)
+        s.sendall(b'{"cmd":"status"}\n')
+        assert "writeBack" in json.loads(s.makefile().readline())
+
+
+def test_daemon_refuses_a_socket_directory_of_another_user(other_user, mounts, bucket):
+    """A user's mount whose socket directory (/tmp/ckptfs-UID) was made first by someone else fails, naming the
+    directory, its owner and the fix, instead of serving (or trusting) a socket there. Root's directory,
+    /run/ckptfs, is root's own and 0700 after a mount."""
+    name, uid = other_user
+    d = f"/tmp/ckptfs-{uid}"
+    shutil.rmtree(d, ignore_errors=True)
+    os.mkdir(d, 0o777)
+    os.chown(d, NOBODY, NOBODY)
+    os.chmod(d, 0o777)
+    mine = tempfile.mkdtemp(prefix="ckptfs-user-")
+    os.chown(mine, uid, -1)
+    mp, cache = os.path.join(mine, "mnt"), os.path.join(mine, "cache")
+    os.mkdir(mp)
+    os.chown(mp, uid, -1)
+    env = {k: v for k, v in mounts.server.env().items() if k.startswith("AWS_")}
+    try:
+        r = subprocess.run([shutil.which("runuser"), "-u", name, "--", "env", *[f"{k}={v}" for k, v in env.items()], "HOME=/",
+                            mounts.bin, "mount", f"s3://{bucket}", mp, "--cache-dir", cache],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            subprocess.run(["fusermount3", "-u", "-z", mp])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(mine, ignore_errors=True)
+    assert r.returncode != 0, "mounted with a socket directory owned by someone else"
+    assert f"socket directory {d} is owned by uid {NOBODY}" in r.stderr and "fix:" in r.stderr, r.stderr
+    mounts.mount(f"s3://{bucket}")
+    st = os.lstat("/run/ckptfs")
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and st.st_mode & 0o077 == 0
