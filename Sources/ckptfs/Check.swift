@@ -14,27 +14,29 @@ struct Check: AsyncParsableCommand {
     @OptionGroup var s3: S3Options
 
     func validate() throws {
-        do { _ = try S3URL(url) } catch { throw ValidationError(error.description) }
+        do { _ = try parseTarget(url) } catch { throw ValidationError(error.message) }
     }
 
     func run() async throws {
-        let target = try S3URL(url)
+        let target = try parseTarget(url)
         let logger = s3.logger()
         var config: S3ClientConfiguration
         do { config = try await s3.resolve() } catch let e as UserFacingFailure { throw fail(e.description) }
-        let client = S3Client(configuration: config, logger: logger)
         print("endpoint:    \(config.endpoint)\(config.endpointIsDefault ? " (AWS default for the region)" : "")")
         print("region:      \(config.region)")
         print("addressing:  \(config.usesVirtualHost(bucket: target.bucket) ? "virtual-hosted" : "path")")
         print("credentials: \(Check.describe(config.credentials))")
         do {
-            try await client.headBucket(target.bucket)
-            let page = try await client.listObjectsV2(target.bucket, prefix: target.prefix.isEmpty ? nil : target.prefix,
-                                                      delimiter: "/", continuationToken: nil, startAfter: nil, maxKeys: 10)
-            print("bucket:      \(target) is reachable; first level holds \(page.objects.count) object(s) and "
-                + "\(page.commonPrefixes.count) prefix(es)\(page.isTruncated ? " (and more)" : "")")
+            try await s3.withinCheckDeadline(config, what: "HeadBucket \(target)") { config in
+                let client = S3Client(configuration: config, logger: logger)
+                try await client.headBucket(target.bucket)
+                let page = try await client.listObjectsV2(target.bucket, prefix: target.prefix.isEmpty ? nil : target.prefix,
+                                                          delimiter: "/", continuationToken: nil, startAfter: nil, maxKeys: 10)
+                print("bucket:      \(target) is reachable; first level holds \(page.objects.count) object(s) and "
+                    + "\(page.commonPrefixes.count) prefix(es)\(page.isTruncated ? " (and more)" : "")")
+            }
         } catch {
-            throw fail(error.description)
+            throw fail(error.message)
         }
     }
 

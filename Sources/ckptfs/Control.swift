@@ -8,23 +8,71 @@ import Logging
 import Synchronization
 
 enum Control {
+    /// The directory of this user's control sockets: /run/ckptfs for root; `$XDG_RUNTIME_DIR/ckptfs` when set
+    /// (systemd makes that directory 0700 for its user); else /tmp/ckptfs-UID. Anyone can create a name in /tmp
+    /// first, so both ends check the directory with `checkPrivate` before they trust anything in it.
+    static func socketDirectory() -> String {
+        if geteuid() == 0 { return "/run/ckptfs" }
+        if let x = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !x.isEmpty { return x + "/ckptfs" }
+        return "/tmp/ckptfs-\(geteuid())"
+    }
+
     /// Where the socket of the mount at `mountpoint` (absolute) lives.
     static func socketPath(for mountpoint: String) -> String {
-        let dir: String
-        if geteuid() == 0 {
-            dir = "/run/ckptfs"
-        } else if let x = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !x.isEmpty {
-            dir = x + "/ckptfs"
-        } else {
-            dir = "/tmp/ckptfs-\(geteuid())"
-        }
-        return "\(dir)/\(Digest.sha256(mountpoint).hexString.prefix(20)).sock"
+        "\(socketDirectory())/\(Digest.sha256(mountpoint).hexString.prefix(20)).sock"
     }
+
+    /// What a socket directory or socket not owned by the caller is refused with.
+    static func notMine(_ what: String, _ path: String, owner: uid_t) -> UserFacingFailure {
+        UserFacingFailure(message: "the control \(what) \(path) is owned by uid \(owner), not by you (uid \(geteuid())): someone "
+            + "else made it, so a ckptfs daemon behind it cannot be trusted; refusing to use it\n"
+            + "  fix: remove it (as root or its owner: rm -r \(path)) and mount again, or set XDG_RUNTIME_DIR to your own "
+            + "private runtime directory (/run/user/\(geteuid())) for both the mount and this command")
+    }
+
+    /// Checks that `dir` is a real directory (not a symbolic link) owned by the caller. With `create` (the
+    /// daemon), makes it 0700 first when missing and takes away group and other access when it has any.
+    static func checkPrivate(_ dir: String, create: Bool) throws(UserFacingFailure) {
+        if create && mkdir(dir, 0o700) != 0 && errno != EEXIST {
+            throw UserFacingFailure(message: "cannot create the control socket directory \(dir): \(String(cString: strerror(errno)))\n"
+                + "  fix: make its parent writable, or set XDG_RUNTIME_DIR to a private directory of yours")
+        }
+        var st = stat()
+        guard lstat(dir, &st) == 0 else {
+            throw UserFacingFailure(message: "the control socket directory \(dir) is missing (\(String(cString: strerror(errno)))); "
+                + "is a ckptfs mount running as this user, started with the same XDG_RUNTIME_DIR?")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw UserFacingFailure(message: "the control socket directory \(dir) is not a directory (a symbolic link or a file, "
+                + "owned by uid \(st.st_uid)); refusing to use it\n  fix: remove it (rm \(dir)) and mount again")
+        }
+        guard st.st_uid == geteuid() else { throw notMine("socket directory", dir, owner: st.st_uid) }
+        if create && (st.st_mode & 0o077) != 0 { chmod(dir, 0o700) }
+    }
+
+    /// The uid of the process at the other end of the connected Unix socket `fd` (SO_PEERCRED: the
+    /// credentials the peer had when it called connect() or listen()).
+    static func peerUID(_ fd: Int32) -> uid_t? {
+        // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Linux ABI); glibc declares it only under
+        // _GNU_SOURCE, so Swift's Glibc module does not see it.
+        var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
+        var len = socklen_t(MemoryLayout.size(ofValue: cred))
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0, Int(len) == MemoryLayout.size(ofValue: cred) else { return nil }
+        return cred.uid
+    }
+
+    /// A peer the control channel trusts: the same uid as this process, or root.
+    static func trusted(_ uid: uid_t?) -> Bool { uid == geteuid() || uid == 0 }
 
     struct Request: Codable {
         var cmd: String
         var path: String?
         var timeout: Double?
+    }
+
+    /// What the daemon answers a request it refuses.
+    struct ErrorReply: Codable {
+        var error: String
     }
 
     struct NotDurable: Codable {
@@ -83,7 +131,16 @@ enum Control {
                      whileWaiting: () -> Void = {}) throws(UserFacingFailure) -> Data {
         let path = socketPath(for: mountpoint)
         guard var addr = sockaddr(path) else { throw UserFacingFailure(message: "socket path too long: \(path)") }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        // Someone else's directory or socket could hold a fake daemon that answers "all durable".
+        try checkPrivate((path as NSString).deletingLastPathComponent, create: false)
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+                throw UserFacingFailure(message: "\(path) is not a socket; refusing to use it\n  fix: remove it (rm \(path)) and mount again")
+            }
+            guard st.st_uid == geteuid() else { throw notMine("socket", path, owner: st.st_uid) }
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw UserFacingFailure(message: "socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let rc = withUnsafePointer(to: &addr) {
@@ -92,6 +149,12 @@ enum Control {
         guard rc == 0 else {
             throw UserFacingFailure(message: "cannot reach the ckptfs daemon of \(mountpoint) (\(path): "
                 + "\(String(cString: strerror(errno)))); is it a ckptfs mount started by this user?")
+        }
+        let peer = peerUID(fd)
+        guard trusted(peer) else {
+            throw UserFacingFailure(message: "the process behind the control socket \(path) runs as uid "
+                + "\(peer.map { String($0) } ?? "unknown"), not as you (uid \(geteuid())) or root, so it is not your ckptfs daemon; "
+                + "refusing to trust its answer\n  fix: remove the socket (as root or its owner: rm \(path)) and mount again")
         }
         var line = try! JSONEncoder().encode(request)
         line.append(UInt8(ascii: "\n"))
@@ -114,6 +177,9 @@ enum Control {
             out.append(contentsOf: buf[0..<n])
         }
         guard !out.isEmpty else { throw UserFacingFailure(message: "the ckptfs daemon of \(mountpoint) closed the connection without answering; see its log") }
+        if let e = try? JSONDecoder().decode(ErrorReply.self, from: out) {
+            throw UserFacingFailure(message: "the ckptfs daemon of \(mountpoint) refused the request: \(e.error)")
+        }
         return out
     }
 }
@@ -136,8 +202,7 @@ final class ControlServer: @unchecked Sendable {
     }
 
     func start() throws(UserFacingFailure) {
-        let dir = (path as NSString).deletingLastPathComponent
-        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try Control.checkPrivate((path as NSString).deletingLastPathComponent, create: true)
         unlink(path)
         guard var addr = Control.sockaddr(path) else { throw UserFacingFailure(message: "socket path too long: \(path)") }
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -169,6 +234,17 @@ final class ControlServer: @unchecked Sendable {
 
     private func serve(_ c: Int32) async {
         defer { close(c) }
+        // The socket is 0600 in a 0700 directory; the peer check holds even if someone loosens those.
+        let peer = Control.peerUID(c)
+        guard Control.trusted(peer) else {
+            let who = peer.map { String($0) } ?? "unknown"
+            logger.warning("control socket: refused a connection from another user",
+                           metadata: ["control.peer_uid": "\(who)", "control.socket": "\(path)"])
+            let reply = try! JSONEncoder().encode(Control.ErrorReply(
+                error: "uid \(who) may not control this mount; only its owner (uid \(geteuid())) and root may"))
+            _ = (reply + [UInt8(ascii: "\n")]).withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+            return
+        }
         var line = [UInt8]()
         var b: UInt8 = 0
         while read(c, &b, 1) == 1 && b != UInt8(ascii: "\n") { line.append(b) }

@@ -58,7 +58,7 @@ struct Mount: AsyncParsableCommand {
     @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
 
     func validate() throws {
-        do { _ = try S3URL(url) } catch { throw ValidationError(error.description) }
+        do { _ = try parseTarget(url) } catch { throw ValidationError(error.message) }
         if let c = cacheSize, MountChecks.parseSize(c) == nil {
             throw ValidationError("--cache-size '\(c)' is not a size; write it like 20GiB, 512MiB or a number of bytes")
         }
@@ -102,13 +102,16 @@ struct Mount: AsyncParsableCommand {
     }
 
     func mount() async throws {
-        let target = try S3URL(url)
+        let target = try parseTarget(url)
         let config: S3ClientConfiguration
         config = try await s3.resolve()
+        // The directory of the control socket must be this user's own (see Control.checkPrivate).
+        try Control.checkPrivate(Control.socketDirectory(), create: true)
         try MountChecks.fuseAvailable()
         let mp = try MountChecks.mountpoint(mountpoint)
         let cache = cacheDir.map(MountChecks.absolute) ?? defaultCacheDir(target, config)
         let logPath = logFile.map(MountChecks.absolute) ?? cache + "/ckptfs.log"
+        try MountChecks.cacheDirectory(cache)
 
         if !foreground {
             // Check access here so the user sees the error on the terminal, then hand over to the daemon.
@@ -211,11 +214,10 @@ struct Mount: AsyncParsableCommand {
         }
     }
 
+    /// HeadBucket within `--check-timeout` (see `S3Options.withinCheckDeadline`).
     func checkBucket(_ target: S3URL, _ config: S3ClientConfiguration, logger: Logger) async throws(UserFacingFailure) {
-        do {
+        try await s3.withinCheckDeadline(config, what: "HeadBucket \(target)") { config in
             try await S3Client(configuration: config, logger: logger).headBucket(target.bucket)
-        } catch {
-            throw UserFacingFailure(message: error.description)
         }
     }
 
@@ -241,7 +243,10 @@ struct Mount: AsyncParsableCommand {
     func redirectOutput(to logPath: String, cacheDir: String) throws(UserFacingFailure) {
         try? FileManager.default.createDirectory(atPath: cacheDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw UserFacingFailure(message: "cannot open the log file \(logPath): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw UserFacingFailure(message: "cannot open the log file \(logPath): \(String(cString: strerror(errno)))\n"
+                + "  fix: name a file this user can write with --log-file FILE (by default it is ckptfs.log in the cache directory)")
+        }
         dup2(fd, 1)
         dup2(fd, 2)
         close(fd)

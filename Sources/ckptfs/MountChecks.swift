@@ -95,6 +95,39 @@ enum MountChecks {
         return path
     }
 
+    /// The cache directory must be a directory this user can write, created 0700 (with its parents) when
+    /// missing. Checked before the log file in it is opened and before the bucket is asked, so a failure names
+    /// the cache directory, the reason (errno) and the fix.
+    static func cacheDirectory(_ path: String) throws(UserFacingFailure) {
+        let fix = "choose a directory this user (uid \(geteuid())) can write with --cache-dir DIR"
+        func failure(_ what: String, _ err: Int32) -> UserFacingFailure {
+            UserFacingFailure(message: "\(what) the cache directory \(path): \(String(cString: strerror(err)))\n  fix: \(fix)")
+        }
+        var st = stat()
+        if stat(path, &st) != 0 {
+            guard errno == ENOENT || errno == ENOTDIR else { throw failure("cannot use", errno) }
+            // mkdir -p, component by component, to report the errno of the part that failed.
+            var prefix = ""
+            for part in path.split(separator: "/") {
+                prefix += "/" + part
+                var pst = stat()
+                if stat(prefix, &pst) == 0 {
+                    guard (pst.st_mode & S_IFMT) == S_IFDIR else {
+                        throw UserFacingFailure(message: "cannot create the cache directory \(path): \(prefix) is a file, not a directory"
+                            + "\n  fix: \(fix)")
+                    }
+                    continue
+                }
+                guard mkdir(prefix, 0o700) == 0 || errno == EEXIST else { throw failure("cannot create", errno) }
+            }
+            guard stat(path, &st) == 0 else { throw failure("cannot use", errno) }
+        }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw UserFacingFailure(message: "the cache directory \(path) is not a directory\n  fix: \(fix), or remove \(path)")
+        }
+        guard access(path, R_OK | W_OK | X_OK) == 0 else { throw failure("cannot write in", errno) }
+    }
+
     /// FUSE must be usable: /dev/fuse, and fusermount3 for users other than root.
     static func fuseAvailable() throws(UserFacingFailure) {
         guard access("/dev/fuse", R_OK | W_OK) == 0 else {

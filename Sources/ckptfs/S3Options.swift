@@ -23,9 +23,23 @@ struct S3Options: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "warning"
 
+    @Option(name: .customLong("request-timeout"),
+            help: "Seconds an S3 request may go without moving a byte before it is cut and retried (default 30).")
+    var requestTimeout: Double = 30
+
+    @Option(name: .customLong("check-timeout"),
+            help: "Seconds the reachability check before mounting (and `ckptfs check`) may take in all, retries included (default 8).")
+    var checkTimeout: Double = 8
+
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        guard requestTimeout >= 1, requestTimeout <= 86400 else {
+            throw ValidationError("--request-timeout must be between 1 and 86400 seconds (default 30)")
+        }
+        guard checkTimeout >= 1, checkTimeout <= 3600 else {
+            throw ValidationError("--check-timeout must be between 1 and 3600 seconds (default 8)")
         }
     }
 
@@ -40,8 +54,49 @@ struct S3Options: ParsableArguments {
             throw UserFacingFailure(message: error.description)
         }
         do { try await config.prepareCredentials() } catch { throw UserFacingFailure(message: error.description) }
+        // libcurl's low-speed limit counts whole seconds.
+        config.http.stallTimeout = .milliseconds(Int64(requestTimeout.rounded(.up) * 1000))
         return config
     }
+
+    /// Runs the reachability check `body` (HeadBucket, a first listing) against `config`'s endpoint within
+    /// `--check-timeout` seconds in all, retries included. An endpoint that accepts connections but never answers
+    /// would otherwise hold the command for attempts × stall timeout (6 × 30 s ≈ 3 minutes); past the deadline
+    /// the requests are cancelled and the failure names the endpoint and the fix. Each attempt inside is cut
+    /// after the shorter of `--request-timeout` and the deadline.
+    func withinCheckDeadline(_ config: S3ClientConfiguration, what: String,
+                             _ body: @escaping @Sendable (S3ClientConfiguration) async throws -> Void) async throws(UserFacingFailure) {
+        var shortened = config
+        shortened.http.stallTimeout = min(config.http.stallTimeout, .milliseconds(Int64(checkTimeout.rounded(.up) * 1000)))
+        let quick = shortened
+        let endpoint = config.endpoint.description
+        let seconds = checkTimeout
+        let outcome: Result<Void, any Error>? = await withTaskGroup(of: Result<Void, any Error>?.self) { group in
+            group.addTask {
+                do { try await body(quick) } catch { return .failure(error) }
+                return .success(())
+            }
+            group.addTask {
+                // nil: the deadline passed first. A cancelled sleep (the check finished) ends at once.
+                try? await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        switch outcome {
+        case .success: return
+        case .failure(let error): throw UserFacingFailure(message: "\(error)")
+        case nil:
+            throw UserFacingFailure(message: "\(what): the endpoint \(endpoint) did not answer within \(Self.seconds(seconds)) s "
+                + "(it accepts connections but sends no response: not an S3 server, a wrong port, or a proxy that holds requests)\n"
+                + "  fix: check the endpoint (--endpoint-url, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's endpoint_url) "
+                + "and that the S3 server there is up; for a server that is slow to answer, raise --check-timeout SECONDS")
+        }
+    }
+
+    static func seconds(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }
 
     func logger() -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .warning
@@ -52,6 +107,41 @@ struct S3Options: ParsableArguments {
         }
         return Logger(label: "ckptfs")
     }
+}
+
+/// Parses `s3://BUCKET[/PREFIX]` for `check` and `mount`, refusing a prefix the mount could not show: the
+/// namespace maps each `/`-separated segment of a key to a file or directory name, and hides keys with a segment
+/// that cannot be one (empty, `.`, `..`, or longer than NAME_MAX = 255 bytes). A prefix with such a segment
+/// would mount a directory that no path can reach, so it is refused with the reason and a URL to write instead.
+/// One trailing `/` is allowed (`s3://b/run-42/` is `s3://b/run-42`).
+func parseTarget(_ raw: String) throws(UserFacingFailure) -> S3URL {
+    let target: S3URL
+    do { target = try S3URL(raw) } catch { throw UserFacingFailure(message: error.description) }
+    // S3URL drops the slashes after the bucket; the segments are checked on the text as written.
+    var rest = Substring(raw.dropFirst("s3://".count + target.bucket.count))
+    guard rest.hasPrefix("/") else { return target }
+    rest = rest.dropFirst()
+    if rest.hasSuffix("/") { rest = rest.dropLast() }
+    guard !rest.isEmpty else { return target }
+    let segments = rest.split(separator: "/", omittingEmptySubsequences: false)
+    var problems: [String] = []
+    for s in segments {
+        let why: String?
+        switch s {
+        case "": why = "an empty segment (two slashes in a row, or one right after the bucket)"
+        case ".": why = "a '.' segment"
+        case "..": why = "a '..' segment (S3 keys are not paths: '..' is not resolved, it is part of the key)"
+        default: why = s.utf8.count > 255 ? "a segment of \(s.utf8.count) bytes ('\(s.prefix(20))…'; a file name holds at most 255)" : nil
+        }
+        if let why, !problems.contains(why) { problems.append(why) }
+    }
+    guard !problems.isEmpty else { return target }
+    let kept = segments.filter { !$0.isEmpty && $0 != "." && $0 != ".." && $0.utf8.count <= 255 }
+    let suggestion = kept.isEmpty ? "s3://\(target.bucket)" : "s3://\(target.bucket)/" + kept.joined(separator: "/")
+    throw UserFacingFailure(message: "'\(raw)' has a prefix that cannot be mounted: it has \(problems.joined(separator: " and ")), "
+        + "and each '/'-separated part of a prefix must be a valid file name (keys with such parts are not shown by the mount)\n"
+        + "  fix: write the prefix with only non-empty names other than '.' and '..', of at most 255 bytes each, "
+        + "e.g. \(suggestion)")
 }
 
 /// Prints a user-facing failure and exits non-zero.
