@@ -973,7 +973,10 @@ extension FileSystem {
         if handles > 0 {
             if let ino { orphans.withLock { $0[ino] = f } }
             // Its handles write the current version in place from now on (nothing uploads it).
-            f.current.state.withLock { $0.sealed = false }
+            f.current.state.withLock { s in
+                s.sealed = false
+                s.committedSum = nil  // its acknowledgement is withdrawn: not frozen any more
+            }
         }
         return records
     }
