@@ -126,7 +126,9 @@ class Mounts:
     def mount(self, url, mountpoint=None, cache=None, *extra, env=None):
         mp = mountpoint or self.dirs()
         cache = cache or os.path.join(self.tmp, "cache-" + uuid.uuid4().hex[:8])
-        r = self.run("mount", url, mp, "--cache-dir", cache, *extra, env=env)
+        # notice: the log then says how the mount ended (a signal's drain, or an unmount from outside).
+        level = () if "--log-level" in extra else ("--log-level", "notice")
+        r = self.run("mount", url, mp, "--cache-dir", cache, *level, *extra, env=env)
         assert r.returncode == 0, f"mount failed: {r.stderr}"
         self.active.append(mp)
         return mp, cache
