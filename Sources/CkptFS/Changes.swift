@@ -53,9 +53,19 @@ extension FileSystem {
         var hidden: [String: Int] = [:]
         /// Deletes waiting for the uploads queued before them, by journal id.
         var barrier: [UInt64: (job: UInt64, c: CheckedContinuation<Void, Never>)] = [:]
-        /// Tasks waiting for a delete to finish (flush), by ticket.
-        var deleteWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-        var nextTicket: UInt64 = 0
+        /// Tasks waiting for a delete to finish (flush).
+        var deleteWaiters = Waiters<Void>()
+
+        /// Drops the deletes of `key` that have not started (an upload or a direct write replaces them).
+        /// Returns the continuations of those waiting for their barrier, to resume outside the lock.
+        mutating func cancelDeletes(of key: String) -> [CheckedContinuation<Void, Never>] {
+            var waiting: [CheckedContinuation<Void, Never>] = []
+            for (id, d) in deletes where d.key == key && !d.started && !d.cancelled {
+                deletes[id]?.cancelled = true
+                if let w = barrier.removeValue(forKey: id) { waiting.append(w.c) }
+            }
+            return waiting
+        }
     }
 
     struct PendingDelete: Sendable {
@@ -92,11 +102,7 @@ extension FileSystem {
             let job = u.nextJob
             u.openUploads[job] = v
             v.state.withLock { $0.job = job }
-            var cancelled: [CheckedContinuation<Void, Never>] = []
-            for (id, d) in u.deletes where d.key == key && !d.started && !d.cancelled {
-                u.deletes[id]?.cancelled = true
-                if let w = u.barrier.removeValue(forKey: id) { cancelled.append(w.c) }
-            }
+            let cancelled = u.cancelDeletes(of: key)
             let previous = u.tails[key]
             let task = Task {
                 await previous?.task.value  // one key's changes go in order
@@ -235,11 +241,11 @@ extension FileSystem {
         // A directory marker goes after the deletes queued under it (they never wait for a marker above them, so
         // this cannot wait in a circle): some servers (SeaweedFS) keep
         // listing a directory whose marker was deleted while it still held objects.
-        let (mine, children) = uploadState.withLock { u -> (PendingDelete?, [Task<Void, Never>]) in
-            guard let d = u.deletes[id], d.key.hasSuffix("/") else { return (nil, []) }
-            return (d, u.deletes.values.filter { $0.key != d.key && $0.key.hasPrefix(d.key) }.compactMap(\.task))
+        let children = uploadState.withLock { u -> [Task<Void, Never>] in
+            guard let d = u.deletes[id], d.key.hasSuffix("/") else { return [] }
+            return u.deletes.values.filter { $0.key != d.key && $0.key.hasPrefix(d.key) }.compactMap(\.task)
         }
-        if mine != nil { for t in children { await t.value } }
+        for t in children { await t.value }
         let key: String? = uploadState.withLock { u in
             guard var d = u.deletes[id], !d.cancelled else { return nil }
             d.started = true
@@ -271,8 +277,7 @@ extension FileSystem {
                     for h in d.group.hides { FileSystem.unhide(&u.hidden, h) }
                 }
             }
-            defer { u.deleteWaiters = [:] }
-            return Array(u.deleteWaiters.values)
+            return u.deleteWaiters.removeAll()
         }
         for w in waiters { w.resume() }
     }
@@ -286,15 +291,11 @@ extension FileSystem {
             let timeout = deadline.map { $0 - ContinuousClock.now }
             if let timeout, timeout <= .zero { return left }
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let ticket = uploadState.withLock { u -> UInt64 in
-                    u.nextTicket += 1
-                    u.deleteWaiters[u.nextTicket] = c
-                    return u.nextTicket
-                }
+                let ticket = uploadState.withLock { $0.deleteWaiters.add(c) }
                 if let timeout {
                     Task {
                         try? await Task.sleep(for: timeout)
-                        self.uploadState.withLock { $0.deleteWaiters.removeValue(forKey: ticket) }?.resume()
+                        self.uploadState.withLock { $0.deleteWaiters.remove(ticket) }?.resume()
                     }
                 }
             }
@@ -331,18 +332,11 @@ extension FileSystem {
     /// deletion stay hidden).
     func clearPendingDelete(of key: String) async {
         let (tail, waiters) = uploadState.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>]) in
-            var ws: [CheckedContinuation<Void, Never>] = []
-            for (id, d) in u.deletes where d.key == key && !d.started && !d.cancelled {
-                u.deletes[id]?.cancelled = true
-                if let w = u.barrier.removeValue(forKey: id) { ws.append(w.c) }
-            }
+            let waiting = u.cancelDeletes(of: key)
             if key.hasSuffix("/") { u.hidden.removeValue(forKey: key) }
-            return (u.tails[key]?.task, ws)
+            return (u.tails[key]?.task, waiting)
         }
         for w in waiters { w.resume() }
         await tail?.value
     }
-
-    /// mkdir of a name whose old directory is still being deleted.
-    func reviveDirectory(_ prefix: String) async { await clearPendingDelete(of: prefix) }
 }

@@ -41,22 +41,10 @@ extension FileSystem {
     }
 
     /// Throws ENAMETOOLONG when renaming the directory prefix `src` to `dst` (both ending in "/") would make
-    /// the key of something under it, in S3 or local, longer than `maxKeyBytes`. Lists the prefix only when
-    /// the new name is longer (a rename of a directory copies every object under it anyway, one request per
-    /// object; the listing is one request per 1,000).
-    func checkDirectoryMove(from src: String, to dst: String) async throws(FSError) {
-        guard dst.utf8.count > src.utf8.count else { return }
+    /// the key of something under it longer than `maxKeyBytes`: `objects` (its keys in S3) or a local file.
+    func checkDirectoryMove(_ objects: [String], from src: String, to dst: String) throws(FSError) {
+        try checkMovable(objects, from: src, to: dst)
         try checkMovable(local.withLock { Array($0.keys.filter { $0.hasPrefix(src) }) }, from: src, to: dst)
-        var token: String?
-        repeat {
-            counters.withLock { $0.listRequests += 1 }
-            do {
-                let page = try await client.listObjectsV2(bucket, prefix: src, delimiter: nil, continuationToken: token,
-                                                          startAfter: nil, maxKeys: nil)
-                try checkMovable(page.objects.map(\.key), from: src, to: dst)
-                token = page.isTruncated ? page.nextContinuationToken : nil
-            } catch let e as S3Error { throw FSError.from(e) } catch let e as FSError { throw e } catch { throw FSError(EIO, "\(error)") }
-        } while token != nil
     }
 
     /// mknod, symlink and link: S3 has no such objects (EPERM), but a name that could never be stored is

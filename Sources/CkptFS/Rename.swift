@@ -22,9 +22,12 @@ extension FileSystem {
         guard srcDir.meta.isDirectory, dstDir.meta.isDirectory else { throw .notDirectory }
         let src = try await lookup(parent: parent, name: name)
         forget(ino: src.ino, count: 1)
+        // A directory's objects, listed once: checked against the key limit before anything changes, then moved.
+        var objects: [String] = []
         if src.isDirectory {
             try checkStorable(newName, in: dstDir.key, isDirectory: true)
-            try await checkDirectoryMove(from: srcDir.key + name + "/", to: dstDir.key + newName + "/")
+            objects = try await objectKeys(under: srcDir.key + name + "/")
+            try checkDirectoryMove(objects, from: srcDir.key + name + "/", to: dstDir.key + newName + "/")
         }
         let dstExisting = try? await lookup(parent: newParent, name: newName)
         if let d = dstExisting {
@@ -40,7 +43,7 @@ extension FileSystem {
             if dstExisting != nil {
                 try await rmdir(parent: newParent, name: newName)  // ENOTEMPTY unless empty, as POSIX says
             }
-            try await renameDirectory(from: srcKey + "/", to: dstKey + "/")
+            try await renameDirectory(objects, from: srcKey + "/", to: dstKey + "/")
         } else {
             sourceRemains = try await renameFile(from: srcKey, to: dstKey, replacing: dstExisting?.ino)
         }
@@ -175,21 +178,27 @@ extension FileSystem {
         } catch { throw FSError.from(error) }
     }
 
-    /// Renames every object and local file under `src` (a prefix ending in "/") to `dst`. The objects are copied
-    /// first (journaled, so a crash is finished by the next mount; a failure deletes the copies made and
-    /// changes nothing), then the local files move and the old names are queued for deletion, in one journal
-    /// record batch.
-    func renameDirectory(from src: String, to dst: String) async throws(FSError) {
+    /// The keys of every object under `prefix` in S3 (all pages), less those a queued delete hides.
+    func objectKeys(under prefix: String) async throws(FSError) -> [String] {
         var keys: [String] = []
         var token: String?
         repeat {
+            counters.withLock { $0.listRequests += 1 }
             do {
-                let page = try await client.listObjectsV2(bucket, prefix: src, delimiter: nil, continuationToken: token,
+                let page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
                                                           startAfter: nil, maxKeys: nil)
                 keys += page.objects.map(\.key).filter { !isHidden($0) }
                 token = page.isTruncated ? page.nextContinuationToken : nil
             } catch { throw FSError.from(error) }
         } while token != nil
+        return keys
+    }
+
+    /// Renames every object (`keys`, listed by the caller) and local file under `src` (a prefix ending in "/")
+    /// to `dst`. The objects are copied first (journaled, so a crash is finished by the next mount; a failure
+    /// deletes the copies made and changes nothing), then the local files move and the old names are queued
+    /// for deletion, in one journal record batch.
+    func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
         let localFiles = local.withLock { l in l.filter { $0.key.hasPrefix(src) } }
         let remaining = keys.filter { localFiles[$0] == nil }
         func target(_ k: String) -> String { dst + k.dropFirst(src.count) }

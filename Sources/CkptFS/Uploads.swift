@@ -9,6 +9,26 @@ import CkptS3
 import Foundation
 import Synchronization
 
+/// Continuations waiting for one event, each under a ticket so that a deadline can withdraw it (the waiter's
+/// own timer task takes its ticket back and resumes it; the event resumes whoever is still there).
+struct Waiters<Value: Sendable>: Sendable {
+    private var byTicket: [UInt64: CheckedContinuation<Value, Never>] = [:]
+    private var next: UInt64 = 0
+
+    mutating func add(_ c: CheckedContinuation<Value, Never>) -> UInt64 {
+        next += 1
+        byTicket[next] = c
+        return next
+    }
+
+    mutating func remove(_ ticket: UInt64) -> CheckedContinuation<Value, Never>? { byTicket.removeValue(forKey: ticket) }
+
+    mutating func removeAll() -> [CheckedContinuation<Value, Never>] {
+        defer { byTicket = [:] }
+        return Array(byTicket.values)
+    }
+}
+
 /// A counting semaphore for tasks.
 final class AsyncSemaphore: Sendable {
     private let state: Mutex<(free: Int, waiters: [CheckedContinuation<Void, Never>])>

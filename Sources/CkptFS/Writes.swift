@@ -62,11 +62,10 @@ final class StagedVersion: Sendable {
         var urgent = false
         var sealedAt: ContinuousClock.Instant?
         var successor: StagedVersion?
-        /// Tasks waiting for the version to become final, by ticket (a ticket is withdrawn at its deadline).
-        var waiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
-        var nextTicket: UInt64 = 0
-        /// Upload jobs waiting out the upload delay, by ticket, woken early when someone waits for the version.
-        var delayWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        /// Tasks waiting for the version to become final.
+        var waiters = Waiters<Bool>()
+        /// Upload jobs waiting out the upload delay, woken early when someone waits for the version.
+        var delayWaiters = Waiters<Bool>()
         /// The upload job that may upload this version (ChangeQueue): a rename queues a new one, and the old
         /// job then finds it is not current and does nothing.
         var job: UInt64 = 0
@@ -74,10 +73,9 @@ final class StagedVersion: Sendable {
         /// close of one descriptor while another stays open): it stands for the file until this one is
         /// acknowledged, and again if this one is dropped.
         var fallback: StagedVersion?
-        /// A write, truncate or commit of this version failed and no commit succeeded since: the writer was told,
-        /// so these bytes are never acknowledged by a later release (they are dropped, not uploaded).
-        var failed = false
-        /// The errno of that failure, for the close() that follows.
+        /// Nonzero once a write, truncate or commit of this version failed (ENOSPC, EDQUOT or EIO, for the
+        /// close() that follows): the writer was told, so these bytes are never acknowledged by a later release
+        /// (they are dropped, not uploaded). Cleared only by truncating the version to nothing.
         var failedErrno: Int32 = 0
         var expect: Expect = .anything
         /// A file opened in place: the object version it started from. Blocks in `missing` hold that object's
@@ -146,8 +144,7 @@ final class StagedVersion: Sendable {
     func settle(_ u: Upload) {
         let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
             s.upload = u
-            defer { s.waiters = [:] }
-            return Array(s.waiters.values)
+            return s.waiters.removeAll()
         }
         for w in waiters { w.resume(returning: true) }
     }
@@ -155,7 +152,6 @@ final class StagedVersion: Sendable {
     /// A write, truncate or commit failed with `errno`: the version is never acknowledged.
     func fail(_ errno: Int32) {
         state.withLock { s in
-            s.failed = true
             if s.failedErrno == 0 { s.failedErrno = errno == ENOSPC || errno == EDQUOT ? errno : EIO }
         }
     }
@@ -164,8 +160,7 @@ final class StagedVersion: Sendable {
     func markUrgent() {
         let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
             s.urgent = true
-            defer { s.delayWaiters = [:] }
-            return Array(s.delayWaiters.values)
+            return s.delayWaiters.removeAll()
         }
         for w in waiters { w.resume(returning: true) }
     }
@@ -173,16 +168,11 @@ final class StagedVersion: Sendable {
     /// Waits until the version is urgent (true) or `timeout` passes (false): the upload delay.
     func urgentOrTimeout(_ timeout: Duration) async -> Bool {
         await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
-            let ticket = state.withLock { s -> UInt64? in
-                if s.urgent { return nil }
-                s.nextTicket += 1
-                s.delayWaiters[s.nextTicket] = c
-                return s.nextTicket
-            }
+            let ticket = state.withLock { s -> UInt64? in s.urgent ? nil : s.delayWaiters.add(c) }
             guard let ticket else { return c.resume(returning: true) }
             Task {
                 try? await Task.sleep(for: timeout)
-                self.state.withLock { $0.delayWaiters.removeValue(forKey: ticket) }?.resume(returning: false)
+                self.state.withLock { $0.delayWaiters.remove(ticket) }?.resume(returning: false)
             }
         }
     }
@@ -194,17 +184,14 @@ final class StagedVersion: Sendable {
             let ticket = state.withLock { s -> UInt64? in
                 switch s.upload {
                 case .done, .superseded, .dropped, .conflict: return nil
-                case .waiting, .uploading:
-                    s.nextTicket += 1
-                    s.waiters[s.nextTicket] = c
-                    return s.nextTicket
+                case .waiting, .uploading: return s.waiters.add(c)
                 }
             }
             guard let ticket else { return c.resume(returning: true) }
             if let timeout {
                 Task {
                     try? await Task.sleep(for: timeout)
-                    self.state.withLock { $0.waiters.removeValue(forKey: ticket) }?.resume(returning: false)
+                    self.state.withLock { $0.waiters.remove(ticket) }?.resume(returning: false)
                 }
             }
         }
@@ -538,7 +525,6 @@ extension FileSystem {
             // it covered all of it and the size stays.
             if size == 0 {
                 // Emptied: whatever failed before is gone with it.
-                s.failed = false
                 s.failedErrno = 0
                 s.sum = RunningChecksum()
             } else if s.sum?.value(size: s.size) == nil || size != s.size {
@@ -601,7 +587,6 @@ extension FileSystem {
             if s.sealed { return false }
             s.sealed = true
             s.sealedAt = .now
-            s.failed = false
             return true
         }
         if first { enqueueUpload(v) }
@@ -629,7 +614,6 @@ extension FileSystem {
         v.state.withLock { s in
             s.changed = false
             s.committedSum = hex
-            s.failed = false
             s.fallback = nil
         }
         if let fallback {
@@ -739,7 +723,7 @@ extension FileSystem {
         }
         if writer && writers == 0 {
             let v = f.current
-            let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.changed, $0.failed, $0.committedSum != nil) }
+            let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.changed, $0.failedErrno != 0, $0.committedSum != nil) }
             if !sealed && failed {
                 discardUnacknowledged(f, v)
             } else if !sealed && (changed || acked) {
@@ -895,7 +879,7 @@ extension FileSystem {
             throw FSError(EEXIST)
         }
         // A delete of the same name still queued (rmdir, or a rename of the directory away) must not remove it.
-        await reviveDirectory(dir.key + name + "/")
+        await clearPendingDelete(of: dir.key + name + "/")
         do {
             _ = try await client.putObject(bucket, dir.key + name + "/", body: .empty, options: PutOptions())
         } catch { throw FSError.from(error) }
