@@ -1,63 +1,7 @@
-// Public types of the filesystem core: options, attributes, errors, read results.
+// Public types the core exchanges with its callers: attributes, directory entries, replies, counters.
 import CkptCache
 import CkptS3
 import Foundation
-
-/// How the mount behaves. Defaults suit training jobs that read a bucket others change rarely.
-public struct FSOptions: Sendable {
-    /// How long attributes, directory listings and negative lookups are trusted.
-    public var metadataTTL: Duration = .seconds(30)
-    /// Most entries kept in complete directory listings (they answer lookups until the TTL passes), over all
-    /// directories: a few hundred bytes each. A directory larger than this is listed for readers as always but
-    /// its listing is not kept; lookups in it ask S3 name by name.
-    public var maxListedEntries = 250_000
-    public var uid: UInt32 = 0
-    public var gid: UInt32 = 0
-    public var fileMode: UInt32 = 0o644
-    public var dirMode: UInt32 = 0o755
-    public var readOnly = false
-    /// Size of one ranged GET when reading ahead.
-    public var requestSize: Int64 = 16 << 20
-    /// Largest read-ahead window of one open file.
-    public var maxReadAhead: Int64 = 128 << 20
-    /// Most ranged GETs in flight for read-ahead, over all files (demand reads are never held back).
-    public var maxPrefetchRequests = 8
-    /// A read-only open of a file at least this large whose first block is not cached yet asks for direct
-    /// I/O (the adapter decides whether the kernel can do it): reads then bypass the kernel's page cache, so
-    /// a cold stream's bytes are copied once, from the download straight into the reader's buffer, instead of
-    /// into newly allocated page-cache pages and from there to the reader. Cached files keep the page cache.
-    /// 0: every read-only open of a clean file; nil: never.
-    public var directReadMinSize: Int64? = 32 << 20
-    /// A file's mtime is the one its writer stored (x-amz-meta-mtime), else Last-Modified (true: a file known
-    /// only from a listing is HEADed before the kernel sees it, see StoredMtimes.swift); or always
-    /// Last-Modified (false: listings answer without HEADs, as mountpoint-s3 does). One rule either way.
-    public var storedMtimes = true
-    /// fsync() waits until the file is in S3 (true) or only until it is on local disk (false).
-    public var durableFsync = true
-    /// Smallest multipart part (a file up to this size is one PutObject).
-    public var partSize: Int64 = 16 << 20
-    /// Files uploaded at once, and parts in flight over all files.
-    public var uploadConcurrency = 4
-    public var partConcurrency = 8
-    /// A large new file written from the start goes up in parts while it is still being written (see
-    /// EarlyUpload.swift); off (the default), every upload starts after close. On the 2-core bench machine,
-    /// which also runs the server, it slowed the writer and did not make files durable sooner.
-    public var uploadWhileWriting = false
-    /// Parts of one file in flight while it is being written (few: the writer should not wait for them).
-    public var partsWhileWriting = 2
-    /// How long a closed file waits before its upload starts, unless fsync/flush waits for it: a rename in
-    /// that time (write-temp-then-rename) is a local move.
-    public var uploadDelay: Duration = .milliseconds(500)
-    /// Uploads carry If-None-Match / If-Match so a change someone else made in S3 is never overwritten
-    /// silently (a conflict keeps the local copy and is reported).
-    public var conditionalWrites = true
-    /// Tests: keep sealed files queued without uploading them.
-    public var holdUploads = false
-    /// Tests: kill the process at this point of an upload (see FileSystem.crashPoint).
-    public var crashAt: String?
-
-    public init() {}
-}
 
 /// What stat reports for a file or directory.
 public struct Attributes: Sendable, Equatable {
@@ -73,7 +17,7 @@ public struct Attributes: Sendable, Equatable {
 }
 
 /// A directory entry.
-public struct DirEntry: Sendable, Equatable {
+struct DirEntry: Sendable, Equatable {
     public var name: String
     public var ino: UInt64
     public var isDirectory: Bool
@@ -81,47 +25,117 @@ public struct DirEntry: Sendable, Equatable {
     public var nextOffset: Int64
 }
 
-/// A failure of a filesystem operation, as an errno for the kernel and a message for the log.
+/// A failure of a filesystem operation: an errno for the kernel, a message for the log, and what caused it.
+///
+/// Errors from S3 become FSErrors in one place, `init(_:during:)`, so the same S3 answer always means the same
+/// thing to the caller; code that must decide on a failure asks `kind`, never the errno.
 public struct FSError: Error, Sendable, CustomStringConvertible {
     public var errno: Int32
     public var message: String
-    /// The object in S3 changed since the file was opened (a conditional write or an ETag-pinned read failed).
-    public var isConflict = false
+    public var kind: Kind = .other
+    /// The S3 failure behind this one, if any.
+    public var cause: S3Error?
+
+    /// What a caller may need to decide on.
+    public enum Kind: Sendable, Equatable {
+        case other
+        /// The object version a read pinned (by ETag) is gone or changed in S3 (PreconditionFailed, NoSuchKey on
+        /// an If-Match GET): the reader must look the path up again (ESTALE) or, for a file opened in place, the
+        /// parts it did not rewrite are lost (a conflict).
+        case objectChanged
+        /// A conditional write failed: someone else changed the object since this file was opened or created
+        /// here. The local copy is kept and reported; nothing is retried.
+        case conflict
+        /// The server does not implement conditional writes (501 NotImplemented).
+        case conditionsUnsupported
+    }
+
     public init(_ errno: Int32, _ message: String = "") {
         self.errno = errno
         self.message = message
     }
-    public static func conflict(_ message: String) -> FSError {
-        var e = FSError(EIO, "conflict: " + message)
-        e.isConflict = true
-        return e
+
+    /// What an S3 request made for `use` failing with `e` means. The one table from S3 errors to errnos:
+    ///
+    /// | S3 error | read (ETag-pinned GET/HEAD) | write (conditional PUT/complete) | other |
+    /// |---|---|---|---|
+    /// | NoSuchKey, NoSuchBucket | ENOENT, objectChanged | ENOENT | ENOENT |
+    /// | PreconditionFailed (412) | ESTALE, objectChanged | EIO, conflict | ESTALE |
+    /// | AccessDenied | EACCES | EACCES | EACCES |
+    /// | NotImplemented (501) | EIO | EIO, conditionsUnsupported | EIO |
+    /// | anything else (after the client's retries) | EIO | EIO | EIO |
+    public init(_ e: S3Error, during use: S3Use) {
+        switch e.code {
+        case .noSuchKey, .noSuchBucket:
+            self.init(ENOENT, e.description, cause: e)
+            if use == .read { kind = .objectChanged }
+        case .accessDenied:
+            self.init(EACCES, e.description, cause: e)
+        case .preconditionFailed:
+            switch use {
+            case .read:
+                self.init(ESTALE, "the object changed while open: \(e.description)", cause: e)
+                kind = .objectChanged
+            case .write:
+                self.init(EIO, "conflict: \(e.description)", cause: e)
+                kind = .conflict
+            case .other:
+                self.init(ESTALE, "the object changed: \(e.description)", cause: e)
+            }
+        default:
+            self.init(EIO, e.description, cause: e)
+            if use == .write && (e.code == .other("NotImplemented") || e.httpStatus == 501) { kind = .conditionsUnsupported }
+        }
     }
+
+    init(_ errno: Int32, _ message: String, cause: S3Error?, kind: Kind = .other) {
+        self.init(errno, message)
+        self.cause = cause
+        self.kind = kind
+    }
+
+    /// What an S3 request was for, which decides what its failure means (see `init(_:during:)`).
+    public enum S3Use: Sendable { case read, write, other }
+
+    /// Someone else changed the object (a conditional write failed, or bytes a file opened in place still needed
+    /// from S3 are gone).
+    public static func conflict(_ message: String) -> FSError { FSError(EIO, "conflict: " + message, cause: nil, kind: .conflict) }
     public static let noEntry = FSError(ENOENT)
     public static let notDirectory = FSError(ENOTDIR)
     public static let isDirectory = FSError(EISDIR)
     public static let readOnly = FSError(EROFS)
     public static let badHandle = FSError(EBADF)
 
-    /// Maps an S3 failure: a missing key is ENOENT, refused access EACCES, a changed object ESTALE, the rest EIO.
-    public static func from(_ e: S3Error) -> FSError {
-        switch e.code {
-        case .noSuchKey, .noSuchBucket: return FSError(ENOENT, e.description)
-        case .accessDenied: return FSError(EACCES, e.description)
-        case .preconditionFailed: return FSError(ESTALE, "the object changed while open: \(e.description)")
-        default: return FSError(EIO, e.description)
-        }
-    }
+    public var isConflict: Bool { kind == .conflict }
 
-    public var description: String { message.isEmpty ? String(cString: strerror(errno)) : "\(String(cString: strerror(errno))): \(message)" }
+    public var description: String {
+        let name = String(cString: strerror(errno))
+        return message.isEmpty ? name : "\(name): \(message)"
+    }
 }
 
-/// One piece of a read reply: bytes in memory, or a range of a cached block file (sent without copying
-/// through user space where the kernel interface allows it).
+/// A file descriptor owned by the value holding it: closed when the last reference goes, so nobody closes
+/// descriptors by convention.
+public final class OwnedDescriptor: Sendable {
+    public let rawValue: Int32
+    init(_ fd: Int32) { rawValue = fd }
+    deinit { close(rawValue) }
+}
+
+/// Bytes held in memory for a read reply (a block just downloaded); valid while this value lives.
+public struct ReadBytes: @unchecked Sendable {
+    private let owner: BlockBuffer
+    init(_ owner: BlockBuffer) { self.owner = owner }
+    public var bytes: UnsafeRawBufferPointer { owner.bytes }
+}
+
+/// One piece of a read reply: bytes in memory, or a range of a file (a cached block, a staged file), sent
+/// without copying through user space where the kernel interface allows it. The segment owns what it names.
 public enum ReadSegment: Sendable {
-    /// `length` bytes at `offset` in a block held in memory (kept alive by the segment).
-    case memory(BlockBuffer, offset: Int, length: Int)
-    /// `length` bytes at `offset` in `fd`; the receiver closes `fd`.
-    case file(fd: Int32, offset: Int64, length: Int)
+    /// `length` bytes at `offset` in `bytes`.
+    case memory(ReadBytes, offset: Int, length: Int)
+    /// `length` bytes at `offset` in the file.
+    case file(OwnedDescriptor, offset: Int64, length: Int)
 
     public var count: Int {
         switch self {
@@ -129,6 +143,41 @@ public enum ReadSegment: Sendable {
         case .file(_, _, let n): return n
         }
     }
+}
+
+/// The answer to an open: the handle, and how the kernel should treat its pages.
+public struct OpenReply: Sendable {
+    public var handle: UInt64
+    /// The core asks for direct I/O (a cold read-only open of a large file, FSOptions.directReadMinSize); the
+    /// adapter grants it only where the kernel can still map such a file.
+    public var directIO: Bool
+    /// The kernel's pages of the file stay valid across opens (a read handle pins one ETag); false for writers.
+    public var keepCache: Bool
+}
+
+/// What a write did: done (bytes written), or it must first fetch blocks of a file opened in place, which the
+/// returned `PendingWrite` does (once, with its own copy of the bytes).
+public enum WriteResult: Sendable {
+    case done(Int)
+    case later(PendingWrite)
+}
+
+/// A write that waits for blocks from S3; `finish()` completes it and returns the bytes written.
+public struct PendingWrite: Sendable {
+    let run: @Sendable () async throws(FSError) -> Int
+    public func finish() async throws(FSError) -> Int { try await run() }
+}
+
+/// Receives the entries of one readdir reply, in order, until it is full.
+public protocol DirectoryReplier {
+    /// readdirplus: entries carry attributes (each one given is a lookup reference the kernel now holds).
+    var plus: Bool { get }
+    /// Whether an entry named `name` still fits in the reply.
+    func fits(_ name: String) -> Bool
+    /// Adds an entry that fits. `attributes`: with `plus`, the entry's attributes, or nil when the core has none
+    /// to give (the kernel then looks the entry up); always nil without `plus`. `nextOffset`: where a later
+    /// readdir continues after this entry.
+    mutating func add(name: String, ino: UInt64, isDirectory: Bool, attributes: Attributes?, nextOffset: Int64)
 }
 
 /// Counters the mount exposes (status, tests).
@@ -141,4 +190,10 @@ public struct FSStats: Sendable {
     /// Read-only opens that asked for direct I/O (FSOptions.directReadMinSize).
     public var directOpens = 0
     public var cache = CacheStats()
+}
+
+/// Runs one S3 request made for `use`; its failure becomes an FSError through the one table
+/// (`FSError.init(_:during:)`).
+func s3<T>(_ use: FSError.S3Use, _ request: () async throws(S3Error) -> T) async throws(FSError) -> T {
+    do { return try await request() } catch { throw FSError(error, during: use) }
 }

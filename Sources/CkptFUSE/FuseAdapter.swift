@@ -7,7 +7,6 @@
 // Cached data is replied with fd-backed buffers (fuse_reply_data), so warm reads are not copied through
 // this process. This is the only module that touches libfuse.
 import CFuse
-import CkptCache
 import CkptFS
 import Foundation
 import Logging
@@ -62,28 +61,48 @@ public final class FuseAdapter: Sendable {
     /// Answers readdir (names and types) or readdirplus (with attributes, so `ls -l` needs no lookup per
     /// entry afterwards; each entry given with attributes is a lookup reference, taken only once it fits).
     func replyDirectory(_ req: fuse_req_t?, handle h: UInt64, size: Int, offset off: off_t, plus: Bool) async throws(FSError) {
-        let entries = try await fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / (plus ? 64 : 32)))
-        // Attributes carry the stored mtime, which a listing lacks: HEAD this batch's entries in parallel.
-        if plus { await fs.resolveListedEntries(handle: h, names: entries.map(\.name)) }
-        var buf = [CChar](repeating: 0, count: size)
+        var reply = DirectoryBuffer(adapter: self, req: UnsafeSendable(req), size: size, plus: plus)
+        try await fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / (plus ? 64 : 32)), into: &reply)
+        reply.buffer.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, reply.used) }
+    }
+
+    /// One readdir reply being filled: libfuse's packed dirent (or direntplus) records in a buffer of the size
+    /// the kernel asked for.
+    struct DirectoryBuffer: DirectoryReplier {
+        let adapter: FuseAdapter
+        let req: UnsafeSendable<fuse_req_t?>
+        let size: Int
+        let plus: Bool
+        var buffer: [CChar]
         var used = 0
-        for e in entries {
-            let next = off_t(e.nextOffset)
-            let need = plus ? fuse_add_direntry_plus(req, nil, 0, e.name, nil, next) : fuse_add_direntry(req, nil, 0, e.name, nil, next)
-            if used + need > size { break }
+
+        init(adapter: FuseAdapter, req: UnsafeSendable<fuse_req_t?>, size: Int, plus: Bool) {
+            self.adapter = adapter
+            self.req = req
+            self.size = size
+            self.plus = plus
+            buffer = [CChar](repeating: 0, count: size)
+        }
+
+        func fits(_ name: String) -> Bool {
+            let need = plus ? fuse_add_direntry_plus(req.value, nil, 0, name, nil, 0) : fuse_add_direntry(req.value, nil, 0, name, nil, 0)
+            return used + need <= size
+        }
+
+        mutating func add(name: String, ino: UInt64, isDirectory: Bool, attributes: Attributes?, nextOffset: Int64) {
             var p = fuse_entry_param()
-            if plus, let attr = fs.listedEntry(handle: h, name: e.name) {
-                p = entry(attr)
+            if let attributes {
+                p = adapter.entry(attributes)
             } else {
-                p.attr.st_ino = ino_t(e.ino)
-                p.attr.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
+                p.attr.st_ino = ino_t(ino)
+                p.attr.st_mode = isDirectory ? S_IFDIR : S_IFREG
             }
-            used += buf.withUnsafeMutableBufferPointer { b in
-                plus ? fuse_add_direntry_plus(req, b.baseAddress! + used, size - used, e.name, &p, next)
-                    : fuse_add_direntry(req, b.baseAddress! + used, size - used, e.name, &p.attr, next)
+            let (req, size, used, plus) = (req.value, size, used, plus)
+            self.used += buffer.withUnsafeMutableBufferPointer { b in
+                plus ? fuse_add_direntry_plus(req, b.baseAddress! + used, size - used, name, &p, off_t(nextOffset))
+                    : fuse_add_direntry(req, b.baseAddress! + used, size - used, name, &p.attr, off_t(nextOffset))
             }
         }
-        buf.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, used) }
     }
 
     func replyError(_ req: fuse_req_t?, _ e: FSError, _ op: String) {
@@ -118,8 +137,6 @@ public final class FuseAdapter: Sendable {
         var ops = fuse_lowlevel_ops()
         ops.`init` = { userdata, conn in
             ckpt_fuse_init_conn(conn, 16 << 20)
-            let a = Unmanaged<FuseAdapter>.fromOpaque(userdata!).takeUnretainedValue()
-            a.fs.directReadsAvailable.store(ckpt_fuse_direct_io_mmap() == 1, ordering: .relaxed)
         }
         ops.lookup = { req, parent, name in
             let n = String(cString: name!)
@@ -161,13 +178,13 @@ public final class FuseAdapter: Sendable {
             let boxed = UnsafeSendable(fi!.pointee)
             FuseAdapter.async(req, "open") { a, r throws(FSError) in
                 let req = r.value
-                let h = try await a.fs.open(ino: UInt64(ino), flags: flags)
+                let o = try await a.fs.open(ino: UInt64(ino), flags: flags)
+                let h = o.handle
                 var copy = boxed.value
-                // keep_cache: the page cache stays valid across opens; a handle pins one ETag anyway. A file
-                // opened for writing drops it (its bytes may change). direct_io for the cold reads the core asks
-                // it for, only where the kernel also lets such files be mapped (mmap must keep working).
-                let direct = !write && a.fs.readsDirect(handle: h)
-                ckpt_fuse_fi_set(&copy, h, write ? 0 : 1, direct ? 1 : 0)
+                // direct_io for the cold reads the core asks it for, only where the kernel also lets such files
+                // be mapped (mmap must keep working): the shim learned that at INIT.
+                let direct = o.directIO && ckpt_fuse_direct_io_mmap() == 1
+                ckpt_fuse_fi_set(&copy, h, o.keepCache ? 1 : 0, direct ? 1 : 0)
                 if write { a.gate.opened(writer: h) }
                 if fuse_reply_open(req, &copy) != 0 {
                     a.gate.released(h)
@@ -195,19 +212,17 @@ public final class FuseAdapter: Sendable {
         }
         ops.write = { req, _, buf, size, off, fi in
             // Synchronous: the bytes go to local disk, and libfuse only lends `buf` for this call. Unless the
-            // file was opened in place and the write covers part of a block still in S3 (EAGAIN): then the
-            // bytes are copied and the write waits for that block in a Task.
+            // file was opened in place and the write covers part of a block still in S3 (`.later`): then the
+            // core has copied the bytes and the write waits for that block in a Task.
             if FuseAdapter.refused(req) { return }
             let a = FuseAdapter.adapter(req)
             let h = fi!.pointee.fh
             do throws(FSError) {
-                let n = try a.fs.write(handle: h, offset: Int64(off), data: UnsafeRawBufferPointer(start: buf, count: size))
-                fuse_reply_write(req, n)
-            } catch where error.errno == EAGAIN {
-                let data = [UInt8](UnsafeRawBufferPointer(start: buf, count: size))
-                FuseAdapter.async(req, "write") { a, r throws(FSError) in
-                    let n = try await a.fs.writeFetching(handle: h, offset: Int64(off), data: data)
-                    fuse_reply_write(r.value, n)
+                switch try a.fs.write(handle: h, offset: Int64(off), data: UnsafeRawBufferPointer(start: buf, count: size)) {
+                case .done(let n):
+                    fuse_reply_write(req, n)
+                case .later(let rest):
+                    FuseAdapter.async(req, "write") { _, r throws(FSError) in fuse_reply_write(r.value, try await rest.finish()) }
                 }
             } catch {
                 a.replyError(req, error, "write")
@@ -356,8 +371,8 @@ public final class FuseAdapter: Sendable {
         }
     }
 
-    /// Sends read segments (fds are closed afterwards). Memory segments are passed by pointer: the buffers
-    /// live in `segments` until the reply has been written.
+    /// Sends read segments. Memory segments are passed by pointer, files by descriptor: both are owned by
+    /// `segments`, which lives until the reply has been written.
     func reply(_ req: fuse_req_t?, _ segments: [ReadSegment]) {
         var fds: [Int32] = []
         var offs: [off_t] = []
@@ -366,7 +381,7 @@ public final class FuseAdapter: Sendable {
         for s in segments {
             switch s {
             case .file(let fd, let off, let n):
-                fds.append(fd); offs.append(off_t(off)); lens.append(n); mems.append(nil)
+                fds.append(fd.rawValue); offs.append(off_t(off)); lens.append(n); mems.append(nil)
             case .memory(let buf, let off, let n):
                 fds.append(-1); offs.append(0); lens.append(n); mems.append(buf.bytes.baseAddress.map { $0 + off })
             }
@@ -376,7 +391,6 @@ public final class FuseAdapter: Sendable {
                 _ = ckpt_fuse_reply_segments(req, segments.count, fds, offs, m.baseAddress, lens)
             }
         }
-        for fd in fds where fd >= 0 { close(fd) }
     }
 }
 

@@ -40,7 +40,7 @@ final class FileSystemTests: XCTestCase {
         var out: [String: Bool] = [:]
         var offset: Int64 = 0
         while true {
-            let batch = try await fs.readdir(handle: h, offset: offset, limit: 37)
+            let batch = try await fs.entryList(handle: h, offset: offset, limit: 37)
             if batch.isEmpty { break }
             for e in batch { out[e.name] = e.isDirectory }
             offset = batch.last!.nextOffset
@@ -49,7 +49,7 @@ final class FileSystemTests: XCTestCase {
     }
 
     func readAll(_ ino: UInt64, chunk: Int = 128 << 10) async throws -> [UInt8] {
-        let h = try await fs.open(ino: ino, flags: O_RDONLY)
+        let h = try await fs.open(ino: ino, flags: O_RDONLY).handle
         defer { fs.release(handle: h) }
         var out: [UInt8] = []
         while true {
@@ -65,8 +65,7 @@ final class FileSystemTests: XCTestCase {
         case .memory(let buf, let off, let n): return Array(buf.bytes[off..<off + n])
         case .file(let fd, let off, let n):
             var b = [UInt8](repeating: 0, count: n)
-            _ = pread(fd, &b, n, off_t(off))
-            close(fd)
+            _ = pread(fd.rawValue, &b, n, off_t(off))
             return b
         }
     }
@@ -122,7 +121,7 @@ final class FileSystemTests: XCTestCase {
         s3.seed(bucket, "x/y", [1])
         let x1 = try await fs.lookup(parent: FileSystem.rootIno, name: "x")
         let h = try fs.opendir(ino: FileSystem.rootIno)
-        let entry = try await fs.readdir(handle: h, offset: 0).first { $0.name == "x" }
+        let entry = try await fs.entryList(handle: h, offset: 0).first { $0.name == "x" }
         XCTAssertEqual(entry?.ino, x1.ino)
         fs.forget(ino: x1.ino, count: 1)
         let x2 = try await fs.lookup(parent: FileSystem.rootIno, name: "x")
@@ -212,7 +211,7 @@ final class FileSystemTests: XCTestCase {
         let d = try await fs.lookup(parent: FileSystem.rootIno, name: "d")
         let h = try fs.opendir(ino: d.ino)
         defer { fs.releasedir(handle: h) }
-        let entries = try await fs.readdir(handle: h, offset: 0)
+        let entries = try await fs.entryList(handle: h, offset: 0)
         XCTAssertEqual(Set(entries.map(\.name)), [".", "..", "sub", "a.bin"])
         XCTAssertNil(fs.listedEntry(handle: h, name: "."))
         XCTAssertNil(fs.listedEntry(handle: h, name: ".."))
@@ -251,7 +250,7 @@ final class FileSystemTests: XCTestCase {
         var offset: Int64 = 0
         var seen = 0
         while true {
-            let batch = try await fs.readdir(handle: h, offset: offset, limit: 64)
+            let batch = try await fs.entryList(handle: h, offset: offset, limit: 64)
             if batch.isEmpty { break }
             seen += batch.count
             offset = batch.last!.nextOffset
@@ -306,7 +305,7 @@ final class FileSystemTests: XCTestCase {
         let obj = data((5 << 20) + 12345, 9)
         s3.seed(bucket, "model.safetensors", obj)
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "model.safetensors")
-        let h = try await fs.open(ino: a.ino, flags: O_RDONLY)
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY).handle
         for (off, len) in [(0, 1), (4095, 2), (1 << 20 - 10, 20), (3 << 20, 1 << 20), (obj.count - 5, 100), (123_457, 300_000)] {
             let segs = try await fs.read(handle: h, offset: Int64(off), size: len)
             let got = segs.flatMap { bytes($0) }
@@ -339,7 +338,7 @@ final class FileSystemTests: XCTestCase {
         let obj = data(32 << 20, 5)
         s3.seed(bucket, "data.h5", obj)
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "data.h5")
-        let h = try await fs.open(ino: a.ino, flags: O_RDONLY)
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY).handle
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<20 {
             let off = Int.random(in: 0..<(obj.count - 4096), using: &rng)
@@ -366,32 +365,31 @@ final class FileSystemTests: XCTestCase {
         s3.seed(bucket, "small.json", data(1000, 2))
         let big = try await fs.lookup(parent: FileSystem.rootIno, name: "big.pt")
         let small = try await fs.lookup(parent: FileSystem.rootIno, name: "small.json")
-        var h = try await fs.open(ino: big.ino, flags: O_RDONLY)
-        XCTAssertTrue(fs.readsDirect(handle: h), "a cold file of 40 MiB is read without the page cache")
-        _ = try await fs.read(handle: h, offset: 0, size: 1 << 20)
-        fs.release(handle: h)
+        var o = try await fs.open(ino: big.ino, flags: O_RDONLY)
+        XCTAssertTrue(o.directIO, "a cold file of 40 MiB is read without the page cache")
+        XCTAssertTrue(o.keepCache)
+        _ = try await fs.read(handle: o.handle, offset: 0, size: 1 << 20)
+        fs.release(handle: o.handle)
         let small1 = try await fs.open(ino: small.ino, flags: O_RDONLY)
-        XCTAssertFalse(fs.readsDirect(handle: small1), "a small file keeps the page cache")
+        XCTAssertFalse(small1.directIO, "a small file keeps the page cache")
         XCTAssertEqual(fs.stats.directOpens, 1)
         // Once its first block is cached, the file is warm: the page cache serves re-reads.
         let first = BlockKey(bucket: bucket, key: "big.pt", etag: try await s3.headObject(bucket, "big.pt", versionId: nil, ifMatch: nil).etag, index: 0)
         for _ in 0..<200 where !fs.cache.contains(first) { try await Task.sleep(for: .milliseconds(10)) }
-        h = try await fs.open(ino: big.ino, flags: O_RDONLY)
-        XCTAssertFalse(fs.readsDirect(handle: h), "a cached file is read through the page cache")
-        // A kernel that cannot map direct-I/O files gets no direct handles.
-        fs = try make()
-        fs.directReadsAvailable.store(false, ordering: .relaxed)
-        let again = try await fs.lookup(parent: FileSystem.rootIno, name: "big.pt")
-        h = try await fs.open(ino: again.ino, flags: O_RDONLY)
-        XCTAssertFalse(fs.readsDirect(handle: h))
-        XCTAssertEqual(fs.stats.directOpens, 0)
+        o = try await fs.open(ino: big.ino, flags: O_RDONLY)
+        XCTAssertFalse(o.directIO, "a cached file is read through the page cache")
+        // A writer never reads direct and drops the kernel's pages.
+        let w = try await fs.open(ino: small.ino, flags: O_RDWR)
+        XCTAssertFalse(w.directIO)
+        XCTAssertFalse(w.keepCache)
+        fs.release(handle: w.handle)
     }
 
     func testReadsAtHandAreAnsweredWithoutWaiting() async throws {
         let obj = data(3 << 20, 7)
         s3.seed(bucket, "w", obj)
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "w")
-        let h = try await fs.open(ino: a.ino, flags: O_RDONLY)
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY).handle
         guard case .later(let rest) = try fs.readNow(handle: h, offset: 100, size: 4096) else {
             return XCTFail("nothing is cached yet: the read has to wait for a GET")
         }
@@ -407,7 +405,7 @@ final class FileSystemTests: XCTestCase {
     func testAHandleSeesOneVersionAndAChangeIsReported() async throws {
         s3.seed(bucket, "ckpt", data(3 << 20, 1))
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt")
-        let h = try await fs.open(ino: a.ino, flags: O_RDONLY)
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY).handle
         _ = try await fs.read(handle: h, offset: 0, size: 4096)
         s3.seed(bucket, "ckpt", data(3 << 20, 2))  // overwritten behind the mount's back
         do {
@@ -420,12 +418,12 @@ final class FileSystemTests: XCTestCase {
         // path has a new inode that reads the new version whole.
         try await Task.sleep(for: .milliseconds(1100))
         do {
-            _ = try await fs.open(ino: a.ino, flags: O_RDONLY)
+            _ = try await fs.open(ino: a.ino, flags: O_RDONLY).handle
             XCTFail("the old inode must not open the new version")
         } catch { XCTAssertEqual(error.errno, ESTALE) }
         let b = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt")
         XCTAssertNotEqual(b.ino, a.ino)
-        let h2 = try await fs.open(ino: b.ino, flags: O_RDONLY)
+        let h2 = try await fs.open(ino: b.ino, flags: O_RDONLY).handle
         let got = try await fs.read(handle: h2, offset: 2 << 20, size: 16).flatMap { bytes($0) }
         XCTAssertEqual(got, Array(data(3 << 20, 2)[(2 << 20)..<(2 << 20) + 16]))
     }
@@ -488,7 +486,7 @@ final class FileSystemTests: XCTestCase {
         let ro = try FileSystem(client: s3, bucket: bucket, prefix: "",
                                 cache: try BlockCache(directory: dir + "/ro", capacity: 1 << 30), options: o)
         let a = try await ro.lookup(parent: FileSystem.rootIno, name: "f")
-        do { _ = try await ro.open(ino: a.ino, flags: O_WRONLY); XCTFail() } catch { XCTAssertEqual(error.errno, EROFS) }
+        do { _ = try await ro.open(ino: a.ino, flags: O_WRONLY).handle; XCTFail() } catch { XCTAssertEqual(error.errno, EROFS) }
         do { _ = try await ro.mkdir(parent: FileSystem.rootIno, name: "d"); XCTFail() } catch { XCTAssertEqual(error.errno, EROFS) }
     }
 }

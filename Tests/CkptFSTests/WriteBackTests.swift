@@ -226,13 +226,12 @@ final class WriteBackTests: XCTestCase {
         try await write(fs, "f", Array("version one".utf8))
         let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "f")
         XCTAssertEqual(attr.size, 11)
-        let r = try await fs.open(ino: attr.ino, flags: O_RDWR)
+        let r = try await fs.open(ino: attr.ino, flags: O_RDWR).handle
         _ = try Array("VERSION".utf8).withUnsafeBytes { try fs.write(handle: r, offset: 0, data: $0) }
         let segs = try await fs.read(handle: r, offset: 0, size: 100)
         guard case .file(let fd, let off, let n) = segs[0] else { return XCTFail("expected a file segment") }
         var buf = [UInt8](repeating: 0, count: n)
-        pread(fd, &buf, n, off_t(off))
-        close(fd)
+        pread(fd.rawValue, &buf, n, off_t(off))
         XCTAssertEqual(String(decoding: buf, as: UTF8.self), "VERSION one")
         // Two versions staged: the sealed one (held) was not touched by the write.
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/staging").count, 2)
@@ -330,11 +329,7 @@ final class WriteBackTests: XCTestCase {
 
     /// Writes through a handle the way the FUSE adapter does: waiting for blocks a write covers in part.
     func put(_ fs: FileSystem, _ h: UInt64, _ data: [UInt8], at offset: Int64) async throws {
-        do {
-            _ = try data.withUnsafeBytes { try fs.write(handle: h, offset: offset, data: $0) }
-        } catch let e as FSError where e.errno == EAGAIN {
-            _ = try await fs.writeFetching(handle: h, offset: offset, data: data)
-        }
+        try await fs.writeWaiting(handle: h, offset: offset, data: data)
     }
 
     func pattern(_ n: Int, seed: Int = 1) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ seed &+ ($0 >> 11)) } }
@@ -344,7 +339,7 @@ final class WriteBackTests: XCTestCase {
         var expected = pattern(8 << 20)
         _ = s3.seed(bucket, "model.h5", expected)
         let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "model.h5")
-        let h = try await fs.open(ino: attr.ino, flags: O_RDWR)
+        let h = try await fs.open(ino: attr.ino, flags: O_RDWR).handle
         XCTAssertEqual(s3.count("GetObject"), 0, "opening for writing downloads nothing")
         // 4 KiB inside block 3: that block is fetched. All of block 5: never fetched.
         let small = [UInt8](repeating: 0xAB, count: 4096)
@@ -364,8 +359,7 @@ final class WriteBackTests: XCTestCase {
         let segs = try await fs.read(handle: h, offset: (3 << 20), size: 8192)
         guard case .file(let fd, let off, let n) = segs[0] else { return XCTFail("expected a file segment") }
         var buf = [UInt8](repeating: 0, count: n)
-        pread(fd, &buf, n, off_t(off))
-        close(fd)
+        pread(fd.rawValue, &buf, n, off_t(off))
         XCTAssertEqual(buf, Array(expected[(3 << 20)..<((3 << 20) + 8192)]))
         try fs.flush(handle: h)
         fs.release(handle: h)
@@ -385,7 +379,7 @@ final class WriteBackTests: XCTestCase {
         let fs = try make()
         _ = s3.seed(bucket, "ckpt.pt", pattern(3 << 20))
         let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "ckpt.pt")
-        let h = try await fs.open(ino: attr.ino, flags: O_RDWR)
+        let h = try await fs.open(ino: attr.ino, flags: O_RDWR).handle
         try fs.flush(handle: h)
         fs.release(handle: h)
         let left = await fs.flushAll(under: "", timeout: .seconds(10))
@@ -398,7 +392,7 @@ final class WriteBackTests: XCTestCase {
         let original = pattern(3 << 20)
         _ = s3.seed(bucket, "t", original)
         let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "t")
-        let h = try await fs.open(ino: attr.ino, flags: O_RDWR)
+        let h = try await fs.open(ino: attr.ino, flags: O_RDWR).handle
         _ = try await fs.setattr(ino: attr.ino, size: 1_500_000, mtime: nil)
         _ = try await fs.setattr(ino: attr.ino, size: 2_000_000, mtime: nil)
         try fs.flush(handle: h)
@@ -413,7 +407,7 @@ final class WriteBackTests: XCTestCase {
         let fs = try make()
         _ = s3.seed(bucket, "c", Array("theirs v1".utf8))
         let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "c")
-        let h = try await fs.open(ino: attr.ino, flags: O_WRONLY | O_TRUNC)
+        let h = try await fs.open(ino: attr.ino, flags: O_WRONLY | O_TRUNC).handle
         try await put(fs, h, Array("ours".utf8), at: 0)
         _ = s3.seed(bucket, "c", Array("theirs v2".utf8))  // someone else writes meanwhile
         try fs.flush(handle: h)
@@ -456,7 +450,7 @@ final class WriteBackTests: XCTestCase {
                 try await write(fs, "v", data)
             } else {
                 let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "v")
-                let h = try await fs.open(ino: attr.ino, flags: O_WRONLY | O_TRUNC)
+                let h = try await fs.open(ino: attr.ino, flags: O_WRONLY | O_TRUNC).handle
                 try await put(fs, h, data, at: 0)
                 try fs.flush(handle: h)
                 fs.release(handle: h)

@@ -51,16 +51,13 @@ func coreRead() async {
         let name = String(key.split(separator: "/").last!)
         let fs = try FileSystem(client: S3Client(configuration: config), bucket: url.bucket, prefix: parentKey, cache: cache, options: FSOptions())
         let attr = try await fs.lookup(parent: FileSystem.rootIno, name: name)
-        let h = try await fs.open(ino: attr.ino, flags: O_RDONLY)
+        let h = try await fs.open(ino: attr.ino, flags: O_RDONLY).handle
         let start = ContinuousClock.now
         var offset: Int64 = 0
         while true {
             let segs = try await fs.read(handle: h, offset: offset, size: 1 << 20)
             if segs.isEmpty { break }
-            for s in segs {
-                offset += Int64(s.count)
-                if case .file(let fd, _, _) = s { close(fd) }
-            }
+            for s in segs { offset += Int64(s.count) }
         }
         let d = ContinuousClock.now - start
         let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18

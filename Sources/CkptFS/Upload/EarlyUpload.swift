@@ -32,6 +32,8 @@ struct EarlyUpload: Sendable {
     var abandoned = false
     /// The ordinary upload took the parts over.
     var taken = false
+    /// A part is in flight or a task drives the upload (`FileSystem.earlyIdle` waits until neither).
+    var busy: Bool { inFlight > 0 || driving }
 }
 
 extension FileSystem {
@@ -124,7 +126,10 @@ extension FileSystem {
                 s.early = e
                 return part
             }
-            guard let (number, range, key, uploadId) = next else { return }
+            guard let (number, range, key, uploadId) = next else {
+                v.wakeIfEarlyIdle()
+                return
+            }
             await partSlots.acquire()
             Task {
                 defer { self.partSlots.release() }
@@ -143,15 +148,21 @@ extension FileSystem {
                         s.early?.stalled = true
                     }
                 }
+                v.wakeIfEarlyIdle()
                 self.streamIfReady(v)  // the next part, if the writer is past it
             }
         }
     }
 
-    /// Waits until no early part of `v` is in flight and no task drives it.
+    /// Waits until no early part of `v` is in flight and no task drives it (woken by `wakeIfEarlyIdle`).
     func earlyIdle(_ v: StagedVersion) async {
-        while v.state.withLock({ $0.early.map { $0.inFlight > 0 || $0.driving } ?? false }) {
-            try? await Task.sleep(for: .milliseconds(5))
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let idle = v.state.withLock { s -> Bool in
+                guard s.early?.busy == true else { return true }
+                _ = s.earlyIdleWaiters.add(c)
+                return false
+            }
+            if idle { c.resume() }
         }
     }
 

@@ -133,6 +133,13 @@ final class Journal: Sendable {
 
     func append(_ r: JournalRecord) throws(FSError) { try append([r]) }
 
+    /// `append` from async code: the write and its fdatasync run off the cooperative pool (`offPool`).
+    func record(_ records: [JournalRecord]) async throws(FSError) {
+        try await offPool { () throws(FSError) in try self.append(records) }
+    }
+
+    func record(_ r: JournalRecord) async throws(FSError) { try await record([r]) }
+
     /// Writes all of `bytes` at the file's position; returns the errno on failure.
     static func writeAll(_ f: Int32, _ bytes: [UInt8]) -> Int32? {
         var done = 0

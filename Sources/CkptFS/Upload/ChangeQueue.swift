@@ -174,9 +174,9 @@ extension FileSystem {
 
     /// Deletes `keys` in S3 in order after every upload queued before now, and hides them (and `hiding`:
     /// prefixes "dir/") from lookups and listings until then. Journaled, with `records`, before it returns.
-    func deleteLater(_ keys: [String], hiding: [String], with records: [JournalRecord] = []) throws(FSError) {
+    func deleteLater(_ keys: [String], hiding: [String], with records: [JournalRecord] = []) async throws(FSError) {
         let (deleteRecords, items) = deleteRecords(keys)
-        try journal.append(records + deleteRecords)
+        try await journal.record(records + deleteRecords)
         queueDeletes(items, hiding: hiding)
     }
 
@@ -267,7 +267,7 @@ extension FileSystem {
             }
             if Task.isCancelled { return }  // shut down: the journal still has it
         }
-        do { try journal.append(JournalRecord(op: .done, id: id)) } catch {
+        do { try await journal.record(JournalRecord(op: .done, id: id)) } catch {
             logger.warning("could not journal a finished delete; the next mount repeats it", metadata: ["error": "\(error)"])
         }
         let waiters = uploadState.withLock { u -> [CheckedContinuation<Void, Never>] in

@@ -52,7 +52,7 @@ extension FileSystem {
         if sourceRemains {
             // The next lookup of the old name asks S3 again.
             table.withLock { t in
-                t.negative.removeValue(forKey: PathKey(parent: parent, name: name))
+                t.clearMissing(parent: parent, name: name)
                 t.listings.removeValue(forKey: parent)
             }
         }
@@ -72,19 +72,19 @@ extension FileSystem {
             for v in versions(of: f) { try await fillAll(v) }
             let moved = retarget(f, from: src, to: dst)
             let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
-            try journal.append(records + moved.records + deletes)
+            try await journal.record(records + moved.records + deletes)
             for v in moved.requeue { enqueueUpload(v) }
             queueDeletes(items, hiding: [src])
             return moved.keepsSource
         }
         await clearPendingDelete(of: dst)
         let intent = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
-        try journal.append(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+        try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
         do throws(FSError) { try await copyObjectOrMarker(from: src, to: dst) } catch {
-            try? journal.append(JournalRecord(op: .done, id: intent))
+            try? await journal.record(JournalRecord(op: .done, id: intent))
             throw error
         }
-        try deleteLater([src], hiding: [src], with: [JournalRecord(op: .done, id: intent)])
+        try await deleteLater([src], hiding: [src], with: [JournalRecord(op: .done, id: intent)])
         return false
     }
 
@@ -139,7 +139,7 @@ extension FileSystem {
     /// ending in "/") is written anew instead: SeaweedFS, among others, refuses to copy one.
     func copyObjectOrMarker(from src: String, to dst: String) async throws(FSError) {
         if src.hasSuffix("/") {
-            do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError.from(error) }
+            do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError(error, during: .other) }
             return
         }
         try await copyObject(from: src, to: dst)
@@ -149,7 +149,7 @@ extension FileSystem {
     func copyIfPresent(from src: String, to dst: String) async throws(FSError) {
         do { _ = try await client.headObject(bucket, src, versionId: nil, ifMatch: nil) } catch {
             if error.code == .noSuchKey { return }
-            throw FSError.from(error)
+            throw FSError(error, during: .other)
         }
         try await copyObjectOrMarker(from: src, to: dst)
     }
@@ -175,7 +175,7 @@ extension FileSystem {
                 try? await client.abortMultipartUpload(bucket, dst, uploadId: uploadId)
                 throw error
             }
-        } catch { throw FSError.from(error) }
+        } catch { throw FSError(error, during: .other) }
     }
 
     /// The keys of every object under `prefix` in S3 (all pages), less those a queued delete hides.
@@ -189,7 +189,7 @@ extension FileSystem {
                                                           startAfter: nil, maxKeys: nil)
                 keys += page.objects.map(\.key).filter { !isHidden($0) }
                 token = page.isTruncated ? page.nextContinuationToken : nil
-            } catch { throw FSError.from(error) }
+            } catch { throw FSError(error, during: .other) }
         } while token != nil
         return keys
     }
@@ -206,7 +206,7 @@ extension FileSystem {
         await clearPendingDelete(of: dst)
         let intent = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
         if !remaining.isEmpty {
-            try journal.append(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
+            try await journal.record(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
         }
         // Copy in parallel, a few at a time. On a failure the copies made are deleted: nothing moved.
         var copied: [String] = []
@@ -230,7 +230,7 @@ extension FileSystem {
         }
         if let failure {
             for k in copied { try? await client.deleteObject(bucket, target(k), versionId: nil) }
-            try? journal.append(JournalRecord(op: .done, id: intent))
+            try? await journal.record(JournalRecord(op: .done, id: intent))
             throw FSError(failure.errno, "renaming \(src) to \(dst) failed and was undone: \(failure.message)")
         }
         crashPoint("rename-copied")
@@ -242,7 +242,7 @@ extension FileSystem {
         }
         if keys.isEmpty && localFiles.isEmpty {
             // An empty directory that exists only in this mount's memory.
-            do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError.from(error) }
+            do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError(error, during: .other) }
         }
         // The old names go (after the uploads before them), hidden until then, with every directory under them.
         let old = Array(Set(keys + localFiles.keys))
@@ -255,10 +255,10 @@ extension FileSystem {
             }
         }
         let (deletes, items) = deleteRecords(FileSystem.deleteOrder(old))
-        try journal.append(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
+        try await journal.record(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
         for v in moves.requeue { enqueueUpload(v) }
         if items.isEmpty {
-            try deleteLater([src], hiding: [src])
+            try await deleteLater([src], hiding: [src])
         } else {
             queueDeletes(items, hiding: Array(hides))
         }
@@ -267,27 +267,8 @@ extension FileSystem {
     /// The renamed inode keeps its number at the new path; everything cached under the old path is updated.
     func moveNode(parent: UInt64, name: String, newParent: UInt64, newName: String, from src: String, to dst: String,
                   isDirectory: Bool) {
-        table.withLock { t in
-            let from = PathKey(parent: parent, name: name), to = PathKey(parent: newParent, name: newName)
-            let meta = t.listings[parent]?.entries.removeValue(forKey: name)
-            if let ino = t.inoByPath.removeValue(forKey: from) {
-                t.inoByPath[to] = ino
-                if var n = t.nodes[ino] {
-                    n.parent = newParent
-                    n.name = newName
-                    n.key = isDirectory ? dst + "/" : dst
-                    t.nodes[ino] = n
-                    if t.listings[newParent] != nil { t.listings[newParent]?.entries[newName] = meta ?? n.meta }
-                }
-            }
-            if isDirectory {
-                let s = src + "/", d = dst + "/"
-                for (ino, n) in t.nodes where n.key.hasPrefix(s) {
-                    t.nodes[ino]?.key = d + n.key.dropFirst(s.count)
-                }
-            }
-            t.negative[from] = .now
-            t.negative.removeValue(forKey: to)
+        table.withLock {
+            $0.move(parent: parent, name: name, newParent: newParent, newName: newName, from: src, to: dst, isDirectory: isDirectory)
         }
     }
 }

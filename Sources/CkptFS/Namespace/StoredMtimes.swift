@@ -144,7 +144,7 @@ extension FileSystem {
     /// For readdirplus: learns the stored mtimes of the entries `names` of directory handle `handle` that came
     /// from its listing, HEADing them in parallel (at most `mtimeHeadConcurrency` at once), so that
     /// `listedEntry` can give them to the kernel with their attributes.
-    public func resolveListedEntries(handle: UInt64, names: [String]) async {
+    func resolveListedEntries(handle: UInt64, names: [String]) async {
         guard let d = dirHandles.withLock({ $0[handle] }) else { return }
         let unknown: [String] = names.filter { name in
             guard name != ".", name != ".." else { return false }

@@ -38,35 +38,30 @@ extension FileSystem {
         offset <= b * fillBlock && end >= min((b + 1) * fillBlock, size)
     }
 
-    /// A write that first fetches the blocks it covers in part (after `write` said EAGAIN).
-    public func writeFetching(handle: UInt64, offset: Int64, data: [UInt8]) async throws(FSError) -> Int {
-        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
+    /// A write that first fetches the blocks it covers in part (`write` returned `.later`).
+    func writeFetching(_ h: LocalHandle, offset: Int64, data: [UInt8]) async throws(FSError) -> Int {
         for _ in 0..<8 {
             let v = try writableVersion(h.file)
             try await fill(v, blocks: missingBlocks(v, offset: offset, count: data.count, partialOnly: true))
-            let r = data.withUnsafeBytes { p in Result { () throws(FSError) in try write(handle: handle, offset: offset, data: p) } }
-            switch r {
-            case .success(let n): return n
-            case .failure(let e) where e.errno == EAGAIN: continue  // copied on write meanwhile: fetch into the copy
-            case .failure(let e): throw e
-            }
+            let r = data.withUnsafeBytes { p in Result { () throws(FSError) in try writeNow(h, offset: offset, data: p) } }
+            // Not written: the file was copied on write meanwhile; fetch into the copy.
+            if try r.get() { return data.count }
         }
         throw FSError(EIO, "could not prepare \(h.key) for a write")
     }
 
-    /// Called before a write lands: blocks the write covers whole stop being missing; a block it covers in
-    /// part must have been fetched (EAGAIN otherwise, and nothing changes: see `writeFetching`).
-    func claimBlocks(_ v: StagedVersion, offset: Int64, count: Int) throws(FSError) {
-        guard count > 0 else { return }
+    /// Called before a write lands: blocks the write covers whole stop being missing. A block it covers in part
+    /// must have been fetched first: then nothing changes and this returns false (see `writeFetching`).
+    func claimBlocks(_ v: StagedVersion, offset: Int64, count: Int) -> Bool {
+        guard count > 0 else { return true }
         let bs = fillBlock, end = offset + Int64(count)
-        try v.state.withLock { (s) throws(FSError) in
-            guard s.base != nil, !s.missing.isEmpty else { return }
+        return v.state.withLock { s in
+            guard s.base != nil, !s.missing.isEmpty else { return true }
             let touched = ((offset / bs)...((end - 1) / bs)).filter { s.missing.contains($0) }
             // All or nothing: a block marked present here must be the one this write fills.
-            for b in touched where !covers(offset, end, block: b, size: s.size) {
-                throw FSError(EAGAIN, "block \(b) must be fetched first")
-            }
+            if touched.contains(where: { !covers(offset, end, block: $0, size: s.size) }) { return false }
             for b in touched { s.missing.remove(b) }
+            return true
         }
     }
 
@@ -94,9 +89,9 @@ extension FileSystem {
             if want > 0 {
                 let segments: [ReadSegment]
                 do throws(FSError) {
-                    segments = try await readObject(base, offset: start, size: want)
+                    segments = try await reader.read(base, offset: start, size: want)
                 } catch {
-                    if error.errno == ESTALE || error.errno == ENOENT {
+                    if error.kind == .objectChanged {
                         throw FSError.conflict("\(base.key) changed in S3 since it was opened for writing, so the "
                                                + "parts of it this file did not rewrite are gone")
                     }
@@ -108,8 +103,7 @@ extension FileSystem {
                         buf.baseAddress!.advanced(by: got).copyMemory(from: m.bytes.baseAddress! + off, byteCount: len)
                         got += len
                     case .file(let fd, let off, let len):
-                        defer { close(fd) }
-                        guard preadAll(fd, UnsafeMutableRawBufferPointer(rebasing: buf[got..<(got + len)]), at: off) else {
+                        guard preadAll(fd.rawValue, UnsafeMutableRawBufferPointer(rebasing: buf[got..<(got + len)]), at: off) else {
                             throw FSError(EIO, "reading a cached block failed")
                         }
                         got += len

@@ -17,7 +17,7 @@ final class DirHandle: Sendable {
         var names: [String] = []
         var kinds: [Bool] = []  // isDirectory, parallel to names
         var position: [String: Int] = [:]
-        var metas: [String: FileSystem.Meta] = [:]
+        var metas: [String: Meta] = [:]
         var token: String? = nil
         var done = false
     }
@@ -100,9 +100,22 @@ extension FileSystem {
 
     public func releasedir(handle: UInt64) { _ = dirHandles.withLock { $0.removeValue(forKey: handle) } }
 
+    /// Fills `reply` with entries from `offset` (0 = start): ".", "..", then the children, at most `limit` of
+    /// them; nothing added means the end. For readdirplus the files' stored mtimes are learned first (HEADs in
+    /// parallel, StoredMtimes.swift), and each entry given attributes takes a lookup reference.
+    public func readdir(handle: UInt64, offset: Int64, limit: Int, into reply: inout some DirectoryReplier) async throws(FSError) {
+        let entries = try await entries(handle: handle, offset: offset, limit: limit)
+        if reply.plus { await resolveListedEntries(handle: handle, names: entries.map(\.name)) }
+        for e in entries {
+            guard reply.fits(e.name) else { break }
+            let attributes = reply.plus ? listedEntry(handle: handle, name: e.name) : nil
+            reply.add(name: e.name, ino: e.ino, isDirectory: e.isDirectory, attributes: attributes, nextOffset: e.nextOffset)
+        }
+    }
+
     /// Entries from `offset` (0 = start): ".", "..", then the children. Returns at most `limit` entries;
     /// an empty result means the end.
-    public func readdir(handle: UInt64, offset: Int64, limit: Int = 512) async throws(FSError) -> [DirEntry] {
+    func entries(handle: UInt64, offset: Int64, limit: Int = 512) async throws(FSError) -> [DirEntry] {
         guard let d = dirHandles.withLock({ $0[handle] }) else { throw .badHandle }
         var out: [DirEntry] = []
         if offset == 0 { out.append(DirEntry(name: ".", ino: d.ino, isDirectory: true, nextOffset: 1)) }
@@ -134,7 +147,7 @@ extension FileSystem {
     /// taking one lookup reference (the kernel counts such an entry as a lookup). Nil for "." and "..", when
     /// the listing is no longer at hand, or when a file's stored mtime is not known (`resolveListedEntries`
     /// learns it): the entry then goes without attributes and the kernel looks it up.
-    public func listedEntry(handle: UInt64, name: String) -> Attributes? {
+    func listedEntry(handle: UInt64, name: String) -> Attributes? {
         guard name != ".", name != "..", let d = dirHandles.withLock({ $0[handle] }) else { return nil }
         let key = d.key + name
         if let v = localVersion(key) {
@@ -147,14 +160,7 @@ extension FileSystem {
 
     /// The stable inode number of (parent, name), allocated on first sight.
     func inoFor(parent: UInt64, name: String) -> UInt64 {
-        table.withLock { t in
-            let pk = PathKey(parent: parent, name: name)
-            if let i = t.inoByPath[pk] { return i }
-            let i = t.nextIno
-            t.nextIno += 1
-            t.inoByPath[pk] = i
-            return i
-        }
+        table.withLock { $0.ino(parent: parent, name: name) }
     }
 
     func fetchPage(_ d: DirHandle) async throws(FSError) {
@@ -165,7 +171,7 @@ extension FileSystem {
         do {
             page = try await client.listObjectsV2(bucket, prefix: d.key.isEmpty ? nil : d.key, delimiter: "/",
                                                   continuationToken: token, startAfter: nil, maxKeys: nil)
-        } catch { throw FSError.from(error) }
+        } catch { throw FSError(error, during: .other) }
         let localChildren: [(String, Meta)] = page.isTruncated ? [] : local.withLock { l in
             l.compactMap { key, f in
                 guard key.hasPrefix(d.key) else { return nil }

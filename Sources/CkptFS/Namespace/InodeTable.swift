@@ -1,0 +1,258 @@
+// The inode table: what the mount knows of paths, as a pure value (no I/O, no locks; the facade keeps it under
+// one Mutex). Inode numbers are assigned per (parent, name) and never reused during a mount; one inode stands
+// for one version of an object (a replaced object gets a new number, the old one is marked superseded). Complete
+// directory listings and negative lookups are kept for the metadata TTL. An index from object key to inodes
+// lets an upload that landed, or a local version that went, update the inodes of its key without a scan.
+import Foundation
+
+struct Meta: Sendable {
+    var isDirectory: Bool
+    var size: Int64
+    var etag: String
+    var mtime: Date
+    /// False for a file known only from a listing: `mtime` is its Last-Modified, and whether its writer
+    /// stored an mtime (x-amz-meta-mtime, which wins) is not known until a HEAD (StoredMtimes.swift).
+    var mtimeKnown = true
+}
+
+struct Node: Sendable {
+    var parent: UInt64
+    var name: String
+    var key: String  // files: the object key; directories: the prefix, ending with "/" (root: `prefix`)
+    var meta: Meta
+    var fetched: ContinuousClock.Instant
+    var lookups: UInt64
+    /// Another version of the object now has the path (see `replaced`): this inode keeps showing the
+    /// version it stood for, and opens of it fail with ESTALE so the kernel looks the path up again.
+    var superseded = false
+}
+
+struct Listing: Sendable {
+    var entries: [String: Meta]
+    var expires: ContinuousClock.Instant
+    /// Until when a name missing from `entries` is known absent (a listing made for lookups: misses are
+    /// trusted for at most 5 s, like negative lookups).
+    var negativeUntil: ContinuousClock.Instant
+    /// The names of the files in `entries`, in the order S3 lists them; made when first needed
+    /// (StoredMtimes.swift).
+    var sortedFiles: [String]?
+
+    init(entries: [String: Meta], expires: ContinuousClock.Instant) {
+        self.entries = entries
+        self.expires = expires
+        negativeUntil = expires
+    }
+
+    /// What the listing says of `name` now: its metadata, known absent (`.some(nil)`), or nothing (the
+    /// listing expired, or it lacks the name and that is no longer trusted).
+    func answer(_ name: String) -> Meta?? {
+        let now = ContinuousClock.now
+        guard now < expires else { return nil }
+        if let m = entries[name] { return .some(m) }
+        return now < negativeUntil ? .some(nil) : nil
+    }
+}
+
+struct PathKey: Hashable, Sendable {
+    var parent: UInt64
+    var name: String
+}
+
+/// The inode table (see the file comment). Nodes change only through its methods, which keep the key index.
+struct InodeTable: Sendable {
+    private(set) var nodes: [UInt64: Node] = [:]
+    private(set) var inoByPath: [PathKey: UInt64] = [:]
+    /// Inodes by the key of their node (files: the object key; directories: the prefix ending in "/").
+    private var inosByKey: [String: Set<UInt64>] = [:]
+    private var nextIno: UInt64 = 2
+    var listings: [UInt64: Listing] = [:]
+    /// Entries in `listings` as of the last sweep plus those installed since (an upper bound, near enough).
+    private var listedEntries = 0
+    private var lastSweep = ContinuousClock.now
+    private(set) var negative: [PathKey: ContinuousClock.Instant] = [:]
+
+    init(root: Node, ino: UInt64) { put(ino, root) }
+
+    subscript(ino: UInt64) -> Node? { nodes[ino] }
+
+    /// Sets node `ino`, keeping the key index.
+    private mutating func put(_ ino: UInt64, _ n: Node?) {
+        if let old = nodes[ino], old.key != n?.key {
+            inosByKey[old.key]?.remove(ino)
+            if inosByKey[old.key]?.isEmpty == true { inosByKey.removeValue(forKey: old.key) }
+        }
+        nodes[ino] = n
+        if let n { inosByKey[n.key, default: []].insert(ino) }
+    }
+
+    /// The inode number of (parent, name), allocated on first sight.
+    mutating func ino(parent: UInt64, name: String) -> UInt64 {
+        let pk = PathKey(parent: parent, name: name)
+        if let i = inoByPath[pk] { return i }
+        let i = nextIno
+        nextIno += 1
+        inoByPath[pk] = i
+        return i
+    }
+
+    /// Records what is known of (parent, name) (`key`: the object key, or the directory's key without "/") and
+    /// returns its inode. The inode number of a path is stable for the mount; a path that changes between file
+    /// and directory, or whose object was replaced by another writer, gets a new one (the old one lives until
+    /// forgotten, superseded).
+    mutating func remember(parent: UInt64, name: String, key: String, meta: Meta, addLookup: Bool) -> UInt64 {
+        let pk = PathKey(parent: parent, name: name)
+        negative.removeValue(forKey: pk)
+        var ino = inoByPath[pk]
+        if let i = ino, let existing = nodes[i], existing.meta.isDirectory != meta.isDirectory {
+            ino = nil  // the kind changed: a new inode; the old one lives until forgotten
+        }
+        if let i = ino, let existing = nodes[i], !meta.isDirectory, !existing.meta.etag.isEmpty, !meta.etag.isEmpty,
+           existing.meta.etag != meta.etag {
+            // Replaced by another writer: a new inode, as a file replaced by rename gets on a local disk.
+            // The kernel trusts its own size and mtime for an inode it caches writes for, and keeps its
+            // pages (keep_cache), so it must see a new one.
+            nodes[i]?.superseded = true
+            ino = nil
+        }
+        let i: UInt64
+        if let ino {
+            i = ino
+        } else {
+            i = nextIno
+            nextIno += 1
+            inoByPath[pk] = i
+        }
+        let nodeKey = meta.isDirectory ? key + "/" : key
+        var n = nodes[i] ?? Node(parent: parent, name: name, key: nodeKey, meta: meta, fetched: .now, lookups: 0)
+        var meta = meta
+        if !meta.mtimeKnown && n.meta.mtimeKnown && n.meta.etag == meta.etag && !meta.etag.isEmpty {
+            meta.mtime = n.meta.mtime  // a listing of the same version: keep the stored mtime a HEAD gave
+            meta.mtimeKnown = true
+        }
+        n.meta = meta
+        n.fetched = .now
+        if addLookup { n.lookups += 1 }
+        put(i, n)
+        return i
+    }
+
+    /// Node `ino` was revalidated: it shows `meta` as of now.
+    mutating func refresh(_ ino: UInt64, meta: Meta) {
+        nodes[ino]?.meta = meta
+        nodes[ino]?.fetched = .now
+    }
+
+    /// Node `ino` keeps showing its version; another version now has its path.
+    mutating func supersede(_ ino: UInt64) { nodes[ino]?.superseded = true }
+
+    /// The kernel dropped `count` references to `ino`; at none the node and its listing go.
+    mutating func forget(_ ino: UInt64, count: UInt64) {
+        guard var n = nodes[ino] else { return }
+        n.lookups = n.lookups > count ? n.lookups - count : 0
+        if n.lookups == 0 {
+            put(ino, nil)
+            listings.removeValue(forKey: ino)
+        } else {
+            nodes[ino] = n
+        }
+    }
+
+    /// Forgets what is cached about (parent, name), so the next lookup asks again (and a miss is trusted).
+    mutating func invalidate(parent: UInt64, name: String) {
+        listings[parent]?.entries.removeValue(forKey: name)
+        let pk = PathKey(parent: parent, name: name)
+        if let ino = inoByPath[pk] { nodes[ino]?.fetched = .distantPast }
+        negative[pk] = .now
+    }
+
+    /// (parent, name) no longer names its inode: a file created under it is a new inode, whatever the kernel
+    /// still holds open.
+    mutating func freeName(parent: UInt64, name: String) {
+        inoByPath.removeValue(forKey: PathKey(parent: parent, name: name))
+    }
+
+    mutating func noteMissing(parent: UInt64, name: String) { negative[PathKey(parent: parent, name: name)] = .now }
+
+    mutating func clearMissing(parent: UInt64, name: String) { negative.removeValue(forKey: PathKey(parent: parent, name: name)) }
+
+    /// The renamed inode keeps its number at the new path; keys of nodes under a renamed directory follow.
+    mutating func move(parent: UInt64, name: String, newParent: UInt64, newName: String, from src: String, to dst: String,
+                       isDirectory: Bool) {
+        let from = PathKey(parent: parent, name: name), to = PathKey(parent: newParent, name: newName)
+        let meta = listings[parent]?.entries.removeValue(forKey: name)
+        if let ino = inoByPath.removeValue(forKey: from) {
+            inoByPath[to] = ino
+            if var n = nodes[ino] {
+                n.parent = newParent
+                n.name = newName
+                n.key = isDirectory ? dst + "/" : dst
+                put(ino, n)
+                if listings[newParent] != nil { listings[newParent]?.entries[newName] = meta ?? n.meta }
+            }
+        }
+        if isDirectory {
+            let s = src + "/", d = dst + "/"
+            for key in inosByKey.keys where key.hasPrefix(s) {
+                for ino in inosByKey[key] ?? [] {
+                    guard var n = nodes[ino] else { continue }
+                    n.key = d + n.key.dropFirst(s.count)
+                    put(ino, n)
+                }
+            }
+        }
+        negative[from] = .now
+        negative.removeValue(forKey: to)
+    }
+
+    /// A version of `key` landed in S3 with `meta`: the file inodes of the key, and the listings naming them,
+    /// show it.
+    mutating func objectLanded(key: String, meta: Meta) {
+        for ino in inosByKey[key] ?? [] {
+            guard let n = nodes[ino], !n.meta.isDirectory else { continue }
+            refresh(ino, meta: meta)
+            if listings[n.parent] != nil { listings[n.parent]?.entries[n.name] = meta }
+        }
+    }
+
+    /// The local version of `key` went without reaching S3: its file inodes revalidate at their next use, and
+    /// the listings naming them are dropped.
+    mutating func localVersionGone(key: String) {
+        for ino in inosByKey[key] ?? [] {
+            guard let n = nodes[ino], !n.meta.isDirectory else { continue }
+            nodes[ino]?.fetched = .distantPast
+            listings.removeValue(forKey: n.parent)
+        }
+    }
+
+    /// Keeps the complete listing of `ino` for lookups. Expired listings are dropped first (at most once a
+    /// second, or when the bound is reached), then the oldest ones while the entries kept would exceed
+    /// `limit`. A listing larger than `limit` by itself is not kept (false).
+    mutating func install(_ listing: Listing, for ino: UInt64, limit: Int) -> Bool {
+        let now = ContinuousClock.now
+        let n = listing.entries.count
+        guard n <= limit else {
+            if let old = listings.removeValue(forKey: ino) { listedEntries -= old.entries.count }
+            return false
+        }
+        if now - lastSweep > .seconds(1) || listedEntries + n > limit {
+            listings = listings.filter { $0.key != ino && $0.value.expires > now }
+            listedEntries = listings.values.reduce(0) { $0 + $1.entries.count }
+            lastSweep = now
+            if listedEntries + n > limit {
+                for (i, l) in listings.sorted(by: { $0.value.expires < $1.value.expires }) {
+                    listings.removeValue(forKey: i)
+                    listedEntries -= l.entries.count
+                    if listedEntries + n <= limit { break }
+                }
+            }
+        }
+        if let old = listings.updateValue(listing, forKey: ino) { listedEntries -= old.entries.count }
+        listedEntries += n
+        return true
+    }
+}
+
+extension ContinuousClock.Instant {
+    /// Long enough ago that anything fetched then counts as expired.
+    static var distantPast: ContinuousClock.Instant { .now - .seconds(86400 * 365) }
+}

@@ -1,0 +1,156 @@
+// Lookups and attributes: a name is answered from a local version, a fresh listing or negative entry, a
+// listing made for lookups in a directory where they keep missing, or S3 (a HEAD and a one-key LIST at once).
+import CkptS3
+import Foundation
+
+extension FileSystem {
+    /// Finds `name` in directory `parent` and takes one lookup reference on the result (released by `forget`).
+    public func lookup(parent: UInt64, name: String) async throws(FSError) -> Attributes {
+        let dir = try node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        try checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
+        guard FileSystem.validName(name) else { throw .noEntry }
+        let pk = PathKey(parent: parent, name: name)
+        // A file with local changes is what its local version says.
+        if let v = localVersion(dir.key + name) {
+            return remember(parent: parent, name: name, key: dir.key + name, meta: localMeta(v), addLookup: true)
+        }
+        // A fresh listing of the parent, or a fresh negative entry, answers without a request.
+        let cached: Meta?? = table.withLock { t in
+            if let known = t.listings[parent]?.answer(name) {
+                // A listing lacks stored mtimes; the node of the same version may have it from a HEAD.
+                if let m = known, !m.mtimeKnown, let ino = t.inoByPath[pk], let n = t[ino], !n.superseded,
+                   n.meta.mtimeKnown, n.meta.etag == m.etag, !m.etag.isEmpty {
+                    return .some(n.meta)
+                }
+                return known
+            }
+            if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
+            if let ino = t.inoByPath[pk], let n = t[ino], isFresh(n.fetched) { return .some(n.meta) }
+            return nil
+        }
+        var meta: Meta
+        if let c = cached {
+            guard let m = c else { throw .noEntry }
+            meta = m
+        } else if await listForLookups(parent: parent, key: dir.key),
+                  let listed = table.withLock({ $0.listings[parent]?.answer(name) }) {
+            // Lookups keep missing here: the directory was listed once and answers them all (a training job
+            // opening its shards one by one asks the server once, not once or twice per file).
+            guard let m = listed else { throw .noEntry }
+            meta = m
+        } else {
+            guard let m = try await fetchMeta(key: dir.key + name) else {
+                table.withLock { $0.noteMissing(parent: parent, name: name) }
+                throw .noEntry
+            }
+            meta = m
+        }
+        if !meta.isDirectory && !meta.mtimeKnown {
+            // Known from a listing only: the kernel keeps the mtime an inode is created with, so HEAD for the
+            // stored one first (the HEAD also revalidates: an open right after sends none).
+            guard let m = try await lookupStoredMeta(parent: parent, dirKey: dir.key, name: name) else {
+                table.withLock { $0.noteMissing(parent: parent, name: name) }
+                throw .noEntry
+            }
+            meta = m
+        }
+        return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
+    }
+
+    /// Asks S3 whether `key` is a directory (a prefix with something under it) or a file.
+    func fetchMeta(key: String) async throws(FSError) -> Meta? {
+        async let listing = capture { () async throws(FSError) -> Bool in try await self.listProbe(key + "/") }
+        async let head = capture { () async throws(FSError) -> Meta? in try await self.headProbe(key) }
+        if try await listing.get() { return Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime) }
+        return try await head.get()
+    }
+
+    /// Runs `f` and keeps its outcome, so two requests can run concurrently with `async let`.
+    func capture<T: Sendable>(_ f: () async throws(FSError) -> T) async -> Result<T, FSError> {
+        do { return .success(try await f()) } catch { return .failure(error) }
+    }
+
+    func listProbe(_ dirPrefix: String) async throws(FSError) -> Bool {
+        counters.withLock { $0.listRequests += 1 }
+        if isHidden(dirPrefix) { return false }  // removed here, its delete still queued
+        do {
+            // One key tells, unless deletes are queued: then what is listed may be on its way out.
+            let hiding = hasHidden
+            let page = try await client.listObjectsV2(bucket, prefix: dirPrefix, delimiter: "/", continuationToken: nil,
+                                                      startAfter: nil, maxKeys: hiding ? 1000 : 1)
+            if hiding {
+                return page.objects.contains { !isHidden($0.key) } || page.commonPrefixes.contains { !isHidden($0) }
+                    || page.isTruncated
+            }
+            return !page.objects.isEmpty || !page.commonPrefixes.isEmpty
+        } catch { throw FSError(error, during: .other) }
+    }
+
+    func headProbe(_ key: String) async throws(FSError) -> Meta? {
+        if isHidden(key) { return nil }  // removed here, its delete still queued
+        counters.withLock { $0.headRequests += 1 }
+        do {
+            let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+            return Meta(isDirectory: false, size: info.size, etag: info.etag,
+                        mtime: options.storedMtimes ? FileSystem.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
+        } catch {
+            if error.code == .noSuchKey { return nil }
+            throw FSError(error, during: .other)
+        }
+    }
+
+    /// The mtime a writer stored (x-amz-meta-mtime, seconds since the epoch), else Last-Modified.
+    static func mtime(_ info: ObjectInfo) -> Date {
+        if let s = info.metadata["mtime"], let t = Double(s) { return Date(timeIntervalSince1970: t) }
+        return info.lastModified ?? Date(timeIntervalSince1970: 0)
+    }
+
+    /// Records what is known of (parent, name) and returns its attributes (InodeTable.remember).
+    @discardableResult
+    func remember(parent: UInt64, name: String, key: String, meta: Meta, addLookup: Bool) -> Attributes {
+        let (ino, shown) = table.withLock { t in
+            let i = t.remember(parent: parent, name: name, key: key, meta: meta, addLookup: addLookup)
+            return (i, t[i]!.meta)
+        }
+        return attributes(ino, shown)
+    }
+
+    /// Another writer replaced the object `ino` shows (node `n`) with the version `m`. One inode stands for one
+    /// version of an object: the kernel keeps an inode's pages across opens (keep_cache) and, with its
+    /// write-back cache on, trusts its own size and mtime of a regular file for the inode's life (Linux
+    /// fs/fuse/inode.c, fuse_get_cache_mask), so neither a new attribute reply nor a reopen can bring the
+    /// inode to the new version. The path gets a new inode number with `m` (given to the kernel at its next
+    /// lookup), and `ino` is marked superseded: it keeps showing its version, and opens of it fail with
+    /// ESTALE so the kernel looks the path up again (see `remoteObject`).
+    func replaced(_ ino: UInt64, _ n: Node, by m: Meta) {
+        remember(parent: n.parent, name: n.name, key: n.key, meta: m, addLookup: false)
+        table.withLock { t in
+            t.supersede(ino)
+            if t.listings[n.parent]?.entries[n.name] != nil { t.listings[n.parent]?.entries[n.name] = m }
+        }
+    }
+
+    /// The kernel dropped `count` references to `ino`.
+    public func forget(ino: UInt64, count: UInt64) {
+        guard ino != FileSystem.rootIno else { return }
+        table.withLock { $0.forget(ino, count: count) }
+    }
+
+    public func getattr(ino: UInt64) async throws(FSError) -> Attributes {
+        let n = try node(ino)
+        if let f = orphans.withLock({ $0[ino] }) { return attributes(ino, localMeta(f.current)) }
+        if !n.meta.isDirectory, let v = localVersion(n.key) { return attributes(ino, localMeta(v)) }
+        if n.meta.isDirectory || n.superseded || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
+        guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
+        if !n.meta.etag.isEmpty && m.etag != n.meta.etag {
+            // The inode keeps showing its version (an open file of it reads that version or fails with
+            // ESTALE); the path gets a new inode at its next lookup, and opens of this one are sent there.
+            replaced(ino, n, by: m)
+            return attributes(ino, n.meta)
+        }
+        table.withLock { $0.refresh(ino, meta: m) }
+        return attributes(ino, m)
+    }
+
+}

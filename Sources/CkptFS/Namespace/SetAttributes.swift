@@ -1,0 +1,51 @@
+// setattr: size (truncate) and mtime.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    // MARK: Attributes
+
+    /// Changes size and times. Mode and owner are accepted and not stored (they come from the mount options).
+    public func setattr(ino: UInt64, size: Int64?, mtime: Date?) async throws(FSError) -> Attributes {
+        let n = try node(ino)
+        if let f = orphans.withLock({ $0[ino] }) {
+            // An unlinked file still open (ftruncate, futimens through its descriptor): it stays an orphan, and
+            // a file created under its old name meanwhile is not touched.
+            if let size { try truncateVersion(f, to: size) }
+            if let mtime { f.current.state.withLock { $0.mtime = mtime } }
+            return attributes(ino, localMeta(f.current))
+        }
+        if let size {
+            guard !n.meta.isDirectory else { throw .isDirectory }
+            try checkWritable()
+            // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
+            // nothing); without another open writer it is a complete change, acknowledged and queued at once.
+            let isLocal = local.withLock { $0[n.key] != nil }
+            let f = try await openLocalFile(key: n.key, truncate: false, writer: true,
+                                            remote: isLocal ? nil : try await remoteObject(ino, n))
+            defer { releaseHandle(f, writer: true) }
+            try truncateVersion(f, to: size)
+        }
+        if let mtime, !n.meta.isDirectory {
+            // Stored with the upload (x-amz-meta-mtime) while the file is local; otherwise not kept.
+            if let v = localVersion(n.key) {
+                let set = v.state.withLock { s -> Bool in
+                    guard case .waiting = s.upload else { return false }
+                    s.mtime = mtime
+                    return true
+                }
+                // Parts sent early carry no mtime (the object shows Last-Modified, about the close). With the
+                // kernel's write-back cache it sends the file's own write times here, which Last-Modified
+                // matches closely enough; a time from outside the writing (cp -p, rsync -t, touch -d) must be
+                // stored, so such an upload is started afresh, with it.
+                if set && (mtime < v.createdDate - 1 || mtime > Date() + 1) {
+                    abandonEarlyUpload(v, because: "an mtime from outside the writing was set")
+                }
+            }
+        }
+        return try await getattr(ino: ino)
+    }
+}

@@ -1,0 +1,61 @@
+// How the mount behaves: the options the command line sets.
+import CkptCache
+import CkptS3
+import Foundation
+
+/// How the mount behaves. Defaults suit training jobs that read a bucket others change rarely.
+public struct FSOptions: Sendable {
+    /// How long attributes, directory listings and negative lookups are trusted.
+    public var metadataTTL: Duration = .seconds(30)
+    /// Most entries kept in complete directory listings (they answer lookups until the TTL passes), over all
+    /// directories: a few hundred bytes each. A directory larger than this is listed for readers as always but
+    /// its listing is not kept; lookups in it ask S3 name by name.
+    public var maxListedEntries = 250_000
+    public var uid: UInt32 = 0
+    public var gid: UInt32 = 0
+    public var fileMode: UInt32 = 0o644
+    public var dirMode: UInt32 = 0o755
+    public var readOnly = false
+    /// Size of one ranged GET when reading ahead.
+    public var requestSize: Int64 = 16 << 20
+    /// Largest read-ahead window of one open file.
+    public var maxReadAhead: Int64 = 128 << 20
+    /// Most ranged GETs in flight for read-ahead, over all files (demand reads are never held back).
+    public var maxPrefetchRequests = 8
+    /// A read-only open of a file at least this large whose first block is not cached yet asks for direct
+    /// I/O (the adapter decides whether the kernel can do it): reads then bypass the kernel's page cache, so
+    /// a cold stream's bytes are copied once, from the download straight into the reader's buffer, instead of
+    /// into newly allocated page-cache pages and from there to the reader. Cached files keep the page cache.
+    /// 0: every read-only open of a clean file; nil: never.
+    public var directReadMinSize: Int64? = 32 << 20
+    /// A file's mtime is the one its writer stored (x-amz-meta-mtime), else Last-Modified (true: a file known
+    /// only from a listing is HEADed before the kernel sees it, see StoredMtimes.swift); or always
+    /// Last-Modified (false: listings answer without HEADs, as mountpoint-s3 does). One rule either way.
+    public var storedMtimes = true
+    /// fsync() waits until the file is in S3 (true) or only until it is on local disk (false).
+    public var durableFsync = true
+    /// Smallest multipart part (a file up to this size is one PutObject).
+    public var partSize: Int64 = 16 << 20
+    /// Files uploaded at once, and parts in flight over all files.
+    public var uploadConcurrency = 4
+    public var partConcurrency = 8
+    /// A large new file written from the start goes up in parts while it is still being written (see
+    /// EarlyUpload.swift); off (the default), every upload starts after close. On the 2-core bench machine,
+    /// which also runs the server, it slowed the writer and did not make files durable sooner.
+    public var uploadWhileWriting = false
+    /// Parts of one file in flight while it is being written (few: the writer should not wait for them).
+    public var partsWhileWriting = 2
+    /// How long a closed file waits before its upload starts, unless fsync/flush waits for it: a rename in
+    /// that time (write-temp-then-rename) is a local move.
+    public var uploadDelay: Duration = .milliseconds(500)
+    /// Uploads carry If-None-Match / If-Match so a change someone else made in S3 is never overwritten
+    /// silently (a conflict keeps the local copy and is reported).
+    public var conditionalWrites = true
+    /// Tests: keep sealed files queued without uploading them.
+    public var holdUploads = false
+    /// Tests: kill the process at this point of an upload (see FileSystem.crashPoint).
+    public var crashAt: String?
+
+    public init() {}
+}
+

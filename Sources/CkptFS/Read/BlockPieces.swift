@@ -1,0 +1,161 @@
+// Pieces the object reader is built from: a block a fetch will deliver, blocks kept in memory after download,
+// the writer that stores downloaded blocks in the cache off the network threads, and the assembler that cuts a
+// streamed body into blocks.
+import CkptCache
+import CkptS3
+import Foundation
+import Synchronization
+
+/// One block that a fetch in flight will deliver: readers wait on it; the fetch resolves it with the block's
+/// bytes as soon as they are all there (or with the fetch's error).
+final class PendingBlock: Sendable {
+    typealias Outcome = Result<BlockBuffer, FSError>
+    let index: Int64
+    private let state = Mutex<(result: Outcome?, waiters: [CheckedContinuation<Outcome, Never>])>((nil, []))
+
+    init(index: Int64) { self.index = index }
+
+    /// The block's bytes if they have arrived.
+    var arrived: BlockBuffer? {
+        state.withLock { s in if case .success(let b)? = s.result { b } else { nil } }
+    }
+
+    /// Resolves the block; only the first call counts (and returns true).
+    @discardableResult
+    func resolve(_ r: Outcome) -> Bool {
+        let (first, waiters) = state.withLock { s -> (Bool, [CheckedContinuation<Outcome, Never>]) in
+            guard s.result == nil else { return (false, []) }
+            s.result = r
+            defer { s.waiters = [] }
+            return (true, s.waiters)
+        }
+        for w in waiters { w.resume(returning: r) }
+        return first
+    }
+
+    func wait() async throws(FSError) -> BlockBuffer {
+        let r = await withCheckedContinuation { (c: CheckedContinuation<Outcome, Never>) in
+            let done = state.withLock { s -> Outcome? in
+                if let r = s.result { return r }
+                s.waiters.append(c)
+                return nil
+            }
+            if let done { c.resume(returning: done) }
+        }
+        return try r.get()
+    }
+}
+
+/// Blocks downloaded lately, kept in memory within a byte budget (oldest dropped first). Read-ahead runs ahead of
+/// the reader; without this its blocks would be read back from disk moments after they were downloaded.
+final class RecentBlocks: Sendable {
+    private let state = Mutex<(map: [BlockKey: BlockBuffer], order: [BlockKey], bytes: Int)>(([:], [], 0))
+    let budget: Int
+
+    init(budget: Int) { self.budget = budget }
+
+    func put(_ k: BlockKey, _ b: BlockBuffer) {
+        state.withLock { s in
+            guard s.map.updateValue(b, forKey: k) == nil else { return }
+            s.order.append(k)
+            s.bytes += b.capacity
+            while s.bytes > budget, !s.order.isEmpty {
+                let old = s.order.removeFirst()
+                if let v = s.map.removeValue(forKey: old) { s.bytes -= v.capacity }
+            }
+        }
+    }
+
+    func get(_ k: BlockKey) -> BlockBuffer? { state.withLock { $0.map[k] } }
+
+    func remove(_ k: BlockKey) {
+        state.withLock { s in
+            guard let v = s.map.removeValue(forKey: k) else { return }
+            s.bytes -= v.capacity
+            if let i = s.order.firstIndex(of: k) { s.order.remove(at: i) }
+        }
+    }
+}
+
+/// Writes downloaded blocks to the cache on its own threads, so the network threads never wait for the disk.
+/// At most `limit` blocks wait in memory; beyond that the caller stores inline (back-pressure on the download).
+final class CacheWriter: Sendable {
+    private let queues = [DispatchQueue(label: "ckptfs.cache-writer.0"), DispatchQueue(label: "ckptfs.cache-writer.1")]
+    private let next = Atomic<Int>(0)
+    private let queued = Atomic<Int>(0)
+    let limit: Int
+
+    init(limit: Int = 64) { self.limit = limit }
+
+    func store(_ cache: BlockCache, _ key: BlockKey, _ buf: BlockBuffer, then done: @escaping @Sendable () -> Void) {
+        if queued.wrappingAdd(1, ordering: .relaxed).newValue > limit {
+            queued.wrappingSubtract(1, ordering: .relaxed)
+            cache.store(key, buf.bytes)
+            done()
+            return
+        }
+        queues[next.wrappingAdd(1, ordering: .relaxed).newValue % queues.count].async { [self] in
+            cache.store(key, buf.bytes)
+            queued.wrappingSubtract(1, ordering: .relaxed)
+            done()
+        }
+    }
+}
+
+/// Cuts a streamed body into blocks as it arrives and hands each one over as soon as it is complete. A retried
+/// request starts again at offset 0; blocks already handed over are not handed over twice.
+final class BlockAssembler: @unchecked Sendable {
+    let first: Int64
+    let blockSize: Int
+    let delivered: (Int64, BlockBuffer) -> Void
+    private let lock = NSLock()
+    private var buffer: BlockBuffer
+    private var index: Int64
+    private var expected: Int64 = 0
+    private var handedOver: Int64
+
+    init(first: Int64, blockSize: Int, delivered: @escaping (Int64, BlockBuffer) -> Void) {
+        self.first = first
+        self.blockSize = blockSize
+        self.delivered = delivered
+        self.index = first
+        self.handedOver = first
+        self.buffer = BlockBuffer(capacity: blockSize)
+    }
+
+    var sink: ObjectBodySink {
+        { [self] offset, bytes in
+            lock.lock()
+            defer { lock.unlock() }
+            if offset != expected {
+                guard offset == 0 else { throw FSError(EIO, "body arrived out of order") }
+                buffer = BlockBuffer(capacity: blockSize)  // a retry: start over
+                index = first
+                expected = 0
+            }
+            var p = 0
+            while p < bytes.count {
+                p += buffer.append(UnsafeRawBufferPointer(rebasing: bytes[p...]))
+                if buffer.isFull { handOver() }
+            }
+            expected += Int64(bytes.count)
+        }
+    }
+
+    private func handOver() {
+        if index >= handedOver {
+            delivered(index, buffer)
+            handedOver = index + 1
+        }
+        index += 1
+        buffer = BlockBuffer(capacity: blockSize)
+    }
+
+    /// Hands over the last, partial block; returns the bytes received.
+    func finish() -> Int64 {
+        lock.lock()
+        defer { lock.unlock() }
+        if buffer.count > 0 { handOver() }
+        return expected
+    }
+}

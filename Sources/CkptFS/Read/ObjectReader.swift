@@ -1,0 +1,287 @@
+// The object reader: reads of one object version (pinned by ETag) through the block cache.
+//
+// Data is fetched in cache-block units with ranged GETs that carry If-Match, so one reader never mixes two
+// versions. Concurrent readers of a block share one fetch; each block is handed to its readers the moment its
+// last byte arrives, and stored in the cache off the network threads (kept in memory meanwhile). Sequential
+// reads grow a read-ahead window (ReadAhead.swift) served by parallel ranged GETs within a global bound;
+// random reads fetch only the blocks they touch. Reads whose blocks are all at hand are answered without a
+// task (`readNow`).
+//
+// Depends on: the object client (GET), the block cache. Knows nothing of inodes, handles or local files.
+import CkptCache
+import CkptS3
+import Foundation
+import Synchronization
+
+/// One version of an object, pinned by its ETag, and the read-ahead state of reading it.
+final class PinnedObject: Sendable {
+    let key: String
+    let etag: String
+    /// Bytes.
+    let size: Int64
+    let readAhead = Mutex(ReadAhead())
+
+    init(key: String, etag: String, size: Int64) {
+        self.key = key
+        self.etag = etag
+        self.size = size
+    }
+}
+
+/// What `readNow` found: the read's bytes, or the rest of the read, which has to wait for a download.
+public enum ReadNow: Sendable {
+    case done([ReadSegment])
+    case later(PendingRead)
+
+    /// The read's bytes, waiting for them if need be.
+    public func segments() async throws(FSError) -> [ReadSegment] {
+        switch self {
+        case .done(let segments): return segments
+        case .later(let rest): return try await rest.segments()
+        }
+    }
+}
+
+/// A read that has to wait; `segments()` finishes it (once).
+public struct PendingRead: Sendable {
+    let finish: @Sendable () async throws(FSError) -> [ReadSegment]
+    public func segments() async throws(FSError) -> [ReadSegment] { try await finish() }
+}
+
+final class ObjectReader: Sendable {
+    let client: any ObjectClient
+    let bucket: String
+    let cache: BlockCache
+    let limits: ReadAhead.Limits
+    /// Most ranged GETs in flight for read-ahead, over all files (FSOptions.maxPrefetchRequests).
+    let maxPrefetchRequests: Int
+
+    /// Blocks being fetched, each registered by the one fetch that delivers it.
+    private let fetches = Mutex<[BlockKey: PendingBlock]>([:])
+    private let prefetchInFlight = Atomic<Int>(0)
+    private let cacheWriter = CacheWriter()
+    /// Freshly downloaded blocks, served from memory while the reader catches up. Sized to what read-ahead can
+    /// have in flight, so its blocks are still in memory when the reader arrives.
+    private let recent: RecentBlocks
+    /// GETs made and bytes they brought.
+    let counters = Mutex<(gets: Int, bytes: Int64)>((0, 0))
+
+    init(client: any ObjectClient, bucket: String, cache: BlockCache, options: FSOptions) {
+        self.client = client
+        self.bucket = bucket
+        self.cache = cache
+        self.limits = ReadAhead.Limits(blockSize: Int64(cache.blockSize), requestSize: options.requestSize,
+                                       maxReadAhead: options.maxReadAhead)
+        self.maxPrefetchRequests = options.maxPrefetchRequests
+        self.recent = RecentBlocks(budget: Int(max(options.maxReadAhead, Int64(options.maxPrefetchRequests) * options.requestSize)))
+    }
+
+    var blockSize: Int64 { limits.blockSize }
+
+    func blockKey(_ o: PinnedObject, _ b: Int64) -> BlockKey { BlockKey(bucket: bucket, key: o.key, etag: o.etag, index: b) }
+
+    /// Whether the first block of `o` is in the block cache (a cold open of a large file reads direct).
+    func firstBlockCached(_ o: PinnedObject) -> Bool { cache.contains(blockKey(o, 0)) }
+
+    /// Reads up to `size` bytes of `o` at `offset` (fewer only at its end), waiting for downloads.
+    func read(_ o: PinnedObject, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
+        try await readNow(o, offset: offset, size: size).segments()
+    }
+
+    /// Plans a read of `o` and gathers the blocks at hand; the rest waits in the returned `.later`. Either way
+    /// the read-ahead it triggers has started.
+    func readNow(_ o: PinnedObject, offset: Int64, size: Int) throws(FSError) -> ReadNow {
+        guard offset < o.size, size > 0 else { return .done([]) }
+        let end = min(offset + Int64(size), o.size)
+        let plan = o.readAhead.withLock { $0.plan(offset: offset, end: end, fileSize: o.size, limits) }
+        let read = Planned(offset: offset, end: end, plan: plan)
+        var segments: [ReadSegment] = []
+        guard let missing = try gatherNow(o, read, &segments) else {
+            if let prefetch = plan.prefetch { schedulePrefetch(o, prefetch) }
+            return .done(segments)
+        }
+        let have = segments
+        return .later(PendingRead { () async throws(FSError) in
+            try await self.finishRead(o, read, have: have, from: missing)
+        })
+    }
+
+    /// One read: its byte range and its plan.
+    struct Planned: Sendable {
+        var offset: Int64
+        var end: Int64
+        var plan: ReadAhead.Plan
+        func blocks(_ bs: Int64) -> ClosedRange<Int64> { (offset / bs)...((end - 1) / bs) }
+    }
+
+    /// Completes a planned read from block `missing` on; `have` holds the segments of the blocks before it.
+    /// Block `missing` was just found not at hand: it is looked up again only if it has reached the cache
+    /// since (so a cache miss is counted once), else fetched or joined to its fetch in flight.
+    private func finishRead(_ o: PinnedObject, _ read: Planned, have: [ReadSegment], from missing: Int64) async throws(FSError) -> [ReadSegment] {
+        var segments = have
+        for b in missing...read.blocks(blockSize).upperBound {
+            let look = b != missing || cache.contains(blockKey(o, b))
+            var source = look ? blockNow(o, b) : nil
+            if source == nil {
+                source = try await fetchBlock(o, b, demandBlocks: read.plan.sequential ? limits.requestSize / blockSize : 1)
+            }
+            try append(&segments, o, read, b, source!)
+        }
+        if let prefetch = read.plan.prefetch { schedulePrefetch(o, prefetch) }
+        return segments
+    }
+
+    /// Appends the segments of the read's blocks that are at hand now, in order, and returns the first block
+    /// that is not (nothing appended from it on), or nil when the read is complete.
+    private func gatherNow(_ o: PinnedObject, _ read: Planned, _ segments: inout [ReadSegment]) throws(FSError) -> Int64? {
+        for b in read.blocks(blockSize) {
+            guard let source = blockNow(o, b) else { return b }
+            try append(&segments, o, read, b, source)
+        }
+        return nil
+    }
+
+    enum BlockSource {
+        case file(OpenBlock)
+        /// A block just downloaded, served from memory while (or instead of, when the disk is full) it is stored.
+        case memory(BlockBuffer)
+    }
+
+    /// Block `b` if it is at hand: in memory (downloaded lately, or downloaded and still being stored) or in
+    /// the cache.
+    private func blockNow(_ o: PinnedObject, _ b: Int64) -> BlockSource? {
+        let key = blockKey(o, b)
+        if let buf = recent.get(key) ?? fetches.withLock({ $0[key] })?.arrived { return .memory(buf) }
+        return cache.open(key).map { BlockSource.file($0) }
+    }
+
+    /// Adds block `b`'s part of the read.
+    private func append(_ segments: inout [ReadSegment], _ o: PinnedObject, _ read: Planned, _ b: Int64,
+                        _ source: BlockSource) throws(FSError) {
+        let blockStart = b * blockSize
+        let lo = Int(max(read.offset, blockStart) - blockStart)
+        let hi = Int(min(read.end, blockStart + blockSize) - blockStart)
+        switch source {
+        case .file(let ob):
+            let fd = OwnedDescriptor(ob.fd)
+            guard hi <= ob.length else { throw FSError(EIO, "cached block \(b) of \(o.key) is shorter than the object says") }
+            segments.append(.file(fd, offset: ob.offset + Int64(lo), length: hi - lo))
+        case .memory(let buf):
+            guard hi <= buf.count else { throw FSError(EIO, "short block \(b) of \(o.key)") }
+            segments.append(.memory(ReadBytes(buf), offset: lo, length: hi - lo))
+            // A stream that has read a block to its end will not come back for it.
+            if read.plan.sequential && hi == buf.count {
+                buf.consumed.store(true, ordering: .relaxed)
+                recent.remove(blockKey(o, b))
+            }
+        }
+    }
+
+    /// Block `b`, from a fetch already in flight or a new one covering up to `demandBlocks` blocks that are
+    /// neither cached nor being fetched. A reader waits for its own block only, not for the whole request:
+    /// each block is handed over as soon as its last byte has arrived and been stored.
+    private func fetchBlock(_ o: PinnedObject, _ b: Int64, demandBlocks: Int64) async throws(FSError) -> BlockSource {
+        let key = blockKey(o, b)
+        for attempt in 0..<2 {
+            let pending = fetches.withLock { $0[key] } ?? startFetch(o, from: b, count: max(1, demandBlocks))
+            do throws(FSError) {
+                return .memory(try await pending.wait())
+            } catch {
+                if attempt == 1 || error.kind == .objectChanged { throw error }
+            }
+            if let ob = cache.open(key) { return .file(ob) }
+        }
+        throw FSError(EIO, "block \(b) of \(o.key) could not be read")
+    }
+
+    /// Starts one ranged GET for blocks [from, from+count) (stopping at the first block cached or in
+    /// flight), registers a pending block for each, and stores every block in the cache as it arrives.
+    /// Returns the pending block `from` (which may belong to a fetch already in flight).
+    @discardableResult
+    private func startFetch(_ o: PinnedObject, from: Int64, count: Int64, isPrefetch: Bool = false) -> PendingBlock {
+        let bs = blockSize
+        let lastBlock = (o.size - 1) / bs
+        let bucket = self.bucket
+        @Sendable func key(_ i: Int64) -> BlockKey { BlockKey(bucket: bucket, key: o.key, etag: o.etag, index: i) }
+        // Plan and register under one lock: join a fetch in flight, or claim the blocks a new one covers.
+        let (joined, mine): (PendingBlock?, [PendingBlock]) = fetches.withLock { map in
+            if let e = map[key(from)] { return (e, []) }
+            var blocks: [PendingBlock] = []
+            var i = from
+            while i < from + max(1, count) && i <= lastBlock && (i == from || (map[key(i)] == nil && !cache.contains(key(i)))) {
+                let p = PendingBlock(index: i)
+                map[key(i)] = p
+                blocks.append(p)
+                i += 1
+            }
+            return (nil, blocks)
+        }
+        if let joined { return joined }
+        let n = Int64(mine.count)
+        @Sendable func unregister(_ p: PendingBlock) {
+            fetches.withLock { m in if m[key(p.index)] === p { m.removeValue(forKey: key(p.index)) } }
+        }
+        let range = (from * bs)..<min((from + n) * bs, o.size)
+        if isPrefetch { prefetchInFlight.wrappingAdd(1, ordering: .relaxed) }
+        Task {
+            defer { if isPrefetch { self.prefetchInFlight.wrappingSubtract(1, ordering: .relaxed) } }
+            // Each block goes to its readers the moment it is complete, and to the cache off the network
+            // thread; it stays registered (answering readers from memory) until it is on disk.
+            let assembler = BlockAssembler(first: from, blockSize: Int(bs)) { i, buf in
+                let p = mine[Int(i - from)]
+                p.resolve(.success(buf))
+                self.cacheWriter.store(self.cache, key(i), buf) {
+                    // Kept in memory for the reader still to come, unless it already read the block meanwhile.
+                    if !buf.consumed.load(ordering: .relaxed) { self.recent.put(key(i), buf) }
+                    unregister(p)
+                    // A random reader's block (a one-block demand fetch) is likely read again soon: the O_DIRECT
+                    // store bypassed the page cache, so have the kernel read it in now (DMA, no copy here).
+                    if !isPrefetch && n == 1 { self.cache.prefetch(key(i)) }
+                }
+            }
+            var failure: FSError?
+            do throws(S3Error) {
+                _ = try await self.client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: nil,
+                                                    sink: assembler.sink)
+                let received = assembler.finish()
+                self.counters.withLock {
+                    $0.gets += 1
+                    $0.bytes += received
+                }
+                if received != Int64(range.count) { failure = FSError(EIO, "got \(received) bytes for \(range.count)") }
+            } catch {
+                failure = FSError(error, during: .read)
+            }
+            // Blocks that never arrived fail their readers and are unregistered, so a later read retries.
+            let err = failure ?? FSError(EIO, "the response ended early")
+            for p in mine where p.resolve(.failure(err)) { unregister(p) }
+        }
+        return mine[0]
+    }
+
+    /// Fetches the blocks in `range` ahead of the reader, in requestSize pieces, within the global limit.
+    private func schedulePrefetch(_ o: PinnedObject, _ range: Range<Int64>) {
+        let per = max(1, limits.requestSize / blockSize)
+        var b = range.lowerBound
+        while b < range.upperBound {
+            let k = blockKey(o, b)
+            if cache.contains(k) {
+                // Cached on disk: have the kernel start reading it now, so the reader does not wait for the disk.
+                cache.prefetch(k)
+                b += 1
+                continue
+            }
+            if recent.get(k) != nil || fetches.withLock({ $0[k] != nil }) {
+                b += 1
+                continue
+            }
+            guard prefetchInFlight.load(ordering: .relaxed) < maxPrefetchRequests else {
+                // Over the limit: let a later read schedule the rest.
+                o.readAhead.withLock { $0.prefetchedTo = min($0.prefetchedTo, b) }
+                return
+            }
+            startFetch(o, from: b, count: min(per, range.upperBound - b), isPrefetch: true)
+            b += per
+        }
+    }
+}

@@ -1,0 +1,94 @@
+// Opening files for reading: a clean file's handle pins the object version (ETag) it opened, revalidated with
+// HEAD; a file with local changes reads its local version (Write/). Reads go to the object reader.
+import CkptCache
+import CkptS3
+import Foundation
+import Synchronization
+
+/// An open read handle on a clean file: the object version it pinned.
+final class ReadHandle: Sendable {
+    let ino: UInt64
+    let object: PinnedObject
+    /// Reads of this handle bypass the kernel's page cache (FSOptions.directReadMinSize).
+    let direct: Bool
+
+    init(ino: UInt64, object: PinnedObject, direct: Bool) {
+        self.ino = ino
+        self.object = object
+        self.direct = direct
+    }
+}
+
+extension FileSystem {
+    /// Opens a file. Reading a clean file revalidates the object (HEAD) unless it was checked within the last
+    /// second (the kernel looks a file up right before opening it) and pins its ETag for the handle's life.
+    /// Writing (or reading a file with local changes) goes to its local version (Write/).
+    public func open(ino: UInt64, flags: Int32) async throws(FSError) -> OpenReply {
+        let n = try node(ino)
+        guard !n.meta.isDirectory else { throw .isDirectory }
+        let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
+        let isLocal = local.withLock { $0[n.key] != nil }
+        if isLocal && !write, let h = try await openLocal(ino: ino, key: n.key, write: false, truncate: false, remote: nil) {
+            return OpenReply(handle: h, directIO: false, keepCache: true)
+        }
+        let remote = isLocal ? nil : try await remoteObject(ino, n)
+        if write {
+            if !isLocal && remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
+            let h = try await openLocal(ino: ino, key: n.key, write: true, truncate: flags & O_TRUNC != 0, remote: remote)!
+            return OpenReply(handle: h, directIO: false, keepCache: false)
+        }
+        guard let remote else { throw .noEntry }
+        let direct = options.directReadMinSize.map { min in
+            remote.size >= min && remote.size > 0 && !reader.firstBlockCached(remote)
+        } ?? false
+        if direct { counters.withLock { $0.directOpens += 1 } }
+        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote, direct: direct) }
+        return OpenReply(handle: h, directIO: direct, keepCache: true)
+    }
+
+    /// The object behind a node as S3 has it now (revalidated with a HEAD unless checked within the last
+    /// second: the kernel looks a file up right before opening it), or nil when there is none.
+    ///
+    /// An inode stands for one version of its object (see `replaced`). When the object is no longer the
+    /// version the inode shows, this throws ESTALE: the kernel then walks the path again with a forced
+    /// lookup (the VFS retries an open that fails with ESTALE once, with LOOKUP_REVAL), which finds the new
+    /// inode, and the open goes to it. So an open that revalidated never reads the kernel's pages, size or
+    /// mtime of the old version.
+    func remoteObject(_ ino: UInt64, _ n: Node) async throws(FSError) -> PinnedObject? {
+        var meta = n.meta
+        if meta.etag.isEmpty && local.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
+        if n.superseded { throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again") }
+        if ContinuousClock.now - n.fetched > .seconds(1) || meta.etag.isEmpty {
+            guard let m = try await headProbe(n.key) else { return nil }
+            if !meta.etag.isEmpty && m.etag != meta.etag {
+                replaced(ino, n, by: m)
+                throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again")
+            }
+            meta = m
+            table.withLock { $0.refresh(ino, meta: m) }
+        }
+        return PinnedObject(key: n.key, etag: meta.etag, size: meta.size)
+    }
+
+    public func release(handle: UInt64) {
+        if handles.withLock({ $0.removeValue(forKey: handle) }) == nil { releaseLocal(handle: handle) }
+    }
+
+    /// Reads up to `size` bytes at `offset`. Fewer bytes only at the end of the file.
+    public func read(handle: UInt64, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
+        try await readNow(handle: handle, offset: offset, size: size).segments()
+    }
+
+    /// Starts a read without waiting: when every block it needs is in memory or in the cache, its bytes are
+    /// returned at once (the FUSE thread replies without handing the request to another thread, which is
+    /// most of a small read's cost); otherwise the part that waits for the network is returned to be awaited.
+    /// Either way the read-ahead it triggers has started.
+    public func readNow(handle: UInt64, offset: Int64, size: Int) throws(FSError) -> ReadNow {
+        guard let rh = handles.withLock({ $0[handle] }) else {
+            guard let lh = localHandles.withLock({ $0[handle] }) else { throw .badHandle }
+            return .later(PendingRead { () async throws(FSError) in try await self.readLocal(lh, offset: offset, size: size) })
+        }
+        return try reader.readNow(rh.object, offset: offset, size: size)
+    }
+}

@@ -1,0 +1,129 @@
+// Waiting for durability: fsync, `ckptfs flush` and unmount wait for versions (and deletes) to reach S3;
+// the write-back status.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    /// The version that carries `v`'s bytes to S3: `v`, or the newest version that superseded it.
+    func carrier(of v: StagedVersion) -> StagedVersion {
+        var cur = v
+        while let next = cur.state.withLock({ s -> StagedVersion? in
+            if case .superseded = s.upload { return s.successor }
+            return nil
+        }) { cur = next }
+        return cur
+    }
+
+    /// Waits until each version (or the version that superseded it) is settled, or the deadline passes.
+    /// Returns the keys not durable, with why.
+    func waitDurable(_ versions: [StagedVersion], deadline: ContinuousClock.Instant?) async -> [(String, String)] {
+        // Someone waits for all of them: none waits out the upload delay.
+        for v in versions { carrier(of: v).markUrgent() }
+        for v in versions {
+            while true {
+                let cur = carrier(of: v)
+                cur.markUrgent()
+                if cur.isSettled && carrier(of: v) === cur { break }
+                if cur.isFinal && !cur.isSettled { break }  // a conflict: nothing more happens without the user
+                let left = deadline.map { $0 - ContinuousClock.now }
+                if let left, left <= .zero { break }
+                await cur.waitFinal(timeout: left)
+            }
+        }
+        var left: [(String, String)] = []
+        for v in versions {
+            let cur = carrier(of: v)
+            if !cur.isSettled {
+                let (key, err, up) = cur.state.withLock { ($0.key, $0.lastError, $0.upload) }
+                let why: String
+                if let err { why = err } else if case .uploading = up { why = "still uploading" } else { why = "waiting to upload" }
+                left.append((key, why))
+            }
+        }
+        return left
+    }
+
+    /// Blocks until every acknowledged change under `path` (relative to the mount; "" for all) is durable in
+    /// S3, or the timeout passes: files closed or fsynced (queued or uploading versions), and deletes. A file still open
+    /// for writing is not sealed here: only what close() or fsync() acknowledged is uploaded, so bytes of a
+    /// save in progress never reach S3 (its last acknowledged version, if any, is waited for). Returns the
+    /// paths that are not durable, with the reason.
+    public func flushAll(under path: String, timeout: Duration?) async -> [(path: String, reason: String)] {
+        let keyPrefix = prefix + path
+        func under(_ key: String) -> Bool {
+            path.isEmpty || key == keyPrefix || key.hasPrefix(keyPrefix.hasSuffix("/") ? keyPrefix : keyPrefix + "/")
+        }
+        let versions = uploadState.withLock { u in u.pending.values.filter { under($0.key) } }
+        let open = local.withLock { l in l.filter { under($0.key) && !$0.value.current.state.withLock { $0.sealed } }.map(\.key) }
+        if !open.isEmpty {
+            logger.info("files open for writing are not uploaded until they are closed or fsynced",
+                        metadata: ["keys": "\(open.sorted().prefix(10))", "count": "\(open.count)"])
+        }
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        var failures = await waitDurable(versions, deadline: deadline)
+        // Deletes too (unlink, rmdir, old names of renames), which go after the uploads before them.
+        for key in await waitDeletes(under: under, deadline: deadline) {
+            failures.append((key, "delete not applied yet (it waits for the uploads before it)"))
+        }
+        var seen = Set<String>()
+        return failures.filter { seen.insert($0.0).inserted }.map { (String($0.0.dropFirst(prefix.count)), $0.1) }
+    }
+
+    public var writeBackStatus: WriteBackStatus {
+        var s = WriteBackStatus()
+        let pending = uploadState.withLock { u -> [StagedVersion] in
+            s.uploadedFiles = u.uploadedFiles
+            s.uploadedBytes = u.uploadedBytes
+            s.recovered = u.recovered
+            s.quarantined = u.quarantined
+            s.pendingDeletes = u.deletes.count
+            return Array(u.pending.values)
+        }
+        var versions = pending
+        for f in local.withLock({ Array($0.values) }) where !versions.contains(where: { $0 === f.current }) {
+            if f.current.state.withLock({ !$0.sealed }) { versions.append(f.current) }
+        }
+        for v in versions {
+            let (key, size, up, err, sealed, sent) = v.state.withLock { ($0.key, $0.size, $0.upload, $0.lastError, $0.sealed, $0.bytesUploaded) }
+            let state: String
+            switch up {
+            case .waiting: state = sealed ? "queued" : "open"
+            case .uploading: state = "uploading"
+            case .conflict: state = "conflict"
+            default: continue
+            }
+            let age = (ContinuousClock.now - v.created).seconds
+            let p = WriteBackStatus.Pending(path: String(key.dropFirst(prefix.count)), bytes: size, state: state,
+                                            ageSeconds: age, error: err, sentBytes: sent)
+            s.dirtyFiles += 1
+            s.dirtyBytes += size
+            if state == "uploading" { s.uploadsInFlight += 1 }
+            s.oldestDirtySeconds = max(s.oldestDirtySeconds, age)
+            s.pending.append(p)
+            if err != nil { s.failures.append(p) }
+        }
+        s.pending.sort { $0.path < $1.path }
+        s.stagingBytes = FileSystem.diskUsage(of: stagingDir)
+        return s
+    }
+
+    /// Bytes the files in `dir` take on disk (allocated blocks: sparse staged files count what they hold).
+    static func diskUsage(of dir: String) -> Int64 {
+        var total: Int64 = 0
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            var st = stat()
+            if lstat(dir + "/" + name, &st) == 0 { total += Int64(st.st_blocks) * 512 }
+        }
+        return total
+    }
+
+    /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
+    /// as a crash would. For tests of recovery.
+    public func shutdown() {
+        for t in uploadState.withLock({ Array($0.tails.values) }) { t.task.cancel() }
+        cache.unlock()
+    }
+}

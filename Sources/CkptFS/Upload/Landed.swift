@@ -1,0 +1,38 @@
+// After an upload: the version settles, the file may become clean, and the namespace shows what landed.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    /// After a version settles (landed, superseded, dropped): it leaves the queue. Its staged copy goes unless
+    /// it is the current version of a file still open (a rename may need it again; the last close cleans up).
+    /// A landed current version of a file nobody has open makes the file clean: stat shows the object.
+    func finishUpload(_ v: StagedVersion, etag: String? = nil) {
+        abandonEarlyUpload(v, because: "superseded")  // superseded or dropped before its parts were used
+        uploadState.withLock { u in _ = u.pending.removeValue(forKey: v.id) }
+        closeUploadJobs()
+        let key = v.key
+        let (size, mtime) = v.state.withLock { ($0.size, $0.mtime) }
+        enum After { case remove, keep, clean }
+        let after = local.withLock { l -> After in
+            guard let f = l[key] else { return .remove }
+            return f.state.withLock { s -> After in
+                guard s.current === v else { return .remove }
+                guard etag != nil else { return .keep }
+                if s.handles > 0 { return .keep }
+                l.removeValue(forKey: key)
+                return .clean
+            }
+        }
+        if after != .keep { Glibc.unlink(v.path) }
+        guard after == .clean, let etag else { return }
+        showUploaded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
+    }
+
+    /// The attributes of `key` are those of the object just uploaded.
+    func showUploaded(key: String, meta: Meta) {
+        table.withLock { $0.objectLanded(key: key, meta: meta) }
+    }
+}

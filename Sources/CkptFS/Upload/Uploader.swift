@@ -1,0 +1,331 @@
+// Uploads of sealed versions, in the background: PutObject for small files, parallel multipart for large
+// ones; verified before the local copy counts as clean; retried until they succeed or the file is unlinked.
+// Versions of one key are uploaded in order; a version replaced by a newer one before its upload started is
+// skipped (the newer one carries everything the older one acknowledged). Also: crash recovery from the
+// journal, waiting for durability (fsync, `ckptfs flush`, unmount) and the write-back status.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    /// Uploads `v` (for upload job `job`) until it is durable, superseded, dropped or renamed (then a new job
+    /// under the new name takes over). Waits `options.uploadDelay` after the seal first (unless someone waits
+    /// for it), so a rename right after close (write-temp-then-rename) is a local move and the file is uploaded
+    /// once, under its final name.
+    func upload(_ v: StagedVersion, job: UInt64) async {
+        let sealedAt = v.state.withLock { $0.sealedAt }
+        if let sealedAt {
+            let left = options.uploadDelay - (ContinuousClock.now - sealedAt)
+            if left > .zero { _ = await v.urgentOrTimeout(left) }
+        }
+        var delay: Duration = .milliseconds(500)
+        while true {
+            if Task.isCancelled { return }
+            enum Go { case go, stale, settled }
+            let go = v.state.withLock { s -> Go in
+                guard s.job == job else { return .stale }
+                guard case .waiting = s.upload else { return .settled }
+                s.upload = .uploading
+                return .go
+            }
+            switch go {
+            case .stale: return
+            case .settled:
+                finishUpload(v)
+                return
+            case .go: break
+            }
+            if options.holdUploads {
+                v.state.withLock { $0.upload = .waiting }
+                try? await Task.sleep(for: .seconds(3600 * 24))
+                continue
+            }
+            do throws(FSError) {
+                let (key, etag) = try await uploadOnce(v)
+                // The record names the key: a rename after it journals the version again under the new key.
+                try await journal.record(JournalRecord(op: .done, id: v.id, key: key, etag: etag))
+                enum Landed { case landed, dropped, moved }
+                let outcome = v.state.withLock { s -> Landed in
+                    if case .dropped = s.upload { return .dropped }
+                    if s.key != key {
+                        s.upload = .waiting
+                        return .moved
+                    }
+                    return .landed
+                }
+                switch outcome {
+                case .dropped:
+                    // Unlinked while uploading: the delete queued behind this job removes what landed.
+                    finishUpload(v)
+                    return
+                case .moved:
+                    // Renamed while uploading: it goes again under the new name (the old name's delete is
+                    // queued after that).
+                    enqueueUpload(v)
+                    return
+                case .landed: break
+                }
+                resolveExpectations(after: v, etag: etag)
+                let size = v.size
+                v.state.withLock { s in
+                    s.lastError = nil
+                    s.bytesUploaded = size
+                }
+                v.settle(.done(etag: etag))
+                uploadState.withLock { u in
+                    u.uploadedFiles += 1
+                    u.uploadedBytes += size
+                }
+                finishUpload(v, etag: etag)
+                return
+            } catch {
+                if error.isConflict {
+                    // Someone else changed the object: keep ours (journaled, readable here) and say so.
+                    v.state.withLock { $0.lastError = error.message + "; the local copy is kept (rename it to upload it under another name)" }
+                    logger.error("upload stopped by a conflict; the local copy is kept",
+                                 metadata: ["key": "\(v.key)", "error": "\(error)"])
+                    v.settle(.conflict)
+                    return
+                }
+                let stop = v.state.withLock { s -> Bool in
+                    s.lastError = error.description
+                    if case .uploading = s.upload { s.upload = .waiting; return false }
+                    return true
+                }
+                logger.warning("upload failed; retrying", metadata: ["key": "\(v.key)", "error": "\(error)",
+                                                                    "retry.in": "\(delay)"])
+                if stop { finishUpload(v); return }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(30))
+            }
+        }
+    }
+
+    /// One attempt: PutObject or multipart, then a HEAD that checks the size. Returns the ETag.
+    func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String) {
+        // Opened in place and never changed: the object in S3 is already this file.
+        if let base = v.state.withLock({ $0.modified ? nil : $0.base }), base.key == v.key { return (v.key, base.etag) }
+        try await fillAll(v)
+        let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
+        var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970),
+                                        FileSystem.versionTag: versionTag(v)])
+        put.condition = conditionsUnsupported.load(ordering: .relaxed) ? nil : condition(for: v)
+        let ranges = FileSystem.partRanges(size: size, minimum: options.partSize)
+        var expectedParts = 0
+        do throws(FSError) {
+            return try await putOrMultipart()
+        } catch where error.kind == .conflict {
+            // Perhaps our own earlier attempt landed (a crash or a lost reply after it completed), or an earlier
+            // version of this key from this cache directory that the condition was written before (a crash
+            // while it was uploading): the object's tag tells.
+            let info = try? await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+            if let info, let tagged = ownVersion(info) {
+                if tagged == v.id { return (key, info.etag) }
+                if tagged < v.id {
+                    logger.info("an earlier version of this file from this cache landed before a crash; uploading over it",
+                                metadata: ["key": "\(key)"])
+                    put.condition = .ifMatch(info.etag)
+                    return try await putOrMultipart()
+                }
+            }
+            if let info, info.size == size,
+               try await offPool({ () throws(FSError) in try self.localETag(v, parts: ranges) })
+                == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
+                return (key, info.etag)
+            }
+            let what: String
+            switch put.condition {
+            case .ifNoneMatch: what = "\(key) was created in S3 by someone else after this file was created here"
+            default: what = "\(key) was changed in S3 by someone else after this file was opened here"
+            }
+            throw FSError.conflict(what)
+        } catch where error.kind == .conditionsUnsupported && put.condition != nil {
+            logger.warning("the server does not support conditional writes; uploading without conditions")
+            conditionsUnsupported.store(true, ordering: .relaxed)
+            put.condition = nil
+            return try await putOrMultipart()
+        }
+
+        func putOrMultipart() async throws(FSError) -> (key: String, etag: String) {
+            if ranges.count <= 1 {
+                // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
+                // must equal ours. No HEAD needed.
+                let sum = try await offPool { () throws(FSError) in try self.md5(of: v.fd, size: size) }
+                var o = put
+                o.contentMD5 = sum
+                let r = try await s3(.write) { () async throws(S3Error) in
+                    try await client.putObject(bucket, key, body: .file(descriptor: v.fd, offset: 0, length: size), options: o)
+                }
+                let etag = r.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+                if etag.count == 32, etag.allSatisfy(\.isHexDigit), etag.lowercased() != sum.hexString {
+                    throw FSError(EIO, "uploaded \(key) but the server's ETag \(etag) is not the MD5 of the file")
+                }
+                crashPoint("after-complete")
+                counters.withLock { $0.putRequests += 1 }
+                return (key, r.etag)
+            }
+            // Parts sent while the file was written are kept; otherwise a new multipart upload.
+            let early = await takeEarlyUpload(v, key: key)
+            let uploadId: String
+            if let early { uploadId = early.uploadId } else { uploadId = try await createUpload(v, key: key, options: put) }
+            do throws(FSError) {
+                let parts = try await uploadParts(v, key: key, uploadId: uploadId, ranges: ranges, done: early?.parts ?? [:])
+                expectedParts = parts.count
+                crashPoint("before-complete")
+                let condition = put.condition
+                _ = try await s3(.write) { () async throws(S3Error) in
+                    try await client.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: condition)
+                }
+            } catch {
+                try? await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
+                throw error
+            }
+            crashPoint("after-complete")
+            let info = try await s3(.other) { () async throws(S3Error) in try await client.headObject(bucket, key, versionId: nil, ifMatch: nil) }
+            guard info.size == size else {
+                throw FSError(EIO, "uploaded \(key) but the server reports \(info.size) bytes instead of \(size)")
+            }
+            if let dash = info.etag.lastIndex(of: "-"),
+               let n = Int(info.etag[info.etag.index(after: dash)...].filter(\.isNumber)), n != expectedParts {
+                throw FSError(EIO, "uploaded \(key) in \(expectedParts) parts but the server's ETag says \(n)")
+            }
+            counters.withLock { $0.putRequests += max(1, expectedParts) }
+            return (key, info.etag)
+        }
+    }
+
+    /// User metadata naming the cache directory and version an object was uploaded from
+    /// (x-amz-meta-ckptfs-version: WRITER.VERSION).
+    static let versionTag = "ckptfs-version"
+
+    func versionTag(_ v: StagedVersion) -> String { "\(writerId).\(v.id)" }
+
+    /// The version id, if `info` is an object this cache directory uploaded.
+    func ownVersion(_ info: ObjectInfo) -> UInt64? {
+        guard let tag = info.metadata[FileSystem.versionTag], let dot = tag.lastIndex(of: "."),
+              tag[..<dot] == writerId else { return nil }
+        return UInt64(tag[tag.index(after: dot)...])
+    }
+
+    /// The random id of the cache directory `directory` (created on first use, kept in `writer-id`).
+    static func writerId(directory: String) -> String {
+        let path = directory + "/writer-id"
+        if let s = try? String(contentsOfFile: path, encoding: .utf8) {
+            let id = s.trimmingCharacters(in: .whitespacesAndNewlines)
+            if !id.isEmpty { return id }
+        }
+        let id = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(16)
+        let tmp = path + ".tmp"
+        if FileManager.default.createFile(atPath: tmp, contents: Data(id.utf8)), Glibc.rename(tmp, path) == 0 {
+            syncDirectory(of: path)
+        }
+        return (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? String(id)
+    }
+
+    /// MD5 of the first `size` bytes of `fd` (Content-MD5 of a single PUT, and its ETag).
+    func md5(of fd: Int32, size: Int64) throws(FSError) -> [UInt8] {
+        var md5 = StreamingDigest(.md5)
+        try forEachChunk(of: fd, size: size) { chunk, _ in md5.update(chunk) }
+        return md5.finalize()
+    }
+
+    /// The ETag S3 gives this file when uploaded in `parts`: the MD5 for one PUT, else the MD5 of the parts'
+    /// MD5s and "-count".
+    func localETag(_ v: StagedVersion, parts: [Range<Int64>]) throws(FSError) -> String {
+        let size = parts.last?.upperBound ?? 0
+        if parts.count <= 1 { return try md5(of: v.fd, size: size).hexString }
+        var sums: [UInt8] = []
+        var md5 = StreamingDigest(.md5)
+        var part = 0
+        try forEachChunk(of: v.fd, size: size) { chunk, off in
+            var at = 0
+            while at < chunk.count {
+                let n = min(chunk.count - at, Int(parts[part].upperBound - (off + Int64(at))))
+                md5.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
+                at += n
+                if off + Int64(at) == parts[part].upperBound {
+                    sums += md5.finalize()
+                    md5 = StreamingDigest(.md5)
+                    part += 1
+                }
+            }
+        }
+        var all = StreamingDigest(.md5)
+        sums.withUnsafeBytes { all.update($0) }
+        return all.finalize().hexString + "-\(parts.count)"
+    }
+
+    /// Uploads the parts not in `done` (part number → ETag), several at a time; returns all of them in order.
+    func uploadParts(_ v: StagedVersion, key: String, uploadId: String, ranges: [Range<Int64>],
+                     done: [Int: String]) async throws(FSError) -> [CompletedPart] {
+        let slots = self.partSlots
+        let result = await withTaskGroup(of: Result<CompletedPart, FSError>.self) { group -> Result<[CompletedPart], FSError> in
+            var parts: [CompletedPart] = []
+            var started = 0
+            for (i, r) in ranges.enumerated() {
+                if let etag = done[i + 1] {
+                    parts.append(CompletedPart(partNumber: i + 1, etag: etag))
+                    continue
+                }
+                await slots.acquire()
+                group.addTask {
+                    defer { slots.release() }
+                    do throws(FSError) {
+                        let etag = try await self.sendPart(v, key: key, uploadId: uploadId, number: i + 1, range: r)
+                        return .success(CompletedPart(partNumber: i + 1, etag: etag))
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+                started += 1
+                if started == 2 { crashPoint("during-parts") }
+            }
+            for await r in group {
+                switch r {
+                case .success(let p): parts.append(p)
+                case .failure(let e):
+                    group.cancelAll()
+                    return .failure(e)
+                }
+            }
+            return .success(parts.sorted { $0.partNumber < $1.partNumber })
+        }
+        return try result.get()
+    }
+
+    /// Uploads bytes `range` of `v`'s staged file as part `number`, and counts them as sent. Returns the ETag.
+    func sendPart(_ v: StagedVersion, key: String, uploadId: String, number: Int, range: Range<Int64>) async throws(FSError) -> String {
+        let etag = try await s3(.write) { () async throws(S3Error) in
+            try await client.uploadPart(bucket, key, uploadId: uploadId, partNumber: number,
+                                        body: .file(descriptor: v.fd, offset: range.lowerBound, length: Int64(range.count)),
+                                        contentMD5: nil)
+        }
+        v.state.withLock { $0.bytesUploaded += Int64(range.count) }
+        return etag
+    }
+
+    /// Test hook: the daemon kills itself at the named point (CKPTFS_CRASH_AT), to test crash recovery at
+    /// moments a signal from outside cannot hit reliably.
+    func crashPoint(_ name: String) {
+        if options.crashAt == name {
+            logger.critical("crash point reached, killing the daemon", metadata: ["point": "\(name)"])
+            kill(getpid(), SIGKILL)
+        }
+    }
+
+    /// Creates a multipart upload of `v` to `key`, journaled on both sides of the request: a `starting` record
+    /// before it and the upload id after it, so that recovery aborts it whenever a crash comes.
+    func createUpload(_ v: StagedVersion, key: String, options put: PutOptions) async throws(FSError) -> String {
+        try await journal.record(JournalRecord(op: .starting, id: v.id, key: key, mtime: Date().timeIntervalSince1970))
+        let uploadId = try await s3(.write) { () async throws(S3Error) in try await client.createMultipartUpload(bucket, key, options: put) }
+        do throws(FSError) {
+            try await journal.record(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
+        } catch {
+            try? await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
+            throw error
+        }
+        return uploadId
+    }
+}

@@ -1,0 +1,170 @@
+// Acknowledging: close() and fsync() make a version durable on local disk and journal it; the last release
+// queues it for upload.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    // MARK: Acknowledging
+
+    /// Every 64 MiB written, an fdatasync in the background: the kernel would otherwise keep gigabytes dirty
+    /// until close() and then write them all while the writer waits. The fsync at close finds little left.
+    func syncInBackground(_ v: StagedVersion) {
+        let start = v.state.withLock { s -> Bool in
+            guard !s.syncing, s.size - s.syncedTo >= 64 << 20 else { return false }
+            s.syncing = true
+            return true
+        }
+        guard start else { return }
+        v.backgroundSync.wait()  // free: no other background sync runs (`syncing` was false)
+        DispatchQueue.global(qos: .utility).async {
+            let target = v.size
+            let e = fdatasync(v.fd) == 0 ? 0 : errno
+            v.state.withLock { s in
+                s.syncedTo = max(s.syncedTo, target)
+                s.syncing = false
+                if e != 0 && e != EINTR && s.syncError == 0 { s.syncError = e }
+            }
+            v.backgroundSync.signal()
+        }
+    }
+
+    /// Acknowledges `v`, the current version of `f` (close): its bytes and a journal record describing them
+    /// are made durable on local disk, and its bytes never change again (a later write goes to a copy). From
+    /// then on they reach S3, across a crash. An orphan (unlinked while open) is never journaled or uploaded.
+    func acknowledge(_ v: StagedVersion, of f: LocalFile) throws(FSError) {
+        if f.unlinked { return }
+        let (changed, sealed, failed) = v.state.withLock { ($0.changed, $0.sealed, $0.failedErrno) }
+        if sealed { return }
+        // A write that failed leaves the file short of what the program wrote: close() says so and nothing of
+        // it is acknowledged (the last acknowledged version, or the object in S3, stays).
+        if failed != 0 {
+            throw FSError(failed, "an earlier write to this file failed (\(String(cString: strerror(failed)))); it is not kept")
+        }
+        if !changed { return }
+        do throws(FSError) { try journalCommit(v) } catch {
+            v.fail(error.errno)
+            throw error
+        }
+    }
+
+    /// Acknowledges `v` (if it is not yet) and queues it for upload (fsync, or the last writer's close). Uploads
+    /// carry only versions acknowledged this way.
+    func commit(_ v: StagedVersion, of f: LocalFile) throws(FSError) {
+        if f.unlinked { return }
+        try acknowledge(v, of: f)
+        let first = v.state.withLock { s -> Bool in
+            if s.sealed { return false }
+            s.sealed = true
+            s.sealedAt = .now
+            return true
+        }
+        if first { enqueueUpload(v) }
+    }
+
+    /// fsyncs `v`'s staged file and appends its commit record (size, checksum, condition) to the journal.
+    func journalCommit(_ v: StagedVersion) throws(FSError) {
+        let synced = Glibc.fsync(v.fd) == 0 ? 0 : errno
+        // A background fdatasync still running: wait for it, so its error (if any) is recorded.
+        v.backgroundSync.wait()
+        v.backgroundSync.signal()
+        let e = synced != 0 ? synced : v.state.withLock { $0.syncError }
+        guard e == 0 else {
+            throw FSError(e == ENOSPC ? ENOSPC : EIO, "fsync of the staged file failed: \(String(cString: strerror(e)))")
+        }
+        let (size, running, missing) = v.state.withLock { ($0.size, $0.sum?.value(size: $0.size), $0.missing) }
+        let sum: UInt64
+        if let running {
+            sum = running
+        } else {
+            sum = try checksum(fd: v.fd, size: size, missing: missing)
+        }
+        let hex = String(sum, radix: 16)
+        // The acknowledged version this one was copied from is replaced by it.
+        let fallback = v.state.withLock { $0.fallback }
+        try journal.append([commitRecord(v, checksum: hex)] + (fallback.map { [JournalRecord(op: .drop, id: $0.id)] } ?? []))
+        v.state.withLock { s in
+            s.changed = false
+            s.committedSum = hex
+            s.fallback = nil
+        }
+        if let fallback {
+            abandonEarlyUpload(fallback, because: "a later version was acknowledged")
+            fallback.settle(.superseded)
+            Glibc.unlink(fallback.path)
+        }
+    }
+
+    /// XXH64 of the first `size` bytes of `fd`, counting blocks in `missing` (of an in-place file) as zeros:
+    /// they may be filled from S3 after the checksum is journaled, and that must not make the record fail.
+    func checksum(fd: Int32, size: Int64, missing: Set<Int64> = []) throws(FSError) -> UInt64 {
+        var h = XXH64()
+        if missing.isEmpty {
+            try forEachChunk(of: fd, size: size) { chunk, _ in h.update(chunk) }
+            return h.finalize()
+        }
+        let bs = fillBlock
+        let zeros = [UInt8](repeating: 0, count: Int(bs))
+        try forEachChunk(of: fd, size: size) { chunk, off in
+            var at = 0
+            while at < chunk.count {
+                let pos = off + Int64(at)
+                let n = min(chunk.count - at, Int(bs - pos % bs))
+                if missing.contains(pos / bs) {
+                    zeros.withUnsafeBytes { h.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                } else {
+                    h.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
+                }
+                at += n
+            }
+        }
+        return h.finalize()
+    }
+
+    /// The journal record that acknowledges `v` as it is now.
+    func commitRecord(_ v: StagedVersion, checksum: String) -> JournalRecord {
+        let condition = condition(for: v)
+        return v.state.withLock { s in
+            var r = JournalRecord(op: .commit, id: v.id, key: s.key, size: s.size, xxh64: checksum,
+                                  mtime: s.mtime.timeIntervalSince1970)
+            if let base = s.base, !s.missing.isEmpty {
+                r.baseKey = base.key
+                r.baseETag = base.etag
+                r.baseSize = base.size
+                r.baseLimit = s.baseLimit
+                var ranges: [[Int64]] = []
+                for b in s.missing.sorted() {
+                    if let last = ranges.last, last[1] == b { ranges[ranges.count - 1][1] = b + 1 } else { ranges.append([b, b + 1]) }
+                }
+                r.missing = ranges
+            }
+            switch condition {
+            case .ifMatch(let e): r.ifMatch = e
+            case .ifNoneMatch: r.ifNoneMatch = true
+            case nil: break
+            }
+            return r
+        }
+    }
+
+    /// close(): the data is on local disk and journaled when this returns. The version is queued for upload
+    /// when the last descriptor of the open file is closed (release): a close() of a duplicate (a child
+    /// process exiting) acknowledges what was written so far but queues nothing while the writer goes on.
+    public func flush(handle: UInt64) throws(FSError) {
+        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return }
+        try acknowledge(h.file.current, of: h.file)
+    }
+
+    /// fsync(): with durable fsync, returns once the file is in S3; with local fsync, once it is on local disk.
+    public func fsync(handle: UInt64) async throws(FSError) {
+        guard let h = localHandles.withLock({ $0[handle] }) else { return }
+        let v = h.file.current
+        try await offPool { () throws(FSError) in try self.commit(v, of: h.file) }
+        if options.durableFsync && !h.file.unlinked {
+            let left = await waitDurable([v], deadline: nil)
+            if let (_, why) = left.first { throw FSError(EIO, "upload of \(h.key) failed: \(why)") }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+// Opening files for writing: the local file of a key, created empty or in place over the object, and the
+// version writes go to (copy on write once acknowledged).
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    // MARK: Opening for write
+
+    /// The local file of `key`, creating it with a first version: empty with `truncate`, else the object
+    /// `remote` in place (its blocks fetched only when needed). Counts one handle (a writer with `writer`) on it;
+    /// `releaseHandle` gives it back. `remote` is the object at `key` in S3, nil when there is none.
+    func openLocalFile(key: String, truncate: Bool, writer: Bool, remote: PinnedObject?) async throws(FSError) -> LocalFile {
+        /// The key's local file, taking a handle on it, if it has one.
+        func join(_ l: inout [String: LocalFile]) -> LocalFile? {
+            guard let f = l[key] else { return nil }
+            f.state.withLock { s in
+                s.handles += 1
+                if writer { s.writers += 1 }
+            }
+            return f
+        }
+        if let f = local.withLock({ join(&$0) }) {
+            if truncate {
+                do throws(FSError) { try truncateVersion(f, to: 0) } catch {
+                    releaseHandle(f, writer: writer)
+                    throw error
+                }
+            }
+            return f
+        }
+        let v = try newVersion(key: key)
+        let expect: StagedVersion.Expect = !options.conditionalWrites ? .anything : remote.map { .etag($0.etag) } ?? .absent
+        v.state.withLock { $0.expect = expect }
+        if let remote, !truncate, remote.size > 0 {
+            // Overwrite in place: the staged file starts sparse; the object's blocks come when needed.
+            guard ftruncate(v.fd, off_t(remote.size)) == 0 else {
+                let e = errno
+                Glibc.unlink(v.path)
+                throw FSError(e, "ftruncate of a staged file: \(String(cString: strerror(e)))")
+            }
+            let blocks = (remote.size + Int64(cache.blockSize) - 1) / Int64(cache.blockSize)
+            v.state.withLock { s in
+                s.size = remote.size
+                s.sum = nil
+                s.base = remote
+                s.baseLimit = remote.size
+                s.missing = Set(0..<blocks)
+            }
+        }
+        // Another opener may have raced us: the first registration wins.
+        let fresh = LocalFile(key: key, current: v)
+        let winner = local.withLock { l -> LocalFile in
+            if let other = join(&l) { return other }
+            fresh.state.withLock { s in
+                s.handles = 1
+                s.writers = writer ? 1 : 0
+            }
+            l[key] = fresh
+            return fresh
+        }
+        if winner !== fresh { Glibc.unlink(v.path) }
+        return winner
+    }
+
+    /// The version writes to `f` go to: the current one, or a copy of it once it is acknowledged (journaled)
+    /// or sealed: those bytes never change again, so an upload, or recovery after a crash, finds exactly what
+    /// close() or fsync() acknowledged. With `empty` (the caller truncates it to nothing) nothing is copied.
+    func writableVersion(_ f: LocalFile, empty: Bool = false) throws(FSError) -> StagedVersion {
+        let cur = f.current
+        let (frozen, sealed) = cur.state.withLock { ($0.sealed || $0.committedSum != nil, $0.sealed) }
+        if !frozen { return cur }
+        let copy: StagedVersion
+        if empty {
+            copy = try newVersion(key: f.key)
+            let expect = expectation(after: cur)
+            copy.state.withLock { $0.expect = expect }
+        } else {
+            copy = try newVersion(key: f.key, copying: cur)
+        }
+        if !sealed { copy.state.withLock { $0.fallback = cur } }
+        let won = f.state.withLock { s -> Bool in
+            guard s.current === cur else { return false }  // another writer copied first
+            s.current = copy
+            return true
+        }
+        guard won else {
+            Glibc.unlink(copy.path)
+            return f.current
+        }
+        // An uploaded version kept only because it was current goes now (one still queued goes when it settles).
+        if cur.isSettled { Glibc.unlink(cur.path) }
+        return copy
+    }
+
+    /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
+    public func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
+        try checkWritable()
+        let dir = try node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        try checkStorable(name, in: dir.key, isDirectory: false)
+        guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        let key = dir.key + name
+        let f = try await openLocalFile(key: key, truncate: true, writer: true, remote: nil)
+        let v = f.current
+        let attr = remember(parent: parent, name: name, key: key, meta: localMeta(v), addLookup: true)
+        table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = localMeta(v) } }
+        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, file: f, writable: true) }
+        return (attr, h)
+    }
+
+    func localMeta(_ v: StagedVersion) -> Meta {
+        v.state.withLock { Meta(isDirectory: false, size: $0.size, etag: "", mtime: $0.mtime) }
+    }
+
+    /// The newest local version of `key`, if it has local changes.
+    func localVersion(_ key: String) -> StagedVersion? {
+        local.withLock { $0[key] }?.current
+    }
+
+    /// Opens a file that has (or, for writing, gets) a local version.
+    func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, remote: PinnedObject?) async throws(FSError) -> UInt64? {
+        let f: LocalFile
+        if write {
+            try checkWritable()
+            f = try await openLocalFile(key: key, truncate: truncate, writer: true, remote: remote)
+        } else {
+            let joined = local.withLock { l -> LocalFile? in
+                guard let f = l[key] else { return nil }
+                f.state.withLock { $0.handles += 1 }
+                return f
+            }
+            guard let joined else { return nil }
+            f = joined
+        }
+        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        localHandles.withLock { $0[h] = LocalHandle(ino: ino, file: f, writable: write) }
+        return h
+    }
+}

@@ -1,0 +1,214 @@
+// Crash recovery: the journal left by an earlier mount is replayed and what it acknowledged is queued again.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    /// Multipart uploads of `key` created since `time` (less a margin for clock skew) that no journal record
+    /// names: a crash came between CreateMultipartUpload and its `multipart` record.
+    func unrecordedUploads(of key: String, since time: Double) async -> [String] {
+        let since = Date(timeIntervalSince1970: time - 300)
+        var found: [String] = []
+        var keyMarker: String?, idMarker: String?
+        while true {
+            guard let page = try? await client.listMultipartUploads(bucket, prefix: key, keyMarker: keyMarker, uploadIdMarker: idMarker) else {
+                logger.warning("could not list multipart uploads to find one a crash left open", metadata: ["key": "\(key)"])
+                return found
+            }
+            found += page.uploads.filter { $0.key == key && ($0.initiated ?? since) >= since }.map(\.uploadId)
+            guard page.isTruncated, page.nextKeyMarker != nil || page.nextUploadIdMarker != nil else { return found }
+            keyMarker = page.nextKeyMarker
+            idMarker = page.nextUploadIdMarker
+        }
+    }
+
+    /// Reads the journal left by an earlier mount, in order, and queues again what it acknowledged and S3 does
+    /// not have yet: the newest acknowledged version of each key (checked against its size and checksum; a
+    /// damaged one is moved to `lost+found` and reported, never uploaded) and the deletes not applied yet, in
+    /// the order they were journaled (so a delete still waits for the uploads acknowledged before it). A rename
+    /// a crash cut short is finished. Multipart uploads the crash left open are aborted. Reads of recovered
+    /// paths see the staged bytes from now on. Call before serving requests.
+    public func recover() async throws(FSError) -> RecoveryReport {
+        var report = RecoveryReport()
+        let (records, torn) = Journal.replay(path: journalPath)
+        report.tornTail = torn
+        // Versions acknowledged and neither landed nor dropped (a `done` counts only for the key the version
+        // had at that point of the journal), with the position of their last commit record.
+        var acked: [UInt64: (record: JournalRecord, position: Int)] = [:]
+        var landed = Set<UInt64>()
+        var deletes: [UInt64: (key: String, position: Int)] = [:]
+        var renames: [UInt64: JournalRecord] = [:]
+        var multipart: [(UInt64, String, String)] = []
+        var starting: [UInt64: (key: String, time: Double)] = [:]  // created, perhaps, but no id recorded
+        var maxId: UInt64 = 0
+        for (position, r) in records.enumerated() {
+            maxId = max(maxId, r.id)
+            switch r.op {
+            case .commit:
+                acked[r.id] = (r, position)
+                landed.remove(r.id)
+            case .done:
+                if let a = acked[r.id], r.key == nil || r.key == a.record.key {
+                    acked[r.id] = nil
+                    landed.insert(r.id)
+                    // Versions of the key acknowledged before it were superseded by it (their staged files are
+                    // gone): what landed carries their bytes.
+                    if let key = a.record.key {
+                        for (id, b) in acked where b.record.key == key && b.position < a.position { acked[id] = nil }
+                    }
+                }
+                deletes[r.id] = nil
+                renames[r.id] = nil
+            case .drop: acked[r.id] = nil
+            case .delete: if let k = r.key { deletes[r.id] = (k, position) }
+            case .renaming: renames[r.id] = r
+            case .starting: if let k = r.key { starting[r.id] = (k, r.mtime ?? 0) }
+            case .multipart:
+                if let k = r.key, let u = r.uploadId { multipart.append((r.id, k, u)) }
+                starting[r.id] = nil
+            }
+        }
+        for (id, s) in starting where !landed.contains(id) {
+            multipart += await unrecordedUploads(of: s.key, since: s.time).map { (id, s.key, $0) }
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
+            if let id = UInt64(name) { maxId = max(maxId, id) }
+        }
+        nextVersion.store(maxId, ordering: .relaxed)
+
+        // Multipart uploads of versions that did not land were cut short (or their version was dropped): abort
+        // them (an upload starts over). One that completed answers NoSuchUpload.
+        for (id, key, uploadId) in multipart where !landed.contains(id) {
+            do {
+                try await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
+                report.abortedMultipart += 1
+            } catch {
+                if error.code != .noSuchUpload { logger.warning("could not abort an old multipart upload", metadata: ["key": "\(key)", "error": "\(error)"]) }
+            }
+        }
+
+        // Renames a crash cut short are finished: the objects not copied yet are copied, local versions move to
+        // the new names, and the old names are deleted (after the uploads, like any delete).
+        var keptRenames: [JournalRecord] = []
+        var end = records.count
+        for (_, r) in renames.sorted(by: { $0.key < $1.key }) {
+            guard let src = r.key, let dst = r.target else { continue }
+            func mapped(_ k: String) -> String? {
+                if k == src { return dst }
+                return src.hasSuffix("/") && k.hasPrefix(src) ? dst + k.dropFirst(src.count) : nil
+            }
+            do throws(FSError) {
+                for k in r.keys ?? [] {
+                    guard let to = mapped(k) else { continue }
+                    try await copyIfPresent(from: k, to: to)
+                }
+            } catch {
+                logger.error("could not finish a rename a crash interrupted; the next mount tries again",
+                             metadata: ["from": "\(src)", "to": "\(dst)", "error": "\(error)"])
+                keptRenames.append(r)
+                continue
+            }
+            for (id, a) in acked {
+                guard let k = a.record.key, let to = mapped(k) else { continue }
+                var rec = a.record
+                rec.key = to
+                rec.ifMatch = nil
+                rec.ifNoneMatch = nil
+                acked[id] = (rec, end)
+                end += 1
+            }
+            for k in FileSystem.deleteOrder(r.keys ?? []) {
+                let id = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+                deletes[id] = (k, end)
+                end += 1
+            }
+            report.finishedRenames += 1
+        }
+
+        // The newest acknowledged version of each key is what must reach S3.
+        var newest: [String: (record: JournalRecord, position: Int)] = [:]
+        for (_, a) in acked {
+            guard let key = a.record.key else { continue }
+            if let cur = newest[key], cur.position > a.position { continue }
+            newest[key] = a
+        }
+        var keep: [(JournalRecord, Int)] = []
+        var recovered: [(StagedVersion, Int)] = []
+        for (key, a) in newest {
+            let r = a.record
+            let path = "\(stagingDir)/\(r.id)"
+            var missing = Set<Int64>()
+            for range in r.missing ?? [] where range.count == 2 && range[0] < range[1] { missing.formUnion(range[0]..<range[1]) }
+            let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+            guard fd >= 0 else {
+                report.quarantined.append((key, path))
+                logger.error("an acknowledged file's staged copy is missing; it cannot be uploaded",
+                             metadata: ["key": "\(key)", "path": "\(path)"])
+                continue
+            }
+            var st = stat()
+            fstat(fd, &st)
+            var ok = Int64(st.st_size) == r.size
+            if ok, let want = r.xxh64 {
+                ok = (try? checksum(fd: fd, size: r.size ?? 0, missing: missing)).map { String($0, radix: 16) } == want
+            }
+            guard ok else {
+                close(fd)
+                let lost = cache.directory + "/lost+found"
+                Glibc.mkdir(lost, 0o700)
+                let dest = "\(lost)/\(r.id)-" + key.replacingOccurrences(of: "/", with: "_")
+                if Glibc.rename(path, dest) != 0 { Glibc.unlink(path) }
+                report.quarantined.append((key, dest))
+                logger.error("a staged file failed its checksum; moved aside, not uploaded",
+                             metadata: ["key": "\(key)", "moved.to": "\(dest)"])
+                continue
+            }
+            let v = StagedVersion(id: r.id, path: path, fd: fd, key: key, size: r.size ?? 0,
+                                  mtime: Date(timeIntervalSince1970: r.mtime ?? Date().timeIntervalSince1970))
+            v.state.withLock { s in
+                s.sealed = true
+                s.changed = false
+                s.committedSum = r.xxh64
+                s.modified = true
+                if let e = r.ifMatch { s.expect = .etag(e) } else if r.ifNoneMatch == true { s.expect = .absent }
+                if let bk = r.baseKey, let be = r.baseETag, let bs = r.baseSize, !missing.isEmpty {
+                    s.base = PinnedObject(key: bk, etag: be, size: bs)
+                    s.baseLimit = r.baseLimit ?? bs
+                    s.missing = missing
+                }
+            }
+            local.withLock { $0[key] = LocalFile(key: key, current: v) }
+            keep.append((r, a.position))
+            recovered.append((v, a.position))
+            report.requeued.append(String(key.dropFirst(prefix.count)))
+        }
+        // Staged files nobody acknowledged (close never returned), superseded or already uploaded are removed.
+        let keepIds = Set(keep.map { $0.0.id })
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
+            if let id = UInt64(name), keepIds.contains(id) { continue }
+            Glibc.unlink("\(stagingDir)/\(name)")
+        }
+        for (id, d) in deletes { keep.append((JournalRecord(op: .delete, id: id, key: d.key), d.position)) }
+        for r in keptRenames { keep.append((r, -1)) }
+        try Journal.rewrite(path: journalPath, keep.sorted { $0.1 < $1.1 }.map(\.0))
+        try journal.reopen()
+        uploadState.withLock { u in
+            u.recovered = report.requeued.count
+            u.quarantined = report.quarantined.map { "\($0.key) -> \($0.path)" }
+        }
+        // Queued again in the journal's order: each delete after the uploads acknowledged before it.
+        enum Op { case upload(StagedVersion), delete(UInt64, String) }
+        var ops: [(Op, Int)] = recovered.map { (.upload($0.0), $0.1) }
+        ops += deletes.map { (.delete($0.key, $0.value.key), $0.value.position) }
+        for (op, _) in ops.sorted(by: { $0.1 < $1.1 }) {
+            switch op {
+            case .upload(let v): enqueueUpload(v)
+            case .delete(let id, let key): queueDeletes([(id, key)], hiding: key.hasSuffix("/") ? [key] : [])
+            }
+        }
+        report.pendingDeletes = deletes.count
+        return report
+    }
+}

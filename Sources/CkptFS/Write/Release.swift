@@ -1,0 +1,133 @@
+// Closing: the last release of a file queues its acknowledged version, drops an unacknowledged one, or makes
+// the file clean again once its newest version is in S3.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    public func releaseLocal(handle: UInt64) {
+        guard let h = localHandles.withLock({ $0.removeValue(forKey: handle) }) else { return }
+        releaseHandle(h.file, writer: h.writable)
+    }
+
+    /// Gives back one handle of `f`. When the last writer is gone, changes nobody acknowledged are acknowledged
+    /// now (a program that closes without close() returning, e.g. writes through a mapping after close) — unless
+    /// a write, truncate or close of them failed: then the program was told, and they are dropped (the last
+    /// acknowledged version, or the object in S3, stays). When the last handle is gone, a file whose newest
+    /// version is in S3 is clean again, and an orphan is gone.
+    func releaseHandle(_ f: LocalFile, writer: Bool) {
+        let (writers, handles, unlinked, key) = f.state.withLock { s -> (Int, Int, Bool, String) in
+            s.handles = max(0, s.handles - 1)
+            if writer { s.writers = max(0, s.writers - 1) }
+            return (s.writers, s.handles, s.unlinked, s.key)
+        }
+        if unlinked {
+            if handles == 0 {
+                // The last close of an unlinked file: its bytes go with it (only its own: a file created under
+                // its old name meanwhile has versions of the same key).
+                let v = f.current
+                Glibc.unlink(v.path)
+                if let fallback = v.state.withLock({ $0.fallback }) { Glibc.unlink(fallback.path) }
+                orphans.withLock { o in o = o.filter { $0.value !== f } }
+            }
+            return
+        }
+        if writer && writers == 0 {
+            let v = f.current
+            let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.changed, $0.failedErrno != 0, $0.committedSum != nil) }
+            if !sealed && failed {
+                discardUnacknowledged(f, v)
+            } else if !sealed && (changed || acked) {
+                do { try commit(v, of: f) } catch {
+                    logger.error("could not acknowledge a file at its last close; its changes are dropped",
+                                 metadata: ["key": "\(key)", "error": "\(error)"])
+                    discardUnacknowledged(f, v)
+                }
+            } else if !sealed {
+                // Opened for writing and not changed: nothing to upload.
+                discardUnacknowledged(f, v, quietly: true)
+            }
+        }
+        if handles == 0 { cleanIfUploaded(f) }
+    }
+
+    /// Drops `v`, the unacknowledged current version of `f`: the previous local version (still queued or
+    /// uploading) becomes current again, or, if there is none, the file has no local changes any more.
+    func discardUnacknowledged(_ f: LocalFile, _ v: StagedVersion, quietly: Bool = false) {
+        if !quietly {
+            logger.error("a file whose write or close failed is not uploaded; S3 keeps its last acknowledged version",
+                         metadata: ["key": "\(f.key)"])
+        }
+        abandonEarlyUpload(v, because: "its changes were not acknowledged")
+        v.settle(.dropped)
+        let fallback = v.state.withLock { s -> StagedVersion? in
+            defer { s.fallback = nil }
+            return s.fallback
+        }
+        let previous = fallback ?? uploadState.withLock { u in
+            u.pending.values.filter { $0 !== v && $0.key == f.key }.max { $0.id < $1.id }
+        }
+        let gone = local.withLock { l -> Bool in
+            f.state.withLock { s -> Bool in
+                guard s.current === v else { return false }
+                if let previous {
+                    s.current = previous
+                    return false
+                }
+                if l[s.key] === f { l.removeValue(forKey: s.key) }
+                return true
+            }
+        }
+        Glibc.unlink(v.path)
+        if gone { forgetLocal(key: f.key) }
+        // The acknowledged version it was copied from stands again, and goes up once nobody writes.
+        if let fallback, f.state.withLock({ $0.writers == 0 }) {
+            do { try commit(fallback, of: f) } catch {
+                logger.error("could not queue a file's acknowledged version", metadata: ["key": "\(f.key)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// After the last handle of `f` closed: if its newest version is in S3, the file is clean again (its staged
+    /// copy goes) and stat shows the object.
+    func cleanIfUploaded(_ f: LocalFile) {
+        let removed: (StagedVersion, String)? = local.withLock { l in
+            f.state.withLock { s in
+                guard s.handles == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
+                    return nil
+                }
+                l.removeValue(forKey: s.key)
+                return (s.current, etag)
+            }
+        }
+        guard let (v, etag) = removed else { return }
+        Glibc.unlink(v.path)
+        let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
+        showUploaded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
+    }
+
+    /// Stat of `key` shows its object again (the local version is gone without reaching S3): cached
+    /// attributes are forgotten.
+    func forgetLocal(key: String) {
+        table.withLock { $0.localVersionGone(key: key) }
+    }
+
+    /// Every version of `f` still held: those queued or uploading under its key, and its current one.
+    func versions(of f: LocalFile) -> [StagedVersion] {
+        versions(of: f.key, newest: f.current)
+    }
+
+    /// Reads from a handle's local version (fetching blocks of an in-place file that are not here yet).
+    func readLocal(_ h: LocalHandle, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
+        let v = h.file.current
+        let total = v.size
+        guard offset < total, size > 0 else { return [] }
+        let n = Int(min(Int64(size), total - offset))
+        try await fill(v, blocks: missingBlocks(v, offset: offset, count: n, partialOnly: false))
+        let fd = dup(v.fd)
+        guard fd >= 0 else { throw FSError(errno, "dup of a staged file") }
+        return [.file(OwnedDescriptor(fd), offset: offset, length: n)]
+    }
+}

@@ -1,0 +1,208 @@
+// One version of a file's contents on local disk, and its way to S3 (waiting, uploading, landed, superseded,
+// dropped or stopped by a conflict).
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+/// One version of a file's contents on local disk.
+final class StagedVersion: Sendable {
+    let id: UInt64
+    let path: String
+    let fd: Int32
+    let created = ContinuousClock.now
+    let createdDate = Date()
+
+    enum Upload: Sendable {
+        case waiting
+        case uploading
+        case done(etag: String)
+        /// Replaced by a newer version of the same key before it was uploaded, or unlinked.
+        case superseded
+        case dropped
+        /// The object in S3 changed since this version was opened (a conditional write failed): kept
+        /// locally, journaled, not retried; reported by status and flush.
+        case conflict
+    }
+
+    /// What the object in S3 must be for this version's upload to go ahead (a conditional write).
+    enum Expect: Sendable {
+        /// No condition (rename destinations, conditions turned off).
+        case anything
+        /// A new key: `If-None-Match: *`.
+        case absent
+        /// An overwrite of the object with this ETag: `If-Match`.
+        case etag(String)
+        /// Whatever the earlier local version of this key leaves in S3 (resolved when that one lands).
+        case after(StagedVersion)
+    }
+
+    struct State: Sendable {
+        var key: String
+        var size: Int64
+        var mtime: Date
+        var sealed = false
+        /// The checksum of a file written front to back, kept as it is written; nil once a write lands
+        /// below what it covers (or the version did not start empty).
+        var sum: RunningChecksum? = RunningChecksum()
+        /// Whether bytes changed since the last commit record.
+        var changed = true
+        /// The checksum in the last commit record.
+        var committedSum: String?
+        var upload: Upload = .waiting
+        var lastError: String?
+        var bytesUploaded: Int64 = 0
+        /// Someone waits for this version (fsync, flush): upload without the settle delay.
+        var urgent = false
+        var sealedAt: ContinuousClock.Instant?
+        var successor: StagedVersion?
+        /// Tasks waiting for the version to become final.
+        var waiters = Waiters<Bool>()
+        /// Upload jobs waiting out the upload delay, woken early when someone waits for the version.
+        var delayWaiters = Waiters<Bool>()
+        /// The upload job that may upload this version (ChangeQueue): a rename queues a new one, and the old
+        /// job then finds it is not current and does nothing.
+        var job: UInt64 = 0
+        /// The acknowledged version this one was copied from when a write came after the acknowledgement (a
+        /// close of one descriptor while another stays open): it stands for the file until this one is
+        /// acknowledged, and again if this one is dropped.
+        var fallback: StagedVersion?
+        /// Nonzero once a write, truncate or commit of this version failed (ENOSPC, EDQUOT or EIO, for the
+        /// close() that follows): the writer was told, so these bytes are never acknowledged by a later release
+        /// (they are dropped, not uploaded). Cleared only by truncating the version to nothing.
+        var failedErrno: Int32 = 0
+        var expect: Expect = .anything
+        /// A file opened in place: the object version it started from. Blocks in `missing` hold that object's
+        /// bytes (up to `baseLimit`) and are not here yet; they are fetched when read, partly written, or
+        /// uploaded. Blocks a write covers whole are never fetched.
+        var base: PinnedObject?
+        var missing = Set<Int64>()
+        var baseLimit: Int64 = 0
+        /// Whether a write or truncate changed the contents since the version was made from `base`.
+        var modified = false
+        /// Parts sent while the file is still being written (EarlyUpload.swift), and tasks waiting for them
+        /// to go idle.
+        var early: EarlyUpload?
+        var earlyIdleWaiters = Waiters<Void>()
+        /// Bytes below this were on disk at the last background fdatasync; one is running when `syncing`.
+        var syncedTo: Int64 = 0
+        var syncing = false
+        /// An error the background fdatasync saw: the kernel reports a writeback error once per open file, so
+        /// the fsync at close would not see it again. Fails every later commit of this version.
+        var syncError: Int32 = 0
+    }
+    let state: Mutex<State>
+
+    /// The same file opened with O_DIRECT for large aligned writes (-1 where the filesystem refuses it, or
+    /// for a version that is not written any more).
+    let directFd: Int32
+    /// Cleared when a direct write is refused: every write then goes through the page cache.
+    let direct = Atomic<Bool>(true)
+    /// Taken for the length of a background fdatasync (`syncInBackground`): a commit waits on it, so the
+    /// error that sync saw is recorded before the commit reads it.
+    let backgroundSync = DispatchSemaphore(value: 1)
+
+    init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date, writable: Bool = false) {
+        self.id = id
+        self.path = path
+        self.fd = fd
+        self.directFd = writable ? Glibc.open(path, O_WRONLY | oDirect | O_CLOEXEC) : -1
+        self.state = Mutex(State(key: key, size: size, mtime: mtime))
+    }
+
+    deinit {
+        close(fd)
+        if directFd >= 0 { close(directFd) }
+    }
+
+    var key: String { state.withLock { $0.key } }
+    var size: Int64 { state.withLock { $0.size } }
+
+    /// Whether this version has reached a final state (durable, superseded or dropped).
+    var isSettled: Bool {
+        state.withLock {
+            switch $0.upload {
+            case .done, .superseded, .dropped: return true
+            case .waiting, .uploading, .conflict: return false
+            }
+        }
+    }
+
+    /// Settled, or stopped by a conflict: nothing more will happen to it without the user.
+    var isFinal: Bool {
+        state.withLock {
+            switch $0.upload {
+            case .done, .superseded, .dropped, .conflict: return true
+            case .waiting, .uploading: return false
+            }
+        }
+    }
+
+    /// Sets the upload state and wakes everyone waiting for the version (they look again: a renamed version
+    /// goes back to waiting).
+    func settle(_ u: Upload) {
+        let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+            s.upload = u
+            return s.waiters.removeAll()
+        }
+        for w in waiters { w.resume(returning: true) }
+    }
+
+    /// Resumes the tasks waiting for the early upload to go idle, if it is (after each change that can end it).
+    func wakeIfEarlyIdle() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.early?.busy == true ? [] : s.earlyIdleWaiters.removeAll()
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// A write, truncate or commit failed with `errno`: the version is never acknowledged.
+    func fail(_ errno: Int32) {
+        state.withLock { s in
+            if s.failedErrno == 0 { s.failedErrno = errno == ENOSPC || errno == EDQUOT ? errno : EIO }
+        }
+    }
+
+    /// Someone waits for this version (fsync, flush): its upload starts without the settle delay.
+    func markUrgent() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+            s.urgent = true
+            return s.delayWaiters.removeAll()
+        }
+        for w in waiters { w.resume(returning: true) }
+    }
+
+    /// Waits until the version is urgent (true) or `timeout` passes (false): the upload delay.
+    func urgentOrTimeout(_ timeout: Duration) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let ticket = state.withLock { s -> UInt64? in s.urgent ? nil : s.delayWaiters.add(c) }
+            guard let ticket else { return c.resume(returning: true) }
+            Task {
+                try? await Task.sleep(for: timeout)
+                self.state.withLock { $0.delayWaiters.remove(ticket) }?.resume(returning: false)
+            }
+        }
+    }
+
+    /// Waits until final, or until `timeout` passes (false). No polling: a timer task withdraws the ticket.
+    @discardableResult
+    func waitFinal(timeout: Duration? = nil) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let ticket = state.withLock { s -> UInt64? in
+                switch s.upload {
+                case .done, .superseded, .dropped, .conflict: return nil
+                case .waiting, .uploading: return s.waiters.add(c)
+                }
+            }
+            guard let ticket else { return c.resume(returning: true) }
+            if let timeout {
+                Task {
+                    try? await Task.sleep(for: timeout)
+                    self.state.withLock { $0.waiters.remove(ticket) }?.resume(returning: false)
+                }
+            }
+        }
+    }
+}
+

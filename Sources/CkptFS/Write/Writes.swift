@@ -1,0 +1,92 @@
+// The write path: dirty files are staged on local disk, acknowledged through the journal, then uploaded.
+//
+// A file being written is a StagedVersion: a file `staging/ID` under the cache directory. Every writer of a key
+// shares the key's newest version. close() (FUSE flush) fsyncs the data and appends a `commit` record to the
+// journal before it returns; when the last writer closes, the version is sealed (immutable) and queued for
+// upload. A write to a sealed version first copies it to a new version, so an upload never reads bytes that
+// change under it. Reads of a dirty or uploading file see the newest local version.
+import CkptCache
+import CkptDigest
+import CkptS3
+import Foundation
+import Synchronization
+
+extension FileSystem {
+    /// Writes `data` at `offset` (the kernel computes O_APPEND offsets itself, from the size it knows).
+    /// `.done(count)` once the bytes are in the staged file; `.later` when the write covers part of a block of
+    /// a file opened in place that is still only in S3: the returned write (with its own copy of the bytes)
+    /// fetches that block first.
+    public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
+        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
+        if try writeNow(h, offset: offset, data: data) { return .done(data.count) }
+        let bytes = [UInt8](data)
+        return .later(PendingWrite { () async throws(FSError) in
+            try await self.writeFetching(h, offset: offset, data: bytes)
+        })
+    }
+
+    /// Writes `data` at `offset` to the version `h` writes to, unless it covers part of a block still in S3
+    /// (false: nothing was written).
+    func writeNow(_ h: LocalHandle, offset at: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Bool {
+        let v = try writableVersion(h.file)
+        do throws(FSError) {
+            guard claimBlocks(v, offset: at, count: data.count) else { return false }
+            try writeStaged(v, data, at: at)
+        } catch {
+            v.fail(error.errno)
+            throw error
+        }
+        // Whether the running checksum took the write (bytes not written before), and if it just gave up,
+        // how far it had got.
+        let (taken, broke) = v.state.withLock { s -> (Bool, Int64?) in
+            s.modified = true
+            defer {
+                s.size = max(s.size, at + Int64(data.count))
+                s.mtime = Date()
+                s.changed = true
+            }
+            guard let before = s.sum?.hashedTo else { return (false, nil) }
+            if s.sum!.wrote(data, at: at, fd: v.fd) { return (true, nil) }
+            s.sum = nil
+            return (false, before)
+        }
+        if let broke {
+            logger.debug("a write below the end: the checksum is computed at close", metadata: [
+                "key": "\(h.key)", "offset": "\(at)", "count": "\(data.count)", "contiguous.to": "\(broke)"])
+        }
+        // A write the sum took is new bytes, in the file before any part could cover them (parts follow the
+        // sum). Only a rewrite can change bytes already sent. Checking the offset alone would race: another
+        // thread may schedule a part over this write between the sum taking it and this line.
+        if !taken { checkEarlyUpload(v, changedFrom: at) }
+        streamIfReady(v)
+        syncInBackground(v)
+        return true
+    }
+
+    /// Sets the size of `f`'s local version.
+    func truncateVersion(_ f: LocalFile, to size: Int64) throws(FSError) {
+        let v = try writableVersion(f, empty: size == 0)
+        guard ftruncate(v.fd, off_t(size)) == 0 else {
+            let e = errno
+            v.fail(e)
+            throw FSError(e, "ftruncate: \(String(cString: strerror(e)))")
+        }
+        v.state.withLock { s in
+            s.modified = true
+            truncateBase(&s, to: size)
+            // Emptied, the file is written front to back again (O_TRUNC); otherwise the sum covers it only if
+            // it covered all of it and the size stays.
+            if size == 0 {
+                // Emptied: whatever failed before is gone with it.
+                s.failedErrno = 0
+                s.sum = RunningChecksum()
+            } else if s.sum?.value(size: s.size) == nil || size != s.size {
+                s.sum = nil
+            }
+            s.size = size
+            s.mtime = Date()
+            s.changed = true
+        }
+        checkEarlyUpload(v, changedFrom: size)
+    }
+}
