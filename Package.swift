@@ -36,7 +36,7 @@ let package = Package(
         // The filesystem core: namespace, inodes, reads with read-ahead. No C module, no kernel.
         .target(name: "CkptFS", dependencies: ["CkptS3", "CkptCache", .product(name: "Logging", package: "swift-log")]),
         // The FUSE adapter: libfuse's low-level API onto the core (the only module using libfuse).
-        .target(name: "CkptFUSE", dependencies: ["CFuse", "CkptFS", "CkptCache", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "CkptFUSE", dependencies: ["CFuse", "CkptFS", .product(name: "Logging", package: "swift-log")]),
         // The command line.
         .executableTarget(name: "ckptfs", dependencies: [
             "CkptFUSE", "CkptFS", "CkptCache", "CkptS3", "CkptHTTP", "CkptDigest",

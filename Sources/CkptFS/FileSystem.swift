@@ -1,16 +1,13 @@
-// The filesystem core: an S3 prefix as a directory tree, independent of FUSE and of any C module.
+// The filesystem core's facade: an S3 prefix as a POSIX directory tree, independent of FUSE and of any C
+// module. It owns the components and routes each operation to them:
 //
-// Namespace. Directories are key prefixes (and `dir/` marker objects); files are objects. Inode numbers
-// are assigned per (parent, name) and never change or get reused during a mount. Attributes, directory
-// listings and negative lookups are cached for `metadataTTL`. A name that is both an object and a prefix
-// is shown as the directory. Keys that cannot be file names (empty segments from `//`, `.`, `..`) are not
-// shown.
+//   Namespace/  inodes, lookups, listings (Namespace, a pure InodeTable); rename, unlink, rmdir, mkdir, setattr
+//   Read/       reads of one object version through the block cache, read-ahead (ObjectReader)
+//   Write/      staged versions of files written here, the journal that acknowledges them, crash recovery
+//   Upload/     the ordered queue of changes to S3 (ChangeQueue), the uploader, durability waits, status
 //
-// Reads. Each open handle pins the object's ETag (open revalidates with HEAD); every GET carries
-// If-Match, so one handle never mixes two versions. Data is fetched in cache-block units and stored in
-// the block cache; concurrent readers of a block share one fetch. Sequential reads grow a read-ahead
-// window (requestSize, doubling to maxReadAhead) served by parallel ranged GETs; random reads fetch only
-// the blocks they touch.
+// Dependencies point one way: the namespace sees local changes only through `LocalOverlay`; the reader knows
+// only the object client and the cache; uploads tell the namespace what landed (`objectLanded`).
 import CkptCache
 import CkptS3
 import Foundation
@@ -27,18 +24,8 @@ public final class FileSystem: Sendable {
     public let cache: BlockCache
     public let options: FSOptions
     let logger: Logger
-    let mountTime = Date()
 
-    // Namespace (Namespace/).
-    let table: Mutex<InodeTable>
-    let dirHandles = Mutex<[UInt64: DirHandle]>([:])
-    /// Directories where lookups missed lately, and their listing for lookups (DirectoryReader.swift).
-    let dirProbes = Mutex<[UInt64: DirProbe]>([:])
-    /// HEADs in flight for stored mtimes, by key; lookups in listing order, by directory; the bound on those
-    /// HEADs in flight (StoredMtimes.swift).
-    let mtimeHeads = Mutex<[String: Task<Result<Meta?, FSError>, Never>]>([:])
-    let mtimeScans = Mutex<[UInt64: MtimeScan]>([:])
-    let metaSlots = AsyncSemaphore(FileSystem.mtimeHeadConcurrency)
+    let namespace: Namespace
 
     // Reads (Read/).
     let reader: ObjectReader
@@ -47,16 +34,12 @@ public final class FileSystem: Sendable {
 
     // Write-back (Write/, Upload/).
     /// Keys with local changes, by key.
-    let local = Mutex<[String: LocalFile]>([:])
+    let localFiles = LocalFiles()
     let localHandles = Mutex<[UInt64: LocalHandle]>([:])
-    /// Files unlinked while open, by inode: stat through an open descriptor still answers (Writes.swift).
-    let orphans = Mutex<[UInt64: LocalFile]>([:])
     let nextVersion = Atomic<UInt64>(0)
     /// Set once the server rejected a conditional write as not implemented: later uploads go without.
     let conditionsUnsupported = Atomic<Bool>(false)
-    let uploadState = Mutex(UploadState())
-    let uploadSlots: AsyncSemaphore
-    let partSlots: AsyncSemaphore
+    let changes: ChangeQueue
     let journal: Journal
     /// Tags this cache directory's uploads (x-amz-meta-ckptfs-version), so a later mount of it recognises its
     /// own earlier uploads after a crash (Uploads.swift).
@@ -82,40 +65,46 @@ public final class FileSystem: Sendable {
         Glibc.mkdir(cache.directory + "/staging", 0o700)
         self.journal = try Journal(path: cache.directory + "/journal")
         self.writerId = FileSystem.writerId(directory: cache.directory)
-        self.uploadSlots = AsyncSemaphore(options.uploadConcurrency)
-        self.partSlots = AsyncSemaphore(options.partConcurrency)
+        self.changes = ChangeQueue(options: options)
         self.reader = ObjectReader(client: client, bucket: bucket, cache: cache, options: options)
-        self.table = Mutex(InodeTable(root: Node(parent: FileSystem.rootIno, name: "", key: p,
-                                                 meta: Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime),
-                                                 fetched: .now, lookups: 1), ino: FileSystem.rootIno))
+        self.namespace = Namespace(client: client, bucket: bucket, rootKey: p, options: options,
+                                   overlay: WriteBackOverlay(files: localFiles, changes: changes), mountTime: Date())
     }
 
     public var stats: FSStats {
         var s = counters.withLock { $0 }
         (s.getRequests, s.bytesDownloaded) = reader.counters.withLock { $0 }
+        let (lists, heads) = namespace.counters.withLock { $0 }
+        s.listRequests += lists
+        s.headRequests += heads
         s.cache = cache.stats
         return s
     }
 
-    // MARK: Attributes
+    // MARK: Namespace
 
-    func attributes(_ ino: UInt64, _ m: Meta) -> Attributes {
-        Attributes(ino: ino, isDirectory: m.isDirectory, size: m.isDirectory ? 4096 : m.size,
-                   mtime: m.isDirectory ? mountTime : m.mtime,
-                   permissions: m.isDirectory ? options.dirMode : options.fileMode, uid: options.uid, gid: options.gid)
+    /// Finds `name` in directory `parent` and takes one lookup reference on the result (released by `forget`).
+    public func lookup(parent: UInt64, name: String) async throws(FSError) -> Attributes {
+        try await namespace.lookup(parent: parent, name: name)
     }
 
-    /// Whether an object key segment can be a file name.
-    static func validName(_ name: String) -> Bool {
-        !name.isEmpty && name != "." && name != ".." && !name.contains("/") && !name.contains("\0") && name.utf8.count <= 255
+    public func getattr(ino: UInt64) async throws(FSError) -> Attributes { try await namespace.getattr(ino: ino) }
+
+    /// The kernel dropped `count` references to `ino`.
+    public func forget(ino: UInt64, count: UInt64) { namespace.forget(ino: ino, count: count) }
+
+    public func opendir(ino: UInt64) throws(FSError) -> UInt64 { try namespace.opendir(ino: ino) }
+
+    public func releasedir(handle: UInt64) { namespace.releasedir(handle: handle) }
+
+    /// Fills `reply` with the entries of directory handle `handle` from `offset` (0 = start), at most `limit`;
+    /// nothing added means the end. See `Namespace.readdir`.
+    public func readdir(handle: UInt64, offset: Int64, limit: Int, into reply: inout some DirectoryReplier) async throws(FSError) {
+        try await namespace.readdir(handle: handle, offset: offset, limit: limit, into: &reply)
     }
 
-    func isFresh(_ t: ContinuousClock.Instant) -> Bool { ContinuousClock.now - t < options.metadataTTL }
-
-    func node(_ ino: UInt64) throws(FSError) -> Node {
-        guard let n = table.withLock({ $0[ino] }) else { throw FSError(ESTALE, "unknown inode \(ino)") }
-        return n
-    }
+    /// Longest name of one file or directory, in bytes of UTF-8 (NAME_MAX; `statfs` reports it).
+    public static var maxNameBytes: Int { Namespace.maxNameBytes }
 
     public struct StatFS: Sendable {
         public var blockSize: UInt64 = 1 << 20

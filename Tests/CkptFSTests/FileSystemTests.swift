@@ -173,7 +173,7 @@ final class FileSystemTests: XCTestCase {
         let listed = s3.count("ListObjectsV2")
 
         // A directory too large to list for lookups: one probe per name, as before.
-        for i in 0...(FileSystem.lookupListingPages * 100) { s3.seed(bucket, "huge/f\(i)", [1]) }
+        for i in 0...(Namespace.lookupListingPages * 100) { s3.seed(bucket, "huge/f\(i)", [1]) }
         let huge = try await fs.lookup(parent: FileSystem.rootIno, name: "huge")
         let hugeHeads = s3.count("HeadObject")
         for i in 0..<6 { _ = try await fs.lookup(parent: huge.ino, name: "f\(i)") }
@@ -184,10 +184,10 @@ final class FileSystemTests: XCTestCase {
             hugeLists = s3.count("ListObjectsV2")
             try await Task.sleep(for: .milliseconds(100))
         }
-        XCTAssertGreaterThanOrEqual(s3.count("ListObjectsV2"), listed + FileSystem.lookupListingPages)
-        XCTAssertLessThanOrEqual(s3.count("ListObjectsV2"), listed + 6 + FileSystem.lookupListingPages + 2,
+        XCTAssertGreaterThanOrEqual(s3.count("ListObjectsV2"), listed + Namespace.lookupListingPages)
+        XCTAssertLessThanOrEqual(s3.count("ListObjectsV2"), listed + 6 + Namespace.lookupListingPages + 2,
                                  "the background listing stops at its page limit")
-        XCTAssertNil(fs.table.withLock { $0.listings[huge.ino] })
+        XCTAssertNil(fs.namespace.table.withLock { $0.listings[huge.ino] })
     }
 
     func testADirectoryOverOnePageIsListedForLookupsInTheBackground() async throws {
@@ -196,7 +196,7 @@ final class FileSystemTests: XCTestCase {
         _ = try await fs.lookup(parent: mid.ino, name: "f0")
         _ = try await fs.lookup(parent: mid.ino, name: "f1")  // waits for the first page only
         let deadline = ContinuousClock.now + .seconds(5)
-        while fs.table.withLock({ $0.listings[mid.ino] }) == nil && ContinuousClock.now < deadline {
+        while fs.namespace.table.withLock({ $0.listings[mid.ino] }) == nil && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
         let lists = s3.count("ListObjectsV2"), heads = s3.count("HeadObject")
@@ -213,23 +213,23 @@ final class FileSystemTests: XCTestCase {
         defer { fs.releasedir(handle: h) }
         let entries = try await fs.entryList(handle: h, offset: 0)
         XCTAssertEqual(Set(entries.map(\.name)), [".", "..", "sub", "a.bin"])
-        XCTAssertNil(fs.listedEntry(handle: h, name: "."))
-        XCTAssertNil(fs.listedEntry(handle: h, name: ".."))
-        XCTAssertNil(fs.listedEntry(handle: h, name: "a.bin"), "no attributes before its stored mtime is known")
+        XCTAssertNil(fs.namespace.listedEntry(handle: h, name: "."))
+        XCTAssertNil(fs.namespace.listedEntry(handle: h, name: ".."))
+        XCTAssertNil(fs.namespace.listedEntry(handle: h, name: "a.bin"), "no attributes before its stored mtime is known")
         let heads = s3.count("HeadObject")
-        await fs.resolveListedEntries(handle: h, names: entries.map(\.name))
+        await fs.namespace.resolveListedEntries(handle: h, names: entries.map(\.name))
         XCTAssertEqual(s3.count("HeadObject") - heads, 1, "the file, not the directory")
-        let a = try XCTUnwrap(fs.listedEntry(handle: h, name: "a.bin"))
+        let a = try XCTUnwrap(fs.namespace.listedEntry(handle: h, name: "a.bin"))
         XCTAssertEqual(a.mtime.timeIntervalSince1970, 1_000_000_000.5, "the stored mtime, not Last-Modified")
         XCTAssertEqual(a.size, 3)
         XCTAssertFalse(a.isDirectory)
-        XCTAssertTrue(try XCTUnwrap(fs.listedEntry(handle: h, name: "sub")).isDirectory)
-        XCTAssertEqual(fs.table.withLock { $0.nodes[a.ino]?.lookups }, 1, "one reference, as the kernel counts it")
+        XCTAssertTrue(try XCTUnwrap(fs.namespace.listedEntry(handle: h, name: "sub")).isDirectory)
+        XCTAssertEqual(fs.namespace.table.withLock { $0.nodes[a.ino]?.lookups }, 1, "one reference, as the kernel counts it")
         let again = try await fs.lookup(parent: d.ino, name: "a.bin")
         XCTAssertEqual(again.ino, a.ino)
-        XCTAssertEqual(fs.table.withLock { $0.nodes[a.ino]?.lookups }, 2)
+        XCTAssertEqual(fs.namespace.table.withLock { $0.nodes[a.ino]?.lookups }, 2)
         fs.forget(ino: a.ino, count: 2)
-        XCTAssertNil(fs.table.withLock { $0.nodes[a.ino] }, "forgotten once every reference is returned")
+        XCTAssertNil(fs.namespace.table.withLock { $0.nodes[a.ino] }, "forgotten once every reference is returned")
     }
 
     func testListingsKeptForLookupsAreBoundedInEntries() async throws {
@@ -240,10 +240,10 @@ final class FileSystemTests: XCTestCase {
         let b = try await fs.lookup(parent: FileSystem.rootIno, name: "b")
         let c = try await fs.lookup(parent: FileSystem.rootIno, name: "c")
         _ = try await names(a.ino)
-        XCTAssertNotNil(fs.table.withLock { $0.listings[a.ino] })
+        XCTAssertNotNil(fs.namespace.table.withLock { $0.listings[a.ino] })
         _ = try await names(b.ino)
-        XCTAssertNil(fs.table.withLock { $0.listings[a.ino] }, "the oldest listing makes room")
-        XCTAssertNotNil(fs.table.withLock { $0.listings[b.ino] })
+        XCTAssertNil(fs.namespace.table.withLock { $0.listings[a.ino] }, "the oldest listing makes room")
+        XCTAssertNotNil(fs.namespace.table.withLock { $0.listings[b.ino] })
         // Too large to keep: listed for the reader, attributes still handed out, lookups ask S3.
         let h = try fs.opendir(ino: c.ino)
         defer { fs.releasedir(handle: h) }
@@ -256,14 +256,14 @@ final class FileSystemTests: XCTestCase {
             offset = batch.last!.nextOffset
         }
         XCTAssertEqual(seen, 202)
-        XCTAssertNil(fs.table.withLock { $0.listings[c.ino] })
-        await fs.resolveListedEntries(handle: h, names: ["f150"])
-        XCTAssertEqual(try XCTUnwrap(fs.listedEntry(handle: h, name: "f150")).size, 2)
+        XCTAssertNil(fs.namespace.table.withLock { $0.listings[c.ino] })
+        await fs.namespace.resolveListedEntries(handle: h, names: ["f150"])
+        XCTAssertEqual(try XCTUnwrap(fs.namespace.listedEntry(handle: h, name: "f150")).size, 2)
         let heads = s3.count("HeadObject")
         let f7 = try await fs.lookup(parent: c.ino, name: "f7")
         XCTAssertEqual(f7.size, 2)
         XCTAssertEqual(s3.count("HeadObject"), heads + 1)
-        XCTAssertLessThanOrEqual(fs.table.withLock { $0.listings.values.reduce(0) { $0 + $1.entries.count } }, 150)
+        XCTAssertLessThanOrEqual(fs.namespace.table.withLock { $0.listings.values.reduce(0) { $0 + $1.entries.count } }, 150)
     }
 
     func testExpiredListingsAreDropped() async throws {
@@ -271,12 +271,12 @@ final class FileSystemTests: XCTestCase {
         for d in ["a", "b"] { for i in 0..<10 { s3.seed(bucket, "\(d)/f\(i)", [1]) } }
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "a")
         _ = try await names(a.ino)
-        XCTAssertNotNil(fs.table.withLock { $0.listings[a.ino] })
+        XCTAssertNotNil(fs.namespace.table.withLock { $0.listings[a.ino] })
         try await Task.sleep(for: .milliseconds(1100))
         let b = try await fs.lookup(parent: FileSystem.rootIno, name: "b")
         _ = try await names(b.ino)
-        XCTAssertNil(fs.table.withLock { $0.listings[a.ino] }, "an expired listing does not stay in memory")
-        XCTAssertNotNil(fs.table.withLock { $0.listings[b.ino] })
+        XCTAssertNil(fs.namespace.table.withLock { $0.listings[a.ino] }, "an expired listing does not stay in memory")
+        XCTAssertNotNil(fs.namespace.table.withLock { $0.listings[b.ino] })
     }
 
     func testLargeDirectoryListsAcrossPages() async throws {

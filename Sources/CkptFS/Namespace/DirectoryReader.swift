@@ -38,7 +38,7 @@ struct DirProbe: Sendable {
     var task: Task<Bool, Never>?
 }
 
-extension FileSystem {
+extension Namespace {
     /// A directory larger than this many listing pages (1,000 entries each) is not listed for lookups; the
     /// listing is kept within `FSOptions.maxListedEntries`. Stat-ing 1,000 names of a 10,000-object
     /// directory went from 41 to 1,816 per second at 20 ms RTT (610 to about 3,000 on loopback) when this
@@ -73,7 +73,7 @@ extension FileSystem {
         do throws(FSError) { try await fetchPage(d) } catch { return false }
         if finishLookupListing(d) { return true }
         Task {
-            for _ in 1..<FileSystem.lookupListingPages {
+            for _ in 1..<Namespace.lookupListingPages {
                 do throws(FSError) { try await self.fetchPage(d) } catch { return }
                 if self.finishLookupListing(d) { return }
             }
@@ -90,20 +90,20 @@ extension FileSystem {
         return true
     }
 
-    public func opendir(ino: UInt64) throws(FSError) -> UInt64 {
+    func opendir(ino: UInt64) throws(FSError) -> UInt64 {
         let n = try node(ino)
         guard n.meta.isDirectory else { throw .notDirectory }
-        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        let h = newDirHandle()
         dirHandles.withLock { $0[h] = DirHandle(ino: ino, key: n.key) }
         return h
     }
 
-    public func releasedir(handle: UInt64) { _ = dirHandles.withLock { $0.removeValue(forKey: handle) } }
+    func releasedir(handle: UInt64) { _ = dirHandles.withLock { $0.removeValue(forKey: handle) } }
 
     /// Fills `reply` with entries from `offset` (0 = start): ".", "..", then the children, at most `limit` of
     /// them; nothing added means the end. For readdirplus the files' stored mtimes are learned first (HEADs in
     /// parallel, StoredMtimes.swift), and each entry given attributes takes a lookup reference.
-    public func readdir(handle: UInt64, offset: Int64, limit: Int, into reply: inout some DirectoryReplier) async throws(FSError) {
+    func readdir(handle: UInt64, offset: Int64, limit: Int, into reply: inout some DirectoryReplier) async throws(FSError) {
         let entries = try await entries(handle: handle, offset: offset, limit: limit)
         if reply.plus { await resolveListedEntries(handle: handle, names: entries.map(\.name)) }
         for e in entries {
@@ -120,7 +120,7 @@ extension FileSystem {
         var out: [DirEntry] = []
         if offset == 0 { out.append(DirEntry(name: ".", ino: d.ino, isDirectory: true, nextOffset: 1)) }
         if offset <= 1 {
-            let parent = (try? node(d.ino).parent) ?? FileSystem.rootIno
+            let parent = (try? node(d.ino).parent) ?? Namespace.rootIno
             out.append(DirEntry(name: "..", ino: parent, isDirectory: true, nextOffset: 2))
         }
         var index = Int(max(0, offset - 2))
@@ -150,8 +150,8 @@ extension FileSystem {
     func listedEntry(handle: UInt64, name: String) -> Attributes? {
         guard name != ".", name != "..", let d = dirHandles.withLock({ $0[handle] }) else { return nil }
         let key = d.key + name
-        if let v = localVersion(key) {
-            return remember(parent: d.ino, name: name, key: key, meta: localMeta(v), addLookup: true)
+        if let m = overlay.localMeta(of: key) {
+            return remember(parent: d.ino, name: name, key: key, meta: m, addLookup: true)
         }
         let meta = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
         guard let meta, meta.isDirectory || meta.mtimeKnown else { return nil }
@@ -166,26 +166,20 @@ extension FileSystem {
     func fetchPage(_ d: DirHandle) async throws(FSError) {
         let token = d.state.withLock { $0.token }
         if d.state.withLock({ $0.done }) { return }
-        counters.withLock { $0.listRequests += 1 }
+        counters.withLock { $0.lists += 1 }
         let page: ListObjectsPage
         do {
             page = try await client.listObjectsV2(bucket, prefix: d.key.isEmpty ? nil : d.key, delimiter: "/",
                                                   continuationToken: token, startAfter: nil, maxKeys: nil)
         } catch { throw FSError(error, during: .other) }
-        let localChildren: [(String, Meta)] = page.isTruncated ? [] : local.withLock { l in
-            l.compactMap { key, f in
-                guard key.hasPrefix(d.key) else { return nil }
-                let name = String(key.dropFirst(d.key.count))
-                return FileSystem.validName(name) ? (name, localMeta(f.current)) : nil
-            }
-        }
+        let localChildren = page.isTruncated ? [] : overlay.localChildren(of: d.key)
         // Stored mtimes HEADs found for these versions before (an expired listing may still be at hand).
         let known: [String: Meta] = table.withLock { $0.listings[d.ino]?.entries ?? [:] }
         let listing: [String: Meta]? = d.state.withLock { s in
             guard s.token == token, !s.done else { return nil }  // another reader fetched it meanwhile
             for p in page.commonPrefixes {
                 let name = String(p.dropFirst(d.key.count).dropLast())
-                guard FileSystem.validName(name), !isHidden(p) else { continue }
+                guard Namespace.validName(name), !overlay.isHidden(p) else { continue }
                 let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime)
                 if let at = s.position[name] {
                     s.kinds[at] = true  // a prefix and an object of the same name: the directory wins
@@ -198,7 +192,7 @@ extension FileSystem {
             }
             for o in page.objects {
                 let name = String(o.key.dropFirst(d.key.count))
-                guard FileSystem.validName(name), s.position[name] == nil, !isHidden(o.key) else { continue }
+                guard Namespace.validName(name), s.position[name] == nil, !overlay.isHidden(o.key) else { continue }
                 s.position[name] = s.names.count
                 s.names.append(name)
                 s.kinds.append(false)

@@ -3,17 +3,17 @@
 import CkptS3
 import Foundation
 
-extension FileSystem {
+extension Namespace {
     /// Finds `name` in directory `parent` and takes one lookup reference on the result (released by `forget`).
-    public func lookup(parent: UInt64, name: String) async throws(FSError) -> Attributes {
+    func lookup(parent: UInt64, name: String) async throws(FSError) -> Attributes {
         let dir = try node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
-        try checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
-        guard FileSystem.validName(name) else { throw .noEntry }
+        try Namespace.checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
+        guard Namespace.validName(name) else { throw .noEntry }
         let pk = PathKey(parent: parent, name: name)
         // A file with local changes is what its local version says.
-        if let v = localVersion(dir.key + name) {
-            return remember(parent: parent, name: name, key: dir.key + name, meta: localMeta(v), addLookup: true)
+        if let m = overlay.localMeta(of: dir.key + name) {
+            return remember(parent: parent, name: name, key: dir.key + name, meta: m, addLookup: true)
         }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
         let cached: Meta?? = table.withLock { t in
@@ -72,15 +72,15 @@ extension FileSystem {
     }
 
     func listProbe(_ dirPrefix: String) async throws(FSError) -> Bool {
-        counters.withLock { $0.listRequests += 1 }
-        if isHidden(dirPrefix) { return false }  // removed here, its delete still queued
+        counters.withLock { $0.lists += 1 }
+        if overlay.isHidden(dirPrefix) { return false }  // removed here, its delete still queued
         do {
             // One key tells, unless deletes are queued: then what is listed may be on its way out.
-            let hiding = hasHidden
+            let hiding = overlay.hasHidden
             let page = try await client.listObjectsV2(bucket, prefix: dirPrefix, delimiter: "/", continuationToken: nil,
                                                       startAfter: nil, maxKeys: hiding ? 1000 : 1)
             if hiding {
-                return page.objects.contains { !isHidden($0.key) } || page.commonPrefixes.contains { !isHidden($0) }
+                return page.objects.contains { !overlay.isHidden($0.key) } || page.commonPrefixes.contains { !overlay.isHidden($0) }
                     || page.isTruncated
             }
             return !page.objects.isEmpty || !page.commonPrefixes.isEmpty
@@ -88,12 +88,12 @@ extension FileSystem {
     }
 
     func headProbe(_ key: String) async throws(FSError) -> Meta? {
-        if isHidden(key) { return nil }  // removed here, its delete still queued
-        counters.withLock { $0.headRequests += 1 }
+        if overlay.isHidden(key) { return nil }  // removed here, its delete still queued
+        counters.withLock { $0.heads += 1 }
         do {
             let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
             return Meta(isDirectory: false, size: info.size, etag: info.etag,
-                        mtime: options.storedMtimes ? FileSystem.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
+                        mtime: options.storedMtimes ? Namespace.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
         } catch {
             if error.code == .noSuchKey { return nil }
             throw FSError(error, during: .other)
@@ -132,15 +132,15 @@ extension FileSystem {
     }
 
     /// The kernel dropped `count` references to `ino`.
-    public func forget(ino: UInt64, count: UInt64) {
-        guard ino != FileSystem.rootIno else { return }
+    func forget(ino: UInt64, count: UInt64) {
+        guard ino != Namespace.rootIno else { return }
         table.withLock { $0.forget(ino, count: count) }
     }
 
-    public func getattr(ino: UInt64) async throws(FSError) -> Attributes {
+    func getattr(ino: UInt64) async throws(FSError) -> Attributes {
         let n = try node(ino)
-        if let f = orphans.withLock({ $0[ino] }) { return attributes(ino, localMeta(f.current)) }
-        if !n.meta.isDirectory, let v = localVersion(n.key) { return attributes(ino, localMeta(v)) }
+        if let m = overlay.orphanMeta(ino: ino) { return attributes(ino, m) }
+        if !n.meta.isDirectory, let m = overlay.localMeta(of: n.key) { return attributes(ino, m) }
         if n.meta.isDirectory || n.superseded || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
         guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
         if !n.meta.etag.isEmpty && m.etag != n.meta.etag {

@@ -10,49 +10,51 @@
 import CkptS3
 import Foundation
 
-extension FileSystem {
+extension Namespace {
     /// Longest name of one file or directory, in bytes of UTF-8 (NAME_MAX; `statfs` reports it).
-    public static let maxNameBytes = 255
+    static let maxNameBytes = 255
     /// Longest S3 object key, in bytes of UTF-8 (S3 API reference, "Object key naming").
-    public static let maxKeyBytes = 1024
+    static let maxKeyBytes = 1024
 
     /// Throws ENAMETOOLONG when `name` in the directory whose key prefix is `dirKey` could not be stored: the
     /// name is over `maxNameBytes`, or its key (a directory's marker key, with its "/") over `maxKeyBytes`.
-    func checkStorable(_ name: String, in dirKey: String, isDirectory: Bool) throws(FSError) {
+    static func checkStorable(_ name: String, in dirKey: String, isDirectory: Bool) throws(FSError) {
         let n = name.utf8.count
-        if n > FileSystem.maxNameBytes {
-            throw FSError(ENAMETOOLONG, "a name is at most \(FileSystem.maxNameBytes) bytes; this one has \(n)")
+        if n > Namespace.maxNameBytes {
+            throw FSError(ENAMETOOLONG, "a name is at most \(Namespace.maxNameBytes) bytes; this one has \(n)")
         }
         let keyBytes = dirKey.utf8.count + n + (isDirectory ? 1 : 0)
-        if keyBytes > FileSystem.maxKeyBytes {
-            throw FSError(ENAMETOOLONG, "an S3 key is at most \(FileSystem.maxKeyBytes) bytes; \(dirKey + name) would have \(keyBytes)")
+        if keyBytes > Namespace.maxKeyBytes {
+            throw FSError(ENAMETOOLONG, "an S3 key is at most \(Namespace.maxKeyBytes) bytes; \(dirKey + name) would have \(keyBytes)")
         }
     }
 
     /// Throws ENAMETOOLONG when moving the keys `keys` (all under the prefix `src`) to the prefix `dst` would
     /// make one of them longer than `maxKeyBytes`. Checked before a directory rename moves anything.
-    func checkMovable(_ keys: some Sequence<String>, from src: String, to dst: String) throws(FSError) {
+    static func checkMovable(_ keys: some Sequence<String>, from src: String, to dst: String) throws(FSError) {
         let growth = dst.utf8.count - src.utf8.count
         guard growth > 0, let longest = keys.max(by: { $0.utf8.count < $1.utf8.count }) else { return }
         let n = longest.utf8.count + growth
-        if n > FileSystem.maxKeyBytes {
-            throw FSError(ENAMETOOLONG, "renaming \(src) to \(dst) would make \(longest) a key of \(n) bytes (at most \(FileSystem.maxKeyBytes))")
+        if n > Namespace.maxKeyBytes {
+            throw FSError(ENAMETOOLONG, "renaming \(src) to \(dst) would make \(longest) a key of \(n) bytes (at most \(Namespace.maxKeyBytes))")
         }
     }
+}
 
+extension FileSystem {
     /// Throws ENAMETOOLONG when renaming the directory prefix `src` to `dst` (both ending in "/") would make
     /// the key of something under it longer than `maxKeyBytes`: `objects` (its keys in S3) or a local file.
     func checkDirectoryMove(_ objects: [String], from src: String, to dst: String) throws(FSError) {
-        try checkMovable(objects, from: src, to: dst)
-        try checkMovable(local.withLock { Array($0.keys.filter { $0.hasPrefix(src) }) }, from: src, to: dst)
+        try Namespace.checkMovable(objects, from: src, to: dst)
+        try Namespace.checkMovable(localFiles.byKey.withLock { Array($0.keys.filter { $0.hasPrefix(src) }) }, from: src, to: dst)
     }
 
     /// mknod, symlink and link: S3 has no such objects (EPERM), but a name that could never be stored is
     /// refused as such first, like any other new name.
     public func makeSpecial(parent: UInt64, name: String) throws(FSError) -> Never {
-        let dir = try node(parent)
+        let dir = try namespace.node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
-        try checkStorable(name, in: dir.key, isDirectory: false)
+        try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
         throw FSError(EPERM, "S3 has no special files or links")
     }
 }

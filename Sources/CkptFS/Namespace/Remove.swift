@@ -10,12 +10,12 @@ extension FileSystem {
 
     public func mkdir(parent: UInt64, name: String) async throws(FSError) -> Attributes {
         try checkWritable()
-        let dir = try node(parent)
+        let dir = try namespace.node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
-        try checkStorable(name, in: dir.key, isDirectory: true)
-        guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        try Namespace.checkStorable(name, in: dir.key, isDirectory: true)
+        guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
         if (try? await lookup(parent: parent, name: name)) != nil {
-            forget(ino: inoFor(parent: parent, name: name), count: 1)
+            forget(ino: namespace.inoFor(parent: parent, name: name), count: 1)
             throw FSError(EEXIST)
         }
         // A delete of the same name still queued (rmdir, or a rename of the directory away) must not remove it.
@@ -24,10 +24,10 @@ extension FileSystem {
             _ = try await client.putObject(bucket, dir.key + name + "/", body: .empty, options: PutOptions())
         } catch { throw FSError(error, during: .other) }
         let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: Date())
-        table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta } }
-        let attr = remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
+        namespace.table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta } }
+        let attr = namespace.remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
         // It did not exist, so it is empty: lookups of new names in it need not ask S3.
-        _ = table.withLock {
+        _ = namespace.table.withLock {
             $0.install(Listing(entries: [:], expires: .now + options.metadataTTL), for: attr.ino, limit: options.maxListedEntries)
         }
         return attr
@@ -37,21 +37,21 @@ extension FileSystem {
     /// until then lookups and listings do not show it.
     public func rmdir(parent: UInt64, name: String) async throws(FSError) {
         try checkWritable()
-        let dir = try node(parent)
+        let dir = try namespace.node(parent)
         let prefix = dir.key + name + "/"
         let page: ListObjectsPage
         do {
             page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: "/", continuationToken: nil,
                                                   startAfter: nil, maxKeys: 1000)
         } catch { throw FSError(error, during: .other) }
-        let others = page.objects.filter { $0.key != prefix && !isHidden($0.key) }
+        let others = page.objects.filter { $0.key != prefix && !changes.isHidden($0.key) }
         var prefixes: [String] = []
-        for p in page.commonPrefixes where !isHidden(p) {
+        for p in page.commonPrefixes where !changes.isHidden(p) {
             // Some servers (SeaweedFS) keep listing a prefix whose objects are all deleted: only one that
             // still holds an object (not being deleted) makes the directory non-empty.
             if await holdsObjects(p) { prefixes.append(p) }
         }
-        let localChildren = local.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } }
+        let localChildren = localFiles.byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } }
         if !others.isEmpty || !prefixes.isEmpty || localChildren { throw FSError(ENOTEMPTY) }
         try await deleteLater([prefix], hiding: [prefix])
         invalidate(parent: parent, name: name)
@@ -61,7 +61,7 @@ extension FileSystem {
     func holdsObjects(_ prefix: String) async -> Bool {
         guard let page = try? await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: nil,
                                                          startAfter: nil, maxKeys: 1000) else { return true }
-        return page.objects.contains { !isHidden($0.key) } || page.isTruncated
+        return page.objects.contains { !changes.isHidden($0.key) } || page.isTruncated
     }
 
     /// Removes a file: its local versions stop (and are never uploaded; a file still open lives on as an
@@ -69,20 +69,20 @@ extension FileSystem {
     /// (ChangeQueue). Until then lookups and listings do not show it. Journaled before it returns.
     public func unlink(parent: UInt64, name: String) async throws(FSError) {
         try checkWritable()
-        let dir = try node(parent)
+        let dir = try namespace.node(parent)
         let key = dir.key + name
         let attr = try await lookup(parent: parent, name: name)
         forget(ino: attr.ino, count: 1)
         guard !attr.isDirectory else { throw .isDirectory }
         var withdrawn = Withdrawal()
-        if let f = local.withLock({ $0.removeValue(forKey: key) }) {
+        if let f = localFiles.byKey.withLock({ $0.removeValue(forKey: key) }) {
             withdrawn = orphan(f, ino: attr.ino)
         }
         try await deleteLater([key], hiding: [key], with: withdrawn.records)
         withdrawn.removeFiles()
         invalidate(parent: parent, name: name)
         // The name is free: a file created under it is a new inode, whatever the kernel still holds open.
-        table.withLock { $0.freeName(parent: parent, name: name) }
+        namespace.table.withLock { $0.freeName(parent: parent, name: name) }
     }
 
     /// `f` lost its name (unlink, or replaced by a rename): its versions are never uploaded. Open handles keep
@@ -95,7 +95,7 @@ extension FileSystem {
         }
         let records = dropVersions(of: f)
         if handles > 0 {
-            if let ino { orphans.withLock { $0[ino] = f } }
+            if let ino { localFiles.orphans.withLock { $0[ino] = f } }
             // Its handles write the current version in place from now on (nothing uploads it).
             f.current.state.withLock { s in
                 s.sealed = false
@@ -107,6 +107,6 @@ extension FileSystem {
 
     /// Forgets what is cached about (parent, name) so the next lookup asks again.
     func invalidate(parent: UInt64, name: String) {
-        table.withLock { $0.invalidate(parent: parent, name: name) }
+        namespace.table.withLock { $0.invalidate(parent: parent, name: name) }
     }
 }

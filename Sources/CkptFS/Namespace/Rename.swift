@@ -16,16 +16,16 @@ extension FileSystem {
     public func rename(parent: UInt64, name: String, newParent: UInt64, newName: String, flags: UInt32) async throws(FSError) {
         try checkWritable()
         if flags & FileSystem.renameExchange != 0 { throw FSError(EINVAL, "RENAME_EXCHANGE is not supported") }
-        let srcDir = try node(parent), dstDir = try node(newParent)
-        try checkStorable(newName, in: dstDir.key, isDirectory: false)
-        guard FileSystem.validName(newName) else { throw FSError(EINVAL, "not a valid name: \(newName)") }
+        let srcDir = try namespace.node(parent), dstDir = try namespace.node(newParent)
+        try Namespace.checkStorable(newName, in: dstDir.key, isDirectory: false)
+        guard Namespace.validName(newName) else { throw FSError(EINVAL, "not a valid name: \(newName)") }
         guard srcDir.meta.isDirectory, dstDir.meta.isDirectory else { throw .notDirectory }
         let src = try await lookup(parent: parent, name: name)
         forget(ino: src.ino, count: 1)
         // A directory's objects, listed once: checked against the key limit before anything changes, then moved.
         var objects: [String] = []
         if src.isDirectory {
-            try checkStorable(newName, in: dstDir.key, isDirectory: true)
+            try Namespace.checkStorable(newName, in: dstDir.key, isDirectory: true)
             objects = try await objectKeys(under: srcDir.key + name + "/")
             try checkDirectoryMove(objects, from: srcDir.key + name + "/", to: dstDir.key + newName + "/")
         }
@@ -51,7 +51,7 @@ extension FileSystem {
                  isDirectory: src.isDirectory)
         if sourceRemains {
             // The next lookup of the old name asks S3 again.
-            table.withLock { t in
+            namespace.table.withLock { t in
                 t.clearMissing(parent: parent, name: name)
                 t.listings.removeValue(forKey: parent)
             }
@@ -64,10 +64,10 @@ extension FileSystem {
     func renameFile(from src: String, to dst: String, replacing: UInt64? = nil) async throws(FSError) -> Bool {
         // The destination's own local versions (an overwritten file) are withdrawn; open, it lives on as an orphan.
         var withdrawn = Withdrawal()
-        if let old = local.withLock({ $0.removeValue(forKey: dst) }) { withdrawn = orphan(old, ino: replacing) }
+        if let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) { withdrawn = orphan(old, ino: replacing) }
         defer { withdrawn.removeFiles() }
         let records = withdrawn.records
-        if let f = local.withLock({ $0[src] }) {
+        if let f = localFiles.byKey.withLock({ $0[src] }) {
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.
             for v in versions(of: f) { try await fillAll(v) }
             let moved = retarget(f, from: src, to: dst)
@@ -103,7 +103,7 @@ extension FileSystem {
     func retarget(_ f: LocalFile, from src: String, to dst: String) -> Retarget {
         var out = Retarget()
         let vs = versions(of: src, newest: f.current)
-        local.withLock { l in
+        localFiles.byKey.withLock { l in
             if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f
             f.state.withLock { $0.key = dst }
@@ -187,7 +187,7 @@ extension FileSystem {
             do {
                 let page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
                                                           startAfter: nil, maxKeys: nil)
-                keys += page.objects.map(\.key).filter { !isHidden($0) }
+                keys += page.objects.map(\.key).filter { !changes.isHidden($0) }
                 token = page.isTruncated ? page.nextContinuationToken : nil
             } catch { throw FSError(error, during: .other) }
         } while token != nil
@@ -199,10 +199,10 @@ extension FileSystem {
     /// deletes the copies made and changes nothing), then the local files move and the old names are queued
     /// for deletion, in one journal record batch.
     func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
-        let localFiles = local.withLock { l in l.filter { $0.key.hasPrefix(src) } }
+        let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) } }
         let remaining = keys.filter { localFiles[$0] == nil }
         func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
-        if hasHidden { for k in remaining { await clearPendingDelete(of: target(k)) } }
+        if changes.hasHidden { for k in remaining { await clearPendingDelete(of: target(k)) } }
         await clearPendingDelete(of: dst)
         let intent = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
         if !remaining.isEmpty {
@@ -267,7 +267,7 @@ extension FileSystem {
     /// The renamed inode keeps its number at the new path; everything cached under the old path is updated.
     func moveNode(parent: UInt64, name: String, newParent: UInt64, newName: String, from src: String, to dst: String,
                   isDirectory: Bool) {
-        table.withLock {
+        namespace.table.withLock {
             $0.move(parent: parent, name: name, newParent: newParent, newName: newName, from: src, to: dst, isDirectory: isDirectory)
         }
     }

@@ -10,20 +10,20 @@ extension FileSystem {
 
     /// Changes size and times. Mode and owner are accepted and not stored (they come from the mount options).
     public func setattr(ino: UInt64, size: Int64?, mtime: Date?) async throws(FSError) -> Attributes {
-        let n = try node(ino)
-        if let f = orphans.withLock({ $0[ino] }) {
+        let n = try namespace.node(ino)
+        if let f = localFiles.orphans.withLock({ $0[ino] }) {
             // An unlinked file still open (ftruncate, futimens through its descriptor): it stays an orphan, and
             // a file created under its old name meanwhile is not touched.
             if let size { try truncateVersion(f, to: size) }
             if let mtime { f.current.state.withLock { $0.mtime = mtime } }
-            return attributes(ino, localMeta(f.current))
+            return namespace.attributes(ino, f.current.meta)
         }
         if let size {
             guard !n.meta.isDirectory else { throw .isDirectory }
             try checkWritable()
             // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
             // nothing); without another open writer it is a complete change, acknowledged and queued at once.
-            let isLocal = local.withLock { $0[n.key] != nil }
+            let isLocal = localFiles.byKey.withLock { $0[n.key] != nil }
             let f = try await openLocalFile(key: n.key, truncate: false, writer: true,
                                             remote: isLocal ? nil : try await remoteObject(ino, n))
             defer { releaseHandle(f, writer: true) }

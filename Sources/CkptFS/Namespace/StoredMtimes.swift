@@ -30,7 +30,7 @@ struct MtimeScan: Sendable {
     var aheadTo = 0
 }
 
-extension FileSystem {
+extension Namespace {
     /// HEADs in flight at once for mtimes of listed files (readdirplus batches, lookups ahead): half of the
     /// HTTP client's 64 connections, so reads keep connections of their own.
     static let mtimeHeadConcurrency = 32
@@ -89,7 +89,7 @@ extension FileSystem {
     /// The names to HEAD ahead of a lookup of `name` in `parent`, if lookups there come in listing order.
     func mtimeAhead(parent: UInt64, name: String) -> [String]? {
         guard let files = sortedFiles(parent) else { return nil }
-        guard let i = FileSystem.position(of: name, in: files) else { return nil }
+        guard let i = Namespace.position(of: name, in: files) else { return nil }
         let range: Range<Int>? = mtimeScans.withLock { scans in
             if scans.count > 1024 { scans.removeAll() }  // a bound; losing the streaks costs only speed
             var s = scans[parent] ?? MtimeScan()
@@ -103,7 +103,7 @@ extension FileSystem {
                 s.aheadTo = 0
                 return nil
             }
-            s.window = s.window == 0 ? 32 : min(FileSystem.maxMtimeWindow, s.window * 2)
+            s.window = s.window == 0 ? 32 : min(Namespace.maxMtimeWindow, s.window * 2)
             let from = max(i + 1, s.aheadTo), to = min(files.count, i + 1 + s.window)
             guard from < to else { return nil }
             s.aheadTo = to

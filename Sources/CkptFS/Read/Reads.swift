@@ -24,10 +24,10 @@ extension FileSystem {
     /// second (the kernel looks a file up right before opening it) and pins its ETag for the handle's life.
     /// Writing (or reading a file with local changes) goes to its local version (Write/).
     public func open(ino: UInt64, flags: Int32) async throws(FSError) -> OpenReply {
-        let n = try node(ino)
+        let n = try namespace.node(ino)
         guard !n.meta.isDirectory else { throw .isDirectory }
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
-        let isLocal = local.withLock { $0[n.key] != nil }
+        let isLocal = localFiles.byKey.withLock { $0[n.key] != nil }
         if isLocal && !write, let h = try await openLocal(ino: ino, key: n.key, write: false, truncate: false, remote: nil) {
             return OpenReply(handle: h, directIO: false, keepCache: true)
         }
@@ -57,16 +57,16 @@ extension FileSystem {
     /// mtime of the old version.
     func remoteObject(_ ino: UInt64, _ n: Node) async throws(FSError) -> PinnedObject? {
         var meta = n.meta
-        if meta.etag.isEmpty && local.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
+        if meta.etag.isEmpty && localFiles.byKey.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
         if n.superseded { throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again") }
         if ContinuousClock.now - n.fetched > .seconds(1) || meta.etag.isEmpty {
-            guard let m = try await headProbe(n.key) else { return nil }
+            guard let m = try await namespace.headProbe(n.key) else { return nil }
             if !meta.etag.isEmpty && m.etag != meta.etag {
-                replaced(ino, n, by: m)
+                namespace.replaced(ino, n, by: m)
                 throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again")
             }
             meta = m
-            table.withLock { $0.refresh(ino, meta: m) }
+            namespace.table.withLock { $0.refresh(ino, meta: m) }
         }
         return PinnedObject(key: n.key, etag: meta.etag, size: meta.size)
     }

@@ -33,9 +33,31 @@ final class DeleteGroup: Sendable {
     }
 }
 
-extension FileSystem {
-    /// The write-back's shared state: versions queued or uploading, the change queue, counters for status.
-    struct UploadState: Sendable {
+/// A delete not applied yet.
+struct PendingDelete: Sendable {
+    var key: String
+    var job: UInt64
+    var started = false
+    var cancelled = false
+    var group: DeleteGroup
+    var task: Task<Void, Never>?
+}
+
+/// The change queue's state and the slots its jobs run in (see the file comment). The jobs themselves, the
+/// uploader and the delete runner, are the facade's (Uploader.swift, below).
+final class ChangeQueue: Sendable {
+    let state = Mutex(State())
+    /// Files uploaded at once, and parts in flight over all files (FSOptions.uploadConcurrency, partConcurrency).
+    let uploadSlots: AsyncSemaphore
+    let partSlots: AsyncSemaphore
+
+    init(options: FSOptions) {
+        uploadSlots = AsyncSemaphore(options.uploadConcurrency)
+        partSlots = AsyncSemaphore(options.partConcurrency)
+    }
+
+    /// Versions queued or uploading, the jobs of the queue, deletes, counters for status.
+    struct State: Sendable {
         var pending: [UInt64: StagedVersion] = [:]
         /// Per key, the last job queued.
         var tails: [String: UploadTail] = [:]
@@ -68,14 +90,33 @@ extension FileSystem {
         }
     }
 
-    struct PendingDelete: Sendable {
-        var key: String
-        var job: UInt64
-        var started = false
-        var cancelled = false
-        var group: DeleteGroup
-        var task: Task<Void, Never>?
+    static func unhide(_ hidden: inout [String: Int], _ k: String) {
+        guard let n = hidden[k] else { return }
+        if n <= 1 { hidden.removeValue(forKey: k) } else { hidden[k] = n - 1 }
     }
+
+    /// Whether a queued delete hides `key` (a file's key, or a directory prefix ending in "/"): the key itself,
+    /// or a directory above it.
+    func isHidden(_ key: String) -> Bool {
+        state.withLock { u in
+            guard !u.hidden.isEmpty else { return false }
+            if u.hidden[key] != nil { return true }
+            var i = key.startIndex
+            while let slash = key[i...].firstIndex(of: "/") {
+                let p = String(key[...slash])
+                if p != key, u.hidden[p] != nil { return true }
+                i = key.index(after: slash)
+            }
+            return false
+        }
+    }
+
+    /// Whether any delete is queued (listings then filter what they show).
+    var hasHidden: Bool { state.withLock { !$0.hidden.isEmpty } }
+
+}
+
+extension FileSystem {
 
     // MARK: Uploads
 
@@ -83,7 +124,7 @@ extension FileSystem {
     /// waiting is superseded by it; a delete of the key that has not started is replaced by it.
     func enqueueUpload(_ v: StagedVersion) {
         let key = v.key
-        let cancelled: [CheckedContinuation<Void, Never>] = uploadState.withLock { u in
+        let cancelled: [CheckedContinuation<Void, Never>] = changes.state.withLock { u in
             for (_, old) in u.pending where old !== v && old.key == key {
                 let skip = old.state.withLock { s -> Bool in
                     guard case .waiting = s.upload, s.sealed else { return false }
@@ -107,11 +148,11 @@ extension FileSystem {
             let task = Task {
                 await previous?.task.value  // one key's changes go in order
                 if v.state.withLock({ $0.job }) == job {
-                    await self.uploadSlots.acquire()
+                    await self.changes.uploadSlots.acquire()
                     await self.upload(v, job: job)
-                    self.uploadSlots.release()
+                    self.changes.uploadSlots.release()
                 }
-                self.uploadState.withLock { u in
+                self.changes.state.withLock { u in
                     if u.tails[key]?.isCurrent(job) == true { u.tails.removeValue(forKey: key) }
                 }
             }
@@ -125,7 +166,7 @@ extension FileSystem {
     /// Forgets upload jobs whose version has settled (landed, or dropped; a superseded one once the version
     /// that carries its bytes has), and lets the deletes go that waited only for them.
     func closeUploadJobs() {
-        let ready = uploadState.withLock { u -> [CheckedContinuation<Void, Never>] in
+        let ready = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
             u.openUploads = u.openUploads.filter { !carrier(of: $0.value).isSettled }
             let low = u.openUploads.keys.min() ?? .max
             var ready: [CheckedContinuation<Void, Never>] = []
@@ -140,7 +181,7 @@ extension FileSystem {
 
     /// Every local version of `key`: those queued or uploading, and `newest` (the key's current one).
     func versions(of key: String, newest: StagedVersion) -> [StagedVersion] {
-        var vs = uploadState.withLock { u in u.pending.values.filter { $0.key == key } }
+        var vs = changes.state.withLock { u in u.pending.values.filter { $0.key == key } }
         if !vs.contains(where: { $0 === newest }) { vs.append(newest) }
         return vs
     }
@@ -156,7 +197,7 @@ extension FileSystem {
             if v.state.withLock({ $0.committedSum != nil }) { records.append(JournalRecord(op: .drop, id: v.id)) }
             v.settle(.dropped)
         }
-        uploadState.withLock { u in for v in victims { u.pending.removeValue(forKey: v.id) } }
+        changes.state.withLock { u in for v in victims { u.pending.removeValue(forKey: v.id) } }
         closeUploadJobs()
         let open = f.state.withLock { $0.handles > 0 }
         return Withdrawal(records: records, paths: open ? [] : victims.map(\.path))
@@ -206,7 +247,7 @@ extension FileSystem {
     func queueDeletes(_ items: [(UInt64, String)], hiding: [String]) {
         guard !items.isEmpty else { return }
         let group = DeleteGroup(hides: hiding, count: items.count)
-        uploadState.withLock { u in
+        changes.state.withLock { u in
             for h in hiding { u.hidden[h, default: 0] += 1 }
             for (id, key) in items {
                 u.hidden[key, default: 0] += 1
@@ -216,7 +257,7 @@ extension FileSystem {
                 let task = Task {
                     await previous?.task.value
                     await self.runDelete(id: id)
-                    self.uploadState.withLock { u in
+                    self.changes.state.withLock { u in
                         if u.tails[key]?.isCurrent(job) == true { u.tails.removeValue(forKey: key) }
                     }
                 }
@@ -230,7 +271,7 @@ extension FileSystem {
     /// replaced it meanwhile), retrying until S3 accepts it.
     func runDelete(id: UInt64) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = uploadState.withLock { u -> Bool in
+            let now = changes.state.withLock { u -> Bool in
                 guard let d = u.deletes[id], !d.cancelled else { return true }
                 if (u.openUploads.keys.min() ?? .max) > d.job { return true }
                 u.barrier[id] = (d.job, c)
@@ -241,12 +282,12 @@ extension FileSystem {
         // A directory marker goes after the deletes queued under it (they never wait for a marker above them, so
         // this cannot wait in a circle): some servers (SeaweedFS) keep
         // listing a directory whose marker was deleted while it still held objects.
-        let children = uploadState.withLock { u -> [Task<Void, Never>] in
+        let children = changes.state.withLock { u -> [Task<Void, Never>] in
             guard let d = u.deletes[id], d.key.hasSuffix("/") else { return [] }
-            return u.deletes.values.filter { $0.key != d.key && $0.key.hasPrefix(d.key) }.compactMap(\.task)
+            return u.deletes.values.filter { $0.key != d.key && $0.key.hasPrefix(d.key) }.compactMap { $0.task }
         }
         for t in children { await t.value }
-        let key: String? = uploadState.withLock { u in
+        let key: String? = changes.state.withLock { u in
             guard var d = u.deletes[id], !d.cancelled else { return nil }
             d.started = true
             u.deletes[id] = d
@@ -270,11 +311,11 @@ extension FileSystem {
         do { try await journal.record(JournalRecord(op: .done, id: id)) } catch {
             logger.warning("could not journal a finished delete; the next mount repeats it", metadata: ["error": "\(error)"])
         }
-        let waiters = uploadState.withLock { u -> [CheckedContinuation<Void, Never>] in
+        let waiters = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
             if let d = u.deletes.removeValue(forKey: id) {
-                FileSystem.unhide(&u.hidden, d.key)
+                ChangeQueue.unhide(&u.hidden, d.key)
                 if d.group.remaining.wrappingSubtract(1, ordering: .relaxed).newValue == 0 {
-                    for h in d.group.hides { FileSystem.unhide(&u.hidden, h) }
+                    for h in d.group.hides { ChangeQueue.unhide(&u.hidden, h) }
                 }
             }
             return u.deleteWaiters.removeAll()
@@ -286,52 +327,28 @@ extension FileSystem {
     /// still queued.
     func waitDeletes(under: (String) -> Bool, deadline: ContinuousClock.Instant?) async -> [String] {
         while true {
-            let left = uploadState.withLock { u in u.deletes.values.map(\.key).filter(under) }
+            let left = changes.state.withLock { u in u.deletes.values.map(\.key).filter(under) }
             if left.isEmpty { return [] }
             let timeout = deadline.map { $0 - ContinuousClock.now }
             if let timeout, timeout <= .zero { return left }
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let ticket = uploadState.withLock { $0.deleteWaiters.add(c) }
+                let ticket = changes.state.withLock { $0.deleteWaiters.add(c) }
                 if let timeout {
                     Task {
                         try? await Task.sleep(for: timeout)
-                        self.uploadState.withLock { $0.deleteWaiters.remove(ticket) }?.resume()
+                        self.changes.state.withLock { $0.deleteWaiters.remove(ticket) }?.resume()
                     }
                 }
             }
         }
     }
 
-    static func unhide(_ hidden: inout [String: Int], _ k: String) {
-        guard let n = hidden[k] else { return }
-        if n <= 1 { hidden.removeValue(forKey: k) } else { hidden[k] = n - 1 }
-    }
-
-    /// Whether a queued delete hides `key` (a file's key, or a directory prefix ending in "/"): the key itself,
-    /// or a directory above it.
-    func isHidden(_ key: String) -> Bool {
-        uploadState.withLock { u in
-            guard !u.hidden.isEmpty else { return false }
-            if u.hidden[key] != nil { return true }
-            var i = key.startIndex
-            while let slash = key[i...].firstIndex(of: "/") {
-                let p = String(key[...slash])
-                if p != key, u.hidden[p] != nil { return true }
-                i = key.index(after: slash)
-            }
-            return false
-        }
-    }
-
-    /// Whether any delete is queued (listings then filter what they show).
-    var hasHidden: Bool { uploadState.withLock { !$0.hidden.isEmpty } }
-
     /// Before something is written under `key` directly (a directory marker, a server-side copy): a queued
     /// delete of it that has not started is dropped, one that has is waited for, so it cannot remove what is
     /// written now. With a prefix ("dir/"), the directory shows again (objects under it still queued for
     /// deletion stay hidden).
     func clearPendingDelete(of key: String) async {
-        let (tail, waiters) = uploadState.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>]) in
+        let (tail, waiters) = changes.state.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>]) in
             let waiting = u.cancelDeletes(of: key)
             if key.hasSuffix("/") { u.hidden.removeValue(forKey: key) }
             return (u.tails[key]?.task, waiting)

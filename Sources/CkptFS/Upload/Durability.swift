@@ -56,8 +56,8 @@ extension FileSystem {
         func under(_ key: String) -> Bool {
             path.isEmpty || key == keyPrefix || key.hasPrefix(keyPrefix.hasSuffix("/") ? keyPrefix : keyPrefix + "/")
         }
-        let versions = uploadState.withLock { u in u.pending.values.filter { under($0.key) } }
-        let open = local.withLock { l in l.filter { under($0.key) && !$0.value.current.state.withLock { $0.sealed } }.map(\.key) }
+        let versions = changes.state.withLock { u in u.pending.values.filter { under($0.key) } }
+        let open = localFiles.byKey.withLock { l in l.filter { under($0.key) && !$0.value.current.state.withLock { $0.sealed } }.map(\.key) }
         if !open.isEmpty {
             logger.info("files open for writing are not uploaded until they are closed or fsynced",
                         metadata: ["keys": "\(open.sorted().prefix(10))", "count": "\(open.count)"])
@@ -74,7 +74,7 @@ extension FileSystem {
 
     public var writeBackStatus: WriteBackStatus {
         var s = WriteBackStatus()
-        let pending = uploadState.withLock { u -> [StagedVersion] in
+        let pending = changes.state.withLock { u -> [StagedVersion] in
             s.uploadedFiles = u.uploadedFiles
             s.uploadedBytes = u.uploadedBytes
             s.recovered = u.recovered
@@ -83,7 +83,7 @@ extension FileSystem {
             return Array(u.pending.values)
         }
         var versions = pending
-        for f in local.withLock({ Array($0.values) }) where !versions.contains(where: { $0 === f.current }) {
+        for f in localFiles.byKey.withLock({ Array($0.values) }) where !versions.contains(where: { $0 === f.current }) {
             if f.current.state.withLock({ !$0.sealed }) { versions.append(f.current) }
         }
         for v in versions {
@@ -123,7 +123,7 @@ extension FileSystem {
     /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
     /// as a crash would. For tests of recovery.
     public func shutdown() {
-        for t in uploadState.withLock({ Array($0.tails.values) }) { t.task.cancel() }
+        for t in changes.state.withLock({ Array($0.tails.values) }) { t.task.cancel() }
         cache.unlock()
     }
 }

@@ -130,9 +130,9 @@ extension FileSystem {
                 v.wakeIfEarlyIdle()
                 return
             }
-            await partSlots.acquire()
+            await changes.partSlots.acquire()
             Task {
-                defer { self.partSlots.release() }
+                defer { self.changes.partSlots.release() }
                 var etag: String?
                 do {
                     etag = try await self.sendPart(v, key: key, uploadId: uploadId, number: number, range: range)

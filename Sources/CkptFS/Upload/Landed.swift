@@ -11,12 +11,12 @@ extension FileSystem {
     /// A landed current version of a file nobody has open makes the file clean: stat shows the object.
     func finishUpload(_ v: StagedVersion, etag: String? = nil) {
         abandonEarlyUpload(v, because: "superseded")  // superseded or dropped before its parts were used
-        uploadState.withLock { u in _ = u.pending.removeValue(forKey: v.id) }
+        changes.state.withLock { u in _ = u.pending.removeValue(forKey: v.id) }
         closeUploadJobs()
         let key = v.key
         let (size, mtime) = v.state.withLock { ($0.size, $0.mtime) }
         enum After { case remove, keep, clean }
-        let after = local.withLock { l -> After in
+        let after = localFiles.byKey.withLock { l -> After in
             guard let f = l[key] else { return .remove }
             return f.state.withLock { s -> After in
                 guard s.current === v else { return .remove }
@@ -33,6 +33,6 @@ extension FileSystem {
 
     /// The attributes of `key` are those of the object just uploaded.
     func showUploaded(key: String, meta: Meta) {
-        table.withLock { $0.objectLanded(key: key, meta: meta) }
+        namespace.table.withLock { $0.objectLanded(key: key, meta: meta) }
     }
 }

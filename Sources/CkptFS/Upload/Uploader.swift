@@ -74,7 +74,7 @@ extension FileSystem {
                     s.bytesUploaded = size
                 }
                 v.settle(.done(etag: etag))
-                uploadState.withLock { u in
+                changes.state.withLock { u in
                     u.uploadedFiles += 1
                     u.uploadedBytes += size
                 }
@@ -260,7 +260,7 @@ extension FileSystem {
     /// Uploads the parts not in `done` (part number → ETag), several at a time; returns all of them in order.
     func uploadParts(_ v: StagedVersion, key: String, uploadId: String, ranges: [Range<Int64>],
                      done: [Int: String]) async throws(FSError) -> [CompletedPart] {
-        let slots = self.partSlots
+        let slots = self.changes.partSlots
         let result = await withTaskGroup(of: Result<CompletedPart, FSError>.self) { group -> Result<[CompletedPart], FSError> in
             var parts: [CompletedPart] = []
             var started = 0

@@ -158,8 +158,8 @@ extension FileSystem {
     /// After `v` landed as `etag`: versions that were waiting on it now expect that ETag (and drop the
     /// reference, so finished versions are freed).
     func resolveExpectations(after v: StagedVersion, etag: String) {
-        var others = uploadState.withLock { u in Array(u.pending.values) }
-        if let cur = local.withLock({ $0[v.key]?.current }) { others.append(cur) }
+        var others = changes.state.withLock { u in Array(u.pending.values) }
+        if let cur = localFiles.byKey.withLock({ $0[v.key]?.current }) { others.append(cur) }
         for o in others where o !== v {
             o.state.withLock { s in
                 if case .after(let p) = s.expect, p === v { s.expect = .etag(etag) }

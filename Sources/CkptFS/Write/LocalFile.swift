@@ -41,3 +41,41 @@ final class LocalHandle: Sendable {
         self.writable = writable
     }
 }
+
+/// The files with local changes: by key, and those unlinked while open (orphans) by inode, so stat through an
+/// open descriptor still answers.
+final class LocalFiles: Sendable {
+    let byKey = Mutex<[String: LocalFile]>([:])
+    let orphans = Mutex<[UInt64: LocalFile]>([:])
+
+    /// The local file of `key`, if it has local changes.
+    subscript(key: String) -> LocalFile? { byKey.withLock { $0[key] } }
+
+    /// Whether any file under `prefix` has local changes.
+    func any(under prefix: String) -> Bool { byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } } }
+}
+
+/// The namespace's view of local changes: files written here (by key, and unlinked while open by inode) and
+/// deletes queued in the change queue.
+struct WriteBackOverlay: LocalOverlay {
+    let files: LocalFiles
+    let changes: ChangeQueue
+
+    func localMeta(of key: String) -> Meta? { files[key]?.current.meta }
+
+    func orphanMeta(ino: UInt64) -> Meta? { files.orphans.withLock { $0[ino] }?.current.meta }
+
+    func localChildren(of dirKey: String) -> [(name: String, meta: Meta)] {
+        files.byKey.withLock { l in
+            l.compactMap { key, f in
+                guard key.hasPrefix(dirKey) else { return nil }
+                let name = String(key.dropFirst(dirKey.count))
+                return Namespace.validName(name) ? (name, f.current.meta) : nil
+            }
+        }
+    }
+
+    func isHidden(_ key: String) -> Bool { changes.isHidden(key) }
+
+    var hasHidden: Bool { changes.hasHidden }
+}

@@ -22,7 +22,7 @@ extension FileSystem {
             }
             return f
         }
-        if let f = local.withLock({ join(&$0) }) {
+        if let f = localFiles.byKey.withLock({ join(&$0) }) {
             if truncate {
                 do throws(FSError) { try truncateVersion(f, to: 0) } catch {
                     releaseHandle(f, writer: writer)
@@ -52,7 +52,7 @@ extension FileSystem {
         }
         // Another opener may have raced us: the first registration wins.
         let fresh = LocalFile(key: key, current: v)
-        let winner = local.withLock { l -> LocalFile in
+        let winner = localFiles.byKey.withLock { l -> LocalFile in
             if let other = join(&l) { return other }
             fresh.state.withLock { s in
                 s.handles = 1
@@ -98,27 +98,23 @@ extension FileSystem {
     /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
     public func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
         try checkWritable()
-        let dir = try node(parent)
+        let dir = try namespace.node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
-        try checkStorable(name, in: dir.key, isDirectory: false)
-        guard FileSystem.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
+        guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
         let key = dir.key + name
         let f = try await openLocalFile(key: key, truncate: true, writer: true, remote: nil)
         let v = f.current
-        let attr = remember(parent: parent, name: name, key: key, meta: localMeta(v), addLookup: true)
-        table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = localMeta(v) } }
+        let attr = namespace.remember(parent: parent, name: name, key: key, meta: v.meta, addLookup: true)
+        namespace.table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = v.meta } }
         let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
         localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, file: f, writable: true) }
         return (attr, h)
     }
 
-    func localMeta(_ v: StagedVersion) -> Meta {
-        v.state.withLock { Meta(isDirectory: false, size: $0.size, etag: "", mtime: $0.mtime) }
-    }
-
     /// The newest local version of `key`, if it has local changes.
     func localVersion(_ key: String) -> StagedVersion? {
-        local.withLock { $0[key] }?.current
+        localFiles.byKey.withLock { $0[key] }?.current
     }
 
     /// Opens a file that has (or, for writing, gets) a local version.
@@ -128,7 +124,7 @@ extension FileSystem {
             try checkWritable()
             f = try await openLocalFile(key: key, truncate: truncate, writer: true, remote: remote)
         } else {
-            let joined = local.withLock { l -> LocalFile? in
+            let joined = localFiles.byKey.withLock { l -> LocalFile? in
                 guard let f = l[key] else { return nil }
                 f.state.withLock { $0.handles += 1 }
                 return f

@@ -179,7 +179,7 @@ extension FileSystem {
                     s.missing = missing
                 }
             }
-            local.withLock { $0[key] = LocalFile(key: key, current: v) }
+            localFiles.byKey.withLock { $0[key] = LocalFile(key: key, current: v) }
             keep.append((r, a.position))
             recovered.append((v, a.position))
             report.requeued.append(String(key.dropFirst(prefix.count)))
@@ -194,7 +194,7 @@ extension FileSystem {
         for r in keptRenames { keep.append((r, -1)) }
         try Journal.rewrite(path: journalPath, keep.sorted { $0.1 < $1.1 }.map(\.0))
         try journal.reopen()
-        uploadState.withLock { u in
+        changes.state.withLock { u in
             u.recovered = report.requeued.count
             u.quarantined = report.quarantined.map { "\($0.key) -> \($0.path)" }
         }

@@ -30,7 +30,7 @@ extension FileSystem {
                 let v = f.current
                 Glibc.unlink(v.path)
                 if let fallback = v.state.withLock({ $0.fallback }) { Glibc.unlink(fallback.path) }
-                orphans.withLock { o in o = o.filter { $0.value !== f } }
+                localFiles.orphans.withLock { o in o = o.filter { $0.value !== f } }
             }
             return
         }
@@ -66,10 +66,10 @@ extension FileSystem {
             defer { s.fallback = nil }
             return s.fallback
         }
-        let previous = fallback ?? uploadState.withLock { u in
+        let previous = fallback ?? changes.state.withLock { u in
             u.pending.values.filter { $0 !== v && $0.key == f.key }.max { $0.id < $1.id }
         }
-        let gone = local.withLock { l -> Bool in
+        let gone = localFiles.byKey.withLock { l -> Bool in
             f.state.withLock { s -> Bool in
                 guard s.current === v else { return false }
                 if let previous {
@@ -93,7 +93,7 @@ extension FileSystem {
     /// After the last handle of `f` closed: if its newest version is in S3, the file is clean again (its staged
     /// copy goes) and stat shows the object.
     func cleanIfUploaded(_ f: LocalFile) {
-        let removed: (StagedVersion, String)? = local.withLock { l in
+        let removed: (StagedVersion, String)? = localFiles.byKey.withLock { l in
             f.state.withLock { s in
                 guard s.handles == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
                     return nil
@@ -111,7 +111,7 @@ extension FileSystem {
     /// Stat of `key` shows its object again (the local version is gone without reaching S3): cached
     /// attributes are forgotten.
     func forgetLocal(key: String) {
-        table.withLock { $0.localVersionGone(key: key) }
+        namespace.table.withLock { $0.localVersionGone(key: key) }
     }
 
     /// Every version of `f` still held: those queued or uploading under its key, and its current one.

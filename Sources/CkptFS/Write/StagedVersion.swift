@@ -117,6 +117,8 @@ final class StagedVersion: Sendable {
     }
 
     var key: String { state.withLock { $0.key } }
+    /// What stat shows of this version (no ETag: it is not in S3 as such).
+    var meta: Meta { state.withLock { Meta(isDirectory: false, size: $0.size, etag: "", mtime: $0.mtime) } }
     var size: Int64 { state.withLock { $0.size } }
 
     /// Whether this version has reached a final state (durable, superseded or dropped).

@@ -1,0 +1,88 @@
+// The namespace: an S3 prefix as a directory tree, independent of FUSE.
+//
+// Directories are key prefixes (and `dir/` marker objects); files are objects. Inode numbers are assigned per
+// (parent, name) and never reused during a mount; one inode stands for one version of an object
+// (InodeTable.swift). Attributes, directory listings and negative lookups are cached for `metadataTTL`. A name
+// that is both an object and a prefix is shown as the directory. Keys that cannot be file names (empty segments
+// from `//`, `.`, `..`) are not shown.
+//
+// Local changes are laid over S3's view through `LocalOverlay` (a file written here and not uploaded yet shows
+// its local version; a name whose delete is queued is hidden), so the namespace knows nothing of staging,
+// journals or uploads, and can be tested with an overlay of its own.
+//
+// Depends on: the object client (HEAD, ListObjectsV2), the overlay. Used by: the facade (lookup, getattr,
+// readdir, forget) and the operations that change names (Rename.swift, Remove.swift).
+import CkptS3
+import Foundation
+import Logging
+import Synchronization
+
+/// What the namespace needs to know of local changes (implemented by the write-back: `WriteBackOverlay`).
+protocol LocalOverlay: Sendable {
+    /// The metadata of `key`'s newest local version, when the file has local changes.
+    func localMeta(of key: String) -> Meta?
+    /// The metadata of the file behind inode `ino` when it was unlinked while open (stat through its descriptor).
+    func orphanMeta(ino: UInt64) -> Meta?
+    /// The files directly under the prefix `dirKey` that have local versions: name and metadata.
+    func localChildren(of dirKey: String) -> [(name: String, meta: Meta)]
+    /// Whether a queued delete hides `key` (a file key, or a directory prefix ending in "/").
+    func isHidden(_ key: String) -> Bool
+    /// Whether any delete is queued (listings then filter what they show).
+    var hasHidden: Bool { get }
+}
+
+final class Namespace: Sendable {
+    static let rootIno: UInt64 = 1
+
+    let client: any ObjectClient
+    let bucket: String
+    let options: FSOptions
+    let overlay: any LocalOverlay
+    let mountTime: Date
+
+    let table: Mutex<InodeTable>
+    let dirHandles = Mutex<[UInt64: DirHandle]>([:])
+    private let nextDirHandle = Atomic<UInt64>(1)
+    /// Directories where lookups missed lately, and their listing for lookups (DirectoryReader.swift).
+    let dirProbes = Mutex<[UInt64: DirProbe]>([:])
+    /// HEADs in flight for stored mtimes, by key; lookups in listing order, by directory; the bound on those
+    /// HEADs in flight (StoredMtimes.swift).
+    let mtimeHeads = Mutex<[String: Task<Result<Meta?, FSError>, Never>]>([:])
+    let mtimeScans = Mutex<[UInt64: MtimeScan]>([:])
+    let metaSlots = AsyncSemaphore(Namespace.mtimeHeadConcurrency)
+    /// LIST and HEAD requests made.
+    let counters = Mutex<(lists: Int, heads: Int)>((0, 0))
+
+    /// `rootKey`: the key prefix the mount shows as its root (empty or ending in "/").
+    init(client: any ObjectClient, bucket: String, rootKey: String, options: FSOptions, overlay: any LocalOverlay,
+         mountTime: Date) {
+        self.client = client
+        self.bucket = bucket
+        self.options = options
+        self.overlay = overlay
+        self.mountTime = mountTime
+        table = Mutex(InodeTable(root: Node(parent: Namespace.rootIno, name: "", key: rootKey,
+                                            meta: Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime),
+                                            fetched: .now, lookups: 1), ino: Namespace.rootIno))
+    }
+
+    func newDirHandle() -> UInt64 { nextDirHandle.wrappingAdd(1, ordering: .relaxed).newValue }
+
+    func attributes(_ ino: UInt64, _ m: Meta) -> Attributes {
+        Attributes(ino: ino, isDirectory: m.isDirectory, size: m.isDirectory ? 4096 : m.size,
+                   mtime: m.isDirectory ? mountTime : m.mtime,
+                   permissions: m.isDirectory ? options.dirMode : options.fileMode, uid: options.uid, gid: options.gid)
+    }
+
+    /// Whether an object key segment can be a file name.
+    static func validName(_ name: String) -> Bool {
+        !name.isEmpty && name != "." && name != ".." && !name.contains("/") && !name.contains("\0") && name.utf8.count <= 255
+    }
+
+    func isFresh(_ t: ContinuousClock.Instant) -> Bool { ContinuousClock.now - t < options.metadataTTL }
+
+    func node(_ ino: UInt64) throws(FSError) -> Node {
+        guard let n = table.withLock({ $0[ino] }) else { throw FSError(ESTALE, "unknown inode \(ino)") }
+        return n
+    }
+}
