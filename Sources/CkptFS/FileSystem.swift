@@ -44,7 +44,7 @@ public final class FileSystem: Sendable {
     /// Tags this cache directory's uploads (x-amz-meta-ckptfs-version), so a later mount of it recognises its
     /// own earlier uploads after a crash (Uploads.swift).
     let writerId: String
-    let alignedBuffers = AlignedBuffers()
+    let staging: StagingArea
     var journalPath: String { cache.directory + "/journal" }
 
     let counters = Mutex(FSStats())
@@ -62,7 +62,7 @@ public final class FileSystem: Sendable {
         self.cache = cache
         self.options = options
         self.logger = logger
-        Glibc.mkdir(cache.directory + "/staging", 0o700)
+        self.staging = StagingArea(cache: cache)
         self.journal = try Journal(path: cache.directory + "/journal")
         self.writerId = FileSystem.writerId(directory: cache.directory)
         self.changes = ChangeQueue(options: options)
@@ -80,6 +80,13 @@ public final class FileSystem: Sendable {
         s.cache = cache.stats
         return s
     }
+
+    func checkWritable() throws(FSError) {
+        if options.readOnly { throw FSError(EROFS, "mounted read-only") }
+    }
+
+    /// A new id for the journal: of a staged version, a delete, a rename's intent.
+    func newJournalId() -> UInt64 { nextVersion.wrappingAdd(1, ordering: .relaxed).newValue }
 
     // MARK: Namespace
 

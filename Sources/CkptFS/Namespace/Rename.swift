@@ -78,7 +78,7 @@ extension FileSystem {
             return moved.keepsSource
         }
         await clearPendingDelete(of: dst)
-        let intent = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+        let intent = newJournalId()
         try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
         do throws(FSError) { try await copyObjectOrMarker(from: src, to: dst) } catch {
             try? await journal.record(JournalRecord(op: .done, id: intent))
@@ -127,7 +127,7 @@ extension FileSystem {
                     out.keepsSource = true
                 case .superseded, .dropped: break
                 }
-                return (requeue, !s.changed ? s.committedSum : nil)
+                return (requeue, !s.unjournaled ? s.committedSum : nil)
             }
             if requeue { out.requeue.append(v) }
             if let sum { out.records.append(commitRecord(v, checksum: sum)) }
@@ -204,7 +204,7 @@ extension FileSystem {
         func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
         if changes.hasHidden { for k in remaining { await clearPendingDelete(of: target(k)) } }
         await clearPendingDelete(of: dst)
-        let intent = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+        let intent = newJournalId()
         if !remaining.isEmpty {
             try await journal.record(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
         }

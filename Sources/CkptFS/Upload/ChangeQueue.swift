@@ -226,7 +226,7 @@ extension FileSystem {
         var records: [JournalRecord] = []
         var items: [(UInt64, String)] = []
         for k in keys {
-            let id = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+            let id = newJournalId()
             records.append(JournalRecord(op: .delete, id: id, key: k))
             items.append((id, k))
         }

@@ -106,19 +106,10 @@ extension FileSystem {
             if err != nil { s.failures.append(p) }
         }
         s.pending.sort { $0.path < $1.path }
-        s.stagingBytes = FileSystem.diskUsage(of: stagingDir)
+        s.stagingBytes = staging.diskUsage()
         return s
     }
 
-    /// Bytes the files in `dir` take on disk (allocated blocks: sparse staged files count what they hold).
-    static func diskUsage(of dir: String) -> Int64 {
-        var total: Int64 = 0
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-            var st = stat()
-            if lstat(dir + "/" + name, &st) == 0 { total += Int64(st.st_blocks) * 512 }
-        }
-        return total
-    }
 
     /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
     /// as a crash would. For tests of recovery.

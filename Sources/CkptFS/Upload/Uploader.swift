@@ -106,7 +106,7 @@ extension FileSystem {
     /// One attempt: PutObject or multipart, then a HEAD that checks the size. Returns the ETag.
     func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String) {
         // Opened in place and never changed: the object in S3 is already this file.
-        if let base = v.state.withLock({ $0.modified ? nil : $0.base }), base.key == v.key { return (v.key, base.etag) }
+        if let base = v.state.withLock({ $0.differsFromBase ? nil : $0.base }), base.key == v.key { return (v.key, base.etag) }
         try await fillAll(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
         var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970),
@@ -131,7 +131,7 @@ extension FileSystem {
                 }
             }
             if let info, info.size == size,
-               try await offPool({ () throws(FSError) in try self.localETag(v, parts: ranges) })
+               try await offPool({ () throws(FSError) in try StagingArea.localETag(fd: v.fd, parts: ranges) })
                 == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
                 return (key, info.etag)
             }
@@ -152,7 +152,7 @@ extension FileSystem {
             if ranges.count <= 1 {
                 // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
                 // must equal ours. No HEAD needed.
-                let sum = try await offPool { () throws(FSError) in try self.md5(of: v.fd, size: size) }
+                let sum = try await offPool { () throws(FSError) in try StagingArea.md5(of: v.fd, size: size) }
                 var o = put
                 o.contentMD5 = sum
                 let r = try await s3(.write) { () async throws(S3Error) in
@@ -222,39 +222,6 @@ extension FileSystem {
             syncDirectory(of: path)
         }
         return (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? String(id)
-    }
-
-    /// MD5 of the first `size` bytes of `fd` (Content-MD5 of a single PUT, and its ETag).
-    func md5(of fd: Int32, size: Int64) throws(FSError) -> [UInt8] {
-        var md5 = StreamingDigest(.md5)
-        try forEachChunk(of: fd, size: size) { chunk, _ in md5.update(chunk) }
-        return md5.finalize()
-    }
-
-    /// The ETag S3 gives this file when uploaded in `parts`: the MD5 for one PUT, else the MD5 of the parts'
-    /// MD5s and "-count".
-    func localETag(_ v: StagedVersion, parts: [Range<Int64>]) throws(FSError) -> String {
-        let size = parts.last?.upperBound ?? 0
-        if parts.count <= 1 { return try md5(of: v.fd, size: size).hexString }
-        var sums: [UInt8] = []
-        var md5 = StreamingDigest(.md5)
-        var part = 0
-        try forEachChunk(of: v.fd, size: size) { chunk, off in
-            var at = 0
-            while at < chunk.count {
-                let n = min(chunk.count - at, Int(parts[part].upperBound - (off + Int64(at))))
-                md5.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
-                at += n
-                if off + Int64(at) == parts[part].upperBound {
-                    sums += md5.finalize()
-                    md5 = StreamingDigest(.md5)
-                    part += 1
-                }
-            }
-        }
-        var all = StreamingDigest(.md5)
-        sums.withUnsafeBytes { all.update($0) }
-        return all.finalize().hexString + "-\(parts.count)"
     }
 
     /// Uploads the parts not in `done` (part number → ETag), several at a time; returns all of them in order.

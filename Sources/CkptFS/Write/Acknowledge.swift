@@ -36,7 +36,7 @@ extension FileSystem {
     /// then on they reach S3, across a crash. An orphan (unlinked while open) is never journaled or uploaded.
     func acknowledge(_ v: StagedVersion, of f: LocalFile) throws(FSError) {
         if f.unlinked { return }
-        let (changed, sealed, failed) = v.state.withLock { ($0.changed, $0.sealed, $0.failedErrno) }
+        let (changed, sealed, failed) = v.state.withLock { ($0.unjournaled, $0.sealed, $0.failedErrno) }
         if sealed { return }
         // A write that failed leaves the file short of what the program wrote: close() says so and nothing of
         // it is acknowledged (the last acknowledged version, or the object in S3, stays).
@@ -79,14 +79,14 @@ extension FileSystem {
         if let running {
             sum = running
         } else {
-            sum = try checksum(fd: v.fd, size: size, missing: missing)
+            sum = try StagingArea.checksum(fd: v.fd, size: size, missing: missing, blockSize: fillBlock)
         }
         let hex = String(sum, radix: 16)
         // The acknowledged version this one was copied from is replaced by it.
         let fallback = v.state.withLock { $0.fallback }
         try journal.append([commitRecord(v, checksum: hex)] + (fallback.map { [JournalRecord(op: .drop, id: $0.id)] } ?? []))
         v.state.withLock { s in
-            s.changed = false
+            s.unjournaled = false
             s.committedSum = hex
             s.fallback = nil
         }
@@ -95,32 +95,6 @@ extension FileSystem {
             fallback.settle(.superseded)
             Glibc.unlink(fallback.path)
         }
-    }
-
-    /// XXH64 of the first `size` bytes of `fd`, counting blocks in `missing` (of an in-place file) as zeros:
-    /// they may be filled from S3 after the checksum is journaled, and that must not make the record fail.
-    func checksum(fd: Int32, size: Int64, missing: Set<Int64> = []) throws(FSError) -> UInt64 {
-        var h = XXH64()
-        if missing.isEmpty {
-            try forEachChunk(of: fd, size: size) { chunk, _ in h.update(chunk) }
-            return h.finalize()
-        }
-        let bs = fillBlock
-        let zeros = [UInt8](repeating: 0, count: Int(bs))
-        try forEachChunk(of: fd, size: size) { chunk, off in
-            var at = 0
-            while at < chunk.count {
-                let pos = off + Int64(at)
-                let n = min(chunk.count - at, Int(bs - pos % bs))
-                if missing.contains(pos / bs) {
-                    zeros.withUnsafeBytes { h.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-                } else {
-                    h.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
-                }
-                at += n
-            }
-        }
-        return h.finalize()
     }
 
     /// The journal record that acknowledges `v` as it is now.

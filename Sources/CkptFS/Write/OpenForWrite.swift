@@ -31,7 +31,7 @@ extension FileSystem {
             }
             return f
         }
-        let v = try newVersion(key: key)
+        let v = try staging.create(id: newJournalId(), key: key)
         let expect: StagedVersion.Expect = !options.conditionalWrites ? .anything : remote.map { .etag($0.etag) } ?? .absent
         v.state.withLock { $0.expect = expect }
         if let remote, !truncate, remote.size > 0 {
@@ -73,13 +73,9 @@ extension FileSystem {
         let (frozen, sealed) = cur.state.withLock { ($0.sealed || $0.committedSum != nil, $0.sealed) }
         if !frozen { return cur }
         let copy: StagedVersion
-        if empty {
-            copy = try newVersion(key: f.key)
-            let expect = expectation(after: cur)
-            copy.state.withLock { $0.expect = expect }
-        } else {
-            copy = try newVersion(key: f.key, copying: cur)
-        }
+        copy = empty ? try staging.create(id: newJournalId(), key: f.key) : try staging.copy(cur, id: newJournalId())
+        let expect = expectation(after: cur)
+        copy.state.withLock { $0.expect = expect }
         if !sealed { copy.state.withLock { $0.fallback = cur } }
         let won = f.state.withLock { s -> Bool in
             guard s.current === cur else { return false }  // another writer copied first

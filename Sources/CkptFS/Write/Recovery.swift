@@ -73,9 +73,7 @@ extension FileSystem {
         for (id, s) in starting where !landed.contains(id) {
             multipart += await unrecordedUploads(of: s.key, since: s.time).map { (id, s.key, $0) }
         }
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
-            if let id = UInt64(name) { maxId = max(maxId, id) }
-        }
+        maxId = max(maxId, staging.ids().max() ?? 0)
         nextVersion.store(maxId, ordering: .relaxed)
 
         // Multipart uploads of versions that did not land were cut short (or their version was dropped): abort
@@ -120,7 +118,7 @@ extension FileSystem {
                 end += 1
             }
             for k in FileSystem.deleteOrder(r.keys ?? []) {
-                let id = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
+                let id = newJournalId()
                 deletes[id] = (k, end)
                 end += 1
             }
@@ -138,7 +136,7 @@ extension FileSystem {
         var recovered: [(StagedVersion, Int)] = []
         for (key, a) in newest {
             let r = a.record
-            let path = "\(stagingDir)/\(r.id)"
+            let path = staging.path(r.id)
             var missing = Set<Int64>()
             for range in r.missing ?? [] where range.count == 2 && range[0] < range[1] { missing.formUnion(range[0]..<range[1]) }
             let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
@@ -152,7 +150,7 @@ extension FileSystem {
             fstat(fd, &st)
             var ok = Int64(st.st_size) == r.size
             if ok, let want = r.xxh64 {
-                ok = (try? checksum(fd: fd, size: r.size ?? 0, missing: missing)).map { String($0, radix: 16) } == want
+                ok = (try? StagingArea.checksum(fd: fd, size: r.size ?? 0, missing: missing, blockSize: fillBlock)).map { String($0, radix: 16) } == want
             }
             guard ok else {
                 close(fd)
@@ -169,9 +167,9 @@ extension FileSystem {
                                   mtime: Date(timeIntervalSince1970: r.mtime ?? Date().timeIntervalSince1970))
             v.state.withLock { s in
                 s.sealed = true
-                s.changed = false
+                s.unjournaled = false
                 s.committedSum = r.xxh64
-                s.modified = true
+                s.differsFromBase = true
                 if let e = r.ifMatch { s.expect = .etag(e) } else if r.ifNoneMatch == true { s.expect = .absent }
                 if let bk = r.baseKey, let be = r.baseETag, let bs = r.baseSize, !missing.isEmpty {
                     s.base = PinnedObject(key: bk, etag: be, size: bs)
@@ -185,11 +183,7 @@ extension FileSystem {
             report.requeued.append(String(key.dropFirst(prefix.count)))
         }
         // Staged files nobody acknowledged (close never returned), superseded or already uploaded are removed.
-        let keepIds = Set(keep.map { $0.0.id })
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDir)) ?? [] {
-            if let id = UInt64(name), keepIds.contains(id) { continue }
-            Glibc.unlink("\(stagingDir)/\(name)")
-        }
+        staging.removeAll(except: Set(keep.map { $0.0.id }))
         for (id, d) in deletes { keep.append((JournalRecord(op: .delete, id: id, key: d.key), d.position)) }
         for r in keptRenames { keep.append((r, -1)) }
         try Journal.rewrite(path: journalPath, keep.sorted { $0.1 < $1.1 }.map(\.0))

@@ -36,7 +36,7 @@ extension FileSystem {
         }
         if writer && writers == 0 {
             let v = f.current
-            let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.changed, $0.failedErrno != 0, $0.committedSum != nil) }
+            let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.unjournaled, $0.failedErrno != 0, $0.committedSum != nil) }
             if !sealed && failed {
                 discardUnacknowledged(f, v)
             } else if !sealed && (changed || acked) {

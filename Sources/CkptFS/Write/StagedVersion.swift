@@ -47,7 +47,7 @@ final class StagedVersion: Sendable {
         /// below what it covers (or the version did not start empty).
         var sum: RunningChecksum? = RunningChecksum()
         /// Whether bytes changed since the last commit record.
-        var changed = true
+        var unjournaled = true
         /// The checksum in the last commit record.
         var committedSum: String?
         var upload: Upload = .waiting
@@ -80,7 +80,7 @@ final class StagedVersion: Sendable {
         var missing = Set<Int64>()
         var baseLimit: Int64 = 0
         /// Whether a write or truncate changed the contents since the version was made from `base`.
-        var modified = false
+        var differsFromBase = false
         /// Parts sent while the file is still being written (EarlyUpload.swift), and tasks waiting for them
         /// to go idle.
         var early: EarlyUpload?

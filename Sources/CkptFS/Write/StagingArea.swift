@@ -1,47 +1,84 @@
-// The staging area: staged versions as files under the cache directory, written with O_DIRECT where it pays.
+// The staging area: the files that hold staged versions (`staging/ID` under the cache directory), and the
+// file I/O on them: creating and copying versions, writing (with O_DIRECT where it pays), and the checksums
+// computed over them (XXH64 for the journal, MD5 for uploads). Knows nothing of keys' histories, journals or S3.
 import CkptCache
 import CkptDigest
-import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
-    var stagingDir: String { cache.directory + "/staging" }
+final class StagingArea: Sendable {
+    let directory: String
+    /// Evicted from when the disk is full (clean blocks only).
+    private let cache: BlockCache
+    private let alignedBuffers = AlignedBuffers()
 
-    func checkWritable() throws(FSError) {
-        if options.readOnly { throw FSError(EROFS, "mounted read-only") }
+    /// The staging area in `cache`'s directory (created if missing).
+    init(cache: BlockCache) {
+        directory = cache.directory + "/staging"
+        self.cache = cache
+        Glibc.mkdir(directory, 0o700)
     }
 
-    /// A new, empty staged version of `key`, or a copy of `source`.
-    func newVersion(key: String, copying source: StagedVersion? = nil, mtime: Date = Date()) throws(FSError) -> StagedVersion {
-        let id = nextVersion.wrappingAdd(1, ordering: .relaxed).newValue
-        let path = "\(stagingDir)/\(id)"
+    func path(_ id: UInt64) -> String { "\(directory)/\(id)" }
+
+    /// The ids of the staged files present (recovery).
+    func ids() -> [UInt64] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).compactMap { UInt64($0) }
+    }
+
+    /// Removes every staged file whose id is not in `keep` (recovery: what nobody acknowledged, or what landed).
+    func removeAll(except keep: Set<UInt64>) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+            if let id = UInt64(name), keep.contains(id) { continue }
+            Glibc.unlink("\(directory)/\(name)")
+        }
+    }
+
+    /// A new, empty staged version `id` of `key`, open for writing.
+    func create(id: UInt64, key: String, mtime: Date = Date()) throws(FSError) -> StagedVersion {
+        let path = path(id)
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw FSError(errno, "cannot create \(path): \(String(cString: strerror(errno)))") }
-        let v = StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime, writable: true)
-        if let source {
-            // Only the bytes already here are copied; blocks still in S3 stay to be fetched from the same base.
-            let (size, mtime, base, missing, limit, modified) = source.state.withLock {
-                ($0.size, $0.mtime, $0.base, $0.missing, $0.baseLimit, $0.modified)
-            }
-            try copyFile(from: source.fd, to: fd, size: size)
-            let expect = expectation(after: source)
-            v.state.withLock { s in
-                s.size = size
-                s.mtime = mtime
-                s.sum = nil
-                s.base = base
-                s.missing = missing
-                s.baseLimit = limit
-                s.modified = modified
-                s.expect = expect
-            }
+        return StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime, writable: true)
+    }
+
+    /// A copy of `source` as version `id`: its bytes, size, mtime and in-place state (blocks still in S3 stay to
+    /// be fetched from the same base; only the bytes already here are copied).
+    func copy(_ source: StagedVersion, id: UInt64) throws(FSError) -> StagedVersion {
+        let v = try create(id: id, key: source.key)
+        let (size, mtime, base, missing, limit, differs) = source.state.withLock {
+            ($0.size, $0.mtime, $0.base, $0.missing, $0.baseLimit, $0.differsFromBase)
+        }
+        do throws(FSError) {
+            try copyFile(from: source.fd, to: v.fd, size: size)
+        } catch {
+            Glibc.unlink(v.path)
+            throw error
+        }
+        v.state.withLock { s in
+            s.size = size
+            s.mtime = mtime
+            s.sum = nil
+            s.base = base
+            s.missing = missing
+            s.baseLimit = limit
+            s.differsFromBase = differs
         }
         return v
     }
 
+    /// Bytes the staged files take on disk (allocated blocks: sparse staged files count what they hold).
+    func diskUsage() -> Int64 {
+        var total: Int64 = 0
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+            var st = stat()
+            if lstat(directory + "/" + name, &st) == 0 { total += Int64(st.st_blocks) * 512 }
+        }
+        return total
+    }
+
     /// Reads the first `size` bytes of `fd` in 1 MiB pieces, handing each to `body` with its offset.
-    func forEachChunk(of fd: Int32, size: Int64, _ body: (UnsafeRawBufferPointer, Int64) throws(FSError) -> Void) throws(FSError) {
+    static func forEachChunk(of fd: Int32, size: Int64, _ body: (UnsafeRawBufferPointer, Int64) throws(FSError) -> Void) throws(FSError) {
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buf.deallocate() }
         var off: Int64 = 0
@@ -54,7 +91,7 @@ extension FileSystem {
     }
 
     func copyFile(from src: Int32, to dst: Int32, size: Int64) throws(FSError) {
-        try forEachChunk(of: src, size: size) { (chunk, off) throws(FSError) in try writeLocal(dst, chunk, at: off) }
+        try StagingArea.forEachChunk(of: src, size: size) { (chunk, off) throws(FSError) in try writeAll(dst, chunk, at: off) }
         if ftruncate(dst, off_t(size)) != 0 { throw FSError(errno, "ftruncate") }
     }
 
@@ -62,11 +99,11 @@ extension FileSystem {
     /// with O_DIRECT: no second copy into the page cache, and nothing left to flush at close(). Others, and
     /// every write where the filesystem refuses O_DIRECT (tmpfs), go through the page cache; the kernel keeps
     /// the two coherent.
-    func writeStaged(_ v: StagedVersion, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
+    func write(_ v: StagedVersion, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
         let page = 4096
         guard v.directFd >= 0, v.direct.load(ordering: .relaxed), offset % Int64(page) == 0,
               data.count % page == 0, data.count >= 64 << 10 else {
-            return try writeLocal(v.fd, data, at: offset)
+            return try writeAll(v.fd, data, at: offset)
         }
         // The request's bytes follow its header in libfuse's buffer: copy them to an aligned one (reused: a
         // fresh megabyte per write would cost more in page faults than the copy to the page cache saves).
@@ -75,16 +112,16 @@ extension FileSystem {
         let chunk = UnsafeMutableRawBufferPointer(rebasing: buf[0..<data.count])
         chunk.copyMemory(from: data)
         do throws(FSError) {
-            try writeLocal(v.directFd, UnsafeRawBufferPointer(chunk), at: offset)
+            try writeAll(v.directFd, UnsafeRawBufferPointer(chunk), at: offset)
         } catch where error.errno == EINVAL {
             v.direct.store(false, ordering: .relaxed)
-            try writeLocal(v.fd, data, at: offset)
+            try writeAll(v.fd, data, at: offset)
         }
     }
 
     /// pwrite that, when the disk is full, evicts clean cache blocks and tries again before giving up with
     /// ENOSPC. Dirty data is never evicted.
-    func writeLocal(_ fd: Int32, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
+    func writeAll(_ fd: Int32, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
         var done = 0
         var attempts = 0
         while done < data.count {
@@ -98,9 +135,69 @@ extension FileSystem {
             }
             if n <= 0 {
                 let e = n < 0 ? errno : EIO
-                throw FSError(e, "writing to the staging area \(stagingDir): \(String(cString: strerror(e)))")
+                throw FSError(e, "writing to the staging area \(directory): \(String(cString: strerror(e)))")
             }
             done += n
         }
+    }
+
+    /// XXH64 of the first `size` bytes of `fd`, counting blocks in `missing` (of an in-place file) as zeros:
+    /// they may be filled from S3 after the checksum is journaled, and that must not make the record fail.
+    /// `blockSize`: the size of those blocks (the cache block size).
+    static func checksum(fd: Int32, size: Int64, missing: Set<Int64> = [], blockSize: Int64) throws(FSError) -> UInt64 {
+        var h = XXH64()
+        if missing.isEmpty {
+            try StagingArea.forEachChunk(of: fd, size: size) { chunk, _ in h.update(chunk) }
+            return h.finalize()
+        }
+        let bs = blockSize
+        let zeros = [UInt8](repeating: 0, count: Int(bs))
+        try StagingArea.forEachChunk(of: fd, size: size) { chunk, off in
+            var at = 0
+            while at < chunk.count {
+                let pos = off + Int64(at)
+                let n = min(chunk.count - at, Int(bs - pos % bs))
+                if missing.contains(pos / bs) {
+                    zeros.withUnsafeBytes { h.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                } else {
+                    h.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
+                }
+                at += n
+            }
+        }
+        return h.finalize()
+    }
+
+    /// MD5 of the first `size` bytes of `fd` (Content-MD5 of a single PUT, and its ETag).
+    static func md5(of fd: Int32, size: Int64) throws(FSError) -> [UInt8] {
+        var md5 = StreamingDigest(.md5)
+        try StagingArea.forEachChunk(of: fd, size: size) { chunk, _ in md5.update(chunk) }
+        return md5.finalize()
+    }
+
+    /// The ETag S3 gives this file when uploaded in `parts`: the MD5 for one PUT, else the MD5 of the parts'
+    /// MD5s and "-count".
+    static func localETag(fd: Int32, parts: [Range<Int64>]) throws(FSError) -> String {
+        let size = parts.last?.upperBound ?? 0
+        if parts.count <= 1 { return try StagingArea.md5(of: fd, size: size).hexString }
+        var sums: [UInt8] = []
+        var md5 = StreamingDigest(.md5)
+        var part = 0
+        try StagingArea.forEachChunk(of: fd, size: size) { chunk, off in
+            var at = 0
+            while at < chunk.count {
+                let n = min(chunk.count - at, Int(parts[part].upperBound - (off + Int64(at))))
+                md5.update(UnsafeRawBufferPointer(rebasing: chunk[at..<(at + n)]))
+                at += n
+                if off + Int64(at) == parts[part].upperBound {
+                    sums += md5.finalize()
+                    md5 = StreamingDigest(.md5)
+                    part += 1
+                }
+            }
+        }
+        var all = StreamingDigest(.md5)
+        sums.withUnsafeBytes { all.update($0) }
+        return all.finalize().hexString + "-\(parts.count)"
     }
 }

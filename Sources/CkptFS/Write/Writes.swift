@@ -31,7 +31,7 @@ extension FileSystem {
         let v = try writableVersion(h.file)
         do throws(FSError) {
             guard claimBlocks(v, offset: at, count: data.count) else { return false }
-            try writeStaged(v, data, at: at)
+            try staging.write(v, data, at: at)
         } catch {
             v.fail(error.errno)
             throw error
@@ -39,11 +39,11 @@ extension FileSystem {
         // Whether the running checksum took the write (bytes not written before), and if it just gave up,
         // how far it had got.
         let (taken, broke) = v.state.withLock { s -> (Bool, Int64?) in
-            s.modified = true
+            s.differsFromBase = true
             defer {
                 s.size = max(s.size, at + Int64(data.count))
                 s.mtime = Date()
-                s.changed = true
+                s.unjournaled = true
             }
             guard let before = s.sum?.hashedTo else { return (false, nil) }
             if s.sum!.wrote(data, at: at, fd: v.fd) { return (true, nil) }
@@ -72,7 +72,7 @@ extension FileSystem {
             throw FSError(e, "ftruncate: \(String(cString: strerror(e)))")
         }
         v.state.withLock { s in
-            s.modified = true
+            s.differsFromBase = true
             truncateBase(&s, to: size)
             // Emptied, the file is written front to back again (O_TRUNC); otherwise the sum covers it only if
             // it covered all of it and the size stays.
@@ -85,7 +85,7 @@ extension FileSystem {
             }
             s.size = size
             s.mtime = Date()
-            s.changed = true
+            s.unjournaled = true
         }
         checkEarlyUpload(v, changedFrom: size)
     }
