@@ -30,22 +30,10 @@ public final class FileSystem: Sendable {
     // Reads (Read/).
     let reader: ObjectReader
     let handles = Mutex<[UInt64: ReadHandle]>([:])
-    let nextHandle = Atomic<UInt64>(1)
+    let handleNumbers: HandleNumbers
 
     // Write-back (Write/, Upload/).
-    /// Keys with local changes, by key.
-    let localFiles = LocalFiles()
-    let localHandles = Mutex<[UInt64: LocalHandle]>([:])
-    let nextVersion = Atomic<UInt64>(0)
-    /// Set once the server rejected a conditional write as not implemented: later uploads go without.
-    let conditionsUnsupported = Atomic<Bool>(false)
-    let changes: ChangeQueue
-    let journal: Journal
-    /// Tags this cache directory's uploads (x-amz-meta-ckptfs-version), so a later mount of it recognises its
-    /// own earlier uploads after a crash (Uploads.swift).
-    let writerId: String
-    let staging: StagingArea
-    var journalPath: String { cache.directory + "/journal" }
+    let writeBack: WriteBack
 
     let counters = Mutex(FSStats())
 
@@ -62,17 +50,23 @@ public final class FileSystem: Sendable {
         self.cache = cache
         self.options = options
         self.logger = logger
-        self.staging = StagingArea(cache: cache)
-        self.journal = try Journal(path: cache.directory + "/journal")
-        self.writerId = FileSystem.writerId(directory: cache.directory)
-        self.changes = ChangeQueue(options: options)
-        self.reader = ObjectReader(client: client, bucket: bucket, cache: cache, options: options)
-        self.namespace = Namespace(client: client, bucket: bucket, rootKey: p, options: options,
-                                   overlay: WriteBackOverlay(files: localFiles, changes: changes), mountTime: Date())
+        let handleNumbers = HandleNumbers()
+        self.handleNumbers = handleNumbers
+        let reader = ObjectReader(client: client, bucket: bucket, cache: cache, options: options)
+        let localFiles = LocalFiles()
+        let changes = ChangeQueue(options: options)
+        let namespace = Namespace(client: client, bucket: bucket, rootKey: p, options: options,
+                                  overlay: WriteBackOverlay(files: localFiles, changes: changes), mountTime: Date())
+        self.reader = reader
+        self.namespace = namespace
+        self.writeBack = try WriteBack(client: client, bucket: bucket, prefix: p, options: options, logger: logger,
+                                       cache: cache, namespace: namespace, reader: reader, localFiles: localFiles,
+                                       changes: changes, handleNumbers: handleNumbers)
     }
 
     public var stats: FSStats {
         var s = counters.withLock { $0 }
+        s.putRequests = writeBack.puts.load(ordering: .relaxed)
         (s.getRequests, s.bytesDownloaded) = reader.counters.withLock { $0 }
         let (lists, heads) = namespace.counters.withLock { $0 }
         s.listRequests += lists
@@ -81,12 +75,11 @@ public final class FileSystem: Sendable {
         return s
     }
 
-    func checkWritable() throws(FSError) {
-        if options.readOnly { throw FSError(EROFS, "mounted read-only") }
-    }
+    /// Before the process exits: blocks downloaded so far are stored in the cache, so a remount over the same
+    /// cache directory reads them without downloading them again.
+    public func finishCacheWrites() async { await reader.finishCacheWrites() }
 
-    /// A new id for the journal: of a staged version, a delete, a rename's intent.
-    func newJournalId() -> UInt64 { nextVersion.wrappingAdd(1, ordering: .relaxed).newValue }
+    func checkWritable() throws(FSError) { try writeBack.checkWritable() }
 
     // MARK: Namespace
 
@@ -109,6 +102,41 @@ public final class FileSystem: Sendable {
     public func readdir(handle: UInt64, offset: Int64, limit: Int, into reply: inout some DirectoryReplier) async throws(FSError) {
         try await namespace.readdir(handle: handle, offset: offset, limit: limit, into: &reply)
     }
+
+    // MARK: Write-back
+
+    /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
+    public func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
+        try await writeBack.create(parent: parent, name: name, flags: flags)
+    }
+
+    /// Writes `data` at `offset` of a handle open for writing: `.done(count)`, or `.later` when blocks of a file
+    /// opened in place must come from S3 first (see `WriteBack.write`).
+    public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
+        try writeBack.write(handle: handle, offset: offset, data: data)
+    }
+
+    /// close(): the data is on local disk and journaled when this returns (see `WriteBack.flush`).
+    public func flush(handle: UInt64) throws(FSError) { try writeBack.flush(handle: handle) }
+
+    /// fsync(): with durable fsync, returns once the file is in S3; otherwise once it is on local disk.
+    public func fsync(handle: UInt64) async throws(FSError) { try await writeBack.fsync(handle: handle) }
+
+    /// Waits until every change acknowledged under `path` ("" for all) is in S3, or `timeout` passes; returns
+    /// what is not durable, with why (see `WriteBack.flushAll`).
+    public func flushAll(under path: String, timeout: Duration?) async -> [(path: String, reason: String)] {
+        await writeBack.flushAll(under: path, timeout: timeout)
+    }
+
+    /// What the write-back is doing (`ckptfs status`).
+    public var writeBackStatus: WriteBackStatus { writeBack.writeBackStatus }
+
+    /// Replays the journal an earlier mount left and queues again what it acknowledged. Call before serving.
+    public func recover() async throws(FSError) -> RecoveryReport { try await writeBack.recover() }
+
+    /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
+    /// as a crash would. For tests of recovery.
+    public func shutdown() { writeBack.shutdown() }
 
     /// Longest name of one file or directory, in bytes of UTF-8 (NAME_MAX; `statfs` reports it).
     public static var maxNameBytes: Int { Namespace.maxNameBytes }

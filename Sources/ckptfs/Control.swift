@@ -234,6 +234,13 @@ final class ControlServer: @unchecked Sendable {
 
     private func serve(_ c: Int32) async {
         defer { close(c) }
+        // The request line first (a client that sends nothing is given 2 s): answering before it is read would
+        // close a socket with the request unread, and the client's send would fail instead of reading the answer.
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var line = [UInt8]()
+        var b: UInt8 = 0
+        while line.count < 1 << 16 && read(c, &b, 1) == 1 && b != UInt8(ascii: "\n") { line.append(b) }
         // The socket is 0600 in a 0700 directory; the peer check holds even if someone loosens those.
         let peer = Control.peerUID(c)
         guard Control.trusted(peer) else {
@@ -245,9 +252,6 @@ final class ControlServer: @unchecked Sendable {
             _ = (reply + [UInt8(ascii: "\n")]).withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
             return
         }
-        var line = [UInt8]()
-        var b: UInt8 = 0
-        while read(c, &b, 1) == 1 && b != UInt8(ascii: "\n") { line.append(b) }
         guard let req = try? JSONDecoder().decode(Control.Request.self, from: Data(line)) else { return }
         let reply: Data
         switch req.cmd {

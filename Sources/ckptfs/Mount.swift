@@ -206,6 +206,7 @@ struct Mount: AsyncParsableCommand {
             remaining = holdUploads ? 0 : control.drainTimeout.withLock { $0 } ?? drainTimeout
         }
         let left = await fs.flushAll(under: "", timeout: .milliseconds(Int64(remaining * 1000)))
+        await fs.finishCacheWrites()
         if left.isEmpty {
             logger.notice("write-back drained")
         } else {

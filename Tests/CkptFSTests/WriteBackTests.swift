@@ -198,26 +198,26 @@ final class WriteBackTests: XCTestCase {
 
     func testTemporaryLookingNames() {
         for k in ["d/x.tmp", "d/tmpab12cd", "model.ckpt.data-00000-of-00001.tempstate123", "a.pt~", ".~lock", "w.part"] {
-            XCTAssertTrue(FileSystem.looksTemporary(k), k)
+            XCTAssertTrue(WriteBack.looksTemporary(k), k)
         }
         for k in ["ckpt/model.pt", "epoch-3.safetensors", "attempt.bin", "weights.h5"] {
-            XCTAssertFalse(FileSystem.looksTemporary(k), k)
+            XCTAssertFalse(WriteBack.looksTemporary(k), k)
         }
     }
 
     func testPartLayoutKeepsUnderTenThousandParts() {
-        XCTAssertEqual(FileSystem.partRanges(size: 1 << 30, minimum: 16 << 20).count, 64)
-        XCTAssertEqual(FileSystem.partRanges(size: (16 << 20) + 1, minimum: 16 << 20).map(\.count), [16 << 20, 1])
-        XCTAssertEqual(FileSystem.partRanges(size: 0, minimum: 16 << 20), [])
+        XCTAssertEqual(WriteBack.partRanges(size: 1 << 30, minimum: 16 << 20).count, 64)
+        XCTAssertEqual(WriteBack.partRanges(size: (16 << 20) + 1, minimum: 16 << 20).map(\.count), [16 << 20, 1])
+        XCTAssertEqual(WriteBack.partRanges(size: 0, minimum: 16 << 20), [])
         for size: Int64 in [100 << 30, 1 << 40, 5 << 40] {
-            let parts = FileSystem.partRanges(size: size, minimum: 16 << 20)
+            let parts = WriteBack.partRanges(size: size, minimum: 16 << 20)
             XCTAssertLessThanOrEqual(parts.count, 10_000)
             XCTAssertEqual(parts.first?.lowerBound, 0)
             XCTAssertEqual(parts.last?.upperBound, size)
             for (a, b) in zip(parts, parts.dropFirst()) { XCTAssertEqual(a.upperBound, b.lowerBound) }
             XCTAssertTrue(parts.dropLast().allSatisfy { $0.count % (1 << 20) == 0 && $0.count <= 5 << 30 })
             // The layout does not depend on the size: a prefix of a larger file's layout.
-            XCTAssertEqual(Array(FileSystem.partRanges(size: 5 << 40, minimum: 16 << 20).prefix(parts.count - 1)), Array(parts.dropLast()))
+            XCTAssertEqual(Array(WriteBack.partRanges(size: 5 << 40, minimum: 16 << 20).prefix(parts.count - 1)), Array(parts.dropLast()))
         }
     }
 
@@ -270,7 +270,7 @@ final class WriteBackTests: XCTestCase {
         // A crash between CreateMultipartUpload and the journal record of its id: only `starting` is there.
         do {
             let fs = try make()
-            try fs.journal.append(JournalRecord(op: .starting, id: 41, key: "ckpt.pt", mtime: Date().timeIntervalSince1970))
+            try fs.writeBack.journal.append(JournalRecord(op: .starting, id: 41, key: "ckpt.pt", mtime: Date().timeIntervalSince1970))
             fs.shutdown()
         }
         let orphan = try await s3.createMultipartUpload(bucket, "ckpt.pt", options: .init())

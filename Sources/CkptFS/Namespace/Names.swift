@@ -46,7 +46,7 @@ extension FileSystem {
     /// the key of something under it longer than `maxKeyBytes`: `objects` (its keys in S3) or a local file.
     func checkDirectoryMove(_ objects: [String], from src: String, to dst: String) throws(FSError) {
         try Namespace.checkMovable(objects, from: src, to: dst)
-        try Namespace.checkMovable(localFiles.byKey.withLock { Array($0.keys.filter { $0.hasPrefix(src) }) }, from: src, to: dst)
+        try Namespace.checkMovable(writeBack.localFiles.byKey.withLock { Array($0.keys.filter { $0.hasPrefix(src) }) }, from: src, to: dst)
     }
 
     /// mknod, symlink and link: S3 has no such objects (EPERM), but a name that could never be stored is

@@ -19,7 +19,7 @@ extension FileSystem {
             throw FSError(EEXIST)
         }
         // A delete of the same name still queued (rmdir, or a rename of the directory away) must not remove it.
-        await clearPendingDelete(of: dir.key + name + "/")
+        await writeBack.clearPendingDelete(of: dir.key + name + "/")
         do {
             _ = try await client.putObject(bucket, dir.key + name + "/", body: .empty, options: PutOptions())
         } catch { throw FSError(error, during: .other) }
@@ -44,16 +44,16 @@ extension FileSystem {
             page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: "/", continuationToken: nil,
                                                   startAfter: nil, maxKeys: 1000)
         } catch { throw FSError(error, during: .other) }
-        let others = page.objects.filter { $0.key != prefix && !changes.isHidden($0.key) }
+        let others = page.objects.filter { $0.key != prefix && !writeBack.changes.isHidden($0.key) }
         var prefixes: [String] = []
-        for p in page.commonPrefixes where !changes.isHidden(p) {
+        for p in page.commonPrefixes where !writeBack.changes.isHidden(p) {
             // Some servers (SeaweedFS) keep listing a prefix whose objects are all deleted: only one that
             // still holds an object (not being deleted) makes the directory non-empty.
             if await holdsObjects(p) { prefixes.append(p) }
         }
-        let localChildren = localFiles.byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } }
+        let localChildren = writeBack.localFiles.byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } }
         if !others.isEmpty || !prefixes.isEmpty || localChildren { throw FSError(ENOTEMPTY) }
-        try await deleteLater([prefix], hiding: [prefix])
+        try await writeBack.deleteLater([prefix], hiding: [prefix])
         invalidate(parent: parent, name: name)
     }
 
@@ -61,7 +61,7 @@ extension FileSystem {
     func holdsObjects(_ prefix: String) async -> Bool {
         guard let page = try? await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: nil,
                                                          startAfter: nil, maxKeys: 1000) else { return true }
-        return page.objects.contains { !changes.isHidden($0.key) } || page.isTruncated
+        return page.objects.contains { !writeBack.changes.isHidden($0.key) } || page.isTruncated
     }
 
     /// Removes a file: its local versions stop (and are never uploaded; a file still open lives on as an
@@ -74,35 +74,15 @@ extension FileSystem {
         let attr = try await lookup(parent: parent, name: name)
         forget(ino: attr.ino, count: 1)
         guard !attr.isDirectory else { throw .isDirectory }
-        var withdrawn = Withdrawal()
-        if let f = localFiles.byKey.withLock({ $0.removeValue(forKey: key) }) {
-            withdrawn = orphan(f, ino: attr.ino)
+        var withdrawn = WriteBack.Withdrawal()
+        if let f = writeBack.localFiles.byKey.withLock({ $0.removeValue(forKey: key) }) {
+            withdrawn = writeBack.orphan(f, ino: attr.ino)
         }
-        try await deleteLater([key], hiding: [key], with: withdrawn.records)
+        try await writeBack.deleteLater([key], hiding: [key], with: withdrawn.records)
         withdrawn.removeFiles()
         invalidate(parent: parent, name: name)
         // The name is free: a file created under it is a new inode, whatever the kernel still holds open.
         namespace.table.withLock { $0.freeName(parent: parent, name: name) }
-    }
-
-    /// `f` lost its name (unlink, or replaced by a rename): its versions are never uploaded. Open handles keep
-    /// it readable and writable (stat by inode `ino` too) until the last one closes. Returns the journal
-    /// records that withdraw its acknowledged versions (and the staged files to remove once journaled).
-    func orphan(_ f: LocalFile, ino: UInt64?) -> Withdrawal {
-        let handles = f.state.withLock { s -> Int in
-            s.unlinked = true
-            return s.handles
-        }
-        let records = dropVersions(of: f)
-        if handles > 0 {
-            if let ino { localFiles.orphans.withLock { $0[ino] = f } }
-            // Its handles write the current version in place from now on (nothing uploads it).
-            f.current.state.withLock { s in
-                s.sealed = false
-                s.committedSum = nil  // its acknowledgement is withdrawn: not frozen any more
-            }
-        }
-        return records
     }
 
     /// Forgets what is cached about (parent, name) so the next lookup asks again.

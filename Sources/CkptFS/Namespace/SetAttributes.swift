@@ -11,10 +11,10 @@ extension FileSystem {
     /// Changes size and times. Mode and owner are accepted and not stored (they come from the mount options).
     public func setattr(ino: UInt64, size: Int64?, mtime: Date?) async throws(FSError) -> Attributes {
         let n = try namespace.node(ino)
-        if let f = localFiles.orphans.withLock({ $0[ino] }) {
+        if let f = writeBack.localFiles.orphans.withLock({ $0[ino] }) {
             // An unlinked file still open (ftruncate, futimens through its descriptor): it stays an orphan, and
             // a file created under its old name meanwhile is not touched.
-            if let size { try truncateVersion(f, to: size) }
+            if let size { try writeBack.truncateVersion(f, to: size) }
             if let mtime { f.current.state.withLock { $0.mtime = mtime } }
             return namespace.attributes(ino, f.current.meta)
         }
@@ -23,15 +23,15 @@ extension FileSystem {
             try checkWritable()
             // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
             // nothing); without another open writer it is a complete change, acknowledged and queued at once.
-            let isLocal = localFiles.byKey.withLock { $0[n.key] != nil }
-            let f = try await openLocalFile(key: n.key, truncate: false, writer: true,
+            let isLocal = writeBack.localFiles.byKey.withLock { $0[n.key] != nil }
+            let f = try await writeBack.openLocalFile(key: n.key, truncate: false, writer: true,
                                             remote: isLocal ? nil : try await remoteObject(ino, n))
-            defer { releaseHandle(f, writer: true) }
-            try truncateVersion(f, to: size)
+            defer { writeBack.releaseHandle(f, writer: true) }
+            try writeBack.truncateVersion(f, to: size)
         }
         if let mtime, !n.meta.isDirectory {
             // Stored with the upload (x-amz-meta-mtime) while the file is local; otherwise not kept.
-            if let v = localVersion(n.key) {
+            if let v = writeBack.localVersion(n.key) {
                 let set = v.state.withLock { s -> Bool in
                     guard case .waiting = s.upload else { return false }
                     s.mtime = mtime
@@ -42,7 +42,7 @@ extension FileSystem {
                 // matches closely enough; a time from outside the writing (cp -p, rsync -t, touch -d) must be
                 // stored, so such an upload is started afresh, with it.
                 if set && (mtime < v.createdDate - 1 || mtime > Date() + 1) {
-                    abandonEarlyUpload(v, because: "an mtime from outside the writing was set")
+                    writeBack.abandonEarlyUpload(v, because: "an mtime from outside the writing was set")
                 }
             }
         }

@@ -87,6 +87,11 @@ final class CacheWriter: Sendable {
 
     init(limit: Int = 64) { self.limit = limit }
 
+    /// Returns once every block queued before the call is stored (blocking: call off the cooperative pool).
+    func waitQueued() {
+        for q in queues { q.sync {} }
+    }
+
     func store(_ cache: BlockCache, _ key: BlockKey, _ buf: BlockBuffer, then done: @escaping @Sendable () -> Void) {
         if queued.wrappingAdd(1, ordering: .relaxed).newValue > limit {
             queued.wrappingSubtract(1, ordering: .relaxed)

@@ -83,6 +83,13 @@ final class ObjectReader: Sendable {
     /// Whether the first block of `o` is in the block cache (a cold open of a large file reads direct).
     func firstBlockCached(_ o: PinnedObject) -> Bool { cache.contains(blockKey(o, 0)) }
 
+    /// Waits until the blocks downloaded so far are stored in the cache (before the process exits, so a remount
+    /// finds them).
+    func finishCacheWrites() async {
+        let writer = cacheWriter
+        _ = try? await offPool { () throws(FSError) in writer.waitQueued() }
+    }
+
     /// Reads up to `size` bytes of `o` at `offset` (fewer only at its end), waiting for downloads.
     func read(_ o: PinnedObject, offset: Int64, size: Int) async throws(FSError) -> [ReadSegment] {
         try await readNow(o, offset: offset, size: size).segments()

@@ -5,6 +5,13 @@ import CkptS3
 import Foundation
 import Synchronization
 
+/// Numbers for open handles: read handles and handles on local files share one space (the kernel gives either
+/// back as the same `fh`).
+final class HandleNumbers: Sendable {
+    private let last = Atomic<UInt64>(0)
+    func next() -> UInt64 { last.wrappingAdd(1, ordering: .relaxed).newValue }
+}
+
 /// An open read handle on a clean file: the object version it pinned.
 final class ReadHandle: Sendable {
     let ino: UInt64
@@ -27,14 +34,14 @@ extension FileSystem {
         let n = try namespace.node(ino)
         guard !n.meta.isDirectory else { throw .isDirectory }
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
-        let isLocal = localFiles.byKey.withLock { $0[n.key] != nil }
-        if isLocal && !write, let h = try await openLocal(ino: ino, key: n.key, write: false, truncate: false, remote: nil) {
+        let isLocal = writeBack.localFiles.byKey.withLock { $0[n.key] != nil }
+        if isLocal && !write, let h = try await writeBack.openLocal(ino: ino, key: n.key, write: false, truncate: false, remote: nil) {
             return OpenReply(handle: h, directIO: false, keepCache: true)
         }
         let remote = isLocal ? nil : try await remoteObject(ino, n)
         if write {
             if !isLocal && remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
-            let h = try await openLocal(ino: ino, key: n.key, write: true, truncate: flags & O_TRUNC != 0, remote: remote)!
+            let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: flags & O_TRUNC != 0, remote: remote)!
             return OpenReply(handle: h, directIO: false, keepCache: false)
         }
         guard let remote else { throw .noEntry }
@@ -42,7 +49,7 @@ extension FileSystem {
             remote.size >= min && remote.size > 0 && !reader.firstBlockCached(remote)
         } ?? false
         if direct { counters.withLock { $0.directOpens += 1 } }
-        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        let h = handleNumbers.next()
         handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote, direct: direct) }
         return OpenReply(handle: h, directIO: direct, keepCache: true)
     }
@@ -57,7 +64,7 @@ extension FileSystem {
     /// mtime of the old version.
     func remoteObject(_ ino: UInt64, _ n: Node) async throws(FSError) -> PinnedObject? {
         var meta = n.meta
-        if meta.etag.isEmpty && localFiles.byKey.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
+        if meta.etag.isEmpty && writeBack.localFiles.byKey.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
         if n.superseded { throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again") }
         if ContinuousClock.now - n.fetched > .seconds(1) || meta.etag.isEmpty {
             guard let m = try await namespace.headProbe(n.key) else { return nil }
@@ -72,7 +79,7 @@ extension FileSystem {
     }
 
     public func release(handle: UInt64) {
-        if handles.withLock({ $0.removeValue(forKey: handle) }) == nil { releaseLocal(handle: handle) }
+        if handles.withLock({ $0.removeValue(forKey: handle) }) == nil { writeBack.releaseLocal(handle: handle) }
     }
 
     /// Reads up to `size` bytes at `offset`. Fewer bytes only at the end of the file.
@@ -86,8 +93,8 @@ extension FileSystem {
     /// Either way the read-ahead it triggers has started.
     public func readNow(handle: UInt64, offset: Int64, size: Int) throws(FSError) -> ReadNow {
         guard let rh = handles.withLock({ $0[handle] }) else {
-            guard let lh = localHandles.withLock({ $0[handle] }) else { throw .badHandle }
-            return .later(PendingRead { () async throws(FSError) in try await self.readLocal(lh, offset: offset, size: size) })
+            guard let lh = writeBack.localHandles.withLock({ $0[handle] }) else { throw .badHandle }
+            return .later(PendingRead { () async throws(FSError) in try await self.writeBack.readLocal(lh, offset: offset, size: size) })
         }
         return try reader.readNow(rh.object, offset: offset, size: size)
     }

@@ -116,7 +116,7 @@ final class ChangeQueue: Sendable {
 
 }
 
-extension FileSystem {
+extension WriteBack {
 
     // MARK: Uploads
 

@@ -6,7 +6,7 @@ import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
+extension WriteBack {
     /// The version that carries `v`'s bytes to S3: `v`, or the newest version that superseded it.
     func carrier(of v: StagedVersion) -> StagedVersion {
         var cur = v
@@ -51,7 +51,7 @@ extension FileSystem {
     /// for writing is not sealed here: only what close() or fsync() acknowledged is uploaded, so bytes of a
     /// save in progress never reach S3 (its last acknowledged version, if any, is waited for). Returns the
     /// paths that are not durable, with the reason.
-    public func flushAll(under path: String, timeout: Duration?) async -> [(path: String, reason: String)] {
+    func flushAll(under path: String, timeout: Duration?) async -> [(path: String, reason: String)] {
         let keyPrefix = prefix + path
         func under(_ key: String) -> Bool {
             path.isEmpty || key == keyPrefix || key.hasPrefix(keyPrefix.hasSuffix("/") ? keyPrefix : keyPrefix + "/")
@@ -72,7 +72,7 @@ extension FileSystem {
         return failures.filter { seen.insert($0.0).inserted }.map { (String($0.0.dropFirst(prefix.count)), $0.1) }
     }
 
-    public var writeBackStatus: WriteBackStatus {
+    var writeBackStatus: WriteBackStatus {
         var s = WriteBackStatus()
         let pending = changes.state.withLock { u -> [StagedVersion] in
             s.uploadedFiles = u.uploadedFiles
@@ -113,7 +113,7 @@ extension FileSystem {
 
     /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
     /// as a crash would. For tests of recovery.
-    public func shutdown() {
+    func shutdown() {
         for t in changes.state.withLock({ Array($0.tails.values) }) { t.task.cancel() }
         cache.unlock()
     }

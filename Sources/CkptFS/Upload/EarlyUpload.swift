@@ -36,7 +36,7 @@ struct EarlyUpload: Sendable {
     var busy: Bool { inFlight > 0 || driving }
 }
 
-extension FileSystem {
+extension WriteBack {
     /// The end of the multipart part that starts at `start`: parts are `minimum` bytes, or a thousandth of
     /// their start offset (rounded up to a MiB) once that is larger, at most 5 GiB (S3's limit). The layout
     /// does not depend on the final size (parts can go up before it is known), and 10,000 parts reach past
@@ -75,12 +75,12 @@ extension FileSystem {
         let start = v.state.withLock { s -> Bool in
             guard !s.sealed, let hashed = s.sum?.hashedTo, s.base == nil else { return false }
             if s.early == nil {
-                guard hashed > minimum, !FileSystem.looksTemporary(s.key) else { return false }
+                guard hashed > minimum, !WriteBack.looksTemporary(s.key) else { return false }
                 s.early = EarlyUpload(key: s.key)
                 logger.info("uploading a new file while it is written", metadata: ["key": "\(s.key)"])
             }
             guard var e = s.early, !e.driving, !e.abandoned, !e.stalled, !e.taken, e.key == s.key else { return false }
-            guard e.uploadId == nil || hashed > FileSystem.partEnd(start: e.scheduledEnd, minimum: minimum) else { return false }
+            guard e.uploadId == nil || hashed > WriteBack.partEnd(start: e.scheduledEnd, minimum: minimum) else { return false }
             e.driving = true
             s.early = e
             return true
@@ -97,7 +97,7 @@ extension FileSystem {
             let key = v.key
             do {
                 // No metadata: the mtime is not known yet (the object gets Last-Modified, about the close).
-                let uploadId = try await createUpload(v, key: key, options: PutOptions(metadata: [FileSystem.versionTag: versionTag(v)]))
+                let uploadId = try await createUpload(v, key: key, options: PutOptions(metadata: [WriteBack.versionTag: versionTag(v)]))
                 v.state.withLock { $0.early?.uploadId = uploadId }
             } catch {
                 logger.info("could not start uploading a file being written; it is uploaded after close",
@@ -113,7 +113,7 @@ extension FileSystem {
                     s.early?.driving = false
                     return nil
                 }
-                let end = FileSystem.partEnd(start: e.scheduledEnd, minimum: minimum)
+                let end = WriteBack.partEnd(start: e.scheduledEnd, minimum: minimum)
                 guard hashed > end, e.inFlight < options.partsWhileWriting else {
                     e.driving = false
                     s.early = e

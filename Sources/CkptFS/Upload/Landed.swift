@@ -5,7 +5,7 @@ import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
+extension WriteBack {
     /// After a version settles (landed, superseded, dropped): it leaves the queue. Its staged copy goes unless
     /// it is the current version of a file still open (a rename may need it again; the last close cleans up).
     /// A landed current version of a file nobody has open makes the file clean: stat shows the object.

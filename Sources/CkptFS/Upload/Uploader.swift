@@ -9,7 +9,7 @@ import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
+extension WriteBack {
     /// Uploads `v` (for upload job `job`) until it is durable, superseded, dropped or renamed (then a new job
     /// under the new name takes over). Waits `options.uploadDelay` after the seal first (unless someone waits
     /// for it), so a rename right after close (write-temp-then-rename) is a local move and the file is uploaded
@@ -110,9 +110,9 @@ extension FileSystem {
         try await fillAll(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
         var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970),
-                                        FileSystem.versionTag: versionTag(v)])
+                                        WriteBack.versionTag: versionTag(v)])
         put.condition = conditionsUnsupported.load(ordering: .relaxed) ? nil : condition(for: v)
-        let ranges = FileSystem.partRanges(size: size, minimum: options.partSize)
+        let ranges = WriteBack.partRanges(size: size, minimum: options.partSize)
         var expectedParts = 0
         do throws(FSError) {
             return try await putOrMultipart()
@@ -163,7 +163,7 @@ extension FileSystem {
                     throw FSError(EIO, "uploaded \(key) but the server's ETag \(etag) is not the MD5 of the file")
                 }
                 crashPoint("after-complete")
-                counters.withLock { $0.putRequests += 1 }
+                puts.wrappingAdd(1, ordering: .relaxed)
                 return (key, r.etag)
             }
             // Parts sent while the file was written are kept; otherwise a new multipart upload.
@@ -191,7 +191,7 @@ extension FileSystem {
                let n = Int(info.etag[info.etag.index(after: dash)...].filter(\.isNumber)), n != expectedParts {
                 throw FSError(EIO, "uploaded \(key) in \(expectedParts) parts but the server's ETag says \(n)")
             }
-            counters.withLock { $0.putRequests += max(1, expectedParts) }
+            puts.wrappingAdd(max(1, expectedParts), ordering: .relaxed)
             return (key, info.etag)
         }
     }
@@ -204,7 +204,7 @@ extension FileSystem {
 
     /// The version id, if `info` is an object this cache directory uploaded.
     func ownVersion(_ info: ObjectInfo) -> UInt64? {
-        guard let tag = info.metadata[FileSystem.versionTag], let dot = tag.lastIndex(of: "."),
+        guard let tag = info.metadata[WriteBack.versionTag], let dot = tag.lastIndex(of: "."),
               tag[..<dot] == writerId else { return nil }
         return UInt64(tag[tag.index(after: dot)...])
     }

@@ -6,7 +6,7 @@ import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
+extension WriteBack {
     // MARK: Acknowledging
 
     /// Every 64 MiB written, an fdatasync in the background: the kernel would otherwise keep gigabytes dirty
@@ -126,13 +126,13 @@ extension FileSystem {
     /// close(): the data is on local disk and journaled when this returns. The version is queued for upload
     /// when the last descriptor of the open file is closed (release): a close() of a duplicate (a child
     /// process exiting) acknowledges what was written so far but queues nothing while the writer goes on.
-    public func flush(handle: UInt64) throws(FSError) {
+    func flush(handle: UInt64) throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return }
         try acknowledge(h.file.current, of: h.file)
     }
 
     /// fsync(): with durable fsync, returns once the file is in S3; with local fsync, once it is on local disk.
-    public func fsync(handle: UInt64) async throws(FSError) {
+    func fsync(handle: UInt64) async throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }) else { return }
         let v = h.file.current
         try await offPool { () throws(FSError) in try self.commit(v, of: h.file) }

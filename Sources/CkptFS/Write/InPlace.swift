@@ -14,7 +14,7 @@ import CkptCache
 import CkptS3
 import Foundation
 
-extension FileSystem {
+extension WriteBack {
     var fillBlock: Int64 { Int64(cache.blockSize) }
 
     /// Blocks of `v` that are missing and overlap [offset, offset+count); with `partialOnly`, only those the

@@ -6,7 +6,7 @@ import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
+extension WriteBack {
     // MARK: Opening for write
 
     /// The local file of `key`, creating it with a first version: empty with `truncate`, else the object
@@ -92,7 +92,7 @@ extension FileSystem {
     }
 
     /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
-    public func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
+    func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
         try checkWritable()
         let dir = try namespace.node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
@@ -103,7 +103,7 @@ extension FileSystem {
         let v = f.current
         let attr = namespace.remember(parent: parent, name: name, key: key, meta: v.meta, addLookup: true)
         namespace.table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = v.meta } }
-        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        let h = handleNumbers.next()
         localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, file: f, writable: true) }
         return (attr, h)
     }
@@ -128,7 +128,7 @@ extension FileSystem {
             guard let joined else { return nil }
             f = joined
         }
-        let h = nextHandle.wrappingAdd(1, ordering: .relaxed).newValue
+        let h = handleNumbers.next()
         localHandles.withLock { $0[h] = LocalHandle(ino: ino, file: f, writable: write) }
         return h
     }

@@ -5,7 +5,7 @@ import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
+extension WriteBack {
     /// Multipart uploads of `key` created since `time` (less a margin for clock skew) that no journal record
     /// names: a crash came between CreateMultipartUpload and its `multipart` record.
     func unrecordedUploads(of key: String, since time: Double) async -> [String] {
@@ -30,7 +30,7 @@ extension FileSystem {
     /// the order they were journaled (so a delete still waits for the uploads acknowledged before it). A rename
     /// a crash cut short is finished. Multipart uploads the crash left open are aborted. Reads of recovered
     /// paths see the staged bytes from now on. Call before serving requests.
-    public func recover() async throws(FSError) -> RecoveryReport {
+    func recover() async throws(FSError) -> RecoveryReport {
         var report = RecoveryReport()
         let (records, torn) = Journal.replay(path: journalPath)
         report.tornTail = torn
@@ -74,7 +74,7 @@ extension FileSystem {
             multipart += await unrecordedUploads(of: s.key, since: s.time).map { (id, s.key, $0) }
         }
         maxId = max(maxId, staging.ids().max() ?? 0)
-        nextVersion.store(maxId, ordering: .relaxed)
+        lastJournalId.store(maxId, ordering: .relaxed)
 
         // Multipart uploads of versions that did not land were cut short (or their version was dropped): abort
         // them (an upload starts over). One that completed answers NoSuchUpload.
@@ -117,7 +117,7 @@ extension FileSystem {
                 acked[id] = (rec, end)
                 end += 1
             }
-            for k in FileSystem.deleteOrder(r.keys ?? []) {
+            for k in WriteBack.deleteOrder(r.keys ?? []) {
                 let id = newJournalId()
                 deletes[id] = (k, end)
                 end += 1

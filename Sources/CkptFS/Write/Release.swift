@@ -6,8 +6,8 @@ import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
-    public func releaseLocal(handle: UInt64) {
+extension WriteBack {
+    func releaseLocal(handle: UInt64) {
         guard let h = localHandles.withLock({ $0.removeValue(forKey: handle) }) else { return }
         releaseHandle(h.file, writer: h.writable)
     }
@@ -129,5 +129,25 @@ extension FileSystem {
         let fd = dup(v.fd)
         guard fd >= 0 else { throw FSError(errno, "dup of a staged file") }
         return [.file(OwnedDescriptor(fd), offset: offset, length: n)]
+    }
+
+    /// `f` lost its name (unlink, or replaced by a rename): its versions are never uploaded. Open handles keep
+    /// it readable and writable (stat by inode `ino` too) until the last one closes. Returns the journal
+    /// records that withdraw its acknowledged versions (and the staged files to remove once journaled).
+    func orphan(_ f: LocalFile, ino: UInt64?) -> Withdrawal {
+        let handles = f.state.withLock { s -> Int in
+            s.unlinked = true
+            return s.handles
+        }
+        let records = dropVersions(of: f)
+        if handles > 0 {
+            if let ino { localFiles.orphans.withLock { $0[ino] = f } }
+            // Its handles write the current version in place from now on (nothing uploads it).
+            f.current.state.withLock { s in
+                s.sealed = false
+                s.committedSum = nil  // its acknowledgement is withdrawn: not frozen any more
+            }
+        }
+        return records
     }
 }

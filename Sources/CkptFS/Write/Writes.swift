@@ -11,12 +11,12 @@ import CkptS3
 import Foundation
 import Synchronization
 
-extension FileSystem {
+extension WriteBack {
     /// Writes `data` at `offset` (the kernel computes O_APPEND offsets itself, from the size it knows).
     /// `.done(count)` once the bytes are in the staged file; `.later` when the write covers part of a block of
     /// a file opened in place that is still only in S3: the returned write (with its own copy of the bytes)
     /// fetches that block first.
-    public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
+    func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
         if try writeNow(h, offset: offset, data: data) { return .done(data.count) }
         let bytes = [UInt8](data)

@@ -1,0 +1,124 @@
+// Moving keys, as a rename needs them moved: a file with local changes moves locally (its versions go to the new
+// key, so write-temp-then-rename costs one upload); an object only in S3 is copied server-side; a directory is
+// moved object by object, copies first, journaled as an intent so a failure undoes it and a crash is finished by
+// the next mount. The old names are deleted through the change queue, after the new names' uploads.
+import CkptS3
+import Foundation
+
+extension WriteBack {
+    /// Renames one file key (`replacing`: the inode of the file the destination was, if any). Returns true when
+    /// an object stays under the old name (after a conflict: the object there is someone else's).
+    @discardableResult
+    func renameFile(from src: String, to dst: String, replacing: UInt64? = nil) async throws(FSError) -> Bool {
+        // The destination's own local versions (an overwritten file) are withdrawn; open, it lives on as an orphan.
+        var withdrawn = Withdrawal()
+        if let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) { withdrawn = orphan(old, ino: replacing) }
+        defer { withdrawn.removeFiles() }
+        let records = withdrawn.records
+        if let f = localFiles.byKey.withLock({ $0[src] }) {
+            // A file opened in place reads unchanged blocks from the source object, which is deleted later.
+            for v in versions(of: f) { try await fillAll(v) }
+            let moved = retarget(f, from: src, to: dst)
+            let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
+            try await journal.record(records + moved.records + deletes)
+            for v in moved.requeue { enqueueUpload(v) }
+            queueDeletes(items, hiding: [src])
+            return moved.keepsSource
+        }
+        await clearPendingDelete(of: dst)
+        let intent = newJournalId()
+        try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+        do throws(FSError) { try await copyObjectOrMarker(from: src, to: dst) } catch {
+            try? await journal.record(JournalRecord(op: .done, id: intent))
+            throw error
+        }
+        try await deleteLater([src], hiding: [src], with: [JournalRecord(op: .done, id: intent)])
+        return false
+    }
+
+    /// The keys of every object under `prefix` in S3 (all pages), less those a queued delete hides.
+    func objectKeys(under prefix: String) async throws(FSError) -> [String] {
+        var keys: [String] = []
+        var token: String?
+        repeat {
+            namespace.counters.withLock { $0.lists += 1 }
+            do {
+                let page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
+                                                          startAfter: nil, maxKeys: nil)
+                keys += page.objects.map(\.key).filter { !changes.isHidden($0) }
+                token = page.isTruncated ? page.nextContinuationToken : nil
+            } catch { throw FSError(error, during: .other) }
+        } while token != nil
+        return keys
+    }
+
+    /// Renames every object (`keys`, listed by the caller) and local file under `src` (a prefix ending in "/")
+    /// to `dst`. The objects are copied first (journaled, so a crash is finished by the next mount; a failure
+    /// deletes the copies made and changes nothing), then the local files move and the old names are queued
+    /// for deletion, in one journal record batch.
+    func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
+        let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) } }
+        let remaining = keys.filter { localFiles[$0] == nil }
+        func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
+        if changes.hasHidden { for k in remaining { await clearPendingDelete(of: target(k)) } }
+        await clearPendingDelete(of: dst)
+        let intent = newJournalId()
+        if !remaining.isEmpty {
+            try await journal.record(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
+        }
+        // Copy in parallel, a few at a time. On a failure the copies made are deleted: nothing moved.
+        var copied: [String] = []
+        var failure: FSError?
+        var i = 0
+        while i < remaining.count && failure == nil {
+            let batch = Array(remaining[i..<min(i + 8, remaining.count)])
+            let results = await withTaskGroup(of: (String, FSError?).self) { g -> [(String, FSError?)] in
+                for k in batch {
+                    g.addTask {
+                        do throws(FSError) { try await self.copyObjectOrMarker(from: k, to: target(k)); return (k, nil) } catch { return (k, error) }
+                    }
+                }
+                var out: [(String, FSError?)] = []
+                for await r in g { out.append(r) }
+                return out
+            }
+            copied += results.filter { $0.1 == nil }.map(\.0)
+            failure = results.compactMap(\.1).first
+            i += 8
+        }
+        if let failure {
+            for k in copied { try? await client.deleteObject(bucket, target(k), versionId: nil) }
+            try? await journal.record(JournalRecord(op: .done, id: intent))
+            throw FSError(failure.errno, "renaming \(src) to \(dst) failed and was undone: \(failure.message)")
+        }
+        crashPoint("rename-copied")
+        var moves = Retarget()
+        for (k, f) in localFiles.sorted(by: { $0.key < $1.key }) {
+            let r = retarget(f, from: k, to: target(k))
+            moves.records += r.records
+            moves.requeue += r.requeue
+        }
+        if keys.isEmpty && localFiles.isEmpty {
+            // An empty directory that exists only in this mount's memory.
+            do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError(error, during: .other) }
+        }
+        // The old names go (after the uploads before them), hidden until then, with every directory under them.
+        let old = Array(Set(keys + localFiles.keys))
+        var hides: Set<String> = [src]
+        for k in old {
+            var at = k.index(k.startIndex, offsetBy: src.count)
+            while let slash = k[at...].firstIndex(of: "/") {
+                hides.insert(String(k[...slash]))
+                at = k.index(after: slash)
+            }
+        }
+        let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old))
+        try await journal.record(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
+        for v in moves.requeue { enqueueUpload(v) }
+        if items.isEmpty {
+            try await deleteLater([src], hiding: [src])
+        } else {
+            queueDeletes(items, hiding: Array(hides))
+        }
+    }
+}

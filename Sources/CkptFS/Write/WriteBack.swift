@@ -1,0 +1,72 @@
+// The write-back: files written through the mount are staged on local disk (StagingArea), acknowledged through
+// the journal at close()/fsync(), and uploaded in the background through the ordered change queue
+// (Upload/ChangeQueue.swift), in order with the deletes that unlink, rmdir and rename queue. It tells the
+// namespace what it needs to know: a file created here (`create`), an object that landed (`objectLanded`), a
+// local version that went without reaching S3 (`localVersionGone`); the namespace sees local files and queued
+// deletes only through `WriteBackOverlay`.
+//
+// Depends on: the object client (uploads, deletes, copies), the object reader (blocks of files opened in
+// place), the namespace (the notices above), the journal, the staging area.
+import CkptCache
+import CkptS3
+import Foundation
+import Logging
+import Synchronization
+
+final class WriteBack: Sendable {
+    let client: any ObjectClient
+    let bucket: String
+    /// The key prefix the mount shows as its root (status reports paths below it).
+    let prefix: String
+    let options: FSOptions
+    let logger: Logger
+    let cache: BlockCache
+    let namespace: Namespace
+    let reader: ObjectReader
+
+    let staging: StagingArea
+    let journal: Journal
+    let changes: ChangeQueue
+    /// Files with local changes, by key (and unlinked while open, by inode).
+    let localFiles: LocalFiles
+    /// Open handles on local files.
+    let localHandles = Mutex<[UInt64: LocalHandle]>([:])
+    /// The last id given to a journal record's subject (a staged version, a delete, a rename's intent).
+    let lastJournalId = Atomic<UInt64>(0)
+    /// Set once the server rejected a conditional write as not implemented: later uploads go without.
+    let conditionsUnsupported = Atomic<Bool>(false)
+    /// Tags this cache directory's uploads (x-amz-meta-ckptfs-version), so a later mount of it recognises its
+    /// own earlier uploads after a crash (Uploader.swift).
+    let writerId: String
+    /// PUT requests made (PutObject, UploadPart).
+    let puts = Atomic<Int>(0)
+    let handleNumbers: HandleNumbers
+
+    var journalPath: String { cache.directory + "/journal" }
+
+    init(client: any ObjectClient, bucket: String, prefix: String, options: FSOptions, logger: Logger, cache: BlockCache,
+         namespace: Namespace, reader: ObjectReader, localFiles: LocalFiles, changes: ChangeQueue,
+         handleNumbers: HandleNumbers) throws(FSError) {
+        self.handleNumbers = handleNumbers
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.options = options
+        self.logger = logger
+        self.cache = cache
+        self.namespace = namespace
+        self.reader = reader
+        self.localFiles = localFiles
+        self.changes = changes
+        staging = StagingArea(cache: cache)
+        journal = try Journal(path: cache.directory + "/journal")
+        writerId = WriteBack.writerId(directory: cache.directory)
+    }
+
+    /// A new id for the journal: of a staged version, a delete, a rename's intent.
+    func newJournalId() -> UInt64 { lastJournalId.wrappingAdd(1, ordering: .relaxed).newValue }
+
+    func checkWritable() throws(FSError) {
+        if options.readOnly { throw FSError(EROFS, "mounted read-only") }
+    }
+}
