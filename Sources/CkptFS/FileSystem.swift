@@ -60,7 +60,7 @@ public final class FileSystem: Sendable {
         self.reader = reader
         self.namespace = namespace
         self.writeBack = try WriteBack(client: client, bucket: bucket, prefix: p, options: options, logger: logger,
-                                       cache: cache, namespace: namespace, reader: reader, localFiles: localFiles,
+                                       cache: cache, notices: namespace, reader: reader, localFiles: localFiles,
                                        changes: changes, handleNumbers: handleNumbers)
     }
 
@@ -107,7 +107,13 @@ public final class FileSystem: Sendable {
 
     /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
     public func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
-        try await writeBack.create(parent: parent, name: name, flags: flags)
+        let dir = try namespace.node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
+        guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        let f = try await writeBack.createFile(key: dir.key + name)
+        let attr = namespace.created(parent: parent, name: name, key: dir.key + name, meta: f.current.meta)
+        return (attr, writeBack.newHandle(on: f, ino: attr.ino, writable: true))
     }
 
     /// Writes `data` at `offset` of a handle open for writing: `.done(count)`, or `.later` when blocks of a file

@@ -226,4 +226,20 @@ extension Namespace {
             if kept { d.state.withLock { $0.metas = [:] } }
         }
     }
+
+    /// The keys of every object under `prefix` in S3 (all pages), less those a queued delete hides.
+    func objectKeys(under prefix: String) async throws(FSError) -> [String] {
+        var keys: [String] = []
+        var token: String?
+        repeat {
+            counters.withLock { $0.lists += 1 }
+            do {
+                let page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
+                                                          startAfter: nil, maxKeys: nil)
+                keys += page.objects.map(\.key).filter { !overlay.isHidden($0) }
+                token = page.isTruncated ? page.nextContinuationToken : nil
+            } catch { throw FSError(error, during: .other) }
+        } while token != nil
+        return keys
+    }
 }

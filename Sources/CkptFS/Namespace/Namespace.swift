@@ -31,7 +31,7 @@ protocol LocalOverlay: Sendable {
     var hasHidden: Bool { get }
 }
 
-final class Namespace: Sendable {
+final class Namespace: WriteBackNotices {
     static let rootIno: UInt64 = 1
 
     let client: any ObjectClient
@@ -85,4 +85,19 @@ final class Namespace: Sendable {
         guard let n = table.withLock({ $0[ino] }) else { throw FSError(ESTALE, "unknown inode \(ino)") }
         return n
     }
+
+    // MARK: What the write-back tells the namespace
+
+    /// A file was created here (not in S3 yet): (parent, name) is `key` with `meta`, one lookup reference taken.
+    func created(parent: UInt64, name: String, key: String, meta: Meta) -> Attributes {
+        let attr = remember(parent: parent, name: name, key: key, meta: meta, addLookup: true)
+        table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta } }
+        return attr
+    }
+
+    /// A version of `key` landed in S3 with `meta` (and no local version stands for it any more).
+    func objectLanded(key: String, meta: Meta) { table.withLock { $0.objectLanded(key: key, meta: meta) } }
+
+    /// The local version of `key` went without reaching S3: stat shows the object again.
+    func localVersionGone(key: String) { table.withLock { $0.localVersionGone(key: key) } }
 }

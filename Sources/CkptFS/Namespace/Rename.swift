@@ -26,7 +26,7 @@ extension FileSystem {
         var objects: [String] = []
         if src.isDirectory {
             try Namespace.checkStorable(newName, in: dstDir.key, isDirectory: true)
-            objects = try await writeBack.objectKeys(under: srcDir.key + name + "/")
+            objects = try await namespace.objectKeys(under: srcDir.key + name + "/")
             try checkDirectoryMove(objects, from: srcDir.key + name + "/", to: dstDir.key + newName + "/")
         }
         let dstExisting = try? await lookup(parent: newParent, name: newName)

@@ -33,6 +33,6 @@ extension WriteBack {
 
     /// The attributes of `key` are those of the object just uploaded.
     func showUploaded(key: String, meta: Meta) {
-        namespace.table.withLock { $0.objectLanded(key: key, meta: meta) }
+        notices.objectLanded(key: key, meta: meta)
     }
 }

@@ -36,22 +36,6 @@ extension WriteBack {
         return false
     }
 
-    /// The keys of every object under `prefix` in S3 (all pages), less those a queued delete hides.
-    func objectKeys(under prefix: String) async throws(FSError) -> [String] {
-        var keys: [String] = []
-        var token: String?
-        repeat {
-            namespace.counters.withLock { $0.lists += 1 }
-            do {
-                let page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
-                                                          startAfter: nil, maxKeys: nil)
-                keys += page.objects.map(\.key).filter { !changes.isHidden($0) }
-                token = page.isTruncated ? page.nextContinuationToken : nil
-            } catch { throw FSError(error, during: .other) }
-        } while token != nil
-        return keys
-    }
-
     /// Renames every object (`keys`, listed by the caller) and local file under `src` (a prefix ending in "/")
     /// to `dst`. The objects are copied first (journaled, so a crash is finished by the next mount; a failure
     /// deletes the copies made and changes nothing), then the local files move and the old names are queued

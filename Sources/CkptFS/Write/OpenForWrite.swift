@@ -91,21 +91,17 @@ extension WriteBack {
         return copy
     }
 
-    /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
-    func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
+    /// A new, empty local file `key` (create), counted as one writer.
+    func createFile(key: String) async throws(FSError) -> LocalFile {
         try checkWritable()
-        let dir = try namespace.node(parent)
-        guard dir.meta.isDirectory else { throw .notDirectory }
-        try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
-        guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
-        let key = dir.key + name
-        let f = try await openLocalFile(key: key, truncate: true, writer: true, remote: nil)
-        let v = f.current
-        let attr = namespace.remember(parent: parent, name: name, key: key, meta: v.meta, addLookup: true)
-        namespace.table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = v.meta } }
+        return try await openLocalFile(key: key, truncate: true, writer: true, remote: nil)
+    }
+
+    /// A handle on `f` (already counted on it) for inode `ino`.
+    func newHandle(on f: LocalFile, ino: UInt64, writable: Bool) -> UInt64 {
         let h = handleNumbers.next()
-        localHandles.withLock { $0[h] = LocalHandle(ino: attr.ino, file: f, writable: true) }
-        return (attr, h)
+        localHandles.withLock { $0[h] = LocalHandle(ino: ino, file: f, writable: writable) }
+        return h
     }
 
     /// The newest local version of `key`, if it has local changes.
@@ -128,8 +124,6 @@ extension WriteBack {
             guard let joined else { return nil }
             f = joined
         }
-        let h = handleNumbers.next()
-        localHandles.withLock { $0[h] = LocalHandle(ino: ino, file: f, writable: write) }
-        return h
+        return newHandle(on: f, ino: ino, writable: write)
     }
 }

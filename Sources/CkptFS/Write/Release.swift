@@ -111,7 +111,7 @@ extension WriteBack {
     /// Stat of `key` shows its object again (the local version is gone without reaching S3): cached
     /// attributes are forgotten.
     func forgetLocal(key: String) {
-        namespace.table.withLock { $0.localVersionGone(key: key) }
+        notices.localVersionGone(key: key)
     }
 
     /// Every version of `f` still held: those queued or uploading under its key, and its current one.

@@ -1,17 +1,24 @@
 // The write-back: files written through the mount are staged on local disk (StagingArea), acknowledged through
 // the journal at close()/fsync(), and uploaded in the background through the ordered change queue
 // (Upload/ChangeQueue.swift), in order with the deletes that unlink, rmdir and rename queue. It tells the
-// namespace what it needs to know: a file created here (`create`), an object that landed (`objectLanded`), a
-// local version that went without reaching S3 (`localVersionGone`); the namespace sees local files and queued
-// deletes only through `WriteBackOverlay`.
+// namespace what it needs to know through `WriteBackNotices`: an object that landed, a local version that went
+// without reaching S3; the namespace sees local files and queued deletes only through `WriteBackOverlay`.
 //
 // Depends on: the object client (uploads, deletes, copies), the object reader (blocks of files opened in
-// place), the namespace (the notices above), the journal, the staging area.
+// place), the notices above, the journal, the staging area.
 import CkptCache
 import CkptS3
 import Foundation
 import Logging
 import Synchronization
+
+/// What the write-back tells the namespace (implemented by `Namespace`).
+protocol WriteBackNotices: Sendable {
+    /// A version of `key` landed in S3 with `meta` (and no local version stands for it any more).
+    func objectLanded(key: String, meta: Meta)
+    /// The local version of `key` went without reaching S3: stat shows the object again.
+    func localVersionGone(key: String)
+}
 
 final class WriteBack: Sendable {
     let client: any ObjectClient
@@ -21,7 +28,7 @@ final class WriteBack: Sendable {
     let options: FSOptions
     let logger: Logger
     let cache: BlockCache
-    let namespace: Namespace
+    let notices: any WriteBackNotices
     let reader: ObjectReader
 
     let staging: StagingArea
@@ -45,7 +52,7 @@ final class WriteBack: Sendable {
     var journalPath: String { cache.directory + "/journal" }
 
     init(client: any ObjectClient, bucket: String, prefix: String, options: FSOptions, logger: Logger, cache: BlockCache,
-         namespace: Namespace, reader: ObjectReader, localFiles: LocalFiles, changes: ChangeQueue,
+         notices: any WriteBackNotices, reader: ObjectReader, localFiles: LocalFiles, changes: ChangeQueue,
          handleNumbers: HandleNumbers) throws(FSError) {
         self.handleNumbers = handleNumbers
         self.client = client
@@ -54,7 +61,7 @@ final class WriteBack: Sendable {
         self.options = options
         self.logger = logger
         self.cache = cache
-        self.namespace = namespace
+        self.notices = notices
         self.reader = reader
         self.localFiles = localFiles
         self.changes = changes
