@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 
-from benchlib import ROOT, require_tools, save_results, start_seaweed, stop_seaweed
+from ckptbench.common import ROOT, require_tools
+from ckptbench.report import save_results
+from ckptbench.server import start_seaweed, stop_seaweed
 
 OUT = os.path.join(ROOT, "bench", "out", "listing")
 

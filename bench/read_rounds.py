@@ -31,7 +31,9 @@ import subprocess
 import sys
 import time
 
-from benchlib import ROOT, drop_caches, require_tools, save_results, start_seaweed, stop_seaweed
+from ckptbench.common import ROOT, drop_caches, require_tools
+from ckptbench.report import save_results
+from ckptbench.server import start_seaweed, stop_seaweed
 
 OUT = os.path.join(ROOT, "bench", "out", "read-rounds")
 MiB = 1 << 20
@@ -45,7 +47,7 @@ def first_touch_cost():
     out = []
     for fresh in (True, False):
         if fresh:
-            drop_caches()
+            drop_caches(required=True)
             time.sleep(3)
         t0 = os.times()
         with open(path, "r+b" if not fresh else "wb") as f:
@@ -114,7 +116,7 @@ def main():
               flush=True)
         for rnd in range(args.rounds):
             dst = os.path.join(OUT, "download.bin")
-            drop_caches()
+            drop_caches(required=True)
             time.sleep(args.settle)
             s0, c0 = cpu_seconds(server_pid)[0], resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
@@ -135,7 +137,7 @@ def main():
                     raise SystemExit(f"read_rounds: mount failed: {r.stderr}")
                 pid = int(subprocess.run(["pgrep", "-f", f"ckptfs mount .* {mp} "], capture_output=True,
                                          text=True).stdout.split()[0])
-                drop_caches()
+                drop_caches(required=True)
                 time.sleep(args.settle)
                 d0, f0 = cpu_seconds(pid)
                 s0 = cpu_seconds(server_pid)[0]
