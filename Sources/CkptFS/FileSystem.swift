@@ -56,7 +56,8 @@ public final class FileSystem: Sendable {
         let localFiles = LocalFiles()
         let changes = ChangeQueue(options: options)
         let namespace = Namespace(client: client, bucket: bucket, rootKey: p, options: options,
-                                  overlay: WriteBackOverlay(files: localFiles, changes: changes), mountTime: Date())
+                                  overlay: WriteBackOverlay(files: localFiles, changes: changes), mountTime: Date(),
+                                  logger: logger)
         self.reader = reader
         self.namespace = namespace
         self.writeBack = try WriteBack(client: client, bucket: bucket, prefix: p, options: options, logger: logger,

@@ -7,6 +7,10 @@ import Foundation
 public struct FSOptions: Sendable {
     /// How long attributes, directory listings and negative lookups are trusted.
     public var metadataTTL: Duration = .seconds(30)
+    /// When S3 cannot be reached (no response, timeouts, 5xx after the client's retries), what S3 confirmed of
+    /// a file or directory within this long is used instead (logged): files already cached open and read during
+    /// an outage. Zero: an outage fails lookups, stat and open with EIO.
+    public var staleIfError: Duration = .seconds(3600)
     /// Most entries kept in complete directory listings (they answer lookups until the TTL passes), over all
     /// directories: a few hundred bytes each. A directory larger than this is listed for readers as always but
     /// its listing is not kept; lookups in it ask S3 name by name.

@@ -48,6 +48,9 @@ public struct FSError: Error, Sendable, CustomStringConvertible {
         case conflict
         /// The server does not implement conditional writes (501 NotImplemented).
         case conditionsUnsupported
+        /// S3 could not be reached or did not answer usefully after the client's retries (no response,
+        /// timeouts, 5xx, SlowDown): an outage, not an answer about the object.
+        case unreachable
     }
 
     public init(_ errno: Int32, _ message: String = "") {
@@ -63,7 +66,8 @@ public struct FSError: Error, Sendable, CustomStringConvertible {
     /// | PreconditionFailed (412) | ESTALE, objectChanged | EIO, conflict | ESTALE |
     /// | AccessDenied | EACCES | EACCES | EACCES |
     /// | NotImplemented (501) | EIO | EIO, conditionsUnsupported | EIO |
-    /// | anything else (after the client's retries) | EIO | EIO | EIO |
+    /// | no response, timeout, 5xx, SlowDown (after the client's retries) | EIO, unreachable | EIO, unreachable | EIO, unreachable |
+    /// | anything else | EIO | EIO | EIO |
     public init(_ e: S3Error, during use: S3Use) {
         switch e.code {
         case .noSuchKey, .noSuchBucket:
@@ -82,9 +86,15 @@ public struct FSError: Error, Sendable, CustomStringConvertible {
             case .other:
                 self.init(ESTALE, "the object changed: \(e.description)", cause: e)
             }
+        case .transport, .slowDown, .internalError, .serviceUnavailable, .requestTimeout:
+            self.init(EIO, e.description, cause: e, kind: .unreachable)
         default:
             self.init(EIO, e.description, cause: e)
-            if use == .write && (e.code == .other("NotImplemented") || e.httpStatus == 501) { kind = .conditionsUnsupported }
+            if use == .write && (e.code == .other("NotImplemented") || e.httpStatus == 501) {
+                kind = .conditionsUnsupported
+            } else if (e.httpStatus ?? 0) >= 500 {
+                kind = .unreachable
+            }
         }
     }
 

@@ -490,3 +490,69 @@ final class FileSystemTests: XCTestCase {
         do { _ = try await ro.mkdir(parent: FileSystem.rootIno, name: "d"); XCTFail() } catch { XCTAssertEqual(error.errno, EROFS) }
     }
 }
+
+/// Stale-if-error: while S3 is unreachable, what it confirmed lately is used, so cached files open and read.
+final class StaleIfErrorTests: XCTestCase {
+    func testACachedFileOpensAndReadsWhileS3IsUnreachableWithinTheBound() async throws {
+        let dir = NSTemporaryDirectory() + "ckptfs-stale-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let s3 = MemoryObjectClient(buckets: ["b"])
+        let data = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        s3.seed("b", "model.pt", data)
+        func make(_ staleIfError: Duration) throws -> FileSystem {
+            var o = FSOptions()
+            o.metadataTTL = .zero
+            o.staleIfError = staleIfError
+            return try FileSystem(client: s3, bucket: "b", prefix: "",
+                                  cache: try BlockCache(directory: dir + "/\(UUID().uuidString)", capacity: 1 << 30, blockSize: 1 << 20),
+                                  options: o)
+        }
+        let down = S3Error(code: .serviceUnavailable, s3Code: "ServiceUnavailable", message: "down", httpStatus: 503,
+                           operation: "HeadObject")
+        func readAll(_ fs: FileSystem, _ h: UInt64) async throws -> [UInt8] {
+            var out: [UInt8] = []
+            while true {
+                let segs = try await fs.read(handle: h, offset: Int64(out.count), size: 1 << 20)
+                if segs.isEmpty { return out }
+                for s in segs {
+                    switch s {
+                    case .memory(let b, let off, let n): out += b.bytes[off..<off + n]
+                    case .file(let fd, let off, let n):
+                        var buf = [UInt8](repeating: 0, count: n)
+                        _ = pread(fd.rawValue, &buf, n, off_t(off))
+                        out += buf
+                    }
+                }
+            }
+        }
+        for (bound, served) in [(Duration.seconds(3600), true), (.zero, false)] {
+            let fs = try make(bound)
+            let attr = try await fs.lookup(parent: FileSystem.rootIno, name: "model.pt")
+            let h = try await fs.open(ino: attr.ino, flags: O_RDONLY).handle
+            let first = try await readAll(fs, h)
+            XCTAssertEqual(first, data)
+            fs.release(handle: h)
+            try await Task.sleep(for: .milliseconds(1100))  // open revalidates what was checked over a second ago
+            let gets = s3.count("GetObject")
+            s3.failNext("HeadObject", with: down)
+            do {
+                let again = try await fs.open(ino: attr.ino, flags: O_RDONLY).handle
+                XCTAssertTrue(served, "with staleIfError zero an outage fails the open")
+                let read = try await readAll(fs, again)
+                XCTAssertEqual(read, data, "the cached version, byte for byte")
+                XCTAssertEqual(s3.count("GetObject"), gets, "from the cache: no GET")
+                fs.release(handle: again)
+            } catch {
+                XCTAssertFalse(served, "a cached file must open while S3 is unreachable: \(error)")
+                XCTAssertEqual((error as? FSError)?.errno, EIO)
+            }
+            // An answer about the object (it is gone) is never overridden by what was confirmed before.
+            s3.failNext("HeadObject", with: S3Error(code: .noSuchKey, s3Code: "NoSuchKey", message: "gone", httpStatus: 404,
+                                                    operation: "HeadObject"))
+            do {
+                _ = try await fs.getattr(ino: attr.ino)
+                XCTFail("a 404 is an answer, not an outage")
+            } catch { XCTAssertEqual(error.errno, ENOENT) }
+        }
+    }
+}

@@ -256,3 +256,29 @@ extension ContinuousClock.Instant {
     /// Long enough ago that anything fetched then counts as expired.
     static var distantPast: ContinuousClock.Instant { .now - .seconds(86400 * 365) }
 }
+
+/// What S3 last confirmed of keys, kept past the metadata TTL for stale-if-error (FSOptions.staleIfError):
+/// at most `limit` keys, the oldest half dropped when full.
+struct Confirmed: Sendable {
+    var entries: [String: (meta: Meta, at: ContinuousClock.Instant)] = [:]
+    /// When each key's use while S3 was unreachable was last logged (once a minute per key).
+    private var logged: [String: ContinuousClock.Instant] = [:]
+    static let limit = 200_000
+
+    mutating func note(_ key: String, _ m: Meta) {
+        if entries.count >= Confirmed.limit {
+            let cut = entries.values.map(\.at).sorted()[entries.count / 2]
+            entries = entries.filter { $0.value.at > cut }
+            logged = [:]
+        }
+        entries[key] = (m, .now)
+    }
+
+    mutating func forget(_ key: String) { entries.removeValue(forKey: key) }
+
+    mutating func shouldLog(_ key: String, _ now: ContinuousClock.Instant) -> Bool {
+        if let t = logged[key], now - t < .seconds(60) { return false }
+        logged[key] = now
+        return true
+    }
+}

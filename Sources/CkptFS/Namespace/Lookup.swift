@@ -62,8 +62,15 @@ extension Namespace {
     func fetchMeta(key: String) async throws(FSError) -> Meta? {
         async let listing = capture { () async throws(FSError) -> Bool in try await self.listProbe(key + "/") }
         async let head = capture { () async throws(FSError) -> Meta? in try await self.headProbe(key) }
-        if try await listing.get() { return Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime) }
-        return try await head.get()
+        let (l, h) = await (listing, head)
+        switch l {
+        case .success(true): return Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime)
+        case .success(false): return try h.get()
+        case .failure(let e):
+            // S3 unreachable: a file HEAD answered for (or that stale-if-error vouches for) is still that file.
+            if e.kind == .unreachable, case .success(let m?) = h { return m }
+            throw e
+        }
     }
 
     /// Runs `f` and keeps its outcome, so two requests can run concurrently with `async let`.
@@ -74,6 +81,16 @@ extension Namespace {
     func listProbe(_ dirPrefix: String) async throws(FSError) -> Bool {
         counters.withLock { $0.lists += 1 }
         if overlay.isHidden(dirPrefix) { return false }  // removed here, its delete still queued
+        let found: Bool
+        do throws(FSError) { found = try await listProbeOnce(dirPrefix) } catch where error.kind == .unreachable {
+            guard stale(dirPrefix, error) != nil else { throw error }
+            return true
+        }
+        if found { confirm(dirPrefix, Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime)) }
+        return found
+    }
+
+    private func listProbeOnce(_ dirPrefix: String) async throws(FSError) -> Bool {
         do {
             // One key tells, unless deletes are queued: then what is listed may be on its way out.
             let hiding = overlay.hasHidden
@@ -92,12 +109,42 @@ extension Namespace {
         counters.withLock { $0.heads += 1 }
         do {
             let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
-            return Meta(isDirectory: false, size: info.size, etag: info.etag,
-                        mtime: options.storedMtimes ? Namespace.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
+            let m = Meta(isDirectory: false, size: info.size, etag: info.etag,
+                         mtime: options.storedMtimes ? Namespace.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
+            confirm(key, m)
+            return m
         } catch {
-            if error.code == .noSuchKey { return nil }
-            throw FSError(error, during: .other)
+            if error.code == .noSuchKey {
+                confirmed.withLock { $0.forget(key) }
+                return nil
+            }
+            let e = FSError(error, during: .other)
+            guard e.kind == .unreachable, let m = stale(key, e) else { throw e }
+            return m
         }
+    }
+
+    // MARK: Stale-if-error
+
+    /// S3 confirmed `m` for `key` (a file key, or a directory prefix ending in "/") just now.
+    func confirm(_ key: String, _ m: Meta) {
+        guard options.staleIfError > .zero else { return }
+        confirmed.withLock { $0.note(key, m) }
+    }
+
+    /// What S3 confirmed of `key` within `FSOptions.staleIfError`, used (and logged) because S3 is unreachable
+    /// (`error`); nil when nothing recent enough is known.
+    func stale(_ key: String, _ error: FSError) -> Meta? {
+        let now = ContinuousClock.now
+        let (m, log) = confirmed.withLock { c -> (Meta?, Bool) in
+            guard let e = c.entries[key], now - e.at <= options.staleIfError else { return (nil, false) }
+            return (e.meta, c.shouldLog(key, now))
+        }
+        if let m, log {
+            logger.warning("S3 is unreachable; serving what it last confirmed (stale-if-error)",
+                           metadata: ["s3.key": "\(key)", "etag": "\(m.etag)", "error": "\(error)"])
+        }
+        return m
     }
 
     /// The mtime a writer stored (x-amz-meta-mtime, seconds since the epoch), else Last-Modified.
@@ -109,6 +156,7 @@ extension Namespace {
     /// Records what is known of (parent, name) and returns its attributes (InodeTable.remember).
     @discardableResult
     func remember(parent: UInt64, name: String, key: String, meta: Meta, addLookup: Bool) -> Attributes {
+        if !meta.isDirectory && !meta.etag.isEmpty { confirm(key, meta) }
         let (ino, shown) = table.withLock { t in
             let i = t.remember(parent: parent, name: name, key: key, meta: meta, addLookup: addLookup)
             return (i, t[i]!.meta)

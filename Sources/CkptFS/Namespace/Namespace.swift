@@ -39,6 +39,7 @@ final class Namespace: WriteBackNotices {
     let options: FSOptions
     let overlay: any LocalOverlay
     let mountTime: Date
+    let logger: Logger
 
     let table: Mutex<InodeTable>
     let dirHandles = Mutex<[UInt64: DirHandle]>([:])
@@ -52,10 +53,13 @@ final class Namespace: WriteBackNotices {
     let metaSlots = AsyncSemaphore(Namespace.mtimeHeadConcurrency)
     /// LIST and HEAD requests made.
     let counters = Mutex<(lists: Int, heads: Int)>((0, 0))
+    /// What S3 last confirmed of keys (files; directories as "dir/"), for stale-if-error (Lookup.swift).
+    let confirmed = Mutex(Confirmed())
 
     /// `rootKey`: the key prefix the mount shows as its root (empty or ending in "/").
     init(client: any ObjectClient, bucket: String, rootKey: String, options: FSOptions, overlay: any LocalOverlay,
-         mountTime: Date) {
+         mountTime: Date, logger: Logger = Logger(label: "ckptfs.fs")) {
+        self.logger = logger
         self.client = client
         self.bucket = bucket
         self.options = options
