@@ -40,6 +40,11 @@ public struct FSOptions: Sendable {
     public var durableFsync = true
     /// Smallest multipart part (a file up to this size is one PutObject).
     public var partSize: Int64 = 16 << 20
+    /// Most bytes held in the staging area (files written and not yet uploaded, copies of files open while they
+    /// upload) before writers are held back: a write past the bound waits (in the kernel's write, not failing)
+    /// until uploads bring the staged bytes under it, as long as uploads are queued that can. Nil: half of what
+    /// the cache disk had free at mount (plus what was already staged), at least 1 GiB.
+    public var maxDirty: Int64?
     /// Files uploaded at once, and parts in flight over all files.
     public var uploadConcurrency = 4
     public var partConcurrency = 8

@@ -18,8 +18,9 @@ final class WriteBackTests: XCTestCase {
 
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    func make(hold: Bool = false, partSize: Int64 = 5 << 20, whileWriting: Bool = false) throws -> FileSystem {
+    func make(hold: Bool = false, partSize: Int64 = 5 << 20, whileWriting: Bool = false, maxDirty: Int64? = nil) throws -> FileSystem {
         var o = FSOptions()
+        o.maxDirty = maxDirty
         o.uploadWhileWriting = whileWriting
         o.holdUploads = hold
         o.partSize = partSize
@@ -38,6 +39,46 @@ final class WriteBackTests: XCTestCase {
             let n = min(chunk, data.count - off)
             _ = try data[off..<off + n].withUnsafeBytes { try fs.write(handle: h, offset: Int64(off), data: $0) }
             off += n
+        }
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+    }
+
+    /// The dirty bound (issue 15, kind 1): past FSOptions.maxDirty a write waits (`.later`) while queued uploads
+    /// can bring the staged bytes down, and goes ahead as soon as they are under it again.
+    func testWritesPastTheDirtyBoundWaitUntilStagedBytesGo() async throws {
+        let fs = try make(hold: true, maxDirty: 1 << 20)
+        try await write(fs, "a.bin", [UInt8](repeating: 1, count: 2 << 20))  // closed: queued, held, 2 MiB staged
+        XCTAssertEqual(fs.writeBackStatus.maxDirty, 1 << 20)
+        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: "b.bin", flags: O_WRONLY)
+        let chunk = [UInt8](repeating: 2, count: 4096)
+        let r = chunk.withUnsafeBytes { p in Result { () throws(FSError) in try fs.write(handle: h, offset: 0, data: p) } }
+        guard case .later(let pending) = try r.get() else { return XCTFail("a write past the bound must wait") }
+        let done = Task { try await pending.finish() }
+        try await Task.sleep(for: .milliseconds(300))
+        XCTAssertEqual(fs.writeBackStatus.heldWriters, 1, "held while the queued upload could bring the bytes down")
+        // The queued file goes (unlinked): its staged bytes with it, and the held write proceeds.
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "a.bin")
+        fs.forget(ino: a.ino, count: 1)
+        try await fs.unlink(parent: FileSystem.rootIno, name: "a.bin")
+        let n = try await done.value
+        XCTAssertEqual(n, 4096)
+        XCTAssertEqual(fs.writeBackStatus.heldWriters, 0)
+        // Under the bound now: writes are done at once again.
+        let r2 = chunk.withUnsafeBytes { p in Result { () throws(FSError) in try fs.write(handle: h, offset: 4096, data: p) } }
+        guard case .done(4096) = try r2.get() else { return XCTFail("under the bound a write is done at once") }
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+    }
+
+    /// Files still open count too, but with no upload queued that could bring them down a write never waits.
+    func testTheDirtyBoundNeverHoldsAWriteNothingCanRelease() async throws {
+        let fs = try make(hold: true, maxDirty: 1 << 20)
+        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: "open.bin", flags: O_WRONLY)
+        let chunk = [UInt8](repeating: 3, count: 1 << 20)
+        for i in 0..<3 {
+            let r = chunk.withUnsafeBytes { p in Result { () throws(FSError) in try fs.write(handle: h, offset: Int64(i) << 20, data: p) } }
+            guard case .done = try r.get() else { return XCTFail("nothing queued can release room: write \(i) must not wait") }
         }
         try fs.flush(handle: h)
         fs.release(handle: h)

@@ -79,7 +79,7 @@ extension FileSystem {
             withdrawn = writeBack.orphan(f, ino: attr.ino)
         }
         try await writeBack.deleteLater([key], hiding: [key], with: withdrawn.records)
-        withdrawn.removeFiles()
+        writeBack.removeFiles(withdrawn)
         invalidate(parent: parent, name: name)
         // The name is free: a file created under it is a new inode, whatever the kernel still holds open.
         namespace.table.withLock { $0.freeName(parent: parent, name: name) }

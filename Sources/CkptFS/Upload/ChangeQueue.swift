@@ -200,16 +200,18 @@ extension WriteBack {
         changes.state.withLock { u in for v in victims { u.pending.removeValue(forKey: v.id) } }
         closeUploadJobs()
         let open = f.state.withLock { $0.handles > 0 }
-        return Withdrawal(records: records, paths: open ? [] : victims.map(\.path))
+        return Withdrawal(records: records, versions: open ? [] : victims)
     }
 
     /// Journal records that withdraw versions, and their staged files, removed only after the records are
     /// journaled (a crash in between must not leave a record naming a file that is gone).
     struct Withdrawal {
         var records: [JournalRecord] = []
-        var paths: [String] = []
-        func removeFiles() { for p in paths { Glibc.unlink(p) } }
+        var versions: [StagedVersion] = []
     }
+
+    /// Removes the staged files of `w`'s versions (once its records are journaled).
+    func removeFiles(_ w: Withdrawal) { for v in w.versions { staging.remove(v) } }
 
     // MARK: Deletes
 

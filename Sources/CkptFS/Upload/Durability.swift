@@ -107,6 +107,8 @@ extension WriteBack {
         }
         s.pending.sort { $0.path < $1.path }
         s.stagingBytes = staging.diskUsage()
+        s.maxDirty = maxDirty
+        s.heldWriters = heldWriters.load(ordering: .relaxed)
         return s
     }
 

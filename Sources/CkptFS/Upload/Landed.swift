@@ -13,6 +13,7 @@ extension WriteBack {
         abandonEarlyUpload(v, because: "superseded")  // superseded or dropped before its parts were used
         changes.state.withLock { u in _ = u.pending.removeValue(forKey: v.id) }
         closeUploadJobs()
+        staging.wakeWaiters()  // writers held back by the dirty bound check whether uploads still pend
         let key = v.key
         let (size, mtime) = v.state.withLock { ($0.size, $0.mtime) }
         enum After { case remove, keep, clean }
@@ -26,7 +27,7 @@ extension WriteBack {
                 return .clean
             }
         }
-        if after != .keep { Glibc.unlink(v.path) }
+        if after != .keep { staging.remove(v) }
         guard after == .clean, let etag else { return }
         showUploaded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
     }

@@ -31,6 +31,10 @@ public struct WriteBackStatus: Sendable, Codable {
     public var pendingDeletes = 0
     /// Bytes the staging area takes on the cache disk (dirty versions, and copies still open).
     public var stagingBytes: Int64 = 0
+    /// The dirty bound (FSOptions.maxDirty): writes wait while the staged bytes are over it and uploads pend.
+    public var maxDirty: Int64 = 0
+    /// Writes waiting for room under the dirty bound now.
+    public var heldWriters = 0
 }
 
 /// What recovery found in the journal.

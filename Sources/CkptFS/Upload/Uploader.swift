@@ -87,6 +87,7 @@ extension WriteBack {
                     logger.error("upload stopped by a conflict; the local copy is kept",
                                  metadata: ["key": "\(v.key)", "error": "\(error)"])
                     v.settle(.conflict)
+                    staging.wakeWaiters()  // a conflict brings nothing down: held writers check again
                     return
                 }
                 let stop = v.state.withLock { s -> Bool in

@@ -93,7 +93,7 @@ extension WriteBack {
         if let fallback {
             abandonEarlyUpload(fallback, because: "a later version was acknowledged")
             fallback.settle(.superseded)
-            Glibc.unlink(fallback.path)
+            staging.remove(fallback)
         }
     }
 

@@ -115,7 +115,10 @@ extension WriteBack {
                 guard s.missing.contains(b) else { return }
                 // A truncate may have lowered the limit while we fetched.
                 let n = Int(max(0, min(Int64(got), s.baseLimit - start)))
-                if n > 0 { try staging.writeAll(v.fd, UnsafeRawBufferPointer(rebasing: buf[0..<n]), at: start) }
+                if n > 0 {
+                    try staging.writeAll(v.fd, UnsafeRawBufferPointer(rebasing: buf[0..<n]), at: start)
+                    staging.account(v, upTo: start + Int64(n))
+                }
                 s.missing.remove(b)
             }
         }

@@ -13,7 +13,7 @@ extension WriteBack {
         // The destination's own local versions (an overwritten file) are withdrawn; open, it lives on as an orphan.
         var withdrawn = Withdrawal()
         if let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) { withdrawn = orphan(old, ino: replacing) }
-        defer { withdrawn.removeFiles() }
+        defer { removeFiles(withdrawn) }
         let records = withdrawn.records
         if let f = localFiles.byKey.withLock({ $0[src] }) {
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.

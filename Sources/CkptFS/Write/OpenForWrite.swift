@@ -38,7 +38,7 @@ extension WriteBack {
             // Overwrite in place: the staged file starts sparse; the object's blocks come when needed.
             guard ftruncate(v.fd, off_t(remote.size)) == 0 else {
                 let e = errno
-                Glibc.unlink(v.path)
+                staging.remove(v)
                 throw FSError(e, "ftruncate of a staged file: \(String(cString: strerror(e)))")
             }
             let blocks = (remote.size + Int64(cache.blockSize) - 1) / Int64(cache.blockSize)
@@ -61,7 +61,7 @@ extension WriteBack {
             l[key] = fresh
             return fresh
         }
-        if winner !== fresh { Glibc.unlink(v.path) }
+        if winner !== fresh { staging.remove(v) }
         return winner
     }
 
@@ -83,11 +83,11 @@ extension WriteBack {
             return true
         }
         guard won else {
-            Glibc.unlink(copy.path)
+            staging.remove(copy)
             return f.current
         }
         // An uploaded version kept only because it was current goes now (one still queued goes when it settles).
-        if cur.isSettled { Glibc.unlink(cur.path) }
+        if cur.isSettled { staging.remove(cur) }
         return copy
     }
 

@@ -28,8 +28,8 @@ extension WriteBack {
                 // The last close of an unlinked file: its bytes go with it (only its own: a file created under
                 // its old name meanwhile has versions of the same key).
                 let v = f.current
-                Glibc.unlink(v.path)
-                if let fallback = v.state.withLock({ $0.fallback }) { Glibc.unlink(fallback.path) }
+                staging.remove(v)
+                if let fallback = v.state.withLock({ $0.fallback }) { staging.remove(fallback) }
                 localFiles.orphans.withLock { o in o = o.filter { $0.value !== f } }
             }
             return
@@ -80,7 +80,7 @@ extension WriteBack {
                 return true
             }
         }
-        Glibc.unlink(v.path)
+        staging.remove(v)
         if gone { forgetLocal(key: f.key) }
         // The acknowledged version it was copied from stands again, and goes up once nobody writes.
         if let fallback, f.state.withLock({ $0.writers == 0 }) {
@@ -103,7 +103,7 @@ extension WriteBack {
             }
         }
         guard let (v, etag) = removed else { return }
-        Glibc.unlink(v.path)
+        staging.remove(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
         showUploaded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
     }

@@ -99,6 +99,9 @@ final class StagedVersion: Sendable {
     let directFd: Int32
     /// Cleared when a direct write is refused: every write then goes through the page cache.
     let direct = Atomic<Bool>(true)
+    /// Bytes of the staged file the staging area counts for it (the extent written, copied or filled), and
+    /// whether the file was removed (StagingArea.remove).
+    let staged = Mutex<(extent: Int64, removed: Bool)>((0, false))
     /// Taken for the length of a background fdatasync (`syncInBackground`): a commit waits on it, so the
     /// error that sync saw is recorded before the commit reads it.
     let backgroundSync = DispatchSemaphore(value: 1)

@@ -11,6 +11,64 @@ final class StagingArea: Sendable {
     /// Evicted from when the disk is full (clean blocks only).
     private let cache: BlockCache
     private let alignedBuffers = AlignedBuffers()
+    /// Bytes the staged versions hold (the sum of their extents): what FSOptions.maxDirty bounds.
+    private let bytes = Atomic<Int64>(0)
+    /// Tasks waiting for staged bytes to go (a writer held back by the dirty bound); woken at each removal.
+    private let roomWaiters = Mutex(Waiters<Void>())
+
+    /// Bytes the staged versions hold now.
+    var stagedBytes: Int64 { bytes.load(ordering: .relaxed) }
+
+    /// Counts bytes of `v` up to `end` as staged (a write or fill reached there).
+    func account(_ v: StagedVersion, upTo end: Int64) {
+        let delta = v.staged.withLock { s -> Int64 in
+            guard !s.removed, end > s.extent else { return 0 }
+            defer { s.extent = end }
+            return end - s.extent
+        }
+        if delta > 0 { bytes.wrappingAdd(delta, ordering: .relaxed) }
+    }
+
+    /// `v` was cut to `size` bytes.
+    func truncated(_ v: StagedVersion, to size: Int64) {
+        let delta = v.staged.withLock { s -> Int64 in
+            guard !s.removed, size < s.extent else { return 0 }
+            defer { s.extent = size }
+            return s.extent - size
+        }
+        if delta > 0 { bytes.wrappingSubtract(delta, ordering: .relaxed) }
+        wakeWaiters()
+    }
+
+    /// Removes `v`'s staged file (once; later calls do nothing) and wakes writers waiting for room.
+    func remove(_ v: StagedVersion) {
+        let freed = v.staged.withLock { s -> Int64? in
+            guard !s.removed else { return nil }
+            s.removed = true
+            return s.extent
+        }
+        guard let freed else { return }
+        Glibc.unlink(v.path)
+        bytes.wrappingSubtract(freed, ordering: .relaxed)
+        wakeWaiters()
+    }
+
+    /// Waits until `waiting` is false, checking it again at each wake-up (`wakeWaiters`: every removal and
+    /// truncation here, and whatever else the caller's condition depends on must call it too). No wake-up is
+    /// lost: the condition is checked after the waiter is registered.
+    func wait(while waiting: @escaping @Sendable () -> Bool) async {
+        while waiting() {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let ticket = roomWaiters.withLock { $0.add(c) }
+                if !waiting() { roomWaiters.withLock { $0.remove(ticket) }?.resume() }
+            }
+        }
+    }
+
+    /// Wakes every writer waiting for room (they check again).
+    func wakeWaiters() {
+        for w in roomWaiters.withLock({ $0.removeAll() }) { w.resume() }
+    }
 
     /// The staging area in `cache`'s directory (created if missing).
     init(cache: BlockCache) {
@@ -52,9 +110,10 @@ final class StagingArea: Sendable {
         do throws(FSError) {
             try copyFile(from: source.fd, to: v.fd, size: size)
         } catch {
-            Glibc.unlink(v.path)
+            remove(v)
             throw error
         }
+        account(v, upTo: size)
         v.state.withLock { s in
             s.size = size
             s.mtime = mtime
@@ -68,7 +127,9 @@ final class StagingArea: Sendable {
     }
 
     /// Bytes the staged files take on disk (allocated blocks: sparse staged files count what they hold).
-    func diskUsage() -> Int64 {
+    func diskUsage() -> Int64 { StagingArea.diskUsage(of: directory) }
+
+    static func diskUsage(of directory: String) -> Int64 {
         var total: Int64 = 0
         for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
             var st = stat()
@@ -100,6 +161,7 @@ final class StagingArea: Sendable {
     /// every write where the filesystem refuses O_DIRECT (tmpfs), go through the page cache; the kernel keeps
     /// the two coherent.
     func write(_ v: StagedVersion, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
+        defer { account(v, upTo: offset + Int64(data.count)) }
         let page = 4096
         guard v.directFd >= 0, v.direct.load(ordering: .relaxed), offset % Int64(page) == 0,
               data.count % page == 0, data.count >= 64 << 10 else {

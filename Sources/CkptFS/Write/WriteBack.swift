@@ -45,6 +45,10 @@ final class WriteBack: Sendable {
     /// Tags this cache directory's uploads (x-amz-meta-ckptfs-version), so a later mount of it recognises its
     /// own earlier uploads after a crash (Uploader.swift).
     let writerId: String
+    /// The dirty bound in bytes (FSOptions.maxDirty, or the default it describes).
+    let maxDirty: Int64
+    /// Writes waiting for room now (the dirty bound).
+    let heldWriters = Atomic<Int>(0)
     /// PUT requests made (PutObject, UploadPart).
     let puts = Atomic<Int>(0)
     let handleNumbers: HandleNumbers
@@ -68,10 +72,21 @@ final class WriteBack: Sendable {
         staging = StagingArea(cache: cache)
         journal = try Journal(path: cache.directory + "/journal")
         writerId = WriteBack.writerId(directory: cache.directory)
+        maxDirty = options.maxDirty ?? WriteBack.defaultMaxDirty(directory: cache.directory)
     }
 
     /// A new id for the journal: of a staged version, a delete, a rename's intent.
     func newJournalId() -> UInt64 { lastJournalId.wrappingAdd(1, ordering: .relaxed).newValue }
+
+    /// Half of what the filesystem holding `directory` has free (statvfs f_bavail), plus what is staged there
+    /// already, at least 1 GiB.
+    static func defaultMaxDirty(directory: String) -> Int64 {
+        var st = statvfs()
+        guard statvfs(directory, &st) == 0 else { return 1 << 30 }
+        let free = Int64(st.f_bavail) * Int64(st.f_frsize)
+        let staged = StagingArea.diskUsage(of: directory + "/staging")
+        return max(1 << 30, (free + staged) / 2)
+    }
 
     func checkWritable() throws(FSError) {
         if options.readOnly { throw FSError(EROFS, "mounted read-only") }

@@ -18,11 +18,38 @@ extension WriteBack {
     /// fetches that block first.
     func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
-        if try writeNow(h, offset: offset, data: data) { return .done(data.count) }
+        if !mustWaitForRoom(), try writeNow(h, offset: offset, data: data) { return .done(data.count) }
         let bytes = [UInt8](data)
         return .later(PendingWrite { () async throws(FSError) in
-            try await self.writeFetching(h, offset: offset, data: bytes)
+            await self.waitForRoom()
+            return try await self.writeFetching(h, offset: offset, data: bytes)
         })
+    }
+
+    /// Whether a write must wait for room: the staged bytes are over the dirty bound (FSOptions.maxDirty) and
+    /// uploads are queued that will bring them down (without any, waiting would never end: the bound is then
+    /// exceeded by files still open, and the write goes ahead).
+    func mustWaitForRoom() -> Bool {
+        guard staging.stagedBytes > maxDirty else { return false }
+        return changes.state.withLock { u in
+            u.pending.values.contains { v in
+                v.state.withLock { s in
+                    switch s.upload {
+                    case .waiting: return s.sealed
+                    case .uploading: return true
+                    default: return false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits while `mustWaitForRoom` (woken by each staged file removed, and whenever an upload settles).
+    func waitForRoom() async {
+        guard mustWaitForRoom() else { return }
+        heldWriters.wrappingAdd(1, ordering: .relaxed)
+        defer { heldWriters.wrappingSubtract(1, ordering: .relaxed) }
+        await staging.wait { self.mustWaitForRoom() }
     }
 
     /// Writes `data` at `offset` to the version `h` writes to, unless it covers part of a block still in S3
@@ -71,6 +98,7 @@ extension WriteBack {
             v.fail(e)
             throw FSError(e, "ftruncate: \(String(cString: strerror(e)))")
         }
+        staging.truncated(v, to: size)
         v.state.withLock { s in
             s.differsFromBase = true
             truncateBase(&s, to: size)
