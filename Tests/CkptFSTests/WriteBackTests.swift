@@ -44,6 +44,28 @@ final class WriteBackTests: XCTestCase {
         fs.release(handle: h)
     }
 
+    /// Descriptors (issue 15, kind 2): a dirty file that is closed and queued holds none (each version used to
+    /// hold two until it uploaded, so 10,000 dirty files exhausted the daemon's descriptors); they are opened
+    /// when the file is read, filled or uploaded, by whoever needs one.
+    func testIdleDirtyFilesHoldNoDescriptors() async throws {
+        func openFds() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0 }
+        let fs = try make(hold: true)
+        try await write(fs, "warm-up", [1])
+        let before = openFds()
+        for i in 0..<300 { try await write(fs, "f\(i)", [UInt8](repeating: UInt8(i % 251), count: 5000)) }
+        XCTAssertEqual(fs.writeBackStatus.dirtyFiles, 301)
+        XCTAssertLessThan(openFds() - before, 30, "300 queued files must not hold a descriptor each")
+        // They are still whole: read back through the mount's core (a descriptor of the reader's own).
+        let a = try await fs.lookup(parent: FileSystem.rootIno, name: "f7")
+        let h = try await fs.open(ino: a.ino, flags: O_RDONLY).handle
+        let segs = try await fs.read(handle: h, offset: 0, size: 10000)
+        fs.release(handle: h)
+        guard case .file(let fd, let off, let n) = segs.first else { return XCTFail("a staged file's segment") }
+        var b = [UInt8](repeating: 0, count: n)
+        XCTAssertEqual(pread(fd.rawValue, &b, n, off_t(off)), 5000)
+        XCTAssertEqual(b, [UInt8](repeating: 7, count: 5000))
+    }
+
     /// The dirty bound (issue 15, kind 1): past FSOptions.maxDirty a write waits (`.later`) while queued uploads
     /// can bring the staged bytes down, and goes ahead as soon as they are under it again.
     func testWritesPastTheDirtyBoundWaitUntilStagedBytesGo() async throws {

@@ -132,7 +132,10 @@ extension WriteBack {
                 }
             }
             if let info, info.size == size,
-               try await offPool({ () throws(FSError) in try StagingArea.localETag(fd: v.fd, parts: ranges) })
+               try await offPool({ () throws(FSError) in
+                   let file = try v.open()
+                   return try withExtendedLifetime(file) { () throws(FSError) in try StagingArea.localETag(fd: file.rawValue, parts: ranges) }
+               })
                 == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
                 return (key, info.etag)
             }
@@ -153,11 +156,13 @@ extension WriteBack {
             if ranges.count <= 1 {
                 // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
                 // must equal ours. No HEAD needed.
-                let sum = try await offPool { () throws(FSError) in try StagingArea.md5(of: v.fd, size: size) }
+                let file = try v.open()
+                defer { withExtendedLifetime(file) {} }  // the request reads it until it returns
+                let sum = try await offPool { () throws(FSError) in try StagingArea.md5(of: file.rawValue, size: size) }
                 var o = put
                 o.contentMD5 = sum
                 let r = try await s3(.write) { () async throws(S3Error) in
-                    try await client.putObject(bucket, key, body: .file(descriptor: v.fd, offset: 0, length: size), options: o)
+                    try await client.putObject(bucket, key, body: .file(descriptor: file.rawValue, offset: 0, length: size), options: o)
                 }
                 let etag = r.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\""))
                 if etag.count == 32, etag.allSatisfy(\.isHexDigit), etag.lowercased() != sum.hexString {
@@ -265,9 +270,11 @@ extension WriteBack {
 
     /// Uploads bytes `range` of `v`'s staged file as part `number`, and counts them as sent. Returns the ETag.
     func sendPart(_ v: StagedVersion, key: String, uploadId: String, number: Int, range: Range<Int64>) async throws(FSError) -> String {
+        let file = try v.open()
+        defer { withExtendedLifetime(file) {} }  // the request reads it until it returns
         let etag = try await s3(.write) { () async throws(S3Error) in
             try await client.uploadPart(bucket, key, uploadId: uploadId, partNumber: number,
-                                        body: .file(descriptor: v.fd, offset: range.lowerBound, length: Int64(range.count)),
+                                        body: .file(descriptor: file.rawValue, offset: range.lowerBound, length: Int64(range.count)),
                                         contentMD5: nil)
         }
         v.state.withLock { $0.bytesUploaded += Int64(range.count) }

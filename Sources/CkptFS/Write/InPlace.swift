@@ -78,6 +78,8 @@ extension WriteBack {
     func fill(_ v: StagedVersion, blocks: [Int64]) async throws(FSError) {
         guard !blocks.isEmpty, let base = v.state.withLock({ $0.base }) else { return }
         let bs = fillBlock
+        let file = try v.open()
+        defer { withExtendedLifetime(file) {} }
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(bs), alignment: 4096)
         defer { buf.deallocate() }
         for b in blocks {
@@ -116,7 +118,7 @@ extension WriteBack {
                 // A truncate may have lowered the limit while we fetched.
                 let n = Int(max(0, min(Int64(got), s.baseLimit - start)))
                 if n > 0 {
-                    try staging.writeAll(v.fd, UnsafeRawBufferPointer(rebasing: buf[0..<n]), at: start)
+                    try staging.writeAll(file.rawValue, UnsafeRawBufferPointer(rebasing: buf[0..<n]), at: start)
                     staging.account(v, upTo: start + Int64(n))
                 }
                 s.missing.remove(b)

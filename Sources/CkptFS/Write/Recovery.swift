@@ -166,6 +166,7 @@ extension WriteBack {
             let v = StagedVersion(id: r.id, path: path, fd: fd, key: key, size: r.size ?? 0,
                                   mtime: Date(timeIntervalSince1970: r.mtime ?? Date().timeIntervalSince1970))
             staging.account(v, upTo: r.size ?? 0)
+            v.closeWriters()  // sealed, nobody writes it: queued files hold no descriptor until they upload
             v.state.withLock { s in
                 s.sealed = true
                 s.unjournaled = false

@@ -50,6 +50,8 @@ extension WriteBack {
                 discardUnacknowledged(f, v, quietly: true)
             }
         }
+        // Nobody writes this version any more (a later write goes to a copy): an idle dirty file holds no descriptor.
+        if writer && writers == 0, f.current.state.withLock({ $0.sealed }) { f.current.closeWriters() }
         if handles == 0 { cleanIfUploaded(f) }
     }
 
@@ -126,9 +128,7 @@ extension WriteBack {
         guard offset < total, size > 0 else { return [] }
         let n = Int(min(Int64(size), total - offset))
         try await fill(v, blocks: missingBlocks(v, offset: offset, count: n, partialOnly: false))
-        let fd = dup(v.fd)
-        guard fd >= 0 else { throw FSError(errno, "dup of a staged file") }
-        return [.file(OwnedDescriptor(fd), offset: offset, length: n)]
+        return [.file(try v.open(), offset: offset, length: n)]
     }
 
     /// `f` lost its name (unlink, or replaced by a rename): its versions are never uploaded. Open handles keep

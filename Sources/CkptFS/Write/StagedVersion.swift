@@ -10,7 +10,6 @@ import Synchronization
 final class StagedVersion: Sendable {
     let id: UInt64
     let path: String
-    let fd: Int32
     let created = ContinuousClock.now
     let createdDate = Date()
 
@@ -94,9 +93,11 @@ final class StagedVersion: Sendable {
     }
     let state: Mutex<State>
 
-    /// The same file opened with O_DIRECT for large aligned writes (-1 where the filesystem refuses it, or
-    /// for a version that is not written any more).
-    let directFd: Int32
+    /// The staged file's descriptors while the version may be written: `fd`, and the same file opened with
+    /// O_DIRECT for large aligned writes (-1 where the filesystem refuses it). Both are closed once the version is
+    /// sealed and no writer is left (`closeWriters`), so an idle dirty file holds no descriptor; everything that
+    /// is not a write opens a descriptor of its own (`open()`).
+    private let descriptors: Mutex<(fd: Int32, direct: Int32)>
     /// Cleared when a direct write is refused: every write then goes through the page cache.
     let direct = Atomic<Bool>(true)
     /// Bytes of the staged file the staging area counts for it (the extent written, copied or filled), and
@@ -109,14 +110,39 @@ final class StagedVersion: Sendable {
     init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date, writable: Bool = false) {
         self.id = id
         self.path = path
-        self.fd = fd
-        self.directFd = writable ? Glibc.open(path, O_WRONLY | oDirect | O_CLOEXEC) : -1
+        descriptors = Mutex((fd, writable ? Glibc.open(path, O_WRONLY | oDirect | O_CLOEXEC) : -1))
         self.state = Mutex(State(key: key, size: size, mtime: mtime))
     }
 
-    deinit {
-        close(fd)
-        if directFd >= 0 { close(directFd) }
+    deinit { closeWriters() }
+
+    /// The descriptor writes use (write, ftruncate, fsync, the running checksum). Open again if `closeWriters`
+    /// closed it (an orphan written again through a descriptor still open).
+    var fd: Int32 {
+        descriptors.withLock { d in
+            if d.fd < 0 { d.fd = Glibc.open(path, O_RDWR | O_CLOEXEC) }
+            return d.fd
+        }
+    }
+
+    /// The O_DIRECT descriptor for large aligned writes, or -1.
+    var directFd: Int32 { descriptors.withLock { $0.direct } }
+
+    /// A descriptor of the staged file of the caller's own (reads, fills, checksums, uploads): it stays valid
+    /// whatever happens to the version's own descriptors, and closes when the caller drops it.
+    func open() throws(FSError) -> OwnedDescriptor {
+        let fd = descriptors.withLock { d in d.fd >= 0 ? dup(d.fd) : Glibc.open(path, O_RDWR | O_CLOEXEC) }
+        guard fd >= 0 else { throw FSError(errno, "cannot open the staged file \(path): \(String(cString: strerror(errno)))") }
+        return OwnedDescriptor(fd)
+    }
+
+    /// Closes the write descriptors (the version is sealed and nobody writes it).
+    func closeWriters() {
+        descriptors.withLock { d in
+            if d.fd >= 0 { close(d.fd) }
+            if d.direct >= 0 { close(d.direct) }
+            d = (-1, -1)
+        }
     }
 
     var key: String { state.withLock { $0.key } }

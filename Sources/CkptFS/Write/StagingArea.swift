@@ -108,7 +108,9 @@ final class StagingArea: Sendable {
             ($0.size, $0.mtime, $0.base, $0.missing, $0.baseLimit, $0.differsFromBase)
         }
         do throws(FSError) {
-            try copyFile(from: source.fd, to: v.fd, size: size)
+            let from = try source.open()
+            try copyFile(from: from.rawValue, to: v.fd, size: size)
+            withExtendedLifetime(from) {}
         } catch {
             remove(v)
             throw error
