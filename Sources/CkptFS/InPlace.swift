@@ -12,7 +12,9 @@
 // `ckptfs status` and `ckptfs flush`; renaming the file uploads it under the new name without a condition.
 import CkptCache
 import CkptS3
+import CkptSystem
 import Foundation
+import SystemPackage
 
 extension FileSystem {
     var fillBlock: Int64 { Int64(cache.blockSize) }
@@ -109,7 +111,8 @@ extension FileSystem {
                         got += len
                     case .file(let fd, let off, let len):
                         defer { close(fd) }
-                        guard preadAll(fd, UnsafeMutableRawBufferPointer(rebasing: buf[got..<(got + len)]), at: off) else {
+                        let into = UnsafeMutableRawBufferPointer(rebasing: buf[got..<(got + len)])
+                        guard (try? FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: off, into: into)) == len else {
                             throw FSError(EIO, "reading a cached block failed")
                         }
                         got += len

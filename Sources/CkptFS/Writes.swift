@@ -8,8 +8,10 @@
 import CkptCache
 import CkptDigest
 import CkptS3
+import CkptSystem
 import Foundation
 import Synchronization
+import SystemPackage
 
 /// One version of a file's contents on local disk.
 final class StagedVersion: Sendable {
@@ -107,7 +109,7 @@ final class StagedVersion: Sendable {
         self.id = id
         self.path = path
         self.fd = fd
-        self.directFd = writable ? Glibc.open(path, O_WRONLY | oDirect | O_CLOEXEC) : -1
+        self.directFd = writable ? Glibc.open(path, O_WRONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC) : -1
         self.state = Mutex(State(key: key, size: size, mtime: mtime))
     }
 
