@@ -101,6 +101,12 @@ public final class SeaweedFS: @unchecked Sendable {
             """
         return try run(["python3", "-c", prelude + script]).trimmingCharacters(in: .whitespacesAndNewlines)
     }
+
+    /// Turns versioning of `bucket` on or suspends it (PutBucketVersioning, sent by boto3: ckptfs itself
+    /// never changes a bucket's configuration).
+    public func putBucketVersioning(_ bucket: String, enabled: Bool) throws {
+        _ = try boto3("s3.put_bucket_versioning(Bucket='\(bucket)', VersioningConfiguration={'Status': '\(enabled ? "Enabled" : "Suspended")'})")
+    }
 }
 
 /// A loopback server from Tests/Harness, run as `python3 SCRIPT ARGS...`: it prints its port on its first line
