@@ -201,7 +201,7 @@ public final class S3Client: ObjectClient {
     }
 
     /// Parses an XML body, or fails with a malformed-response error naming the operation.
-    func xml(_ response: HTTPResponse, _ r: Request) throws(S3Error) -> XMLNode {
+    func xml(_ response: HTTPResponse, _ r: Request) throws(S3Error) -> XML.Node {
         do { return try XML.parse(response.body) } catch {
             throw S3Error.malformed("\(error)", operation: r.operation, bucket: r.bucket, key: r.key)
         }
@@ -502,7 +502,7 @@ public final class S3Client: ObjectClient {
 
     /// With `encoding-type=url` the server percent-encodes keys (so any byte survives XML); decode them
     /// only if it says it did.
-    static func keyDecoder(_ root: XMLNode) -> @Sendable (String) -> String {
+    static func keyDecoder(_ root: XML.Node) -> @Sendable (String) -> String {
         if root.string("EncodingType")?.lowercased() == "url" {
             return { URIEncoding.decode($0, plusAsSpace: true) }
         }

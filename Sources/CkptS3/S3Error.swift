@@ -191,7 +191,7 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
         return e
     }
 
-    static func fromXML(_ root: XMLNode, status: Int, operation: String, bucket: String?, key: String?) -> S3Error {
+    static func fromXML(_ root: XML.Node, status: Int, operation: String, bucket: String?, key: String?) -> S3Error {
         let c = root.string("Code") ?? "HTTP\(status)"
         return S3Error(code: Code(s3Code: c, status: status), s3Code: c, message: root.string("Message") ?? "",
                        httpStatus: status, requestId: root.string("RequestId"), operation: operation,
