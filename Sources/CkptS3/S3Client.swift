@@ -560,18 +560,3 @@ public final class S3Client: ObjectClient {
                                 nextVersionIdMarker: root.string("NextVersionIdMarker"))
     }
 }
-
-extension ObjectClient {
-    /// Every object under `prefix`, following continuation tokens.
-    public func listAllObjects(_ bucket: String, prefix: String? = nil) async throws(S3Error) -> [ObjectSummary] {
-        var out: [ObjectSummary] = []
-        var token: String? = nil
-        repeat {
-            let page = try await listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
-                                               startAfter: nil, maxKeys: nil)
-            out += page.objects
-            token = page.isTruncated ? page.nextContinuationToken : nil
-        } while token != nil
-        return out
-    }
-}

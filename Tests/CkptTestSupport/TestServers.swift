@@ -163,6 +163,21 @@ public final class FaultServer {
 
 }
 
+extension ObjectClient {
+    /// Every object under `prefix`, following continuation tokens.
+    public func listAllObjects(_ bucket: String, prefix: String? = nil) async throws(S3Error) -> [ObjectSummary] {
+        var out: [ObjectSummary] = []
+        var token: String? = nil
+        repeat {
+            let page = try await listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
+                                               startAfter: nil, maxKeys: nil)
+            out += page.objects
+            token = page.isTruncated ? page.nextContinuationToken : nil
+        } while token != nil
+        return out
+    }
+}
+
 /// Deterministic pseudo-random bytes.
 public func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
     var x = seed &* 0x9E37_79B9_7F4A_7C15 | 1
