@@ -184,7 +184,7 @@ def test_a_crash_in_the_middle_of_a_directory_rename_is_finished_by_the_next_mou
     proxy.kill_after_response(daemon_pid(mp), ["CopyObject"], nth=20)
     with pytest.raises(OSError):
         os.rename(f"{mp}/old", f"{mp}/new")
-    assert proxy.wait(kills=1, timeout=10), proxy.stats()
+    assert proxy.wait(kills=1, timeout=10), proxy.stats()["requests"]
     kill9_cleanup(mp)
     mounts.active.remove(mp)
     seen = proxy.stats()["requests"]
@@ -205,14 +205,14 @@ def test_a_delete_during_an_upload_survives_a_crash_after_complete(server, bucke
     mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
     # The daemon dies once S3 has completed the upload, before it hears so.
     proxy.kill_after_response(daemon_pid(mp), ["CompleteMultipartUpload"])
+    proxy.hold(UPLOADS)
     with open(f"{mp}/gone.bin", "wb") as f:
         f.write(os.urandom(48 * MiB))
-    try:
-        os.unlink(f"{mp}/gone.bin")  # while it uploads
-    except OSError:
-        pass  # the daemon already died: then the delete was not acknowledged either
+    assert proxy.wait(held=1), "the upload of gone.bin never started"
+    os.unlink(f"{mp}/gone.bin")  # while it uploads (its first request held in the proxy)
+    proxy.release()
     if not proxy.wait(kills=1, timeout=30):
-        # The delete came before the upload started (a loaded machine): nothing may go up at all.
+        # The unlink dropped the upload in flight, so it never completed: nothing may go up at all.
         flush(mounts, mp)
         assert "gone.bin" not in s3_keys(server, bucket)
         assert open_multipart(server, bucket) == []
@@ -247,14 +247,14 @@ def test_a_version_queued_behind_an_upload_is_not_a_false_conflict_after_a_crash
     mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
     # The daemon dies once S3 has completed the first upload, before it hears so.
     proxy.kill_after_response(daemon_pid(mp), ["CompleteMultipartUpload", "PutObject"])
+    proxy.hold(UPLOADS)
     with open(f"{mp}/model.pt", "wb") as f:
         f.write(os.urandom(40 * MiB))
+    assert proxy.wait(held=1), "the upload of the first save never started"
     second = b"the second save"
-    try:
-        with open(f"{mp}/model.pt", "wb") as f:  # queued behind the first, whose upload is running
-            f.write(second)
-    except OSError:
-        pytest.skip("the first upload completed before the second save")
+    with open(f"{mp}/model.pt", "wb") as f:  # queued behind the first, whose upload is running (held)
+        f.write(second)
+    proxy.release()
     assert proxy.wait(kills=1, timeout=60), f"the crash point was not reached: {proxy.stats()}"
     assert proxy.stats()["kills"][0]["op"] == "CompleteMultipartUpload", "the first save (40 MiB) landed first"
     assert wait_until(lambda: daemon_pid(mp) is None, 10)
