@@ -17,8 +17,9 @@ import Synchronization
 
 /// The S3 operations ckptfs uses. The filesystem core depends on this protocol only, so it can be
 /// tested with an in-memory implementation. Its signatures use this module's types only (`ObjectBody`,
-/// `ObjectBodySink`, `S3Error`...), never the transport's. Every call has been retried as the client's
-/// `RetryPolicy` allows when it throws; callers do not retry the same request again.
+/// `ObjectBodySink`, `S3Error`...), never the transport's. A call that throws has already been retried as
+/// far as the client's `RetryPolicy` allows: callers should not send the same request again, only retry
+/// larger work for reasons the client cannot see.
 public protocol ObjectClient: Sendable {
     func headBucket(_ bucket: String) async throws(S3Error)
     func headObject(_ bucket: String, _ key: String, versionId: String?, ifMatch: String?) async throws(S3Error) -> ObjectInfo
