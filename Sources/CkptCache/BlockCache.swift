@@ -414,4 +414,3 @@ public final class BlockCache: Sendable {
 
     public var stats: CacheStats { state.withLock { $0.stats } }
 }
-

@@ -208,7 +208,6 @@ public final class S3Client: ObjectClient {
         }
     }
 
-
     static func info(from r: HTTPResponse, rangeRequested: Bool) -> ObjectInfo {
         var size = r.header("content-length").flatMap(Int64.init) ?? r.bodyLength
         if let cr = r.header("content-range"), let slash = cr.lastIndex(of: "/"), let total = Int64(cr[cr.index(after: slash)...]) {
