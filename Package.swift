@@ -5,6 +5,8 @@
 //   ckptfs (CLI) → [FUSE adapter → filesystem core →] CkptS3 → CkptHTTP → CCurl
 //                                                    ↘ CkptDigest → COpenSSL
 // Only CkptHTTP touches libcurl, only CkptDigest touches OpenSSL, only the FUSE adapter touches libfuse.
+// File descriptors and errno go through swift-system (SystemPackage) and CkptSystem, which adds what it
+// lacks here (a positional read that fills its buffer; O_DIRECT from the CGlibc shim).
 import PackageDescription
 
 let package = Package(
@@ -16,25 +18,37 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
-        // C shims: only what Swift cannot import directly (macros, variadic functions).
+        // C shims: only what Swift cannot import directly (macros, variadic functions, _GNU_SOURCE constants).
         .target(name: "CFuse", path: "CModules/CFuse", linkerSettings: [.linkedLibrary("fuse3")]),
         .target(name: "CCurl", path: "CModules/CCurl", linkerSettings: [.linkedLibrary("curl")]),
         .target(name: "COpenSSL", path: "CModules/COpenSSL", linkerSettings: [.linkedLibrary("crypto")]),
+        .target(name: "CGlibc", path: "CModules/CGlibc"),
+
+        // File I/O: swift-system's FileDescriptor/Errno, a positional read that fills its buffer, O_DIRECT.
+        .target(name: "CkptSystem", dependencies: ["CGlibc", .product(name: "SystemPackage", package: "swift-system")]),
 
         // Hashes and MACs (SHA-256, HMAC-SHA256, MD5, CRC32C) over OpenSSL.
         .target(name: "CkptDigest", dependencies: ["COpenSSL"]),
         // HTTP transport: libcurl multi interface on its own thread; async API; no Swift thread ever blocks.
-        .target(name: "CkptHTTP", dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "CkptHTTP", dependencies: [
+            "CCurl", .product(name: "SystemPackage", package: "swift-system"), .product(name: "Logging", package: "swift-log"),
+        ]),
         // S3 client: SigV4, operations, XML, retries, typed errors, configuration and credentials.
         .target(name: "CkptS3", dependencies: [
             "CkptHTTP", "CkptDigest", .product(name: "Logging", package: "swift-log"),
         ]),
         // Persistent, checksummed, size-bounded block cache on local disk.
-        .target(name: "CkptCache", dependencies: ["CkptDigest"]),
+        .target(name: "CkptCache", dependencies: [
+            "CkptDigest", "CkptSystem", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // The filesystem core: namespace, inodes, reads with read-ahead. No C module, no kernel.
-        .target(name: "CkptFS", dependencies: ["CkptS3", "CkptCache", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "CkptFS", dependencies: [
+            "CkptS3", "CkptCache", "CkptSystem", .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The FUSE adapter: libfuse's low-level API onto the core (the only module using libfuse).
         .target(name: "CkptFUSE", dependencies: ["CFuse", "CkptFS", .product(name: "Logging", package: "swift-log")]),
         // The command line.
@@ -45,11 +59,14 @@ let package = Package(
         ]),
 
         // Benchmark tool for the S3 client alone (bench/s3_download.py drives it).
-        .executableTarget(name: "ckpt-s3bench", dependencies: ["CkptS3", "CkptFS", "CkptCache"], path: "bench/S3Bench"),
+        .executableTarget(name: "ckpt-s3bench", dependencies: [
+            "CkptS3", "CkptFS", "CkptCache", .product(name: "SystemPackage", package: "swift-system"),
+        ], path: "bench/S3Bench"),
 
         // Shared by the test targets: a real SeaweedFS per test process, the fault server, helpers.
         .target(name: "CkptTestSupport", dependencies: ["CkptS3"], path: "Tests/CkptTestSupport"),
         .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
+        .testTarget(name: "CkptSystemTests", dependencies: ["CkptSystem", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "CkptCacheTests", dependencies: ["CkptCache"]),
         .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache", "CkptDigest"]),
         .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP", "CkptDigest", "CkptTestSupport"]),

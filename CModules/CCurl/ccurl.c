@@ -27,10 +27,7 @@ CURLcode ckpt_curl_set_callbacks(CURL *h, ckpt_curl_data_cb write_cb, ckpt_curl_
     return curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
 }
 
-CURLcode ckpt_curl_getinfo_long(CURL *h, CURLINFO info, long *out) { return curl_easy_getinfo(h, info, out); }
 CURLcode ckpt_curl_getinfo_off(CURL *h, CURLINFO info, curl_off_t *out) { return curl_easy_getinfo(h, info, out); }
-CURLcode ckpt_curl_getinfo_double(CURL *h, CURLINFO info, double *out) { return curl_easy_getinfo(h, info, out); }
-CURLcode ckpt_curl_getinfo_ptr(CURL *h, CURLINFO info, void **out) { return curl_easy_getinfo(h, info, out); }
 
 CURLMcode ckpt_curl_multi_setopt_long(CURLM *m, CURLMoption opt, long value) { return curl_multi_setopt(m, opt, value); }
 

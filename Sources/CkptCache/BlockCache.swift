@@ -12,8 +12,10 @@
 // unmount, remount and restarts. Eviction is least-recently-used down to 90% of capacity. A lock file
 // (flock) keeps a second process from using the same directory at once.
 import CkptDigest
+import CkptSystem
 import Foundation
 import Synchronization
+import SystemPackage
 
 /// Identifies one block of one version of one object.
 public struct BlockKey: Hashable, Sendable {
@@ -165,16 +167,15 @@ public final class BlockCache: Sendable {
         let fd = Glibc.open(directory + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw CacheError("cannot open \(directory)/lock: \(String(cString: strerror(errno)))") }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            var pid = [UInt8](repeating: 0, count: 32)
-            let n = pread(fd, &pid, 31, 0)
+            var pid = [UInt8](repeating: 0, count: 31)
+            let n = (try? pid.withUnsafeMutableBytes { b throws(Errno) in try FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: 0, into: b) }) ?? 0
             close(fd)
             let holder = n > 0 ? " (process \(String(decoding: pid[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)))" : ""
             throw CacheError("the cache directory \(directory) is in use by another ckptfs mount\(holder); "
                 + "unmount it first, or give this mount its own --cache-dir")
         }
         ftruncate(fd, 0)
-        let me = Array("\(getpid())\n".utf8)
-        _ = pwrite(fd, me, me.count, 0)
+        _ = try? FileDescriptor(rawValue: fd).writeAll(toAbsoluteOffset: 0, Array("\(getpid())\n".utf8))
         lockFD = fd
         rebuildIndex()
     }
@@ -275,14 +276,18 @@ public final class BlockCache: Sendable {
         guard let b = open(k) else { return nil }
         defer { close(b.fd) }
         var out = [UInt8](repeating: 0, count: b.length)
-        let ok = out.withUnsafeMutableBytes { preadAll(b.fd, $0, at: b.offset) }
-        return ok ? out : nil
+        let n = try? out.withUnsafeMutableBytes { buf throws(Errno) in
+            try FileDescriptor(rawValue: b.fd).readAll(fromAbsoluteOffset: b.offset, into: buf)
+        }
+        return n == b.length ? out : nil
     }
 
     /// Checks the header (and with `checkData` the CRC of the data); returns the data length if good.
     func verifyHeader(fd: Int32, key k: BlockKey, checkData: Bool) -> Int? {
         var header = [UInt8](repeating: 0, count: BlockCache.headerSize)
-        guard header.withUnsafeMutableBytes({ preadAll(fd, $0, at: 0) }) else { return nil }
+        let file = FileDescriptor(rawValue: fd)
+        guard (try? header.withUnsafeMutableBytes({ b throws(Errno) in try file.readAll(fromAbsoluteOffset: 0, into: b) })) == header.count
+        else { return nil }
         guard Array(header[0..<8]) == BlockCache.magic else { return nil }
         let index = header[8..<16].withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }
         let length = Int(header[16..<20].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
@@ -293,7 +298,9 @@ public final class BlockCache: Sendable {
         guard fstat(fd, &st) == 0, Int(st.st_size) == BlockCache.headerSize + length else { return nil }
         if checkData {
             var data = [UInt8](repeating: 0, count: length)
-            guard data.withUnsafeMutableBytes({ preadAll(fd, $0, at: Int64(BlockCache.headerSize)) }) else { return nil }
+            guard (try? data.withUnsafeMutableBytes({ b throws(Errno) in
+                try file.readAll(fromAbsoluteOffset: Int64(BlockCache.headerSize), into: b)
+            })) == length else { return nil }
             guard XXH64.hash(data) == checksum else { return nil }
         }
         return length
@@ -318,25 +325,32 @@ public final class BlockCache: Sendable {
         UnsafeMutableRawBufferPointer(rebasing: header[24..<56]).copyBytes(from: k.objectHash)
         header.storeBytes(of: XXH64.hash(data), toByteOffset: 56, as: UInt64.self)
         let aligned = Int(bitPattern: data.baseAddress) % 4096 == 0 && data.count % 4096 == 0
-        func create() -> Int32 {
-            let flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC
-            if aligned && directIO.load(ordering: .relaxed) {
-                let fd = Glibc.open(tmp, flags | oDirect, 0o600)
-                if fd >= 0 || errno != EINVAL { return fd }
-                directIO.store(false, ordering: .relaxed)
+        func create() throws(Errno) -> FileDescriptor {
+            let options: FileDescriptor.OpenOptions = [.create, .truncate, .closeOnExec]
+            do {
+                if aligned && directIO.load(ordering: .relaxed) {
+                    do {
+                        return try FileDescriptor.open(tmp, .writeOnly, options: options.union(.direct), permissions: .ownerReadWrite)
+                    } catch Errno.invalidArgument {
+                        directIO.store(false, ordering: .relaxed)
+                    }
+                }
+                return try FileDescriptor.open(tmp, .writeOnly, options: options, permissions: .ownerReadWrite)
+            } catch {
+                throw error as? Errno ?? .ioError
             }
-            return Glibc.open(tmp, flags, 0o600)
         }
-        var fd = create()
-        if fd < 0 && errno == ENOENT {
-            mkdir(dir, 0o700)
-            fd = create()
+        func createInDirectory() throws(Errno) -> FileDescriptor {
+            do { return try create() } catch Errno.noSuchFileOrDirectory {
+                mkdir(dir, 0o700)
+                return try create()
+            }
         }
-        guard fd >= 0 else { return storeFailed() }
-        let ok = pwriteAll(fd, UnsafeRawBufferPointer(header), at: 0)
-            && pwriteAll(fd, data, at: Int64(BlockCache.headerSize))
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else {
+        guard let file = try? createInDirectory() else { return storeFailed() }
+        let written = (try? file.writeAll(toAbsoluteOffset: 0, UnsafeRawBufferPointer(header))) != nil
+            && (try? file.writeAll(toAbsoluteOffset: Int64(BlockCache.headerSize), data)) != nil
+        try? file.close()
+        guard written, rename(tmp, path) == 0 else {
             unlink(tmp)
             return storeFailed()
         }
@@ -399,34 +413,4 @@ public final class BlockCache: Sendable {
     }
 
     public var stats: CacheStats { state.withLock { $0.stats } }
-}
-
-/// O_DIRECT, which Glibc's Swift module hides (it needs _GNU_SOURCE); the value differs by architecture.
-#if arch(arm64)
-public let oDirect: Int32 = 0o200000
-#else
-public let oDirect: Int32 = 0o40000
-#endif
-
-/// pread until `buf` is full; false on an error or end of file first.
-public func preadAll(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, at offset: Int64) -> Bool {
-    var done = 0
-    while done < buf.count {
-        let n = pread(fd, buf.baseAddress! + done, buf.count - done, off_t(offset + Int64(done)))
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return false }
-        done += n
-    }
-    return true
-}
-
-func pwriteAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, at offset: Int64) -> Bool {
-    var done = 0
-    while done < buf.count {
-        let n = pwrite(fd, buf.baseAddress! + done, buf.count - done, off_t(offset + Int64(done)))
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return false }
-        done += n
-    }
-    return true
 }

@@ -62,8 +62,6 @@ public struct FSOptions: Sendable {
     public var conditionalWrites = true
     /// Tests: keep sealed files queued without uploading them.
     public var holdUploads = false
-    /// Tests: kill the process at this point of an upload (see FileSystem.crashPoint).
-    public var crashAt: String?
 
     public init() {}
 }

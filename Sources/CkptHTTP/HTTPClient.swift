@@ -13,6 +13,7 @@
 import CCurl
 import Foundation
 import Synchronization
+import SystemPackage
 
 /// The HTTP methods the S3 client uses.
 public enum HTTPMethod: String, Sendable {
@@ -98,18 +99,11 @@ public struct HTTPClientConfiguration: Sendable {
     public init() {}
 }
 
-/// A failure below HTTP: the request got no complete response.
+/// A failure below HTTP: the request got no complete response. Whether to send it again is the caller's
+/// decision (the S3 client's retry policy); this module never retries.
 public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
     public enum Kind: Sendable, Equatable {
         case resolve, connect, tls, timeout, partialBody, connectionReset, cancelled, sinkFailed, bodyReadFailed, bodyTooLarge, other
-
-        /// Whether the same request may succeed if sent again.
-        public var isTransient: Bool {
-            switch self {
-            case .connect, .timeout, .partialBody, .connectionReset: return true
-            default: return false
-            }
-        }
     }
 
     public var kind: Kind
@@ -128,9 +122,6 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
         self.origin = origin
         self.underlying = underlying
     }
-
-    /// Whether the same request may succeed if sent again.
-    public var isTransient: Bool { kind.isTransient }
 
     public var description: String {
         var s = "\(message) (\(origin), curl error \(curlCode))"
@@ -493,17 +484,16 @@ final class CurlLoop: @unchecked Sendable {
             t.uploadPosition += Int64(n)
             return n
         case .file(let fd, let offset, _):
-            while true {
-                let got = pread(fd, ptr, n, off_t(offset + t.uploadPosition))
-                if got < 0 && errno == EINTR { continue }
-                if got <= 0 {
-                    // A file that shrank or failed to read: abort rather than send a short body.
-                    t.failure = .bodyReadFailed
-                    return ckpt_curl_readfunc_abort()
-                }
-                t.uploadPosition += Int64(got)
-                return got
+            // One pread (EINTR retried): libcurl asks again for the rest.
+            let got = try? FileDescriptor(rawValue: fd).read(fromAbsoluteOffset: offset + t.uploadPosition,
+                                                              into: UnsafeMutableRawBufferPointer(start: ptr, count: n))
+            guard let got, got > 0 else {
+                // A file that shrank or failed to read: abort rather than send a short body.
+                t.failure = .bodyReadFailed
+                return ckpt_curl_readfunc_abort()
             }
+            t.uploadPosition += Int64(got)
+            return got
         }
     }
 

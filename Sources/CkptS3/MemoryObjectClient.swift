@@ -2,7 +2,6 @@
 // uses (ETags, ranges, If-Match, listings with delimiter and pagination, multipart, copy), counters of
 // requests, and switchable faults. It never replaces a real server in integration tests.
 import CkptDigest
-import CkptHTTP
 import Foundation
 import Synchronization
 
@@ -106,7 +105,7 @@ public final class MemoryObjectClient: ObjectClient {
     }
 
     public func getObject(_ bucket: String, _ key: String, range: Range<Int64>?, ifMatch: String?, versionId: String?,
-                          sink: @escaping HTTPBodySink) async throws(S3Error) -> ObjectInfo {
+                          sink: @escaping ObjectBodySink) async throws(S3Error) -> ObjectInfo {
         let (i, bytes) = try await getObject(bucket, key, range: range, ifMatch: ifMatch, versionId: versionId)
         do {
             try bytes.withUnsafeBytes { try sink(0, $0) }
@@ -116,7 +115,7 @@ public final class MemoryObjectClient: ObjectClient {
         return i
     }
 
-    public func putObject(_ bucket: String, _ key: String, body: HTTPRequestBody, options: PutOptions) async throws(S3Error) -> WriteResult {
+    public func putObject(_ bucket: String, _ key: String, body: ObjectBody, options: PutOptions) async throws(S3Error) -> WriteResult {
         try begin("PutObject", bucket, key)
         try check(options.condition, "PutObject", bucket, key)
         let data = try MemoryObjectClient.bytes(body)
@@ -124,7 +123,7 @@ public final class MemoryObjectClient: ObjectClient {
         return WriteResult(etag: etag, versionId: nil, lastModified: Date())
     }
 
-    static func bytes(_ body: HTTPRequestBody) throws(S3Error) -> [UInt8] {
+    static func bytes(_ body: ObjectBody) throws(S3Error) -> [UInt8] {
         switch body {
         case .empty: return []
         case .bytes(let b): return b
@@ -145,7 +144,7 @@ public final class MemoryObjectClient: ObjectClient {
         return id
     }
 
-    public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: HTTPRequestBody,
+    public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody,
                            contentMD5: [UInt8]?) async throws(S3Error) -> String {
         try begin("UploadPart", bucket, key)
         let data = try MemoryObjectClient.bytes(body)
@@ -218,7 +217,7 @@ public final class MemoryObjectClient: ObjectClient {
         _ = state.withLock { $0.buckets[bucket]?.removeValue(forKey: key) }
     }
 
-    public func deleteObjects(_ bucket: String, _ objects: [ObjectIdentifier]) async throws(S3Error) -> DeleteObjectsResult {
+    public func deleteObjects(_ bucket: String, _ objects: [ObjectToDelete]) async throws(S3Error) -> DeleteObjectsResult {
         try begin("DeleteObjects", bucket)
         state.withLock { s in for o in objects { s.buckets[bucket]?.removeValue(forKey: o.key) } }
         return DeleteObjectsResult(deleted: objects, errors: [])

@@ -2,6 +2,41 @@
 import CkptHTTP
 import Foundation
 
+/// The body of an upload (PutObject, UploadPart).
+public enum ObjectBody: Sendable {
+    case empty
+    case bytes([UInt8])
+    /// `length` bytes of an open file from byte `offset`, read as they are sent (never held in memory whole).
+    /// The caller keeps `descriptor` open and those bytes unchanged until the call returns: a retry reads
+    /// them again. A file that turns out shorter fails the request (`TransportFailure.bodyReadFailed`).
+    case file(descriptor: Int32, offset: Int64, length: Int64)
+
+    /// Bytes in the body.
+    public var length: Int64 {
+        switch self {
+        case .empty: return 0
+        case .bytes(let b): return Int64(b.count)
+        case .file(_, _, let length): return length
+        }
+    }
+
+    /// The transport's form of the same body.
+    var http: HTTPRequestBody {
+        switch self {
+        case .empty: return .empty
+        case .bytes(let b): return .bytes(b)
+        case .file(let fd, let offset, let length): return .file(descriptor: fd, offset: offset, length: length)
+        }
+    }
+}
+
+/// Receives the body of a GetObject as it arrives: `offset` is the position of `bytes` within the bytes
+/// returned (0 at the start of the requested range). Called on the transport's thread, so it must be quick
+/// (a pwrite, a copy); the bytes are valid only during the call. When the request is retried the body
+/// arrives again from offset 0, so a sink that writes at positions needs no undo. Throwing aborts the
+/// request, which then fails with `TransportFailure.sinkFailed` (not retried).
+public typealias ObjectBodySink = @Sendable (_ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws -> Void
+
 /// What HeadObject / GetObject report about an object.
 public struct ObjectInfo: Sendable, Equatable {
     public var size: Int64
@@ -111,8 +146,9 @@ public enum WriteCondition: Sendable, Equatable {
     case ifMatch(String)
 }
 
-/// Key and optional version, for DeleteObjects.
-public struct ObjectIdentifier: Sendable, Equatable {
+/// Key and optional version, for DeleteObjects (S3's `ObjectIdentifier`, renamed so it does not shadow
+/// Swift's type of that name).
+public struct ObjectToDelete: Sendable, Equatable {
     public var key: String
     public var versionId: String?
     public init(key: String, versionId: String? = nil) {
@@ -122,7 +158,7 @@ public struct ObjectIdentifier: Sendable, Equatable {
 }
 
 public struct DeleteObjectsResult: Sendable {
-    public var deleted: [ObjectIdentifier]
+    public var deleted: [ObjectToDelete]
     /// Keys the server refused to delete, with its code and message.
     public var errors: [(key: String, code: String, message: String)]
 }
@@ -185,7 +221,3 @@ public enum S3Date {
         return Date(timeIntervalSince1970: TimeInterval(timegm(&t)))
     }
 }
-
-/// Receives an object's body as it arrives: (offset within the body, bytes). The layers above the S3
-/// client use this name and need not know the transport.
-public typealias ObjectBodySink = HTTPBodySink

@@ -2,10 +2,13 @@
 //
 // Every operation goes through `perform`, which builds the URL (path or virtual-hosted style), signs
 // the request with SigV4 at send time, sends it through the shared `HTTPClient`, turns error
-// responses into typed `S3Error`s, and retries what may succeed later (5xx, SlowDown, timeouts,
-// resets, short bodies) with capped exponential backoff and full jitter. A clock-skew error is
-// retried once with the server's clock, and one rejected as ExpiredToken once after a credentials refresh.
-// Credentials are read from the provider for each request. Nothing here logs or returns a secret.
+// responses (and the `<Error>` bodies some operations send with 200) into typed `S3Error`s, and retries
+// what may succeed later (5xx, SlowDown, timeouts, resets, short bodies) as the configuration's
+// `RetryPolicy` says: capped exponential backoff and full jitter, `maxAttempts` in all. This loop is the
+// only place an S3 request is sent again; the transport below never retries. A clock-skew error is
+// retried once with the server's clock, and one rejected as ExpiredToken once after a credentials refresh
+// (neither counts as an attempt). Credentials are read from the provider for each request. Nothing here
+// logs or returns a secret.
 import CkptDigest
 import CkptHTTP
 import Foundation
@@ -13,7 +16,10 @@ import Logging
 import Synchronization
 
 /// The S3 operations ckptfs uses. The filesystem core depends on this protocol only, so it can be
-/// tested with an in-memory implementation.
+/// tested with an in-memory implementation. Its signatures use this module's types only (`ObjectBody`,
+/// `ObjectBodySink`, `S3Error`...), never the transport's. A call that throws has already been retried as
+/// far as the client's `RetryPolicy` allows: callers should not send the same request again, only retry
+/// larger work for reasons the client cannot see.
 public protocol ObjectClient: Sendable {
     func headBucket(_ bucket: String) async throws(S3Error)
     func headObject(_ bucket: String, _ key: String, versionId: String?, ifMatch: String?) async throws(S3Error) -> ObjectInfo
@@ -21,10 +27,10 @@ public protocol ObjectClient: Sendable {
     func getObject(_ bucket: String, _ key: String, range: Range<Int64>?, ifMatch: String?, versionId: String?) async throws(S3Error) -> (ObjectInfo, [UInt8])
     /// Reads an object (or `range`) into `sink`, which receives (offset within the returned bytes, bytes).
     func getObject(_ bucket: String, _ key: String, range: Range<Int64>?, ifMatch: String?, versionId: String?,
-                   sink: @escaping HTTPBodySink) async throws(S3Error) -> ObjectInfo
-    func putObject(_ bucket: String, _ key: String, body: HTTPRequestBody, options: PutOptions) async throws(S3Error) -> WriteResult
+                   sink: @escaping ObjectBodySink) async throws(S3Error) -> ObjectInfo
+    func putObject(_ bucket: String, _ key: String, body: ObjectBody, options: PutOptions) async throws(S3Error) -> WriteResult
     func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions) async throws(S3Error) -> String
-    func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: HTTPRequestBody,
+    func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody,
                     contentMD5: [UInt8]?) async throws(S3Error) -> String
     func completeMultipartUpload(_ bucket: String, _ key: String, uploadId: String, parts: [CompletedPart],
                                  condition: WriteCondition?) async throws(S3Error) -> WriteResult
@@ -36,7 +42,7 @@ public protocol ObjectClient: Sendable {
     func uploadPartCopy(from source: (bucket: String, key: String, versionId: String?), range: Range<Int64>?,
                         to bucket: String, _ key: String, uploadId: String, partNumber: Int, ifMatch: String?) async throws(S3Error) -> String
     func deleteObject(_ bucket: String, _ key: String, versionId: String?) async throws(S3Error)
-    func deleteObjects(_ bucket: String, _ objects: [ObjectIdentifier]) async throws(S3Error) -> DeleteObjectsResult
+    func deleteObjects(_ bucket: String, _ objects: [ObjectToDelete]) async throws(S3Error) -> DeleteObjectsResult
     func listObjectsV2(_ bucket: String, prefix: String?, delimiter: String?, continuationToken: String?,
                        startAfter: String?, maxKeys: Int?) async throws(S3Error) -> ListObjectsPage
     func listObjectVersions(_ bucket: String, prefix: String?, delimiter: String?, keyMarker: String?,
@@ -67,10 +73,13 @@ public final class S3Client: ObjectClient {
         var key: String?
         var query: [(String, String)] = []
         var headers: [(String, String)] = []
-        var body: HTTPRequestBody = .empty
-        var sink: HTTPBodySink? = nil
+        var body: ObjectBody = .empty
+        var sink: ObjectBodySink? = nil
         /// Status codes that count as success besides 2xx (none by default).
         var extraSuccess: Set<Int> = []
+        /// The operation may answer 200 with an `<Error>` document (CompleteMultipartUpload, CopyObject,
+        /// UploadPartCopy): such an answer is an error like any other, retried or thrown.
+        var embeddedErrors = false
     }
 
     /// The URL and the path as signed, for a bucket and key.
@@ -136,7 +145,8 @@ public final class S3Client: ObjectClient {
                                                   "s3.key": "\(r.key ?? "")", "s3.attempt": "\(attempt)"])
             var error: S3Error
             do {
-                let response = try await http.execute(HTTPRequest(method: r.method, url: url, headers: wire, body: r.body), sink: r.sink)
+                let response = try await http.execute(HTTPRequest(method: r.method, url: url, headers: wire, body: r.body.http),
+                                                      sink: r.sink)
                 if (200..<300).contains(response.status) || r.extraSuccess.contains(response.status) {
                     // A body shorter than Content-Length that libcurl did not flag (e.g. connection closed cleanly).
                     if r.method != .HEAD, let cl = response.header("content-length").flatMap(Int64.init), cl != response.bodyLength {
@@ -145,6 +155,9 @@ public final class S3Client: ObjectClient {
                                                message: "body of \(response.bodyLength) bytes, Content-Length \(cl)",
                                                origin: configuration.endpoint.description),
                             operation: r.operation, bucket: r.bucket, key: r.key)
+                    } else if r.embeddedErrors, let root = try? XML.parse(response.body), root.name == "Error" {
+                        error = S3Error.fromXML(root, status: response.status, operation: r.operation, bucket: r.bucket, key: r.key)
+                        error.requestId = error.requestId ?? response.header("x-amz-request-id")
                     } else {
                         return response
                     }
@@ -189,28 +202,9 @@ public final class S3Client: ObjectClient {
     }
 
     /// Parses an XML body, or fails with a malformed-response error naming the operation.
-    func xml(_ response: HTTPResponse, _ r: Request) throws(S3Error) -> XMLNode {
+    func xml(_ response: HTTPResponse, _ r: Request) throws(S3Error) -> XML.Node {
         do { return try XML.parse(response.body) } catch {
             throw S3Error.malformed("\(error)", operation: r.operation, bucket: r.bucket, key: r.key)
-        }
-    }
-
-    /// CompleteMultipartUpload and the copy operations may answer 200 with an `<Error>` body.
-    func xmlOrEmbeddedError(_ r: Request) async throws(S3Error) -> XMLNode {
-        try await xmlAndResponse(r).0
-    }
-
-    func xmlAndResponse(_ r: Request) async throws(S3Error) -> (XMLNode, HTTPResponse) {
-        var attempt = 0
-        while true {
-            attempt += 1
-            let response = try await perform(r)
-            let root = try xml(response, r)
-            guard root.name == "Error" else { return (root, response) }
-            var e = S3Error.fromXML(root, status: response.status, operation: r.operation, bucket: r.bucket, key: r.key)
-            e.attempts = attempt
-            guard configuration.retry.shouldRetry(e, attempt: attempt) else { throw e }
-            try? await Task.sleep(for: configuration.retry.delay(afterAttempt: attempt))
         }
     }
 
@@ -285,29 +279,6 @@ public final class S3Client: ObjectClient {
         }
     }
 
-    /// Creates a bucket (used by tests and the quick start).
-    public func createBucket(_ bucket: String) async throws(S3Error) {
-        var r = Request(operation: "CreateBucket", method: .PUT, bucket: bucket)
-        if configuration.region != "us-east-1" {
-            r.body = .bytes(Array(("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
-                + "<LocationConstraint>\(XML.escape(configuration.region))</LocationConstraint></CreateBucketConfiguration>").utf8))
-        }
-        _ = try await perform(r)
-    }
-
-    public func deleteBucket(_ bucket: String) async throws(S3Error) {
-        _ = try await perform(Request(operation: "DeleteBucket", method: .DELETE, bucket: bucket))
-    }
-
-    /// Turns versioning on or suspends it.
-    public func putBucketVersioning(_ bucket: String, enabled: Bool) async throws(S3Error) {
-        var r = Request(operation: "PutBucketVersioning", method: .PUT, bucket: bucket)
-        r.query = [("versioning", "")]
-        r.body = .bytes(Array(("<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
-            + "<Status>\(enabled ? "Enabled" : "Suspended")</Status></VersioningConfiguration>").utf8))
-        _ = try await perform(r)
-    }
-
     // MARK: Objects
 
     public func headObject(_ bucket: String, _ key: String, versionId: String? = nil, ifMatch: String? = nil) async throws(S3Error) -> ObjectInfo {
@@ -335,7 +306,7 @@ public final class S3Client: ObjectClient {
     }
 
     public func getObject(_ bucket: String, _ key: String, range: Range<Int64>? = nil, ifMatch: String? = nil,
-                          versionId: String? = nil, sink: @escaping HTTPBodySink) async throws(S3Error) -> ObjectInfo {
+                          versionId: String? = nil, sink: @escaping ObjectBodySink) async throws(S3Error) -> ObjectInfo {
         if let range, range.isEmpty { return try await headObject(bucket, key, versionId: versionId, ifMatch: ifMatch) }
         var r = getRequest(bucket, key, range: range, ifMatch: ifMatch, versionId: versionId)
         r.sink = sink
@@ -363,7 +334,7 @@ public final class S3Client: ObjectClient {
         }
     }
 
-    public func putObject(_ bucket: String, _ key: String, body: HTTPRequestBody, options: PutOptions = .init()) async throws(S3Error) -> WriteResult {
+    public func putObject(_ bucket: String, _ key: String, body: ObjectBody, options: PutOptions = .init()) async throws(S3Error) -> WriteResult {
         var r = Request(operation: "PutObject", method: .PUT, bucket: bucket, key: key)
         r.headers = S3Client.putHeaders(options)
         r.body = body
@@ -379,7 +350,7 @@ public final class S3Client: ObjectClient {
     }
 
     /// Deletes up to any number of objects, 1,000 a request (the S3 limit).
-    public func deleteObjects(_ bucket: String, _ objects: [ObjectIdentifier]) async throws(S3Error) -> DeleteObjectsResult {
+    public func deleteObjects(_ bucket: String, _ objects: [ObjectToDelete]) async throws(S3Error) -> DeleteObjectsResult {
         var result = DeleteObjectsResult(deleted: [], errors: [])
         var start = 0
         while start < objects.count {
@@ -399,7 +370,7 @@ public final class S3Client: ObjectClient {
             r.body = .bytes(bytes)
             let root = try xml(try await perform(r), r)
             for d in root.all("Deleted") {
-                result.deleted.append(ObjectIdentifier(key: d.string("Key") ?? "", versionId: d.string("VersionId")))
+                result.deleted.append(ObjectToDelete(key: d.string("Key") ?? "", versionId: d.string("VersionId")))
             }
             for e in root.all("Error") {
                 result.errors.append((key: e.string("Key") ?? "", code: e.string("Code") ?? "", message: e.string("Message") ?? ""))
@@ -424,7 +395,7 @@ public final class S3Client: ObjectClient {
         return id
     }
 
-    public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: HTTPRequestBody,
+    public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody,
                            contentMD5: [UInt8]? = nil) async throws(S3Error) -> String {
         var r = Request(operation: "UploadPart", method: .PUT, bucket: bucket, key: key)
         r.query = [("partNumber", "\(partNumber)"), ("uploadId", uploadId)]
@@ -448,7 +419,9 @@ public final class S3Client: ObjectClient {
         r.query = [("uploadId", uploadId)]
         r.headers = [("Content-Type", "application/xml")] + S3Client.conditionHeaders(condition)
         r.body = .bytes(Array(body.utf8))
-        let (root, response) = try await xmlAndResponse(r)
+        r.embeddedErrors = true
+        let response = try await perform(r)
+        let root = try xml(response, r)
         guard root.name == "CompleteMultipartUploadResult" else {
             throw S3Error.malformed("unexpected <\(root.name)>", operation: r.operation, bucket: bucket, key: key)
         }
@@ -503,7 +476,8 @@ public final class S3Client: ObjectClient {
             r.headers.append(("x-amz-metadata-directive", "REPLACE"))
             r.headers += S3Client.putHeaders(options)
         }
-        let root = try await xmlOrEmbeddedError(r)
+        r.embeddedErrors = true
+        let root = try xml(try await perform(r), r)
         return WriteResult(etag: S3Client.quotedETag(root.string("ETag") ?? ""), versionId: nil,
                            lastModified: root.string("LastModified").flatMap(S3Date.parseISO8601))
     }
@@ -516,7 +490,8 @@ public final class S3Client: ObjectClient {
         r.headers = [("x-amz-copy-source", S3Client.copySource(source))]
         if let range { r.headers.append(("x-amz-copy-source-range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")) }
         if let ifMatch { r.headers.append(("x-amz-copy-source-if-match", ifMatch)) }
-        let root = try await xmlOrEmbeddedError(r)
+        r.embeddedErrors = true
+        let root = try xml(try await perform(r), r)
         guard let etag = root.string("ETag") else {
             throw S3Error.malformed("no ETag in CopyPartResult", operation: r.operation, bucket: bucket, key: key)
         }
@@ -527,7 +502,7 @@ public final class S3Client: ObjectClient {
 
     /// With `encoding-type=url` the server percent-encodes keys (so any byte survives XML); decode them
     /// only if it says it did.
-    static func keyDecoder(_ root: XMLNode) -> @Sendable (String) -> String {
+    static func keyDecoder(_ root: XML.Node) -> @Sendable (String) -> String {
         if root.string("EncodingType")?.lowercased() == "url" {
             return { URIEncoding.decode($0, plusAsSpace: true) }
         }
@@ -583,20 +558,5 @@ public final class S3Client: ObjectClient {
                                 isTruncated: root.string("IsTruncated") == "true",
                                 nextKeyMarker: root.string("NextKeyMarker").map(decode),
                                 nextVersionIdMarker: root.string("NextVersionIdMarker"))
-    }
-}
-
-extension ObjectClient {
-    /// Every object under `prefix`, following continuation tokens.
-    public func listAllObjects(_ bucket: String, prefix: String? = nil) async throws(S3Error) -> [ObjectSummary] {
-        var out: [ObjectSummary] = []
-        var token: String? = nil
-        repeat {
-            let page = try await listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
-                                               startAfter: nil, maxKeys: nil)
-            out += page.objects
-            token = page.isTruncated ? page.nextContinuationToken : nil
-        } while token != nil
-        return out
     }
 }

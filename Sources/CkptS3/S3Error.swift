@@ -13,7 +13,7 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
         case badDigest, invalidRequest, bucketAlreadyOwnedByYou, bucketNotEmpty
         case slowDown, internalError, serviceUnavailable, requestTimeout
         /// No usable HTTP response: connection refused, DNS, TLS, timeout, reset, short body.
-        case transport(HTTPTransportError.Kind)
+        case transport(TransportFailure)
         /// A response this client could not understand.
         case malformedResponse
         case other(String)
@@ -66,8 +66,8 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
     public var key: String?
     /// The region the server says the bucket is in (x-amz-bucket-region), when it says so.
     public var bucketRegion: String?
-    /// The transport failure, when there was no HTTP response.
-    public var transport: HTTPTransportError?
+    /// What the transport reported (libcurl's message and code, the endpoint), when there was no HTTP response.
+    public var cause: (any Error)?
     /// How many attempts were made before giving up.
     public var attempts: Int = 1
 
@@ -135,8 +135,8 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
             if let key { target += "/\(key)" }
         }
         var s = "\(operation)\(target) failed: "
-        if let transport {
-            s += transport.description
+        if let cause {
+            s += "\(cause)"
         } else {
             s += s3Code
             if let httpStatus { s += " (HTTP \(httpStatus))" }
@@ -149,9 +149,9 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
     }
 
     static func transportFailure(_ e: HTTPTransportError, operation: String, bucket: String?, key: String?) -> S3Error {
-        var err = S3Error(code: .transport(e.kind), s3Code: "Transport", message: e.message, operation: operation,
-                          bucket: bucket, key: key)
-        err.transport = e
+        var err = S3Error(code: .transport(TransportFailure(e.kind)), s3Code: "Transport", message: e.message,
+                          operation: operation, bucket: bucket, key: key)
+        err.cause = e
         return err
     }
 
@@ -191,7 +191,7 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
         return e
     }
 
-    static func fromXML(_ root: XMLNode, status: Int, operation: String, bucket: String?, key: String?) -> S3Error {
+    static func fromXML(_ root: XML.Node, status: Int, operation: String, bucket: String?, key: String?) -> S3Error {
         let c = root.string("Code") ?? "HTTP\(status)"
         return S3Error(code: Code(s3Code: c, status: status), s3Code: c, message: root.string("Message") ?? "",
                        httpStatus: status, requestId: root.string("RequestId"), operation: operation,
@@ -201,6 +201,55 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
     static func malformed(_ what: String, operation: String, bucket: String?, key: String?) -> S3Error {
         S3Error(code: .malformedResponse, s3Code: "MalformedResponse", message: what, operation: operation,
                 bucket: bucket, key: key)
+    }
+}
+
+/// Why a request got no usable HTTP response (the S3 side of the transport's failure kinds).
+public enum TransportFailure: Sendable, Equatable {
+    /// The endpoint's host name did not resolve.
+    case resolve
+    /// Nothing accepted the connection.
+    case connect
+    /// The TLS handshake or the certificate check failed.
+    case tls
+    /// No byte moved for the stall timeout (`--request-timeout`), or connecting took too long.
+    case timeout
+    /// The body ended before its Content-Length.
+    case partialBody
+    /// The connection was closed or reset before a complete response.
+    case connectionReset
+    /// The task was cancelled.
+    case cancelled
+    /// The caller's body sink threw (e.g. a local disk error while writing a download).
+    case sinkFailed
+    /// The request body could not be read from its file (it shrank, or a read failed).
+    case bodyReadFailed
+    /// A response without a sink was larger than the transport keeps in memory.
+    case bodyTooLarge
+    case other
+
+    init(_ kind: HTTPTransportError.Kind) {
+        switch kind {
+        case .resolve: self = .resolve
+        case .connect: self = .connect
+        case .tls: self = .tls
+        case .timeout: self = .timeout
+        case .partialBody: self = .partialBody
+        case .connectionReset: self = .connectionReset
+        case .cancelled: self = .cancelled
+        case .sinkFailed: self = .sinkFailed
+        case .bodyReadFailed: self = .bodyReadFailed
+        case .bodyTooLarge: self = .bodyTooLarge
+        case .other: self = .other
+        }
+    }
+
+    /// Whether the same request may succeed if sent again.
+    public var isTransient: Bool {
+        switch self {
+        case .connect, .timeout, .partialBody, .connectionReset: return true
+        default: return false
+        }
     }
 }
 

@@ -6,19 +6,22 @@
 // It rejects malformed input with a position rather than guessing.
 import Foundation
 
-/// An XML element: its local name (prefix dropped), attributes, child elements and text content.
-public struct XMLNode: Sendable, Equatable {
-    public var name: String
-    public var attributes: [String: String]
-    public var children: [XMLNode]
-    public var text: String
+extension XML {
+    /// An XML element: its local name (prefix dropped), attributes, child elements and text content.
+    /// (Nested in `XML` so it does not shadow Foundation's `XMLNode` on macOS.)
+    public struct Node: Sendable, Equatable {
+        public var name: String
+        public var attributes: [String: String]
+        public var children: [Node]
+        public var text: String
 
-    /// The first child with this name.
-    public func child(_ name: String) -> XMLNode? { children.first { $0.name == name } }
-    /// All children with this name, in order.
-    public func all(_ name: String) -> [XMLNode] { children.filter { $0.name == name } }
-    /// The text of the first child with this name.
-    public func string(_ name: String) -> String? { child(name)?.text }
+        /// The first child with this name.
+        public func child(_ name: String) -> Node? { children.first { $0.name == name } }
+        /// All children with this name, in order.
+        public func all(_ name: String) -> [Node] { children.filter { $0.name == name } }
+        /// The text of the first child with this name.
+        public func string(_ name: String) -> String? { child(name)?.text }
+    }
 }
 
 public struct XMLParseError: Error, Sendable, CustomStringConvertible {
@@ -29,12 +32,12 @@ public struct XMLParseError: Error, Sendable, CustomStringConvertible {
 
 public enum XML {
     /// Parses a document and returns its root element.
-    public static func parse(_ bytes: [UInt8]) throws(XMLParseError) -> XMLNode {
+    public static func parse(_ bytes: [UInt8]) throws(XMLParseError) -> XML.Node {
         var p = Parser(bytes: bytes)
         return try p.document()
     }
 
-    public static func parse(_ string: String) throws(XMLParseError) -> XMLNode { try parse(Array(string.utf8)) }
+    public static func parse(_ string: String) throws(XMLParseError) -> XML.Node { try parse(Array(string.utf8)) }
 
     /// Escapes text for an element body or attribute value.
     public static func escape(_ s: String) -> String {
@@ -63,7 +66,7 @@ private struct Parser {
 
     func fail(_ m: String) -> XMLParseError { XMLParseError(message: m, offset: i) }
 
-    mutating func document() throws(XMLParseError) -> XMLNode {
+    mutating func document() throws(XMLParseError) -> XML.Node {
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { i = 3 }
         try skipMisc()
         guard i < bytes.count, bytes[i] == UInt8(ascii: "<") else { throw fail("expected a root element") }
@@ -119,10 +122,10 @@ private struct Parser {
         return qname
     }
 
-    mutating func element() throws(XMLParseError) -> XMLNode {
+    mutating func element() throws(XMLParseError) -> XML.Node {
         i += 1  // "<"
         let qname = try name()
-        var node = XMLNode(name: Parser.local(qname), attributes: [:], children: [], text: "")
+        var node = XML.Node(name: Parser.local(qname), attributes: [:], children: [], text: "")
         while true {
             skipSpace()
             guard i < bytes.count else { throw fail("unterminated start tag <\(qname)>") }

@@ -145,7 +145,6 @@ struct Mount: AsyncParsableCommand {
         o.uploadDelay = .milliseconds(Int64(uploadDelay * 1000))
         o.conditionalWrites = conditionalWrites
         o.uploadWhileWriting = uploadWhileWriting
-        o.crashAt = ProcessInfo.processInfo.environment["CKPTFS_CRASH_AT"]
         let client = S3Client(configuration: config, logger: logger)
         let fs: FileSystem
         do {

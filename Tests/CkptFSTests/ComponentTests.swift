@@ -78,7 +78,7 @@ final class ComponentTests: XCTestCase {
         var t = table()
         let dir = t.remember(parent: 1, name: "d", key: "d", meta: meta("", dir: true), addLookup: true)
         let f = t.remember(parent: dir, name: "f", key: "d/f", meta: meta("e1"), addLookup: true)
-        t.install(Listing(entries: ["f": meta("e1")], expires: .now + .seconds(30)), for: dir, limit: 100)
+        _ = t.install(Listing(entries: ["f": meta("e1")], expires: .now + .seconds(30)), for: dir, limit: 100)
         t.move(parent: 1, name: "d", newParent: 1, newName: "e", from: "d", to: "e", isDirectory: true)
         XCTAssertEqual(t[dir]?.key, "e/")
         XCTAssertEqual(t[f]?.key, "e/f", "a node under a renamed directory follows it")

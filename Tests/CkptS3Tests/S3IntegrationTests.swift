@@ -194,7 +194,7 @@ final class S3IntegrationTests: XCTestCase {
         XCTAssertEqual(sub.objects.count, 500)
         XCTAssertTrue(sub.commonPrefixes.isEmpty)
 
-        let result = try await s3.deleteObjects(bucket, keys.map { ObjectIdentifier(key: $0) })
+        let result = try await s3.deleteObjects(bucket, keys.map { ObjectToDelete(key: $0) })
         XCTAssertEqual(result.errors.count, 0)
         XCTAssertEqual(result.deleted.count, 2600)
         let got4 = try await s3.listAllObjects(bucket, prefix: prefix)
@@ -226,7 +226,7 @@ final class S3IntegrationTests: XCTestCase {
 
     func testVersionsOnAVersionedBucket() async throws {
         let vb = SeaweedFS.versionedBucket
-        try await s3.putBucketVersioning(vb, enabled: true)
+        try SeaweedFS.shared().putBucketVersioning(vb, enabled: true)
         let key = prefix + "model.ckpt"
         let v1 = try await s3.putObject(vb, key, body: .bytes(Array("first".utf8)))
         let v2 = try await s3.putObject(vb, key, body: .bytes(Array("second!".utf8)))
@@ -336,7 +336,7 @@ final class SinkBuffer: @unchecked Sendable {
     private var buffer: [UInt8]
     init(count: Int) { buffer = [UInt8](repeating: 0, count: count) }
     var bytes: [UInt8] { lock.withLock { buffer } }
-    var sink: HTTPBodySink {
+    var sink: ObjectBodySink {
         { offset, chunk in
             self.lock.withLock {
                 self.buffer.withUnsafeMutableBytes { dst in
@@ -375,6 +375,25 @@ final class RetryIntegrationTests: XCTestCase {
             XCTAssertTrue(error.description.contains("after 4 attempts"))
         }
         XCTAssertEqual(try server.requestCount("/b/slowdown-99/obj"), 4)
+    }
+
+    /// An `<Error>` sent with 200 (CompleteMultipartUpload, the copies) is retried by the same loop as a 503,
+    /// within the same attempt budget: the two kinds together never multiply the requests.
+    func testErrorsSentWith200ShareTheAttemptBudget() async throws {
+        let server = try FaultServer()
+        let s3 = try server.client(retry: fast)
+        let parts = [CompletedPart(partNumber: 1, etag: "\"a\"")]
+        let done = try await s3.completeMultipartUpload("b", "flaky-3/obj", uploadId: "u", parts: parts)
+        XCTAssertEqual(done.etag, "\"e-2\"")
+        XCTAssertEqual(try server.requestCount("/b/flaky-3/obj"), 4, "503, 200 <Error>, 503, then success")
+        do {
+            _ = try await s3.completeMultipartUpload("b", "flaky-99/obj", uploadId: "u", parts: parts)
+            XCTFail("never succeeds")
+        } catch {
+            XCTAssertEqual(error.attempts, 4)
+            XCTAssertTrue([.slowDown, .internalError].contains(error.code), "\(error)")
+        }
+        XCTAssertEqual(try server.requestCount("/b/flaky-99/obj"), 4, "maxAttempts in all")
     }
 
     func testPermanentErrorsAreNotRetried() async throws {

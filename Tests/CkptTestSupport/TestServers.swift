@@ -101,6 +101,12 @@ public final class SeaweedFS: @unchecked Sendable {
             """
         return try run(["python3", "-c", prelude + script]).trimmingCharacters(in: .whitespacesAndNewlines)
     }
+
+    /// Turns versioning of `bucket` on or suspends it (PutBucketVersioning, sent by boto3: ckptfs itself
+    /// never changes a bucket's configuration).
+    public func putBucketVersioning(_ bucket: String, enabled: Bool) throws {
+        _ = try boto3("s3.put_bucket_versioning(Bucket='\(bucket)', VersioningConfiguration={'Status': '\(enabled ? "Enabled" : "Suspended")'})")
+    }
 }
 
 /// A loopback server from Tests/Harness, run as `python3 SCRIPT ARGS...`: it prints its port on its first line
@@ -155,6 +161,21 @@ public final class FaultServer {
             .trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
 
+}
+
+extension ObjectClient {
+    /// Every object under `prefix`, following continuation tokens.
+    public func listAllObjects(_ bucket: String, prefix: String? = nil) async throws(S3Error) -> [ObjectSummary] {
+        var out: [ObjectSummary] = []
+        var token: String? = nil
+        repeat {
+            let page = try await listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
+                                               startAfter: nil, maxKeys: nil)
+            out += page.objects
+            token = page.isTruncated ? page.nextContinuationToken : nil
+        } while token != nil
+        return out
+    }
 }
 
 /// Deterministic pseudo-random bytes.

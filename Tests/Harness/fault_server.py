@@ -7,10 +7,13 @@ misbehave before answering properly, so each test uses its own counter:
     /bucket/internal-N/...   500 InternalError N times
     /bucket/short-N/...      Content-Length 1000 but 500 bytes and a close, N times
     /bucket/reset-N/...      close the connection without answering, N times
+    /bucket/flaky-N/...      N times, alternately 503 SlowDown and 200 with an <Error> body (InternalError), as
+                             CompleteMultipartUpload and the copy operations may answer; then the good answer
     /bucket/denied/...       403 AccessDenied always (must not be retried)
     /bucket/stall/...        send headers and 10 bytes, then nothing for 30 s
     /echo/...                answer with "LENGTH SHA256" of the request body
-The good answer is 1000 bytes: bytes(range(256)) repeated. Prints the port on stdout, then serves
+The good answer is 1000 bytes: bytes(range(256)) repeated (to a POST ?uploadId=..., a
+CompleteMultipartUploadResult document). Prints the port on stdout, then serves
 until stdin closes. GET /_count/PATH returns how many requests PATH received.
 """
 import collections
@@ -83,6 +86,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
+            if kind == "flaky":
+                if seen % 2:
+                    return self.error(503, "SlowDown", "Please reduce your request rate.")
+                return self.error(200, "InternalError", "We encountered an internal error.")
+        if self.command == "POST" and "uploadId=" in self.path:
+            return self.reply(200, b'<?xml version="1.0" encoding="UTF-8"?><CompleteMultipartUploadResult>'
+                                   b'<ETag>"e-2"</ETag></CompleteMultipartUploadResult>')
         self.reply(200, BODY)
 
     def reply(self, status, body):

@@ -1,4 +1,5 @@
-"""Fixtures for mount tests: a real SeaweedFS on loopback, the ckptfs binary, boto3, mount helpers."""
+"""Fixtures for mount tests: a real SeaweedFS on loopback, the ckptfs binary, boto3, mount helpers, and the
+fault proxy (Tests/Harness/s3_fault_proxy.py) that holds requests and kills a daemon at exact points."""
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ import pytest
 from botocore.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "Tests", "Harness"))
+from s3_fault_proxy import UPLOADS, WRITES, FaultProxy  # noqa: E402  (re-exported for the tests)
 
 
 def ckptfs_bin():
@@ -89,6 +92,15 @@ def server():
 
 
 @pytest.fixture
+def proxy(server):
+    """A fault proxy in front of the server. A mount given `env=server.env(AWS_ENDPOINT_URL=proxy.endpoint)`
+    (what `Mounts.mount_via` does) sends every S3 request through it."""
+    p = FaultProxy(server.endpoint)
+    yield p
+    p.close()
+
+
+@pytest.fixture
 def bucket(server):
     name = "t-" + uuid.uuid4().hex[:12]
     server.s3.create_bucket(Bucket=name)
@@ -132,6 +144,10 @@ class Mounts:
         assert r.returncode == 0, f"mount failed: {r.stderr}"
         self.active.append(mp)
         return mp, cache
+
+    def mount_via(self, proxy, url, mountpoint=None, cache=None, *extra):
+        """`mount` with the S3 endpoint at `proxy` (same credentials and options otherwise)."""
+        return self.mount(url, mountpoint, cache, *extra, env=self.server.env(AWS_ENDPOINT_URL=proxy.endpoint))
 
     def unmount(self, mp):
         r = self.run("unmount", mp)

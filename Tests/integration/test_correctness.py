@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import UPLOADS, wait_until
 from test_write_back import (MiB, daemon_pid, flush, kill9, kill9_cleanup, open_multipart, s3_bytes, s3_keys, sha,
                              status)
 
@@ -175,16 +175,22 @@ def test_rename_of_an_empty_directory_and_of_nested_directories_with_markers(ser
     assert os.listdir(f"{mp2}/run2/sub/deeper") == []
 
 
-def test_a_crash_in_the_middle_of_a_directory_rename_is_finished_by_the_next_mount(server, bucket, mounts):
+def test_a_crash_in_the_middle_of_a_directory_rename_is_finished_by_the_next_mount(server, bucket, mounts, proxy):
     for i in range(20):
         server.s3.put_object(Bucket=bucket, Key=f"old/f{i:02}", Body=f"file {i}".encode() * 100)
     server.s3.put_object(Bucket=bucket, Key="old/", Body=b"")
-    env = server.env(CKPTFS_CRASH_AT="rename-copied")
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, env=env)
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}")
+    # The daemon dies once S3 has made the 20th copy, before it hears so: after the copies, before anything else.
+    proxy.kill_after_response(daemon_pid(mp), ["CopyObject"], nth=20)
     with pytest.raises(OSError):
-        os.rename(f"{mp}/old", f"{mp}/new")  # the daemon dies after the copies, before anything else
+        os.rename(f"{mp}/old", f"{mp}/new")
+    assert proxy.wait(kills=1, timeout=10), proxy.stats()["requests"]
     kill9_cleanup(mp)
     mounts.active.remove(mp)
+    seen = proxy.stats()["requests"]
+    assert seen["CopyObject"] == 20 and "DeleteObject" not in seen and "DeleteObjects" not in seen, seen
+    keys = set(s3_keys(server, bucket))
+    assert {f"old/f{i:02}" for i in range(20)} | {f"new/f{i:02}" for i in range(20)} <= keys, sorted(keys)
     mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
     flush(mounts, mp)
     keys = set(s3_keys(server, bucket))
@@ -195,21 +201,23 @@ def test_a_crash_in_the_middle_of_a_directory_rename_is_finished_by_the_next_mou
 
 # Kind 4: deletes racing uploads across a crash; recovery uploads on its own and without false conflicts.
 
-def test_a_delete_during_an_upload_survives_a_crash_after_complete(server, bucket, mounts):
-    env = server.env(CKPTFS_CRASH_AT="after-complete")
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0", env=env)
+def test_a_delete_during_an_upload_survives_a_crash_after_complete(server, bucket, mounts, proxy):
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
+    # The daemon dies once S3 has completed the upload, before it hears so.
+    proxy.kill_after_response(daemon_pid(mp), ["CompleteMultipartUpload"])
+    proxy.hold(UPLOADS)
     with open(f"{mp}/gone.bin", "wb") as f:
         f.write(os.urandom(48 * MiB))
-    try:
-        os.unlink(f"{mp}/gone.bin")  # while it uploads
-    except OSError:
-        pass  # the daemon already died: then the delete was not acknowledged either
-    if not wait_until(lambda: daemon_pid(mp) is None, 30):
-        # The delete came before the upload started (a loaded machine): nothing may go up at all.
+    assert proxy.wait(held=1), "the upload of gone.bin never started"
+    os.unlink(f"{mp}/gone.bin")  # while it uploads (its first request held in the proxy)
+    proxy.release()
+    if not proxy.wait(kills=1, timeout=30):
+        # The unlink dropped the upload in flight, so it never completed: nothing may go up at all.
         flush(mounts, mp)
         assert "gone.bin" not in s3_keys(server, bucket)
         assert open_multipart(server, bucket) == []
         return
+    assert wait_until(lambda: daemon_pid(mp) is None, 10)
     unlinked = "gone.bin" not in subprocess.run(["ls", mp], capture_output=True, text=True).stdout
     kill9_cleanup(mp)
     mounts.active.remove(mp)
@@ -221,10 +229,12 @@ def test_a_delete_during_an_upload_survives_a_crash_after_complete(server, bucke
     assert open_multipart(server, bucket) == []
 
 
-def test_recovered_files_upload_without_being_asked(server, bucket, mounts):
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+def test_recovered_files_upload_without_being_asked(server, bucket, mounts, proxy):
+    proxy.hold(UPLOADS)
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
     with open(f"{mp}/a.bin", "wb") as f:
         f.write(b"acknowledged")
+    assert proxy.wait(held=1), "the upload of a.bin never started"
     kill9(mp)
     mounts.active.remove(mp)
     mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
@@ -233,18 +243,21 @@ def test_recovered_files_upload_without_being_asked(server, bucket, mounts):
     assert s3_bytes(server, bucket, "a.bin") == b"acknowledged"
 
 
-def test_a_version_queued_behind_an_upload_is_not_a_false_conflict_after_a_crash(server, bucket, mounts):
-    env = server.env(CKPTFS_CRASH_AT="after-complete")
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0", env=env)
+def test_a_version_queued_behind_an_upload_is_not_a_false_conflict_after_a_crash(server, bucket, mounts, proxy):
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
+    # The daemon dies once S3 has completed the first upload, before it hears so.
+    proxy.kill_after_response(daemon_pid(mp), ["CompleteMultipartUpload", "PutObject"])
+    proxy.hold(UPLOADS)
     with open(f"{mp}/model.pt", "wb") as f:
         f.write(os.urandom(40 * MiB))
+    assert proxy.wait(held=1), "the upload of the first save never started"
     second = b"the second save"
-    try:
-        with open(f"{mp}/model.pt", "wb") as f:  # queued behind the first, whose upload is running
-            f.write(second)
-    except OSError:
-        pytest.skip("the first upload completed before the second save")
-    assert wait_until(lambda: daemon_pid(mp) is None, 60), "the crash point was not reached"
+    with open(f"{mp}/model.pt", "wb") as f:  # queued behind the first, whose upload is running (held)
+        f.write(second)
+    proxy.release()
+    assert proxy.wait(kills=1, timeout=60), f"the crash point was not reached: {proxy.stats()}"
+    assert proxy.stats()["kills"][0]["op"] == "CompleteMultipartUpload", "the first save (40 MiB) landed first"
+    assert wait_until(lambda: daemon_pid(mp) is None, 10)
     kill9_cleanup(mp)
     mounts.active.remove(mp)
     mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
@@ -278,14 +291,19 @@ def test_rotation_never_leaves_s3_without_a_checkpoint(server, bucket, mounts):
     assert status(mounts, mp)["writeBack"]["pendingDeletes"] == 0
 
 
-def test_deletes_wait_for_the_uploads_before_them_but_not_for_later_ones(server, bucket, mounts):
+def test_deletes_wait_for_the_uploads_before_them_but_not_for_later_ones(server, bucket, mounts, proxy):
     server.s3.put_object(Bucket=bucket, Key="old.pt", Body=b"old")
-    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+    proxy.hold(UPLOADS)  # uploads only: a delete would pass
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
     with open(f"{mp}/new.pt", "wb") as f:
         f.write(b"new")
+    assert proxy.wait(held=1), "the upload of new.pt never started"
     os.unlink(f"{mp}/old.pt")
     time.sleep(1)
-    # The upload of new.pt is held, so the delete of old.pt waits; the mount already shows it gone.
+    # The upload of new.pt is held, so the delete of old.pt waits (it was not even sent); the mount already
+    # shows it gone.
+    seen = proxy.stats()["requests"]
+    assert "DeleteObject" not in seen and "DeleteObjects" not in seen, seen
     assert "old.pt" in s3_keys(server, bucket)
     assert os.listdir(mp) == ["new.pt"]
     assert status(mounts, mp)["writeBack"]["pendingDeletes"] == 1

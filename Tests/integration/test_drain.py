@@ -1,21 +1,19 @@
 """Stopping a mount without losing a write, and seeing what a flush waits for (issue 13, kinds 11 and 12).
 
-Uploads are held by a loopback proxy in front of the S3 server that stalls every upload request until the
-test releases it, so "during the drain" and "while a flush waits" are states the test controls, not
-timings. Results are checked from outside with boto3 by sha256 and on the directory underneath the mount.
+Uploads are held by the fault proxy in front of the S3 server (Tests/Harness/s3_fault_proxy.py), which keeps
+every upload request until the test releases it, so "during the drain" and "while a flush waits" are states the
+test controls, not timings. Results are checked from outside with boto3 by sha256 and on the directory
+underneath the mount.
 """
 import errno
 import hashlib
 import os
 import signal
-import socket
 import subprocess
-import threading
-from urllib.parse import urlparse
 
 import pytest
 
-from conftest import is_mounted, wait_until
+from conftest import UPLOADS, is_mounted, wait_until
 
 MiB = 1 << 20
 
@@ -36,80 +34,9 @@ def status(mounts, mp):
     return json.loads(r.stdout) if r.returncode == 0 else None
 
 
-class UploadStallingProxy:
-    """A TCP proxy on loopback to the S3 server. While stalled, a request that starts with PUT or POST (an
-    upload, a part, a multipart create or complete) is held, with everything after it on that connection,
-    until `release()`; reads and listings pass. `held` is set when one is being held."""
-
-    def __init__(self, endpoint):
-        u = urlparse(endpoint)
-        self.target = (u.hostname, u.port)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.open = threading.Event()
-        self.open.set()
-        self.held = threading.Event()
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def stall(self):
-        self.held.clear()
-        self.open.clear()
-
-    def release(self):
-        self.open.set()
-
-    def close(self):
-        self.closed = True
-        self.open.set()
-        self.sock.close()
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                s = socket.create_connection(self.target)
-            except OSError:
-                c.close()
-                continue
-            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
-
-    def _pump(self, src, dst, upstream):
-        try:
-            while True:
-                data = src.recv(256 * 1024)
-                if not data:
-                    break
-                if upstream and not self.open.is_set() and data[:5] in (b"PUT /", b"POST "):
-                    self.held.set()
-                    self.open.wait()
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (dst, src):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-@pytest.fixture
-def proxy(server):
-    p = UploadStallingProxy(server.endpoint)
-    yield p
-    p.close()
-
-
 def mount_via(mounts, proxy, bucket, *extra):
-    """Mounts through the proxy; the daemon's log is CACHE/ckptfs.log."""
-    return mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0", *extra,
-                        env=mounts.server.env(AWS_ENDPOINT_URL=proxy.endpoint))
+    """Mounts through the fault proxy; the daemon's log is CACHE/ckptfs.log."""
+    return mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0", *extra)
 
 
 def underlying(mp):
@@ -124,10 +51,10 @@ def test_a_save_during_the_drain_goes_to_s3_never_underneath(server, bucket, mou
     (or refused with an errno), and nothing lands in the directory underneath the mount point."""
     mp, _ = mount_via(mounts, proxy, bucket)
     first = os.urandom(2 * MiB)
-    proxy.stall()
+    proxy.hold(UPLOADS)
     with open(f"{mp}/first.bin", "wb") as f:
         f.write(first)
-    assert proxy.held.wait(30), "the upload of first.bin never started"
+    assert proxy.wait(held=1, timeout=30), "the upload of first.bin never started"
     pid = daemon_pid(mp)
     os.kill(pid, getattr(signal, how))
     # Wait until the daemon acted on the signal: it says it is stopping (or, before the fix, the mount is gone).
@@ -185,14 +112,16 @@ def statfs_errno(path):
         return e.errno
 
 
-def test_mount_takes_over_a_dead_mount_point_and_unmount_clears_one(server, bucket, mounts):
+def test_mount_takes_over_a_dead_mount_point_and_unmount_clears_one(server, bucket, mounts, proxy):
     """Kind 11: after kill -9, `ckptfs mount` on the dead mount point detaches it and mounts (files the dead
     daemon had not uploaded are uploaded from its journal); `ckptfs unmount` clears a dead mount point."""
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+    proxy.hold(UPLOADS)
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}")
     data = os.urandom(MiB)
     with open(f"{mp}/kept.bin", "wb") as f:
         f.write(data)
     try:
+        assert proxy.wait(held=1), "the upload of kept.bin never started"
         kill9(mp)
         mounts.active.remove(mp)
         r = mounts.run("mount", f"s3://{bucket}", mp, "--cache-dir", cache)
@@ -240,10 +169,10 @@ def test_mount_refuses_a_dead_mount_point_of_another_filesystem(server, bucket, 
 def test_flush_shows_what_it_waits_for(server, bucket, mounts, proxy):
     """Kind 12: a flush held by a stalled server prints progress lines naming the file, then exits 1."""
     mp, _ = mount_via(mounts, proxy, bucket)
-    proxy.stall()
+    proxy.hold(UPLOADS)
     with open(f"{mp}/stuck.bin", "wb") as f:
         f.write(os.urandom(MiB))
-    assert proxy.held.wait(30)
+    assert proxy.wait(held=1, timeout=30)
     r = mounts.run("flush", mp, "--timeout", "8", timeout=60)
     proxy.release()
     assert r.returncode == 1
@@ -260,10 +189,10 @@ def test_flush_on_a_terminal_shows_one_live_line(server, bucket, mounts, proxy):
     """Kind 12: on a terminal the progress is one line rewritten in place, cleared at the end."""
     import pty
     mp, _ = mount_via(mounts, proxy, bucket)
-    proxy.stall()
+    proxy.hold(UPLOADS)
     with open(f"{mp}/stuck.bin", "wb") as f:
         f.write(os.urandom(MiB))
-    assert proxy.held.wait(30)
+    assert proxy.wait(held=1, timeout=30)
     master, slave = pty.openpty()
     p = subprocess.Popen([mounts.bin, "flush", mp, "--timeout", "4"], env=server.env(), stdin=slave,
                          stdout=subprocess.PIPE, stderr=slave)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import is_mounted, wait_until
+from conftest import UPLOADS, is_mounted, wait_until
 
 MiB = 1 << 20
 
@@ -240,11 +240,13 @@ def test_eight_processes_fifty_files_each(server, bucket, mounts):
         assert sha(s3_bytes(server, bucket, k)) == v, k
 
 
-def test_fsync_waits_for_s3_and_close_does_not(server, bucket, mounts):
-    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+def test_fsync_waits_for_s3_and_close_does_not(server, bucket, mounts, proxy):
+    proxy.hold(UPLOADS)
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
     with open(f"{mp}/held.bin", "wb") as f:
         f.write(b"held")
-    # close() returned, but uploads are held: the object is not in S3, and status says it is dirty.
+    # close() returned, but the upload is held in the proxy: the object is not in S3, and status says it is dirty.
+    assert proxy.wait(held=1), "the upload of held.bin never started"
     assert "held.bin" not in s3_keys(server, bucket)
     st = status(mounts, mp)["writeBack"]
     assert st["dirtyFiles"] == 1 and st["pending"][0]["path"] == "held.bin"
@@ -258,7 +260,7 @@ def test_fsync_waits_for_s3_and_close_does_not(server, bucket, mounts):
     os.close(fd)
 
 
-def test_unmount_and_sigterm_drain_the_queue(server, bucket, mounts):
+def test_unmount_and_sigterm_drain_the_queue(server, bucket, mounts, proxy):
     data = os.urandom(24 * MiB)
     mp, cache = mounts.mount(f"s3://{bucket}")
     with open(f"{mp}/a.bin", "wb") as f:
@@ -276,9 +278,11 @@ def test_unmount_and_sigterm_drain_the_queue(server, bucket, mounts):
     assert sha(s3_bytes(server, bucket, "b.bin")) == sha(data)
 
     # What cannot be drained in time stays in the journal, and unmount says so.
-    mp, cache = mounts.mount(f"s3://{bucket}", mp, cache, "--debug-hold-uploads")
+    proxy.hold(UPLOADS)
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", mp, cache, "--upload-delay", "0")
     with open(f"{mp}/c.bin", "wb") as f:
         f.write(b"c" * 1000)
+    assert proxy.wait(held=1), "the upload of c.bin never started"
     r = mounts.run("unmount", mp, "--drain-timeout", "1")
     assert r.returncode == 0 and "c.bin" in r.stderr and "journal" in r.stderr
     mounts.active.remove(mp)
@@ -299,14 +303,16 @@ def write_files(mp, n, size, seed):
     return out
 
 
-def test_kill9_with_uploads_pending_recovers_everything(server, bucket, mounts):
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+def test_kill9_with_uploads_pending_recovers_everything(server, bucket, mounts, proxy):
+    proxy.hold(UPLOADS)
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
     files = write_files(mp, 6, 3 * MiB, 1)
     big = os.urandom(35 * MiB)
     with open(f"{mp}/big.bin", "wb") as f:
         f.write(big)
     files["big.bin"] = big
-    # The uploads are pending (held), so the test cannot pass without recovery.
+    # The uploads are pending (held in the proxy), so the test cannot pass without recovery.
+    assert proxy.wait(held=1), proxy.stats()
     st = status(mounts, mp)["writeBack"]
     assert st["dirtyFiles"] == len(files) and st["uploadedFiles"] == 0
     assert s3_keys(server, bucket) == []
@@ -315,7 +321,7 @@ def test_kill9_with_uploads_pending_recovers_everything(server, bucket, mounts):
     # A torn record at the end of the journal (a crash mid-append) is ignored.
     with open(f"{cache}/journal", "ab") as j:
         j.write(b"\x40\x00\x00\x00garbage")
-    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache, "--debug-hold-uploads")
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", mp, cache)
     # Until uploaded, reads return the staged bytes.
     for k, v in files.items():
         with open(f"{mp}/{k}", "rb") as f:
@@ -323,6 +329,8 @@ def test_kill9_with_uploads_pending_recovers_everything(server, bucket, mounts):
     assert status(mounts, mp)["writeBack"]["recovered"] == len(files)
     mounts.run("unmount", mp, "--drain-timeout", "0")
     mounts.active.remove(mp)
+    answered = proxy.stats()["responses"]
+    assert s3_keys(server, bucket) == [] and not any(op in answered for op in UPLOADS), answered
     mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
     flush(mounts, mp)
     for k, v in files.items():
@@ -331,28 +339,45 @@ def test_kill9_with_uploads_pending_recovers_everything(server, bucket, mounts):
 
 
 @pytest.mark.parametrize("point", ["during-parts", "before-complete", "after-complete"])
-def test_crash_during_upload_recovers(server, bucket, mounts, point):
-    env = server.env(CKPTFS_CRASH_AT=point)
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, env=env)
+def test_crash_during_upload_recovers(server, bucket, mounts, proxy, point):
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}")
+    pid = daemon_pid(mp)
+    # 50 MiB goes up as four 16 MiB parts. The proxy kills the daemon (SIGKILL) at the point:
+    if point == "during-parts":  # when the second part is sent (the first may still be on its way)
+        proxy.kill_on_request(pid, ["UploadPart"], nth=2)
+    elif point == "before-complete":  # when CompleteMultipartUpload is sent, which never reaches S3
+        proxy.kill_on_request(pid, ["CompleteMultipartUpload"])
+    else:  # once S3 has completed the upload, before the daemon hears of it
+        proxy.kill_after_response(pid, ["CompleteMultipartUpload"])
     data = os.urandom(50 * MiB)
     with open(f"{mp}/model.bin", "wb") as f:
         f.write(data)
-    # The daemon kills itself at the crash point during this upload.
-    assert wait_until(lambda: daemon_pid(mp) is None, 60), "the crash point was not reached"
+    assert proxy.wait(kills=1, timeout=60), f"the crash point was not reached: {proxy.stats()}"
+    assert wait_until(lambda: daemon_pid(mp) is None, 10)
     subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
     mounts.active.remove(mp)
+    seen = proxy.stats()
+    assert seen["requests"].get("CreateMultipartUpload") == 1, seen
+    if point == "during-parts":
+        assert seen["requests"]["UploadPart"] >= 2 and "CompleteMultipartUpload" not in seen["requests"], seen
+    elif point == "before-complete":
+        assert seen["responses"]["UploadPart"] == [200] * 4, seen
     if point != "after-complete":
         assert "model.bin" not in s3_keys(server, bucket)
         assert open_multipart(server, bucket) != [], "a multipart upload was in progress"
+    else:
+        assert sha(s3_bytes(server, bucket, "model.bin")) == sha(data), "the upload had landed before the crash"
     mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
     flush(mounts, mp)
     assert sha(s3_bytes(server, bucket, "model.bin")) == sha(data)
     assert open_multipart(server, bucket) == [], "recovery left a multipart upload behind"
 
 
-def test_damaged_staged_file_is_quarantined_not_uploaded(server, bucket, mounts):
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+def test_damaged_staged_file_is_quarantined_not_uploaded(server, bucket, mounts, proxy):
+    proxy.hold(UPLOADS)
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
     write_files(mp, 2, 100_000, 3)
+    assert proxy.wait(held=2), proxy.stats()
     kill9(mp)
     mounts.active.remove(mp)
     staged = sorted(os.listdir(f"{cache}/staging"), key=int)

@@ -5,6 +5,7 @@ import CkptCache
 import CkptFS
 import CkptS3
 import Foundation
+import SystemPackage
 
 func usage() -> Never {
     FileHandle.standardError.write(Data(("usage: ckpt-s3bench download s3://BUCKET/KEY FILE [--part-size MiB] [--concurrency N]\n"
@@ -29,10 +30,10 @@ do throws(any Error) {
     let url = try S3URL(args[2])
     let config = try S3ClientConfiguration.resolve(.init(forcePathStyle: true))
     let client = S3Client(configuration: config)
-    let fd = open(args[3], O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    guard fd >= 0 else { throw LocalIOError(errno: errno, operation: "open \(args[3])") }
-    let report = try await client.download(url.bucket, url.prefix, to: fd, partSize: partMiB << 20, concurrency: concurrency)
-    close(fd)
+    let file = try FileDescriptor.open(args[3], .writeOnly, options: [.create, .truncate],
+                                       permissions: [.ownerReadWrite, .groupRead, .otherRead])
+    defer { try? file.close() }
+    let report = try await client.download(url.bucket, url.prefix, to: file, partSize: partMiB << 20, concurrency: concurrency)
     print("{\"bytes\": \(report.bytes), \"seconds\": \(report.seconds), \"requests\": \(report.requests), "
         + "\"part_size\": \(partMiB << 20), \"concurrency\": \(concurrency)}")
 } catch {

@@ -28,10 +28,7 @@ CURLcode ckpt_curl_set_callbacks(CURL *h, ckpt_curl_data_cb write_cb, ckpt_curl_
                                  ckpt_curl_data_cb header_cb, ckpt_curl_seek_cb seek_cb,
                                  ckpt_curl_xferinfo_cb progress_cb, void *userdata);
 
-CURLcode ckpt_curl_getinfo_long(CURL *h, CURLINFO info, long *out);
 CURLcode ckpt_curl_getinfo_off(CURL *h, CURLINFO info, curl_off_t *out);
-CURLcode ckpt_curl_getinfo_double(CURL *h, CURLINFO info, double *out);
-CURLcode ckpt_curl_getinfo_ptr(CURL *h, CURLINFO info, void **out);
 
 CURLMcode ckpt_curl_multi_setopt_long(CURLM *m, CURLMoption opt, long value);
 

@@ -168,7 +168,6 @@ extension WriteBack {
                 if etag.count == 32, etag.allSatisfy(\.isHexDigit), etag.lowercased() != sum.hexString {
                     throw FSError(EIO, "uploaded \(key) but the server's ETag \(etag) is not the MD5 of the file")
                 }
-                crashPoint("after-complete")
                 puts.wrappingAdd(1, ordering: .relaxed)
                 return (key, r.etag)
             }
@@ -179,7 +178,6 @@ extension WriteBack {
             do throws(FSError) {
                 let parts = try await uploadParts(v, key: key, uploadId: uploadId, ranges: ranges, done: early?.parts ?? [:])
                 expectedParts = parts.count
-                crashPoint("before-complete")
                 let condition = put.condition
                 _ = try await s3(.write) { () async throws(S3Error) in
                     try await client.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: condition)
@@ -188,7 +186,6 @@ extension WriteBack {
                 try? await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
                 throw error
             }
-            crashPoint("after-complete")
             let info = try await s3(.other) { () async throws(S3Error) in try await client.headObject(bucket, key, versionId: nil, ifMatch: nil) }
             guard info.size == size else {
                 throw FSError(EIO, "uploaded \(key) but the server reports \(info.size) bytes instead of \(size)")
@@ -236,7 +233,6 @@ extension WriteBack {
         let slots = self.changes.partSlots
         let result = await withTaskGroup(of: Result<CompletedPart, FSError>.self) { group -> Result<[CompletedPart], FSError> in
             var parts: [CompletedPart] = []
-            var started = 0
             for (i, r) in ranges.enumerated() {
                 if let etag = done[i + 1] {
                     parts.append(CompletedPart(partNumber: i + 1, etag: etag))
@@ -252,8 +248,6 @@ extension WriteBack {
                         return .failure(error)
                     }
                 }
-                started += 1
-                if started == 2 { crashPoint("during-parts") }
             }
             for await r in group {
                 switch r {
@@ -279,15 +273,6 @@ extension WriteBack {
         }
         v.state.withLock { $0.bytesUploaded += Int64(range.count) }
         return etag
-    }
-
-    /// Test hook: the daemon kills itself at the named point (CKPTFS_CRASH_AT), to test crash recovery at
-    /// moments a signal from outside cannot hit reliably.
-    func crashPoint(_ name: String) {
-        if options.crashAt == name {
-            logger.critical("crash point reached, killing the daemon", metadata: ["point": "\(name)"])
-            kill(getpid(), SIGKILL)
-        }
     }
 
     /// Creates a multipart upload of `v` to `key`, journaled on both sides of the request: a `starting` record

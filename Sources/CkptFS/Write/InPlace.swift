@@ -12,7 +12,9 @@
 // `ckptfs status` and `ckptfs flush`; renaming the file uploads it under the new name without a condition.
 import CkptCache
 import CkptS3
+import CkptSystem
 import Foundation
+import SystemPackage
 
 extension WriteBack {
     var fillBlock: Int64 { Int64(cache.blockSize) }
@@ -105,7 +107,8 @@ extension WriteBack {
                         buf.baseAddress!.advanced(by: got).copyMemory(from: m.bytes.baseAddress! + off, byteCount: len)
                         got += len
                     case .file(let fd, let off, let len):
-                        guard preadAll(fd.rawValue, UnsafeMutableRawBufferPointer(rebasing: buf[got..<(got + len)]), at: off) else {
+                        let into = UnsafeMutableRawBufferPointer(rebasing: buf[got..<(got + len)])
+                        guard (try? FileDescriptor(rawValue: fd.rawValue).readAll(fromAbsoluteOffset: off, into: into)) == len else {
                             throw FSError(EIO, "reading a cached block failed")
                         }
                         got += len

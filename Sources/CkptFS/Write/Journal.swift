@@ -8,6 +8,7 @@
 import CkptDigest
 import Foundation
 import Synchronization
+import SystemPackage
 
 /// One journal record.
 struct JournalRecord: Codable, Equatable, Sendable {
@@ -89,7 +90,7 @@ final class Journal: Sendable {
         }
     }
 
-    deinit { fd.withLock { close($0) } }
+    deinit { fd.withLock { _ = close($0) } }
 
     /// Reopens the file at `path` (after `rewrite` replaced it).
     func reopen() throws(FSError) {
@@ -142,14 +143,12 @@ final class Journal: Sendable {
 
     /// Writes all of `bytes` at the file's position; returns the errno on failure.
     static func writeAll(_ f: Int32, _ bytes: [UInt8]) -> Int32? {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(f, $0.baseAddress! + done, bytes.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return n < 0 && errno != 0 ? errno : EIO }
-            done += n
+        do {
+            _ = try bytes.withUnsafeBytes { try FileDescriptor(rawValue: f).writeAll($0) }
+            return nil
+        } catch {
+            return (error as? Errno)?.rawValue ?? EIO
         }
-        return nil
     }
 
     /// Reads every intact record of the journal at `path`, stopping at the first torn or damaged one.

@@ -75,7 +75,6 @@ extension WriteBack {
             try? await journal.record(JournalRecord(op: .done, id: intent))
             throw FSError(failure.errno, "renaming \(src) to \(dst) failed and was undone: \(failure.message)")
         }
-        crashPoint("rename-copied")
         var moves = Retarget()
         for (k, f) in localFiles.sorted(by: { $0.key < $1.key }) {
             let r = retarget(f, from: k, to: target(k))

@@ -4,7 +4,9 @@
 // fills. A write below the hashed point (a rewrite) ends it; the checksum is then computed at close.
 import CkptCache
 import CkptDigest
+import CkptSystem
 import Foundation
+import SystemPackage
 
 struct RunningChecksum: Sendable {
     private var hasher = XXH64()
@@ -70,7 +72,7 @@ struct RunningChecksum: Sendable {
         var off = r.lowerBound
         while off < r.upperBound {
             let chunk = UnsafeMutableRawBufferPointer(rebasing: buf[0..<min(buf.count, Int(r.upperBound - off))])
-            guard preadAll(fd, chunk, at: off) else { return false }
+            guard (try? FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: off, into: chunk)) == chunk.count else { return false }
             hasher.update(UnsafeRawBufferPointer(chunk))
             off += Int64(chunk.count)
         }

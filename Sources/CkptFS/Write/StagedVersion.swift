@@ -5,6 +5,8 @@ import CkptDigest
 import CkptS3
 import Foundation
 import Synchronization
+import SystemPackage
+import CkptSystem
 
 /// One version of a file's contents on local disk.
 final class StagedVersion: Sendable {
@@ -110,7 +112,7 @@ final class StagedVersion: Sendable {
     init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date, writable: Bool = false) {
         self.id = id
         self.path = path
-        descriptors = Mutex((fd, writable ? Glibc.open(path, O_WRONLY | oDirect | O_CLOEXEC) : -1))
+        descriptors = Mutex((fd, writable ? Glibc.open(path, O_WRONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC) : -1))
         self.state = Mutex(State(key: key, size: size, mtime: mtime))
     }
 

@@ -5,6 +5,8 @@ import CkptCache
 import CkptDigest
 import Foundation
 import Synchronization
+import SystemPackage
+import CkptSystem
 
 final class StagingArea: Sendable {
     let directory: String
@@ -146,8 +148,12 @@ final class StagingArea: Sendable {
         defer { buf.deallocate() }
         var off: Int64 = 0
         while off < size {
-            let n = pread(fd, buf.baseAddress, min(buf.count, Int(size - off)), off_t(off))
-            guard n > 0 else { throw FSError(EIO, "reading a staged file: \(n < 0 ? String(cString: strerror(errno)) : "it is shorter than recorded")") }
+            let want = UnsafeMutableRawBufferPointer(rebasing: buf[0..<min(buf.count, Int(size - off))])
+            let n: Int
+            do { n = try FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: off, into: want) } catch {
+                throw FSError(error.rawValue, "reading a staged file: \(error)")
+            }
+            guard n > 0 else { throw FSError(EIO, "reading a staged file: it is shorter than recorded") }
             try body(UnsafeRawBufferPointer(rebasing: buf[0..<n]), off)
             off += Int64(n)
         }
@@ -186,22 +192,20 @@ final class StagingArea: Sendable {
     /// pwrite that, when the disk is full, evicts clean cache blocks and tries again before giving up with
     /// ENOSPC. Dirty data is never evicted.
     func writeAll(_ fd: Int32, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
-        var done = 0
-        var attempts = 0
-        while done < data.count {
-            let n = pwrite(fd, data.baseAddress! + done, data.count - done, off_t(offset + Int64(done)))
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == ENOSPC || errno == EDQUOT) && attempts < 5 {
-                // Evict clean blocks; space of files just unlinked may also take a moment to come back.
-                if attempts == 0 { cache.makeRoom(Int64(data.count - done) + (64 << 20)) } else { usleep(100_000) }
-                attempts += 1
-                continue
-            }
-            if n <= 0 {
-                let e = n < 0 ? errno : EIO
+        let file = FileDescriptor(rawValue: fd)
+        do {
+            _ = try file.writeAll(toAbsoluteOffset: offset, data)
+        } catch let e as Errno where e == .noSpace || e == .diskQuotaExceeded {
+            // The disk is full: evict clean cache blocks (dirty data never) and write once more. A write that
+            // landed in part is written again whole: the same bytes at the same offsets.
+            cache.makeRoom(Int64(data.count) + (64 << 20))
+            do { _ = try file.writeAll(toAbsoluteOffset: offset, data) } catch {
+                let e = (error as? Errno)?.rawValue ?? EIO
                 throw FSError(e, "writing to the staging area \(directory): \(String(cString: strerror(e)))")
             }
-            done += n
+        } catch {
+            let e = (error as? Errno)?.rawValue ?? EIO
+            throw FSError(e, "writing to the staging area \(directory): \(String(cString: strerror(e)))")
         }
     }
 

@@ -1,0 +1,8 @@
+// Compiled with _GNU_SOURCE, unlike Swift's Glibc module: see cglibc.h for why.
+#define _GNU_SOURCE
+#include "cglibc.h"
+#include <fcntl.h>
+#include <spawn.h>
+
+const int ckpt_glibc_O_DIRECT = O_DIRECT;
+const short ckpt_glibc_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;

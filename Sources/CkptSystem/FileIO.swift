@@ -1,0 +1,38 @@
+// File I/O for the modules that touch local files (the cache, the transport, the core): swift-system's
+// `FileDescriptor` and `Errno` (its calls retry EINTR, and `writeAll(toAbsoluteOffset:_:)` retries short
+// writes without copying the buffer), plus the two things it lacks here: a positional read that fills its
+// buffer, and the glibc constants Swift cannot import (from the CGlibc shim).
+import CGlibc
+import SystemPackage
+
+extension FileDescriptor {
+    /// Reads `buffer.count` bytes starting at byte `offset` of the file (pread), retrying EINTR and short
+    /// reads, without moving the descriptor's offset.
+    /// - Returns: the bytes read: `buffer.count`, or fewer only when the file ends first (0 at or past the end).
+    /// - Throws: the `Errno` of the pread that failed (bytes read before it are in `buffer` but not counted).
+    public func readAll(fromAbsoluteOffset offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n: Int
+            do {
+                n = try read(fromAbsoluteOffset: offset + Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            } catch {
+                throw error as? Errno ?? .ioError
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+}
+
+extension FileDescriptor.OpenOptions {
+    /// O_DIRECT: reads and writes bypass the page cache. Buffers, offsets and lengths must be aligned (4096
+    /// bytes is safe); opening fails with `Errno.invalidArgument` where the filesystem refuses it (tmpfs).
+    /// glibc defines it only under _GNU_SOURCE and its value differs by architecture, hence the shim.
+    public static var direct: FileDescriptor.OpenOptions { .init(rawValue: ckpt_glibc_O_DIRECT) }
+}
+
+/// posix_spawnattr_setflags flag POSIX_SPAWN_SETSID (glibc, from the CGlibc shim): the child starts a new
+/// session, so it is not tied to the spawning process's terminal.
+public let posixSpawnSetSID: Int16 = ckpt_glibc_POSIX_SPAWN_SETSID

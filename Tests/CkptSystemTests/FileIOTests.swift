@@ -1,0 +1,51 @@
+import CkptSystem
+import Foundation
+import SystemPackage
+import XCTest
+
+final class FileIOTests: XCTestCase {
+    var path: String!
+
+    override func setUp() { path = NSTemporaryDirectory() + "ckptfs-fileio-\(UUID().uuidString)" }
+    override func tearDown() { unlink(path) }
+
+    func testReadAllFillsTheBufferAndStopsOnlyAtTheEnd() throws {
+        let data = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .truncate], permissions: .ownerReadWrite)
+        defer { try? fd.close() }
+        XCTAssertEqual(try fd.writeAll(toAbsoluteOffset: 0, data), data.count)
+        var buf = [UInt8](repeating: 0, count: 60_000)
+        XCTAssertEqual(try buf.withUnsafeMutableBytes { b throws(Errno) in try fd.readAll(fromAbsoluteOffset: 1000, into: b) }, 60_000)
+        XCTAssertEqual(buf, Array(data[1000..<61_000]))
+        // Past the end: what there is, then nothing.
+        XCTAssertEqual(try buf.withUnsafeMutableBytes { b throws(Errno) in try fd.readAll(fromAbsoluteOffset: 70_000, into: b) }, 30_000)
+        XCTAssertEqual(Array(buf[0..<30_000]), Array(data[70_000...]))
+        XCTAssertEqual(try buf.withUnsafeMutableBytes { b throws(Errno) in try fd.readAll(fromAbsoluteOffset: 200_000, into: b) }, 0)
+        // The descriptor's own offset is not moved by positional I/O.
+        XCTAssertEqual(try fd.seek(offset: 0, from: .current), 0)
+    }
+
+    func testReadAllThrowsTheErrno() throws {
+        let fd = try FileDescriptor.open(path, .writeOnly, options: [.create], permissions: .ownerReadWrite)
+        defer { try? fd.close() }
+        var buf = [UInt8](repeating: 0, count: 16)
+        XCTAssertThrowsError(try buf.withUnsafeMutableBytes { b throws(Errno) in try fd.readAll(fromAbsoluteOffset: 0, into: b) }) {
+            XCTAssertEqual($0 as? Errno, .badFileDescriptor)
+        }
+    }
+
+    func testGlibcConstantsFromTheShim() throws {
+        #if arch(x86_64)
+        XCTAssertEqual(FileDescriptor.OpenOptions.direct.rawValue, 0o40000)
+        #elseif arch(arm64)
+        XCTAssertEqual(FileDescriptor.OpenOptions.direct.rawValue, 0o200000)
+        #endif
+        XCTAssertEqual(posixSpawnSetSID, 0x80)
+        // O_DIRECT reaches open(2): a filesystem that refuses it says EINVAL; one that takes it opens.
+        do {
+            let fd = try FileDescriptor.open(path, .writeOnly, options: [.create, .direct], permissions: .ownerReadWrite)
+            XCTAssertNotEqual(fcntl(fd.rawValue, F_GETFL) & FileDescriptor.OpenOptions.direct.rawValue, 0)
+            try fd.close()
+        } catch Errno.invalidArgument {}
+    }
+}
