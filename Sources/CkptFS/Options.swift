@@ -43,7 +43,7 @@ public struct FSOptions: Sendable {
     /// Most bytes held in the staging area (files written and not yet uploaded, copies of files open while they
     /// upload) before writers are held back: a write past the bound waits (in the kernel's write, not failing)
     /// until uploads bring the staged bytes under it, as long as uploads are queued that can. Nil: half of what
-    /// the cache disk had free at mount (plus what was already staged), at least 1 GiB.
+    /// the cache disk had free at mount (plus what was already staged), at least 16 MiB.
     public var maxDirty: Int64?
     /// Files uploaded at once, and parts in flight over all files.
     public var uploadConcurrency = 4

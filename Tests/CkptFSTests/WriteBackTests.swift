@@ -3,6 +3,7 @@ import CkptDigest
 @testable import CkptFS
 import CkptS3
 import Foundation
+import Synchronization
 import XCTest
 
 /// The write-back core against the in-memory object client: staging, journal, uploads, recovery.
@@ -300,6 +301,52 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/staging").count, 2)
         try fs.flush(handle: r)
         fs.release(handle: r)
+    }
+
+    /// close() of a duplicate descriptor (a child process exiting, or exec'ing, while the parent writes a
+    /// checkpoint) acknowledges the file while writes go on from other threads. Every acknowledgement must
+    /// describe exactly the bytes of the version it names: a write that lands in a version while it is being
+    /// acknowledged made its journal record (size, checksum) wrong, and recovery quarantined the file.
+    func testAcknowledgingWhileWritesGoOnNeverRecordsAVersionThatThenChanges() async throws {
+        let data = (0..<(24 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ ($0 >> 12)) }
+        for round in 0..<3 {
+            try? FileManager.default.removeItem(atPath: dir)
+            do {
+                let fs = try make(hold: true)
+                let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: "ckpt-\(round).pt", flags: O_WRONLY)
+                let writing = Atomic<Bool>(true)
+                let closer = Thread {
+                    while writing.load(ordering: .relaxed) { try? fs.flush(handle: h) }
+                }
+                closer.start()
+                // Writes from several threads at once, as the kernel's write-back sends them.
+                await withTaskGroup(of: Void.self) { g in
+                    for t in 0..<4 {
+                        g.addTask {
+                            var off = t << 20
+                            while off < data.count {
+                                _ = try? data[off..<off + (1 << 20)].withUnsafeBytes { try fs.write(handle: h, offset: Int64(off), data: $0) }
+                                off += 4 << 20
+                            }
+                        }
+                    }
+                }
+                writing.store(false, ordering: .relaxed)
+                while !closer.isFinished { try await Task.sleep(for: .milliseconds(1)) }
+                try fs.flush(handle: h)
+                fs.release(handle: h)
+                fs.shutdown()  // "crash": only the journal and the staged files are left
+            }
+            let fs = try make()
+            let report = try await fs.recover()
+            XCTAssertEqual(report.quarantined.map(\.key), [], "round \(round): an acknowledged version changed after its record")
+            XCTAssertEqual(report.requeued, ["ckpt-\(round).pt"])
+            let left = await fs.flushAll(under: "", timeout: .seconds(60))
+            XCTAssertTrue(left.isEmpty, "\(left)")
+            let got = try await object("ckpt-\(round).pt")
+            XCTAssertEqual(got.count, data.count)
+            XCTAssertTrue(got == data, "round \(round): the last acknowledged state is the whole file")
+        }
     }
 
     func testRecoveryUploadsAcknowledgedFilesAndIgnoresATornTail() async throws {

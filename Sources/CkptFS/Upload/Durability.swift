@@ -109,6 +109,7 @@ extension WriteBack {
         s.stagingBytes = staging.diskUsage()
         s.maxDirty = maxDirty
         s.heldWriters = heldWriters.load(ordering: .relaxed)
+        s.stagedBytes = staging.stagedBytes
         return s
     }
 

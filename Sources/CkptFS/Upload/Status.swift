@@ -35,6 +35,9 @@ public struct WriteBackStatus: Sendable, Codable {
     public var maxDirty: Int64 = 0
     /// Writes waiting for room under the dirty bound now.
     public var heldWriters = 0
+    /// What the dirty bound is checked against: the bytes the staged versions hold (extents written, copied
+    /// or filled), counted as they change.
+    public var stagedBytes: Int64 = 0
 }
 
 /// What recovery found in the journal.

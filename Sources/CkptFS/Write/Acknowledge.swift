@@ -64,8 +64,14 @@ extension WriteBack {
         if first { enqueueUpload(v) }
     }
 
-    /// fsyncs `v`'s staged file and appends its commit record (size, checksum, condition) to the journal.
+    /// fsyncs `v`'s staged file and appends its commit record (size, checksum, condition) to the journal. No
+    /// write lands in `v` meanwhile (it holds `v.gate` exclusive); once it returns `v` is frozen, and writes that
+    /// waited go to a copy.
     func journalCommit(_ v: StagedVersion) throws(FSError) {
+        try v.gate.exclusive { () throws(FSError) in try journalCommitAlone(v) }
+    }
+
+    private func journalCommitAlone(_ v: StagedVersion) throws(FSError) {
         let synced = Glibc.fsync(v.fd) == 0 ? 0 : errno
         // A background fdatasync still running: wait for it, so its error (if any) is recorded.
         v.backgroundSync.wait()

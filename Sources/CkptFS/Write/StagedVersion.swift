@@ -105,6 +105,8 @@ final class StagedVersion: Sendable {
     /// Bytes of the staged file the staging area counts for it (the extent written, copied or filled), and
     /// whether the file was removed (StagingArea.remove).
     let staged = Mutex<(extent: Int64, removed: Bool)>((0, false))
+    /// Writes hold it shared, an acknowledgement exclusive (see WriteGate).
+    let gate = WriteGate()
     /// Taken for the length of a background fdatasync (`syncInBackground`): a commit waits on it, so the
     /// error that sync saw is recorded before the commit reads it.
     let backgroundSync = DispatchSemaphore(value: 1)
@@ -151,6 +153,9 @@ final class StagedVersion: Sendable {
     /// What stat shows of this version (no ETag: it is not in S3 as such).
     var meta: Meta { state.withLock { Meta(isDirectory: false, size: $0.size, etag: "", mtime: $0.mtime) } }
     var size: Int64 { state.withLock { $0.size } }
+
+    /// Acknowledged (journaled) or sealed: its bytes never change again; a write goes to a copy.
+    var isFrozen: Bool { state.withLock { $0.sealed || $0.committedSum != nil } }
 
     /// Whether this version has reached a final state (durable, superseded or dropped).
     var isSettled: Bool {
@@ -239,3 +244,35 @@ final class StagedVersion: Sendable {
     }
 }
 
+
+/// A readers-writer lock over a version's bytes: writes to the version hold it shared, an acknowledgement
+/// (`journalCommit`) holds it exclusive, so no write lands in a version between the moment its size and
+/// checksum are taken for the journal and the moment it is marked acknowledged (later writes go to a copy).
+/// Blocking (pthread_rwlock): held on FUSE threads and on the blocking-work threads, never across an await.
+final class WriteGate: @unchecked Sendable {
+    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+
+    init() {
+        lock = .allocate(capacity: 1)
+        pthread_rwlock_init(lock, nil)
+    }
+
+    deinit {
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+
+    /// Runs `body` while no acknowledgement runs (writes run together).
+    func shared<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+
+    /// Runs `body` alone: no write is in progress or starts until it returns.
+    func exclusive<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+}

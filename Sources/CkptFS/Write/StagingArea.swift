@@ -20,6 +20,26 @@ final class StagingArea: Sendable {
 
     /// Bytes the staged versions hold now.
     var stagedBytes: Int64 { bytes.load(ordering: .relaxed) }
+    /// Bytes of writes admitted and not finished (`admit`, `finished`).
+    private let writing = Mutex<Int64>(0)
+
+    /// Admits a write of `n` bytes when `fits(staged + writing + n)` says so (checked and counted under one
+    /// lock, so concurrent writes cannot all pass a bound together); `finished(n)` when it is done.
+    func admit(_ n: Int64, fits: (Int64) -> Bool) -> Bool {
+        writing.withLock { w in
+            guard fits(stagedBytes + w + n) else { return false }
+            w += n
+            return true
+        }
+    }
+
+    /// What `admit` would count with a write of `n` bytes now.
+    func committed(plus n: Int64) -> Int64 { writing.withLock { stagedBytes + $0 + n } }
+
+    func finished(_ n: Int64) {
+        writing.withLock { $0 -= n }
+        wakeWaiters()
+    }
 
     /// Counts bytes of `v` up to `end` as staged (a write or fill reached there).
     func account(_ v: StagedVersion, upTo end: Int64) {

@@ -78,14 +78,15 @@ final class WriteBack: Sendable {
     /// A new id for the journal: of a staged version, a delete, a rename's intent.
     func newJournalId() -> UInt64 { lastJournalId.wrappingAdd(1, ordering: .relaxed).newValue }
 
-    /// Half of what the filesystem holding `directory` has free (statvfs f_bavail), plus what is staged there
-    /// already, at least 1 GiB.
+    /// Half of what the filesystem holding `directory` has free (statvfs f_bavail) plus what is staged there
+    /// already, at least 16 MiB: the other half is left for the block cache (clean blocks, evicted when the
+    /// disk fills), the journal and copies of files open while they upload.
     static func defaultMaxDirty(directory: String) -> Int64 {
         var st = statvfs()
         guard statvfs(directory, &st) == 0 else { return 1 << 30 }
         let free = Int64(st.f_bavail) * Int64(st.f_frsize)
         let staged = StagingArea.diskUsage(of: directory + "/staging")
-        return max(1 << 30, (free + staged) / 2)
+        return max(16 << 20, (free + staged) / 2)
     }
 
     func checkWritable() throws(FSError) {

@@ -18,20 +18,25 @@ extension WriteBack {
     /// fetches that block first.
     func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
-        if !mustWaitForRoom(), try writeNow(h, offset: offset, data: data) { return .done(data.count) }
+        let n = Int64(data.count)
+        if staging.admit(n, fits: fits) {
+            defer { staging.finished(n) }
+            if try writeNow(h, offset: offset, data: data) { return .done(data.count) }
+        }
         let bytes = [UInt8](data)
         return .later(PendingWrite { () async throws(FSError) in
-            await self.waitForRoom()
+            await self.admitWaiting(n)
+            defer { self.staging.finished(n) }
             return try await self.writeFetching(h, offset: offset, data: bytes)
         })
     }
 
-    /// Whether a write must wait for room: the staged bytes are over the dirty bound (FSOptions.maxDirty) and
-    /// uploads are queued that will bring them down (without any, waiting would never end: the bound is then
-    /// exceeded by files still open, and the write goes ahead).
-    func mustWaitForRoom() -> Bool {
-        guard staging.stagedBytes > maxDirty else { return false }
-        return changes.state.withLock { u in
+    /// Whether the staging area may hold `total` bytes: under the dirty bound (FSOptions.maxDirty), or over it
+    /// with no upload queued that could bring it down (waiting would never end: the bound is then exceeded by
+    /// files still open, and the write goes ahead).
+    func fits(_ total: Int64) -> Bool {
+        guard total > maxDirty else { return true }
+        return !changes.state.withLock { u in
             u.pending.values.contains { v in
                 v.state.withLock { s in
                     switch s.upload {
@@ -44,18 +49,34 @@ extension WriteBack {
         }
     }
 
-    /// Waits while `mustWaitForRoom` (woken by each staged file removed, and whenever an upload settles).
-    func waitForRoom() async {
-        guard mustWaitForRoom() else { return }
+    /// Waits until a write of `n` bytes is admitted (woken by each staged file removed, each write finished,
+    /// and each upload that settles).
+    func admitWaiting(_ n: Int64) async {
+        if staging.admit(n, fits: fits) { return }
         heldWriters.wrappingAdd(1, ordering: .relaxed)
         defer { heldWriters.wrappingSubtract(1, ordering: .relaxed) }
-        await staging.wait { self.mustWaitForRoom() }
+        while !staging.admit(n, fits: fits) {
+            await staging.wait { !self.fits(self.staging.committed(plus: n)) }
+        }
     }
 
     /// Writes `data` at `offset` to the version `h` writes to, unless it covers part of a block still in S3
     /// (false: nothing was written).
     func writeNow(_ h: LocalHandle, offset at: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Bool {
-        let v = try writableVersion(h.file)
+        // The version may be acknowledged between `writableVersion` and the write: the gate makes the write wait
+        // for that, and then it goes to a copy instead (the acknowledged bytes never change).
+        while true {
+            let v = try writableVersion(h.file)
+            let outcome = try v.gate.shared { () throws(FSError) -> Bool? in
+                guard !v.isFrozen else { return nil }
+                return try writeLanding(v, h, offset: at, data: data)
+            }
+            if let outcome { return outcome }
+        }
+    }
+
+    /// The write of `writeNow` into `v`, which is not acknowledged and cannot be while this runs.
+    private func writeLanding(_ v: StagedVersion, _ h: LocalHandle, offset at: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Bool {
         do throws(FSError) {
             guard claimBlocks(v, offset: at, count: data.count) else { return false }
             try staging.write(v, data, at: at)
@@ -92,7 +113,19 @@ extension WriteBack {
 
     /// Sets the size of `f`'s local version.
     func truncateVersion(_ f: LocalFile, to size: Int64) throws(FSError) {
-        let v = try writableVersion(f, empty: size == 0)
+        // As for writes: never into a version being acknowledged (see `writeNow`).
+        while true {
+            let v = try writableVersion(f, empty: size == 0)
+            let done = try v.gate.shared { () throws(FSError) -> Bool in
+                guard !v.isFrozen else { return false }
+                try truncateLanding(v, to: size)
+                return true
+            }
+            if done { return }
+        }
+    }
+
+    private func truncateLanding(_ v: StagedVersion, to size: Int64) throws(FSError) {
         guard ftruncate(v.fd, off_t(size)) == 0 else {
             let e = errno
             v.fail(e)
@@ -117,4 +150,5 @@ extension WriteBack {
         }
         checkEarlyUpload(v, changedFrom: size)
     }
+
 }
