@@ -2,8 +2,9 @@
 // ckptfs: an S3 bucket as a POSIX directory for ML training.
 //
 // Layers, dependencies pointing one way:
-//   ckptfs (CLI) → [FUSE adapter → filesystem core →] CkptS3 → CkptHTTP → CCurl
-//                                                    ↘ CkptDigest → COpenSSL
+//   CkptCommand (the `ckptfs` binary) → CkptFUSE (adapter) → CkptFS (core) → CkptCache, CkptS3 → CkptHTTP → CCurl
+//                                                                                   ↘ CkptDigest → COpenSSL
+// `check` needs no kernel: the command line also talks to CkptS3 directly.
 // Only CkptHTTP touches libcurl, only CkptDigest touches OpenSSL, only the FUSE adapter touches libfuse.
 import PackageDescription
 
@@ -11,7 +12,7 @@ let package = Package(
     name: "ckptfs",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "ckptfs", targets: ["ckptfs"]),
+        .executable(name: "ckptfs", targets: ["CkptCommand"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -23,7 +24,7 @@ let package = Package(
         .target(name: "CCurl", path: "CModules/CCurl", linkerSettings: [.linkedLibrary("curl")]),
         .target(name: "COpenSSL", path: "CModules/COpenSSL", linkerSettings: [.linkedLibrary("crypto")]),
 
-        // Hashes and MACs (SHA-256, HMAC-SHA256, MD5, CRC32C) over OpenSSL.
+        // Hashes and MACs: SHA-256, HMAC-SHA256 and MD5 over OpenSSL; XXH64 (block and staged-file checksums) in Swift.
         .target(name: "CkptDigest", dependencies: ["COpenSSL"]),
         // HTTP transport: libcurl multi interface on its own thread; async API; no Swift thread ever blocks.
         .target(name: "CkptHTTP", dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")]),
@@ -33,12 +34,12 @@ let package = Package(
         ]),
         // Persistent, checksummed, size-bounded block cache on local disk.
         .target(name: "CkptCache", dependencies: ["CkptDigest"]),
-        // The filesystem core: namespace, inodes, reads with read-ahead. No C module, no kernel.
+        // The filesystem core: namespace, reads with read-ahead, write-back with its journal, uploads. No C module, no kernel.
         .target(name: "CkptFS", dependencies: ["CkptS3", "CkptCache", .product(name: "Logging", package: "swift-log")]),
         // The FUSE adapter: libfuse's low-level API onto the core (the only module using libfuse).
         .target(name: "CkptFUSE", dependencies: ["CFuse", "CkptFS", "CkptCache", .product(name: "Logging", package: "swift-log")]),
-        // The command line.
-        .executableTarget(name: "ckptfs", dependencies: [
+        // The command line: the `ckptfs` binary (product), one file per subcommand.
+        .executableTarget(name: "CkptCommand", dependencies: [
             "CkptFUSE", "CkptFS", "CkptCache", "CkptS3", "CkptHTTP", "CkptDigest",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
