@@ -17,6 +17,11 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // Metrics: the swift-metrics API, exported as Prometheus text, served over HTTP by FlyingFox (a small
+        // async HTTP server without SwiftNIO: about 25 s more of a first debug build here).
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         // C shims: only what Swift cannot import directly (macros, variadic functions).
@@ -43,6 +48,9 @@ let package = Package(
             "CkptFUSE", "CkptFS", "CkptCache", "CkptS3", "CkptHTTP", "CkptDigest",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "FlyingFox", package: "FlyingFox"),
         ]),
 
         // Benchmark tool for the S3 client alone (bench/s3_download.py drives it).
@@ -57,5 +65,8 @@ let package = Package(
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "CFuseTests", dependencies: ["CFuse"]),
+        .testTarget(name: "CkptCommandTests", dependencies: [
+            "CkptCommand", "CkptS3", "CkptFS", "CkptCache", .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
     ]
 )

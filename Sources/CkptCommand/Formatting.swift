@@ -12,6 +12,12 @@ func formatBytes(_ n: Int64) -> String {
     return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
 }
 
+/// "1h 02m 03s": a number of seconds (rounded down) as hours, minutes and seconds.
+func formatSeconds(_ seconds: Double) -> String {
+    let s = Int(seconds.rounded(.down))
+    return "\(s / 3600)h \(String(format: "%02d", (s % 3600) / 60))m \(String(format: "%02d", s % 60))s"
+}
+
 extension Duration {
     /// The duration in seconds.
     var seconds: Double {

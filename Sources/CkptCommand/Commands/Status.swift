@@ -42,6 +42,22 @@ struct Status: ParsableCommand {
         if w.pending.count > 20 { lines.append("                  ... and \(w.pending.count - 20) more") }
         lines.append("cache:            \(formatBytes(s.cacheUsedBytes)) of \(formatBytes(s.cacheCapacityBytes)), "
             + "hit ratio \(String(format: "%.2f", s.cacheHitRatio))")
+        if let c = s.credentials {
+            var line = "credentials:      \(c.accessKeyId.map { "\($0) from " } ?? "")\(c.source)"
+            if let e = c.expiration, let left = c.expiresInSeconds {
+                line += left > 0 ? ", expires \(e) (in \(formatSeconds(left)))" : ", EXPIRED at \(e)"
+            }
+            if c.refreshes > 0 { line += ", refreshed \(c.refreshes) time(s)" }
+            lines.append(line)
+            if c.consecutiveFailures > 0, let error = c.lastError {
+                lines.append("credentials:      refresh failing (\(c.consecutiveFailures) in a row; requests use the current "
+                    + "credentials until they expire, uploads wait and resume after a refresh): \(error)")
+                if let fix = c.fix { lines.append("  fix: \(fix)") }
+            }
+        } else {
+            lines.append("credentials:      none (anonymous requests)")
+        }
+        if let m = s.metricsURL { lines.append("metrics:          \(m)") }
         lines.append("requests:         \(s.getRequests) GET (\(formatBytes(s.bytesDownloaded))), \(s.putRequests) PUT/part, "
             + "\(s.headRequests) HEAD, \(s.listRequests) LIST; \(s.directOpens) direct-I/O opens")
         return lines.joined(separator: "\n")

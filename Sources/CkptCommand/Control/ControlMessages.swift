@@ -1,4 +1,5 @@
 import CkptFS
+import CkptS3
 import Foundation
 
 // The messages of the control socket: one JSON line each way (see `Control.call`).
@@ -40,6 +41,10 @@ extension Control {
         var listRequests: Int
         var putRequests: Int
         var directOpens: Int
+        /// Absent for anonymous requests (--no-sign-request).
+        var credentials: CredentialsReport?
+        /// Where the metrics are served (`--metrics-address`), absent when they are not.
+        var metricsURL: String?
         /// Present while the daemon drains before unmounting, after a signal.
         var stopping: Stopping?
     }
@@ -52,5 +57,35 @@ extension Control {
         var refusingChanges: Bool
         /// Files still open for writing through the mount.
         var openForWriting: Int
+    }
+
+    /// The state of the mount's credentials: where they come from, when they expire, and the last refresh
+    /// failure with its fix while refreshing keeps failing. Never a secret (the access key id is not one).
+    struct CredentialsReport: Codable {
+        /// "web identity role arn:...", "container credentials", "instance profile NAME", "environment (...)".
+        var source: String
+        var accessKeyId: String?
+        /// ISO 8601 UTC; absent for keys that do not expire.
+        var expiration: String?
+        /// Seconds left until `expiration` (negative once expired).
+        var expiresInSeconds: Double?
+        /// Times the credentials were replaced by fresh ones.
+        var refreshes: Int
+        /// Refreshes that failed in a row since the last success.
+        var consecutiveFailures: Int
+        /// The last refresh failure (while `consecutiveFailures` > 0), and what to do about it.
+        var lastError: String?
+        var fix: String?
+
+        init(_ s: CredentialsStatus) {
+            source = s.source
+            accessKeyId = s.accessKeyId
+            expiration = s.expiration.map(S3Date.iso8601)
+            expiresInSeconds = s.expiration.map { $0.timeIntervalSinceNow.rounded() }
+            refreshes = s.refreshes
+            consecutiveFailures = s.consecutiveFailures
+            lastError = s.consecutiveFailures > 0 ? s.lastError.map { "\($0.source): \($0.message)" } : nil
+            fix = s.consecutiveFailures > 0 ? s.lastError?.fix : nil
+        }
     }
 }

@@ -1,4 +1,5 @@
 import CkptFS
+import CkptS3
 import Foundation
 import Logging
 import Synchronization
@@ -6,6 +7,10 @@ import Synchronization
 /// Serves the control socket of one mount on its own thread.
 final class ControlServer: @unchecked Sendable {
     let fs: FileSystem
+    /// The credentials the mount signs with (nil: anonymous), for `status`.
+    let credentials: CredentialsProvider?
+    /// Where the metrics are served (`--metrics-address`), for `status`.
+    let metricsURL: String?
     let path: String
     let logger: Logger
     private var fd: Int32 = -1
@@ -14,8 +19,10 @@ final class ControlServer: @unchecked Sendable {
     /// Set when a signal started the drain before an unmount.
     let stopping = Mutex<DrainState?>(nil)
 
-    init(fs: FileSystem, mountpoint: String, logger: Logger) {
+    init(fs: FileSystem, mountpoint: String, credentials: CredentialsProvider?, metricsURL: String?, logger: Logger) {
         self.fs = fs
+        self.credentials = credentials
+        self.metricsURL = metricsURL
         self.path = Control.socketPath(for: mountpoint)
         self.logger = logger
     }
@@ -87,6 +94,7 @@ final class ControlServer: @unchecked Sendable {
                 cacheHitRatio: lookups == 0 ? 0 : Double(s.cache.hits) / Double(lookups), getRequests: s.getRequests,
                 bytesDownloaded: s.bytesDownloaded, headRequests: s.headRequests, listRequests: s.listRequests,
                 putRequests: s.putRequests, directOpens: s.directOpens,
+                credentials: credentials.map { Control.CredentialsReport($0.status) }, metricsURL: metricsURL,
                 stopping: stopping.withLock { $0 }.map {
                     .init(signal: $0.signalName, drainSecondsLeft: max(0, ($0.deadline - .now).seconds),
                           refusingChanges: !$0.gate.acceptsChanges, openForWriting: $0.gate.openWriters)

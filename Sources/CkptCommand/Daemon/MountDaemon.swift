@@ -20,7 +20,9 @@ struct MountDaemon {
 
     func serve() async throws(UserFacingFailure) {
         let logger = logger
-        let client = S3Client(configuration: config, logger: logger)
+        let metrics = options.metricsEndpoint.map { _ in MountMetrics() }
+        var client: any ObjectClient = S3Client(configuration: config, logger: logger)
+        if let metrics { client = MetricsObjectClient(wrapping: client, factory: metrics.factory) }
         let fs: FileSystem
         do {
             fs = try FileSystem(client: client, bucket: target.bucket, prefix: target.prefix, cache: cache,
@@ -35,7 +37,19 @@ struct MountDaemon {
         } catch {
             throw UserFacingFailure(message: "cannot start the write-back in \(cacheDir): \(error)")
         }
-        let control = ControlServer(fs: fs, mountpoint: mountpoint, logger: logger)
+        let credentials = config.credentialsProvider
+        var metricsServer: MetricsServer?
+        var metricsURL: String?
+        if let metrics, let address = options.metricsEndpoint {
+            metrics.read { MountSnapshot(fs, credentials: credentials) }
+            let server = try await MetricsServer(address: address, render: metrics.exposition)
+            var bound = address
+            bound.port = await server.boundPort() ?? address.port
+            metricsURL = "http://\(bound)/metrics"
+            metricsServer = server
+            logger.notice("serving metrics", metadata: ["metrics.url": "\(bound)"])
+        }
+        let control = ControlServer(fs: fs, mountpoint: mountpoint, credentials: credentials, metricsURL: metricsURL, logger: logger)
         try control.start()
         defer { control.stop() }
         logger.notice("mounting", metadata: ["s3.url": "\(target)", "mountpoint": "\(mountpoint)", "cache.dir": "\(cacheDir)",
@@ -84,6 +98,7 @@ struct MountDaemon {
             logger.error("not durable at exit; kept in the journal, the next mount with this cache dir uploads them",
                          metadata: ["files": "\(left.map { "\($0.path): \($0.reason)" })"])
         }
+        await metricsServer?.stop()
     }
 
     /// The options the kernel mount gets (libfuse `-o` form): the source shown in /proc/mounts (commas would

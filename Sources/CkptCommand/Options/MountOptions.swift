@@ -45,6 +45,9 @@ struct MountOptions: ParsableArguments {
     @Flag(help: "Stay in the foreground and log to stderr.") var foreground = false
     @Option(name: .customLong("log-file"), help: "Where the daemon logs (default: CACHE_DIR/ckptfs.log).")
     var logFile: String?
+    @Option(name: .customLong("metrics-address"),
+            help: "Serve Prometheus metrics on http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (a port alone means 127.0.0.1; default: no metrics).")
+    var metricsAddress: String?
     /// Set by the launching `ckptfs mount` for the daemon it starts: the pipe to report "OK" or "ERR ..." on.
     @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
 
@@ -69,9 +72,17 @@ struct MountOptions: ParsableArguments {
         guard uploadDelay >= 0 else { throw ValidationError("--upload-delay must be zero or more seconds, like 0.5") }
         guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must be zero or more seconds, like 120") }
         guard metadataTTL >= 0 else { throw ValidationError("--metadata-ttl must be zero or more seconds, like 30") }
+        if let m = metricsAddress, case .failure(let e) = MetricsAddress.parse(m) {
+            throw ValidationError("--metrics-address '\(m)': \(e.reason); write HOST:PORT, like 127.0.0.1:9464")
+        }
         for (name, m) in [("--file-mode", fileMode), ("--dir-mode", dirMode)] {
             guard let v = UInt32(m, radix: 8), v <= 0o7777 else { throw ValidationError("\(name) '\(m)' is not an octal mode like 0644") }
         }
+    }
+
+    /// Where the metrics are served, if they are. Call only after `validate()`.
+    var metricsEndpoint: MetricsAddress? {
+        metricsAddress.flatMap { try? MetricsAddress.parse($0).get() }
     }
 
     /// The core's options. Call only after `validate()` (it force-unwraps what that checked).
