@@ -8,11 +8,12 @@ struct Unmount: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Unmount a ckptfs mount.")
 
     @Argument(help: "The mount point.") var mountpoint: String
-    @Option(name: .customLong("drain-timeout"), help: "Seconds to wait for queued uploads before unmounting (default 120).")
-    var drainTimeout: Double = 120
+    @Option(name: .customLong("drain-timeout"),
+            help: "Seconds to wait for queued uploads before unmounting (default: the mount's --drain-timeout, 120 unless set).")
+    var drainTimeout: Double?
 
     func validate() throws {
-        guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must be zero or more seconds, like 120") }
+        if let drainTimeout, drainTimeout < 0 { throw ValidationError("--drain-timeout must be zero or more seconds, like 120") }
     }
 
     func run() throws {
@@ -23,7 +24,8 @@ struct Unmount: ParsableCommand {
         }
     }
 
-    static func unmount(_ path: String, drainTimeout: Double) throws(UserFacingFailure) {
+    /// Drains (at most `drainTimeout` seconds; nil: the mount's own `--drain-timeout`), then unmounts `path`.
+    static func unmount(_ path: String, drainTimeout requested: Double?) throws(UserFacingFailure) {
         guard let m = MountChecks.mounts().last(where: { $0.path == path }) else {
             throw UserFacingFailure(message: "\(path) is not mounted")
         }
@@ -37,6 +39,7 @@ struct Unmount: ParsableCommand {
             return
         }
         // Drain first: uploads finish while the mount is still there.
+        let drainTimeout = requested ?? (try? Control.status(path).reply.drainTimeoutSeconds).flatMap { $0 } ?? 120
         if let data = try? Control.call(path, .init(cmd: "flush", path: "", timeout: drainTimeout)),
            let r = try? JSONDecoder().decode(Control.FlushReply.self, from: data), !r.ok {
             var msg = "ckptfs: warning: \(r.notDurable.count) file(s) are not durable in S3 (waited up to \(Int(drainTimeout)) s); "

@@ -45,6 +45,8 @@ extension Control {
         var credentials: CredentialsReport?
         /// Where the metrics are served (`--metrics-address`), absent when they are not.
         var metricsURL: String?
+        /// The mount's `--drain-timeout`: how long `ckptfs unmount` (and umount with the helper) waits for uploads.
+        var drainTimeoutSeconds: Double?
         /// Present while the daemon drains before unmounting, after a signal.
         var stopping: Stopping?
     }

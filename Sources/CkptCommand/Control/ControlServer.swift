@@ -11,6 +11,8 @@ final class ControlServer: @unchecked Sendable {
     let credentials: CredentialsProvider?
     /// Where the metrics are served (`--metrics-address`), for `status`.
     let metricsURL: String?
+    /// The mount's `--drain-timeout`, for `status` (and so for `ckptfs unmount`).
+    let drainTimeoutSeconds: Double
     let path: String
     let logger: Logger
     private var fd: Int32 = -1
@@ -19,8 +21,10 @@ final class ControlServer: @unchecked Sendable {
     /// Set when a signal started the drain before an unmount.
     let stopping = Mutex<DrainState?>(nil)
 
-    init(fs: FileSystem, mountpoint: String, credentials: CredentialsProvider?, metricsURL: String?, logger: Logger) {
+    init(fs: FileSystem, mountpoint: String, credentials: CredentialsProvider?, metricsURL: String?, drainTimeoutSeconds: Double,
+         logger: Logger) {
         self.fs = fs
+        self.drainTimeoutSeconds = drainTimeoutSeconds
         self.credentials = credentials
         self.metricsURL = metricsURL
         self.path = Control.socketPath(for: mountpoint)
@@ -84,6 +88,8 @@ final class ControlServer: @unchecked Sendable {
             reply = try! JSONEncoder().encode(Control.FlushReply(ok: left.isEmpty, notDurable: left.map { .init(path: $0.path, reason: $0.reason) }))
         case "unmounting":
             drainTimeout.withLock { $0 = req.timeout ?? 0 }
+            logger.notice("unmount requested (ckptfs unmount or umount): the write-back was drained first",
+                          metadata: ["write_back.dirty_files": "\(fs.writeBackStatus.dirtyFiles)"])
             reply = Data("{}".utf8)
         case "status":
             let s = fs.stats
@@ -95,6 +101,7 @@ final class ControlServer: @unchecked Sendable {
                 bytesDownloaded: s.bytesDownloaded, headRequests: s.headRequests, listRequests: s.listRequests,
                 putRequests: s.putRequests, directOpens: s.directOpens,
                 credentials: credentials.map { Control.CredentialsReport($0.status) }, metricsURL: metricsURL,
+                drainTimeoutSeconds: drainTimeoutSeconds,
                 stopping: stopping.withLock { $0 }.map {
                     .init(signal: $0.signalName, drainSecondsLeft: max(0, ($0.deadline - .now).seconds),
                           refusingChanges: !$0.gate.acceptsChanges, openForWriting: $0.gate.openWriters)

@@ -37,7 +37,9 @@ struct DaemonLauncher {
         defer { posix_spawnattr_destroy(&attr) }
         posix_spawnattr_setflags(&attr, 0x80)  // POSIX_SPAWN_SETSID (glibc), not exported to Swift: a new session
         let exe = "/proc/self/exe"
-        var args = CommandLine.arguments
+        // The program's own path first (not the name mount(8) used), then what this invocation means, so the
+        // daemon shows as `/usr/local/bin/ckptfs mount s3://... /mnt/... --foreground ...`.
+        var args = [MountChecks.absolute(exe)] + CkptfsCommand.arguments
         args += ["--foreground", "--ready-fd", "3"]
         if options.logFile == nil { args += ["--log-file", logPath] }
         if cacheDir != options.cacheDir { args += ["--cache-dir", cacheDir] }

@@ -49,7 +49,8 @@ struct MountDaemon {
             metricsServer = server
             logger.notice("serving metrics", metadata: ["metrics.url": "\(bound)"])
         }
-        let control = ControlServer(fs: fs, mountpoint: mountpoint, credentials: credentials, metricsURL: metricsURL, logger: logger)
+        let control = ControlServer(fs: fs, mountpoint: mountpoint, credentials: credentials, metricsURL: metricsURL,
+                                    drainTimeoutSeconds: options.drainTimeout, logger: logger)
         try control.start()
         defer { control.stop() }
         logger.notice("mounting", metadata: ["s3.url": "\(target)", "mountpoint": "\(mountpoint)", "cache.dir": "\(cacheDir)",
@@ -62,6 +63,7 @@ struct MountDaemon {
         let drain: @Sendable (Int32) async -> Void = { sig in
             let state = DrainState(signal: sig, deadline: .now + .milliseconds(Int64(configuredDrain * 1000)), gate: adapter.gate)
             control.stopping.withLock { $0 = state }
+            SystemdNotify.send("STOPPING=1\nSTATUS=draining uploads (\(state.signalName)), then unmounting")
             logger.notice("stopping: draining the write-back while the mount still serves, then unmounting",
                           metadata: ["signal": "\(state.signalName)", "drain.timeout_s": "\(configuredDrain)",
                                      "files.open_for_writing": "\(adapter.gate.openWriters)"])
@@ -77,6 +79,7 @@ struct MountDaemon {
                     _ = write(fd, "OK\n", 3)
                     close(fd)
                 }
+                SystemdNotify.send("READY=1\nSTATUS=mounted \(target) at \(mountpoint)")
             }
         } catch {
             throw UserFacingFailure(message: error.description)

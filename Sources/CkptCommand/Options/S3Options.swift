@@ -23,6 +23,9 @@ struct S3Options: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "warning"
 
+    @Option(name: .customLong("log-format"), help: "text (default), or json: one JSON object per line, for log shippers.")
+    var logFormat: String = "text"
+
     @Option(name: .customLong("request-timeout"),
             help: "Seconds an S3 request may go without moving a byte before it is cut and retried (default 30).")
     var requestTimeout: Double = 30
@@ -34,6 +37,9 @@ struct S3Options: ParsableArguments {
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        guard logFormat == "text" || logFormat == "json" else {
+            throw ValidationError("--log-format must be 'text' or 'json' (one JSON object per line)")
         }
         guard requestTimeout >= 1, requestTimeout <= 86400 else {
             throw ValidationError("--request-timeout must be between 1 and 86400 seconds (default 30)")
@@ -98,12 +104,18 @@ struct S3Options: ParsableArguments {
 
     static func seconds(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }
 
+    /// Sets up logging to stderr at `--log-level` in `--log-format` (once per process: swift-log allows one
+    /// bootstrap) and returns the logger of ckptfs.
     func logger() -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .warning
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
+        if logFormat == "json" {
+            LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+        } else {
+            LoggingSystem.bootstrap { label in
+                var h = StreamLogHandler.standardError(label: label)
+                h.logLevel = level
+                return h
+            }
         }
         return Logger(label: "ckptfs")
     }
