@@ -8,6 +8,8 @@ One HTTP server on 127.0.0.1 (a free port, printed as the first line of stdout) 
     needing the session token;
   - the container credentials endpoint: GET /container/credentials, checking Authorization when
     --container-token is given;
+  - the AWS SSO portal: GET /federation/credentials?account_id=&role_name= with the access token of
+    `aws sso login` in x-amz-sso_bearer_token (--sso-token, --sso-account, --sso-role), answering roleCredentials;
   - STS: POST / with Action=AssumeRole (SigV4 for service "sts" checked with botocore's signer against the
     source credentials) or Action=AssumeRoleWithWebIdentity (unsigned, WebIdentityToken checked), RoleArn
     checked, answering the XML STS answers;
@@ -168,6 +170,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.imds(p[len("/latest/meta-data/"):])
         if p.startswith("/container/"):
             return self.container()
+        if p.startswith("/federation/credentials"):
+            return self.sso()
         return self.s3()
 
     def do_HEAD(self):
@@ -222,6 +226,23 @@ class Handler(BaseHTTPRequestHandler):
         akid, secret, token, expiry = self.state.issue("ECS")
         return self.send(200, json.dumps({"AccessKeyId": akid, "SecretAccessKey": secret, "Token": token,
                                           "Expiration": iso(expiry), "RoleArn": self.state.args.role_arn}),
+                         "application/json")
+
+    def sso(self):
+        """GetRoleCredentials of the AWS SSO portal (unsigned; the bearer token is the proof)."""
+        st = self.state
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        if self.headers.get("x-amz-sso_bearer_token") != st.args.sso_token:
+            return self.send(401, json.dumps({"message": "Session token not found or invalid"}), "application/json",
+                             [("x-amzn-ErrorType", "UnauthorizedException")])
+        if q.get("account_id") != st.args.sso_account or q.get("role_name") != st.args.sso_role:
+            return self.send(403, json.dumps({"message": "No access"}), "application/json",
+                             [("x-amzn-ErrorType", "ForbiddenException")])
+        if st.failing:
+            return self.send(500, "failing", "text/plain")
+        akid, secret, token, expiry = st.issue("SSO")
+        return self.send(200, json.dumps({"roleCredentials": {"accessKeyId": akid, "secretAccessKey": secret,
+                                                              "sessionToken": token, "expiration": int(expiry) * 1000}}),
                          "application/json")
 
     def sts_error(self, status, code, message):
@@ -344,6 +365,9 @@ def main():
     ap.add_argument("--external-id", default="")
     ap.add_argument("--imds-region", default="ap-northeast-3")
     ap.add_argument("--static", action="append", default=[], help="AKID:SECRET a source profile may sign with")
+    ap.add_argument("--sso-token", default="sso-access-token-from-aws-sso-login")
+    ap.add_argument("--sso-account", default="123456789012")
+    ap.add_argument("--sso-role", default="SSOTrainer")
     ap.add_argument("--upstream", default="", help="URL of a real S3 server to send verified S3 requests on to")
     ap.add_argument("--upstream-key", default="", help="AKID:SECRET the upstream accepts")
     ap.add_argument("--upstream-region", default="us-east-1")
