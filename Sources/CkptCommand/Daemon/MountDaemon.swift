@@ -45,9 +45,10 @@ struct MountDaemon {
             let server = try await MetricsServer(address: address, render: metrics.exposition)
             var bound = address
             bound.port = await server.boundPort() ?? address.port
-            metricsURL = "http://\(bound)/metrics"
+            let url = "http://\(bound)/metrics"
+            metricsURL = url
             metricsServer = server
-            logger.notice("serving metrics", metadata: ["metrics.url": "\(bound)"])
+            logger.notice("serving metrics", metadata: ["metrics.url": "\(url)"])
         }
         let control = ControlServer(fs: fs, mountpoint: mountpoint, credentials: credentials, metricsURL: metricsURL,
                                     drainTimeoutSeconds: options.drainTimeout, logger: logger)
