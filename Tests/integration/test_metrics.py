@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import is_mounted
+from conftest import is_mounted, wait_until
 
 MiB = 1 << 20
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -120,8 +120,11 @@ def test_metrics_move_with_reads_and_writes(server, bucket, mounts, tmp_path):
     # A cold read: block cache misses, GETs of its bytes, and the blocks cached.
     with open(os.path.join(mp, "data.bin"), "rb") as f:
         assert sha(f.read()) == sha(data)
-    cold = m.scrape()
     blocks = (len(data) + MiB - 1) // MiB
+    # Blocks are written to the cache off the network threads, so the last ones may land just after the read
+    # returned: wait for the cache to hold them all (no event to wait on from outside the daemon).
+    assert wait_until(lambda: m.scrape().get("ckptfs_cache_stored_bytes_total") >= len(data), timeout=20)
+    cold = m.scrape()
     # (a miss is counted per lookup that found nothing; one lookup can start the fetch of many blocks)
     assert cold.get("ckptfs_cache_misses_total") > flushed.get("ckptfs_cache_misses_total")
     assert cold.get("ckptfs_s3_received_bytes_total", operation="GetObject") >= len(data)
