@@ -2,8 +2,9 @@
 // ckptfs: an S3 bucket as a POSIX directory for ML training.
 //
 // Layers, dependencies pointing one way:
-//   ckptfs (CLI) → [FUSE adapter → filesystem core →] CkptS3 → CkptHTTP → CCurl
-//                                                    ↘ CkptDigest → COpenSSL
+//   CkptCommand (the `ckptfs` binary) → CkptFUSE (adapter) → CkptFS (core) → CkptCache, CkptS3 → CkptHTTP → CCurl
+//                                                                                   ↘ CkptDigest → COpenSSL
+// `check` needs no kernel: the command line also talks to CkptS3 directly.
 // Only CkptHTTP touches libcurl, only CkptDigest touches OpenSSL, only the FUSE adapter touches libfuse.
 // File descriptors and errno go through swift-system (SystemPackage) and CkptSystem, which adds what it
 // lacks here (a positional read that fills its buffer; O_DIRECT from the CGlibc shim).
@@ -13,12 +14,17 @@ let package = Package(
     name: "ckptfs",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "ckptfs", targets: ["ckptfs"]),
+        .executable(name: "ckptfs", targets: ["CkptCommand"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        // Metrics: the swift-metrics API, exported as Prometheus text, served over HTTP by FlyingFox (a small
+        // async HTTP server without SwiftNIO: about 25 s more of a first debug build here).
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         // C shims: only what Swift cannot import directly (macros, variadic functions, _GNU_SOURCE constants).
@@ -30,7 +36,7 @@ let package = Package(
         // File I/O: swift-system's FileDescriptor/Errno, a positional read that fills its buffer, O_DIRECT.
         .target(name: "CkptSystem", dependencies: ["CGlibc", .product(name: "SystemPackage", package: "swift-system")]),
 
-        // Hashes and MACs (SHA-256, HMAC-SHA256, MD5, CRC32C) over OpenSSL.
+        // Hashes and MACs: SHA-256, HMAC-SHA256 and MD5 over OpenSSL; XXH64 (block and staged-file checksums) in Swift.
         .target(name: "CkptDigest", dependencies: ["COpenSSL"]),
         // HTTP transport: libcurl multi interface on its own thread; async API; no Swift thread ever blocks.
         .target(name: "CkptHTTP", dependencies: [
@@ -44,18 +50,21 @@ let package = Package(
         .target(name: "CkptCache", dependencies: [
             "CkptDigest", "CkptSystem", .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        // The filesystem core: namespace, inodes, reads with read-ahead. No C module, no kernel.
+        // The filesystem core: namespace, reads with read-ahead, write-back with its journal, uploads. No C module, no kernel.
         .target(name: "CkptFS", dependencies: [
             "CkptS3", "CkptCache", "CkptSystem", .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The FUSE adapter: libfuse's low-level API onto the core (the only module using libfuse).
         .target(name: "CkptFUSE", dependencies: ["CFuse", "CkptFS", .product(name: "Logging", package: "swift-log")]),
-        // The command line.
-        .executableTarget(name: "ckptfs", dependencies: [
-            "CkptFUSE", "CkptFS", "CkptCache", "CkptS3", "CkptHTTP", "CkptDigest",
+        // The command line: the `ckptfs` binary (product), one file per subcommand.
+        .executableTarget(name: "CkptCommand", dependencies: [
+            "CkptFUSE", "CkptFS", "CkptCache", "CkptS3", "CkptHTTP", "CkptDigest", "CkptSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "FlyingFox", package: "FlyingFox"),
         ]),
 
         // Benchmark tool for the S3 client alone (bench/s3_download.py drives it).
@@ -73,5 +82,8 @@ let package = Package(
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "CFuseTests", dependencies: ["CFuse"]),
+        .testTarget(name: "CkptCommandTests", dependencies: [
+            "CkptCommand", "CkptS3", "CkptFS", "CkptCache", .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
     ]
 )

@@ -16,7 +16,7 @@ void *ckpt_digest_new(ckpt_digest_alg alg) {
     pthread_once(&init_once, init_openssl);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL) return NULL;
-    const EVP_MD *md = alg == CKPT_DIGEST_MD5 ? EVP_md5() : EVP_sha256();
+    const EVP_MD *md = alg == CKPT_DIGEST_MD5 ? EVP_md5() : alg == CKPT_DIGEST_SHA1 ? EVP_sha1() : EVP_sha256();
     if (EVP_DigestInit_ex(ctx, md, NULL) != 1) {
         EVP_MD_CTX_free(ctx);
         return NULL;

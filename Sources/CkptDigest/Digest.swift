@@ -1,6 +1,6 @@
 // Hashes and MACs for signing, integrity checks and cache-block checksums.
 //
-// SHA-256, MD5 and HMAC-SHA256 come from OpenSSL (hardware-accelerated where the CPU allows) through the
+// SHA-256, MD5, SHA-1 and HMAC-SHA256 come from OpenSSL (hardware-accelerated where the CPU allows) through the
 // COpenSSL shim; XXH64, the cache-block checksum, is computed here. Callers get value types and hex strings;
 // no OpenSSL type leaks out of this module.
 import COpenSSL
@@ -8,14 +8,28 @@ import Foundation
 
 /// A digest algorithm provided by OpenSSL.
 public enum DigestAlgorithm: Sendable {
-    case sha256, md5
+    /// SHA-1 only names things (the AWS SSO token cache's file names); it protects nothing here.
+    case sha256, md5, sha1
 
-    var c: ckpt_digest_alg { self == .sha256 ? CKPT_DIGEST_SHA256 : CKPT_DIGEST_MD5 }
+    var c: ckpt_digest_alg {
+        switch self {
+        case .sha256: CKPT_DIGEST_SHA256
+        case .md5: CKPT_DIGEST_MD5
+        case .sha1: CKPT_DIGEST_SHA1
+        }
+    }
+
     /// Length of the digest in bytes.
-    public var length: Int { self == .sha256 ? 32 : 16 }
+    public var length: Int {
+        switch self {
+        case .sha256: 32
+        case .md5: 16
+        case .sha1: 20
+        }
+    }
 }
 
-/// A streaming digest (SHA-256 or MD5). Feed it with `update`, read it once with `finalize`.
+/// A streaming digest (SHA-256, MD5 or SHA-1). Feed it with `update`, read it once with `finalize`.
 public struct StreamingDigest: ~Copyable {
     private var ctx: UnsafeMutableRawPointer?
     public let algorithm: DigestAlgorithm
@@ -62,6 +76,13 @@ public enum Digest {
     public static func md5<C: ContiguousBytes>(_ bytes: C) -> [UInt8] {
         var d = StreamingDigest(.md5)
         d.update(bytes)
+        return d.finalize()
+    }
+
+    /// SHA-1 of the UTF-8 bytes of `string` (20 bytes).
+    public static func sha1(_ string: String) -> [UInt8] {
+        var d = StreamingDigest(.sha1)
+        d.update(Array(string.utf8))
         return d.finalize()
     }
 

@@ -3,7 +3,7 @@
 // Order (first match wins):
 //   credentials: --no-sign-request → anonymous; otherwise botocore's default chain (Credentials/CredentialChain.swift):
 //                environment keys (not with --profile), the profile's role_arn (STS AssumeRole), web identity
-//                (STS AssumeRoleWithWebIdentity), SSO (an error naming the fix), the profile's keys in
+//                (STS AssumeRoleWithWebIdentity), SSO (the token cache of `aws sso login`), the profile's keys in
 //                AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials), its credential_process, its keys in
 //                AWS_CONFIG_FILE (~/.aws/config), container credentials, EC2 instance metadata (IMDSv2).
 //   region:      --region, AWS_REGION, AWS_DEFAULT_REGION, the profile's `region`, the instance's region when the
@@ -254,7 +254,8 @@ public struct S3ClientConfiguration: Sendable {
         if !o.noSignRequest {
             provider = try CredentialChain(env: env, profileName: profileName, explicitProfile: nonEmpty(o.profile) != nil,
                                            configFile: configFile, credentialsFile: credentialsFile, configPath: configPath,
-                                           credentialsPath: credentialsPath, region: configuredRegion, caBundle: http.caBundle).resolve()
+                                           credentialsPath: credentialsPath, region: configuredRegion, caBundle: http.caBundle,
+                                           home: home).resolve()
         }
         var config = S3ClientConfiguration(endpoint: endpoint, region: region, addressingStyle: style,
                                            credentialsProvider: provider, retry: retry, http: http)
@@ -286,6 +287,8 @@ public struct AWSConfigFile: Sendable {
     }
 
     public var profiles: [String: Profile] = [:]
+    /// `[sso-session NAME]` sections of the config file (AWS IAM Identity Center), by name.
+    public var ssoSessions: [String: Profile] = [:]
 
     /// Reads a file; a missing file is an empty one.
     public static func load(path: String, isConfig: Bool) throws(ConfigurationError) -> AWSConfigFile {
@@ -301,6 +304,8 @@ public struct AWSConfigFile: Sendable {
     public static func parse(_ text: String, isConfig: Bool, path: String = "<text>") throws(ConfigurationError) -> AWSConfigFile {
         var file = AWSConfigFile()
         var current: String? = nil
+        /// Set while the lines belong to an `[sso-session NAME]` section (then `current` is nil).
+        var ssoSession: String? = nil
         var nested: String? = nil
         for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             var line = String(raw)
@@ -311,14 +316,29 @@ public struct AWSConfigFile: Sendable {
                 guard trimmed.hasSuffix("]") else { throw ConfigurationError("\(path):\(n + 1): unterminated section header") }
                 let name = trimmed.dropFirst().dropLast().trimmingCharacters(in: .whitespaces)
                 nested = nil
+                ssoSession = nil
                 if isConfig {
                     if name == "default" { current = "default" }
                     else if name.hasPrefix("profile ") { current = name.dropFirst(8).trimmingCharacters(in: .whitespaces) }
-                    else { current = nil }  // [sso-session x], [services x]: not profiles
+                    else {
+                        current = nil  // [services x]: not a profile
+                        if name.hasPrefix("sso-session ") {
+                            let session = name.dropFirst(12).trimmingCharacters(in: .whitespaces)
+                            ssoSession = session
+                            if file.ssoSessions[session] == nil { file.ssoSessions[session] = Profile() }
+                        }
+                    }
                 } else {
                     current = name
                 }
                 if let c = current, file.profiles[c] == nil { file.profiles[c] = Profile() }
+                continue
+            }
+            if let session = ssoSession {
+                // An sso-session's settings are flat `key = value` lines.
+                guard let eq = trimmed.firstIndex(of: "=") else { throw ConfigurationError("\(path):\(n + 1): expected 'key = value'") }
+                let key = trimmed[..<eq].trimmingCharacters(in: .whitespaces).lowercased()
+                file.ssoSessions[session]!.values[key] = trimmed[trimmed.index(after: eq)...].trimmingCharacters(in: .whitespaces)
                 continue
             }
             guard let profile = current else { continue }

@@ -25,6 +25,11 @@ final class DigestTests: XCTestCase {
                        "9e107d9d372bb6826bd81d3542a419d6")
     }
 
+    func testSHA1KnownAnswers() {
+        XCTAssertEqual(Digest.sha1("The quick brown fox jumps over the lazy dog").hexString, "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12")
+        XCTAssertEqual(Digest.sha1("").hexString, "da39a3ee5e6b4b0d3255bfef95601890afd80709")
+    }
+
     func testHMACSHA256RFC4231Case2() {
         let mac = Digest.hmacSHA256(key: Array("Jefe".utf8), string: "what do ya want for nothing?")
         XCTAssertEqual(mac.hexString, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")

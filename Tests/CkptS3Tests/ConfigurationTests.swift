@@ -122,7 +122,7 @@ final class ConfigurationTests: XCTestCase {
             do { _ = try S3ClientConfiguration.resolve(o, environment: e); return "" } catch { return error.description }
         }
         XCTAssertTrue(message(.init(profile: "nope"), env()).contains("profile 'nope' is not defined"))
-        XCTAssertTrue(message(.init(profile: "sso"), env()).contains("aws sso login --profile sso"))
+        XCTAssertTrue(message(.init(profile: "sso"), env()).contains("profile 'sso' is set up for AWS IAM Identity Center (SSO) but lacks sso_start_url"))
         let empty = ["HOME": dir.path, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/c", "AWS_CONFIG_FILE": "/nonexistent/f",
                      "AWS_EC2_METADATA_DISABLED": "true"]
         let none = message(.init(), empty)

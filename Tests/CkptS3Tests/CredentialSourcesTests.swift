@@ -1,3 +1,4 @@
+import CkptDigest
 import CkptTestSupport
 @testable import CkptS3
 import Foundation
@@ -166,7 +167,87 @@ final class CredentialSourcesTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(st.sts_calls["AssumeRole"] ?? 0, 8, "both sides called STS, chained roles twice")
     }
 
-    /// `ckptfs check` prints the access key id, the source and the expiry, and at trace level logs neither the
+    /// Writes the token cache entry `aws sso login` leaves for `key` (an sso-session name, or a legacy start URL).
+    func cacheSSOToken(_ key: String, token: String, expiresIn seconds: TimeInterval) throws {
+        let cache = dir.appendingPathComponent(".aws/sso/cache")
+        try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
+        let doc: [String: Any] = ["startUrl": "https://corp.awsapps.com/start", "region": "us-east-1", "accessToken": token,
+                                  "expiresAt": S3Date.iso8601(Date().addingTimeInterval(seconds))]
+        try JSONSerialization.data(withJSONObject: doc).write(to: cache.appendingPathComponent("\(Digest.sha1(key).hexString).json"))
+    }
+
+    static let ssoProfiles = """
+        [profile sso]
+        sso_session = corp
+        sso_account_id = 123456789012
+        sso_role_name = SSOTrainer
+        region = eu-west-1
+
+        [sso-session corp]
+        sso_start_url = https://corp.awsapps.com/start
+        sso_region = us-east-1
+        sso_registration_scopes = sso:account:access
+
+        [profile legacy]
+        sso_start_url = https://legacy.awsapps.com/start
+        sso_region = us-east-2
+        sso_account_id = 123456789012
+        sso_role_name = SSOTrainer
+
+        [profile other-role]
+        sso_session = corp
+        sso_account_id = 123456789012
+        sso_role_name = NotMine
+
+        [profile role-from-sso]
+        role_arn = \(role)
+        source_profile = sso
+        region = ap-south-1
+        """
+
+    /// SSO profiles (an sso-session, and the legacy form): the token `aws sso login` cached is traded for the
+    /// role's credentials at the SSO portal (the stand-in), exactly as botocore does; also as the source_profile
+    /// of a role. An expired login, a missing one and a role the user may not use each fail naming the fix.
+    func testSSOProfilesResolveLikeBotocore() async throws {
+        let s = try CredentialStandIn(["--sso-token", "cached-sso-token"])
+        try cacheSSOToken("corp", token: "cached-sso-token", expiresIn: 3600)
+        try cacheSSOToken("https://legacy.awsapps.com/start", token: "cached-sso-token", expiresIn: 3600)
+        let env = try baseEnv(["AWS_ENDPOINT_URL_SSO": s.url, "AWS_ENDPOINT_URL_STS": s.url], config: Self.ssoProfiles)
+        let sso = try await compare("SSO profile with an sso-session", env, profile: "sso", standIn: s,
+                                    expectSource: "SSO role SSOTrainer in account 123456789012")
+        XCTAssertTrue(sso.accessKeyId.hasPrefix("ASIASSO"), sso.accessKeyId)
+        XCTAssertEqual(try oracle(env, profile: "sso").method, "sso")
+        try await compare("legacy SSO profile", env, profile: "legacy", standIn: s, expectSource: "SSO role SSOTrainer in account 123456789012")
+        try await compare("role with an SSO source_profile", env, profile: "role-from-sso", standIn: s,
+                          expectSource: "assumed role \(Self.role) via profile role-from-sso")
+        XCTAssertGreaterThanOrEqual(try s.stats().fetches["SSO"] ?? 0, 6, "both sides asked the portal")
+
+        func failure(_ profile: String, _ environment: [String: String]) async throws -> String {
+            var config = try S3ClientConfiguration.resolve(.init(profile: profile, endpointURL: s.url), environment: environment)
+            do {
+                try await config.prepareCredentials()
+                XCTFail("\(profile): resolved")
+                return ""
+            } catch {
+                XCTAssertFalse(error.description.contains("cached-sso-token"), "the access token never shows")
+                return error.description
+            }
+        }
+        var message = try await failure("other-role", env)
+        XCTAssertTrue(message.contains("refused role NotMine in account 123456789012 (HTTP 403)") && message.contains("fix:"), message)
+        try cacheSSOToken("corp", token: "cached-sso-token", expiresIn: -60)
+        message = try await failure("sso", env)
+        XCTAssertTrue(message.contains("the SSO login expired at") && message.contains("aws sso login --profile sso")
+                      && message.contains("--sso-session corp"), message)
+        try cacheSSOToken("corp", token: "a-token-the-portal-does-not-know", expiresIn: 3600)
+        message = try await failure("sso", env)
+        XCTAssertTrue(message.contains("refused the cached login (HTTP 401") && message.contains("aws sso login --profile sso"), message)
+        try FileManager.default.removeItem(at: dir.appendingPathComponent(".aws/sso/cache"))
+        message = try await failure("legacy", env)
+        XCTAssertTrue(message.contains("no SSO login is cached") && message.contains("aws sso login --profile legacy"), message)
+    }
+
+
     /// secret nor the session token.
     func testCheckPrintsSourceAndExpiryButNoSecret() async throws {
         let binary = Repo.path(".build/debug/ckptfs")

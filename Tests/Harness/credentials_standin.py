@@ -8,12 +8,18 @@ One HTTP server on 127.0.0.1 (a free port, printed as the first line of stdout) 
     needing the session token;
   - the container credentials endpoint: GET /container/credentials, checking Authorization when
     --container-token is given;
+  - the AWS SSO portal: GET /federation/credentials?account_id=&role_name= with the access token of
+    `aws sso login` in x-amz-sso_bearer_token (--sso-token, --sso-account, --sso-role), answering roleCredentials;
   - STS: POST / with Action=AssumeRole (SigV4 for service "sts" checked with botocore's signer against the
     source credentials) or Action=AssumeRoleWithWebIdentity (unsigned, WebIdentityToken checked), RoleArn
     checked, answering the XML STS answers;
   - S3 (path style): HEAD/GET bucket, PUT/GET object, each request's SigV4 recomputed with botocore's
     S3SigV4Auth and its x-amz-security-token checked against the credentials issued: unknown or wrong
     tokens get 403 InvalidToken, expired or revoked ones 400 ExpiredToken.
+With --upstream URL --upstream-key AKID:SECRET the S3 part is a gateway instead: each request whose signature and
+session token pass is signed again with the upstream's static keys and sent on to that real S3 server (SeaweedFS
+in the mount tests), and its answer passed back; so a mount runs on a real S3 while its temporary credentials
+expire and rotate here.
 Credentials are deterministic per kind (ASIAIMDS..., ASIAECS..., ASIAWEB..., ASIAROLE...) so botocore and
 ckptfs asking separately get the same access key; with --rotate every fetch issues a new generation.
 Control: GET /_standin/stats (JSON counters), POST /_standin/expire (revoke every credential issued so
@@ -164,6 +170,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.imds(p[len("/latest/meta-data/"):])
         if p.startswith("/container/"):
             return self.container()
+        if p.startswith("/federation/credentials"):
+            return self.sso()
         return self.s3()
 
     def do_HEAD(self):
@@ -182,6 +190,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, "ok", "text/plain")
         if p == "/":
             return self.sts(body)
+        if st.args.upstream:
+            return self.s3(body)
+        return self.send(404, "not found", "text/plain")
+
+    def do_DELETE(self):
+        if self.state.args.upstream:
+            return self.s3()
         return self.send(404, "not found", "text/plain")
 
     def imds(self, rest):
@@ -211,6 +226,23 @@ class Handler(BaseHTTPRequestHandler):
         akid, secret, token, expiry = self.state.issue("ECS")
         return self.send(200, json.dumps({"AccessKeyId": akid, "SecretAccessKey": secret, "Token": token,
                                           "Expiration": iso(expiry), "RoleArn": self.state.args.role_arn}),
+                         "application/json")
+
+    def sso(self):
+        """GetRoleCredentials of the AWS SSO portal (unsigned; the bearer token is the proof)."""
+        st = self.state
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        if self.headers.get("x-amz-sso_bearer_token") != st.args.sso_token:
+            return self.send(401, json.dumps({"message": "Session token not found or invalid"}), "application/json",
+                             [("x-amzn-ErrorType", "UnauthorizedException")])
+        if q.get("account_id") != st.args.sso_account or q.get("role_name") != st.args.sso_role:
+            return self.send(403, json.dumps({"message": "No access"}), "application/json",
+                             [("x-amzn-ErrorType", "ForbiddenException")])
+        if st.failing:
+            return self.send(500, "failing", "text/plain")
+        akid, secret, token, expiry = st.issue("SSO")
+        return self.send(200, json.dumps({"roleCredentials": {"accessKeyId": akid, "secretAccessKey": secret,
+                                                              "sessionToken": token, "expiration": int(expiry) * 1000}}),
                          "application/json")
 
     def sts_error(self, status, code, message):
@@ -252,8 +284,8 @@ class Handler(BaseHTTPRequestHandler):
                   "</ResponseMetadata></%sResponse>"
                   % (action, action, akid, secret, token, iso(expiry), st.args.role_arn, action, action))
 
-    def s3(self):
-        body = self.body()
+    def s3(self, body=None):
+        body = self.body() if body is None else body
         akid, err = self.verify(body, "s3")
         if err:
             return self.s3_error(err[0], err[1])
@@ -262,6 +294,8 @@ class Handler(BaseHTTPRequestHandler):
             st.stats["s3_ok"] += 1
             if akid not in st.stats["akids_used"]:
                 st.stats["akids_used"].append(akid)
+        if st.args.upstream:
+            return self.forward(body)
         path = urllib.parse.urlsplit(self.path).path
         parts = path.lstrip("/").split("/", 1)
         if len(parts) == 1 or parts[1] == "":
@@ -285,6 +319,42 @@ class Handler(BaseHTTPRequestHandler):
         return self.send(200, data, "application/octet-stream", [("ETag", '"%s"' % hashlib.md5(data).hexdigest())])
 
 
+    # Headers a client's request carries that the gateway signs anew or that belong to this hop only.
+    HOP = {"authorization", "x-amz-security-token", "x-amz-date", "x-amz-content-sha256", "host", "connection",
+           "expect", "content-length", "transfer-encoding", "keep-alive"}
+
+    def forward(self, body):
+        """Sends this (already verified) S3 request to the upstream signed with its static keys; answers with
+        the upstream's status, headers and body."""
+        import http.client
+        st = self.state
+        up = urllib.parse.urlsplit(st.args.upstream)
+        ak, sk = st.args.upstream_key.split(":", 1)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in self.HOP}
+        req = AWSRequest(method=self.command, url="%s://%s%s" % (up.scheme, up.netloc, self.path), headers=headers,
+                         data=body)
+        S3SigV4Auth(Credentials(ak, sk), "s3", st.args.upstream_region).add_auth(req)
+        out = dict(req.headers.items())
+        out["Host"] = up.netloc
+        out["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
+        try:
+            conn.request(self.command, self.path, body=body, headers=out)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("connection", "transfer-encoding", "keep-alive", "content-length"):
+                self.send_header(k, v)
+        # A HEAD answer carries the object's length without its body.
+        self.send_header("Content-Length", resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lifetime", type=float, default=6 * 3600, help="seconds credentials are valid")
@@ -295,6 +365,12 @@ def main():
     ap.add_argument("--external-id", default="")
     ap.add_argument("--imds-region", default="ap-northeast-3")
     ap.add_argument("--static", action="append", default=[], help="AKID:SECRET a source profile may sign with")
+    ap.add_argument("--sso-token", default="sso-access-token-from-aws-sso-login")
+    ap.add_argument("--sso-account", default="123456789012")
+    ap.add_argument("--sso-role", default="SSOTrainer")
+    ap.add_argument("--upstream", default="", help="URL of a real S3 server to send verified S3 requests on to")
+    ap.add_argument("--upstream-key", default="", help="AKID:SECRET the upstream accepts")
+    ap.add_argument("--upstream-region", default="us-east-1")
     ap.add_argument("--max-seconds", type=float, default=900)
     args = ap.parse_args()
     Handler.state = State(args)

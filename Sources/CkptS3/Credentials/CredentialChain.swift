@@ -5,7 +5,8 @@
 //      EcsContainer) → STS AssumeRole with external_id, role_session_name, duration_seconds;
 //   3. web identity: AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN [+ AWS_ROLE_SESSION_NAME], or the profile's
 //      web_identity_token_file + role_arn [+ role_session_name] → STS AssumeRoleWithWebIdentity;
-//   4. SSO profiles (sso_session / sso_start_url): not fetched by ckptfs; the error names the fix;
+//   4. SSO profiles (sso_session + [sso-session], or the legacy sso_start_url): the access token that
+//      `aws sso login` cached in ~/.aws/sso/cache, traded for the role's credentials (GetRoleCredentials);
 //   5. the profile's keys in the credentials file; 6. its credential_process; 7. its keys in the config file;
 //   8. container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / _FULL_URI);
 //   9. EC2 instance metadata (IMDSv2), unless AWS_EC2_METADATA_DISABLED=true.
@@ -26,6 +27,8 @@ struct CredentialChain {
     /// The region from flags, environment or profile; nil when none is configured.
     var region: String?
     var caBundle: String?
+    /// The home directory, for the SSO token cache (~/.aws/sso/cache).
+    var home: String
 
     func nonEmpty(_ s: String?) -> String? { S3ClientConfiguration.nonEmpty(s) }
 
@@ -46,7 +49,7 @@ struct CredentialChain {
             return try assumeRole(profileName, p, visited: [profileName])
         }
         if let web = try webIdentity(profile, useEnvironment: true) { return web }
-        if let p = profile { try rejectSSO(profileName, p) }
+        if let p = profile, let sso = try sso(profileName, p) { return sso }
         for (file, path) in [(credentialsFile, credentialsPath)] {
             if let c = try staticKeys(file.profiles[profileName], path: path) { return .fixed(c) }
         }
@@ -102,11 +105,48 @@ struct CredentialChain {
         }
     }
 
-    func rejectSSO(_ name: String, _ p: AWSConfigFile.Profile) throws(ConfigurationError) {
-        guard p.value("sso_session") != nil || p.value("sso_start_url") != nil else { return }
-        throw ConfigurationError("profile '\(name)' uses AWS IAM Identity Center (SSO), which ckptfs does not log in to itself; "
-            + "run `aws sso login --profile \(name)` and export the role's credentials "
-            + "(`eval \"$(aws configure export-credentials --profile \(name) --format env)\"`), then retry")
+    /// The SSO source of profile `name`, or nil when it has no SSO settings. Like botocore: `sso_session = S` reads
+    /// `sso_start_url` and `sso_region` from `[sso-session S]` (the token cache file is named after S); the legacy
+    /// form has them in the profile (the file is named after the start URL). Both need `sso_account_id` and
+    /// `sso_role_name`. The portal endpoint is AWS_ENDPOINT_URL_SSO, AWS_ENDPOINT_URL or the profile's
+    /// `sso = endpoint_url` (unless AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true), else https://portal.sso.REGION.amazonaws.com.
+    func sso(_ name: String, _ p: AWSConfigFile.Profile) throws(ConfigurationError) -> CredentialsProvider? {
+        let sessionName = nonEmpty(p.value("sso_session"))
+        guard sessionName != nil || nonEmpty(p.value("sso_start_url")) != nil else { return nil }
+        var settings = p
+        if let sessionName {
+            guard let session = configFile.ssoSessions[sessionName] else {
+                throw ConfigurationError("profile '\(name)' names sso_session = \(sessionName), but \(configPath) has no "
+                    + "[sso-session \(sessionName)] section; add it (with sso_start_url and sso_region), or run `aws configure sso`")
+            }
+            for key in ["sso_start_url", "sso_region"] {
+                if let session = nonEmpty(session.value(key)), let own = nonEmpty(p.value(key)), own != session {
+                    throw ConfigurationError("profile '\(name)' sets \(key) = \(own), but its [sso-session \(sessionName)] "
+                        + "sets \(key) = \(session); keep one")
+                }
+                if let v = session.value(key) { settings.values[key] = v }
+            }
+        }
+        let required = ["sso_start_url", "sso_region", "sso_account_id", "sso_role_name"]
+        let missing = required.filter { nonEmpty(settings.value($0)) == nil }
+        guard missing.isEmpty else {
+            throw ConfigurationError("profile '\(name)' is set up for AWS IAM Identity Center (SSO) but lacks "
+                + "\(missing.joined(separator: ", ")); add them (`aws configure sso --profile \(name)` writes them)")
+        }
+        let ssoRegion = nonEmpty(settings.value("sso_region"))!
+        var configured: String? = nil
+        if env["AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"]?.lowercased() != "true" {
+            configured = nonEmpty(env["AWS_ENDPOINT_URL_SSO"]) ?? nonEmpty(env["AWS_ENDPOINT_URL"])
+                ?? nonEmpty(p.value("endpoint_url", section: "sso")) ?? nonEmpty(p.value("endpoint_url"))
+        }
+        let suffix = ssoRegion.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
+        let endpoint = try configured.map { u throws(ConfigurationError) in try S3Endpoint(url: u) }
+            ?? S3Endpoint(scheme: "https", host: "portal.sso.\(ssoRegion).\(suffix)")
+        let source = SSOCredentialSource(profile: name, session: sessionName, startURL: nonEmpty(settings.value("sso_start_url"))!,
+                                         accountId: nonEmpty(settings.value("sso_account_id"))!,
+                                         roleName: nonEmpty(settings.value("sso_role_name"))!,
+                                         cacheDirectory: "\(home)/.aws/sso/cache", endpoint: endpoint, caBundle: caBundle)
+        return CredentialsProvider(source: source)
     }
 
     func sts(_ profile: AWSConfigFile.Profile?) throws(ConfigurationError) -> STSClient {
@@ -174,7 +214,7 @@ struct CredentialChain {
             return try assumeRole(name, p, visited: visited.union([name]))
         }
         if let web = try webIdentity(p, useEnvironment: false, name: name) { return web }
-        try rejectSSO(name, p)
+        if let sso = try sso(name, p) { return sso }
         if let c = try staticKeys(credentialsFile.profiles[name], path: credentialsPath, name: name) { return .fixed(c) }
         if let command = nonEmpty(p.value("credential_process")) { return try process(command, profile: name) }
         if let c = try staticKeys(configFile.profiles[name], path: configPath, name: name) { return .fixed(c) }

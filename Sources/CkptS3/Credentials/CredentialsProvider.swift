@@ -54,6 +54,16 @@ public struct CredentialsStatus: Sendable {
     public var lastError: CredentialsError?
     public var consecutiveFailures: Int
     public var refreshes: Int
+
+    public init(source: String, accessKeyId: String?, expiration: Date?, lastError: CredentialsError?,
+                consecutiveFailures: Int, refreshes: Int) {
+        self.source = source
+        self.accessKeyId = accessKeyId
+        self.expiration = expiration
+        self.lastError = lastError
+        self.consecutiveFailures = consecutiveFailures
+        self.refreshes = refreshes
+    }
 }
 
 /// The credentials of one source, refreshed in the background before they expire. Thread-safe.

@@ -36,11 +36,3 @@ func drainWriteBack(fs: FileSystem, gate: WriteGate, until deadline: ContinuousC
         if !left.isEmpty || !more || ContinuousClock.now >= deadline { return left }
     }
 }
-
-extension Duration {
-    /// The duration in seconds.
-    var seconds: Double {
-        let c = components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
-    }
-}

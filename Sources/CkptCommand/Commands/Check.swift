@@ -18,25 +18,29 @@ struct Check: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let target = try parseTarget(url)
+        do {
+            try await Self.check(parseTarget(url), s3: s3)
+        } catch {
+            throw fail(error.message)
+        }
+    }
+
+    /// Prints the endpoint, region, addressing style and credentials `s3` resolves to, then proves that
+    /// `target` is reachable with them (HeadBucket and a first listing, within `--check-timeout`).
+    static func check(_ target: S3URL, s3: S3Options) async throws(UserFacingFailure) {
         let logger = s3.logger()
-        var config: S3ClientConfiguration
-        do { config = try await s3.resolve() } catch let e as UserFacingFailure { throw fail(e.description) }
+        let config = try await s3.resolve()
         print("endpoint:    \(config.endpoint)\(config.endpointIsDefault ? " (AWS default for the region)" : "")")
         print("region:      \(config.region)")
         print("addressing:  \(config.usesVirtualHost(bucket: target.bucket) ? "virtual-hosted" : "path")")
-        print("credentials: \(Check.describe(config.credentials))")
-        do {
-            try await s3.withinCheckDeadline(config, what: "HeadBucket \(target)") { config in
-                let client = S3Client(configuration: config, logger: logger)
-                try await client.headBucket(target.bucket)
-                let page = try await client.listObjectsV2(target.bucket, prefix: target.prefix.isEmpty ? nil : target.prefix,
-                                                          delimiter: "/", continuationToken: nil, startAfter: nil, maxKeys: 10)
-                print("bucket:      \(target) is reachable; first level holds \(page.objects.count) object(s) and "
-                    + "\(page.commonPrefixes.count) prefix(es)\(page.isTruncated ? " (and more)" : "")")
-            }
-        } catch {
-            throw fail(error.message)
+        print("credentials: \(describe(config.credentials))")
+        try await s3.withinCheckDeadline(config, what: "HeadBucket \(target)") { config in
+            let client = S3Client(configuration: config, logger: logger)
+            try await client.headBucket(target.bucket)
+            let page = try await client.listObjectsV2(target.bucket, prefix: target.prefix.isEmpty ? nil : target.prefix,
+                                                      delimiter: "/", continuationToken: nil, startAfter: nil, maxKeys: 10)
+            print("bucket:      \(target) is reachable; first level holds \(page.objects.count) object(s) and "
+                + "\(page.commonPrefixes.count) prefix(es)\(page.isTruncated ? " (and more)" : "")")
         }
     }
 

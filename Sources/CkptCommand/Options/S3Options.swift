@@ -23,6 +23,9 @@ struct S3Options: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "warning"
 
+    @Option(name: .customLong("log-format"), help: "text (default), or json: one JSON object per line, for log shippers.")
+    var logFormat: String = "text"
+
     @Option(name: .customLong("request-timeout"),
             help: "Seconds an S3 request may go without moving a byte before it is cut and retried (default 30).")
     var requestTimeout: Double = 30
@@ -34,6 +37,9 @@ struct S3Options: ParsableArguments {
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        guard logFormat == "text" || logFormat == "json" else {
+            throw ValidationError("--log-format must be 'text' or 'json' (one JSON object per line)")
         }
         guard requestTimeout >= 1, requestTimeout <= 86400 else {
             throw ValidationError("--request-timeout must be between 1 and 86400 seconds (default 30)")
@@ -98,60 +104,19 @@ struct S3Options: ParsableArguments {
 
     static func seconds(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }
 
+    /// Sets up logging to stderr at `--log-level` in `--log-format` (once per process: swift-log allows one
+    /// bootstrap) and returns the logger of ckptfs.
     func logger() -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .warning
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
+        if logFormat == "json" {
+            LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+        } else {
+            LoggingSystem.bootstrap { label in
+                var h = StreamLogHandler.standardError(label: label)
+                h.logLevel = level
+                return h
+            }
         }
         return Logger(label: "ckptfs")
     }
-}
-
-/// Parses `s3://BUCKET[/PREFIX]` for `check` and `mount`, refusing a prefix the mount could not show: the
-/// namespace maps each `/`-separated segment of a key to a file or directory name, and hides keys with a segment
-/// that cannot be one (empty, `.`, `..`, or longer than NAME_MAX = 255 bytes). A prefix with such a segment
-/// would mount a directory that no path can reach, so it is refused with the reason and a URL to write instead.
-/// One trailing `/` is allowed (`s3://b/run-42/` is `s3://b/run-42`).
-func parseTarget(_ raw: String) throws(UserFacingFailure) -> S3URL {
-    let target: S3URL
-    do { target = try S3URL(raw) } catch { throw UserFacingFailure(message: error.description) }
-    // S3URL drops the slashes after the bucket; the segments are checked on the text as written.
-    var rest = Substring(raw.dropFirst("s3://".count + target.bucket.count))
-    guard rest.hasPrefix("/") else { return target }
-    rest = rest.dropFirst()
-    if rest.hasSuffix("/") { rest = rest.dropLast() }
-    guard !rest.isEmpty else { return target }
-    let segments = rest.split(separator: "/", omittingEmptySubsequences: false)
-    var problems: [String] = []
-    for s in segments {
-        let why: String?
-        switch s {
-        case "": why = "an empty segment (two slashes in a row, or one right after the bucket)"
-        case ".": why = "a '.' segment"
-        case "..": why = "a '..' segment (S3 keys are not paths: '..' is not resolved, it is part of the key)"
-        default: why = s.utf8.count > 255 ? "a segment of \(s.utf8.count) bytes ('\(s.prefix(20))…'; a file name holds at most 255)" : nil
-        }
-        if let why, !problems.contains(why) { problems.append(why) }
-    }
-    guard !problems.isEmpty else { return target }
-    let kept = segments.filter { !$0.isEmpty && $0 != "." && $0 != ".." && $0.utf8.count <= 255 }
-    let suggestion = kept.isEmpty ? "s3://\(target.bucket)" : "s3://\(target.bucket)/" + kept.joined(separator: "/")
-    throw UserFacingFailure(message: "'\(raw)' has a prefix that cannot be mounted: it has \(problems.joined(separator: " and ")), "
-        + "and each '/'-separated part of a prefix must be a valid file name (keys with such parts are not shown by the mount)\n"
-        + "  fix: write the prefix with only non-empty names other than '.' and '..', of at most 255 bytes each, "
-        + "e.g. \(suggestion)")
-}
-
-/// Prints a user-facing failure and exits non-zero.
-struct UserFacingFailure: Error, Sendable, CustomStringConvertible {
-    var message: String
-    var code: Int32 = 1
-    var description: String { message }
-}
-
-func fail(_ message: String, code: Int32 = 1) -> ExitCode {
-    FileHandle.standardError.write(Data("ckptfs: error: \(message)\n".utf8))
-    return ExitCode(code)
 }

@@ -1,0 +1,93 @@
+import CkptFS
+import CkptS3
+import Foundation
+
+// The messages of the control socket: one JSON line each way (see `Control.call`).
+extension Control {
+    /// What the command line asks: `cmd` is "flush" (`path` under the mount, `timeout` seconds or nil for no
+    /// limit), "status", or "unmounting" (`timeout`: how long the daemon may still drain after the unmount).
+    struct Request: Codable {
+        var cmd: String
+        var path: String?
+        var timeout: Double?
+    }
+
+    /// What the daemon answers a request it refuses.
+    struct ErrorReply: Codable {
+        var error: String
+    }
+
+    struct NotDurable: Codable {
+        var path: String
+        var reason: String
+    }
+
+    struct FlushReply: Codable {
+        var ok: Bool
+        var notDurable: [NotDurable]
+    }
+
+    struct StatusReply: Codable {
+        var writeBack: WriteBackStatus
+        var cacheUsedBytes: Int64
+        var cacheCapacityBytes: Int64
+        var cacheBlocks: Int
+        var cacheHits: Int
+        var cacheMisses: Int
+        var cacheHitRatio: Double
+        var getRequests: Int
+        var bytesDownloaded: Int64
+        var headRequests: Int
+        var listRequests: Int
+        var putRequests: Int
+        var directOpens: Int
+        /// Absent for anonymous requests (--no-sign-request).
+        var credentials: CredentialsReport?
+        /// Where the metrics are served (`--metrics-address`), absent when they are not.
+        var metricsURL: String?
+        /// The mount's `--drain-timeout`: how long `ckptfs unmount` (and umount with the helper) waits for uploads.
+        var drainTimeoutSeconds: Double?
+        /// Present while the daemon drains before unmounting, after a signal.
+        var stopping: Stopping?
+    }
+
+    struct Stopping: Codable {
+        var signal: String
+        /// Seconds left before the drain gives up.
+        var drainSecondsLeft: Double
+        /// True once the drain is over: every change fails with EROFS until the mount is gone.
+        var refusingChanges: Bool
+        /// Files still open for writing through the mount.
+        var openForWriting: Int
+    }
+
+    /// The state of the mount's credentials: where they come from, when they expire, and the last refresh
+    /// failure with its fix while refreshing keeps failing. Never a secret (the access key id is not one).
+    struct CredentialsReport: Codable {
+        /// "web identity role arn:...", "container credentials", "instance profile NAME", "environment (...)".
+        var source: String
+        var accessKeyId: String?
+        /// ISO 8601 UTC; absent for keys that do not expire.
+        var expiration: String?
+        /// Seconds left until `expiration` (negative once expired).
+        var expiresInSeconds: Double?
+        /// Times the credentials were replaced by fresh ones.
+        var refreshes: Int
+        /// Refreshes that failed in a row since the last success.
+        var consecutiveFailures: Int
+        /// The last refresh failure (while `consecutiveFailures` > 0), and what to do about it.
+        var lastError: String?
+        var fix: String?
+
+        init(_ s: CredentialsStatus) {
+            source = s.source
+            accessKeyId = s.accessKeyId
+            expiration = s.expiration.map(S3Date.iso8601)
+            expiresInSeconds = s.expiration.map { $0.timeIntervalSinceNow.rounded() }
+            refreshes = s.refreshes
+            consecutiveFailures = s.consecutiveFailures
+            lastError = s.consecutiveFailures > 0 ? s.lastError.map { "\($0.source): \($0.message)" } : nil
+            fix = s.consecutiveFailures > 0 ? s.lastError?.fix : nil
+        }
+    }
+}
