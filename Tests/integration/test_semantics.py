@@ -271,9 +271,6 @@ def test_s_ino_new_file(server, bucket, mounts):
     assert os.stat(f"{mp}/y").st_ino == seen[-2]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a directory removed and made again gets its old inode number back, "
-                                       "and while the removed one is still open the kernel takes the new one for it "
-                                       "(dead): creating anything in it fails with ENOENT")
 def test_s_ino_dir_remade(server, bucket, mounts):
     mp, _ = mounts.mount(f"s3://{bucket}")
     os.mkdir(f"{mp}/w")
@@ -576,8 +573,6 @@ def test_s_dur_close_dup(server, bucket, mounts):
     assert s3_bytes(server, bucket, "ckpt") == b"before the child"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: fsync() and flush wait out --upload-delay when the file was saved "
-                                       "again or unlinked while an earlier version waited to upload")
 def test_s_dur_flush_prompt(server, bucket, mounts):
     mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "3")
     write(f"{mp}/m.pt", b"save 1")

@@ -210,7 +210,7 @@ extension Namespace {
                 for (name, meta) in localChildren where s.position[name] == nil {
                     s.position[name] = s.names.count
                     s.names.append(name)
-                    s.kinds.append(false)
+                    s.kinds.append(meta.isDirectory)
                     s.metas[name] = meta
                 }
             }

@@ -55,6 +55,9 @@ extension FileSystem {
         if !others.isEmpty || !prefixes.isEmpty || localChildren { throw FSError(ENOTEMPTY) }
         try await writeBack.deleteLater([prefix], hiding: [prefix])
         invalidate(parent: parent, name: name)
+        // The name is free: a directory made under it is a new inode, whatever the kernel still holds open (a
+        // shell's working directory), as unlink does for files.
+        namespace.table.withLock { $0.freeName(parent: parent, name: name) }
     }
 
     /// Whether anything under `prefix` is in S3 and not being deleted (true when that cannot be told).
@@ -74,12 +77,7 @@ extension FileSystem {
         let attr = try await lookup(parent: parent, name: name)
         forget(ino: attr.ino, count: 1)
         guard !attr.isDirectory else { throw .isDirectory }
-        var withdrawn = WriteBack.Withdrawal()
-        if let f = writeBack.localFiles.byKey.withLock({ $0.removeValue(forKey: key) }) {
-            withdrawn = writeBack.orphan(f, ino: attr.ino)
-        }
-        try await writeBack.deleteLater([key], hiding: [key], with: withdrawn.records)
-        writeBack.removeFiles(withdrawn)
+        try await writeBack.unlinkFile(key: key, ino: attr.ino)
         invalidate(parent: parent, name: name)
         // The name is free: a file created under it is a new inode, whatever the kernel still holds open.
         namespace.table.withLock { $0.freeName(parent: parent, name: name) }

@@ -77,6 +77,16 @@ final class ChangeQueue: Sendable {
         var barrier: [UInt64: (job: UInt64, c: CheckedContinuation<Void, Never>)] = [:]
         /// Tasks waiting for a delete to finish (flush).
         var deleteWaiters = Waiters<Void>()
+        /// Upload jobs of versions an unlink withdrew, kept open (by upload job) until the delete that withdrew
+        /// them (by journal id) has waited for the uploads queued before it: a delete queued after such a job
+        /// (rotating checkpoints: save ckpt-1, delete ckpt-0, save ckpt-2, delete ckpt-1) must not take the
+        /// withdrawal for the upload it was waiting for, or S3 would hold neither checkpoint until ckpt-2 lands.
+        var heldUploads: [UInt64: UInt64] = [:]
+
+        /// The lowest open upload job a delete `id` waits for (not counting those it holds itself).
+        func lowestOpenJob(forDelete id: UInt64) -> UInt64 {
+            openUploads.keys.filter { heldUploads[$0] != id }.min() ?? .max
+        }
 
         /// Drops the deletes of `key` that have not started (an upload or a direct write replaces them).
         /// Returns the continuations of those waiting for their barrier, to resume outside the lock.
@@ -167,10 +177,9 @@ extension WriteBack {
     /// that carries its bytes has), and lets the deletes go that waited only for them.
     func closeUploadJobs() {
         let ready = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
-            u.openUploads = u.openUploads.filter { !carrier(of: $0.value).isSettled }
-            let low = u.openUploads.keys.min() ?? .max
+            u.openUploads = u.openUploads.filter { u.heldUploads[$0.key] != nil || !carrier(of: $0.value).isSettled }
             var ready: [CheckedContinuation<Void, Never>] = []
-            for (id, w) in u.barrier where w.job < low {
+            for (id, w) in u.barrier where w.job < u.lowestOpenJob(forDelete: id) {
                 ready.append(w.c)
                 u.barrier.removeValue(forKey: id)
             }
@@ -189,9 +198,18 @@ extension WriteBack {
     /// `f`'s versions are never uploaded (unlink, replaced by a rename). Returns the journal records that
     /// withdraw the acknowledged ones, and the staged files to remove once those are journaled (none while a
     /// handle has the file open: an orphan reads them; they go at its last close).
-    func dropVersions(of f: LocalFile) -> Withdrawal {
+    func dropVersions(of f: LocalFile, heldFor delete: UInt64? = nil) -> Withdrawal {
         let victims = versions(of: f).filter { !$0.isSettled }
         var records: [JournalRecord] = []
+        if let delete {
+            // Their upload jobs stay open until that delete has waited for the uploads before it (heldUploads).
+            changes.state.withLock { u in
+                for v in victims {
+                    let job = v.state.withLock { $0.job }
+                    if u.openUploads[job] === v { u.heldUploads[job] = delete }
+                }
+            }
+        }
         for v in victims {
             abandonEarlyUpload(v, because: "unlinked")
             if v.state.withLock({ $0.committedSum != nil }) { records.append(JournalRecord(op: .drop, id: v.id)) }
@@ -208,6 +226,27 @@ extension WriteBack {
     struct Withdrawal {
         var records: [JournalRecord] = []
         var versions: [StagedVersion] = []
+    }
+
+    /// unlink of a file key: its local file (if any) loses its name (an orphan while open, never uploaded; the
+    /// upload jobs of its versions stay open until the delete has waited for the uploads before it), and the
+    /// key is deleted in S3 after the uploads queued before now. Journaled before it returns.
+    func unlinkFile(key: String, ino: UInt64) async throws(FSError) {
+        let (deleteRecords, items) = deleteRecords([key])
+        var withdrawn = Withdrawal()
+        if let f = localFiles.byKey.withLock({ $0.removeValue(forKey: key) }) {
+            withdrawn = orphan(f, ino: ino, heldFor: items[0].0)
+        }
+        do throws(FSError) {
+            try await journal.record(withdrawn.records + deleteRecords)
+        } catch {
+            // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
+            changes.state.withLock { u in u.heldUploads = u.heldUploads.filter { $0.value != items[0].0 } }
+            closeUploadJobs()
+            throw error
+        }
+        queueDeletes(items, hiding: [key])
+        removeFiles(withdrawn)
     }
 
     /// Removes the staged files of `w`'s versions (once its records are journaled).
@@ -275,12 +314,19 @@ extension WriteBack {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = changes.state.withLock { u -> Bool in
                 guard let d = u.deletes[id], !d.cancelled else { return true }
-                if (u.openUploads.keys.min() ?? .max) > d.job { return true }
+                if u.lowestOpenJob(forDelete: id) > d.job { return true }
                 u.barrier[id] = (d.job, c)
                 return false
             }
             if now { c.resume() }
         }
+        // Past its barrier (or cancelled): the upload jobs it held for the deletes after them are released.
+        let held = changes.state.withLock { u -> Bool in
+            let before = u.heldUploads.count
+            u.heldUploads = u.heldUploads.filter { $0.value != id }
+            return u.heldUploads.count != before
+        }
+        if held { closeUploadJobs() }
         // A directory marker goes after the deletes queued under it (they never wait for a marker above them, so
         // this cannot wait in a circle): some servers (SeaweedFS) keep
         // listing a directory whose marker was deleted while it still held objects.

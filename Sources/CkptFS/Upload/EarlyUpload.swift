@@ -73,7 +73,7 @@ extension WriteBack {
         guard options.uploadWhileWriting else { return }
         let minimum = options.partSize
         let start = v.state.withLock { s -> Bool in
-            guard !s.sealed, let hashed = s.sum?.hashedTo, s.base == nil else { return false }
+            guard !s.sealed, !s.orphaned, let hashed = s.sum?.hashedTo, s.base == nil else { return false }
             if s.early == nil {
                 guard hashed > minimum, !WriteBack.looksTemporary(s.key) else { return false }
                 s.early = EarlyUpload(key: s.key)

@@ -66,13 +66,20 @@ struct WriteBackOverlay: LocalOverlay {
     func orphanMeta(ino: UInt64) -> Meta? { files.orphans.withLock { $0[ino] }?.current.meta }
 
     func localChildren(of dirKey: String) -> [(name: String, meta: Meta)] {
-        files.byKey.withLock { l in
-            l.compactMap { key, f in
-                guard key.hasPrefix(dirKey) else { return nil }
-                let name = String(key.dropFirst(dirKey.count))
-                return Namespace.validName(name) ? (name, f.current.meta) : nil
+        let keys = files.byKey.withLock { l in l.filter { $0.key.hasPrefix(dirKey) } }
+        var out: [String: Meta] = [:]
+        for (key, f) in keys {
+            let rest = key.dropFirst(dirKey.count)
+            if let slash = rest.firstIndex(of: "/") {
+                // A file deeper down: the directory it is in exists here (a directory renamed, or made implicitly,
+                // whose files are not uploaded yet has no object in S3 to list).
+                let name = String(rest[..<slash])
+                if Namespace.validName(name) { out[name] = Meta(isDirectory: true, size: 0, etag: "", mtime: Date()) }
+            } else if Namespace.validName(String(rest)), out[String(rest)] == nil {
+                out[String(rest)] = f.current.meta
             }
         }
+        return out.map { ($0.key, $0.value) }
     }
 
     func isHidden(_ key: String) -> Bool { changes.isHidden(key) }

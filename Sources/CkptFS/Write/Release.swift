@@ -134,18 +134,19 @@ extension WriteBack {
     /// `f` lost its name (unlink, or replaced by a rename): its versions are never uploaded. Open handles keep
     /// it readable and writable (stat by inode `ino` too) until the last one closes. Returns the journal
     /// records that withdraw its acknowledged versions (and the staged files to remove once journaled).
-    func orphan(_ f: LocalFile, ino: UInt64?) -> Withdrawal {
+    func orphan(_ f: LocalFile, ino: UInt64?, heldFor delete: UInt64? = nil) -> Withdrawal {
         let handles = f.state.withLock { s -> Int in
             s.unlinked = true
             return s.handles
         }
-        let records = dropVersions(of: f)
+        let records = dropVersions(of: f, heldFor: delete)
         if handles > 0 {
             if let ino { localFiles.orphans.withLock { $0[ino] = f } }
             // Its handles write the current version in place from now on (nothing uploads it).
             f.current.state.withLock { s in
                 s.sealed = false
                 s.committedSum = nil  // its acknowledgement is withdrawn: not frozen any more
+                s.orphaned = true  // nothing of it goes to S3, not even parts while it is written
             }
         }
         return records

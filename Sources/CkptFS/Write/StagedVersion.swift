@@ -82,6 +82,8 @@ final class StagedVersion: Sendable {
         var baseLimit: Int64 = 0
         /// Whether a write or truncate changed the contents since the version was made from `base`.
         var differsFromBase = false
+        /// The file was unlinked while open: its handles write it in place, and nothing of it is ever uploaded.
+        var orphaned = false
         /// Parts sent while the file is still being written (EarlyUpload.swift), and tasks waiting for them
         /// to go idle.
         var early: EarlyUpload?
@@ -180,11 +182,15 @@ final class StagedVersion: Sendable {
     /// Sets the upload state and wakes everyone waiting for the version (they look again: a renamed version
     /// goes back to waiting).
     func settle(_ u: Upload) {
-        let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+        let (waiters, delayed) = state.withLock { s -> ([CheckedContinuation<Bool, Never>], [CheckedContinuation<Bool, Never>]) in
             s.upload = u
-            return s.waiters.removeAll()
+            // A version that settles before its upload delay is over (superseded by a newer save, or dropped by
+            // an unlink) ends the delay too: its job has nothing left to wait for, and the jobs behind it (the
+            // newer save that fsync or flush waits for) must not wait out the delay for it.
+            return (s.waiters.removeAll(), s.delayWaiters.removeAll())
         }
         for w in waiters { w.resume(returning: true) }
+        for w in delayed { w.resume(returning: false) }
     }
 
     /// Resumes the tasks waiting for the early upload to go idle, if it is (after each change that can end it).
