@@ -532,8 +532,9 @@ def test_s_write_parts(server, bucket, mounts):
 
 # Durability
 
-def test_s_dur_fsync_local(server, bucket, mounts):
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--fsync", "local", "--debug-hold-uploads")
+def test_s_dur_fsync_local(server, bucket, mounts, proxy):
+    proxy.hold()  # uploads are held at the S3 fault proxy
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--fsync", "local")
     pid = daemon_pid(mp)  # now: no process may be started while the file is open (see S-DUR-CLOSE-DUP)
     fd = os.open(f"{mp}/ckpt", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, b"acknowledged by fsync")
@@ -600,9 +601,10 @@ def test_s_dur_fdatasync(server, bucket, mounts):
         os.close(fd)
 
 
-def test_s_dur_fsync_dir(server, bucket, mounts):
+def test_s_dur_fsync_dir(server, bucket, mounts, proxy):
     server.s3.put_object(Bucket=bucket, Key="old.pt", Body=b"old")
-    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+    proxy.hold()
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}")
     write(f"{mp}/new.pt", b"new")
     os.unlink(f"{mp}/old.pt")  # its delete waits for new.pt, whose upload is held
     dfd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
@@ -635,9 +637,10 @@ def test_s_dur_writer_killed(server, bucket, mounts):
     assert s3_bytes(server, bucket, "model.pt") == b"k" * (2 * MiB), "the kernel's close acknowledged the part written"
 
 
-def test_s_crash_condition_kept(server, bucket, mounts):
+def test_s_crash_condition_kept(server, bucket, mounts, proxy):
     server.s3.put_object(Bucket=bucket, Key="best.ckpt", Body=b"epoch 1")
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+    proxy.hold()
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}")
     write(f"{mp}/best.ckpt", b"epoch 2 from this machine")
     kill9(mp)
     mounts.active.remove(mp)
@@ -725,9 +728,10 @@ def test_s_rename_whiteout(server, bucket, mounts):
     assert s3_keys(server, bucket) == ["b"]
 
 
-def test_s_rename_order(server, bucket, mounts):
+def test_s_rename_order(server, bucket, mounts, proxy):
     server.s3.put_object(Bucket=bucket, Key="a", Body=b"version 1")
-    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--debug-hold-uploads")
+    proxy.hold()
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}")
     with open(f"{mp}/a", "r+b") as f:
         f.write(b"VERSION 2")
     os.rename(f"{mp}/a", f"{mp}/b")
