@@ -54,6 +54,9 @@ public final class S3Client: ObjectClient {
     public let configuration: S3ClientConfiguration
     public let http: HTTPClient
     let logger: Logger
+    /// Requests sent again after a failed attempt (each retry counts once), since the client was made.
+    public var retries: Int { retryCount.load(ordering: .relaxed) }
+    private let retryCount = Atomic<Int>(0)
     /// Seconds to add to the local clock, learned from a RequestTimeTooSkewed answer.
     private let clockOffset = Mutex<TimeInterval>(0)
 
@@ -195,6 +198,7 @@ public final class S3Client: ObjectClient {
             error.attempts = attempt
             guard configuration.retry.shouldRetry(error, attempt: attempt), !Task.isCancelled else { throw error }
             let wait = configuration.retry.delay(afterAttempt: attempt)
+            retryCount.wrappingAdd(1, ordering: .relaxed)
             logger.debug("s3 retry", metadata: ["s3.op": "\(r.operation)", "s3.error": "\(error.s3Code)",
                                                 "s3.wait_ms": "\(wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000)"])
             try? await Task.sleep(for: wait)

@@ -22,7 +22,8 @@ struct MountDaemon {
         let logger = logger
         MountDaemon.raiseDescriptorLimit(logger: logger)
         let metrics = options.metricsEndpoint.map { _ in MountMetrics() }
-        var client: any ObjectClient = S3Client(configuration: config, logger: logger)
+        let s3 = S3Client(configuration: config, logger: logger)
+        var client: any ObjectClient = s3
         if let metrics { client = MetricsObjectClient(wrapping: client, factory: metrics.factory) }
         let fs: FileSystem
         do {
@@ -42,7 +43,7 @@ struct MountDaemon {
         var metricsServer: MetricsServer?
         var metricsURL: String?
         if let metrics, let address = options.metricsEndpoint {
-            metrics.read { MountSnapshot(fs, credentials: credentials) }
+            metrics.read { MountSnapshot(fs, credentials: credentials, s3Retries: s3.retries) }
             let server = try await MetricsServer(address: address, render: metrics.exposition)
             var bound = address
             bound.port = await server.boundPort() ?? address.port

@@ -25,6 +25,9 @@ enum MetricName {
     static let s3RequestDuration = MetricDescriptor(
         name: "ckptfs_s3_request_duration_seconds", kind: .histogram, labels: ["operation"],
         help: "Time from the start of an S3 request to its outcome, retries included, by operation")
+    static let s3Retries = MetricDescriptor(
+        name: "ckptfs_s3_retries_total", kind: .counter, labels: [],
+        help: "S3 requests sent again after a failed attempt (503 SlowDown, 500, timeouts, resets), each retry once")
     static let s3SentBytes = MetricDescriptor(
         name: "ckptfs_s3_sent_bytes_total", kind: .counter, labels: ["operation"],
         help: "Body bytes of S3 requests that succeeded (PutObject, UploadPart), by operation")
@@ -94,7 +97,7 @@ enum MetricName {
 
     /// Every family, in the order of the README's table.
     static let all: [MetricDescriptor] = [
-        s3Requests, s3RequestDuration, s3SentBytes, s3ReceivedBytes,
+        s3Requests, s3RequestDuration, s3Retries, s3SentBytes, s3ReceivedBytes,
         cacheHits, cacheMisses, cacheServedBytes, cacheStoredBytes, cacheEvictions, cacheCorruptBlocks, cacheStoreFailures,
         cacheUsedBytes, cacheCapacityBytes, cacheBlocks,
         dirtyFiles, dirtyBytes, oldestDirtySeconds, uploadQueue, uploadsInFlight, uploadFailing, uploadConflicts,

@@ -14,6 +14,8 @@ struct MountSnapshot: Sendable {
     /// Read-only opens with direct I/O.
     var directOpens = 0
     var writeBack = WriteBack()
+    /// S3 requests sent again after a failed attempt (S3Client.retries).
+    var s3Retries = 0
     /// nil for anonymous requests (--no-sign-request).
     var credentials: CredentialsStatus?
 
@@ -39,7 +41,7 @@ struct MountSnapshot: Sendable {
 
 extension MountSnapshot {
     /// The snapshot of a running mount, read now.
-    init(_ fs: FileSystem, credentials: CredentialsProvider?) {
+    init(_ fs: FileSystem, credentials: CredentialsProvider?, s3Retries: Int = 0) {
         let stats = fs.stats
         let w = fs.writeBackStatus
         self.init(cache: stats.cache, cacheCapacityBytes: fs.cache.capacity, directOpens: stats.directOpens,
@@ -49,7 +51,7 @@ extension MountSnapshot {
                                        uploadedFiles: w.uploadedFiles, uploadedBytes: w.uploadedBytes,
                                        pendingDeletes: w.pendingDeletes, stagingBytes: w.stagingBytes,
                                        quarantined: w.quarantined.count, recovered: w.recovered),
-                  credentials: credentials?.status)
+                  s3Retries: s3Retries, credentials: credentials?.status)
     }
 }
 
@@ -82,6 +84,7 @@ final class MountMetrics: Sendable {
 
     /// Writes `s` into the registry: gauges are set, counters move by what the core's totals grew since the last scrape.
     func update(from s: MountSnapshot) {
+        mirror(MetricName.s3Retries, Int64(s.s3Retries))
         let c = s.cache
         mirror(MetricName.cacheHits, Int64(c.hits))
         mirror(MetricName.cacheMisses, Int64(c.misses))
