@@ -91,6 +91,19 @@ final class ComponentTests: XCTestCase {
         XCTAssertNil(t.listings[dir], "a listing naming a file whose local version went is dropped")
     }
 
+    func testAnUploadThatLandsUpdatesTheListingAlsoWhenTheFileWasForgotten() {
+        var t = table()
+        let dir = t.remember(parent: 1, name: "d", key: "d", meta: meta("", dir: true), addLookup: true)
+        let f = t.remember(parent: dir, name: "big.bin", key: "d/big.bin", meta: Meta(isDirectory: false, size: 0, etag: "", mtime: Date()), addLookup: true)
+        _ = t.install(Listing(entries: ["big.bin": Meta(isDirectory: false, size: 0, etag: "", mtime: Date())], expires: .now + .seconds(30)),
+                      for: dir, limit: 100)
+        t.forget(f, count: 1)  // the kernel dropped the file's inode before its upload landed
+        t.objectLanded(key: "d/big.bin", meta: Meta(isDirectory: false, size: 41 << 20, etag: "e", mtime: Date()))
+        XCTAssertEqual(t.listings[dir]?.entries["big.bin"]?.size, 41 << 20, "a lookup answered by the listing shows the landed size")
+        t.localVersionGone(key: "d/big.bin")
+        XCTAssertNil(t.listings[dir], "dropped with the local version, found by the directory's key")
+    }
+
     // MARK: Namespace over an overlay of its own
 
     final class Overlay: LocalOverlay {

@@ -97,6 +97,8 @@ def test_metrics_move_with_reads_and_writes(server, bucket, mounts, tmp_path):
     payload = os.urandom(5 * MiB + 7)
     with open(os.path.join(mp, "w.bin"), "wb") as f:
         f.write(payload)
+    # The kernel sends the release (which queues the file) after close() returns: wait for it.
+    assert wait_until(lambda: m.scrape().get("ckptfs_upload_queue_files") == 1, timeout=10)
     queued = m.scrape()
     assert queued.get("ckptfs_dirty_files") == 1
     assert queued.get("ckptfs_dirty_bytes") == len(payload)

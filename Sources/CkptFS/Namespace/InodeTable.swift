@@ -210,8 +210,17 @@ struct InodeTable: Sendable {
         for ino in inosByKey[key] ?? [] {
             guard let n = nodes[ino], !n.meta.isDirectory else { continue }
             refresh(ino, meta: meta)
-            if listings[n.parent] != nil { listings[n.parent]?.entries[n.name] = meta }
         }
+        // The listings naming it, found by its directory's key: also when the kernel has forgotten the file's
+        // inode (a listing entry made at create would otherwise keep showing the size it had then).
+        let (dirKey, name) = InodeTable.split(key)
+        for p in inosByKey[dirKey] ?? [] where listings[p]?.entries[name] != nil { listings[p]?.entries[name] = meta }
+    }
+
+    /// The directory key (the prefix up to and including the last "/", or "" at the top) and the name of `key`.
+    static func split(_ key: String) -> (dirKey: String, name: String) {
+        guard let slash = key.lastIndex(of: "/") else { return ("", key) }
+        return (String(key[...slash]), String(key[key.index(after: slash)...]))
     }
 
     /// The local version of `key` went without reaching S3: its file inodes revalidate at their next use, and
@@ -220,8 +229,8 @@ struct InodeTable: Sendable {
         for ino in inosByKey[key] ?? [] {
             guard let n = nodes[ino], !n.meta.isDirectory else { continue }
             nodes[ino]?.fetched = .distantPast
-            listings.removeValue(forKey: n.parent)
         }
+        for p in inosByKey[InodeTable.split(key).dirKey] ?? [] { listings.removeValue(forKey: p) }
     }
 
     /// Keeps the complete listing of `ino` for lookups. Expired listings are dropped first (at most once a
