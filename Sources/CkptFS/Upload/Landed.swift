@@ -11,13 +11,17 @@ extension WriteBack {
     /// A landed current version of a file nobody has open makes the file clean: stat shows the object.
     func finishUpload(_ v: StagedVersion, etag: String? = nil) {
         abandonEarlyUpload(v, because: "superseded")  // superseded or dropped before its parts were used
-        changes.state.withLock { u in _ = u.pending.removeValue(forKey: v.id) }
+        // A version a rename queued again (under its new name) after it landed is not finished: its new job
+        // uploads it, and flush waits for it.
+        changes.state.withLock { u in if v.isSettled { _ = u.pending.removeValue(forKey: v.id) } }
         closeUploadJobs()
         staging.wakeWaiters()  // writers held back by the dirty bound check whether uploads still pend
         let key = v.key
         let (size, mtime) = v.state.withLock { ($0.size, $0.mtime) }
         enum After { case remove, keep, clean }
         let after = localFiles.byKey.withLock { l -> After in
+            // Under this lock a rename has moved the version completely or not at all (retarget).
+            guard v.isSettled, v.key == key else { return .keep }
             guard let f = l[key] else { return .remove }
             return f.state.withLock { s -> After in
                 guard s.current === v else { return .remove }

@@ -19,32 +19,39 @@ extension WriteBack {
     func retarget(_ f: LocalFile, from src: String, to dst: String) -> Retarget {
         var out = Retarget()
         let vs = versions(of: src, newest: f.current)
+        // The file, and its versions' keys and states, move under the local files' lock: an upload that lands
+        // meanwhile (`finishUpload`) sees either the version before the move or after it, never between (it
+        // would take a version queued again under the new name for a finished one and remove its staged file).
+        var moved: [(StagedVersion, Bool, String?)] = []
         localFiles.byKey.withLock { l in
             if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f
             f.state.withLock { $0.key = dst }
-        }
-        for v in vs {
-            abandonEarlyUpload(v, because: "renamed")  // its parts went to the old name
-            let (requeue, sum) = v.state.withLock { s -> (Bool, String?) in
-                s.key = dst
-                s.expect = .anything
-                var requeue = false
-                switch s.upload {
-                case .waiting: requeue = s.sealed
-                case .uploading: break
-                case .done:
-                    s.upload = .waiting
-                    requeue = true
-                case .conflict:
-                    s.upload = .waiting
-                    s.lastError = nil
-                    requeue = true
-                    out.keepsSource = true
-                case .superseded, .dropped: break
+            for v in vs {
+                let (requeue, sum) = v.state.withLock { s -> (Bool, String?) in
+                    s.key = dst
+                    s.expect = .anything
+                    var requeue = false
+                    switch s.upload {
+                    case .waiting: requeue = s.sealed
+                    case .uploading: break
+                    case .done:
+                        s.upload = .waiting
+                        requeue = true
+                    case .conflict:
+                        s.upload = .waiting
+                        s.lastError = nil
+                        requeue = true
+                        out.keepsSource = true
+                    case .superseded, .dropped: break
+                    }
+                    return (requeue, !s.unjournaled ? s.committedSum : nil)
                 }
-                return (requeue, !s.unjournaled ? s.committedSum : nil)
+                moved.append((v, requeue, sum))
             }
+        }
+        for (v, requeue, sum) in moved {
+            abandonEarlyUpload(v, because: "renamed")  // its parts went to the old name
             if requeue { out.requeue.append(v) }
             if let sum { out.records.append(commitRecord(v, checksum: sum)) }
         }
