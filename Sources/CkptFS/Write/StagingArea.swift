@@ -17,6 +17,9 @@ final class StagingArea: Sendable {
     private let bytes = Atomic<Int64>(0)
     /// Tasks waiting for staged bytes to go (a writer held back by the dirty bound); woken at each removal.
     private let roomWaiters = Mutex(Waiters<Void>())
+    /// Signalled at each staged file removed, for a write that found the disk full (`writeAll`).
+    private let removals = NSCondition()
+    nonisolated(unsafe) private var removalCount = 0  // guarded by `removals`
 
     /// Bytes the staged versions hold now.
     var stagedBytes: Int64 { bytes.load(ordering: .relaxed) }
@@ -72,6 +75,10 @@ final class StagingArea: Sendable {
         guard let freed else { return }
         Glibc.unlink(v.path)
         bytes.wrappingSubtract(freed, ordering: .relaxed)
+        removals.lock()
+        removalCount += 1
+        removals.broadcast()
+        removals.unlock()
         wakeWaiters()
     }
 
@@ -216,12 +223,27 @@ final class StagingArea: Sendable {
         do {
             _ = try file.writeAll(toAbsoluteOffset: offset, data)
         } catch let e as Errno where e == .noSpace || e == .diskQuotaExceeded {
-            // The disk is full: evict clean cache blocks (dirty data never) and write once more. A write that
+            // The disk is full: evict clean cache blocks (dirty data never) and write again; while it stays
+            // full, wait (up to 2 s) for staged files to go (a failed save dropped at its release, which the
+            // kernel sends after close() returns; an upload that lands) and write again after each. A write that
             // landed in part is written again whole: the same bytes at the same offsets.
             cache.makeRoom(Int64(data.count) + (64 << 20))
-            do { _ = try file.writeAll(toAbsoluteOffset: offset, data) } catch {
-                let e = (error as? Errno)?.rawValue ?? EIO
-                throw FSError(e, "writing to the staging area \(directory): \(String(cString: strerror(e)))")
+            let deadline = Date() + 2
+            while true {
+                removals.lock()
+                let seen = removalCount
+                removals.unlock()
+                do {
+                    _ = try file.writeAll(toAbsoluteOffset: offset, data)
+                    return
+                } catch let e as Errno where (e == .noSpace || e == .diskQuotaExceeded) && Date() < deadline {
+                    removals.lock()
+                    while removalCount == seen && removals.wait(until: deadline) {}
+                    removals.unlock()
+                } catch {
+                    let e = (error as? Errno)?.rawValue ?? EIO
+                    throw FSError(e, "writing to the staging area \(directory): \(String(cString: strerror(e)))")
+                }
             }
         } catch {
             let e = (error as? Errno)?.rawValue ?? EIO
