@@ -6,7 +6,7 @@
 // what may succeed later (5xx, SlowDown, timeouts, resets, short bodies) as the configuration's
 // `RetryPolicy` says: capped exponential backoff and full jitter, `maxAttempts` in all. This loop is the
 // only place an S3 request is sent again; the transport below never retries. A clock-skew error is
-// retried once with the server's clock, and one rejected as ExpiredToken once after a credentials refresh
+// retried once with the server's clock, and one rejected as ExpiredToken after a credentials refresh (at most twice)
 // (neither counts as an attempt). Credentials are read from the provider for each request. Nothing here
 // logs or returns a secret.
 import CkptDigest
@@ -114,7 +114,9 @@ public final class S3Client: ObjectClient {
     func perform(_ r: Request) async throws(S3Error) -> HTTPResponse {
         var attempt = 0
         var skewRetried = false
-        var tokenRetried = false
+        /// Refreshes made for this request after S3 rejected its credentials as expired (at most 2: a refresh that
+        /// raced a revocation of every key handed out so far gets keys that are revoked too).
+        var tokenRefreshes = 0
         while true {
             attempt += 1
             let (url, host, path) = target(bucket: r.bucket, key: r.key, query: r.query)
@@ -177,9 +179,9 @@ public final class S3Client: ObjectClient {
                     }
                     // Temporary credentials that S3 no longer accepts: refresh once and send again (botocore
                     // does the same for ExpiredToken / InvalidToken / RequestExpired).
-                    if (error.code == .expiredToken || error.s3Code == "InvalidToken"), !tokenRetried,
+                    if (error.code == .expiredToken || error.s3Code == "InvalidToken"), tokenRefreshes < 2,
                        let provider = configuration.credentialsProvider, provider.source.canRefresh {
-                        tokenRetried = true
+                        tokenRefreshes += 1
                         logger.notice("credentials rejected as expired; refreshing and retrying",
                                       metadata: ["s3.op": "\(r.operation)", "credentials.source": "\(provider.source.name)"])
                         if (try? await provider.refresh()) != nil {
