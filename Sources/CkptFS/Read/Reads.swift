@@ -16,13 +16,10 @@ final class HandleNumbers: Sendable {
 final class ReadHandle: Sendable {
     let ino: UInt64
     let object: PinnedObject
-    /// Reads of this handle bypass the kernel's page cache (FSOptions.directReadMinSize).
-    let direct: Bool
 
-    init(ino: UInt64, object: PinnedObject, direct: Bool) {
+    init(ino: UInt64, object: PinnedObject) {
         self.ino = ino
         self.object = object
-        self.direct = direct
     }
 }
 
@@ -50,7 +47,7 @@ extension FileSystem {
         } ?? false
         if direct { counters.withLock { $0.directOpens += 1 } }
         let h = handleNumbers.next()
-        handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote, direct: direct) }
+        handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote) }
         return OpenReply(handle: h, directIO: direct, keepCache: true)
     }
 

@@ -78,7 +78,7 @@ extension WriteBack {
                     u.uploadedFiles += 1
                     u.uploadedBytes += size
                 }
-                finishUpload(v, etag: etag)
+                finishUpload(v)
                 return
             } catch {
                 if error.isConflict {

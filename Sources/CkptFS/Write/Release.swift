@@ -83,7 +83,7 @@ extension WriteBack {
             }
         }
         staging.remove(v)
-        if gone { forgetLocal(key: f.key) }
+        if gone { notices.localVersionGone(key: f.key) }
         // The acknowledged version it was copied from stands again, and goes up once nobody writes.
         if let fallback, f.state.withLock({ $0.writers == 0 }) {
             do { try commit(fallback, of: f) } catch {
@@ -107,13 +107,7 @@ extension WriteBack {
         guard let (v, etag) = removed else { return }
         staging.remove(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
-        showUploaded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
-    }
-
-    /// Stat of `key` shows its object again (the local version is gone without reaching S3): cached
-    /// attributes are forgotten.
-    func forgetLocal(key: String) {
-        notices.localVersionGone(key: key)
+        notices.objectLanded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
     }
 
     /// Every version of `f` still held: those queued or uploading under its key, and its current one.
