@@ -47,11 +47,12 @@ let package = Package(
         // Benchmark tool for the S3 client alone (bench/s3_download.py drives it).
         .executableTarget(name: "ckpt-s3bench", dependencies: ["CkptS3", "CkptFS", "CkptCache"], path: "bench/S3Bench"),
 
-        // Shared by the test targets: a real SeaweedFS per test process, the fault server, helpers.
-        .target(name: "CkptTestSupport", dependencies: ["CkptS3"], path: "Tests/CkptTestSupport"),
+        // Shared by the test targets: a real SeaweedFS per test process, the fault server, the in-memory object
+        // client and the fault-injecting wrapper client, helpers.
+        .target(name: "CkptTestSupport", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest"], path: "Tests/CkptTestSupport"),
         .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
         .testTarget(name: "CkptCacheTests", dependencies: ["CkptCache"]),
-        .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache", "CkptDigest"]),
+        .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache", "CkptDigest", "CkptTestSupport"]),
         .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP", "CkptDigest", "CkptTestSupport"]),
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
                     exclude: ["Fixtures"]),

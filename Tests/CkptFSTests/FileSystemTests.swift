@@ -1,6 +1,7 @@
 import CkptCache
 @testable import CkptFS
 import CkptS3
+import CkptTestSupport
 import Foundation
 import XCTest
 
