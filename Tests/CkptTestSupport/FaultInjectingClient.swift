@@ -246,18 +246,18 @@ public final class FaultInjectingClient: ObjectClient {
         var nextRule = 1
         var log: [Call] = []
         var held: [HeldCall] = []
-        /// Tasks waiting until a rule holds some number of calls.
-        var holdWaiters: [(rule: RuleID, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        /// Tasks waiting until a rule (nil: the cut) holds some number of calls.
+        var holdWaiters: [(rule: RuleID?, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
         var isCut = false
         /// Calls let through by `cut(landing: true)`: they reach the wrapped client, and their replies are lost.
         var landing = Set<Int>()
 
-        mutating func heldCount(_ rule: RuleID) -> Int { held.filter { $0.rule == rule }.count }
+        mutating func heldCount(_ rule: RuleID?) -> Int { held.filter { $0.rule == rule }.count }
 
         /// The waiters whose count is reached now.
         mutating func satisfiedWaiters() -> [CheckedContinuation<Void, Never>] {
             var ready: [CheckedContinuation<Void, Never>] = []
-            var left: [(rule: RuleID, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+            var left: [(rule: RuleID?, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
             for w in holdWaiters {
                 if heldCount(w.rule) >= w.count { ready.append(w.continuation) } else { left.append(w) }
             }
@@ -332,13 +332,13 @@ public final class FaultInjectingClient: ObjectClient {
         }
     }
 
-    /// The calls `rule` holds now, oldest first.
-    public func held(_ rule: RuleID) -> [Call] {
+    /// The calls `rule` holds now (nil: those the cut holds), oldest first.
+    public func held(_ rule: RuleID?) -> [Call] {
         state.withLock { s in s.held.filter { $0.rule == rule }.map { s.log[$0.call - 1] } }
     }
 
-    /// Returns once `rule` holds at least `count` calls.
-    public func waitForHeld(_ rule: RuleID, count: Int = 1) async {
+    /// Returns once `rule` holds at least `count` calls (nil: once the cut holds that many).
+    public func waitForHeld(_ rule: RuleID?, count: Int = 1) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
                 if s.heldCount(rule) >= count { return true }
@@ -400,9 +400,10 @@ public final class FaultInjectingClient: ObjectClient {
         }
     }
 
-    /// After the cut nothing moves: parks the call for good, unless `cut(landing:)` let it through.
-    private func stopIfCut(_ call: Int) async throws(S3Error) {
-        let stop = state.withLock { s in s.isCut && !s.landing.contains(call) }
+    /// After the cut nothing moves: parks the call for good. Before it is sent (`sending`), a call `cut(landing:)`
+    /// let through goes on; no reply goes back after the cut.
+    private func stopIfCut(_ call: Int, sending: Bool) async throws(S3Error) {
+        let stop = state.withLock { s in s.isCut && !(sending && s.landing.contains(call)) }
         guard stop else { return }
         if case .fail(let e) = await park(call, rule: nil) {
             state.withLock { $0.setOutcome(call, .injected(e.s3Code)) }
@@ -421,7 +422,7 @@ public final class FaultInjectingClient: ObjectClient {
             state.withLock { $0.setOutcome(call, .injected(f.description)) }
             return e
         }
-        try await stopIfCut(call)
+        try await stopIfCut(call, sending: true)
         for (rule, action) in actions {
             switch action {
             case .delay(let d):
@@ -435,7 +436,7 @@ public final class FaultInjectingClient: ObjectClient {
             default: break
             }
         }
-        try await stopIfCut(call)
+        try await stopIfCut(call, sending: true)
         var after: Fault?
         var cutAt: Int?
         for (_, action) in actions {
@@ -455,11 +456,11 @@ public final class FaultInjectingClient: ObjectClient {
                 result = try await body()
             }
         } catch {
-            try await stopIfCut(call)
+            try await stopIfCut(call, sending: false)
             state.withLock { $0.setOutcome(call, error.code == .transport(.partialBody) && cutAt != nil ? .injected("cut body") : .failed(error.s3Code)) }
             throw error
         }
-        try await stopIfCut(call)
+        try await stopIfCut(call, sending: false)
         if let after { throw injected(after) }
         state.withLock { $0.setOutcome(call, .succeeded) }
         return result
