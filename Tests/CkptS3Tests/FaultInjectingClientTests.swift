@@ -173,8 +173,9 @@ final class FaultInjectingClientTests: XCTestCase {
         client.cut(landing: true)
         XCTAssertTrue(client.isCut)
         // The held call reached S3 (it took effect) and its caller never hears back: it is held by the cut.
-        await client.waitForHeld(nil, count: 1)
+        await client.waitForLanding()
         XCTAssertEqual(stored("landed"), [1])
+        await client.waitForHeld(nil, count: 1)
         // After the cut nothing reaches S3, not even a call no rule matches.
         let late = Task { [client, bucket] in try await client!.headBucket(bucket) }
         let marker = Task { [client, bucket] in try await putBytes(client!, bucket, "d/", []) }

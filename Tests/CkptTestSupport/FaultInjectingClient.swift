@@ -246,18 +246,24 @@ public final class FaultInjectingClient: ObjectClient {
         var nextRule = 1
         var log: [Call] = []
         var held: [HeldCall] = []
-        /// Tasks waiting until a rule (nil: the cut) holds some number of calls.
-        var holdWaiters: [(rule: RuleID?, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        /// Tasks waiting until a rule (nil: the cut) holds some number of calls, by ticket.
+        var holdWaiters: [(ticket: Int, rule: RuleID?, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        var nextTicket = 0
+        /// Tickets cancelled before their waiter was registered.
+        var cancelledTickets = Set<Int>()
         var isCut = false
         /// Calls let through by `cut(landing: true)`: they reach the wrapped client, and their replies are lost.
         var landing = Set<Int>()
+        /// Of those, the ones that have not reached the wrapped client yet, and who waits for them.
+        var landingLeft = Set<Int>()
+        var landingWaiters: [CheckedContinuation<Void, Never>] = []
 
         mutating func heldCount(_ rule: RuleID?) -> Int { held.filter { $0.rule == rule }.count }
 
         /// The waiters whose count is reached now.
         mutating func satisfiedWaiters() -> [CheckedContinuation<Void, Never>] {
             var ready: [CheckedContinuation<Void, Never>] = []
-            var left: [(rule: RuleID?, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+            var left: [(ticket: Int, rule: RuleID?, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
             for w in holdWaiters {
                 if heldCount(w.rule) >= w.count { ready.append(w.continuation) } else { left.append(w) }
             }
@@ -337,15 +343,31 @@ public final class FaultInjectingClient: ObjectClient {
         state.withLock { s in s.held.filter { $0.rule == rule }.map { s.log[$0.call - 1] } }
     }
 
-    /// Returns once `rule` holds at least `count` calls (nil: once the cut holds that many).
+    /// Returns once `rule` holds at least `count` calls (nil: once the cut holds that many), or the task is
+    /// cancelled.
     public func waitForHeld(_ rule: RuleID?, count: Int = 1) async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if s.heldCount(rule) >= count { return true }
-                s.holdWaiters.append((rule, count, c))
-                return false
+        let ticket = state.withLock { s -> Int in
+            s.nextTicket += 1
+            return s.nextTicket
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if s.heldCount(rule) >= count || s.cancelledTickets.remove(ticket) != nil { return true }
+                    s.holdWaiters.append((ticket, rule, count, c))
+                    return false
+                }
+                if now { c.resume() }
             }
-            if now { c.resume() }
+        } onCancel: {
+            let c = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                guard let i = s.holdWaiters.firstIndex(where: { $0.ticket == ticket }) else {
+                    s.cancelledTickets.insert(ticket)
+                    return nil
+                }
+                return s.holdWaiters.remove(at: i).continuation
+            }
+            c?.resume()
         }
     }
 
@@ -361,10 +383,36 @@ public final class FaultInjectingClient: ObjectClient {
             guard landing else { return [] }
             let byRules = s.held.filter { $0.rule != nil }
             s.held.removeAll { $0.rule != nil }
-            for h in byRules { s.landing.insert(h.call) }
+            for h in byRules {
+                s.landing.insert(h.call)
+                s.landingLeft.insert(h.call)
+            }
             return byRules.map(\.continuation)
         }
         for c in resumed { c.resume(returning: .proceed) }
+    }
+
+    /// Returns once the calls `cut(landing: true)` let through have been answered by the wrapped client (they
+    /// took effect, or failed there).
+    public func waitForLanding() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.landingLeft.isEmpty { return true }
+                s.landingWaiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// A call let through by the cut was answered by the wrapped client.
+    private func landed(_ call: Int) {
+        let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            guard s.landingLeft.remove(call) != nil, s.landingLeft.isEmpty else { return [] }
+            defer { s.landingWaiters = [] }
+            return s.landingWaiters
+        }
+        for c in ready { c.resume() }
     }
 
     public var isCut: Bool { state.withLock { $0.isCut } }
@@ -456,10 +504,12 @@ public final class FaultInjectingClient: ObjectClient {
                 result = try await body()
             }
         } catch {
+            landed(call)
             try await stopIfCut(call, sending: false)
             state.withLock { $0.setOutcome(call, error.code == .transport(.partialBody) && cutAt != nil ? .injected("cut body") : .failed(error.s3Code)) }
             throw error
         }
+        landed(call)
         try await stopIfCut(call, sending: false)
         if let after { throw injected(after) }
         state.withLock { $0.setOutcome(call, .succeeded) }

@@ -6,6 +6,7 @@ import CkptCache
 @testable import CkptFS
 import CkptS3
 import Foundation
+import Logging
 
 /// A failed operation: the errno the kernel would return, and the core's message.
 struct DriverError: Error, CustomStringConvertible {
@@ -60,7 +61,11 @@ final class CoreDriver: Sendable {
         o.requestSize = Int64(setup.blockSize) * 4
         o.maxReadAhead = Int64(setup.blockSize) * 16
         let cache = try BlockCache(directory: directory, capacity: 1 << 30, blockSize: setup.blockSize)
-        do { fs = try FileSystem(client: client, bucket: bucket, prefix: prefix, cache: cache, options: o) } catch {
+        // Thousands of runs inject thousands of faults: the core's warnings about them are noise here
+        // (CKPTFS_MODEL_LOG=1 keeps them).
+        var logger = Logger(label: "ckptfs.fs")
+        if ProcessInfo.processInfo.environment["CKPTFS_MODEL_LOG"] == nil { logger.logLevel = .critical }
+        do { fs = try FileSystem(client: client, bucket: bucket, prefix: prefix, cache: cache, options: o, logger: logger) } catch {
             cache.unlock()
             throw error
         }
@@ -340,13 +345,36 @@ final class CoreDriver: Sendable {
 
     /// unlink(2).
     func unlink(_ path: String) async -> Result<Void, DriverError> {
-        await inParent(path) { parent, name in await run { () async throws(FSError) in try await fs.unlink(parent: parent, name: name) } }
+        await inParent(path) { parent, name in
+            // The kernel looks the name up first: unlink of a missing name or a directory never reaches the
+            // filesystem.
+            switch await kind(parent, name) {
+            case .failure(let e): return .failure(e)
+            case .success(true): return .failure(DriverError(.isDirectory))
+            case .success(false): return await run { () async throws(FSError) in try await fs.unlink(parent: parent, name: name) }
+            }
+        }
+    }
+
+    /// Whether `name` in `parent` is a directory (the kernel's lookup before unlink, rmdir, mkdir, rename).
+    private func kind(_ parent: UInt64, _ name: String) async -> Result<Bool, DriverError> {
+        await run { () async throws(FSError) -> Bool in
+            let a = try await fs.lookup(parent: parent, name: name)
+            fs.forget(ino: a.ino, count: 1)
+            return a.isDirectory
+        }
     }
 
     /// mkdir(2).
     func mkdir(_ path: String) async -> Result<Void, DriverError> {
         await inParent(path) { parent, name in
-            await run { () async throws(FSError) in
+            // The kernel looks the name up first: mkdir of an existing name never reaches the filesystem.
+            switch await kind(parent, name) {
+            case .success: return .failure(DriverError(FSError(EEXIST)))
+            case .failure(let e) where e.errno != ENOENT: return .failure(e)
+            case .failure: break
+            }
+            return await run { () async throws(FSError) in
                 let a = try await fs.mkdir(parent: parent, name: name)
                 fs.forget(ino: a.ino, count: 1)
             }
@@ -355,14 +383,37 @@ final class CoreDriver: Sendable {
 
     /// rmdir(2).
     func rmdir(_ path: String) async -> Result<Void, DriverError> {
-        await inParent(path) { parent, name in await run { () async throws(FSError) in try await fs.rmdir(parent: parent, name: name) } }
+        await inParent(path) { parent, name in
+            switch await kind(parent, name) {
+            case .failure(let e): return .failure(e)
+            case .success(false): return .failure(DriverError(.notDirectory))
+            case .success(true): return await run { () async throws(FSError) in try await fs.rmdir(parent: parent, name: name) }
+            }
+        }
     }
 
     /// rename(2), or renameat2(2) with RENAME_NOREPLACE.
     func rename(_ from: String, _ to: String, noReplace: Bool) async -> Result<Void, DriverError> {
         await inParent(from) { srcParent, srcName in
             await inParent(to) { dstParent, dstName in
-                await run { () async throws(FSError) in
+                // The kernel's checks before the filesystem sees a rename: the source exists; a directory does
+                // not move into itself; file and directory do not replace each other; RENAME_NOREPLACE.
+                let srcIsDir: Bool
+                switch await kind(srcParent, srcName) {
+                case .failure(let e): return .failure(e)
+                case .success(let d): srcIsDir = d
+                }
+                if srcIsDir && (to + "/").hasPrefix(from + "/") && to != from { return .failure(DriverError(FSError(EINVAL))) }
+                switch await kind(dstParent, dstName) {
+                case .success(let dstIsDir):
+                    if noReplace { return .failure(DriverError(FSError(EEXIST))) }
+                    if srcIsDir && !dstIsDir { return .failure(DriverError(.notDirectory)) }
+                    if !srcIsDir && dstIsDir { return .failure(DriverError(.isDirectory)) }
+                case .failure(let e) where e.errno != ENOENT: return .failure(e)
+                case .failure: break
+                }
+                if from == to { return .success(()) }  // the same name: nothing to do
+                return await run { () async throws(FSError) in
                     try await fs.rename(parent: srcParent, name: srcName, newParent: dstParent, newName: dstName,
                                         flags: noReplace ? FileSystem.renameNoReplace : 0)
                 }

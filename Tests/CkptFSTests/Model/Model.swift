@@ -1,0 +1,726 @@
+// The reference model: what POSIX and ckptfs's durability contract (README "Durability contract",
+// "Semantics") promise, kept in memory, with no S3 and no cache.
+//
+// It has two halves. The namespace half is POSIX: paths name files (inodes) and directories; a file keeps its
+// bytes, its open handles follow it through renames, an unlinked file lives until its last close. The
+// contract half says what a crash keeps and what S3 may hold:
+// - A file's `acked` bytes are what close(), fsync() or a truncate without an open writer acknowledged: a crash
+//   keeps exactly those (nothing, for a file never acknowledged). Unacknowledged bytes never reach S3.
+// - Every change bound for S3 is an event in the order the mount made it (uploads of acknowledged versions,
+//   deletes, synchronous copies and directory markers) plus the other client's puts and deletes. Between two
+//   drains S3 may hold, for each key, the state at the last drain or the result of one of its events; a delete
+//   that S3 shows applied means every upload queued before it (of a file still there and unchanged since)
+//   has landed. After a drain S3 holds exactly what the events lead to.
+// - An upload is conditional on the object its file started from; another client's change in between is a
+//   conflict: S3 keeps theirs, the mount keeps showing ours and flush names it.
+// Where the contract allows more than one outcome (a file replaced by rename while never acknowledged, after a
+// crash) the model lists the outcomes it allows and adopts the one the core shows.
+import Foundation
+
+typealias Bytes = [UInt8]
+
+/// Deterministic contents for writes and remote puts: `count` bytes from `seed`, starting with the seed's bytes
+/// so that different seeds never give equal contents of 4 bytes or more.
+func contents(_ count: Int, seed: Int) -> Bytes {
+    var out = Bytes(repeating: 0, count: count)
+    var x = UInt64(truncatingIfNeeded: seed) &* 0x9E37_79B9_7F4A_7C15 &+ 0x1234_5678
+    for i in 0..<count {
+        if i < 4 {
+            out[i] = UInt8(truncatingIfNeeded: seed >> (8 * i))
+            continue
+        }
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        out[i] = UInt8(truncatingIfNeeded: x)
+    }
+    return out
+}
+
+struct ModelFile {
+    var data: Bytes = []
+    /// What a crash keeps: the last acknowledged bytes (nil: nothing acknowledged, a crash loses the file).
+    var acked: Bytes?
+    /// Changed since the last acknowledgement.
+    var dirty = false
+    /// Acknowledged (close of one descriptor while another writer stays open) and not queued for upload yet.
+    var ackedUnqueued = false
+    /// Bytes queued for upload that have not landed.
+    var queued: Bytes?
+    var handles = 0
+    var writers = 0
+    /// The core keeps a local version: from a write-open (or truncate) until it is uploaded and closed.
+    var local = false
+    var unlinked = false
+    /// The upload expects `base` in S3 (If-None-Match for nil, If-Match otherwise); false after a rename (a
+    /// rename destination is replaced without a condition) until the file lands.
+    var conditional = true
+    var base: Bytes?
+    /// The other client's change count of the key when `base` was taken.
+    var baseEpoch = 0
+    /// The last drain found a conflict; stays until the file is renamed (or unlinked), also for later versions.
+    var conflicted = false
+    /// The position of the upload job a conflict stopped: deletes made after it wait for it (README: "a file
+    /// stopped by a conflict holds the deletes made after it").
+    var conflictSeq: Int?
+    /// The position of the last acknowledgement (its journal record): recovery queues the version there.
+    var ackSeq = 0
+}
+
+/// An open file of the model.
+struct ModelHandle {
+    var file: Int
+    var writable: Bool
+    /// Bytes at open, when the core may have pinned the object version (a read-only open of a file without
+    /// local changes): reads may show these, or fail with ESTALE/ENOENT once the object changed.
+    var pinned: Bytes?
+}
+
+/// A change bound for S3, or made there.
+struct S3Event {
+    enum Kind {
+        /// Upload of an acknowledged version (queued: it lands at some point, in order).
+        case put
+        /// A delete journaled by unlink, rmdir or the old name of a rename.
+        case delete
+        /// Made during the call itself (server-side copy, directory marker): already in S3.
+        case sync
+        /// The other client's put or delete: already in S3.
+        case remote
+    }
+    var seq: Int
+    var key: String
+    var kind: Kind
+    /// The key's object after the event (nil: absent).
+    var result: Bytes?
+    /// The file uploaded, for puts.
+    var file: Int?
+    /// The version was withdrawn (unlink, replaced by rename): it may have landed, or never will.
+    var withdrawn = false
+    /// Queued again by recovery after a crash (deletes applied before the crash did not wait for it).
+    var recovered = false
+}
+
+/// What a step should do: succeed, or fail with one of these errnos.
+enum Expect: Equatable, CustomStringConvertible {
+    case ok
+    case fails(Set<Int32>)
+
+    static func fails(_ e: Int32) -> Expect { .fails([e]) }
+
+    var description: String {
+        switch self {
+        case .ok: return "success"
+        case .fails(let es): return es.map(Errno.name).sorted().joined(separator: " or ")
+        }
+    }
+}
+
+struct Model {
+    enum Entry: Equatable {
+        case file(Int)
+        case directory
+    }
+
+    /// Every path but the root ("").
+    var entries: [String: Entry] = [:]
+    var files: [Int: ModelFile] = [:]
+    var nextFile = 1
+    /// Open handles by the number the steps give them.
+    var handles: [Int: ModelHandle] = [:]
+
+    /// S3 as of the last drain (key → bytes; directory markers are "dir/" → []).
+    var synced: [String: Bytes] = [:]
+    /// Changes since the last drain, in order.
+    var events: [S3Event] = []
+    var seq = 0
+    /// A held upload request went on (or landed at a crash) since the last drain: queued uploads may have landed.
+    var uncertain = false
+    /// The other client's changes, per key: how many, and the object after the last one.
+    var epoch: [String: Int] = [:]
+    var remoteState: [String: Bytes?] = [:]
+
+    // MARK: Namespace
+
+    static func parent(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "" }
+        return String(path[..<slash])
+    }
+
+    func isDirectory(_ path: String) -> Bool { path.isEmpty || entries[path] == .directory }
+
+    func file(at path: String) -> Int? {
+        if case .file(let id)? = entries[path] { return id }
+        return nil
+    }
+
+    /// Names in directory `dir` → whether each is a directory.
+    func children(of dir: String) -> [String: Bool] {
+        var out: [String: Bool] = [:]
+        for (p, e) in entries where Model.parent(p) == dir {
+            out[String(p.split(separator: "/").last!)] = e == .directory
+        }
+        return out
+    }
+
+    /// Paths under `dir` (not `dir` itself).
+    func descendants(of dir: String) -> [String] { entries.keys.filter { $0.hasPrefix(dir + "/") }.sorted() }
+
+    /// The error of walking to `path`'s parent: ENOENT for a missing directory on the way, ENOTDIR for a file.
+    func walkError(_ path: String) -> Int32? {
+        let parts = path.split(separator: "/").map(String.init)
+        var p = ""
+        for c in parts.dropLast() {
+            p = p.isEmpty ? c : p + "/" + c
+            switch entries[p] {
+            case nil: return ENOENT
+            case .file: return ENOTDIR
+            case .directory: continue
+            }
+        }
+        return nil
+    }
+
+    // MARK: S3 events
+
+    mutating func record(_ key: String, _ kind: S3Event.Kind, _ result: Bytes?, file: Int? = nil, at position: Int? = nil) {
+        let e: S3Event
+        if let position {
+            e = S3Event(seq: position, key: key, kind: kind, result: result, file: file)
+        } else {
+            seq += 1
+            e = S3Event(seq: seq, key: key, kind: kind, result: result, file: file)
+        }
+        events.insert(e, at: events.firstIndex { $0.seq > e.seq } ?? events.endIndex)
+    }
+
+    /// Acknowledges a file's bytes (its journal record takes the next position).
+    mutating func acknowledge(_ id: Int) {
+        seq += 1
+        files[id]!.acked = files[id]!.data
+        files[id]!.dirty = false
+        files[id]!.ackSeq = seq
+    }
+
+    /// F's versions still queued are withdrawn (unlink, replaced by a rename).
+    mutating func withdraw(_ id: Int) {
+        for i in events.indices where events[i].kind == .put && events[i].file == id { events[i].withdrawn = true }
+    }
+
+    /// Queues F's acknowledged bytes for upload under `key`.
+    mutating func queue(_ id: Int, at key: String, at position: Int? = nil) {
+        guard let acked = files[id]!.acked else { return }
+        files[id]!.queued = acked
+        files[id]!.ackedUnqueued = false
+        record(key, .put, acked, file: id, at: position)
+        if position != nil, let i = events.firstIndex(where: { $0.seq == position }) { events[i].recovered = true }
+    }
+
+    /// Every state S3 may hold for `key` now.
+    func possible(_ key: String) -> Set<Bytes?> {
+        var out: Set<Bytes?> = [synced[key]]
+        for e in events where e.key == key { out.insert(e.result) }
+        return out
+    }
+
+    /// Whether the other client may put or delete `path` now with a predictable outcome: its S3 state is known,
+    /// no delete of ours is queued for it, and its file (if any) is neither open nor in conflict.
+    func remoteAllowed(_ path: String, delete: Bool) -> Bool {
+        guard walkError(path) == nil, entries[path] != .directory else { return false }
+        if let id = file(at: path) {
+            let f = files[id]!
+            if f.handles > 0 || f.conflicted { return false }
+        } else if delete {
+            return false
+        }
+        let mine = events.filter { $0.key == path && $0.kind != .remote }
+        if mine.contains(where: { $0.kind == .delete }) { return false }
+        if uncertain && !mine.isEmpty { return false }
+        if delete && current(path) == nil { return false }
+        return true
+    }
+
+    /// S3's object at `path` when it is known (remoteAllowed): the last remote change, else the last sync state.
+    func current(_ path: String) -> Bytes? {
+        for e in events.reversed() where e.key == path && (e.kind == .remote || e.kind == .sync) { return e.result }
+        return synced[path]
+    }
+
+    // MARK: Expected outcomes
+
+    func expect(_ step: Step) -> Expect {
+        switch step {
+        case .open(let path, _, let mode):
+            if let e = walkError(path) { return .fails(e) }
+            switch entries[path] {
+            case nil: return mode.create ? .ok : .fails(ENOENT)
+            case .directory: return mode.create && mode.exclusive ? .fails(EEXIST) : .fails(EISDIR)
+            case .file: return mode.create && mode.exclusive ? .fails(EEXIST) : .ok
+            }
+        case .truncate(let path, _):
+            if let e = walkError(path) { return .fails(e) }
+            switch entries[path] {
+            case nil: return .fails(ENOENT)
+            case .directory: return .fails(EISDIR)
+            case .file: return .ok
+            }
+        case .unlink(let path):
+            if let e = walkError(path) { return .fails(e) }
+            switch entries[path] {
+            case nil: return .fails(ENOENT)
+            case .directory: return .fails([EISDIR, EPERM])
+            case .file: return .ok
+            }
+        case .mkdir(let path):
+            if let e = walkError(path) { return .fails(e) }
+            return entries[path] == nil ? .ok : .fails(EEXIST)
+        case .rmdir(let path):
+            if let e = walkError(path) { return .fails(e) }
+            switch entries[path] {
+            case nil: return .fails(ENOENT)
+            case .file: return .fails(ENOTDIR)
+            case .directory: return children(of: path).isEmpty ? .ok : .fails(ENOTEMPTY)
+            }
+        case .rename(let src, let dst, let noReplace):
+            var errs = Set<Int32>()
+            if let e = walkError(src) { errs.insert(e) } else if entries[src] == nil { errs.insert(ENOENT) }
+            if let e = walkError(dst) { errs.insert(e) }
+            if !errs.isEmpty { return .fails(errs) }
+            let s = entries[src]!, d = entries[dst]
+            if src == dst { return noReplace ? .fails(EEXIST) : .ok }
+            if d != nil && noReplace { errs.insert(EEXIST) }
+            if s == .directory {
+                if dst.hasPrefix(src + "/") { errs.insert(EINVAL) }
+                if case .file? = d { errs.insert(ENOTDIR) }
+                if d == .directory && !children(of: dst).isEmpty { errs.insert(ENOTEMPTY) }
+            } else if d == .directory {
+                errs.insert(EISDIR)
+            }
+            return errs.isEmpty ? .ok : .fails(errs)
+        default:
+            return .ok
+        }
+    }
+
+    // MARK: Applying steps that succeeded
+
+    mutating func newFile(_ f: ModelFile) -> Int {
+        let id = nextFile
+        nextFile += 1
+        files[id] = f
+        return id
+    }
+
+    /// The file becomes local in the core (a write-open or truncate of a file without local changes): its
+    /// upload will expect the object as it is now.
+    mutating func makeLocal(_ id: Int, key: String) {
+        guard !files[id]!.local else { return }
+        files[id]!.local = true
+        files[id]!.base = files[id]!.data
+        files[id]!.baseEpoch = epoch[key, default: 0]
+        files[id]!.conditional = true
+    }
+
+    mutating func open(_ path: String, handle: Int, mode: Step.Mode) {
+        if let id = file(at: path) {
+            var h = ModelHandle(file: id, writable: mode.write)
+            if mode.write {
+                makeLocal(id, key: path)
+                files[id]!.writers += 1
+                if mode.truncate {
+                    files[id]!.data = []
+                    files[id]!.dirty = true
+                }
+            } else if !files[id]!.local || uncertain {
+                h.pinned = files[id]!.data
+            }
+            files[id]!.handles += 1
+            handles[handle] = h
+            return
+        }
+        let id = newFile(ModelFile(dirty: true, handles: 1, writers: 1, local: true, base: nil, baseEpoch: epoch[path, default: 0]))
+        entries[path] = .file(id)
+        handles[handle] = ModelHandle(file: id, writable: true)
+    }
+
+    mutating func write(handle: Int, at offset: Int, _ bytes: Bytes) {
+        let id = handles[handle]!.file
+        var d = files[id]!.data
+        if d.count < offset + bytes.count { d += Bytes(repeating: 0, count: offset + bytes.count - d.count) }
+        d.replaceSubrange(offset..<offset + bytes.count, with: bytes)
+        files[id]!.data = d
+        files[id]!.dirty = true
+    }
+
+    /// The path a live file has now.
+    func path(of id: Int) -> String? { entries.first { $0.value == .file(id) }?.key }
+
+    mutating func truncate(_ id: Int, to size: Int) {
+        var d = files[id]!.data
+        if d.count > size { d.removeLast(d.count - size) } else { d += Bytes(repeating: 0, count: size - d.count) }
+        files[id]!.data = d
+        files[id]!.dirty = true
+        guard !files[id]!.unlinked, let key = path(of: id) else { return }
+        if files[id]!.writers == 0 {
+            // A truncate without an open writer is a complete change: acknowledged and queued at once.
+            acknowledge(id)
+            queue(id, at: key)
+        }
+    }
+
+    mutating func truncate(_ path: String, to size: Int) {
+        let id = file(at: path)!
+        // The old bytes are the base: the core opens the file in place first.
+        makeLocal(id, key: path)
+        truncate(id, to: size)
+    }
+
+    /// close() of one descriptor: a writer's changes are acknowledged.
+    mutating func flush(handle: Int) {
+        let h = handles[handle]!
+        guard h.writable, !files[h.file]!.unlinked, files[h.file]!.dirty else { return }
+        acknowledge(h.file)
+        files[h.file]!.ackedUnqueued = true
+    }
+
+    /// The last close of a handle: flush, then release; the last writer queues what was acknowledged.
+    mutating func close(handle: Int) {
+        flush(handle: handle)
+        let h = handles.removeValue(forKey: handle)!
+        let id = h.file
+        files[id]!.handles -= 1
+        if h.writable { files[id]!.writers -= 1 }
+        let f = files[id]!
+        if f.unlinked {
+            if f.handles == 0 { files[id] = nil }
+            return
+        }
+        if h.writable && f.writers == 0 && f.ackedUnqueued, let key = path(of: id) { queue(id, at: key) }
+        settleIfClean(id)
+    }
+
+    /// With no handle and nothing to upload, the core has no local version any more.
+    mutating func settleIfClean(_ id: Int) {
+        let f = files[id]!
+        if f.handles == 0 && f.queued == nil && !f.ackedUnqueued && !f.dirty && !f.conflicted { files[id]!.local = false }
+    }
+
+    /// fsync(): acknowledges and queues the file's changes (of a file with local changes). The runner drains.
+    mutating func fsync(handle: Int) {
+        let h = handles[handle]!
+        let id = h.file
+        // A handle pinned to the object version (opened while the file had no local changes) fsyncs nothing.
+        guard h.pinned == nil, !files[id]!.unlinked, files[id]!.local, let key = path(of: id) else { return }
+        if files[id]!.dirty {
+            acknowledge(id)
+            files[id]!.ackedUnqueued = true
+        }
+        if files[id]!.ackedUnqueued { queue(id, at: key) }
+    }
+
+    /// A file loses its name (unlink, or replaced by a rename): its queued versions are withdrawn; open, it
+    /// lives on until its last close.
+    mutating func orphan(_ id: Int) {
+        withdraw(id)
+        files[id]!.unlinked = true
+        files[id]!.queued = nil
+        files[id]!.ackedUnqueued = false
+        files[id]!.conflictSeq = nil
+        if files[id]!.handles == 0 { files[id] = nil }
+    }
+
+    mutating func unlink(_ path: String) {
+        let id = file(at: path)!
+        entries[path] = nil
+        orphan(id)
+        record(path, .delete, nil)
+    }
+
+    mutating func mkdir(_ path: String) {
+        entries[path] = .directory
+        record(path + "/", .sync, [])
+    }
+
+    mutating func rmdir(_ path: String) {
+        entries[path] = nil
+        record(path + "/", .delete, nil)
+    }
+
+    /// A local file's versions move from `src` to `dst` (handles follow): the uploads go to the new key without
+    /// a condition. `keepSource`: a file rename of a file in conflict, whose old name keeps the other writer's
+    /// object.
+    mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool) {
+        let f = files[id]!
+        files[id]!.conditional = false
+        files[id]!.conflicted = false
+        files[id]!.conflictSeq = nil
+        if f.local {
+            if f.acked != nil && !f.ackedUnqueued {
+                files[id]!.queued = f.queued ?? f.acked
+                record(dst, .put, files[id]!.queued, file: id)
+            } else if let q = f.queued {
+                record(dst, .put, q, file: id)
+            }
+            if !keepSource { record(src, .delete, nil) }
+        } else {
+            // Only in S3: a server-side copy, made during the call; the old name is deleted later.
+            record(dst, .sync, f.data)
+            record(src, .delete, nil)
+        }
+    }
+
+    mutating func rename(_ src: String, _ dst: String) {
+        guard src != dst else { return }
+        let s = entries[src]!
+        if case .file(let id) = s {
+            if let old = file(at: dst) { orphan(old) }
+            let f = files[id]!
+            let keep = f.local && f.conflicted
+            move(id, from: src, to: dst, keepSource: keep)
+            entries[src] = nil
+            entries[dst] = .file(id)
+            if keep, let theirs = remoteState[src] ?? nil {
+                // The old name shows the other writer's object again.
+                entries[src] = .file(newFile(ModelFile(data: theirs, acked: theirs)))
+            }
+            return
+        }
+        if entries[dst] == .directory {
+            record(dst + "/", .delete, nil)
+            entries[dst] = nil
+        }
+        let moving = [src] + descendants(of: src)
+        for p in moving {
+            let q = dst + p.dropFirst(src.count)
+            switch entries[p]! {
+            case .directory:
+                record(q + "/", .sync, [])
+                record(p + "/", .delete, nil)
+            case .file(let id):
+                move(id, from: p, to: q, keepSource: false)
+            }
+        }
+        for p in moving {
+            let q = dst + p.dropFirst(src.count)
+            entries[q] = entries.removeValue(forKey: p)
+        }
+    }
+
+    mutating func remotePut(_ path: String, _ bytes: Bytes) {
+        epoch[path, default: 0] += 1
+        remoteState[path] = .some(bytes)
+        record(path, .remote, bytes)
+        if let id = file(at: path), files[id]!.local { return }  // ours is shown until it lands (or conflicts)
+        if let id = file(at: path) { files[id] = nil }
+        entries[path] = .file(newFile(ModelFile(data: bytes, acked: bytes)))
+    }
+
+    mutating func remoteDelete(_ path: String) {
+        epoch[path, default: 0] += 1
+        remoteState[path] = .some(nil)
+        record(path, .remote, nil)
+        if let id = file(at: path), files[id]!.local { return }
+        if let id = file(at: path) { files[id] = nil }
+        entries[path] = nil
+    }
+
+    // MARK: Drains and crashes
+
+    /// Files whose upload a drain stops with a conflict: the other client changed the key since the file's
+    /// base, and its upload is conditional (or it is already in conflict).
+    func conflicts() -> Set<String> {
+        var out = Set<String>()
+        for (path, e) in entries {
+            guard case .file(let id) = e else { continue }
+            let f = files[id]!
+            guard f.queued != nil || f.conflicted else { continue }
+            if f.conflicted {
+                out.insert(path)
+                continue
+            }
+            let theirs = remoteState[path] ?? f.base
+            if f.conditional && epoch[path, default: 0] > f.baseEpoch && theirs != f.base { out.insert(path) }
+        }
+        return out
+    }
+
+    /// The position from which a drain that finds `conflicts` holds deletes back: the earliest upload job a
+    /// conflict stops.
+    func holdFrom(conflicts: Set<String>) -> Int? {
+        var low: Int?
+        for p in conflicts {
+            guard let id = file(at: p) else { continue }
+            let f = files[id]!
+            let first = f.conflictSeq ?? events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
+            if let first { low = min(low ?? first, first) }
+        }
+        return low
+    }
+
+    /// Deletes a drain that finds `conflicts` leaves queued: made after an upload a conflict stops, and not
+    /// replaced by a later write of the same key.
+    func heldDeletes(conflicts: Set<String>) -> [S3Event] {
+        guard let from = holdFrom(conflicts: conflicts) else { return [] }
+        return events.enumerated().filter { i, e in
+            e.kind == .delete && e.seq > from
+                && !events[(i + 1)...].contains { $0.key == e.key && ($0.kind == .put || $0.kind == .sync) }
+        }.map(\.element)
+    }
+
+    /// What S3 may hold for each key once every queued change has landed (conflicting uploads, and the deletes
+    /// they hold back, excepted). The other client's changes are in S3 at once; queued uploads and deletes land
+    /// later, so they win over the other client's changes made after them (a rename destination is uploaded
+    /// without a condition); a copy or marker waits for the key's queued changes.
+    func afterDrain(conflicts: Set<String>) -> [String: Set<Bytes?>] {
+        var keys = Set(synced.keys)
+        for e in events { keys.insert(e.key) }
+        let conflicting = Set(conflicts.compactMap { file(at: $0) })
+        let held = Set(heldDeletes(conflicts: conflicts).map(\.seq))
+        var out: [String: Set<Bytes?>] = [:]
+        for k in keys {
+            var now = synced[k]
+            var later: Bytes??
+            var maybe = Set<Bytes?>()
+            for e in events where e.key == k {
+                switch e.kind {
+                case .remote: now = e.result
+                case .sync:
+                    now = e.result
+                    if later != nil { later = .some(e.result) }
+                case .put where e.withdrawn: maybe.insert(e.result)
+                case .put where e.file.map(conflicting.contains) == true: continue
+                case .delete where held.contains(e.seq): continue
+                case .put, .delete: later = .some(e.result)
+                }
+            }
+            out[k] = maybe.union([later ?? now])
+        }
+        return out
+    }
+
+    /// After a drain that found `conflicts` and left S3 as `s3`: queued versions landed (or conflict), S3 is known;
+    /// the deletes a conflict holds back stay queued.
+    mutating func drained(conflicts: Set<String>, s3: [String: Bytes]) {
+        let held = heldDeletes(conflicts: conflicts)
+        for (path, e) in entries {
+            guard case .file(let id) = e else { continue }
+            if conflicts.contains(path) {
+                if files[id]!.conflictSeq == nil {
+                    files[id]!.conflictSeq = events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
+                }
+                files[id]!.conflicted = true
+                continue
+            }
+            if let q = files[id]!.queued {
+                files[id]!.queued = nil
+                files[id]!.base = q
+                files[id]!.baseEpoch = epoch[path, default: 0]
+                files[id]!.conditional = true
+            }
+            settleIfClean(id)
+        }
+        synced = s3
+        events = held
+        uncertain = false
+    }
+
+    /// A crash: handles are gone, unacknowledged bytes with them. Returns the paths whose outcome the contract
+    /// leaves open (a file never acknowledged that replaced another) with the outcomes it allows, for the
+    /// runner to adopt from the core.
+    mutating func crash(landing: Bool) -> [String: Set<Bytes?>] {
+        handles = [:]
+        var open: [String: Set<Bytes?>] = [:]
+        for (id, f) in files where f.unlinked { files[id] = nil }
+        for (path, e) in entries {
+            guard case .file(let id) = e else { continue }
+            var f = files[id]!
+            guard let acked = f.acked else {
+                open[path] = possible(path)
+                entries[path] = nil
+                files[id] = nil
+                continue
+            }
+            let pending = f.queued != nil || f.ackedUnqueued
+            f.data = acked
+            f.dirty = false
+            f.handles = 0
+            f.writers = 0
+            f.conflicted = false
+            f.conflictSeq = nil
+            f.ackedUnqueued = false
+            f.local = pending
+            files[id] = f
+            if pending {
+                // Recovery queues the acknowledged version again (the same bytes, perhaps already in S3), in the
+                // journal's order: where it was acknowledged.
+                queue(id, at: path, at: f.ackSeq)
+            }
+        }
+        if landing { uncertain = true }
+        return open
+    }
+
+    // MARK: Known core bugs
+
+    /// The known core bug (KnownCoreBugs) step `s` would hit in this state, if any: the property test leaves
+    /// such steps out, their regression tests keep them.
+    func hitsKnownBug(_ s: Step) -> KnownCoreBugs.Bug? {
+        let open = KnownCoreBugs.open
+        switch s {
+        case .faulty(_, let inner): return hitsKnownBug(inner)
+        case .rename(let src, let dst, _):
+            guard expect(s) == .ok, src != dst else { return nil }
+            let moved = (file(at: src).map { [$0] } ?? descendants(of: src).compactMap { file(at: $0) }).map { files[$0]! }
+            if open.contains(.renamedWhileUploading) && moved.contains(where: { $0.queued != nil }) { return .renamedWhileUploading }
+            if open.contains(.renameOfOpenFileLosesLastClose) && moved.contains(where: { $0.handles > 0 && $0.dirty && $0.acked != nil }) {
+                return .renameOfOpenFileLosesLastClose
+            }
+            if open.contains(.unlinkKeepsFallback), let id = file(at: dst), files[id]!.ackedUnqueued { return .unlinkKeepsFallback }
+            if open.contains(.droppedUploadConflicts), let id = file(at: dst), files[id]!.queued != nil, files[id]!.handles > 0,
+               epoch[dst, default: 0] > files[id]!.baseEpoch {
+                return .droppedUploadConflicts
+            }
+        case .unlink(let path):
+            if open.contains(.unlinkKeepsFallback), expect(s) == .ok, let id = file(at: path), files[id]!.ackedUnqueued {
+                return .unlinkKeepsFallback
+            }
+        case .open(let path, _, let mode) where mode.create:
+            // Re-created while the delete of the old object is still queued: its upload expects no object.
+            if open.contains(.recreateWhileDeleteQueued), expect(s) == .ok, file(at: path) == nil,
+               events.contains(where: { $0.key == path && $0.kind == .delete }) {
+                return .recreateWhileDeleteQueued
+            }
+        default: break
+        }
+        if case .unlink(let path) = s, open.contains(.droppedUploadConflicts), expect(s) == .ok, let id = file(at: path),
+           files[id]!.queued != nil, files[id]!.handles > 0, epoch[path, default: 0] > files[id]!.baseEpoch {
+            return .droppedUploadConflicts
+        }
+        return nil
+    }
+
+    /// The core showed `bytes` (nil: nothing) at `path` after a crash left it open.
+    mutating func adopt(_ path: String, _ bytes: Bytes?) {
+        guard let bytes else { return }
+        entries[path] = .file(newFile(ModelFile(data: bytes, acked: bytes)))
+    }
+
+    /// What S3 must hold at the end, after every handle is closed and a drain: each file's bytes (the other
+    /// writer's object for a file in conflict) and each directory's marker.
+    func finalObjects() -> [String: Bytes] {
+        var out: [String: Bytes] = [:]
+        for (path, e) in entries {
+            switch e {
+            case .directory: out[path + "/"] = []
+            case .file(let id):
+                let f = files[id]!
+                if f.conflicted {
+                    if let theirs = remoteState[path] ?? nil { out[path] = theirs }
+                } else {
+                    out[path] = f.data
+                }
+            }
+        }
+        return out
+    }
+}

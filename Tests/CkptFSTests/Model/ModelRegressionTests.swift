@@ -1,0 +1,156 @@
+import Foundation
+import XCTest
+
+/// Every difference the model test found between the core and the model, shrunk, as a named test. A test of a
+/// core bug not fixed yet is skipped (`XCTSkip("core bug: ...")`) so the suite stays green; the fix removes the
+/// skip (and the entry in `KnownCoreBugs`).
+final class ModelRegressionTests: XCTestCase {
+    /// Bug: a version renamed while its upload is in flight is queued again under the new name when that upload
+    /// lands, behind the versions queued there meanwhile: the older version lands last and S3 ends with it.
+    /// Expected: S3 b = the truncate's 3 bytes (acknowledged at once). Found: S3 b = the 10 bytes of the first
+    /// close; once clean, the mount shows them too.
+    func testAVersionRenamedWhileUploadingDoesNotLandOverANewerOne() async throws {
+        try skipKnown(.renamedWhileUploading)
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 10, seed: 1),
+            .close(h: 1),
+            .awaitHeld(1),
+            .rename("a", "b", noReplace: false),
+            .truncate("b", to: 3),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug (same cause): a file renamed while its upload is in flight and renamed back before it lands: the
+    /// delete of its name queued by the first rename is not withdrawn by the second, and applies once the
+    /// upload lands. Expected: y stays (3190 zero bytes, in S3 after the drain). Found: y gone from the listing
+    /// once the held upload goes on; S3 has no y after the drain.
+    func testAFileRenamedAwayAndBackWhileUploadingIsNotDeleted() async throws {
+        try skipKnown(.renamedWhileUploading)
+        try await ModelCheck.replay([
+            .open("y", h: 1, .createTruncate),
+            .ftruncate(h: 1, to: 3190),
+            .close(h: 1),
+            .awaitHeld(1),
+            .rename("y", "a", noReplace: false),
+            .rename("a", "y", noReplace: false),
+            .releaseOne,
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug: a file whose upload to its old name is in flight when it is renamed, and which that upload finds
+    /// changed by another client, is marked a conflict under the old name and stays there: it never goes up
+    /// under its new name, and the delete of the old name waits for it for ever. Expected: y uploaded, x
+    /// deleted, flush succeeds. Found: flush fails (conflict on x, the delete of x not applied), y never in S3.
+    func testAFileRenamedWhileUploadingIsNotStrandedByAConflictUnderItsOldName() async throws {
+        try skipKnown(.renamedWhileUploading)
+        try await ModelCheck.replay([
+            .open("x", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .remotePut("x", count: 4, seed: 7),
+            .rename("x", "y", noReplace: false),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug: unlink of a file whose acknowledged version was copied by a later write (acknowledged by a close of
+    /// one descriptor while another stays open) journals no drop of that acknowledged version: after a crash
+    /// recovery uploads it, and the unlinked file comes back. Expected: y absent after the crash. Found: y
+    /// listed again, and uploaded.
+    func testAnUnlinkedFileDoesNotComeBackAfterACrash() async throws {
+        try skipKnown(.unlinkKeepsFallback)
+        try await ModelCheck.replay([
+            .open("y", h: 1, .createTruncate),
+            .open("y", h: 2, .write),
+            .close(h: 2),
+            .write(h: 1, at: 0, count: 5, seed: 1),
+            .unlink("y"),
+            .crash(landing: false),
+        ])
+    }
+
+    /// Bug: rename of a file open for writing with changes not acknowledged yet, whose last acknowledged bytes
+    /// are in S3, queues nothing for the new name and deletes the old one: S3 holds the file under neither name
+    /// until it is closed, and after a crash it is lost (README: "never neither"; close()d bytes survive).
+    /// Expected: the delete of a waits for b's upload; after the crash b = the 100 bytes closed before.
+    /// Found: a deleted at once ("order"), b absent after the crash.
+    func testRenamingAFileOpenForWritingKeepsItsLastClosedBytesUnderOneName() async throws {
+        try skipKnown(.renameOfOpenFileLosesLastClose)
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 100, seed: 1),
+            .close(h: 1),
+            .drain(faults: []),
+            .open("a", h: 2, .write),
+            .write(h: 2, at: 0, count: 10, seed: 2),
+            .rename("a", "b", noReplace: false),
+            .crash(landing: false),
+        ])
+    }
+
+    /// Bug: when an upload's precondition fails, the core HEADs the object to tell its own earlier upload
+    /// (landed before a crash) from another writer's; a failed HEAD (`try?`) counts as another writer's, and
+    /// the file is stopped as a conflict for good. Here the crash let the upload land (reply lost); recovery
+    /// uploads it again with If-None-Match, which fails; the HEAD fails once (500, after the S3 client's own
+    /// retries in production). Expected: c.tmp recognised as landed, flush succeeds. Found: flush reports a
+    /// conflict on c.tmp ("created in S3 by someone else").
+    func testAFailedHeadDuringAnUploadIsNotAConflict() async throws {
+        try skipKnown(.headFailureIsAConflict)
+        try await ModelCheck.replay([
+            .open("c.tmp", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .crash(landing: true),
+            .drain(faults: [Fault(["HeadObject"], .nth(1), .fail(.internalError))]),
+        ])
+    }
+
+    /// Bug: a file re-created under the name of an object whose delete (unlink) is still queued (it waits for
+    /// an upload before it) is uploaded with If-None-Match, and its upload cancels that delete: the old object is
+    /// still there, so the new file is a conflict with an object the user deleted. Expected: a = the new, empty
+    /// file in S3, flush succeeds. Found: flush reports a conflict on a ("created in S3 by someone else"), S3
+    /// keeps the deleted object.
+    func testAFileReCreatedWhileTheOldOnesDeleteIsQueuedIsNotAConflict() async throws {
+        try skipKnown(.recreateWhileDeleteQueued)
+        try await ModelCheck.replay([
+            .remotePut("a", count: 4, seed: 1),
+            .open("b", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .unlink("a"),
+            .open("a", h: 2, .createTruncate),
+            .close(h: 2),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug: a version unlinked while its upload is in flight and while the file is open (an orphan: unlink keeps
+    /// the staged files of an open file for its last close), whose upload then fails its condition (another
+    /// client wrote the key meanwhile), is marked a conflict instead of staying dropped, and nobody removes its
+    /// staged file (the orphan's last close removes only its current version; until the next mount's recovery).
+    /// Expected: after the drain the staging area is empty. Found: one staged file left.
+    func testAVersionUnlinkedWhileUploadingLeavesNoStagedFile() async throws {
+        try skipKnown(.droppedUploadConflicts)
+        try await ModelCheck.replay([
+            .open("c", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .remotePut("c", count: 100, seed: 1),
+            .open("c", h: 2, .createTruncate),
+            .unlink("c"),
+            .close(h: 2),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Skips a test of a known core bug, naming it, while `KnownCoreBugs` lists it (CKPTFS_RUN_KNOWN_BUGS=1 runs
+    /// it anyway, to see it fail).
+    func skipKnown(_ bug: KnownCoreBugs.Bug) throws {
+        if KnownCoreBugs.open.contains(bug) && ProcessInfo.processInfo.environment["CKPTFS_RUN_KNOWN_BUGS"] == nil {
+            throw XCTSkip("core bug: \(bug.rawValue) (for the lead)")
+        }
+    }
+}
