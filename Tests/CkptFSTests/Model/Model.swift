@@ -47,6 +47,8 @@ struct ModelFile {
     var ackedUnqueued = false
     /// Bytes queued for upload that have not landed.
     var queued: Bytes?
+    /// Versions queued since the file last landed (one supersedes another).
+    var queuedVersions = 0
     var handles = 0
     var writers = 0
     /// The core keeps a local version: from a write-open (or truncate) until it is uploaded and closed.
@@ -211,6 +213,7 @@ struct Model {
     mutating func queue(_ id: Int, at key: String, at position: Int? = nil) {
         guard let acked = files[id]!.acked else { return }
         files[id]!.queued = acked
+        files[id]!.queuedVersions += 1
         files[id]!.ackedUnqueued = false
         record(key, .put, acked, file: id, at: position)
         if position != nil, let i = events.firstIndex(where: { $0.seq == position }) { events[i].recovered = true }
@@ -613,6 +616,7 @@ struct Model {
             }
             if let q = files[id]!.queued {
                 files[id]!.queued = nil
+                files[id]!.queuedVersions = 0
                 files[id]!.base = q
                 files[id]!.baseEpoch = epoch[path, default: 0]
                 files[id]!.conditional = true
@@ -648,6 +652,7 @@ struct Model {
             f.conflicted = false
             f.conflictSeq = nil
             f.ackedUnqueued = false
+            f.queuedVersions = 0
             f.local = pending
             files[id] = f
             if pending {
@@ -672,17 +677,18 @@ struct Model {
             guard expect(s) == .ok, src != dst else { return nil }
             let moved = (file(at: src).map { [$0] } ?? descendants(of: src).compactMap { file(at: $0) }).map { files[$0]! }
             if open.contains(.renamedWhileUploading) && moved.contains(where: { $0.queued != nil }) { return .renamedWhileUploading }
-            if open.contains(.renameOfOpenFileLosesLastClose) && moved.contains(where: { $0.handles > 0 && $0.dirty && $0.acked != nil }) {
+            if open.contains(.renameOfOpenFileLosesLastClose)
+                && moved.contains(where: { $0.writers > 0 && $0.acked != nil && $0.queued == nil && !$0.ackedUnqueued }) {
                 return .renameOfOpenFileLosesLastClose
             }
-            if open.contains(.unlinkKeepsFallback), let id = file(at: dst), files[id]!.ackedUnqueued { return .unlinkKeepsFallback }
+            if open.contains(.unlinkKeepsAVersion), let id = file(at: dst), leavesAVersion(files[id]!) { return .unlinkKeepsAVersion }
             if open.contains(.droppedUploadConflicts), let id = file(at: dst), files[id]!.queued != nil, files[id]!.handles > 0,
                epoch[dst, default: 0] > files[id]!.baseEpoch {
                 return .droppedUploadConflicts
             }
         case .unlink(let path):
-            if open.contains(.unlinkKeepsFallback), expect(s) == .ok, let id = file(at: path), files[id]!.ackedUnqueued {
-                return .unlinkKeepsFallback
+            if open.contains(.unlinkKeepsAVersion), expect(s) == .ok, let id = file(at: path), leavesAVersion(files[id]!) {
+                return .unlinkKeepsAVersion
             }
         case .open(let path, _, let mode) where mode.create:
             // Re-created while the delete of the old object is still queued: its upload expects no object.
@@ -698,6 +704,11 @@ struct Model {
         }
         return nil
     }
+
+    /// Whether unlinking `f` leaves an acknowledged version in the journal (KnownCoreBugs.unlinkKeepsAVersion):
+    /// one acknowledged while another writer stayed open (a later write copies it), or one superseded by a
+    /// newer version while waiting behind an upload in flight.
+    func leavesAVersion(_ f: ModelFile) -> Bool { f.ackedUnqueued || f.queuedVersions > 1 }
 
     /// The core showed `bytes` (nil: nothing) at `path` after a crash left it open.
     mutating func adopt(_ path: String, _ bytes: Bytes?) {

@@ -46,11 +46,12 @@ final class ModelTests: XCTestCase {
 enum KnownCoreBugs {
     enum Bug: String, CaseIterable, Sendable {
         case renamedWhileUploading = "a version renamed while its upload is in flight is queued again behind newer versions, or stranded by a conflict under its old name"
-        case unlinkKeepsFallback = "unlink leaves a fallback acknowledged version in the journal; it comes back after a crash"
+        case unlinkKeepsAVersion = "unlink leaves an acknowledged version (a fallback, or one superseded behind an upload in flight) in the journal; the file comes back after a crash"
         case renameOfOpenFileLosesLastClose = "rename of a file open with unacknowledged changes deletes the old name with nothing queued for the new one"
         case headFailureIsAConflict = "a failed HEAD while an upload checks a failed precondition makes a permanent conflict"
         case recreateWhileDeleteQueued = "a file re-created while the delete of the old object is queued conflicts with that object"
         case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition; its staged file stays"
+        case lostCreateReplyLeavesUpload = "a CreateMultipartUpload whose reply is lost leaves that multipart upload open until the next mount"
     }
 
     static let open: Set<Bug> = Set(Bug.allCases)
