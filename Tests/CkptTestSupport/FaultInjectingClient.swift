@@ -35,10 +35,19 @@ public final class FaultInjectingClient: ObjectClient {
     public struct Match: Sendable {
         public var operations: Set<String>
         public var key: KeyMatch
+        /// A test of its own on (operation, key), instead of `operations` and `key`.
+        public var predicate: (@Sendable (String, String?) -> Bool)?
 
         public init(operations: Set<String> = [], key: KeyMatch = .any) {
             self.operations = operations
             self.key = key
+        }
+
+        /// The calls for which `test(operation, key)` is true.
+        public init(_ test: @escaping @Sendable (_ operation: String, _ key: String?) -> Bool) {
+            operations = []
+            key = .any
+            predicate = test
         }
 
         /// Every call.
@@ -57,6 +66,7 @@ public final class FaultInjectingClient: ObjectClient {
         public func prefix(_ prefix: String) -> Match { Match(operations: operations, key: .prefix(prefix)) }
 
         func matches(_ operation: String, _ key: String?) -> Bool {
+            if let predicate { return predicate(operation, key) }
             guard operations.isEmpty || operations.contains(operation) else { return false }
             switch self.key {
             case .any: return true
@@ -114,6 +124,9 @@ public final class FaultInjectingClient: ObjectClient {
         case delay(Duration)
         /// The call waits until the test releases it (`release`, `releaseOldest`) or fails it (`failHeld`).
         case hold
+        /// The call reaches the wrapped client and takes effect; its reply waits until the test releases it
+        /// (or fails it: the reply is lost).
+        case holdReply
     }
 
     /// An injected failure, made into the S3Error the wrapped client would give (with the call's operation,
@@ -257,6 +270,9 @@ public final class FaultInjectingClient: ObjectClient {
         /// Of those, the ones that have not reached the wrapped client yet, and who waits for them.
         var landingLeft = Set<Int>()
         var landingWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Calls the wrapped client answered (or that a rule failed before they got there), and who waits for one.
+        var answered = Set<Int>()
+        var replyWaiters: [Int: [CheckedContinuation<Void, Never>]] = [:]
 
         mutating func heldCount(_ rule: RuleID?) -> Int { held.filter { $0.rule == rule }.count }
 
@@ -405,12 +421,29 @@ public final class FaultInjectingClient: ObjectClient {
         }
     }
 
-    /// A call let through by the cut was answered by the wrapped client.
+    /// Returns once call `id` (from the log) has been answered by the wrapped client (or failed by a rule
+    /// before it got there).
+    public func waitForReply(_ id: Int) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.answered.contains(id) { return true }
+                s.replyWaiters[id, default: []].append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// Call `call` was answered by the wrapped client (or will never reach it): wakes who waits for that.
     private func landed(_ call: Int) {
         let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            guard s.landingLeft.remove(call) != nil, s.landingLeft.isEmpty else { return [] }
-            defer { s.landingWaiters = [] }
-            return s.landingWaiters
+            s.answered.insert(call)
+            var ready = s.replyWaiters.removeValue(forKey: call) ?? []
+            if s.landingLeft.remove(call) != nil, s.landingLeft.isEmpty {
+                ready += s.landingWaiters
+                s.landingWaiters = []
+            }
+            return ready
         }
         for c in ready { c.resume() }
     }
@@ -478,6 +511,7 @@ public final class FaultInjectingClient: ObjectClient {
             case .hold:
                 if case .fail(let e) = await park(call, rule: rule) {
                     state.withLock { $0.setOutcome(call, .injected(e.s3Code)) }
+                    landed(call)
                     throw e
                 }
                 state.withLock { $0.setOutcome(call, .inFlight) }
@@ -489,7 +523,9 @@ public final class FaultInjectingClient: ObjectClient {
         var cutAt: Int?
         for (_, action) in actions {
             switch action {
-            case .fail(let f): throw injected(f)
+            case .fail(let f):
+                landed(call)
+                throw injected(f)
             case .failAfter(let f): after = f
             case .cutBody(let n): cutAt = n
             default: continue
@@ -512,6 +548,12 @@ public final class FaultInjectingClient: ObjectClient {
         landed(call)
         try await stopIfCut(call, sending: false)
         if let after { throw injected(after) }
+        for case (let rule, .holdReply) in actions {
+            if case .fail(let e) = await park(call, rule: rule) {
+                state.withLock { $0.setOutcome(call, .injected(e.s3Code)) }
+                throw e
+            }
+        }
         state.withLock { $0.setOutcome(call, .succeeded) }
         return result
     }

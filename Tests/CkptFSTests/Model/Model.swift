@@ -656,8 +656,10 @@ struct Model {
             f.local = pending
             files[id] = f
             if pending {
-                // Recovery queues the acknowledged version again (the same bytes, perhaps already in S3), in the
-                // journal's order: where it was acknowledged.
+                // Recovery queues the newest acknowledged version again (the same bytes, perhaps already in S3),
+                // in the journal's order: where it was acknowledged. The versions queued before the crash may
+                // have landed, or never will.
+                withdraw(id)
                 queue(id, at: path, at: f.ackSeq)
             }
         }
@@ -678,7 +680,7 @@ struct Model {
             let moved = (file(at: src).map { [$0] } ?? descendants(of: src).compactMap { file(at: $0) }).map { files[$0]! }
             if open.contains(.renamedWhileUploading) && moved.contains(where: { $0.queued != nil }) { return .renamedWhileUploading }
             if open.contains(.renameOfOpenFileLosesLastClose)
-                && moved.contains(where: { $0.writers > 0 && $0.acked != nil && $0.queued == nil && !$0.ackedUnqueued }) {
+                && moved.contains(where: { $0.writers > 0 && $0.acked != nil && $0.queued == nil && (!$0.ackedUnqueued || $0.dirty) }) {
                 return .renameOfOpenFileLosesLastClose
             }
             if open.contains(.unlinkKeepsAVersion), let id = file(at: dst), leavesAVersion(files[id]!) { return .unlinkKeepsAVersion }

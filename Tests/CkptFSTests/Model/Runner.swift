@@ -1,8 +1,8 @@
 // Runs a sequence of steps against the filesystem core (through CoreDriver, over the in-memory S3 wrapped in a
 // fault-injecting client) and against the model, and compares them after every step: the result of the step;
-// stat, the bytes and the listing of every path; what S3 holds. Uploads are held by the fault client between
-// drains, so what reaches S3 when is decided by the steps, not by timing. At the end every handle is closed,
-// S3 is drained, and its objects must be the model's files.
+// stat, the bytes and the listing of every path; what S3 holds. Uploads and deletes are held by the fault
+// client between drains (the gate), so what reaches S3 when is decided by the steps, not by timing. At the end
+// every handle is closed, S3 is drained, and its objects must be the model's files.
 import CkptS3
 import CkptTestSupport
 import Foundation
@@ -50,9 +50,19 @@ final class ModelRun: @unchecked Sendable {
         dir = ModelRun.base + "/ckptfs-model-\(UUID().uuidString)"
         memory = MemoryObjectClient(buckets: [bucket], pageSize: 3)
         client = FaultInjectingClient(wrapping: memory)
-        gate = client.hold(.uploads)
+        gate = client.hold(ModelRun.gated)
         clients = [client]
         driver = try CoreDriver(directory: dir, client: client, bucket: bucket)
+    }
+
+    /// What the gate holds between drains: uploads (not directory markers, which mkdir writes while it waits) and
+    /// deletes (a rename's undo of its copies waits for them too: see `stall`).
+    static let gated = FaultInjectingClient.Match { op, key in
+        switch op {
+        case "PutObject": return !(key ?? "").hasSuffix("/")
+        case "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "DeleteObject", "DeleteObjects": return true
+        default: return false
+        }
     }
 
     /// Every call each filesystem made to S3 (one list per mount), for reports.
@@ -94,7 +104,7 @@ final class ModelRun: @unchecked Sendable {
 
     // MARK: Steps
 
-    /// How long a step may wait on held uploads before they are let go: a rename or mkdir waits for the
+    /// How long a step may wait on held requests before they are let go: a rename or mkdir waits for the
     /// uploads of its key queued before it, as it would wait for a slow S3.
     static let stall: Duration = .seconds(1)
 
@@ -114,7 +124,7 @@ final class ModelRun: @unchecked Sendable {
         defer {
             watchdog.cancel()
             if !let_go.fire() {
-                gate = client.hold(.uploads)
+                gate = client.hold(ModelRun.gated)
                 model.uncertain = true
                 trace.append("\(i): (the step waited for held uploads: they were let go)")
             }
@@ -243,7 +253,11 @@ final class ModelRun: @unchecked Sendable {
             try await finishDrain(conflicts, i, faults: rules)
 
         case .releaseOne:
-            if client.releaseOldest(gate) != nil { model.uncertain = true }
+            // The oldest held request goes on; the step ends when S3 has answered it.
+            if let call = client.releaseOldest(gate) {
+                model.uncertain = true
+                await client.waitForReply(call.id)
+            }
 
         case .awaitHeld(let n):
             let held = Task { [client, gate] in await client.waitForHeld(gate, count: n) }
@@ -263,7 +277,7 @@ final class ModelRun: @unchecked Sendable {
     private func finishDrain(_ conflicts: Set<String>, _ i: Int, faults: [FaultInjectingClient.RuleID]) async throws(ModelFailure) {
         let failures = await driver.flushAll(timeout: .seconds(10))
         for r in faults { client.remove(r) }
-        gate = client.hold(.uploads)
+        gate = client.hold(ModelRun.gated)
         let held = model.heldDeletes(conflicts: conflicts)
         let expected = conflicts.union(held.map(\.key))
         let got = Set(failures.map(\.path))
@@ -291,7 +305,7 @@ final class ModelRun: @unchecked Sendable {
         drivers.append(driver)
         handles = [:]
         client = FaultInjectingClient(wrapping: memory)
-        gate = client.hold(.uploads)
+        gate = client.hold(ModelRun.gated)
         clients.append(client)
         do {
             driver = try CoreDriver(directory: dir, client: client, bucket: bucket)

@@ -46,10 +46,10 @@ indirect enum Step: Equatable, Sendable, CustomStringConvertible {
     /// Another client puts `contents(count, seed:)` at the key.
     case remotePut(String, count: Int, seed: Int)
     case remoteDelete(String)
-    /// The held uploads go and `flushAll` waits for every change (with `faults` in force meanwhile); then S3 is
-    /// compared with the model and uploads are held again.
+    /// The held uploads and deletes go and `flushAll` waits for every change (with `faults` in force meanwhile);
+    /// then S3 is compared with the model and uploads and deletes are held again.
     case drain(faults: [Fault])
-    /// The oldest held upload request goes on.
+    /// The oldest held upload or delete request goes on (and S3 answers it).
     case releaseOne
     /// Waits (up to 5 s) until `count` upload requests are held: pins down that uploads are in flight before the
     /// next step (regression tests use it; the generator does not).
