@@ -110,8 +110,9 @@ public final class FaultInjectingClient: ObjectClient {
         }
     }
 
-    /// What a rule does to a call it acts on. Delays and holds come first (in rule order), then the first
-    /// failure or cut; a call no failure rule acts on goes to the wrapped client.
+    /// What a rule does to a call it acts on. Delays and holds come first (in rule order, as the call arrives);
+    /// then (once it is released) the first failure or cut; a call no failure rule acts on goes to the wrapped
+    /// client.
     public enum Action: Sendable {
         /// The call fails without reaching the wrapped client.
         case fail(Fault)
@@ -275,6 +276,26 @@ public final class FaultInjectingClient: ObjectClient {
         var replyWaiters: [Int: [CheckedContinuation<Void, Never>]] = [:]
 
         mutating func heldCount(_ rule: RuleID?) -> Int { held.filter { $0.rule == rule }.count }
+
+        /// Counts the call against the rules that match it, of one kind (`waiting`: delays and holds; otherwise
+        /// the others), and returns those that act on it.
+        mutating func select(_ operation: String, _ key: String?, waiting: Bool) -> [(RuleID, Action)] {
+            var actions: [(RuleID, Action)] = []
+            for i in rules.indices where rules[i].match.matches(operation, key) {
+                let isWait: Bool
+                switch rules[i].action {
+                case .delay, .hold: isWait = true
+                default: isWait = false
+                }
+                guard isWait == waiting else { continue }
+                rules[i].seen += 1
+                if rules[i].calls.selects(rules[i].seen) {
+                    rules[i].acted += 1
+                    actions.append((rules[i].id, rules[i].action))
+                }
+            }
+            return actions
+        }
 
         /// The waiters whose count is reached now.
         mutating func satisfiedWaiters() -> [CheckedContinuation<Void, Never>] {
@@ -452,31 +473,32 @@ public final class FaultInjectingClient: ObjectClient {
 
     // MARK: The call path
 
-    /// Logs a call and picks the rules that act on it.
+    /// Logs a call and picks the rules that act on it when it arrives: delays and holds.
     private func arrive(_ operation: String, _ bucket: String?, _ key: String?) -> (call: Int, actions: [(RuleID, Action)]) {
         state.withLock { s in
             let id = s.log.count + 1
             s.log.append(Call(id: id, operation: operation, bucket: bucket, key: key, outcome: .inFlight))
-            var actions: [(RuleID, Action)] = []
-            for i in s.rules.indices where s.rules[i].match.matches(operation, key) {
-                s.rules[i].seen += 1
-                if s.rules[i].calls.selects(s.rules[i].seen) {
-                    s.rules[i].acted += 1
-                    actions.append((s.rules[i].id, s.rules[i].action))
-                }
-            }
-            return (id, actions)
+            return (id, s.select(operation, key, waiting: true))
         }
+    }
+
+    /// The rules that act on a call once it has waited (delays, holds): failures, cuts, held replies. A call
+    /// released from a hold meets the rules added while it was held.
+    private func pass(_ operation: String, _ key: String?) -> [(RuleID, Action)] {
+        state.withLock { $0.select(operation, key, waiting: false) }
     }
 
     /// Waits until the call is released; held by `rule`, or for good (nil) after the cut.
     private func park(_ call: Int, rule: RuleID?) async -> Release {
         await withCheckedContinuation { (c: CheckedContinuation<Release, Never>) in
-            let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            let ready = state.withLock { s -> [CheckedContinuation<Void, Never>]? in
+                // The rule was removed (its calls released) since it picked this call: it goes on.
+                if let rule, !s.rules.contains(where: { $0.id == rule }) { return nil }
                 s.held.append(HeldCall(call: call, rule: rule, continuation: c))
                 s.setOutcome(call, .held)
                 return s.satisfiedWaiters()
             }
+            guard let ready else { return c.resume(returning: .proceed) }
             for w in ready { w.resume() }
         }
     }
@@ -497,14 +519,14 @@ public final class FaultInjectingClient: ObjectClient {
     private func perform<T>(_ operation: String, _ bucket: String?, _ key: String?,
                             cut: ((Int) async throws(S3Error) -> T)? = nil,
                             _ body: () async throws(S3Error) -> T) async throws(S3Error) -> T {
-        let (call, actions) = arrive(operation, bucket, key)
+        let (call, waits) = arrive(operation, bucket, key)
         func injected(_ f: Fault) -> S3Error {
             let e = f.error(operation: operation, bucket: bucket, key: key)
             state.withLock { $0.setOutcome(call, .injected(f.description)) }
             return e
         }
         try await stopIfCut(call, sending: true)
-        for (rule, action) in actions {
+        for (rule, action) in waits {
             switch action {
             case .delay(let d):
                 try? await Task.sleep(for: d)
@@ -519,6 +541,7 @@ public final class FaultInjectingClient: ObjectClient {
             }
         }
         try await stopIfCut(call, sending: true)
+        let actions = pass(operation, key)
         var after: Fault?
         var cutAt: Int?
         for (_, action) in actions {

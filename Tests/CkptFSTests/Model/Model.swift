@@ -62,6 +62,9 @@ struct ModelFile {
     var baseEpoch = 0
     /// The last drain found a conflict; stays until the file is renamed (or unlinked), also for later versions.
     var conflicted = false
+    /// Opened in place (for writing, without truncating, with bytes in S3): blocks not written are fetched
+    /// from the object only when needed, until the file lands or is emptied.
+    var inPlace = false
     /// The position of the upload job a conflict stopped: deletes made after it wait for it (README: "a file
     /// stopped by a conflict holds the deletes made after it").
     var conflictSeq: Int?
@@ -316,9 +319,10 @@ struct Model {
 
     /// The file becomes local in the core (a write-open or truncate of a file without local changes): its
     /// upload will expect the object as it is now.
-    mutating func makeLocal(_ id: Int, key: String) {
+    mutating func makeLocal(_ id: Int, key: String, truncating: Bool = false) {
         guard !files[id]!.local else { return }
         files[id]!.local = true
+        files[id]!.inPlace = !truncating && !files[id]!.data.isEmpty
         files[id]!.base = files[id]!.data
         files[id]!.baseEpoch = epoch[key, default: 0]
         files[id]!.conditional = true
@@ -328,7 +332,7 @@ struct Model {
         if let id = file(at: path) {
             var h = ModelHandle(file: id, writable: mode.write)
             if mode.write {
-                makeLocal(id, key: path)
+                makeLocal(id, key: path, truncating: mode.truncate)
                 files[id]!.writers += 1
                 if mode.truncate {
                     files[id]!.data = []
@@ -359,6 +363,7 @@ struct Model {
     func path(of id: Int) -> String? { entries.first { $0.value == .file(id) }?.key }
 
     mutating func truncate(_ id: Int, to size: Int) {
+        if size == 0 { files[id]!.inPlace = false }
         var d = files[id]!.data
         if d.count > size { d.removeLast(d.count - size) } else { d += Bytes(repeating: 0, count: size - d.count) }
         files[id]!.data = d
@@ -374,7 +379,7 @@ struct Model {
     mutating func truncate(_ path: String, to size: Int) {
         let id = file(at: path)!
         // The old bytes are the base: the core opens the file in place first.
-        makeLocal(id, key: path)
+        makeLocal(id, key: path, truncating: size == 0)
         truncate(id, to: size)
     }
 
@@ -617,6 +622,7 @@ struct Model {
             if let q = files[id]!.queued {
                 files[id]!.queued = nil
                 files[id]!.queuedVersions = 0
+                files[id]!.inPlace = false
                 files[id]!.base = q
                 files[id]!.baseEpoch = epoch[path, default: 0]
                 files[id]!.conditional = true
@@ -691,6 +697,10 @@ struct Model {
         case .unlink(let path):
             if open.contains(.unlinkKeepsAVersion), expect(s) == .ok, let id = file(at: path), leavesAVersion(files[id]!) {
                 return .unlinkKeepsAVersion
+            }
+        case .remotePut(let path, _, _), .remoteDelete(let path):
+            if open.contains(.inPlaceBaseReplaced), let id = file(at: path), files[id]!.local && files[id]!.inPlace {
+                return .inPlaceBaseReplaced
             }
         case .open(let path, _, let mode) where mode.create:
             // Re-created while the delete of the old object is still queued: its upload expects no object.

@@ -47,8 +47,9 @@ enum ModelCheck {
 
     /// Runs `steps` up to `attempts` times; the failure if one of them fails with `kind` (any kind: nil).
     static func reproduce(_ steps: [Step], kind: String?, attempts: Int) async -> ModelFailure? {
+        let avoid = ProcessInfo.processInfo.environment["CKPTFS_MODEL_KNOWN_BUGS"] == nil
         for _ in 0..<attempts {
-            if let f = await run(steps, timeout: .seconds(45), avoidingKnownBugs: true).failure, kind == nil || f.kind == kind { return f }
+            if let f = await run(steps, timeout: .seconds(45), avoidingKnownBugs: avoid).failure, kind == nil || f.kind == kind { return f }
         }
         return nil
     }
@@ -128,6 +129,8 @@ enum ModelCheck {
         var only: [UInt64]?
         /// Longest a sequence may take before it counts as hung.
         var timeout: Duration = .seconds(45)
+        /// Skip the steps that hit known core bugs (CKPTFS_MODEL_KNOWN_BUGS=1 keeps them, to see them found).
+        var avoidKnownBugs = true
 
         static func fromEnvironment() -> Settings {
             let env = ProcessInfo.processInfo.environment
@@ -136,6 +139,7 @@ enum ModelCheck {
             if let v = env["CKPTFS_MODEL_SEED"].flatMap(UInt64.init) { s.seed = v }
             if let v = env["CKPTFS_MODEL_STEPS"].flatMap(Int.init) { s.maxSteps = v }
             if let v = env["CKPTFS_MODEL_PARALLEL"].flatMap(Int.init) { s.parallel = max(1, v) }
+            if env["CKPTFS_MODEL_KNOWN_BUGS"] != nil { s.avoidKnownBugs = false }
             if let v = env["CKPTFS_MODEL_SEEDS"] {
                 s.only = v.split(separator: ",").compactMap { UInt64($0.trimmingCharacters(in: .whitespaces)) }
                 s.sequences = s.only!.count
@@ -171,7 +175,7 @@ enum ModelCheck {
                 next += 1
                 group.addTask {
                     let steps = sequence(seed: seed, maxSteps: settings.maxSteps)
-                    let (failure, trace) = await run(steps, timeout: settings.timeout, avoidingKnownBugs: true)
+                    let (failure, trace) = await run(steps, timeout: settings.timeout, avoidingKnownBugs: settings.avoidKnownBugs)
                     return (seed, steps, failure, trace)
                 }
             }

@@ -52,6 +52,7 @@ enum KnownCoreBugs {
         case recreateWhileDeleteQueued = "a file re-created while the delete of the old object is queued conflicts with that object"
         case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition; its staged file stays"
         case lostCreateReplyLeavesUpload = "a CreateMultipartUpload whose reply is lost leaves that multipart upload open until the next mount"
+        case inPlaceBaseReplaced = "a file overwritten in place whose object another client replaces before the upload cannot be read (or uploaded): the blocks it never fetched are gone"
         case listingRacesDelete = "a readdir whose LIST was answered before a queued delete landed, and read after, shows the deleted name"
     }
 
