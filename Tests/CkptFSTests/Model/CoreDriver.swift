@@ -48,6 +48,8 @@ final class CoreDriver: Sendable {
         var metadataTTL: Duration = .zero
         var durableFsync = true
         var uploadDelay: Duration = .zero
+        /// Bound of the block cache, bytes.
+        var cacheCapacity: Int64 = 1 << 30
     }
 
     /// A filesystem over `client` with its cache, staging area and journal in `directory` (as a new mount of
@@ -60,7 +62,7 @@ final class CoreDriver: Sendable {
         o.uploadDelay = setup.uploadDelay
         o.requestSize = Int64(setup.blockSize) * 4
         o.maxReadAhead = Int64(setup.blockSize) * 16
-        let cache = try BlockCache(directory: directory, capacity: 1 << 30, blockSize: setup.blockSize)
+        let cache = try BlockCache(directory: directory, capacity: setup.cacheCapacity, blockSize: setup.blockSize)
         // Thousands of runs inject thousands of faults: the core's warnings about them are noise here
         // (CKPTFS_MODEL_LOG=1 keeps them).
         var logger = Logger(label: "ckptfs.fs")

@@ -699,8 +699,14 @@ struct Model {
                 return .unlinkKeepsAVersion
             }
         case .remotePut(let path, _, _), .remoteDelete(let path):
-            if open.contains(.inPlaceBaseReplaced), let id = file(at: path), files[id]!.local && files[id]!.inPlace {
-                return .inPlaceBaseReplaced
+            if let id = file(at: path), files[id]!.local && files[id]!.inPlace {
+                if open.contains(.inPlaceBaseReplaced) { return .inPlaceBaseReplaced }
+                if open.contains(.recoveryRefetchesInPlaceBlocks) { return .recoveryRefetchesInPlaceBlocks }
+            }
+        case .crash(true):
+            // The file's own upload lands: its base object is gone.
+            if open.contains(.recoveryRefetchesInPlaceBlocks), files.values.contains(where: { $0.local && $0.inPlace && $0.queued != nil }) {
+                return .recoveryRefetchesInPlaceBlocks
             }
         case .open(let path, _, let mode) where mode.create:
             // Re-created while the delete of the old object is still queued: its upload expects no object.

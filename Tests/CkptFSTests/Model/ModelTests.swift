@@ -53,6 +53,7 @@ enum KnownCoreBugs {
         case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition; its staged file stays"
         case lostCreateReplyLeavesUpload = "a CreateMultipartUpload whose reply is lost leaves that multipart upload open until the next mount"
         case inPlaceBaseReplaced = "a file overwritten in place whose object another client replaces before the upload cannot be read (or uploaded): the blocks it never fetched are gone"
+        case recoveryRefetchesInPlaceBlocks = "recovery fetches an in-place file's blocks from its base object again though the staged file holds them; once that object changed (its own upload landed, another client) and the block cache lacks them, the file cannot be read"
         case listingRacesDelete = "a readdir whose LIST was answered before a queued delete landed, and read after, shows the deleted name"
     }
 

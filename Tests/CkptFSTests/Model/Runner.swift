@@ -412,7 +412,13 @@ final class ModelRun: @unchecked Sendable {
             throw fail(i, "final", "S3 differs from the model's files at " + keys.map { "\($0): \(digest(s3[$0])) instead of \(digest(want[$0]))" }.joined(separator: "; "))
         }
         if conflicts.isEmpty {
-            let staged = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/staging")) ?? []
+            // flushAll returns once the last version has settled; its staged file goes right after: allow a moment.
+            var staged: [String] = []
+            for _ in 0..<100 {
+                staged = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/staging")) ?? []
+                if staged.isEmpty { break }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
             if !staged.isEmpty { throw fail(i, "final", "the staging area keeps \(staged.count) files after everything is in S3") }
             let status = driver.status
             if status.dirtyFiles != 0 || status.pendingDeletes != 0 {
