@@ -213,6 +213,58 @@ final class FaultInjectingClientTests: XCTestCase {
         } catch let e as S3Error { XCTAssertEqual(e.code, .transport(.connectionReset)) }
     }
 
+    func testAHeldReplyLandsFirstAndReturnsWhenReleased() async throws {
+        let replies = client.add(.operations("PutObject"), .all, .holdReply)
+        let put = Task { [client, bucket] in try await putBytes(client!, bucket, "k", [1]) }
+        await client.waitForHeld(replies)
+        XCTAssertEqual(stored("k"), [1], "the request took effect; only its reply waits")
+        XCTAssertEqual(client.calls("PutObject").map(\.outcome), [.held])
+        client.release(replies)
+        try await put.value
+        XCTAssertEqual(client.calls("PutObject").map(\.outcome), [.succeeded])
+    }
+
+    func testRulesAddedWhileACallIsHeldActOnItWhenReleased() async throws {
+        let gate = client.hold(.uploads)
+        let put = Task { [client, bucket] in try await putBytes(client!, bucket, "k", [1]) }
+        await client.waitForHeld(gate)
+        // A failure rule added now meets the held call when it goes on, as if it arrived then.
+        let failure = client.failNth(1, of: "PutObject", with: .internalError)
+        let held = try XCTUnwrap(client.releaseOldest(gate))
+        await client.waitForReply(held.id)
+        do {
+            try await put.value
+            XCTFail("the rule added while it was held fails it")
+        } catch let e as S3Error { XCTAssertEqual(e.code, .internalError) }
+        XCTAssertEqual(client.hits(failure), 1)
+        XCTAssertNil(stored("k"))
+    }
+
+    func testAMatchCanTestOperationAndKeyTogether() async throws {
+        // Hold uploads of objects and deletes of anything, not directory markers.
+        let gate = client.hold(FaultInjectingClient.Match { op, key in
+            (op == "PutObject" && !(key ?? "").hasSuffix("/")) || op == "DeleteObject"
+        })
+        try await put(client, "d/", [])
+        let object = Task { [client, bucket] in try await putBytes(client!, bucket, "d/x", [1]) }
+        let delete = Task { [client, bucket] in try await client!.deleteObject(bucket, "d/", versionId: nil) }
+        await client.waitForHeld(gate, count: 2)
+        XCTAssertEqual(Set(client.held(gate).map(\.operation)), ["PutObject", "DeleteObject"])
+        XCTAssertEqual(stored("d/"), [])
+        client.release(gate)
+        try await object.value
+        try await delete.value
+        XCTAssertEqual(memory.objects(in: bucket), ["d/x": [1]])
+    }
+
+    func testWaitingForHeldCallsEndsWhenTheWaiterIsCancelled() async throws {
+        let gate = client.hold(.uploads)
+        let waiter = Task { [client] in await client!.waitForHeld(gate, count: 5) }
+        waiter.cancel()
+        await waiter.value  // returns although nothing is held
+        XCTAssertTrue(client.held(gate).isEmpty)
+    }
+
     /// The wrapper works the same over the real client: a failed PutObject never reaches the server, a cut body
     /// delivers exactly its first bytes.
     func testItWrapsTheRealS3Client() async throws {

@@ -65,6 +65,11 @@ struct ModelFile {
     /// Opened in place (for writing, without truncating, with bytes in S3): blocks not written are fetched
     /// from the object only when needed, until the file lands or is emptied.
     var inPlace = false
+    /// The core's local version is new and unchanged (opened for writing, nothing written yet).
+    var fresh = false
+    /// A close of such a version journaled it though nothing changed (KnownCoreBugs.noopJournaled); its
+    /// upload is a no-op, until the next drain as far as the model knows.
+    var noop = false
     /// The position of the upload job a conflict stopped: deletes made after it wait for it (README: "a file
     /// stopped by a conflict holds the deletes made after it").
     var conflictSeq: Int?
@@ -204,6 +209,7 @@ struct Model {
         seq += 1
         files[id]!.acked = files[id]!.data
         files[id]!.dirty = false
+        files[id]!.fresh = false
         files[id]!.ackSeq = seq
     }
 
@@ -322,6 +328,7 @@ struct Model {
     mutating func makeLocal(_ id: Int, key: String, truncating: Bool = false) {
         guard !files[id]!.local else { return }
         files[id]!.local = true
+        files[id]!.fresh = true
         files[id]!.inPlace = !truncating && !files[id]!.data.isEmpty
         files[id]!.base = files[id]!.data
         files[id]!.baseEpoch = epoch[key, default: 0]
@@ -357,6 +364,7 @@ struct Model {
         d.replaceSubrange(offset..<offset + bytes.count, with: bytes)
         files[id]!.data = d
         files[id]!.dirty = true
+        files[id]!.fresh = false
     }
 
     /// The path a live file has now.
@@ -364,6 +372,7 @@ struct Model {
 
     mutating func truncate(_ id: Int, to size: Int) {
         if size == 0 { files[id]!.inPlace = false }
+        files[id]!.fresh = false
         var d = files[id]!.data
         if d.count > size { d.removeLast(d.count - size) } else { d += Bytes(repeating: 0, count: size - d.count) }
         files[id]!.data = d
@@ -386,9 +395,22 @@ struct Model {
     /// close() of one descriptor: a writer's changes are acknowledged.
     mutating func flush(handle: Int) {
         let h = handles[handle]!
-        guard h.writable, !files[h.file]!.unlinked, files[h.file]!.dirty else { return }
-        acknowledge(h.file)
-        files[h.file]!.ackedUnqueued = true
+        guard h.writable else { return }
+        acknowledgeChanges(h.file)
+    }
+
+    /// close() or fsync() acknowledges the file's local version: its changes, or a new version with none. An
+    /// unchanged version of an empty file is uploaded again (it has no object to stand for); of a non-empty
+    /// one, its upload is a no-op.
+    mutating func acknowledgeChanges(_ id: Int) {
+        guard !files[id]!.unlinked else { return }
+        if files[id]!.dirty || (files[id]!.fresh && files[id]!.data.isEmpty) {
+            acknowledge(id)
+            files[id]!.ackedUnqueued = true
+        } else if files[id]!.fresh {
+            files[id]!.fresh = false
+            files[id]!.noop = true
+        }
     }
 
     /// The last close of a handle: flush, then release; the last writer queues what was acknowledged.
@@ -419,10 +441,7 @@ struct Model {
         let id = h.file
         // A handle pinned to the object version (opened while the file had no local changes) fsyncs nothing.
         guard h.pinned == nil, !files[id]!.unlinked, files[id]!.local, let key = path(of: id) else { return }
-        if files[id]!.dirty {
-            acknowledge(id)
-            files[id]!.ackedUnqueued = true
-        }
+        acknowledgeChanges(id)
         if files[id]!.ackedUnqueued { queue(id, at: key) }
     }
 
@@ -612,6 +631,7 @@ struct Model {
         let held = heldDeletes(conflicts: conflicts)
         for (path, e) in entries {
             guard case .file(let id) = e else { continue }
+            files[id]!.noop = false
             if conflicts.contains(path) {
                 if files[id]!.conflictSeq == nil {
                     files[id]!.conflictSeq = events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
@@ -690,6 +710,9 @@ struct Model {
                 return .renameOfOpenFileLosesLastClose
             }
             if open.contains(.unlinkKeepsAVersion), let id = file(at: dst), leavesAVersion(files[id]!) { return .unlinkKeepsAVersion }
+            if open.contains(.orphanWritesIntoUpload), let id = file(at: dst), files[id]!.queued != nil && files[id]!.writers > 0 {
+                return .orphanWritesIntoUpload
+            }
             if open.contains(.droppedUploadConflicts), let id = file(at: dst), files[id]!.queued != nil, files[id]!.handles > 0,
                epoch[dst, default: 0] > files[id]!.baseEpoch {
                 return .droppedUploadConflicts
@@ -698,14 +721,21 @@ struct Model {
             if open.contains(.unlinkKeepsAVersion), expect(s) == .ok, let id = file(at: path), leavesAVersion(files[id]!) {
                 return .unlinkKeepsAVersion
             }
+            if open.contains(.orphanWritesIntoUpload), expect(s) == .ok, let id = file(at: path),
+               files[id]!.queued != nil && files[id]!.writers > 0 {
+                return .orphanWritesIntoUpload
+            }
         case .remotePut(let path, _, _), .remoteDelete(let path):
+            if open.contains(.noopJournaled), let id = file(at: path), files[id]!.noop { return .noopJournaled }
             if let id = file(at: path), files[id]!.local && files[id]!.inPlace {
                 if open.contains(.inPlaceBaseReplaced) { return .inPlaceBaseReplaced }
                 if open.contains(.recoveryRefetchesInPlaceBlocks) { return .recoveryRefetchesInPlaceBlocks }
             }
-        case .crash(true):
+        case .crash(let landing):
+            if open.contains(.noopJournaled), files.values.contains(where: \.noop) { return .noopJournaled }
             // The file's own upload lands: its base object is gone.
-            if open.contains(.recoveryRefetchesInPlaceBlocks), files.values.contains(where: { $0.local && $0.inPlace && $0.queued != nil }) {
+            if landing, open.contains(.recoveryRefetchesInPlaceBlocks),
+               files.values.contains(where: { $0.local && $0.inPlace && $0.queued != nil }) {
                 return .recoveryRefetchesInPlaceBlocks
             }
         case .open(let path, _, let mode) where mode.create:
@@ -726,7 +756,7 @@ struct Model {
     /// Whether unlinking `f` leaves an acknowledged version in the journal (KnownCoreBugs.unlinkKeepsAVersion):
     /// one acknowledged while another writer stayed open (a later write copies it), or one superseded by a
     /// newer version while waiting behind an upload in flight.
-    func leavesAVersion(_ f: ModelFile) -> Bool { f.ackedUnqueued || f.queuedVersions > 1 }
+    func leavesAVersion(_ f: ModelFile) -> Bool { f.ackedUnqueued || f.queuedVersions > 1 || f.noop }
 
     /// The core showed `bytes` (nil: nothing) at `path` after a crash left it open.
     mutating func adopt(_ path: String, _ bytes: Bytes?) {

@@ -47,9 +47,10 @@ enum ModelCheck {
 
     /// Runs `steps` up to `attempts` times; the failure if one of them fails with `kind` (any kind: nil).
     static func reproduce(_ steps: [Step], kind: String?, attempts: Int) async -> ModelFailure? {
-        let avoid = ProcessInfo.processInfo.environment["CKPTFS_MODEL_KNOWN_BUGS"] == nil
+        let settings = Settings.fromEnvironment()
         for _ in 0..<attempts {
-            if let f = await run(steps, timeout: .seconds(45), avoidingKnownBugs: avoid).failure, kind == nil || f.kind == kind { return f }
+            if let f = await run(steps, timeout: settings.timeout, avoidingKnownBugs: settings.avoidKnownBugs).failure,
+               kind == nil || f.kind == kind { return f }
         }
         return nil
     }
@@ -140,6 +141,7 @@ enum ModelCheck {
             if let v = env["CKPTFS_MODEL_STEPS"].flatMap(Int.init) { s.maxSteps = v }
             if let v = env["CKPTFS_MODEL_PARALLEL"].flatMap(Int.init) { s.parallel = max(1, v) }
             if env["CKPTFS_MODEL_KNOWN_BUGS"] != nil { s.avoidKnownBugs = false }
+            if let v = env["CKPTFS_MODEL_TIMEOUT"].flatMap(Int.init) { s.timeout = .seconds(v) }
             if let v = env["CKPTFS_MODEL_SEEDS"] {
                 s.only = v.split(separator: ",").compactMap { UInt64($0.trimmingCharacters(in: .whitespaces)) }
                 s.sequences = s.only!.count

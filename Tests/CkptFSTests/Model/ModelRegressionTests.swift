@@ -301,6 +301,41 @@ final class ModelRegressionTests: XCTestCase {
         XCTAssertEqual(try after.get(), cut)
     }
 
+    /// Bug: a file opened for writing and closed without a change is journaled as a new version (its upload is
+    /// then a no-op: nothing is sent). Recovery after a crash treats the journaled version as changed: it shows
+    /// the old bytes over what another client wrote since, and uploads them with If-Match (a conflict) though the
+    /// user changed nothing (README: "opened for writing and closed without a change: nothing is uploaded").
+    /// Expected: c shows the other client's 5,396 bytes. Found: c shows the old 6,366 bytes (and a conflict).
+    func testAFileClosedUnchangedIsNotUploadedAfterACrash() async throws {
+        try skipKnown(.noopJournaled)
+        try await ModelCheck.replay([
+            .remotePut("c", count: 6366, seed: 1),
+            .open("c", h: 1, .write),
+            .closeDup(h: 1),
+            .crash(landing: false),
+            .remotePut("c", count: 5396, seed: 2),
+        ])
+    }
+
+    /// Bug: unlink of a file whose upload is in flight, while a descriptor open for writing stays: unlink makes
+    /// the current version writable in place for the orphan ("nothing uploads it"), but that version is the one
+    /// the held request is about to send: the orphan's later writes reach S3 (until the queued delete removes
+    /// them). Expected: S3 a is absent or the 5,000 acknowledged bytes. Found: the 5,000 bytes with the
+    /// orphan's 100 bytes at the start ("the writer never acknowledged that").
+    func testAnUnlinkedFilesLaterWritesNeverReachS3() async throws {
+        try skipKnown(.orphanWritesIntoUpload)
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 5000, seed: 1),
+            .close(h: 1),
+            .awaitHeld(1),
+            .open("a", h: 2, .write),
+            .unlink("a"),
+            .write(h: 2, at: 0, count: 100, seed: 2),
+            .releaseOne,
+        ])
+    }
+
     /// Skips a test of a known core bug, naming it, while `KnownCoreBugs` lists it (CKPTFS_RUN_KNOWN_BUGS=1 runs
     /// it anyway, to see it fail).
     func skipKnown(_ bug: KnownCoreBugs.Bug) throws {
