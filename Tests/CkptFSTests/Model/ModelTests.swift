@@ -56,6 +56,9 @@ enum KnownCoreBugs {
         case recoveryRefetchesInPlaceBlocks = "recovery fetches an in-place file's blocks from its base object again though the staged file holds them; once that object changed (its own upload landed, another client) and the block cache lacks them, the file cannot be read"
         case noopJournaled = "a file opened for writing and closed unchanged is journaled and queued as a new version: after a crash it is uploaded as changed (a conflict over another client's newer object, which the mount then hides), and until its no-op upload runs the mount shows it over such a change"
         case orphanWritesIntoUpload = "a file unlinked while its upload is in flight and open for writing: the orphan's writes go into the staged file that upload sends, so S3 gets bytes nobody acknowledged"
+        case failedRenameDropsDestination = "a rename onto a file with local changes that fails (its copy fails) has already dropped the destination's versions (journaled)"
+        case rmdirReadsOnePage = "rmdir looks at the first page of the directory's listing only: objects whose deletes are queued can fill it, and a directory with more in it is removed"
+        case openRacesUploadEnd = "a read-only open racing with the end of the file's upload fails with ENOENT"
         case listingRacesDelete = "a readdir whose LIST was answered before a queued delete landed, and read after, shows the deleted name"
     }
 
