@@ -228,6 +228,9 @@ public final class FaultInjectingClient: ObjectClient {
     /// The calls of `operation` so far.
     public func calls(_ operation: String) -> [Call] { log.filter { $0.operation == operation } }
 
+    /// The calls not answered yet: in the wrapped client, delayed, or held.
+    public var unanswered: [Call] { state.withLock { s in s.log.filter { $0.outcome == .inFlight || $0.outcome == .held } } }
+
     /// How many calls of `operation` arrived (whatever became of them).
     public func count(_ operation: String) -> Int { state.withLock { s in s.log.filter { $0.operation == operation }.count } }
 

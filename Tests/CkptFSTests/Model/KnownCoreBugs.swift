@@ -21,6 +21,7 @@ enum KnownCoreBugs {
         case rmdirReadsOnePage = "rmdir looks at the first page of the directory's listing only: objects whose deletes are queued can fill it, and a directory with more in it is removed"
         case openRacesUploadEnd = "a read-only open racing with the end of the file's upload fails with ENOENT"
         case renamedFileStaysUnconditional = "a version made while the renamed (unconditional) version of its file is still queued stays unconditional after that one lands, and overwrites another client's change silently"
+        case failedMkdirRevivesDirectory = "a mkdir that fails after cancelling the queued delete of the directory's marker (an rmdir before) brings the removed directory back"
         case listingRacesDelete = "a readdir whose LIST was answered before a queued delete landed, and read after, shows the deleted name"
     }
 
@@ -33,14 +34,23 @@ extension Model {
     func hitsKnownBug(_ s: Step) -> KnownCoreBugs.Bug? {
         let open = KnownCoreBugs.open
         switch s {
-        case .faulty(_, .rename(let src, let dst, _)):
+        case .faulty(let fault, .rename(let src, let dst, _)):
             // A rename that copies (the source only in S3) and fails has already dropped the destination.
             if open.contains(.failedRenameDropsDestination), expect(.rename(src, dst, noReplace: false)) == .ok,
                let from = file(at: src), !files[from]!.local, let to = file(at: dst), files[to]!.local {
                 return .failedRenameDropsDestination
             }
+            if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(.rename(src, dst, noReplace: false))
-        case .faulty(_, let inner): return hitsKnownBug(inner)
+        case .faulty(let fault, .mkdir(let path)):
+            if open.contains(.failedMkdirRevivesDirectory), events.contains(where: { $0.kind == .delete && $0.key == path + "/" }) {
+                return .failedMkdirRevivesDirectory
+            }
+            if let bug = faultMeetsUploads(fault) { return bug }
+            return hitsKnownBug(.mkdir(path))
+        case .faulty(let fault, let inner):
+            if let bug = faultMeetsUploads(fault) { return bug }
+            return hitsKnownBug(inner)
         case .rmdir(let path):
             // Deletes still queued under it fill the first page of the listing rmdir looks at.
             if open.contains(.rmdirReadsOnePage), expect(s) == .fails(ENOTEMPTY),
@@ -48,6 +58,11 @@ extension Model {
                 return .rmdirReadsOnePage
             }
         case .rename(let src, let dst, _):
+            // Onto a directory: rename removes it first, with rmdir's check.
+            if open.contains(.rmdirReadsOnePage), entries[src] == .directory, entries[dst] == .directory,
+               !children(of: dst).isEmpty, events.contains(where: { $0.kind == .delete && $0.key.hasPrefix(dst + "/") }) {
+                return .rmdirReadsOnePage
+            }
             guard expect(s) == .ok, src != dst else { return nil }
             let moved = (file(at: src).map { [$0] } ?? descendants(of: src).compactMap { file(at: $0) }).map { files[$0]! }
             if open.contains(.renamedWhileUploading) && moved.contains(where: { $0.queued != nil }) { return .renamedWhileUploading }
@@ -100,6 +115,14 @@ extension Model {
             return .droppedUploadConflicts
         }
         return nil
+    }
+
+    /// A step that waits for queued uploads lets them go (see ModelRun.stall): a HEAD fault meant for the step
+    /// may meet an upload's check of a failed precondition instead.
+    func faultMeetsUploads(_ fault: Fault) -> KnownCoreBugs.Bug? {
+        guard KnownCoreBugs.open.contains(.headFailureIsAConflict), fault.operations.contains("HeadObject"),
+              events.contains(where: { $0.kind == .put || $0.kind == .delete }) else { return nil }
+        return .headFailureIsAConflict
     }
 
     /// Whether unlinking `f` leaves an acknowledged version in the journal (KnownCoreBugs.unlinkKeepsAVersion):

@@ -50,6 +50,9 @@ struct ModelFile {
     /// Versions queued since the file last landed (one supersedes another).
     var queuedVersions = 0
     var handles = 0
+    /// Handles on the core's local version (write handles, and read handles opened while the file was local);
+    /// a read handle opened on the object does not keep the local version.
+    var localHandles = 0
     var writers = 0
     /// The core keeps a local version: from a write-open (or truncate) until it is uploaded and closed.
     var local = false
@@ -84,6 +87,8 @@ struct ModelFile {
 struct ModelHandle {
     var file: Int
     var writable: Bool
+    /// A handle on the core's local version (not on the object).
+    var local = true
     /// Bytes at open, when the core may have pinned the object version (a read-only open of a file without
     /// local changes): reads may show these, or fail with ESTALE/ENOENT once the object changed.
     var pinned: Bytes?
@@ -255,15 +260,21 @@ struct Model {
                 if mode.truncate {
                     files[id]!.data = []
                     files[id]!.dirty = true
+                    files[id]!.fresh = false
                 }
-            } else if !files[id]!.local || uncertain {
-                h.pinned = files[id]!.data
+            } else {
+                h.local = files[id]!.local
+                // A read-only open of a file without local changes (or perhaps without: an upload may have
+                // landed since, or an unchanged version's no-op upload run) reads the object's version.
+                if !files[id]!.local || uncertain || files[id]!.noop { h.pinned = files[id]!.data }
             }
             files[id]!.handles += 1
+            if h.local { files[id]!.localHandles += 1 }
             handles[handle] = h
             return
         }
-        let id = newFile(ModelFile(dirty: true, handles: 1, writers: 1, local: true, base: nil, baseEpoch: epoch[path, default: 0]))
+        let id = newFile(ModelFile(dirty: true, handles: 1, localHandles: 1, writers: 1, local: true, base: nil,
+                                   baseEpoch: epoch[path, default: 0]))
         entries[path] = .file(id)
         handles[handle] = ModelHandle(file: id, writable: true)
     }
@@ -330,16 +341,16 @@ struct Model {
         let h = handles.removeValue(forKey: handle)!
         let id = h.file
         files[id]!.handles -= 1
+        if h.local { files[id]!.localHandles -= 1 }
         if h.writable { files[id]!.writers -= 1 }
         let f = files[id]!
         if f.unlinked {
             if f.handles == 0 { files[id] = nil }
             return
         }
-        if h.writable && f.writers == 0 {
-            // The last writer's close queues what was acknowledged (an unchanged version's upload is a no-op).
-            files[id]!.noop = false
-            if f.ackedUnqueued, let key = path(of: id) { queue(id, at: key) }
+        if h.writable && f.writers == 0, f.ackedUnqueued, let key = path(of: id) {
+            // The last writer's close queues what was acknowledged.
+            queue(id, at: key)
         }
         settleIfClean(id)
     }
@@ -347,7 +358,11 @@ struct Model {
     /// With no handle and nothing to upload, the core has no local version any more.
     mutating func settleIfClean(_ id: Int) {
         let f = files[id]!
-        if f.handles == 0 && f.queued == nil && !f.ackedUnqueued && !f.dirty && !f.conflicted { files[id]!.local = false }
+        if f.localHandles == 0 && f.queued == nil && !f.ackedUnqueued && !f.dirty && !f.conflicted {
+            files[id]!.local = false
+            files[id]!.fresh = false
+            files[id]!.renamed = false
+        }
     }
 
     /// fsync(): acknowledges and queues the file's changes (of a file with local changes). The runner drains.
@@ -396,7 +411,14 @@ struct Model {
         files[id]!.conditional = false
         files[id]!.conflicted = false
         files[id]!.conflictSeq = nil
-        if f.local { files[id]!.renamed = true }
+        if f.local {
+            files[id]!.renamed = true
+            // The acknowledged version is journaled again under the new key (unless a later write copied it).
+            if f.acked != nil && !(f.ackedUnqueued && f.dirty) {
+                seq += 1
+                files[id]!.ackSeq = seq
+            }
+        }
         if f.local {
             if f.acked != nil && !f.ackedUnqueued {
                 files[id]!.queued = f.queued ?? f.acked

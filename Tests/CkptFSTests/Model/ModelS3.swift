@@ -179,6 +179,7 @@ extension Model {
         let held = heldDeletes(conflicts: conflicts)
         for (path, e) in entries {
             guard case .file(let id) = e else { continue }
+            if files[id]!.writers == 0 { files[id]!.noop = false }
             if conflicts.contains(path) {
                 if files[id]!.conflictSeq == nil {
                     files[id]!.conflictSeq = events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
@@ -221,6 +222,7 @@ extension Model {
             f.data = acked
             f.dirty = false
             f.handles = 0
+            f.localHandles = 0
             f.writers = 0
             f.conflicted = false
             f.conflictSeq = nil

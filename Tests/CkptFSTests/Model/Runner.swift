@@ -119,14 +119,14 @@ final class ModelRun: @unchecked Sendable {
             return try await execute(step, i)
         default: break
         }
-        let let_go = Stall()
+        let stalled = Stall()
         let watchdog = Task { [client, gate] in
             try? await Task.sleep(for: ModelRun.stall)
-            if !Task.isCancelled && let_go.fire() { client.remove(gate) }
+            if !Task.isCancelled && stalled.fire() { client.remove(gate) }
         }
         defer {
             watchdog.cancel()
-            if !let_go.fire() {
+            if !stalled.fire() {
                 gate = client.hold(ModelRun.gated)
                 model.uncertain = true
                 trace.append("\(i): (the step waited for held uploads: they were let go)")
@@ -277,12 +277,14 @@ final class ModelRun: @unchecked Sendable {
 
     /// The rest of a drain, once the held uploads go: waits for S3 (flushAll), holds uploads again, and checks
     /// what flush reports and what S3 holds against the model.
-    private func finishDrain(_ conflicts: Set<String>, _ i: Int, faults: [FaultInjectingClient.RuleID]) async throws(ModelFailure) {
+    private func finishDrain(_ conflicts: Set<String>, _ i: Int, faults: [FaultInjectingClient.RuleID],
+                             holdAgain: Bool = true) async throws(ModelFailure) {
         // Deletes a conflict holds back never land: flush waits for them until its timeout.
         let held = model.heldDeletes(conflicts: conflicts)
         let failures = await driver.flushAll(timeout: held.isEmpty ? .seconds(10) : .seconds(1))
         for r in faults { client.remove(r) }
-        gate = client.hold(ModelRun.gated)
+        if model.events.contains(where: { $0.kind == .put && $0.withdrawn }) { await settle() }
+        if holdAgain { gate = client.hold(ModelRun.gated) }
         let expected = conflicts.union(held.map(\.key))
         let got = Set(failures.map(\.path))
         if got != expected {
@@ -300,6 +302,19 @@ final class ModelRun: @unchecked Sendable {
         let open = memory.openUploads
         if !open.isEmpty { throw fail(i, "S3", "multipart uploads left open after the drain: \(open.map(\.key))") }
         model.drained(conflicts: conflicts, s3: s3)
+    }
+
+    /// Flush does not wait for the uploads of withdrawn versions (unlinked, replaced by a rename) that are
+    /// still going on: with nothing held, waits (up to 2 s) until no request is in flight and no multipart
+    /// upload is open, so S3 is still when it is compared.
+    private func settle() async {
+        let deadline = ContinuousClock.now + .seconds(2)
+        var quiet = 0
+        while quiet < 3 && ContinuousClock.now < deadline {
+            let busy = !client.unanswered.filter({ $0.outcome == .inFlight }).isEmpty || !memory.openUploads.isEmpty
+            quiet = busy ? 0 : quiet + 1
+            try? await Task.sleep(for: .milliseconds(5))
+        }
     }
 
     private func crash(landing: Bool, _ i: Int) async throws(ModelFailure) {
@@ -408,7 +423,7 @@ final class ModelRun: @unchecked Sendable {
         }
         let conflicts = model.conflicts()
         client.remove(gate)
-        try await finishDrain(conflicts, i, faults: [])
+        try await finishDrain(conflicts, i, faults: [], holdAgain: false)
         try await observe(i)
         var want = model.finalObjects()
         for e in model.events where e.kind == .delete {
