@@ -18,7 +18,7 @@ struct DriverError: Error, CustomStringConvertible {
         message = e.message
     }
 
-    var description: String { "\(Errno.name(errno))\(message.isEmpty ? "" : ": " + message)" }
+    var description: String { "\(ErrnoName.of(errno))\(message.isEmpty ? "" : ": " + message)" }
 }
 
 /// An open file as the kernel keeps it: the core's handle and the inode it was opened on.
@@ -28,13 +28,13 @@ struct DriverHandle: Sendable, Hashable {
 }
 
 /// Names of the errnos the tests use, for messages and printed test code.
-enum Errno {
+enum ErrnoName {
     static let names: [Int32: String] = [
         ENOENT: "ENOENT", EEXIST: "EEXIST", ENOTDIR: "ENOTDIR", EISDIR: "EISDIR", ENOTEMPTY: "ENOTEMPTY", EINVAL: "EINVAL",
         EIO: "EIO", ESTALE: "ESTALE", EBADF: "EBADF", EACCES: "EACCES", EROFS: "EROFS", EBUSY: "EBUSY", EAGAIN: "EAGAIN",
         ENAMETOOLONG: "ENAMETOOLONG", EPERM: "EPERM", ENOSPC: "ENOSPC",
     ]
-    static func name(_ e: Int32) -> String { names[e] ?? "errno \(e)" }
+    static func of(_ e: Int32) -> String { names[e] ?? "errno \(e)" }
 }
 
 /// The filesystem core with the kernel's side of each system call.

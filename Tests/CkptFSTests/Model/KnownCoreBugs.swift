@@ -22,6 +22,7 @@ enum KnownCoreBugs {
         case openRacesUploadEnd = "a read-only open racing with the end of the file's upload fails with ENOENT"
         case renamedFileStaysUnconditional = "a version made while the renamed (unconditional) version of its file is still queued stays unconditional after that one lands, and overwrites another client's change silently"
         case failedMkdirRevivesDirectory = "a mkdir that fails after cancelling the queued delete of the directory's marker (an rmdir before) brings the removed directory back"
+        case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
         case listingRacesDelete = "a readdir whose LIST was answered before a queued delete landed, and read after, shows the deleted name"
     }
 
@@ -66,6 +67,12 @@ extension Model {
             guard expect(s) == .ok, src != dst else { return nil }
             let moved = (file(at: src).map { [$0] } ?? descendants(of: src).compactMap { file(at: $0) }).map { files[$0]! }
             if open.contains(.renamedWhileUploading) && moved.contains(where: { $0.queued != nil }) { return .renamedWhileUploading }
+            // A file closed unchanged may still have its local version (the no-op upload not run yet, or kept by a
+            // handle opened meanwhile): the model cannot tell whether the rename moves it or copies the object.
+            if open.contains(.noopJournaled) && moved.contains(where: \.noop) { return .noopJournaled }
+            if open.contains(.renameRejournalsStaleChecksum) && moved.contains(where: { $0.local && $0.ackedInPlace }) {
+                return .renameRejournalsStaleChecksum
+            }
             if open.contains(.renameOfOpenFileLosesLastClose)
                 && moved.contains(where: { $0.writers > 0 && $0.acked != nil && $0.queued == nil && (!$0.ackedUnqueued || $0.dirty) }) {
                 return .renameOfOpenFileLosesLastClose

@@ -68,6 +68,9 @@ struct ModelFile {
     /// Opened in place (for writing, without truncating, with bytes in S3): blocks not written are fetched
     /// from the object only when needed, until the file lands or is emptied.
     var inPlace = false
+    /// An acknowledged version of the file was made in place (its checksum counts the blocks not fetched then
+    /// as zeros), as long as the file stays local (KnownCoreBugs.renameRejournalsStaleChecksum).
+    var ackedInPlace = false
     /// The core's local version is new and unchanged (opened for writing, nothing written yet).
     var fresh = false
     /// A close of such a version journaled it though nothing changed (KnownCoreBugs.noopJournaled); its
@@ -104,7 +107,7 @@ enum Expect: Equatable, CustomStringConvertible {
     var description: String {
         switch self {
         case .ok: return "success"
-        case .fails(let es): return es.map(Errno.name).sorted().joined(separator: " or ")
+        case .fails(let es): return es.map(ErrnoName.of).sorted().joined(separator: " or ")
         }
     }
 }
@@ -362,6 +365,7 @@ struct Model {
             files[id]!.local = false
             files[id]!.fresh = false
             files[id]!.renamed = false
+            files[id]!.ackedInPlace = false
         }
     }
 

@@ -122,7 +122,7 @@ enum ModelCheck {
     /// (the first seed; sequence n uses seed + n), CKPTFS_MODEL_STEPS (most steps per sequence),
     /// CKPTFS_MODEL_PARALLEL (sequences at once).
     struct Settings {
-        var sequences = 3000
+        var sequences = 2000
         var seed: UInt64 = 1
         var maxSteps = 40
         var parallel = 8

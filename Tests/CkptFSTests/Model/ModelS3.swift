@@ -52,6 +52,7 @@ extension Model {
         files[id]!.dirty = false
         files[id]!.fresh = false
         files[id]!.ackSeq = seq
+        if files[id]!.inPlace { files[id]!.ackedInPlace = true }
     }
 
     /// F's versions still queued are withdrawn (unlink, replaced by a rename).
