@@ -21,7 +21,7 @@ enum KnownCoreBugs {
         case rmdirReadsOnePage = "rmdir looks at the first page of the directory's listing only: objects whose deletes are queued can fill it, and a directory with more in it is removed"
         case openRacesUploadEnd = "a read-only open racing with the end of the file's upload fails with ENOENT"
         case renamedFileStaysUnconditional = "a version made while the renamed (unconditional) version of its file is still queued stays unconditional after that one lands, and overwrites another client's change silently"
-        case failedMkdirRevivesDirectory = "a mkdir that fails after cancelling the queued delete of the directory's marker (an rmdir before) brings the removed directory back"
+        case failedChangeRevivesDeleted = "a mkdir or rename that fails after cancelling the queued delete of its target (an rmdir, unlink or rename before) brings the deleted object back"
         case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
         case listingRacesDelete = "a readdir whose LIST was answered before a queued delete landed, and read after, shows the deleted name"
     }
@@ -41,11 +41,15 @@ extension Model {
                let from = file(at: src), !files[from]!.local, let to = file(at: dst), files[to]!.local {
                 return .failedRenameDropsDestination
             }
+            if open.contains(.failedChangeRevivesDeleted),
+               events.contains(where: { $0.kind == .delete && ($0.key == dst || $0.key.hasPrefix(dst + "/")) }) {
+                return .failedChangeRevivesDeleted
+            }
             if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(.rename(src, dst, noReplace: false))
         case .faulty(let fault, .mkdir(let path)):
-            if open.contains(.failedMkdirRevivesDirectory), events.contains(where: { $0.kind == .delete && $0.key == path + "/" }) {
-                return .failedMkdirRevivesDirectory
+            if open.contains(.failedChangeRevivesDeleted), events.contains(where: { $0.kind == .delete && $0.key == path + "/" }) {
+                return .failedChangeRevivesDeleted
             }
             if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(.mkdir(path))

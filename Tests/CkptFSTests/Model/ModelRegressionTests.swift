@@ -435,7 +435,7 @@ final class ModelRegressionTests: XCTestCase {
     /// the delete stays cancelled: the old marker stays in S3 and the removed directory is back. Expected: mkdir
     /// fails, y stays removed. Found: y listed again.
     func testAFailedMkdirDoesNotBringBackARemovedDirectory() async throws {
-        try skipKnown(.failedMkdirRevivesDirectory)
+        try skipKnown(.failedChangeRevivesDeleted)
         try await ModelCheck.replay([
             .mkdir("y"),
             .open("a", h: 1, .createTruncate),
@@ -460,6 +460,22 @@ final class ModelRegressionTests: XCTestCase {
             .fsync(h: 1),
             .rename("a", "c.tmp", noReplace: false),
             .crash(landing: false),
+        ])
+    }
+
+    /// Bug (same cause): a rename onto a name whose delete is still queued (unlink; behind an upload) cancels
+    /// that delete before it copies; when the copy fails the rename fails with EIO, and the deleted object is
+    /// back under that name. Expected: rename fails, d stays deleted. Found: d listed again.
+    func testAFailedRenameDoesNotBringBackADeletedFile() async throws {
+        try skipKnown(.failedChangeRevivesDeleted)
+        try await ModelCheck.replay([
+            .remotePut("d", count: 10, seed: 1),
+            .open("x", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .unlink("d"),
+            .remotePut("c", count: 20, seed: 2),
+            .faulty(Fault(["CopyObject"], .first(4), .fail(.timeout)), .rename("c", "d", noReplace: false)),
         ])
     }
 
