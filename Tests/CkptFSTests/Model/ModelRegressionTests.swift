@@ -7,6 +7,8 @@ import XCTest
 /// core bug not fixed yet is skipped (`XCTSkip("core bug: ...")`) so the suite stays green; the fix removes the
 /// skip (and the entry in `KnownCoreBugs`).
 final class ModelRegressionTests: XCTestCase {
+    override class func tearDown() { ModelRun.removeBase() }
+
     /// Bug: a version renamed while its upload is in flight is queued again under the new name when that upload
     /// lands, behind the versions queued there meanwhile: the older version lands last and S3 ends with it.
     /// Expected: S3 b = the truncate's 3 bytes (acknowledged at once). Found: S3 b = the 10 bytes of the first
@@ -200,7 +202,7 @@ final class ModelRegressionTests: XCTestCase {
     /// delete, then the LIST's reply. Expected: the root lists nothing. Found: it lists "b".
     func testAListingDoesNotShowAFileWhoseDeleteLandsWhileItIsRead() async throws {
         try skipKnown(.listingRacesDelete)
-        let dir = ModelRun.base + "/ckptfs-model-\(UUID().uuidString)"
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let memory = MemoryObjectClient(buckets: ["m"])
         memory.seed("m", "b", [1, 2, 3])
@@ -235,7 +237,7 @@ final class ModelRegressionTests: XCTestCase {
     /// file did not rewrite are gone").
     func testAFileOverwrittenInPlaceStaysReadableWhenItsObjectIsReplaced() async throws {
         try skipKnown(.inPlaceBaseReplaced)
-        let dir = ModelRun.base + "/ckptfs-model-\(UUID().uuidString)"
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let memory = MemoryObjectClient(buckets: ["m"])
         let original = contents(10000, seed: 1)
@@ -270,7 +272,7 @@ final class ModelRegressionTests: XCTestCase {
     /// recovery. Found: EIO ("the parts of it this file did not rewrite are gone").
     func testARecoveredInPlaceFileIsReadableAfterItsUploadLanded() async throws {
         try skipKnown(.recoveryRefetchesInPlaceBlocks)
-        let dir = ModelRun.base + "/ckptfs-model-\(UUID().uuidString)"
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let memory = MemoryObjectClient(buckets: ["m"])
         let original = contents(10000, seed: 1)
@@ -375,7 +377,7 @@ final class ModelRegressionTests: XCTestCase {
     /// it is a race).
     func testAReadOnlyOpenWhileTheUploadEndsFindsTheFile() async throws {
         try skipKnown(.openRacesUploadEnd)
-        let dir = ModelRun.base + "/ckptfs-model-\(UUID().uuidString)"
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let memory = MemoryObjectClient(buckets: ["m"])
         let client = FaultInjectingClient(wrapping: memory)

@@ -7,6 +7,8 @@ import XCTest
 /// `CKPTFS_MODEL_SEQUENCES=100000 swift test --filter ModelTests/testRandomSequences` is the soak by hand;
 /// `CKPTFS_MODEL_SEED=N` starts elsewhere; a failure prints its shrunk sequence as a test to paste below.
 final class ModelTests: XCTestCase {
+    override class func tearDown() { ModelRun.removeBase() }
+
     func testRandomSequencesAgreeWithTheModel() async throws {
         let settings = ModelCheck.Settings.fromEnvironment()
         let start = ContinuousClock.now

@@ -39,17 +39,22 @@ final class ModelRun: @unchecked Sendable {
     /// Steps that would hit a known core bug are skipped (the property test), and its races tolerated.
     private var avoidingKnownBugs = false
 
-    /// Cache directories go to /dev/shm when there is one: journal and staging fsyncs are free there.
+    /// The directory of this process's cache directories: in /dev/shm when there is one (journal and staging
+    /// fsyncs are free there). A dropped filesystem's cache writer may still write a block after its run removed
+    /// its directory: `removeBase()` at the end of a test class removes what is left.
     static let base: String = {
         var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: "/dev/shm", isDirectory: &isDir), isDir.boolValue, access("/dev/shm", W_OK) == 0 {
-            return "/dev/shm"
-        }
-        return NSTemporaryDirectory()
+        let root = FileManager.default.fileExists(atPath: "/dev/shm", isDirectory: &isDir) && isDir.boolValue
+            && access("/dev/shm", W_OK) == 0 ? "/dev/shm" : NSTemporaryDirectory()
+        let dir = root + "/ckptfs-model-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
     }()
 
+    static func removeBase() { try? FileManager.default.removeItem(atPath: base) }
+
     init() throws {
-        dir = ModelRun.base + "/ckptfs-model-\(UUID().uuidString)"
+        dir = ModelRun.base + "/\(UUID().uuidString)"
         memory = MemoryObjectClient(buckets: [bucket], pageSize: 3)
         client = FaultInjectingClient(wrapping: memory)
         gate = client.hold(ModelRun.gated)
