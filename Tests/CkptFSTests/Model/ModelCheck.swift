@@ -38,8 +38,9 @@ enum ModelCheck {
     }
 
     /// Replays a sequence (a regression test); fails the test with the difference and the trace.
-    static func replay(_ steps: [Step], file: StaticString = #filePath, line: UInt = #line) async throws {
-        let (failure, trace) = await run(steps)
+    static func replay(_ steps: [Step], timeout: Duration = .seconds(120), file: StaticString = #filePath,
+                       line: UInt = #line) async throws {
+        let (failure, trace) = await run(steps, timeout: timeout)
         if let failure {
             XCTFail("\(failure)\ntrace:\n" + trace.joined(separator: "\n"), file: file, line: line)
         }
