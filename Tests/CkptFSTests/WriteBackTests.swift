@@ -444,6 +444,27 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(errno, ENOENT, "unlinked file still visible")
     }
 
+    /// Two files saved and then both unlinked before their uploads landed, the later save first: each delete
+    /// waits for the uploads queued before it, and each finds the other's withdrawn upload there, held open for
+    /// the other delete. They go together (neither file is ever uploaded); they used to wait for each other for
+    /// ever, so flush never returned and S3 kept the old objects (found by the model test, seeds 21 and 133).
+    func testDeletesWaitingForEachOthersWithdrawnUploadsAreApplied() async throws {
+        let faults = FaultInjectingClient(wrapping: s3)
+        holding.append(faults)
+        let gate = faults.hold(.uploads)
+        let fs = try make(client: faults)
+        try await write(fs, "b", [1, 2, 3])
+        try await write(fs, "c", [4, 5, 6])
+        await faults.waitForHeld(gate, count: 2)
+        try await fs.unlink(parent: FileSystem.rootIno, name: "c")
+        try await fs.unlink(parent: FileSystem.rootIno, name: "b")
+        faults.release(gate)
+        let left = await fs.flushAll(under: "", timeout: .seconds(5))
+        XCTAssertEqual(left.map(\.path), [], "\(left)")
+        XCTAssertEqual(s3.objects(in: bucket).keys.sorted(), [], "both deletes applied after the held uploads")
+        XCTAssertEqual(fs.writeBackStatus.pendingDeletes, 0)
+    }
+
     func testUploadFailureIsRetriedAndReported() async throws {
         let faults = FaultInjectingClient(wrapping: s3)
         faults.failNth(1, of: "PutObject", with: .internalError)
