@@ -46,10 +46,13 @@ enum ModelCheck {
         }
     }
 
-    /// Runs `steps` up to `attempts` times; the failure if one of them fails with `kind` (any kind: nil).
-    static func reproduce(_ steps: [Step], kind: String?, attempts: Int) async -> ModelFailure? {
+    /// Runs `steps` up to `attempts` times (none once `deadline` has passed); the failure if one of them fails
+    /// with `kind` (any kind: nil).
+    static func reproduce(_ steps: [Step], kind: String?, attempts: Int,
+                          deadline: ContinuousClock.Instant? = nil) async -> ModelFailure? {
         let settings = Settings.fromEnvironment()
         for _ in 0..<attempts {
+            if let deadline, ContinuousClock.now >= deadline { return nil }
             if let f = await run(steps, timeout: settings.timeout, avoidingKnownBugs: settings.avoidKnownBugs).failure,
                kind == nil || f.kind == kind { return f }
         }
@@ -75,20 +78,23 @@ enum ModelCheck {
     }
 
     /// The shortest, simplest sequence found that still fails with `failure`'s kind: first steps after the
-    /// failing one go, then chunks of steps (halves, quarters, ... single steps), then steps get simpler.
-    static func shrink(_ steps: [Step], _ failure: ModelFailure, attempts: Int = 3, budget: Int = 400) async -> ([Step], ModelFailure) {
+    /// failing one go, then chunks of steps (halves, quarters, ... single steps), then steps get simpler. Stops
+    /// after `budget` candidates or at `deadline` (a failure that shows only at a flush timeout or as a hang
+    /// takes seconds per run) with the shortest found so far.
+    static func shrink(_ steps: [Step], _ failure: ModelFailure, attempts: Int = 3, budget: Int = 400,
+                       deadline: ContinuousClock.Instant? = nil) async -> ([Step], ModelFailure) {
         var current = Array(steps.prefix(min(steps.count, failure.step + 1)))
         var failure = failure
         var tries = 0
         func attempt(_ candidate: [Step]) async -> Bool {
-            guard tries < budget else { return false }
+            guard tries < budget, deadline.map({ ContinuousClock.now < $0 }) ?? true else { return false }
             tries += 1
-            guard let f = await reproduce(candidate, kind: failure.kind, attempts: attempts) else { return false }
+            guard let f = await reproduce(candidate, kind: failure.kind, attempts: attempts, deadline: deadline) else { return false }
             current = Array(candidate.prefix(min(candidate.count, f.step + 1)))
             failure = f
             return true
         }
-        if current.count < steps.count, await reproduce(current, kind: failure.kind, attempts: attempts) == nil {
+        if current.count < steps.count, await reproduce(current, kind: failure.kind, attempts: attempts, deadline: deadline) == nil {
             current = steps  // the failure needs the end of the run (the final check)
         }
         var chunk = max(1, current.count / 2)
@@ -121,9 +127,11 @@ enum ModelCheck {
 
     /// Settings of the property test, from the environment: CKPTFS_MODEL_SEQUENCES (how many), CKPTFS_MODEL_SEED
     /// (the first seed; sequence n uses seed + n), CKPTFS_MODEL_STEPS (most steps per sequence),
-    /// CKPTFS_MODEL_PARALLEL (sequences at once).
+    /// CKPTFS_MODEL_PARALLEL (sequences at once), CKPTFS_MODEL_SHRINK_SECONDS (time for shrinking failures).
     struct Settings {
-        var sequences = 2000
+        /// 1,000 take 15 to 20 s on the 2-core machine, which keeps the whole unit suite under 3 minutes; a soak
+        /// sets more.
+        var sequences = 1000
         var seed: UInt64 = 1
         var maxSteps = 40
         var parallel = 8
@@ -133,6 +141,9 @@ enum ModelCheck {
         var timeout: Duration = .seconds(45)
         /// Skip the steps that hit known core bugs (CKPTFS_MODEL_KNOWN_BUGS=1 keeps them, to see them found).
         var avoidKnownBugs = true
+        /// Time for shrinking all the failures of a run together; past it the shortest sequence found so far is
+        /// printed.
+        var shrinkTime: Duration = .seconds(120)
 
         static func fromEnvironment() -> Settings {
             let env = ProcessInfo.processInfo.environment
@@ -143,6 +154,7 @@ enum ModelCheck {
             if let v = env["CKPTFS_MODEL_PARALLEL"].flatMap(Int.init) { s.parallel = max(1, v) }
             if env["CKPTFS_MODEL_KNOWN_BUGS"] != nil { s.avoidKnownBugs = false }
             if let v = env["CKPTFS_MODEL_TIMEOUT"].flatMap(Int.init) { s.timeout = .seconds(v) }
+            if let v = env["CKPTFS_MODEL_SHRINK_SECONDS"].flatMap(Int.init) { s.shrinkTime = .seconds(v) }
             if let v = env["CKPTFS_MODEL_SEEDS"] {
                 s.only = v.split(separator: ",").compactMap { UInt64($0.trimmingCharacters(in: .whitespaces)) }
                 s.sequences = s.only!.count

@@ -5,7 +5,8 @@ import XCTest
 /// and every failure found so far, kept as a named regression test.
 ///
 /// `CKPTFS_MODEL_SEQUENCES=100000 swift test --filter ModelTests/testRandomSequences` is the soak by hand;
-/// `CKPTFS_MODEL_SEED=N` starts elsewhere; a failure prints its shrunk sequence as a test to paste below.
+/// `CKPTFS_MODEL_SEED=N` starts elsewhere; a failure prints its shrunk sequence as a test to paste into
+/// ModelRegressionTests (shrinking gets CKPTFS_MODEL_SHRINK_SECONDS, 120 by default, for all failures of a run).
 final class ModelTests: XCTestCase {
     override class func tearDown() { ModelRun.removeBase() }
 
@@ -25,8 +26,10 @@ final class ModelTests: XCTestCase {
             print("model test: seed \(seed) failed: \(failure)")
             if verbose { print(trace.joined(separator: "\n")) }
         }
+        let deadline = ContinuousClock.now + settings.shrinkTime
         for (seed, failure, steps, _) in report.failures.prefix(shrinking) {
-            let (shrunk, last) = await ModelCheck.shrink(steps, failure)
+            let (shrunk, last) = await ModelCheck.shrink(steps, failure, deadline: deadline)
+            if ContinuousClock.now >= deadline { print("model test: shrinking stopped at its time limit (\(settings.shrinkTime))") }
             unknown += 1
             print("""
                 model test: seed \(seed) failed: \(failure)
