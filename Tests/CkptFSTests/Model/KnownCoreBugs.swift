@@ -11,7 +11,7 @@ enum KnownCoreBugs {
         case renameOfOpenFileLosesLastClose = "rename of a file open with unacknowledged changes deletes the old name with nothing queued for the new one"
         case headFailureIsAConflict = "a failed HEAD while an upload checks a failed precondition makes a permanent conflict"
         case recreateWhileDeleteQueued = "a file re-created while the delete of the old object is queued conflicts with that object"
-        case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition; its staged file stays"
+        case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition (and holds the deletes after it); its staged file stays"
         case lostCreateReplyLeavesUpload = "a CreateMultipartUpload whose reply is lost leaves that multipart upload open until the next mount"
         case inPlaceBaseReplaced = "a file overwritten in place whose object another client replaces before the upload cannot be read (or uploaded): the blocks it never fetched are gone"
         case recoveryRefetchesInPlaceBlocks = "recovery fetches an in-place file's blocks from its base object again though the staged file holds them; once that object changed (its own upload landed, another client) and the block cache lacks them, the file cannot be read"
@@ -91,7 +91,7 @@ extension Model {
             if open.contains(.orphanWritesIntoUpload), let id = file(at: dst), files[id]!.queued != nil && files[id]!.writers > 0 {
                 return .orphanWritesIntoUpload
             }
-            if open.contains(.droppedUploadConflicts), let id = file(at: dst), files[id]!.queued != nil, files[id]!.handles > 0,
+            if open.contains(.droppedUploadConflicts), let id = file(at: dst), files[id]!.queued != nil,
                epoch[dst, default: 0] > files[id]!.baseEpoch {
                 return .droppedUploadConflicts
             }
@@ -128,7 +128,7 @@ extension Model {
         default: break
         }
         if case .unlink(let path) = s, open.contains(.droppedUploadConflicts), expect(s) == .ok, let id = file(at: path),
-           files[id]!.queued != nil, files[id]!.handles > 0, epoch[path, default: 0] > files[id]!.baseEpoch {
+           files[id]!.queued != nil, epoch[path, default: 0] > files[id]!.baseEpoch {
             return .droppedUploadConflicts
         }
         return nil
