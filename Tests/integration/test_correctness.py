@@ -343,6 +343,27 @@ def test_flush_while_another_process_writes_does_not_upload_the_partial_file(ser
     assert len(s3_bytes(server, bucket, "partial.pt")) == 4 * MiB
 
 
+def test_a_close_by_another_thread_of_the_writer_acknowledges_and_flush_uploads_it(server, bucket, mounts):
+    """close() by any thread of the process that opened the file acknowledges it, also while a duplicate of the
+    descriptor keeps the file open (no release yet): `ckptfs flush` then makes that state durable, not the
+    bytes written after it. A close by another process (a child's inherited copy) acknowledges nothing (the
+    test above)."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    a, b = os.urandom(2 * MiB + 5), os.urandom(MiB)
+    fd = os.open(f"{mp}/ckpt.pt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.write(fd, a)
+    keep = os.dup(fd)
+    t = threading.Thread(target=os.close, args=(fd,))
+    t.start()
+    t.join()
+    os.write(keep, b)  # the writer goes on through its duplicate: not acknowledged
+    flush(mounts, mp)
+    assert sha(s3_bytes(server, bucket, "ckpt.pt")) == sha(a)
+    os.close(keep)
+    flush(mounts, mp)
+    assert sha(s3_bytes(server, bucket, "ckpt.pt")) == sha(a + b)
+
+
 def test_a_write_that_failed_on_a_full_cache_disk_is_never_uploaded(server, bucket, mounts, tmp_path):
     tiny = tmp_path / "tiny"
     tiny.mkdir()
