@@ -291,6 +291,30 @@ def test_rotation_never_leaves_s3_without_a_checkpoint(server, bucket, mounts):
     assert status(mounts, mp)["writeBack"]["pendingDeletes"] == 0
 
 
+def test_rotation_faster_than_uploads_applies_every_delete(server, bucket, mounts):
+    """Checkpoints saved (temp, rename) faster than they upload, each save deleting the one two before it: the
+    deletes of files never uploaded found each other's withdrawn uploads before them and waited for each other
+    for ever (flush never returned; the old names stayed in S3). Every delete is applied and the last two
+    checkpoints land byte-exact."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    kept = {}
+    for step in range(6):
+        data = os.urandom(MiB * (step + 1))
+        with open(f"{mp}/ckpt-{step}.pt.tmp", "wb") as f:
+            f.write(data)
+        os.replace(f"{mp}/ckpt-{step}.pt.tmp", f"{mp}/ckpt-{step}.pt")
+        kept[f"ckpt-{step}.pt"] = sha(data)
+        if step >= 2:
+            os.unlink(f"{mp}/ckpt-{step - 2}.pt")
+            del kept[f"ckpt-{step - 2}.pt"]
+    r = mounts.run("flush", mp, "--timeout", "60", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(s3_keys(server, bucket)) == sorted(kept)
+    for k, h in kept.items():
+        assert sha(s3_bytes(server, bucket, k)) == h, k
+    assert status(mounts, mp)["writeBack"]["pendingDeletes"] == 0
+
+
 def test_deletes_wait_for_the_uploads_before_them_but_not_for_later_ones(server, bucket, mounts, proxy):
     server.s3.put_object(Bucket=bucket, Key="old.pt", Body=b"old")
     proxy.hold(UPLOADS)  # uploads only: a delete would pass

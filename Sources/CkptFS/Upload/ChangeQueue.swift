@@ -86,9 +86,29 @@ final class ChangeQueue: Sendable {
         /// withdrawal for the upload it was waiting for, or S3 would hold neither checkpoint until ckpt-2 lands.
         var heldUploads: [UInt64: UInt64] = [:]
 
-        /// The lowest open upload job a delete `id` waits for (not counting those it holds itself).
-        func lowestOpenJob(forDelete id: UInt64) -> UInt64 {
-            openUploads.keys.filter { heldUploads[$0] != id }.min() ?? .max
+        /// The deletes at their barrier that may go now, removed from `barrier`. A delete goes once every upload
+        /// job queued before it has closed, or is held open only by deletes that go now too (itself, or another
+        /// whose withdrawn job it would otherwise wait for: save b, save c, unlink c, unlink b — each delete finds
+        /// the other's withdrawn upload before it, and they go together rather than wait for each other for
+        /// ever). Those that go form the deletes at their barrier below one job number: the lowest open job that
+        /// is not held by one of them.
+        mutating func passBarriers() -> [CheckedContinuation<Void, Never>] {
+            guard !barrier.isEmpty else { return [] }
+            let atBarrier = Dictionary(uniqueKeysWithValues: barrier.map { ($0.key, $0.value.job) })
+            // Jobs not held by a delete at its barrier block every delete after them.
+            var below = openUploads.keys.filter { heldUploads[$0].flatMap { atBarrier[$0] } == nil }.min() ?? .max
+            // A job held by a delete that cannot go (its own job is not below the bound) blocks too.
+            while let blocking = openUploads.keys.filter({ j in
+                j < below && heldUploads[j].flatMap({ atBarrier[$0] }).map({ $0 >= below }) == true
+            }).min() {
+                below = blocking
+            }
+            var ready: [CheckedContinuation<Void, Never>] = []
+            for (id, w) in barrier where w.job < below {
+                ready.append(w.c)
+                barrier.removeValue(forKey: id)
+            }
+            return ready
         }
 
         /// Drops the deletes of `key` that have not started (an upload or a direct write replaces them).
@@ -182,12 +202,7 @@ extension WriteBack {
     func closeUploadJobs() {
         let ready = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
             u.openUploads = u.openUploads.filter { u.heldUploads[$0.key] != nil || !carrier(of: $0.value).isSettled }
-            var ready: [CheckedContinuation<Void, Never>] = []
-            for (id, w) in u.barrier where w.job < u.lowestOpenJob(forDelete: id) {
-                ready.append(w.c)
-                u.barrier.removeValue(forKey: id)
-            }
-            return ready
+            return u.passBarriers()
         }
         for c in ready { c.resume() }
     }
@@ -316,13 +331,12 @@ extension WriteBack {
     /// replaced it meanwhile), retrying until S3 accepts it.
     func runDelete(id: UInt64) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = changes.state.withLock { u -> Bool in
-                guard let d = u.deletes[id], !d.cancelled else { return true }
-                if u.lowestOpenJob(forDelete: id) > d.job { return true }
+            let ready = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
+                guard let d = u.deletes[id], !d.cancelled else { return [c] }
                 u.barrier[id] = (d.job, c)
-                return false
+                return u.passBarriers()  // this one, and any waiting only for the jobs it holds
             }
-            if now { c.resume() }
+            for r in ready { r.resume() }
         }
         // Past its barrier (or cancelled): the upload jobs it held for the deletes after them are released.
         let held = changes.state.withLock { u -> Bool in
