@@ -113,11 +113,14 @@ final class Namespace: WriteBackNotices {
     func observing<T: Sendable, L>(_ request: () async throws(FSError) -> T,
                                    local: (T) -> L) async throws(FSError) -> (T, L, ChangesInFlight.Seen) {
         let ticket = inFlight.withLock { $0.begin() }
-        let answer = await capture(request)
-        let localState = (try? answer.get()).map(local)
-        let seen = inFlight.withLock { $0.end(ticket) }
-        let value = try answer.get()
-        return (value, localState!, seen)
+        switch await capture(request) {
+        case .failure(let error):
+            _ = inFlight.withLock { $0.end(ticket) }
+            throw error
+        case .success(let value):
+            let localState = local(value)
+            return (value, localState, inFlight.withLock { $0.end(ticket) })
+        }
     }
 
     /// The keys and prefixes of `page` that a queued delete hides.
