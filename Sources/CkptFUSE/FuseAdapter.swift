@@ -116,6 +116,16 @@ public final class FuseAdapter: Sendable {
 
     /// Replies EROFS and returns true once the mount stopped accepting changes (the drain before an unmount
     /// is over): a change made then is refused, never acknowledged and left behind.
+    /// The process (thread group) whose thread sent `req`, or 0 when that cannot be told: the kernel gives the
+    /// calling thread's id (in the daemon's pid namespace; 0 from outside it), and /proc/TID/status its Tgid.
+    static func process(_ req: fuse_req_t?) -> pid_t {
+        guard let tid = fuse_req_ctx(req)?.pointee.pid, tid > 0,
+              let status = try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Tgid:") }),
+              let tgid = pid_t(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) else { return 0 }
+        return tgid
+    }
+
     static func refused(_ req: fuse_req_t?) -> Bool {
         guard !adapter(req).gate.acceptsChanges else { return false }
         fuse_reply_err(req, EROFS)
@@ -175,6 +185,7 @@ public final class FuseAdapter: Sendable {
             let flags = fi!.pointee.flags
             let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
             if write && FuseAdapter.refused(req) { return }
+            let opener = write ? FuseAdapter.process(req) : 0
             let boxed = UnsafeSendable(fi!.pointee)
             FuseAdapter.async(req, "open") { a, r throws(FSError) in
                 let req = r.value
@@ -185,7 +196,7 @@ public final class FuseAdapter: Sendable {
                 // be mapped (mmap must keep working): the shim learned that at INIT.
                 let direct = o.directIO && ckpt_fuse_direct_io_mmap() == 1
                 ckpt_fuse_fi_set(&copy, h, o.keepCache ? 1 : 0, direct ? 1 : 0)
-                if write { a.gate.opened(writer: h) }
+                if write { a.gate.opened(writer: h, by: opener) }
                 if fuse_reply_open(req, &copy) != 0 {
                     a.gate.released(h)
                     a.fs.release(handle: h)
@@ -196,6 +207,7 @@ public final class FuseAdapter: Sendable {
             if FuseAdapter.refused(req) { return }
             let n = String(cString: name!)
             let flags = fi!.pointee.flags
+            let opener = FuseAdapter.process(req)
             let boxed = UnsafeSendable(fi!.pointee)
             FuseAdapter.async(req, "create") { a, r throws(FSError) in
                 let req = r.value
@@ -203,7 +215,7 @@ public final class FuseAdapter: Sendable {
                 var e = a.entry(attr)
                 var copy = boxed.value
                 ckpt_fuse_fi_set(&copy, h, 0, 0)
-                a.gate.opened(writer: h)
+                a.gate.opened(writer: h, by: opener)
                 if fuse_reply_create(req, &e, &copy) != 0 {
                     a.gate.released(h)
                     a.fs.release(handle: h)
@@ -231,10 +243,17 @@ public final class FuseAdapter: Sendable {
         ops.flush = { req, _, fi in
             // close(): returns once the data and its journal record are on local disk. After the drain, a
             // writer's close is refused: what it wrote since the drain ended is not acknowledged.
+            // A close by another process than the opener (an inherited copy of the descriptor) acknowledges
+            // nothing (WriteGate.closeAcknowledges).
             let a = FuseAdapter.adapter(req)
-            if a.gate.isWriter(fi!.pointee.fh) && FuseAdapter.refused(req) { return }
+            let h = fi!.pointee.fh
+            if a.gate.isWriter(h) && FuseAdapter.refused(req) { return }
+            if a.gate.isWriter(h) && !a.gate.closeAcknowledges(h, by: FuseAdapter.process(req)) {
+                fuse_reply_err(req, 0)
+                return
+            }
             do throws(FSError) {
-                try a.fs.flush(handle: fi!.pointee.fh)
+                try a.fs.flush(handle: h)
                 fuse_reply_err(req, 0)
             } catch {
                 a.replyError(req, error, "flush")

@@ -1,5 +1,6 @@
 // What the adapter needs to stop a mount without losing a write: it knows which handles are open for
-// writing (so a drain can wait for the last save to close) and, once the drain is over, refuses every
+// writing, and by which process (so a drain can wait for the last save to close, and a close by another
+// process is told from the writer's own), and, once the drain is over, refuses every
 // change with EROFS until the unmount, so a save made then fails visibly instead of being acknowledged and
 // never uploaded — or, after the unmount, landing in the directory underneath.
 import Foundation
@@ -8,7 +9,8 @@ import Synchronization
 /// The handles open for writing through one mount, and whether changes are still accepted.
 public final class WriteGate: Sendable {
     private struct State {
-        var writers: Set<UInt64> = []
+        /// Handles open for writing, with the process that opened each (0: not known).
+        var writers: [UInt64: pid_t] = [:]
         var closed = false
         /// Drains waiting for `writers` to become empty, by id (so a timed-out wait can remove itself).
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
@@ -28,13 +30,23 @@ public final class WriteGate: Sendable {
     /// fsync of a handle open for writing): called when the drain before an unmount is over.
     public func close() { state.withLock { $0.closed = true } }
 
-    func opened(writer handle: UInt64) { _ = state.withLock { $0.writers.insert(handle) } }
+    func opened(writer handle: UInt64, by process: pid_t) { state.withLock { $0.writers[handle] = process } }
 
-    func isWriter(_ handle: UInt64) -> Bool { state.withLock { $0.writers.contains(handle) } }
+    func isWriter(_ handle: UInt64) -> Bool { state.withLock { $0.writers[handle] != nil } }
+
+    /// Whether a close() of `handle` by `process` (0: not known) acknowledges what was written: a close by the
+    /// process that opened it does (any of its threads, or a descriptor it duplicated); a close of an
+    /// inherited copy of the descriptor by another process does not, for that process is not the writer: a
+    /// child exiting, or one closing its descriptors before exec (every fork+exec of a program, `subprocess`
+    /// among them, while a save is open). The writer's own close, or the last release, acknowledges later.
+    func closeAcknowledges(_ handle: UInt64, by process: pid_t) -> Bool {
+        guard process != 0, let opener = state.withLock({ $0.writers[handle] }), opener != 0 else { return true }
+        return opener == process
+    }
 
     func released(_ handle: UInt64) {
         let wake = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            guard s.writers.remove(handle) != nil, s.writers.isEmpty else { return [] }
+            guard s.writers.removeValue(forKey: handle) != nil, s.writers.isEmpty else { return [] }
             defer { s.waiters = [:] }
             return Array(s.waiters.values)
         }

@@ -7,7 +7,8 @@
 // `RetryPolicy` says: capped exponential backoff and full jitter, `maxAttempts` in all. This loop is the
 // only place an S3 request is sent again; the transport below never retries. A clock-skew error is
 // retried once with the server's clock, and one rejected as ExpiredToken after a credentials refresh (at most twice)
-// (neither counts as an attempt). Credentials are read from the provider for each request. Nothing here
+// (neither counts as an attempt); an answer to HEAD, which has no body to tell its error code, counts as the one
+// (403 with a Date header off by more than 5 minutes) or the other (400, with refreshable credentials). Credentials are read from the provider for each request. Nothing here
 // logs or returns a secret.
 import CkptDigest
 import CkptHTTP
@@ -168,8 +169,16 @@ public final class S3Client: ObjectClient {
                     }
                 } else {
                     error = S3Error.from(response: response, operation: r.operation, bucket: r.bucket, key: r.key)
-                    if error.code == .requestTimeTooSkewed, !skewRetried,
-                       let serverDate = response.header("date").flatMap(S3Date.parseRFC1123) {
+                    // An answer to HEAD has no body, so its error code is not known (S3 sends no x-amz-error-code):
+                    // a 403 there may be RequestTimeTooSkewed (told by the Date header), a 400 ExpiredToken or
+                    // InvalidToken (both 400 in S3's error code list).
+                    let codeUnknown = response.body.isEmpty && response.header("x-amz-error-code") == nil
+                    let serverDate = response.header("date").flatMap(S3Date.parseRFC1123)
+                    let skewed = error.code == .requestTimeTooSkewed
+                        || (codeUnknown && response.status == 403 && serverDate.map { abs($0.timeIntervalSinceNow) > 300 } == true)
+                    let tokenRejected = error.code == .expiredToken || error.s3Code == "InvalidToken"
+                        || (codeUnknown && response.status == 400)
+                    if skewed, !skewRetried, let serverDate {
                         skewRetried = true
                         clockOffset.withLock { $0 = serverDate.timeIntervalSince(Date()) }
                         logger.warning("clock skew: adjusting request time by the server's clock",
@@ -177,9 +186,9 @@ public final class S3Client: ObjectClient {
                         attempt -= 1
                         continue
                     }
-                    // Temporary credentials that S3 no longer accepts: refresh once and send again (botocore
+                    // Temporary credentials that S3 no longer accepts: refresh and send again (botocore
                     // does the same for ExpiredToken / InvalidToken / RequestExpired).
-                    if (error.code == .expiredToken || error.s3Code == "InvalidToken"), tokenRefreshes < 2,
+                    if tokenRejected, tokenRefreshes < 2,
                        let provider = configuration.credentialsProvider, provider.source.canRefresh {
                         tokenRefreshes += 1
                         logger.notice("credentials rejected as expired; refreshing and retrying",

@@ -613,4 +613,67 @@ final class WriteBackTests: XCTestCase {
             XCTAssertEqual(got, data)
         }
     }
+
+    // MARK: Acknowledged but not queued yet
+
+    /// close() (FUSE FLUSH) acknowledges a file; the version is queued for upload at the last writer's RELEASE,
+    /// which the kernel sends after close() has returned, asynchronously: `ckptfs flush` right after close()
+    /// can reach the daemon first. It must wait for what close() acknowledged (it returned at once, and S3
+    /// kept the old bytes: the safe-save test's failure under load).
+    func testAFlushBeforeTheReleaseWaitsForWhatCloseAcknowledged() async throws {
+        let fs = try make()
+        _ = s3.seed(bucket, "t", Array("previous version".utf8))
+        let first = pattern(3 << 20 + 17), more = pattern(100_000, seed: 9)
+        let h = try await writeOpen(fs, "t.tmp", first)
+        try await fs.fsync(handle: h)  // durable: the upload of t.tmp lands
+        try await fs.rename(parent: FileSystem.rootIno, name: "t.tmp", newParent: FileSystem.rootIno, newName: "t", flags: 0)
+        try await put(fs, h, more, at: Int64(first.count))
+        try fs.flush(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))  // before the release
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let got = try await object("t")
+        XCTAssertEqual(got.count, first.count + more.count)
+        XCTAssertTrue(got == first + more, "S3 holds \(got == first ? "the bytes before the write after the rename" : "other bytes")")
+        fs.release(handle: h)
+        let after = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(after.isEmpty, "\(after)")
+        let final = try await object("t")
+        XCTAssertTrue(final == first + more)
+    }
+
+    /// The same for a new file closed once: nothing was queued when the flush came.
+    func testAFlushBeforeTheReleaseUploadsANewFileCloseAcknowledged() async throws {
+        let fs = try make()
+        let data = pattern(200_000)
+        let h = try await writeOpen(fs, "n.bin", data)
+        try fs.flush(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let got = try? await object("n.bin")
+        XCTAssertTrue(got == data, "close() acknowledged n.bin but the flush returned without it in S3")
+        fs.release(handle: h)
+        let after = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(after.isEmpty, "\(after)")
+        XCTAssertEqual(s3.count("PutObject"), 1, "the release queues nothing more")
+    }
+
+    /// A close() of a duplicate descriptor acknowledges the file while the writer goes on writing (into a copy):
+    /// the acknowledged version is what a flush makes durable; the bytes written after it are not uploaded.
+    func testAFlushWhileTheWriterGoesOnMakesTheAcknowledgedVersionDurable() async throws {
+        let fs = try make()
+        let acked = pattern(300_000), later = pattern(50_000, seed: 4)
+        let h = try await writeOpen(fs, "ckpt.pt", acked)
+        try fs.flush(handle: h)  // a child process closes its copy of the descriptor
+        try await put(fs, h, later, at: Int64(acked.count))  // the writer goes on
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let got = try? await object("ckpt.pt")
+        XCTAssertTrue(got == acked, "the acknowledged version must be in S3 after the flush (got \(got?.count ?? -1) bytes)")
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+        let after = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(after.isEmpty, "\(after)")
+        let final = try await object("ckpt.pt")
+        XCTAssertTrue(final == acked + later)
+    }
 }

@@ -306,7 +306,8 @@ final class CredentialSourcesTests: XCTestCase {
     }
 
     /// Credentials valid 16 s are refreshed by the timer at half-life while requests keep going; a token the
-    /// server revokes is refreshed and the request retried once; no request fails.
+    /// server revokes is refreshed and the request retried, also a HEAD (whose answer has no error code); no
+    /// request fails.
     func testRefreshBeforeExpiryAndAfterExpiredToken() async throws {
         let s = try CredentialStandIn(["--lifetime", "16", "--rotate"])
         let env = try baseEnv(["AWS_CONTAINER_CREDENTIALS_FULL_URI": s.url + "/container/credentials"])
@@ -340,6 +341,11 @@ final class CredentialSourcesTests: XCTestCase {
         _ = try await client.listObjectsV2("bucket", prefix: nil, delimiter: nil, continuationToken: nil, startAfter: nil, maxKeys: 5)
         st = try s.stats()
         XCTAssertEqual(st.s3_rejected["ExpiredToken"], 1)
+        // Again, for HEAD: its answer has no body to say ExpiredToken, only 400 (a lookup failed with EIO so).
+        try s.control("expire")
+        let info = try await client.headObject("bucket", "ckpt/1")
+        XCTAssertEqual(info.size, Int64("checkpoint 1".utf8.count))
+        XCTAssertEqual(try s.stats().s3_rejected["ExpiredToken"], 2)
         provider.shutdown()
     }
 }

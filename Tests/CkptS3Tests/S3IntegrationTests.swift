@@ -363,6 +363,26 @@ final class RetryIntegrationTests: XCTestCase {
         }
     }
 
+    /// A clock an hour off: the request is sent again once with the server's clock (from its Date header), also
+    /// a HEAD, whose 403 has no body to say RequestTimeTooSkewed; a plain AccessDenied is not sent again.
+    func testClockSkewIsCorrectedFromTheDateHeaderAlsoForHead() async throws {
+        let server = try FaultServer()
+        let s3 = try server.client(retry: fast)
+        let info = try await s3.headObject("b", "skewed-1/head")
+        XCTAssertEqual(info.size, 1000)
+        XCTAssertEqual(try server.requestCount("/b/skewed-1/head"), 2)
+        let (_, body) = try await s3.getObject("b", "skewed-1/get")
+        XCTAssertEqual(body.count, 1000)
+        XCTAssertEqual(try server.requestCount("/b/skewed-1/get"), 2)
+        do {
+            _ = try await s3.headObject("b", "denied/head")
+            XCTFail("denied")
+        } catch {
+            XCTAssertEqual(error.httpStatus, 403)
+        }
+        XCTAssertEqual(try server.requestCount("/b/denied/head"), 1)
+    }
+
     func testGivesUpAfterMaxAttemptsAndSaysSo() async throws {
         let server = try FaultServer()
         let s3 = try server.client(retry: fast)

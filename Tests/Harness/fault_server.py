@@ -9,6 +9,8 @@ misbehave before answering properly, so each test uses its own counter:
     /bucket/reset-N/...      close the connection without answering, N times
     /bucket/flaky-N/...      N times, alternately 503 SlowDown and 200 with an <Error> body (InternalError), as
                              CompleteMultipartUpload and the copy operations may answer; then the good answer
+    /bucket/skewed-N/...     403 RequestTimeTooSkewed with a Date header an hour ahead, N times (to HEAD: no
+                             body, so only the status and the Date header tell)
     /bucket/denied/...       403 AccessDenied always (must not be retried)
     /bucket/stall/...        send headers and 10 bytes, then nothing for 30 s
     /echo/...                answer with "LENGTH SHA256" of the request body
@@ -47,7 +49,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_POST = do_PUT
 
+    skew = 0
+
+    def date_time_string(self, timestamp=None):
+        import time
+        return super().date_time_string((timestamp or time.time()) + self.skew)
+
     def do_GET(self):
+        self.skew = 0
         path = self.path.split("?")[0]
         if path.startswith("/_count/"):
             body = str(counts[path[len("/_count"):]]).encode()
@@ -69,6 +78,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if kind == "denied":
             return self.error(403, "AccessDenied", "Access Denied")
         if seen <= times:
+            if kind == "skewed":
+                self.skew = 3600
+                return self.error(403, "RequestTimeTooSkewed",
+                                  "The difference between the request time and the current time is too large.")
             if kind == "slowdown":
                 return self.error(503, "SlowDown", "Please reduce your request rate.")
             if kind == "internal":

@@ -14,15 +14,20 @@ State, set over the control port (JSON; `FaultProxy` below is the client the tes
   POST /hold     {"ops": [...]}   requests of these operations are not forwarded until /release; the
                                   request stays open, so the client sees an upload in flight
   POST /release                   forwards what is held (for clients still connected) and holds no more
+  POST /hold-answers {"ops": [...]}  answers of these operations are received whole from the server and
+                                  kept from the client until /release-answers: the client reads, late, what
+                                  S3 answered before the changes made meanwhile
+  POST /release-answers           relays the answers kept and keeps no more
   POST /kill     {"pid": P, "ops": [...], "at": "request" | "response", "nth": N}
                  at=request:  when the Nth request of `ops` (counted from now) arrives, SIGKILL P; that
                               request is not forwarded
                  at=response: when the Nth successful (2xx) response of `ops` (counted from now) has been
                               received from the server, SIGKILL P; that response is not relayed
-  GET  /stats    {"requests": {op: n}, "responses": {op: [status, ...]}, "held": n, "heldTotal": n,
+  GET  /stats    {"requests": {op: n}, "responses": {op: [status, ...]}, "held": n, "heldAnswers": n, "heldTotal": n,
                   "dropped": n, "kills": [{"pid", "op", "at", "nth", "status"}], "armed": n}
-  POST /wait     {"held": n, "kills": n, "requests": {op: n}, "timeout": s}   answers (the stats and
-                 "satisfied") as soon as at least that many requests are held, kills done, requests seen,
+  POST /wait     {"held": n, "heldAnswers": n, "kills": n, "requests": {op: n}, "timeout": s}   answers (the
+                 stats and "satisfied") as soon as at least that many requests (answers) are held, kills done,
+                 requests seen,
                  or after `timeout` seconds
 A held request whose client goes away is dropped, never forwarded later. Listens on 127.0.0.1 only.
 """
@@ -136,6 +141,9 @@ class Proxy:
         self.responses = {}
         self.held = 0
         self.held_total = 0
+        self.hold_answer_ops = set()
+        self.answers_released = asyncio.Event()
+        self.held_answers = 0
         self.dropped = 0
         self.kills = []
         self.changed = asyncio.Event()  # set (and replaced) whenever a count changes
@@ -146,10 +154,12 @@ class Proxy:
 
     def stats(self):
         return {"requests": self.requests, "responses": self.responses, "held": self.held,
+                "heldAnswers": self.held_answers,
                 "heldTotal": self.held_total, "dropped": self.dropped, "kills": self.kills, "armed": len(self.rules)}
 
     def satisfies(self, want):
-        return (self.held >= want.get("held", 0) and len(self.kills) >= want.get("kills", 0)
+        return (self.held >= want.get("held", 0) and self.held_answers >= want.get("heldAnswers", 0)
+                and len(self.kills) >= want.get("kills", 0)
                 and all(self.requests.get(op, 0) >= n for op, n in want.get("requests", {}).items()))
 
     async def wait(self, want):
@@ -243,7 +253,25 @@ class Proxy:
                 closes = rheaders.get("connection", "").lower() == "close" or (
                     not bodiless and "content-length" not in rheaders
                     and "chunked" not in rheaders.get("transfer-encoding", "").lower())
-                if 200 <= status < 300 and any(r["at"] == "response" and op in r["ops"] for r in self.rules):
+                if op in self.hold_answer_ops and not self.answers_released.is_set():
+                    # Received whole, and kept until /release-answers.
+                    kept = []
+
+                    async def keep_answer(data):
+                        kept.append(data)
+
+                    if not bodiless:
+                        await copy_body(sreader, rheaders, keep_answer, until_close=True)
+                    self.held_answers += 1
+                    self.notify()
+                    try:
+                        await self.answers_released.wait()
+                    finally:
+                        self.held_answers -= 1
+                        self.notify()
+                    cwriter.write(rhead + b"".join(kept))
+                    await cwriter.drain()
+                elif 200 <= status < 300 and any(r["at"] == "response" and op in r["ops"] for r in self.rules):
                     # Received whole, then (perhaps) the kill: the client never sees this answer.
                     buffered = []
 
@@ -320,6 +348,13 @@ class Proxy:
             elif path == "/release":
                 self.released.set()
                 self.hold_ops = set()
+            elif path == "/hold-answers":
+                self.hold_answer_ops = set(args["ops"])
+                if self.answers_released.is_set():
+                    self.answers_released = asyncio.Event()
+            elif path == "/release-answers":
+                self.answers_released.set()
+                self.hold_answer_ops = set()
             elif path == "/kill":
                 self.rules.append({"pid": int(args["pid"]), "ops": set(args["ops"]), "at": args["at"],
                                    "nth": int(args.get("nth", 1)), "seen": 0})
@@ -380,6 +415,14 @@ class FaultProxy:
     def release(self):
         return self._call("/release", {})
 
+    def hold_answers(self, ops):
+        """Answers of `ops` are received from S3 and kept from the client until `release_answers`: the client
+        reads what S3 answered before whatever happens meanwhile."""
+        return self._call("/hold-answers", {"ops": list(ops)})
+
+    def release_answers(self):
+        return self._call("/release-answers", {})
+
     def kill_on_request(self, pid, ops, nth=1):
         """SIGKILL `pid` when the `nth` request of `ops` from now arrives; that request never reaches S3."""
         return self._call("/kill", {"pid": pid, "ops": list(ops), "at": "request", "nth": nth})
@@ -392,11 +435,11 @@ class FaultProxy:
     def stats(self):
         return self._call("/stats")
 
-    def wait(self, held=0, kills=0, requests=None, timeout=30):
-        """Blocks until at least `held` requests are held, `kills` kills done and `requests` ({op: n}) seen;
-        True if so, False after `timeout` seconds."""
-        return self._call("/wait", {"held": held, "kills": kills, "requests": requests or {}, "timeout": timeout},
-                          timeout=timeout + 10)["satisfied"]
+    def wait(self, held=0, kills=0, requests=None, timeout=30, held_answers=0):
+        """Blocks until at least `held` requests and `held_answers` answers are held, `kills` kills done and
+        `requests` ({op: n}) seen; True if so, False after `timeout` seconds."""
+        return self._call("/wait", {"held": held, "heldAnswers": held_answers, "kills": kills,
+                                    "requests": requests or {}, "timeout": timeout}, timeout=timeout + 10)["satisfied"]
 
     def close(self):
         if self.process.poll() is None:

@@ -532,15 +532,9 @@ def test_s_write_parts(server, bucket, mounts):
 
 # Durability
 
-def test_s_dur_fsync_local(server, bucket, mounts, proxy):
-    proxy.hold()  # uploads are held at the S3 fault proxy
-    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--fsync", "local")
-    pid = daemon_pid(mp)  # now: no process may be started while the file is open (see S-DUR-CLOSE-DUP)
-    fd = os.open(f"{mp}/ckpt", os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, b"acknowledged by fsync")
-    os.fsync(fd)  # returns although uploads are held
-    os.write(fd, b", and not this")  # never acknowledged: the daemon dies first
-    assert s3_keys(server, bucket) == []
+def crash_and_remount(mounts, bucket, mp, cache, pid, fd):
+    """kill -9 of the daemon `pid` while `fd` is open, then a mount with the same cache (which recovers what was
+    acknowledged) and a flush. Returns the mountpoint."""
     os.kill(pid, signal.SIGKILL)
     kill9_cleanup(mp)
     mounts.active.remove(mp)
@@ -550,6 +544,19 @@ def test_s_dur_fsync_local(server, bucket, mounts, proxy):
         pass  # the daemon is gone
     mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
     flush(mounts, mp)
+    return mp
+
+
+def test_s_dur_fsync_local(server, bucket, mounts, proxy):
+    proxy.hold()  # uploads are held at the S3 fault proxy
+    mp, cache = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--fsync", "local")
+    pid = daemon_pid(mp)
+    fd = os.open(f"{mp}/ckpt", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"acknowledged by fsync")
+    os.fsync(fd)  # returns although uploads are held
+    os.write(fd, b", and not this")  # never acknowledged: the daemon dies first
+    assert s3_keys(server, bucket) == []
+    mp = crash_and_remount(mounts, bucket, mp, cache, pid, fd)
     assert s3_bytes(server, bucket, "ckpt") == b"acknowledged by fsync"
 
 
@@ -558,20 +565,19 @@ def test_s_dur_close_dup(server, bucket, mounts):
     pid = daemon_pid(mp)
     fd = os.open(f"{mp}/ckpt", os.O_WRONLY | os.O_CREAT, 0o644)  # O_CLOEXEC, as Python opens files
     os.write(fd, b"before the child")
-    subprocess.run(["true"], check=True)  # its exec closes its copy of the descriptor: a close()
+    subprocess.run(["true"], check=True)  # its exec closes its copy of the descriptor: a close() by another process
     os.write(fd, b", after the child")
-    nothing_happens_for_a_second()
-    assert s3_keys(server, bucket) == [], "a close of a duplicate queued an upload while the file is open"
-    os.kill(pid, signal.SIGKILL)
-    kill9_cleanup(mp)
-    mounts.active.remove(mp)
-    try:
-        os.close(fd)
-    except OSError:
-        pass  # the daemon is gone
-    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
     flush(mounts, mp)
-    assert s3_bytes(server, bucket, "ckpt") == b"before the child"
+    assert s3_keys(server, bucket) == [], "a child's close of its copy acknowledged the save in progress"
+    mp = crash_and_remount(mounts, bucket, mp, cache, pid, fd)
+    assert s3_keys(server, bucket) == [] and os.listdir(mp) == [], "nothing was acknowledged, nothing comes back"
+    # The writer's own duplicate does acknowledge: its state survives the crash, not the bytes after it.
+    fd = os.open(f"{mp}/ckpt", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"acknowledged")
+    os.close(os.dup(fd))
+    os.write(fd, b", not acknowledged")
+    mp = crash_and_remount(mounts, bucket, mp, cache, daemon_pid(mp), fd)
+    assert s3_bytes(server, bucket, "ckpt") == b"acknowledged"
 
 
 def test_s_dur_flush_prompt(server, bucket, mounts):

@@ -20,6 +20,10 @@ final class DirHandle: Sendable {
         var metas: [String: Meta] = [:]
         var token: String? = nil
         var done = false
+        /// Entries that this mount's own changes made or removed while a page was in flight (ChangesInFlight).
+        var missed: [String: KeyChange] = [:]
+        /// A page missed a change whose outcome is not known here: the listing is not kept for lookups.
+        var unsure = false
     }
     let ino: UInt64
     let key: String
@@ -167,19 +171,24 @@ extension Namespace {
         let token = d.state.withLock { $0.token }
         if d.state.withLock({ $0.done }) { return }
         counters.withLock { $0.lists += 1 }
-        let page: ListObjectsPage
-        do {
-            page = try await client.listObjectsV2(bucket, prefix: d.key.isEmpty ? nil : d.key, delimiter: "/",
-                                                  continuationToken: token, startAfter: nil, maxKeys: nil)
-        } catch { throw FSError(error, during: .other) }
-        let localChildren = page.isTruncated ? [] : overlay.localChildren(of: d.key)
+        // What changed while the page was in flight is either still local (hidden, a local file) or in `seen`.
+        let (page, (hidden, localChildren), seen) = try await observing({ () async throws(FSError) -> ListObjectsPage in
+            try await s3(.other) { () async throws(S3Error) in
+                try await client.listObjectsV2(bucket, prefix: d.key.isEmpty ? nil : d.key, delimiter: "/",
+                                               continuationToken: token, startAfter: nil, maxKeys: nil)
+            }
+        }, local: { page in (hiddenKeys(page), page.isTruncated ? [] : overlay.localChildren(of: d.key)) })
+        let endSeq = inFlight.withLock { $0.current }
+        let missed = seen.children(of: d.key)
         // Stored mtimes HEADs found for these versions before (an expired listing may still be at hand).
         let known: [String: Meta] = table.withLock { $0.listings[d.ino]?.entries ?? [:] }
         let listing: [String: Meta]? = d.state.withLock { s in
             guard s.token == token, !s.done else { return nil }  // another reader fetched it meanwhile
+            for (child, change) in missed { s.missed[child] = change }
             for p in page.commonPrefixes {
                 let name = String(p.dropFirst(d.key.count).dropLast())
-                guard Namespace.validName(name), !overlay.isHidden(p) else { continue }
+                guard Namespace.validName(name), !hidden.contains(p) else { continue }
+                if case .absent = missed[name + "/"] { continue }  // deleted while the page was in flight
                 let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime)
                 if let at = s.position[name] {
                     s.kinds[at] = true  // a prefix and an object of the same name: the directory wins
@@ -192,20 +201,45 @@ extension Namespace {
             }
             for o in page.objects {
                 let name = String(o.key.dropFirst(d.key.count))
-                guard Namespace.validName(name), s.position[name] == nil, !overlay.isHidden(o.key) else { continue }
+                guard Namespace.validName(name), s.position[name] == nil, !hidden.contains(o.key) else { continue }
+                var meta: Meta
+                switch missed[name] {
+                case .absent: continue  // deleted while the page was in flight
+                case .present(let m): meta = m  // replaced by an upload that landed meanwhile
+                case .changed:
+                    s.unsure = true
+                    meta = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime, mtimeKnown: false)
+                case nil:
+                    if let k = known[name], k.mtimeKnown, !k.isDirectory, k.etag == o.etag, k.size == o.size {
+                        meta = k
+                    } else {
+                        meta = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime,
+                                    mtimeKnown: !options.storedMtimes)
+                    }
+                }
                 s.position[name] = s.names.count
                 s.names.append(name)
                 s.kinds.append(false)
-                if let k = known[name], k.mtimeKnown, !k.isDirectory, k.etag == o.etag, k.size == o.size {
-                    s.metas[name] = k
-                } else {
-                    s.metas[name] = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime,
-                                         mtimeKnown: !options.storedMtimes)
-                }
+                s.metas[name] = meta
             }
             s.token = page.isTruncated ? page.nextContinuationToken : nil
             s.done = !page.isTruncated
             if s.done {
+                // Made by this mount while a page was in flight, and not in its answer.
+                for (child, change) in s.missed {
+                    let isDirectory = child.hasSuffix("/")
+                    let name = isDirectory ? String(child.dropLast()) : child
+                    switch change {
+                    case .changed: s.unsure = true
+                    case .absent: break
+                    case .present(let m):
+                        guard Namespace.validName(name), s.position[name] == nil else { continue }
+                        s.position[name] = s.names.count
+                        s.names.append(name)
+                        s.kinds.append(isDirectory)
+                        s.metas[name] = isDirectory ? Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime) : m
+                    }
+                }
                 // Files created here and not uploaded yet.
                 for (name, meta) in localChildren where s.position[name] == nil {
                     s.position[name] = s.names.count
@@ -214,14 +248,17 @@ extension Namespace {
                     s.metas[name] = meta
                 }
             }
-            return s.done ? s.metas : nil
+            return s.done && !s.unsure ? s.metas : nil
         }
         if let listing {
             // The whole directory is known: it answers lookups (and negative lookups) until the TTL passes,
-            // unless it is too large to keep (the handle then keeps its entries' attributes for readdirplus).
-            let kept = table.withLock {
-                $0.install(Listing(entries: listing, expires: .now + options.metadataTTL), for: d.ino,
-                           limit: options.maxListedEntries)
+            // unless it is too large to keep (the handle then keeps its entries' attributes for readdirplus),
+            // or a change of this mount's came between the last page and now (a rename, a mkdir: they change
+            // the kept listings under the table's lock, so one kept before them is corrected by them).
+            let kept = table.withLock { t in
+                guard inFlight.withLock({ $0.current }) == endSeq else { return false }
+                return t.install(Listing(entries: listing, expires: .now + options.metadataTTL), for: d.ino,
+                                 limit: options.maxListedEntries)
             }
             if kept { d.state.withLock { $0.metas = [:] } }
         }
@@ -231,15 +268,27 @@ extension Namespace {
     func objectKeys(under prefix: String) async throws(FSError) -> [String] {
         var keys: [String] = []
         var token: String?
+        var missed: [String: KeyChange] = [:]
         repeat {
             counters.withLock { $0.lists += 1 }
-            do {
-                let page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
-                                                          startAfter: nil, maxKeys: nil)
-                keys += page.objects.map(\.key).filter { !overlay.isHidden($0) }
-                token = page.isTruncated ? page.nextContinuationToken : nil
-            } catch { throw FSError(error, during: .other) }
+            let (page, hidden, seen) = try await observing({ () async throws(FSError) -> ListObjectsPage in
+                try await s3(.other) { () async throws(S3Error) in
+                    try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
+                                                   startAfter: nil, maxKeys: nil)
+                }
+            }, local: hiddenKeys)
+            for (k, c) in seen.changes where k.hasPrefix(prefix) { missed[k] = seen.change(of: k) ?? c.change }
+            keys += page.objects.map(\.key).filter { k in
+                if case .absent = seen.change(of: k) { return false }
+                return !hidden.contains(k)
+            }
+            token = page.isTruncated ? page.nextContinuationToken : nil
         } while token != nil
+        // Landed or made by this mount while a page was in flight, and not in its answer.
+        let listed = Set(keys)
+        for (k, c) in missed.sorted(by: { $0.key < $1.key }) where !listed.contains(k) && !overlay.isHidden(k) {
+            if case .present = c { keys.append(k) }
+        }
         return keys
     }
 }

@@ -91,29 +91,51 @@ extension Namespace {
     }
 
     private func listProbeOnce(_ dirPrefix: String) async throws(FSError) -> Bool {
-        do {
-            // One key tells, unless deletes are queued: then what is listed may be on its way out.
-            let hiding = overlay.hasHidden
-            let page = try await client.listObjectsV2(bucket, prefix: dirPrefix, delimiter: "/", continuationToken: nil,
-                                                      startAfter: nil, maxKeys: hiding ? 1000 : 1)
-            if hiding {
-                return page.objects.contains { !overlay.isHidden($0.key) } || page.commonPrefixes.contains { !overlay.isHidden($0) }
-                    || page.isTruncated
+        // One key tells, unless deletes are queued: then what is listed may be on its way out.
+        let hiding = overlay.hasHidden
+        let (page, hidden, seen) = try await observing({ () async throws(FSError) -> ListObjectsPage in
+            try await s3(.other) { () async throws(S3Error) in
+                try await client.listObjectsV2(bucket, prefix: dirPrefix, delimiter: "/", continuationToken: nil,
+                                               startAfter: nil, maxKeys: hiding ? 1000 : 1)
             }
-            return !page.objects.isEmpty || !page.commonPrefixes.isEmpty
-        } catch { throw FSError(error, during: .other) }
+        }, local: hiddenKeys)
+        // This mount deleted or made the directory while the LIST was in flight.
+        switch seen.change(of: dirPrefix) {
+        case .absent: return false
+        case .present, .changed: return true
+        case nil: break
+        }
+        func shown(_ key: String) -> Bool {
+            if hidden.contains(key) { return false }
+            if case .absent = seen.change(of: key) { return false }
+            return true
+        }
+        if hiding || !seen.isEmpty {
+            return page.objects.contains { shown($0.key) } || page.commonPrefixes.contains { shown($0) } || page.isTruncated
+        }
+        return !page.objects.isEmpty || !page.commonPrefixes.isEmpty
     }
 
     func headProbe(_ key: String) async throws(FSError) -> Meta? {
         if overlay.isHidden(key) { return nil }  // removed here, its delete still queued
         counters.withLock { $0.heads += 1 }
-        do {
-            let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+        let (answer, hidden, seen) = try await observing({ () async throws(FSError) -> Result<ObjectInfo, S3Error> in
+            do throws(S3Error) { return .success(try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)) } catch { return .failure(error) }
+        }, local: { _ in overlay.isHidden(key) })
+        // This mount deleted or replaced the object while the HEAD was in flight: that answer is out of date.
+        switch seen.change(of: key) {
+        case .absent: return nil
+        case .present(let m): return m
+        case .changed, nil: break
+        }
+        if hidden { return nil }
+        switch answer {
+        case .success(let info):
             let m = Meta(isDirectory: false, size: info.size, etag: info.etag,
                          mtime: options.storedMtimes ? Namespace.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
             confirm(key, m)
             return m
-        } catch {
+        case .failure(let error):
             if error.code == .noSuchKey {
                 confirmed.withLock { $0.forget(key) }
                 return nil

@@ -55,6 +55,9 @@ final class Namespace: WriteBackNotices {
     let counters = Mutex<(lists: Int, heads: Int)>((0, 0))
     /// What S3 last confirmed of keys (files; directories as "dir/"), for stale-if-error (Lookup.swift).
     let confirmed = Mutex(Confirmed())
+    /// This mount's changes to S3 while requests that read S3 were in flight (ChangesInFlight.swift). A leaf
+    /// lock: taken under the table's lock and the write-back's, it takes none.
+    let inFlight = Mutex(ChangesInFlight())
 
     /// `rootKey`: the key prefix the mount shows as its root (empty or ending in "/").
     init(client: any ObjectClient, bucket: String, rootKey: String, options: FSOptions, overlay: any LocalOverlay,
@@ -97,6 +100,33 @@ final class Namespace: WriteBackNotices {
         let attr = remember(parent: parent, name: name, key: key, meta: meta, addLookup: true)
         table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta } }
         return attr
+    }
+
+    /// S3 now holds `change` for `key`, by this mount's doing; called before the local state that stood for it
+    /// goes. Requests in flight correct their answers with it (ChangesInFlight.swift).
+    func changedInS3(key: String, _ change: KeyChange) { inFlight.withLock { $0.record(key, change) } }
+
+    /// Sends one request that reads S3 (LIST, HEAD), then reads the local state its answer is to be seen with
+    /// (`local`, given the answer: hides, local files), and returns both with what this mount changed in S3
+    /// meanwhile. In that order: a change is recorded before the local state that stood for it goes, so every
+    /// change the answer missed is either still in what `local` read or in the changes returned.
+    func observing<T: Sendable, L>(_ request: () async throws(FSError) -> T,
+                                   local: (T) -> L) async throws(FSError) -> (T, L, ChangesInFlight.Seen) {
+        let ticket = inFlight.withLock { $0.begin() }
+        switch await capture(request) {
+        case .failure(let error):
+            _ = inFlight.withLock { $0.end(ticket) }
+            throw error
+        case .success(let value):
+            let localState = local(value)
+            return (value, localState, inFlight.withLock { $0.end(ticket) })
+        }
+    }
+
+    /// The keys and prefixes of `page` that a queued delete hides.
+    func hiddenKeys(_ page: ListObjectsPage) -> Set<String> {
+        guard overlay.hasHidden else { return [] }
+        return Set(page.objects.map(\.key).filter(overlay.isHidden) + page.commonPrefixes.filter(overlay.isHidden))
     }
 
     /// A version of `key` landed in S3 with `meta` (and no local version stands for it any more).

@@ -24,7 +24,10 @@ extension FileSystem {
             _ = try await client.putObject(bucket, dir.key + name + "/", body: .empty, options: PutOptions())
         } catch { throw FSError(error, during: .other) }
         let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: Date())
-        namespace.table.withLock { t in if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta } }
+        namespace.table.withLock { t in
+            namespace.changedInS3(key: dir.key + name + "/", .present(meta))
+            if t.listings[parent] != nil { t.listings[parent]?.entries[name] = meta }
+        }
         let attr = namespace.remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
         // It did not exist, so it is empty: lookups of new names in it need not ask S3.
         _ = namespace.table.withLock {
@@ -39,20 +42,30 @@ extension FileSystem {
         try checkWritable()
         let dir = try namespace.node(parent)
         let prefix = dir.key + name + "/"
-        let page: ListObjectsPage
-        do {
-            page = try await client.listObjectsV2(bucket, prefix: prefix, delimiter: "/", continuationToken: nil,
-                                                  startAfter: nil, maxKeys: 1000)
-        } catch { throw FSError(error, during: .other) }
-        let others = page.objects.filter { $0.key != prefix && !writeBack.changes.isHidden($0.key) }
+        let (page, (hidden, localChildren), seen) = try await namespace.observing({ () async throws(FSError) -> ListObjectsPage in
+            try await s3(.other) { () async throws(S3Error) in
+                try await client.listObjectsV2(bucket, prefix: prefix, delimiter: "/", continuationToken: nil,
+                                               startAfter: nil, maxKeys: 1000)
+            }
+        }, local: { page in
+            (namespace.hiddenKeys(page), writeBack.localFiles.byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } })
+        })
+        // What is in it: listed and not being deleted (here, or while the LIST was in flight), or made here
+        // while the LIST was in flight.
+        func shown(_ key: String) -> Bool {
+            if hidden.contains(key) { return false }
+            if case .absent = seen.change(of: key) { return false }
+            return true
+        }
+        let made = seen.children(of: prefix).values.contains { if case .absent = $0 { false } else { true } }
+        let others = page.objects.filter { $0.key != prefix && shown($0.key) }
         var prefixes: [String] = []
-        for p in page.commonPrefixes where !writeBack.changes.isHidden(p) {
+        for p in page.commonPrefixes where shown(p) {
             // Some servers (SeaweedFS) keep listing a prefix whose objects are all deleted: only one that
             // still holds an object (not being deleted) makes the directory non-empty.
             if await holdsObjects(p) { prefixes.append(p) }
         }
-        let localChildren = writeBack.localFiles.byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } }
-        if !others.isEmpty || !prefixes.isEmpty || localChildren { throw FSError(ENOTEMPTY) }
+        if !others.isEmpty || !prefixes.isEmpty || localChildren || made { throw FSError(ENOTEMPTY) }
         try await writeBack.deleteLater([prefix], hiding: [prefix])
         invalidate(parent: parent, name: name)
         namespace.forgetConfirmed(dir.key + name, isDirectory: true)
@@ -63,9 +76,17 @@ extension FileSystem {
 
     /// Whether anything under `prefix` is in S3 and not being deleted (true when that cannot be told).
     func holdsObjects(_ prefix: String) async -> Bool {
-        guard let page = try? await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: nil,
-                                                         startAfter: nil, maxKeys: 1000) else { return true }
-        return page.objects.contains { !writeBack.changes.isHidden($0.key) } || page.isTruncated
+        guard let (page, hidden, seen) = try? await namespace.observing({ () async throws(FSError) -> ListObjectsPage in
+            try await s3(.other) { () async throws(S3Error) in
+                try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: nil,
+                                               startAfter: nil, maxKeys: 1000)
+            }
+        }, local: namespace.hiddenKeys) else { return true }
+        if seen.children(of: prefix).values.contains(where: { if case .absent = $0 { false } else { true } }) { return true }
+        return page.objects.contains { o in
+            if case .absent = seen.change(of: o.key) { return false }
+            return !hidden.contains(o.key)
+        } || page.isTruncated
     }
 
     /// Removes a file: its local versions stop (and are never uploaded; a file still open lives on as an

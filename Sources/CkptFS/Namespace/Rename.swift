@@ -65,6 +65,9 @@ extension FileSystem {
     func moveNode(parent: UInt64, name: String, newParent: UInt64, newName: String, from src: String, to dst: String,
                   isDirectory: Bool) {
         namespace.table.withLock {
+            // A listing in flight may have missed the new name: it is not kept for lookups.
+            namespace.changedInS3(key: isDirectory ? dst + "/" : dst,
+                                  isDirectory ? .present(Meta(isDirectory: true, size: 0, etag: "", mtime: Date())) : .changed)
             $0.move(parent: parent, name: name, newParent: newParent, newName: newName, from: src, to: dst, isDirectory: isDirectory)
         }
     }

@@ -27,6 +27,9 @@ struct UploadTail: Sendable {
 final class DeleteGroup: Sendable {
     let hides: [String]
     let remaining: Atomic<Int>
+    /// Some delete of the group was dropped (an upload or a directory marker replaced it): what it hides was
+    /// not all deleted.
+    let lostOne = Atomic(false)
     init(hides: [String], count: Int) {
         self.hides = hides
         remaining = Atomic(count)
@@ -114,6 +117,7 @@ final class ChangeQueue: Sendable {
             var waiting: [CheckedContinuation<Void, Never>] = []
             for (id, d) in deletes where d.key == key && !d.started && !d.cancelled {
                 deletes[id]?.cancelled = true
+                d.group.lostOne.store(true, ordering: .relaxed)
                 if let w = barrier.removeValue(forKey: id) { waiting.append(w.c) }
             }
             return waiting
@@ -375,9 +379,14 @@ extension WriteBack {
         }
         let waiters = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
             if let d = u.deletes.removeValue(forKey: id) {
+                // Told before the hide goes, so a listing or HEAD in flight cannot show the name again.
+                if !d.cancelled { notices.changedInS3(key: d.key, .absent) }
                 ChangeQueue.unhide(&u.hidden, d.key)
                 if d.group.remaining.wrappingSubtract(1, ordering: .relaxed).newValue == 0 {
-                    for h in d.group.hides { ChangeQueue.unhide(&u.hidden, h) }
+                    for h in d.group.hides {
+                        if u.hidden[h] == 1, !d.group.lostOne.load(ordering: .relaxed) { notices.changedInS3(key: h, .absent) }
+                        ChangeQueue.unhide(&u.hidden, h)
+                    }
                 }
             }
             return u.deleteWaiters.removeAll()

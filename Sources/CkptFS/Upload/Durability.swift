@@ -47,15 +47,17 @@ extension WriteBack {
     }
 
     /// Blocks until every acknowledged change under `path` (relative to the mount; "" for all) is durable in
-    /// S3, or the timeout passes: files closed or fsynced (queued or uploading versions), and deletes. A file still open
-    /// for writing is not sealed here: only what close() or fsync() acknowledged is uploaded, so bytes of a
-    /// save in progress never reach S3 (its last acknowledged version, if any, is waited for). Returns the
-    /// paths that are not durable, with the reason.
+    /// S3, or the timeout passes: files closed or fsynced, and deletes. A file still open for writing has its
+    /// last acknowledged version (by close() of one of its descriptors, whose release may not have come yet)
+    /// sealed and queued here (`queueAcknowledged`) and waited for; bytes written after it are not uploaded,
+    /// so bytes of a save in progress never reach S3. Returns the paths that are not durable, with the reason.
     func flushAll(under path: String, timeout: Duration?) async -> [(path: String, reason: String)] {
         let keyPrefix = prefix + path
         func under(_ key: String) -> Bool {
             path.isEmpty || key == keyPrefix || key.hasPrefix(keyPrefix.hasSuffix("/") ? keyPrefix : keyPrefix + "/")
         }
+        let files = localFiles.byKey.withLock { l in l.filter { under($0.key) }.map(\.value) }
+        _ = try? await offPool { () throws(FSError) in for f in files { self.queueAcknowledged(f) } }  // may wait for a write
         let versions = changes.state.withLock { u in u.pending.values.filter { under($0.key) } }
         let open = localFiles.byKey.withLock { l in l.filter { under($0.key) && !$0.value.current.state.withLock { $0.sealed } }.map(\.key) }
         if !open.isEmpty {

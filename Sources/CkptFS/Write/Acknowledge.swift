@@ -55,13 +55,49 @@ extension WriteBack {
     func commit(_ v: StagedVersion, of f: LocalFile) throws(FSError) {
         if f.unlinked { return }
         try acknowledge(v, of: f)
-        let first = v.state.withLock { s -> Bool in
-            if s.sealed { return false }
-            s.sealed = true
-            s.sealedAt = .now
-            return true
+        if seal(v, of: f) { enqueueUpload(v) }
+    }
+
+    /// Seals `v`, a version of `f`: its bytes never change again. Under `f`'s lock, where `writableVersion`
+    /// decides whether a copy replaces the version it copies. True for the call that sealed it (which queues it).
+    func seal(_ v: StagedVersion, of f: LocalFile) -> Bool {
+        f.state.withLock { _ in v.state.withLock { StagedVersion.seal(&$0) } }
+    }
+
+    /// Seals and queues what close() acknowledged of `f` that nothing has queued yet, so that a flush (or the
+    /// unmount's drain) after close() always covers it. Two ways it can be unqueued: the kernel sends the last
+    /// writer's RELEASE, which queues the version, after close() has returned (asynchronously), so a flush can
+    /// come first; and a close() of a duplicate descriptor acknowledges the file while the writer goes on, in a
+    /// copy whose `fallback` is the acknowledged version (that version is then queued on its own, and the copy
+    /// follows it in the key's order once it is acknowledged in turn). Bytes nobody acknowledged stay local.
+    func queueAcknowledged(_ f: LocalFile) {
+        enum Step { case retry, nothing, queue(StagedVersion) }
+        while true {
+            let cur = f.current
+            // Exclusive: no write lands in `cur` and no acknowledgement of it withdraws its fallback meanwhile.
+            let step = cur.gate.exclusive { () -> Step in
+                f.state.withLock { s -> Step in
+                    if s.unlinked { return .nothing }  // an orphan is never uploaded
+                    guard s.current === cur else { return .retry }  // a write copied it meanwhile
+                    return cur.state.withLock { c -> Step in
+                        if c.sealed { return .nothing }
+                        if c.committedSum != nil && !c.unjournaled {
+                            return StagedVersion.seal(&c) ? .queue(cur) : .nothing
+                        }
+                        guard let fallback = c.fallback else { return .nothing }
+                        c.fallback = nil
+                        return fallback.state.withLock { StagedVersion.seal(&$0) } ? .queue(fallback) : .nothing
+                    }
+                }
+            }
+            switch step {
+            case .retry: continue
+            case .nothing: return
+            case .queue(let v):
+                enqueueUpload(v)
+                return
+            }
         }
-        if first { enqueueUpload(v) }
     }
 
     /// fsyncs `v`'s staged file and appends its commit record (size, checksum, condition) to the journal. No

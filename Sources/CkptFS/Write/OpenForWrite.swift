@@ -70,15 +70,17 @@ extension WriteBack {
     /// close() or fsync() acknowledged. With `empty` (the caller truncates it to nothing) nothing is copied.
     func writableVersion(_ f: LocalFile, empty: Bool = false) throws(FSError) -> StagedVersion {
         let cur = f.current
-        let (frozen, sealed) = cur.state.withLock { ($0.sealed || $0.committedSum != nil, $0.sealed) }
-        if !frozen { return cur }
+        if !cur.isFrozen { return cur }
         let copy: StagedVersion
         copy = empty ? try staging.create(id: newJournalId(), key: f.key) : try staging.copy(cur, id: newJournalId())
         let expect = expectation(after: cur)
         copy.state.withLock { $0.expect = expect }
-        if !sealed { copy.state.withLock { $0.fallback = cur } }
         let won = f.state.withLock { s -> Bool in
             guard s.current === cur else { return false }  // another writer copied first
+            // The copy stands in for `cur` (its fallback) only while nothing has sealed `cur`: decided under
+            // the file's lock, where `seal` and `queueAcknowledged` seal, so a sealed, queued version is never
+            // a fallback that a later acknowledgement withdraws.
+            if !cur.state.withLock({ $0.sealed }) { copy.state.withLock { $0.fallback = cur } }
             s.current = copy
             return true
         }

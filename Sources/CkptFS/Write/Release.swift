@@ -100,6 +100,9 @@ extension WriteBack {
                 guard s.handles == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
                     return nil
                 }
+                // Told before the local version goes, so a listing in flight cannot miss the file.
+                let (size, mtime) = s.current.state.withLock { ($0.size, $0.mtime) }
+                notices.changedInS3(key: s.key, .present(Meta(isDirectory: false, size: size, etag: etag, mtime: mtime)))
                 l.removeValue(forKey: s.key)
                 return (s.current, etag)
             }

@@ -156,6 +156,14 @@ final class StagedVersion: Sendable {
     var meta: Meta { state.withLock { Meta(isDirectory: false, size: $0.size, etag: "", mtime: $0.mtime) } }
     var size: Int64 { state.withLock { $0.size } }
 
+    /// Seals the version whose state is `s` (see `WriteBack.seal`): true if it was not sealed yet.
+    static func seal(_ s: inout State) -> Bool {
+        if s.sealed { return false }
+        s.sealed = true
+        s.sealedAt = .now
+        return true
+    }
+
     /// Acknowledged (journaled) or sealed: its bytes never change again; a write goes to a copy.
     var isFrozen: Bool { state.withLock { $0.sealed || $0.committedSum != nil } }
 

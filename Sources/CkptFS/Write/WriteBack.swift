@@ -14,6 +14,10 @@ import Synchronization
 
 /// What the write-back tells the namespace (implemented by `Namespace`).
 protocol WriteBackNotices: Sendable {
+    /// S3 now holds `change` for `key` (an upload of this mount's landed, a delete was applied). Called before
+    /// the local state that stood for it (the local version, the hide) goes, possibly under the write-back's
+    /// locks: it must take no lock but its own.
+    func changedInS3(key: String, _ change: KeyChange)
     /// A version of `key` landed in S3 with `meta` (and no local version stands for it any more).
     func objectLanded(key: String, meta: Meta)
     /// The local version of `key` went without reaching S3: stat shows the object again.
