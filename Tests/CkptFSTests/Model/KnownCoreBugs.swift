@@ -24,7 +24,6 @@ enum KnownCoreBugs {
         case failedChangeRevivesDeleted = "a mkdir or rename that fails after cancelling the queued delete of its target (an rmdir, unlink or rename before) brings the deleted object back"
         case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
         case waitsForHeldDeletes = "mkdir, or rename onto a name, whose queued delete waits for deletes under it that a conflict holds back never returns"
-        case listingRacesDelete = "a readdir whose LIST was answered before a queued delete landed, and read after, shows the deleted name"
     }
 
     static let open: Set<Bug> = Set(Bug.allCases)

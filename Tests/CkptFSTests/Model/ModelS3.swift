@@ -102,6 +102,17 @@ extension Model {
 
     // MARK: Drains and crashes
 
+    /// A flush (every drain, fsync's, the final one) first queues what close() acknowledged of files still open
+    /// for writing (WriteBack.queueAcknowledged): their last acknowledged version goes up, not the bytes
+    /// written after it. Its upload job is made now, so deletes queued since the acknowledgement do not wait
+    /// for it.
+    mutating func queueAcknowledged() {
+        for (path, e) in entries.sorted(by: { $0.key < $1.key }) {
+            guard case .file(let id) = e, files[id]!.ackedUnqueued, !files[id]!.unlinked else { continue }
+            queue(id, at: path)
+        }
+    }
+
     /// Files whose upload a drain stops with a conflict: the other client changed the key since the file's
     /// base, and its upload is conditional (or it is already in conflict).
     func conflicts() -> Set<String> {

@@ -218,6 +218,7 @@ final class ModelRun: @unchecked Sendable {
             let id = model.handles[h]!.file
             let pinned = model.handles[h]!.pinned != nil
             model.fsync(handle: h)
+            model.queueAcknowledged()  // the flush after it
             let conflicts = model.conflicts()
             let path = model.path(of: id)
             let expect: Expect = !pinned && path.map(conflicts.contains) == true ? .fails(EIO) : .ok
@@ -255,6 +256,7 @@ final class ModelRun: @unchecked Sendable {
             Step.applyToModel(step, &model)
 
         case .drain(let faults):
+            model.queueAcknowledged()
             let conflicts = model.conflicts()
             let rules = faults.map { $0.install(on: client) }
             client.remove(gate)
