@@ -72,18 +72,21 @@ let package = Package(
             "CkptS3", "CkptFS", "CkptCache", .product(name: "SystemPackage", package: "swift-system"),
         ], path: "bench/S3Bench"),
 
-        // Shared by the test targets: a real SeaweedFS per test process, the fault server, helpers.
-        .target(name: "CkptTestSupport", dependencies: ["CkptS3"], path: "Tests/CkptTestSupport"),
+        // Shared by the test targets: a real SeaweedFS per test process, the fault server, the in-memory object
+        // client and the fault-injecting wrapper client, helpers.
+        .target(name: "CkptTestSupport", dependencies: ["CkptS3", "CkptDigest"], path: "Tests/CkptTestSupport"),
         .testTarget(name: "CkptDigestTests", dependencies: ["CkptDigest"]),
         .testTarget(name: "CkptSystemTests", dependencies: ["CkptSystem", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "CkptCacheTests", dependencies: ["CkptCache"]),
-        .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache", "CkptDigest"]),
+        .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache", "CkptDigest", "CkptTestSupport",
+                                                   .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP", "CkptDigest", "CkptTestSupport"]),
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "CFuseTests", dependencies: ["CFuse"]),
         .testTarget(name: "CkptCommandTests", dependencies: [
-            "CkptCommand", "CkptS3", "CkptFS", "CkptCache", .product(name: "Prometheus", package: "swift-prometheus"),
+            "CkptCommand", "CkptS3", "CkptFS", "CkptCache", "CkptTestSupport",
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
     ]
 )

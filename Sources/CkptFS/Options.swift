@@ -60,8 +60,6 @@ public struct FSOptions: Sendable {
     /// Uploads carry If-None-Match / If-Match so a change someone else made in S3 is never overwritten
     /// silently (a conflict keeps the local copy and is reported).
     public var conditionalWrites = true
-    /// Tests: keep sealed files queued without uploading them.
-    public var holdUploads = false
 
     public init() {}
 }

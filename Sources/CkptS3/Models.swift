@@ -65,6 +65,14 @@ public struct ObjectSummary: Sendable, Equatable {
     public var etag: String
     public var lastModified: Date?
     public var storageClass: String?
+
+    public init(key: String, size: Int64, etag: String, lastModified: Date?, storageClass: String?) {
+        self.key = key
+        self.size = size
+        self.etag = etag
+        self.lastModified = lastModified
+        self.storageClass = storageClass
+    }
 }
 
 /// One page of ListObjectsV2.
@@ -74,6 +82,13 @@ public struct ListObjectsPage: Sendable {
     public var commonPrefixes: [String]
     public var isTruncated: Bool
     public var nextContinuationToken: String?
+
+    public init(objects: [ObjectSummary], commonPrefixes: [String], isTruncated: Bool, nextContinuationToken: String?) {
+        self.objects = objects
+        self.commonPrefixes = commonPrefixes
+        self.isTruncated = isTruncated
+        self.nextContinuationToken = nextContinuationToken
+    }
 }
 
 /// One version or delete marker from ListObjectVersions.
@@ -85,6 +100,16 @@ public struct ObjectVersion: Sendable, Equatable {
     public var size: Int64
     public var etag: String?
     public var lastModified: Date?
+
+    public init(key: String, versionId: String, isLatest: Bool, isDeleteMarker: Bool, size: Int64, etag: String?, lastModified: Date?) {
+        self.key = key
+        self.versionId = versionId
+        self.isLatest = isLatest
+        self.isDeleteMarker = isDeleteMarker
+        self.size = size
+        self.etag = etag
+        self.lastModified = lastModified
+    }
 }
 
 public struct ListVersionsPage: Sendable {
@@ -94,12 +119,26 @@ public struct ListVersionsPage: Sendable {
     public var isTruncated: Bool
     public var nextKeyMarker: String?
     public var nextVersionIdMarker: String?
+
+    public init(versions: [ObjectVersion], commonPrefixes: [String], isTruncated: Bool, nextKeyMarker: String?, nextVersionIdMarker: String?) {
+        self.versions = versions
+        self.commonPrefixes = commonPrefixes
+        self.isTruncated = isTruncated
+        self.nextKeyMarker = nextKeyMarker
+        self.nextVersionIdMarker = nextVersionIdMarker
+    }
 }
 
 public struct MultipartUploadSummary: Sendable, Equatable {
     public var key: String
     public var uploadId: String
     public var initiated: Date?
+
+    public init(key: String, uploadId: String, initiated: Date?) {
+        self.key = key
+        self.uploadId = uploadId
+        self.initiated = initiated
+    }
 }
 
 public struct ListMultipartUploadsPage: Sendable {
@@ -107,24 +146,44 @@ public struct ListMultipartUploadsPage: Sendable {
     public var isTruncated: Bool
     public var nextKeyMarker: String?
     public var nextUploadIdMarker: String?
+
+    public init(uploads: [MultipartUploadSummary], isTruncated: Bool, nextKeyMarker: String?, nextUploadIdMarker: String?) {
+        self.uploads = uploads
+        self.isTruncated = isTruncated
+        self.nextKeyMarker = nextKeyMarker
+        self.nextUploadIdMarker = nextUploadIdMarker
+    }
 }
 
 public struct PartSummary: Sendable, Equatable {
     public var partNumber: Int
     public var etag: String
     public var size: Int64
+
+    public init(partNumber: Int, etag: String, size: Int64) {
+        self.partNumber = partNumber
+        self.etag = etag
+        self.size = size
+    }
 }
 
 public struct ListPartsPage: Sendable {
     public var parts: [PartSummary]
     public var isTruncated: Bool
     public var nextPartNumberMarker: Int?
+
+    public init(parts: [PartSummary], isTruncated: Bool, nextPartNumberMarker: Int?) {
+        self.parts = parts
+        self.isTruncated = isTruncated
+        self.nextPartNumberMarker = nextPartNumberMarker
+    }
 }
 
 /// A part to assemble in CompleteMultipartUpload.
 public struct CompletedPart: Sendable, Equatable {
     public var partNumber: Int
     public var etag: String
+
     public init(partNumber: Int, etag: String) {
         self.partNumber = partNumber
         self.etag = etag
@@ -136,6 +195,12 @@ public struct WriteResult: Sendable, Equatable {
     public var etag: String
     public var versionId: String?
     public var lastModified: Date?
+
+    public init(etag: String, versionId: String?, lastModified: Date?) {
+        self.etag = etag
+        self.versionId = versionId
+        self.lastModified = lastModified
+    }
 }
 
 /// A condition on a write, where the server supports conditional writes.
@@ -151,6 +216,7 @@ public enum WriteCondition: Sendable, Equatable {
 public struct ObjectToDelete: Sendable, Equatable {
     public var key: String
     public var versionId: String?
+
     public init(key: String, versionId: String? = nil) {
         self.key = key
         self.versionId = versionId
@@ -161,6 +227,11 @@ public struct DeleteObjectsResult: Sendable {
     public var deleted: [ObjectToDelete]
     /// Keys the server refused to delete, with its code and message.
     public var errors: [(key: String, code: String, message: String)]
+
+    public init(deleted: [ObjectToDelete], errors: [(key: String, code: String, message: String)]) {
+        self.deleted = deleted
+        self.errors = errors
+    }
 }
 
 /// Options of PutObject and CreateMultipartUpload.

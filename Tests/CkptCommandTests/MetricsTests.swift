@@ -1,5 +1,6 @@
 import CkptCache
 import CkptS3
+import CkptTestSupport
 import Foundation
 import Prometheus
 import XCTest

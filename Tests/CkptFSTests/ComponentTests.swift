@@ -2,6 +2,7 @@ import CkptCache
 import CkptDigest
 @testable import CkptFS
 import CkptS3
+import CkptTestSupport
 import Foundation
 import Synchronization
 import XCTest

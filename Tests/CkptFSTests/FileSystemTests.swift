@@ -1,6 +1,7 @@
 import CkptCache
 @testable import CkptFS
 import CkptS3
+import CkptTestSupport
 import Foundation
 import XCTest
 
@@ -499,11 +500,13 @@ final class StaleIfErrorTests: XCTestCase {
         let s3 = MemoryObjectClient(buckets: ["b"])
         let data = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13) }
         s3.seed("b", "model.pt", data)
+        // The outage and the 404 are injected between the core and the memory client.
+        let faults = FaultInjectingClient(wrapping: s3)
         func make(_ staleIfError: Duration) throws -> FileSystem {
             var o = FSOptions()
             o.metadataTTL = .zero
             o.staleIfError = staleIfError
-            return try FileSystem(client: s3, bucket: "b", prefix: "",
+            return try FileSystem(client: faults, bucket: "b", prefix: "",
                                   cache: try BlockCache(directory: dir + "/\(UUID().uuidString)", capacity: 1 << 30, blockSize: 1 << 20),
                                   options: o)
         }
@@ -534,7 +537,7 @@ final class StaleIfErrorTests: XCTestCase {
             fs.release(handle: h)
             try await Task.sleep(for: .milliseconds(1100))  // open revalidates what was checked over a second ago
             let gets = s3.count("GetObject")
-            s3.failNext("HeadObject", with: down)
+            faults.failNth(1, of: "HeadObject", with: .error(down))
             do {
                 let again = try await fs.open(ino: attr.ino, flags: O_RDONLY).handle
                 XCTAssertTrue(served, "with staleIfError zero an outage fails the open")
@@ -547,8 +550,7 @@ final class StaleIfErrorTests: XCTestCase {
                 XCTAssertEqual((error as? FSError)?.errno, EIO)
             }
             // An answer about the object (it is gone) is never overridden by what was confirmed before.
-            s3.failNext("HeadObject", with: S3Error(code: .noSuchKey, s3Code: "NoSuchKey", message: "gone", httpStatus: 404,
-                                                    operation: "HeadObject"))
+            faults.failNth(1, of: "HeadObject", with: .noSuchKey)
             do {
                 _ = try await fs.getattr(ino: attr.ino)
                 XCTFail("a 404 is an answer, not an outage")

@@ -2,6 +2,7 @@ import CkptCache
 import CkptDigest
 @testable import CkptFS
 import CkptS3
+import CkptTestSupport
 import Foundation
 import Synchronization
 import XCTest
@@ -10,6 +11,8 @@ import XCTest
 final class WriteBackTests: XCTestCase {
     var dir: String!
     var s3: MemoryObjectClient!
+    /// Clients that hold uploads (`make(hold: true)`), failed at teardown so their held calls end.
+    var holding: [FaultInjectingClient] = []
     let bucket = "b"
 
     override func setUp() {
@@ -17,16 +20,34 @@ final class WriteBackTests: XCTestCase {
         s3 = MemoryObjectClient(buckets: [bucket])
     }
 
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+    override func tearDown() {
+        for c in holding { c.failHeld() }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
 
-    func make(hold: Bool = false, partSize: Int64 = 5 << 20, whileWriting: Bool = false, maxDirty: Int64? = nil) throws -> FileSystem {
+    /// A filesystem over the memory client (or `client`); with `hold`, its uploads are held by a fault-injecting
+    /// client and never reach S3; `maxDirty` bounds staged bytes (nil: no bound).
+    func make(hold: Bool = false, partSize: Int64 = 5 << 20, whileWriting: Bool = false, maxDirty: Int64? = nil,
+              client: (any ObjectClient)? = nil) throws -> FileSystem {
         var o = FSOptions()
         o.maxDirty = maxDirty
         o.uploadWhileWriting = whileWriting
-        o.holdUploads = hold
         o.partSize = partSize
         o.uploadDelay = .zero
-        return try FileSystem(client: s3, bucket: bucket, prefix: "", cache: try BlockCache(directory: dir, capacity: 1 << 30), options: o)
+        var c: any ObjectClient = client ?? s3
+        if hold {
+            let held = FaultInjectingClient(wrapping: c)
+            held.hold(.uploads)
+            holding.append(held)
+            c = held
+        }
+        return try FileSystem(client: c, bucket: bucket, prefix: "", cache: try BlockCache(directory: dir, capacity: 1 << 30), options: o)
+    }
+
+    /// A crash of `fs` (made with `hold`): its held calls never land, its background work stops.
+    func crash(_ fs: FileSystem) {
+        for c in holding { c.cut() }
+        fs.shutdown()
     }
 
     func object(_ key: String) async throws -> [UInt8] {
@@ -335,7 +356,7 @@ final class WriteBackTests: XCTestCase {
                 while !closer.isFinished { try await Task.sleep(for: .milliseconds(1)) }
                 try fs.flush(handle: h)
                 fs.release(handle: h)
-                fs.shutdown()  // "crash": only the journal and the staged files are left
+                crash(fs)  // only the journal and the staged files are left
             }
             let fs = try make()
             let report = try await fs.recover()
@@ -355,7 +376,7 @@ final class WriteBackTests: XCTestCase {
             try await write(fs, "a", Array(repeating: 1, count: 1000))
             try await write(fs, "b", Array(repeating: 2, count: 2000))
             XCTAssertEqual(s3.count("PutObject"), 0)
-            fs.shutdown()
+            crash(fs)
         }
         // The process "died": the journal and the staged files are all that is left. Add a torn record.
         let j = open(dir + "/journal", O_WRONLY | O_APPEND)
@@ -397,7 +418,7 @@ final class WriteBackTests: XCTestCase {
         do {
             let fs = try make(hold: true)
             try await write(fs, "a", Array(repeating: 1, count: 1000))
-            fs.shutdown()
+            crash(fs)
         }
         let staged = try FileManager.default.contentsOfDirectory(atPath: dir + "/staging")
         let fd = open(dir + "/staging/" + staged[0], O_WRONLY)
@@ -423,16 +444,37 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(errno, ENOENT, "unlinked file still visible")
     }
 
+    /// Two files saved and then both unlinked before their uploads landed, the later save first: each delete
+    /// waits for the uploads queued before it, and each finds the other's withdrawn upload there, held open for
+    /// the other delete. They go together (neither file is ever uploaded); they used to wait for each other for
+    /// ever, so flush never returned and S3 kept the old objects (found by the model test, seeds 21 and 133).
+    func testDeletesWaitingForEachOthersWithdrawnUploadsAreApplied() async throws {
+        let faults = FaultInjectingClient(wrapping: s3)
+        holding.append(faults)
+        let gate = faults.hold(.uploads)
+        let fs = try make(client: faults)
+        try await write(fs, "b", [1, 2, 3])
+        try await write(fs, "c", [4, 5, 6])
+        await faults.waitForHeld(gate, count: 2)
+        try await fs.unlink(parent: FileSystem.rootIno, name: "c")
+        try await fs.unlink(parent: FileSystem.rootIno, name: "b")
+        faults.release(gate)
+        let left = await fs.flushAll(under: "", timeout: .seconds(5))
+        XCTAssertEqual(left.map(\.path), [], "\(left)")
+        XCTAssertEqual(s3.objects(in: bucket).keys.sorted(), [], "both deletes applied after the held uploads")
+        XCTAssertEqual(fs.writeBackStatus.pendingDeletes, 0)
+    }
+
     func testUploadFailureIsRetriedAndReported() async throws {
-        let fs = try make()
-        s3.failNext("PutObject", with: S3Error(code: .internalError, s3Code: "InternalError", message: "boom",
-                                               operation: "PutObject", bucket: bucket, key: "r"))
+        let faults = FaultInjectingClient(wrapping: s3)
+        faults.failNth(1, of: "PutObject", with: .internalError)
+        let fs = try make(client: faults)
         try await write(fs, "r", [7, 7, 7])
         let left = await fs.flushAll(under: "", timeout: .seconds(30))
         XCTAssertTrue(left.isEmpty)
         let got = try await object("r")
         XCTAssertEqual(got, [7, 7, 7])
-        XCTAssertGreaterThanOrEqual(s3.count("PutObject"), 2)
+        XCTAssertEqual(faults.calls("PutObject").map(\.outcome), [.injected("500 InternalError"), .succeeded])
     }
 
     // MARK: Overwrite in place and conditional writes
@@ -473,7 +515,7 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(buf, Array(expected[(3 << 20)..<((3 << 20) + 8192)]))
         try fs.flush(handle: h)
         fs.release(handle: h)
-        fs.shutdown()
+        crash(fs)
         // A crash with the upload pending: recovery still knows which blocks come from the object.
         let fs2 = try make()
         let report = try await fs2.recover()

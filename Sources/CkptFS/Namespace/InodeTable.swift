@@ -285,6 +285,12 @@ struct Confirmed: Sendable {
 
     mutating func forget(_ key: String) { entries.removeValue(forKey: key) }
 
+    /// Forgets `prefix` ("dir/") and every key under it.
+    mutating func forget(_ prefix: String, subtree: Bool) {
+        guard subtree else { return forget(prefix) }
+        entries = entries.filter { !$0.key.hasPrefix(prefix) }
+    }
+
     mutating func shouldLog(_ key: String, _ now: ContinuousClock.Instant) -> Bool {
         if let t = logged[key], now - t < .seconds(60) { return false }
         logged[key] = now

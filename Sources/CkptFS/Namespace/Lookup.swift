@@ -154,6 +154,13 @@ extension Namespace {
         confirmed.withLock { $0.note(key, m) }
     }
 
+    /// This mount removed or replaced `key` (a file key; with `isDirectory`, the directory and everything under
+    /// it): what S3 confirmed of it before no longer holds, so an outage must not bring it back.
+    func forgetConfirmed(_ key: String, isDirectory: Bool) {
+        guard options.staleIfError > .zero else { return }
+        confirmed.withLock { $0.forget(isDirectory ? key + "/" : key, subtree: isDirectory) }
+    }
+
     /// What S3 confirmed of `key` within `FSOptions.staleIfError`, used (and logged) because S3 is unreachable
     /// (`error`); nil when nothing recent enough is known.
     func stale(_ key: String, _ error: FSError) -> Meta? {

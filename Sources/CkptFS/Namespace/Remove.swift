@@ -68,6 +68,7 @@ extension FileSystem {
         if !others.isEmpty || !prefixes.isEmpty || localChildren || made { throw FSError(ENOTEMPTY) }
         try await writeBack.deleteLater([prefix], hiding: [prefix])
         invalidate(parent: parent, name: name)
+        namespace.forgetConfirmed(dir.key + name, isDirectory: true)
         // The name is free: a directory made under it is a new inode, whatever the kernel still holds open (a
         // shell's working directory), as unlink does for files.
         namespace.table.withLock { $0.freeName(parent: parent, name: name) }
@@ -100,6 +101,7 @@ extension FileSystem {
         guard !attr.isDirectory else { throw .isDirectory }
         try await writeBack.unlinkFile(key: key, ino: attr.ino)
         invalidate(parent: parent, name: name)
+        namespace.forgetConfirmed(key, isDirectory: false)
         // The name is free: a file created under it is a new inode, whatever the kernel still holds open.
         namespace.table.withLock { $0.freeName(parent: parent, name: name) }
     }

@@ -49,6 +49,9 @@ extension FileSystem {
         }
         moveNode(parent: parent, name: name, newParent: newParent, newName: newName, from: srcKey, to: dstKey,
                  isDirectory: src.isDirectory)
+        // What S3 confirmed of both names is out of date (stale-if-error must not serve either).
+        if !sourceRemains { namespace.forgetConfirmed(srcKey, isDirectory: src.isDirectory) }
+        namespace.forgetConfirmed(dstKey, isDirectory: src.isDirectory)
         if sourceRemains {
             // The next lookup of the old name asks S3 again.
             namespace.table.withLock { t in

@@ -8,7 +8,9 @@ import Synchronization
 extension WriteBack {
     /// After a version settles (landed, superseded, dropped): it leaves the queue. Its staged copy goes unless
     /// it is the current version of its file: that one stays while the file is open (a rename may need it
-    /// again), and once nobody has the file open a landed one makes it clean (`cleanIfUploaded`).
+    /// again), and once nobody has the file open a landed one makes it clean (`cleanIfUploaded`); or the
+    /// current version of an orphan (unlinked while open), which its handles still read and whose last close
+    /// removes it.
     func finishUpload(_ v: StagedVersion) {
         abandonEarlyUpload(v, because: "superseded")  // superseded or dropped before its parts were used
         // A version a rename queued again (under its new name) after it landed is not finished: its new job
@@ -20,7 +22,7 @@ extension WriteBack {
         let (remove, file) = localFiles.byKey.withLock { l -> (Bool, LocalFile?) in
             // Under this lock a rename has moved the version completely or not at all (retarget).
             guard v.isSettled, v.key == key else { return (false, nil) }
-            guard let f = l[key], f.state.withLock({ $0.current === v }) else { return (true, nil) }
+            guard let f = l[key], f.state.withLock({ $0.current === v }) else { return (!v.state.withLock { $0.orphaned }, nil) }
             return (false, f)
         }
         if remove { staging.remove(v) }

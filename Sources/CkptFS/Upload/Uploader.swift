@@ -37,11 +37,6 @@ extension WriteBack {
                 return
             case .go: break
             }
-            if options.holdUploads {
-                v.state.withLock { $0.upload = .waiting }
-                try? await Task.sleep(for: .seconds(3600 * 24))
-                continue
-            }
             do throws(FSError) {
                 let (key, etag) = try await uploadOnce(v)
                 // The record names the key: a rename after it journals the version again under the new key.

@@ -136,6 +136,9 @@ extension WriteBack {
             s.unlinked = true
             return s.handles
         }
+        // Its handles read and write the current version from now on, and its staged file goes at their last
+        // close: an upload of it still in flight must not remove it when it ends (before the drop settles it).
+        if handles > 0 { f.current.state.withLock { $0.orphaned = true } }
         let records = dropVersions(of: f, heldFor: delete)
         if handles > 0 {
             if let ino { localFiles.orphans.withLock { $0[ino] = f } }

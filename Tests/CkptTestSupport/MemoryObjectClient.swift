@@ -1,7 +1,9 @@
 // An in-memory ObjectClient for unit tests of the layers above: the same semantics as S3 for what ckptfs
-// uses (ETags, ranges, If-Match, listings with delimiter and pagination, multipart, copy), counters of
-// requests, and switchable faults. It never replaces a real server in integration tests.
+// uses (ETags, ranges, If-Match, conditional writes, listings with delimiter and pagination, multipart, copy)
+// and counters of requests. Faults come from wrapping it in a FaultInjectingClient. It never replaces a real
+// server in integration tests.
 import CkptDigest
+import CkptS3
 import Foundation
 import Synchronization
 
@@ -18,7 +20,6 @@ public final class MemoryObjectClient: ObjectClient {
         var uploads: [String: (bucket: String, key: String, parts: [Int: [UInt8]], metadata: [String: String])] = [:]
         var counts: [String: Int] = [:]
         var bytesSent: Int64 = 0
-        var failNext: [String: S3Error] = [:]
     }
 
     private let state = Mutex(State())
@@ -34,8 +35,16 @@ public final class MemoryObjectClient: ObjectClient {
     public func count(_ operation: String) -> Int { state.withLock { $0.counts[operation] ?? 0 } }
     /// Body bytes returned by GetObject.
     public var bytesSent: Int64 { state.withLock { $0.bytesSent } }
-    /// Makes the next request of `operation` fail with `error`.
-    public func failNext(_ operation: String, with error: S3Error) { state.withLock { $0.failNext[operation] = error } }
+
+    /// Every object of `bucket` (key → bytes), as S3 holds them now.
+    public func objects(in bucket: String) -> [String: [UInt8]] {
+        state.withLock { s in (s.buckets[bucket] ?? [:]).mapValues(\.data) }
+    }
+
+    /// Multipart uploads created and neither completed nor aborted, as (bucket, key).
+    public var openUploads: [(bucket: String, key: String)] {
+        state.withLock { s in s.uploads.values.map { ($0.bucket, $0.key) } }
+    }
 
     /// Puts an object directly (test setup); returns its ETag.
     @discardableResult
@@ -46,11 +55,7 @@ public final class MemoryObjectClient: ObjectClient {
     }
 
     private func begin(_ op: String, _ bucket: String, _ key: String? = nil) throws(S3Error) {
-        let injected = state.withLock { s -> S3Error? in
-            s.counts[op, default: 0] += 1
-            return s.failNext.removeValue(forKey: op)
-        }
-        if let injected { throw injected }
+        state.withLock { $0.counts[op, default: 0] += 1 }
         guard state.withLock({ $0.buckets[bucket] != nil }) else {
             throw S3Error(code: .noSuchBucket, s3Code: "NoSuchBucket", message: "The specified bucket does not exist",
                           httpStatus: 404, operation: op, bucket: bucket, key: key)

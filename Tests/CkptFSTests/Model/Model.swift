@@ -1,0 +1,495 @@
+// The reference model: what POSIX and ckptfs's durability contract (README "Durability contract",
+// "Semantics") promise, kept in memory, with no S3 and no cache.
+//
+// It has two halves. The namespace half is POSIX: paths name files (inodes) and directories; a file keeps its
+// bytes, its open handles follow it through renames, an unlinked file lives until its last close. The
+// contract half says what a crash keeps and what S3 may hold:
+// - A file's `acked` bytes are what close(), fsync() or a truncate without an open writer acknowledged: a crash
+//   keeps exactly those (nothing, for a file never acknowledged). Unacknowledged bytes never reach S3.
+// - Every change bound for S3 is an event in the order the mount made it (uploads of acknowledged versions,
+//   deletes, synchronous copies and directory markers) plus the other client's puts and deletes. Between two
+//   drains S3 may hold, for each key, the state at the last drain or the result of one of its events; a delete
+//   that S3 shows applied means every upload queued before it (of a file still there and unchanged since)
+//   has landed. After a drain S3 holds exactly what the events lead to.
+// - An upload is conditional on the object its file started from; another client's change in between is a
+//   conflict: S3 keeps theirs, the mount keeps showing ours and flush names it.
+// Where the contract allows more than one outcome (a file replaced by rename while never acknowledged, after a
+// crash) the model lists the outcomes it allows and adopts the one the core shows.
+import Foundation
+
+typealias Bytes = [UInt8]
+
+/// Deterministic contents for writes and remote puts: `count` bytes from `seed`, starting with the seed's bytes
+/// so that different seeds never give equal contents of 4 bytes or more.
+func contents(_ count: Int, seed: Int) -> Bytes {
+    var out = Bytes(repeating: 0, count: count)
+    var x = UInt64(truncatingIfNeeded: seed) &* 0x9E37_79B9_7F4A_7C15 &+ 0x1234_5678
+    for i in 0..<count {
+        if i < 4 {
+            out[i] = UInt8(truncatingIfNeeded: seed >> (8 * i))
+            continue
+        }
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        out[i] = UInt8(truncatingIfNeeded: x)
+    }
+    return out
+}
+
+struct ModelFile {
+    var data: Bytes = []
+    /// What a crash keeps: the last acknowledged bytes (nil: nothing acknowledged, a crash loses the file).
+    var acked: Bytes?
+    /// Changed since the last acknowledgement.
+    var dirty = false
+    /// Acknowledged (close of one descriptor while another writer stays open) and not queued for upload yet.
+    var ackedUnqueued = false
+    /// Bytes queued for upload that have not landed.
+    var queued: Bytes?
+    /// Versions queued since the file last landed (one supersedes another).
+    var queuedVersions = 0
+    var handles = 0
+    /// Handles on the core's local version (write handles, and read handles opened while the file was local);
+    /// a read handle opened on the object does not keep the local version.
+    var localHandles = 0
+    var writers = 0
+    /// The core keeps a local version: from a write-open (or truncate) until it is uploaded and closed.
+    var local = false
+    var unlinked = false
+    /// The upload expects `base` in S3 (If-None-Match for nil, If-Match otherwise); false after a rename (a
+    /// rename destination is replaced without a condition) until the file lands.
+    var conditional = true
+    var base: Bytes?
+    /// The other client's change count of the key when `base` was taken.
+    var baseEpoch = 0
+    /// The last drain found a conflict; stays until the file is renamed (or unlinked), also for later versions.
+    var conflicted = false
+    /// Opened in place (for writing, without truncating, with bytes in S3): blocks not written are fetched
+    /// from the object only when needed, until the file lands or is emptied.
+    var inPlace = false
+    /// An acknowledged version of the file was made in place (its checksum counts the blocks not fetched then
+    /// as zeros), as long as the file stays local (KnownCoreBugs.renameRejournalsStaleChecksum).
+    var ackedInPlace = false
+    /// The core's local version is new and unchanged (opened for writing, nothing written yet).
+    var fresh = false
+    /// A close of such a version journaled it though nothing changed (KnownCoreBugs.noopJournaled); its
+    /// upload is a no-op, until the next drain as far as the model knows.
+    var noop = false
+    /// The position of the upload job a conflict stopped: deletes made after it wait for it (README: "a file
+    /// stopped by a conflict holds the deletes made after it").
+    var conflictSeq: Int?
+    /// The position of the last acknowledgement (its journal record): recovery queues the version there.
+    var ackSeq = 0
+    /// Renamed since it became local: versions made before the renamed one landed keep uploading without a
+    /// condition (KnownCoreBugs.renamedFileStaysUnconditional).
+    var renamed = false
+}
+
+/// An open file of the model.
+struct ModelHandle {
+    var file: Int
+    var writable: Bool
+    /// A handle on the core's local version (not on the object).
+    var local = true
+    /// Bytes at open, when the core may have pinned the object version (a read-only open of a file without
+    /// local changes): reads may show these, or fail with ESTALE/ENOENT once the object changed.
+    var pinned: Bytes?
+}
+
+/// What a step should do: succeed, or fail with one of these errnos.
+enum Expect: Equatable, CustomStringConvertible {
+    case ok
+    case fails(Set<Int32>)
+
+    static func fails(_ e: Int32) -> Expect { .fails([e]) }
+
+    var description: String {
+        switch self {
+        case .ok: return "success"
+        case .fails(let es): return es.map(ErrnoName.of).sorted().joined(separator: " or ")
+        }
+    }
+}
+
+struct Model {
+    enum Entry: Equatable {
+        case file(Int)
+        case directory
+    }
+
+    /// Every path but the root ("").
+    var entries: [String: Entry] = [:]
+    var files: [Int: ModelFile] = [:]
+    var nextFile = 1
+    /// Open handles by the number the steps give them.
+    var handles: [Int: ModelHandle] = [:]
+
+    /// S3 as of the last drain (key → bytes; directory markers are "dir/" → []).
+    var synced: [String: Bytes] = [:]
+    /// Changes since the last drain, in order.
+    var events: [S3Event] = []
+    var seq = 0
+    /// A held upload request went on (or landed at a crash) since the last drain: queued uploads may have landed.
+    var uncertain = false
+    /// The other client's changes, per key: how many, and the object after the last one.
+    var epoch: [String: Int] = [:]
+    var remoteState: [String: Bytes?] = [:]
+
+    // MARK: Namespace
+
+    static func parent(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "" }
+        return String(path[..<slash])
+    }
+
+    func isDirectory(_ path: String) -> Bool { path.isEmpty || entries[path] == .directory }
+
+    func file(at path: String) -> Int? {
+        if case .file(let id)? = entries[path] { return id }
+        return nil
+    }
+
+    /// Names in directory `dir` → whether each is a directory.
+    func children(of dir: String) -> [String: Bool] {
+        var out: [String: Bool] = [:]
+        for (p, e) in entries where Model.parent(p) == dir {
+            out[String(p.split(separator: "/").last!)] = e == .directory
+        }
+        return out
+    }
+
+    /// Paths under `dir` (not `dir` itself).
+    func descendants(of dir: String) -> [String] { entries.keys.filter { $0.hasPrefix(dir + "/") }.sorted() }
+
+    /// The error of walking to `path`'s parent: ENOENT for a missing directory on the way, ENOTDIR for a file.
+    func walkError(_ path: String) -> Int32? {
+        let parts = path.split(separator: "/").map(String.init)
+        var p = ""
+        for c in parts.dropLast() {
+            p = p.isEmpty ? c : p + "/" + c
+            switch entries[p] {
+            case nil: return ENOENT
+            case .file: return ENOTDIR
+            case .directory: continue
+            }
+        }
+        return nil
+    }
+
+    // MARK: Expected outcomes
+
+    func expect(_ step: Step) -> Expect {
+        switch step {
+        case .open(let path, _, let mode):
+            if let e = walkError(path) { return .fails(e) }
+            switch entries[path] {
+            case nil: return mode.create ? .ok : .fails(ENOENT)
+            case .directory: return mode.create && mode.exclusive ? .fails(EEXIST) : .fails(EISDIR)
+            case .file: return mode.create && mode.exclusive ? .fails(EEXIST) : .ok
+            }
+        case .truncate(let path, _):
+            if let e = walkError(path) { return .fails(e) }
+            switch entries[path] {
+            case nil: return .fails(ENOENT)
+            case .directory: return .fails(EISDIR)
+            case .file: return .ok
+            }
+        case .unlink(let path):
+            if let e = walkError(path) { return .fails(e) }
+            switch entries[path] {
+            case nil: return .fails(ENOENT)
+            case .directory: return .fails([EISDIR, EPERM])
+            case .file: return .ok
+            }
+        case .mkdir(let path):
+            if let e = walkError(path) { return .fails(e) }
+            return entries[path] == nil ? .ok : .fails(EEXIST)
+        case .rmdir(let path):
+            if let e = walkError(path) { return .fails(e) }
+            switch entries[path] {
+            case nil: return .fails(ENOENT)
+            case .file: return .fails(ENOTDIR)
+            case .directory: return children(of: path).isEmpty ? .ok : .fails(ENOTEMPTY)
+            }
+        case .rename(let src, let dst, let noReplace):
+            var errs = Set<Int32>()
+            if let e = walkError(src) { errs.insert(e) } else if entries[src] == nil { errs.insert(ENOENT) }
+            if let e = walkError(dst) { errs.insert(e) }
+            if !errs.isEmpty { return .fails(errs) }
+            let s = entries[src]!, d = entries[dst]
+            if src == dst { return noReplace ? .fails(EEXIST) : .ok }
+            if d != nil && noReplace { errs.insert(EEXIST) }
+            if s == .directory {
+                if dst.hasPrefix(src + "/") { errs.insert(EINVAL) }
+                if case .file? = d { errs.insert(ENOTDIR) }
+                if d == .directory && !children(of: dst).isEmpty { errs.insert(ENOTEMPTY) }
+            } else if d == .directory {
+                errs.insert(EISDIR)
+            }
+            return errs.isEmpty ? .ok : .fails(errs)
+        default:
+            return .ok
+        }
+    }
+
+    // MARK: Applying steps that succeeded
+
+    mutating func newFile(_ f: ModelFile) -> Int {
+        let id = nextFile
+        nextFile += 1
+        files[id] = f
+        return id
+    }
+
+    /// The file becomes local in the core (a write-open or truncate of a file without local changes): its
+    /// upload will expect the object as it is now.
+    mutating func makeLocal(_ id: Int, key: String, truncating: Bool = false) {
+        guard !files[id]!.local else { return }
+        files[id]!.local = true
+        files[id]!.fresh = true
+        files[id]!.inPlace = !truncating && !files[id]!.data.isEmpty
+        files[id]!.base = files[id]!.data
+        files[id]!.baseEpoch = epoch[key, default: 0]
+        files[id]!.conditional = true
+    }
+
+    mutating func open(_ path: String, handle: Int, mode: Step.Mode) {
+        if let id = file(at: path) {
+            var h = ModelHandle(file: id, writable: mode.write)
+            if mode.write {
+                makeLocal(id, key: path, truncating: mode.truncate)
+                files[id]!.writers += 1
+                if mode.truncate {
+                    files[id]!.data = []
+                    files[id]!.dirty = true
+                    files[id]!.fresh = false
+                }
+            } else {
+                h.local = files[id]!.local
+                // A read-only open of a file without local changes (or perhaps without: an upload may have
+                // landed since, or an unchanged version's no-op upload run) reads the object's version.
+                if !files[id]!.local || uncertain || files[id]!.noop { h.pinned = files[id]!.data }
+            }
+            files[id]!.handles += 1
+            if h.local { files[id]!.localHandles += 1 }
+            handles[handle] = h
+            return
+        }
+        let id = newFile(ModelFile(dirty: true, handles: 1, localHandles: 1, writers: 1, local: true, base: nil,
+                                   baseEpoch: epoch[path, default: 0]))
+        entries[path] = .file(id)
+        handles[handle] = ModelHandle(file: id, writable: true)
+    }
+
+    mutating func write(handle: Int, at offset: Int, _ bytes: Bytes) {
+        let id = handles[handle]!.file
+        var d = files[id]!.data
+        if d.count < offset + bytes.count { d += Bytes(repeating: 0, count: offset + bytes.count - d.count) }
+        d.replaceSubrange(offset..<offset + bytes.count, with: bytes)
+        files[id]!.data = d
+        files[id]!.dirty = true
+        files[id]!.fresh = false
+    }
+
+    /// The path a live file has now.
+    func path(of id: Int) -> String? { entries.first { $0.value == .file(id) }?.key }
+
+    mutating func truncate(_ id: Int, to size: Int) {
+        if size == 0 { files[id]!.inPlace = false }
+        files[id]!.fresh = false
+        var d = files[id]!.data
+        if d.count > size { d.removeLast(d.count - size) } else { d += Bytes(repeating: 0, count: size - d.count) }
+        files[id]!.data = d
+        files[id]!.dirty = true
+        guard !files[id]!.unlinked, let key = path(of: id) else { return }
+        if files[id]!.writers == 0 {
+            // A truncate without an open writer is a complete change: acknowledged and queued at once.
+            acknowledge(id)
+            queue(id, at: key)
+        }
+    }
+
+    mutating func truncate(_ path: String, to size: Int) {
+        let id = file(at: path)!
+        // The old bytes are the base: the core opens the file in place first.
+        makeLocal(id, key: path, truncating: size == 0)
+        truncate(id, to: size)
+    }
+
+    /// close() of one descriptor: a writer's changes are acknowledged.
+    mutating func flush(handle: Int) {
+        let h = handles[handle]!
+        guard h.writable else { return }
+        acknowledgeChanges(h.file)
+    }
+
+    /// close() or fsync() acknowledges the file's local version: its changes, or a new version with none. An
+    /// unchanged version of an empty file is uploaded again (it has no object to stand for); of a non-empty
+    /// one, its upload is a no-op.
+    mutating func acknowledgeChanges(_ id: Int) {
+        guard !files[id]!.unlinked else { return }
+        if files[id]!.dirty || (files[id]!.fresh && files[id]!.data.isEmpty) {
+            acknowledge(id)
+            files[id]!.ackedUnqueued = true
+        } else if files[id]!.fresh {
+            files[id]!.fresh = false
+            files[id]!.noop = true
+        }
+    }
+
+    /// The last close of a handle: flush, then release; the last writer queues what was acknowledged.
+    mutating func close(handle: Int) {
+        flush(handle: handle)
+        let h = handles.removeValue(forKey: handle)!
+        let id = h.file
+        files[id]!.handles -= 1
+        if h.local { files[id]!.localHandles -= 1 }
+        if h.writable { files[id]!.writers -= 1 }
+        let f = files[id]!
+        if f.unlinked {
+            if f.handles == 0 { files[id] = nil }
+            return
+        }
+        if h.writable && f.writers == 0, f.ackedUnqueued, let key = path(of: id) {
+            // The last writer's close queues what was acknowledged.
+            queue(id, at: key)
+        }
+        settleIfClean(id)
+    }
+
+    /// With no handle and nothing to upload, the core has no local version any more.
+    mutating func settleIfClean(_ id: Int) {
+        let f = files[id]!
+        if f.localHandles == 0 && f.queued == nil && !f.ackedUnqueued && !f.dirty && !f.conflicted {
+            files[id]!.local = false
+            files[id]!.fresh = false
+            files[id]!.renamed = false
+            files[id]!.ackedInPlace = false
+        }
+    }
+
+    /// fsync(): acknowledges and queues the file's changes (of a file with local changes). The runner drains.
+    mutating func fsync(handle: Int) {
+        let h = handles[handle]!
+        let id = h.file
+        // A handle pinned to the object version (opened while the file had no local changes) fsyncs nothing.
+        guard h.pinned == nil, !files[id]!.unlinked, files[id]!.local, let key = path(of: id) else { return }
+        acknowledgeChanges(id)
+        if files[id]!.ackedUnqueued { queue(id, at: key) }
+    }
+
+    /// A file loses its name (unlink, or replaced by a rename): its queued versions are withdrawn; open, it
+    /// lives on until its last close.
+    mutating func orphan(_ id: Int) {
+        withdraw(id)
+        files[id]!.unlinked = true
+        files[id]!.queued = nil
+        files[id]!.ackedUnqueued = false
+        files[id]!.conflictSeq = nil
+        if files[id]!.handles == 0 { files[id] = nil }
+    }
+
+    mutating func unlink(_ path: String) {
+        let id = file(at: path)!
+        entries[path] = nil
+        orphan(id)
+        record(path, .delete, nil)
+    }
+
+    mutating func mkdir(_ path: String) {
+        entries[path] = .directory
+        record(path + "/", .sync, [])
+    }
+
+    mutating func rmdir(_ path: String) {
+        entries[path] = nil
+        record(path + "/", .delete, nil)
+    }
+
+    /// A local file's versions move from `src` to `dst` (handles follow): the uploads go to the new key without
+    /// a condition. `keepSource`: a file rename of a file in conflict, whose old name keeps the other writer's
+    /// object.
+    mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool) {
+        let f = files[id]!
+        files[id]!.conditional = false
+        files[id]!.conflicted = false
+        files[id]!.conflictSeq = nil
+        if f.local {
+            files[id]!.renamed = true
+            // The acknowledged version is journaled again under the new key (unless a later write copied it).
+            if f.acked != nil && !(f.ackedUnqueued && f.dirty) {
+                seq += 1
+                files[id]!.ackSeq = seq
+            }
+        }
+        if f.local {
+            if f.acked != nil && !f.ackedUnqueued {
+                files[id]!.queued = f.queued ?? f.acked
+                record(dst, .put, files[id]!.queued, file: id)
+            } else if let q = f.queued {
+                record(dst, .put, q, file: id)
+            }
+            if !keepSource { record(src, .delete, nil) }
+        } else {
+            // Only in S3: a server-side copy, made during the call; the old name is deleted later.
+            record(dst, .sync, f.data)
+            record(src, .delete, nil)
+        }
+    }
+
+    mutating func rename(_ src: String, _ dst: String) {
+        guard src != dst else { return }
+        let s = entries[src]!
+        if case .file(let id) = s {
+            if let old = file(at: dst) { orphan(old) }
+            let f = files[id]!
+            let keep = f.local && f.conflicted
+            move(id, from: src, to: dst, keepSource: keep)
+            entries[src] = nil
+            entries[dst] = .file(id)
+            if keep, let theirs = remoteState[src] ?? nil {
+                // The old name shows the other writer's object again.
+                entries[src] = .file(newFile(ModelFile(data: theirs, acked: theirs)))
+            }
+            return
+        }
+        if entries[dst] == .directory {
+            record(dst + "/", .delete, nil)
+            entries[dst] = nil
+        }
+        let moving = [src] + descendants(of: src)
+        for p in moving {
+            let q = dst + p.dropFirst(src.count)
+            switch entries[p]! {
+            case .directory:
+                record(q + "/", .sync, [])
+                record(p + "/", .delete, nil)
+            case .file(let id):
+                move(id, from: p, to: q, keepSource: false)
+            }
+        }
+        for p in moving {
+            let q = dst + p.dropFirst(src.count)
+            entries[q] = entries.removeValue(forKey: p)
+        }
+    }
+
+    mutating func remotePut(_ path: String, _ bytes: Bytes) {
+        epoch[path, default: 0] += 1
+        remoteState[path] = .some(bytes)
+        record(path, .remote, bytes)
+        if let id = file(at: path), files[id]!.local { return }  // ours is shown until it lands (or conflicts)
+        if let id = file(at: path) { files[id] = nil }
+        entries[path] = .file(newFile(ModelFile(data: bytes, acked: bytes)))
+    }
+
+    mutating func remoteDelete(_ path: String) {
+        epoch[path, default: 0] += 1
+        remoteState[path] = .some(nil)
+        record(path, .remote, nil)
+        if let id = file(at: path), files[id]!.local { return }
+        if let id = file(at: path) { files[id] = nil }
+        entries[path] = nil
+    }
+}

@@ -1,0 +1,584 @@
+import CkptS3
+import CkptTestSupport
+import Foundation
+import XCTest
+
+/// Every difference the model test found between the core and the model, shrunk, as a named test. A test of a
+/// core bug not fixed yet is skipped (`XCTSkip("core bug: ...")`) so the suite stays green; the fix removes the
+/// skip (and the entry in `KnownCoreBugs`).
+final class ModelRegressionTests: XCTestCase {
+    override class func tearDown() { ModelRun.removeBase() }
+
+    /// Bug: a version renamed while its upload is in flight is queued again under the new name when that upload
+    /// lands, behind the versions queued there meanwhile: the older version lands last and S3 ends with it.
+    /// Expected: S3 b = the truncate's 3 bytes (acknowledged at once). Found: S3 b = the 10 bytes of the first
+    /// close; once clean, the mount shows them too.
+    func testAVersionRenamedWhileUploadingDoesNotLandOverANewerOne() async throws {
+        try skipKnown(.renamedWhileUploading)
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 10, seed: 1),
+            .close(h: 1),
+            .awaitHeld(1),
+            .rename("a", "b", noReplace: false),
+            .truncate("b", to: 3),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug (same cause): a file renamed while its upload is in flight and renamed back before it lands: the
+    /// delete of its name queued by the first rename is not withdrawn by the second, and applies once the
+    /// upload lands. Expected: y stays (3190 zero bytes, in S3 after the drain). Found: y gone from the listing
+    /// once the held upload goes on; S3 has no y after the drain.
+    func testAFileRenamedAwayAndBackWhileUploadingIsNotDeleted() async throws {
+        try skipKnown(.renamedWhileUploading)
+        try await ModelCheck.replay([
+            .open("y", h: 1, .createTruncate),
+            .ftruncate(h: 1, to: 3190),
+            .close(h: 1),
+            .awaitHeld(1),
+            .rename("y", "a", noReplace: false),
+            .rename("a", "y", noReplace: false),
+            .releaseOne,
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug: a file whose upload to its old name is in flight when it is renamed, and which that upload finds
+    /// changed by another client, is marked a conflict under the old name and stays there: it never goes up
+    /// under its new name, and the delete of the old name waits for it for ever. Expected: y uploaded, x
+    /// deleted, flush succeeds. Found: flush fails (conflict on x, the delete of x not applied), y never in S3.
+    func testAFileRenamedWhileUploadingIsNotStrandedByAConflictUnderItsOldName() async throws {
+        try skipKnown(.renamedWhileUploading)
+        try await ModelCheck.replay([
+            .open("x", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .remotePut("x", count: 4, seed: 7),
+            .rename("x", "y", noReplace: false),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug: unlink of a file whose acknowledged version was copied by a later write (acknowledged by a close of
+    /// one descriptor while another stays open) journals no drop of that acknowledged version: after a crash
+    /// recovery uploads it, and the unlinked file comes back. Expected: y absent after the crash. Found: y
+    /// listed again, and uploaded.
+    func testAnUnlinkedFileDoesNotComeBackAfterACrash() async throws {
+        try skipKnown(.unlinkKeepsAVersion)
+        try await ModelCheck.replay([
+            .open("y", h: 1, .createTruncate),
+            .open("y", h: 2, .write),
+            .close(h: 2),
+            .write(h: 1, at: 0, count: 5, seed: 1),
+            .unlink("y"),
+            .crash(landing: false),
+        ])
+    }
+
+    /// Bug (same cause): unlink drops the versions still queued, but not one superseded by a newer version while
+    /// it waited behind an upload in flight (superseded counts as settled); its commit record stays live in the
+    /// journal once the newer one is dropped. Expected: c.tmp absent after the crash. Found: c.tmp listed again.
+    func testAnUnlinkedFileWithASupersededVersionDoesNotComeBackAfterACrash() async throws {
+        try skipKnown(.unlinkKeepsAVersion)
+        try await ModelCheck.replay([
+            .open("c.tmp", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .open("c.tmp", h: 3, .createTruncate),
+            .close(h: 3),
+            .truncate("c.tmp", to: 0),
+            .unlink("c.tmp"),
+            .crash(landing: false),
+        ])
+    }
+
+    /// Bug (same cause as the next): a file opened for writing in place and not changed, renamed: nothing is
+    /// queued for the new name, the old name's delete applies at once; the object is under neither name until
+    /// the close uploads it (a crash before loses it). Expected: the delete of d waits for x/a's upload. Found:
+    /// "order": d deleted, x/a absent.
+    func testRenamingAFileOpenForWritingWithoutChangesKeepsItUnderOneName() async throws {
+        try skipKnown(.renameOfOpenFileLosesLastClose)
+        try await ModelCheck.replay([
+            .mkdir("x"),
+            .remotePut("d", count: 4, seed: 1),
+            .open("d", h: 1, .write),
+            .rename("d", "x/a", noReplace: false),
+            .crash(landing: false),
+        ])
+    }
+
+    /// Bug: rename of a file open for writing with changes not acknowledged yet, whose last acknowledged bytes
+    /// are in S3, queues nothing for the new name and deletes the old one: S3 holds the file under neither name
+    /// until it is closed, and after a crash it is lost (README: "never neither"; close()d bytes survive).
+    /// Expected: the delete of a waits for b's upload; after the crash b = the 100 bytes closed before.
+    /// Found: a deleted at once ("order"), b absent after the crash.
+    func testRenamingAFileOpenForWritingKeepsItsLastClosedBytesUnderOneName() async throws {
+        try skipKnown(.renameOfOpenFileLosesLastClose)
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 100, seed: 1),
+            .close(h: 1),
+            .drain(faults: []),
+            .open("a", h: 2, .write),
+            .write(h: 2, at: 0, count: 10, seed: 2),
+            .rename("a", "b", noReplace: false),
+            .crash(landing: false),
+        ])
+    }
+
+    /// Bug: when an upload's precondition fails, the core HEADs the object to tell its own earlier upload
+    /// (landed before a crash) from another writer's; a failed HEAD (`try?`) counts as another writer's, and
+    /// the file is stopped as a conflict for good. Here the crash let the upload land (reply lost); recovery
+    /// uploads it again with If-None-Match, which fails; the HEAD fails once (500, after the S3 client's own
+    /// retries in production). Expected: c.tmp recognised as landed, flush succeeds. Found: flush reports a
+    /// conflict on c.tmp ("created in S3 by someone else").
+    func testAFailedHeadDuringAnUploadIsNotAConflict() async throws {
+        try skipKnown(.headFailureIsAConflict)
+        try await ModelCheck.replay([
+            .open("c.tmp", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .crash(landing: true),
+            .drain(faults: [Fault(["HeadObject"], .nth(1), .fail(.internalError))]),
+        ])
+    }
+
+    /// Bug: a file re-created under the name of an object whose delete (unlink) is still queued (it waits for
+    /// an upload before it) is uploaded with If-None-Match, and its upload cancels that delete: the old object is
+    /// still there, so the new file is a conflict with an object the user deleted. Expected: a = the new, empty
+    /// file in S3, flush succeeds. Found: flush reports a conflict on a ("created in S3 by someone else"), S3
+    /// keeps the deleted object.
+    func testAFileReCreatedWhileTheOldOnesDeleteIsQueuedIsNotAConflict() async throws {
+        try skipKnown(.recreateWhileDeleteQueued)
+        try await ModelCheck.replay([
+            .remotePut("a", count: 4, seed: 1),
+            .open("b", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .unlink("a"),
+            .open("a", h: 2, .createTruncate),
+            .close(h: 2),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug: a version unlinked while its upload is in flight and while the file is open (an orphan: unlink keeps
+    /// the staged files of an open file for its last close), whose upload then fails its condition (another
+    /// client wrote the key meanwhile), is marked a conflict instead of staying dropped, and nobody removes its
+    /// staged file (the orphan's last close removes only its current version; until the next mount's recovery).
+    /// Expected: after the drain the staging area is empty. Found: one staged file left.
+    func testAVersionUnlinkedWhileUploadingLeavesNoStagedFile() async throws {
+        try skipKnown(.droppedUploadConflicts)
+        try await ModelCheck.replay([
+            .open("c", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .remotePut("c", count: 100, seed: 1),
+            .open("c", h: 2, .createTruncate),
+            .unlink("c"),
+            .close(h: 2),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug (same cause, found by a 4,000-sequence soak after the merge, seed 2757): without a handle open, too.
+    /// A file saved over an object another client then changed, recovered after a crash (its upload, If-Match
+    /// the object it replaced, is in flight), and unlinked: the upload fails its condition and the dropped
+    /// version becomes a conflict, which holds the deletes made after it. Expected: the final drain applies
+    /// the delete of a (renamed to d). Found: flush reports "a: delete not applied yet".
+    func testAnUnlinkedVersionWhoseUploadFailsItsConditionHoldsNoDeletes() async throws {
+        try skipKnown(.droppedUploadConflicts)
+        try await ModelCheck.replay([
+            .remotePut("x", count: 4, seed: 2757002),
+            .open("x", h: 1, .createTruncate),
+            .close(h: 1),
+            .remotePut("x", count: 4, seed: 2757003),
+            .crash(landing: false),
+            .unlink("x"),
+            .open("c.tmp", h: 5, .createTruncate),
+            .close(h: 5),
+            .open("a", h: 6, .createTruncate),
+            .rename("a", "d", noReplace: false),
+        ])
+    }
+
+    /// Bug: CreateMultipartUpload reaches S3 and its reply is lost (a timeout after the server acted): the
+    /// upload is retried with a new multipart upload and lands, and the first one stays open in S3 until a later
+    /// mount's recovery aborts it (from the journal's `starting` record). Expected: no multipart upload open
+    /// after the drain. Found: one left open for a.
+    func testACreateMultipartUploadWhoseReplyIsLostIsAborted() async throws {
+        try skipKnown(.lostCreateReplyLeavesUpload)
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 20000, seed: 1),
+            .close(h: 1),
+            .drain(faults: [Fault(["CreateMultipartUpload"], .nth(1), .failAfter(.slowDown))]),
+        ])
+    }
+
+    /// Bug (a race; fixed on main by ChangesInFlight, ded1bf7): a readdir whose LIST S3 answered while the
+    /// delete of an unlinked file was still queued, and whose page is read after that delete landed (which lifts
+    /// its hiding), shows the unlinked name. Found by the property test as a rare "listing" difference right
+    /// after an unlink; pinned down here by holding the delete, then the LIST's reply. Expected: the root lists
+    /// nothing. Found: it lists "b".
+    func testAListingDoesNotShowAFileWhoseDeleteLandsWhileItIsRead() async throws {
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let memory = MemoryObjectClient(buckets: ["m"])
+        memory.seed("m", "b", [1, 2, 3])
+        let client = FaultInjectingClient(wrapping: memory)
+        let driver = try CoreDriver(directory: dir, client: client, bucket: "m")
+        defer {
+            driver.stop()
+            client.failHeld()
+        }
+        let deletes = client.hold(.operations("DeleteObject"))
+        let unlinked = await driver.unlink("b")
+        XCTAssertNoThrow(try unlinked.get())
+        await client.waitForHeld(deletes)
+        let replies = client.add(.operations("ListObjectsV2"), .all, .holdReply)
+        let listing = Task { await driver.list("") }
+        await client.waitForHeld(replies)
+        client.release(deletes)
+        let left = await driver.flushAll(timeout: .seconds(10))  // the delete landed and its hiding is lifted
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        client.release(replies)
+        let names = try await listing.value.get()
+        XCTAssertEqual(names, [:], "an unlinked file is listed")
+    }
+
+    /// Bug: a file overwritten in place keeps the blocks it did not write in S3 until its upload fetches them;
+    /// if another client replaces the object first, those blocks are gone: the upload stops as a conflict (right)
+    /// but reads of the acknowledged local copy fail with EIO, and renaming it cannot upload it either (README:
+    /// a conflict keeps the local copy readable, and renaming it uploads it). The property test cannot reach
+    /// this (it reads every file after every step, which fetches the blocks), so it calls the driver directly:
+    /// the upload's fetch is held until the other client has written. Expected: a conflict on a, and a reads
+    /// its 10,000 bytes with the first 100 rewritten. Found: reading a fails with EIO ("the parts of it this
+    /// file did not rewrite are gone").
+    func testAFileOverwrittenInPlaceStaysReadableWhenItsObjectIsReplaced() async throws {
+        try skipKnown(.inPlaceBaseReplaced)
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let memory = MemoryObjectClient(buckets: ["m"])
+        let original = contents(10000, seed: 1)
+        memory.seed("m", "a", original)
+        let client = FaultInjectingClient(wrapping: memory)
+        let driver = try CoreDriver(directory: dir, client: client, bucket: "m")
+        defer {
+            driver.stop()
+            client.failHeld()
+        }
+        let h = try await driver.open("a", CoreDriver.OpenMode(write: true)).get()
+        let mine = contents(100, seed: 2)
+        try await driver.write(h, at: 0, mine).get()
+        let fetches = client.hold(.operations("GetObject"))  // the upload's fetch of the blocks not written
+        try driver.close(h).get()
+        await client.waitForHeld(fetches)
+        memory.seed("m", "a", contents(50, seed: 3))  // another client
+        client.release(fetches)
+        let left = await driver.flushAll(timeout: .seconds(10))
+        XCTAssertEqual(left.map(\.path), ["a"], "a conflict")
+        let read = await driver.readFile("a")
+        XCTAssertEqual(try read.get(), mine + original[100...], "the local copy of a conflict is readable")
+    }
+
+    /// Bug: a file changed in place is journaled with the blocks it had not fetched yet; after a crash recovery
+    /// treats them as missing again and fetches them from the object the file started from (through the block
+    /// cache), though the staged file has them by then (a read, or the upload, fetched them). If that object
+    /// changed meanwhile (here the file's own upload landed just before the crash, its reply and the journal's
+    /// `done` lost) and the block cache no longer has those blocks (evicted; or, as in the property test that
+    /// found it, written to the cache in the background and lost with the crash), the acknowledged file cannot
+    /// be read. A driver test with a one-block cache pins it down. Expected: a reads its 5,000 bytes after
+    /// recovery. Found: EIO ("the parts of it this file did not rewrite are gone").
+    func testARecoveredInPlaceFileIsReadableAfterItsUploadLanded() async throws {
+        try skipKnown(.recoveryRefetchesInPlaceBlocks)
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let memory = MemoryObjectClient(buckets: ["m"])
+        let original = contents(10000, seed: 1)
+        memory.seed("m", "a", original)
+        var setup = CoreDriver.Setup()
+        setup.cacheCapacity = Int64(setup.blockSize)
+        let first = FaultInjectingClient(wrapping: memory)
+        let second = FaultInjectingClient(wrapping: memory)
+        defer {
+            first.failHeld()
+            second.failHeld()
+        }
+        let gate = first.hold(ModelRun.gated)
+        let mount = try CoreDriver(directory: dir, client: first, bucket: "m", setup: setup)
+        try await mount.truncate("a", to: 5000).get()
+        let cut = Array(original[0..<5000])
+        let before = await mount.readFile("a")
+        XCTAssertEqual(try before.get(), cut)
+        await first.waitForHeld(gate)
+        first.cut(landing: true)  // the crash: the held upload lands, its reply is lost
+        await first.waitForLanding()
+        mount.stop()
+        XCTAssertEqual(memory.objects(in: "m")["a"], cut, "the upload landed")
+        let again = try CoreDriver(directory: dir, client: second, bucket: "m", setup: setup)
+        defer { again.stop() }
+        _ = try await again.recover()
+        let after = await again.readFile("a")
+        XCTAssertEqual(try after.get(), cut)
+    }
+
+    /// Bug: a file opened for writing and closed without a change is journaled as a new version (its upload is
+    /// then a no-op: nothing is sent). Recovery after a crash treats the journaled version as changed: it shows
+    /// the old bytes over what another client wrote since, and uploads them with If-Match (a conflict) though the
+    /// user changed nothing (README: "opened for writing and closed without a change: nothing is uploaded").
+    /// Expected: c shows the other client's 5,396 bytes. Found: c shows the old 6,366 bytes (and a conflict).
+    func testAFileClosedUnchangedIsNotUploadedAfterACrash() async throws {
+        try skipKnown(.noopJournaled)
+        try await ModelCheck.replay([
+            .remotePut("c", count: 6366, seed: 1),
+            .open("c", h: 1, .write),
+            .closeDup(h: 1),
+            .crash(landing: false),
+            .remotePut("c", count: 5396, seed: 2),
+        ])
+    }
+
+    /// Bug: unlink of a file whose upload is in flight, while a descriptor open for writing stays: unlink makes
+    /// the current version writable in place for the orphan ("nothing uploads it"), but that version is the one
+    /// the held request is about to send: the orphan's later writes reach S3 (until the queued delete removes
+    /// them). Expected: S3 a is absent or the 5,000 acknowledged bytes. Found: the 5,000 bytes with the
+    /// orphan's 100 bytes at the start ("the writer never acknowledged that").
+    func testAnUnlinkedFilesLaterWritesNeverReachS3() async throws {
+        try skipKnown(.orphanWritesIntoUpload)
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 5000, seed: 1),
+            .close(h: 1),
+            .awaitHeld(1),
+            .open("a", h: 2, .write),
+            .unlink("a"),
+            .write(h: 2, at: 0, count: 100, seed: 2),
+            .releaseOne,
+        ])
+    }
+
+    /// Bug: rename of a file only in S3 onto a file with local changes withdraws the destination's versions
+    /// (journaled) before it copies; when the copy fails the rename fails with EIO, and the destination is gone
+    /// anyway: from the mount now (the file still open is an orphan), and after a crash its acknowledged bytes.
+    /// Expected: rename fails, a (open, 10 bytes written) and b stay. Found: a is no longer listed.
+    func testAFailedRenameLeavesTheDestinationAlone() async throws {
+        try skipKnown(.failedRenameDropsDestination)
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 10, seed: 1),
+            .remotePut("b", count: 100, seed: 2),
+            .faulty(Fault(["CopyObject"], .first(4), .fail(.connectionReset)), .rename("b", "a", noReplace: false)),
+        ])
+    }
+
+    /// Bug: rmdir decides "empty" from the first page of the directory's listing (S3 gives 1,000 keys a page;
+    /// the in-memory client here gives 3): objects whose deletes are still queued are on it and skipped, and a
+    /// subdirectory on the next page is not seen: the directory is removed though it is not empty. Expected:
+    /// rmdir y fails with ENOTEMPTY (y/x is in it). Found: rmdir succeeds.
+    func testRmdirOfADirectoryWithMoreThanAPageIsNotEmpty() async throws {
+        try skipKnown(.rmdirReadsOnePage)
+        try await ModelCheck.replay([
+            .mkdir("y"),
+            .mkdir("y/x"),
+            .remotePut("y/a", count: 10, seed: 1),
+            .remotePut("y/b", count: 10, seed: 2),
+            .unlink("y/a"),
+            .unlink("y/b"),
+            .rmdir("y"),
+        ])
+    }
+
+    /// Bug (a race, found by a 10,000-sequence soak, seed 204158): a read-only open of a file whose upload is
+    /// finishing: open sees a local version, the upload's end removes it, and openLocal finds none; open then
+    /// has no object handle either and fails with ENOENT (Reads.swift `open`: `isLocal` checked, then
+    /// `openLocal` returns nil, `remote` is nil). Stressed here: uploads land while the file is opened
+    /// read-only again and again. Expected: every open succeeds. Found: some fail with ENOENT (not every run:
+    /// it is a race).
+    func testAReadOnlyOpenWhileTheUploadEndsFindsTheFile() async throws {
+        try skipKnown(.openRacesUploadEnd)
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let memory = MemoryObjectClient(buckets: ["m"])
+        let client = FaultInjectingClient(wrapping: memory)
+        let gate = client.hold(.uploads)
+        let driver = try CoreDriver(directory: dir, client: client, bucket: "m")
+        defer {
+            driver.stop()
+            client.failHeld()
+        }
+        var missing = 0
+        for i in 0..<600 {
+            let name = "f\(i)"
+            let h = try await driver.open(name, CoreDriver.OpenMode(write: true, create: true, truncate: true)).get()
+            try await driver.write(h, at: 0, contents(10, seed: i)).get()
+            try driver.close(h).get()
+            await client.waitForHeld(gate)
+            let upload = try XCTUnwrap(client.releaseOldest(gate))
+            let opens = Task {
+                var failed = 0
+                for _ in 0..<30 {
+                    switch await driver.open(name, CoreDriver.OpenMode()) {
+                    case .success(let r): driver.close(r)
+                    case .failure(let e): if e.errno == ENOENT { failed += 1 }
+                    }
+                }
+                return failed
+            }
+            await client.waitForReply(upload.id)
+            missing += await opens.value
+        }
+        XCTAssertEqual(missing, 0, "read-only opens that found no file while its upload ended")
+    }
+
+    /// Bug: the upload of a renamed file goes without a condition (right: the rename replaces the destination),
+    /// and a version made from it before it lands inherits "no condition" (`expectation(after:)` returns
+    /// `.anything`) and keeps it after the first one landed, so it overwrites another client's change made since
+    /// (README: uploads carry If-Match with the ETag this mount last uploaded; a change by someone else is a
+    /// conflict). Expected: the second drain stops c as a conflict and S3 keeps their object. Found: flush
+    /// succeeds, c's version 2 replaced their object.
+    func testAVersionAfterARenameIsConditionalOnceTheRenamedOneLanded() async throws {
+        try skipKnown(.renamedFileStaysUnconditional)
+        try await ModelCheck.replay([
+            .open("d", h: 1, .createTruncate),
+            .rename("d", "c", noReplace: false),
+            .close(h: 1),
+            .open("c", h: 2, .createTruncate),
+            .write(h: 2, at: 0, count: 1, seed: 2),
+            .drain(faults: []),
+            .close(h: 2),
+            .remotePut("c", count: 4, seed: 3),
+            .drain(faults: []),
+        ])
+    }
+
+    /// Bug: mkdir of a name whose directory was just removed (rmdir; its marker's delete still queued behind an
+    /// upload) cancels that delete first, then writes the marker; when the write fails, mkdir fails with EIO but
+    /// the delete stays cancelled: the old marker stays in S3 and the removed directory is back. Expected: mkdir
+    /// fails, y stays removed. Found: y listed again.
+    func testAFailedMkdirDoesNotBringBackARemovedDirectory() async throws {
+        try skipKnown(.failedChangeRevivesDeleted)
+        try await ModelCheck.replay([
+            .mkdir("y"),
+            .open("a", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .rmdir("y"),
+            .faulty(Fault(["PutObject"], .first(3), .fail(.timeout)), .mkdir("y")),
+        ])
+    }
+
+    /// Bug: a file truncated in place is acknowledged with a checksum that counts its block not fetched yet as
+    /// zeros; its upload fetches the block. Renamed while a handle keeps it local, its version is journaled again
+    /// under the new name with that old checksum but without the block in its missing list, so after a crash
+    /// recovery finds the checksum wrong and moves the file to lost+found: the renamed file is gone. Expected:
+    /// c.tmp (1 byte) after the crash. Found: nothing listed.
+    func testARenamedInPlaceFileSurvivesACrash() async throws {
+        try skipKnown(.renameRejournalsStaleChecksum)
+        try await ModelCheck.replay([
+            .remotePut("a", count: 4, seed: 1),
+            .truncate("a", to: 1),
+            .open("a", h: 1, .read),
+            .fsync(h: 1),
+            .rename("a", "c.tmp", noReplace: false),
+            .crash(landing: false),
+        ])
+    }
+
+    /// Bug (same cause): a rename onto a name whose delete is still queued (unlink; behind an upload) cancels
+    /// that delete before it copies; when the copy fails the rename fails with EIO, and the deleted object is
+    /// back under that name. Expected: rename fails, d stays deleted. Found: d listed again.
+    func testAFailedRenameDoesNotBringBackADeletedFile() async throws {
+        try skipKnown(.failedChangeRevivesDeleted)
+        try await ModelCheck.replay([
+            .remotePut("d", count: 10, seed: 1),
+            .open("x", h: 1, .createTruncate),
+            .close(h: 1),
+            .awaitHeld(1),
+            .unlink("d"),
+            .remotePut("c", count: 20, seed: 2),
+            .faulty(Fault(["CopyObject"], .first(4), .fail(.timeout)), .rename("c", "d", noReplace: false)),
+        ])
+    }
+
+    /// Bug (a hang, found by a 30,000-sequence soak, seed 721092): an upload stopped by a conflict holds the
+    /// deletes made after it (README); mkdir of a name whose marker's delete is among them cancels that delete,
+    /// but then waits for its task, which waits for the deletes under the old directory, which the conflict holds
+    /// for good: mkdir never returns. Expected: mkdir x succeeds. Found: the step does not finish ("hang").
+    func testMkdirDoesNotWaitForDeletesAConflictHolds() async throws {
+        try skipKnown(.waitsForHeldDeletes)
+        try await ModelCheck.replay([
+            .remotePut("a", count: 10, seed: 1),
+            .truncate("a", to: 5),
+            .remotePut("a", count: 20, seed: 2),
+            .mkdir("x"),
+            .mkdir("x/y"),
+            .rmdir("x/y"),
+            .rmdir("x"),
+            .drain(faults: []),
+            .mkdir("x"),
+        ], timeout: .seconds(20))
+    }
+
+    /// Bug (a hang, fixed; found on main after the merge, seeds 21, 133, 753, 936, 1036): an unlinked file's
+    /// withdrawn upload job stays open until its delete has waited for the uploads queued before it. Two files
+    /// saved, then both unlinked before their uploads ran: each delete found the other's withdrawn job before
+    /// it, and they waited for each other for ever, so flush timed out and S3 kept both names. Expected: the
+    /// drain deletes both. Found: flush reports both deletes "not applied yet".
+    func testTwoFilesUnlinkedBeforeTheirUploadsAreBothDeleted() async throws {
+        try await ModelCheck.replay([
+            .open("c.tmp", h: 1, .createTruncate),
+            .close(h: 1),
+            .drain(faults: []),
+            .open("d", h: 2, .createTruncate),
+            .rename("d", "b", noReplace: false),
+            .close(h: 2),
+            .truncate("c.tmp", to: 0),
+            .unlink("c.tmp"),
+            .unlink("b"),
+        ])
+    }
+
+    /// Bug (fixed; found on main after the merge, seed 900, only when the machine was loaded enough that a step
+    /// let held uploads go): a file open read-only through its local version, unlinked while that version's
+    /// upload is in flight (an orphan: its handles keep reading the version). When the upload returned, it
+    /// found the key no longer the file's and removed the staged file; idle versions hold no descriptor, so
+    /// the orphan's next read opened it by path and failed. Expected: the handle reads the 10 bytes. Found:
+    /// ENOENT ("cannot open the staged file").
+    func testAFileUnlinkedWhileItsUploadIsInFlightStaysReadableThroughItsHandle() async throws {
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 10, seed: 1),
+            .close(h: 1),
+            .awaitHeld(1),
+            .open("a", h: 2, .read),
+            .unlink("a"),
+            .releaseOne,
+            .drain(faults: []),
+            .read(h: 2, at: 0, count: 10),
+        ])
+    }
+
+    /// Bug (fixed; found by a 4,000-sequence soak after the merge, seeds 2934 and 3268): stale-if-error served
+    /// what S3 had confirmed of a name this mount itself had since removed. y renamed to x (its marker's delete
+    /// applied at the drain), then mkdir y during an outage: the kernel's lookup of y, answered from what S3
+    /// confirmed before the rename, found a directory, so mkdir failed with EEXIST. Expected: mkdir y succeeds
+    /// or fails with EIO (the outage). Found: EEXIST.
+    func testStaleIfErrorDoesNotServeANameThisMountRemoved() async throws {
+        try await ModelCheck.replay([
+            .mkdir("y"),
+            .rename("y", "x", noReplace: false),
+            .drain(faults: []),
+            .faulty(Fault(["HeadObject", "ListObjectsV2"], .first(4), .fail(.connectionReset)), .mkdir("y")),
+        ])
+    }
+
+    /// Skips a test of a known core bug, naming it, while `KnownCoreBugs` lists it (CKPTFS_RUN_KNOWN_BUGS=1 runs
+    /// it anyway, to see it fail).
+    func skipKnown(_ bug: KnownCoreBugs.Bug) throws {
+        if KnownCoreBugs.open.contains(bug) && ProcessInfo.processInfo.environment["CKPTFS_RUN_KNOWN_BUGS"] == nil {
+            throw XCTSkip("core bug: \(bug.rawValue) (for the lead)")
+        }
+    }
+}
