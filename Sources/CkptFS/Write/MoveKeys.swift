@@ -18,6 +18,10 @@ extension WriteBack {
         if let f = localFiles.byKey.withLock({ $0[src] }) {
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.
             for v in versions(of: f) { try await fillAll(v) }
+            // No version here holds the file's last acknowledged bytes (it is open with changes nobody
+            // acknowledged yet, or none): they are the object under the old name, copied to the new one now,
+            // or a crash before the file's next upload would leave it under neither name.
+            if !holdsAcknowledged(f) { try await copyAcknowledgedObject(of: f, from: src, to: dst) }
             let moved = retarget(f, from: src, to: dst)
             let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
             try await journal.record(records + moved.records + deletes)
@@ -42,7 +46,9 @@ extension WriteBack {
     /// for deletion, in one journal record batch.
     func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
         let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) } }
-        let remaining = keys.filter { localFiles[$0] == nil }
+        // Objects are copied, except those of local files holding their last acknowledged bytes (those move
+        // with the file); a local file that holds none (open, nothing acknowledged) has them in its object.
+        let remaining = keys.filter { k in localFiles[k].map { !holdsAcknowledged($0) } ?? true }
         func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
         if changes.hasHidden { for k in remaining { await clearPendingDelete(of: target(k)) } }
         await clearPendingDelete(of: dst)

@@ -8,7 +8,6 @@ enum KnownCoreBugs {
     enum Bug: String, CaseIterable, Sendable {
         case renamedWhileUploading = "a version renamed while its upload is in flight is queued again behind newer versions, or stranded by a conflict under its old name"
         case unlinkKeepsAVersion = "unlink leaves an acknowledged version (a fallback, or one superseded behind an upload in flight) in the journal; the file comes back after a crash"
-        case renameOfOpenFileLosesLastClose = "rename of a file open with unacknowledged changes deletes the old name with nothing queued for the new one"
         case headFailureIsAConflict = "a failed HEAD while an upload checks a failed precondition makes a permanent conflict"
         case recreateWhileDeleteQueued = "a file re-created while the delete of the old object is queued conflicts with that object"
         case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition (and holds the deletes after it); its staged file stays"
@@ -81,10 +80,6 @@ extension Model {
             if open.contains(.noopJournaled) && moved.contains(where: \.noop) { return .noopJournaled }
             if open.contains(.renameRejournalsStaleChecksum) && moved.contains(where: { $0.local && $0.ackedInPlace }) {
                 return .renameRejournalsStaleChecksum
-            }
-            if open.contains(.renameOfOpenFileLosesLastClose)
-                && moved.contains(where: { $0.writers > 0 && $0.acked != nil && $0.queued == nil && (!$0.ackedUnqueued || $0.dirty) }) {
-                return .renameOfOpenFileLosesLastClose
             }
             if open.contains(.unlinkKeepsAVersion), let id = file(at: dst), leavesAVersion(files[id]!) { return .unlinkKeepsAVersion }
             if open.contains(.orphanWritesIntoUpload), let id = file(at: dst), files[id]!.queued != nil && files[id]!.writers > 0 {

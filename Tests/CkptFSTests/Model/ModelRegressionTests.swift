@@ -93,12 +93,11 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug (same cause as the next): a file opened for writing in place and not changed, renamed: nothing is
-    /// queued for the new name, the old name's delete applies at once; the object is under neither name until
-    /// the close uploads it (a crash before loses it). Expected: the delete of d waits for x/a's upload. Found:
-    /// "order": d deleted, x/a absent.
+    /// Bug (fixed, same cause as the next): a file opened for writing in place and not changed, renamed:
+    /// nothing was queued for the new name, the old name's delete applied at once; the object was under
+    /// neither name until the close uploaded it (a crash before lost it). Expected: x/a holds d's bytes by the
+    /// time d is deleted. Found: "order": d deleted, x/a absent.
     func testRenamingAFileOpenForWritingWithoutChangesKeepsItUnderOneName() async throws {
-        try skipKnown(.renameOfOpenFileLosesLastClose)
         try await ModelCheck.replay([
             .mkdir("x"),
             .remotePut("d", count: 4, seed: 1),
@@ -108,13 +107,13 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug: rename of a file open for writing with changes not acknowledged yet, whose last acknowledged bytes
-    /// are in S3, queues nothing for the new name and deletes the old one: S3 holds the file under neither name
-    /// until it is closed, and after a crash it is lost (README: "never neither"; close()d bytes survive).
-    /// Expected: the delete of a waits for b's upload; after the crash b = the 100 bytes closed before.
-    /// Found: a deleted at once ("order"), b absent after the crash.
+    /// Bug (fixed: such a rename copies the object to the new name first): rename of a file open for writing
+    /// with changes not acknowledged yet, whose last acknowledged bytes are in S3, queued nothing for the new
+    /// name and deleted the old one: S3 held the file under neither name until it was closed, and after a crash
+    /// it was lost (README: "never neither"; close()d bytes survive). Expected: b holds the 100 bytes closed
+    /// before (by the time a is deleted, and after the crash). Found: a deleted at once ("order"), b absent
+    /// after the crash.
     func testRenamingAFileOpenForWritingKeepsItsLastClosedBytesUnderOneName() async throws {
-        try skipKnown(.renameOfOpenFileLosesLastClose)
         try await ModelCheck.replay([
             .open("a", h: 1, .createTruncate),
             .write(h: 1, at: 0, count: 100, seed: 1),
