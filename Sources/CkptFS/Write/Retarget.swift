@@ -28,6 +28,7 @@ extension WriteBack {
         if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) {
             vs.append(fallback)
         }
+        vs.sort { $0.id < $1.id }  // journaled again in the order they were made: the newest last
         localFiles.byKey.withLock { l in
             if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f

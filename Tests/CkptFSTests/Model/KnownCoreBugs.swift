@@ -7,7 +7,6 @@ import Foundation
 enum KnownCoreBugs {
     enum Bug: String, CaseIterable, Sendable {
         case renamedWhileUploading = "a version renamed while its upload is in flight is queued again behind newer versions, or stranded by a conflict under its old name"
-        case unlinkKeepsAVersion = "unlink leaves an acknowledged version (a fallback, or one superseded behind an upload in flight) in the journal; the file comes back after a crash"
         case headFailureIsAConflict = "a failed HEAD while an upload checks a failed precondition makes a permanent conflict"
         case recreateWhileDeleteQueued = "a file re-created while the delete of the old object is queued conflicts with that object"
         case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition (and holds the deletes after it); its staged file stays"
@@ -81,7 +80,7 @@ extension Model {
             if open.contains(.renameRejournalsStaleChecksum) && moved.contains(where: { $0.local && $0.ackedInPlace }) {
                 return .renameRejournalsStaleChecksum
             }
-            if open.contains(.unlinkKeepsAVersion), let id = file(at: dst), leavesAVersion(files[id]!) { return .unlinkKeepsAVersion }
+            if open.contains(.noopJournaled), let id = file(at: dst), files[id]!.noop { return .noopJournaled }
             if open.contains(.orphanWritesIntoUpload), let id = file(at: dst), files[id]!.queued != nil && files[id]!.writers > 0 {
                 return .orphanWritesIntoUpload
             }
@@ -90,9 +89,7 @@ extension Model {
                 return .droppedUploadConflicts
             }
         case .unlink(let path):
-            if open.contains(.unlinkKeepsAVersion), expect(s) == .ok, let id = file(at: path), leavesAVersion(files[id]!) {
-                return .unlinkKeepsAVersion
-            }
+            if open.contains(.noopJournaled), expect(s) == .ok, let id = file(at: path), files[id]!.noop { return .noopJournaled }
             if open.contains(.orphanWritesIntoUpload), expect(s) == .ok, let id = file(at: path),
                files[id]!.queued != nil && files[id]!.writers > 0 {
                 return .orphanWritesIntoUpload
@@ -145,9 +142,4 @@ extension Model {
               events.contains(where: { $0.kind == .put || $0.kind == .delete }) else { return nil }
         return .headFailureIsAConflict
     }
-
-    /// Whether unlinking `f` leaves an acknowledged version in the journal (KnownCoreBugs.unlinkKeepsAVersion):
-    /// one acknowledged while another writer stayed open (a later write copies it), or one superseded by a
-    /// newer version while waiting behind an upload in flight.
-    func leavesAVersion(_ f: ModelFile) -> Bool { f.ackedUnqueued || f.queuedVersions > 1 || f.noop }
 }

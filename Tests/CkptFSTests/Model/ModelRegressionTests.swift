@@ -60,12 +60,11 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug: unlink of a file whose acknowledged version was copied by a later write (acknowledged by a close of
-    /// one descriptor while another stays open) journals no drop of that acknowledged version: after a crash
-    /// recovery uploads it, and the unlinked file comes back. Expected: y absent after the crash. Found: y
-    /// listed again, and uploaded.
+    /// Bug (fixed: unlink withdraws that version too): unlink of a file whose acknowledged version was copied
+    /// by a later write (acknowledged by a close of one descriptor while another stays open) journaled no drop
+    /// of that acknowledged version: after a crash recovery uploaded it, and the unlinked file came back.
+    /// Expected: y absent after the crash. Found: y listed again, and uploaded.
     func testAnUnlinkedFileDoesNotComeBackAfterACrash() async throws {
-        try skipKnown(.unlinkKeepsAVersion)
         try await ModelCheck.replay([
             .open("y", h: 1, .createTruncate),
             .open("y", h: 2, .write),
@@ -76,11 +75,11 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug (same cause): unlink drops the versions still queued, but not one superseded by a newer version while
-    /// it waited behind an upload in flight (superseded counts as settled); its commit record stays live in the
-    /// journal once the newer one is dropped. Expected: c.tmp absent after the crash. Found: c.tmp listed again.
+    /// Bug (fixed: recovery takes a later commit of a key to supersede the earlier ones): unlink drops the
+    /// versions still queued, but not one superseded by a newer version while it waited behind an upload in
+    /// flight (superseded counts as settled); its commit record stayed live in the journal once the newer one
+    /// was dropped. Expected: c.tmp absent after the crash. Found: c.tmp listed again.
     func testAnUnlinkedFileWithASupersededVersionDoesNotComeBackAfterACrash() async throws {
-        try skipKnown(.unlinkKeepsAVersion)
         try await ModelCheck.replay([
             .open("c.tmp", h: 1, .createTruncate),
             .close(h: 1),
