@@ -29,11 +29,17 @@ extension WriteBack {
             queueDeletes(items, hiding: [src])
             return moved.keepsSource
         }
-        await clearPendingDelete(of: dst)
+        let dropped = await clearPendingDelete(of: dst)
         let intent = newJournalId()
-        try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+        do throws(FSError) {
+            try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+        } catch {
+            if dropped { await restoreDelete(of: [dst]) }
+            throw error
+        }
         do throws(FSError) { try await copyObjectOrMarker(from: src, to: dst) } catch {
             try? await journal.record(JournalRecord(op: .done, id: intent))
+            if dropped { await restoreDelete(of: [dst]) }
             throw error
         }
         try await deleteLater([src], hiding: [src], with: [JournalRecord(op: .done, id: intent)])
@@ -50,11 +56,18 @@ extension WriteBack {
         // with the file); a local file that holds none (open, nothing acknowledged) has them in its object.
         let remaining = keys.filter { k in localFiles[k].map { !holdsAcknowledged($0) } ?? true }
         func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
-        if changes.hasHidden { for k in remaining { await clearPendingDelete(of: target(k)) } }
-        await clearPendingDelete(of: dst)
+        // Deletes of the new names dropped here are queued again if the rename fails.
+        var dropped: [String] = []
+        if changes.hasHidden { for k in remaining where await clearPendingDelete(of: target(k)) { dropped.append(target(k)) } }
+        if await clearPendingDelete(of: dst) { dropped.append(dst) }
         let intent = newJournalId()
         if !remaining.isEmpty {
-            try await journal.record(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
+            do throws(FSError) {
+                try await journal.record(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
+            } catch {
+                await restoreDelete(of: dropped)
+                throw error
+            }
         }
         // Copy in parallel, a few at a time. On a failure the copies made are deleted: nothing moved.
         var copied: [String] = []
@@ -79,6 +92,7 @@ extension WriteBack {
         if let failure {
             for k in copied { try? await client.deleteObject(bucket, target(k), versionId: nil) }
             try? await journal.record(JournalRecord(op: .done, id: intent))
+            await restoreDelete(of: dropped)
             throw FSError(failure.errno, "renaming \(src) to \(dst) failed and was undone: \(failure.message)")
         }
         var moves = Retarget()

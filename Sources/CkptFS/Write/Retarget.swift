@@ -85,7 +85,10 @@ extension WriteBack {
     /// there (NoSuchKey). Errors: those of the HEAD or copy (FSError: EIO, EACCES); the rename then fails.
     func copyAcknowledgedObject(of f: LocalFile, from src: String, to dst: String) async throws(FSError) {
         if case .absent = f.current.state.withLock({ $0.expect }) { return }
-        await clearPendingDelete(of: dst)
-        try await copyIfPresent(from: src, to: dst)
+        let dropped = await clearPendingDelete(of: dst)
+        do throws(FSError) { try await copyIfPresent(from: src, to: dst) } catch {
+            if dropped { await restoreDelete(of: [dst]) }
+            throw error
+        }
     }
 }

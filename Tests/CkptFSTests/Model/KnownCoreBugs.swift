@@ -19,7 +19,6 @@ enum KnownCoreBugs {
         case rmdirReadsOnePage = "rmdir looks at the first page of the directory's listing only: objects whose deletes are queued can fill it, and a directory with more in it is removed"
         case openRacesUploadEnd = "a read-only open racing with the end of the file's upload fails with ENOENT"
         case renamedFileStaysUnconditional = "a version made while the renamed (unconditional) version of its file is still queued stays unconditional after that one lands, and overwrites another client's change silently"
-        case failedChangeRevivesDeleted = "a mkdir or rename that fails after cancelling the queued delete of its target (an rmdir, unlink or rename before) brings the deleted object back"
         case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
         case waitsForHeldDeletes = "mkdir, or rename onto a name, whose queued delete waits for deletes under it that a conflict holds back never returns"
     }
@@ -44,16 +43,9 @@ extension Model {
                let from = file(at: src), !files[from]!.local, let to = file(at: dst), files[to]!.local {
                 return .failedRenameDropsDestination
             }
-            if open.contains(.failedChangeRevivesDeleted),
-               events.contains(where: { $0.kind == .delete && ($0.key == dst || $0.key.hasPrefix(dst + "/")) }) {
-                return .failedChangeRevivesDeleted
-            }
             if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(.rename(src, dst, noReplace: false))
         case .faulty(let fault, .mkdir(let path)):
-            if open.contains(.failedChangeRevivesDeleted), events.contains(where: { $0.kind == .delete && $0.key == path + "/" }) {
-                return .failedChangeRevivesDeleted
-            }
             if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(.mkdir(path))
         case .faulty(let fault, let inner):

@@ -451,12 +451,12 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug: mkdir of a name whose directory was just removed (rmdir; its marker's delete still queued behind an
-    /// upload) cancels that delete first, then writes the marker; when the write fails, mkdir fails with EIO but
-    /// the delete stays cancelled: the old marker stays in S3 and the removed directory is back. Expected: mkdir
-    /// fails, y stays removed. Found: y listed again.
+    /// Bug (fixed: the failed change queues the delete again): mkdir of a name whose directory was just removed
+    /// (rmdir; its marker's delete still queued behind an upload) cancels that delete first, then writes the
+    /// marker; when the write failed, mkdir failed with EIO but the delete stayed cancelled: the old marker
+    /// stayed in S3 and the removed directory was back. Expected: mkdir fails, y stays removed. Found: y listed
+    /// again.
     func testAFailedMkdirDoesNotBringBackARemovedDirectory() async throws {
-        try skipKnown(.failedChangeRevivesDeleted)
         try await ModelCheck.replay([
             .mkdir("y"),
             .open("a", h: 1, .createTruncate),
@@ -484,11 +484,10 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug (same cause): a rename onto a name whose delete is still queued (unlink; behind an upload) cancels
+    /// Bug (fixed, same cause): a rename onto a name whose delete is still queued (unlink; behind an upload) cancels
     /// that delete before it copies; when the copy fails the rename fails with EIO, and the deleted object is
     /// back under that name. Expected: rename fails, d stays deleted. Found: d listed again.
     func testAFailedRenameDoesNotBringBackADeletedFile() async throws {
-        try skipKnown(.failedChangeRevivesDeleted)
         try await ModelCheck.replay([
             .remotePut("d", count: 10, seed: 1),
             .open("x", h: 1, .createTruncate),
