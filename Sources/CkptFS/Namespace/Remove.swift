@@ -19,10 +19,13 @@ extension FileSystem {
             throw FSError(EEXIST)
         }
         // A delete of the same name still queued (rmdir, or a rename of the directory away) must not remove it.
-        await writeBack.clearPendingDelete(of: dir.key + name + "/")
+        let dropped = await writeBack.clearPendingDelete(of: dir.key + name + "/")
         do {
             _ = try await client.putObject(bucket, dir.key + name + "/", body: .empty, options: PutOptions())
-        } catch { throw FSError(error, during: .other) }
+        } catch {
+            if dropped { await writeBack.restoreDelete(of: [dir.key + name + "/"]) }
+            throw FSError(error, during: .other)
+        }
         let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: Date())
         namespace.table.withLock { t in
             namespace.changedInS3(key: dir.key + name + "/", .present(meta))

@@ -417,14 +417,28 @@ extension WriteBack {
     /// Before something is written under `key` directly (a directory marker, a server-side copy): a queued
     /// delete of it that has not started is dropped, one that has is waited for, so it cannot remove what is
     /// written now. With a prefix ("dir/"), the directory shows again (objects under it still queued for
-    /// deletion stay hidden).
-    func clearPendingDelete(of key: String) async {
-        let (tail, waiters) = changes.state.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>]) in
+    /// deletion stay hidden). Returns whether a delete was dropped: if what was to be written fails, the
+    /// caller queues it again (`restoreDelete`), or the removed object would be back.
+    @discardableResult
+    func clearPendingDelete(of key: String) async -> Bool {
+        let (tail, waiters, dropped) = changes.state.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>], Bool) in
+            let dropped = u.deletes.values.contains { $0.key == key && !$0.started && !$0.cancelled }
             let waiting = u.cancelDeletes(of: key)
             if key.hasSuffix("/") { u.hidden.removeValue(forKey: key) }
-            return (u.tails[key]?.task, waiting)
+            return (u.tails[key]?.task, waiting, dropped)
         }
         for w in waiters { w.resume() }
         await tail?.value
+        return dropped
+    }
+
+    /// Queues again (journaled) the deletes of `keys` that `clearPendingDelete` dropped before a write under
+    /// them that failed: the removed objects stay removed. A journal failure is logged (the object may then
+    /// come back).
+    func restoreDelete(of keys: [String]) async {
+        guard !keys.isEmpty else { return }
+        do throws(FSError) { try await deleteLater(keys, hiding: keys) } catch {
+            logger.error("could not queue again a delete a failed change had dropped", metadata: ["keys": "\(keys)", "error": "\(error)"])
+        }
     }
 }

@@ -18,6 +18,10 @@ extension WriteBack {
         if let f = localFiles.byKey.withLock({ $0[src] }) {
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.
             for v in versions(of: f) { try await fillAll(v) }
+            // No version here holds the file's last acknowledged bytes (it is open with changes nobody
+            // acknowledged yet, or none): they are the object under the old name, copied to the new one now,
+            // or a crash before the file's next upload would leave it under neither name.
+            if !holdsAcknowledged(f) { try await copyAcknowledgedObject(of: f, from: src, to: dst) }
             let moved = retarget(f, from: src, to: dst)
             let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
             try await journal.record(records + moved.records + deletes)
@@ -25,11 +29,17 @@ extension WriteBack {
             queueDeletes(items, hiding: [src])
             return moved.keepsSource
         }
-        await clearPendingDelete(of: dst)
+        let dropped = await clearPendingDelete(of: dst)
         let intent = newJournalId()
-        try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+        do throws(FSError) {
+            try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+        } catch {
+            if dropped { await restoreDelete(of: [dst]) }
+            throw error
+        }
         do throws(FSError) { try await copyObjectOrMarker(from: src, to: dst) } catch {
             try? await journal.record(JournalRecord(op: .done, id: intent))
+            if dropped { await restoreDelete(of: [dst]) }
             throw error
         }
         try await deleteLater([src], hiding: [src], with: [JournalRecord(op: .done, id: intent)])
@@ -42,13 +52,22 @@ extension WriteBack {
     /// for deletion, in one journal record batch.
     func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
         let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) } }
-        let remaining = keys.filter { localFiles[$0] == nil }
+        // Objects are copied, except those of local files holding their last acknowledged bytes (those move
+        // with the file); a local file that holds none (open, nothing acknowledged) has them in its object.
+        let remaining = keys.filter { k in localFiles[k].map { !holdsAcknowledged($0) } ?? true }
         func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
-        if changes.hasHidden { for k in remaining { await clearPendingDelete(of: target(k)) } }
-        await clearPendingDelete(of: dst)
+        // Deletes of the new names dropped here are queued again if the rename fails.
+        var dropped: [String] = []
+        if changes.hasHidden { for k in remaining where await clearPendingDelete(of: target(k)) { dropped.append(target(k)) } }
+        if await clearPendingDelete(of: dst) { dropped.append(dst) }
         let intent = newJournalId()
         if !remaining.isEmpty {
-            try await journal.record(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
+            do throws(FSError) {
+                try await journal.record(JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: remaining))
+            } catch {
+                await restoreDelete(of: dropped)
+                throw error
+            }
         }
         // Copy in parallel, a few at a time. On a failure the copies made are deleted: nothing moved.
         var copied: [String] = []
@@ -73,6 +92,7 @@ extension WriteBack {
         if let failure {
             for k in copied { try? await client.deleteObject(bucket, target(k), versionId: nil) }
             try? await journal.record(JournalRecord(op: .done, id: intent))
+            await restoreDelete(of: dropped)
             throw FSError(failure.errno, "renaming \(src) to \(dst) failed and was undone: \(failure.message)")
         }
         var moves = Retarget()

@@ -47,6 +47,12 @@ extension WriteBack {
             maxId = max(maxId, r.id)
             switch r.op {
             case .commit:
+                // A version acknowledged later supersedes the ones of its key acknowledged before it (a newer
+                // save of a version waiting behind an upload in flight journals no drop of that one): once it
+                // is dropped (unlink), none of them may come back.
+                if let key = r.key {
+                    for (id, b) in acked where id != r.id && b.record.key == key { acked[id] = nil }
+                }
                 acked[r.id] = (r, position)
                 landed.remove(r.id)
             case .done:

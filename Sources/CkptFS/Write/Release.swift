@@ -139,7 +139,19 @@ extension WriteBack {
         // Its handles read and write the current version from now on, and its staged file goes at their last
         // close: an upload of it still in flight must not remove it when it ends (before the drop settles it).
         if handles > 0 { f.current.state.withLock { $0.orphaned = true } }
-        let records = dropVersions(of: f, heldFor: delete)
+        var withdrawal = dropVersions(of: f, heldFor: delete)
+        // The acknowledged version a later write copied (not queued while a writer stays open) is withdrawn too:
+        // journaled, it would come back after a crash.
+        let fallback = f.current.state.withLock { s -> StagedVersion? in
+            defer { s.fallback = nil }
+            return s.fallback
+        }
+        if let fallback {
+            abandonEarlyUpload(fallback, because: "unlinked")
+            if fallback.state.withLock({ $0.committedSum != nil }) { withdrawal.records.append(JournalRecord(op: .drop, id: fallback.id)) }
+            fallback.settle(.dropped)
+            withdrawal.versions.append(fallback)  // nothing reads it: the handles read the current version
+        }
         if handles > 0 {
             if let ino { localFiles.orphans.withLock { $0[ino] = f } }
             // Its handles write the current version in place from now on (nothing uploads it).
@@ -149,6 +161,6 @@ extension WriteBack {
                 s.orphaned = true  // nothing of it goes to S3, not even parts while it is written
             }
         }
-        return records
+        return withdrawal
     }
 }

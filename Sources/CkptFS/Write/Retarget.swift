@@ -18,11 +18,17 @@ extension WriteBack {
     /// (POSIX rename): uploads to it carry no condition. The caller journals the records before queueing.
     func retarget(_ f: LocalFile, from src: String, to dst: String) -> Retarget {
         var out = Retarget()
-        let vs = versions(of: src, newest: f.current)
+        var vs = versions(of: src, newest: f.current)
         // The file, and its versions' keys and states, move under the local files' lock: an upload that lands
         // meanwhile (`finishUpload`) sees either the version before the move or after it, never between (it
         // would take a version queued again under the new name for a finished one and remove its staged file).
         var moved: [(StagedVersion, Bool, String?)] = []
+        // The acknowledged version a later write copied (not queued while a writer stays open) moves too: it
+        // stands for the file until the copy is acknowledged, and is uploaded if the copy is dropped.
+        if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) {
+            vs.append(fallback)
+        }
+        vs.sort { $0.id < $1.id }  // journaled again in the order they were made: the newest last
         localFiles.byKey.withLock { l in
             if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f
@@ -56,5 +62,33 @@ extension WriteBack {
             if let sum { out.records.append(commitRecord(v, checksum: sum)) }
         }
         return out
+    }
+
+    /// Whether a version of `f` held here carries the file's last acknowledged bytes (journaled, moved by
+    /// `retarget`): one queued or uploaded and not settled, or the acknowledged version a later write copied.
+    /// When none does, those bytes are the object under `f`'s key in S3 (or there are none).
+    func holdsAcknowledged(_ f: LocalFile) -> Bool {
+        if f.current.state.withLock({ $0.fallback != nil }) { return true }
+        return versions(of: f).contains { v in
+            v.state.withLock { s in
+                switch s.upload {
+                case .superseded, .dropped: return false
+                default: return s.committedSum != nil
+                }
+            }
+        }
+    }
+
+    /// Copies the object under `src` (the last acknowledged bytes of `f`, which holds none of its own) to
+    /// `dst` server-side, before a rename moves `f`: the new name has them at once, the old one is deleted
+    /// later. Nothing to copy for a file created here (its upload expects no object) or when no object is
+    /// there (NoSuchKey). Errors: those of the HEAD or copy (FSError: EIO, EACCES); the rename then fails.
+    func copyAcknowledgedObject(of f: LocalFile, from src: String, to dst: String) async throws(FSError) {
+        if case .absent = f.current.state.withLock({ $0.expect }) { return }
+        let dropped = await clearPendingDelete(of: dst)
+        do throws(FSError) { try await copyIfPresent(from: src, to: dst) } catch {
+            if dropped { await restoreDelete(of: [dst]) }
+            throw error
+        }
     }
 }

@@ -7,8 +7,6 @@ import Foundation
 enum KnownCoreBugs {
     enum Bug: String, CaseIterable, Sendable {
         case renamedWhileUploading = "a version renamed while its upload is in flight is queued again behind newer versions, or stranded by a conflict under its old name"
-        case unlinkKeepsAVersion = "unlink leaves an acknowledged version (a fallback, or one superseded behind an upload in flight) in the journal; the file comes back after a crash"
-        case renameOfOpenFileLosesLastClose = "rename of a file open with unacknowledged changes deletes the old name with nothing queued for the new one"
         case headFailureIsAConflict = "a failed HEAD while an upload checks a failed precondition makes a permanent conflict"
         case recreateWhileDeleteQueued = "a file re-created while the delete of the old object is queued conflicts with that object"
         case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition (and holds the deletes after it); its staged file stays"
@@ -21,7 +19,6 @@ enum KnownCoreBugs {
         case rmdirReadsOnePage = "rmdir looks at the first page of the directory's listing only: objects whose deletes are queued can fill it, and a directory with more in it is removed"
         case openRacesUploadEnd = "a read-only open racing with the end of the file's upload fails with ENOENT"
         case renamedFileStaysUnconditional = "a version made while the renamed (unconditional) version of its file is still queued stays unconditional after that one lands, and overwrites another client's change silently"
-        case failedChangeRevivesDeleted = "a mkdir or rename that fails after cancelling the queued delete of its target (an rmdir, unlink or rename before) brings the deleted object back"
         case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
         case waitsForHeldDeletes = "mkdir, or rename onto a name, whose queued delete waits for deletes under it that a conflict holds back never returns"
     }
@@ -46,16 +43,9 @@ extension Model {
                let from = file(at: src), !files[from]!.local, let to = file(at: dst), files[to]!.local {
                 return .failedRenameDropsDestination
             }
-            if open.contains(.failedChangeRevivesDeleted),
-               events.contains(where: { $0.kind == .delete && ($0.key == dst || $0.key.hasPrefix(dst + "/")) }) {
-                return .failedChangeRevivesDeleted
-            }
             if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(.rename(src, dst, noReplace: false))
         case .faulty(let fault, .mkdir(let path)):
-            if open.contains(.failedChangeRevivesDeleted), events.contains(where: { $0.kind == .delete && $0.key == path + "/" }) {
-                return .failedChangeRevivesDeleted
-            }
             if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(.mkdir(path))
         case .faulty(let fault, let inner):
@@ -82,11 +72,7 @@ extension Model {
             if open.contains(.renameRejournalsStaleChecksum) && moved.contains(where: { $0.local && $0.ackedInPlace }) {
                 return .renameRejournalsStaleChecksum
             }
-            if open.contains(.renameOfOpenFileLosesLastClose)
-                && moved.contains(where: { $0.writers > 0 && $0.acked != nil && $0.queued == nil && (!$0.ackedUnqueued || $0.dirty) }) {
-                return .renameOfOpenFileLosesLastClose
-            }
-            if open.contains(.unlinkKeepsAVersion), let id = file(at: dst), leavesAVersion(files[id]!) { return .unlinkKeepsAVersion }
+            if open.contains(.noopJournaled), let id = file(at: dst), files[id]!.noop { return .noopJournaled }
             if open.contains(.orphanWritesIntoUpload), let id = file(at: dst), files[id]!.queued != nil && files[id]!.writers > 0 {
                 return .orphanWritesIntoUpload
             }
@@ -95,9 +81,7 @@ extension Model {
                 return .droppedUploadConflicts
             }
         case .unlink(let path):
-            if open.contains(.unlinkKeepsAVersion), expect(s) == .ok, let id = file(at: path), leavesAVersion(files[id]!) {
-                return .unlinkKeepsAVersion
-            }
+            if open.contains(.noopJournaled), expect(s) == .ok, let id = file(at: path), files[id]!.noop { return .noopJournaled }
             if open.contains(.orphanWritesIntoUpload), expect(s) == .ok, let id = file(at: path),
                files[id]!.queued != nil && files[id]!.writers > 0 {
                 return .orphanWritesIntoUpload
@@ -150,9 +134,4 @@ extension Model {
               events.contains(where: { $0.kind == .put || $0.kind == .delete }) else { return nil }
         return .headFailureIsAConflict
     }
-
-    /// Whether unlinking `f` leaves an acknowledged version in the journal (KnownCoreBugs.unlinkKeepsAVersion):
-    /// one acknowledged while another writer stayed open (a later write copies it), or one superseded by a
-    /// newer version while waiting behind an upload in flight.
-    func leavesAVersion(_ f: ModelFile) -> Bool { f.ackedUnqueued || f.queuedVersions > 1 || f.noop }
 }

@@ -417,8 +417,8 @@ struct Model {
         files[id]!.conflictSeq = nil
         if f.local {
             files[id]!.renamed = true
-            // The acknowledged version is journaled again under the new key (unless a later write copied it).
-            if f.acked != nil && !(f.ackedUnqueued && f.dirty) {
+            // The acknowledged version is journaled again under the new key (also one a later write copied).
+            if f.acked != nil {
                 seq += 1
                 files[id]!.ackSeq = seq
             }

@@ -60,12 +60,11 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug: unlink of a file whose acknowledged version was copied by a later write (acknowledged by a close of
-    /// one descriptor while another stays open) journals no drop of that acknowledged version: after a crash
-    /// recovery uploads it, and the unlinked file comes back. Expected: y absent after the crash. Found: y
-    /// listed again, and uploaded.
+    /// Bug (fixed: unlink withdraws that version too): unlink of a file whose acknowledged version was copied
+    /// by a later write (acknowledged by a close of one descriptor while another stays open) journaled no drop
+    /// of that acknowledged version: after a crash recovery uploaded it, and the unlinked file came back.
+    /// Expected: y absent after the crash. Found: y listed again, and uploaded.
     func testAnUnlinkedFileDoesNotComeBackAfterACrash() async throws {
-        try skipKnown(.unlinkKeepsAVersion)
         try await ModelCheck.replay([
             .open("y", h: 1, .createTruncate),
             .open("y", h: 2, .write),
@@ -76,11 +75,11 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug (same cause): unlink drops the versions still queued, but not one superseded by a newer version while
-    /// it waited behind an upload in flight (superseded counts as settled); its commit record stays live in the
-    /// journal once the newer one is dropped. Expected: c.tmp absent after the crash. Found: c.tmp listed again.
+    /// Bug (fixed: recovery takes a later commit of a key to supersede the earlier ones): unlink drops the
+    /// versions still queued, but not one superseded by a newer version while it waited behind an upload in
+    /// flight (superseded counts as settled); its commit record stayed live in the journal once the newer one
+    /// was dropped. Expected: c.tmp absent after the crash. Found: c.tmp listed again.
     func testAnUnlinkedFileWithASupersededVersionDoesNotComeBackAfterACrash() async throws {
-        try skipKnown(.unlinkKeepsAVersion)
         try await ModelCheck.replay([
             .open("c.tmp", h: 1, .createTruncate),
             .close(h: 1),
@@ -93,12 +92,11 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug (same cause as the next): a file opened for writing in place and not changed, renamed: nothing is
-    /// queued for the new name, the old name's delete applies at once; the object is under neither name until
-    /// the close uploads it (a crash before loses it). Expected: the delete of d waits for x/a's upload. Found:
-    /// "order": d deleted, x/a absent.
+    /// Bug (fixed, same cause as the next): a file opened for writing in place and not changed, renamed:
+    /// nothing was queued for the new name, the old name's delete applied at once; the object was under
+    /// neither name until the close uploaded it (a crash before lost it). Expected: x/a holds d's bytes by the
+    /// time d is deleted. Found: "order": d deleted, x/a absent.
     func testRenamingAFileOpenForWritingWithoutChangesKeepsItUnderOneName() async throws {
-        try skipKnown(.renameOfOpenFileLosesLastClose)
         try await ModelCheck.replay([
             .mkdir("x"),
             .remotePut("d", count: 4, seed: 1),
@@ -108,13 +106,13 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug: rename of a file open for writing with changes not acknowledged yet, whose last acknowledged bytes
-    /// are in S3, queues nothing for the new name and deletes the old one: S3 holds the file under neither name
-    /// until it is closed, and after a crash it is lost (README: "never neither"; close()d bytes survive).
-    /// Expected: the delete of a waits for b's upload; after the crash b = the 100 bytes closed before.
-    /// Found: a deleted at once ("order"), b absent after the crash.
+    /// Bug (fixed: such a rename copies the object to the new name first): rename of a file open for writing
+    /// with changes not acknowledged yet, whose last acknowledged bytes are in S3, queued nothing for the new
+    /// name and deleted the old one: S3 held the file under neither name until it was closed, and after a crash
+    /// it was lost (README: "never neither"; close()d bytes survive). Expected: b holds the 100 bytes closed
+    /// before (by the time a is deleted, and after the crash). Found: a deleted at once ("order"), b absent
+    /// after the crash.
     func testRenamingAFileOpenForWritingKeepsItsLastClosedBytesUnderOneName() async throws {
-        try skipKnown(.renameOfOpenFileLosesLastClose)
         try await ModelCheck.replay([
             .open("a", h: 1, .createTruncate),
             .write(h: 1, at: 0, count: 100, seed: 1),
@@ -453,12 +451,12 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug: mkdir of a name whose directory was just removed (rmdir; its marker's delete still queued behind an
-    /// upload) cancels that delete first, then writes the marker; when the write fails, mkdir fails with EIO but
-    /// the delete stays cancelled: the old marker stays in S3 and the removed directory is back. Expected: mkdir
-    /// fails, y stays removed. Found: y listed again.
+    /// Bug (fixed: the failed change queues the delete again): mkdir of a name whose directory was just removed
+    /// (rmdir; its marker's delete still queued behind an upload) cancels that delete first, then writes the
+    /// marker; when the write failed, mkdir failed with EIO but the delete stayed cancelled: the old marker
+    /// stayed in S3 and the removed directory was back. Expected: mkdir fails, y stays removed. Found: y listed
+    /// again.
     func testAFailedMkdirDoesNotBringBackARemovedDirectory() async throws {
-        try skipKnown(.failedChangeRevivesDeleted)
         try await ModelCheck.replay([
             .mkdir("y"),
             .open("a", h: 1, .createTruncate),
@@ -486,11 +484,10 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug (same cause): a rename onto a name whose delete is still queued (unlink; behind an upload) cancels
+    /// Bug (fixed, same cause): a rename onto a name whose delete is still queued (unlink; behind an upload) cancels
     /// that delete before it copies; when the copy fails the rename fails with EIO, and the deleted object is
     /// back under that name. Expected: rename fails, d stays deleted. Found: d listed again.
     func testAFailedRenameDoesNotBringBackADeletedFile() async throws {
-        try skipKnown(.failedChangeRevivesDeleted)
         try await ModelCheck.replay([
             .remotePut("d", count: 10, seed: 1),
             .open("x", h: 1, .createTruncate),
