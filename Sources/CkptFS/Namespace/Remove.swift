@@ -45,30 +45,36 @@ extension FileSystem {
         try checkWritable()
         let dir = try namespace.node(parent)
         let prefix = dir.key + name + "/"
-        let (page, (hidden, localChildren), seen) = try await namespace.observing({ () async throws(FSError) -> ListObjectsPage in
-            try await s3(.other) { () async throws(S3Error) in
-                try await client.listObjectsV2(bucket, prefix: prefix, delimiter: "/", continuationToken: nil,
-                                               startAfter: nil, maxKeys: 1000)
+        // Every page of the listing, until something is found in it: objects whose deletes are queued here can
+        // fill the first pages (S3 gives 1,000 keys a page).
+        var token: String?
+        repeat {
+            let (page, (hidden, localChildren), seen) = try await namespace.observing({ () async throws(FSError) -> ListObjectsPage in
+                try await s3(.other) { () async throws(S3Error) in
+                    try await client.listObjectsV2(bucket, prefix: prefix, delimiter: "/", continuationToken: token,
+                                                   startAfter: nil, maxKeys: 1000)
+                }
+            }, local: { page in
+                (namespace.hiddenKeys(page), writeBack.localFiles.byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } })
+            })
+            // What is in it: listed and not being deleted (here, or while the LIST was in flight), or made here
+            // while the LIST was in flight.
+            func shown(_ key: String) -> Bool {
+                if hidden.contains(key) { return false }
+                if case .absent = seen.change(of: key) { return false }
+                return true
             }
-        }, local: { page in
-            (namespace.hiddenKeys(page), writeBack.localFiles.byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } })
-        })
-        // What is in it: listed and not being deleted (here, or while the LIST was in flight), or made here
-        // while the LIST was in flight.
-        func shown(_ key: String) -> Bool {
-            if hidden.contains(key) { return false }
-            if case .absent = seen.change(of: key) { return false }
-            return true
-        }
-        let made = seen.children(of: prefix).values.contains { if case .absent = $0 { false } else { true } }
-        let others = page.objects.filter { $0.key != prefix && shown($0.key) }
-        var prefixes: [String] = []
-        for p in page.commonPrefixes where shown(p) {
-            // Some servers (SeaweedFS) keep listing a prefix whose objects are all deleted: only one that
-            // still holds an object (not being deleted) makes the directory non-empty.
-            if await holdsObjects(p) { prefixes.append(p) }
-        }
-        if !others.isEmpty || !prefixes.isEmpty || localChildren || made { throw FSError(ENOTEMPTY) }
+            let made = seen.children(of: prefix).values.contains { if case .absent = $0 { false } else { true } }
+            if localChildren || made || page.objects.contains(where: { $0.key != prefix && shown($0.key) }) {
+                throw FSError(ENOTEMPTY)
+            }
+            for p in page.commonPrefixes where shown(p) {
+                // Some servers (SeaweedFS) keep listing a prefix whose objects are all deleted: only one that
+                // still holds an object (not being deleted) makes the directory non-empty.
+                if await holdsObjects(p) { throw FSError(ENOTEMPTY) }
+            }
+            token = page.isTruncated ? page.nextContinuationToken : nil
+        } while token != nil
         try await writeBack.deleteLater([prefix], hiding: [prefix])
         invalidate(parent: parent, name: name)
         namespace.forgetConfirmed(dir.key + name, isDirectory: true)
@@ -77,19 +83,27 @@ extension FileSystem {
         namespace.table.withLock { $0.freeName(parent: parent, name: name) }
     }
 
-    /// Whether anything under `prefix` is in S3 and not being deleted (true when that cannot be told).
+    /// Whether anything under `prefix` is in S3 and not being deleted (true when that cannot be told). Reads
+    /// every page of the listing until it finds such an object.
     func holdsObjects(_ prefix: String) async -> Bool {
-        guard let (page, hidden, seen) = try? await namespace.observing({ () async throws(FSError) -> ListObjectsPage in
-            try await s3(.other) { () async throws(S3Error) in
-                try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: nil,
-                                               startAfter: nil, maxKeys: 1000)
-            }
-        }, local: namespace.hiddenKeys) else { return true }
-        if seen.children(of: prefix).values.contains(where: { if case .absent = $0 { false } else { true } }) { return true }
-        return page.objects.contains { o in
-            if case .absent = seen.change(of: o.key) { return false }
-            return !hidden.contains(o.key)
-        } || page.isTruncated
+        var token: String?
+        repeat {
+            guard let (page, hidden, seen) = try? await namespace.observing({ () async throws(FSError) -> ListObjectsPage in
+                try await s3(.other) { () async throws(S3Error) in
+                    try await client.listObjectsV2(bucket, prefix: prefix, delimiter: nil, continuationToken: token,
+                                                   startAfter: nil, maxKeys: 1000)
+                }
+            }, local: namespace.hiddenKeys) else { return true }
+            if seen.children(of: prefix).values.contains(where: { if case .absent = $0 { false } else { true } }) { return true }
+            if page.objects.contains(where: { o in
+                if case .absent = seen.change(of: o.key) { return false }
+                return !hidden.contains(o.key)
+            }) { return true }
+            guard page.isTruncated else { return false }
+            // A truncated page without a token cannot be followed: say it holds something.
+            guard let next = page.nextContinuationToken else { return true }
+            token = next
+        } while true
     }
 
     /// Removes a file: its local versions stop (and are never uploaded; a file still open lives on as an

@@ -23,9 +23,23 @@ extension FileSystem {
             try checkWritable()
             // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
             // nothing); without another open writer it is a complete change, acknowledged and queued at once.
-            let isLocal = writeBack.localFiles.byKey.withLock { $0[n.key] != nil }
-            let f = try await writeBack.openLocalFile(key: n.key, truncate: false, writer: true,
-                                            remote: isLocal ? nil : try await remoteObject(ino, n))
+            let f: LocalFile
+            let local = writeBack.localFiles.byKey.withLock { $0[n.key] }
+            if local != nil, let joined = try writeBack.joinLocalFile(key: n.key, truncate: false, writer: true) {
+                f = joined
+            } else {
+                // No local file, or it went since (its upload ended): one made from the object S3 has now.
+                if local?.unlinked == true { throw .noEntry }
+                let remote: PinnedObject?
+                if let local, let landed = writeBack.landedObject(local) {
+                    remote = landed
+                } else if local != nil {
+                    remote = try await remoteObject(ino, namespace.node(ino))
+                } else {
+                    remote = try await remoteObject(ino, n)
+                }
+                f = try await writeBack.openLocalFile(key: n.key, truncate: false, writer: true, remote: remote)
+            }
             defer { writeBack.releaseHandle(f, writer: true) }
             try writeBack.truncateVersion(f, to: size)
         }

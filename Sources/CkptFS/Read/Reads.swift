@@ -31,14 +31,23 @@ extension FileSystem {
         let n = try namespace.node(ino)
         guard !n.meta.isDirectory else { throw .isDirectory }
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
-        let isLocal = writeBack.localFiles.byKey.withLock { $0[n.key] != nil }
-        if isLocal && !write, let h = try await writeBack.openLocal(ino: ino, key: n.key, write: false, truncate: false, remote: nil) {
-            return OpenReply(handle: h, directIO: false, keepCache: true)
+        let truncate = flags & O_TRUNC != 0
+        let remote: PinnedObject?
+        if let local = writeBack.localFiles.byKey.withLock({ $0[n.key] }) {
+            // Its local version, if it still has one: its upload may end (and the local file go) meanwhile.
+            if let h = try await writeBack.openLocal(ino: ino, key: n.key, write: write, truncate: truncate, remote: nil, create: false) {
+                return OpenReply(handle: h, directIO: false, keepCache: !write)
+            }
+            // It went: unlinked meanwhile, or the version it uploaded is the object now, else (discarded) S3 is
+            // asked.
+            if local.unlinked { throw .noEntry }
+            if let landed = writeBack.landedObject(local) { remote = landed } else { remote = try await remoteObject(ino, namespace.node(ino)) }
+        } else {
+            remote = try await remoteObject(ino, n)
         }
-        let remote = isLocal ? nil : try await remoteObject(ino, n)
         if write {
-            if !isLocal && remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
-            let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: flags & O_TRUNC != 0, remote: remote)!
+            if remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
+            let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: truncate, remote: remote)!
             return OpenReply(handle: h, directIO: false, keepCache: false)
         }
         guard let remote else { throw .noEntry }

@@ -347,9 +347,13 @@ extension WriteBack {
         if held { closeUploadJobs() }
         // A directory marker goes after the deletes queued under it (they never wait for a marker above them, so
         // this cannot wait in a circle): some servers (SeaweedFS) keep
-        // listing a directory whose marker was deleted while it still held objects.
+        // listing a directory whose marker was deleted while it still held objects. A cancelled one (mkdir or a
+        // rename wrote the name again) deletes nothing and waits for nothing: its caller waits for this task, and
+        // the deletes under it may be held for good (by a conflict before them).
+        // Cancelled while it waits here, it is past its barrier, so the deletes under it (queued before it) are
+        // past theirs too, and finish.
         let children = changes.state.withLock { u -> [Task<Void, Never>] in
-            guard let d = u.deletes[id], d.key.hasSuffix("/") else { return [] }
+            guard let d = u.deletes[id], !d.cancelled, d.key.hasSuffix("/") else { return [] }
             return u.deletes.values.filter { $0.key != d.key && $0.key.hasPrefix(d.key) }.compactMap { $0.task }
         }
         for t in children { await t.value }

@@ -22,15 +22,7 @@ extension WriteBack {
             }
             return f
         }
-        if let f = localFiles.byKey.withLock({ join(&$0) }) {
-            if truncate {
-                do throws(FSError) { try truncateVersion(f, to: 0) } catch {
-                    releaseHandle(f, writer: writer)
-                    throw error
-                }
-            }
-            return f
-        }
+        if let f = try joinLocalFile(key: key, truncate: truncate, writer: writer) { return f }
         let v = try staging.create(id: newJournalId(), key: key)
         let expect: StagedVersion.Expect = !options.conditionalWrites ? .anything : remote.map { .etag($0.etag) } ?? .absent
         v.state.withLock { $0.expect = expect }
@@ -63,6 +55,37 @@ extension WriteBack {
         }
         if winner !== fresh { staging.remove(v) }
         return winner
+    }
+
+    /// The local file of `key` if it has one now (nil if not), with one handle (a writer with `writer`) counted
+    /// on it, truncated to nothing with `truncate`.
+    func joinLocalFile(key: String, truncate: Bool, writer: Bool) throws(FSError) -> LocalFile? {
+        let joined = localFiles.byKey.withLock { l -> LocalFile? in
+            guard let f = l[key] else { return nil }
+            f.state.withLock { s in
+                s.handles += 1
+                if writer { s.writers += 1 }
+            }
+            return f
+        }
+        guard let f = joined else { return nil }
+        if truncate {
+            do throws(FSError) { try truncateVersion(f, to: 0) } catch {
+                releaseHandle(f, writer: writer)
+                throw error
+            }
+        }
+        return f
+    }
+
+    /// The object a local file that went left in S3: its current version's, if that one landed (the file went
+    /// clean), else nil (it went otherwise: unlinked, discarded).
+    func landedObject(_ f: LocalFile) -> PinnedObject? {
+        if f.unlinked { return nil }
+        return f.current.state.withLock { s in
+            guard case .done(let etag) = s.upload else { return nil }
+            return PinnedObject(key: f.key, etag: etag, size: s.size)
+        }
     }
 
     /// The version writes to `f` go to: the current one, or a copy of it once it is acknowledged (journaled)
@@ -111,19 +134,22 @@ extension WriteBack {
         localFiles.byKey.withLock { $0[key] }?.current
     }
 
-    /// Opens a file that has (or, for writing, gets) a local version.
-    func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, remote: PinnedObject?) async throws(FSError) -> UInt64? {
+    /// Opens a file through its local version. Reading, or with `create` false, only a local version `key` has
+    /// now (nil when it has none: its upload may have ended since the caller looked); writing with `create`, a
+    /// local version made from `remote` (the object at `key` in S3, nil when there is none) when it has none.
+    func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, remote: PinnedObject?,
+                   create: Bool = true) async throws(FSError) -> UInt64? {
         let f: LocalFile
         if write {
             try checkWritable()
-            f = try await openLocalFile(key: key, truncate: truncate, writer: true, remote: remote)
-        } else {
-            let joined = localFiles.byKey.withLock { l -> LocalFile? in
-                guard let f = l[key] else { return nil }
-                f.state.withLock { $0.handles += 1 }
-                return f
+            if create {
+                f = try await openLocalFile(key: key, truncate: truncate, writer: true, remote: remote)
+            } else {
+                guard let joined = try joinLocalFile(key: key, truncate: truncate, writer: true) else { return nil }
+                f = joined
             }
-            guard let joined else { return nil }
+        } else {
+            guard let joined = try joinLocalFile(key: key, truncate: false, writer: false) else { return nil }
             f = joined
         }
         return newHandle(on: f, ino: ino, writable: write)

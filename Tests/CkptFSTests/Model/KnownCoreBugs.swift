@@ -16,11 +16,8 @@ enum KnownCoreBugs {
         case noopJournaled = "a file opened for writing and closed unchanged is journaled and queued as a new version: after a crash it is uploaded as changed (a conflict over another client's newer object, which the mount then hides), and until its no-op upload runs the mount shows it over such a change"
         case orphanWritesIntoUpload = "a file unlinked while its upload is in flight and open for writing: the orphan's writes go into the staged file that upload sends, so S3 gets bytes nobody acknowledged"
         case failedRenameDropsDestination = "a rename onto a file with local changes that fails (its copy fails) has already dropped the destination's versions (journaled)"
-        case rmdirReadsOnePage = "rmdir looks at the first page of the directory's listing only: objects whose deletes are queued can fill it, and a directory with more in it is removed"
-        case openRacesUploadEnd = "a read-only open racing with the end of the file's upload fails with ENOENT"
         case renamedFileStaysUnconditional = "a version made while the renamed (unconditional) version of its file is still queued stays unconditional after that one lands, and overwrites another client's change silently"
         case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
-        case waitsForHeldDeletes = "mkdir, or rename onto a name, whose queued delete waits for deletes under it that a conflict holds back never returns"
     }
 
     static let open: Set<Bug> = Set(Bug.allCases)
@@ -31,11 +28,6 @@ extension Model {
     /// such steps out, their regression tests keep them.
     func hitsKnownBug(_ s: Step) -> KnownCoreBugs.Bug? {
         let open = KnownCoreBugs.open
-        // (A conflict is found when the upload goes: at a drain, or once held uploads are let go.)
-        if open.contains(.waitsForHeldDeletes), let target = writtenName(s),
-           events.contains(where: { $0.kind == .delete && ($0.key == target || $0.key == target + "/") }), !conflicts().isEmpty {
-            return .waitsForHeldDeletes
-        }
         switch s {
         case .faulty(let fault, .rename(let src, let dst, _)):
             // A rename that copies (the source only in S3) and fails has already dropped the destination.
@@ -51,18 +43,7 @@ extension Model {
         case .faulty(let fault, let inner):
             if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(inner)
-        case .rmdir(let path):
-            // Deletes still queued under it fill the first page of the listing rmdir looks at.
-            if open.contains(.rmdirReadsOnePage), expect(s) == .fails(ENOTEMPTY),
-               events.contains(where: { $0.kind == .delete && $0.key.hasPrefix(path + "/") }) {
-                return .rmdirReadsOnePage
-            }
         case .rename(let src, let dst, _):
-            // Onto a directory: rename removes it first, with rmdir's check.
-            if open.contains(.rmdirReadsOnePage), entries[src] == .directory, entries[dst] == .directory,
-               !children(of: dst).isEmpty, events.contains(where: { $0.kind == .delete && $0.key.hasPrefix(dst + "/") }) {
-                return .rmdirReadsOnePage
-            }
             guard expect(s) == .ok, src != dst else { return nil }
             let moved = (file(at: src).map { [$0] } ?? descendants(of: src).compactMap { file(at: $0) }).map { files[$0]! }
             if open.contains(.renamedWhileUploading) && moved.contains(where: { $0.queued != nil }) { return .renamedWhileUploading }
@@ -115,16 +96,6 @@ extension Model {
             return .droppedUploadConflicts
         }
         return nil
-    }
-
-    /// The name a mkdir or rename writes (it waits for a queued delete of that name first).
-    func writtenName(_ s: Step) -> String? {
-        switch s {
-        case .faulty(_, let inner): return writtenName(inner)
-        case .mkdir(let p): return p
-        case .rename(_, let dst, _): return dst
-        default: return nil
-        }
     }
 
     /// A step that waits for queued uploads lets them go (see ModelRun.stall): a HEAD fault meant for the step

@@ -371,12 +371,11 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug: rmdir decides "empty" from the first page of the directory's listing (S3 gives 1,000 keys a page;
+    /// Bug (fixed): rmdir decided "empty" from the first page of the directory's listing (S3 gives 1,000 keys a page;
     /// the in-memory client here gives 3): objects whose deletes are still queued are on it and skipped, and a
     /// subdirectory on the next page is not seen: the directory is removed though it is not empty. Expected:
     /// rmdir y fails with ENOTEMPTY (y/x is in it). Found: rmdir succeeds.
     func testRmdirOfADirectoryWithMoreThanAPageIsNotEmpty() async throws {
-        try skipKnown(.rmdirReadsOnePage)
         try await ModelCheck.replay([
             .mkdir("y"),
             .mkdir("y/x"),
@@ -388,14 +387,13 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug (a race, found by a 10,000-sequence soak, seed 204158): a read-only open of a file whose upload is
+    /// Bug (a race, fixed; found by a 10,000-sequence soak, seed 204158): a read-only open of a file whose upload is
     /// finishing: open sees a local version, the upload's end removes it, and openLocal finds none; open then
     /// has no object handle either and fails with ENOENT (Reads.swift `open`: `isLocal` checked, then
     /// `openLocal` returns nil, `remote` is nil). Stressed here: uploads land while the file is opened
     /// read-only again and again. Expected: every open succeeds. Found: some fail with ENOENT (not every run:
     /// it is a race).
     func testAReadOnlyOpenWhileTheUploadEndsFindsTheFile() async throws {
-        try skipKnown(.openRacesUploadEnd)
         let dir = ModelRun.base + "/\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let memory = MemoryObjectClient(buckets: ["m"])
@@ -499,12 +497,11 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
-    /// Bug (a hang, found by a 30,000-sequence soak, seed 721092): an upload stopped by a conflict holds the
+    /// Bug (a hang, fixed; found by a 30,000-sequence soak, seed 721092): an upload stopped by a conflict holds the
     /// deletes made after it (README); mkdir of a name whose marker's delete is among them cancels that delete,
     /// but then waits for its task, which waits for the deletes under the old directory, which the conflict holds
     /// for good: mkdir never returns. Expected: mkdir x succeeds. Found: the step does not finish ("hang").
     func testMkdirDoesNotWaitForDeletesAConflictHolds() async throws {
-        try skipKnown(.waitsForHeldDeletes)
         try await ModelCheck.replay([
             .remotePut("a", count: 10, seed: 1),
             .truncate("a", to: 5),

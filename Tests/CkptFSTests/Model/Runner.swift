@@ -379,11 +379,7 @@ final class ModelRun: @unchecked Sendable {
             case .success(.file(let size)) where size == Int64(want.count): break
             case let other: throw fail(i, "stat", "stat \(path): \(other); expected a file of \(want.count) bytes")
             }
-            var read = await driver.readFile(path)
-            if case .failure(let e) = read, e.errno == ENOENT, avoidingKnownBugs, KnownCoreBugs.open.contains(.openRacesUploadEnd) {
-                read = await driver.readFile(path)  // the open may have raced with the end of the file's upload
-            }
-            switch read {
+            switch await driver.readFile(path) {
             case .success(let got) where got == want: break
             case .success(let got): throw fail(i, "read", "\(path) reads \(got.count) bytes \(digest(got)); expected \(want.count) bytes \(digest(want))")
             case .failure(let e): throw fail(i, "read", "reading \(path) failed: \(e)")
