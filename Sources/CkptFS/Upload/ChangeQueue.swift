@@ -177,6 +177,12 @@ extension WriteBack {
             let job = u.nextJob
             u.openUploads[job] = v
             v.state.withLock { $0.job = job }
+            // A delete of the key not started is replaced: the object it would have removed (this mount
+            // deleted it) is still there when this upload goes, so one that expects no object (a file created
+            // again under the name) replaces it instead.
+            if u.deletes.values.contains(where: { $0.key == key && !$0.started && !$0.cancelled }) {
+                v.state.withLock { s in if case .absent = s.expect { s.expect = .anything } }
+            }
             let cancelled = u.cancelDeletes(of: key)
             let previous = u.tails[key]
             let task = Task {

@@ -76,6 +76,12 @@ extension WriteBack {
                 finishUpload(v)
                 return
             } catch {
+                // Unlinked while uploading (dropped): whatever the failure, nothing of it is wanted any more; a
+                // conflict with what the key holds now is none of this file's.
+                if v.state.withLock({ s in if case .dropped = s.upload { true } else { false } }) {
+                    finishUpload(v)
+                    return
+                }
                 if error.isConflict {
                     // Someone else changed the object: keep ours (journaled, readable here) and say so.
                     v.state.withLock { $0.lastError = error.message + "; the local copy is kept (rename it to upload it under another name)" }
@@ -115,8 +121,16 @@ extension WriteBack {
         } catch where error.kind == .conflict {
             // Perhaps our own earlier attempt landed (a crash or a lost reply after it completed), or an earlier
             // version of this key from this cache directory that the condition was written before (a crash
-            // while it was uploading): the object's tag tells.
-            let info = try? await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+            // while it was uploading): the object's tag tells. Only an answer tells: a HEAD that fails (not
+            // "no such key") fails this attempt, which is retried; it is no conflict.
+            let info: ObjectInfo?
+            do throws(S3Error) {
+                info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+            } catch where error.code == .noSuchKey {
+                info = nil
+            } catch {
+                throw FSError(error, during: .other)
+            }
             if let info, let tagged = ownVersion(info) {
                 if tagged == v.id { return (key, info.etag) }
                 if tagged < v.id {

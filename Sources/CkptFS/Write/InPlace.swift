@@ -137,11 +137,13 @@ extension WriteBack {
 
     // MARK: Conditional writes
 
-    /// The expectation for a new version that follows `previous` of the same key.
+    /// The expectation for a new version that follows `previous` of the same key: the ETag `previous` landed
+    /// as, or else whatever it lands as (`.after`). While `previous` has not landed, the new version's condition
+    /// is `previous`'s own (`condition(for:)`), so one after an unconditional version (a rename's) goes
+    /// unconditionally only until that one lands, and is conditional on the ETag it landed as from then on.
     func expectation(after previous: StagedVersion) -> StagedVersion.Expect {
         previous.state.withLock { s in
             if case .done(let etag) = s.upload { return .etag(etag) }
-            if case .anything = s.expect { return .anything }
             return .after(previous)
         }
     }

@@ -7,16 +7,12 @@ import Foundation
 enum KnownCoreBugs {
     enum Bug: String, CaseIterable, Sendable {
         case renamedWhileUploading = "a version renamed while its upload is in flight is queued again behind newer versions, or stranded by a conflict under its old name"
-        case headFailureIsAConflict = "a failed HEAD while an upload checks a failed precondition makes a permanent conflict"
-        case recreateWhileDeleteQueued = "a file re-created while the delete of the old object is queued conflicts with that object"
-        case droppedUploadConflicts = "a version unlinked while its upload is in flight is marked a conflict when that upload fails its condition (and holds the deletes after it); its staged file stays"
         case lostCreateReplyLeavesUpload = "a CreateMultipartUpload whose reply is lost leaves that multipart upload open until the next mount"
         case inPlaceBaseReplaced = "a file overwritten in place whose object another client replaces before the upload cannot be read (or uploaded): the blocks it never fetched are gone"
         case recoveryRefetchesInPlaceBlocks = "recovery fetches an in-place file's blocks from its base object again though the staged file holds them; once that object changed (its own upload landed, another client) and the block cache lacks them, the file cannot be read"
         case noopJournaled = "a file opened for writing and closed unchanged is journaled and queued as a new version: after a crash it is uploaded as changed (a conflict over another client's newer object, which the mount then hides), and until its no-op upload runs the mount shows it over such a change"
         case orphanWritesIntoUpload = "a file unlinked while its upload is in flight and open for writing: the orphan's writes go into the staged file that upload sends, so S3 gets bytes nobody acknowledged"
         case failedRenameDropsDestination = "a rename onto a file with local changes that fails (its copy fails) has already dropped the destination's versions (journaled)"
-        case renamedFileStaysUnconditional = "a version made while the renamed (unconditional) version of its file is still queued stays unconditional after that one lands, and overwrites another client's change silently"
         case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
     }
 
@@ -29,19 +25,16 @@ extension Model {
     func hitsKnownBug(_ s: Step) -> KnownCoreBugs.Bug? {
         let open = KnownCoreBugs.open
         switch s {
-        case .faulty(let fault, .rename(let src, let dst, _)):
+        case .faulty(_, .rename(let src, let dst, _)):
             // A rename that copies (the source only in S3) and fails has already dropped the destination.
             if open.contains(.failedRenameDropsDestination), expect(.rename(src, dst, noReplace: false)) == .ok,
                let from = file(at: src), !files[from]!.local, let to = file(at: dst), files[to]!.local {
                 return .failedRenameDropsDestination
             }
-            if let bug = faultMeetsUploads(fault) { return bug }
             return hitsKnownBug(.rename(src, dst, noReplace: false))
-        case .faulty(let fault, .mkdir(let path)):
-            if let bug = faultMeetsUploads(fault) { return bug }
+        case .faulty(_, .mkdir(let path)):
             return hitsKnownBug(.mkdir(path))
-        case .faulty(let fault, let inner):
-            if let bug = faultMeetsUploads(fault) { return bug }
+        case .faulty(_, let inner):
             return hitsKnownBug(inner)
         case .rename(let src, let dst, _):
             guard expect(s) == .ok, src != dst else { return nil }
@@ -57,10 +50,6 @@ extension Model {
             if open.contains(.orphanWritesIntoUpload), let id = file(at: dst), files[id]!.queued != nil && files[id]!.writers > 0 {
                 return .orphanWritesIntoUpload
             }
-            if open.contains(.droppedUploadConflicts), let id = file(at: dst), files[id]!.queued != nil,
-               epoch[dst, default: 0] > files[id]!.baseEpoch {
-                return .droppedUploadConflicts
-            }
         case .unlink(let path):
             if open.contains(.noopJournaled), expect(s) == .ok, let id = file(at: path), files[id]!.noop { return .noopJournaled }
             if open.contains(.orphanWritesIntoUpload), expect(s) == .ok, let id = file(at: path),
@@ -69,9 +58,6 @@ extension Model {
             }
         case .remotePut(let path, _, _), .remoteDelete(let path):
             if open.contains(.noopJournaled), let id = file(at: path), files[id]!.noop { return .noopJournaled }
-            if open.contains(.renamedFileStaysUnconditional), let id = file(at: path), files[id]!.local && files[id]!.renamed {
-                return .renamedFileStaysUnconditional
-            }
             if let id = file(at: path), files[id]!.local && files[id]!.inPlace {
                 if open.contains(.inPlaceBaseReplaced) { return .inPlaceBaseReplaced }
                 if open.contains(.recoveryRefetchesInPlaceBlocks) { return .recoveryRefetchesInPlaceBlocks }
@@ -83,26 +69,9 @@ extension Model {
                files.values.contains(where: { $0.local && $0.inPlace && $0.queued != nil }) {
                 return .recoveryRefetchesInPlaceBlocks
             }
-        case .open(let path, _, let mode) where mode.create:
-            // Re-created while the delete of the old object is still queued: its upload expects no object.
-            if open.contains(.recreateWhileDeleteQueued), expect(s) == .ok, file(at: path) == nil,
-               events.contains(where: { $0.key == path && $0.kind == .delete }) {
-                return .recreateWhileDeleteQueued
-            }
         default: break
-        }
-        if case .unlink(let path) = s, open.contains(.droppedUploadConflicts), expect(s) == .ok, let id = file(at: path),
-           files[id]!.queued != nil, epoch[path, default: 0] > files[id]!.baseEpoch {
-            return .droppedUploadConflicts
         }
         return nil
     }
 
-    /// A step that waits for queued uploads lets them go (see ModelRun.stall): a HEAD fault meant for the step
-    /// may meet an upload's check of a failed precondition instead.
-    func faultMeetsUploads(_ fault: Fault) -> KnownCoreBugs.Bug? {
-        guard KnownCoreBugs.open.contains(.headFailureIsAConflict), fault.operations.contains("HeadObject"),
-              events.contains(where: { $0.kind == .put || $0.kind == .delete }) else { return nil }
-        return .headFailureIsAConflict
-    }
 }

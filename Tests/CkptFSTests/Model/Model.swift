@@ -81,9 +81,6 @@ struct ModelFile {
     var conflictSeq: Int?
     /// The position of the last acknowledgement (its journal record): recovery queues the version there.
     var ackSeq = 0
-    /// Renamed since it became local: versions made before the renamed one landed keep uploading without a
-    /// condition (KnownCoreBugs.renamedFileStaysUnconditional).
-    var renamed = false
 }
 
 /// An open file of the model.
@@ -364,7 +361,6 @@ struct Model {
         if f.localHandles == 0 && f.queued == nil && !f.ackedUnqueued && !f.dirty && !f.conflicted {
             files[id]!.local = false
             files[id]!.fresh = false
-            files[id]!.renamed = false
             files[id]!.ackedInPlace = false
         }
     }
@@ -416,7 +412,6 @@ struct Model {
         files[id]!.conflicted = false
         files[id]!.conflictSeq = nil
         if f.local {
-            files[id]!.renamed = true
             // The acknowledged version is journaled again under the new key (also one a later write copied).
             if f.acked != nil {
                 seq += 1

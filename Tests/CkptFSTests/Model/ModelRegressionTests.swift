@@ -132,7 +132,6 @@ final class ModelRegressionTests: XCTestCase {
     /// retries in production). Expected: c.tmp recognised as landed, flush succeeds. Found: flush reports a
     /// conflict on c.tmp ("created in S3 by someone else").
     func testAFailedHeadDuringAnUploadIsNotAConflict() async throws {
-        try skipKnown(.headFailureIsAConflict)
         try await ModelCheck.replay([
             .open("c.tmp", h: 1, .createTruncate),
             .close(h: 1),
@@ -148,7 +147,6 @@ final class ModelRegressionTests: XCTestCase {
     /// file in S3, flush succeeds. Found: flush reports a conflict on a ("created in S3 by someone else"), S3
     /// keeps the deleted object.
     func testAFileReCreatedWhileTheOldOnesDeleteIsQueuedIsNotAConflict() async throws {
-        try skipKnown(.recreateWhileDeleteQueued)
         try await ModelCheck.replay([
             .remotePut("a", count: 4, seed: 1),
             .open("b", h: 1, .createTruncate),
@@ -167,7 +165,6 @@ final class ModelRegressionTests: XCTestCase {
     /// staged file (the orphan's last close removes only its current version; until the next mount's recovery).
     /// Expected: after the drain the staging area is empty. Found: one staged file left.
     func testAVersionUnlinkedWhileUploadingLeavesNoStagedFile() async throws {
-        try skipKnown(.droppedUploadConflicts)
         try await ModelCheck.replay([
             .open("c", h: 1, .createTruncate),
             .close(h: 1),
@@ -186,7 +183,6 @@ final class ModelRegressionTests: XCTestCase {
     /// version becomes a conflict, which holds the deletes made after it. Expected: the final drain applies
     /// the delete of a (renamed to d). Found: flush reports "a: delete not applied yet".
     func testAnUnlinkedVersionWhoseUploadFailsItsConditionHoldsNoDeletes() async throws {
-        try skipKnown(.droppedUploadConflicts)
         try await ModelCheck.replay([
             .remotePut("x", count: 4, seed: 2757002),
             .open("x", h: 1, .createTruncate),
@@ -435,7 +431,6 @@ final class ModelRegressionTests: XCTestCase {
     /// conflict). Expected: the second drain stops c as a conflict and S3 keeps their object. Found: flush
     /// succeeds, c's version 2 replaced their object.
     func testAVersionAfterARenameIsConditionalOnceTheRenamedOneLanded() async throws {
-        try skipKnown(.renamedFileStaysUnconditional)
         try await ModelCheck.replay([
             .open("d", h: 1, .createTruncate),
             .rename("d", "c", noReplace: false),

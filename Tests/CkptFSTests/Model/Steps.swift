@@ -269,9 +269,8 @@ struct Generator {
 
     /// A fault for a drain: uploads and deletes fail (before or after they land) and are retried.
     mutating func drainFault() -> Fault {
-        var choices = [["PutObject"], ["UploadPart"], ["CompleteMultipartUpload"], ["CreateMultipartUpload"],
+        let choices = [["PutObject"], ["UploadPart"], ["CompleteMultipartUpload"], ["CreateMultipartUpload"],
                        ["DeleteObject"], ["HeadObject"], ["GetObject"]]
-        if KnownCoreBugs.open.contains(.headFailureIsAConflict) { choices.removeAll { $0 == ["HeadObject"] } }
         let ops = pick(choices)!
         let which: Fault.Which = .nth(int(1...3))
         let kind: Fault.Kind = pick([.slowDown, .internalError, .connectionReset])!
