@@ -3,7 +3,7 @@
 
 Everything listens on 127.0.0.1 only and telemetry is off: nothing leaves the machine.
 
-    seaweed.py start --dir DIR [--bucket NAME ...] [--watch-pid PID] [--json]
+    seaweed.py start --dir DIR [--bucket NAME ...] [--watch-pid PID] [--json] [--vacuum-interval SECONDS]
     seaweed.py stop  --dir DIR
 
 `start` picks a free block of ports (each HTTP port and its gRPC port, +10000), writes an
@@ -130,6 +130,10 @@ def start(args):
         f"-metricsPort={ports['metrics']}", f"-s3.metricsPort={ports['s3metrics']}",
         "-master.volumeSizeLimitMB=1024",
     ]
+    if args.vacuum_interval:
+        # Space of overwritten and deleted objects is reclaimed this often (default 14 minutes), for long
+        # write-heavy runs (bench/load.py) that would otherwise fill the disk with garbage.
+        cmd += [f"-master.vacuumIntervalSeconds={args.vacuum_interval}", "-master.garbageThreshold=0.05"]
     tls = make_tls(d) if args.tls else None
     if tls:
         cmd += [f"-s3.port.https={ports['s3https']}", f"-s3.cert.file={tls[1]}", f"-s3.key.file={tls[2]}"]
@@ -232,7 +236,10 @@ def stop(args):
         return 0
     info = json.load(open(info_path))
     kill_tree(info["pid"])
-    os.unlink(info_path)
+    try:
+        os.unlink(info_path)
+    except FileNotFoundError:
+        pass  # the watchdog (--watch-pid) saw the server go and removed it first
     return 0
 
 
@@ -246,6 +253,8 @@ def main():
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--json", action="store_true")
     s.add_argument("--tls", action="store_true", help="also serve HTTPS with a throwaway CA (info: https_endpoint, ca_bundle)")
+    s.add_argument("--vacuum-interval", type=int, metavar="SECONDS",
+                   help="reclaim the space of overwritten and deleted objects this often (SeaweedFS: 840)")
     t = sub.add_parser("stop")
     t.add_argument("--dir", required=True)
     args = p.parse_args()

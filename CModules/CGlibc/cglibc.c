@@ -6,3 +6,7 @@
 
 const int ckpt_glibc_O_DIRECT = O_DIRECT;
 const short ckpt_glibc_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
+
+int ckpt_glibc_fallocate_keep_size(int fd, long long offset, long long length) {
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+}

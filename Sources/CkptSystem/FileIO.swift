@@ -1,8 +1,9 @@
 // File I/O for the modules that touch local files (the cache, the transport, the core): swift-system's
 // `FileDescriptor` and `Errno` (its calls retry EINTR, and `writeAll(toAbsoluteOffset:_:)` retries short
-// writes without copying the buffer), plus the two things it lacks here: a positional read that fills its
-// buffer, and the glibc constants Swift cannot import (from the CGlibc shim).
+// writes without copying the buffer), plus what it lacks here: a positional read that fills its buffer,
+// preallocation that keeps the size, and the glibc constants Swift cannot import (from the CGlibc shim).
 import CGlibc
+import Glibc
 import SystemPackage
 
 extension FileDescriptor {
@@ -23,6 +24,20 @@ extension FileDescriptor {
             done += n
         }
         return done
+    }
+}
+
+extension FileDescriptor {
+    /// Allocates disk blocks for bytes `offset..<offset + length` of the file without changing its size
+    /// (fallocate(2) with FALLOC_FL_KEEP_SIZE, from the CGlibc shim): writes there later need no new blocks, so
+    /// a full disk cannot fail them. Blocks already allocated stay; a truncate frees those past the new size.
+    /// - Throws: the `Errno` of fallocate: `.noSpace` when the disk has not that much free (some filesystems
+    ///   then keep what they allocated), `.notSupported` where the filesystem cannot preallocate.
+    public func preallocate(from offset: Int64, length: Int64) throws(Errno) {
+        while ckpt_glibc_fallocate_keep_size(rawValue, offset, length) != 0 {
+            let e = Errno(rawValue: Glibc.errno)
+            if e != .interrupted { throw e }
+        }
     }
 }
 

@@ -34,6 +34,25 @@ final class FileIOTests: XCTestCase {
         }
     }
 
+    func testPreallocateAllocatesBlocksAndKeepsTheSize() throws {
+        let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .truncate], permissions: .ownerReadWrite)
+        defer { try? fd.close() }
+        XCTAssertEqual(try fd.writeAll(toAbsoluteOffset: 0, [UInt8](repeating: 7, count: 100)), 100)
+        do {
+            try fd.preallocate(from: 100, length: 1 << 20)
+        } catch {
+            if error == .notSupported { throw XCTSkip("this filesystem cannot preallocate") }
+            throw error
+        }
+        var st = stat()
+        XCTAssertEqual(fstat(fd.rawValue, &st), 0)
+        XCTAssertEqual(st.st_size, 100)
+        XCTAssertGreaterThanOrEqual(Int(st.st_blocks) * 512, 1 << 20)
+        XCTAssertThrowsError(try FileDescriptor(rawValue: -1).preallocate(from: 0, length: 4096)) {
+            XCTAssertEqual($0 as? Errno, .badFileDescriptor)
+        }
+    }
+
     func testGlibcConstantsFromTheShim() throws {
         #if arch(x86_64)
         XCTAssertEqual(FileDescriptor.OpenOptions.direct.rawValue, 0o40000)

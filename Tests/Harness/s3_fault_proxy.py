@@ -18,16 +18,25 @@ State, set over the control port (JSON; `FaultProxy` below is the client the tes
                                   kept from the client until /release-answers: the client reads, late, what
                                   S3 answered before the changes made meanwhile
   POST /release-answers           relays the answers kept and keeps no more
+  POST /outage   {"mode": "503" | "reset" | "blackhole"}   S3 is unreachable from now on: no request (on new
+                                  or open connections) is forwarded until /restore; each is answered
+                                  503 ServiceUnavailable (S3's XML error, then the connection closes), or its
+                                  connection is closed without an answer (reset), or it is never answered
+                                  (blackhole: the connection stays open and silent, also after /restore, as
+                                  a request lost in a network partition; only the client's timeout ends it)
+  POST /restore                   forwards again (requests arriving from now on)
   POST /kill     {"pid": P, "ops": [...], "at": "request" | "response", "nth": N}
                  at=request:  when the Nth request of `ops` (counted from now) arrives, SIGKILL P; that
                               request is not forwarded
                  at=response: when the Nth successful (2xx) response of `ops` (counted from now) has been
                               received from the server, SIGKILL P; that response is not relayed
   GET  /stats    {"requests": {op: n}, "responses": {op: [status, ...]}, "held": n, "heldAnswers": n, "heldTotal": n,
-                  "dropped": n, "kills": [{"pid", "op", "at", "nth", "status"}], "armed": n}
-  POST /wait     {"held": n, "heldAnswers": n, "kills": n, "requests": {op: n}, "timeout": s}   answers (the
-                 stats and "satisfied") as soon as at least that many requests (answers) are held, kills done,
-                 requests seen,
+                  "dropped": n, "kills": [{"pid", "op", "at", "nth", "status"}], "armed": n,
+                  "outage": mode or null, "refused": {op: n}}   (`requests` counts every request that arrived,
+                  `refused` those the outage kept from the server)
+  POST /wait     {"held": n, "heldAnswers": n, "kills": n, "requests": {op: n}, "refused": {op: n},
+                  "timeout": s}   answers (the stats and "satisfied") as soon as at least that many requests
+                 (answers) are held, kills done, requests seen, requests refused by an outage,
                  or after `timeout` seconds
 A held request whose client goes away is dropped, never forwarded later. Listens on 127.0.0.1 only.
 """
@@ -146,6 +155,8 @@ class Proxy:
         self.held_answers = 0
         self.dropped = 0
         self.kills = []
+        self.outage = None  # None, or how requests are refused: "503", "reset", "blackhole"
+        self.refused = {}
         self.changed = asyncio.Event()  # set (and replaced) whenever a count changes
 
     def notify(self):
@@ -155,12 +166,14 @@ class Proxy:
     def stats(self):
         return {"requests": self.requests, "responses": self.responses, "held": self.held,
                 "heldAnswers": self.held_answers,
-                "heldTotal": self.held_total, "dropped": self.dropped, "kills": self.kills, "armed": len(self.rules)}
+                "heldTotal": self.held_total, "dropped": self.dropped, "kills": self.kills, "armed": len(self.rules),
+                "outage": self.outage, "refused": self.refused}
 
     def satisfies(self, want):
         return (self.held >= want.get("held", 0) and self.held_answers >= want.get("heldAnswers", 0)
                 and len(self.kills) >= want.get("kills", 0)
-                and all(self.requests.get(op, 0) >= n for op, n in want.get("requests", {}).items()))
+                and all(self.requests.get(op, 0) >= n for op, n in want.get("requests", {}).items())
+                and all(self.refused.get(op, 0) >= n for op, n in want.get("refused", {}).items()))
 
     async def wait(self, want):
         loop = asyncio.get_running_loop()
@@ -207,6 +220,9 @@ class Proxy:
                 self.requests[op] = self.requests.get(op, 0) + 1
                 self.notify()
                 if self.fire("request", op):
+                    return
+                if self.outage is not None:
+                    await self.refuse(op, method, headers, creader, cwriter)
                     return
                 early = b""
                 if op in self.hold_ops and not self.released.is_set():
@@ -304,6 +320,29 @@ class Proxy:
                     except Exception:
                         pass
 
+    async def refuse(self, op, method, headers, creader, cwriter):
+        """Answers a request the way the current outage does (see /outage); the connection then ends."""
+        mode = self.outage
+        self.refused[op] = self.refused.get(op, 0) + 1
+        self.notify()
+        if mode == "reset":
+            return  # `handle` aborts the connection: the client sees it reset with no answer
+        if mode == "blackhole":
+            while await creader.read(1 << 20):  # whatever the client sends is swallowed; nothing comes back
+                pass
+            return
+        # "503": the body is read unless the client waits for a 100 Continue (a server answering early
+        # never sends one), then S3's error, and the connection closes.
+        if headers.get("expect", "").lower() != "100-continue":
+            async def discard(_):
+                pass
+            await copy_body(creader, headers, discard)
+        body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
+                b'<Message>The fault proxy is in an outage.</Message></Error>')
+        cwriter.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+                      b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), b"" if method == "HEAD" else body))
+        await cwriter.drain()
+
     async def hold(self, creader):
         """Waits for /release, keeping what the client sends meanwhile (the request's body, or the part of it
         that fits in the socket buffers). Returns those bytes, or None if the client went away first."""
@@ -355,6 +394,12 @@ class Proxy:
             elif path == "/release-answers":
                 self.answers_released.set()
                 self.hold_answer_ops = set()
+            elif path == "/outage":
+                if args["mode"] not in ("503", "reset", "blackhole"):
+                    raise ValueError(f"unknown outage mode {args['mode']!r}")
+                self.outage = args["mode"]
+            elif path == "/restore":
+                self.outage = None
             elif path == "/kill":
                 self.rules.append({"pid": int(args["pid"]), "ops": set(args["ops"]), "at": args["at"],
                                    "nth": int(args.get("nth", 1)), "seen": 0})
@@ -423,6 +468,15 @@ class FaultProxy:
     def release_answers(self):
         return self._call("/release-answers", {})
 
+    def outage(self, mode="503"):
+        """S3 is unreachable through the proxy until `restore`: every request is answered 503 ("503"), has its
+        connection closed ("reset") or is never answered ("blackhole")."""
+        return self._call("/outage", {"mode": mode})
+
+    def restore(self):
+        """Ends the outage: requests arriving from now on are forwarded."""
+        return self._call("/restore", {})
+
     def kill_on_request(self, pid, ops, nth=1):
         """SIGKILL `pid` when the `nth` request of `ops` from now arrives; that request never reaches S3."""
         return self._call("/kill", {"pid": pid, "ops": list(ops), "at": "request", "nth": nth})
@@ -435,11 +489,13 @@ class FaultProxy:
     def stats(self):
         return self._call("/stats")
 
-    def wait(self, held=0, kills=0, requests=None, timeout=30, held_answers=0):
-        """Blocks until at least `held` requests and `held_answers` answers are held, `kills` kills done and
-        `requests` ({op: n}) seen; True if so, False after `timeout` seconds."""
+    def wait(self, held=0, kills=0, requests=None, timeout=30, held_answers=0, refused=None):
+        """Blocks until at least `held` requests and `held_answers` answers are held, `kills` kills done,
+        `requests` ({op: n}) seen and `refused` ({op: n}) refused by an outage; True if so, False after
+        `timeout` seconds."""
         return self._call("/wait", {"held": held, "heldAnswers": held_answers, "kills": kills,
-                                    "requests": requests or {}, "timeout": timeout}, timeout=timeout + 10)["satisfied"]
+                                    "requests": requests or {}, "refused": refused or {}, "timeout": timeout},
+                          timeout=timeout + 10)["satisfied"]
 
     def close(self):
         if self.process.poll() is None:

@@ -104,11 +104,12 @@ class Proxy:
         self.proc.wait()
 
 
-def start_seaweed(out, bucket, tool):
-    """For the standalone scripts: starts SeaweedFS under OUT/seaweed with BUCKET; returns (the server's info
-    from scripts/seaweed.py: endpoint, access_key, secret_key, pid; an environment for AWS clients)."""
+def start_seaweed(out, bucket, tool, extra=()):
+    """For the standalone scripts: starts SeaweedFS under OUT/seaweed with BUCKET (and `extra` options of
+    `scripts/seaweed.py start`); returns (the server's info from scripts/seaweed.py: endpoint, access_key,
+    secret_key, pid; an environment for AWS clients)."""
     r = subprocess.run([sys.executable, SEAWEED, "start", "--dir", os.path.join(out, "seaweed"), "--bucket", bucket,
-                        "--json"], capture_output=True, text=True)
+                        "--json", *extra], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"{tool}: could not start SeaweedFS: {r.stderr}")
     info = json.loads(r.stdout)

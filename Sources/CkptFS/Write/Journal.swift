@@ -6,6 +6,7 @@
 // Replay stops at the first record that is short or fails its checksum: a torn final record (a crash
 // mid-append) is ignored, and every record before it is intact.
 import CkptDigest
+import CkptSystem
 import Foundation
 import Synchronization
 import SystemPackage
@@ -60,45 +61,61 @@ struct JournalRecord: Codable, Equatable, Sendable {
 
 final class Journal: Sendable {
     let path: String
-    private let fd: Mutex<Int32>
-    /// Space set aside on the cache disk for the journal's own records: when the disk is full, this file goes
-    /// so that records withdrawing or acknowledging changes (an unlink that frees space, an upload that landed)
-    /// can still be written. Set aside again once there is room.
-    var reservePath: String { path + ".reserve" }
+    /// The open journal: its descriptor, its size, how far past its end disk blocks are allocated (the
+    /// reserve), and the errno that left it unusable, if one did.
+    private struct Tail {
+        var fd: Int32
+        var end: Int64
+        var reservedTo: Int64
+        var broken: Int32 = 0
+    }
+    private let tail: Mutex<Tail>
+    /// Disk space the journal keeps allocated past its end (fallocate, its size unchanged) for its own records,
+    /// so that they can be written when the cache disk is full: a record that an upload landed (its staged copy
+    /// then goes and gives its space back) or that withdraws a change (an unlink that frees space). Nobody else
+    /// can take it, not even a process that takes every byte of the disk as it comes free. Allocated again after
+    /// each append that leaves less than half of it, when the disk has room. About 10,000 records.
     static let reserveSize: Int64 = 4 << 20
-    private let reserveMissing = Atomic<Bool>(true)
 
-    /// Opens (creating) the journal for appending.
+    /// Opens (creating) the journal for appending, and sets its reserve aside.
     init(path: String) throws(FSError) {
         self.path = path
-        let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard f >= 0 else { throw FSError(errno, "cannot open the journal \(path): \(String(cString: strerror(errno)))") }
-        fd = Mutex(f)
-        replenishReserve()
+        tail = Mutex(try Journal.openTail(path))
+        // Earlier builds kept the reserve in a file of its own; its space goes back to the disk.
+        unlink(path + ".reserve")
     }
 
-    /// Sets the reserve aside if it is missing and the disk has room (real blocks, not a sparse file).
-    func replenishReserve() {
-        guard reserveMissing.load(ordering: .relaxed) else { return }
-        let r = open(reservePath, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-        guard r >= 0 else { return }
-        defer { close(r) }
-        if posix_fallocate(r, 0, off_t(Journal.reserveSize)) == 0 {
-            reserveMissing.store(false, ordering: .relaxed)
-        } else {
-            ftruncate(r, 0)
+    private static func openTail(_ path: String) throws(FSError) -> Tail {
+        let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard f >= 0 else { throw FSError(errno, "cannot open the journal \(path): \(String(cString: strerror(errno)))") }
+        let end = Int64(lseek(f, 0, SEEK_END))
+        var t = Tail(fd: f, end: end, reservedTo: end)
+        replenish(&t)
+        return t
+    }
+
+    /// Allocates the reserve past the journal's end again if less than half of it is left and the disk has room.
+    private static func replenish(_ t: inout Tail) {
+        guard t.reservedTo - t.end < reserveSize / 2 else { return }
+        do {
+            try FileDescriptor(rawValue: t.fd).preallocate(from: t.end, length: reserveSize)
+            t.reservedTo = t.end + reserveSize
+        } catch {
+            // The disk is full (what is left of the reserve serves), or the filesystem cannot preallocate.
         }
     }
 
-    deinit { fd.withLock { _ = close($0) } }
+    /// Bytes allocated past the journal's end for its own records (the reserve) now.
+    var reserved: Int64 { tail.withLock { max(0, $0.reservedTo - $0.end) } }
+
+    deinit { tail.withLock { _ = close($0.fd) } }
 
     /// Reopens the file at `path` (after `rewrite` replaced it).
     func reopen() throws(FSError) {
-        let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard f >= 0 else { throw FSError(errno, "cannot open the journal \(path): \(String(cString: strerror(errno)))") }
-        fd.withLock { old in
-            close(old)
-            old = f
+        let new = try Journal.openTail(path)
+        tail.withLock { t in
+            close(t.fd)
+            t = new
         }
     }
 
@@ -112,24 +129,40 @@ final class Journal: Sendable {
         return out
     }
 
-    /// Appends records and makes them durable (fdatasync) before returning.
+    /// Appends records and makes them durable (fdatasync) before returning. A failed append leaves nothing
+    /// of its records in the file: a torn record in the middle would end every replay there, and the records
+    /// after it would be lost to recovery.
     func append(_ records: [JournalRecord]) throws(FSError) {
         let bytes = records.flatMap(Journal.frame)
-        let rc: Int32 = fd.withLock { f in
-            var end = lseek(f, 0, SEEK_END)
-            for attempt in 0..<2 {
-                let e = Journal.writeAll(f, bytes) ?? (fdatasync(f) == 0 ? 0 : errno)
-                guard (e == ENOSPC || e == EDQUOT) && attempt == 0 else { return e }
-                // The disk is full: give up the reserve and write the record again, whole.
-                if end >= 0 { ftruncate(f, end) }
-                unlink(reservePath)
-                reserveMissing.store(true, ordering: .relaxed)
-                end = lseek(f, 0, SEEK_END)
+        let rc: Int32 = tail.withLock { t in
+            guard t.broken == 0 else { return t.broken }
+            let e = Journal.writeAll(t.fd, bytes) ?? (fdatasync(t.fd) == 0 ? 0 : errno)
+            guard e == 0 else {
+                Journal.cut(&t)
+                return e
             }
-            return EIO
+            t.end += Int64(bytes.count)
+            Journal.replenish(&t)
+            return 0
         }
         if rc != 0 { throw FSError(rc, "cannot write the journal: \(String(cString: strerror(rc)))") }
-        replenishReserve()
+    }
+
+    /// After a failed append: cuts the journal back to its last whole record. If that fails too, no later
+    /// record may follow what is there: every append fails from now on (nothing more can be acknowledged).
+    private static func cut(_ t: inout Tail) {
+        var st = stat()
+        guard fstat(t.fd, &st) == 0 else {
+            t.broken = errno
+            return
+        }
+        guard Int64(st.st_size) > t.end else { return }
+        if ftruncate(t.fd, off_t(t.end)) == 0 {
+            t.reservedTo = t.end  // a truncate frees the blocks past the end too
+            replenish(&t)
+        } else {
+            t.broken = errno
+        }
     }
 
     func append(_ r: JournalRecord) throws(FSError) { try append([r]) }
