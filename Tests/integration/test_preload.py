@@ -227,3 +227,72 @@ def test_preload_refuses_what_it_cannot_do(server, bucket, mounts, tmp_path):
     assert r.returncode != 0 and "--all" in r.stderr
     r = preload(mounts, mp, "--check", "--evict")
     assert r.returncode != 0
+
+
+@pytest.mark.parametrize("mtime", ["last-modified", "stored"])
+def test_listing_then_opening_costs_one_get_per_file(server, bucket, mounts, proxy, tmp_path, mtime):
+    """The first epoch without a preload: a dataset lists its directory once (ImageFolder, glob) and opens its
+    files over the next seconds; each open uses the ETag and size the listing gave (no HEAD of its own)."""
+    rng = random.Random(21)
+    files = {f"img-{i:04d}.jpg": rng.randbytes(128 * 1024) for i in range(200)}
+    upload_many(server, bucket, "train/", files, tmp_path)
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--mtime", mtime)
+    os.stat(os.path.join(mp, "train"))
+    before = proxy.stats()["requests"]
+    names = os.listdir(os.path.join(mp, "train"))
+    assert sorted(names) == sorted(files)
+    time.sleep(1.2)  # past the one-second window in which any open trusts the last check
+    for n in names:
+        with open(os.path.join(mp, "train", n), "rb") as f:
+            assert sha(f.read()) == sha(files[n]), n
+    after = proxy.stats()["requests"]
+    heads = after.get("HeadObject", 0) - before.get("HeadObject", 0)
+    gets = after.get("GetObject", 0) - before.get("GetObject", 0)
+    assert gets == len(files), "one GET per file"
+    # --mtime stored HEADs each listed file once, for the mtime its writer stored; the opens add none.
+    assert heads == (len(files) if mtime == "stored" else 0), f"{heads} HEADs"
+
+
+def test_a_preload_without_a_mount_fills_the_cache_a_mount_then_reads(server, bucket, mounts, tmp_path):
+    rng = random.Random(22)
+    files = {f"part-{i:03d}.bin": rng.randbytes(rng.randrange(0, 3 * 1024 * 1024)) for i in range(40)}
+    upload_many(server, bucket, "ds/train/", {k: v for k, v in files.items() if v}, tmp_path)
+    for k, v in files.items():
+        if not v:
+            server.s3.put_object(Bucket=bucket, Key="ds/train/" + k, Body=b"")
+    server.s3.put_object(Bucket=bucket, Key="ds/other.bin", Body=b"not in the prefix")
+    cache = str(tmp_path / "shared-cache")
+    url = f"s3://{bucket}/ds/train"
+    before = server.settled(lambda: server.gets(bucket))
+    r = preload(mounts, url, "--cache-dir", cache, "--cache-size", "1GiB", "--json")
+    assert r.returncode == 0, r.stderr
+    s = summary(r)
+    assert s["url"] == url and s["plan"]["files"] == len(files)
+    assert s["progress"]["bytesFetched"] == sum(len(v) for v in files.values())
+    assert server.settled(lambda: server.gets(bucket)) - before == s["progress"]["requests"]
+    c = preload(mounts, url, "--cache-dir", cache, "--check")
+    assert c.returncode == 0 and f"{len(files)} of {len(files)} file(s) cached (100.0%)" in c.stdout, c.stdout + c.stderr
+    # A mount of the bucket over that cache reads every file without a GET.
+    mp, _ = mounts.mount(f"s3://{bucket}", None, cache, "--cache-size", "1GiB")
+    before = server.settled(lambda: server.gets(bucket))
+    for k, v in files.items():
+        assert file_sha(os.path.join(mp, "ds/train", k)) == sha(v), k
+    assert server.settled(lambda: server.gets(bucket)) == before
+    # While the mount holds the cache directory, a preload without it refuses and says what to do instead.
+    r = preload(mounts, url, "--cache-dir", cache)
+    assert r.returncode != 0 and "preload through that mount" in r.stderr, r.stderr
+    mounts.unmount(mp)
+    # --files-from names paths relative to the prefix; a single object is a path too.
+    listing = tmp_path / "some.txt"
+    listing.write_text("part-001.bin\npart-002.bin\nmissing.bin\n")
+    other = str(tmp_path / "other-cache")
+    r = preload(mounts, url, "--files-from", str(listing), "--cache-dir", other, "--json")
+    assert r.returncode == 1 and f"no such file or directory: {url}/missing.bin" in r.stderr, r.stderr
+    assert summary(r)["plan"]["files"] == 2
+    r = preload(mounts, f"{url}/part-003.bin", "--cache-dir", other, "--json")
+    assert r.returncode == 0 and summary(r)["plan"]["files"] == 1, r.stderr
+    # Options that need a mount, or no mount, are refused before anything is contacted.
+    r = preload(mounts, url)
+    assert r.returncode != 0 and "--cache-dir" in r.stderr
+    r = preload(mounts, str(tmp_path), "--cache-dir", other)
+    assert r.returncode != 0 and "without a mount" in r.stderr

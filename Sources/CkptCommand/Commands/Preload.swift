@@ -1,11 +1,16 @@
 import ArgumentParser
+import CkptCache
 import CkptFS
+import CkptS3
 import Foundation
+import Synchronization
 
 /// `ckptfs preload PATH... [--files-from LIST] [--rank R --world-size W | --all] [--shard-by count|size] [--json]`:
 /// fills a mount's block cache with this node's share of the files under PATH, through the mount's daemon (its
 /// control socket), so that the first epoch reads local disk. `--check` reports what is cached, `--evict` drops it.
-struct Preload: ParsableCommand {
+/// `ckptfs preload s3://BUCKET/PREFIX --cache-dir DIR` does the same with no mount, in this process, for the cache
+/// directory a mount will use (holding its lock meanwhile).
+struct Preload: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Fill a mount's block cache with files before they are read (this node's share of them).",
         discussion: """
@@ -21,7 +26,8 @@ struct Preload: ParsableCommand {
             1 when files failed or a PATH names nothing (--check: 1 when not all of the share is cached).
             """)
 
-    @Argument(help: "Files or directories under a ckptfs mount.") var paths: [String] = []
+    @Argument(help: "Files or directories under a ckptfs mount; or one s3://BUCKET[/PREFIX] with --cache-dir (no mount).")
+    var paths: [String] = []
     @Option(name: .customLong("files-from"),
             help: "A file naming paths to preload, one per line (absolute, or relative to the current directory; blank lines and lines starting with # are skipped); - reads standard input.")
     var filesFrom: String?
@@ -37,8 +43,33 @@ struct Preload: ParsableCommand {
     @Flag(name: .shortAndLong, help: "With --check: each file's part too.") var verbose = false
     @Flag(help: "Drop this rank's share from the cache.") var evict = false
     @Flag(help: "Print a JSON summary on standard output at the end.") var json = false
+    @Option(name: .customLong("cache-dir"),
+            help: "Without a mount (s3://BUCKET/PREFIX): the cache directory the mount will use (its --cache-dir).")
+    var cacheDir: String?
+    @Option(name: .customLong("cache-size"),
+            help: "Without a mount: the cache's bound, as the mount will be given it (default: as ckptfs mount's: half the free space, 1 to 100 GiB).")
+    var cacheSize: String?
+    @OptionGroup var s3: S3Options
+
+    /// The s3:// URL of a preload without a mount, if that is what was asked.
+    var url: String? { paths.first { $0.hasPrefix("s3://") } }
 
     func validate() throws {
+        if let url {
+            guard paths.count == 1 else {
+                throw ValidationError("a preload without a mount takes one s3://BUCKET[/PREFIX] and no mount paths; name the files under it with --files-from")
+            }
+            do { _ = try parseTarget(url) } catch { throw ValidationError(error.message) }
+            guard cacheDir != nil else {
+                throw ValidationError("a preload without a mount needs the cache directory the mount will use: --cache-dir DIR")
+            }
+            if let c = cacheSize, MountChecks.parseSize(c) == nil {
+                throw ValidationError("--cache-size '\(c)' is not a size; write it like 20GiB, 512MiB or a number of bytes")
+            }
+        } else if cacheDir != nil || cacheSize != nil {
+            throw ValidationError("--cache-dir and --cache-size are for a preload without a mount (s3://BUCKET/PREFIX); "
+                + "a preload through a mount fills the mount's own cache")
+        }
         guard !paths.isEmpty || filesFrom != nil else {
             throw ValidationError("give the files or directories to preload (paths under a ckptfs mount), or --files-from LIST")
         }
@@ -60,10 +91,10 @@ struct Preload: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         let code: Int32
         do {
-            code = try preloadThroughMount()
+            if let url { code = try await preloadWithoutMount(url) } else { code = try preloadThroughMount() }
         } catch {
             throw fail(error.message)
         }
@@ -72,7 +103,7 @@ struct Preload: ParsableCommand {
 
     /// The paths given, on the command line and in `--files-from`.
     func allPaths() throws(UserFacingFailure) -> [String] {
-        var out = paths
+        var out = url == nil ? paths : []
         if let filesFrom {
             let text: String
             if filesFrom == "-" {
@@ -88,7 +119,7 @@ struct Preload: ParsableCommand {
                 if !l.isEmpty && !l.hasPrefix("#") { out.append(l) }
             }
         }
-        guard !out.isEmpty else { throw UserFacingFailure(message: "--files-from \(filesFrom ?? "") names no path") }
+        guard !out.isEmpty || url != nil else { throw UserFacingFailure(message: "--files-from \(filesFrom ?? "") names no path") }
         return out
     }
 
@@ -149,6 +180,11 @@ struct Preload: ParsableCommand {
             if let p = event.progress, event.final != true { display.progress(p) }
         }
         var summary = Summary(mountpoint: mp, plan: plan, progress: final.progress, check: final.check, eviction: final.eviction, exitCode: 0)
+        return finish(&summary, display: &display)
+    }
+
+    /// Reports how it ended, prints the JSON summary with `--json`, and returns the exit status.
+    func finish(_ summary: inout Summary, display: inout PreloadDisplay) -> Int32 {
         summary.exitCode = report(summary, display: &display)
         if json {
             let encoder = JSONEncoder()
@@ -156,6 +192,95 @@ struct Preload: ParsableCommand {
             print(String(decoding: try! encoder.encode(summary), as: UTF8.self))
         }
         return summary.exitCode
+    }
+
+    /// `ckptfs preload s3://BUCKET[/PREFIX] --cache-dir DIR`: the same preload in this process, into a cache
+    /// directory no mount is using (its lock is held until the end, so a mount started meanwhile waits or fails).
+    /// The keys: everything under PREFIX (a directory, or one object), or with `--files-from` the paths it names,
+    /// relative to PREFIX. Ctrl-C cancels the GETs in flight; a second one ends the command at once.
+    func preloadWithoutMount(_ raw: String) async throws(UserFacingFailure) -> Int32 {
+        let target = try parseTarget(raw)
+        let listed = try allPaths()
+        let config = try await s3.resolve()
+        let logger = s3.logger()
+        let dir = MountChecks.absolute(cacheDir!)
+        try MountChecks.cacheDirectory(dir)
+        let size = cacheSize.flatMap(MountChecks.parseSize) ?? MountChecks.defaultCacheSize(for: dir)
+        let cache: BlockCache
+        do {
+            cache = try BlockCache(directory: dir, capacity: size)
+        } catch {
+            guard error.message.contains("in use") else { throw UserFacingFailure(message: error.message) }
+            throw UserFacingFailure(message: "\(error.message.components(separatedBy: ";").first ?? error.message): a mount (or another "
+                + "preload) holds it\n  fix: preload through that mount instead (ckptfs preload MOUNTPOINT/PATH), or wait until it ends")
+        }
+        defer { cache.unlock() }
+        // The root the paths are relative to: with --files-from, PREFIX; otherwise PREFIX's parent, and PREFIX's
+        // last part is the one path (a directory, or one object).
+        var prefix = target.prefix
+        while prefix.hasSuffix("/") { prefix.removeLast() }
+        let root: String
+        let paths: [String]
+        if filesFrom != nil || prefix.isEmpty {
+            root = prefix.isEmpty ? "" : prefix + "/"
+            paths = filesFrom != nil ? listed : [""]
+        } else {
+            let slash = prefix.lastIndex(of: "/")
+            root = slash.map { String(prefix[...$0]) } ?? ""
+            paths = [slash.map { String(prefix[prefix.index(after: $0)...]) } ?? prefix]
+        }
+        let rootURL = root.isEmpty ? "s3://\(target.bucket)" : "s3://\(target.bucket)/\(root.dropLast())"
+        let (share, source) = try Self.share(rank: rank, worldSize: worldSize, all: all,
+                                             strategy: PreloadShare.Strategy(rawValue: shardBy)!,
+                                             environment: ProcessInfo.processInfo.environment)
+        var display = PreloadDisplay(place: raw, mountpoint: rootURL, shareSource: source)
+        let preloader = Preloader(client: S3Client(configuration: config, logger: logger), bucket: target.bucket, root: root,
+                                  cache: cache, options: FSOptions())
+        let found: (objects: [PreloadObject], missing: [String])
+        do { found = try await preloader.list(paths) } catch {
+            throw UserFacingFailure(message: "listing \(raw) failed: \(error)")
+        }
+        let run = preloader.prepare(found.objects, missing: found.missing, share: share, parallel: parallel)
+        var summary = Summary(url: raw, plan: run.plan, exitCode: 0)
+        if check {
+            for m in run.plan.missing { display.say(missing: "\(rootURL)/\(m)") }
+            summary.check = preloader.check(share.select(found.objects), perFile: verbose)
+            return finish(&summary, display: &display)
+        }
+        if evict {
+            for m in run.plan.missing { display.say(missing: "\(rootURL)/\(m)") }
+            summary.eviction = preloader.evict(share.select(found.objects))
+            return finish(&summary, display: &display)
+        }
+        display.plan(run.plan)
+        let task = Task { await run.run() }
+        // The first Ctrl-C cancels the preload (it then says how far it got); a second one ends the command.
+        signal(SIGINT, SIG_IGN)
+        let interrupts = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        let count = Mutex(0)
+        interrupts.setEventHandler {
+            if count.withLock({ c in c += 1; return c }) > 1 { Foundation.exit(130) }
+            task.cancel()
+        }
+        interrupts.resume()
+        defer {
+            interrupts.cancel()
+            signal(SIGINT, SIG_DFL)
+        }
+        let shown = display
+        let ticker = Task { () -> PreloadDisplay in
+            var d = shown
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int64(d.interval * 1000)))
+                if Task.isCancelled { break }
+                d.progress(run.progress)
+            }
+            return d
+        }
+        summary.progress = await task.value
+        ticker.cancel()
+        display = await ticker.value
+        return finish(&summary, display: &display)
     }
 
     /// Says how the preload, check or eviction ended (stderr; a check's report goes to stdout) and returns the exit

@@ -16,16 +16,20 @@ final class HandleNumbers: Sendable {
 final class ReadHandle: Sendable {
     let ino: UInt64
     let object: PinnedObject
+    /// Opened on a listing's word, without a HEAD (`Meta.listedUntil`).
+    let listed: Bool
 
-    init(ino: UInt64, object: PinnedObject) {
+    init(ino: UInt64, object: PinnedObject, listed: Bool) {
         self.ino = ino
         self.object = object
+        self.listed = listed
     }
 }
 
 extension FileSystem {
     /// Opens a file. Reading a clean file revalidates the object (HEAD) unless it was checked within the last
-    /// second (the kernel looks a file up right before opening it) and pins its ETag for the handle's life.
+    /// second (the kernel looks a file up right before opening it) or a directory listing made for a reader
+    /// showed it within the TTL (`Meta.listedUntil`), and pins its ETag for the handle's life.
     /// Writing (or reading a file with local changes) goes to its local version (Write/).
     public func open(ino: UInt64, flags: Int32) async throws(FSError) -> OpenReply {
         let n = try namespace.node(ino)
@@ -35,7 +39,9 @@ extension FileSystem {
         if isLocal && !write, let h = try await writeBack.openLocal(ino: ino, key: n.key, write: false, truncate: false, remote: nil) {
             return OpenReply(handle: h, directIO: false, keepCache: true)
         }
-        let remote = isLocal ? nil : try await remoteObject(ino, n)
+        let listed = !write && n.meta.listedUntil.map { ContinuousClock.now < $0 } == true && !n.meta.etag.isEmpty
+        let remote = isLocal ? nil : listed && !n.superseded ? PinnedObject(key: n.key, etag: n.meta.etag, size: n.meta.size)
+                                                              : try await remoteObject(ino, n)
         if write {
             if !isLocal && remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
             let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: flags & O_TRUNC != 0, remote: remote)!
@@ -47,7 +53,7 @@ extension FileSystem {
         } ?? false
         if direct { counters.withLock { $0.directOpens += 1 } }
         let h = handleNumbers.next()
-        handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote) }
+        handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote, listed: listed) }
         return OpenReply(handle: h, directIO: direct, keepCache: true)
     }
 
@@ -93,6 +99,29 @@ extension FileSystem {
             guard let lh = writeBack.localHandles.withLock({ $0[handle] }) else { throw .badHandle }
             return .later(PendingRead { () async throws(FSError) in try await self.writeBack.readLocal(lh, offset: offset, size: size) })
         }
-        return try reader.readNow(rh.object, offset: offset, size: size)
+        guard rh.listed else { return try reader.readNow(rh.object, offset: offset, size: size) }
+        // Opened on a listing's word: if the object changed or went since, the next open asks S3 again.
+        let outcome = Result { () throws(FSError) in try reader.readNow(rh.object, offset: offset, size: size) }
+        switch outcome {
+        case .failure(let e):
+            unpinIfChanged(rh, e)
+            throw e
+        case .success(.done(let segments)):
+            return .done(segments)
+        case .success(.later(let rest)):
+            return .later(PendingRead { () async throws(FSError) in
+                do throws(FSError) { return try await rest.segments() } catch {
+                    self.unpinIfChanged(rh, error)
+                    throw error
+                }
+            })
+        }
+    }
+
+    /// A read of `rh`, opened on a listing's word, failed with `e`: if the object changed or went in S3, the
+    /// listing's pin of it goes, so the next open of the file sends a HEAD (and finds the new version or none).
+    func unpinIfChanged(_ rh: ReadHandle, _ e: FSError) {
+        guard e.kind == .objectChanged else { return }
+        namespace.table.withLock { $0.unpin(rh.ino) }
     }
 }
