@@ -35,6 +35,8 @@ public final class FileSystem: Sendable {
     /// Preloads into this mount's cache through its reader (`ckptfs preload`), leaving out files with local
     /// changes and names whose delete is queued.
     public let preloader: Preloader
+    /// Records the blocks reads ask for (`FSOptions.recordAccess`).
+    let recorder: AccessRecorder?
 
     // Write-back (Write/, Upload/).
     let writeBack: WriteBack
@@ -64,6 +66,9 @@ public final class FileSystem: Sendable {
                                   logger: logger)
         self.reader = reader
         self.namespace = namespace
+        self.recorder = try options.recordAccess.map { path throws(FSError) in
+            try AccessRecorder(path: path, bucket: bucket, blockSize: Int64(cache.blockSize))
+        }
         let overlay = namespace.overlay
         self.preloader = Preloader(reader: reader, root: p, skip: { overlay.localMeta(of: $0) != nil || overlay.isHidden($0) })
         self.writeBack = try WriteBack(client: client, bucket: bucket, prefix: p, options: options, logger: logger,
@@ -84,7 +89,10 @@ public final class FileSystem: Sendable {
 
     /// Before the process exits: blocks downloaded so far are stored in the cache, so a remount over the same
     /// cache directory reads them without downloading them again.
-    public func finishCacheWrites() async { await reader.finishCacheWrites() }
+    public func finishCacheWrites() async {
+        await reader.finishCacheWrites()
+        recorder?.flush()
+    }
 
     func checkWritable() throws(FSError) { try writeBack.checkWritable() }
 

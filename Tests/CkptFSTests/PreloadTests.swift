@@ -238,6 +238,69 @@ final class PreloadTests: XCTestCase {
         XCTAssertEqual(done.failures.first?.path, "d/f2")
     }
 
+    // MARK: Access profiles
+
+    func testARecordedProfileReplaysExactlyItsBlocksInOrderWithinABudget() async throws {
+        for name in ["a", "b", "c"] { s3.seed(bucket, "p/\(name)", data(3 << 20, UInt8(name.utf8.first!))) }
+        var o = options()
+        o.recordAccess = dir + "/profile.jsonl"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let recording = try FileSystem(client: gated, bucket: bucket, prefix: "", cache: BlockCache(directory: dir + "/rec", capacity: 1 << 30),
+                                       options: o)
+        var inos: [String: UInt64] = [:]
+        let p = try await recording.lookup(parent: FileSystem.rootIno, name: "p").ino
+        for name in ["a", "b", "c"] { inos[name] = try await recording.lookup(parent: p, name: name).ino }
+        // Reads in this order: a's block 2, b's block 0, a's block 0, a's block 2 again, c's block 1 (a read that
+        // spans blocks 1 and 2 of c records both).
+        for (name, offset, size) in [("a", (2 << 20) + 5, 4096), ("b", 0, 100), ("a", 10, 10), ("a", (2 << 20) + 9, 1),
+                                     ("c", (2 << 20) - 10, 20)] {
+            let h = try await recording.open(ino: inos[name]!, flags: O_RDONLY).handle
+            _ = try await recording.read(handle: h, offset: Int64(offset), size: size)
+            recording.release(handle: h)
+        }
+        await recording.finishCacheWrites()
+        let profile = try AccessProfile.read(dir + "/profile.jsonl")
+        XCTAssertEqual(profile.bucket, bucket)
+        XCTAssertEqual(profile.entries.map { "\($0.key):\($0.block)" }, ["p/a:2", "p/b:0", "p/a:0", "p/c:1", "p/c:2"])
+        recording.shutdown()
+
+        // Replayed into an empty cache: exactly those blocks, of the version S3 has now (b was replaced).
+        let newB = data(3 << 20, 77)
+        s3.seed(bucket, "p/b", newB)
+        let fs = try makeFS(cacheDir: "replay")
+        let run = try await fs.preloader.replay(profile, budget: nil, parallel: 4)
+        XCTAssertEqual(run.plan.files, 3)
+        XCTAssertEqual(run.plan.bytes, 5 << 20)
+        let gets = s3.count("GetObject")
+        let done = await run.run()
+        XCTAssertEqual(done.state, .done)
+        XCTAssertEqual(done.bytesFetched, 5 << 20)
+        XCTAssertEqual(s3.count("GetObject") - gets, 4, "c's blocks 1 and 2 in one GET")
+        XCTAssertEqual(fs.cache.stats.blocks, 5)
+        let listed = try await fs.preloader.list(["p"]).objects
+        let perFile = fs.preloader.check(listed, perFile: true).perFile!.map(\.bytesCached)
+        XCTAssertEqual(perFile, [2 << 20, 1 << 20, 2 << 20])
+        let b = try await Self.readAll(fs, "p/b")
+        XCTAssertEqual(Array(b.prefix(1 << 20)), Array(newB.prefix(1 << 20)))
+
+        // A budget of two blocks: the first two recorded, and the replay says it stopped there.
+        let small = try makeFS(cacheDir: "budget")
+        let limited = try await small.preloader.replay(profile, budget: 2 * BlockCache.storedSize(1 << 20), parallel: 4)
+        XCTAssertTrue(limited.plan.overBound)
+        let stopped = await limited.run()
+        XCTAssertEqual(stopped.state, .stoppedAtBound)
+        XCTAssertEqual(small.cache.stats.blocks, 2)
+        let smallCheck = small.preloader.check(listed, perFile: true).perFile!.map(\.bytesCached)
+        XCTAssertEqual(smallCheck, [1 << 20, 1 << 20, 0])
+        // A profile of another bucket is refused.
+        var other = profile
+        other.bucket = "elsewhere"
+        do {
+            _ = try await small.preloader.replay(other, budget: nil, parallel: 1)
+            XCTFail()
+        } catch { XCTAssertTrue(error.message.contains("bucket elsewhere")) }
+    }
+
     // MARK: Readers first, cancelling
 
     func testAReaderFetchInFlightHoldsThePreloadBack() async throws {

@@ -296,3 +296,59 @@ def test_a_preload_without_a_mount_fills_the_cache_a_mount_then_reads(server, bu
     assert r.returncode != 0 and "--cache-dir" in r.stderr
     r = preload(mounts, str(tmp_path), "--cache-dir", other)
     assert r.returncode != 0 and "without a mount" in r.stderr
+
+
+def test_a_recorded_access_profile_replays_exactly_its_blocks(server, bucket, mounts, tmp_path):
+    rng = random.Random(23)
+    MiB = 1 << 20
+    files = {f"run/shard-{i}.bin": rng.randbytes(6 * MiB + 100) for i in range(3)}
+    for k, v in files.items():
+        server.s3.put_object(Bucket=bucket, Key=k, Body=v)
+    profile = tmp_path / "profile.jsonl"
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--record", str(profile))
+    # A job that reads a few blocks here and there.
+    reads = [("run/shard-1.bin", 4 * MiB + 10), ("run/shard-0.bin", 100), ("run/shard-1.bin", 4 * MiB + 4000),
+             ("run/shard-2.bin", 6 * MiB + 50), ("run/shard-0.bin", 2 * MiB + 7)]
+    for key, off in reads:
+        fd = os.open(os.path.join(mp, key), os.O_RDONLY)
+        try:
+            assert os.pread(fd, 64, off) == files[key][off:off + 64]
+        finally:
+            os.close(fd)
+    mounts.unmount(mp)
+    lines = profile.read_text().splitlines()
+    assert json.loads(lines[0]) == {"ckptfsAccessProfile": 1, "bucket": bucket, "blockSize": MiB}
+    recorded = [(e["key"], e["block"]) for e in map(json.loads, lines[1:])]
+    assert len(recorded) == len(set(recorded)), "each block once"
+    # The blocks the job read are there, in the order it first read them (the kernel may have read more).
+    wanted = []
+    for key, off in reads:
+        if (key, off // MiB) not in wanted:
+            wanted.append((key, off // MiB))
+    assert [b for b in recorded if b in wanted] == wanted
+    # Replayed into another mount's empty cache: exactly the recorded blocks, and reading them needs no GET.
+    mp2, _ = mounts.mount(f"s3://{bucket}")
+    before = server.settled(lambda: server.gets(bucket))
+    r = preload(mounts, mp2, "--replay", str(profile), "--json")
+    assert r.returncode == 0, r.stderr
+    s = summary(r)
+    assert s["progress"]["state"] == "done" and s["progress"]["bytesFetched"] == s["plan"]["bytes"]
+    status = json.loads(mounts.run("status", mp2, "--json").stdout)
+    assert status["cacheBlocks"] == len(recorded)
+    assert server.settled(lambda: server.gets(bucket)) - before == s["progress"]["requests"]
+    before = server.settled(lambda: server.gets(bucket))
+    for key, block in recorded:
+        fd = os.open(os.path.join(mp2, key), os.O_RDONLY)
+        try:
+            assert os.pread(fd, 100, block * MiB) == files[key][block * MiB:block * MiB + 100]
+        finally:
+            os.close(fd)
+    assert server.settled(lambda: server.gets(bucket)) == before
+    # A budget of one block replays the first block recorded and says it stopped there.
+    mp3, _ = mounts.mount(f"s3://{bucket}")
+    r = preload(mounts, mp3, "--replay", str(profile), "--budget", "1MiB")
+    assert r.returncode == 3 and "more than --budget" in r.stderr, r.stderr
+    assert json.loads(mounts.run("status", mp3, "--json").stdout)["cacheBlocks"] == 0, "1 MiB holds no block and its header"
+    r = preload(mounts, mp3, "--replay", str(profile), "--budget", "1100KiB")
+    assert r.returncode == 3, r.stderr
+    assert json.loads(mounts.run("status", mp3, "--json").stdout)["cacheBlocks"] == 1

@@ -43,6 +43,10 @@ struct Preload: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "With --check: each file's part too.") var verbose = false
     @Flag(help: "Drop this rank's share from the cache.") var evict = false
     @Flag(help: "Print a JSON summary on standard output at the end.") var json = false
+    @Option(help: "Fill the cache with the blocks of an access profile (recorded by ckptfs mount --record FILE), in the order it recorded them; PATH names the mount (or s3://BUCKET with --cache-dir).")
+    var replay: String?
+    @Option(help: "With --replay: at most this many bytes of blocks, e.g. 20GiB (default: up to the cache's bound).")
+    var budget: String?
     @Option(name: .customLong("cache-dir"),
             help: "Without a mount (s3://BUCKET/PREFIX): the cache directory the mount will use (its --cache-dir).")
     var cacheDir: String?
@@ -72,6 +76,18 @@ struct Preload: AsyncParsableCommand {
         }
         guard !paths.isEmpty || filesFrom != nil else {
             throw ValidationError("give the files or directories to preload (paths under a ckptfs mount), or --files-from LIST")
+        }
+        if replay != nil {
+            guard paths.count == 1, filesFrom == nil, !check, !evict, !all, rank == nil, worldSize == nil, shardBy == "count" else {
+                throw ValidationError("--replay FILE takes the mount point (or s3://BUCKET with --cache-dir) and the blocks the profile "
+                    + "recorded; leave out --files-from, --check, --evict and the share options")
+            }
+        }
+        if let b = budget {
+            guard replay != nil else { throw ValidationError("--budget is for --replay; a preload of paths keeps to the cache's bound") }
+            guard let n = MountChecks.parseSize(b), n > 0 else {
+                throw ValidationError("--budget '\(b)' is not a size; write it like 20GiB or 512MiB")
+            }
         }
         guard !(check && evict) else { throw ValidationError("--check and --evict do different things; give one of them") }
         guard PreloadShare.Strategy(rawValue: shardBy) != nil else {
@@ -167,15 +183,16 @@ struct Preload: AsyncParsableCommand {
                                              strategy: PreloadShare.Strategy(rawValue: shardBy)!,
                                              environment: ProcessInfo.processInfo.environment)
         let given = paths.isEmpty ? "the paths of \(filesFrom!)" : paths.count == 1 ? paths[0] : "\(paths[0]) and \(paths.count - 1) more"
-        var display = PreloadDisplay(place: given, mountpoint: mp, shareSource: source)
-        let action = check ? "check" : evict ? "evict" : "fetch"
+        var display = PreloadDisplay(place: replay.map { "the access profile \($0)" } ?? given, mountpoint: mp, shareSource: source)
+        let action = replay != nil ? "replay" : check ? "check" : evict ? "evict" : "fetch"
         let request = Control.PreloadRequest(action: action, paths: relative, share: share, parallel: parallel, perFile: verbose,
-                                             interval: display.interval)
+                                             interval: display.interval, profile: replay.map(MountChecks.absolute),
+                                             budget: budget.flatMap(MountChecks.parseSize))
         var plan: PreloadPlan?
         let final = try Control.preload(mp, request) { event in
             if let p = event.plan {
                 plan = p
-                if action == "fetch" { display.plan(p) } else { for m in p.missing { display.say(missing: "\(mp)/\(m)") } }
+                if action == "fetch" || action == "replay" { display.plan(p) } else { for m in p.missing { display.say(missing: "\(mp)/\(m)") } }
             }
             if let p = event.progress, event.final != true { display.progress(p) }
         }
@@ -237,10 +254,24 @@ struct Preload: AsyncParsableCommand {
         let preloader = Preloader(client: S3Client(configuration: config, logger: logger), bucket: target.bucket, root: root,
                                   cache: cache, options: FSOptions())
         let found: (objects: [PreloadObject], missing: [String])
-        do { found = try await preloader.list(paths) } catch {
-            throw UserFacingFailure(message: "listing \(raw) failed: \(error)")
+        let run: PreloadRun
+        if let replay {
+            // The profile names whole keys: replayed against the bucket, whatever PREFIX says.
+            display = PreloadDisplay(place: "the access profile \(replay)", mountpoint: "s3://\(target.bucket)", shareSource: source)
+            let whole = Preloader(client: S3Client(configuration: config, logger: logger), bucket: target.bucket, root: "",
+                                  cache: cache, options: FSOptions())
+            do {
+                run = try await whole.replay(AccessProfile.read(replay), budget: budget.flatMap(MountChecks.parseSize), parallel: parallel)
+            } catch {
+                throw UserFacingFailure(message: "replaying \(replay) failed: \(error.message)")
+            }
+            found = ([], [])
+        } else {
+            do { found = try await preloader.list(paths) } catch {
+                throw UserFacingFailure(message: "listing \(raw) failed: \(error)")
+            }
+            run = preloader.prepare(found.objects, missing: found.missing, share: share, parallel: parallel)
         }
-        let run = preloader.prepare(found.objects, missing: found.missing, share: share, parallel: parallel)
         var summary = Summary(url: raw, plan: run.plan, exitCode: 0)
         if check {
             for m in run.plan.missing { display.say(missing: "\(rootURL)/\(m)") }

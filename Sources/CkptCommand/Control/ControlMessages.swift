@@ -16,7 +16,8 @@ extension Control {
 
     /// `ckptfs preload` against a mount: what to list, which share, and what to do with it.
     struct PreloadRequest: Codable {
-        /// "fetch" (preload), "check" (how much is cached) or "evict" (drop from the cache).
+        /// "fetch" (preload), "check" (how much is cached), "evict" (drop from the cache) or "replay" (the blocks of
+        /// the access profile `profile`, an absolute path the daemon reads, up to `budget` bytes).
         var action: String
         /// Paths under the mount ("" for all of it), each a file or a directory.
         var paths: [String]
@@ -27,6 +28,8 @@ extension Control {
         var perFile: Bool
         /// Seconds between progress lines.
         var interval: Double
+        var profile: String? = nil
+        var budget: Int64? = nil
     }
 
     /// One line of the daemon's answer to "preload": the plan (first), progress (every `interval`, and once more

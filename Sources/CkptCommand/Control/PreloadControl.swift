@@ -97,6 +97,18 @@ extension ControlServer {
     func servePreload(_ c: Int32, _ req: Control.PreloadRequest) async {
         let out = EventWriter(fd: c)
         let preloader = fs.preloader
+        if req.action == "replay" {
+            let run: PreloadRun
+            do {
+                let profile = try AccessProfile.read(req.profile ?? "")
+                run = try await preloader.replay(profile, budget: req.budget, parallel: req.parallel)
+            } catch {
+                out.send(.init(error: "replaying \(req.profile ?? "") failed: \(error.message)", final: true))
+                return
+            }
+            await stream(c, out, run, paths: [req.profile ?? ""], interval: req.interval)
+            return
+        }
         let listed: (objects: [PreloadObject], missing: [String])
         do {
             listed = try await preloader.list(req.paths)
@@ -116,36 +128,42 @@ extension ControlServer {
             out.send(.init(plan: plan, eviction: eviction, final: true))
         default:
             let run = preloader.prepare(listed.objects, missing: listed.missing, share: req.share, parallel: req.parallel)
-            out.send(.init(plan: run.plan))
-            let task = Task { await run.run() }
-            let number = preloadNumbers.wrappingAdd(1, ordering: .relaxed).newValue
-            preloads.withLock { $0[number] = ActivePreload(paths: req.paths, run: run, task: task) }
-            logger.notice("preload started", metadata: [
-                "preload.paths": "\(req.paths)", "preload.rank": "\(req.share.rank)", "preload.world_size": "\(req.share.worldSize)",
-                "preload.files": "\(run.plan.files)", "preload.bytes": "\(run.plan.bytes)", "preload.over_bound": "\(run.plan.overBound)"])
-            // The command line going away cancels the preload.
-            let watcher = ConnectionWatcher(fd: c) { task.cancel() }
-            let interval = max(0.2, req.interval)
-            let ticker = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
-                    if Task.isCancelled { break }
-                    if !out.send(.init(progress: run.progress)) {
-                        task.cancel()
-                        break
-                    }
+            await stream(c, out, run, paths: req.paths, interval: req.interval)
+        }
+    }
+
+    /// Runs `run` for the command line at connection `c`: its plan, progress every `interval` seconds, and its final
+    /// progress; the command line going away cancels it. `status` shows it meanwhile.
+    func stream(_ c: Int32, _ out: EventWriter, _ run: PreloadRun, paths: [String], interval: Double) async {
+        out.send(.init(plan: run.plan))
+        let task = Task { await run.run() }
+        let number = preloadNumbers.wrappingAdd(1, ordering: .relaxed).newValue
+        preloads.withLock { $0[number] = ActivePreload(paths: paths, run: run, task: task) }
+        logger.notice("preload started", metadata: [
+            "preload.paths": "\(paths)", "preload.rank": "\(run.plan.share.rank)", "preload.world_size": "\(run.plan.share.worldSize)",
+            "preload.files": "\(run.plan.files)", "preload.bytes": "\(run.plan.bytes)", "preload.over_bound": "\(run.plan.overBound)"])
+        // The command line going away cancels the preload.
+        let watcher = ConnectionWatcher(fd: c) { task.cancel() }
+        let interval = max(0.2, interval)
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
+                if Task.isCancelled { break }
+                if !out.send(.init(progress: run.progress)) {
+                    task.cancel()
+                    break
                 }
             }
-            let final = await task.value
-            ticker.cancel()
-            preloads.withLock { _ = $0.removeValue(forKey: number) }
-            logger.notice("preload ended", metadata: [
-                "preload.state": "\(final.state.rawValue)", "preload.files_done": "\(final.filesDone)",
-                "preload.bytes_fetched": "\(final.bytesFetched)", "preload.requests": "\(final.requests)",
-                "preload.files_failed": "\(final.filesFailed)", "preload.seconds": "\(final.elapsedSeconds)"])
-            out.send(.init(progress: final, final: true))
-            await watcher.stop()
         }
+        let final = await task.value
+        ticker.cancel()
+        preloads.withLock { _ = $0.removeValue(forKey: number) }
+        logger.notice("preload ended", metadata: [
+            "preload.state": "\(final.state.rawValue)", "preload.files_done": "\(final.filesDone)",
+            "preload.bytes_fetched": "\(final.bytesFetched)", "preload.requests": "\(final.requests)",
+            "preload.files_failed": "\(final.filesFailed)", "preload.seconds": "\(final.elapsedSeconds)"])
+        out.send(.init(progress: final, final: true))
+        await watcher.stop()
     }
 }
 

@@ -40,6 +40,9 @@ struct PreloadDisplay {
         clear()
         for m in p.missing { say(missing: "\(mountpoint)/\(m)") }
         var text = "ckptfs: preload: \(grouped(p.listedFiles)) file(s) (\(formatBytes(p.listedBytes))) under \(place)"
+        if p.budget != nil || place.hasPrefix("the access profile") {
+            text = "ckptfs: preload: \(place): \(formatBytes(p.shareBytes)) of blocks of \(grouped(p.shareFiles)) file(s)"
+        }
         if p.share.worldSize > 1 {
             let rule = p.share.strategy == .count ? "every \(ordinal(p.share.worldSize)) key from the \(ordinal(p.share.rank + 1))"
                                                    : "balanced by size"
@@ -47,7 +50,10 @@ struct PreloadDisplay {
                 + "(\(formatBytes(p.shareBytes)))"
         }
         say(text)
-        if p.overBound {
+        if p.overBound && p.budget != nil && p.bound < p.capacity - p.capacity / 10 {
+            say("ckptfs: preload: the profile's blocks take \(formatBytes(p.shareStoredBytes)) in the cache, more than --budget "
+                + "\(formatBytes(p.bound)): replaying its first \(formatBytes(p.bytes)) and stopping there")
+        } else if p.overBound {
             say("ckptfs: preload: the share takes \(formatBytes(p.shareStoredBytes)) in the cache, more than the cache keeps "
                 + "(\(formatBytes(p.bound)): 90% of its size, \(formatBytes(p.capacity))): preloading its first \(grouped(p.files)) "
                 + "file(s) (\(formatBytes(p.bytes))) and stopping there\n"
@@ -89,6 +95,9 @@ struct PreloadDisplay {
         switch p.state {
         case .done, .running:
             say("ckptfs: preload: done: \(grouped(p.filesDone)) file(s) (\(formatBytes(p.bytesDone))) cached in \(took); \(fetched)")
+        case .stoppedAtBound where place.hasPrefix("the access profile"):
+            say("ckptfs: preload: stopped at the bound (\(formatBytes(plan.bound)) in the cache): the first \(formatBytes(p.bytesDone)) "
+                + "of the profile's \(formatBytes(plan.shareBytes)) of blocks are cached in \(took); \(fetched)")
         case .stoppedAtBound:
             say("ckptfs: preload: stopped at the cache bound: the share's first \(grouped(p.filesDone)) of \(grouped(plan.shareFiles)) "
                 + "file(s) (\(formatBytes(p.bytesDone))) are cached in \(took); \(grouped(plan.shareFiles - plan.files)) file(s) "

@@ -144,9 +144,12 @@ public struct PreloadPlan: Sendable, Codable, Equatable {
     public var bytes: Int64 = 0
     /// Paths asked for that name nothing in S3.
     public var missing: [String] = []
+    /// A replay's byte budget (`bound` is the smaller of it and the cache's bound); nil for a preload of paths.
+    public var budget: Int64?
 
-    /// The share does not fit under the bound: the preload covers its first `files` files and stops there.
-    public var overBound: Bool { files < shareFiles }
+    /// The share does not fit under the bound: the preload covers its first `files` files (a replay: its first
+    /// `bytes` bytes of blocks) and stops there.
+    public var overBound: Bool { files < shareFiles || bytes < shareBytes }
 
     public init() {}
 
@@ -299,6 +302,76 @@ public final class Preloader: Sendable {
         return PreloadRun(reader: reader, objects: Array(mine.prefix(plan.files)), plan: plan, parallel: max(1, parallel))
     }
 
+    /// Plans a replay of `profile`: its blocks in the order it recorded them, of the version of each object S3 has
+    /// now (one HEAD per object; objects gone are `missing`, blocks past an object's end are left out), up to
+    /// `budget` bytes in the cache and at most the cache's fill bound. Throws when the profile was recorded on
+    /// another bucket or with another block size, or when S3 fails.
+    public func replay(_ profile: AccessProfile, budget: Int64?, parallel: Int) async throws(FSError) -> PreloadRun {
+        guard profile.bucket == reader.bucket else {
+            throw FSError(EINVAL, "the profile was recorded on bucket \(profile.bucket), and this is bucket \(reader.bucket)")
+        }
+        guard profile.blockSize == reader.blockSize else {
+            throw FSError(EINVAL, "the profile counts blocks of \(profile.blockSize) bytes, and this cache's are \(reader.blockSize)")
+        }
+        var keys: [String] = []
+        var seenKeys = Set<String>()
+        for e in profile.entries where seenKeys.insert(e.key).inserted { keys.append(e.key) }
+        let listing = self.listing
+        let infos = try await listing.concurrently(keys) { (k: String) async throws(FSError) -> ObjectInfo? in try await listing.head(k) }
+        var found: [String: PreloadObject] = [:]
+        var missing: [String] = []
+        for (k, info) in zip(keys, infos) {
+            if let info, !listing.skip(k) {
+                found[k] = PreloadObject(key: k, path: listing.path(of: k), etag: info.etag, size: info.size)
+            } else if info == nil {
+                missing.append(listing.path(of: k))
+            }
+        }
+        let bound = min(budget ?? cache.fillBound, cache.fillBound)
+        let bs = reader.blockSize
+        let per = max(1, reader.limits.requestSize / bs)
+        var plan = PreloadPlan(listedFiles: keys.count, listedBytes: 0, share: .all, shareFiles: 0, shareBytes: 0, bound: bound,
+                               capacity: cache.capacity, missing: missing)
+        plan.budget = budget
+        var objects: [PreloadObject] = []
+        var index: [String: Int] = [:]
+        var pieces: [PreloadRun.Piece] = []
+        var taken = Set<BlockKey>()
+        var shareObjects = Set<String>()
+        var stored: Int64 = 0
+        var full = false
+        for e in profile.entries {
+            guard let o = found[e.key], e.block >= 0, e.block * bs < o.size,
+                  taken.insert(BlockKey(bucket: "", key: e.key, etag: "", index: e.block)).inserted else { continue }
+            let length = min(bs, o.size - e.block * bs)
+            plan.shareBytes += length
+            plan.shareStoredBytes += BlockCache.storedSize(length)
+            shareObjects.insert(e.key)
+            full = full || stored + BlockCache.storedSize(length) > bound
+            if full { continue }
+            stored += BlockCache.storedSize(length)
+            plan.bytes += length
+            let i: Int
+            if let known = index[e.key] {
+                i = known
+            } else {
+                i = objects.count
+                index[e.key] = i
+                objects.append(o)
+            }
+            // Consecutive blocks of one object go in one request, up to a request's worth.
+            if let last = pieces.last, last.object == i, last.blocks.upperBound == e.block, Int64(last.blocks.count) < per {
+                pieces[pieces.count - 1].blocks = last.blocks.lowerBound..<(e.block + 1)
+            } else {
+                pieces.append(.init(object: i, blocks: e.block..<(e.block + 1)))
+            }
+        }
+        plan.listedBytes = plan.shareBytes
+        plan.shareFiles = shareObjects.count
+        plan.files = objects.count
+        return PreloadRun(reader: reader, objects: objects, plan: plan, parallel: max(1, parallel), pieces: pieces)
+    }
+
     /// What the cache stores for an object of `size` bytes: each block with its header.
     func storedSize(_ size: Int64) -> Int64 {
         let bs = reader.blockSize
@@ -362,16 +435,19 @@ public final class PreloadRun: Sendable {
     public let plan: PreloadPlan
     /// Most GETs in flight; while readers of the mount fetch, an eighth of it (at least one).
     let parallel: Int
+    /// The pieces to fetch, when not whole objects (a replay's blocks).
+    let chosen: [Piece]?
     private let state: Mutex<(progress: PreloadProgress, started: ContinuousClock.Instant?)>
 
     /// Consecutive files that failed because S3 could not be reached, after which the preload stops.
     static let unreachableLimit = 8
 
-    init(reader: ObjectReader, objects: [PreloadObject], plan: PreloadPlan, parallel: Int) {
+    init(reader: ObjectReader, objects: [PreloadObject], plan: PreloadPlan, parallel: Int, pieces: [Piece]? = nil) {
         self.reader = reader
         self.objects = objects
         self.plan = plan
         self.parallel = parallel
+        self.chosen = pieces
         state = Mutex((PreloadProgress(files: plan.files, bytes: plan.bytes), nil))
     }
 
@@ -393,15 +469,16 @@ public final class PreloadRun: Sendable {
         var blocks: Range<Int64>
     }
 
-    /// The plan's pieces in order: each object in parts of one request's worth of blocks.
-    func pieces() -> some Sequence<Piece> {
+    /// The plan's pieces in order: those chosen, or each object in parts of one request's worth of blocks.
+    func pieces() -> AnySequence<Piece> {
+        if let chosen { return AnySequence(chosen) }
         let bs = reader.blockSize
         let per = max(1, reader.limits.requestSize / bs)
         let objects = self.objects
-        return objects.indices.lazy.flatMap { i -> [Piece] in
+        return AnySequence(objects.indices.lazy.flatMap { i -> [Piece] in
             let blocks = (objects[i].size + bs - 1) / bs
             return stride(from: Int64(0), to: blocks, by: Int(per)).map { Piece(object: i, blocks: $0..<min(blocks, $0 + per)) }
-        }
+        })
     }
 
     /// Runs the preload to its end (or until the task is cancelled, the cache disk is full, or S3 cannot be
@@ -412,6 +489,10 @@ public final class PreloadRun: Sendable {
         let bs = reader.blockSize
         let per = max(1, reader.limits.requestSize / bs)
         var partsLeft = objects.map { o in Int(((o.size + bs - 1) / bs + per - 1) / per) }
+        if let chosen {
+            partsLeft = objects.map { _ in 0 }
+            for p in chosen { partsLeft[p.object] += 1 }
+        }
         // Files with a part that failed (reported) or was cancelled (not done, not reported).
         var failed = [Bool](repeating: false, count: objects.count)
         var incomplete = [Bool](repeating: false, count: objects.count)
@@ -617,6 +698,17 @@ struct PreloadListing: Sendable {
             return (p, .none)
         }
     }
+
+    /// The object `key` as S3 has it now, or nil when there is none.
+    func head(_ key: String) async throws(FSError) -> ObjectInfo? {
+        do throws(S3Error) { return try await client.headObject(bucket, key, versionId: nil, ifMatch: nil) } catch {
+            if error.code == .noSuchKey { return nil }
+            throw FSError(error, during: .other)
+        }
+    }
+
+    /// How `key` is shown: relative to the root, or whole when it is not under it.
+    func path(of key: String) -> String { key.hasPrefix(root) ? String(key.dropFirst(root.count)) : key }
 
     /// Every object under directory `path` ("" for the root), at any depth.
     func listAll(_ path: String) async throws(FSError) -> [PreloadObject] {

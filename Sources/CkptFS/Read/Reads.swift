@@ -99,6 +99,7 @@ extension FileSystem {
             guard let lh = writeBack.localHandles.withLock({ $0[handle] }) else { throw .badHandle }
             return .later(PendingRead { () async throws(FSError) in try await self.writeBack.readLocal(lh, offset: offset, size: size) })
         }
+        recorder?.note(rh.object, bucket: bucket, offset: offset, end: min(offset + Int64(size), rh.object.size))
         guard rh.listed else { return try reader.readNow(rh.object, offset: offset, size: size) }
         // Opened on a listing's word: if the object changed or went since, the next open asks S3 again.
         let outcome = Result { () throws(FSError) in try reader.readNow(rh.object, offset: offset, size: size) }
