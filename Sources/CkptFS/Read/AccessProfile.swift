@@ -81,7 +81,8 @@ final class AccessRecorder: Sendable {
         } catch {
             throw FSError(EIO, "cannot create the access profile \(path): \(error)")
         }
-        var header = try! JSONEncoder().encode(AccessProfile.Header(ckptfsAccessProfile: 1, bucket: bucket, blockSize: blockSize))
+        let encoder = AccessRecorder.encoder()
+        var header = try! encoder.encode(AccessProfile.Header(ckptfsAccessProfile: 1, bucket: bucket, blockSize: blockSize))
         header.append(UInt8(ascii: "\n"))
         state = Mutex(([], Array(header), file))
     }
@@ -89,7 +90,7 @@ final class AccessRecorder: Sendable {
     /// A read of [offset, end) of `o`: records each of its blocks not recorded yet.
     func note(_ o: PinnedObject, bucket: String, offset: Int64, end: Int64) {
         guard end > offset else { return }
-        let encoder = JSONEncoder()
+        let encoder = AccessRecorder.encoder()
         state.withLock { s in
             for b in (offset / blockSize)...((end - 1) / blockSize) {
                 guard s.seen.insert(BlockKey(bucket: bucket, key: o.key, etag: o.etag, index: b)).inserted else { continue }
@@ -99,6 +100,13 @@ final class AccessRecorder: Sendable {
             // Written under the lock, so batches land in order (a page-cache write of 64 KiB).
             if s.buffer.count >= AccessRecorder.batch { AccessRecorder.write(&s) }
         }
+    }
+
+    /// Keys sorted and slashes as they are, so profiles compare line by line.
+    static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
     }
 
     private static func write(_ s: inout (seen: Set<BlockKey>, buffer: [UInt8], file: FileDescriptor?)) {
