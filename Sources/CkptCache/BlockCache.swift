@@ -262,6 +262,67 @@ public final class BlockCache: Sendable {
         return OpenBlock(fd: fd, offset: Int64(BlockCache.headerSize), length: length)
     }
 
+    /// Whether the block is cached and sound: its header matches `k` and, the first time in this process, its
+    /// data matches its checksum (read from disk). A damaged block is deleted (and counted in `corruptBlocks`).
+    /// A sound block counts as just used, so eviction takes it last. Neither a hit nor a miss: preload asks this
+    /// for blocks nobody is reading. Blocks: reads the block from disk once per process, so call it off the
+    /// cooperative pool.
+    public func verify(_ k: BlockKey) -> Bool {
+        let rel = relativePath(k)
+        let known = state.withLock { s -> Entry? in
+            guard var e = s.entries[rel] else { return nil }
+            s.clock += 1
+            e.lastUse = s.clock
+            s.entries[rel] = e
+            return e
+        }
+        guard let entry = known else { return false }
+        let path = "\(directory)/blocks/\(rel)"
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            state.withLock { s in
+                if let e = s.entries.removeValue(forKey: rel) { s.stats.usedBytes -= e.size }
+                s.stats.blocks = s.entries.count
+            }
+            return false
+        }
+        defer { close(fd) }
+        guard verifyHeader(fd: fd, key: k, checkData: !entry.verified) != nil else {
+            unlink(path)
+            state.withLock { s in
+                if let e = s.entries.removeValue(forKey: rel) { s.stats.usedBytes -= e.size }
+                s.stats.corruptBlocks += 1
+                s.stats.blocks = s.entries.count
+            }
+            return false
+        }
+        state.withLock { $0.entries[rel]?.verified = true }
+        return true
+    }
+
+    /// Deletes the block if it is cached; returns the bytes that freed on disk (0 when it was not cached).
+    @discardableResult
+    public func remove(_ k: BlockKey) -> Int64 {
+        let rel = relativePath(k)
+        let freed = state.withLock { s -> Int64 in
+            guard let e = s.entries.removeValue(forKey: rel) else { return 0 }
+            s.stats.usedBytes -= e.size
+            s.stats.blocks = s.entries.count
+            return e.size
+        }
+        if freed > 0 { unlink("\(directory)/blocks/\(rel)") }
+        return freed
+    }
+
+    /// Bytes a block of `length` data bytes takes in the cache (its header page and its data): the unit of
+    /// `capacity`, `usedBytes` and `fillBound`.
+    public static func storedSize(_ length: Int64) -> Int64 { Int64(headerSize) + length }
+
+    /// The most the cache holds once it has evicted (90% of `capacity`): blocks stored within this bound are
+    /// never evicted to make room for each other, so a preload that stays under it does not evict what it
+    /// stored itself.
+    public var fillBound: Int64 { capacity - capacity / 10 }
+
     /// Asks the kernel to read a cached block into the page cache in the background (read-ahead for blocks
     /// that are on disk).
     public func prefetch(_ k: BlockKey) {
@@ -390,7 +451,7 @@ public final class BlockCache: Sendable {
 
     /// Least recently used entries to delete so usage falls to `target` (default 90% of capacity).
     private func chooseVictims(_ s: inout State, target: Int64? = nil) -> [String] {
-        let goal = target ?? capacity - capacity / 10
+        let goal = target ?? fillBound
         guard s.stats.usedBytes > (target ?? capacity) else { return [] }
         var out: [String] = []
         for (name, e) in s.entries.sorted(by: { $0.value.lastUse < $1.value.lastUse }) {

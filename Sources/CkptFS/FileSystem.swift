@@ -2,7 +2,7 @@
 // module. It owns the components and routes each operation to them:
 //
 //   Namespace/  inodes, lookups, listings (Namespace, a pure InodeTable); rename, unlink, rmdir, mkdir, setattr
-//   Read/       reads of one object version through the block cache, read-ahead (ObjectReader)
+//   Read/       reads of one object version through the block cache, read-ahead (ObjectReader), preload
 //   Write/      staged versions of files written here, the journal that acknowledges them, crash recovery
 //   Upload/     the ordered queue of changes to S3 (ChangeQueue), the uploader, durability waits, status
 //
@@ -32,6 +32,12 @@ public final class FileSystem: Sendable {
     let handles = Mutex<[UInt64: ReadHandle]>([:])
     let handleNumbers: HandleNumbers
 
+    /// Preloads into this mount's cache through its reader (`ckptfs preload`), leaving out files with local
+    /// changes and names whose delete is queued.
+    public let preloader: Preloader
+    /// Records the blocks reads ask for (`FSOptions.recordAccess`).
+    let recorder: AccessRecorder?
+
     // Write-back (Write/, Upload/).
     let writeBack: WriteBack
 
@@ -60,6 +66,11 @@ public final class FileSystem: Sendable {
                                   logger: logger)
         self.reader = reader
         self.namespace = namespace
+        self.recorder = try options.recordAccess.map { path throws(FSError) in
+            try AccessRecorder(path: path, bucket: bucket, blockSize: Int64(cache.blockSize))
+        }
+        let overlay = namespace.overlay
+        self.preloader = Preloader(reader: reader, root: p, skip: { overlay.localMeta(of: $0) != nil || overlay.isHidden($0) })
         self.writeBack = try WriteBack(client: client, bucket: bucket, prefix: p, options: options, logger: logger,
                                        cache: cache, notices: namespace, reader: reader, localFiles: localFiles,
                                        changes: changes, handleNumbers: handleNumbers)
@@ -78,7 +89,10 @@ public final class FileSystem: Sendable {
 
     /// Before the process exits: blocks downloaded so far are stored in the cache, so a remount over the same
     /// cache directory reads them without downloading them again.
-    public func finishCacheWrites() async { await reader.finishCacheWrites() }
+    public func finishCacheWrites() async {
+        await reader.finishCacheWrites()
+        recorder?.flush()
+    }
 
     func checkWritable() throws(FSError) { try writeBack.checkWritable() }
 

@@ -60,6 +60,9 @@ public struct FSOptions: Sendable {
     /// Uploads carry If-None-Match / If-Match so a change someone else made in S3 is never overwritten
     /// silently (a conflict keeps the local copy and is reported).
     public var conditionalWrites = true
+    /// Where to record the blocks reads ask for, in order, as an access profile (`ckptfs mount --record FILE`,
+    /// AccessProfile.swift); nil: nothing is recorded.
+    public var recordAccess: String?
 
     public init() {}
 }

@@ -100,4 +100,31 @@ final class BlockCacheTests: XCTestCase {
         XCTAssertEqual(pread(ob.fd, &buf, 777, off_t(ob.offset)), 777)
         XCTAssertEqual(buf, data)
     }
+
+    func testVerifyChecksABlockOncePerProcessAndRemoveFreesIt() throws {
+        let k = BlockKey(bucket: "b", key: "k", etag: "e", index: 0)
+        let other = BlockKey(bucket: "b", key: "k", etag: "e", index: 1)
+        do {
+            let c = try BlockCache(directory: dir, capacity: 1 << 20, blockSize: 4096)
+            XCTAssertFalse(c.verify(k), "not cached")
+            block(4096, 1).withUnsafeBytes { _ = c.store(k, $0) }
+            block(4096, 2).withUnsafeBytes { _ = c.store(other, $0) }
+            XCTAssertTrue(c.verify(k))
+        }
+        // A new process: the damaged block fails its check, is deleted and counted; neither a hit nor a miss.
+        let c = try BlockCache(directory: dir, capacity: 1 << 20, blockSize: 4096)
+        let fd = open("\(dir!)/blocks/\(c.relativePath(k))", O_RDWR)
+        var b: UInt8 = 0xAA
+        pwrite(fd, &b, 1, off_t(BlockCache.headerSize + 10))
+        close(fd)
+        XCTAssertFalse(c.verify(k))
+        XCTAssertFalse(c.contains(k))
+        XCTAssertEqual(c.stats.corruptBlocks, 1)
+        XCTAssertTrue(c.verify(other))
+        XCTAssertEqual(c.stats.hits + c.stats.misses, 0)
+        XCTAssertEqual(c.remove(other), BlockCache.storedSize(4096))
+        XCTAssertEqual(c.remove(other), 0)
+        XCTAssertEqual(c.stats.usedBytes, 0)
+        XCTAssertEqual(c.stats.blocks, 0)
+    }
 }

@@ -42,6 +42,12 @@ struct Status: ParsableCommand {
         if w.pending.count > 20 { lines.append("                  ... and \(w.pending.count - 20) more") }
         lines.append("cache:            \(formatBytes(s.cacheUsedBytes)) of \(formatBytes(s.cacheCapacityBytes)), "
             + "hit ratio \(String(format: "%.2f", s.cacheHitRatio))")
+        for p in s.preloads ?? [] {
+            let what = p.paths.map { $0.isEmpty ? mp : "\(mp)/\($0)" }
+            var line = "preload:          \(what.prefix(3).joined(separator: ", "))\(what.count > 3 ? " and \(what.count - 3) more" : "")"
+            if p.plan.share.worldSize > 1 { line += " (rank \(p.plan.share.rank) of \(p.plan.share.worldSize))" }
+            lines.append(line + ": " + PreloadDisplay.line(p.progress))
+        }
         if let c = s.credentials {
             var line = "credentials:      \(c.accessKeyId.map { "\($0) from " } ?? "")\(c.source)"
             if let e = c.expiration, let left = c.expiresInSeconds {

@@ -72,10 +72,9 @@ enum Control {
         return a
     }
 
-    /// Sends one request to the mount at `mountpoint` and returns the reply line. While no reply has come,
-    /// `whileWaiting` is called every `interval` (a display timer: the reply itself wakes the wait).
-    static func call(_ mountpoint: String, _ request: Request, every interval: Duration? = nil,
-                     whileWaiting: () -> Void = {}) throws(UserFacingFailure) -> Data {
+    /// Connects to the control socket of the mount at `mountpoint` and checks that the daemon behind it is one
+    /// this user may trust; returns the connected socket (the caller closes it).
+    static func connect(_ mountpoint: String) throws(UserFacingFailure) -> Int32 {
         let path = socketPath(for: mountpoint)
         guard var addr = sockaddr(path) else { throw UserFacingFailure(message: "socket path too long: \(path)") }
         // Someone else's directory or socket could hold a fake daemon that answers "all durable".
@@ -89,23 +88,47 @@ enum Control {
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw UserFacingFailure(message: "socket: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard rc == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
             throw UserFacingFailure(message: "cannot reach the ckptfs daemon of \(mountpoint) (\(path): "
-                + "\(String(cString: strerror(errno)))); is it a ckptfs mount started by this user?")
+                + "\(reason)); is it a ckptfs mount started by this user?")
         }
         let peer = peerUID(fd)
         guard trusted(peer) else {
+            close(fd)
             throw UserFacingFailure(message: "the process behind the control socket \(path) runs as uid "
                 + "\(peer.map { String($0) } ?? "unknown"), not as you (uid \(geteuid())) or root, so it is not your ckptfs daemon; "
                 + "refusing to trust its answer\n  fix: remove the socket (as root or its owner: rm \(path)) and mount again")
         }
+        return fd
+    }
+
+    /// Writes `request` as one line to the connected socket `fd`.
+    static func send(_ request: Request, to fd: Int32) {
         var line = try! JSONEncoder().encode(request)
         line.append(UInt8(ascii: "\n"))
-        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        line.withUnsafeBytes { b in
+            var off = 0
+            while off < b.count {
+                let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL))
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                off += n
+            }
+        }
+    }
+
+    /// Sends one request to the mount at `mountpoint` and returns the reply line. While no reply has come,
+    /// `whileWaiting` is called every `interval` (a display timer: the reply itself wakes the wait).
+    static func call(_ mountpoint: String, _ request: Request, every interval: Duration? = nil,
+                     whileWaiting: () -> Void = {}) throws(UserFacingFailure) -> Data {
+        let fd = try connect(mountpoint)
+        defer { close(fd) }
+        send(request, to: fd)
         var out = Data()
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {

@@ -5,11 +5,50 @@ import Foundation
 // The messages of the control socket: one JSON line each way (see `Control.call`).
 extension Control {
     /// What the command line asks: `cmd` is "flush" (`path` under the mount, `timeout` seconds or nil for no
-    /// limit), "status", or "unmounting" (`timeout`: how long the daemon may still drain after the unmount).
+    /// limit), "status", "unmounting" (`timeout`: how long the daemon may still drain after the unmount), or
+    /// "preload" (`preload`; answered with a stream of `PreloadEvent` lines, see PreloadControl.swift).
     struct Request: Codable {
         var cmd: String
         var path: String?
         var timeout: Double?
+        var preload: PreloadRequest?
+    }
+
+    /// `ckptfs preload` against a mount: what to list, which share, and what to do with it.
+    struct PreloadRequest: Codable {
+        /// "fetch" (preload), "check" (how much is cached), "evict" (drop from the cache) or "replay" (the blocks of
+        /// the access profile `profile`, an absolute path the daemon reads, up to `budget` bytes).
+        var action: String
+        /// Paths under the mount ("" for all of it), each a file or a directory.
+        var paths: [String]
+        var share: PreloadShare
+        /// Most GETs in flight.
+        var parallel: Int
+        /// "check": each file's part too.
+        var perFile: Bool
+        /// Seconds between progress lines.
+        var interval: Double
+        var profile: String? = nil
+        var budget: Int64? = nil
+    }
+
+    /// One line of the daemon's answer to "preload": the plan (first), progress (every `interval`, and once more
+    /// with `final` at the end), or the answer to "check" or "evict", or why it failed.
+    struct PreloadEvent: Codable {
+        var plan: PreloadPlan?
+        var progress: PreloadProgress?
+        var check: PreloadCheck?
+        var eviction: PreloadEviction?
+        var error: String?
+        var final: Bool?
+    }
+
+    /// A preload running in a mount, for `status`.
+    struct RunningPreload: Codable {
+        /// The paths it was given, under the mount.
+        var paths: [String]
+        var plan: PreloadPlan
+        var progress: PreloadProgress
     }
 
     /// What the daemon answers a request it refuses.
@@ -49,6 +88,8 @@ extension Control {
         var drainTimeoutSeconds: Double?
         /// Present while the daemon drains before unmounting, after a signal.
         var stopping: Stopping?
+        /// Preloads running now (`ckptfs preload` against this mount).
+        var preloads: [RunningPreload]?
     }
 
     struct Stopping: Codable {

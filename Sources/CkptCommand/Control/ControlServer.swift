@@ -20,6 +20,9 @@ final class ControlServer: @unchecked Sendable {
     let drainTimeout = Mutex<Double?>(nil)
     /// Set when a signal started the drain before an unmount.
     let stopping = Mutex<DrainState?>(nil)
+    /// Preloads running now, by a number of their own, and the tasks that run them (PreloadControl.swift).
+    let preloads = Mutex<[Int: ActivePreload]>([:])
+    let preloadNumbers = Atomic<Int>(0)
 
     init(fs: FileSystem, mountpoint: String, credentials: CredentialsProvider?, metricsURL: String?, drainTimeoutSeconds: Double,
          logger: Logger) {
@@ -49,6 +52,8 @@ final class ControlServer: @unchecked Sendable {
     func stop() {
         unlink(path)
         shutdown(fd, Int32(SHUT_RDWR))
+        // Preloads stop where they are: what they stored stays cached, a rerun fetches the rest.
+        for p in preloads.withLock({ Array($0.values) }) { p.task.cancel() }
     }
 
     private func acceptLoop() {
@@ -80,9 +85,16 @@ final class ControlServer: @unchecked Sendable {
             _ = (reply + [UInt8(ascii: "\n")]).withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
             return
         }
-        guard let req = try? JSONDecoder().decode(Control.Request.self, from: Self.readLine(c, atMost: 1 << 20)) else { return }
+        guard let req = try? JSONDecoder().decode(Control.Request.self, from: Self.readLine(c, atMost: 256 << 20)) else { return }
         let reply: Data
         switch req.cmd {
+        case "preload":
+            guard let p = req.preload else {
+                reply = try! JSONEncoder().encode(Control.ErrorReply(error: "a preload request without its parameters"))
+                break
+            }
+            await servePreload(c, p)
+            return
         case "flush":
             let left = await fs.flushAll(under: req.path ?? "", timeout: req.timeout.map { .milliseconds(Int64($0 * 1000)) })
             reply = try! JSONEncoder().encode(Control.FlushReply(ok: left.isEmpty, notDurable: left.map { .init(path: $0.path, reason: $0.reason) }))
@@ -105,7 +117,8 @@ final class ControlServer: @unchecked Sendable {
                 stopping: stopping.withLock { $0 }.map {
                     .init(signal: $0.signalName, drainSecondsLeft: max(0, ($0.deadline - .now).seconds),
                           refusingChanges: !$0.gate.acceptsChanges, openForWriting: $0.gate.openWriters)
-                }))
+                },
+                preloads: runningPreloads()))
         default:
             reply = Data("{\"error\":\"unknown command\"}".utf8)
         }
@@ -115,16 +128,21 @@ final class ControlServer: @unchecked Sendable {
     }
 
     /// The bytes before the first newline from `fd`, at most `limit` of them; what came when the peer closed,
-    /// failed or timed out (SO_RCVTIMEO) first.
+    /// failed or timed out (SO_RCVTIMEO) first. Reads in chunks: a peer sends one line and then nothing until it
+    /// closes (a preload's watcher reads what may follow, see PreloadControl.swift).
     private static func readLine(_ fd: Int32, atMost limit: Int) -> Data {
         var line = Data()
-        var b: UInt8 = 0
+        var buf = [UInt8](repeating: 0, count: 65536)
         while line.count < limit {
-            let n = read(fd, &b, 1)
+            let n = read(fd, &buf, buf.count)
             if n < 0 && errno == EINTR { continue }
-            if n != 1 || b == UInt8(ascii: "\n") { break }
-            line.append(b)
+            if n <= 0 { break }
+            if let nl = buf[0..<n].firstIndex(of: UInt8(ascii: "\n")) {
+                line.append(contentsOf: buf[0..<nl])
+                break
+            }
+            line.append(contentsOf: buf[0..<n])
         }
-        return line
+        return line.count > limit ? line.prefix(limit) : line
     }
 }

@@ -25,6 +25,16 @@ struct MountProcess {
         let cache = options.cacheDir.map(MountChecks.absolute) ?? defaultCacheDir(target, config)
         let logPath = options.logFile.map(MountChecks.absolute) ?? cache + "/ckptfs.log"
         try MountChecks.cacheDirectory(cache)
+        if let record = options.record {
+            // The daemon writes the access profile there; say now, on the terminal, if it cannot.
+            let path = MountChecks.absolute(record)
+            let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            guard fd >= 0 else {
+                throw UserFacingFailure(message: "cannot write the access profile \(path) (--record): \(String(cString: strerror(errno)))\n"
+                    + "  fix: give --record a file in a directory this user can write")
+            }
+            close(fd)
+        }
 
         if !options.foreground {
             // Check access here so the user sees the error on the terminal, then hand over to the daemon.

@@ -53,6 +53,9 @@ struct MountOptions: ParsableArguments {
     @Option(name: .customLong("metrics-address"),
             help: "Serve Prometheus metrics on http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (a port alone means 127.0.0.1; default: no metrics).")
     var metricsAddress: String?
+    @Option(name: .customLong("record"),
+            help: "Record the blocks reads ask for, in the order they first ask, to FILE: an access profile that ckptfs preload --replay FILE fills a later run's cache with.")
+    var record: String?
     /// Set by the launching `ckptfs mount` for the daemon it starts: the pipe to report "OK" or "ERR ..." on.
     @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
 
@@ -117,6 +120,7 @@ struct MountOptions: ParsableArguments {
         o.uploadDelay = .milliseconds(Int64(uploadDelay * 1000))
         o.conditionalWrites = conditionalWrites
         o.uploadWhileWriting = uploadWhileWriting
+        o.recordAccess = record.map(MountChecks.absolute)
         return o
     }
 }

@@ -27,10 +27,14 @@ final class DirHandle: Sendable {
     }
     let ino: UInt64
     let key: String
+    /// Listed for a reader of the directory (opendir), not for lookups: its files' metadata is pinned for opens
+    /// until the TTL passes (`Meta.listedUntil`).
+    let forReader: Bool
     let state = Mutex(State())
-    init(ino: UInt64, key: String) {
+    init(ino: UInt64, key: String, forReader: Bool) {
         self.ino = ino
         self.key = key
+        self.forReader = forReader
     }
 }
 
@@ -73,7 +77,7 @@ extension Namespace {
     /// are answered from it); otherwise the rest is listed in the background (up to `lookupListingPages`)
     /// while lookups go on probing names, and a listing that completes answers the lookups after it.
     private func listForLookups(ino: UInt64, key: String) async -> Bool {
-        let d = DirHandle(ino: ino, key: key)
+        let d = DirHandle(ino: ino, key: key, forReader: false)
         do throws(FSError) { try await fetchPage(d) } catch { return false }
         if finishLookupListing(d) { return true }
         Task {
@@ -98,7 +102,7 @@ extension Namespace {
         let n = try node(ino)
         guard n.meta.isDirectory else { throw .notDirectory }
         let h = newDirHandle()
-        dirHandles.withLock { $0[h] = DirHandle(ino: ino, key: n.key) }
+        dirHandles.withLock { $0[h] = DirHandle(ino: ino, key: n.key, forReader: true) }
         return h
     }
 
@@ -171,6 +175,8 @@ extension Namespace {
         let token = d.state.withLock { $0.token }
         if d.state.withLock({ $0.done }) { return }
         counters.withLock { $0.lists += 1 }
+        // Opens trust what this page says of a file until the TTL passes, counted from before the request.
+        let listedUntil = d.forReader ? ContinuousClock.now + options.metadataTTL : nil
         // What changed while the page was in flight is either still local (hidden, a local file) or in `seen`.
         let (page, (hidden, localChildren), seen) = try await observing({ () async throws(FSError) -> ListObjectsPage in
             try await s3(.other) { () async throws(S3Error) in
@@ -216,6 +222,7 @@ extension Namespace {
                         meta = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime,
                                     mtimeKnown: !options.storedMtimes)
                     }
+                    meta.listedUntil = listedUntil
                 }
                 s.position[name] = s.names.count
                 s.names.append(name)

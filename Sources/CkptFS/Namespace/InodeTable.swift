@@ -13,6 +13,18 @@ struct Meta: Sendable {
     /// False for a file known only from a listing: `mtime` is its Last-Modified, and whether its writer
     /// stored an mtime (x-amz-meta-mtime, which wins) is not known until a HEAD (StoredMtimes.swift).
     var mtimeKnown = true
+    /// A file as a directory listing made for a reader of the directory showed it (`ls`, `os.listdir`, a
+    /// dataset's glob): until this instant (the listing's TTL) an open uses this ETag and size without a HEAD of
+    /// its own, so listing a directory and then opening its files costs one GET per file (Reads.swift). Nil for
+    /// metadata from a HEAD, a listing made for lookups, or this mount's own changes.
+    var listedUntil: ContinuousClock.Instant? = nil
+
+    /// `m` (from a HEAD of the same version of the object) keeping the listing's pin of this metadata.
+    func refined(by m: Meta) -> Meta {
+        var out = m
+        if !isDirectory, !etag.isEmpty, m.etag == etag { out.listedUntil = listedUntil }
+        return out
+    }
 }
 
 struct Node: Sendable {
@@ -140,6 +152,12 @@ struct InodeTable: Sendable {
     mutating func refresh(_ ino: UInt64, meta: Meta) {
         nodes[ino]?.meta = meta
         nodes[ino]?.fetched = .now
+    }
+
+    /// Node `ino`'s metadata is not to be trusted any more: the next open or stat asks S3.
+    mutating func unpin(_ ino: UInt64) {
+        nodes[ino]?.meta.listedUntil = nil
+        nodes[ino]?.fetched = .distantPast
     }
 
     /// Node `ino` keeps showing its version; another version now has its path.

@@ -53,7 +53,7 @@ extension Namespace {
                 table.withLock { $0.noteMissing(parent: parent, name: name) }
                 throw .noEntry
             }
-            meta = m
+            meta = meta.refined(by: m)
         }
         return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
     }

@@ -67,9 +67,9 @@ extension Namespace {
     /// Records what a HEAD said of listed entry `name` of `parent`: its metadata, or that it is gone.
     func noteStoredMeta(parent: UInt64, name: String, _ m: Meta?) {
         table.withLock { t in
-            guard t.listings[parent]?.entries[name] != nil else { return }
+            guard let listed = t.listings[parent]?.entries[name] else { return }
             if let m {
-                t.listings[parent]?.entries[name] = m
+                t.listings[parent]?.entries[name] = listed.refined(by: m)
             } else {
                 t.listings[parent]?.entries.removeValue(forKey: name)
             }
@@ -171,8 +171,8 @@ extension Namespace {
                 g.addTask {
                     guard case .success(let m) = await head.value else { return }
                     d.state.withLock { s in
-                        guard s.metas[name] != nil else { return }
-                        if let m { s.metas[name] = m } else { s.metas.removeValue(forKey: name) }
+                        guard let listed = s.metas[name] else { return }
+                        if let m { s.metas[name] = listed.refined(by: m) } else { s.metas.removeValue(forKey: name) }
                     }
                 }
             }

@@ -92,18 +92,52 @@ final class CacheWriter: Sendable {
         for q in queues { q.sync {} }
     }
 
-    func store(_ cache: BlockCache, _ key: BlockKey, _ buf: BlockBuffer, then done: @escaping @Sendable () -> Void) {
+    /// Stores `buf` as block `key`, then calls `done` with whether it was stored (false: the cache disk is full).
+    func store(_ cache: BlockCache, _ key: BlockKey, _ buf: BlockBuffer, then done: @escaping @Sendable (Bool) -> Void) {
         if queued.wrappingAdd(1, ordering: .relaxed).newValue > limit {
             queued.wrappingSubtract(1, ordering: .relaxed)
-            cache.store(key, buf.bytes)
-            done()
+            done(cache.store(key, buf.bytes))
             return
         }
         queues[next.wrappingAdd(1, ordering: .relaxed).newValue % queues.count].async { [self] in
-            cache.store(key, buf.bytes)
+            let stored = cache.store(key, buf.bytes)
             queued.wrappingSubtract(1, ordering: .relaxed)
-            done()
+            done(stored)
         }
+    }
+}
+
+/// The stores one fetch started, for a caller that waits until its blocks are on disk (preload): each block
+/// handed to the cache writer is `begin`, each store that ended `end`; `settled()` returns once every store
+/// begun has ended (call it after the fetch, when no more begin).
+final class StoreTally: Sendable {
+    private let state = Mutex<(begun: Int, ended: Int, stored: Int64, failed: Int, waiter: CheckedContinuation<Void, Never>?)>((0, 0, 0, 0, nil))
+
+    func begin() { state.withLock { $0.begun += 1 } }
+
+    /// A store of `bytes` data bytes ended, `stored` or not (disk full).
+    func end(bytes: Int64, stored: Bool) {
+        let w = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            s.ended += 1
+            if stored { s.stored += bytes } else { s.failed += 1 }
+            guard s.ended == s.begun else { return nil }
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        w?.resume()
+    }
+
+    /// Waits for the stores begun so far; returns the data bytes stored and the blocks that could not be.
+    func settled() async -> (stored: Int64, failed: Int) {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.ended == s.begun { return true }
+                s.waiter = c
+                return false
+            }
+            if now { c.resume() }
+        }
+        return state.withLock { ($0.stored, $0.failed) }
     }
 }
 

@@ -59,6 +59,7 @@ final class ObjectReader: Sendable {
     /// Blocks being fetched, each registered by the one fetch that delivers it.
     private let fetches = Mutex<[BlockKey: PendingBlock]>([:])
     private let prefetchInFlight = Atomic<Int>(0)
+    private let readerFetches = Atomic<Int>(0)
     private let cacheWriter = CacheWriter()
     /// Freshly downloaded blocks, served from memory while the reader catches up. Sized to what read-ahead can
     /// have in flight, so its blocks are still in memory when the reader arrives.
@@ -201,69 +202,197 @@ final class ObjectReader: Sendable {
         throw FSError(EIO, "block \(b) of \(o.key) could not be read")
     }
 
+    /// What a fetch is for: a reader waits for its block, read-ahead fetches ahead of a reader, or a preload
+    /// fills the cache for readers to come (its blocks are not kept in memory, and it holds back while readers
+    /// fetch: see `readerFetchesInFlight`).
+    enum FetchPurpose: Sendable { case demand, readAhead, preload }
+
+    /// GETs in flight for readers (demand and read-ahead), so a preload can give way to them.
+    var readerFetchesInFlight: Int { readerFetches.load(ordering: .relaxed) }
+
     /// Starts one ranged GET for blocks [from, from+count) (stopping at the first block cached or in
     /// flight), registers a pending block for each, and stores every block in the cache as it arrives.
     /// Returns the pending block `from` (which may belong to a fetch already in flight).
     @discardableResult
     private func startFetch(_ o: PinnedObject, from: Int64, count: Int64, isPrefetch: Bool = false) -> PendingBlock {
-        let bs = blockSize
-        let lastBlock = (o.size - 1) / bs
-        let bucket = self.bucket
-        @Sendable func key(_ i: Int64) -> BlockKey { BlockKey(bucket: bucket, key: o.key, etag: o.etag, index: i) }
-        // Plan and register under one lock: join a fetch in flight, or claim the blocks a new one covers.
-        let (joined, mine): (PendingBlock?, [PendingBlock]) = fetches.withLock { map in
-            if let e = map[key(from)] { return (e, []) }
+        let (joined, mine) = claim(o, from: from, count: count)
+        if let joined { return joined }
+        if isPrefetch { prefetchInFlight.wrappingAdd(1, ordering: .relaxed) }
+        readerFetches.wrappingAdd(1, ordering: .relaxed)
+        Task {
+            _ = await self.runFetch(o, mine, purpose: isPrefetch ? .readAhead : .demand)
+            self.readerFetches.wrappingSubtract(1, ordering: .relaxed)
+            if isPrefetch { self.prefetchInFlight.wrappingSubtract(1, ordering: .relaxed) }
+        }
+        return mine[0]
+    }
+
+    /// Registers the blocks one fetch will deliver, under one lock: if block `from` is being fetched already,
+    /// returns that fetch's pending block to join (and claims nothing); otherwise claims `from` and the blocks
+    /// after it, up to `count` in all, stopping at the first one cached or in flight (and at the object's end).
+    private func claim(_ o: PinnedObject, from: Int64, count: Int64) -> (joined: PendingBlock?, mine: [PendingBlock]) {
+        let lastBlock = (o.size - 1) / blockSize
+        return fetches.withLock { map in
+            if let e = map[blockKey(o, from)] { return (e, []) }
             var blocks: [PendingBlock] = []
             var i = from
-            while i < from + max(1, count) && i <= lastBlock && (i == from || (map[key(i)] == nil && !cache.contains(key(i)))) {
+            while i < from + max(1, count) && i <= lastBlock && (i == from || (map[blockKey(o, i)] == nil && !cache.contains(blockKey(o, i)))) {
                 let p = PendingBlock(index: i)
-                map[key(i)] = p
+                map[blockKey(o, i)] = p
                 blocks.append(p)
                 i += 1
             }
             return (nil, blocks)
         }
-        if let joined { return joined }
+    }
+
+    /// What one fetch did: object bytes received, blocks stored (a preload waits for its stores; other fetches
+    /// leave them to the cache writer and report 0), stores that failed (disk full), and its failure if any.
+    struct FetchOutcome: Sendable {
+        var received: Int64 = 0
+        var stored: Int64 = 0
+        var storeFailures = 0
+        var failure: FSError?
+    }
+
+    /// Fetches the consecutive claimed blocks `mine` with one ranged GET (If-Match the pinned ETag). Each block
+    /// goes to its readers the moment it is complete, and to the cache off the network thread; it stays
+    /// registered (answering readers from memory) until it is on disk. Blocks that never arrive fail their
+    /// readers and are unregistered, so a later read retries. Cancelling the calling task cancels the GET;
+    /// blocks complete by then are stored whole, the rest are not stored at all.
+    private func runFetch(_ o: PinnedObject, _ mine: [PendingBlock], purpose: FetchPurpose) async -> FetchOutcome {
+        let bs = blockSize
+        let from = mine[0].index
         let n = Int64(mine.count)
+        let bucket = self.bucket
+        @Sendable func key(_ i: Int64) -> BlockKey { BlockKey(bucket: bucket, key: o.key, etag: o.etag, index: i) }
         @Sendable func unregister(_ p: PendingBlock) {
             fetches.withLock { m in if m[key(p.index)] === p { m.removeValue(forKey: key(p.index)) } }
         }
         let range = (from * bs)..<min((from + n) * bs, o.size)
-        if isPrefetch { prefetchInFlight.wrappingAdd(1, ordering: .relaxed) }
-        Task {
-            defer { if isPrefetch { self.prefetchInFlight.wrappingSubtract(1, ordering: .relaxed) } }
-            // Each block goes to its readers the moment it is complete, and to the cache off the network
-            // thread; it stays registered (answering readers from memory) until it is on disk.
-            let assembler = BlockAssembler(first: from, blockSize: Int(bs)) { i, buf in
-                let p = mine[Int(i - from)]
-                p.resolve(.success(buf))
-                self.cacheWriter.store(self.cache, key(i), buf) {
-                    // Kept in memory for the reader still to come, unless it already read the block meanwhile.
-                    if !buf.consumed.load(ordering: .relaxed) { self.recent.put(key(i), buf) }
-                    unregister(p)
-                    // A random reader's block (a one-block demand fetch) is likely read again soon: the O_DIRECT
-                    // store bypassed the page cache, so have the kernel read it in now (DMA, no copy here).
-                    if !isPrefetch && n == 1 { self.cache.prefetch(key(i)) }
-                }
+        let tally = purpose == .preload ? StoreTally() : nil
+        let assembler = BlockAssembler(first: from, blockSize: Int(bs)) { i, buf in
+            let p = mine[Int(i - from)]
+            p.resolve(.success(buf))
+            tally?.begin()
+            self.cacheWriter.store(self.cache, key(i), buf) { stored in
+                // Kept in memory for the reader still to come, unless it already read the block meanwhile (a
+                // preload's blocks have no reader coming soon).
+                if purpose != .preload && !buf.consumed.load(ordering: .relaxed) { self.recent.put(key(i), buf) }
+                unregister(p)
+                // A random reader's block (a one-block demand fetch) is likely read again soon: the O_DIRECT
+                // store bypassed the page cache, so have the kernel read it in now (DMA, no copy here).
+                if purpose == .demand && n == 1 { self.cache.prefetch(key(i)) }
+                tally?.end(bytes: Int64(buf.count), stored: stored)
             }
-            var failure: FSError?
-            do throws(S3Error) {
-                _ = try await self.client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: nil,
-                                                    sink: assembler.sink)
-                let received = assembler.finish()
-                self.counters.withLock {
-                    $0.gets += 1
-                    $0.bytes += received
-                }
-                if received != Int64(range.count) { failure = FSError(EIO, "got \(received) bytes for \(range.count)") }
-            } catch {
-                failure = FSError(error, during: .read)
-            }
-            // Blocks that never arrived fail their readers and are unregistered, so a later read retries.
-            let err = failure ?? FSError(EIO, "the response ended early")
-            for p in mine where p.resolve(.failure(err)) { unregister(p) }
         }
-        return mine[0]
+        var outcome = FetchOutcome()
+        do throws(S3Error) {
+            _ = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: nil, sink: assembler.sink)
+            let received = assembler.finish()
+            counters.withLock {
+                $0.gets += 1
+                $0.bytes += received
+            }
+            outcome.received = received
+            if received != Int64(range.count) { outcome.failure = FSError(EIO, "got \(received) bytes for \(range.count)") }
+        } catch {
+            outcome.failure = FSError(error, during: .read)
+        }
+        let err = outcome.failure ?? FSError(EIO, "the response ended early")
+        for p in mine where p.resolve(.failure(err)) { unregister(p) }
+        if let tally { (outcome.stored, outcome.storeFailures) = await tally.settled() }
+        return outcome
+    }
+
+    /// What preloading part of an object did (`preload(_:blocks:)`); bytes are object bytes (data, no headers).
+    struct PreloadOutcome: Sendable {
+        /// Blocks found cached and sound, and their bytes.
+        var cachedBlocks = 0
+        var cachedBytes: Int64 = 0
+        /// Bytes received by this preload's GETs, and those GETs.
+        var fetchedBytes: Int64 = 0
+        var requests = 0
+        /// Bytes of blocks a reader's fetch in flight delivered meanwhile (joined, not fetched twice).
+        var joinedBytes: Int64 = 0
+        /// Blocks that could not be stored (the cache disk is full).
+        var storeFailures = 0
+        /// Why the part is not cached whole, if it is not (the object changed or went, S3 failed, cancelled).
+        var failure: FSError?
+    }
+
+    /// Makes blocks `blocks` of `o` cached and sound: blocks already cached are checked (header, and their
+    /// checksum once per process) and kept, blocks a reader is fetching are joined, and the rest are fetched with
+    /// ranged GETs (one per run of consecutive missing blocks) and stored before this returns. Returns early,
+    /// with the failure, when a GET fails or the task is cancelled; what was stored by then stays cached.
+    func preload(_ o: PinnedObject, blocks: Range<Int64>) async -> PreloadOutcome {
+        var out = PreloadOutcome()
+        guard o.size > 0, !blocks.isEmpty else { return out }
+        let bs = blockSize
+        func length(_ b: Int64) -> Int64 { min(bs, o.size - b * bs) }
+        let cache = self.cache
+        let keys = blocks.map { blockKey(o, $0) }
+        let listed = keys.map { cache.contains($0) }
+        let sound: [Bool] = listed.contains(true)
+            ? ((try? await offPool { () throws(FSError) in zip(keys, listed).map { $1 && cache.verify($0) } }) ?? listed.map { _ in false })
+            : listed
+        var missing: [Int64] = []
+        for (b, ok) in zip(blocks, sound) {
+            if ok {
+                out.cachedBlocks += 1
+                out.cachedBytes += length(b)
+            } else {
+                missing.append(b)
+            }
+        }
+        var at = 0
+        while at < missing.count {
+            if Task.isCancelled {
+                out.failure = FSError(ECANCELED, "cancelled")
+                return out
+            }
+            let b = missing[at]
+            if cache.contains(blockKey(o, b)) {
+                // A reader's fetch stored it since it was found missing.
+                out.joinedBytes += length(b)
+                at += 1
+                continue
+            }
+            // The length of the run of consecutive missing blocks from here.
+            var run = 1
+            while at + run < missing.count && missing[at + run] == b + Int64(run) { run += 1 }
+            let (joined, mine) = claim(o, from: b, count: Int64(run))
+            if let joined {
+                // A reader is fetching this block: wait for it rather than fetch it twice.
+                if (try? await joined.wait()) != nil || cache.contains(blockKey(o, b)) {
+                    out.joinedBytes += length(b)
+                    at += 1
+                    continue
+                }
+                // That fetch failed: fetch the block here.
+                let (again, mine) = claim(o, from: b, count: 1)
+                guard again == nil, !mine.isEmpty else {
+                    out.failure = FSError(EIO, "block \(b) of \(o.key) could not be fetched")
+                    return out
+                }
+                let r = await runFetch(o, mine, purpose: .preload)
+                out.add(r)
+                if let f = r.failure {
+                    out.failure = f
+                    return out
+                }
+                at += 1
+                continue
+            }
+            let r = await runFetch(o, mine, purpose: .preload)
+            out.add(r)
+            if let f = r.failure {
+                out.failure = Task.isCancelled ? FSError(ECANCELED, "cancelled") : f
+                return out
+            }
+            at += mine.count
+        }
+        return out
     }
 
     /// Fetches the blocks in `range` ahead of the reader, in requestSize pieces, within the global limit.
@@ -290,5 +419,13 @@ final class ObjectReader: Sendable {
             startFetch(o, from: b, count: min(per, range.upperBound - b), isPrefetch: true)
             b += per
         }
+    }
+}
+
+extension ObjectReader.PreloadOutcome {
+    mutating func add(_ r: ObjectReader.FetchOutcome) {
+        fetchedBytes += r.received
+        requests += 1
+        storeFailures += r.storeFailures
     }
 }

@@ -16,16 +16,20 @@ final class HandleNumbers: Sendable {
 final class ReadHandle: Sendable {
     let ino: UInt64
     let object: PinnedObject
+    /// Opened on a listing's word, without a HEAD (`Meta.listedUntil`).
+    let listed: Bool
 
-    init(ino: UInt64, object: PinnedObject) {
+    init(ino: UInt64, object: PinnedObject, listed: Bool) {
         self.ino = ino
         self.object = object
+        self.listed = listed
     }
 }
 
 extension FileSystem {
     /// Opens a file. Reading a clean file revalidates the object (HEAD) unless it was checked within the last
-    /// second (the kernel looks a file up right before opening it) and pins its ETag for the handle's life.
+    /// second (the kernel looks a file up right before opening it) or a directory listing made for a reader
+    /// showed it within the TTL (`Meta.listedUntil`), and pins its ETag for the handle's life.
     /// Writing (or reading a file with local changes) goes to its local version (Write/).
     public func open(ino: UInt64, flags: Int32) async throws(FSError) -> OpenReply {
         let n = try namespace.node(ino)
@@ -33,6 +37,7 @@ extension FileSystem {
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
         let truncate = flags & O_TRUNC != 0
         let remote: PinnedObject?
+        var listed = false
         if let local = writeBack.localFiles.byKey.withLock({ $0[n.key] }) {
             // Its local version, if it still has one: its upload may end (and the local file go) meanwhile.
             if let h = try await writeBack.openLocal(ino: ino, key: n.key, write: write, truncate: truncate, remote: nil, create: false) {
@@ -43,7 +48,10 @@ extension FileSystem {
             if local.unlinked { throw .noEntry }
             if let landed = writeBack.landedObject(local) { remote = landed } else { remote = try await remoteObject(ino, namespace.node(ino)) }
         } else {
-            remote = try await remoteObject(ino, n)
+            // Listed within the TTL (a listing pinned its ETag and size): a read opens it with no HEAD.
+            listed = !write && n.meta.listedUntil.map { ContinuousClock.now < $0 } == true && !n.meta.etag.isEmpty
+            remote = listed && !n.superseded ? PinnedObject(key: n.key, etag: n.meta.etag, size: n.meta.size)
+                                             : try await remoteObject(ino, n)
         }
         if write {
             if remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
@@ -56,7 +64,7 @@ extension FileSystem {
         } ?? false
         if direct { counters.withLock { $0.directOpens += 1 } }
         let h = handleNumbers.next()
-        handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote) }
+        handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote, listed: listed) }
         return OpenReply(handle: h, directIO: direct, keepCache: true)
     }
 
@@ -102,6 +110,30 @@ extension FileSystem {
             guard let lh = writeBack.localHandles.withLock({ $0[handle] }) else { throw .badHandle }
             return .later(PendingRead { () async throws(FSError) in try await self.writeBack.readLocal(lh, offset: offset, size: size) })
         }
-        return try reader.readNow(rh.object, offset: offset, size: size)
+        recorder?.note(rh.object, bucket: bucket, offset: offset, end: min(offset + Int64(size), rh.object.size))
+        guard rh.listed else { return try reader.readNow(rh.object, offset: offset, size: size) }
+        // Opened on a listing's word: if the object changed or went since, the next open asks S3 again.
+        let outcome = Result { () throws(FSError) in try reader.readNow(rh.object, offset: offset, size: size) }
+        switch outcome {
+        case .failure(let e):
+            unpinIfChanged(rh, e)
+            throw e
+        case .success(.done(let segments)):
+            return .done(segments)
+        case .success(.later(let rest)):
+            return .later(PendingRead { () async throws(FSError) in
+                do throws(FSError) { return try await rest.segments() } catch {
+                    self.unpinIfChanged(rh, error)
+                    throw error
+                }
+            })
+        }
+    }
+
+    /// A read of `rh`, opened on a listing's word, failed with `e`: if the object changed or went in S3, the
+    /// listing's pin of it goes, so the next open of the file sends a HEAD (and finds the new version or none).
+    func unpinIfChanged(_ rh: ReadHandle, _ e: FSError) {
+        guard e.kind == .objectChanged else { return }
+        namespace.table.withLock { $0.unpin(rh.ino) }
     }
 }
