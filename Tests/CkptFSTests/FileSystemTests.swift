@@ -179,12 +179,13 @@ final class FileSystemTests: XCTestCase {
         let hugeHeads = s3.count("HeadObject")
         for i in 0..<6 { _ = try await fs.lookup(parent: huge.ino, name: "f\(i)") }
         XCTAssertEqual(s3.count("HeadObject") - hugeHeads, 6)
-        var hugeLists = -1
-        let deadline = ContinuousClock.now + .seconds(10)
-        while s3.count("ListObjectsV2") != hugeLists && ContinuousClock.now < deadline {  // until the background listing stops
-            hugeLists = s3.count("ListObjectsV2")
-            try await Task.sleep(for: .milliseconds(100))
+        // Until the background listing has listed its pages (under load a pause between two pages can exceed
+        // any fixed quiet time, so wait for the count it must reach), then a little longer for any it must not.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while s3.count("ListObjectsV2") < listed + Namespace.lookupListingPages && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
         }
+        try await Task.sleep(for: .milliseconds(300))
         XCTAssertGreaterThanOrEqual(s3.count("ListObjectsV2"), listed + Namespace.lookupListingPages)
         XCTAssertLessThanOrEqual(s3.count("ListObjectsV2"), listed + 6 + Namespace.lookupListingPages + 2,
                                  "the background listing stops at its page limit")
