@@ -69,25 +69,32 @@ extension WriteBack {
                 throw error
             }
         }
-        // Copy in parallel, a few at a time. On a failure the copies made are deleted: nothing moved.
+        // Copy in parallel, a few at a time, directory markers first, a level at a time and before the objects
+        // under them: a server that keeps directories (SeaweedFS) made a parent implicitly for a child written at
+        // the same moment as its marker and lost the marker (1 run in 10). On a failure the copies made are
+        // deleted: nothing moved.
         var copied: [String] = []
         var failure: FSError?
-        var i = 0
-        while i < remaining.count && failure == nil {
-            let batch = Array(remaining[i..<min(i + 8, remaining.count)])
-            let results = await withTaskGroup(of: (String, FSError?).self) { g -> [(String, FSError?)] in
-                for k in batch {
-                    g.addTask {
-                        do throws(FSError) { try await self.copyObjectOrMarker(from: k, to: target(k)); return (k, nil) } catch { return (k, error) }
+        let levels = Dictionary(grouping: remaining.filter { $0.hasSuffix("/") }) { k in k.reduce(0) { $1 == "/" ? $0 + 1 : $0 } }
+        let batches = levels.keys.sorted().map { levels[$0]! } + [remaining.filter { !$0.hasSuffix("/") }]
+        for level in batches where failure == nil {
+            var i = 0
+            while i < level.count && failure == nil {
+                let batch = Array(level[i..<min(i + 8, level.count)])
+                let results = await withTaskGroup(of: (String, FSError?).self) { g -> [(String, FSError?)] in
+                    for k in batch {
+                        g.addTask {
+                            do throws(FSError) { try await self.copyObjectOrMarker(from: k, to: target(k)); return (k, nil) } catch { return (k, error) }
+                        }
                     }
+                    var out: [(String, FSError?)] = []
+                    for await r in g { out.append(r) }
+                    return out
                 }
-                var out: [(String, FSError?)] = []
-                for await r in g { out.append(r) }
-                return out
+                copied += results.filter { $0.1 == nil }.map(\.0)
+                failure = results.compactMap(\.1).first
+                i += 8
             }
-            copied += results.filter { $0.1 == nil }.map(\.0)
-            failure = results.compactMap(\.1).first
-            i += 8
         }
         if let failure {
             for k in copied { try? await client.deleteObject(bucket, target(k), versionId: nil) }
