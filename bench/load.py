@@ -43,7 +43,7 @@ import threading
 import time
 
 from ckptbench.common import CKPTFS_BIN, RESULTS, ROOT, is_mounted
-from ckptbench.server import start_seaweed, stop_seaweed
+from ckptbench.server import SEAWEED, start_seaweed, stop_seaweed
 
 MiB = 1 << 20
 KEEP = 3  # checkpoints each writer keeps
@@ -70,7 +70,7 @@ def size_arg(text):
 
 # Workers (forked processes)
 
-def writer(i, mp, deadline, sizes, counters, results):
+def writer(i, mp, deadline, stop, sizes, counters, results):
     rng = random.Random(1000 + i)
     d = os.path.join(mp, f"w{i:02d}")
     os.makedirs(d, exist_ok=True)
@@ -78,7 +78,7 @@ def writer(i, mp, deadline, sizes, counters, results):
     kept, deleted, errors, latencies = [], [], [], []
     n = 0
     base = i * FIELDS
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.value:
         size = rng.choice(sizes)
         off = rng.randrange(0, len(pool) - size)
         header = f"writer {i:02d} save {n:08d}\n".encode()
@@ -124,12 +124,12 @@ def writer(i, mp, deadline, sizes, counters, results):
     results.put({"writer": i, "kept": kept, "deleted": deleted, "errors": errors, "latencies": latencies})
 
 
-def reader(i, slot, mp, deadline, shards, counters, results):
+def reader(i, slot, mp, deadline, stop, shards, counters, results):
     rng = random.Random(2000 + i)
     buf = bytearray(MiB)
     errors = []
     base = slot * FIELDS
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.value:
         key, want = rng.choice(shards)
         h = hashlib.sha256()
         try:
@@ -156,12 +156,16 @@ def reader(i, slot, mp, deadline, shards, counters, results):
 class Sampler(threading.Thread):
     """Samples the daemon every second until stopped; `rows` are dicts of the CSV columns."""
 
-    COLUMNS = ["t", "phase", "status_seconds", "rss_mib", "fds", "cpu_seconds", "dirty_bytes", "staged_bytes", "staging_bytes", "max_dirty",
+    COLUMNS = ["t", "phase", "status_seconds", "rss_mib", "rss_anon_mib", "threads", "fds", "cpu_seconds", "dirty_bytes", "staged_bytes", "staging_bytes", "max_dirty",
                "held_writers", "uploaded_bytes", "cache_used_bytes", "disk_free_bytes", "written_bytes",
                "read_bytes", "saves", "reads", "errors"]
 
-    def __init__(self, binary, mp, pid, disk, counters, writers, env):
+    def __init__(self, binary, mp, pid, disk, counters, writers, env, guard, vacuum):
         super().__init__(daemon=True)
+        self.guard, self.vacuum_dir = guard, vacuum
+        self.aborted = None
+        self.vacuum = None
+        self.vacuumed = time.monotonic()
         self.binary, self.mp, self.pid, self.disk, self.counters, self.writers = binary, mp, pid, disk, counters, writers
         self.env = env
         self.rows = []
@@ -174,6 +178,7 @@ class Sampler(threading.Thread):
         k = 0
         while not self.stopping.is_set():
             self.sample()
+            self.protect_the_machine()
             k = max(k + 1, int(time.monotonic() - self.t0))
             self.stopping.wait(max(0, self.t0 + k - time.monotonic()))  # the sampling period, a clock
 
@@ -181,8 +186,10 @@ class Sampler(threading.Thread):
         row = {"t": round(time.monotonic() - self.t0, 2), "phase": self.phase}
         try:
             with open(f"/proc/{self.pid}/status") as f:
-                vm = {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith("Vm")}
+                vm = {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("Vm", "Rss", "Threads"))}
             row["rss_mib"] = round(vm["VmRSS"] / 1024, 1)
+            row["rss_anon_mib"] = round(vm["RssAnon"] / 1024, 1)
+            row["threads"] = vm["Threads"]
             row["fds"] = len(os.listdir(f"/proc/{self.pid}/fd"))
             with open(f"/proc/{self.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -207,6 +214,21 @@ class Sampler(threading.Thread):
         row["reads"] = sum(c[w + 1::FIELDS])
         row["errors"] = sum(c[2::FIELDS])
         self.rows.append(row)
+
+    def protect_the_machine(self):
+        """Stops the load if the disk holding the work directory (the cache disk's image, the server's data)
+        gets low, and has the server reclaim overwritten space every 30 s (when this script started it)."""
+        path, min_free, stop = self.guard
+        st = os.statvfs(path)
+        if st.f_bavail * st.f_frsize < min_free and not stop.value:
+            self.aborted = f"stopped early: less than {min_free >> 30} GiB left on the disk of {path}"
+            log("load: " + self.aborted)
+            stop.value = 1
+        if self.vacuum_dir and (self.vacuum is None or self.vacuum.poll() is not None) and \
+                time.monotonic() - self.vacuumed > 30:
+            self.vacuumed = time.monotonic()
+            self.vacuum = subprocess.Popen([sys.executable, SEAWEED, "vacuum", "--dir", self.vacuum_dir],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def status(self):
         """`ckptfs status --json` of the mount, asked over its control socket (README, "The control socket"):
@@ -236,6 +258,8 @@ class Sampler(threading.Thread):
     def stop(self):
         self.stopping.set()
         self.join()
+        if self.vacuum is not None:
+            self.vacuum.wait()
 
 
 # Setup
@@ -366,6 +390,8 @@ def main():
     ap.add_argument("--results-dir", default=RESULTS)
     ap.add_argument("--output", default="load", help="name of the result files")
     ap.add_argument("--mount-option", action="append", default=[], help="extra `ckptfs mount` argument (repeatable)")
+    ap.add_argument("--min-free", type=size_arg, default="4GiB",
+                    help="stop the load (and fail) if the disk of --work-dir gets this low (default 4GiB)")
     args = ap.parse_args()
     if args.seconds is None:
         args.seconds = args.minutes * 60
@@ -382,7 +408,7 @@ def main():
     from botocore.config import Config
     started = args.endpoint_url is None
     if started:
-        info, env = start_seaweed(args.work_dir, args.bucket, "load", extra=["--vacuum-interval", "30"])
+        info, env = start_seaweed(args.work_dir, args.bucket, "load")
         endpoint, access, secret = info["endpoint"], info["access_key"], info["secret_key"]
     else:
         endpoint, access, secret = args.endpoint_url, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
@@ -409,10 +435,12 @@ def main():
         counters = ctx.Array("q", (args.writers + args.readers) * FIELDS, lock=False)
         results = ctx.Queue()
         deadline = time.monotonic() + args.seconds
-        procs = [ctx.Process(target=writer, args=(i, mp, deadline, sizes, counters, results)) for i in range(args.writers)]
-        procs += [ctx.Process(target=reader, args=(i, args.writers + i, mp, deadline, shards, counters, results))
+        stop = ctx.Value("b", 0, lock=False)
+        procs = [ctx.Process(target=writer, args=(i, mp, deadline, stop, sizes, counters, results)) for i in range(args.writers)]
+        procs += [ctx.Process(target=reader, args=(i, args.writers + i, mp, deadline, stop, shards, counters, results))
                   for i in range(args.readers)]
-        sampler = Sampler(args.bin, mp, pid, disk.path, counters, args.writers, env)
+        sampler = Sampler(args.bin, mp, pid, disk.path, counters, args.writers, env, guard=(args.work_dir, args.min_free, stop),
+                          vacuum=os.path.join(args.work_dir, "seaweed") if started else None)
         log(f"load: {args.writers} writers and {args.readers} readers for {args.seconds:.0f} s")
         # Workers are forked before the sampler runs: a worker forked while the sampler's `ckptfs status` is being
         # started would hold that child's pipe open, and the sample would wait for the worker to exit.
@@ -453,6 +481,8 @@ def main():
                 pass
         if disk:
             disk.remove()
+        if started and sys.exc_info()[0] is not None:
+            stop_seaweed(args.work_dir)
 
     log("load: checking the bucket")
     writers = [g for g in got if "writer" in g]
@@ -482,6 +512,8 @@ def main():
     q = max(1, len(load_rows) // 4)
     errors = [e for g in got for e in g["errors"]]
     errors += [f"a worker (pid {p}) never finished: the mount was wedged" for p in wedged]
+    if sampler.aborted:
+        errors.append(sampler.aborted)
     if flush_error:
         errors.append("flush: " + flush_error)
     if unmount_error:
@@ -557,7 +589,7 @@ def main():
              f"| daemon CPU during the load | {res['daemon_cpu_seconds']:.0f} s "
              f"({100 * res['daemon_cpu_seconds'] / max(1, res['load_seconds']):.0f}% of one core) |",
              f"| daemon open fds | {res['fds_min']}-{res['fds_max']} |",
-             f"| cache disk ({args.cache_disk_size / (1 << 30):.0f} GiB) free, lowest | "
+             f"| cache disk ({args.cache_disk_size / MiB:,.0f} MiB) free, lowest | "
              f"{res['min_disk_free_bytes'] / MiB:,.0f} MiB |",
              f"| errors / lost | {res['errors']} / {res['lost']} ({res['checked_objects']} objects, "
              f"{res['checked_bytes'] / 1e9:.2f} GB checked by sha256) |", "",

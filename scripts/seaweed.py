@@ -3,14 +3,18 @@
 
 Everything listens on 127.0.0.1 only and telemetry is off: nothing leaves the machine.
 
-    seaweed.py start --dir DIR [--bucket NAME ...] [--watch-pid PID] [--json] [--vacuum-interval SECONDS]
-    seaweed.py stop  --dir DIR
+    seaweed.py start  --dir DIR [--bucket NAME ...] [--watch-pid PID] [--json]
+    seaweed.py stop   --dir DIR
+    seaweed.py vacuum --dir DIR
 
 `start` picks a free block of ports (each HTTP port and its gRPC port, +10000), writes an
 identity file with SigV4 credentials, starts `weed mini` in its own session, waits until the
 S3 API answers a signed request, creates the buckets, and writes DIR/server.json with the
 endpoint, credentials, metrics port and PID.  With --watch-pid the server is stopped
 as soon as that process exits, so a crashed test run never leaves a server behind.
+`vacuum` gives back the disk space of overwritten and deleted objects now (`weed shell`
+volume.vacuum): long write-heavy runs (bench/load.py) call it, since the server's own sweep
+does not reclaim it within the run.
 """
 import argparse
 import json
@@ -130,10 +134,6 @@ def start(args):
         f"-metricsPort={ports['metrics']}", f"-s3.metricsPort={ports['s3metrics']}",
         "-master.volumeSizeLimitMB=1024",
     ]
-    if args.vacuum_interval:
-        # Space of overwritten and deleted objects is reclaimed this often (default 14 minutes), for long
-        # write-heavy runs (bench/load.py) that would otherwise fill the disk with garbage.
-        cmd += [f"-master.vacuumIntervalSeconds={args.vacuum_interval}", "-master.garbageThreshold=0.05"]
     tls = make_tls(d) if args.tls else None
     if tls:
         cmd += [f"-s3.port.https={ports['s3https']}", f"-s3.cert.file={tls[1]}", f"-s3.key.file={tls[2]}"]
@@ -243,6 +243,17 @@ def stop(args):
     return 0
 
 
+def vacuum(args):
+    info_path = os.path.join(os.path.abspath(args.dir), "server.json")
+    info = json.load(open(info_path))
+    script = "lock\nvolume.vacuum -garbageThreshold 0.01\nunlock\n"
+    r = subprocess.run([find_tool("weed"), "shell", f"-master=127.0.0.1:{info['ports']['master']}"], input=script,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise SystemExit(f"seaweed.py: vacuum failed: {r.stderr.strip()[-500:]}")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -253,12 +264,12 @@ def main():
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--json", action="store_true")
     s.add_argument("--tls", action="store_true", help="also serve HTTPS with a throwaway CA (info: https_endpoint, ca_bundle)")
-    s.add_argument("--vacuum-interval", type=int, metavar="SECONDS",
-                   help="reclaim the space of overwritten and deleted objects this often (SeaweedFS: 840)")
     t = sub.add_parser("stop")
     t.add_argument("--dir", required=True)
+    v = sub.add_parser("vacuum")
+    v.add_argument("--dir", required=True)
     args = p.parse_args()
-    return start(args) if args.cmd == "start" else stop(args)
+    return {"start": start, "stop": stop, "vacuum": vacuum}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "cglibc.h"
 #include <fcntl.h>
+#include <malloc.h>
 #include <spawn.h>
 
 const int ckpt_glibc_O_DIRECT = O_DIRECT;
@@ -9,4 +10,8 @@ const short ckpt_glibc_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
 
 int ckpt_glibc_fallocate_keep_size(int fd, long long offset, long long length) {
     return fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+}
+
+int ckpt_glibc_set_mmap_threshold(int bytes) {
+    return mallopt(M_MMAP_THRESHOLD, bytes);
 }

@@ -48,6 +48,14 @@ extension FileDescriptor.OpenOptions {
     public static var direct: FileDescriptor.OpenOptions { .init(rawValue: ckpt_glibc_O_DIRECT) }
 }
 
+/// Has glibc's malloc map every allocation of at least `bytes` on its own and unmap it when freed (mallopt
+/// M_MMAP_THRESHOLD, from the CGlibc shim). Setting it also stops glibc from raising the threshold by itself
+/// each time such a block is freed, after which blocks that size come from the heaps of its arenas, where
+/// freed ones stay and fragment: a long-running process's resident memory then creeps up with its peaks.
+/// - Returns: whether glibc took the setting.
+@discardableResult
+public func setMallocMmapThreshold(_ bytes: Int) -> Bool { ckpt_glibc_set_mmap_threshold(Int32(bytes)) == 1 }
+
 /// posix_spawnattr_setflags flag POSIX_SPAWN_SETSID (glibc, from the CGlibc shim): the child starts a new
 /// session, so it is not tied to the spawning process's terminal.
 public let posixSpawnSetSID: Int16 = ckpt_glibc_POSIX_SPAWN_SETSID

@@ -17,7 +17,7 @@ def test_sixteen_unpaced_writers_and_sixteen_readers_stay_within_bounds_and_lose
     out = tmp_path / "results"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "load.py"), "--seconds", str(SECONDS),
                         "--bin", ckptfs_bin(), "--endpoint-url", server.endpoint, "--bucket", bucket,
-                        "--cache-disk-size", "512MiB", "--dataset-mib", "256", "--sizes", "1,4,16",
+                        "--cache-disk-size", "512MiB", "--dataset-mib", "256", "--sizes", "1,4,16", "--min-free", "1GiB",
                         "--work-dir", str(tmp_path / "work"), "--results-dir", str(out), "--output", "load"],
                        env=server.env(), capture_output=True, text=True, timeout=SECONDS + 900)
     print(r.stdout)

@@ -44,9 +44,9 @@ def test_cached_files_open_and_read_during_an_outage_and_queued_uploads_land_aft
     """S3 answers 503 to everything (or resets every connection): a file read before the outage opens, stats
     and reads byte-exact from the cache, with the log saying stale data was served; a file whose metadata is
     known but whose bytes are not cached opens (stale metadata) and its read fails with EIO within the
-    client's retries; a name never seen fails with EIO; a file saved during the outage is acknowledged by
-    close() and lands byte-exact once the outage ends. `--metadata-ttl 0`: every lookup asks S3, so each
-    one here goes to the proxy and is refused (counted)."""
+    client's retries; a name never seen fails with EIO, and so do listings and creating a new name; a file
+    known before and saved during the outage is acknowledged by close() and lands byte-exact once the outage
+    ends. `--metadata-ttl 0`: every lookup asks S3, so each one here goes to the proxy and is refused."""
     cached, uncached, never = os.urandom(3 * MiB + 5), os.urandom(2 * MiB), b"never looked up"
     for key, body in (("cached.bin", cached), ("uncached.bin", uncached), ("never.bin", never),
                       ("dir/in-dir.bin", cached), ("saved.bin", b"before the outage")):
@@ -77,6 +77,10 @@ def test_cached_files_open_and_read_during_an_outage_and_queued_uploads_land_aft
     e, took = errno_of(lambda: os.stat(f"{mp}/never.bin"))
     assert e == errno.EIO, e
     assert took < ATTEMPTS * 2 + BACKOFF + 5, f"a lookup took {took:.1f} s to fail"
+    # Not served stale (README, --stale-if-error): a listing always asks S3, and a new name's lookup, which
+    # comes before its create, has nothing S3 confirmed to stand on. Both fail with EIO, never a wrong answer.
+    assert errno_of(lambda: os.listdir(mp))[0] == errno.EIO
+    assert errno_of(lambda: open(f"{mp}/new-in-outage.bin", "wb").close())[0] == errno.EIO
 
     # A save during the outage: close() acknowledges it locally; its upload fails and is retried.
     saved = os.urandom(MiB + 3)
