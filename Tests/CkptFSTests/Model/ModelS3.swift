@@ -50,7 +50,6 @@ extension Model {
         seq += 1
         files[id]!.acked = files[id]!.data
         files[id]!.dirty = false
-        files[id]!.fresh = false
         files[id]!.ackSeq = seq
         if files[id]!.inPlace { files[id]!.ackedInPlace = true }
     }
@@ -191,7 +190,6 @@ extension Model {
         let held = heldDeletes(conflicts: conflicts)
         for (path, e) in entries {
             guard case .file(let id) = e else { continue }
-            if files[id]!.writers == 0 { files[id]!.noop = false }
             if conflicts.contains(path) {
                 if files[id]!.conflictSeq == nil {
                     files[id]!.conflictSeq = events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
