@@ -10,11 +10,13 @@ extension WriteBack {
     /// an object stays under the old name (after a conflict: the object there is someone else's).
     @discardableResult
     func renameFile(from src: String, to dst: String, replacing: UInt64? = nil) async throws(FSError) -> Bool {
-        // The destination's own local versions (an overwritten file) are withdrawn; open, it lives on as an orphan.
-        var withdrawn = Withdrawal()
-        if let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) { withdrawn = orphan(old, ino: replacing) }
-        defer { removeFiles(withdrawn) }
-        let records = withdrawn.records
+        // The destination's own local versions (an overwritten file) are withdrawn once what can fail (fetches,
+        // copies) has succeeded: a rename that fails leaves the destination as it was. Open, it lives on as an
+        // orphan.
+        func withdrawDestination() -> Withdrawal {
+            guard let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) else { return Withdrawal() }
+            return orphan(old, ino: replacing)
+        }
         if let f = localFiles.byKey.withLock({ $0[src] }) {
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.
             for v in versions(of: f) { try await fillAll(v) }
@@ -22,9 +24,11 @@ extension WriteBack {
             // acknowledged yet, or none): they are the object under the old name, copied to the new one now,
             // or a crash before the file's next upload would leave it under neither name.
             if !holdsAcknowledged(f) { try await copyAcknowledgedObject(of: f, from: src, to: dst) }
+            let withdrawn = withdrawDestination()
+            defer { removeFiles(withdrawn) }
             let moved = retarget(f, from: src, to: dst)
             let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
-            try await journal.record(records + moved.records + deletes)
+            try await journal.record(withdrawn.records + moved.records + deletes)
             for v in moved.requeue { enqueueUpload(v) }
             queueDeletes(items, hiding: [src])
             return moved.keepsSource
@@ -32,7 +36,7 @@ extension WriteBack {
         let dropped = await clearPendingDelete(of: dst)
         let intent = newJournalId()
         do throws(FSError) {
-            try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+            try await journal.record([JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
         } catch {
             if dropped { await restoreDelete(of: [dst]) }
             throw error
@@ -42,7 +46,9 @@ extension WriteBack {
             if dropped { await restoreDelete(of: [dst]) }
             throw error
         }
-        try await deleteLater([src], hiding: [src], with: [JournalRecord(op: .done, id: intent)])
+        let withdrawn = withdrawDestination()
+        defer { removeFiles(withdrawn) }
+        try await deleteLater([src], hiding: [src], with: withdrawn.records + [JournalRecord(op: .done, id: intent)])
         return false
     }
 

@@ -11,7 +11,6 @@ enum KnownCoreBugs {
         case inPlaceBaseReplaced = "a file overwritten in place whose object another client replaces before the upload cannot be read (or uploaded): the blocks it never fetched are gone"
         case recoveryRefetchesInPlaceBlocks = "recovery fetches an in-place file's blocks from its base object again though the staged file holds them; once that object changed (its own upload landed, another client) and the block cache lacks them, the file cannot be read"
         case orphanWritesIntoUpload = "a file unlinked while its upload is in flight and open for writing: the orphan's writes go into the staged file that upload sends, so S3 gets bytes nobody acknowledged"
-        case failedRenameDropsDestination = "a rename onto a file with local changes that fails (its copy fails) has already dropped the destination's versions (journaled)"
         case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
     }
 
@@ -25,11 +24,6 @@ extension Model {
         let open = KnownCoreBugs.open
         switch s {
         case .faulty(_, .rename(let src, let dst, _)):
-            // A rename that copies (the source only in S3) and fails has already dropped the destination.
-            if open.contains(.failedRenameDropsDestination), expect(.rename(src, dst, noReplace: false)) == .ok,
-               let from = file(at: src), !files[from]!.local, let to = file(at: dst), files[to]!.local {
-                return .failedRenameDropsDestination
-            }
             return hitsKnownBug(.rename(src, dst, noReplace: false))
         case .faulty(_, .mkdir(let path)):
             return hitsKnownBug(.mkdir(path))
