@@ -109,6 +109,8 @@ extension WriteBack {
             // the file's lock, where `seal` and `queueAcknowledged` seal, so a sealed, queued version is never
             // a fallback that a later acknowledgement withdraws.
             if !cur.state.withLock({ $0.sealed }) { copy.state.withLock { $0.fallback = cur } }
+            // A copy for an orphan (unlinked while open) is never uploaded either.
+            if s.unlinked { copy.state.withLock { $0.orphaned = true } }
             s.current = copy
             return true
         }
