@@ -19,7 +19,7 @@ extension WriteBack {
         }
         if let f = localFiles.byKey.withLock({ $0[src] }) {
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.
-            for v in versions(of: f) { try await fillAll(v) }
+            try await fillForMove(f)
             // No version here holds the file's last acknowledged bytes (it is open with changes nobody
             // acknowledged yet, or none): they are the object under the old name, copied to the new one now,
             // or a crash before the file's next upload would leave it under neither name.
@@ -52,12 +52,34 @@ extension WriteBack {
         return false
     }
 
+    /// Before `f` moves to a new key (`retarget`): the blocks its in-place versions have not fetched are
+    /// fetched (their base object, under the old key, is deleted later), and the checksum of each acknowledged
+    /// one is computed again over the bytes now here, as `retarget` journals it again with no block missing
+    /// (the checksum of its acknowledgement counted the blocks missing then as zeros: recovery would find it
+    /// wrong and quarantine the file). Errors: those of the fetches (EIO) and of reading the staged files.
+    func fillForMove(_ f: LocalFile) async throws(FSError) {
+        var vs = versions(of: f)
+        if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) { vs.append(fallback) }
+        for v in vs {
+            try await fillAll(v)
+            let acknowledged = v.state.withLock { s -> Int64? in
+                s.base != nil && s.missing.isEmpty && !s.unjournaled && s.committedSum != nil ? s.size : nil
+            }
+            guard let size = acknowledged else { continue }
+            let file = try v.open()
+            let sum = try StagingArea.checksum(fd: file.rawValue, size: size, blockSize: fillBlock)
+            withExtendedLifetime(file) {}
+            v.state.withLock { $0.committedSum = String(sum, radix: 16) }
+        }
+    }
+
     /// Renames every object (`keys`, listed by the caller) and local file under `src` (a prefix ending in "/")
     /// to `dst`. The objects are copied first (journaled, so a crash is finished by the next mount; a failure
     /// deletes the copies made and changes nothing), then the local files move and the old names are queued
     /// for deletion, in one journal record batch.
     func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
         let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) } }
+        for f in localFiles.values { try await fillForMove(f) }
         // Objects are copied, except those of local files holding their last acknowledged bytes (those move
         // with the file); a local file that holds none (open, nothing acknowledged) has them in its object.
         let remaining = keys.filter { k in localFiles[k].map { !holdsAcknowledged($0) } ?? true }

@@ -10,7 +10,6 @@ enum KnownCoreBugs {
         case lostCreateReplyLeavesUpload = "a CreateMultipartUpload whose reply is lost leaves that multipart upload open until the next mount"
         case inPlaceBaseReplaced = "a file overwritten in place whose object another client replaces before the upload cannot be read (or uploaded): the blocks it never fetched are gone"
         case recoveryRefetchesInPlaceBlocks = "recovery fetches an in-place file's blocks from its base object again though the staged file holds them; once that object changed (its own upload landed, another client) and the block cache lacks them, the file cannot be read"
-        case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
     }
 
     static let open: Set<Bug> = Set(Bug.allCases)
@@ -32,9 +31,6 @@ extension Model {
             guard expect(s) == .ok, src != dst else { return nil }
             let moved = (file(at: src).map { [$0] } ?? descendants(of: src).compactMap { file(at: $0) }).map { files[$0]! }
             if open.contains(.renamedWhileUploading) && moved.contains(where: { $0.queued != nil }) { return .renamedWhileUploading }
-            if open.contains(.renameRejournalsStaleChecksum) && moved.contains(where: { $0.local && $0.ackedInPlace }) {
-                return .renameRejournalsStaleChecksum
-            }
         case .remotePut(let path, _, _), .remoteDelete(let path):
             if let id = file(at: path), files[id]!.local && files[id]!.inPlace {
                 if open.contains(.inPlaceBaseReplaced) { return .inPlaceBaseReplaced }

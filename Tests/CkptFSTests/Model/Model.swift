@@ -68,9 +68,6 @@ struct ModelFile {
     /// Opened in place (for writing, without truncating, with bytes in S3): blocks not written are fetched
     /// from the object only when needed, until the file lands or is emptied.
     var inPlace = false
-    /// An acknowledged version of the file was made in place (its checksum counts the blocks not fetched then
-    /// as zeros), as long as the file stays local (KnownCoreBugs.renameRejournalsStaleChecksum).
-    var ackedInPlace = false
     /// The position of the upload job a conflict stopped: deletes made after it wait for it (README: "a file
     /// stopped by a conflict holds the deletes made after it").
     var conflictSeq: Int?
@@ -348,7 +345,6 @@ struct Model {
         let f = files[id]!
         if f.localHandles == 0 && f.queued == nil && !f.ackedUnqueued && !f.dirty && !f.conflicted {
             files[id]!.local = false
-            files[id]!.ackedInPlace = false
         }
     }
 

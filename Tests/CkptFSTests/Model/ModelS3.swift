@@ -51,7 +51,6 @@ extension Model {
         files[id]!.acked = files[id]!.data
         files[id]!.dirty = false
         files[id]!.ackSeq = seq
-        if files[id]!.inPlace { files[id]!.ackedInPlace = true }
     }
 
     /// F's versions still queued are withdrawn (unlink, replaced by a rename).
