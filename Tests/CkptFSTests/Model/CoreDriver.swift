@@ -50,6 +50,8 @@ final class CoreDriver: Sendable {
         var uploadDelay: Duration = .zero
         /// Bound of the block cache, bytes.
         var cacheCapacity: Int64 = 1 << 30
+        /// Any other options (the semantics tests: conditional writes off, a read-only mount, modes, owners).
+        var adjust: ((inout FSOptions) -> Void)?
     }
 
     /// A filesystem over `client` with its cache, staging area and journal in `directory` (as a new mount of
@@ -62,6 +64,7 @@ final class CoreDriver: Sendable {
         o.uploadDelay = setup.uploadDelay
         o.requestSize = Int64(setup.blockSize) * 4
         o.maxReadAhead = Int64(setup.blockSize) * 16
+        setup.adjust?(&o)
         let cache = try BlockCache(directory: directory, capacity: setup.cacheCapacity, blockSize: setup.blockSize)
         // Thousands of runs inject thousands of faults: the core's warnings about them are noise here
         // (CKPTFS_MODEL_LOG=1 keeps them).
