@@ -252,3 +252,108 @@ final class MetadataSemanticsTests: SemanticsTestCase {
                        [1 << 20, 1 << 30, 1 << 30, 1 << 30, 1 << 30, 255])
     }
 }
+
+/// "Lookups, listings and another client's changes", with a TTL (the model tests' setup has none).
+final class CachingSemanticsTests: SemanticsTestCase {
+    /// A change another client makes is seen by stat at the latest when the TTL has passed.
+    func testSConsTtl() async throws {
+        try remount { $0.metadataTTL = .seconds(1) }
+        s3.seed(bucket, "f", [1])
+        let before = try await attributes("f").size
+        XCTAssertEqual(before, 1)
+        s3.seed(bucket, "f", [1, 2, 3, 4, 5])
+        try await Task.sleep(for: .milliseconds(1100))
+        let after = await mount.stat("f")
+        XCTAssertEqual(try after.get(), .file(size: 5))
+    }
+
+    /// An open checks the object (HEAD) unless checked within the last second, and after another client
+    /// replaced it reads the new object whole.
+    func testSConsReopen() async throws {
+        try remount { $0.metadataTTL = .seconds(30) }
+        s3.seed(bucket, "f", bytes(10_000, 1))
+        let f = try await fs.lookup(parent: FileSystem.rootIno, name: "f")  // held, as the kernel's dentry holds it
+        func readAll(_ ino: UInt64) async throws -> [UInt8] {
+            let h = try await fs.open(ino: ino, flags: O_RDONLY).handle
+            defer { fs.release(handle: h) }
+            return try await mount.readToEnd(DriverHandle(fh: h, ino: ino)).get()
+        }
+        let first = try await readAll(f.ino)
+        XCTAssertEqual(first, bytes(10_000, 1))
+        let heads = client.count("HeadObject")
+        _ = try await readAll(f.ino)
+        XCTAssertEqual(client.count("HeadObject"), heads, "checked within the last second: no HEAD")
+        s3.seed(bucket, "f", bytes(12_000, 2))
+        try await Task.sleep(for: .milliseconds(1100))
+        let stale = await errno { () async throws(FSError) in _ = try await self.fs.open(ino: f.ino, flags: O_RDONLY) }
+        XCTAssertEqual(stale, ESTALE, "the open did not see the new object")
+        XCTAssertGreaterThan(client.count("HeadObject"), heads)
+        let g = try await fs.lookup(parent: FileSystem.rootIno, name: "f")  // the kernel looks the path up again
+        let second = try await readAll(g.ino)
+        XCTAssertEqual(second, bytes(12_000, 2), "the new object, whole")
+    }
+
+    /// A name not found is trusted absent for at most 5 s, whatever the TTL.
+    func testSConsNegative() async throws {
+        try remount { $0.metadataTTL = .seconds(30) }
+        let missing = await mount.stat("late")
+        XCTAssertEqual(errno(missing), ENOENT)
+        s3.seed(bucket, "late", [7])
+        let start = ContinuousClock.now
+        while case .failure = await mount.stat("late"), ContinuousClock.now - start < .seconds(7) {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let found = await mount.stat("late")
+        XCTAssertEqual(try found.get(), .file(size: 1))
+        XCTAssertLessThan(ContinuousClock.now - start, .milliseconds(5500))
+    }
+
+    /// With Last-Modified mtimes, a listing answers the lookups after it with no HEAD, and a stored mtime is
+    /// ignored.
+    func testSStatMtimeLastModified() async throws {
+        try remount {
+            $0.metadataTTL = .seconds(30)
+            $0.adjust = { $0.storedMtimes = false }
+        }
+        s3.seed(bucket, "d/f", [1], metadata: ["mtime": "1600000000.000"])
+        s3.seed(bucket, "d/g", [2], metadata: ["mtime": "1600000000.000"])
+        _ = try await mount.list("").get()
+        _ = try await ino("d")
+        _ = try await mount.list("d").get()
+        let heads = client.count("HeadObject")
+        let f = try await attributes("d/f"), g = try await attributes("d/g")
+        XCTAssertEqual(client.count("HeadObject"), heads, "a HEAD after the listing")
+        for a in [f, g] { XCTAssertLessThan(abs(a.mtime.timeIntervalSinceNow), 60, "Last-Modified, not the stored mtime") }
+    }
+}
+
+/// "Reading".
+final class ReadingSemanticsTests: SemanticsTestCase {
+    /// A random read fetches only the 1 MiB blocks it touches.
+    func testSReadRandom() async throws {
+        try remount { $0.blockSize = 1 << 20 }
+        let data = bytes(8 << 20)
+        s3.seed(bucket, "big", data)
+        let h = try await open("big", Self.read)
+        let a = try await mount.read(h, at: (5 << 20) + 10, count: 100).get()
+        let b = try await mount.read(h, at: (2 << 20) + 100, count: 100).get()
+        mount.close(h)
+        XCTAssertEqual(a, Array(data[((5 << 20) + 10)..<((5 << 20) + 110)]))
+        XCTAssertEqual(b, Array(data[((2 << 20) + 100)..<((2 << 20) + 200)]))
+        XCTAssertEqual(s3.bytesSent, 2 << 20, "two blocks")
+    }
+
+    /// Blocks read are kept in the cache, which a remount over it reads without a GET.
+    func testSReadCache() async throws {
+        let data = bytes(50_000)
+        s3.seed(bucket, "f", data)
+        let first = try await read("f")
+        XCTAssertEqual(first, data)
+        await fs.finishCacheWrites()
+        stop()
+        try mountAgain()
+        let again = try await read("f")
+        XCTAssertEqual(again, data)
+        XCTAssertEqual(client.count("GetObject"), 0, "the remount downloaded again")
+    }
+}
