@@ -80,6 +80,12 @@ class SemanticsTestCase: XCTestCase {
     @discardableResult
     func holdUploads(_ match: FaultInjectingClient.Match = .uploads) -> FaultInjectingClient.RuleID { client.hold(match) }
 
+    /// Skips the rest of a test that found the core disagreeing with its statement (the reason names what
+    /// happens instead); CKPTFS_SEMANTICS_UNSKIP=1 in the environment runs it anyway, to see it fail.
+    func skipKnownBug(_ reason: String) throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["CKPTFS_SEMANTICS_UNSKIP"] == nil, reason)
+    }
+
     /// S3's objects now: key → bytes.
     var stored: [String: [UInt8]] { s3.objects(in: bucket) }
     var keys: [String] { stored.keys.sorted() }
