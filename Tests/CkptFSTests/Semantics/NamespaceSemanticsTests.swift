@@ -366,4 +366,32 @@ final class ReadingSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(again, data)
         XCTAssertEqual(client.count("GetObject"), 0, "the remount downloaded again")
     }
+
+    /// A damaged cached block is fetched again, never served.
+    func testSReadCacheChecksum() async throws {
+        try remount { $0.blockSize = 1 << 20 }
+        let data = bytes(1 << 20)
+        s3.seed(bucket, "f", data)
+        let first = try await read("f")
+        XCTAssertEqual(first, data)
+        await fs.finishCacheWrites()
+        stop()
+        let blocks = dir + "/blocks"
+        var damaged = 0
+        for sub in try FileManager.default.contentsOfDirectory(atPath: blocks) {
+            for name in try FileManager.default.contentsOfDirectory(atPath: "\(blocks)/\(sub)") {
+                let h = try FileHandle(forUpdating: URL(fileURLWithPath: "\(blocks)/\(sub)/\(name)"))
+                try h.seek(toOffset: 4096 + 100)
+                try h.write(contentsOf: [0xFF, 0x00, 0xFF])
+                try h.close()
+                damaged += 1
+            }
+        }
+        XCTAssertEqual(damaged, 1)
+        try mountAgain()
+        let again = try await read("f")
+        XCTAssertEqual(again, data, "a damaged block was served")
+        XCTAssertEqual(client.count("GetObject"), 1, "fetched again")
+        XCTAssertEqual(fs.cache.stats.corruptBlocks, 1)
+    }
 }
