@@ -17,7 +17,8 @@ final class RenameSemanticsTests: SemanticsTestCase {
 
     /// Write-temp-then-rename: one upload, to the final name; the temporary name never reaches S3.
     func testSRenameFileLocal() async throws {
-        try remount { $0.uploadDelay = .seconds(60) }
+        // A delay long enough for what follows, not longer: flush does not always end it (testSDurFlushPrompt).
+        try remount { $0.uploadDelay = .seconds(2) }
         let data = bytes(40_000)
         try await save("t.tmp", data)
         try await mount.rename("t.tmp", "t", noReplace: false).get()
@@ -131,7 +132,9 @@ final class RenameSemanticsTests: SemanticsTestCase {
     /// A rename before the upload starts, while it runs, or just after it landed keeps the file, byte-exact,
     /// under its new name only.
     func testSRenameDuringUpload() async throws {
-        try remount { $0.uploadDelay = .seconds(60) }
+        // 2 s, long enough to rename before the upload starts: with 60 s the flush below waited 30 s once in 4
+        // runs (see testSDurFlushPrompt).
+        try remount { $0.uploadDelay = .seconds(2) }
         // Before the upload starts (it waits out the delay).
         try await save("a", bytes(1000, 1))
         try await mount.rename("a", "a2", noReplace: false).get()
