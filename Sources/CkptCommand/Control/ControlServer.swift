@@ -20,13 +20,13 @@ final class ControlServer: @unchecked Sendable {
     let drainTimeout = Mutex<Double?>(nil)
     /// Set when a signal started the drain before an unmount.
     let stopping = Mutex<DrainState?>(nil)
-    /// Preloads running now, by a number of their own, and the tasks that run them (PreloadControl.swift).
-    let preloads = Mutex<[Int: ActivePreload]>([:])
-    let preloadNumbers = Atomic<Int>(0)
+    /// Preloads running now and the totals of those that ended (PreloadControl.swift); the metrics read it too.
+    let preloads: PreloadLedger
 
     init(fs: FileSystem, mountpoint: String, credentials: CredentialsProvider?, metricsURL: String?, drainTimeoutSeconds: Double,
-         logger: Logger) {
+         preloads: PreloadLedger = PreloadLedger(), logger: Logger) {
         self.fs = fs
+        self.preloads = preloads
         self.drainTimeoutSeconds = drainTimeoutSeconds
         self.credentials = credentials
         self.metricsURL = metricsURL
@@ -53,7 +53,7 @@ final class ControlServer: @unchecked Sendable {
         unlink(path)
         shutdown(fd, Int32(SHUT_RDWR))
         // Preloads stop where they are: what they stored stays cached, a rerun fetches the rest.
-        for p in preloads.withLock({ Array($0.values) }) { p.task.cancel() }
+        for p in preloads.running { p.task.cancel() }
     }
 
     private func acceptLoop() {
