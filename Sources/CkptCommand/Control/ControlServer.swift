@@ -98,6 +98,19 @@ final class ControlServer: @unchecked Sendable {
         case "flush":
             let left = await fs.flushAll(under: req.path ?? "", timeout: req.timeout.map { .milliseconds(Int64($0 * 1000)) })
             reply = try! JSONEncoder().encode(Control.FlushReply(ok: left.isEmpty, notDurable: left.map { .init(path: $0.path, reason: $0.reason) }))
+        case "versions", "restore":
+            var r = Control.VersionsReply()
+            do throws(FSError) {
+                if req.cmd == "versions" {
+                    r.history = try await fs.history(of: req.path ?? "")
+                } else {
+                    r.restored = try await fs.restore(req.path ?? "", versionId: req.versionId, at: req.time)
+                }
+            } catch {
+                r.failure = error.message
+                r.errno = error.errno
+            }
+            reply = try! JSONEncoder().encode(r)
         case "unmounting":
             drainTimeout.withLock { $0 = req.timeout ?? 0 }
             logger.notice("unmount requested (ckptfs unmount or umount): the write-back was drained first",
