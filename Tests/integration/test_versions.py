@@ -133,3 +133,56 @@ def test_versions_names_what_is_wrong(server, bucket, mounts):
     assert r.returncode != 0 and "ISO 8601" in r.stderr, r.stderr
     r = mounts.run("versions", "/tmp")
     assert r.returncode != 0 and "not on a ckptfs mount" in r.stderr, r.stderr
+
+
+def test_the_versions_view_reads_every_version_with_plain_file_io_and_is_read_only(server, bucket, mounts):
+    import errno
+    import mmap
+    import re
+    import subprocess
+    server.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    mp, cache = mounts.mount(f"s3://{bucket}")
+    os.mkdir(f"{mp}/run")
+    saves = [os.urandom(3 * (1 << 20) + i) for i in range(3)]
+    for data in saves:
+        save(f"{mp}/run/model.pt", data)
+    view = f"{mp}/run/model.pt@versions"
+    names = sorted(os.listdir(view))
+    assert len(names) == 3, names
+    # STAMP[-NN]_VERSIONID.pt, NN when saves share a second (these three may).
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ(-\d\d)?_[^/]+\.pt", n) for n in names), names
+    ids = {v[0] for v in s3_versions(server, bucket, "run/model.pt")}
+    # Oldest first, each byte-exact with its save and with S3's own version of that id.
+    for name, data in zip(names, saves):
+        assert sha(read(f"{view}/{name}")) == sha(data), name
+        vid = name.split("_", 1)[1][:-3]
+        assert vid in ids
+        assert sha(server.s3.get_object(Bucket=bucket, Key="run/model.pt", VersionId=vid)["Body"].read()) == sha(data)
+        assert os.stat(f"{view}/{name}").st_size == len(data)
+    with open(f"{view}/{names[0]}", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        assert m[1000:2000] == saves[0][1000:2000]
+    # Invisible to listings and tree walks; the file itself is unchanged.
+    assert os.listdir(f"{mp}/run") == ["model.pt"]
+    found = subprocess.run(["find", mp], capture_output=True, text=True).stdout
+    assert "@versions" not in found, found
+    assert sha(read(f"{mp}/run/model.pt")) == sha(saves[2])
+    # Read-only.
+    for attempt in (lambda: open(f"{view}/{names[0]}", "r+b"), lambda: open(f"{view}/new.pt", "wb"),
+                    lambda: os.unlink(f"{view}/{names[0]}"), lambda: os.mkdir(f"{view}/d"),
+                    lambda: os.rename(f"{view}/{names[0]}", f"{mp}/run/x.pt"), lambda: os.truncate(f"{view}/{names[1]}", 0)):
+        try:
+            attempt()
+            raise AssertionError("a change in the versions view was allowed")
+        except OSError as e:
+            assert e.errno == errno.EROFS, e
+    assert len(s3_versions(server, bucket, "run/model.pt")) == 3
+    # A file without versions has no view; a name that is not a version is not found.
+    assert not os.path.exists(f"{mp}/run/other.pt@versions")
+    assert not os.path.exists(f"{view}/2000-01-01T00-00-00Z_deadbeef.pt")
+    # After a remount over the same cache the versions read from it, with no GET.
+    mounts.unmount(mp)
+    mp2, _ = mounts.mount(f"s3://{bucket}", None, cache)
+    before = server.settled(lambda: server.gets(bucket))
+    for name, data in zip(names, saves):
+        assert sha(read(f"{mp2}/run/model.pt@versions/{name}")) == sha(data)
+    assert server.settled(lambda: server.gets(bucket)) == before

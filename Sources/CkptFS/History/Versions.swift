@@ -65,30 +65,10 @@ extension FileSystem {
             versions.append(FileVersion(versionId: nil, lastModified: Date(timeIntervalSinceNow: -p.ageSeconds), size: p.bytes,
                                         etag: nil, isLatest: false, isDeleteMarker: false, localState: p.state))
         }
-        var keyMarker: String?
-        var versionMarker: String?
-        var remote: [FileVersion] = []
-        repeat {
-            let page: ListVersionsPage
-            do {
-                page = try await client.listObjectVersions(bucket, prefix: key, delimiter: nil, keyMarker: keyMarker,
-                                                           versionIdMarker: versionMarker, maxKeys: nil)
-            } catch {
-                if error.code == .accessDenied {
-                    throw FSError(EACCES, "S3 refused to list the versions of \(key) (AccessDenied): the credentials need "
-                                  + "s3:ListBucketVersions on bucket \(bucket)", cause: error)
-                }
-                throw FSError(error, during: .other)
-            }
-            for v in page.versions where v.key == key {
-                remote.append(FileVersion(versionId: v.versionId, lastModified: v.lastModified, size: v.size, etag: v.etag,
-                                          isLatest: v.isLatest, isDeleteMarker: v.isDeleteMarker))
-            }
-            // Versions are listed by key: once past `key`, the rest are other keys.
-            let past = page.versions.last.map { $0.key > key } ?? false
-            guard page.isTruncated, !past, let next = page.nextKeyMarker else { break }
-            (keyMarker, versionMarker) = (next, page.nextVersionIdMarker)
-        } while true
+        let remote = try await namespace.objectVersions(of: key).map { v in
+            FileVersion(versionId: v.versionId, lastModified: v.lastModified, size: v.size, etag: v.etag,
+                        isLatest: v.isLatest, isDeleteMarker: v.isDeleteMarker)
+        }
         if versions.isEmpty && remote.isEmpty { throw FSError(ENOENT, "no version of \(shown) in S3 or here") }
         // S3 lists a key's versions newest first; keep that order (Last-Modified ties within a second).
         return FileHistory(path: shown, key: key, versioned: remote.contains { $0.versionId != "null" }, versions: versions + remote)
