@@ -186,3 +186,28 @@ def test_the_versions_view_reads_every_version_with_plain_file_io_and_is_read_on
     for name, data in zip(names, saves):
         assert sha(read(f"{mp2}/run/model.pt@versions/{name}")) == sha(data)
     assert server.settled(lambda: server.gets(bucket)) == before
+
+
+def test_a_save_that_lands_while_a_restore_runs_is_never_overwritten(server, bucket, mounts, proxy):
+    import threading
+    server.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    old = server.s3.put_object(Bucket=bucket, Key="m.pt", Body=b"epoch 1")
+    server.s3.put_object(Bucket=bucket, Key="m.pt", Body=b"epoch 2")
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}")
+    # The restore lists the versions; while its answer is held, another client saves epoch 3.
+    proxy.hold_answers(["ListObjectVersions"])
+    out = []
+    t = threading.Thread(target=lambda: out.append(mounts.run("restore", f"{mp}/m.pt", "--version", old["VersionId"])))
+    t.start()
+    assert proxy.wait(held_answers=1, timeout=10), proxy.stats()
+    server.s3.put_object(Bucket=bucket, Key="m.pt", Body=b"epoch 3")
+    proxy.release_answers()
+    t.join(30)
+    r = out[0]
+    assert r.returncode != 0 and "changed in S3 while it was being restored" in r.stderr, r.stderr
+    assert server.s3.get_object(Bucket=bucket, Key="m.pt")["Body"].read() == b"epoch 3"
+    assert len(s3_versions(server, bucket, "m.pt")) == 3
+    # Asked again, it restores over the newest it now sees.
+    r = mounts.run("restore", f"{mp}/m.pt", "--version", old["VersionId"])
+    assert r.returncode == 0, r.stderr
+    assert server.s3.get_object(Bucket=bucket, Key="m.pt")["Body"].read() == b"epoch 1"
