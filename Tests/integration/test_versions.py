@@ -211,3 +211,35 @@ def test_a_save_that_lands_while_a_restore_runs_is_never_overwritten(server, buc
     r = mounts.run("restore", f"{mp}/m.pt", "--version", old["VersionId"])
     assert r.returncode == 0, r.stderr
     assert server.s3.get_object(Bucket=bucket, Key="m.pt")["Body"].read() == b"epoch 1"
+
+
+def test_keep_every_version_uploads_each_save_in_order(server, bucket, mounts):
+    import time
+    server.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    # A long upload delay: every save is still waiting when the next one closes.
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--keep-every-version", "--upload-delay", "2")
+    saves = [os.urandom(200_000 + i) for i in range(5)]
+    for data in saves:
+        with open(f"{mp}/model.pt", "wb") as f:  # torch.save's open, write, close: no fsync
+            f.write(data)
+        time.sleep(0.1)
+    flush(mounts, mp)
+    versions = s3_versions(server, bucket, "model.pt")
+    assert len(versions) == 5, versions
+    # Oldest to newest, each byte-exact with its save, the newest the latest.
+    for (vid, _, latest, _), data in zip(reversed(versions), saves):
+        got = server.s3.get_object(Bucket=bucket, Key="model.pt", VersionId=vid)["Body"].read()
+        assert sha(got) == sha(data)
+    assert versions[0][2] and sha(read(f"{mp}/model.pt")) == sha(saves[-1])
+    # The same five through the versions view.
+    view = sorted(os.listdir(f"{mp}/model.pt@versions"))
+    assert [sha(read(f"{mp}/model.pt@versions/{n}")) for n in view] == [sha(d) for d in saves]
+    # Without the option the waiting saves are replaced: fewer versions than saves.
+    mounts.unmount(mp)
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "2")
+    for data in saves:
+        with open(f"{mp}/other.pt", "wb") as f:
+            f.write(data)
+    flush(mounts, mp)
+    assert len(s3_versions(server, bucket, "other.pt")) < 5
+    assert sha(server.s3.get_object(Bucket=bucket, Key="other.pt")["Body"].read()) == sha(saves[-1])
