@@ -38,21 +38,25 @@ struct Versions: ParsableCommand {
         }
     }
 
-    /// One line per version: version id (or "local"), Last-Modified in UTC, size, and what it is.
+    /// One line per version: version id (or "local"), Last-Modified in UTC, size, and what it is; columns
+    /// padded to the widest value.
     static func table(_ h: FileHistory) -> String {
-        var lines = [String(format: "%-34@ %-20@ %10@  %@", "VERSION" as NSString, "LAST MODIFIED (UTC)" as NSString, "SIZE" as NSString, "" as NSString)]
+        var rows = [["VERSION", "LAST MODIFIED (UTC)", "SIZE", ""]]
         for v in h.versions {
-            let id = v.versionId ?? "local"
-            let when = v.lastModified.map(Versions.utc) ?? "-"
             var what: [String] = []
             if let s = v.localState { what.append("written here, not in S3 yet (\(s))") }
             if v.isDeleteMarker { what.append("delete marker") }
             if v.isLatest { what.append("latest") }
-            let size = v.isDeleteMarker ? "-" : formatBytes(v.size)
-            lines.append(String(format: "%-34@ %-20@ %10@  %@", id as NSString, when as NSString, size as NSString,
-                                what.joined(separator: ", ") as NSString))
+            rows.append([v.versionId ?? "local", v.lastModified.map(Versions.utc) ?? "-",
+                         v.isDeleteMarker ? "-" : formatBytes(v.size), what.joined(separator: ", ")])
         }
-        return lines.joined(separator: "\n")
+        let widths = (0..<3).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        return rows.map { r in
+            let id = r[0].padding(toLength: widths[0], withPad: " ", startingAt: 0)
+            let when = r[1].padding(toLength: widths[1], withPad: " ", startingAt: 0)
+            let size = String(repeating: " ", count: widths[2] - r[2].count) + r[2]
+            return "\(id)  \(when)  \(size)  \(r[3])".trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
     }
 
     /// `2026-11-29T16:31:21Z`.
