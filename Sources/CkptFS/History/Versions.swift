@@ -42,6 +42,13 @@ public struct FileHistory: Sendable, Codable, Equatable {
     /// the bucket is not versioned, or was not when the file was written.
     public var versioned: Bool
     public var versions: [FileVersion]
+
+    public init(path: String, key: String, versioned: Bool, versions: [FileVersion]) {
+        self.path = path
+        self.key = key
+        self.versioned = versioned
+        self.versions = versions
+    }
 }
 
 extension FileSystem {
