@@ -42,6 +42,9 @@ extension Control {
         var interval: Double
         var profile: String? = nil
         var budget: Int64? = nil
+        /// "fetch" and "replay": answer with the plan and go on in the daemon, not tied to the connection
+        /// (`ckptfs status` shows it; unmounting cancels it).
+        var background: Bool? = nil
     }
 
     /// One line of the daemon's answer to "preload": the plan (first), progress (every `interval`, and once more
