@@ -50,6 +50,8 @@ final class CoreDriver: Sendable {
         var uploadDelay: Duration = .zero
         /// Bound of the block cache, bytes.
         var cacheCapacity: Int64 = 1 << 30
+        /// FSOptions.keepEveryVersion (CKPTFS_MODEL_KEEP_EVERY_VERSION=1 runs the property test with it).
+        var keepEveryVersion = ProcessInfo.processInfo.environment["CKPTFS_MODEL_KEEP_EVERY_VERSION"] != nil
         /// Any other options (the semantics tests: conditional writes off, a read-only mount, modes, owners).
         var adjust: ((inout FSOptions) -> Void)?
     }
@@ -62,6 +64,7 @@ final class CoreDriver: Sendable {
         o.partSize = setup.partSize
         o.durableFsync = setup.durableFsync
         o.uploadDelay = setup.uploadDelay
+        o.keepEveryVersion = setup.keepEveryVersion
         o.requestSize = Int64(setup.blockSize) * 4
         o.maxReadAhead = Int64(setup.blockSize) * 16
         setup.adjust?(&o)
