@@ -20,8 +20,13 @@ class SemanticsTestCase: XCTestCase {
     /// The mount's client (wrapping `s3`), to hold or fail its calls; a new one for each mount.
     var client: FaultInjectingClient!
     var mount: CoreDriver!
-    /// Options of the mounts `mountAgain` makes: the model tests' (4 KiB blocks, 16 KiB parts, TTL 0, no upload delay).
-    var setup = CoreDriver.Setup()
+    /// Options of the mounts `mountAgain` makes: the model tests' (4 KiB blocks, 16 KiB parts, TTL 0, no upload
+    /// delay), with the mount's defaults otherwise (not the model run's CKPTFS_MODEL_KEEP_EVERY_VERSION).
+    var setup: CoreDriver.Setup = {
+        var s = CoreDriver.Setup()
+        s.keepEveryVersion = false
+        return s
+    }()
     private var clients: [FaultInjectingClient] = []
     private var mounts: [CoreDriver] = []
 
