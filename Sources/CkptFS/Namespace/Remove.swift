@@ -47,6 +47,10 @@ extension FileSystem {
         let dir = try namespace.node(parent)
         let prefix = dir.key + name + "/"
         try Namespace.refuseInVersionView(prefix)
+        // The kernel looked the name up before (and refuses rmdir of a file itself); callers of the core may not have.
+        let target = try await lookup(parent: parent, name: name)
+        forget(ino: target.ino, count: 1)
+        guard target.isDirectory else { throw .notDirectory }
         // Every page of the listing, until something is found in it: objects whose deletes are queued here can
         // fill the first pages (S3 gives 1,000 keys a page).
         var token: String?

@@ -125,12 +125,6 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         XCTAssertLessThan(ContinuousClock.now - fsyncStart, .seconds(10), "fsync waited out the upload delay")
         XCTAssertEqual(stored["d"], bytes(50, 5))
         mount.close(h)
-        try skipKnownBug("""
-            core bug (found by these tests): after a file is saved again, or unlinked, while its earlier version \
-            waits out --upload-delay, flush does not always start at once: it failed after 30 s with "waiting to \
-            upload" (5 saves of one file, 1 run in 2 of the semantics suite) or "delete not applied yet (it waits \
-            for the uploads before it)" (save then unlink, about 3 runs in 8)
-            """)
         try await save("b", bytes(100, 2))
         try await save("b", bytes(100, 3))  // the version waiting is superseded
         try await save("c", bytes(100, 4))

@@ -93,11 +93,6 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(unlinkDir, EISDIR)
         await flushAll()
         XCTAssertEqual(keys, ["d/x", "f"])
-        try skipKnownBug("""
-            found by this test: the core's rmdir of a file returns 0 (it deletes the absent marker f/ and frees the \
-            name's inode number) instead of ENOTDIR; through a mount the kernel refuses rmdir of a non-directory \
-            before FUSE sees it, so the statement holds there
-            """)
         let rmdirFile = await errno { () async throws(FSError) in try await fs.rmdir(parent: root, name: "f") }
         XCTAssertEqual(rmdirFile, ENOTDIR)
     }
