@@ -108,10 +108,6 @@ final class AttributesSemanticsTests: SemanticsTestCase {
         try await save("f", [2, 3])
         let written = try await ino("f")
         XCTAssertEqual(written, first, "a write")
-        try skipKnownBug("""
-            core bug (found by this test): a lookup right after flush returned, of a file whose upload has just \
-            landed, gives the path a new inode number (in 3 of 6 runs alone; never 500 ms later)
-            """)
         s3.seed(bucket, "g", [1])
         let fresh = try await ino("g")
         try await save("g", [4, 5, 6])
