@@ -60,6 +60,11 @@ public struct FSOptions: Sendable {
     /// Uploads carry If-None-Match / If-Match so a change someone else made in S3 is never overwritten
     /// silently (a conflict keeps the local copy and is reported).
     public var conditionalWrites = true
+    /// Every save of a file (each last close, each fsync) is uploaded, in order, so a versioned bucket keeps
+    /// one S3 version per save; off (the default), a save still waiting for its upload is replaced by the next
+    /// one of the same file (only the newest bytes go up). After a crash, saves acknowledged and not uploaded
+    /// yet collapse to the newest one (the journal keeps the newest per file).
+    public var keepEveryVersion = false
     /// Where to record the blocks reads ask for, in order, as an access profile (`ckptfs mount --record FILE`,
     /// AccessProfile.swift); nil: nothing is recorded.
     public var recordAccess: String?

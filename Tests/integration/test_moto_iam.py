@@ -118,3 +118,30 @@ region = us-east-1
     r = mounts.run("check", "s3://ckpt", env=bad)
     assert r.returncode != 0 and "HeadBucket s3://ckpt failed" in r.stderr, r.stdout + r.stderr
     assert c["SecretAccessKey"] not in r.stderr + r.stdout
+
+
+def test_versions_names_the_permission_s3_refuses(moto, mounts, tmp_path):
+    iam = client("iam", moto)
+    # 1-3: a user whose policy allows S3 except listing versions; 4-7: a versioned bucket with two versions.
+    iam.create_user(UserName="reader")
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+            {"Effect": "Deny", "Action": "s3:ListBucketVersions", "Resource": "*"}]}))
+    s3 = client("s3", moto)
+    s3.create_bucket(Bucket="ckpt")
+    s3.put_bucket_versioning(Bucket="ckpt", VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket="ckpt", Key="model.pt", Body=b"epoch 1")
+    s3.put_object(Bucket="ckpt", Key="model.pt", Body=b"epoch 2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_CA_BUNDLE"}
+    env.update(AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"], AWS_REGION="us-east-1",
+               AWS_ENDPOINT_URL=moto, AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_EC2_METADATA_DISABLED="true", HOME=str(tmp_path))
+    mp, _ = mounts.mount("s3://ckpt", None, None, env=env)
+    with open(os.path.join(mp, "model.pt"), "rb") as f:
+        assert f.read() == b"epoch 2"
+    r = mounts.run("versions", os.path.join(mp, "model.pt"), env=env)
+    assert r.returncode != 0, r.stdout
+    assert "AccessDenied" in r.stderr and "s3:ListBucketVersions" in r.stderr, r.stderr
+    assert key["SecretAccessKey"] not in r.stderr + r.stdout

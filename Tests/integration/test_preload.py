@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import wait_until
+from test_metrics import Scraper
 
 ODD_NAMES = ["with space.bin", "plus+sign", "percent%41", "tilde~", "ünïcødé/ファイル.pt", "deep/a/b/c/model.safetensors",
              "sym!$&'()*,;=@"]
@@ -126,7 +127,8 @@ def test_a_share_larger_than_the_cache_stops_at_the_bound(server, bucket, mounts
     rng = random.Random(18)
     files = {f"f-{i:02d}.bin": rng.randbytes(1 << 20) for i in range(20)}
     upload_many(server, bucket, "big/", files, tmp_path)
-    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--cache-size", "8MiB")
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--cache-size", "8MiB", "--metrics-address", "127.0.0.1:0")
+    metrics = Scraper(mounts, mp)
     before = server.settled(lambda: server.gets(bucket))
     r = preload(mounts, os.path.join(mp, "big"), "--json")
     # 90% of 8 MiB holds 7 files of 1 MiB with their block headers.
@@ -137,6 +139,13 @@ def test_a_share_larger_than_the_cache_stops_at_the_bound(server, bucket, mounts
     s = summary(r)
     assert s["progress"]["state"] == "stoppedAtBound" and s["progress"]["filesDone"] == 7
     assert server.settled(lambda: server.gets(bucket)) - before == 7, "nothing past the bound was fetched"
+    # The metrics count it: ended at the bound, its 7 GETs and their bytes; nothing running.
+    m = metrics.scrape()
+    assert m.get("ckptfs_preloads_running") == 0 and m.get("ckptfs_preload_files") == 0
+    assert m.get("ckptfs_preloads_ended_total", state="stoppedAtBound") == 1
+    assert m.get("ckptfs_preloads_ended_total") == 1
+    assert m.get("ckptfs_preload_requests_total") == 7
+    assert m.get("ckptfs_preload_fetched_bytes_total") == 7 << 20
     status = json.loads(mounts.run("status", mp, "--json").stdout)
     assert status["cacheUsedBytes"] <= status["cacheCapacityBytes"]
     # The files it preloaded stay cached: reading them needs no GET.
@@ -352,3 +361,34 @@ def test_a_recorded_access_profile_replays_exactly_its_blocks(server, bucket, mo
     r = preload(mounts, mp3, "--replay", str(profile), "--budget", "1100KiB")
     assert r.returncode == 3, r.stderr
     assert json.loads(mounts.run("status", mp3, "--json").stdout)["cacheBlocks"] == 1
+
+
+def test_a_background_preload_returns_at_once_and_goes_on_in_the_daemon(server, bucket, mounts, proxy, tmp_path):
+    rng = random.Random(23)
+    files = {f"s-{i:03d}.bin": rng.randbytes(rng.randrange(1, 50_000)) for i in range(120)}
+    upload_many(server, bucket, "bg/", files, tmp_path)
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--metrics-address", "127.0.0.1:0")
+    metrics = Scraper(mounts, mp)
+    # Every GET is held: the command still returns, with the plan, while the preload waits in the daemon.
+    proxy.hold(["GetObject"])
+    r = preload(mounts, os.path.join(mp, "bg"), "--background", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "in the background" in r.stderr, r.stderr
+    assert summary(r)["plan"]["files"] == len(files)
+    status = json.loads(mounts.run("status", mp, "--json").stdout)
+    assert len(status.get("preloads", [])) == 1, status
+    assert metrics.scrape().get("ckptfs_preloads_running") == 1
+    proxy.release()
+    assert wait_until(lambda: not json.loads(mounts.run("status", mp, "--json").stdout).get("preloads"), timeout=60)
+    assert metrics.scrape().get("ckptfs_preloads_ended_total", state="done") == 1
+    check = preload(mounts, os.path.join(mp, "bg"), "--check")
+    assert check.returncode == 0 and f"{len(files)} of {len(files)} file(s) cached" in check.stdout, check.stdout
+    before = server.settled(lambda: server.gets(bucket))
+    for name, data in files.items():
+        assert file_sha(os.path.join(mp, "bg", name)) == sha(data)
+    assert server.settled(lambda: server.gets(bucket)) == before
+    # Refused where it cannot go on: without a mount, and with --check.
+    r = preload(mounts, f"s3://{bucket}/bg", "--cache-dir", str(tmp_path / "c2"), "--background")
+    assert r.returncode != 0 and "--background needs a mount" in r.stderr, r.stderr
+    r = preload(mounts, os.path.join(mp, "bg"), "--background", "--check")
+    assert r.returncode != 0 and "--background is for fetching" in r.stderr, r.stderr

@@ -1129,3 +1129,47 @@ def test_every_statement_names_a_test_that_exists():
     xfails = {n for n, f in defined["test_semantics.py"].items()
               if any("xfail" in ast.unparse(d) for d in f.decorator_list)}
     assert {"test_" + b.lower().replace("-", "_") for b in bugs} == xfails
+
+
+def test_every_statement_names_a_core_test_that_exists():
+    """docs/SEMANTICS.md, core column: every entry is empty, `none (…)` with a reason, or names Swift tests
+    (`CkptFSTests/PATH.swift::testName`, a path under Tests/) each defined in that file; a testS… test is named
+    after a statement; and every testS… test in Tests/CkptFSTests/Semantics/ is named by a row."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    tests_dir = os.path.join(here, "..")
+    doc = open(os.path.join(here, "..", "..", "docs", "SEMANTICS.md")).read()
+    statements = doc.split("## Known bugs")[0]
+    rows = re.findall(r"^\| (S-[A-Z0-9-]+) \|.*\|([^|]*)\|$", statements, re.M)
+    assert len(rows) == len(re.findall(r"^\| S-", statements, re.M)), "a row without a core column"
+    by_name = {"testS" + "".join(p.capitalize() for p in sid.split("-")[1:]): sid for sid, _ in rows}
+    functions = {}
+
+    def defined(path):
+        if path not in functions:
+            full = os.path.join(tests_dir, path)
+            functions[path] = set(re.findall(r"\bfunc (test\w+)\(", open(full).read())) if os.path.isfile(full) else set()
+        return functions[path]
+
+    named = set()
+    for sid, cell in rows:
+        cell = cell.strip()
+        if not cell:
+            continue
+        if cell.startswith("none"):
+            assert re.match(r"none \((kernel|adapter|daemon)[:)]", cell), f"{sid}: say why there is no core test: {cell}"
+            continue
+        refs = re.findall(r"`(CkptFSTests/[^`]+)`", cell)
+        assert refs, f"{sid}: no test named in the core column: {cell}"
+        for ref in refs:
+            m = re.fullmatch(r"(CkptFSTests/[\w/]+\.swift)::(test\w+)", ref)
+            assert m, f"{sid}: not PATH.swift::testName: {ref}"
+            path, test = m.groups()
+            assert test in defined(path), f"{sid}: {path}::{test} does not exist"
+            if test.startswith("testS") and test[5:6].isupper():
+                assert test in by_name, f"{sid}: {test} is named after no statement"
+            named.add((path, test))
+    semantics = os.path.join(tests_dir, "CkptFSTests", "Semantics")
+    mine = {(f"CkptFSTests/Semantics/{f}", t) for f in os.listdir(semantics) if f.endswith(".swift")
+            for t in defined(f"CkptFSTests/Semantics/{f}") if t.startswith("testS") and t[5:6].isupper()}
+    assert mine, "no core semantics tests found"
+    assert mine <= named, f"core tests without a statement: {sorted(mine - named)}"

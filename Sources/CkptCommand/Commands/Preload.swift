@@ -43,6 +43,8 @@ struct Preload: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "With --check: each file's part too.") var verbose = false
     @Flag(help: "Drop this rank's share from the cache.") var evict = false
     @Flag(help: "Print a JSON summary on standard output at the end.") var json = false
+    @Flag(help: "Return once the preload has started: the mount's daemon goes on with it (ckptfs status shows its progress, --check what is cached; unmounting stops it).")
+    var background = false
     @Option(help: "Fill the cache with the blocks of an access profile (recorded by ckptfs mount --record FILE), in the order it recorded them; PATH names the mount (or s3://BUCKET with --cache-dir).")
     var replay: String?
     @Option(help: "With --replay: at most this many bytes of blocks, e.g. 20GiB (default: up to the cache's bound).")
@@ -90,6 +92,12 @@ struct Preload: AsyncParsableCommand {
             }
         }
         guard !(check && evict) else { throw ValidationError("--check and --evict do different things; give one of them") }
+        if background {
+            guard url == nil else {
+                throw ValidationError("--background needs a mount to go on with the preload; a preload without a mount runs in this command")
+            }
+            guard !check, !evict else { throw ValidationError("--background is for fetching; --check and --evict answer at once") }
+        }
         guard PreloadShare.Strategy(rawValue: shardBy) != nil else {
             throw ValidationError("--shard-by must be 'count' (every world-size-th key) or 'size' (balanced bytes)")
         }
@@ -187,7 +195,7 @@ struct Preload: AsyncParsableCommand {
         let action = replay != nil ? "replay" : check ? "check" : evict ? "evict" : "fetch"
         let request = Control.PreloadRequest(action: action, paths: relative, share: share, parallel: parallel, perFile: verbose,
                                              interval: display.interval, profile: replay.map(MountChecks.absolute),
-                                             budget: budget.flatMap(MountChecks.parseSize))
+                                             budget: budget.flatMap(MountChecks.parseSize), background: background ? true : nil)
         var plan: PreloadPlan?
         let final = try Control.preload(mp, request) { event in
             if let p = event.plan {
@@ -197,6 +205,16 @@ struct Preload: AsyncParsableCommand {
             if let p = event.progress, event.final != true { display.progress(p) }
         }
         var summary = Summary(mountpoint: mp, plan: plan, progress: final.progress, check: final.check, eviction: final.eviction, exitCode: 0)
+        if background {
+            FileHandle.standardError.write(Data(("ckptfs: preload: going on in the background in the daemon of \(mp); "
+                + "ckptfs status \(mp) shows its progress, ckptfs preload ... --check what is cached\n").utf8))
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(decoding: try! encoder.encode(summary), as: UTF8.self))
+            }
+            return 0
+        }
         return finish(&summary, display: &display)
     }
 

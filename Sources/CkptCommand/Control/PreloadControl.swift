@@ -89,7 +89,7 @@ final class ConnectionWatcher: Sendable {
 extension ControlServer {
     /// The preloads running now, for `status` (nil when none).
     func runningPreloads() -> [Control.RunningPreload]? {
-        let list = preloads.withLock { $0.sorted { $0.key < $1.key }.map(\.value) }
+        let list = preloads.running
         return list.isEmpty ? nil : list.map { .init(paths: $0.paths, plan: $0.run.plan, progress: $0.run.progress) }
     }
 
@@ -106,7 +106,7 @@ extension ControlServer {
                 out.send(.init(error: "replaying \(req.profile ?? "") failed: \(error.message)", final: true))
                 return
             }
-            await stream(c, out, run, paths: [req.profile ?? ""], interval: req.interval)
+            await stream(c, out, run, paths: [req.profile ?? ""], interval: req.interval, background: req.background == true)
             return
         }
         let listed: (objects: [PreloadObject], missing: [String])
@@ -128,20 +128,28 @@ extension ControlServer {
             out.send(.init(plan: plan, eviction: eviction, final: true))
         default:
             let run = preloader.prepare(listed.objects, missing: listed.missing, share: req.share, parallel: req.parallel)
-            await stream(c, out, run, paths: req.paths, interval: req.interval)
+            await stream(c, out, run, paths: req.paths, interval: req.interval, background: req.background == true)
         }
     }
 
     /// Runs `run` for the command line at connection `c`: its plan, progress every `interval` seconds, and its final
-    /// progress; the command line going away cancels it. `status` shows it meanwhile.
-    func stream(_ c: Int32, _ out: EventWriter, _ run: PreloadRun, paths: [String], interval: Double) async {
-        out.send(.init(plan: run.plan))
+    /// progress; the command line going away cancels it. `status` shows it meanwhile. In the `background`, the
+    /// plan is the answer (final) and the preload goes on in the daemon until it ends or the mount stops.
+    func stream(_ c: Int32, _ out: EventWriter, _ run: PreloadRun, paths: [String], interval: Double, background: Bool = false) async {
+        out.send(.init(plan: run.plan, final: background ? true : nil))
         let task = Task { await run.run() }
-        let number = preloadNumbers.wrappingAdd(1, ordering: .relaxed).newValue
-        preloads.withLock { $0[number] = ActivePreload(paths: paths, run: run, task: task) }
+        let number = preloads.start(ActivePreload(paths: paths, run: run, task: task))
         logger.notice("preload started", metadata: [
             "preload.paths": "\(paths)", "preload.rank": "\(run.plan.share.rank)", "preload.world_size": "\(run.plan.share.worldSize)",
-            "preload.files": "\(run.plan.files)", "preload.bytes": "\(run.plan.bytes)", "preload.over_bound": "\(run.plan.overBound)"])
+            "preload.files": "\(run.plan.files)", "preload.bytes": "\(run.plan.bytes)", "preload.over_bound": "\(run.plan.overBound)",
+            "preload.background": "\(background)"])
+        if background {
+            Task {
+                let final = await task.value
+                self.ended(number, final)
+            }
+            return
+        }
         // The command line going away cancels the preload.
         let watcher = ConnectionWatcher(fd: c) { task.cancel() }
         let interval = max(0.2, interval)
@@ -157,13 +165,18 @@ extension ControlServer {
         }
         let final = await task.value
         ticker.cancel()
-        preloads.withLock { _ = $0.removeValue(forKey: number) }
+        ended(number, final)
+        out.send(.init(progress: final, final: true))
+        await watcher.stop()
+    }
+
+    /// Preload `number` ended with `final`: the ledger counts it, and the log says how.
+    func ended(_ number: Int, _ final: PreloadProgress) {
+        preloads.end(number, final)
         logger.notice("preload ended", metadata: [
             "preload.state": "\(final.state.rawValue)", "preload.files_done": "\(final.filesDone)",
             "preload.bytes_fetched": "\(final.bytesFetched)", "preload.requests": "\(final.requests)",
             "preload.files_failed": "\(final.filesFailed)", "preload.seconds": "\(final.elapsedSeconds)"])
-        out.send(.init(progress: final, final: true))
-        await watcher.stop()
     }
 }
 

@@ -34,6 +34,9 @@ struct MountOptions: ParsableArguments {
     @Flag(name: .customLong("upload-while-writing"), inversion: .prefixedNo,
           help: "Send a large new file written from the start in parts while it is still being written, so it is durable sooner after close; needs spare CPU and network while the file is written (default off).")
     var uploadWhileWriting = false
+    @Flag(name: .customLong("keep-every-version"),
+          help: "Upload every save of a file in order, none replaced by a newer one while it waits, so a versioned bucket keeps one version per save (ckptfs versions, NAME@versions); default off: a save still waiting is replaced by the next.")
+    var keepEveryVersion = false
     @Option(name: .customLong("max-dirty"),
             help: "Most bytes of files written and not yet uploaded held on the cache disk, e.g. 20GiB; past it writes wait for uploads instead of filling the disk (default: half the cache disk's free space at mount, at least 16MiB).")
     var maxDirty: String?
@@ -120,6 +123,7 @@ struct MountOptions: ParsableArguments {
         o.uploadDelay = .milliseconds(Int64(uploadDelay * 1000))
         o.conditionalWrites = conditionalWrites
         o.uploadWhileWriting = uploadWhileWriting
+        o.keepEveryVersion = keepEveryVersion
         o.recordAccess = record.map(MountChecks.absolute)
         return o
     }

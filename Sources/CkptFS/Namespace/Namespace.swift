@@ -58,6 +58,8 @@ final class Namespace: WriteBackNotices {
     /// This mount's changes to S3 while requests that read S3 were in flight (ChangesInFlight.swift). A leaf
     /// lock: taken under the table's lock and the write-back's, it takes none.
     let inFlight = Mutex(ChangesInFlight())
+    /// The versions views looked at lately (History/VersionView.swift).
+    let versionViews = VersionViews()
 
     /// `rootKey`: the key prefix the mount shows as its root (empty or ending in "/").
     init(client: any ObjectClient, bucket: String, rootKey: String, options: FSOptions, overlay: any LocalOverlay,

@@ -19,12 +19,16 @@ final class PinnedObject: Sendable {
     let etag: String
     /// Bytes.
     let size: Int64
+    /// The S3 version id to read, for an earlier version of the object (the versions view, History/); nil
+    /// for whatever version has `etag` now. Blocks are cached by key and ETag either way.
+    let versionId: String?
     let readAhead = Mutex(ReadAhead())
 
-    init(key: String, etag: String, size: Int64) {
+    init(key: String, etag: String, size: Int64, versionId: String? = nil) {
         self.key = key
         self.etag = etag
         self.size = size
+        self.versionId = versionId
     }
 }
 
@@ -288,7 +292,7 @@ final class ObjectReader: Sendable {
         }
         var outcome = FetchOutcome()
         do throws(S3Error) {
-            _ = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: nil, sink: assembler.sink)
+            _ = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: o.versionId, sink: assembler.sink)
             let received = assembler.finish()
             counters.withLock {
                 $0.gets += 1

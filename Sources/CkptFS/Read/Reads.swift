@@ -36,6 +36,13 @@ extension FileSystem {
         guard !n.meta.isDirectory else { throw .isDirectory }
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
         let truncate = flags & O_TRUNC != 0
+        if let version = try await namespace.versionPin(n) {
+            // An earlier version, in a versions view (History/): read-only, and never changes.
+            if write { try Namespace.refuseInVersionView(n.key) }
+            let h = handleNumbers.next()
+            handles.withLock { $0[h] = ReadHandle(ino: ino, object: version, listed: false) }
+            return OpenReply(handle: h, directIO: false, keepCache: true)
+        }
         let remote: PinnedObject?
         var listed = false
         if let local = writeBack.localFiles.byKey.withLock({ $0[n.key] }) {

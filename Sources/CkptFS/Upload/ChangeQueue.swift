@@ -155,11 +155,12 @@ extension WriteBack {
     // MARK: Uploads
 
     /// Queues an upload job for a sealed version, in its key's order. An older version of the same key still
-    /// waiting is superseded by it; a delete of the key that has not started is replaced by it.
+    /// waiting is superseded by it (unless `FSOptions.keepEveryVersion`: then each goes up, in order); a delete
+    /// of the key that has not started is replaced by it.
     func enqueueUpload(_ v: StagedVersion) {
         let key = v.key
         let cancelled: [CheckedContinuation<Void, Never>] = changes.state.withLock { u in
-            for (_, old) in u.pending where old !== v && old.key == key {
+            for (_, old) in u.pending where old !== v && old.key == key && !options.keepEveryVersion {
                 let skip = old.state.withLock { s -> Bool in
                     guard case .waiting = s.upload, s.sealed else { return false }
                     s.successor = v

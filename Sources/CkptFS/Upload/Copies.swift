@@ -31,7 +31,16 @@ extension WriteBack {
                 _ = try await client.copyObject(from: (bucket, src, nil), to: bucket, dst, ifMatch: info.etag, options: nil)
                 return
             }
-            let uploadId = try await client.createMultipartUpload(bucket, dst, options: PutOptions(metadata: info.metadata))
+            let started = Date()
+            let uploadId: String
+            do throws(S3Error) {
+                uploadId = try await client.createMultipartUpload(bucket, dst, options: PutOptions(metadata: info.metadata))
+            } catch {
+                await abortLostCreates(key: dst, since: started)
+                throw error
+            }
+            liveMultipart.withLock { _ = $0.insert(uploadId) }
+            defer { liveMultipart.withLock { _ = $0.remove(uploadId) } }
             do {
                 var parts: [CompletedPart] = []
                 for (i, r) in WriteBack.partRanges(size: info.size, minimum: 512 << 20).enumerated() {

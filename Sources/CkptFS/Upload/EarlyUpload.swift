@@ -199,6 +199,7 @@ extension WriteBack {
         Task {
             await self.earlyIdle(v)
             guard let (key, uploadId) = v.state.withLock({ s in s.early.flatMap { e in e.uploadId.map { (e.key, $0) } } }) else { return }
+            defer { self.liveMultipart.withLock { _ = $0.remove(uploadId) } }
             do throws(S3Error) { try await self.client.abortMultipartUpload(self.bucket, key, uploadId: uploadId) } catch {
                 if error.code != .noSuchUpload {
                     self.logger.warning("could not abort an abandoned multipart upload; the next mount aborts it",

@@ -191,8 +191,10 @@ extension WriteBack {
                 _ = try await s3(.write) { () async throws(S3Error) in
                     try await client.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: condition)
                 }
+                liveMultipart.withLock { _ = $0.remove(uploadId) }
             } catch {
                 try? await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
+                liveMultipart.withLock { _ = $0.remove(uploadId) }
                 throw error
             }
             let info = try await s3(.other) { () async throws(S3Error) in try await client.headObject(bucket, key, versionId: nil, ifMatch: nil) }
@@ -287,8 +289,16 @@ extension WriteBack {
     /// Creates a multipart upload of `v` to `key`, journaled on both sides of the request: a `starting` record
     /// before it and the upload id after it, so that recovery aborts it whenever a crash comes.
     func createUpload(_ v: StagedVersion, key: String, options put: PutOptions) async throws(FSError) -> String {
-        try await journal.record(JournalRecord(op: .starting, id: v.id, key: key, mtime: Date().timeIntervalSince1970))
-        let uploadId = try await s3(.write) { () async throws(S3Error) in try await client.createMultipartUpload(bucket, key, options: put) }
+        let started = Date()
+        try await journal.record(JournalRecord(op: .starting, id: v.id, key: key, mtime: started.timeIntervalSince1970))
+        let uploadId: String
+        do throws(FSError) {
+            uploadId = try await s3(.write) { () async throws(S3Error) in try await client.createMultipartUpload(bucket, key, options: put) }
+        } catch {
+            await abortLostCreates(key: key, since: started)
+            throw error
+        }
+        liveMultipart.withLock { _ = $0.insert(uploadId) }
         do throws(FSError) {
             try await journal.record(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
         } catch {
@@ -296,5 +306,25 @@ extension WriteBack {
             throw error
         }
         return uploadId
+    }
+
+    /// After a CreateMultipartUpload of `key` that failed: its reply may be what was lost, and S3 may hold the
+    /// upload it created, which nobody would complete or abort until the next mount's recovery. Aborts the
+    /// multipart uploads of `key` initiated since `since` (less 30 s for the server's clock) that this mount
+    /// does not know as its own. Another client starting one for the same key within that moment would have
+    /// its upload aborted (its CompleteMultipartUpload then fails with NoSuchUpload), as recovery would.
+    func abortLostCreates(key: String, since: Date) async {
+        let live = liveMultipart.withLock { $0 }
+        for id in await unrecordedUploads(of: key, since: since.timeIntervalSince1970, margin: 30) where !live.contains(id) {
+            do throws(S3Error) {
+                try await client.abortMultipartUpload(bucket, key, uploadId: id)
+                logger.notice("aborted a multipart upload whose CreateMultipartUpload reply was lost", metadata: ["key": "\(key)", "upload_id": "\(id)"])
+            } catch {
+                if error.code != .noSuchUpload {
+                    logger.warning("could not abort a multipart upload whose creation reply was lost; the next mount aborts it",
+                                   metadata: ["key": "\(key)", "error": "\(error)"])
+                }
+            }
+        }
     }
 }

@@ -8,8 +8,8 @@ import Synchronization
 extension WriteBack {
     /// Multipart uploads of `key` created since `time` (less a margin for clock skew) that no journal record
     /// names: a crash came between CreateMultipartUpload and its `multipart` record.
-    func unrecordedUploads(of key: String, since time: Double) async -> [String] {
-        let since = Date(timeIntervalSince1970: time - 300)
+    func unrecordedUploads(of key: String, since time: Double, margin: Double = 300) async -> [String] {
+        let since = Date(timeIntervalSince1970: time - margin)
         var found: [String] = []
         var keyMarker: String?, idMarker: String?
         while true {

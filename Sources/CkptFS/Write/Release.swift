@@ -95,6 +95,20 @@ extension WriteBack {
     /// After the last handle of `f` closed: if its newest version is in S3, the file is clean again (its staged
     /// copy goes) and stat shows the object.
     func cleanIfUploaded(_ f: LocalFile) {
+        // What landed is told to the namespace before the local version goes: a lookup in between would find
+        // neither, HEAD the new object, compare its ETag with the one the inode had before the save, and give
+        // the path a new inode number.
+        let landed: (key: String, meta: Meta)? = localFiles.byKey.withLock { l in
+            f.state.withLock { s in
+                guard s.handles == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
+                    return nil
+                }
+                let (size, mtime) = s.current.state.withLock { ($0.size, $0.mtime) }
+                return (s.key, Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
+            }
+        }
+        guard let landed else { return }
+        notices.objectLanded(key: landed.key, meta: landed.meta)
         let removed: (StagedVersion, String)? = localFiles.byKey.withLock { l in
             f.state.withLock { s in
                 guard s.handles == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
@@ -107,10 +121,8 @@ extension WriteBack {
                 return (s.current, etag)
             }
         }
-        guard let (v, etag) = removed else { return }
+        guard let (v, _) = removed else { return }
         staging.remove(v)
-        let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
-        notices.objectLanded(key: key, meta: Meta(isDirectory: false, size: size, etag: etag, mtime: mtime))
     }
 
     /// Every version of `f` still held: those queued or uploading under its key, and its current one.

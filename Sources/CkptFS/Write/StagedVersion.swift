@@ -225,14 +225,27 @@ final class StagedVersion: Sendable {
         for w in waiters { w.resume(returning: true) }
     }
 
-    /// Waits until the version is urgent (true) or `timeout` passes (false): the upload delay.
+    /// Waits until the version is urgent (true), or settles, or `timeout` passes (false): the upload delay. A
+    /// version that settled before the wait began (dropped by an unlink, superseded by a newer save while its job
+    /// had not started waiting yet) does not wait: `settle` woke the delay's waiters before this one was there.
     func urgentOrTimeout(_ timeout: Duration) async -> Bool {
-        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
-            let ticket = state.withLock { s -> UInt64? in s.urgent ? nil : s.delayWaiters.add(c) }
-            guard let ticket else { return c.resume(returning: true) }
-            Task {
-                try? await Task.sleep(for: timeout)
-                self.state.withLock { $0.delayWaiters.remove(ticket) }?.resume(returning: false)
+        enum Start { case urgent, settled, waiting(UInt64) }
+        return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let start = state.withLock { s -> Start in
+                if s.urgent { return .urgent }
+                switch s.upload {
+                case .done, .superseded, .dropped, .conflict: return .settled
+                case .waiting, .uploading: return .waiting(s.delayWaiters.add(c))
+                }
+            }
+            switch start {
+            case .urgent: c.resume(returning: true)
+            case .settled: c.resume(returning: false)
+            case .waiting(let ticket):
+                Task {
+                    try? await Task.sleep(for: timeout)
+                    self.state.withLock { $0.delayWaiters.remove(ticket) }?.resume(returning: false)
+                }
             }
         }
     }

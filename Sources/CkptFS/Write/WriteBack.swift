@@ -55,6 +55,9 @@ final class WriteBack: Sendable {
     let heldWriters = Atomic<Int>(0)
     /// PUT requests made (PutObject, UploadPart).
     let puts = Atomic<Int>(0)
+    /// Multipart uploads this mount created and has not completed or aborted yet: never taken for one whose
+    /// CreateMultipartUpload reply was lost (`abortLostCreates`).
+    let liveMultipart = Mutex<Set<String>>([])
     let handleNumbers: HandleNumbers
 
     var journalPath: String { cache.directory + "/journal" }

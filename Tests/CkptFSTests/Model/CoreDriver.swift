@@ -50,6 +50,10 @@ final class CoreDriver: Sendable {
         var uploadDelay: Duration = .zero
         /// Bound of the block cache, bytes.
         var cacheCapacity: Int64 = 1 << 30
+        /// FSOptions.keepEveryVersion (CKPTFS_MODEL_KEEP_EVERY_VERSION=1 runs the property test with it).
+        var keepEveryVersion = ProcessInfo.processInfo.environment["CKPTFS_MODEL_KEEP_EVERY_VERSION"] != nil
+        /// Any other options (the semantics tests: conditional writes off, a read-only mount, modes, owners).
+        var adjust: ((inout FSOptions) -> Void)?
     }
 
     /// A filesystem over `client` with its cache, staging area and journal in `directory` (as a new mount of
@@ -60,8 +64,10 @@ final class CoreDriver: Sendable {
         o.partSize = setup.partSize
         o.durableFsync = setup.durableFsync
         o.uploadDelay = setup.uploadDelay
+        o.keepEveryVersion = setup.keepEveryVersion
         o.requestSize = Int64(setup.blockSize) * 4
         o.maxReadAhead = Int64(setup.blockSize) * 16
+        setup.adjust?(&o)
         let cache = try BlockCache(directory: directory, capacity: setup.cacheCapacity, blockSize: setup.blockSize)
         // Thousands of runs inject thousands of faults: the core's warnings about them are noise here
         // (CKPTFS_MODEL_LOG=1 keeps them).

@@ -7,7 +7,6 @@ import Foundation
 enum KnownCoreBugs {
     enum Bug: String, CaseIterable, Sendable {
         case renamedWhileUploading = "a version renamed while its upload is in flight is queued again behind newer versions, or stranded by a conflict under its old name"
-        case lostCreateReplyLeavesUpload = "a CreateMultipartUpload whose reply is lost leaves that multipart upload open until the next mount"
         case inPlaceBaseReplaced = "a file overwritten in place whose object another client replaces before the upload cannot be read (or uploaded): the blocks it never fetched are gone"
         case recoveryRefetchesInPlaceBlocks = "recovery fetches an in-place file's blocks from its base object again though the staged file holds them; once that object changed (its own upload landed, another client) and the block cache lacks them, the file cannot be read"
     }

@@ -202,7 +202,6 @@ final class ModelRegressionTests: XCTestCase {
     /// mount's recovery aborts it (from the journal's `starting` record). Expected: no multipart upload open
     /// after the drain. Found: one left open for a.
     func testACreateMultipartUploadWhoseReplyIsLostIsAborted() async throws {
-        try skipKnown(.lostCreateReplyLeavesUpload)
         try await ModelCheck.replay([
             .open("a", h: 1, .createTruncate),
             .write(h: 1, at: 0, count: 20000, seed: 1),

@@ -276,7 +276,6 @@ struct Generator {
         let kind: Fault.Kind = pick([.slowDown, .internalError, .connectionReset])!
         if ops == ["UploadPart"] && chance(0.3) { return Fault(ops, .all, .delay(ms: int(1...5))) }
         let lostReply = ops != ["HeadObject"] && ops != ["GetObject"]
-            && !(ops == ["CreateMultipartUpload"] && KnownCoreBugs.open.contains(.lostCreateReplyLeavesUpload))
         if lostReply && chance(0.4) { return Fault(ops, which, .failAfter(kind)) }
         return Fault(ops, which, .fail(kind))
     }

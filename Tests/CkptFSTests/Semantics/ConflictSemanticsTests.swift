@@ -1,0 +1,77 @@
+// docs/SEMANTICS.md, "Conflicts and other writers", against the core.
+@testable import CkptFS
+import CkptTestSupport
+import Foundation
+import XCTest
+
+final class ConflictSemanticsTests: SemanticsTestCase {
+    /// A file created here whose key another client created meanwhile: a conflict, fsync fails with EIO, their
+    /// object stays and the local copy is kept and readable.
+    func testSConflictNew() async throws {
+        let theirs = Array("other writer".utf8)
+        let h = try await open("n", Self.create)
+        try await write(h, Array("mine".utf8))
+        s3.seed(bucket, "n", theirs)
+        let r = await mount.fsync(h)
+        XCTAssertEqual(errno(r), EIO)
+        mount.close(h)
+        let left = await mount.flushAll(timeout: .seconds(5))
+        XCTAssertEqual(left.map(\.path), ["n"])
+        XCTAssertEqual(stored["n"], theirs)
+        XCTAssertEqual(mount.status.failures.map(\.state), ["conflict"])
+        let shown = try await read("n")
+        XCTAssertEqual(shown, Array("mine".utf8))
+    }
+
+    /// Two mounts save the same file from the same starting object: the later upload is a conflict and S3
+    /// keeps the first.
+    func testSConflictTwoMounts() async throws {
+        s3.seed(bucket, "f", Array("start".utf8))
+        let other = try CoreDriver(directory: dir + "-other", client: s3, bucket: bucket)
+        defer {
+            other.stop()
+            try? FileManager.default.removeItem(atPath: dir + "-other")
+        }
+        let a = try await open("f", Self.truncate)
+        let b = try await other.open("f", Self.truncate).get()
+        try await write(a, Array("first".utf8))
+        try await other.write(b, at: 0, Array("second".utf8)).get()
+        try mount.close(a).get()
+        try other.close(b).get()
+        await flushAll()
+        let left = await other.flushAll(timeout: .seconds(5))
+        XCTAssertEqual(left.map(\.path), ["f"])
+        XCTAssertEqual(stored["f"], Array("first".utf8))
+    }
+
+    /// A file stopped by a conflict holds back the deletes made after it until it is renamed.
+    func testSConflictHoldsDeletes() async throws {
+        s3.seed(bucket, "c", Array("theirs v1".utf8))
+        s3.seed(bucket, "old", [1])
+        let h = try await open("c", Self.truncate)
+        try await write(h, Array("ours".utf8))
+        s3.seed(bucket, "c", Array("theirs v2".utf8))
+        try mount.close(h).get()
+        try await waitFor("the conflict") { mount.status.failures.map(\.state) == ["conflict"] }
+        try await mount.unlink("old").get()
+        let left = await mount.flushAll(timeout: .milliseconds(500))
+        XCTAssertTrue(left.map(\.path).contains("old"), "\(left)")
+        XCTAssertNotNil(stored["old"], "the delete went before the conflicted file")
+        try await mount.rename("c", "c.mine", noReplace: false).get()
+        await flushAll()
+        XCTAssertNil(stored["old"])
+        XCTAssertEqual(stored["c.mine"], Array("ours".utf8))
+    }
+
+    /// With conditional writes off, the last upload wins.
+    func testSConflictOff() async throws {
+        try remount { $0.adjust = { $0.conditionalWrites = false } }
+        s3.seed(bucket, "c", Array("theirs v1".utf8))
+        let h = try await open("c", Self.truncate)
+        try await write(h, Array("ours".utf8))
+        s3.seed(bucket, "c", Array("theirs v2".utf8))
+        try mount.close(h).get()
+        await flushAll()
+        XCTAssertEqual(stored["c"], Array("ours".utf8))
+    }
+}

@@ -1,0 +1,152 @@
+// docs/SEMANTICS.md, "Unlink, mkdir, rmdir", against the core.
+@testable import CkptFS
+import CkptTestSupport
+import Foundation
+import XCTest
+
+final class UnlinkSemanticsTests: SemanticsTestCase {
+    let root = FileSystem.rootIno
+
+    /// unlink removes the name at once and journals the delete, applied in order.
+    func testSUnlink() async throws {
+        s3.seed(bucket, "a", [1])
+        s3.seed(bucket, "b", [2])
+        let gate = client.hold(.operations("DeleteObject", "DeleteObjects"))
+        try await mount.unlink("a").get()
+        let a = await mount.stat("a")
+        XCTAssertEqual(errno(a), ENOENT)
+        let listed = try await mount.list("").get()
+        XCTAssertEqual(listed, ["b": false])
+        XCTAssertEqual(mount.status.pendingDeletes, 1)
+        XCTAssertEqual(keys, ["a", "b"], "held")
+        client.release(gate)
+        await flushAll()
+        XCTAssertEqual(keys, ["b"])
+    }
+
+    /// A file unlinked before its upload never reaches S3.
+    func testSUnlinkNotUploaded() async throws {
+        // A delay long enough for what follows, not longer: flush does not always end it (testSDurFlushPrompt).
+        try remount { $0.uploadDelay = .seconds(2) }
+        try await save("a", bytes(40_000))
+        try await mount.unlink("a").get()
+        await flushAll()
+        XCTAssertEqual(keys, [])
+        XCTAssertEqual(client.count("PutObject") + client.count("CreateMultipartUpload"), 0)
+    }
+
+    /// An unlinked open file lives until its last close: stat, read and write work through the descriptor, close
+    /// returns 0, and nothing of it reaches S3.
+    func testSUnlinkOpen() async throws {
+        let h = try await open("tmp", Self.create)
+        try await write(h, bytes(5000))
+        try await mount.unlink("tmp").get()
+        try await write(h, bytes(1000, 2), at: 5000)
+        let size = try await mount.size(h).get()
+        XCTAssertEqual(size, 6000)
+        let back = try await read(h)
+        XCTAssertEqual(back, bytes(5000) + bytes(1000, 2))
+        XCTAssertEqual(errno(mount.close(h)), 0)
+        await flushAll()
+        XCTAssertEqual(keys, [])
+        XCTAssertEqual(client.count("PutObject") + client.count("CreateMultipartUpload"), 0)
+        let gone = await mount.stat("tmp")
+        XCTAssertEqual(errno(gone), ENOENT)
+    }
+
+    /// A file created under the name of an unlinked open file is another file; the new one reaches S3.
+    func testSUnlinkOpenReuse() async throws {
+        let old = try await open("f", Self.create)
+        try await write(old, bytes(3000, 1))
+        try await mount.unlink("f").get()
+        let new = try await open("f", Self.create)
+        try await write(new, bytes(2000, 2))
+        let oldBytes = try await read(old), newBytes = try await read(new)
+        XCTAssertEqual(oldBytes, bytes(3000, 1))
+        XCTAssertEqual(newBytes, bytes(2000, 2))
+        mount.close(old)
+        mount.close(new)
+        await flushAll()
+        XCTAssertEqual(stored, ["f": bytes(2000, 2)])
+    }
+
+    /// ftruncate and futimens through an unlinked file's descriptor do not bring it back.
+    func testSUnlinkOpenTruncate() async throws {
+        let h = try await open("f", Self.create)
+        try await write(h, bytes(3000))
+        try await mount.unlink("f").get()
+        _ = try await fs.setattr(ino: h.ino, size: 10, mtime: nil)
+        _ = try await fs.setattr(ino: h.ino, size: nil, mtime: Date(timeIntervalSince1970: 1_000_000))
+        mount.close(h)
+        await flushAll()
+        XCTAssertEqual(keys, [])
+        let f = await mount.stat("f")
+        XCTAssertEqual(errno(f), ENOENT)
+    }
+
+    /// unlink of a directory fails with EISDIR, rmdir of a file with ENOTDIR.
+    func testSUnlinkKind() async throws {
+        s3.seed(bucket, "d/x", [1])
+        s3.seed(bucket, "f", [2])
+        let fs = self.fs, root = self.root
+        let unlinkDir = await errno { () async throws(FSError) in try await fs.unlink(parent: root, name: "d") }
+        XCTAssertEqual(unlinkDir, EISDIR)
+        await flushAll()
+        XCTAssertEqual(keys, ["d/x", "f"])
+        let rmdirFile = await errno { () async throws(FSError) in try await fs.rmdir(parent: root, name: "f") }
+        XCTAssertEqual(rmdirFile, ENOTDIR)
+    }
+
+    /// mkdir puts the marker before it returns, fails with EEXIST for a name that exists (a prefix only in S3
+    /// too), and a new directory is known empty: creating in it asks S3 nothing.
+    func testSDirMkdir() async throws {
+        try remount { $0.metadataTTL = .seconds(30) }
+        s3.seed(bucket, "p/x", [1])
+        let fs = self.fs, root = self.root
+        let exists = await errno { () async throws(FSError) in _ = try await fs.mkdir(parent: root, name: "p") }
+        XCTAssertEqual(exists, EEXIST)
+        let d = try await fs.mkdir(parent: root, name: "d")
+        XCTAssertEqual(stored["d/"], [], "the marker is in S3 when mkdir returns")
+        let before = client.count("HeadObject") + client.count("ListObjectsV2")
+        let missing = await errno { () async throws(FSError) in _ = try await fs.lookup(parent: d.ino, name: "new") }
+        XCTAssertEqual(missing, ENOENT)
+        let (_, h) = try await fs.create(parent: d.ino, name: "new", flags: O_WRONLY | O_CREAT)
+        XCTAssertEqual(client.count("HeadObject") + client.count("ListObjectsV2"), before, "S3 was asked")
+        try fs.flush(handle: h)
+        fs.release(handle: h)
+    }
+
+    /// rmdir fails with ENOTEMPTY while anything is under the directory, in S3 or written here; otherwise the
+    /// directory goes from the mount at once and the delete of its marker is journaled.
+    func testSDirRmdir() async throws {
+        s3.seed(bucket, "full/x", [1])
+        s3.seed(bucket, "empty/", [])
+        try await mount.mkdir("local").get()
+        holdUploads()
+        try await save("local/f", [2])
+        let full = await mount.rmdir("full")
+        XCTAssertEqual(errno(full), ENOTEMPTY)
+        let local = await mount.rmdir("local")
+        XCTAssertEqual(errno(local), ENOTEMPTY, "a file written here and not uploaded")
+        client.hold(.operations("DeleteObject", "DeleteObjects"))
+        try await mount.rmdir("empty").get()
+        let listed = try await mount.list("").get()
+        XCTAssertEqual(listed, ["full": true, "local": true])
+        XCTAssertNotNil(stored["empty/"])
+        try await crashAndRecover()
+        await flushAll()
+        XCTAssertNil(stored["empty/"], "the journaled delete of the marker")
+        XCTAssertEqual(stored["local/f"], [2])
+    }
+
+    /// Removing the last object of a directory without a marker makes no marker (and the memory client, like
+    /// AWS S3, lists no empty prefix: the directory is gone).
+    func testSDirImplicit() async throws {
+        s3.seed(bucket, "p/x", [1])
+        try await mount.unlink("p/x").get()
+        await flushAll()
+        XCTAssertEqual(keys, [])
+        let listed = try await mount.list("").get()
+        XCTAssertEqual(listed, [:])
+    }
+}

@@ -1,0 +1,153 @@
+// docs/SEMANTICS.md, "Writing", against the core.
+@testable import CkptFS
+import CkptTestSupport
+import Foundation
+import XCTest
+
+final class WriteSemanticsTests: SemanticsTestCase {
+    var uploadCalls: Int {
+        ["PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"].map { client.count($0) }.reduce(0, +)
+    }
+
+    /// create makes a local file and sends nothing until its upload; a file created and closed empty becomes an
+    /// empty object. (O_EXCL is checked by the kernel's lookup before create reaches the core.)
+    func testSWriteCreate() async throws {
+        let h = try await open("new", Self.create)
+        try await write(h, bytes(100))
+        XCTAssertEqual(uploadCalls, 0, "create or write uploaded something")
+        try mount.close(h).get()
+        let t = try await open("empty", Self.create)
+        try mount.close(t).get()
+        await flushAll()
+        XCTAssertEqual(stored, ["new": bytes(100), "empty": []])
+    }
+
+    /// While the file stays open nothing is sent, not even part of a file of several parts.
+    func testSWriteLocal() async throws {
+        let h = try await open("big", Self.create)
+        for i in 0..<5 { try await write(h, bytes(16 << 10, i), at: Int64(i) << 14) }
+        try await Task.sleep(for: .milliseconds(300))
+        XCTAssertEqual(uploadCalls, 0)
+        XCTAssertEqual(keys, [])
+        try mount.close(h).get()
+        await flushAll()
+        XCTAssertEqual(stored["big"]?.count, 5 << 14)
+    }
+
+    /// After the last close the upload starts by itself, after the upload delay.
+    func testSCloseQueues() async throws {
+        try remount { $0.uploadDelay = .milliseconds(500) }
+        let closed = ContinuousClock.now
+        try await save("f", bytes(100))
+        try await waitFor("the upload without fsync or flush") { stored["f"] == bytes(100) }
+        XCTAssertGreaterThanOrEqual(ContinuousClock.now - closed, .milliseconds(450), "it did not wait out the delay")
+    }
+
+    /// Writes at any offset, past the end (the gap reads as zeros), and several opens appending land byte-exact.
+    func testSWriteRandom() async throws {
+        var expected = [UInt8](repeating: 0, count: 6000)
+        let h = try await open("r", Self.create)
+        try await write(h, bytes(1000, 1), at: 5000)
+        expected.replaceSubrange(5000..<6000, with: bytes(1000, 1))
+        try await write(h, bytes(100, 2), at: 10)
+        expected.replaceSubrange(10..<110, with: bytes(100, 2))
+        try mount.close(h).get()
+        // Two opens appending, each at the end as the mount knows it.
+        let a = try await open("r", Self.write), b = try await open("r", Self.write)
+        for (i, w) in [a, b, a].enumerated() {
+            let end = try await mount.size(w).get()
+            try await write(w, bytes(300, 10 + i), at: end)
+            expected += bytes(300, 10 + i)
+        }
+        try mount.close(a).get()
+        try mount.close(b).get()
+        let shown = try await read("r")
+        XCTAssertEqual(shown, expected)
+        await flushAll()
+        XCTAssertEqual(stored["r"], expected)
+    }
+
+    /// An append to an existing object replaces it whole: its old bytes, then the appended ones. (The kernel
+    /// computes O_APPEND offsets from the size it knows; the core is given the offset.)
+    func testSWriteAppend() async throws {
+        let old = bytes(10_000, 1), more = bytes(700, 2)
+        s3.seed(bucket, "log", old)
+        let h = try await open("log", Self.write)
+        let end = try await mount.size(h).get()
+        XCTAssertEqual(end, 10_000)
+        try await write(h, more, at: end)
+        try mount.close(h).get()
+        await flushAll()
+        XCTAssertEqual(stored["log"], old + more)
+    }
+
+    /// O_TRUNC empties the local version only: S3 keeps the old object until the new one is uploaded whole.
+    func testSWriteOtrunc() async throws {
+        let old = bytes(5000, 1), new = bytes(40_000, 2)
+        s3.seed(bucket, "f", old)
+        let gate = holdUploads(FaultInjectingClient.Match.operations("CompleteMultipartUpload"))
+        let h = try await open("f", Self.truncate)
+        let size = try await mount.size(h).get()
+        XCTAssertEqual(size, 0)
+        XCTAssertEqual(stored["f"], old)
+        try await write(h, new)
+        try mount.close(h).get()
+        await client.waitForHeld(gate)
+        XCTAssertEqual(stored["f"], old, "the old object until the new one completes")
+        client.release(gate)
+        await flushAll()
+        XCTAssertEqual(stored["f"], new)
+    }
+
+    /// truncate shrinks or grows with zeros; a truncate with no writer open is acknowledged at once (it
+    /// survives a crash before its upload).
+    func testSWriteTruncate() async throws {
+        s3.seed(bucket, "s", bytes(3000, 1))
+        s3.seed(bucket, "g", bytes(10, 2))
+        holdUploads()
+        try await mount.truncate("s", to: 1000).get()
+        try await mount.truncate("g", to: 50).get()
+        XCTAssertEqual(mount.status.dirtyFiles, 2, "acknowledged and queued at once")
+        try await crashAndRecover()
+        await flushAll()
+        XCTAssertEqual(stored["s"], Array(bytes(3000, 1)[0..<1000]))
+        XCTAssertEqual(stored["g"], bytes(10, 2) + [UInt8](repeating: 0, count: 40))
+    }
+
+    /// Up to the part size one PutObject, above it a multipart upload of parts of that size, never left open.
+    func testSWriteParts() async throws {
+        try remount { $0.partSize = 16 << 20 }
+        var one = [UInt8](repeating: 7, count: 16 << 20), two = [UInt8](repeating: 9, count: (16 << 20) + 1)
+        one[12345] = 1
+        two[16 << 20] = 2
+        try await save("one", one)
+        try await save("two", two)
+        await flushAll()
+        XCTAssertTrue(stored["one"] == one)
+        XCTAssertTrue(stored["two"] == two)
+        XCTAssertEqual(client.calls("PutObject").map(\.key), ["one"])
+        XCTAssertEqual(client.calls("CreateMultipartUpload").map(\.key), ["two"])
+        XCTAssertEqual(client.count("UploadPart"), 2)
+        XCTAssertEqual(s3.openUploads.count, 0)
+    }
+
+    /// Saves closed while an earlier one still waits make one upload; fsync before close makes one per save.
+    /// (A delay of 2 s, not more: flush does not always end the wait of a version that superseded another,
+    /// see testSDurFlushPrompt.)
+    func testSWriteVersions() async throws {
+        try remount { $0.uploadDelay = .seconds(2) }
+        for i in 0..<5 { try await save("f", bytes(100, i)) }
+        await flushAll()
+        XCTAssertEqual(stored["f"], bytes(100, 4))
+        XCTAssertEqual(client.calls("PutObject").count, 1, "one version for 5 saves")
+        for i in 5..<8 {
+            let h = try await open("f", Self.create)
+            try await write(h, bytes(100, i))
+            _ = try await mount.fsync(h).get()
+            try mount.close(h).get()
+        }
+        await flushAll()
+        XCTAssertEqual(client.calls("PutObject").count, 4, "one version per fsynced save")
+        XCTAssertEqual(stored["f"], bytes(100, 7))
+    }
+}
