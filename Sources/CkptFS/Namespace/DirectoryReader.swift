@@ -259,6 +259,12 @@ extension Namespace {
             return s.done && !s.unsure ? s.metas : nil
         }
         if let listing {
+            // S3 confirmed what is in the directory now: names confirmed before and gone since are not served
+            // stale (stale-if-error) during an outage.
+            if options.staleIfError > .zero {
+                let present = Set(listing.map { $0.value.isDirectory ? d.key + $0.key + "/" : d.key + $0.key })
+                confirmed.withLock { $0.listed(d.key, present: present) }
+            }
             // The whole directory is known: it answers lookups (and negative lookups) until the TTL passes,
             // unless it is too large to keep (the handle then keeps its entries' attributes for readdirplus),
             // or a change of this mount's came between the last page and now (a rename, a mkdir: they change

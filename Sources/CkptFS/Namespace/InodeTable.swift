@@ -290,26 +290,48 @@ extension ContinuousClock.Instant {
 /// What S3 last confirmed of keys, kept past the metadata TTL for stale-if-error (FSOptions.staleIfError):
 /// at most `limit` keys, the oldest half dropped when full.
 struct Confirmed: Sendable {
-    var entries: [String: (meta: Meta, at: ContinuousClock.Instant)] = [:]
+    private(set) var entries: [String: (meta: Meta, at: ContinuousClock.Instant)] = [:]
+    /// The keys of `entries` directly in each directory (by its prefix, "" at the top): a complete listing
+    /// of that directory forgets those it lacks.
+    private var byDirectory: [String: Set<String>] = [:]
     /// When each key's use while S3 was unreachable was last logged (once a minute per key).
     private var logged: [String: ContinuousClock.Instant] = [:]
     static let limit = 200_000
+
+    /// The directory prefix `key` (a file key, or a directory prefix ending in "/") is directly in.
+    static func directory(of key: String) -> String {
+        InodeTable.split(key.hasSuffix("/") ? String(key.dropLast()) : key).dirKey
+    }
 
     mutating func note(_ key: String, _ m: Meta) {
         if entries.count >= Confirmed.limit {
             let cut = entries.values.map(\.at).sorted()[entries.count / 2]
             entries = entries.filter { $0.value.at > cut }
+            byDirectory = Dictionary(grouping: entries.keys, by: Confirmed.directory).mapValues(Set.init)
             logged = [:]
         }
         entries[key] = (m, .now)
+        byDirectory[Confirmed.directory(of: key), default: []].insert(key)
     }
 
-    mutating func forget(_ key: String) { entries.removeValue(forKey: key) }
+    mutating func forget(_ key: String) {
+        guard entries.removeValue(forKey: key) != nil else { return }
+        let dir = Confirmed.directory(of: key)
+        byDirectory[dir]?.remove(key)
+        if byDirectory[dir]?.isEmpty == true { byDirectory.removeValue(forKey: dir) }
+    }
 
     /// Forgets `prefix` ("dir/") and every key under it.
     mutating func forget(_ prefix: String, subtree: Bool) {
         guard subtree else { return forget(prefix) }
-        entries = entries.filter { !$0.key.hasPrefix(prefix) }
+        for k in entries.keys where k.hasPrefix(prefix) { forget(k) }
+    }
+
+    /// S3 listed directory `prefix` completely with exactly `present` directly in it (file keys, and directory
+    /// prefixes ending in "/"): what it confirmed before of any other key there no longer holds (as a HEAD
+    /// answering "no such key" forgets it), so an outage must not bring such a key back.
+    mutating func listed(_ prefix: String, present: Set<String>) {
+        for k in byDirectory[prefix] ?? [] where !present.contains(k) { forget(k) }
     }
 
     mutating func shouldLog(_ key: String, _ now: ContinuousClock.Instant) -> Bool {

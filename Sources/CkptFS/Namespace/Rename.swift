@@ -30,7 +30,12 @@ extension FileSystem {
             objects = try await namespace.objectKeys(under: srcDir.key + name + "/")
             try checkDirectoryMove(objects, from: srcDir.key + name + "/", to: dstDir.key + newName + "/")
         }
-        let dstExisting = try? await lookup(parent: newParent, name: newName)
+        // Only an answer that the destination is not there counts as absent: a lookup that fails (EIO during
+        // an outage) fails the rename, which must not replace a file it could not see.
+        let dstExisting: Attributes?
+        do throws(FSError) { dstExisting = try await lookup(parent: newParent, name: newName) } catch where error.errno == ENOENT {
+            dstExisting = nil
+        }
         if let d = dstExisting {
             forget(ino: d.ino, count: 1)
             if flags & FileSystem.renameNoReplace != 0 { throw FSError(EEXIST) }

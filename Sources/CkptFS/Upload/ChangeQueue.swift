@@ -222,8 +222,8 @@ extension WriteBack {
     }
 
     /// `f`'s versions are never uploaded (unlink, replaced by a rename). Returns the journal records that
-    /// withdraw the acknowledged ones, and the staged files to remove once those are journaled (none while a
-    /// handle has the file open: an orphan reads them; they go at its last close).
+    /// withdraw the acknowledged ones, and the staged files to remove once those are journaled (but the current
+    /// version's while a handle has the file open: an orphan reads it; it goes at its last close).
     func dropVersions(of f: LocalFile, heldFor delete: UInt64? = nil) -> Withdrawal {
         let victims = versions(of: f).filter { !$0.isSettled }
         var records: [JournalRecord] = []
@@ -243,8 +243,10 @@ extension WriteBack {
         }
         changes.state.withLock { u in for v in victims { u.pending.removeValue(forKey: v.id) } }
         closeUploadJobs()
-        let open = f.state.withLock { $0.handles > 0 }
-        return Withdrawal(records: records, versions: open ? [] : victims)
+        // Open, the file's handles read its current version, which goes at their last close; the others go now
+        // (nothing else removes one stopped by a conflict, which no upload job finishes).
+        let (open, current) = f.state.withLock { ($0.handles > 0, $0.current) }
+        return Withdrawal(records: records, versions: open ? victims.filter { $0 !== current } : victims)
     }
 
     /// Journal records that withdraw versions, and their staged files, removed only after the records are

@@ -51,11 +51,16 @@ extension WriteBack {
     }
 
     /// Acknowledges `v` (if it is not yet) and queues it for upload (fsync, or the last writer's close). Uploads
-    /// carry only versions acknowledged this way.
-    func commit(_ v: StagedVersion, of f: LocalFile) throws(FSError) {
-        if f.unlinked { return }
+    /// carry only versions acknowledged this way. Returns false when there is nothing to upload: an orphan, or
+    /// a version made from the object and never changed (the object is already this file; nothing is journaled
+    /// or queued, and writes keep going to `v`).
+    @discardableResult
+    func commit(_ v: StagedVersion, of f: LocalFile) throws(FSError) -> Bool {
+        if f.unlinked { return false }
         try acknowledge(v, of: f)
+        guard v.state.withLock({ $0.committedSum != nil }) else { return false }
         if seal(v, of: f) { enqueueUpload(v) }
+        return true
     }
 
     /// Seals `v`, a version of `f`: its bytes never change again. Under `f`'s lock, where `writableVersion`
@@ -177,8 +182,8 @@ extension WriteBack {
     func fsync(handle: UInt64) async throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }) else { return }
         let v = h.file.current
-        try await offPool { () throws(FSError) in try self.commit(v, of: h.file) }
-        if options.durableFsync && !h.file.unlinked {
+        let queued = try await offPool { () throws(FSError) -> Bool in try self.commit(v, of: h.file) }
+        if options.durableFsync && queued {
             let left = await waitDurable([v], deadline: nil)
             if let (_, why) = left.first { throw FSError(EIO, "upload of \(h.key) failed: \(why)") }
         }

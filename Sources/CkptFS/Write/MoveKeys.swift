@@ -10,21 +10,25 @@ extension WriteBack {
     /// an object stays under the old name (after a conflict: the object there is someone else's).
     @discardableResult
     func renameFile(from src: String, to dst: String, replacing: UInt64? = nil) async throws(FSError) -> Bool {
-        // The destination's own local versions (an overwritten file) are withdrawn; open, it lives on as an orphan.
-        var withdrawn = Withdrawal()
-        if let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) { withdrawn = orphan(old, ino: replacing) }
-        defer { removeFiles(withdrawn) }
-        let records = withdrawn.records
+        // The destination's own local versions (an overwritten file) are withdrawn once what can fail (fetches,
+        // copies) has succeeded: a rename that fails leaves the destination as it was. Open, it lives on as an
+        // orphan.
+        func withdrawDestination() -> Withdrawal {
+            guard let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) else { return Withdrawal() }
+            return orphan(old, ino: replacing)
+        }
         if let f = localFiles.byKey.withLock({ $0[src] }) {
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.
-            for v in versions(of: f) { try await fillAll(v) }
+            try await fillForMove(f)
             // No version here holds the file's last acknowledged bytes (it is open with changes nobody
             // acknowledged yet, or none): they are the object under the old name, copied to the new one now,
             // or a crash before the file's next upload would leave it under neither name.
             if !holdsAcknowledged(f) { try await copyAcknowledgedObject(of: f, from: src, to: dst) }
+            let withdrawn = withdrawDestination()
+            defer { removeFiles(withdrawn) }
             let moved = retarget(f, from: src, to: dst)
             let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
-            try await journal.record(records + moved.records + deletes)
+            try await journal.record(withdrawn.records + moved.records + deletes)
             for v in moved.requeue { enqueueUpload(v) }
             queueDeletes(items, hiding: [src])
             return moved.keepsSource
@@ -32,7 +36,7 @@ extension WriteBack {
         let dropped = await clearPendingDelete(of: dst)
         let intent = newJournalId()
         do throws(FSError) {
-            try await journal.record(records + [JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
+            try await journal.record([JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
         } catch {
             if dropped { await restoreDelete(of: [dst]) }
             throw error
@@ -42,8 +46,31 @@ extension WriteBack {
             if dropped { await restoreDelete(of: [dst]) }
             throw error
         }
-        try await deleteLater([src], hiding: [src], with: [JournalRecord(op: .done, id: intent)])
+        let withdrawn = withdrawDestination()
+        defer { removeFiles(withdrawn) }
+        try await deleteLater([src], hiding: [src], with: withdrawn.records + [JournalRecord(op: .done, id: intent)])
         return false
+    }
+
+    /// Before `f` moves to a new key (`retarget`): the blocks its in-place versions have not fetched are
+    /// fetched (their base object, under the old key, is deleted later), and the checksum of each acknowledged
+    /// one is computed again over the bytes now here, as `retarget` journals it again with no block missing
+    /// (the checksum of its acknowledgement counted the blocks missing then as zeros: recovery would find it
+    /// wrong and quarantine the file). Errors: those of the fetches (EIO) and of reading the staged files.
+    func fillForMove(_ f: LocalFile) async throws(FSError) {
+        var vs = versions(of: f)
+        if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) { vs.append(fallback) }
+        for v in vs {
+            try await fillAll(v)
+            let acknowledged = v.state.withLock { s -> Int64? in
+                s.base != nil && s.missing.isEmpty && !s.unjournaled && s.committedSum != nil ? s.size : nil
+            }
+            guard let size = acknowledged else { continue }
+            let file = try v.open()
+            let sum = try StagingArea.checksum(fd: file.rawValue, size: size, blockSize: fillBlock)
+            withExtendedLifetime(file) {}
+            v.state.withLock { $0.committedSum = String(sum, radix: 16) }
+        }
     }
 
     /// Renames every object (`keys`, listed by the caller) and local file under `src` (a prefix ending in "/")
@@ -52,6 +79,7 @@ extension WriteBack {
     /// for deletion, in one journal record batch.
     func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
         let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) } }
+        for f in localFiles.values { try await fillForMove(f) }
         // Objects are copied, except those of local files holding their last acknowledged bytes (those move
         // with the file); a local file that holds none (open, nothing acknowledged) has them in its object.
         let remaining = keys.filter { k in localFiles[k].map { !holdsAcknowledged($0) } ?? true }

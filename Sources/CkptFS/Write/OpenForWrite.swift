@@ -25,7 +25,12 @@ extension WriteBack {
         if let f = try joinLocalFile(key: key, truncate: truncate, writer: writer) { return f }
         let v = try staging.create(id: newJournalId(), key: key)
         let expect: StagedVersion.Expect = !options.conditionalWrites ? .anything : remote.map { .etag($0.etag) } ?? .absent
-        v.state.withLock { $0.expect = expect }
+        v.state.withLock { s in
+            s.expect = expect
+            // Made from the object and not changed yet: nothing to acknowledge or upload until a write or a
+            // truncate (a close without one journals nothing, and the last close drops the version).
+            if remote != nil && !truncate { s.unjournaled = false }
+        }
         if let remote, !truncate, remote.size > 0 {
             // Overwrite in place: the staged file starts sparse; the object's blocks come when needed.
             guard ftruncate(v.fd, off_t(remote.size)) == 0 else {
@@ -104,6 +109,8 @@ extension WriteBack {
             // the file's lock, where `seal` and `queueAcknowledged` seal, so a sealed, queued version is never
             // a fallback that a later acknowledgement withdraws.
             if !cur.state.withLock({ $0.sealed }) { copy.state.withLock { $0.fallback = cur } }
+            // A copy for an orphan (unlinked while open) is never uploaded either.
+            if s.unlinked { copy.state.withLock { $0.orphaned = true } }
             s.current = copy
             return true
         }

@@ -166,11 +166,12 @@ extension WriteBack {
         }
         if handles > 0 {
             if let ino { localFiles.orphans.withLock { $0[ino] = f } }
-            // Its handles write the current version in place from now on (nothing uploads it).
             f.current.state.withLock { s in
-                s.sealed = false
-                s.committedSum = nil  // its acknowledgement is withdrawn: not frozen any more
                 s.orphaned = true  // nothing of it goes to S3, not even parts while it is written
+                // Not sealed (no upload can be sending it): its handles write it in place from now on, its
+                // acknowledgement withdrawn. Sealed, its upload may be in flight and send these very bytes: it
+                // stays frozen, and the orphan's first write goes to a copy (`writableVersion`).
+                if !s.sealed { s.committedSum = nil }
             }
         }
         return withdrawal

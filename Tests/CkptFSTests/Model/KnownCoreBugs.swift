@@ -9,10 +9,6 @@ enum KnownCoreBugs {
         case renamedWhileUploading = "a version renamed while its upload is in flight is queued again behind newer versions, or stranded by a conflict under its old name"
         case inPlaceBaseReplaced = "a file overwritten in place whose object another client replaces before the upload cannot be read (or uploaded): the blocks it never fetched are gone"
         case recoveryRefetchesInPlaceBlocks = "recovery fetches an in-place file's blocks from its base object again though the staged file holds them; once that object changed (its own upload landed, another client) and the block cache lacks them, the file cannot be read"
-        case noopJournaled = "a file opened for writing and closed unchanged is journaled and queued as a new version: after a crash it is uploaded as changed (a conflict over another client's newer object, which the mount then hides), and until its no-op upload runs the mount shows it over such a change"
-        case orphanWritesIntoUpload = "a file unlinked while its upload is in flight and open for writing: the orphan's writes go into the staged file that upload sends, so S3 gets bytes nobody acknowledged"
-        case failedRenameDropsDestination = "a rename onto a file with local changes that fails (its copy fails) has already dropped the destination's versions (journaled)"
-        case renameRejournalsStaleChecksum = "rename journals a file's acknowledged in-place version again with its old checksum (blocks not fetched then counted as zeros) but the blocks fetched since: after a crash recovery finds the checksum wrong and quarantines the file"
     }
 
     static let open: Set<Bug> = Set(Bug.allCases)
@@ -25,11 +21,6 @@ extension Model {
         let open = KnownCoreBugs.open
         switch s {
         case .faulty(_, .rename(let src, let dst, _)):
-            // A rename that copies (the source only in S3) and fails has already dropped the destination.
-            if open.contains(.failedRenameDropsDestination), expect(.rename(src, dst, noReplace: false)) == .ok,
-               let from = file(at: src), !files[from]!.local, let to = file(at: dst), files[to]!.local {
-                return .failedRenameDropsDestination
-            }
             return hitsKnownBug(.rename(src, dst, noReplace: false))
         case .faulty(_, .mkdir(let path)):
             return hitsKnownBug(.mkdir(path))
@@ -39,30 +30,12 @@ extension Model {
             guard expect(s) == .ok, src != dst else { return nil }
             let moved = (file(at: src).map { [$0] } ?? descendants(of: src).compactMap { file(at: $0) }).map { files[$0]! }
             if open.contains(.renamedWhileUploading) && moved.contains(where: { $0.queued != nil }) { return .renamedWhileUploading }
-            // A file closed unchanged may still have its local version (the no-op upload not run yet, or kept by a
-            // handle opened meanwhile): the model cannot tell whether the rename moves it or copies the object.
-            if open.contains(.noopJournaled) && moved.contains(where: \.noop) { return .noopJournaled }
-            if open.contains(.renameRejournalsStaleChecksum) && moved.contains(where: { $0.local && $0.ackedInPlace }) {
-                return .renameRejournalsStaleChecksum
-            }
-            if open.contains(.noopJournaled), let id = file(at: dst), files[id]!.noop { return .noopJournaled }
-            if open.contains(.orphanWritesIntoUpload), let id = file(at: dst), files[id]!.queued != nil && files[id]!.writers > 0 {
-                return .orphanWritesIntoUpload
-            }
-        case .unlink(let path):
-            if open.contains(.noopJournaled), expect(s) == .ok, let id = file(at: path), files[id]!.noop { return .noopJournaled }
-            if open.contains(.orphanWritesIntoUpload), expect(s) == .ok, let id = file(at: path),
-               files[id]!.queued != nil && files[id]!.writers > 0 {
-                return .orphanWritesIntoUpload
-            }
         case .remotePut(let path, _, _), .remoteDelete(let path):
-            if open.contains(.noopJournaled), let id = file(at: path), files[id]!.noop { return .noopJournaled }
             if let id = file(at: path), files[id]!.local && files[id]!.inPlace {
                 if open.contains(.inPlaceBaseReplaced) { return .inPlaceBaseReplaced }
                 if open.contains(.recoveryRefetchesInPlaceBlocks) { return .recoveryRefetchesInPlaceBlocks }
             }
         case .crash(let landing):
-            if open.contains(.noopJournaled), files.values.contains(where: \.noop) { return .noopJournaled }
             // The file's own upload lands: its base object is gone.
             if landing, open.contains(.recoveryRefetchesInPlaceBlocks),
                files.values.contains(where: { $0.local && $0.inPlace && $0.queued != nil }) {

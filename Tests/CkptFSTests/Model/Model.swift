@@ -68,14 +68,6 @@ struct ModelFile {
     /// Opened in place (for writing, without truncating, with bytes in S3): blocks not written are fetched
     /// from the object only when needed, until the file lands or is emptied.
     var inPlace = false
-    /// An acknowledged version of the file was made in place (its checksum counts the blocks not fetched then
-    /// as zeros), as long as the file stays local (KnownCoreBugs.renameRejournalsStaleChecksum).
-    var ackedInPlace = false
-    /// The core's local version is new and unchanged (opened for writing, nothing written yet).
-    var fresh = false
-    /// A close of such a version journaled it though nothing changed (KnownCoreBugs.noopJournaled); its
-    /// upload is a no-op, until the next drain as far as the model knows.
-    var noop = false
     /// The position of the upload job a conflict stopped: deletes made after it wait for it (README: "a file
     /// stopped by a conflict holds the deletes made after it").
     var conflictSeq: Int?
@@ -244,7 +236,6 @@ struct Model {
     mutating func makeLocal(_ id: Int, key: String, truncating: Bool = false) {
         guard !files[id]!.local else { return }
         files[id]!.local = true
-        files[id]!.fresh = true
         files[id]!.inPlace = !truncating && !files[id]!.data.isEmpty
         files[id]!.base = files[id]!.data
         files[id]!.baseEpoch = epoch[key, default: 0]
@@ -260,13 +251,12 @@ struct Model {
                 if mode.truncate {
                     files[id]!.data = []
                     files[id]!.dirty = true
-                    files[id]!.fresh = false
                 }
             } else {
                 h.local = files[id]!.local
                 // A read-only open of a file without local changes (or perhaps without: an upload may have
-                // landed since, or an unchanged version's no-op upload run) reads the object's version.
-                if !files[id]!.local || uncertain || files[id]!.noop { h.pinned = files[id]!.data }
+                // landed since) reads the object's version.
+                if !files[id]!.local || uncertain { h.pinned = files[id]!.data }
             }
             files[id]!.handles += 1
             if h.local { files[id]!.localHandles += 1 }
@@ -286,7 +276,6 @@ struct Model {
         d.replaceSubrange(offset..<offset + bytes.count, with: bytes)
         files[id]!.data = d
         files[id]!.dirty = true
-        files[id]!.fresh = false
     }
 
     /// The path a live file has now.
@@ -294,7 +283,6 @@ struct Model {
 
     mutating func truncate(_ id: Int, to size: Int) {
         if size == 0 { files[id]!.inPlace = false }
-        files[id]!.fresh = false
         var d = files[id]!.data
         if d.count > size { d.removeLast(d.count - size) } else { d += Bytes(repeating: 0, count: size - d.count) }
         files[id]!.data = d
@@ -321,17 +309,14 @@ struct Model {
         acknowledgeChanges(h.file)
     }
 
-    /// close() or fsync() acknowledges the file's local version: its changes, or a new version with none. An
-    /// unchanged version of an empty file is uploaded again (it has no object to stand for); of a non-empty
-    /// one, its upload is a no-op.
+    /// close() or fsync() acknowledges the file's changes. A file opened for writing and not changed is not
+    /// acknowledged (README: "opened for writing and closed without a change: nothing is uploaded"): its
+    /// object already is the file, nothing is journaled or queued.
     mutating func acknowledgeChanges(_ id: Int) {
         guard !files[id]!.unlinked else { return }
-        if files[id]!.dirty || (files[id]!.fresh && files[id]!.data.isEmpty) {
+        if files[id]!.dirty {
             acknowledge(id)
             files[id]!.ackedUnqueued = true
-        } else if files[id]!.fresh {
-            files[id]!.fresh = false
-            files[id]!.noop = true
         }
     }
 
@@ -360,8 +345,6 @@ struct Model {
         let f = files[id]!
         if f.localHandles == 0 && f.queued == nil && !f.ackedUnqueued && !f.dirty && !f.conflicted {
             files[id]!.local = false
-            files[id]!.fresh = false
-            files[id]!.ackedInPlace = false
         }
     }
 

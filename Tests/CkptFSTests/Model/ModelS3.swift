@@ -50,9 +50,7 @@ extension Model {
         seq += 1
         files[id]!.acked = files[id]!.data
         files[id]!.dirty = false
-        files[id]!.fresh = false
         files[id]!.ackSeq = seq
-        if files[id]!.inPlace { files[id]!.ackedInPlace = true }
     }
 
     /// F's versions still queued are withdrawn (unlink, replaced by a rename).
@@ -191,7 +189,6 @@ extension Model {
         let held = heldDeletes(conflicts: conflicts)
         for (path, e) in entries {
             guard case .file(let id) = e else { continue }
-            if files[id]!.writers == 0 { files[id]!.noop = false }
             if conflicts.contains(path) {
                 if files[id]!.conflictSeq == nil {
                     files[id]!.conflictSeq = events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
