@@ -14,7 +14,7 @@ import Logging
 public final class FuseAdapter: Sendable {
     public let fs: FileSystem
     let logger: Logger
-    /// How long the kernel may cache attributes and entries (the metadata TTL).
+    /// How long the kernel may cache attributes and entries (the metadata TTL; a day when immutable).
     let timeout: Double
     /// Handles open for writing, and whether changes are still accepted (not after the drain at unmount).
     public let gate = WriteGate()
@@ -23,7 +23,8 @@ public final class FuseAdapter: Sendable {
         self.fs = fs
         self.logger = logger
         let ttl = fs.options.metadataTTL.components
-        self.timeout = Double(ttl.seconds) + Double(ttl.attoseconds) / 1e18
+        // An immutable bucket's entries and attributes stay true: the kernel may keep them for a day.
+        self.timeout = fs.options.immutable ? 86_400 : Double(ttl.seconds) + Double(ttl.attoseconds) / 1e18
     }
 
     static func adapter(_ req: fuse_req_t?) -> FuseAdapter {

@@ -46,6 +46,8 @@ extension Namespace {
             }
             meta = m
         }
+        // Known from a listing only, in a version a GET or HEAD answered for (a preload's, an earlier epoch's).
+        if !meta.isDirectory && !meta.mtimeKnown { meta = withKnownMtime(meta, key: dir.key + name) }
         if !meta.isDirectory && !meta.mtimeKnown {
             // Known from a listing only: the kernel keeps the mtime an inode is created with, so HEAD for the
             // stored one first (the HEAD also revalidates: an open right after sends none).
@@ -131,6 +133,7 @@ extension Namespace {
         if hidden { return nil }
         switch answer {
         case .success(let info):
+            versions.note(key, info)
             let m = Meta(isDirectory: false, size: info.size, etag: info.etag,
                          mtime: options.storedMtimes ? Namespace.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
             confirm(key, m)
@@ -211,7 +214,9 @@ extension Namespace {
     /// The kernel dropped `count` references to `ino`.
     func forget(ino: UInt64, count: UInt64) {
         guard ino != Namespace.rootIno else { return }
-        table.withLock { $0.forget(ino, count: count) }
+        // An immutable bucket's directories stay known, with their listings (which answer lookups of their
+        // files), after the kernel forgets them: a cold epoch then needs no request for what was known.
+        table.withLock { $0.forget(ino, count: count, keepDirectories: options.immutable) }
     }
 
     func getattr(ino: UInt64) async throws(FSError) -> Attributes {

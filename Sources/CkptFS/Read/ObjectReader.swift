@@ -66,8 +66,12 @@ final class ObjectReader: Sendable {
     private let recent: RecentBlocks
     /// GETs made and bytes they brought.
     let counters = Mutex<(gets: Int, bytes: Int64)>((0, 0))
+    /// Where each GET's answer about the object's version goes (its stored mtime, for the namespace).
+    let versions: KnownVersions
 
-    init(client: any ObjectClient, bucket: String, cache: BlockCache, options: FSOptions) {
+    init(client: any ObjectClient, bucket: String, cache: BlockCache, options: FSOptions,
+         versions: KnownVersions? = nil) {
+        self.versions = versions ?? KnownVersions(limit: options.maxListedEntries)
         self.client = client
         self.bucket = bucket
         self.cache = cache
@@ -288,8 +292,9 @@ final class ObjectReader: Sendable {
         }
         var outcome = FetchOutcome()
         do throws(S3Error) {
-            _ = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: nil, sink: assembler.sink)
+            let info = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: nil, sink: assembler.sink)
             let received = assembler.finish()
+            versions.note(o.key, info)
             counters.withLock {
                 $0.gets += 1
                 $0.bytes += received

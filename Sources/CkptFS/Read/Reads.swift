@@ -69,7 +69,8 @@ extension FileSystem {
     }
 
     /// The object behind a node as S3 has it now (revalidated with a HEAD unless checked within the last
-    /// second: the kernel looks a file up right before opening it), or nil when there is none.
+    /// second: the kernel looks a file up right before opening it; or ever, on an immutable bucket), or nil
+    /// when there is none.
     ///
     /// An inode stands for one version of its object (see `replaced`). When the object is no longer the
     /// version the inode shows, this throws ESTALE: the kernel then walks the path again with a forced
@@ -80,7 +81,8 @@ extension FileSystem {
         var meta = n.meta
         if meta.etag.isEmpty && writeBack.localFiles.byKey.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
         if n.superseded { throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again") }
-        if ContinuousClock.now - n.fetched > .seconds(1) || meta.etag.isEmpty {
+        // An immutable bucket's version, once known, stands for the mount's life.
+        if (ContinuousClock.now - n.fetched > .seconds(1) && !options.immutable) || meta.etag.isEmpty {
             guard let m = try await namespace.headProbe(n.key) else { return nil }
             if !meta.etag.isEmpty && m.etag != meta.etag {
                 namespace.replaced(ino, n, by: m)
