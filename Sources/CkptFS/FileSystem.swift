@@ -106,6 +106,11 @@ public final class FileSystem: Sendable {
         try await namespace.lookup(parent: parent, name: name)
     }
 
+    /// `lookup` answered from memory, without waiting: nil when S3 must be asked (call `lookup`).
+    public func lookupNow(parent: UInt64, name: String) throws(FSError) -> Attributes? {
+        try namespace.lookupAtHand(parent: parent, name: name)
+    }
+
     public func getattr(ino: UInt64) async throws(FSError) -> Attributes { try await namespace.getattr(ino: ino) }
 
     /// The kernel dropped `count` references to `ino`.

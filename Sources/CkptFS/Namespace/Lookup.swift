@@ -10,25 +10,12 @@ extension Namespace {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
         guard Namespace.validName(name) else { throw .noEntry }
-        let pk = PathKey(parent: parent, name: name)
         // A file with local changes is what its local version says.
         if let m = overlay.localMeta(of: dir.key + name) {
             return remember(parent: parent, name: name, key: dir.key + name, meta: m, addLookup: true)
         }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
-        let cached: Meta?? = table.withLock { t in
-            if let known = t.listings[parent]?.answer(name) {
-                // A listing lacks stored mtimes; the node of the same version may have it from a HEAD.
-                if let m = known, !m.mtimeKnown, let ino = t.inoByPath[pk], let n = t[ino], !n.superseded,
-                   n.meta.mtimeKnown, n.meta.etag == m.etag, !m.etag.isEmpty {
-                    return .some(n.meta)
-                }
-                return known
-            }
-            if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
-            if let ino = t.inoByPath[pk], let n = t[ino], isFresh(n.fetched) { return .some(n.meta) }
-            return nil
-        }
+        let cached = cachedMeta(parent: parent, name: name)
         var meta: Meta
         if let c = cached {
             guard let m = c else { throw .noEntry }
@@ -57,6 +44,43 @@ extension Namespace {
             }
             meta = meta.refined(by: m)
         }
+        return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
+    }
+
+    /// What is known of `name` in `parent` without a request: a fresh listing of the parent, a fresh negative
+    /// entry, or a fresh node: its metadata, known absent (`.some(nil)`), or nil (S3 must be asked).
+    private func cachedMeta(parent: UInt64, name: String) -> Meta?? {
+        let pk = PathKey(parent: parent, name: name)
+        return table.withLock { t in
+            if let known = t.listings[parent]?.answer(name) {
+                // A listing lacks stored mtimes; the node of the same version may have it from a HEAD.
+                if let m = known, !m.mtimeKnown, let ino = t.inoByPath[pk], let n = t[ino], !n.superseded,
+                   n.meta.mtimeKnown, n.meta.etag == m.etag, !m.etag.isEmpty {
+                    return .some(n.meta)
+                }
+                return known
+            }
+            if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
+            if let ino = t.inoByPath[pk], let n = t[ino], isFresh(n.fetched) { return .some(n.meta) }
+            return nil
+        }
+    }
+
+    /// `lookup` when it needs no request (the answer is in memory): its attributes, with one lookup reference
+    /// taken, or `ENOENT`; nil when S3 must be asked (call `lookup`). Never waits, so the FUSE thread answers
+    /// such a lookup itself instead of handing it to a task.
+    func lookupAtHand(parent: UInt64, name: String) throws(FSError) -> Attributes? {
+        let dir = try node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
+        guard Namespace.validName(name) else { throw .noEntry }
+        if let m = overlay.localMeta(of: dir.key + name) {
+            return remember(parent: parent, name: name, key: dir.key + name, meta: m, addLookup: true)
+        }
+        guard let cached = cachedMeta(parent: parent, name: name) else { return nil }
+        guard var meta = cached else { throw .noEntry }
+        if !meta.isDirectory && !meta.mtimeKnown { meta = withKnownMtime(meta, key: dir.key + name) }
+        guard meta.isDirectory || meta.mtimeKnown else { return nil }  // a HEAD for its mtime first
         return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
     }
 
@@ -216,7 +240,14 @@ extension Namespace {
         guard ino != Namespace.rootIno else { return }
         // An immutable bucket's directories stay known, with their listings (which answer lookups of their
         // files), after the kernel forgets them: a cold epoch then needs no request for what was known.
-        table.withLock { $0.forget(ino, count: count, keepDirectories: options.immutable) }
+        let dropped = table.withLock { t -> Bool in
+            t.forget(ino, count: count, keepDirectories: options.immutable)
+            return t[ino] == nil
+        }
+        // A directory's listing for lookups went with it: the next lookup that misses there lists it again
+        // (else, until the TTL passed, each lookup of the directory the kernel looks up anew sent a HEAD and
+        // a LIST: an epoch after the kernel dropped its caches).
+        if dropped { dirProbes.withLock { $0[ino]?.task = nil } }
     }
 
     func getattr(ino: UInt64) async throws(FSError) -> Attributes {

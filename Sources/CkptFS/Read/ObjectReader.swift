@@ -85,6 +85,16 @@ final class ObjectReader: Sendable {
 
     func blockKey(_ o: PinnedObject, _ b: Int64) -> BlockKey { BlockKey(bucket: bucket, key: o.key, etag: o.etag, index: b) }
 
+    /// `o` was just opened for reading: if its first block is in the cache, the kernel starts reading it from
+    /// disk now (cache blocks are written with O_DIRECT, so after a while they are on disk only), and the read
+    /// that follows the open finds it in memory instead of waiting for the disk. Later blocks are read ahead
+    /// the same way as the reader goes (`schedulePrefetch`).
+    func opened(_ o: PinnedObject) {
+        guard o.size > 0 else { return }
+        let k = blockKey(o, 0)
+        if recent.get(k) == nil && cache.contains(k) { cache.prefetch(k) }
+    }
+
     /// Whether the first block of `o` is in the block cache (a cold open of a large file reads direct).
     func firstBlockCached(_ o: PinnedObject) -> Bool { cache.contains(blockKey(o, 0)) }
 
