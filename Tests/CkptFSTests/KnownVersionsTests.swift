@@ -152,3 +152,45 @@ final class ImmutableTests: XCTestCase {
         XCTAssertEqual(n.size, 1)
     }
 }
+
+/// Lookups of an epoch after the kernel dropped its caches: the directory it forgot is listed again at the next
+/// miss (not one HEAD and LIST per name until the TTL passes), and what needs no request is answered without a
+/// task (`lookupNow`, `openNow`).
+final class ForgottenDirectoryTests: XCTestCase {
+    var dir: String!
+    var s3: MemoryObjectClient!
+    let bucket = "b"
+
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "ckptfs-forgotten-\(UUID().uuidString)"
+        s3 = MemoryObjectClient(buckets: [bucket])
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func testAForgottenDirectoryIsListedAgainAndItsFilesAnsweredWithoutRequests() async throws {
+        for i in 0..<50 { _ = s3.seed(bucket, "d/f\(i)", [UInt8(i)], metadata: ["mtime": "1000"]) }
+        let fs = try FileSystem(client: s3, bucket: bucket, prefix: "",
+                                cache: BlockCache(directory: dir + "/c", capacity: 1 << 30), options: FSOptions())
+        for round in 0..<2 {
+            let d = try await fs.lookup(parent: FileSystem.rootIno, name: "d")
+            let before = s3.count("HeadObject") + s3.count("ListObjectsV2")
+            var inos: [UInt64] = []
+            for i in 0..<50 { inos.append(try await fs.lookup(parent: d.ino, name: "f\(i)").ino) }
+            // The first miss probes the name (HEAD, LIST), the second lists the directory; the stored mtimes
+            // take a HEAD each in the first round only (then known from those answers).
+            let sent = s3.count("HeadObject") + s3.count("ListObjectsV2") - before
+            if round == 1 { XCTAssertLessThanOrEqual(sent, 3, "round \(round)") }
+            // Everything about these files is at hand now: answered without waiting.
+            let again = try XCTUnwrap(fs.lookupNow(parent: d.ino, name: "f7"))
+            XCTAssertEqual(again.ino, inos[7])
+            let h = try XCTUnwrap(fs.openNow(ino: inos[7], flags: O_RDONLY))
+            fs.release(handle: h.handle)
+            XCTAssertNil(try fs.openNow(ino: inos[7], flags: O_RDWR), "a write open goes to the write-back")
+            XCTAssertThrowsError(try fs.lookupNow(parent: d.ino, name: "missing"), "the listing says it is not there")
+            // The kernel forgets everything (drop_caches).
+            for (i, ino) in inos.enumerated() { fs.forget(ino: ino, count: i == 7 ? 2 : 1) }
+            fs.forget(ino: d.ino, count: 1)
+        }
+    }
+}
