@@ -14,7 +14,7 @@ struct CkptfsCommand: AsyncParsableCommand {
         commandName: "ckptfs",
         abstract: "An S3 bucket as a POSIX directory for ML training.",
         version: "ckptfs 0.1.0 (\(HTTPClient.libraryVersions))",
-        subcommands: [Mount.self, Unmount.self, Flush.self, Status.self, Preload.self, Check.self])
+        subcommands: [Mount.self, Unmount.self, Flush.self, Status.self, Preload.self, Versions.self, Restore.self, Check.self])
 
     /// What the command line means: nil for an ordinary `ckptfs` command line, else a mount helper invocation's meaning.
     static let invocation = Result { () throws(UserFacingFailure) in try MountHelper.translate(CommandLine.arguments) }

@@ -134,6 +134,7 @@ public final class FileSystem: Sendable {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
         guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        try Namespace.refuseInVersionView(dir.key + name)
         let f = try await writeBack.createFile(key: dir.key + name)
         let attr = namespace.created(parent: parent, name: name, key: dir.key + name, meta: f.current.meta)
         return (attr, writeBack.newHandle(on: f, ino: attr.ino, writable: true))

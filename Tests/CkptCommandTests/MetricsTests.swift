@@ -64,6 +64,27 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(s["ckptfs_credentials_refresh_failures"], 2)
         XCTAssertEqual(s["ckptfs_credentials_expiry_seconds"] ?? 0, 600, accuracy: 2)
 
+        // Preloads: gauges of the running ones, counters of all, ended ones by state (each state shown, 0 until one ends so).
+        XCTAssertEqual(s["ckptfs_preloads_running"], 0)
+        XCTAssertEqual(s["ckptfs_preloads_ended_total{state=\"done\"}"], 0)
+        lock.withLock {
+            snap.preloads = .init(running: 1, files: 10, filesDone: 4, bytes: 1000, bytesDone: 400, fetchedBytes: 700, requests: 9,
+                                  ended: ["done": 2, "cancelled": 1])
+        }
+        s = samples(m)
+        XCTAssertEqual(s["ckptfs_preloads_running"], 1)
+        XCTAssertEqual(s["ckptfs_preload_files"], 10)
+        XCTAssertEqual(s["ckptfs_preload_files_done"], 4)
+        XCTAssertEqual(s["ckptfs_preload_bytes"], 1000)
+        XCTAssertEqual(s["ckptfs_preload_bytes_done"], 400)
+        XCTAssertEqual(s["ckptfs_preload_fetched_bytes_total"], 700)
+        XCTAssertEqual(s["ckptfs_preload_requests_total"], 9)
+        XCTAssertEqual(s["ckptfs_preloads_ended_total{state=\"done\"}"], 2)
+        XCTAssertEqual(s["ckptfs_preloads_ended_total{state=\"cancelled\"}"], 1)
+        XCTAssertEqual(s["ckptfs_preloads_ended_total{state=\"failed\"}"], 0)
+        lock.withLock { snap.preloads.ended["done"] = 3 }
+        XCTAssertEqual(samples(m)["ckptfs_preloads_ended_total{state=\"done\"}"], 3)
+
         // A second scrape with nothing changed shows the same values (the counters are not added twice).
         s = samples(m)
         XCTAssertEqual(s["ckptfs_cache_hits_total"], 7)

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import wait_until
+from test_metrics import Scraper
 
 ODD_NAMES = ["with space.bin", "plus+sign", "percent%41", "tilde~", "ünïcødé/ファイル.pt", "deep/a/b/c/model.safetensors",
              "sym!$&'()*,;=@"]
@@ -127,7 +128,8 @@ def test_a_share_larger_than_the_cache_stops_at_the_bound(server, bucket, mounts
     rng = random.Random(18)
     files = {f"f-{i:02d}.bin": rng.randbytes(1 << 20) for i in range(20)}
     upload_many(server, bucket, "big/", files, tmp_path)
-    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--cache-size", "8MiB")
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--cache-size", "8MiB", "--metrics-address", "127.0.0.1:0")
+    metrics = Scraper(mounts, mp)
     before = server.settled(lambda: server.gets(bucket))
     r = preload(mounts, os.path.join(mp, "big"), "--json")
     # 90% of 8 MiB holds 7 files of 1 MiB with their block headers.
@@ -138,6 +140,13 @@ def test_a_share_larger_than_the_cache_stops_at_the_bound(server, bucket, mounts
     s = summary(r)
     assert s["progress"]["state"] == "stoppedAtBound" and s["progress"]["filesDone"] == 7
     assert server.settled(lambda: server.gets(bucket)) - before == 7, "nothing past the bound was fetched"
+    # The metrics count it: ended at the bound, its 7 GETs and their bytes; nothing running.
+    m = metrics.scrape()
+    assert m.get("ckptfs_preloads_running") == 0 and m.get("ckptfs_preload_files") == 0
+    assert m.get("ckptfs_preloads_ended_total", state="stoppedAtBound") == 1
+    assert m.get("ckptfs_preloads_ended_total") == 1
+    assert m.get("ckptfs_preload_requests_total") == 7
+    assert m.get("ckptfs_preload_fetched_bytes_total") == 7 << 20
     status = json.loads(mounts.run("status", mp, "--json").stdout)
     assert status["cacheUsedBytes"] <= status["cacheCapacityBytes"]
     # The files it preloaded stay cached: reading them needs no GET.

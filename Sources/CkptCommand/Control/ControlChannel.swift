@@ -180,3 +180,16 @@ enum Control {
         return (data, reply)
     }
 }
+
+extension Control {
+    /// Asks the mount at `mountpoint` for the versions of `relative` ("versions"), or to restore one ("restore").
+    static func versions(_ mountpoint: String, _ request: Request) throws(UserFacingFailure) -> VersionsReply {
+        let data = try call(mountpoint, request)
+        guard let reply = try? JSONDecoder().decode(VersionsReply.self, from: data) else {
+            throw UserFacingFailure(message: "unexpected reply from the daemon (is it an older ckptfs? remount with this one): "
+                                    + String(decoding: data.prefix(300), as: UTF8.self))
+        }
+        if let failure = reply.failure { throw UserFacingFailure(message: failure) }
+        return reply
+    }
+}

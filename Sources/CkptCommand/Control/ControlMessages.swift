@@ -6,12 +6,24 @@ import Foundation
 extension Control {
     /// What the command line asks: `cmd` is "flush" (`path` under the mount, `timeout` seconds or nil for no
     /// limit), "status", "unmounting" (`timeout`: how long the daemon may still drain after the unmount), or
-    /// "preload" (`preload`; answered with a stream of `PreloadEvent` lines, see PreloadControl.swift).
+    /// "preload" (`preload`; answered with a stream of `PreloadEvent` lines, see PreloadControl.swift),
+    /// "versions" or "restore" (`path`; see `VersionsReply`).
     struct Request: Codable {
         var cmd: String
         var path: String?
         var timeout: Double?
         var preload: PreloadRequest?
+        /// "restore": the version to restore (`versionId`), or the newest at or before `time` (ISO 8601).
+        var versionId: String? = nil
+        var time: Date? = nil
+    }
+
+    /// The answer to "versions" (`history`) and "restore" (`restored`), or why it failed (`failure`, and its errno).
+    struct VersionsReply: Codable {
+        var history: FileHistory?
+        var restored: FileVersion?
+        var failure: String?
+        var errno: Int32?
     }
 
     /// `ckptfs preload` against a mount: what to list, which share, and what to do with it.

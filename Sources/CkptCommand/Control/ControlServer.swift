@@ -20,13 +20,13 @@ final class ControlServer: @unchecked Sendable {
     let drainTimeout = Mutex<Double?>(nil)
     /// Set when a signal started the drain before an unmount.
     let stopping = Mutex<DrainState?>(nil)
-    /// Preloads running now, by a number of their own, and the tasks that run them (PreloadControl.swift).
-    let preloads = Mutex<[Int: ActivePreload]>([:])
-    let preloadNumbers = Atomic<Int>(0)
+    /// Preloads running now and the totals of those that ended (PreloadControl.swift); the metrics read it too.
+    let preloads: PreloadLedger
 
     init(fs: FileSystem, mountpoint: String, credentials: CredentialsProvider?, metricsURL: String?, drainTimeoutSeconds: Double,
-         logger: Logger) {
+         preloads: PreloadLedger = PreloadLedger(), logger: Logger) {
         self.fs = fs
+        self.preloads = preloads
         self.drainTimeoutSeconds = drainTimeoutSeconds
         self.credentials = credentials
         self.metricsURL = metricsURL
@@ -53,7 +53,7 @@ final class ControlServer: @unchecked Sendable {
         unlink(path)
         shutdown(fd, Int32(SHUT_RDWR))
         // Preloads stop where they are: what they stored stays cached, a rerun fetches the rest.
-        for p in preloads.withLock({ Array($0.values) }) { p.task.cancel() }
+        for p in preloads.running { p.task.cancel() }
     }
 
     private func acceptLoop() {
@@ -98,6 +98,19 @@ final class ControlServer: @unchecked Sendable {
         case "flush":
             let left = await fs.flushAll(under: req.path ?? "", timeout: req.timeout.map { .milliseconds(Int64($0 * 1000)) })
             reply = try! JSONEncoder().encode(Control.FlushReply(ok: left.isEmpty, notDurable: left.map { .init(path: $0.path, reason: $0.reason) }))
+        case "versions", "restore":
+            var r = Control.VersionsReply()
+            do throws(FSError) {
+                if req.cmd == "versions" {
+                    r.history = try await fs.history(of: req.path ?? "")
+                } else {
+                    r.restored = try await fs.restore(req.path ?? "", versionId: req.versionId, at: req.time)
+                }
+            } catch {
+                r.failure = error.message
+                r.errno = error.errno
+            }
+            reply = try! JSONEncoder().encode(r)
         case "unmounting":
             drainTimeout.withLock { $0 = req.timeout ?? 0 }
             logger.notice("unmount requested (ckptfs unmount or umount): the write-back was drained first",

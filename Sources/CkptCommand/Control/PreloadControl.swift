@@ -89,7 +89,7 @@ final class ConnectionWatcher: Sendable {
 extension ControlServer {
     /// The preloads running now, for `status` (nil when none).
     func runningPreloads() -> [Control.RunningPreload]? {
-        let list = preloads.withLock { $0.sorted { $0.key < $1.key }.map(\.value) }
+        let list = preloads.running
         return list.isEmpty ? nil : list.map { .init(paths: $0.paths, plan: $0.run.plan, progress: $0.run.progress) }
     }
 
@@ -137,8 +137,7 @@ extension ControlServer {
     func stream(_ c: Int32, _ out: EventWriter, _ run: PreloadRun, paths: [String], interval: Double) async {
         out.send(.init(plan: run.plan))
         let task = Task { await run.run() }
-        let number = preloadNumbers.wrappingAdd(1, ordering: .relaxed).newValue
-        preloads.withLock { $0[number] = ActivePreload(paths: paths, run: run, task: task) }
+        let number = preloads.start(ActivePreload(paths: paths, run: run, task: task))
         logger.notice("preload started", metadata: [
             "preload.paths": "\(paths)", "preload.rank": "\(run.plan.share.rank)", "preload.world_size": "\(run.plan.share.worldSize)",
             "preload.files": "\(run.plan.files)", "preload.bytes": "\(run.plan.bytes)", "preload.over_bound": "\(run.plan.overBound)"])
@@ -157,7 +156,7 @@ extension ControlServer {
         }
         let final = await task.value
         ticker.cancel()
-        preloads.withLock { _ = $0.removeValue(forKey: number) }
+        preloads.end(number, final)
         logger.notice("preload ended", metadata: [
             "preload.state": "\(final.state.rawValue)", "preload.files_done": "\(final.filesDone)",
             "preload.bytes_fetched": "\(final.bytesFetched)", "preload.requests": "\(final.requests)",

@@ -49,8 +49,9 @@ struct MountDaemon {
         let credentials = config.credentialsProvider
         var metricsServer: MetricsServer?
         var metricsURL: String?
+        let preloads = PreloadLedger()
         if let metrics, let address = options.metricsEndpoint {
-            metrics.read { MountSnapshot(fs, credentials: credentials, s3Retries: s3.retries) }
+            metrics.read { MountSnapshot(fs, credentials: credentials, s3Retries: s3.retries, preloads: preloads.snapshot) }
             let server = try await MetricsServer(address: address, render: metrics.exposition)
             var bound = address
             bound.port = await server.boundPort() ?? address.port
@@ -60,7 +61,7 @@ struct MountDaemon {
             logger.notice("serving metrics", metadata: ["metrics.url": "\(url)"])
         }
         let control = ControlServer(fs: fs, mountpoint: mountpoint, credentials: credentials, metricsURL: metricsURL,
-                                    drainTimeoutSeconds: options.drainTimeout, logger: logger)
+                                    drainTimeoutSeconds: options.drainTimeout, preloads: preloads, logger: logger)
         try control.start()
         defer { control.stop() }
         logger.notice("mounting", metadata: ["s3.url": "\(target)", "mountpoint": "\(mountpoint)", "cache.dir": "\(cacheDir)",

@@ -87,6 +87,24 @@ enum MetricName {
     static let directOpens = MetricDescriptor(
         name: "ckptfs_direct_io_opens_total", kind: .counter, labels: [], help: "Read-only opens served with direct I/O (--direct-reads)")
 
+    // Preloads through the control socket (`ckptfs preload PATH`), read from the control server at scrape time.
+    static let preloadsRunning = MetricDescriptor(
+        name: "ckptfs_preloads_running", kind: .gauge, labels: [], help: "Preloads running now (ckptfs status lists them)")
+    static let preloadFiles = MetricDescriptor(
+        name: "ckptfs_preload_files", kind: .gauge, labels: [], help: "Files in the plans of the preloads running now (this node's share)")
+    static let preloadFilesDone = MetricDescriptor(
+        name: "ckptfs_preload_files_done", kind: .gauge, labels: [], help: "Files of those plans that are cached (fetched, or found cached)")
+    static let preloadBytes = MetricDescriptor(
+        name: "ckptfs_preload_bytes", kind: .gauge, labels: [], help: "Bytes in the plans of the preloads running now")
+    static let preloadBytesDone = MetricDescriptor(
+        name: "ckptfs_preload_bytes_done", kind: .gauge, labels: [], help: "Bytes of those plans that are cached; with ckptfs_preload_bytes, the progress")
+    static let preloadFetchedBytes = MetricDescriptor(
+        name: "ckptfs_preload_fetched_bytes_total", kind: .counter, labels: [], help: "Bytes that preloads' GETs received (running and ended preloads)")
+    static let preloadRequests = MetricDescriptor(
+        name: "ckptfs_preload_requests_total", kind: .counter, labels: [], help: "GETs that preloads sent (running and ended preloads)")
+    static let preloadsEnded = MetricDescriptor(
+        name: "ckptfs_preloads_ended_total", kind: .counter, labels: ["state"], help: "Preloads that ended, by how: done, stoppedAtBound (the share did not fit in the cache), cancelled, failed")
+
     // Credentials, read from the credentials provider at scrape time.
     static let credentialsExpiry = MetricDescriptor(
         name: "ckptfs_credentials_expiry_seconds", kind: .gauge, labels: [], help: "Seconds until the credentials in use expire (negative once expired); absent for keys that do not expire")
@@ -102,6 +120,8 @@ enum MetricName {
         cacheUsedBytes, cacheCapacityBytes, cacheBlocks,
         dirtyFiles, dirtyBytes, oldestDirtySeconds, uploadQueue, uploadsInFlight, uploadFailing, uploadConflicts,
         uploadedFiles, uploadedBytes, pendingDeletes, stagingBytes, quarantinedFiles, recoveredFiles, directOpens,
+        preloadsRunning, preloadFiles, preloadFilesDone, preloadBytes, preloadBytesDone, preloadFetchedBytes, preloadRequests,
+        preloadsEnded,
         credentialsExpiry, credentialsRefreshes, credentialsRefreshFailures,
     ]
 

@@ -18,6 +18,8 @@ struct MountSnapshot: Sendable {
     var s3Retries = 0
     /// nil for anonymous requests (--no-sign-request).
     var credentials: CredentialsStatus?
+    /// Preloads through the control socket (`ckptfs preload PATH`).
+    var preloads = PreloadLedger.Snapshot()
 
     /// The numbers of the core's `WriteBackStatus` the metrics show.
     struct WriteBack: Sendable {
@@ -41,7 +43,7 @@ struct MountSnapshot: Sendable {
 
 extension MountSnapshot {
     /// The snapshot of a running mount, read now.
-    init(_ fs: FileSystem, credentials: CredentialsProvider?, s3Retries: Int = 0) {
+    init(_ fs: FileSystem, credentials: CredentialsProvider?, s3Retries: Int = 0, preloads: PreloadLedger.Snapshot = .init()) {
         let stats = fs.stats
         let w = fs.writeBackStatus
         self.init(cache: stats.cache, cacheCapacityBytes: fs.cache.capacity, directOpens: stats.directOpens,
@@ -51,7 +53,7 @@ extension MountSnapshot {
                                        uploadedFiles: w.uploadedFiles, uploadedBytes: w.uploadedBytes,
                                        pendingDeletes: w.pendingDeletes, stagingBytes: w.stagingBytes,
                                        quarantined: w.quarantined.count, recovered: w.recovered),
-                  s3Retries: s3Retries, credentials: credentials?.status)
+                  s3Retries: s3Retries, credentials: credentials?.status, preloads: preloads)
     }
 }
 
@@ -113,6 +115,18 @@ final class MountMetrics: Sendable {
         set(MetricName.recoveredFiles, Double(w.recovered))
         mirror(MetricName.directOpens, Int64(s.directOpens))
 
+        let p = s.preloads
+        set(MetricName.preloadsRunning, Double(p.running))
+        set(MetricName.preloadFiles, Double(p.files))
+        set(MetricName.preloadFilesDone, Double(p.filesDone))
+        set(MetricName.preloadBytes, Double(p.bytes))
+        set(MetricName.preloadBytesDone, Double(p.bytesDone))
+        mirror(MetricName.preloadFetchedBytes, p.fetchedBytes)
+        mirror(MetricName.preloadRequests, Int64(p.requests))
+        for state in [PreloadProgress.State.done, .stoppedAtBound, .cancelled, .failed] {
+            mirror(MetricName.preloadsEnded, Int64(p.ended[state.rawValue] ?? 0), labels: [("state", state.rawValue)])
+        }
+
         if let cred = s.credentials {
             if let e = cred.expiration { set(MetricName.credentialsExpiry, e.timeIntervalSinceNow.rounded()) }
             mirror(MetricName.credentialsRefreshes, Int64(cred.refreshes))
@@ -124,17 +138,18 @@ final class MountMetrics: Sendable {
         registry.makeGauge(descriptor: d.prometheus).set(value)
     }
 
-    private func mirror(_ d: MetricDescriptor, _ total: Int64) {
-        let counter = registry.makeCounter(descriptor: d.prometheus)
+    private func mirror(_ d: MetricDescriptor, _ total: Int64, labels: [(String, String)] = []) {
+        let counter = labels.isEmpty ? registry.makeCounter(descriptor: d.prometheus) : registry.makeCounter(descriptor: d.prometheus, labels: labels)
+        let series = d.name + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
         mirrored.withLock { last in
-            let grown = total - (last[d.name] ?? 0)
+            let grown = total - (last[series] ?? 0)
             if grown < 0 {
                 counter.reset()
                 counter.increment(by: total)
             } else if grown > 0 {
                 counter.increment(by: grown)
             }
-            last[d.name] = total
+            last[series] = total
         }
     }
 }

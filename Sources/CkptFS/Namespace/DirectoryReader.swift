@@ -174,6 +174,7 @@ extension Namespace {
     func fetchPage(_ d: DirHandle) async throws(FSError) {
         let token = d.state.withLock { $0.token }
         if d.state.withLock({ $0.done }) { return }
+        if VersionViews.baseKey(ofViewDirectory: d.key) != nil { return try await fillVersionView(d) }
         if options.immutable && d.forReader && token == nil && fillFromListing(d) { return }
         counters.withLock { $0.lists += 1 }
         // Opens trust what this page says of a file until the TTL passes, counted from before the request.

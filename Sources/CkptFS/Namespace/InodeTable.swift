@@ -236,6 +236,9 @@ struct InodeTable: Sendable {
         for p in inosByKey[dirKey] ?? [] where listings[p]?.entries[name] != nil { listings[p]?.entries[name] = meta }
     }
 
+    /// The inodes whose node has `key` (a file's key, or a directory's key ending in "/").
+    func inos(forKey key: String) -> Set<UInt64> { inosByKey[key] ?? [] }
+
     /// The directory key (the prefix up to and including the last "/", or "" at the top) and the name of `key`.
     static func split(_ key: String) -> (dirKey: String, name: String) {
         guard let slash = key.lastIndex(of: "/") else { return ("", key) }

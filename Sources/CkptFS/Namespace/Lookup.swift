@@ -10,6 +10,7 @@ extension Namespace {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
         guard Namespace.validName(name) else { throw .noEntry }
+        if let version = try await lookupInVersionView(dir: dir, parent: parent, name: name) { return version }
         // A file with local changes is what its local version says.
         if let m = overlay.localMeta(of: dir.key + name) {
             return remember(parent: parent, name: name, key: dir.key + name, meta: m, addLookup: true)
@@ -74,6 +75,8 @@ extension Namespace {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
         guard Namespace.validName(name) else { throw .noEntry }
+        // Versions views are answered by `lookup` (History/).
+        if VersionViews.baseKey(ofViewDirectory: dir.key) != nil || name.hasSuffix(VersionViews.suffix) { return nil }
         if let m = overlay.localMeta(of: dir.key + name) {
             return remember(parent: parent, name: name, key: dir.key + name, meta: m, addLookup: true)
         }
@@ -255,6 +258,7 @@ extension Namespace {
         if let m = overlay.orphanMeta(ino: ino) { return attributes(ino, m) }
         if !n.meta.isDirectory, let m = overlay.localMeta(of: n.key) { return attributes(ino, m) }
         if n.meta.isDirectory || n.superseded || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
+        if VersionViews.contains(n.key) { return attributes(ino, n.meta) }  // an earlier version never changes
         guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
         if !n.meta.etag.isEmpty && m.etag != n.meta.etag {
             // The inode keeps showing its version (an open file of it reads that version or fails with

@@ -61,6 +61,8 @@ final class Namespace: WriteBackNotices {
     /// Stored mtimes of versions GETs and HEADs answered for (KnownVersions.swift): a file a listing shows in
     /// such a version needs no HEAD.
     let versions: KnownVersions
+    /// The versions views looked at lately (History/VersionView.swift).
+    let versionViews = VersionViews()
 
     /// `rootKey`: the key prefix the mount shows as its root (empty or ending in "/").
     init(client: any ObjectClient, bucket: String, rootKey: String, options: FSOptions, overlay: any LocalOverlay,

@@ -14,6 +14,7 @@ extension FileSystem {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: true)
         guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        try Namespace.refuseInVersionView(dir.key + name + "/")
         if (try? await lookup(parent: parent, name: name)) != nil {
             forget(ino: namespace.inoFor(parent: parent, name: name), count: 1)
             throw FSError(EEXIST)
@@ -45,6 +46,7 @@ extension FileSystem {
         try checkWritable()
         let dir = try namespace.node(parent)
         let prefix = dir.key + name + "/"
+        try Namespace.refuseInVersionView(prefix)
         // Every page of the listing, until something is found in it: objects whose deletes are queued here can
         // fill the first pages (S3 gives 1,000 keys a page).
         var token: String?
@@ -113,6 +115,7 @@ extension FileSystem {
         try checkWritable()
         let dir = try namespace.node(parent)
         let key = dir.key + name
+        try Namespace.refuseInVersionView(key)
         let attr = try await lookup(parent: parent, name: name)
         forget(ino: attr.ino, count: 1)
         guard !attr.isDirectory else { throw .isDirectory }

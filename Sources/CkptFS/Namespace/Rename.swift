@@ -17,6 +17,7 @@ extension FileSystem {
         try checkWritable()
         if flags & FileSystem.renameExchange != 0 { throw FSError(EINVAL, "RENAME_EXCHANGE is not supported") }
         let srcDir = try namespace.node(parent), dstDir = try namespace.node(newParent)
+        try Namespace.refuseInVersionView(srcDir.key + name, srcDir.key + name + "/", dstDir.key + newName, dstDir.key + newName + "/")
         try Namespace.checkStorable(newName, in: dstDir.key, isDirectory: false)
         guard Namespace.validName(newName) else { throw FSError(EINVAL, "not a valid name: \(newName)") }
         guard srcDir.meta.isDirectory, dstDir.meta.isDirectory else { throw .notDirectory }

@@ -21,6 +21,7 @@ extension FileSystem {
         if let size {
             guard !n.meta.isDirectory else { throw .isDirectory }
             try checkWritable()
+            try Namespace.refuseInVersionView(n.key)
             // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
             // nothing); without another open writer it is a complete change, acknowledged and queued at once.
             let f: LocalFile

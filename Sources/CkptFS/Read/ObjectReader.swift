@@ -19,12 +19,16 @@ final class PinnedObject: Sendable {
     let etag: String
     /// Bytes.
     let size: Int64
+    /// The S3 version id to read, for an earlier version of the object (the versions view, History/); nil
+    /// for whatever version has `etag` now. Blocks are cached by key and ETag either way.
+    let versionId: String?
     let readAhead = Mutex(ReadAhead())
 
-    init(key: String, etag: String, size: Int64) {
+    init(key: String, etag: String, size: Int64, versionId: String? = nil) {
         self.key = key
         self.etag = etag
         self.size = size
+        self.versionId = versionId
     }
 }
 
@@ -302,9 +306,10 @@ final class ObjectReader: Sendable {
         }
         var outcome = FetchOutcome()
         do throws(S3Error) {
-            let info = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: nil, sink: assembler.sink)
+            let info = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: o.versionId, sink: assembler.sink)
             let received = assembler.finish()
-            versions.note(o.key, info)
+            // The newest version's stored mtime, for lookups (an earlier one, read in a versions view, is not).
+            if o.versionId == nil { versions.note(o.key, info) }
             counters.withLock {
                 $0.gets += 1
                 $0.bytes += received

@@ -36,6 +36,13 @@ extension FileSystem {
         guard !n.meta.isDirectory else { throw .isDirectory }
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
         let truncate = flags & O_TRUNC != 0
+        if let version = try await namespace.versionPin(n) {
+            // An earlier version, in a versions view (History/): read-only, and never changes.
+            if write { try Namespace.refuseInVersionView(n.key) }
+            let h = handleNumbers.next()
+            handles.withLock { $0[h] = ReadHandle(ino: ino, object: version, listed: false) }
+            return OpenReply(handle: h, directIO: false, keepCache: true)
+        }
         let remote: PinnedObject?
         var listed = false
         if let local = writeBack.localFiles.byKey.withLock({ $0[n.key] }) {
@@ -70,6 +77,7 @@ extension FileSystem {
         let n = try namespace.node(ino)
         guard !n.meta.isDirectory else { throw .isDirectory }
         guard (flags & O_ACCMODE) == O_RDONLY, flags & O_TRUNC == 0, !n.superseded, !n.meta.etag.isEmpty,
+              !VersionViews.contains(n.key),  // a version in a versions view: `open` pins it (History/)
               writeBack.localFiles.byKey.withLock({ $0[n.key] == nil }) else { return nil }
         let listed = n.meta.listedUntil.map { ContinuousClock.now < $0 } == true
         guard listed || options.immutable || ContinuousClock.now - n.fetched <= .seconds(1) else { return nil }
