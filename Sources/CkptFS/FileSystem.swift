@@ -58,12 +58,15 @@ public final class FileSystem: Sendable {
         self.logger = logger
         let handleNumbers = HandleNumbers()
         self.handleNumbers = handleNumbers
-        let reader = ObjectReader(client: client, bucket: bucket, cache: cache, options: options)
+        // GETs (the reader's, a preload's) and HEADs (the namespace's) tell what they learn of a version's
+        // stored mtime to one place, so a listed file read before needs no HEAD.
+        let versions = KnownVersions(limit: options.maxListedEntries)
+        let reader = ObjectReader(client: client, bucket: bucket, cache: cache, options: options, versions: versions)
         let localFiles = LocalFiles()
         let changes = ChangeQueue(options: options)
         let namespace = Namespace(client: client, bucket: bucket, rootKey: p, options: options,
                                   overlay: WriteBackOverlay(files: localFiles, changes: changes), mountTime: Date(),
-                                  logger: logger)
+                                  versions: versions, logger: logger)
         self.reader = reader
         self.namespace = namespace
         self.recorder = try options.recordAccess.map { path throws(FSError) in
@@ -101,6 +104,11 @@ public final class FileSystem: Sendable {
     /// Finds `name` in directory `parent` and takes one lookup reference on the result (released by `forget`).
     public func lookup(parent: UInt64, name: String) async throws(FSError) -> Attributes {
         try await namespace.lookup(parent: parent, name: name)
+    }
+
+    /// `lookup` answered from memory, without waiting: nil when S3 must be asked (call `lookup`).
+    public func lookupNow(parent: UInt64, name: String) throws(FSError) -> Attributes? {
+        try namespace.lookupAtHand(parent: parent, name: name)
     }
 
     public func getattr(ino: UInt64) async throws(FSError) -> Attributes { try await namespace.getattr(ino: ino) }

@@ -7,6 +7,13 @@ import Foundation
 public struct FSOptions: Sendable {
     /// How long attributes, directory listings and negative lookups are trusted.
     public var metadataTTL: Duration = .seconds(30)
+    /// The bucket's objects never change (a published dataset): what is known of a file (its version, size,
+    /// mtime) is trusted for the mount's life, so no HEAD or LIST revalidates it once known, and its cached
+    /// blocks are read with no request. What is not known yet is still asked for: a name missing from a
+    /// listing, and a directory's entries, are trusted for `metadataTTL` as always (new files appear), but a
+    /// changed or deleted object is not noticed while this mount runs (reads of blocks not cached yet fail with
+    /// EIO once the version they pinned is gone). The mount's own changes are seen as always.
+    public var immutable = false
     /// When S3 cannot be reached (no response, timeouts, 5xx after the client's retries), what S3 confirmed of
     /// a file or directory within this long is used instead (logged): files already cached open and read during
     /// an outage. Zero: an outage fails lookups, stat and open with EIO.

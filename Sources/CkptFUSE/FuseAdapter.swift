@@ -14,7 +14,7 @@ import Logging
 public final class FuseAdapter: Sendable {
     public let fs: FileSystem
     let logger: Logger
-    /// How long the kernel may cache attributes and entries (the metadata TTL).
+    /// How long the kernel may cache attributes and entries (the metadata TTL; a day when immutable).
     let timeout: Double
     /// Handles open for writing, and whether changes are still accepted (not after the drain at unmount).
     public let gate = WriteGate()
@@ -23,7 +23,8 @@ public final class FuseAdapter: Sendable {
         self.fs = fs
         self.logger = logger
         let ttl = fs.options.metadataTTL.components
-        self.timeout = Double(ttl.seconds) + Double(ttl.attoseconds) / 1e18
+        // An immutable bucket's entries and attributes stay true: the kernel may keep them for a day.
+        self.timeout = fs.options.immutable ? 86_400 : Double(ttl.seconds) + Double(ttl.attoseconds) / 1e18
     }
 
     static func adapter(_ req: fuse_req_t?) -> FuseAdapter {
@@ -150,16 +151,22 @@ public final class FuseAdapter: Sendable {
         }
         ops.lookup = { req, parent, name in
             let n = String(cString: name!)
+            // Answered on this thread when it needs no request (a listing, a fresh node: most lookups of an
+            // epoch); otherwise in a task.
+            let a = FuseAdapter.adapter(req)
+            do throws(FSError) {
+                if let attr = try a.fs.lookupNow(parent: UInt64(parent), name: n) {
+                    var e = a.entry(attr)
+                    fuse_reply_entry(req, &e)
+                    return
+                }
+            } catch {
+                a.replyError(req, error, "lookup")
+                return
+            }
             FuseAdapter.async(req, "lookup") { a, r throws(FSError) in
-                let req = r.value
-                let attr = try await a.fs.lookup(parent: UInt64(parent), name: n)
-                var e = fuse_entry_param()
-                e.ino = fuse_ino_t(attr.ino)
-                e.generation = 1
-                e.attr = a.stat(attr)
-                e.attr_timeout = a.timeout
-                e.entry_timeout = a.timeout
-                fuse_reply_entry(req, &e)
+                var e = a.entry(try await a.fs.lookup(parent: UInt64(parent), name: n))
+                fuse_reply_entry(r.value, &e)
             }
         }
         ops.forget = { req, ino, nlookup in
@@ -186,6 +193,21 @@ public final class FuseAdapter: Sendable {
             let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
             if write && FuseAdapter.refused(req) { return }
             let opener = write ? FuseAdapter.process(req) : 0
+            if !write {
+                // A read-only open of a clean file whose version is known is answered on this thread.
+                let a = FuseAdapter.adapter(req)
+                do throws(FSError) {
+                    if let o = try a.fs.openNow(ino: UInt64(ino), flags: flags) {
+                        var copy = fi!.pointee
+                        ckpt_fuse_fi_set(&copy, o.handle, o.keepCache ? 1 : 0, o.directIO && ckpt_fuse_direct_io_mmap() == 1 ? 1 : 0)
+                        if fuse_reply_open(req, &copy) != 0 { a.fs.release(handle: o.handle) }
+                        return
+                    }
+                } catch {
+                    a.replyError(req, error, "open")
+                    return
+                }
+            }
             let boxed = UnsafeSendable(fi!.pointee)
             FuseAdapter.async(req, "open") { a, r throws(FSError) in
                 let req = r.value

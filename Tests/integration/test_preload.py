@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -392,3 +393,118 @@ def test_a_background_preload_returns_at_once_and_goes_on_in_the_daemon(server, 
     assert r.returncode != 0 and "--background needs a mount" in r.stderr, r.stderr
     r = preload(mounts, os.path.join(mp, "bg"), "--background", "--check")
     assert r.returncode != 0 and "--background is for fetching" in r.stderr, r.stderr
+
+
+def drop_kernel_caches():
+    """The kernel forgets its pages, entries and inodes (needs root), so the next epoch asks the mount again."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def test_an_epoch_after_a_preload_sends_no_request_per_file(server, bucket, mounts, proxy, tmp_path):
+    """The preload's GETs told the mount each version's stored mtime: an epoch right after it (a dataset lists
+    its directory, then opens every file) sends no HEAD and no GET, also with the kernel's caches dropped."""
+    rng = random.Random(41)
+    files = {f"img-{i:04d}.jpg": rng.randbytes(rng.randrange(1, 64 * 1024)) for i in range(300)}
+    upload_many(server, bucket, "train/", files, tmp_path)
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None)
+    r = preload(mounts, os.path.join(mp, "train"), "--json")
+    assert r.returncode == 0 and summary(r)["progress"]["filesDone"] == len(files), r.stderr
+    drop_kernel_caches()
+    os.stat(os.path.join(mp, "train"))  # the kernel forgot the directory too: looked up again (HEAD, LIST)
+    before = proxy.stats()["requests"]
+    names = os.listdir(os.path.join(mp, "train"))
+    assert sorted(names) == sorted(files)
+    time.sleep(1.2)  # past the one-second window in which any open trusts the last check
+    for n in names:
+        assert os.stat(os.path.join(mp, "train", n)).st_size == len(files[n])
+        with open(os.path.join(mp, "train", n), "rb") as f:
+            assert sha(f.read()) == sha(files[n]), n
+    after = proxy.stats()["requests"]
+    sent = {op: after.get(op, 0) - before.get(op, 0) for op in after}
+    assert sent.get("HeadObject", 0) == 0 and sent.get("GetObject", 0) == 0, sent
+    assert sent.get("ListObjectsV2", 0) == 1, sent  # the dataset's listdir
+
+
+def test_a_trainer_read_during_a_preload_does_not_wait_behind_it(server, bucket, mounts, proxy, tmp_path):
+    """Reads by the trainer come first: with a preload at its widest (--parallel 64) and all of its GETs in
+    flight (held by the proxy), a read of a file the preload has not fetched sends its GET at once, not after
+    the preload's (it does not wait for a connection they hold)."""
+    rng = random.Random(42)
+    files = {f"f-{i:04d}.bin": rng.randbytes(4096) for i in range(300)}
+    upload_many(server, bucket, "ds/", files, tmp_path)
+    trainer = rng.randbytes(100_000)
+    server.s3.put_object(Bucket=bucket, Key="other/t.bin", Body=trainer)
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None)
+    path = os.path.join(mp, "other", "t.bin")
+    assert os.stat(path).st_size == len(trainer)
+    proxy.hold(["GetObject"])
+    p = subprocess.Popen([mounts.bin, "preload", os.path.join(mp, "ds"), "--parallel", "64", "--json"],
+                         env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    read = {}
+    reader = threading.Thread(target=lambda: read.update(data=open(path, "rb").read()))
+    try:
+        assert proxy.wait(held=64, timeout=60), f"the preload has 64 GETs in flight: {proxy.stats()}"
+        reader.start()
+        # The trainer's GET reaches S3 while the preload's 64 are still in flight.
+        assert proxy.wait(held=65, timeout=20), f"the trainer's GET waited behind the preload's: {proxy.stats()}"
+        assert p.poll() is None
+    finally:
+        proxy.release()
+    reader.join(60)
+    assert read.get("data") == trainer
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and summary(subprocess.CompletedProcess([], 0, out, err))["progress"]["filesDone"] == len(files), err
+
+
+def test_an_immutable_mount_trusts_what_it_knows_without_revalidating(server, bucket, mounts, proxy, tmp_path):
+    """--immutable: once a file's version is known, no HEAD or LIST revalidates it and its cached blocks are read
+    with no request, long after the TTL; new names still appear after the TTL; a change made elsewhere is not
+    seen. The same epoch on a mount without it revalidates every file."""
+    rng = random.Random(43)
+    files = {f"s-{i:03d}.bin": rng.randbytes(rng.randrange(1, 200_000)) for i in range(100)}
+    upload_many(server, bucket, "set/", files, tmp_path)
+
+    def epoch(mp, listdir):
+        d = os.path.join(mp, "set")
+        if listdir:
+            assert set(files) <= set(os.listdir(d))
+        for n, v in files.items():
+            assert os.stat(os.path.join(d, n)).st_size == len(v)
+            with open(os.path.join(d, n), "rb") as f:
+                assert sha(f.read()) == sha(v), n
+
+    def sent(before):
+        after = proxy.stats()["requests"]
+        return {op: after.get(op, 0) - before.get(op, 0) for op in after if after.get(op, 0) != before.get(op, 0)}
+
+    fixed, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--immutable", "--metadata-ttl", "1")
+    plain, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--metadata-ttl", "1")
+    for mp in (fixed, plain):
+        epoch(mp, listdir=True)
+    time.sleep(1.5)  # past the TTL and the one-second window of opens
+    drop_kernel_caches()
+    before = proxy.stats()["requests"]
+    epoch(fixed, listdir=False)
+    assert sent(before) == {}, "the immutable mount sent requests for files it knew"
+    before = proxy.stats()["requests"]
+    epoch(plain, listdir=False)
+    assert sum(sent(before).values()) > 0, "the mount without --immutable revalidates after the TTL"
+    # An object replaced elsewhere: the immutable mount keeps reading the version it knows (from its cache).
+    old = files["s-000.bin"]
+    server.s3.put_object(Bucket=bucket, Key="set/s-000.bin", Body=b"changed elsewhere")
+    time.sleep(1.5)
+    with open(os.path.join(fixed, "set", "s-000.bin"), "rb") as f:
+        assert f.read() == old
+    # A new name appears after the TTL, in a lookup and in the listing (which asks S3 again after the TTL).
+    server.s3.put_object(Bucket=bucket, Key="set/new.bin", Body=b"new")
+    time.sleep(1.5)
+    before = proxy.stats()["requests"]
+    assert "new.bin" in os.listdir(os.path.join(fixed, "set"))
+    s = sent(before)
+    # The listing, and (if the kernel asked for attributes with it) HEADs for the mtimes of the versions it shows
+    # that no GET or HEAD answered for: the new file, and the replaced one.
+    assert s.get("ListObjectsV2") == 1 and s.get("HeadObject", 0) <= 2 and s.get("GetObject", 0) == 0, s
+    with open(os.path.join(fixed, "set", "new.bin"), "rb") as f:
+        assert f.read() == b"new"

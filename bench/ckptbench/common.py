@@ -13,7 +13,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "bench", "out")
 RESULTS = os.path.join(ROOT, "bench", "results")
-CKPTFS_BIN = os.path.join(ROOT, ".build", "release", "ckptfs")
+CKPTFS_BIN = os.environ.get("CKPTFS_BIN") or os.path.join(ROOT, ".build", "release", "ckptfs")
 MiB = 1 << 20
 
 # The system under test: every ratio is this system's speed over another's.

@@ -38,6 +38,9 @@ struct Preload: AsyncParsableCommand {
     @Option(name: .customLong("shard-by"),
             help: "count: every world-size-th key in S3's order; size: balanced bytes, largest files first to the rank with the fewest bytes.")
     var shardBy: String = "count"
+    /// Most GETs one preload may have in flight (`--parallel`). A mount keeps this many connections on top of
+    /// its own (MountDaemon), so a preload through it never holds a connection a reader waits for.
+    static let maxParallel = 64
     @Option(help: "Most GETs in flight, 1 to 64.") var parallel: Int = 32
     @Flag(help: "Fetch nothing: report how much of this rank's share is cached.") var check = false
     @Flag(name: .shortAndLong, help: "With --check: each file's part too.") var verbose = false
@@ -101,7 +104,7 @@ struct Preload: AsyncParsableCommand {
         guard PreloadShare.Strategy(rawValue: shardBy) != nil else {
             throw ValidationError("--shard-by must be 'count' (every world-size-th key) or 'size' (balanced bytes)")
         }
-        guard (1...64).contains(parallel) else { throw ValidationError("--parallel must be between 1 and 64, like 32") }
+        guard (1...Preload.maxParallel).contains(parallel) else { throw ValidationError("--parallel must be between 1 and 64, like 32") }
         if all && (rank != nil || worldSize != nil) {
             throw ValidationError("--all preloads everything; leave out --rank and --world-size, or --all")
         }

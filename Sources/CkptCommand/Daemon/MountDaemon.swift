@@ -24,6 +24,11 @@ struct MountDaemon {
         MountDaemon.raiseDescriptorLimit(logger: logger)
         MountDaemon.returnLargeBuffersWhenFreed()
         let metrics = options.metricsEndpoint.map { _ in MountMetrics() }
+        // A preload through the control socket may hold up to `Preload.maxParallel` connections; they come on
+        // top of those of the mount's readers, lookups and uploads, so a trainer's read never waits in the
+        // transport's queue behind a preload's GETs (the preload also holds back while readers fetch).
+        var config = self.config
+        config.http.maxConnections += Preload.maxParallel
         let s3 = S3Client(configuration: config, logger: logger)
         var client: any ObjectClient = s3
         if let metrics { client = MetricsObjectClient(wrapping: client, factory: metrics.factory) }

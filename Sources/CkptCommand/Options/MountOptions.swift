@@ -43,6 +43,9 @@ struct MountOptions: ParsableArguments {
     @Option(name: .customLong("stale-if-error"),
             help: "Seconds: while S3 is unreachable, what it confirmed of a file or directory within this long answers lookups, stat and open, so cached files stay readable during an outage (0: fail with EIO; default 3600).")
     var staleIfError: Double = 3600
+    @Flag(name: .customLong("immutable"),
+          help: "The bucket's objects never change (a published dataset): a file's version, size and mtime, once known, are trusted for the mount's life (no HEAD or LIST revalidates them; cached blocks are read with no request). New names still appear within --metadata-ttl; a changed or deleted object is not noticed.")
+    var immutable = false
     @Flag(name: .customLong("read-only"), help: "Mount read-only: every change fails with EROFS.") var readOnly = false
     @Flag(name: .customLong("allow-other"), help: "Let other users access the mount (needs user_allow_other for non-root).")
     var allowOther = false
@@ -109,6 +112,7 @@ struct MountOptions: ParsableArguments {
         o.fileMode = UInt32(fileMode, radix: 8)!
         o.dirMode = UInt32(dirMode, radix: 8)!
         o.readOnly = readOnly
+        o.immutable = immutable
         o.requestSize = MountChecks.parseSize(readPartSize)!
         o.maxReadAhead = max(o.requestSize, MountChecks.parseSize(maxReadAhead)!)
         o.durableFsync = fsyncMode == "durable"

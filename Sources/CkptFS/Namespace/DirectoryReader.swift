@@ -175,9 +175,10 @@ extension Namespace {
         let token = d.state.withLock { $0.token }
         if d.state.withLock({ $0.done }) { return }
         if VersionViews.baseKey(ofViewDirectory: d.key) != nil { return try await fillVersionView(d) }
+        if options.immutable && d.forReader && token == nil && fillFromListing(d) { return }
         counters.withLock { $0.lists += 1 }
         // Opens trust what this page says of a file until the TTL passes, counted from before the request.
-        let listedUntil = d.forReader ? ContinuousClock.now + options.metadataTTL : nil
+        let listedUntil = d.forReader ? ContinuousClock.now + trustedFor : nil
         // What changed while the page was in flight is either still local (hidden, a local file) or in `seen`.
         let (page, (hidden, localChildren), seen) = try await observing({ () async throws(FSError) -> ListObjectsPage in
             try await s3(.other) { () async throws(S3Error) in
@@ -220,8 +221,9 @@ extension Namespace {
                     if let k = known[name], k.mtimeKnown, !k.isDirectory, k.etag == o.etag, k.size == o.size {
                         meta = k
                     } else {
-                        meta = Meta(isDirectory: false, size: o.size, etag: o.etag, mtime: o.lastModified ?? mountTime,
-                                    mtimeKnown: !options.storedMtimes)
+                        meta = withKnownMtime(Meta(isDirectory: false, size: o.size, etag: o.etag,
+                                                   mtime: o.lastModified ?? mountTime, mtimeKnown: !options.storedMtimes),
+                                              key: o.key)
                     }
                     meta.listedUntil = listedUntil
                 }
@@ -271,11 +273,35 @@ extension Namespace {
             // the kept listings under the table's lock, so one kept before them is corrected by them).
             let kept = table.withLock { t in
                 guard inFlight.withLock({ $0.current }) == endSeq else { return false }
-                return t.install(Listing(entries: listing, expires: .now + options.metadataTTL), for: d.ino,
+                return t.install(newListing(listing), for: d.ino,
                                  limit: options.maxListedEntries)
             }
             if kept { d.state.withLock { $0.metas = [:] } }
         }
+    }
+
+    /// On an immutable bucket, a reader of a directory listed within the TTL (for a reader or for lookups) gets
+    /// that listing's entries, in S3's order, with no LIST. Returns whether it did.
+    private func fillFromListing(_ d: DirHandle) -> Bool {
+        let now = ContinuousClock.now
+        guard let entries = table.withLock({ t -> [String: Meta]? in
+            guard let l = t.listings[d.ino], now < l.expires, now < l.negativeUntil else { return nil }
+            return l.entries
+        }) else { return false }
+        // S3 lists a directory's keys and prefixes ("name/") together, by bytes of UTF-8.
+        let names = entries.keys.sorted { a, b in
+            (entries[a]!.isDirectory ? a + "/" : a).utf8.lexicographicallyPrecedes((entries[b]!.isDirectory ? b + "/" : b).utf8)
+        }
+        d.state.withLock { s in
+            guard s.names.isEmpty, !s.done else { return }
+            for name in names {
+                s.position[name] = s.names.count
+                s.names.append(name)
+                s.kinds.append(entries[name]!.isDirectory)
+            }
+            s.done = true
+        }
+        return true
     }
 
     /// The keys of every object under `prefix` in S3 (all pages), less those a queued delete hides.

@@ -163,11 +163,12 @@ struct InodeTable: Sendable {
     /// Node `ino` keeps showing its version; another version now has its path.
     mutating func supersede(_ ino: UInt64) { nodes[ino]?.superseded = true }
 
-    /// The kernel dropped `count` references to `ino`; at none the node and its listing go.
-    mutating func forget(_ ino: UInt64, count: UInt64) {
+    /// The kernel dropped `count` references to `ino`; at none the node and its listing go (a directory's stay
+    /// with `keepDirectories`: an immutable bucket).
+    mutating func forget(_ ino: UInt64, count: UInt64, keepDirectories: Bool = false) {
         guard var n = nodes[ino] else { return }
         n.lookups = n.lookups > count ? n.lookups - count : 0
-        if n.lookups == 0 {
+        if n.lookups == 0 && !(keepDirectories && n.meta.isDirectory) {
             put(ino, nil)
             listings.removeValue(forKey: ino)
         } else {

@@ -11,25 +11,12 @@ extension Namespace {
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
         guard Namespace.validName(name) else { throw .noEntry }
         if let version = try await lookupInVersionView(dir: dir, parent: parent, name: name) { return version }
-        let pk = PathKey(parent: parent, name: name)
         // A file with local changes is what its local version says.
         if let m = overlay.localMeta(of: dir.key + name) {
             return remember(parent: parent, name: name, key: dir.key + name, meta: m, addLookup: true)
         }
         // A fresh listing of the parent, or a fresh negative entry, answers without a request.
-        let cached: Meta?? = table.withLock { t in
-            if let known = t.listings[parent]?.answer(name) {
-                // A listing lacks stored mtimes; the node of the same version may have it from a HEAD.
-                if let m = known, !m.mtimeKnown, let ino = t.inoByPath[pk], let n = t[ino], !n.superseded,
-                   n.meta.mtimeKnown, n.meta.etag == m.etag, !m.etag.isEmpty {
-                    return .some(n.meta)
-                }
-                return known
-            }
-            if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
-            if let ino = t.inoByPath[pk], let n = t[ino], isFresh(n.fetched) { return .some(n.meta) }
-            return nil
-        }
+        let cached = cachedMeta(parent: parent, name: name)
         var meta: Meta
         if let c = cached {
             guard let m = c else { throw .noEntry }
@@ -47,6 +34,8 @@ extension Namespace {
             }
             meta = m
         }
+        // Known from a listing only, in a version a GET or HEAD answered for (a preload's, an earlier epoch's).
+        if !meta.isDirectory && !meta.mtimeKnown { meta = withKnownMtime(meta, key: dir.key + name) }
         if !meta.isDirectory && !meta.mtimeKnown {
             // Known from a listing only: the kernel keeps the mtime an inode is created with, so HEAD for the
             // stored one first (the HEAD also revalidates: an open right after sends none).
@@ -56,6 +45,45 @@ extension Namespace {
             }
             meta = meta.refined(by: m)
         }
+        return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
+    }
+
+    /// What is known of `name` in `parent` without a request: a fresh listing of the parent, a fresh negative
+    /// entry, or a fresh node: its metadata, known absent (`.some(nil)`), or nil (S3 must be asked).
+    private func cachedMeta(parent: UInt64, name: String) -> Meta?? {
+        let pk = PathKey(parent: parent, name: name)
+        return table.withLock { t in
+            if let known = t.listings[parent]?.answer(name) {
+                // A listing lacks stored mtimes; the node of the same version may have it from a HEAD.
+                if let m = known, !m.mtimeKnown, let ino = t.inoByPath[pk], let n = t[ino], !n.superseded,
+                   n.meta.mtimeKnown, n.meta.etag == m.etag, !m.etag.isEmpty {
+                    return .some(n.meta)
+                }
+                return known
+            }
+            if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
+            if let ino = t.inoByPath[pk], let n = t[ino], isFresh(n.fetched) { return .some(n.meta) }
+            return nil
+        }
+    }
+
+    /// `lookup` when it needs no request (the answer is in memory): its attributes, with one lookup reference
+    /// taken, or `ENOENT`; nil when S3 must be asked (call `lookup`). Never waits, so the FUSE thread answers
+    /// such a lookup itself instead of handing it to a task.
+    func lookupAtHand(parent: UInt64, name: String) throws(FSError) -> Attributes? {
+        let dir = try node(parent)
+        guard dir.meta.isDirectory else { throw .notDirectory }
+        try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
+        guard Namespace.validName(name) else { throw .noEntry }
+        // Versions views are answered by `lookup` (History/).
+        if VersionViews.baseKey(ofViewDirectory: dir.key) != nil || name.hasSuffix(VersionViews.suffix) { return nil }
+        if let m = overlay.localMeta(of: dir.key + name) {
+            return remember(parent: parent, name: name, key: dir.key + name, meta: m, addLookup: true)
+        }
+        guard let cached = cachedMeta(parent: parent, name: name) else { return nil }
+        guard var meta = cached else { throw .noEntry }
+        if !meta.isDirectory && !meta.mtimeKnown { meta = withKnownMtime(meta, key: dir.key + name) }
+        guard meta.isDirectory || meta.mtimeKnown else { return nil }  // a HEAD for its mtime first
         return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
     }
 
@@ -132,6 +160,7 @@ extension Namespace {
         if hidden { return nil }
         switch answer {
         case .success(let info):
+            versions.note(key, info)
             let m = Meta(isDirectory: false, size: info.size, etag: info.etag,
                          mtime: options.storedMtimes ? Namespace.mtime(info) : info.lastModified ?? Date(timeIntervalSince1970: 0))
             confirm(key, m)
@@ -212,7 +241,16 @@ extension Namespace {
     /// The kernel dropped `count` references to `ino`.
     func forget(ino: UInt64, count: UInt64) {
         guard ino != Namespace.rootIno else { return }
-        table.withLock { $0.forget(ino, count: count) }
+        // An immutable bucket's directories stay known, with their listings (which answer lookups of their
+        // files), after the kernel forgets them: a cold epoch then needs no request for what was known.
+        let dropped = table.withLock { t -> Bool in
+            t.forget(ino, count: count, keepDirectories: options.immutable)
+            return t[ino] == nil
+        }
+        // A directory's listing for lookups went with it: the next lookup that misses there lists it again
+        // (else, until the TTL passed, each lookup of the directory the kernel looks up anew sent a HEAD and
+        // a LIST: an epoch after the kernel dropped its caches).
+        if dropped { dirProbes.withLock { $0[ino]?.task = nil } }
     }
 
     func getattr(ino: UInt64) async throws(FSError) -> Attributes {

@@ -58,12 +58,16 @@ final class Namespace: WriteBackNotices {
     /// This mount's changes to S3 while requests that read S3 were in flight (ChangesInFlight.swift). A leaf
     /// lock: taken under the table's lock and the write-back's, it takes none.
     let inFlight = Mutex(ChangesInFlight())
+    /// Stored mtimes of versions GETs and HEADs answered for (KnownVersions.swift): a file a listing shows in
+    /// such a version needs no HEAD.
+    let versions: KnownVersions
     /// The versions views looked at lately (History/VersionView.swift).
     let versionViews = VersionViews()
 
     /// `rootKey`: the key prefix the mount shows as its root (empty or ending in "/").
     init(client: any ObjectClient, bucket: String, rootKey: String, options: FSOptions, overlay: any LocalOverlay,
-         mountTime: Date, logger: Logger = Logger(label: "ckptfs.fs")) {
+         mountTime: Date, versions: KnownVersions? = nil, logger: Logger = Logger(label: "ckptfs.fs")) {
+        self.versions = versions ?? KnownVersions(limit: options.maxListedEntries)
         self.logger = logger
         self.client = client
         self.bucket = bucket
@@ -88,7 +92,19 @@ final class Namespace: WriteBackNotices {
         !name.isEmpty && name != "." && name != ".." && !name.contains("/") && !name.contains("\0") && name.utf8.count <= 255
     }
 
-    func isFresh(_ t: ContinuousClock.Instant) -> Bool { ContinuousClock.now - t < options.metadataTTL }
+    /// How long what S3 said of a file or directory is trusted: the TTL, or the mount's life for an immutable
+    /// bucket (`FSOptions.immutable`; a century stands for it).
+    var trustedFor: Duration { options.immutable ? .seconds(100 * 365 * 86_400) : options.metadataTTL }
+
+    func isFresh(_ t: ContinuousClock.Instant) -> Bool { ContinuousClock.now - t < trustedFor }
+
+    /// A complete listing of a directory, made now: its entries answer lookups for `trustedFor`, its set of
+    /// names (absent names, readdir of an immutable bucket) for the TTL.
+    func newListing(_ entries: [String: Meta]) -> Listing {
+        var l = Listing(entries: entries, expires: .now + trustedFor)
+        l.negativeUntil = .now + options.metadataTTL
+        return l
+    }
 
     func node(_ ino: UInt64) throws(FSError) -> Node {
         guard let n = table.withLock({ $0[ino] }) else { throw FSError(ESTALE, "unknown inode \(ino)") }

@@ -35,7 +35,7 @@ extension FileSystem {
         let attr = namespace.remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
         // It did not exist, so it is empty: lookups of new names in it need not ask S3.
         _ = namespace.table.withLock {
-            $0.install(Listing(entries: [:], expires: .now + options.metadataTTL), for: attr.ino, limit: options.maxListedEntries)
+            $0.install(namespace.newListing([:]), for: attr.ino, limit: options.maxListedEntries)
         }
         return attr
     }

@@ -15,7 +15,8 @@
 // - lookups that come in listing order (`ls -l`, `find`, `du` and `rsync` stat entries as they read them;
 //   readdirplus only covers some of the kernel's readdir calls) HEAD the names after them too, in parallel,
 //   a window growing from 32 to 256 names, like read-ahead.
-// HEAD results go back into the listing, so each file is HEADed once per listing.
+// HEAD results go back into the listing, so each file is HEADed once per listing; and every HEAD or GET (a
+// preload's included) is noted in `KnownVersions`, so a listing showing a version read before needs no HEAD.
 import CkptS3
 import Foundation
 import Synchronization
@@ -36,6 +37,17 @@ extension Namespace {
     static let mtimeHeadConcurrency = 32
     /// Largest number of names HEADed ahead of lookups that come in listing order.
     static let maxMtimeWindow = 256
+
+    /// `m` (a file as a listing showed it, `mtime` its Last-Modified) with the stored mtime a GET or HEAD of
+    /// the same version told (KnownVersions.swift); `m` itself when none did.
+    func withKnownMtime(_ m: Meta, key: String) -> Meta {
+        guard !m.isDirectory, !m.mtimeKnown,
+              let t = versions.storedMtime(key, etag: m.etag, size: m.size, lastModified: m.mtime) else { return m }
+        var out = m
+        out.mtime = t
+        out.mtimeKnown = true
+        return out
+    }
 
     /// The metadata of listed file `name` of `parent` with its stored mtime, from a HEAD of `key` (shared with
     /// any HEAD of that key in flight), or nil when the object is gone. The answer is written back to the

@@ -70,8 +70,12 @@ final class ObjectReader: Sendable {
     private let recent: RecentBlocks
     /// GETs made and bytes they brought.
     let counters = Mutex<(gets: Int, bytes: Int64)>((0, 0))
+    /// Where each GET's answer about the object's version goes (its stored mtime, for the namespace).
+    let versions: KnownVersions
 
-    init(client: any ObjectClient, bucket: String, cache: BlockCache, options: FSOptions) {
+    init(client: any ObjectClient, bucket: String, cache: BlockCache, options: FSOptions,
+         versions: KnownVersions? = nil) {
+        self.versions = versions ?? KnownVersions(limit: options.maxListedEntries)
         self.client = client
         self.bucket = bucket
         self.cache = cache
@@ -84,6 +88,16 @@ final class ObjectReader: Sendable {
     var blockSize: Int64 { limits.blockSize }
 
     func blockKey(_ o: PinnedObject, _ b: Int64) -> BlockKey { BlockKey(bucket: bucket, key: o.key, etag: o.etag, index: b) }
+
+    /// `o` was just opened for reading: if its first block is in the cache, the kernel starts reading it from
+    /// disk now (cache blocks are written with O_DIRECT, so after a while they are on disk only), and the read
+    /// that follows the open finds it in memory instead of waiting for the disk. Later blocks are read ahead
+    /// the same way as the reader goes (`schedulePrefetch`).
+    func opened(_ o: PinnedObject) {
+        guard o.size > 0 else { return }
+        let k = blockKey(o, 0)
+        if recent.get(k) == nil && cache.contains(k) { cache.prefetch(k) }
+    }
 
     /// Whether the first block of `o` is in the block cache (a cold open of a large file reads direct).
     func firstBlockCached(_ o: PinnedObject) -> Bool { cache.contains(blockKey(o, 0)) }
@@ -292,8 +306,10 @@ final class ObjectReader: Sendable {
         }
         var outcome = FetchOutcome()
         do throws(S3Error) {
-            _ = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: o.versionId, sink: assembler.sink)
+            let info = try await client.getObject(bucket, o.key, range: range, ifMatch: o.etag, versionId: o.versionId, sink: assembler.sink)
             let received = assembler.finish()
+            // The newest version's stored mtime, for lookups (an earlier one, read in a versions view, is not).
+            if o.versionId == nil { versions.note(o.key, info) }
             counters.withLock {
                 $0.gets += 1
                 $0.bytes += received

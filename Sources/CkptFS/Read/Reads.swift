@@ -66,17 +66,38 @@ extension FileSystem {
             return OpenReply(handle: h, directIO: false, keepCache: false)
         }
         guard let remote else { throw .noEntry }
+        return openClean(ino: ino, remote, listed: listed)
+    }
+
+    /// `open` when it needs no request: a read-only open of a clean file (no local version) whose version is
+    /// known, because a reader's listing showed it within the TTL (S-CONS-LISTED-OPEN), it was checked within
+    /// the last second (the lookup right before the open), or the bucket is immutable. Nil: call `open`.
+    /// Never waits, so the FUSE thread answers such an open itself instead of handing it to a task.
+    public func openNow(ino: UInt64, flags: Int32) throws(FSError) -> OpenReply? {
+        let n = try namespace.node(ino)
+        guard !n.meta.isDirectory else { throw .isDirectory }
+        guard (flags & O_ACCMODE) == O_RDONLY, flags & O_TRUNC == 0, !n.superseded, !n.meta.etag.isEmpty,
+              !VersionViews.contains(n.key),  // a version in a versions view: `open` pins it (History/)
+              writeBack.localFiles.byKey.withLock({ $0[n.key] == nil }) else { return nil }
+        let listed = n.meta.listedUntil.map { ContinuousClock.now < $0 } == true
+        guard listed || options.immutable || ContinuousClock.now - n.fetched <= .seconds(1) else { return nil }
+        return openClean(ino: ino, PinnedObject(key: n.key, etag: n.meta.etag, size: n.meta.size), listed: listed)
+    }
+
+    /// A read handle on `remote`, the version of clean file `ino` the open pinned (`listed`: on a listing's word).
+    private func openClean(ino: UInt64, _ remote: PinnedObject, listed: Bool) -> OpenReply {
         let direct = options.directReadMinSize.map { min in
             remote.size >= min && remote.size > 0 && !reader.firstBlockCached(remote)
         } ?? false
-        if direct { counters.withLock { $0.directOpens += 1 } }
+        if direct { counters.withLock { $0.directOpens += 1 } } else { reader.opened(remote) }
         let h = handleNumbers.next()
         handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote, listed: listed) }
         return OpenReply(handle: h, directIO: direct, keepCache: true)
     }
 
     /// The object behind a node as S3 has it now (revalidated with a HEAD unless checked within the last
-    /// second: the kernel looks a file up right before opening it), or nil when there is none.
+    /// second: the kernel looks a file up right before opening it; or ever, on an immutable bucket), or nil
+    /// when there is none.
     ///
     /// An inode stands for one version of its object (see `replaced`). When the object is no longer the
     /// version the inode shows, this throws ESTALE: the kernel then walks the path again with a forced
@@ -87,7 +108,8 @@ extension FileSystem {
         var meta = n.meta
         if meta.etag.isEmpty && writeBack.localFiles.byKey.withLock({ $0[n.key] != nil }) { return nil }  // exists only here
         if n.superseded { throw FSError(ESTALE, "\(n.key) was replaced in S3; the kernel looks it up again") }
-        if ContinuousClock.now - n.fetched > .seconds(1) || meta.etag.isEmpty {
+        // An immutable bucket's version, once known, stands for the mount's life.
+        if (ContinuousClock.now - n.fetched > .seconds(1) && !options.immutable) || meta.etag.isEmpty {
             guard let m = try await namespace.headProbe(n.key) else { return nil }
             if !meta.etag.isEmpty && m.etag != meta.etag {
                 namespace.replaced(ino, n, by: m)
