@@ -51,8 +51,8 @@ def test_every_workload_module_registers_one_workload_whose_direct_handlers_name
     handled = {name: sorted(cls.direct_handlers) for name, cls in found.items()}
     assert handled == {"read": ["boto3", "local", "s5cmd"], "save": ["boto3", "local", "s5cmd"],
                        "small": ["boto3", "s5cmd"], "random": ["boto3"], "meta": ["boto3", "s5cmd"],
-                       "rename": ["boto3", "s5cmd"], "preload": ["s5cmd"]}
-    assert [n for n, c in found.items() if c.latency] == ["read", "small", "meta", "preload"]
+                       "rename": ["boto3", "s5cmd"], "preload": ["s5cmd"], "dataloader": ["s3torch"]}
+    assert [n for n, c in found.items() if c.latency] == ["read", "small", "meta", "preload", "dataloader"]
 
 
 def run_bench(*args):

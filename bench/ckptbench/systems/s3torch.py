@@ -11,7 +11,7 @@ TORCH_PYTHON = os.environ.get("BENCH_TORCH_PYTHON") or sys.executable
 
 class S3Torch(Direct):
     name = "s3torch"
-    order = 45
+    order = 70
     summary = "the S3 Connector for PyTorch (S3MapDataset), in the Python BENCH_TORCH_PYTHON"
     color = "#ff7f0e"
     version_command = [TORCH_PYTHON, "-c", "import s3torchconnector, torch; "
