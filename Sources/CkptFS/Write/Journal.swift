@@ -108,15 +108,20 @@ final class Journal: Sendable {
     /// Bytes allocated past the journal's end for its own records (the reserve) now.
     var reserved: Int64 { tail.withLock { max(0, $0.reservedTo - $0.end) } }
 
-    deinit { tail.withLock { _ = close($0.fd) } }
+    deinit { tail.withLock { t in if t.fd >= 0 { _ = close(t.fd) } } }
 
-    /// Reopens the file at `path` (after `rewrite` replaced it).
+    /// Reopens the file at `path` (after `rewrite` replaced it). The replaced file keeps its reserve until its
+    /// descriptor closes, so it is closed first: on a small cache disk the new reserve did not fit beside the old
+    /// one, the journal had none, and an unlink on the full disk then failed with ENOSPC (CI, an 8 MiB tmpfs).
+    /// Nothing appends meanwhile (recovery runs before the mount serves).
     func reopen() throws(FSError) {
-        let new = try Journal.openTail(path)
         tail.withLock { t in
             close(t.fd)
-            t = new
+            t.fd = -1
+            t.broken = EBADF
         }
+        let new = try Journal.openTail(path)
+        tail.withLock { $0 = new }
     }
 
     static func frame(_ r: JournalRecord) -> [UInt8] {
