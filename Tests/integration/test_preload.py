@@ -1,7 +1,6 @@
 """`ckptfs preload` against real mounts of a real S3 server: what it fetches (counted by the server and by the
 fault proxy), that reads through the mount then need no GET, sharing by rank, the cache bound, interrupt and
 resume, `--check`, `--evict` and `status`."""
-import hashlib
 import json
 import os
 import random
@@ -14,23 +13,10 @@ import pytest
 
 from conftest import wait_until
 from test_metrics import Scraper
+from test_mount_read import file_sha, sha
 
 ODD_NAMES = ["with space.bin", "plus+sign", "percent%41", "tilde~", "ünïcødé/ファイル.pt", "deep/a/b/c/model.safetensors",
              "sym!$&'()*,;=@"]
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(1 << 20)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 
 def upload_many(server, bucket, prefix, files, tmp_path):

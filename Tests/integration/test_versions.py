@@ -1,20 +1,11 @@
 """Checkpoint history on versioned buckets (issue 18): `ckptfs versions` and `ckptfs restore` through a real
 mount of a versioned SeaweedFS bucket, checked from outside with boto3 (version ids, bytes by sha256) and by
 reading through the mount."""
-import hashlib
 import json
 import os
 
-from test_write_back import flush
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
+from test_correctness import read
+from test_write_back import flush, sha
 
 
 def save(path, data):

@@ -211,11 +211,7 @@ struct Preload: AsyncParsableCommand {
         if background {
             FileHandle.standardError.write(Data(("ckptfs: preload: going on in the background in the daemon of \(mp); "
                 + "ckptfs status \(mp) shows its progress, ckptfs preload ... --check what is cached\n").utf8))
-            if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
-                print(String(decoding: try! encoder.encode(summary), as: UTF8.self))
-            }
+            printJSON(summary)
             return 0
         }
         return finish(&summary, display: &display)
@@ -224,12 +220,16 @@ struct Preload: AsyncParsableCommand {
     /// Reports how it ended, prints the JSON summary with `--json`, and returns the exit status.
     func finish(_ summary: inout Summary, display: inout PreloadDisplay) -> Int32 {
         summary.exitCode = report(summary, display: &display)
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try! encoder.encode(summary), as: UTF8.self))
-        }
+        printJSON(summary)
         return summary.exitCode
+    }
+
+    /// With `--json`: `summary` on stdout, one line.
+    func printJSON(_ summary: Summary) {
+        guard json else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        print(String(decoding: try! encoder.encode(summary), as: UTF8.self))
     }
 
     /// `ckptfs preload s3://BUCKET[/PREFIX] --cache-dir DIR`: the same preload in this process, into a cache

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CkptFS
+import CkptS3
 import Foundation
 
 /// `ckptfs restore PATH (--version ID | --time T)`: makes an earlier version of a file the newest (a copy
@@ -30,7 +31,7 @@ struct Restore: ParsableCommand {
             guard !rel.isEmpty else { throw UserFacingFailure(message: "\(path) is a mountpoint: name a file under it") }
             let reply = try Control.versions(mp, .init(cmd: "restore", path: rel, versionId: version, time: time.flatMap(Self.parseTime)))
             guard let v = reply.restored else { throw UserFacingFailure(message: "the daemon did not say what it restored") }
-            let when = v.lastModified.map(Versions.utc) ?? "?"
+            let when = v.lastModified.map(S3Date.iso8601) ?? "?"
             FileHandle.standardError.write(Data((v.isLatest
                 ? "ckptfs: \(rel): version \(v.versionId ?? "") (\(when)) is already the newest; nothing changed\n"
                 : "ckptfs: \(rel): restored version \(v.versionId ?? "") (\(when), \(formatBytes(v.size))) as the newest\n").utf8))

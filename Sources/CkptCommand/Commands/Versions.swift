@@ -47,7 +47,7 @@ struct Versions: ParsableCommand {
             if let s = v.localState { what.append("written here, not in S3 yet (\(s))") }
             if v.isDeleteMarker { what.append("delete marker") }
             if v.isLatest { what.append("latest") }
-            rows.append([v.versionId ?? "local", v.lastModified.map(Versions.utc) ?? "-",
+            rows.append([v.versionId ?? "local", v.lastModified.map(S3Date.iso8601) ?? "-",
                          v.isDeleteMarker ? "-" : formatBytes(v.size), what.joined(separator: ", ")])
         }
         let widths = (0..<3).map { c in rows.map { $0[c].count }.max() ?? 0 }
@@ -58,7 +58,4 @@ struct Versions: ParsableCommand {
             return "\(id)  \(when)  \(size)  \(r[3])".trimmingCharacters(in: .whitespaces)
         }.joined(separator: "\n")
     }
-
-    /// `2026-11-29T16:31:21Z`.
-    static func utc(_ d: Date) -> String { S3Date.iso8601(d).replacingOccurrences(of: ".000Z", with: "Z") }
 }

@@ -57,11 +57,7 @@ final class VersionViews: Sendable {
 
     /// `2026-11-29T16-31-21Z`: Last-Modified in UTC, a valid file name on every system.
     static func stamp(_ date: Date?) -> String {
-        var t = time_t((date ?? Date(timeIntervalSince1970: 0)).timeIntervalSince1970.rounded(.down))
-        var tmv = tm()
-        gmtime_r(&t, &tmv)
-        return String(format: "%04d-%02d-%02dT%02d-%02d-%02dZ", tmv.tm_year + 1900, tmv.tm_mon + 1, tmv.tm_mday,
-                      tmv.tm_hour, tmv.tm_min, tmv.tm_sec)
+        S3Date.iso8601(date ?? Date(timeIntervalSince1970: 0)).replacingOccurrences(of: ":", with: "-")
     }
 }
 
