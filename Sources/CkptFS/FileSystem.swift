@@ -146,8 +146,13 @@ public final class FileSystem: Sendable {
         try writeBack.write(handle: handle, offset: offset, data: data)
     }
 
+    /// close(), on the calling thread: true once the data is on local disk and journaled; false when blocks of
+    /// a file changed in place must come from S3 first, and nothing was done: then call `flush` (see
+    /// `WriteBack.flushNow`).
+    public func flushNow(handle: UInt64) throws(FSError) -> Bool { try writeBack.flushNow(handle: handle) }
+
     /// close(): the data is on local disk and journaled when this returns (see `WriteBack.flush`).
-    public func flush(handle: UInt64) throws(FSError) { try writeBack.flush(handle: handle) }
+    public func flush(handle: UInt64) async throws(FSError) { try await writeBack.flush(handle: handle) }
 
     /// fsync(): with durable fsync, returns once the file is in S3; otherwise once it is on local disk.
     public func fsync(handle: UInt64) async throws(FSError) { try await writeBack.fsync(handle: handle) }

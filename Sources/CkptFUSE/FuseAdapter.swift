@@ -275,10 +275,18 @@ public final class FuseAdapter: Sendable {
                 return
             }
             do throws(FSError) {
-                try a.fs.flush(handle: h)
-                fuse_reply_err(req, 0)
+                if try a.fs.flushNow(handle: h) {
+                    fuse_reply_err(req, 0)
+                    return
+                }
             } catch {
                 a.replyError(req, error, "flush")
+                return
+            }
+            // A file changed in place: the blocks it did not rewrite come from S3 first.
+            FuseAdapter.async(req, "flush") { a, r throws(FSError) in
+                try await a.fs.flush(handle: h)
+                fuse_reply_err(r.value, 0)
             }
         }
         ops.fsync = { req, _, _, fi in

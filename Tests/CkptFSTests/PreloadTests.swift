@@ -130,7 +130,7 @@ final class PreloadTests: XCTestCase {
         // A file with local changes on the mount is not preloaded: the mount reads it locally.
         let (attr, h) = try await fs.create(parent: FileSystem.rootIno, name: "local.bin", flags: O_WRONLY)
         _ = attr
-        try fs.flush(handle: h)
+        try await fs.flush(handle: h)
         fs.release(handle: h)
         s3.seed(bucket, "local.bin", [9])
         let withLocal = try await p.list(["local.bin", "other/c"])

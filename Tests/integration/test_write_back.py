@@ -460,20 +460,23 @@ def test_rename_files_and_directories(server, bucket, mounts):
 
 def test_overwrite_in_place_fetches_only_what_it_needs(server, bucket, mounts):
     """Opening an existing object for writing downloads nothing; a small write fetches only the blocks it
-    touches; the upload fills in the rest from the same object version."""
+    touches; close() fetches the rest from the same object version (what it acknowledges is then all on local
+    disk), except blocks written whole, which are never fetched."""
     rng = random.Random(7)
     data = bytearray(rng.randbytes(48 * MiB))
     server.s3.put_object(Bucket=bucket, Key="weights.bin", Body=bytes(data))
     mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
-    with open(os.path.join(mp, "weights.bin"), "r+b") as f:
+    with open(os.path.join(mp, "weights.bin"), "r+b", buffering=0) as f:
         f.seek(10 * MiB + 5)
         f.write(b"x" * 100)
         f.seek(30 * MiB)
         f.write(b"y" * (2 * MiB))  # two whole blocks: never fetched
+        before = status(mounts, mp)
+        assert before["bytesDownloaded"] <= 2 * MiB, before
     data[10 * MiB + 5:10 * MiB + 105] = b"x" * 100
     data[30 * MiB:32 * MiB] = b"y" * (2 * MiB)
-    before = status(mounts, mp)
-    assert before["bytesDownloaded"] <= 2 * MiB, before
+    closed = status(mounts, mp)
+    assert 44 * MiB <= closed["bytesDownloaded"] <= 46 * MiB, closed
     with open(os.path.join(mp, "weights.bin"), "rb") as f:
         assert sha(f.read()) == sha(bytes(data)), "reads through the mount see old and new bytes"
     flush(mounts, mp)
@@ -484,6 +487,42 @@ def test_overwrite_in_place_fetches_only_what_it_needs(server, bucket, mounts):
         pass
     flush(mounts, mp)
     assert server.s3.head_object(Bucket=bucket, Key="weights.bin")["ETag"] == etag
+
+
+def test_an_in_place_change_stays_whole_when_another_client_replaces_the_object(server, bucket, mounts):
+    """A file changed in place is acknowledged with every byte it did not rewrite: another client replacing
+    the object after close() makes the upload a conflict, and the local copy stays whole (readable, and
+    uploaded whole under a new name). Replaced before close(), the bytes not rewritten are gone: close()
+    fails with EIO and nothing of the change goes to S3."""
+    rng = random.Random(8)
+    data = bytearray(rng.randbytes(6 * MiB + 77))
+    server.s3.put_object(Bucket=bucket, Key="after.bin", Body=bytes(data))
+    server.s3.put_object(Bucket=bucket, Key="before.bin", Body=bytes(data))
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
+    with open(os.path.join(mp, "after.bin"), "r+b") as f:
+        f.seek(3 * MiB + 1)
+        f.write(b"mine")
+    data[3 * MiB + 1:3 * MiB + 5] = b"mine"
+    server.s3.put_object(Bucket=bucket, Key="after.bin", Body=b"theirs")
+    r = mounts.run("flush", mp, "--timeout", "30", timeout=60)
+    assert r.returncode != 0 and "conflict" in r.stderr, r.stderr
+    with open(os.path.join(mp, "after.bin"), "rb") as f:
+        assert sha(f.read()) == sha(bytes(data)), "the acknowledged local copy is whole"
+    os.rename(os.path.join(mp, "after.bin"), os.path.join(mp, "after.bin.mine"))
+    flush(mounts, mp)
+    assert sha(s3_bytes(server, bucket, "after.bin.mine")) == sha(bytes(data))
+    assert s3_bytes(server, bucket, "after.bin") == b"theirs"
+
+    f = open(os.path.join(mp, "before.bin"), "r+b", buffering=0)
+    f.write(b"z" * MiB)  # block 0 whole: nothing fetched yet
+    server.s3.put_object(Bucket=bucket, Key="before.bin", Body=b"theirs too")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EIO
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "before.bin") == b"theirs too"
+    with open(os.path.join(mp, "before.bin"), "rb") as f:
+        assert f.read() == b"theirs too"
 
 
 def test_a_change_in_s3_meanwhile_is_a_conflict_not_an_overwrite(server, bucket, mounts):

@@ -43,6 +43,8 @@ extension FileSystem {
             }
             defer { writeBack.releaseHandle(f, writer: true) }
             try writeBack.truncateVersion(f, to: size)
+            // Acknowledged at the release when no other writer has it open: with every block it keeps here.
+            try await writeBack.fillForAcknowledgement(f.current)
         }
         if let mtime, !n.meta.isDirectory {
             // Stored with the upload (x-amz-meta-mtime) while the file is local; otherwise not kept.

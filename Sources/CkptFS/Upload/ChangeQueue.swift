@@ -160,7 +160,9 @@ extension WriteBack {
     func enqueueUpload(_ v: StagedVersion) {
         let key = v.key
         let cancelled: [CheckedContinuation<Void, Never>] = changes.state.withLock { u in
-            for (_, old) in u.pending where old !== v && old.key == key && !options.keepEveryVersion {
+            // Only older versions: one queued again by a rename (its key's versions are queued again oldest
+            // first) never stands in for a newer one, and no two versions can supersede each other.
+            for (_, old) in u.pending where old !== v && old.key == key && old.id < v.id && !options.keepEveryVersion {
                 let skip = old.state.withLock { s -> Bool in
                     guard case .waiting = s.upload, s.sealed else { return false }
                     s.successor = v
@@ -186,8 +188,14 @@ extension WriteBack {
             }
             let cancelled = u.cancelDeletes(of: key)
             let previous = u.tails[key]
+            // Renamed while an older job uploads it (to its old name): this job goes once that one is over.
+            let uploading = v.state.withLock { s -> Task<Void, Never>? in
+                if case .uploading = s.upload { return s.uploadTask }
+                return nil
+            }
             let task = Task {
                 await previous?.task.value  // one key's changes go in order
+                await uploading?.value
                 if v.state.withLock({ $0.job }) == job {
                     await self.changes.uploadSlots.acquire()
                     await self.upload(v, job: job)
@@ -198,6 +206,7 @@ extension WriteBack {
                 }
             }
             u.tails[key] = UploadTail(id: job, task: task)
+            v.state.withLock { $0.uploadTask = task }
             return cancelled
         }
         for c in cancelled { c.resume() }

@@ -41,37 +41,21 @@ extension WriteBack {
                 let (key, etag) = try await uploadOnce(v)
                 // The record names the key: a rename after it journals the version again under the new key.
                 try await journal.record(JournalRecord(op: .done, id: v.id, key: key, etag: etag))
-                enum Landed { case landed, dropped, moved }
-                let outcome = v.state.withLock { s -> Landed in
-                    if case .dropped = s.upload { return .dropped }
-                    if s.key != key {
-                        s.upload = .waiting
-                        return .moved
-                    }
-                    return .landed
-                }
-                switch outcome {
+                switch v.land(job: job, key: key, etag: etag) {
                 case .dropped:
                     // Unlinked while uploading: the delete queued behind this job removes what landed.
                     finishUpload(v)
                     return
                 case .moved:
-                    // Renamed while uploading: it goes again under the new name (the old name's delete is
-                    // queued after that).
-                    enqueueUpload(v)
+                    // Renamed while uploading: the job the rename queued under the new name waits for this one,
+                    // then uploads it there (the old name's delete is queued after that job).
                     return
                 case .landed: break
                 }
                 resolveExpectations(after: v, etag: etag)
-                let size = v.size
-                v.state.withLock { s in
-                    s.lastError = nil
-                    s.bytesUploaded = size
-                }
-                v.settle(.done(etag: etag))
                 changes.state.withLock { u in
                     u.uploadedFiles += 1
-                    u.uploadedBytes += size
+                    u.uploadedBytes += v.size
                 }
                 finishUpload(v)
                 return
@@ -82,6 +66,14 @@ extension WriteBack {
                     finishUpload(v)
                     return
                 }
+                // Renamed while uploading: what the old name holds (a conflict there too) is none of this
+                // version's any more; the job the rename queued waits for this one and uploads it there.
+                let moved = v.state.withLock { s -> Bool in
+                    guard s.job != job else { return false }
+                    s.upload = .waiting
+                    return true
+                }
+                if moved { return }
                 if error.isConflict {
                     // Someone else changed the object: keep ours (journaled, readable here) and say so.
                     v.state.withLock { $0.lastError = error.message + "; the local copy is kept (rename it to upload it under another name)" }

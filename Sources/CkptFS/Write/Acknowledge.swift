@@ -122,6 +122,10 @@ extension WriteBack {
             throw FSError(e == ENOSPC ? ENOSPC : EIO, "fsync of the staged file failed: \(String(cString: strerror(e)))")
         }
         let (size, running, missing) = v.state.withLock { ($0.size, $0.sum?.value(size: $0.size), $0.missing) }
+        // Acknowledged, a version opened in place holds every block itself (`fillForAcknowledgement`).
+        guard missing.isEmpty else {
+            throw FSError(EIO, "\(v.key) still has \(missing.count) blocks only in S3; it was not acknowledged")
+        }
         let sum: UInt64
         if let running {
             sum = running
@@ -170,18 +174,31 @@ extension WriteBack {
         }
     }
 
-    /// close(): the data is on local disk and journaled when this returns. The version is queued for upload
-    /// when the last descriptor of the open file is closed (release): a close() of a duplicate (a child
-    /// process exiting) acknowledges what was written so far but queues nothing while the writer goes on.
-    func flush(handle: UInt64) throws(FSError) {
-        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return }
+    /// close(), answered on the calling thread: true once the data is on local disk and journaled; false (nothing
+    /// done) when blocks of a file changed in place must come from S3 first: then `flush` does it. The version is
+    /// queued for upload when the last descriptor of the open file is closed (release): a close() of a
+    /// duplicate (a child process exiting) acknowledges what was written so far but queues nothing while the
+    /// writer goes on.
+    func flushNow(handle: UInt64) throws(FSError) -> Bool {
+        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return true }
+        if needsFill(h.file.current) { return false }
         try acknowledge(h.file.current, of: h.file)
+        return true
+    }
+
+    /// close(): fetches the blocks a file changed in place still lacks (`fillForAcknowledgement`), then
+    /// acknowledges it (`flushNow`).
+    func flush(handle: UInt64) async throws(FSError) {
+        guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return }
+        try await fillForAcknowledgement(h.file.current)
+        try await offPool { () throws(FSError) in try self.acknowledge(h.file.current, of: h.file) }
     }
 
     /// fsync(): with durable fsync, returns once the file is in S3; with local fsync, once it is on local disk.
     func fsync(handle: UInt64) async throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }) else { return }
         let v = h.file.current
+        try await fillForAcknowledgement(v)
         let queued = try await offPool { () throws(FSError) -> Bool in try self.commit(v, of: h.file) }
         if options.durableFsync && queued {
             let left = await waitDurable([v], deadline: nil)

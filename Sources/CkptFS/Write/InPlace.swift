@@ -2,9 +2,12 @@
 //
 // Opening an existing object for writing (without O_TRUNC) does not download it. The staged file starts
 // sparse, with every block "missing": its bytes are those of the object version seen at open (the base,
-// pinned by ETag). A block is fetched (through the block cache) only when it is read, when a write covers
-// part of it, or when the file is uploaded; a block a write covers whole is never fetched. A file opened for
-// writing and closed without a change is not uploaded at all.
+// pinned by ETag). A block is fetched (through the block cache) when it is read, when a write covers part of
+// it, or when the change is acknowledged: close(), fsync() or a truncate acknowledge a changed version only
+// once it holds every block it did not rewrite, so an acknowledged version never depends on an object that
+// another client can replace (or that this file's own upload replaces) before it is uploaded. A block a write
+// covers whole is never fetched. A file opened for writing and closed without a change fetches nothing and is
+// not uploaded at all.
 //
 // Every upload is conditional where the server supports it: a new key with `If-None-Match: *`, an
 // overwrite with `If-Match: <ETag seen at open>`. If someone else changed the object meanwhile the upload
@@ -129,10 +132,29 @@ extension WriteBack {
         }
     }
 
-    /// Fetches every block still missing (before an upload, or before a rename deletes the base object).
+    /// Fetches every block still missing (before an acknowledgement, an upload, or a rename that deletes the
+    /// base object).
     func fillAll(_ v: StagedVersion) async throws(FSError) {
         let blocks = v.state.withLock { $0.missing.sorted() }
         try await fill(v, blocks: blocks)
+    }
+
+    /// Whether `v` has changes to acknowledge and blocks still only in its base object: they are fetched first
+    /// (`fillForAcknowledgement`). Not for a version whose write or fetch failed: it is never acknowledged.
+    func needsFill(_ v: StagedVersion) -> Bool {
+        v.state.withLock { $0.failedErrno == 0 && $0.unjournaled && $0.base != nil && !$0.missing.isEmpty }
+    }
+
+    /// Before `v` (changed, opened in place) is acknowledged: fetches what is still missing, so the acknowledged
+    /// version holds every byte itself. Errors (the version is then never acknowledged, and the caller's close(),
+    /// fsync() or truncate fails): the object changed in S3 since it was opened (a conflict, EIO: the bytes this
+    /// file did not rewrite are gone), or the fetch failed (EIO).
+    func fillForAcknowledgement(_ v: StagedVersion) async throws(FSError) {
+        guard needsFill(v) else { return }
+        do throws(FSError) { try await fillAll(v) } catch {
+            v.fail(error.errno)
+            throw error
+        }
     }
 
     // MARK: Conditional writes

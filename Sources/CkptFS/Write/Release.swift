@@ -35,24 +35,44 @@ extension WriteBack {
             return
         }
         if writer && writers == 0 {
-            let v = f.current
-            let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.unjournaled, $0.failedErrno != 0, $0.committedSum != nil) }
-            if !sealed && failed {
-                discardUnacknowledged(f, v)
-            } else if !sealed && (changed || acked) {
-                do { try commit(v, of: f) } catch {
-                    logger.error("could not acknowledge a file at its last close; its changes are dropped",
-                                 metadata: ["key": "\(key)", "error": "\(error)"])
-                    discardUnacknowledged(f, v)
+            if needsFill(f.current) {
+                // Changed in place and not acknowledged by a close() (written through a mapping after it): the
+                // blocks it did not rewrite come from S3 first, then the last writer's release goes on.
+                let v = f.current
+                Task {
+                    do throws(FSError) { try await self.fillForAcknowledgement(v) } catch {
+                        logger.error("could not fetch the rest of a file changed in place at its last close; its changes are dropped",
+                                     metadata: ["key": "\(key)", "error": "\(error)"])
+                    }
+                    if f.state.withLock({ $0.writers == 0 && !$0.unlinked }) { self.lastWriterGone(f) }
+                    if f.state.withLock({ $0.handles == 0 }) { self.cleanIfUploaded(f) }
                 }
-            } else if !sealed {
-                // Opened for writing and not changed: nothing to upload.
-                discardUnacknowledged(f, v, quietly: true)
+                return
             }
+            lastWriterGone(f)
+        }
+        if handles == 0 { cleanIfUploaded(f) }
+    }
+
+    /// The last writer of `f` is gone: its current version is acknowledged and queued (or dropped if a write,
+    /// truncate or close of it failed, or if it was never changed), and it holds no descriptor any more.
+    private func lastWriterGone(_ f: LocalFile) {
+        let v = f.current
+        let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.unjournaled, $0.failedErrno != 0, $0.committedSum != nil) }
+        if !sealed && failed {
+            discardUnacknowledged(f, v)
+        } else if !sealed && (changed || acked) {
+            do { try commit(v, of: f) } catch {
+                logger.error("could not acknowledge a file at its last close; its changes are dropped",
+                             metadata: ["key": "\(f.key)", "error": "\(error)"])
+                discardUnacknowledged(f, v)
+            }
+        } else if !sealed {
+            // Opened for writing and not changed: nothing to upload.
+            discardUnacknowledged(f, v, quietly: true)
         }
         // Nobody writes this version any more (a later write goes to a copy): an idle dirty file holds no descriptor.
-        if writer && writers == 0, f.current.state.withLock({ $0.sealed }) { f.current.closeWriters() }
-        if handles == 0 { cleanIfUploaded(f) }
+        if f.current.state.withLock({ $0.sealed }) { f.current.closeWriters() }
     }
 
     /// Drops `v`, the unacknowledged current version of `f`: the previous local version (still queued or

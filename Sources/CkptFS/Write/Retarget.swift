@@ -13,8 +13,9 @@ extension WriteBack {
     }
 
     /// Moves local file `f` from `src` to `dst`: handles follow it, and every version not settled goes to the
-    /// new key. A version waiting or uploaded (still held: the file is open) is queued again under the new key; one
-    /// uploading is queued again by its uploader when it lands. The destination is replaced whatever it holds
+    /// new key. A version waiting, uploading or uploaded (still held: the file is open) is queued again under the
+    /// new key, now, in its order among the key's versions; the job of one uploading finds it moved when it lands,
+    /// and the new job waits for it. The destination is replaced whatever it holds
     /// (POSIX rename): uploads to it carry no condition. The caller journals the records before queueing.
     func retarget(_ f: LocalFile, from src: String, to dst: String) -> Retarget {
         var out = Retarget()
@@ -40,7 +41,10 @@ extension WriteBack {
                     var requeue = false
                     switch s.upload {
                     case .waiting: requeue = s.sealed
-                    case .uploading: break
+                    case .uploading:
+                        // Its job finds it moved when it lands (or fails), and leaves it waiting; the job queued
+                        // now waits for that one, then uploads it under the new name, ahead of any newer version.
+                        requeue = true
                     case .done:
                         s.upload = .waiting
                         requeue = true
@@ -51,6 +55,9 @@ extension WriteBack {
                         out.keepsSource = true
                     case .superseded, .dropped: break
                     }
+                    // No job may start an upload of it until the one queued under the new name (the old job's
+                    // check finds it not current).
+                    if requeue { s.job = 0 }
                     return (requeue, !s.unjournaled ? s.committedSum : nil)
                 }
                 moved.append((v, requeue, sum))

@@ -63,8 +63,12 @@ final class StagedVersion: Sendable {
         /// Upload jobs waiting out the upload delay, woken early when someone waits for the version.
         var delayWaiters = Waiters<Bool>()
         /// The upload job that may upload this version (ChangeQueue): a rename queues a new one, and the old
-        /// job then finds it is not current and does nothing.
+        /// job then finds it is not current and does nothing (0 while a rename moves the version: no job may
+        /// start an upload of it then).
         var job: UInt64 = 0
+        /// The task of the last upload job queued for this version: a job queued while an older one is
+        /// uploading the version (to its old name) waits for that one to finish first.
+        var uploadTask: Task<Void, Never>?
         /// The acknowledged version this one was copied from when a write came after the acknowledgement (a
         /// close of one descriptor while another stays open): it stands for the file until this one is
         /// acknowledged, and again if this one is dropped.
@@ -199,6 +203,30 @@ final class StagedVersion: Sendable {
         }
         for w in waiters { w.resume(returning: true) }
         for w in delayed { w.resume(returning: false) }
+    }
+
+    /// What became of an upload when it landed: see `land`.
+    enum Landing { case landed, dropped, moved }
+
+    /// Upload job `job` put this version under `key` with `etag`: it is durable (settled `.done`), unless it
+    /// was unlinked meanwhile (`.dropped`: the delete queued behind the job removes what landed) or a rename
+    /// moved it (`.moved`: back to waiting, for the job the rename queued under the new name). Decided and
+    /// settled under one lock, so a rename sees the version either landed (and queues it again) or not.
+    func land(job: UInt64, key: String, etag: String) -> Landing {
+        let (outcome, waiters, delayed) = state.withLock { s -> (Landing, [CheckedContinuation<Bool, Never>], [CheckedContinuation<Bool, Never>]) in
+            if case .dropped = s.upload { return (.dropped, [], []) }
+            if s.job != job || s.key != key {
+                s.upload = .waiting
+                return (.moved, [], [])
+            }
+            s.upload = .done(etag: etag)
+            s.lastError = nil
+            s.bytesUploaded = s.size
+            return (.landed, s.waiters.removeAll(), s.delayWaiters.removeAll())
+        }
+        for w in waiters { w.resume(returning: true) }
+        for w in delayed { w.resume(returning: false) }
+        return outcome
     }
 
     /// Resumes the tasks waiting for the early upload to go idle, if it is (after each change that can end it).

@@ -287,8 +287,9 @@ final class CoreDriver: Sendable {
         switch await open(path, OpenMode()) {
         case .failure(let e): return .failure(e)
         case .success(let h):
-            defer { close(h) }
-            return await readToEnd(h)
+            let r = await readToEnd(h)
+            await close(h)
+            return r
         }
     }
 
@@ -320,17 +321,18 @@ final class CoreDriver: Sendable {
     }
 
     /// close(2) of one descriptor of a file still open through another (a dup): the kernel's flush only.
-    func flush(_ h: DriverHandle) -> Result<Void, DriverError> {
+    /// As the FUSE adapter does it: on the calling thread when it can be, else in a task.
+    func flush(_ h: DriverHandle) async -> Result<Void, DriverError> {
         do throws(FSError) {
-            try fs.flush(handle: h.fh)
+            if try !fs.flushNow(handle: h.fh) { try await fs.flush(handle: h.fh) }
             return .success(())
         } catch { return .failure(DriverError(error)) }
     }
 
     /// close(2) of the last descriptor: flush, then release. Returns flush's result (close's).
     @discardableResult
-    func close(_ h: DriverHandle) -> Result<Void, DriverError> {
-        let r = flush(h)
+    func close(_ h: DriverHandle) async -> Result<Void, DriverError> {
+        let r = await flush(h)
         fs.release(handle: h.fh)
         fs.forget(ino: h.ino, count: 1)
         return r

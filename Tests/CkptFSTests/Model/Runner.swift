@@ -206,11 +206,11 @@ final class ModelRun: @unchecked Sendable {
             if try outcome(r, model.expect(step), fault, step, i) { Step.applyToModel(step, &model) }
 
         case .closeDup(let h):
-            let r = driver.flush(handles[h]!)
+            let r = await driver.flush(handles[h]!)
             if try outcome(r, .ok, fault, step, i) { Step.applyToModel(step, &model) }
 
         case .close(let h):
-            let r = driver.close(handles.removeValue(forKey: h)!)
+            let r = await driver.close(handles.removeValue(forKey: h)!)
             Step.applyToModel(step, &model)
             _ = try outcome(r, .ok, fault, step, i)
 
@@ -420,7 +420,7 @@ final class ModelRun: @unchecked Sendable {
     private func finish(_ i: Int) async throws(ModelFailure) {
         trace.append("\(i): (end: close every handle, drain, compare)")
         for h in handles.keys.sorted() {
-            let r = driver.close(handles.removeValue(forKey: h)!)
+            let r = await driver.close(handles.removeValue(forKey: h)!)
             model.close(handle: h)
             if case .failure(let e) = r { throw fail(i, "final", "closing handle \(h) failed: \(e)") }
         }

@@ -105,7 +105,7 @@ final class CrashSemanticsTests: SemanticsTestCase {
         holdUploads()
         let h = try await open("c", Self.write)
         try await write(h, Array("OURS".utf8))
-        try mount.close(h).get()
+        try await mount.close(h).get()
         try await crashAndRecover(before: { self.s3.seed(self.bucket, "c", theirs2) })
         let left = await mount.flushAll(timeout: .seconds(10))
         XCTAssertEqual(left.map(\.path), ["c"])

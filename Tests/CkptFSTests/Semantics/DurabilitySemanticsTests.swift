@@ -12,7 +12,7 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         let data = bytes(40_000)
         let h = try await open("ckpt.pt", Self.create)
         try await write(h, data)
-        try mount.close(h).get()  // its upload is held: close did not wait for it
+        try await mount.close(h).get()  // its upload is held: close did not wait for it
         XCTAssertNil(stored["ckpt.pt"])
         XCTAssertEqual(mount.status.dirtyFiles, 1)
         let left = await mount.flushAll(timeout: .milliseconds(300))
@@ -30,7 +30,7 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         let acked = bytes(30_000), later = bytes(5_000, 7)
         let h = try await open("ckpt.pt", Self.create)
         try await write(h, acked)
-        try mount.flush(h).get()  // close() of a dup
+        try await mount.flush(h).get()  // close() of a dup
         try await write(h, later, at: Int64(acked.count))
         try await Task.sleep(for: .milliseconds(300))
         XCTAssertEqual(client.count("PutObject") + client.count("CreateMultipartUpload"), 0, "queued only at the last close")
@@ -58,7 +58,7 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         let r = await done.value
         XCTAssertEqual(errno(r), 0)
         XCTAssertEqual(stored["f"], data, "in S3 when fsync returns")
-        mount.close(h)
+        await mount.close(h)
     }
 
     /// With --fsync local, fsync() returns once the file is journaled, and it reaches S3 after a crash.
@@ -105,7 +105,7 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         let r = await mount.fsync(h)
         XCTAssertEqual(errno(r), EIO)
         XCTAssertEqual(stored["c"], theirs2)
-        mount.close(h)
+        await mount.close(h)
     }
 
     /// fsync() and flush start their uploads at once, without the upload delay, also of a version that
@@ -124,7 +124,7 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         XCTAssertEqual(errno(r), 0)
         XCTAssertLessThan(ContinuousClock.now - fsyncStart, .seconds(10), "fsync waited out the upload delay")
         XCTAssertEqual(stored["d"], bytes(50, 5))
-        mount.close(h)
+        await mount.close(h)
         try await save("b", bytes(100, 2))
         try await save("b", bytes(100, 3))  // the version waiting is superseded
         try await save("c", bytes(100, 4))
@@ -145,7 +145,7 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         _ = await mount.flushAll(timeout: .seconds(1))
         XCTAssertEqual(stored["m"], good, "a partial save was uploaded")
         XCTAssertEqual(client.count("PutObject"), 0)
-        mount.close(h)
+        await mount.close(h)
         await flushAll()
         XCTAssertEqual(stored["m"], bytes(5000))
     }
@@ -224,7 +224,7 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         _ = try await mount.fsync(h).get()
         try await write(h, bytes(3000, 4), at: 100)
         _ = try await mount.fsync(h).get()
-        try mount.close(h).get()
+        try await mount.close(h).get()
         try await save("a", bytes(20_000, 3))
         await flushAll()
         try await waitFor("staging to empty") {

@@ -64,7 +64,7 @@ final class RenameSemanticsTests: SemanticsTestCase {
         try await mount.rename("x", "y", noReplace: false).get()
         try await Task.sleep(for: .milliseconds(200))
         XCTAssertEqual(keys, ["x"], "the old name was deleted before the new one was durable")
-        mount.close(h)
+        await mount.close(h)
         client.release(gate)
         await flushAll()
         XCTAssertEqual(keys, ["y"])
@@ -122,7 +122,7 @@ final class RenameSemanticsTests: SemanticsTestCase {
                 case .write: try await write(h, more, at: Int64(first.count))
                 }
             }
-            try mount.close(h).get()
+            try await mount.close(h).get()
             await flushAll()
             XCTAssertEqual(stored["t\(i)"], first + more, "order \(order)")
             XCTAssertNil(stored["t\(i).tmp"], "order \(order)")
@@ -163,7 +163,7 @@ final class RenameSemanticsTests: SemanticsTestCase {
         let h = try await open("c", Self.truncate)
         try await write(h, Array("ours".utf8))
         s3.seed(bucket, "c", theirs2)
-        try mount.close(h).get()
+        try await mount.close(h).get()
         let left = await mount.flushAll(timeout: .seconds(10))
         XCTAssertEqual(left.map(\.path), ["c"])
         try await mount.rename("c", "c.mine", noReplace: false).get()

@@ -114,7 +114,7 @@ class SemanticsTestCase: XCTestCase {
     func save(_ path: String, _ data: [UInt8]) async throws {
         let h = try await open(path, Self.create)
         try await write(h, data)
-        try mount.close(h).get()
+        try await mount.close(h).get()
     }
 
     func read(_ path: String) async throws -> [UInt8] { try await mount.readFile(path).get() }

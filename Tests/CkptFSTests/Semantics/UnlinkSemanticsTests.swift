@@ -46,7 +46,8 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(size, 6000)
         let back = try await read(h)
         XCTAssertEqual(back, bytes(5000) + bytes(1000, 2))
-        XCTAssertEqual(errno(mount.close(h)), 0)
+        let closed = await mount.close(h)
+        XCTAssertEqual(errno(closed), 0)
         await flushAll()
         XCTAssertEqual(keys, [])
         XCTAssertEqual(client.count("PutObject") + client.count("CreateMultipartUpload"), 0)
@@ -64,8 +65,8 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         let oldBytes = try await read(old), newBytes = try await read(new)
         XCTAssertEqual(oldBytes, bytes(3000, 1))
         XCTAssertEqual(newBytes, bytes(2000, 2))
-        mount.close(old)
-        mount.close(new)
+        await mount.close(old)
+        await mount.close(new)
         await flushAll()
         XCTAssertEqual(stored, ["f": bytes(2000, 2)])
     }
@@ -77,7 +78,7 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         try await mount.unlink("f").get()
         _ = try await fs.setattr(ino: h.ino, size: 10, mtime: nil)
         _ = try await fs.setattr(ino: h.ino, size: nil, mtime: Date(timeIntervalSince1970: 1_000_000))
-        mount.close(h)
+        await mount.close(h)
         await flushAll()
         XCTAssertEqual(keys, [])
         let f = await mount.stat("f")
@@ -112,7 +113,7 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(missing, ENOENT)
         let (_, h) = try await fs.create(parent: d.ino, name: "new", flags: O_WRONLY | O_CREAT)
         XCTAssertEqual(client.count("HeadObject") + client.count("ListObjectsV2"), before, "S3 was asked")
-        try fs.flush(handle: h)
+        try await fs.flush(handle: h)
         fs.release(handle: h)
     }
 

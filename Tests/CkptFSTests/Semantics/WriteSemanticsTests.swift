@@ -15,9 +15,9 @@ final class WriteSemanticsTests: SemanticsTestCase {
         let h = try await open("new", Self.create)
         try await write(h, bytes(100))
         XCTAssertEqual(uploadCalls, 0, "create or write uploaded something")
-        try mount.close(h).get()
+        try await mount.close(h).get()
         let t = try await open("empty", Self.create)
-        try mount.close(t).get()
+        try await mount.close(t).get()
         await flushAll()
         XCTAssertEqual(stored, ["new": bytes(100), "empty": []])
     }
@@ -29,7 +29,7 @@ final class WriteSemanticsTests: SemanticsTestCase {
         try await Task.sleep(for: .milliseconds(300))
         XCTAssertEqual(uploadCalls, 0)
         XCTAssertEqual(keys, [])
-        try mount.close(h).get()
+        try await mount.close(h).get()
         await flushAll()
         XCTAssertEqual(stored["big"]?.count, 5 << 14)
     }
@@ -51,7 +51,7 @@ final class WriteSemanticsTests: SemanticsTestCase {
         expected.replaceSubrange(5000..<6000, with: bytes(1000, 1))
         try await write(h, bytes(100, 2), at: 10)
         expected.replaceSubrange(10..<110, with: bytes(100, 2))
-        try mount.close(h).get()
+        try await mount.close(h).get()
         // Two opens appending, each at the end as the mount knows it.
         let a = try await open("r", Self.write), b = try await open("r", Self.write)
         for (i, w) in [a, b, a].enumerated() {
@@ -59,8 +59,8 @@ final class WriteSemanticsTests: SemanticsTestCase {
             try await write(w, bytes(300, 10 + i), at: end)
             expected += bytes(300, 10 + i)
         }
-        try mount.close(a).get()
-        try mount.close(b).get()
+        try await mount.close(a).get()
+        try await mount.close(b).get()
         let shown = try await read("r")
         XCTAssertEqual(shown, expected)
         await flushAll()
@@ -76,7 +76,7 @@ final class WriteSemanticsTests: SemanticsTestCase {
         let end = try await mount.size(h).get()
         XCTAssertEqual(end, 10_000)
         try await write(h, more, at: end)
-        try mount.close(h).get()
+        try await mount.close(h).get()
         await flushAll()
         XCTAssertEqual(stored["log"], old + more)
     }
@@ -91,7 +91,7 @@ final class WriteSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(size, 0)
         XCTAssertEqual(stored["f"], old)
         try await write(h, new)
-        try mount.close(h).get()
+        try await mount.close(h).get()
         await client.waitForHeld(gate)
         XCTAssertEqual(stored["f"], old, "the old object until the new one completes")
         client.release(gate)
@@ -144,7 +144,7 @@ final class WriteSemanticsTests: SemanticsTestCase {
             let h = try await open("f", Self.create)
             try await write(h, bytes(100, i))
             _ = try await mount.fsync(h).get()
-            try mount.close(h).get()
+            try await mount.close(h).get()
         }
         await flushAll()
         XCTAssertEqual(client.calls("PutObject").count, 4, "one version per fsynced save")
