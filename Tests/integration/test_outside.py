@@ -28,3 +28,58 @@ def test_keep_every_version_keeps_saves_made_by_write_temp_then_rename(server, b
     got = [sha(server.s3.get_object(Bucket=bucket, Key="model.pt", VersionId=v[0])["Body"].read())
            for v in reversed(versions)]
     assert got == [sha(d) for d in saves], f"{len(versions)} version(s) for {len(saves)} saves"
+
+
+def test_a_mount_recovers_after_a_crash_while_the_cache_disk_is_still_full(server, bucket, mounts, proxy, tmp_path):
+    """S-WRITE-FULL-DISK: a full cache disk needs no remount, the journal keeps a reserve so it can always
+    append, and a crash afterwards loses nothing acknowledged. But the next mount must rewrite the journal
+    (recovery), and the old journal still holds its 4 MiB reserve, so on a disk that is still full (the
+    neighbour that filled it is still there) `ckptfs mount` fails: "cannot start the write-back ...: No space
+    left on device: cannot rewrite the journal". A daemon restarted after a crash (systemd, OOM kill) then
+    cannot come back, and its acknowledged files cannot be read or uploaded, until someone frees the disk."""
+    import subprocess
+
+    from conftest import UPLOADS
+    from test_write_back import kill9, s3_bytes
+
+    disk = tmp_path / "tiny-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    try:
+        cache = str(disk / "cache")
+        mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, cache, "--cache-size", "1MiB")
+        proxy.hold(UPLOADS)
+        acked = {}
+        for i in range(4):
+            data = os.urandom(1 << 20)
+            with open(f"{mp}/f{i}", "wb") as f:
+                f.write(data)
+            acked[f"f{i}"] = data
+        # A neighbour takes every byte left on the cache disk.
+        with open(disk / "junk", "wb") as j:
+            try:
+                while True:
+                    j.write(b"\0" * 65536)
+                    j.flush()
+            except OSError:
+                pass
+        st = os.statvfs(disk)
+        assert st.f_bavail == 0
+        kill9(mp)
+        mounts.active.remove(mp)
+        proxy.release()
+        r = mounts.run("mount", f"s3://{bucket}", mp, "--cache-dir", cache, "--cache-size", "1MiB",
+                       env=server.env(AWS_ENDPOINT_URL=proxy.endpoint))
+        if r.returncode == 0:
+            mounts.active.append(mp)
+        assert r.returncode == 0, f"the mount after the crash failed on the full disk: {r.stderr}"
+        for name, data in acked.items():
+            assert sha(read(f"{mp}/{name}")) == sha(data), name
+        flush(mounts, mp, timeout=60)
+        for name, data in acked.items():
+            assert sha(s3_bytes(server, bucket, name)) == sha(data), name
+        mounts.unmount(mp)
+    finally:
+        mounts.cleanup()
+        mounts.active.clear()
+        subprocess.run(["umount", "-l", str(disk)])
