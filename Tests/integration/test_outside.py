@@ -83,3 +83,37 @@ def test_a_mount_recovers_after_a_crash_while_the_cache_disk_is_still_full(serve
         mounts.cleanup()
         mounts.active.clear()
         subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_process_waiting_in_fsync_for_s3_can_be_killed(server, bucket, mounts, proxy):
+    """`fsync()` waits until the file is in S3 (S-DUR-FSYNC). While S3 does not take the upload (an outage, a
+    server whose disk is full: seen with SeaweedFS answering 500 for minutes), the writer waits in the kernel
+    for the daemon's answer, and the daemon never answers FUSE's INTERRUPT: the process sits in state D and
+    not even `kill -9` (nor Ctrl-C) ends it until S3 is back. A trainer stuck so cannot be stopped or
+    restarted. Seen with fsx's msync(MS_SYNC) during the outside tests; here uploads are held in the proxy."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import UPLOADS
+
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}")
+    proxy.hold(UPLOADS)
+    code = ("import os; f = open(%r, 'wb'); f.write(b'x' * 100000); f.flush(); os.fsync(f.fileno())"
+            % f"{mp}/stuck.bin")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        assert proxy.wait(held=1), "the upload never reached the proxy"
+        time.sleep(0.5)
+        assert child.poll() is None, "fsync returned before the upload landed"
+        child.send_signal(signal.SIGKILL)
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            state = open(f"/proc/{child.pid}/status").read().split("State:")[1].split("\n")[0].strip()
+            raise AssertionError(f"the writer waiting in fsync survived kill -9 for 10 s (state {state})")
+    finally:
+        proxy.release()
+        child.wait(timeout=60)
+    flush(mounts, mp)
+    mounts.unmount(mp)
