@@ -117,3 +117,35 @@ def test_a_process_waiting_in_fsync_for_s3_can_be_killed(server, bucket, mounts,
         child.wait(timeout=60)
     flush(mounts, mp)
     mounts.unmount(mp)
+
+
+def test_names_that_are_not_utf8_are_refused_not_merged_into_one_key(server, bucket, mounts):
+    """S3 keys are UTF-8 (S-NAME-LIMITS), and what S3 cannot store is refused (Principle 4). A name whose bytes
+    are not UTF-8 (`a\\xff`, as a Latin-1 tool or stress-ng's filename stressor makes) was accepted and its bytes
+    replaced with U+FFFD, so `a\\xff` and `a\\xfe` became the one key `a\\xef\\xbf\\xbd`: the second save silently
+    replaced the first, acknowledged, file (both names then read the second's bytes), and the listing showed a
+    name nobody created. They must fail instead (EINVAL), and change nothing."""
+    import errno
+
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    base = os.fsencode(mp)
+    refused = []
+    for raw, data in ((b"a\xff", b"first"), (b"a\xfe", b"second")):
+        try:
+            with open(base + b"/" + raw, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            refused.append(e.errno)
+    for op in (lambda: os.mkdir(base + b"/d\xff"), lambda: os.rename(base + b"/ok", base + b"/b\xff")):
+        with open(f"{mp}/ok", "wb") as f:
+            f.write(b"ok")
+        try:
+            op()
+        except OSError as e:
+            refused.append(e.errno)
+    flush(mounts, mp)
+    keys = sorted(o["Key"] for o in server.s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+    assert keys == ["ok"], keys
+    assert refused == [errno.EINVAL] * 4, refused
+    assert sorted(os.listdir(mp)) == ["ok"]
+    mounts.unmount(mp)
