@@ -133,6 +133,16 @@ public final class FuseAdapter: Sendable {
         return true
     }
 
+    /// The name the kernel passed, or nil after replying `errno` when its bytes are not UTF-8: no S3 key holds
+    /// such a name (S-NAME-LIMITS), and `String(cString:)` would replace them with U+FFFD, so that `a\xff` and
+    /// `a\xfe` became one key and a save under one replaced the other. A lookup answers ENOENT (nothing can
+    /// exist under it), a change EINVAL.
+    static func utf8Name(_ req: fuse_req_t?, _ name: UnsafePointer<CChar>?, else errno: Int32 = EINVAL) -> String? {
+        if let n = String(validatingCString: name!) { return n }
+        fuse_reply_err(req, errno)
+        return nil
+    }
+
     /// Runs `body` in a Task and replies with its error if it throws (a successful body replies itself).
     static func async(_ req: fuse_req_t?, _ op: String,
                       _ body: @escaping @Sendable (FuseAdapter, UnsafeSendable<fuse_req_t?>) async throws(FSError) -> Void) {
@@ -150,7 +160,7 @@ public final class FuseAdapter: Sendable {
             ckpt_fuse_init_conn(conn, 16 << 20)
         }
         ops.lookup = { req, parent, name in
-            let n = String(cString: name!)
+            guard let n = FuseAdapter.utf8Name(req, name, else: ENOENT) else { return }
             // Answered on this thread when it needs no request (a listing, a fresh node: most lookups of an
             // epoch); otherwise in a task.
             let a = FuseAdapter.adapter(req)
@@ -227,7 +237,7 @@ public final class FuseAdapter: Sendable {
         }
         ops.create = { req, parent, name, _, fi in
             if FuseAdapter.refused(req) { return }
-            let n = String(cString: name!)
+            guard let n = FuseAdapter.utf8Name(req, name) else { return }
             let flags = fi!.pointee.flags
             let opener = FuseAdapter.process(req)
             let boxed = UnsafeSendable(fi!.pointee)
@@ -315,7 +325,7 @@ public final class FuseAdapter: Sendable {
         }
         ops.mkdir = { req, parent, name, _ in
             if FuseAdapter.refused(req) { return }
-            let n = String(cString: name!)
+            guard let n = FuseAdapter.utf8Name(req, name) else { return }
             FuseAdapter.async(req, "mkdir") { a, r throws(FSError) in
                 var e = a.entry(try await a.fs.mkdir(parent: UInt64(parent), name: n))
                 fuse_reply_entry(r.value, &e)
@@ -323,7 +333,7 @@ public final class FuseAdapter: Sendable {
         }
         ops.unlink = { req, parent, name in
             if FuseAdapter.refused(req) { return }
-            let n = String(cString: name!)
+            guard let n = FuseAdapter.utf8Name(req, name) else { return }
             FuseAdapter.async(req, "unlink") { a, r throws(FSError) in
                 try await a.fs.unlink(parent: UInt64(parent), name: n)
                 fuse_reply_err(r.value, 0)
@@ -331,7 +341,7 @@ public final class FuseAdapter: Sendable {
         }
         ops.rmdir = { req, parent, name in
             if FuseAdapter.refused(req) { return }
-            let n = String(cString: name!)
+            guard let n = FuseAdapter.utf8Name(req, name) else { return }
             FuseAdapter.async(req, "rmdir") { a, r throws(FSError) in
                 try await a.fs.rmdir(parent: UInt64(parent), name: n)
                 fuse_reply_err(r.value, 0)
@@ -399,7 +409,8 @@ public final class FuseAdapter: Sendable {
         }
         ops.rename = { req, parent, name, newParent, newName, flags in
             if FuseAdapter.refused(req) { return }
-            let (n, nn) = (String(cString: name!), String(cString: newName!))
+            guard let n = FuseAdapter.utf8Name(req, name, else: ENOENT) else { return }
+            guard let nn = FuseAdapter.utf8Name(req, newName) else { return }
             FuseAdapter.async(req, "rename") { a, r throws(FSError) in
                 try await a.fs.rename(parent: UInt64(parent), name: n, newParent: UInt64(newParent), newName: nn, flags: UInt32(flags))
                 fuse_reply_err(r.value, 0)
@@ -414,8 +425,9 @@ public final class FuseAdapter: Sendable {
 
     /// Refuses a special file or link named `name` in `parent`.
     static func special(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
+        guard let n = utf8Name(req, name) else { return }
         let a = FuseAdapter.adapter(req)
-        do throws(FSError) { try a.fs.makeSpecial(parent: UInt64(parent), name: String(cString: name!)) } catch {
+        do throws(FSError) { try a.fs.makeSpecial(parent: UInt64(parent), name: n) } catch {
             a.replyError(req, error, "mknod")
         }
     }

@@ -214,6 +214,16 @@ final class Journal: Sendable {
 
     /// Replaces the journal at `path` with just `records` (written to a temporary file, fsynced, renamed).
     static func rewrite(path: String, _ records: [JournalRecord]) throws(FSError) {
+        // The old journal's reserve (blocks allocated past its end, which stay with the file when its descriptor
+        // closes) goes back first: on a cache disk that is still full after a crash, the new journal did not fit
+        // beside it and the next mount failed with ENOSPC. A truncate to the file's own size frees blocks past
+        // its end (ext4, XFS, tmpfs); the new journal takes its reserve in `reopen`. Nothing appends meanwhile.
+        let old = open(path, O_WRONLY | O_CLOEXEC)
+        if old >= 0 {
+            let size = lseek(old, 0, SEEK_END)
+            if size >= 0 { _ = ftruncate(old, size) }
+            close(old)
+        }
         let tmp = path + ".tmp"
         let f = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard f >= 0 else { throw FSError(errno, "cannot write \(tmp): \(String(cString: strerror(errno)))") }
