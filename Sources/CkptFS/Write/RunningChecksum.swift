@@ -1,7 +1,11 @@
 // The checksum of a file written front to back, computed as it is written, so close() need not read the file
 // back. The kernel's write-back sends a sequential writer's pages a little out of order (several requests in
-// flight), so bytes past a gap are remembered as ranges and hashed, read back from the file, once the gap
-// fills. A write below the hashed point (a rewrite) ends it; the checksum is then computed at close.
+// flight on several FUSE threads: in a 1 GiB save most writes arrive past a gap), so bytes past a gap are kept
+// in memory (up to `maxHeld`) and hashed once the gap fills; past that bound, or where writes past the gap
+// overlap each other, only their ranges are kept and the bytes are read back from the file then (a staged file
+// written with O_DIRECT is not in the page cache: reading it back costs a disk read, page-cache pages and a
+// copy, which is why memory comes first). A write below the hashed point (a rewrite) ends the sum; the checksum
+// is then computed at close.
 import CkptCache
 import CkptDigest
 import CkptSystem
@@ -12,12 +16,23 @@ struct RunningChecksum: Sendable {
     private var hasher = XXH64()
     /// Bytes [0, hashedTo) are hashed and final as far as this sum knows (a write below ends the sum).
     private(set) var hashedTo: Int64 = 0
-    /// Written ranges past a gap, sorted and disjoint, all above `hashedTo`.
-    private var ahead: [Range<Int64>] = []
+    /// Written ranges past a gap, sorted and disjoint, all ending above `hashedTo`; each with its bytes when
+    /// they are held in memory (nil: read them back from the file).
+    private var ahead: [(range: Range<Int64>, bytes: [UInt8]?)] = []
     private var aheadBytes: Int64 = 0
+    /// Bytes of `ahead` held in memory.
+    private(set) var heldBytes = 0
+    /// Bytes read back from the file so far (for tests and the debug log).
+    private(set) var readBack: Int64 = 0
+    /// Buffers of held bytes already hashed, reused for the next ones: the daemon has glibc map each block of
+    /// 256 KiB or more on its own, so a fresh buffer per write would cost page faults and zeroing each time.
+    private var spare: [[UInt8]] = []
     /// How much may wait past a gap before the sum gives up.
     static let maxAhead: Int64 = 256 << 20
-    static let maxRanges = 256
+    /// How many writes may wait past a gap (each is kept apart, so this counts writes, not gaps).
+    static let maxRanges = 4096
+    /// How much of what waits past a gap is held in memory (per file being written).
+    static let maxHeld = 32 << 20
 
     /// Takes a write of `data` at `offset`, already in `fd`. Returns false when the sum cannot go on (the
     /// write lands below `hashedTo`, too much waits past a gap, or the file cannot be read back).
@@ -25,19 +40,27 @@ struct RunningChecksum: Sendable {
         let end = offset + Int64(data.count)
         if offset < hashedTo { return data.isEmpty }
         if offset > hashedTo {
-            insert(offset..<end)
+            insert(offset..<end, data)
             return aheadBytes <= RunningChecksum.maxAhead && ahead.count <= RunningChecksum.maxRanges
         }
         hasher.update(data)
         hashedTo = end
-        // The gap may be filled now: hash what waited, from the file.
-        while let r = ahead.first, r.lowerBound <= hashedTo {
+        // The gap may be filled now: hash what waited, from memory or from the file.
+        while let first = ahead.first, first.range.lowerBound <= hashedTo {
             ahead.removeFirst()
-            aheadBytes -= Int64(r.count)
-            if r.upperBound > hashedTo {
+            aheadBytes -= Int64(first.range.count)
+            if let b = first.bytes { heldBytes -= b.count }
+            defer { if let b = first.bytes, spare.count < 8 { spare.append(b) } }
+            let r = first.range
+            guard r.upperBound > hashedTo else { continue }
+            if let b = first.bytes {
+                // Bytes below `hashedTo` were written again by the write that filled the gap; the rest are still
+                // what the file holds (a later write over them would have dropped `bytes`, see `insert`).
+                b.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[Int(hashedTo - r.lowerBound)...])) }
+            } else {
                 guard hashFile(fd, hashedTo..<r.upperBound) else { return false }
-                hashedTo = r.upperBound
             }
+            hashedTo = r.upperBound
         }
         return true
     }
@@ -47,23 +70,34 @@ struct RunningChecksum: Sendable {
         ahead.isEmpty && hashedTo == size ? hasher.finalize() : nil
     }
 
-    private mutating func insert(_ r: Range<Int64>) {
+    /// Records a write past the gap. Kept apart from its neighbours, with its bytes while they fit in
+    /// `maxHeld`; a write overlapping ranges already waiting is merged with them and loses the bytes (they
+    /// are read back from the file, which has the newest).
+    private mutating func insert(_ r: Range<Int64>, _ data: UnsafeRawBufferPointer) {
+        guard !r.isEmpty else { return }
         var lo = r.lowerBound, hi = r.upperBound
-        var kept: [Range<Int64>] = []
         var i = 0
-        while i < ahead.count && ahead[i].upperBound < lo {
-            kept.append(ahead[i])
-            i += 1
+        while i < ahead.count && ahead[i].range.upperBound <= lo { i += 1 }
+        var j = i
+        while j < ahead.count && ahead[j].range.lowerBound < hi {
+            lo = min(lo, ahead[j].range.lowerBound)
+            hi = max(hi, ahead[j].range.upperBound)
+            if let b = ahead[j].bytes { heldBytes -= b.count }
+            aheadBytes -= Int64(ahead[j].range.count)
+            j += 1
         }
-        while i < ahead.count && ahead[i].lowerBound <= hi {
-            lo = min(lo, ahead[i].lowerBound)
-            hi = max(hi, ahead[i].upperBound)
-            i += 1
+        let bytes: [UInt8]?
+        if j == i && heldBytes + data.count <= RunningChecksum.maxHeld {
+            var b = spare.popLast() ?? []
+            b.removeAll(keepingCapacity: true)
+            b.append(contentsOf: data)
+            bytes = b
+            heldBytes += data.count
+        } else {
+            bytes = nil
         }
-        kept.append(lo..<hi)
-        kept += ahead[i...]
-        ahead = kept
-        aheadBytes = ahead.reduce(0) { $0 + Int64($1.count) }
+        ahead.replaceSubrange(i..<j, with: [(lo..<hi, bytes)])
+        aheadBytes += hi - lo
     }
 
     private mutating func hashFile(_ fd: Int32, _ r: Range<Int64>) -> Bool {
@@ -76,6 +110,7 @@ struct RunningChecksum: Sendable {
             hasher.update(UnsafeRawBufferPointer(chunk))
             off += Int64(chunk.count)
         }
+        readBack += r.upperBound - r.lowerBound
         return true
     }
 }
