@@ -24,15 +24,18 @@ struct RunningChecksum: Sendable {
     private(set) var heldBytes = 0
     /// Bytes read back from the file so far (for tests and the debug log).
     private(set) var readBack: Int64 = 0
-    /// Buffers of held bytes already hashed, reused for the next ones: the daemon has glibc map each block of
-    /// 256 KiB or more on its own, so a fresh buffer per write would cost page faults and zeroing each time.
+    /// Buffers of held bytes already hashed, reused for the next ones (at most 4, of `maxEntryBytes` each): the
+    /// daemon has glibc map each block of 256 KiB or more on its own, so a fresh buffer per write would cost
+    /// page faults and zeroing each time.
     private var spare: [[UInt8]] = []
     /// How much may wait past a gap before the sum gives up.
     static let maxAhead: Int64 = 256 << 20
-    /// How many writes may wait past a gap (each is kept apart, so this counts writes, not gaps).
-    static let maxRanges = 4096
+    /// How many ranges may wait past a gap (adjacent writes extend one range; see `insert`).
+    static let maxRanges = 1024
     /// How much of what waits past a gap is held in memory (per file being written).
     static let maxHeld = 32 << 20
+    /// Most bytes one waiting entry holds (adjacent writes are appended to it up to this).
+    static let maxEntryBytes = 4 << 20
 
     /// Takes a write of `data` at `offset`, already in `fd`. Returns false when the sum cannot go on (the
     /// write lands below `hashedTo`, too much waits past a gap, or the file cannot be read back).
@@ -49,8 +52,7 @@ struct RunningChecksum: Sendable {
         while let first = ahead.first, first.range.lowerBound <= hashedTo {
             ahead.removeFirst()
             aheadBytes -= Int64(first.range.count)
-            if let b = first.bytes { heldBytes -= b.count }
-            defer { if let b = first.bytes, spare.count < 8 { spare.append(b) } }
+            defer { if let b = first.bytes { recycle(b) } }
             let r = first.range
             guard r.upperBound > hashedTo else { continue }
             if let b = first.bytes {
@@ -70,9 +72,10 @@ struct RunningChecksum: Sendable {
         ahead.isEmpty && hashedTo == size ? hasher.finalize() : nil
     }
 
-    /// Records a write past the gap. Kept apart from its neighbours, with its bytes while they fit in
-    /// `maxHeld`; a write overlapping ranges already waiting is merged with them and loses the bytes (they
-    /// are read back from the file, which has the newest).
+    /// Records a write past the gap. A write right after the last one waiting extends it (its bytes appended
+    /// while it holds under `maxEntryBytes` and all held bytes fit in `maxHeld`; without bytes, its range only),
+    /// so a run of small writes is one entry; a write overlapping ranges already waiting is merged with them
+    /// and loses the bytes (they are read back from the file, which has the newest).
     private mutating func insert(_ r: Range<Int64>, _ data: UnsafeRawBufferPointer) {
         guard !r.isEmpty else { return }
         var lo = r.lowerBound, hi = r.upperBound
@@ -82,14 +85,30 @@ struct RunningChecksum: Sendable {
         while j < ahead.count && ahead[j].range.lowerBound < hi {
             lo = min(lo, ahead[j].range.lowerBound)
             hi = max(hi, ahead[j].range.upperBound)
-            if let b = ahead[j].bytes { heldBytes -= b.count }
+            if let b = ahead[j].bytes { recycle(b) }
             aheadBytes -= Int64(ahead[j].range.count)
             j += 1
         }
+        aheadBytes += hi - lo
+        let fits = heldBytes + data.count <= RunningChecksum.maxHeld
+        if j == i, i > 0, ahead[i - 1].range.upperBound == lo {
+            // Right after the entry before: extend it.
+            // (Counted, not bound to a local: a second reference would make the append copy the buffer.)
+            let heldCount = ahead[i - 1].bytes?.count
+            if heldCount == nil || (fits && heldCount! + data.count <= RunningChecksum.maxEntryBytes) {
+                if heldCount != nil {
+                    ahead[i - 1].bytes!.append(contentsOf: data)
+                    heldBytes += data.count
+                }
+                ahead[i - 1].range = ahead[i - 1].range.lowerBound..<hi
+                return
+            }
+        }
         let bytes: [UInt8]?
-        if j == i && heldBytes + data.count <= RunningChecksum.maxHeld {
+        if j == i && fits {
             var b = spare.popLast() ?? []
             b.removeAll(keepingCapacity: true)
+            b.reserveCapacity(RunningChecksum.maxEntryBytes)
             b.append(contentsOf: data)
             bytes = b
             heldBytes += data.count
@@ -97,7 +116,12 @@ struct RunningChecksum: Sendable {
             bytes = nil
         }
         ahead.replaceSubrange(i..<j, with: [(lo..<hi, bytes)])
-        aheadBytes += hi - lo
+    }
+
+    /// Drops held bytes from the count, keeping the buffer for reuse (a few).
+    private mutating func recycle(_ b: [UInt8]) {
+        heldBytes -= b.count
+        if spare.count < 4 { spare.append(b) }
     }
 
     private mutating func hashFile(_ fd: Int32, _ r: Range<Int64>) -> Bool {
