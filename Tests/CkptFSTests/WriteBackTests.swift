@@ -310,6 +310,32 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(sum.readBack, 2 << 20)  // the two overlapping writes, and the third, which extended their range
     }
 
+    func testTheRunningChecksumTakesAPageSentAgain() throws {
+        // A writer whose writes end mid-page: the write-back sends the page, then sends it again whole once the
+        // writer has added to it. The repeated bytes are the same, so the sum goes on.
+        let data = (0..<(5 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 29 &+ ($0 >> 10)) }
+        var sum = RunningChecksum()
+        let cut = (1 << 20) + 1000  // the first write ends 1000 bytes into a page
+        XCTAssertTrue(data[0..<cut].withUnsafeBytes { sum.wrote($0, at: 0, fd: -1) })
+        XCTAssertTrue(data[(1 << 20)..<(3 << 20)].withUnsafeBytes { sum.wrote($0, at: 1 << 20, fd: -1) })
+        // Again after a gap, the page sent again arriving after the write past it.
+        XCTAssertTrue(data[(4 << 20)..<(5 << 20)].withUnsafeBytes { sum.wrote($0, at: 4 << 20, fd: -1) })
+        XCTAssertTrue(data[(3 << 20)..<((3 << 20) + 10)].withUnsafeBytes { sum.wrote($0, at: 3 << 20, fd: -1) })
+        XCTAssertTrue(data[(3 << 20)..<(4 << 20)].withUnsafeBytes { sum.wrote($0, at: 3 << 20, fd: -1) })
+        XCTAssertEqual(sum.readBack, 0)
+        XCTAssertEqual(sum.value(size: Int64(data.count)), XXH64.hash(data))
+        // A page sent again with other bytes where the sum has been is a rewrite: it ends the sum.
+        var other = RunningChecksum()
+        XCTAssertTrue(data[0..<cut].withUnsafeBytes { other.wrote($0, at: 0, fd: -1) })
+        var changed = Array(data[(1 << 20)..<(2 << 20)])
+        changed[999] ^= 1
+        XCTAssertFalse(changed.withUnsafeBytes { other.wrote($0, at: 1 << 20, fd: -1) })
+        // And so does one that starts before the last 4 KiB hashed.
+        var third = RunningChecksum()
+        XCTAssertTrue(data[0..<(2 << 20)].withUnsafeBytes { third.wrote($0, at: 0, fd: -1) })
+        XCTAssertFalse(data[(1 << 20)..<(3 << 20)].withUnsafeBytes { third.wrote($0, at: 1 << 20, fd: -1) })
+    }
+
     func testTheRunningChecksumTakesManySmallWritesPastAGap() throws {
         // 8,000 writes of 4 KiB past one gap: adjacent writes extend one entry, so the count of waiting ranges
         // stays far below its bound, and all of it is held in memory.

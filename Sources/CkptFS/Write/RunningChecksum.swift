@@ -5,7 +5,9 @@
 // overlap each other, only their ranges are kept and the bytes are read back from the file then (a staged file
 // written with O_DIRECT is not in the page cache: reading it back costs a disk read, page-cache pages and a
 // copy, which is why memory comes first). A write below the hashed point (a rewrite) ends the sum; the checksum
-// is then computed at close.
+// is then computed at close. One rewrite is taken: the write-back sends a page again when the writer added to
+// it after it was sent (a writer whose writes end mid-page, as torch.save's do), so a write that starts in the
+// last page hashed and repeats the bytes hashed there goes on (the last 4 KiB hashed are kept to compare).
 import CkptCache
 import CkptDigest
 import CkptSystem
@@ -28,6 +30,9 @@ struct RunningChecksum: Sendable {
     /// daemon has glibc map each block of 256 KiB or more on its own, so a fresh buffer per write would cost
     /// page faults and zeroing each time.
     private var spare: [[UInt8]] = []
+    /// The last bytes hashed (up to `repeatable`), to recognise a page sent again.
+    private var lastHashed: [UInt8] = []
+    static let repeatable = 4096
     /// How much may wait past a gap before the sum gives up.
     static let maxAhead: Int64 = 256 << 20
     /// How many ranges may wait past a gap (adjacent writes extend one range; see `insert`).
@@ -41,12 +46,20 @@ struct RunningChecksum: Sendable {
     /// write lands below `hashedTo`, too much waits past a gap, or the file cannot be read back).
     mutating func wrote(_ data: UnsafeRawBufferPointer, at offset: Int64, fd: Int32) -> Bool {
         let end = offset + Int64(data.count)
-        if offset < hashedTo { return data.isEmpty }
+        if offset < hashedTo {
+            // Below the hashed point: only a repeat of the last bytes hashed (a page sent again) goes on.
+            let again = Int(min(hashedTo, end) - offset)
+            guard hashedTo - offset <= Int64(lastHashed.count),
+                  lastHashed.withUnsafeBytes({ $0[($0.count - Int(hashedTo - offset))...].starts(with: data[0..<again]) })
+            else { return data.isEmpty }
+            if end <= hashedTo { return true }
+            return wrote(UnsafeRawBufferPointer(rebasing: data[again...]), at: hashedTo, fd: fd)
+        }
         if offset > hashedTo {
             insert(offset..<end, data)
             return aheadBytes <= RunningChecksum.maxAhead && ahead.count <= RunningChecksum.maxRanges
         }
-        hasher.update(data)
+        hash(data)
         hashedTo = end
         // The gap may be filled now: hash what waited, from memory or from the file.
         while let first = ahead.first, first.range.lowerBound <= hashedTo {
@@ -58,13 +71,27 @@ struct RunningChecksum: Sendable {
             if let b = first.bytes {
                 // Bytes below `hashedTo` were written again by the write that filled the gap; the rest are still
                 // what the file holds (a later write over them would have dropped `bytes`, see `insert`).
-                b.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[Int(hashedTo - r.lowerBound)...])) }
+                b.withUnsafeBytes { hash(UnsafeRawBufferPointer(rebasing: $0[Int(hashedTo - r.lowerBound)...])) }
             } else {
                 guard hashFile(fd, hashedTo..<r.upperBound) else { return false }
             }
             hashedTo = r.upperBound
         }
         return true
+    }
+
+    /// Hashes `bytes` (the next after `hashedTo`) and keeps the last 4 KiB hashed.
+    private mutating func hash(_ bytes: UnsafeRawBufferPointer) {
+        hasher.update(bytes)
+        let keep = RunningChecksum.repeatable
+        if bytes.count >= keep {
+            lastHashed.removeAll(keepingCapacity: true)
+            lastHashed.append(contentsOf: bytes[(bytes.count - keep)...])
+        } else {
+            let drop = max(0, lastHashed.count + bytes.count - keep)
+            if drop > 0 { lastHashed.removeFirst(drop) }
+            lastHashed.append(contentsOf: bytes)
+        }
     }
 
     /// The sum of the first `size` bytes, if it covers exactly them.
@@ -131,7 +158,7 @@ struct RunningChecksum: Sendable {
         while off < r.upperBound {
             let chunk = UnsafeMutableRawBufferPointer(rebasing: buf[0..<min(buf.count, Int(r.upperBound - off))])
             guard (try? FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: off, into: chunk)) == chunk.count else { return false }
-            hasher.update(UnsafeRawBufferPointer(chunk))
+            hash(UnsafeRawBufferPointer(chunk))
             off += Int64(chunk.count)
         }
         readBack += r.upperBound - r.lowerBound
