@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "CkptDigest", dependencies: ["COpenSSL"]),
         // HTTP transport: libcurl multi interface on its own thread; async API; no Swift thread ever blocks.
         .target(name: "CkptHTTP", dependencies: [
-            "CCurl", .product(name: "SystemPackage", package: "swift-system"), .product(name: "Logging", package: "swift-log"),
+            "CCurl", "CkptSystem", .product(name: "SystemPackage", package: "swift-system"), .product(name: "Logging", package: "swift-log"),
         ]),
         // S3 client: SigV4, operations, XML, retries, typed errors, configuration and credentials.
         .target(name: "CkptS3", dependencies: [
@@ -80,7 +80,9 @@ let package = Package(
         .testTarget(name: "CkptCacheTests", dependencies: ["CkptCache"]),
         .testTarget(name: "CkptFSTests", dependencies: ["CkptFS", "CkptS3", "CkptCache", "CkptDigest", "CkptTestSupport",
                                                    .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "CkptHTTPTests", dependencies: ["CkptHTTP", "CkptDigest", "CkptTestSupport"]),
+        .testTarget(name: "CkptHTTPTests", dependencies: [
+            "CkptHTTP", "CkptDigest", "CkptSystem", "CkptTestSupport", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .testTarget(name: "CkptS3Tests", dependencies: ["CkptS3", "CkptHTTP", "CkptDigest", "CkptTestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "CFuseTests", dependencies: ["CFuse"]),

@@ -1,6 +1,35 @@
 #include "ccurl.h"
 
-CURLcode ckpt_curl_global_init(void) { return curl_global_init(CURL_GLOBAL_ALL); }
+#include <stdlib.h>
+#include <string.h>
+
+/* libcurl's allocator, with large blocks page-aligned. Its upload buffer (CURLOPT_UPLOAD_BUFFERSIZE, 1 MiB)
+   is then a valid target for an O_DIRECT pread: a file body is read from disk straight into the buffer
+   libcurl sends from, with no copy through the page cache (see CkptHTTP's read callback). glibc's free and
+   realloc take blocks from posix_memalign, so only malloc and calloc differ from the defaults. */
+static void *ckpt_curl_malloc(size_t size) {
+    if (size < (64u << 10)) return malloc(size);
+    void *p = NULL;
+    return posix_memalign(&p, 4096, size) == 0 ? p : NULL;
+}
+
+static void *ckpt_curl_calloc(size_t count, size_t size) {
+    if (size != 0 && count > (size_t)-1 / size) return NULL;
+    size_t n = count * size;
+    if (n < (64u << 10)) return calloc(count, size);
+    void *p = ckpt_curl_malloc(n);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+static void ckpt_curl_free(void *p) { free(p); }
+static void *ckpt_curl_realloc(void *p, size_t size) { return realloc(p, size); }
+static char *ckpt_curl_strdup(const char *s) { return strdup(s); }
+
+CURLcode ckpt_curl_global_init(void) {
+    return curl_global_init_mem(CURL_GLOBAL_ALL, ckpt_curl_malloc, ckpt_curl_free, ckpt_curl_realloc,
+                                ckpt_curl_strdup, ckpt_curl_calloc);
+}
 
 CURLcode ckpt_curl_setopt_long(CURL *h, CURLoption opt, long value) { return curl_easy_setopt(h, opt, value); }
 CURLcode ckpt_curl_setopt_off(CURL *h, CURLoption opt, curl_off_t value) { return curl_easy_setopt(h, opt, value); }

@@ -7,10 +7,15 @@
 // task ever blocks in a libcurl call. Response bodies go to memory, or for successful responses to a
 // caller-supplied positional sink (so a ranged GET can be written straight into a file at its offset,
 // and a retry simply rewrites the same positions). Upload bodies come from memory or from a file range
-// read with `pread`, so a multipart upload never holds a whole part in memory.
+// read with `pread`, so a multipart upload never holds a whole part in memory. A file range is read with
+// O_DIRECT (a second descriptor of the same file) straight into libcurl's page-aligned upload buffer where
+// offsets and sizes allow: a staged checkpoint was written with O_DIRECT and is not in the page cache, and
+// reading it through the page cache cost a fifth of the daemon's CPU for a save (page allocation,
+// read-ahead, and a copy into libcurl's buffer). Elsewhere (tmpfs, unaligned ranges) it is a plain pread.
 //
 // This is the only module that touches libcurl.
 import CCurl
+import CkptSystem
 import Foundation
 import Synchronization
 import SystemPackage
@@ -24,7 +29,8 @@ public enum HTTPMethod: String, Sendable {
 public enum HTTPRequestBody: Sendable {
     case empty
     case bytes([UInt8])
-    /// `length` bytes of an open file starting at `offset`, read with `pread`; the caller keeps `descriptor` open.
+    /// `length` bytes of an open file starting at `offset`, read with `pread` (with O_DIRECT where the file
+    /// system, offset and size allow); the caller keeps `descriptor` open and the bytes unchanged meanwhile.
     case file(descriptor: Int32, offset: Int64, length: Int64)
 
     public var length: Int64 {
@@ -135,6 +141,8 @@ public struct HTTPClientStats: Sendable {
     public var requests: Int = 0
     public var bytesReceived: Int64 = 0
     public var bytesSent: Int64 = 0
+    /// Bytes of file bodies read with O_DIRECT (the rest of a file body was read through the page cache).
+    public var bytesReadDirect: Int64 = 0
 }
 
 /// An HTTP client for many concurrent requests. Create one per process and share it.
@@ -178,6 +186,7 @@ public final class HTTPClient: Sendable {
             total.requests += s.requests
             total.bytesReceived += s.bytesReceived
             total.bytesSent += s.bytesSent
+            total.bytesReadDirect += s.bytesReadDirect
         }
     }
 
@@ -209,6 +218,9 @@ final class Transfer: @unchecked Sendable {
     var body: [UInt8] = []
     var received: Int64 = 0
     var uploadPosition: Int64 = 0
+    /// An O_DIRECT descriptor of a file body (opened at its first aligned read), -1 before, -2 once refused.
+    var directFd: Int32 = -1
+    var bytesReadDirect: Int64 = 0
     var failure: HTTPTransportError.Kind?
     var sinkError: (any Error)?
 
@@ -218,7 +230,38 @@ final class Transfer: @unchecked Sendable {
         self.configuration = configuration
     }
 
-    deinit { errorBuffer.deallocate() }
+    deinit {
+        errorBuffer.deallocate()
+        if directFd >= 0 { close(directFd) }
+    }
+
+    /// Reads up to `count` bytes of the file body at `position` into `into` (libcurl's buffer, `capacity`
+    /// bytes) with O_DIRECT, if the buffer, the file offset and the read rounded up to 4 KiB allow it and the
+    /// file system takes it. nil: read it the ordinary way (a refusal turns direct reads off for the transfer).
+    func readDirect(_ fd: Int32, at position: Int64, into: UnsafeMutableRawPointer, count: Int, capacity: Int) -> Int? {
+        let page = 4096
+        let rounded = (count + page - 1) / page * page
+        guard directFd != -2, count >= page, position % Int64(page) == 0, Int(bitPattern: into) % page == 0,
+              rounded <= capacity else { return nil }
+        if directFd == -1 {
+            // The same file, opened again with O_DIRECT (the caller's descriptor keeps its page-cache reads).
+            let d = open("/proc/self/fd/\(fd)", O_RDONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC)
+            directFd = d >= 0 ? d : -2
+            if d < 0 { return nil }
+        }
+        var got: Int
+        repeat { got = pread(directFd, into, rounded, off_t(position)) } while got < 0 && errno == EINTR
+        guard got > 0 else {
+            if got < 0 {  // EINVAL: alignment the file system does not take; read the ordinary way from now on
+                close(directFd)
+                directFd = -2
+            }
+            return nil
+        }
+        let n = min(got, count)
+        bytesReadDirect += Int64(n)
+        return n
+    }
 
     var origin: String {
         // scheme://host[:port] only.
@@ -384,6 +427,7 @@ final class CurlLoop: @unchecked Sendable {
             $0.requests += 1
             $0.bytesReceived += t.received
             $0.bytesSent += Int64(sent)
+            $0.bytesReadDirect += t.bytesReadDirect
         }
         if result == CURLE_OK {
             complete(t, .success(HTTPResponse(status: t.status, headers: t.headers, body: t.body, bodyLength: t.received)))
@@ -484,6 +528,10 @@ final class CurlLoop: @unchecked Sendable {
             t.uploadPosition += Int64(n)
             return n
         case .file(let fd, let offset, _):
+            if let got = t.readDirect(fd, at: offset + t.uploadPosition, into: UnsafeMutableRawPointer(ptr!), count: n, capacity: capacity) {
+                t.uploadPosition += Int64(got)
+                return got
+            }
             // One pread (EINTR retried): libcurl asks again for the rest.
             let got = try? FileDescriptor(rawValue: fd).read(fromAbsoluteOffset: offset + t.uploadPosition,
                                                               into: UnsafeMutableRawBufferPointer(start: ptr, count: n))

@@ -272,6 +272,102 @@ final class WriteBackTests: XCTestCase {
         XCTAssertFalse(data[10..<20].withUnsafeBytes { sum.wrote($0, at: 10, fd: fd) })
     }
 
+    func testTheRunningChecksumHoldsWritesPastAGapInMemory() throws {
+        let data = (0..<(8 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ ($0 >> 11)) }
+        var whole = XXH64()
+        data.withUnsafeBytes { whole.update($0) }
+        // 1 MiB writes, each pair swapped: every second write waits past a gap. No descriptor at all: the
+        // sum must not read anything back.
+        var pieces: [Range<Int>] = stride(from: 0, to: data.count, by: 1 << 20).map { $0..<($0 + (1 << 20)) }
+        for i in stride(from: 0, to: pieces.count - 1, by: 2) { pieces.swapAt(i, i + 1) }
+        var sum = RunningChecksum()
+        for r in pieces {
+            XCTAssertTrue(data[r].withUnsafeBytes { sum.wrote($0, at: Int64(r.lowerBound), fd: -1) })
+        }
+        XCTAssertEqual(sum.readBack, 0)
+        XCTAssertEqual(sum.heldBytes, 0)
+        XCTAssertEqual(sum.value(size: Int64(data.count)), whole.finalize())
+    }
+
+    func testTheRunningChecksumReadsBackWritesPastAGapThatOverlap() throws {
+        // Two writes past the gap overlap with different bytes: the file has the newer ones, and so must the sum.
+        let size = 3 << 20
+        var file = [UInt8](repeating: 7, count: size)
+        let path = NSTemporaryDirectory() + "ckptfs-sum-\(UUID().uuidString)"
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
+        defer { close(fd); unlink(path) }
+        var sum = RunningChecksum()
+        func write(_ bytes: [UInt8], at offset: Int) -> Bool {
+            file.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
+            _ = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
+            return bytes.withUnsafeBytes { sum.wrote($0, at: Int64(offset), fd: fd) }
+        }
+        XCTAssertTrue(write([UInt8](repeating: 1, count: 1 << 20), at: 1 << 20))
+        XCTAssertTrue(write([UInt8](repeating: 2, count: 1 << 20), at: (1 << 20) + (1 << 19)))
+        XCTAssertTrue(write([UInt8](repeating: 3, count: (1 << 20) - (1 << 19)), at: (2 << 20) + (1 << 19)))
+        XCTAssertTrue(write([UInt8](repeating: 4, count: 1 << 20), at: 0))
+        XCTAssertEqual(sum.value(size: Int64(size)), XXH64.hash(file))
+        XCTAssertEqual(sum.readBack, 2 << 20)  // the two overlapping writes, and the third, which extended their range
+    }
+
+    func testTheRunningChecksumTakesAPageSentAgain() throws {
+        // A writer whose writes end mid-page: the write-back sends the page, then sends it again whole once the
+        // writer has added to it. The repeated bytes are the same, so the sum goes on.
+        let data = (0..<(5 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 29 &+ ($0 >> 10)) }
+        var sum = RunningChecksum()
+        let cut = (1 << 20) + 1000  // the first write ends 1000 bytes into a page
+        XCTAssertTrue(data[0..<cut].withUnsafeBytes { sum.wrote($0, at: 0, fd: -1) })
+        XCTAssertTrue(data[(1 << 20)..<(3 << 20)].withUnsafeBytes { sum.wrote($0, at: 1 << 20, fd: -1) })
+        // Again after a gap, the page sent again arriving after the write past it.
+        XCTAssertTrue(data[(4 << 20)..<(5 << 20)].withUnsafeBytes { sum.wrote($0, at: 4 << 20, fd: -1) })
+        XCTAssertTrue(data[(3 << 20)..<((3 << 20) + 10)].withUnsafeBytes { sum.wrote($0, at: 3 << 20, fd: -1) })
+        XCTAssertTrue(data[(3 << 20)..<(4 << 20)].withUnsafeBytes { sum.wrote($0, at: 3 << 20, fd: -1) })
+        XCTAssertEqual(sum.readBack, 0)
+        XCTAssertEqual(sum.value(size: Int64(data.count)), XXH64.hash(data))
+        // A page sent again with other bytes where the sum has been is a rewrite: it ends the sum.
+        var other = RunningChecksum()
+        XCTAssertTrue(data[0..<cut].withUnsafeBytes { other.wrote($0, at: 0, fd: -1) })
+        var changed = Array(data[(1 << 20)..<(2 << 20)])
+        changed[999] ^= 1
+        XCTAssertFalse(changed.withUnsafeBytes { other.wrote($0, at: 1 << 20, fd: -1) })
+        // And so does one that starts before the last 4 KiB hashed.
+        var third = RunningChecksum()
+        XCTAssertTrue(data[0..<(2 << 20)].withUnsafeBytes { third.wrote($0, at: 0, fd: -1) })
+        XCTAssertFalse(data[(1 << 20)..<(3 << 20)].withUnsafeBytes { third.wrote($0, at: 1 << 20, fd: -1) })
+    }
+
+    func testTheRunningChecksumTakesManySmallWritesPastAGap() throws {
+        // 8,000 writes of 4 KiB past one gap: adjacent writes extend one entry, so the count of waiting ranges
+        // stays far below its bound, and all of it is held in memory.
+        let page = 4096
+        let data = (0..<(8001 * page)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ ($0 >> 12)) }
+        var sum = RunningChecksum()
+        for k in 1...8000 {
+            XCTAssertTrue(data[(k * page)..<((k + 1) * page)].withUnsafeBytes { sum.wrote($0, at: Int64(k * page), fd: -1) }, "write \(k)")
+        }
+        XCTAssertTrue(data[0..<page].withUnsafeBytes { sum.wrote($0, at: 0, fd: -1) })
+        XCTAssertEqual(sum.readBack, 0)
+        XCTAssertEqual(sum.value(size: Int64(data.count)), XXH64.hash(data))
+    }
+
+    func testTheRunningChecksumHoldsAtMostItsBoundInMemory() throws {
+        let n = RunningChecksum.maxHeld / (1 << 20) + 4
+        let data = (0..<((n + 1) << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ ($0 >> 13)) }
+        let path = NSTemporaryDirectory() + "ckptfs-sum-\(UUID().uuidString)"
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
+        defer { close(fd); unlink(path) }
+        _ = data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        var sum = RunningChecksum()
+        for i in 1...n {
+            let r = (i << 20)..<((i + 1) << 20)
+            XCTAssertTrue(data[r].withUnsafeBytes { sum.wrote($0, at: Int64(r.lowerBound), fd: fd) })
+            XCTAssertLessThanOrEqual(sum.heldBytes, RunningChecksum.maxHeld)
+        }
+        XCTAssertTrue(data[0..<(1 << 20)].withUnsafeBytes { sum.wrote($0, at: 0, fd: fd) })
+        XCTAssertEqual(sum.value(size: Int64(data.count)), XXH64.hash(data))
+        XCTAssertEqual(sum.readBack, 4 << 20)
+    }
+
     func testByDefaultNothingGoesUpBeforeClose() async throws {
         let fs = try make()
         let h = try await writeOpen(fs, "ckpt.pt", [UInt8](repeating: 1, count: 12 << 20))

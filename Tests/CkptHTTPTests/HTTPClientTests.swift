@@ -1,5 +1,7 @@
 import CkptDigest
 import CkptHTTP
+import CkptSystem
+import SystemPackage
 import CkptTestSupport
 import Foundation
 import XCTest
@@ -60,6 +62,33 @@ final class HTTPClientTests: XCTestCase {
         let small = try await http.execute(HTTPRequest(method: .PUT, url: "\(server.endpoint)/echo/bytes", body: .bytes(Array("hello".utf8))))
         XCTAssertEqual(String(decoding: small.body, as: UTF8.self), "5 \(Digest.sha256("hello").hexString)")
         XCTAssertGreaterThanOrEqual(http.stats.bytesSent, Int64(2 * range.count + 5))
+    }
+
+    func testAnAlignedFileBodyIsReadWithDirectIO() async throws {
+        let data = pattern((4 << 20) + 777, seed: 11)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("http-direct-\(UUID().uuidString)").path
+        try Data(data).write(to: URL(fileURLWithPath: path))
+        defer { unlink(path) }
+        let probe = open(path, O_RDONLY | FileDescriptor.OpenOptions.direct.rawValue)
+        try XCTSkipIf(probe < 0, "the temporary directory's file system refuses O_DIRECT")
+        close(probe)
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        let http = HTTPClient()
+        // From offset 0: every full 1 MiB read goes straight into libcurl's buffer; the 777-byte tail is read
+        // through the page cache.
+        let whole = try await http.execute(HTTPRequest(method: .PUT, url: "\(server.endpoint)/echo/file",
+                                                       body: .file(descriptor: fd, offset: 0, length: Int64(data.count))))
+        XCTAssertEqual(String(decoding: whole.body, as: UTF8.self), "\(data.count) \(Digest.sha256(data).hexString)")
+        XCTAssertGreaterThanOrEqual(http.stats.bytesReadDirect, 4 << 20)
+        XCTAssertLessThanOrEqual(http.stats.bytesReadDirect, Int64(data.count))
+        // From an unaligned offset: the page cache only, the same bytes.
+        let before = http.stats.bytesReadDirect
+        let range = 12_345..<data.count
+        let part = try await http.execute(HTTPRequest(method: .PUT, url: "\(server.endpoint)/echo/file",
+                                                      body: .file(descriptor: fd, offset: Int64(range.lowerBound), length: Int64(range.count))))
+        XCTAssertEqual(String(decoding: part.body, as: UTF8.self), "\(range.count) \(Digest.sha256(Array(data[range])).hexString)")
+        XCTAssertEqual(http.stats.bytesReadDirect, before)
     }
 
     func testAStalledResponseTimesOut() async throws {

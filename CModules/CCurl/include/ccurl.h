@@ -15,6 +15,8 @@ typedef int (*ckpt_curl_xferinfo_cb)(void *userdata, curl_off_t dltotal, curl_of
                                      curl_off_t ultotal, curl_off_t ulnow);
 typedef int (*ckpt_curl_seek_cb)(void *userdata, curl_off_t offset, int origin);
 
+/// curl_global_init with an allocator that page-aligns blocks of 64 KiB and more (O_DIRECT reads into the
+/// upload buffer).
 CURLcode ckpt_curl_global_init(void);
 
 CURLcode ckpt_curl_setopt_long(CURL *h, CURLoption opt, long value);
