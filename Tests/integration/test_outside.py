@@ -3,6 +3,8 @@ hand), each reduced to its smallest reproduction through a real mount of a real 
 import os
 import time
 
+import pytest
+
 from test_correctness import read
 from test_versions import s3_versions
 from test_write_back import flush, sha
@@ -85,6 +87,8 @@ def test_a_mount_recovers_after_a_crash_while_the_cache_disk_is_still_full(serve
         subprocess.run(["umount", "-l", str(disk)])
 
 
+@pytest.mark.xfail(strict=True, reason="known bug (docs/SEMANTICS.md, Known bugs): the daemon does not answer FUSE "
+                   "INTERRUPT, so a process in fsync waits for S3 in state D")
 def test_a_process_waiting_in_fsync_for_s3_can_be_killed(server, bucket, mounts, proxy):
     """`fsync()` waits until the file is in S3 (S-DUR-FSYNC). While S3 does not take the upload (an outage, a
     server whose disk is full: seen with SeaweedFS answering 500 for minutes), the writer waits in the kernel

@@ -15,6 +15,10 @@ extension WriteBack {
         // orphan.
         func withdrawDestination() -> Withdrawal {
             guard let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) else { return Withdrawal() }
+            // Every save is a version (`FSOptions.keepEveryVersion`): the destination's saves still queued
+            // (closed: nothing writes them any more) go up first, in order, and the renamed file after them;
+            // write-temp-then-rename (torch.save + os.replace) is a save like any other.
+            if options.keepEveryVersion, old.state.withLock({ $0.handles == 0 }), old.current.isFrozen { return Withdrawal() }
             return orphan(old, ino: replacing)
         }
         if let f = localFiles.byKey.withLock({ $0[src] }) {
