@@ -39,7 +39,7 @@ extension Namespace {
         if !meta.isDirectory && !meta.mtimeKnown {
             // Known from a listing only: the kernel keeps the mtime an inode is created with, so HEAD for the
             // stored one first (the HEAD also revalidates: an open right after sends none).
-            guard let m = try await lookupStoredMeta(parent: parent, dirKey: dir.key, name: name, listedSize: meta.size) else {
+            guard let m = try await lookupStoredMeta(parent: parent, dirKey: dir.key, name: name, listed: meta) else {
                 table.withLock { $0.noteMissing(parent: parent, name: name) }
                 throw .noEntry
             }
@@ -145,14 +145,16 @@ extension Namespace {
         return !page.objects.isEmpty || !page.commonPrefixes.isEmpty
     }
 
-    /// What S3 has of file `key` now, from a HEAD; or, when a listing showed it with `listedSize` bytes, at
-    /// most `FSOptions.wholeGetMaxSize` (and more than 0), from a GET of all of it, whose headers say the same
-    /// and whose body goes to the block cache (`SmallObjectFetcher`): the open and reads that follow need no
-    /// request. Nil when the object is gone.
-    func headProbe(_ key: String, listedSize: Int64? = nil) async throws(FSError) -> Meta? {
+    /// What S3 has of file `key` now, from a HEAD; or, when a listing showed it (`listed`) with at most
+    /// `FSOptions.wholeGetMaxSize` bytes (and more than 0) and that version's data is not cached, from a GET of
+    /// all of it, whose headers say the same and whose body goes to the block cache (`SmallObjectFetcher`):
+    /// the open and reads that follow need no request. Nil when the object is gone.
+    func headProbe(_ key: String, listed: Meta? = nil) async throws(FSError) -> Meta? {
         if overlay.isHidden(key) { return nil }  // removed here, its delete still queued
         let limit = min(options.wholeGetMaxSize, smallObjects?.blockSize ?? 0)
-        let whole = listedSize.map { $0 > 0 && $0 <= limit } == true ? smallObjects : nil
+        let whole = listed.map { l in
+            l.size > 0 && l.size <= limit && !(smallObjects?.isCached(key, etag: l.etag) ?? true)
+        } == true ? smallObjects : nil
         let (answer, hidden, seen) = try await observing({ () async throws(FSError) -> Result<ObjectInfo, S3Error> in
             do throws(S3Error) {
                 if let whole {

@@ -39,6 +39,9 @@ protocol SmallObjectFetcher: Sendable {
     func fetchSmallObject(_ key: String, limit: Int64) async throws(S3Error) -> ObjectInfo
     /// Bytes of a cache block: the most `fetchSmallObject` keeps.
     var blockSize: Int64 { get }
+    /// Whether the data of version `etag` of `key` (its first block) is in the cache already (a preload's): the
+    /// metadata is then all that is missing, and a HEAD asks for it.
+    func isCached(_ key: String, etag: String) -> Bool
 }
 
 final class Namespace: WriteBackNotices {

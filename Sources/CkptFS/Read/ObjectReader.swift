@@ -473,7 +473,11 @@ final class ObjectReader: Sendable {
     }
 }
 
-extension ObjectReader: SmallObjectFetcher {}
+extension ObjectReader: SmallObjectFetcher {
+    func isCached(_ key: String, etag: String) -> Bool {
+        !etag.isEmpty && cache.contains(BlockKey(bucket: bucket, key: key, etag: etag, index: 0))
+    }
+}
 
 extension ObjectReader.PreloadOutcome {
     mutating func add(_ r: ObjectReader.FetchOutcome) {
