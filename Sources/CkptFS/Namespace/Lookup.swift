@@ -38,7 +38,8 @@ extension Namespace {
         if !meta.isDirectory && !meta.mtimeKnown { meta = withKnownMtime(meta, key: dir.key + name) }
         if !meta.isDirectory && !meta.mtimeKnown {
             // Known from a listing only: the kernel keeps the mtime an inode is created with, so HEAD for the
-            // stored one first (the HEAD also revalidates: an open right after sends none).
+            // stored one first (a small file: GET it whole, its data then in the cache); that request also
+            // revalidates: an open right after sends none.
             guard let m = try await lookupStoredMeta(parent: parent, dirKey: dir.key, name: name, listed: meta) else {
                 table.withLock { $0.noteMissing(parent: parent, name: name) }
                 throw .noEntry
@@ -159,7 +160,9 @@ extension Namespace {
             do throws(S3Error) {
                 if let whole {
                     do throws(S3Error) {
-                        return .success(try await whole.fetchSmallObject(key, limit: limit))
+                        let info = try await whole.fetchSmallObject(key, limit: limit)
+                        // A 206 without Content-Range does not say the size: HEAD tells it.
+                        if info.size >= 0 { return .success(info) }
                     } catch where error.code == .invalidRange {
                         // Empty now (a range of an empty object is unsatisfiable): HEAD tells the rest.
                     }

@@ -15,6 +15,9 @@
 // - lookups that come in listing order (`ls -l`, `find`, `du` and `rsync` stat entries as they read them;
 //   readdirplus only covers some of the kernel's readdir calls) HEAD the names after them too, in parallel,
 //   a window growing from 32 to 256 names, like read-ahead.
+// A small file (at most `FSOptions.wholeGetMaxSize`, not empty, its data not cached) is not HEADed but fetched
+// whole with one GET, whose headers say what the HEAD would and whose body goes to the block cache
+// (`SmallObjectFetcher`): listing and reading it then costs that one request.
 // HEAD results go back into the listing, so each file is HEADed once per listing; and every HEAD or GET (a
 // preload's included) is noted in `KnownVersions`, so a listing showing a version read before needs no HEAD.
 import CkptS3
@@ -101,7 +104,7 @@ extension Namespace {
     }
 
     /// The names to HEAD ahead of a lookup of `name` in `parent`, if lookups there come in listing order, with
-    /// the sizes the listing showed.
+    /// what the listing showed of each.
     func mtimeAhead(parent: UInt64, name: String) -> [(String, Meta)]? {
         guard let files = sortedFiles(parent) else { return nil }
         guard let i = Namespace.position(of: name, in: files) else { return nil }
