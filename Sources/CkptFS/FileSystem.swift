@@ -66,7 +66,7 @@ public final class FileSystem: Sendable {
         let changes = ChangeQueue(options: options)
         let namespace = Namespace(client: client, bucket: bucket, rootKey: p, options: options,
                                   overlay: WriteBackOverlay(files: localFiles, changes: changes), mountTime: Date(),
-                                  versions: versions, logger: logger)
+                                  versions: versions, smallObjects: reader, logger: logger)
         self.reader = reader
         self.namespace = namespace
         self.recorder = try options.recordAccess.map { path throws(FSError) in

@@ -43,6 +43,12 @@ public struct FSOptions: Sendable {
     /// only from a listing is HEADed before the kernel sees it, see StoredMtimes.swift); or always
     /// Last-Modified (false: listings answer without HEADs, as mountpoint-s3 does). One rule either way.
     public var storedMtimes = true
+    /// Bytes: a file a listing showed with at most this many bytes (and more than 0) is read whole with one
+    /// GET where its stored mtime would take a HEAD (`storedMtimes`), and its data goes to the block cache, so
+    /// list-then-read costs one request per file (S-CONS-LISTED-OPEN). Capped at the cache block size; 0: HEAD.
+    /// 256 KiB: on S3 a GET is priced as a HEAD, and 256 KiB take about 2 ms at 1 Gbit/s, less than the
+    /// first-byte latency of the HEAD they replace, while `ls -l` of a directory of large files costs no more.
+    public var wholeGetMaxSize: Int64 = 256 << 10
     /// fsync() waits until the file is in S3 (true) or only until it is on local disk (false).
     public var durableFsync = true
     /// Smallest multipart part (a file up to this size is one PutObject).

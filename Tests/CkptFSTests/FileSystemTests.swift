@@ -135,14 +135,15 @@ final class FileSystemTests: XCTestCase {
         let before = s3.count("HeadObject") + s3.count("ListObjectsV2")
         do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "missing"); XCTFail() } catch { XCTAssertEqual(error.errno, ENOENT) }
         XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), before, "negative entry answered")
-        // After a complete listing, lookups in that directory need no LIST; a listed file is HEADed once, for
-        // the mtime its writer stored (a listing does not carry it), and a missing name needs no request.
+        // After a complete listing, lookups in that directory need no LIST; a listed file is asked for once,
+        // for the mtime its writer stored (a listing does not carry it; a small file with a GET of all of it),
+        // and a missing name needs no request.
         _ = try await names(FileSystem.rootIno)
-        let afterList = s3.count("HeadObject") + s3.count("ListObjectsV2")
+        let afterList = s3.count("HeadObject") + s3.count("ListObjectsV2") + s3.count("GetObject")
         _ = try await fs.lookup(parent: FileSystem.rootIno, name: "present")
         _ = try await fs.lookup(parent: FileSystem.rootIno, name: "present")
         do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "other"); XCTFail() } catch {}
-        XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2"), afterList + 1)
+        XCTAssertEqual(s3.count("HeadObject") + s3.count("ListObjectsV2") + s3.count("GetObject"), afterList + 1)
         // With a zero TTL every lookup asks again, so a new object is seen at once.
         fs = try make(ttl: .zero)
         do { _ = try await fs.lookup(parent: FileSystem.rootIno, name: "late"); XCTFail() } catch {}
@@ -218,9 +219,9 @@ final class FileSystemTests: XCTestCase {
         XCTAssertNil(fs.namespace.listedEntry(handle: h, name: "."))
         XCTAssertNil(fs.namespace.listedEntry(handle: h, name: ".."))
         XCTAssertNil(fs.namespace.listedEntry(handle: h, name: "a.bin"), "no attributes before its stored mtime is known")
-        let heads = s3.count("HeadObject")
+        let asked = s3.count("HeadObject") + s3.count("GetObject")
         await fs.namespace.resolveListedEntries(handle: h, names: entries.map(\.name))
-        XCTAssertEqual(s3.count("HeadObject") - heads, 1, "the file, not the directory")
+        XCTAssertEqual(s3.count("HeadObject") + s3.count("GetObject") - asked, 1, "the file (small: a GET of all of it), not the directory")
         let a = try XCTUnwrap(fs.namespace.listedEntry(handle: h, name: "a.bin"))
         XCTAssertEqual(a.mtime.timeIntervalSince1970, 1_000_000_000.5, "the stored mtime, not Last-Modified")
         XCTAssertEqual(a.size, 3)

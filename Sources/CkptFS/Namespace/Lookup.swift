@@ -38,8 +38,9 @@ extension Namespace {
         if !meta.isDirectory && !meta.mtimeKnown { meta = withKnownMtime(meta, key: dir.key + name) }
         if !meta.isDirectory && !meta.mtimeKnown {
             // Known from a listing only: the kernel keeps the mtime an inode is created with, so HEAD for the
-            // stored one first (the HEAD also revalidates: an open right after sends none).
-            guard let m = try await lookupStoredMeta(parent: parent, dirKey: dir.key, name: name) else {
+            // stored one first (a small file: GET it whole, its data then in the cache); that request also
+            // revalidates: an open right after sends none.
+            guard let m = try await lookupStoredMeta(parent: parent, dirKey: dir.key, name: name, listed: meta) else {
                 table.withLock { $0.noteMissing(parent: parent, name: name) }
                 throw .noEntry
             }
@@ -145,11 +146,30 @@ extension Namespace {
         return !page.objects.isEmpty || !page.commonPrefixes.isEmpty
     }
 
-    func headProbe(_ key: String) async throws(FSError) -> Meta? {
+    /// What S3 has of file `key` now, from a HEAD; or, when a listing showed it (`listed`) with at most
+    /// `FSOptions.wholeGetMaxSize` bytes (and more than 0) and that version's data is not cached, from a GET of
+    /// all of it, whose headers say the same and whose body goes to the block cache (`SmallObjectFetcher`):
+    /// the open and reads that follow need no request. Nil when the object is gone.
+    func headProbe(_ key: String, listed: Meta? = nil) async throws(FSError) -> Meta? {
         if overlay.isHidden(key) { return nil }  // removed here, its delete still queued
-        counters.withLock { $0.heads += 1 }
+        let limit = min(options.wholeGetMaxSize, smallObjects?.blockSize ?? 0)
+        let whole = listed.map { l in
+            l.size > 0 && l.size <= limit && !(smallObjects?.isCached(key, etag: l.etag) ?? true)
+        } == true ? smallObjects : nil
         let (answer, hidden, seen) = try await observing({ () async throws(FSError) -> Result<ObjectInfo, S3Error> in
-            do throws(S3Error) { return .success(try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)) } catch { return .failure(error) }
+            do throws(S3Error) {
+                if let whole {
+                    do throws(S3Error) {
+                        let info = try await whole.fetchSmallObject(key, limit: limit)
+                        // A 206 without Content-Range does not say the size: HEAD tells it.
+                        if info.size >= 0 { return .success(info) }
+                    } catch where error.code == .invalidRange {
+                        // Empty now (a range of an empty object is unsatisfiable): HEAD tells the rest.
+                    }
+                }
+                counters.withLock { $0.heads += 1 }
+                return .success(try await client.headObject(bucket, key, versionId: nil, ifMatch: nil))
+            } catch { return .failure(error) }
         }, local: { _ in overlay.isHidden(key) })
         // This mount deleted or replaced the object while the HEAD was in flight: that answer is out of date.
         switch seen.change(of: key) {

@@ -31,6 +31,19 @@ protocol LocalOverlay: Sendable {
     var hasHidden: Bool { get }
 }
 
+/// Reads all of a small object with one GET, where a HEAD would tell only its metadata: the answer's headers
+/// are what the HEAD would have said, and its body goes to the block cache (`ObjectReader.fetchSmallObject`).
+protocol SmallObjectFetcher: Sendable {
+    /// The first `limit` bytes of `key` (at most one cache block), of whatever version S3 has now; returns what
+    /// the answer says of that version. Throws the GET's error (`.invalidRange`: the object is empty now).
+    func fetchSmallObject(_ key: String, limit: Int64) async throws(S3Error) -> ObjectInfo
+    /// Bytes of a cache block: the most `fetchSmallObject` keeps.
+    var blockSize: Int64 { get }
+    /// Whether the data of version `etag` of `key` (its first block) is in the cache already (a preload's): the
+    /// metadata is then all that is missing, and a HEAD asks for it.
+    func isCached(_ key: String, etag: String) -> Bool
+}
+
 final class Namespace: WriteBackNotices {
     static let rootIno: UInt64 = 1
 
@@ -63,10 +76,14 @@ final class Namespace: WriteBackNotices {
     let versions: KnownVersions
     /// The versions views looked at lately (History/VersionView.swift).
     let versionViews = VersionViews()
+    /// Reads small listed files whole in place of a HEAD (the object reader); nil: always HEAD.
+    let smallObjects: (any SmallObjectFetcher)?
 
     /// `rootKey`: the key prefix the mount shows as its root (empty or ending in "/").
     init(client: any ObjectClient, bucket: String, rootKey: String, options: FSOptions, overlay: any LocalOverlay,
-         mountTime: Date, versions: KnownVersions? = nil, logger: Logger = Logger(label: "ckptfs.fs")) {
+         mountTime: Date, versions: KnownVersions? = nil, smallObjects: (any SmallObjectFetcher)? = nil,
+         logger: Logger = Logger(label: "ckptfs.fs")) {
+        self.smallObjects = smallObjects
         self.versions = versions ?? KnownVersions(limit: options.maxListedEntries)
         self.logger = logger
         self.client = client

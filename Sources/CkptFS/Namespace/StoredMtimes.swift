@@ -15,6 +15,9 @@
 // - lookups that come in listing order (`ls -l`, `find`, `du` and `rsync` stat entries as they read them;
 //   readdirplus only covers some of the kernel's readdir calls) HEAD the names after them too, in parallel,
 //   a window growing from 32 to 256 names, like read-ahead.
+// A small file (at most `FSOptions.wholeGetMaxSize`, not empty, its data not cached) is not HEADed but fetched
+// whole with one GET, whose headers say what the HEAD would and whose body goes to the block cache
+// (`SmallObjectFetcher`): listing and reading it then costs that one request.
 // HEAD results go back into the listing, so each file is HEADed once per listing; and every HEAD or GET (a
 // preload's included) is noted in `KnownVersions`, so a listing showing a version read before needs no HEAD.
 import CkptS3
@@ -49,22 +52,24 @@ extension Namespace {
         return out
     }
 
-    /// The metadata of listed file `name` of `parent` with its stored mtime, from a HEAD of `key` (shared with
-    /// any HEAD of that key in flight), or nil when the object is gone. The answer is written back to the
+    /// The metadata of listed file `name` of `parent` (as the listing showed it: `listed`) with its stored
+    /// mtime, from a HEAD of `key` or, for a small file, a GET of all of it (`headProbe`; shared with any
+    /// request for that key in flight), or nil when the object is gone. The answer is written back to the
     /// listing of `parent`.
-    func storedMeta(parent: UInt64, name: String, key: String) async throws(FSError) -> Meta? {
-        try await startStoredMeta(parent: parent, name: name, key: key, bounded: false).value.get()
+    func storedMeta(parent: UInt64, name: String, key: String, listed: Meta?) async throws(FSError) -> Meta? {
+        try await startStoredMeta(parent: parent, name: name, key: key, listed: listed, bounded: false).value.get()
     }
 
-    /// Starts (or joins) the HEAD of `key` for its stored mtime; registered before this returns, so a lookup
-    /// of the same name joins it instead of sending another. `bounded`: waits for one of the
+    /// Starts (or joins) the HEAD of `key` (a GET of the whole object when `listed`, the file as the listing
+    /// showed it, is small: `headProbe`) for its stored mtime; registered before this returns,
+    /// so a lookup of the same name joins it instead of sending another. `bounded`: waits for one of the
     /// `mtimeHeadConcurrency` slots first (HEADs ahead of lookups, readdirplus batches).
-    func startStoredMeta(parent: UInt64, name: String, key: String, bounded: Bool) -> Task<Result<Meta?, FSError>, Never> {
+    func startStoredMeta(parent: UInt64, name: String, key: String, listed: Meta?, bounded: Bool) -> Task<Result<Meta?, FSError>, Never> {
         mtimeHeads.withLock { heads in
             if let t = heads[key] { return t }
             let t = Task { () -> Result<Meta?, FSError> in
                 if bounded { await self.metaSlots.acquire() }
-                let r = await self.capture { () async throws(FSError) -> Meta? in try await self.headProbe(key) }
+                let r = await self.capture { () async throws(FSError) -> Meta? in try await self.headProbe(key, listed: listed) }
                 if bounded { self.metaSlots.release() }
                 // Into the listing before the HEAD stops being in flight, so no lookup in between sends another.
                 if case .success(let m) = r { self.noteStoredMeta(parent: parent, name: name, m) }
@@ -91,15 +96,16 @@ extension Namespace {
     /// The metadata of file `name` of directory `parent` (key prefix `dirKey`) with its stored mtime, for a
     /// lookup that found it only in a listing; nil when the object is gone. Starts HEADs of the names after it
     /// when lookups in this directory come in listing order.
-    func lookupStoredMeta(parent: UInt64, dirKey: String, name: String) async throws(FSError) -> Meta? {
-        for n in mtimeAhead(parent: parent, name: name) ?? [] {
-            _ = startStoredMeta(parent: parent, name: n, key: dirKey + n, bounded: true)
+    func lookupStoredMeta(parent: UInt64, dirKey: String, name: String, listed: Meta) async throws(FSError) -> Meta? {
+        for (n, m) in mtimeAhead(parent: parent, name: name) ?? [] {
+            _ = startStoredMeta(parent: parent, name: n, key: dirKey + n, listed: m, bounded: true)
         }
-        return try await storedMeta(parent: parent, name: name, key: dirKey + name)
+        return try await storedMeta(parent: parent, name: name, key: dirKey + name, listed: listed)
     }
 
-    /// The names to HEAD ahead of a lookup of `name` in `parent`, if lookups there come in listing order.
-    func mtimeAhead(parent: UInt64, name: String) -> [String]? {
+    /// The names to HEAD ahead of a lookup of `name` in `parent`, if lookups there come in listing order, with
+    /// what the listing showed of each.
+    func mtimeAhead(parent: UInt64, name: String) -> [(String, Meta)]? {
         guard let files = sortedFiles(parent) else { return nil }
         guard let i = Namespace.position(of: name, in: files) else { return nil }
         let range: Range<Int>? = mtimeScans.withLock { scans in
@@ -124,7 +130,7 @@ extension Namespace {
         guard let range else { return nil }
         let names = Array(files[range])
         return table.withLock { t in
-            names.filter { t.listings[parent]?.entries[$0].map { !$0.mtimeKnown } ?? false }
+            names.compactMap { n in t.listings[parent]?.entries[n].flatMap { $0.mtimeKnown ? nil : (n, $0) } }
         }
     }
 
@@ -158,10 +164,10 @@ extension Namespace {
     /// `listedEntry` can give them to the kernel with their attributes.
     func resolveListedEntries(handle: UInt64, names: [String]) async {
         guard let d = dirHandles.withLock({ $0[handle] }) else { return }
-        let unknown: [String] = names.filter { name in
-            guard name != ".", name != ".." else { return false }
+        let unknown: [(String, Meta)] = names.compactMap { name in
+            guard name != ".", name != ".." else { return nil }
             let m = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
-            return m.map { !$0.isDirectory && !$0.mtimeKnown } ?? false
+            return m.flatMap { !$0.isDirectory && !$0.mtimeKnown ? (name, $0) : nil }
         }
         // The kernel asks for the next batch once this one is answered: HEAD the entries after it meanwhile
         // (twice this batch, at least 64), so a listing costs about one round trip per
@@ -172,12 +178,14 @@ extension Namespace {
             let end = max(at + 1, min(s.names.count, at + 1 + max(64, 2 * names.count)))
             return (at + 1 ..< end).compactMap { s.kinds[$0] ? nil : s.names[$0] }
         }
-        let ahead = following.filter { name in
+        let ahead: [(String, Meta)] = following.compactMap { name in
             let m = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
-            return m.map { !$0.mtimeKnown } ?? false
+            return m.flatMap { !$0.mtimeKnown ? (name, $0) : nil }
         }
-        let heads = unknown.map { ($0, startStoredMeta(parent: d.ino, name: $0, key: d.key + $0, bounded: true)) }
-        for name in ahead { _ = startStoredMeta(parent: d.ino, name: name, key: d.key + name, bounded: true) }
+        let heads = unknown.map { (name, m) in
+            (name, startStoredMeta(parent: d.ino, name: name, key: d.key + name, listed: m, bounded: true))
+        }
+        for (name, m) in ahead { _ = startStoredMeta(parent: d.ino, name: name, key: d.key + name, listed: m, bounded: true) }
         await withTaskGroup(of: Void.self) { g in
             for (name, head) in heads {
                 g.addTask {

@@ -325,6 +325,37 @@ final class ObjectReader: Sendable {
         return outcome
     }
 
+    /// Reads the first `limit` bytes of `key` (at most one block; 1 or more) with one GET of whatever version
+    /// S3 has now, instead of a HEAD: the answer's headers say what a HEAD would (ETag, size from
+    /// Content-Range, Last-Modified, x-amz-meta-*), and when the object is at most one block its body is block
+    /// 0 of that version, which goes to the cache under (key, the answer's ETag, 0), checksummed like any
+    /// block, and stays in memory meanwhile. So a file known from a listing costs one request for its stored
+    /// mtime and its data (Namespace/StoredMtimes.swift). Noted in `versions` like every GET.
+    /// Returns what the answer says of the version; throws what the GET threw (`.noSuchKey` when the object
+    /// is gone, `.invalidRange` when it is empty now: ask with HEAD). A body that is not the whole object
+    /// (larger than `limit` now) is dropped.
+    func fetchSmallObject(_ key: String, limit: Int64) async throws(S3Error) -> ObjectInfo {
+        let bs = blockSize
+        let n = max(1, min(limit, bs))
+        let got = Mutex<BlockBuffer?>(nil)
+        let assembler = BlockAssembler(first: 0, blockSize: Int(bs)) { i, buf in
+            if i == 0 { got.withLock { $0 = buf } }
+        }
+        let info = try await client.getObject(bucket, key, range: 0..<n, ifMatch: nil, versionId: nil, sink: assembler.sink)
+        let received = assembler.finish()
+        versions.note(key, info)
+        counters.withLock {
+            $0.gets += 1
+            $0.bytes += received
+        }
+        guard info.size >= 0, info.size <= n, received == info.size, !info.etag.isEmpty,
+              let buf = got.withLock({ $0 }), buf.count == Int(info.size) else { return info }
+        let k = BlockKey(bucket: bucket, key: key, etag: info.etag, index: 0)
+        recent.put(k, buf)
+        cacheWriter.store(cache, k, buf) { _ in }
+        return info
+    }
+
     /// What preloading part of an object did (`preload(_:blocks:)`); bytes are object bytes (data, no headers).
     struct PreloadOutcome: Sendable {
         /// Blocks found cached and sound, and their bytes.
@@ -439,6 +470,12 @@ final class ObjectReader: Sendable {
             startFetch(o, from: b, count: min(per, range.upperBound - b), isPrefetch: true)
             b += per
         }
+    }
+}
+
+extension ObjectReader: SmallObjectFetcher {
+    func isCached(_ key: String, etag: String) -> Bool {
+        !etag.isEmpty && cache.contains(BlockKey(bucket: bucket, key: key, etag: etag, index: 0))
     }
 }
 
