@@ -337,12 +337,14 @@ final class WriteBackTests: XCTestCase {
     }
 
     func testTheRunningChecksumTakesManySmallWritesPastAGap() throws {
-        // 8,000 writes of 4 KiB past one gap: adjacent writes extend one entry, so the count of waiting ranges
-        // stays far below its bound, and all of it is held in memory.
+        // Writes of 4 KiB past one gap, as many as fit in memory (2,047): adjacent writes extend one entry, so
+        // the count of waiting ranges stays far below its bound, and all of it is held in memory.
         let page = 4096
-        let data = (0..<(8001 * page)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ ($0 >> 12)) }
+        let writes = RunningChecksum.maxHeld / page - 1
+        XCTAssertGreaterThan(writes, RunningChecksum.maxRanges)
+        let data = (0..<((writes + 1) * page)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ ($0 >> 12)) }
         var sum = RunningChecksum()
-        for k in 1...8000 {
+        for k in 1...writes {
             XCTAssertTrue(data[(k * page)..<((k + 1) * page)].withUnsafeBytes { sum.wrote($0, at: Int64(k * page), fd: -1) }, "write \(k)")
         }
         XCTAssertTrue(data[0..<page].withUnsafeBytes { sum.wrote($0, at: 0, fd: -1) })

@@ -26,7 +26,7 @@ struct RunningChecksum: Sendable {
     private(set) var heldBytes = 0
     /// Bytes read back from the file so far (for tests and the debug log).
     private(set) var readBack: Int64 = 0
-    /// Buffers of held bytes already hashed, reused for the next ones (at most 4, of `maxEntryBytes` each): the
+    /// Buffers of held bytes already hashed, reused for the next ones (at most 1, of `maxEntryBytes`): the
     /// daemon has glibc map each block of 256 KiB or more on its own, so a fresh buffer per write would cost
     /// page faults and zeroing each time.
     private var spare: [[UInt8]] = []
@@ -37,8 +37,10 @@ struct RunningChecksum: Sendable {
     static let maxAhead: Int64 = 256 << 20
     /// How many ranges may wait past a gap (adjacent writes extend one range; see `insert`).
     static let maxRanges = 1024
-    /// How much of what waits past a gap is held in memory (per file being written).
-    static let maxHeld = 32 << 20
+    /// How much of what waits past a gap is held in memory (per file being written; 16 files written at once
+    /// took the daemon to 277 MiB RSS with 32 MiB, over bench/load.py's 256 MiB bound). Writes the kernel's
+    /// write-back reorders wait a few MiB at most; past this they are read back from the file.
+    static let maxHeld = 8 << 20
     /// Most bytes one waiting entry holds (adjacent writes are appended to it up to this).
     static let maxEntryBytes = 4 << 20
 
@@ -148,7 +150,7 @@ struct RunningChecksum: Sendable {
     /// Drops held bytes from the count, keeping the buffer for reuse (a few).
     private mutating func recycle(_ b: [UInt8]) {
         heldBytes -= b.count
-        if spare.count < 4 { spare.append(b) }
+        if spare.isEmpty { spare.append(b) }
     }
 
     private mutating func hashFile(_ fd: Int32, _ r: Range<Int64>) -> Bool {
