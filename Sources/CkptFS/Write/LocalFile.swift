@@ -17,6 +17,8 @@ final class LocalFile: Sendable {
         var handles = 0
         var writers = 0
         var unlinked = false
+        /// Renames moving this file now (`WriteBack.beginMove`): while any is, it is not cleaned.
+        var moving = 0
     }
     let state: Mutex<State>
 

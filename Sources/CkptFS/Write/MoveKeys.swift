@@ -21,7 +21,8 @@ extension WriteBack {
             if options.keepEveryVersion, old.state.withLock({ $0.handles == 0 }), old.current.isFrozen { return Withdrawal() }
             return orphan(old, ino: replacing)
         }
-        if let f = localFiles.byKey.withLock({ $0[src] }) {
+        if let f = localFiles.byKey.withLock({ l in l[src].map { beginMove($0) } }) {
+            defer { endMove(f) }
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.
             try await fillForMove(f)
             // No version here holds the file's last acknowledged bytes (it is open with changes nobody
@@ -56,6 +57,26 @@ extension WriteBack {
         return false
     }
 
+    /// Marks `f` as being moved by a rename that found it under the local files' lock, until `endMove`:
+    /// `cleanIfUploaded` leaves it meanwhile. Otherwise an upload of it landing between the rename finding it and
+    /// `retarget` moving it removed it and its staged file, and `retarget` then put it back under the new name
+    /// and queued that version again, with no staged file to upload (CI: flush waited for ever on "cannot open
+    /// the staged file"). Returns `f`.
+    func beginMove(_ f: LocalFile) -> LocalFile {
+        f.state.withLock { $0.moving += 1 }
+        return f
+    }
+
+    /// The rename that called `beginMove` is over (moved or failed): a file whose upload landed meanwhile and
+    /// stayed where it was is cleaned now, as the landing would have done.
+    func endMove(_ f: LocalFile) {
+        let idle = f.state.withLock { s -> Bool in
+            s.moving -= 1
+            return s.moving == 0 && s.handles == 0
+        }
+        if idle { cleanIfUploaded(f) }
+    }
+
     /// Before `f` moves to a new key (`retarget`): the blocks its in-place versions have not fetched are
     /// fetched (their base object, under the old key, is deleted later), and the checksum of each acknowledged
     /// one is computed again over the bytes now here, as `retarget` journals it again with no block missing
@@ -82,7 +103,8 @@ extension WriteBack {
     /// deletes the copies made and changes nothing), then the local files move and the old names are queued
     /// for deletion, in one journal record batch.
     func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
-        let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) } }
+        let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) }.mapValues { beginMove($0) } }
+        defer { for f in localFiles.values { endMove(f) } }
         for f in localFiles.values { try await fillForMove(f) }
         // Objects are copied, except those of local files holding their last acknowledged bytes (those move
         // with the file); a local file that holds none (open, nothing acknowledged) has them in its object.

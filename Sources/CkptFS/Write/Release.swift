@@ -113,14 +113,14 @@ extension WriteBack {
     }
 
     /// After the last handle of `f` closed: if its newest version is in S3, the file is clean again (its staged
-    /// copy goes) and stat shows the object.
+    /// copy goes) and stat shows the object. Not while a rename moves it (`beginMove`): `endMove` calls this.
     func cleanIfUploaded(_ f: LocalFile) {
         // What landed is told to the namespace before the local version goes: a lookup in between would find
         // neither, HEAD the new object, compare its ETag with the one the inode had before the save, and give
         // the path a new inode number.
         let landed: (key: String, meta: Meta)? = localFiles.byKey.withLock { l in
             f.state.withLock { s in
-                guard s.handles == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
+                guard s.handles == 0, s.moving == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
                     return nil
                 }
                 let (size, mtime) = s.current.state.withLock { ($0.size, $0.mtime) }
@@ -131,7 +131,7 @@ extension WriteBack {
         notices.objectLanded(key: landed.key, meta: landed.meta)
         let removed: (StagedVersion, String)? = localFiles.byKey.withLock { l in
             f.state.withLock { s in
-                guard s.handles == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
+                guard s.handles == 0, s.moving == 0, !s.unlinked, l[s.key] === f, case .done(let etag) = s.current.state.withLock({ $0.upload }) else {
                     return nil
                 }
                 // Told before the local version goes, so a listing in flight cannot miss the file.

@@ -1,3 +1,4 @@
+@testable import CkptFS
 import CkptS3
 import CkptTestSupport
 import Foundation
@@ -673,6 +674,48 @@ final class ModelRegressionTests: XCTestCase {
             .truncate("c.tmp", to: 0),
             .unlink("c.tmp"),
         ])
+    }
+
+    /// Bug (fixed: a rename marks the local files it moves, and they are not cleaned until it is over): a
+    /// file's upload that landed between a rename finding the file and moving it cleaned it (its staged file
+    /// removed); the rename then put it back under the new name and queued that version again, with no staged
+    /// file: flush waited for ever on "cannot open the staged file" (CI, a file renamed while its upload ran).
+    /// Here a directory rename is held at its copy of another object while the upload lands and the landing's
+    /// cleaning runs. Expected: e/a uploaded, d/a gone. Found: e/a never uploaded.
+    func testAFileWhoseUploadLandsWhileARenameMovesItIsNotCleanedUnderIt() async throws {
+        let dir = ModelRun.base + "/\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let memory = MemoryObjectClient(buckets: ["m"])
+        memory.seed("m", "d/b", contents(10, seed: 1))
+        let client = FaultInjectingClient(wrapping: memory)
+        let driver = try CoreDriver(directory: dir, client: client, bucket: "m")
+        defer {
+            driver.stop()
+            client.failHeld()
+        }
+        let uploads = client.hold(.operations("PutObject"))
+        let mine = contents(100, seed: 2)
+        let h = try await driver.open("d/a", CoreDriver.OpenMode(write: true, create: true, truncate: true)).get()
+        try await driver.write(h, at: 0, mine).get()
+        try await driver.close(h).get()
+        await client.waitForHeld(uploads)
+        let copies = client.hold(.operations("CopyObject"))
+        let rename = Task { await driver.rename("d", "e", noReplace: false) }
+        await client.waitForHeld(copies)  // the rename has found d/a and is copying d/b
+        client.release(uploads)
+        let landed = await driver.flushAll(timeout: .seconds(10))
+        XCTAssertEqual(landed.map(\.path), [])
+        // The cleaning the landing runs, whenever it comes: not while the rename moves the file.
+        if let f = driver.fs.writeBack.localFiles.byKey.withLock({ $0["d/a"] }) { driver.fs.writeBack.cleanIfUploaded(f) }
+        client.release(copies)
+        try await rename.value.get()
+        let left = await driver.flushAll(timeout: .seconds(10))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let objects = memory.objects(in: "m")
+        XCTAssertEqual(objects["e/a"], mine)
+        XCTAssertEqual(objects["e/b"], contents(10, seed: 1))
+        XCTAssertNil(objects["d/a"])
+        XCTAssertNil(objects["d/b"])
     }
 
     /// Open (KnownCoreBugs.renameOfAQueuedFile), seed 878 shrunk: a file saved, uploaded while a descriptor
