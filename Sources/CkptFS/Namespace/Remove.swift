@@ -51,6 +51,20 @@ extension FileSystem {
         let target = try await lookup(parent: parent, name: name)
         forget(ino: target.ino, count: 1)
         guard target.isDirectory else { throw .notDirectory }
+        try await requireEmpty(prefix)
+        try await writeBack.deleteLater([prefix], hiding: [prefix])
+        invalidate(parent: parent, name: name)
+        namespace.forgetConfirmed(dir.key + name, isDirectory: true)
+        // The name is free: a directory made under it is a new inode, whatever the kernel still holds open (a
+        // shell's working directory), as unlink does for files.
+        namespace.table.withLock { $0.freeName(parent: parent, name: name) }
+    }
+
+    /// Throws ENOTEMPTY unless the directory `prefix` (ending in "/") holds nothing: no object in S3 that is not
+    /// being deleted, no local file, nothing made here while the listing was in flight. rmdir and a rename onto
+    /// an existing directory (POSIX: only an empty one is replaced) check with it. Errors: ENOTEMPTY, and those
+    /// of the LIST (EIO).
+    func requireEmpty(_ prefix: String) async throws(FSError) {
         // Every page of the listing, until something is found in it: objects whose deletes are queued here can
         // fill the first pages (S3 gives 1,000 keys a page).
         var token: String?
@@ -81,12 +95,6 @@ extension FileSystem {
             }
             token = page.isTruncated ? page.nextContinuationToken : nil
         } while token != nil
-        try await writeBack.deleteLater([prefix], hiding: [prefix])
-        invalidate(parent: parent, name: name)
-        namespace.forgetConfirmed(dir.key + name, isDirectory: true)
-        // The name is free: a directory made under it is a new inode, whatever the kernel still holds open (a
-        // shell's working directory), as unlink does for files.
-        namespace.table.withLock { $0.freeName(parent: parent, name: name) }
     }
 
     /// Whether anything under `prefix` is in S3 and not being deleted (true when that cannot be told). Reads

@@ -46,10 +46,15 @@ extension FileSystem {
         var sourceRemains = false
         if src.isDirectory {
             if dstKey.hasPrefix(srcKey + "/") { throw FSError(EINVAL, "cannot move a directory into itself") }
-            if dstExisting != nil {
-                try await rmdir(parent: newParent, name: newName)  // ENOTEMPTY unless empty, as POSIX says
-            }
+            // An existing destination is replaced only when empty (POSIX), and only once the move has
+            // succeeded: a rename that fails leaves it as it was. Its marker stays a directory's marker (the
+            // source's, if it has one, is written over it).
+            if dstExisting != nil { try await requireEmpty(dstKey + "/") }
             try await writeBack.renameDirectory(objects, from: srcKey + "/", to: dstKey + "/")
+            if dstExisting != nil {
+                invalidate(parent: newParent, name: newName)
+                namespace.table.withLock { $0.freeName(parent: newParent, name: newName) }
+            }
         } else {
             sourceRemains = try await writeBack.renameFile(from: srcKey, to: dstKey, replacing: dstExisting?.ino)
         }

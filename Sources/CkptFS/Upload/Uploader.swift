@@ -52,6 +52,13 @@ extension WriteBack {
                     return
                 case .landed: break
                 }
+                // The object under the key holds this file's acknowledged bytes now. Checked under the local
+                // files' lock, where a rename over the key swaps the files: a version of a file replaced
+                // meanwhile is dropped by then, and the file now under the key is not this one.
+                localFiles.byKey.withLock { l in
+                    guard let f = l[key], v.state.withLock({ s in if case .done = s.upload { true } else { false } }) else { return }
+                    f.state.withLock { $0.objectIsAcknowledged = true }
+                }
                 resolveExpectations(after: v, etag: etag)
                 changes.state.withLock { u in
                     u.uploadedFiles += 1

@@ -19,6 +19,11 @@ final class LocalFile: Sendable {
         var unlinked = false
         /// Renames moving this file now (`WriteBack.beginMove`): while any is, it is not cleaned.
         var moving = 0
+        /// The object under `key` in S3 holds the file's last acknowledged bytes (when no version here does): the
+        /// file was opened from it, or a version of it landed there since. False for a file created here and
+        /// after a rename that did not copy the object along: the object under the new key, if any, is then
+        /// another file's (one the rename replaced), and a later rename must not copy it as this file's.
+        var objectIsAcknowledged = false
     }
     let state: Mutex<State>
 

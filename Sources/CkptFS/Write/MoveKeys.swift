@@ -28,10 +28,10 @@ extension WriteBack {
             // No version here holds the file's last acknowledged bytes (it is open with changes nobody
             // acknowledged yet, or none): they are the object under the old name, copied to the new one now,
             // or a crash before the file's next upload would leave it under neither name.
-            if !holdsAcknowledged(f) { try await copyAcknowledgedObject(of: f, from: src, to: dst) }
+            let copied = holdsAcknowledged(f) ? false : try await copyAcknowledgedObject(of: f, from: src, to: dst)
             let withdrawn = withdrawDestination()
             defer { removeFiles(withdrawn) }
-            let moved = retarget(f, from: src, to: dst)
+            let moved = retarget(f, from: src, to: dst, objectCopied: copied)
             let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
             try await journal.record(withdrawn.records + moved.records + deletes)
             for v in moved.requeue { enqueueUpload(v) }
@@ -107,8 +107,11 @@ extension WriteBack {
         defer { for f in localFiles.values { endMove(f) } }
         for f in localFiles.values { try await fillForMove(f) }
         // Objects are copied, except those of local files holding their last acknowledged bytes (those move
-        // with the file); a local file that holds none (open, nothing acknowledged) has them in its object.
-        let remaining = keys.filter { k in localFiles[k].map { !holdsAcknowledged($0) } ?? true }
+        // with the file); a local file that holds none (open, nothing acknowledged) has them in its object,
+        // unless that object is another file's (`objectIsAcknowledged`): then nothing of it is copied.
+        let remaining = keys.filter { k in
+            localFiles[k].map { !holdsAcknowledged($0) && $0.state.withLock { $0.objectIsAcknowledged } } ?? true
+        }
         func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
         // Deletes of the new names dropped here are queued again if the rename fails.
         var dropped: [String] = []
@@ -157,8 +160,9 @@ extension WriteBack {
             throw FSError(failure.errno, "renaming \(src) to \(dst) failed and was undone: \(failure.message)")
         }
         var moves = Retarget()
+        let copiedKeys = Set(remaining)
         for (k, f) in localFiles.sorted(by: { $0.key < $1.key }) {
-            let r = retarget(f, from: k, to: target(k))
+            let r = retarget(f, from: k, to: target(k), objectCopied: copiedKeys.contains(k))
             moves.records += r.records
             moves.requeue += r.requeue
         }

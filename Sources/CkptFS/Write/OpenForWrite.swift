@@ -54,6 +54,7 @@ extension WriteBack {
             fresh.state.withLock { s in
                 s.handles = 1
                 s.writers = writer ? 1 : 0
+                s.objectIsAcknowledged = remote != nil
             }
             l[key] = fresh
             return fresh

@@ -17,7 +17,8 @@ extension WriteBack {
     /// new key, now, in its order among the key's versions; the job of one uploading finds it moved when it lands,
     /// and the new job waits for it. The destination is replaced whatever it holds
     /// (POSIX rename): uploads to it carry no condition. The caller journals the records before queueing.
-    func retarget(_ f: LocalFile, from src: String, to dst: String) -> Retarget {
+    /// `objectCopied`: the caller copied the object under `src` (the file's last acknowledged bytes) to `dst`.
+    func retarget(_ f: LocalFile, from src: String, to dst: String, objectCopied: Bool) -> Retarget {
         var out = Retarget()
         var vs = versions(of: src, newest: f.current)
         // The file, and its versions' keys and states, move under the local files' lock: an upload that lands
@@ -33,7 +34,10 @@ extension WriteBack {
         localFiles.byKey.withLock { l in
             if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f
-            f.state.withLock { $0.key = dst }
+            f.state.withLock { s in
+                s.key = dst
+                s.objectIsAcknowledged = objectCopied
+            }
             for v in vs {
                 let (requeue, sum) = v.state.withLock { s -> (Bool, String?) in
                     s.key = dst
@@ -88,14 +92,17 @@ extension WriteBack {
 
     /// Copies the object under `src` (the last acknowledged bytes of `f`, which holds none of its own) to
     /// `dst` server-side, before a rename moves `f`: the new name has them at once, the old one is deleted
-    /// later. Nothing to copy for a file created here (its upload expects no object) or when no object is
-    /// there (NoSuchKey). Errors: those of the HEAD or copy (FSError: EIO, EACCES); the rename then fails.
-    func copyAcknowledgedObject(of f: LocalFile, from src: String, to dst: String) async throws(FSError) {
-        if case .absent = f.current.state.withLock({ $0.expect }) { return }
+    /// later. Returns whether it copied. Nothing to copy when the object under `src` is not the file's
+    /// (`LocalFile.State.objectIsAcknowledged`: a file created here, or renamed over another file's object,
+    /// whose bytes a copy would pass off as this file's) or when no object is there (NoSuchKey). Errors: those
+    /// of the HEAD or copy (FSError: EIO, EACCES); the rename then fails.
+    func copyAcknowledgedObject(of f: LocalFile, from src: String, to dst: String) async throws(FSError) -> Bool {
+        guard f.state.withLock({ $0.objectIsAcknowledged }) else { return false }
         let dropped = await clearPendingDelete(of: dst)
         do throws(FSError) { try await copyIfPresent(from: src, to: dst) } catch {
             if dropped { await restoreDelete(of: [dst]) }
             throw error
         }
+        return true
     }
 }

@@ -73,6 +73,9 @@ struct ModelFile {
     var conflictSeq: Int?
     /// The position of the last acknowledgement (its journal record): recovery queues the version there.
     var ackSeq = 0
+    /// The acknowledged bytes were acknowledged by this mount (a version here holds them until a later write
+    /// lets it go), not taken from the object (opened from S3, or after a crash that left nothing to upload).
+    var ackedHere = false
 }
 
 /// An open file of the model.
@@ -236,6 +239,7 @@ struct Model {
     mutating func makeLocal(_ id: Int, key: String, truncating: Bool = false) {
         guard !files[id]!.local else { return }
         files[id]!.local = true
+        files[id]!.ackedHere = false  // what was acknowledged is the object now
         files[id]!.inPlace = !truncating && !files[id]!.data.isEmpty
         files[id]!.base = files[id]!.data
         files[id]!.baseEpoch = epoch[key, default: 0]
@@ -394,14 +398,27 @@ struct Model {
         files[id]!.conditional = false
         files[id]!.conflicted = false
         files[id]!.conflictSeq = nil
-        if f.local {
+        // The versions queued under the old name go to the new one (the core retargets them). Under `src`, one
+        // in flight may still land, before the old name's delete (the key's chain waits for it).
+        for i in events.indices where events[i].kind == .put && events[i].file == id && events[i].key == src {
+            events[i].withdrawn = true
+        }
+        // The last acknowledged bytes are the object in S3 and no local version holds them: taken from the
+        // object (the file was opened from it), or uploaded and let go by a later write (which made a new
+        // version). The rename copies the object server-side during the call, and a crash afterwards leaves
+        // nothing to upload.
+        let landedAndChanged = f.local && f.acked != nil && f.queued == nil && !f.ackedUnqueued && (f.dirty || !f.ackedHere)
+        if f.local && !landedAndChanged {
             // The acknowledged version is journaled again under the new key (also one a later write copied).
             if f.acked != nil {
                 seq += 1
                 files[id]!.ackSeq = seq
             }
         }
-        if f.local {
+        if landedAndChanged {
+            record(dst, .sync, f.acked)
+            if !keepSource { record(src, .delete, nil) }
+        } else if f.local {
             if f.acked != nil && !f.ackedUnqueued {
                 files[id]!.queued = f.queued ?? f.acked
                 record(dst, .put, files[id]!.queued, file: id)

@@ -49,6 +49,7 @@ extension Model {
     mutating func acknowledge(_ id: Int) {
         seq += 1
         files[id]!.acked = files[id]!.data
+        files[id]!.ackedHere = true
         files[id]!.dirty = false
         files[id]!.ackSeq = seq
     }
@@ -129,6 +130,16 @@ extension Model {
         return out
     }
 
+    /// The file at `path`, when an upload let go since the last drain (`uncertain`) may have stopped it with a
+    /// conflict the model does not know yet: its upload is conditional and the other client changed the key.
+    func mayHaveConflicted(_ path: String) -> Int? {
+        guard uncertain, let id = file(at: path) else { return nil }
+        let f = files[id]!
+        guard f.local, f.queued != nil, !f.conflicted, f.conditional else { return nil }
+        let theirs = remoteState[path] ?? f.base
+        return epoch[path, default: 0] > f.baseEpoch && theirs != f.base ? id : nil
+    }
+
     /// The position from which a drain that finds `conflicts` holds deletes back: the earliest upload job a
     /// conflict stops.
     func holdFrom(conflicts: Set<String>) -> Int? {
@@ -172,10 +183,14 @@ extension Model {
                 case .sync:
                     now = e.result
                     if later != nil { later = .some(e.result) }
+                    maybe.removeAll()
                 case .put where e.withdrawn: maybe.insert(e.result)
                 case .put where e.file.map(conflicting.contains) == true: continue
                 case .delete where held.contains(e.seq): continue
-                case .put, .delete: later = .some(e.result)
+                case .put, .delete:
+                    // The key's chain: a withdrawn version in flight lands before this change, never after it.
+                    later = .some(e.result)
+                    maybe.removeAll()
                 }
             }
             out[k] = maybe.union([later ?? now])
@@ -238,6 +253,7 @@ extension Model {
             f.ackedUnqueued = false
             f.queuedVersions = 0
             f.local = pending
+            f.ackedHere = pending
             files[id] = f
             if pending {
                 // Recovery queues the newest acknowledged version again (the same bytes, perhaps already in S3),

@@ -241,7 +241,16 @@ final class ModelRun: @unchecked Sendable {
 
         case .rename(let src, let dst, let noReplace):
             let r = await driver.rename(src, dst, noReplace: noReplace)
-            if try outcome(r, model.expect(step), fault, step, i) { Step.applyToModel(step, &model) }
+            if try outcome(r, model.expect(step), fault, step, i) {
+                // An upload let go since the last drain may have met the other client's object: the core then
+                // knew the conflict before the rename, and the old name keeps their object. Adopted from the
+                // core: whether the old name is still there.
+                if src != dst, let id = model.mayHaveConflicted(src), case .success = await driver.stat(src) {
+                    model.files[id]!.conflicted = true
+                    trace.append("\(i): (the core found the conflict of \(src) before the rename)")
+                }
+                Step.applyToModel(step, &model)
+            }
 
         case .remotePut(let path, let n, let seed):
             do {

@@ -230,4 +230,27 @@ final class RenameSemanticsTests: SemanticsTestCase {
         let moved = await mount.stat("e")
         XCTAssertEqual(errno(moved), ENOENT)
     }
+
+    /// A failed rename over an empty directory leaves that directory too: it is replaced only once the move
+    /// has succeeded (before, the destination was removed first and stayed removed).
+    func testSRenameDirUndoKeepsTheEmptyDestination() async throws {
+        for k in ["d/a", "d/b", "d/c"] { s3.seed(bucket, k, Array(k.utf8)) }
+        s3.seed(bucket, "e/", [])
+        client.failNth(2, of: "CopyObject", with: .accessDenied)
+        let e = await coreRename("d", "e")
+        XCTAssertEqual(e, EACCES)
+        await flushAll()
+        XCTAssertEqual(keys, ["d/a", "d/b", "d/c", "e/"])
+        let shown = try await mount.list("").get()
+        XCTAssertEqual(shown, ["d": true, "e": true])
+        let empty = try await mount.list("e").get()
+        XCTAssertEqual(empty, [:])
+        // And the rename, tried again, replaces it.
+        let again = await coreRename("d", "e")
+        XCTAssertEqual(again, 0)
+        await flushAll()
+        XCTAssertEqual(keys.filter { !$0.hasSuffix("/") }, ["e/a", "e/b", "e/c"])
+        let moved = try await mount.list("e").get()
+        XCTAssertEqual(moved, ["a": false, "b": false, "c": false])
+    }
 }
