@@ -10,6 +10,7 @@ import CFuse
 import CkptFS
 import Foundation
 import Logging
+import Synchronization
 
 public final class FuseAdapter: Sendable {
     public let fs: FileSystem
@@ -153,6 +154,66 @@ public final class FuseAdapter: Sendable {
         }
     }
 
+    /// Runs `body` in a Task and replies 0 when it returns, its errno when it throws, or EINTR as soon as the
+    /// kernel interrupts the request (FUSE INTERRUPT: the caller got a signal). Once a request is with the
+    /// daemon, the kernel makes even SIGKILL wait for its reply: without this a process waiting in fsync()
+    /// while S3 does not take the upload could not be killed. The body runs, and goes on, also after an
+    /// interrupt (the upload is not cancelled; what it acknowledges stays acknowledged); only the answer is
+    /// given early.
+    static func interruptible(_ req: fuse_req_t?, _ op: String,
+                              _ body: @escaping @Sendable (FuseAdapter) async throws(FSError) -> Void) {
+        let a = FuseAdapter.adapter(req)
+        let r = UnsafeSendable(req)
+        let reply = InterruptibleReply()
+        let context = UnsafeSendable(Unmanaged.passRetained(reply).toOpaque())
+        // While registering, libfuse may call the handler on this thread with the request's lock held, where a
+        // reply would free the request under libfuse's feet: the handler then only notes it.
+        reply.state.withLock { $0.registering = true }
+        fuse_req_interrupt_func(req, { req, data in
+            Unmanaged<InterruptibleReply>.fromOpaque(data!)._withUnsafeGuaranteedRef { reply in
+                reply.state.withLock { s in
+                    if s.registering {
+                        s.interruptedWhileRegistering = true
+                        return
+                    }
+                    guard !s.replied else { return }
+                    s.replied = true
+                    fuse_reply_err(req, EINTR)
+                }
+            }
+        }, context.value)
+        /// Replies `errno` unless the interrupt handler did; then the handler is unhooked and the context freed.
+        @Sendable func finish(_ errno: Int32, _ error: FSError? = nil) {
+            let won = reply.state.withLock { s -> Bool in
+                defer { s.replied = true }
+                return !s.replied
+            }
+            if won {
+                // Waits for a handler running now (it holds the request's lock), which then finds `replied`.
+                fuse_req_interrupt_func(r.value, nil, nil)
+                if let error { a.replyError(r.value, error, op) } else { fuse_reply_err(r.value, errno) }
+            }
+            Unmanaged<InterruptibleReply>.fromOpaque(context.value).release()
+        }
+        let early = reply.state.withLock { s -> Bool in
+            s.registering = false
+            return s.interruptedWhileRegistering
+        }
+        if early {
+            reply.state.withLock { $0.replied = true }
+            fuse_req_interrupt_func(req, nil, nil)
+            fuse_reply_err(req, EINTR)
+        }
+        Task {
+            do throws(FSError) {
+                try await body(a)
+                finish(0)
+            } catch {
+                finish(error.errno, error)
+            }
+        }
+    }
+
     /// The operations table.
     public static func operations() -> fuse_lowlevel_ops {
         var ops = fuse_lowlevel_ops()
@@ -293,19 +354,14 @@ public final class FuseAdapter: Sendable {
                 a.replyError(req, error, "flush")
                 return
             }
-            // A file changed in place: the blocks it did not rewrite come from S3 first.
-            FuseAdapter.async(req, "flush") { a, r throws(FSError) in
-                try await a.fs.flush(handle: h)
-                fuse_reply_err(r.value, 0)
-            }
+            // A file changed in place: the blocks it did not rewrite come from S3 first (interruptible, as
+            // fsync is: S3 may not answer for long).
+            FuseAdapter.interruptible(req, "flush") { a throws(FSError) in try await a.fs.flush(handle: h) }
         }
         ops.fsync = { req, _, _, fi in
             let h = fi!.pointee.fh
             if FuseAdapter.adapter(req).gate.isWriter(h) && FuseAdapter.refused(req) { return }
-            FuseAdapter.async(req, "fsync") { a, r throws(FSError) in
-                try await a.fs.fsync(handle: h)
-                fuse_reply_err(r.value, 0)
-            }
+            FuseAdapter.interruptible(req, "fsync") { a throws(FSError) in try await a.fs.fsync(handle: h) }
         }
         ops.setattr = { req, ino, attr, toSet, _ in
             if FuseAdapter.refused(req) { return }
@@ -459,4 +515,15 @@ public final class FuseAdapter: Sendable {
 struct UnsafeSendable<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+/// Who answers an interruptible request (`FuseAdapter.interruptible`): the operation or the interrupt handler,
+/// whichever comes first.
+final class InterruptibleReply: Sendable {
+    struct State {
+        var registering = false
+        var interruptedWhileRegistering = false
+        var replied = false
+    }
+    let state = Mutex(State())
 }
