@@ -233,7 +233,7 @@ final class RenameSemanticsTests: SemanticsTestCase {
 
     /// A failed rename over an empty directory leaves that directory too: it is replaced only once the move
     /// has succeeded (before, the destination was removed first and stayed removed).
-    func testSRenameDirUndoKeepsTheEmptyDestination() async throws {
+    func testRenameDirUndoKeepsTheEmptyDestination() async throws {
         for k in ["d/a", "d/b", "d/c"] { s3.seed(bucket, k, Array(k.utf8)) }
         s3.seed(bucket, "e/", [])
         client.failNth(2, of: "CopyObject", with: .accessDenied)
