@@ -41,6 +41,17 @@ extension WriteBack {
                 let (key, etag) = try await uploadOnce(v)
                 // The record names the key: a rename after it journals the version again under the new key.
                 try await journal.record(JournalRecord(op: .done, id: v.id, key: key, etag: etag))
+                // The object under the key holds this file's acknowledged bytes now. Decided before `land` wakes
+                // fsync and flush, under the local files' lock, where renames swap files: while the version is
+                // still uploading under this key and job, the file under the key is its own (a rename over the
+                // key drops the replaced file's versions before it puts another file there; a rename of this
+                // one moves the version first, and sets the flag itself).
+                localFiles.byKey.withLock { l in
+                    let mine = v.state.withLock { s in
+                        if case .uploading = s.upload { s.job == job && s.key == key } else { false }
+                    }
+                    if mine, let f = l[key] { f.state.withLock { $0.objectIsAcknowledged = true } }
+                }
                 switch v.land(job: job, key: key, etag: etag) {
                 case .dropped:
                     // Unlinked while uploading: the delete queued behind this job removes what landed.
@@ -51,13 +62,6 @@ extension WriteBack {
                     // then uploads it there (the old name's delete is queued after that job).
                     return
                 case .landed: break
-                }
-                // The object under the key holds this file's acknowledged bytes now. Checked under the local
-                // files' lock, where a rename over the key swaps the files: a version of a file replaced
-                // meanwhile is dropped by then, and the file now under the key is not this one.
-                localFiles.byKey.withLock { l in
-                    guard let f = l[key], v.state.withLock({ s in if case .done = s.upload { true } else { false } }) else { return }
-                    f.state.withLock { $0.objectIsAcknowledged = true }
                 }
                 resolveExpectations(after: v, etag: etag)
                 changes.state.withLock { u in
@@ -81,6 +85,15 @@ extension WriteBack {
                     return true
                 }
                 if moved { return }
+                if error.isConflict && v.state.withLock({ $0.keptByRename }) {
+                    // A replaced file's save, sent with its condition before the rename: the rename put
+                    // another file under the key, so this save is history only; dropped, not a conflict.
+                    logger.warning("a save of a file a rename replaced met another client's object and was not kept",
+                                   metadata: ["key": "\(v.key)", "error": "\(error)"])
+                    v.settle(.dropped)
+                    finishUpload(v)
+                    return
+                }
                 if error.isConflict {
                     // Someone else changed the object: keep ours (journaled, readable here) and say so.
                     v.state.withLock { $0.lastError = error.message + "; the local copy is kept (rename it to upload it under another name)" }

@@ -18,7 +18,21 @@ extension WriteBack {
             // Every save is a version (`FSOptions.keepEveryVersion`): the destination's saves still queued
             // (closed: nothing writes them any more) go up first, in order, and the renamed file after them;
             // write-temp-then-rename (torch.save + os.replace) is a save like any other.
-            if options.keepEveryVersion, old.state.withLock({ $0.handles == 0 }), old.current.isFrozen { return Withdrawal() }
+            if options.keepEveryVersion, old.state.withLock({ $0.handles == 0 }), old.current.isFrozen {
+                let kept = versions(of: old).filter { !$0.isSettled }
+                // One already stopped by a conflict was reported, and the rename replaces it: withdrawn as usual.
+                if !kept.contains(where: { v in v.state.withLock { s in if case .conflict = s.upload { true } else { false } } }) {
+                    // The rename replaces whatever the key holds, and these saves with it: no condition. One with
+                    // a condition would stop at the other client's object and hold the old name's delete for ever.
+                    for v in kept {
+                        v.state.withLock { s in
+                            s.expect = .anything
+                            s.keptByRename = true
+                        }
+                    }
+                    return Withdrawal()
+                }
+            }
             return orphan(old, ino: replacing)
         }
         if let f = localFiles.byKey.withLock({ l in l[src].map { beginMove($0) } }) {
@@ -85,7 +99,10 @@ extension WriteBack {
     func fillForMove(_ f: LocalFile) async throws(FSError) {
         var vs = versions(of: f)
         if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) { vs.append(fallback) }
+        let cur = f.current
         for v in vs {
+            // Landed and replaced by a newer version: it does not move (`retarget`), its staged file may be gone.
+            if v !== cur, v.state.withLock({ s in if case .done = s.upload { true } else { false } }) { continue }
             try await fillAll(v)
             let acknowledged = v.state.withLock { s -> Int64? in
                 s.base != nil && s.missing.isEmpty && !s.unjournaled && s.committedSum != nil ? s.size : nil

@@ -34,11 +34,15 @@ extension WriteBack {
         localFiles.byKey.withLock { l in
             if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f
-            f.state.withLock { s in
+            let cur = f.state.withLock { s in
                 s.key = dst
                 s.objectIsAcknowledged = objectCopied
+                return s.current
             }
             for v in vs {
+                // Landed and replaced by a newer version (its job not finished yet): it stays what it is, an
+                // upload under the old name; its staged file may be gone already (`writableVersion`).
+                if v !== cur, v.state.withLock({ s in if case .done = s.upload { true } else { false } }) { continue }
                 let (requeue, sum) = v.state.withLock { s -> (Bool, String?) in
                     s.key = dst
                     s.expect = .anything
@@ -80,10 +84,14 @@ extension WriteBack {
     /// When none does, those bytes are the object under `f`'s key in S3 (or there are none).
     func holdsAcknowledged(_ f: LocalFile) -> Bool {
         if f.current.state.withLock({ $0.fallback != nil }) { return true }
+        let cur = f.current
         return versions(of: f).contains { v in
             v.state.withLock { s in
                 switch s.upload {
                 case .superseded, .dropped: return false
+                // Uploaded: held only while it is the current version (a newer one lets its staged file go,
+                // even before its upload job has finished).
+                case .done: return v === cur && s.committedSum != nil
                 default: return s.committedSum != nil
                 }
             }

@@ -88,6 +88,10 @@ final class StagedVersion: Sendable {
         var differsFromBase = false
         /// The file was unlinked while open: its handles write it in place, and nothing of it is ever uploaded.
         var orphaned = false
+        /// A save of a file a rename replaced, kept to be uploaded all the same (`FSOptions.keepEveryVersion`):
+        /// it replaces whatever the key holds, as the rename does; an upload already in flight with a condition
+        /// that then fails is dropped, not held as a conflict (no name is left to resolve one by).
+        var keptByRename = false
         /// Parts sent while the file is still being written (EarlyUpload.swift), and tasks waiting for them
         /// to go idle.
         var early: EarlyUpload?

@@ -76,6 +76,10 @@ struct ModelFile {
     /// The acknowledged bytes were acknowledged by this mount (a version here holds them until a later write
     /// lets it go), not taken from the object (opened from S3, or after a crash that left nothing to upload).
     var ackedHere = false
+    /// The versions queued since the file last landed, oldest first (`queued` is the last): with
+    /// `keepEveryVersion` each is uploaded; without, a newer one supersedes those still waiting, but one in
+    /// flight when a rename moves the file is sent again under the new name first.
+    var pendingVersions: [Bytes] = []
 }
 
 /// An open file of the model.
@@ -116,6 +120,8 @@ struct Model {
     var nextFile = 1
     /// Open handles by the number the steps give them.
     var handles: [Int: ModelHandle] = [:]
+    /// FSOptions.keepEveryVersion: every save is uploaded, also those of a closed file a rename replaced.
+    var keepEveryVersion = false
 
     /// S3 as of the last drain (key → bytes; directory markers are "dir/" → []).
     var synced: [String: Bytes] = [:]
@@ -415,6 +421,10 @@ struct Model {
                 files[id]!.ackSeq = seq
             }
         }
+        // Versions queued before the newest go to the new name too, in order (see `pendingVersions`).
+        if f.local && !landedAndChanged {
+            for v in f.pendingVersions.dropLast() { record(dst, .put, v, file: id) }
+        }
         if landedAndChanged {
             record(dst, .sync, f.acked)
             if !keepSource { record(src, .delete, nil) }
@@ -437,7 +447,17 @@ struct Model {
         guard src != dst else { return }
         let s = entries[src]!
         if case .file(let id) = s {
-            if let old = file(at: dst) { orphan(old) }
+            if let old = file(at: dst) {
+                let o = files[old]!
+                if keepEveryVersion && o.handles == 0 && o.local && !o.conflicted && o.queued != nil {
+                    // Its saves still go up, in order, with no condition, before the renamed file's; one in
+                    // flight with its condition may be dropped instead.
+                    if uncertain { withdraw(old) }
+                    files[old] = nil
+                } else {
+                    orphan(old)
+                }
+            }
             let f = files[id]!
             let keep = f.local && f.conflicted
             move(id, from: src, to: dst, keepSource: keep)

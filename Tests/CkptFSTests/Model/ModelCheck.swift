@@ -6,10 +6,11 @@ import XCTest
 
 enum ModelCheck {
     /// Runs one sequence in a fresh cache directory; nil when the core agreed with the model throughout.
-    static func run(_ steps: [Step], timeout: Duration = .seconds(120), avoidingKnownBugs: Bool = false) async -> (failure: ModelFailure?, trace: [String]) {
+    static func run(_ steps: [Step], timeout: Duration = .seconds(120), avoidingKnownBugs: Bool = false,
+                    setup: CoreDriver.Setup = CoreDriver.Setup()) async -> (failure: ModelFailure?, trace: [String]) {
         let verbose = ProcessInfo.processInfo.environment["CKPTFS_MODEL_VERBOSE"] != nil
         let run: ModelRun
-        do { run = try ModelRun() } catch {
+        do { run = try ModelRun(setup: setup) } catch {
             return (ModelFailure(step: 0, kind: "setup", detail: "cannot make a filesystem: \(error)"), [])
         }
         defer { run.tearDown() }
@@ -38,9 +39,9 @@ enum ModelCheck {
     }
 
     /// Replays a sequence (a regression test); fails the test with the difference and the trace.
-    static func replay(_ steps: [Step], timeout: Duration = .seconds(120), file: StaticString = #filePath,
-                       line: UInt = #line) async throws {
-        let (failure, trace) = await run(steps, timeout: timeout)
+    static func replay(_ steps: [Step], timeout: Duration = .seconds(120), setup: CoreDriver.Setup = CoreDriver.Setup(),
+                       file: StaticString = #filePath, line: UInt = #line) async throws {
+        let (failure, trace) = await run(steps, timeout: timeout, setup: setup)
         if let failure {
             XCTFail("\(failure)\ntrace:\n" + trace.joined(separator: "\n"), file: file, line: line)
         }

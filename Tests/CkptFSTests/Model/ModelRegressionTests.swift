@@ -836,6 +836,41 @@ final class ModelRegressionTests: XCTestCase {
         ])
     }
 
+    /// Bug (`--keep-every-version`, seed 898 shrunk): a closed file's save still queued, another client's
+    /// object under the same name, then a rename of an open file over it. The kept save went up with its
+    /// condition, stopped as a conflict, and held the delete of the rename's old name for ever: flush reported
+    /// a conflict on a file no name showed any more. Fixed: the saves a rename keeps replace whatever the key
+    /// holds, as the rename does (`StagedVersion.State.keptByRename`).
+    func testKeepEveryVersionASaveKeptByARenameOverItIsNotAConflict() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("c.tmp", h: 1, .createTruncate),
+            .open("d", h: 3, .createTruncate),
+            .close(h: 3),
+            .remotePut("d", count: 714, seed: 898003),
+            .rename("c.tmp", "d", noReplace: false),
+        ], setup: setup)
+    }
+
+    /// Model imprecision (`--keep-every-version`, seeds 16 and 149 shrunk): a rename moves every save queued
+    /// since the file last landed to the new name, in order, and each is uploaded there; the model expected
+    /// only the newest.
+    func testKeepEveryVersionARenameMovesEverySaveQueued() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .close(h: 1),
+            .remotePut("a", count: 4, seed: 149004),
+            .truncate("a", to: 1),
+            .mkdir("y"),
+            .drain(faults: []),
+            .rename("a", "y/y", noReplace: false),
+            .releaseOne,
+        ], setup: setup)
+    }
+
     /// Skips a test of a known core bug, naming it, while `KnownCoreBugs` lists it (CKPTFS_RUN_KNOWN_BUGS=1 runs
     /// it anyway, to see it fail).
     func skipKnown(_ bug: KnownCoreBugs.Bug) throws {

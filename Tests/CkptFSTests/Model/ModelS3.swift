@@ -63,6 +63,7 @@ extension Model {
     mutating func queue(_ id: Int, at key: String, at position: Int? = nil) {
         guard let acked = files[id]!.acked else { return }
         files[id]!.queued = acked
+        files[id]!.pendingVersions.append(acked)
         files[id]!.queuedVersions += 1
         files[id]!.ackedUnqueued = false
         let i = record(key, .put, acked, file: id, at: position)
@@ -213,6 +214,7 @@ extension Model {
             }
             if let q = files[id]!.queued {
                 files[id]!.queued = nil
+                files[id]!.pendingVersions = []
                 files[id]!.queuedVersions = 0
                 files[id]!.inPlace = false
                 files[id]!.base = q
@@ -252,6 +254,7 @@ extension Model {
             f.conflictSeq = nil
             f.ackedUnqueued = false
             f.queuedVersions = 0
+            f.pendingVersions = []
             f.local = pending
             f.ackedHere = pending
             files[id] = f

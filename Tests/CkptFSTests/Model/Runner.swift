@@ -53,13 +53,18 @@ final class ModelRun: @unchecked Sendable {
 
     static func removeBase() { try? FileManager.default.removeItem(atPath: base) }
 
-    init() throws {
+    /// The core's options (from the environment unless given).
+    let setup: CoreDriver.Setup
+
+    init(setup: CoreDriver.Setup = CoreDriver.Setup()) throws {
+        self.setup = setup
         dir = ModelRun.base + "/\(UUID().uuidString)"
         memory = MemoryObjectClient(buckets: [bucket], pageSize: 3)
         client = FaultInjectingClient(wrapping: memory)
         gate = client.hold(ModelRun.gated)
         clients = [client]
-        driver = try CoreDriver(directory: dir, client: client, bucket: bucket)
+        driver = try CoreDriver(directory: dir, client: client, bucket: bucket, setup: setup)
+        model.keepEveryVersion = setup.keepEveryVersion
     }
 
     /// What the gate holds between drains: uploads (not directory markers, which mkdir writes while it waits) and
@@ -343,7 +348,7 @@ final class ModelRun: @unchecked Sendable {
         gate = client.hold(ModelRun.gated)
         clients.append(client)
         do {
-            driver = try CoreDriver(directory: dir, client: client, bucket: bucket)
+            driver = try CoreDriver(directory: dir, client: client, bucket: bucket, setup: setup)
             _ = try await driver.recover()
         } catch { throw fail(i, "crash", "recovery failed: \(error)") }
         let open = model.crash(landing: landing)
