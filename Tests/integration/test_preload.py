@@ -284,6 +284,30 @@ def test_small_listed_files_cost_one_get_each_and_large_ones_a_head(server, buck
     assert small < gets <= small + 3, "one GET per small file; the 3 MiB file takes 1 to 3 ranged GETs"
 
 
+def test_small_file_get_0_lists_with_heads_and_downloads_nothing(server, bucket, mounts, tmp_path):
+    """--small-file-get 0: `ls -l` of small files HEADs each (for its stored mtime) and downloads none of them;
+    a read afterwards GETs the file. A bad size is refused before anything is mounted, naming the option."""
+    rng = random.Random(24)
+    files = {f"{i:03d}.bin": rng.randbytes(64 * 1024) for i in range(20)}
+    for i, (k, v) in enumerate(sorted(files.items())):
+        server.s3.put_object(Bucket=bucket, Key="ds/" + k, Body=v, Metadata={"mtime": str(1_600_000_000 + i)})
+    bad = mounts.run("mount", f"s3://{bucket}", str(tmp_path / "never"), "--small-file-get", "lots")
+    assert bad.returncode != 0 and "--small-file-get" in bad.stderr, bad.stderr
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--small-file-get", "0")
+    os.stat(os.path.join(mp, "ds"))
+    st0 = json.loads(mounts.run("status", mp, "--json").stdout)
+    with os.scandir(os.path.join(mp, "ds")) as it:
+        mtimes = {e.name: e.stat().st_mtime for e in it}
+    assert mtimes == {k: 1_600_000_000 + i for i, k in enumerate(sorted(files))}
+    st1 = json.loads(mounts.run("status", mp, "--json").stdout)
+    assert st1["getRequests"] - st0["getRequests"] == 0, "ls -l downloaded files"
+    assert st1["headRequests"] - st0["headRequests"] == len(files)
+    with open(os.path.join(mp, "ds", "007.bin"), "rb") as f:
+        assert sha(f.read()) == sha(files["007.bin"])
+    st2 = json.loads(mounts.run("status", mp, "--json").stdout)
+    assert st2["getRequests"] - st1["getRequests"] == 1
+
+
 def test_a_preload_without_a_mount_fills_the_cache_a_mount_then_reads(server, bucket, mounts, tmp_path):
     rng = random.Random(22)
     files = {f"part-{i:03d}.bin": rng.randbytes(rng.randrange(0, 3 * 1024 * 1024)) for i in range(40)}

@@ -43,6 +43,9 @@ struct MountOptions: ParsableArguments {
     @Option(name: .customLong("stale-if-error"),
             help: "Seconds: while S3 is unreachable, what it confirmed of a file or directory within this long answers lookups, stat and open, so cached files stay readable during an outage (0: fail with EIO; default 3600).")
     var staleIfError: Double = 3600
+    @Option(name: .customLong("small-file-get"),
+            help: "A listed file of at most this size whose data is not cached is looked up with one GET of all of it (its body goes to the cache) instead of a HEAD, so listing it and reading it costs one request; 0: HEAD only, so `ls -l` downloads nothing (default 256KiB, at most the cache block size).")
+    var smallFileGet: String = "256KiB"
     @Flag(name: .customLong("immutable"),
           help: "The bucket's objects never change (a published dataset): a file's version, size and mtime, once known, are trusted for the mount's life (no HEAD or LIST revalidates them; cached blocks are read with no request). New names still appear within --metadata-ttl; a changed or deleted object is not noticed.")
     var immutable = false
@@ -72,6 +75,10 @@ struct MountOptions: ParsableArguments {
         if let d = maxDirty, (MountChecks.parseSize(d) ?? 0) < 1 << 20 {
             throw ValidationError("--max-dirty '\(d)' must be a size of at least 1MiB, like 20GiB")
         }
+        guard let s = smallFileGetBytes, s <= 1 << 30 else {
+            throw ValidationError("--small-file-get '\(smallFileGet)' must be a size up to 1GiB, like 256KiB (0 turns it off)")
+        }
+        _ = s
         guard staleIfError >= 0 else { throw ValidationError("--stale-if-error must be zero or more seconds, like 3600") }
         for (name, v) in [("--read-part-size", readPartSize), ("--max-read-ahead", maxReadAhead)] {
             guard let n = MountChecks.parseSize(v), n >= 1 << 20, n <= 1 << 30 else {
@@ -98,6 +105,11 @@ struct MountOptions: ParsableArguments {
         }
     }
 
+    /// `--small-file-get` in bytes (0 turns it off); nil when it is not a size.
+    var smallFileGetBytes: Int64? {
+        smallFileGet.trimmingCharacters(in: .whitespaces) == "0" ? 0 : MountChecks.parseSize(smallFileGet)
+    }
+
     /// Where the metrics are served, if they are. Call only after `validate()`.
     var metricsEndpoint: MetricsAddress? {
         metricsAddress.flatMap { try? MetricsAddress.parse($0).get() }
@@ -117,6 +129,7 @@ struct MountOptions: ParsableArguments {
         o.maxReadAhead = max(o.requestSize, MountChecks.parseSize(maxReadAhead)!)
         o.durableFsync = fsyncMode == "durable"
         o.storedMtimes = mtimeMode == "stored"
+        o.wholeGetMaxSize = smallFileGetBytes!
         switch directReads {
         case "always": o.directReadMinSize = 0
         case "never": o.directReadMinSize = nil
