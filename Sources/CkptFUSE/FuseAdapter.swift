@@ -62,10 +62,13 @@ public final class FuseAdapter: Sendable {
 
     /// Answers readdir (names and types) or readdirplus (with attributes, so `ls -l` needs no lookup per
     /// entry afterwards; each entry given with attributes is a lookup reference, taken only once it fits).
-    func replyDirectory(_ req: fuse_req_t?, handle h: UInt64, size: Int, offset off: off_t, plus: Bool) async throws(FSError) {
-        var reply = DirectoryBuffer(adapter: self, req: UnsafeSendable(req), size: size, plus: plus)
+    /// `request`: the request the entries are sized for (libfuse needs one; any request of the session does for
+    /// plain readdir, whose sizes do not depend on it); `send` answers it.
+    func replyDirectory(handle h: UInt64, size: Int, offset off: off_t, plus: Bool, request: fuse_req_t? = nil,
+                        send: ((fuse_req_t?) -> Int32) -> Int32?) async throws(FSError) {
+        var reply = DirectoryBuffer(adapter: self, req: UnsafeSendable(request), size: size, plus: plus)
         try await fs.readdir(handle: h, offset: Int64(off), limit: max(16, size / (plus ? 64 : 32)), into: &reply)
-        reply.buffer.withUnsafeBufferPointer { _ = fuse_reply_buf(req, $0.baseAddress, reply.used) }
+        _ = send { req in reply.buffer.withUnsafeBufferPointer { fuse_reply_buf(req, $0.baseAddress, reply.used) } }
     }
 
     /// One readdir reply being filled: libfuse's packed dirent (or direntplus) records in a buffer of the size
@@ -154,17 +157,18 @@ public final class FuseAdapter: Sendable {
         }
     }
 
-    /// Runs `body` in a Task and replies 0 when it returns, its errno when it throws, or EINTR as soon as the
-    /// kernel interrupts the request (FUSE INTERRUPT: the caller got a signal). Once a request is with the
-    /// daemon, the kernel makes even SIGKILL wait for its reply: without this a process waiting in fsync()
-    /// while S3 does not take the upload could not be killed. The body runs, and goes on, also after an
-    /// interrupt (the upload is not cancelled; what it acknowledges stays acknowledged); only the answer is
-    /// given early.
+    /// Runs `body` in a Task and answers EINTR as soon as the kernel interrupts the request (FUSE INTERRUPT: the
+    /// caller got a signal), else what the body answers through its `InterruptibleReply` (`send`), else 0 when
+    /// it returns, or its errno when it throws. Once a request is with the daemon, the kernel makes even SIGKILL
+    /// wait for its reply: without this a process waiting in fsync() (or a lookup, stat, open or read) while S3
+    /// does not answer could not be killed. The body runs, and goes on, also after an interrupt (an upload is
+    /// not cancelled; what it acknowledges stays acknowledged); only the answer is given early. For operations
+    /// that change nothing, or whose change the caller asked to wait for (fsync, flush): a rename or unlink
+    /// answered EINTR and done all the same would mislead the caller.
     static func interruptible(_ req: fuse_req_t?, _ op: String,
-                              _ body: @escaping @Sendable (FuseAdapter) async throws(FSError) -> Void) {
+                              _ body: @escaping @Sendable (FuseAdapter, InterruptibleReply) async throws(FSError) -> Void) {
         let a = FuseAdapter.adapter(req)
-        let r = UnsafeSendable(req)
-        let reply = InterruptibleReply()
+        let reply = InterruptibleReply(req)
         let context = UnsafeSendable(Unmanaged.passRetained(reply).toOpaque())
         // While registering, libfuse may call the handler on this thread with the request's lock held, where a
         // reply would free the request under libfuse's feet: the handler then only notes it.
@@ -182,35 +186,22 @@ public final class FuseAdapter: Sendable {
                 }
             }
         }, context.value)
-        /// Replies `errno` unless the interrupt handler did; then the handler is unhooked and the context freed.
-        @Sendable func finish(_ errno: Int32, _ error: FSError? = nil) {
-            let won = reply.state.withLock { s -> Bool in
-                defer { s.replied = true }
-                return !s.replied
-            }
-            if won {
-                // Waits for a handler running now (it holds the request's lock), which then finds `replied`.
-                fuse_req_interrupt_func(r.value, nil, nil)
-                if let error { a.replyError(r.value, error, op) } else { fuse_reply_err(r.value, errno) }
-            }
-            Unmanaged<InterruptibleReply>.fromOpaque(context.value).release()
-        }
         let early = reply.state.withLock { s -> Bool in
             s.registering = false
             return s.interruptedWhileRegistering
         }
-        if early {
-            reply.state.withLock { $0.replied = true }
-            fuse_req_interrupt_func(req, nil, nil)
-            fuse_reply_err(req, EINTR)
-        }
+        if early { _ = reply.send { fuse_reply_err($0, EINTR) } }
         Task {
             do throws(FSError) {
-                try await body(a)
-                finish(0)
+                try await body(a, reply)
+                _ = reply.send { fuse_reply_err($0, 0) }
             } catch {
-                finish(error.errno, error)
+                _ = reply.send { req in
+                    a.replyError(req, error, op)
+                    return 0
+                }
             }
+            Unmanaged<InterruptibleReply>.fromOpaque(context.value).release()
         }
     }
 
@@ -235,9 +226,11 @@ public final class FuseAdapter: Sendable {
                 a.replyError(req, error, "lookup")
                 return
             }
-            FuseAdapter.async(req, "lookup") { a, r throws(FSError) in
-                var e = a.entry(try await a.fs.lookup(parent: UInt64(parent), name: n))
-                fuse_reply_entry(r.value, &e)
+            FuseAdapter.interruptible(req, "lookup") { a, reply throws(FSError) in
+                let attr = try await a.fs.lookup(parent: UInt64(parent), name: n)
+                var e = a.entry(attr)
+                // Not given to the kernel (interrupted): the reference the lookup took is given back.
+                if reply.send({ fuse_reply_entry($0, &e) }) == nil { a.fs.forget(ino: attr.ino, count: 1) }
             }
         }
         ops.forget = { req, ino, nlookup in
@@ -253,10 +246,9 @@ public final class FuseAdapter: Sendable {
             fuse_reply_none(req)
         }
         ops.getattr = { req, ino, _ in
-            FuseAdapter.async(req, "getattr") { a, r throws(FSError) in
-                let req = r.value
+            FuseAdapter.interruptible(req, "getattr") { a, reply throws(FSError) in
                 var st = a.stat(try await a.fs.getattr(ino: UInt64(ino)))
-                fuse_reply_attr(req, &st, a.timeout)
+                _ = reply.send { fuse_reply_attr($0, &st, a.timeout) }
             }
         }
         ops.open = { req, ino, fi in
@@ -280,8 +272,8 @@ public final class FuseAdapter: Sendable {
                 }
             }
             let boxed = UnsafeSendable(fi!.pointee)
-            FuseAdapter.async(req, "open") { a, r throws(FSError) in
-                let req = r.value
+            /// Opens and answers with the handle; a handle the kernel did not take is released.
+            @Sendable func open(_ a: FuseAdapter, _ send: ((fuse_req_t?) -> Int32) -> Int32?) async throws(FSError) {
                 let o = try await a.fs.open(ino: UInt64(ino), flags: flags)
                 let h = o.handle
                 var copy = boxed.value
@@ -290,10 +282,16 @@ public final class FuseAdapter: Sendable {
                 let direct = o.directIO && ckpt_fuse_direct_io_mmap() == 1
                 ckpt_fuse_fi_set(&copy, h, o.keepCache ? 1 : 0, direct ? 1 : 0)
                 if write { a.gate.opened(writer: h, by: opener) }
-                if fuse_reply_open(req, &copy) != 0 {
+                if (send { fuse_reply_open($0, &copy) } ?? -1) != 0 {
                     a.gate.released(h)
                     a.fs.release(handle: h)
                 }
+            }
+            if write {
+                // A write open (perhaps truncating) is not answered EINTR while it goes on.
+                FuseAdapter.async(req, "open") { a, r throws(FSError) in try await open(a) { $0(r.value) } }
+            } else {
+                FuseAdapter.interruptible(req, "open") { a, reply throws(FSError) in try await open(a) { reply.send($0) } }
             }
         }
         ops.create = { req, parent, name, _, fi in
@@ -356,12 +354,12 @@ public final class FuseAdapter: Sendable {
             }
             // A file changed in place: the blocks it did not rewrite come from S3 first (interruptible, as
             // fsync is: S3 may not answer for long).
-            FuseAdapter.interruptible(req, "flush") { a throws(FSError) in try await a.fs.flush(handle: h) }
+            FuseAdapter.interruptible(req, "flush") { a, _ throws(FSError) in try await a.fs.flush(handle: h) }
         }
         ops.fsync = { req, _, _, fi in
             let h = fi!.pointee.fh
             if FuseAdapter.adapter(req).gate.isWriter(h) && FuseAdapter.refused(req) { return }
-            FuseAdapter.interruptible(req, "fsync") { a throws(FSError) in try await a.fs.fsync(handle: h) }
+            FuseAdapter.interruptible(req, "fsync") { a, _ throws(FSError) in try await a.fs.fsync(handle: h) }
         }
         ops.setattr = { req, ino, attr, toSet, _ in
             if FuseAdapter.refused(req) { return }
@@ -411,7 +409,13 @@ public final class FuseAdapter: Sendable {
                 case .done(let segments):
                     a.reply(req, segments)
                 case .later(let rest):
-                    FuseAdapter.async(req, "read") { a, r throws(FSError) in a.reply(r.value, try await rest.segments()) }
+                    FuseAdapter.interruptible(req, "read") { a, reply throws(FSError) in
+                        let segments = try await rest.segments()
+                        _ = reply.send { req in
+                            a.reply(req, segments)
+                            return 0
+                        }
+                    }
                 }
             } catch {
                 a.replyError(req, error, "read")
@@ -435,14 +439,16 @@ public final class FuseAdapter: Sendable {
         }
         ops.readdir = { req, _, size, off, fi in
             let h = fi!.pointee.fh
-            FuseAdapter.async(req, "readdir") { a, r throws(FSError) in
-                try await a.replyDirectory(r.value, handle: h, size: size, offset: off, plus: false)
+            // Interruptible: the reply is built first and sent only if the request still waits (readdirplus
+            // is not: the entries it fits take lookup references as they are added).
+            FuseAdapter.interruptible(req, "readdir") { a, reply throws(FSError) in
+                try await a.replyDirectory(handle: h, size: size, offset: off, plus: false, send: reply.send)
             }
         }
         ops.readdirplus = { req, _, size, off, fi in
             let h = fi!.pointee.fh
             FuseAdapter.async(req, "readdirplus") { a, r throws(FSError) in
-                try await a.replyDirectory(r.value, handle: h, size: size, offset: off, plus: true)
+                try await a.replyDirectory(handle: h, size: size, offset: off, plus: true, request: r.value) { $0(r.value) }
             }
         }
         ops.releasedir = { req, _, fi in
@@ -526,4 +532,21 @@ final class InterruptibleReply: Sendable {
         var replied = false
     }
     let state = Mutex(State())
+    private let req: UnsafeSendable<fuse_req_t?>
+
+    init(_ req: fuse_req_t?) { self.req = UnsafeSendable(req) }
+
+    /// Answers the request with `reply` (libfuse's fuse_reply_* result) unless it was answered already (the
+    /// interrupt handler's EINTR, or an earlier answer); nil then, and the caller undoes what the answer would
+    /// have handed the kernel (a lookup reference, an open handle).
+    func send(_ reply: (fuse_req_t?) -> Int32) -> Int32? {
+        let won = state.withLock { s -> Bool in
+            defer { s.replied = true }
+            return !s.replied
+        }
+        guard won else { return nil }
+        // Waits for a handler running now (it holds the request's lock), which then finds `replied`.
+        fuse_req_interrupt_func(req.value, nil, nil)
+        return reply(req.value)
+    }
 }

@@ -124,6 +124,44 @@ def test_a_process_waiting_in_fsync_for_s3_can_be_killed(server, bucket, mounts,
     mounts.unmount(mp)
 
 
+@pytest.mark.parametrize("call", ["stat", "read", "listdir"])
+def test_a_process_waiting_for_a_silent_s3_in_stat_read_or_listdir_can_be_killed(server, bucket, mounts, proxy, call):
+    """The same kind as the fsync one above, for the operations that wait on S3 to answer a reader: a lookup
+    (stat of a name not known yet), a read of bytes not cached, a listing. S3 is reachable but never answers
+    (the proxy's blackhole); `kill -9` must end the process at once (the daemon answers FUSE's INTERRUPT with
+    EINTR), and the mount keeps working once S3 answers again."""
+    import signal
+    import subprocess
+    import sys
+
+    data = os.urandom(3 << 20)
+    server.s3.put_object(Bucket=bucket, Key="d/data.bin", Body=data)
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}")
+    os.stat(f"{mp}/d/data.bin")  # known: the read below waits on its GET, not on a lookup
+    code = {
+        "stat": "import os; os.stat(%r)" % f"{mp}/d/not-known-yet.bin",
+        "read": "open(%r, 'rb').read()" % f"{mp}/d/data.bin",
+        "listdir": "import os; os.listdir(%r)" % f"{mp}/other",
+    }[call]
+    proxy.outage("blackhole")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(1.5)
+        assert child.poll() is None, f"{call} returned while S3 did not answer"
+        child.send_signal(signal.SIGKILL)
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            state = open(f"/proc/{child.pid}/status").read().split("State:")[1].split("\n")[0].strip()
+            raise AssertionError(f"the process waiting in {call} survived kill -9 for 10 s (state {state})")
+    finally:
+        proxy.restore()
+        child.wait(timeout=120)
+    with open(f"{mp}/d/data.bin", "rb") as f:
+        assert sha(f.read()) == sha(data)
+    mounts.unmount(mp)
+
+
 def test_names_that_are_not_utf8_are_refused_not_merged_into_one_key(server, bucket, mounts):
     """S3 keys are UTF-8 (S-NAME-LIMITS), and what S3 cannot store is refused (Principle 4). A name whose bytes
     are not UTF-8 (`a\\xff`, as a Latin-1 tool or stress-ng's filename stressor makes) was accepted and its bytes
