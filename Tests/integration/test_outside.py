@@ -87,6 +87,18 @@ def test_a_mount_recovers_after_a_crash_while_the_cache_disk_is_still_full(serve
         subprocess.run(["umount", "-l", str(disk)])
 
 
+def kill_and_expect_exit(child, call):
+    """kill -9 of `child`, waiting in `call` on the mount: it must be gone within 10 s."""
+    import signal
+    import subprocess
+    child.send_signal(signal.SIGKILL)
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        state = open(f"/proc/{child.pid}/status").read().split("State:")[1].split("\n")[0].strip()
+        raise AssertionError(f"the process waiting in {call} survived kill -9 for 10 s (state {state})")
+
+
 def test_a_process_waiting_in_fsync_for_s3_can_be_killed(server, bucket, mounts, proxy):
     """`fsync()` waits until the file is in S3 (S-DUR-FSYNC). While S3 does not take the upload (an outage, a
     server whose disk is full: seen with SeaweedFS answering 500 for minutes), the writer waits in the kernel
@@ -95,7 +107,6 @@ def test_a_process_waiting_in_fsync_for_s3_can_be_killed(server, bucket, mounts,
     restarted. Seen with fsx's msync(MS_SYNC) during the outside tests; here uploads are held in the proxy.
     Now the interrupt is answered (EINTR) at once, and what the writer wrote (its close acknowledged it, as
     the kernel closes a killed process's files) still reaches S3 once it answers again."""
-    import signal
     import subprocess
     import sys
 
@@ -110,12 +121,7 @@ def test_a_process_waiting_in_fsync_for_s3_can_be_killed(server, bucket, mounts,
         assert proxy.wait(held=1), "the upload never reached the proxy"
         time.sleep(0.5)
         assert child.poll() is None, "fsync returned before the upload landed"
-        child.send_signal(signal.SIGKILL)
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            state = open(f"/proc/{child.pid}/status").read().split("State:")[1].split("\n")[0].strip()
-            raise AssertionError(f"the writer waiting in fsync survived kill -9 for 10 s (state {state})")
+        kill_and_expect_exit(child, "fsync")
     finally:
         proxy.release()
         child.wait(timeout=60)
@@ -130,7 +136,6 @@ def test_a_process_waiting_for_a_silent_s3_in_stat_read_or_listdir_can_be_killed
     (stat of a name not known yet), a read of bytes not cached, a listing. S3 is reachable but never answers
     (the proxy's blackhole); `kill -9` must end the process at once (the daemon answers FUSE's INTERRUPT with
     EINTR), and the mount keeps working once S3 answers again."""
-    import signal
     import subprocess
     import sys
 
@@ -148,12 +153,7 @@ def test_a_process_waiting_for_a_silent_s3_in_stat_read_or_listdir_can_be_killed
     try:
         time.sleep(1.5)
         assert child.poll() is None, f"{call} returned while S3 did not answer"
-        child.send_signal(signal.SIGKILL)
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            state = open(f"/proc/{child.pid}/status").read().split("State:")[1].split("\n")[0].strip()
-            raise AssertionError(f"the process waiting in {call} survived kill -9 for 10 s (state {state})")
+        kill_and_expect_exit(child, call)
     finally:
         proxy.restore()
         child.wait(timeout=120)
