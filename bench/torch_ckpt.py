@@ -19,6 +19,7 @@ makes the same one; it is made before the clock starts. Prints one JSON line:
   seconds            the operation (save: until durable for s3torch, s5cmd, file with --fsync; until close()
                      returned for file without it; load: torch.load/dcp.load until it returned)
   written_seconds    save to a file: until torch.save returned (the bytes in the page cache)
+  saved_seconds      dcp-save: until dcp.save returned on every rank (before `ckptfs flush`)
   cpu                CPU seconds of this process over `seconds` (all its threads, the CRT client's included),
                      plus its children's (s5cmd) and, for dcp-save, every rank's
   daemon_cpu         the CPU seconds of --daemon-pid over the same interval (0 without it);
@@ -170,6 +171,7 @@ def dcp_rank(rank, a, port, results):
     c0, d0, t0 = cpu_self(children=True), cpu_pid(a.daemon_pid), time.perf_counter()
     dcp.save(sd, storage_writer=writer)
     dist.barrier()
+    saved = time.perf_counter() - t0
     if rank == 0 and a.flush:
         subprocess.run([a.ckptfs, "flush", a.flush, "--timeout", "600"], check=True, capture_output=True)
     dist.barrier()
@@ -177,7 +179,7 @@ def dcp_rank(rank, a, port, results):
     cpu = torch.tensor([cpu_self(children=True) - c0], dtype=torch.float64)
     dist.all_reduce(cpu)
     if rank == 0:
-        results.put(dict(seconds=dt, cpu=cpu.item(), daemon_cpu=cpu_pid(a.daemon_pid) - d0,
+        results.put(dict(seconds=dt, saved_seconds=saved, cpu=cpu.item(), daemon_cpu=cpu_pid(a.daemon_pid) - d0,
                          bytes=nbytes(sd) * a.ranks))
     dist.destroy_process_group()
 
