@@ -174,3 +174,14 @@ def test_a_missing_s3torch_is_installed_as_root_by_its_own_install(monkeypatch):
     monkeypatch.setattr(S3Torch, "install", classmethod(lambda cls: installed.append(cls.name)))
     runner.install_missing(["ckptfs", "s3torch"])
     assert installed == ["s3torch"]
+
+
+def test_the_reference_checkpoint_is_removed_after_the_run(tmp_path):
+    run = FakeRun([])
+    save, load = registry.workloads()["torch-save"](run), registry.workloads()["torch-load"](run)
+    assert save.ref is load.ref  # one reference checkpoint per run
+    save.ref.path = str(tmp_path / "torch-ckpt.pt")
+    (tmp_path / "torch-ckpt.pt").write_bytes(b"x")
+    from ckptbench.runner import Run
+    Run.cleanup_prepared(type("R", (), {"shard": type("S", (), {"cleanup": lambda self: None})()})(), [save, load])
+    assert not (tmp_path / "torch-ckpt.pt").exists()

@@ -87,8 +87,11 @@ class Run:
         for w in workloads:
             w.prepare()
 
-    def cleanup_prepared(self):
+    def cleanup_prepared(self, workloads=()):
+        """Removes the local data of the run (the shard) and of each workload in `workloads`."""
         self.shard.cleanup()
+        for w in workloads:
+            w.cleanup()
 
     def each(self, workload, fn, systems=None):
         """Calls fn(system) for every system (or those of `systems`, in that order); a mount is fresh before and
@@ -180,7 +183,7 @@ def run(args, command):
                 m.unmount()
         if proxy:
             proxy.stop()
-        the_run.cleanup_prepared()
+        the_run.cleanup_prepared(plan)
         s3.stop()
 
     load_end = os.getloadavg()

@@ -48,6 +48,10 @@ class Reference:
             expect(s3.sha(self.key) == self.sha, "uploaded torch checkpoint")
             self.uploaded = True
 
+    def cleanup(self):
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
     @staticmethod
     def of(run):
         """The run's one Reference (512 MiB with --quick, else 2 GiB)."""
@@ -112,6 +116,12 @@ class TorchWorkload(Workload):
 
     def script(self, *args, taskset=None):
         return script(*args, env=self.s3.env(), taskset=taskset)
+
+    def cleanup(self):
+        """The reference checkpoint's local file, if this workload uses it."""
+        ref = getattr(self, "ref", None)
+        if ref:
+            ref.cleanup()
 
     @staticmethod
     def ckptfs_bin():
