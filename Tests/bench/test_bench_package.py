@@ -51,8 +51,11 @@ def test_every_workload_module_registers_one_workload_whose_direct_handlers_name
     handled = {name: sorted(cls.direct_handlers) for name, cls in found.items()}
     assert handled == {"read": ["boto3", "local", "s5cmd"], "save": ["boto3", "local", "s5cmd"],
                        "small": ["boto3", "s5cmd"], "random": ["boto3"], "meta": ["boto3", "s5cmd"],
-                       "rename": ["boto3", "s5cmd"], "preload": ["s5cmd"], "dataloader": ["s3torch"]}
-    assert [n for n, c in found.items() if c.latency] == ["read", "small", "meta", "preload", "dataloader"]
+                       "rename": ["boto3", "s5cmd"], "preload": ["s5cmd"], "dataloader": ["s3torch"],
+                       "torch-save": ["local", "s3torch", "s5cmd"], "torch-load": ["local", "s3torch"],
+                       "dcp": ["s3torch"]}
+    assert [n for n, c in found.items() if c.latency] == ["read", "small", "meta", "preload", "dataloader",
+                                                          "torch-save", "torch-load", "dcp"]
 
 
 def run_bench(*args):
@@ -114,3 +117,71 @@ def test_ratios_are_ckptfs_speed_over_the_other_and_variants_compare_with_the_ba
     table = report.table(rows, report.ratios(rows), ["ckptfs", "local", "s5cmd"], 0)
     assert table.splitlines()[0] == "| workload | figure | unit | ckptfs | local | s5cmd | ckptfs vs local | ckptfs vs s5cmd |"
     assert "| save | time to close() | s | 2.00 | 4.00 | 1.00 | 2.00x | 0.50x |" in table
+
+
+class FakeRun:
+    """What a workload sees of the runner (ckptbench.runner.Run), recording instead of measuring."""
+
+    def __init__(self, systems):
+        from ckptbench.runner import Run
+        self.systems, self.quick, self.latency, self.notes, self.rows, self.calls = systems, True, 0, [], [], []
+        self.s3 = None
+        self.record = lambda *a, **kw: Run.record(self, *a, **kw)
+        self.each = lambda workload, fn, systems=None: Run.each(self, workload, fn, systems)
+
+
+def test_torch_workloads_rotate_the_systems_over_rounds_and_record_medians(monkeypatch):
+    from ckptbench.workloads import _torch, direct
+    monkeypatch.setattr(_torch, "torch_available", lambda: True)
+    systems = {n: cls(None) for n, cls in registry.systems().items() if n in ("ckptfs", "s3fs", "s3torch", "s5cmd", "local")}
+    for m in systems.values():  # no mounting here
+        m.fresh = m.unmount = lambda: None
+    run = FakeRun([systems[n] for n in ("ckptfs", "s3fs", "s3torch", "s5cmd", "local")])
+    values = {"ckptfs": [3.0, 1.0, 2.0], "s3torch": [5.0, 9.0, 4.0]}
+
+    class Probe(_torch.TorchWorkload):
+        def through_mount(self, m):
+            run.calls.append(m.name)
+            self.sample("t", "s", "lower", m.name, values[m.name][len([c for c in run.calls if c == m.name]) - 1])
+
+        @direct("s3torch")
+        def s3torch(self, m):
+            run.calls.append(m.name)
+            self.sample("t", "s", "lower", m.name, values[m.name][len([c for c in run.calls if c == m.name]) - 1])
+
+    Probe(run).execute()
+    # s3fs (a mount other than ckptfs) and the systems without a method are left out; the order rotates.
+    assert run.calls == ["ckptfs", "s3torch", "s3torch", "ckptfs", "ckptfs", "s3torch"]
+    got = {r["system"]: (r["value"], r["rounds"]) for r in run.rows}
+    assert got == {"ckptfs": (2.0, [3.0, 1.0, 2.0]), "s3torch": (5.0, [5.0, 9.0, 4.0])}
+
+
+def test_torch_workloads_skip_with_a_note_without_torch(monkeypatch):
+    from ckptbench.workloads import _torch
+    monkeypatch.setattr(_torch, "torch_available", lambda: False)
+    run = FakeRun([])
+    registry.workloads()["torch-save"](run).execute()
+    assert run.rows == [] and "no torch" in run.notes[0]
+
+
+def test_a_missing_s3torch_is_installed_as_root_by_its_own_install(monkeypatch):
+    from ckptbench import runner
+    from ckptbench.systems.s3torch import S3Torch
+    installed = []
+    monkeypatch.setattr(runner.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(runner.shutil, "which", lambda tool: None)  # no apt-get: only install() runs
+    monkeypatch.setattr(S3Torch, "available", classmethod(lambda cls: False))
+    monkeypatch.setattr(S3Torch, "install", classmethod(lambda cls: installed.append(cls.name)))
+    runner.install_missing(["ckptfs", "s3torch"])
+    assert installed == ["s3torch"]
+
+
+def test_the_reference_checkpoint_is_removed_after_the_run(tmp_path):
+    run = FakeRun([])
+    save, load = registry.workloads()["torch-save"](run), registry.workloads()["torch-load"](run)
+    assert save.ref is load.ref  # one reference checkpoint per run
+    save.ref.path = str(tmp_path / "torch-ckpt.pt")
+    (tmp_path / "torch-ckpt.pt").write_bytes(b"x")
+    from ckptbench.runner import Run
+    Run.cleanup_prepared(type("R", (), {"shard": type("S", (), {"cleanup": lambda self: None})()})(), [save, load])
+    assert not (tmp_path / "torch-ckpt.pt").exists()

@@ -22,7 +22,9 @@ Workloads (bench/ckptbench/workloads/):
 {workload_lines}
 Systems (bench/ckptbench/systems/):
 {system_lines}
-A missing peer is installed when running as root (unless --no-install) or skipped with a note; never faked.
+A missing peer is installed when running as root (unless --no-install; apt, or pip into BENCH_TORCH_PYTHON for
+s3torch) or skipped with a note; never faked. torch-save, torch-load and dcp run in BENCH_TORCH_PYTHON (torch,
+and s3torchconnector[dcp] for s3torch), 3 rounds with the systems' order rotating; their figures are medians.
 Latency mode (default on, --latency-ms 10): a delaying TCP proxy between every client and the server
 (10 ms each way = 20 ms RTT, like S3 in-region); workloads {latency_workloads} run again through it.
 Ratios are speed ratios: above 1 means ckptfs is faster. "cold" means the whole stack: the kernel's caches
@@ -46,7 +48,8 @@ def parser():
         system_lines=_lines(systems), latency_workloads=", ".join(n for n, c in workloads.items() if c.latency))
     ap = argparse.ArgumentParser(prog="bench/run", description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (256 MiB read, 512 MiB save, 200 files)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (256 MiB read, 512 MiB save and torch-save/-load, "
+                    "4 x 64 MiB dcp, 200 files)")
     ap.add_argument("--workloads", default=",".join(workloads))
     ap.add_argument("--systems", default=",".join(systems))
     ap.add_argument("--latency-ms", type=float, default=10)

@@ -28,11 +28,16 @@ class Run:
         self.notes = []
         self.shard = Shard(self.quick)
 
-    def record(self, workload, figure, unit, better, system, value):
-        """One figure of one system in the current pass. `better`: "higher" or "lower"."""
-        self.rows.append(dict(workload=workload, figure=figure, unit=unit, better=better, system=system,
-                              value=value, latency_ms=self.latency))
-        log(f"  {system:7s} {figure}: {value:.3f} {unit}")
+    def record(self, workload, figure, unit, better, system, value, rounds=None):
+        """One figure of one system in the current pass. `better`: "higher" or "lower". `rounds`: the value
+        of each round when `value` is their median (kept in the JSON)."""
+        row = dict(workload=workload, figure=figure, unit=unit, better=better, system=system, value=value,
+                   latency_ms=self.latency)
+        if rounds is not None:
+            row["rounds"] = rounds
+        self.rows.append(row)
+        log(f"  {system:7s} {figure}: {value:.3f} {unit}" +
+            (f" (rounds: {', '.join(f'{v:.3f}' for v in rounds)})" if rounds is not None else ""))
 
     # -- measuring the ckptfs daemon
 
@@ -82,13 +87,16 @@ class Run:
         for w in workloads:
             w.prepare()
 
-    def cleanup_prepared(self):
+    def cleanup_prepared(self, workloads=()):
+        """Removes the local data of the run (the shard) and of each workload in `workloads`."""
         self.shard.cleanup()
+        for w in workloads:
+            w.cleanup()
 
-    def each(self, workload, fn):
-        """Calls fn(system) for every system; a mount is fresh before and unmounted after. A system that fails
-        (other than a wrong byte) is noted and the run goes on."""
-        for sysm in self.systems:
+    def each(self, workload, fn, systems=None):
+        """Calls fn(system) for every system (or those of `systems`, in that order); a mount is fresh before and
+        unmounted after. A system that fails (other than a wrong byte) is noted and the run goes on."""
+        for sysm in self.systems if systems is None else systems:
             if sysm.kind == "mount":
                 sysm.fresh()
             try:
@@ -106,10 +114,16 @@ class Run:
 
 def install_missing(wanted):
     """As root with apt-get: installs the chosen systems' missing tools (s3fs, rclone) and every workload's
-    (fio), and matplotlib with pip for the charts. Otherwise does nothing."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    (fio), each chosen system's own `install()` (s3torch: pip), and matplotlib with pip for the charts.
+    Otherwise does nothing."""
+    if os.geteuid() != 0:
         return
     systems = registry.systems()
+    for name, cls in systems.items():
+        if name in wanted and not cls.available():
+            cls.install()
+    if not shutil.which("apt-get"):
+        return
     pkgs = [cls.apt_package for name, cls in systems.items()
             if name in wanted and cls.tool and cls.apt_package and not shutil.which(cls.tool)]
     for cls in registry.workloads().values():
@@ -148,6 +162,7 @@ def run(args, command):
     plan = [all_workloads[name] for name in args.workloads.split(",")]
     proxy = None
     started = time.time()
+    load_start = os.getloadavg()
     try:
         the_run.prepare(plan)
         for wl in plan:
@@ -168,9 +183,12 @@ def run(args, command):
                 m.unmount()
         if proxy:
             proxy.stop()
-        the_run.cleanup_prepared()
+        the_run.cleanup_prepared(plan)
         s3.stop()
 
+    load_end = os.getloadavg()
+    the_run.notes.append("load average (1, 5, 15 min) at the start {:.2f} {:.2f} {:.2f}, at the end "
+                         "{:.2f} {:.2f} {:.2f}".format(*load_start, *load_end))
     sizes = {"read_bytes": the_run.shard.size}
     for wl in all_workloads.values():
         sizes.update(wl.sizes())

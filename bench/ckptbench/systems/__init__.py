@@ -37,6 +37,11 @@ class System:
         return cls.tool is None or shutil.which(cls.tool) is not None
 
     @classmethod
+    def install(cls):
+        """Installs what the system needs beyond an apt package (called as root when `available()` is
+        false); the default does nothing."""
+
+    @classmethod
     def version(cls):
         """The version string recorded in the results, or None."""
         return command_version(cls.version_command) if cls.version_command else None

@@ -58,6 +58,9 @@ class Workload:
     def prepare(self):
         """Puts in S3 (or in memory) what the workload reads, before any workload runs."""
 
+    def cleanup(self):
+        """Removes the local files `prepare` made, after the run (whatever happened)."""
+
     def start(self):
         """Logs the start of a pass; returns False to skip the pass (a tool it needs is missing)."""
         log(f"workload {self.name}")
