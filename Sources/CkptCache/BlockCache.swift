@@ -180,7 +180,30 @@ public final class BlockCache: Sendable {
         rebuildIndex()
     }
 
-    deinit { unlock() }
+    deinit {
+        unlock()
+        for b in checkBuffers.withLock({ $0.buffers }) { b.deallocate() }
+    }
+
+    /// Buffers for checking blocks' data (`verifyHeader`), kept for the next check: a fresh 1 MiB array per
+    /// check was zero-filled and faulted in page by page, a third of the daemon's CPU on a cached load after a
+    /// remount (perf, bench/README issue 19). At most 4 are kept (reads run a few at a time).
+    private struct CheckBuffers: @unchecked Sendable { var buffers: [UnsafeMutableRawBufferPointer] = [] }
+    private let checkBuffers = Mutex(CheckBuffers())
+
+    private func withCheckBuffer<R>(_ body: (UnsafeMutableRawBufferPointer) -> R) -> R {
+        let b = checkBuffers.withLock { $0.buffers.popLast() }
+            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: max(blockSize, 1), alignment: 4096)
+        defer {
+            let kept = checkBuffers.withLock { c -> Bool in
+                guard c.buffers.count < 4 else { return false }
+                c.buffers.append(b)
+                return true
+            }
+            if !kept { b.deallocate() }
+        }
+        return body(b)
+    }
 
     /// Gives up the directory (another process may open it); this object must not be used afterwards.
     public func unlock() {
@@ -358,11 +381,12 @@ public final class BlockCache: Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0, Int(st.st_size) == BlockCache.headerSize + length else { return nil }
         if checkData {
-            var data = [UInt8](repeating: 0, count: length)
-            guard (try? data.withUnsafeMutableBytes({ b throws(Errno) in
-                try file.readAll(fromAbsoluteOffset: Int64(BlockCache.headerSize), into: b)
-            })) == length else { return nil }
-            guard XXH64.hash(data) == checksum else { return nil }
+            let sound = withCheckBuffer { buffer -> Bool in
+                let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+                guard (try? file.readAll(fromAbsoluteOffset: Int64(BlockCache.headerSize), into: data)) == length else { return false }
+                return XXH64.hash(UnsafeRawBufferPointer(data)) == checksum
+            }
+            guard sound else { return nil }
         }
         return length
     }
