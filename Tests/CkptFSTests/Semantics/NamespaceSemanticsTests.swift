@@ -317,7 +317,7 @@ final class CachingSemanticsTests: SemanticsTestCase {
     /// Likewise for a name known absent because a reader's listing of its directory lacked it, or because this
     /// mount made the directory (empty): trusted for at most 5 s, not for the TTL (both were trusted for the
     /// 30 s TTL before).
-    func testSConsNegativeAfterAReadersListingOrAMkdir() async throws {
+    func testANameMissingFromAReadersListingOrANewDirectoryIsTrustedAbsentForFiveSeconds() async throws {
         try remount { $0.metadataTTL = .seconds(30) }
         s3.seed(bucket, "listed/other", [1])
         // The directories stay known, as the kernel's dentries keep them: a lookup reference held on each.
