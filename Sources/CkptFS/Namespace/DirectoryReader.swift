@@ -93,7 +93,7 @@ extension Namespace {
     /// directory) is trusted as absent for at most 5 s, like any missed lookup. Returns whether it is.
     private func finishLookupListing(_ d: DirHandle) -> Bool {
         guard d.state.withLock({ $0.done }) else { return false }
-        let until = ContinuousClock.now + min(options.metadataTTL, .seconds(5))
+        let until = ContinuousClock.now + Namespace.negativeTTL(options.metadataTTL)
         table.withLock { t in t.listings[d.ino].map { t.listings[d.ino]!.negativeUntil = min($0.negativeUntil, until) } }
         return true
     }

@@ -62,7 +62,7 @@ extension Namespace {
                 }
                 return known
             }
-            if let neg = t.negative[pk], ContinuousClock.now - neg < min(options.metadataTTL, .seconds(5)) { return .some(nil) }
+            if let neg = t.negative[pk], ContinuousClock.now - neg < Namespace.negativeTTL(options.metadataTTL) { return .some(nil) }
             if let ino = t.inoByPath[pk], let n = t[ino], isFresh(n.fetched) { return .some(n.meta) }
             return nil
         }

@@ -115,13 +115,18 @@ final class Namespace: WriteBackNotices {
 
     func isFresh(_ t: ContinuousClock.Instant) -> Bool { ContinuousClock.now - t < trustedFor }
 
-    /// A complete listing of a directory, made now: its entries answer lookups for `trustedFor`, its set of
-    /// names (absent names, readdir of an immutable bucket) for the TTL.
+    /// A complete listing of a directory, made now (by a reader's `readdir`, or empty by `mkdir`): its entries
+    /// answer lookups for `trustedFor`; a name it lacks is known absent for at most 5 s like any missed lookup
+    /// (S-CONS-NEGATIVE: another client's new object is found within 5 s), on an immutable bucket for the TTL
+    /// (its set of names also answers readdir then, S-CONS-IMMUTABLE).
     func newListing(_ entries: [String: Meta]) -> Listing {
         var l = Listing(entries: entries, expires: .now + trustedFor)
-        l.negativeUntil = .now + options.metadataTTL
+        l.negativeUntil = .now + (options.immutable ? options.metadataTTL : Namespace.negativeTTL(options.metadataTTL))
         return l
     }
+
+    /// How long a name found absent is trusted: 5 s, or the TTL when that is shorter.
+    static func negativeTTL(_ metadataTTL: Duration) -> Duration { min(metadataTTL, .seconds(5)) }
 
     func node(_ ino: UInt64) throws(FSError) -> Node {
         guard let n = table.withLock({ $0[ino] }) else { throw FSError(ESTALE, "unknown inode \(ino)") }

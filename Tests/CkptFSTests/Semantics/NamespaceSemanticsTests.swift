@@ -314,6 +314,34 @@ final class CachingSemanticsTests: SemanticsTestCase {
         XCTAssertLessThan(ContinuousClock.now - start, .milliseconds(5500))
     }
 
+    /// Likewise for a name known absent because a reader's listing of its directory lacked it, or because this
+    /// mount made the directory (empty): trusted for at most 5 s, not for the TTL (both were trusted for the
+    /// 30 s TTL before).
+    func testANameMissingFromAReadersListingOrANewDirectoryIsTrustedAbsentForFiveSeconds() async throws {
+        try remount { $0.metadataTTL = .seconds(30) }
+        s3.seed(bucket, "listed/other", [1])
+        // The directories stay known, as the kernel's dentries keep them: a lookup reference held on each.
+        _ = try await ino("listed")
+        let listed = try await mount.list("listed").get()
+        XCTAssertEqual(listed, ["other": false])
+        _ = try await fs.mkdir(parent: FileSystem.rootIno, name: "made")
+        for d in ["listed", "made"] {
+            let missing = await mount.stat("\(d)/late")
+            XCTAssertEqual(errno(missing), ENOENT, d)
+        }
+        s3.seed(bucket, "listed/late", [7])
+        s3.seed(bucket, "made/late", [7])
+        let start = ContinuousClock.now
+        for d in ["listed", "made"] {
+            while case .failure = await mount.stat("\(d)/late"), ContinuousClock.now - start < .seconds(7) {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let found = await mount.stat("\(d)/late")
+            XCTAssertEqual(try found.get(), .file(size: 1), d)
+        }
+        XCTAssertLessThan(ContinuousClock.now - start, .milliseconds(5500))
+    }
+
     /// With Last-Modified mtimes, a listing answers the lookups after it with no HEAD, and a stored mtime is
     /// ignored.
     func testSStatMtimeLastModified() async throws {
