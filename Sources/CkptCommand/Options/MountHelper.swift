@@ -29,7 +29,7 @@ enum MountHelper {
         "cache-dir", "cache-size", "metadata-ttl", "read-part-size", "max-read-ahead", "direct-reads", "mtime", "fsync",
         "drain-timeout", "upload-delay", "uid", "gid", "file-mode", "dir-mode", "log-file", "log-level", "log-format",
         "metrics-address", "endpoint-url", "region", "profile", "request-timeout", "check-timeout", "max-dirty",
-        "stale-if-error", "record",
+        "stale-if-error", "record", "small-file-get",
     ]
     /// `-o` keys of `ckptfs mount` that are flags.
     static let flags: [String] = [
