@@ -160,7 +160,8 @@ def test_the_versions_view_reads_every_version_with_plain_file_io_and_is_read_on
     # Read-only.
     for attempt in (lambda: open(f"{view}/{names[0]}", "r+b"), lambda: open(f"{view}/new.pt", "wb"),
                     lambda: os.unlink(f"{view}/{names[0]}"), lambda: os.mkdir(f"{view}/d"),
-                    lambda: os.rename(f"{view}/{names[0]}", f"{mp}/run/x.pt"), lambda: os.truncate(f"{view}/{names[1]}", 0)):
+                    lambda: os.rename(f"{view}/{names[0]}", f"{mp}/run/x.pt"), lambda: os.truncate(f"{view}/{names[1]}", 0),
+                    lambda: os.utime(f"{view}/{names[0]}", (1, 1)), lambda: os.chmod(f"{view}/{names[0]}", 0o600)):
         try:
             attempt()
             raise AssertionError("a change in the versions view was allowed")

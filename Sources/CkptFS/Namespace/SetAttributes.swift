@@ -18,6 +18,9 @@ extension FileSystem {
             if let mtime { f.current.state.withLock { $0.mtime = mtime } }
             return namespace.attributes(ino, f.current.meta)
         }
+        // A versions view is read-only: chmod, chown and utime there fail too (they changed nothing and said
+        // they had).
+        try Namespace.refuseInVersionView(n.key)
         if let size {
             guard !n.meta.isDirectory else { throw .isDirectory }
             try checkWritable()
