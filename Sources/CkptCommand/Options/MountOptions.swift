@@ -75,10 +75,9 @@ struct MountOptions: ParsableArguments {
         if let d = maxDirty, (MountChecks.parseSize(d) ?? 0) < 1 << 20 {
             throw ValidationError("--max-dirty '\(d)' must be a size of at least 1MiB, like 20GiB")
         }
-        guard let s = smallFileGetBytes, s <= 1 << 30 else {
+        guard let bytes = smallFileGetBytes, bytes <= 1 << 30 else {
             throw ValidationError("--small-file-get '\(smallFileGet)' must be a size up to 1GiB, like 256KiB (0 turns it off)")
         }
-        _ = s
         guard staleIfError >= 0 else { throw ValidationError("--stale-if-error must be zero or more seconds, like 3600") }
         for (name, v) in [("--read-part-size", readPartSize), ("--max-read-ahead", maxReadAhead)] {
             guard let n = MountChecks.parseSize(v), n >= 1 << 20, n <= 1 << 30 else {

@@ -20,8 +20,9 @@ extension WriteBack {
             // write-temp-then-rename (torch.save + os.replace) is a save like any other.
             if options.keepEveryVersion, old.state.withLock({ $0.handles == 0 }), old.current.isFrozen {
                 let kept = versions(of: old).filter { !$0.isSettled }
-                // One already stopped by a conflict was reported, and the rename replaces it: withdrawn as usual.
-                if !kept.contains(where: { v in v.state.withLock { s in if case .conflict = s.upload { true } else { false } } }) {
+                // One already stopped by a conflict (final, not settled) was reported, and the rename replaces
+                // it: withdrawn as usual.
+                if !kept.contains(where: \.isFinal) {
                     // The rename replaces whatever the key holds, and these saves with it: no condition. One with
                     // a condition would stop at the other client's object and hold the old name's delete for ever.
                     for v in kept {
@@ -101,8 +102,7 @@ extension WriteBack {
         if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) { vs.append(fallback) }
         let cur = f.current
         for v in vs {
-            // Landed and replaced by a newer version: it does not move (`retarget`), its staged file may be gone.
-            if v !== cur, v.state.withLock({ s in if case .done = s.upload { true } else { false } }) { continue }
+            if v.state.withLock({ v.wasLetGo($0, current: cur) }) { continue }  // it does not move (`retarget`)
             try await fillAll(v)
             let acknowledged = v.state.withLock { s -> Int64? in
                 s.base != nil && s.missing.isEmpty && !s.unjournaled && s.committedSum != nil ? s.size : nil

@@ -40,10 +40,8 @@ extension WriteBack {
                 return s.current
             }
             for v in vs {
-                // Landed and replaced by a newer version (its job not finished yet): it stays what it is, an
-                // upload under the old name; its staged file may be gone already (`writableVersion`).
-                if v !== cur, v.state.withLock({ s in if case .done = s.upload { true } else { false } }) { continue }
-                let (requeue, sum) = v.state.withLock { s -> (Bool, String?) in
+                let moves = v.state.withLock { s -> (requeue: Bool, sum: String?)? in
+                    if v.wasLetGo(s, current: cur) { return nil }
                     s.key = dst
                     s.expect = .anything
                     var requeue = false
@@ -68,7 +66,7 @@ extension WriteBack {
                     if requeue { s.job = 0 }
                     return (requeue, !s.unjournaled ? s.committedSum : nil)
                 }
-                moved.append((v, requeue, sum))
+                if let (requeue, sum) = moves { moved.append((v, requeue, sum)) }
             }
         }
         for (v, requeue, sum) in moved {
@@ -89,10 +87,7 @@ extension WriteBack {
             v.state.withLock { s in
                 switch s.upload {
                 case .superseded, .dropped: return false
-                // Uploaded: held only while it is the current version (a newer one lets its staged file go,
-                // even before its upload job has finished).
-                case .done: return v === cur && s.committedSum != nil
-                default: return s.committedSum != nil
+                default: return s.committedSum != nil && !v.wasLetGo(s, current: cur)
                 }
             }
         }

@@ -175,6 +175,15 @@ final class StagedVersion: Sendable {
     /// Acknowledged (journaled) or sealed: its bytes never change again; a write goes to a copy.
     var isFrozen: Bool { state.withLock { $0.sealed || $0.committedSum != nil } }
 
+    /// Uploaded, and no longer `current`: a newer version let it go (its staged file may be gone already,
+    /// `WriteBack.writableVersion`) while its upload job may not have finished. It holds nothing of its file any
+    /// more and stays what it is, an upload under the name it had: a rename neither counts it as holding the
+    /// file's bytes nor moves it. `s`: this version's state, under its lock.
+    func wasLetGo(_ s: State, current: StagedVersion) -> Bool {
+        if case .done = s.upload { return self !== current }
+        return false
+    }
+
     /// Whether this version has reached a final state (durable, superseded or dropped).
     var isSettled: Bool {
         state.withLock {
@@ -198,15 +207,27 @@ final class StagedVersion: Sendable {
     /// Sets the upload state and wakes everyone waiting for the version (they look again: a renamed version
     /// goes back to waiting).
     func settle(_ u: Upload) {
-        let (waiters, delayed) = state.withLock { s -> ([CheckedContinuation<Bool, Never>], [CheckedContinuation<Bool, Never>]) in
+        let waiting = state.withLock { s -> Waiting in
             s.upload = u
             // A version that settles before its upload delay is over (superseded by a newer save, or dropped by
             // an unlink) ends the delay too: its job has nothing left to wait for, and the jobs behind it (the
             // newer save that fsync or flush waits for) must not wait out the delay for it.
-            return (s.waiters.removeAll(), s.delayWaiters.removeAll())
+            return Waiting(taking: &s)
         }
-        for w in waiters { w.resume(returning: true) }
-        for w in delayed { w.resume(returning: false) }
+        waiting.wake()
+    }
+
+    /// Everyone waiting for a version that settled, taken under its lock and woken after it.
+    private struct Waiting {
+        let waiters: [CheckedContinuation<Bool, Never>]
+        let delayed: [CheckedContinuation<Bool, Never>]
+        init(taking s: inout State) { (waiters, delayed) = (s.waiters.removeAll(), s.delayWaiters.removeAll()) }
+        init() { (waiters, delayed) = ([], []) }
+        /// Waiters look again (true); upload jobs waiting out the delay go on at once (false).
+        func wake() {
+            for w in waiters { w.resume(returning: true) }
+            for w in delayed { w.resume(returning: false) }
+        }
     }
 
     /// What became of an upload when it landed: see `land`.
@@ -217,19 +238,18 @@ final class StagedVersion: Sendable {
     /// moved it (`.moved`: back to waiting, for the job the rename queued under the new name). Decided and
     /// settled under one lock, so a rename sees the version either landed (and queues it again) or not.
     func land(job: UInt64, key: String, etag: String) -> Landing {
-        let (outcome, waiters, delayed) = state.withLock { s -> (Landing, [CheckedContinuation<Bool, Never>], [CheckedContinuation<Bool, Never>]) in
-            if case .dropped = s.upload { return (.dropped, [], []) }
+        let (outcome, waiting) = state.withLock { s -> (Landing, Waiting) in
+            if case .dropped = s.upload { return (.dropped, Waiting()) }
             if s.job != job || s.key != key {
                 s.upload = .waiting
-                return (.moved, [], [])
+                return (.moved, Waiting())
             }
             s.upload = .done(etag: etag)
             s.lastError = nil
             s.bytesUploaded = s.size
-            return (.landed, s.waiters.removeAll(), s.delayWaiters.removeAll())
+            return (.landed, Waiting(taking: &s))
         }
-        for w in waiters { w.resume(returning: true) }
-        for w in delayed { w.resume(returning: false) }
+        waiting.wake()
         return outcome
     }
 

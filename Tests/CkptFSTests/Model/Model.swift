@@ -420,9 +420,7 @@ struct Model {
                 seq += 1
                 files[id]!.ackSeq = seq
             }
-        }
-        // Versions queued before the newest go to the new name too, in order (see `pendingVersions`).
-        if f.local && !landedAndChanged {
+            // Versions queued before the newest go to the new name too, in order (see `pendingVersions`).
             for v in f.pendingVersions.dropLast() { record(dst, .put, v, file: id) }
         }
         if landedAndChanged {
