@@ -11,6 +11,10 @@
 // The index of blocks lives in memory and is rebuilt from the directory at start, so the cache survives
 // unmount, remount and restarts. Eviction is least-recently-used down to 90% of capacity. A lock file
 // (flock) keeps a second process from using the same directory at once.
+//
+// Blocks can also be entered from a file written here that landed in S3 (`seed`): saves nobody has read yet
+// take at most `seedBound` (half of what the cache holds after eviction) between them, the oldest unread
+// going first, so a save never pushes the blocks readers use below half of the cache.
 import CkptDigest
 import CkptSystem
 import Foundation
@@ -59,6 +63,10 @@ public struct CacheStats: Sendable, Equatable {
     public var corruptBlocks: Int = 0
     /// Stores skipped because the disk was full (the data was still served).
     public var storeFailures: Int = 0
+    /// Blocks entered from saves that landed (`seed`), and the bytes (header pages included) of those not read
+    /// since, which `seedBound` bounds.
+    public var seededBlocks: Int = 0
+    public var unreadSeededBytes: Int64 = 0
     public var usedBytes: Int64 = 0
     public var blocks: Int = 0
     public init() {}
@@ -138,12 +146,31 @@ public final class BlockCache: Sendable {
         var size: Int64
         var lastUse: UInt64
         var verified: Bool
+        /// Entered from a save (`seed`) and not read since (in this process).
+        var seeded = false
     }
 
     struct State {
         var entries: [String: Entry] = [:]
         var clock: UInt64 = 0
         var stats = CacheStats()
+
+        /// Removes entry `name` from the index (its file is the caller's to unlink); returns it.
+        @discardableResult
+        mutating func removeEntry(_ name: String) -> Entry? {
+            guard let e = entries.removeValue(forKey: name) else { return nil }
+            stats.usedBytes -= e.size
+            if e.seeded { stats.unreadSeededBytes -= e.size }
+            stats.blocks = entries.count
+            return e
+        }
+
+        /// Entry `name` was read: it is no longer an unread save's.
+        mutating func markRead(_ name: String) {
+            guard let e = entries[name], e.seeded else { return }
+            entries[name]?.seeded = false
+            stats.unreadSeededBytes -= e.size
+        }
     }
 
     private let state = Mutex(State())
@@ -270,15 +297,15 @@ public final class BlockCache: Sendable {
             close(fd)
             unlink(path)
             state.withLock { s in
-                if let e = s.entries.removeValue(forKey: rel) { s.stats.usedBytes -= e.size }
+                s.removeEntry(rel)
                 s.stats.corruptBlocks += 1
                 s.stats.misses += 1
-                s.stats.blocks = s.entries.count
             }
             return nil
         }
         state.withLock { s in
             s.entries[rel]?.verified = true
+            s.markRead(rel)
             s.stats.hits += 1
             s.stats.bytesServed += Int64(length)
         }
@@ -303,23 +330,23 @@ public final class BlockCache: Sendable {
         let path = "\(directory)/blocks/\(rel)"
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            state.withLock { s in
-                if let e = s.entries.removeValue(forKey: rel) { s.stats.usedBytes -= e.size }
-                s.stats.blocks = s.entries.count
-            }
+            state.withLock { s in _ = s.removeEntry(rel) }
             return false
         }
         defer { close(fd) }
         guard verifyHeader(fd: fd, key: k, checkData: !entry.verified) != nil else {
             unlink(path)
             state.withLock { s in
-                if let e = s.entries.removeValue(forKey: rel) { s.stats.usedBytes -= e.size }
+                s.removeEntry(rel)
                 s.stats.corruptBlocks += 1
-                s.stats.blocks = s.entries.count
             }
             return false
         }
-        state.withLock { $0.entries[rel]?.verified = true }
+        // Preload asks for it: someone means to read it.
+        state.withLock { s in
+            s.entries[rel]?.verified = true
+            s.markRead(rel)
+        }
         return true
     }
 
@@ -327,12 +354,7 @@ public final class BlockCache: Sendable {
     @discardableResult
     public func remove(_ k: BlockKey) -> Int64 {
         let rel = relativePath(k)
-        let freed = state.withLock { s -> Int64 in
-            guard let e = s.entries.removeValue(forKey: rel) else { return 0 }
-            s.stats.usedBytes -= e.size
-            s.stats.blocks = s.entries.count
-            return e.size
-        }
+        let freed = state.withLock { s -> Int64 in s.removeEntry(rel)?.size ?? 0 }
         if freed > 0 { unlink("\(directory)/blocks/\(rel)") }
         return freed
     }
@@ -345,6 +367,16 @@ public final class BlockCache: Sendable {
     /// never evicted to make room for each other, so a preload that stays under it does not evict what it
     /// stored itself.
     public var fillBound: Int64 { capacity - capacity / 10 }
+
+    /// The most that blocks entered from saves (`seed`) and not read since take between them: half of
+    /// `fillBound`. A save larger than this is not entered at all (`canSeed`).
+    public var seedBound: Int64 { fillBound / 2 }
+
+    /// Whether a save of `size` bytes fits under `seedBound` (its blocks with their header pages).
+    public func canSeed(size: Int64) -> Bool {
+        let blocks = (size + Int64(blockSize) - 1) / Int64(blockSize)
+        return size > 0 && blocks * Int64(BlockCache.headerSize) + size <= seedBound
+    }
 
     /// Asks the kernel to read a cached block into the page cache in the background (read-ahead for blocks
     /// that are on disk).
@@ -395,6 +427,22 @@ public final class BlockCache: Sendable {
     /// not an error for the caller: the block is simply not cached and the counter says so.
     @discardableResult
     public func store(_ k: BlockKey, _ data: UnsafeRawBufferPointer) -> Bool {
+        store(k, data, seeded: false)
+    }
+
+    /// Enters block `k` of a save that landed in S3 under `k.etag`, holding `data` (the caller vouches that
+    /// these are the bytes S3 holds there; the block gets its checksum like any other). Unread saves' blocks
+    /// are kept under `seedBound`: the least recently stored of them are evicted first to make room. Returns
+    /// false when it was not stored (a full disk, or a block larger than `seedBound`). A block already cached
+    /// is left as it is (true).
+    @discardableResult
+    public func seed(_ k: BlockKey, _ data: UnsafeRawBufferPointer) -> Bool {
+        if contains(k) { return true }
+        guard BlockCache.storedSize(Int64(data.count)) <= seedBound else { return false }
+        return store(k, data, seeded: true)
+    }
+
+    private func store(_ k: BlockKey, _ data: UnsafeRawBufferPointer, seeded: Bool) -> Bool {
         precondition(data.count <= blockSize, "block larger than the block size")
         let rel = relativePath(k)
         let dir = "\(directory)/blocks/\(rel.prefix(2))"
@@ -440,14 +488,31 @@ public final class BlockCache: Sendable {
             return storeFailed()
         }
         let size = Int64(BlockCache.headerSize + data.count)
+        let seedBound = self.seedBound
         let victims = state.withLock { s -> [String] in
-            if let old = s.entries[rel] { s.stats.usedBytes -= old.size }
+            s.removeEntry(rel)
+            var out: [String] = []
+            if seeded {
+                // Unread saves make room for this one first, oldest first; a tenth of the share at a time, so the
+                // entries are sorted once per tenth, not once per block.
+                if s.stats.unreadSeededBytes + size > seedBound {
+                    let goal = seedBound - max(size, seedBound / 10)
+                    for name in s.entries.filter({ $0.value.seeded }).sorted(by: { $0.value.lastUse < $1.value.lastUse }).map(\.key) {
+                        if s.stats.unreadSeededBytes <= goal { break }
+                        s.removeEntry(name)
+                        s.stats.evictions += 1
+                        out.append(name)
+                    }
+                }
+                s.stats.seededBlocks += 1
+                s.stats.unreadSeededBytes += size
+            }
             s.clock += 1
-            s.entries[rel] = Entry(size: size, lastUse: s.clock, verified: true)
+            s.entries[rel] = Entry(size: size, lastUse: s.clock, verified: true, seeded: seeded)
             s.stats.usedBytes += size
             s.stats.bytesStored += Int64(data.count)
             s.stats.blocks = s.entries.count
-            return chooseVictims(&s)
+            return out + chooseVictims(&s)
         }
         for v in victims { unlink("\(directory)/blocks/\(v)") }
         return true
@@ -478,22 +543,19 @@ public final class BlockCache: Sendable {
         let goal = target ?? fillBound
         guard s.stats.usedBytes > (target ?? capacity) else { return [] }
         var out: [String] = []
-        for (name, e) in s.entries.sorted(by: { $0.value.lastUse < $1.value.lastUse }) {
+        for name in s.entries.sorted(by: { $0.value.lastUse < $1.value.lastUse }).map(\.key) {
             if s.stats.usedBytes <= goal { break }
-            s.entries.removeValue(forKey: name)
-            s.stats.usedBytes -= e.size
+            s.removeEntry(name)
             s.stats.evictions += 1
             out.append(name)
         }
-        s.stats.blocks = s.entries.count
         return out
     }
 
     private func drop(_ rel: String) {
         state.withLock { s in
-            if let e = s.entries.removeValue(forKey: rel) { s.stats.usedBytes -= e.size }
+            s.removeEntry(rel)
             s.stats.misses += 1
-            s.stats.blocks = s.entries.count
         }
     }
 

@@ -90,10 +90,12 @@ public final class FileSystem: Sendable {
         return s
     }
 
-    /// Before the process exits: blocks downloaded so far are stored in the cache, so a remount over the same
-    /// cache directory reads them without downloading them again.
+    /// Before the process exits: blocks downloaded so far, and saves that landed (`FSOptions.cacheSaves`), are
+    /// stored in the cache, so a remount over the same cache directory reads them without downloading them.
     public func finishCacheWrites() async {
         await reader.finishCacheWrites()
+        let seeder = writeBack.seeder
+        _ = try? await offPool { () throws(FSError) in seeder.waitQueued() }
         recorder?.flush()
     }
 

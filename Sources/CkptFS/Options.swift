@@ -78,6 +78,12 @@ public struct FSOptions: Sendable {
     /// one of the same file (only the newest bytes go up). After a crash, saves acknowledged and not uploaded
     /// yet collapse to the newest one (the journal keeps the newest per file).
     public var keepEveryVersion = false
+    /// A file written here is entered in the block cache when its upload lands (under its key and the ETag S3
+    /// answered), so reading it back after its local copy goes, or after a remount on the same cache directory,
+    /// sends no GET. Saves not read since take at most half of what the cache holds after eviction
+    /// (`BlockCache.seedBound`), the oldest unread going first; a larger save is not entered. Done after the
+    /// upload lands, off fsync's and flush's path.
+    public var cacheSaves = true
     /// Where to record the blocks reads ask for, in order, as an access profile (`ckptfs mount --record FILE`,
     /// AccessProfile.swift); nil: nothing is recorded.
     public var recordAccess: String?

@@ -127,4 +127,60 @@ final class BlockCacheTests: XCTestCase {
         XCTAssertEqual(c.stats.usedBytes, 0)
         XCTAssertEqual(c.stats.blocks, 0)
     }
+
+    /// Saves entered as they land (`seed`, issue 19): checksummed and found after a reopen like any block; those
+    /// not read since take at most `seedBound` between them, the oldest unread going first, so a save never
+    /// evicts blocks readers use; a block read since is an ordinary block again.
+    func testSeededBlocksStayUnderTheirShareAndNeverPushOutReadBlocks() throws {
+        let bs = 64 << 10
+        let c = try BlockCache(directory: dir, capacity: 2_000_000, blockSize: bs)
+        let stored = BlockCache.storedSize(Int64(bs))
+        XCTAssertEqual(c.seedBound, 900_000)
+        let fits = Int(c.seedBound / stored)  // 12
+        XCTAssertTrue(c.canSeed(size: Int64(fits * bs)))
+        XCTAssertFalse(c.canSeed(size: Int64((fits + 1) * bs)), "a save larger than the share is not entered")
+        XCTAssertFalse(c.canSeed(size: 0))
+        // A working set readers use.
+        let used = (0..<10).map { BlockKey(bucket: "b", key: "data", etag: "d", index: Int64($0)) }
+        for (i, k) in used.enumerated() { _ = block(bs, UInt8(i)).withUnsafeBytes { c.store(k, $0) } }
+        // Three saves of `fits` blocks each, none read: each pushes out the one before, not the working set.
+        func save(_ name: String, _ seed: UInt8) -> [BlockKey] {
+            let keys = (0..<fits).map { BlockKey(bucket: "b", key: name, etag: "e-\(name)", index: Int64($0)) }
+            for (i, k) in keys.enumerated() { XCTAssertTrue(block(bs, seed &+ UInt8(i)).withUnsafeBytes { c.seed(k, $0) }) }
+            return keys
+        }
+        let a = save("a", 50)
+        XCTAssertEqual(c.stats.unreadSeededBytes, Int64(fits) * stored)
+        let b = save("b", 80)
+        XCTAssertTrue(a.allSatisfy { !c.contains($0) }, "the older unread save made room")
+        XCTAssertTrue(b.allSatisfy { c.contains($0) })
+        XCTAssertTrue(used.allSatisfy { c.contains($0) }, "no block of the working set was evicted for a save")
+        XCTAssertLessThanOrEqual(c.stats.unreadSeededBytes, c.seedBound)
+        // Read one block of b: it is the reader's now, and survives the next save.
+        XCTAssertEqual(c.read(b[3]), block(bs, 83))
+        XCTAssertEqual(c.stats.unreadSeededBytes, Int64(fits - 1) * stored)
+        _ = save("c", 110)
+        XCTAssertTrue(c.contains(b[3]), "a seeded block read since is an ordinary block")
+        XCTAssertFalse(c.contains(b[4]))
+        XCTAssertTrue(used.allSatisfy { c.contains($0) })
+        XCTAssertEqual(c.stats.seededBlocks, 3 * fits)
+        // A block already cached is left as it is.
+        XCTAssertTrue(block(bs, 1).withUnsafeBytes { c.seed(used[0], $0) })
+        XCTAssertEqual(c.read(used[0]), block(bs, 0))
+        // Checksummed and found again after a reopen (a remount), as any block; damage is caught.
+        let lastOfC = BlockKey(bucket: "b", key: "c", etag: "e-c", index: Int64(fits - 1))
+        c.unlock()
+        let c2 = try BlockCache(directory: dir, capacity: 2_000_000, blockSize: bs)
+        XCTAssertEqual(c2.read(lastOfC), block(bs, 110 &+ UInt8(fits - 1)))
+        XCTAssertNil(c2.read(BlockKey(bucket: "b", key: "c", etag: "another", index: 0)), "only under the ETag it landed as")
+        let path = "\(dir!)/blocks/\(c2.relativePath(BlockKey(bucket: "b", key: "c", etag: "e-c", index: 0)))"
+        let fd = open(path, O_RDWR)
+        var x: UInt8 = 0
+        pread(fd, &x, 1, BlockCache.headerSize + 5)
+        x ^= 1
+        pwrite(fd, &x, 1, BlockCache.headerSize + 5)
+        close(fd)
+        XCTAssertNil(c2.read(BlockKey(bucket: "b", key: "c", etag: "e-c", index: 0)))
+        XCTAssertEqual(c2.stats.corruptBlocks, 1)
+    }
 }

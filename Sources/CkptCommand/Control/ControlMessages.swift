@@ -95,6 +95,8 @@ extension Control {
         var listRequests: Int
         var putRequests: Int
         var directOpens: Int
+        /// Blocks entered in the cache from saves that landed (`--cache-saves`), since the mount.
+        var cacheSeededBlocks: Int?
         /// Absent for anonymous requests (--no-sign-request).
         var credentials: CredentialsReport?
         /// Where the metrics are served (`--metrics-address`), absent when they are not.

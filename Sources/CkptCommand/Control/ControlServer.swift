@@ -124,7 +124,7 @@ final class ControlServer: @unchecked Sendable {
                 cacheBlocks: s.cache.blocks, cacheHits: s.cache.hits, cacheMisses: s.cache.misses,
                 cacheHitRatio: lookups == 0 ? 0 : Double(s.cache.hits) / Double(lookups), getRequests: s.getRequests,
                 bytesDownloaded: s.bytesDownloaded, headRequests: s.headRequests, listRequests: s.listRequests,
-                putRequests: s.putRequests, directOpens: s.directOpens,
+                putRequests: s.putRequests, directOpens: s.directOpens, cacheSeededBlocks: s.cache.seededBlocks,
                 credentials: credentials.map { Control.CredentialsReport($0.status) }, metricsURL: metricsURL,
                 drainTimeoutSeconds: drainTimeoutSeconds,
                 stopping: stopping.withLock { $0 }.map {

@@ -35,6 +35,7 @@ enum MountHelper {
     static let flags: [String] = [
         "read-only", "allow-other", "conditional-writes", "no-conditional-writes", "upload-while-writing",
         "no-upload-while-writing", "keep-every-version", "force-path-style", "no-sign-request", "immutable",
+        "cache-saves", "no-cache-saves",
     ]
     /// mount(8)'s and the kernel's generic options, which mean nothing to ckptfs (FUSE mounts are always nodev,
     /// and ckptfs sets its own fsname, subtype and default_permissions).

@@ -34,6 +34,9 @@ struct MountOptions: ParsableArguments {
     @Flag(name: .customLong("upload-while-writing"), inversion: .prefixedNo,
           help: "Send a large new file written from the start in parts while it is still being written, so it is durable sooner after close; needs spare CPU and network while the file is written (default off).")
     var uploadWhileWriting = false
+    @Flag(name: .customLong("cache-saves"), inversion: .prefixedNo,
+          help: "Enter a file written here in the block cache when its upload lands, so reading it back after a remount on the same cache dir sends no GET; saves not read since take at most half the cache, a larger save is not entered (default on).")
+    var cacheSaves = true
     @Flag(name: .customLong("keep-every-version"),
           help: "Upload every save of a file in order, none replaced by a newer one while it waits, so a versioned bucket keeps one version per save (ckptfs versions, NAME@versions); default off: a save still waiting is replaced by the next.")
     var keepEveryVersion = false
@@ -140,6 +143,7 @@ struct MountOptions: ParsableArguments {
         o.conditionalWrites = conditionalWrites
         o.uploadWhileWriting = uploadWhileWriting
         o.keepEveryVersion = keepEveryVersion
+        o.cacheSaves = cacheSaves
         o.recordAccess = record.map(MountChecks.absolute)
         return o
     }

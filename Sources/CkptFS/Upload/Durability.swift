@@ -120,6 +120,7 @@ extension WriteBack {
     /// as a crash would. For tests of recovery.
     func shutdown() {
         for t in changes.state.withLock({ Array($0.tails.values) }) { t.task.cancel() }
+        seeder.stop()
         cache.unlock()
     }
 }

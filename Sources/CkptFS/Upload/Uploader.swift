@@ -38,7 +38,10 @@ extension WriteBack {
             case .go: break
             }
             do throws(FSError) {
-                let (key, etag) = try await uploadOnce(v)
+                let (key, etag, sent) = try await uploadOnce(v)
+                // A descriptor of the staged file for entering it in the block cache once it has landed
+                // (SaveSeeder), taken now: it keeps the bytes readable after the staged file is removed.
+                let seedFile = sent && options.cacheSaves ? seeder.take(v) : nil
                 // The record names the key: a rename after it journals the version again under the new key.
                 try await journal.record(JournalRecord(op: .done, id: v.id, key: key, etag: etag))
                 // The object under the key holds this file's acknowledged bytes now. Decided before `land` wakes
@@ -69,6 +72,7 @@ extension WriteBack {
                     u.uploadedBytes += v.size
                 }
                 finishUpload(v)
+                if let seedFile { seeder.seed(v, from: seedFile, key: key, etag: etag) }
                 return
             } catch {
                 // Unlinked while uploading (dropped): whatever the failure, nothing of it is wanted any more; a
@@ -117,10 +121,13 @@ extension WriteBack {
         }
     }
 
-    /// One attempt: PutObject or multipart, then a HEAD that checks the size. Returns the ETag.
-    func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String) {
+    /// One attempt: PutObject or multipart, then a HEAD that checks the size. Returns the key and the ETag the
+    /// version landed under, and `sent`: whether S3 certainly holds this version's staged bytes, whole, under
+    /// that key and ETag (the reply to the write says so; a file opened in place and never changed, whose
+    /// staged copy may lack blocks, is not `sent`), so they may be entered in the block cache (SaveSeeder).
+    func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String, sent: Bool) {
         // Opened in place and never changed: the object in S3 is already this file.
-        if let base = v.state.withLock({ $0.differsFromBase ? nil : $0.base }), base.key == v.key { return (v.key, base.etag) }
+        if let base = v.state.withLock({ $0.differsFromBase ? nil : $0.base }), base.key == v.key { return (v.key, base.etag, false) }
         try await fillAll(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
         var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970),
@@ -144,7 +151,8 @@ extension WriteBack {
                 throw FSError(error, during: .other)
             }
             if let info, let tagged = ownVersion(info) {
-                if tagged == v.id { return (key, info.etag) }
+                // Tagged with this version in the same reply as its ETag: this version's bytes.
+                if tagged == v.id { return (key, info.etag, true) }
                 if tagged < v.id {
                     logger.info("an earlier version of this file from this cache landed before a crash; uploading over it",
                                 metadata: ["key": "\(key)"])
@@ -158,7 +166,7 @@ extension WriteBack {
                    return try withExtendedLifetime(file) { () throws(FSError) in try StagingArea.localETag(fd: file.rawValue, parts: ranges) }
                })
                 == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
-                return (key, info.etag)
+                return (key, info.etag, true)
             }
             let what: String
             switch put.condition {
@@ -173,7 +181,7 @@ extension WriteBack {
             return try await putOrMultipart()
         }
 
-        func putOrMultipart() async throws(FSError) -> (key: String, etag: String) {
+        func putOrMultipart() async throws(FSError) -> (key: String, etag: String, sent: Bool) {
             if ranges.count <= 1 {
                 // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
                 // must equal ours. No HEAD needed.
@@ -190,17 +198,18 @@ extension WriteBack {
                     throw FSError(EIO, "uploaded \(key) but the server's ETag \(etag) is not the MD5 of the file")
                 }
                 puts.wrappingAdd(1, ordering: .relaxed)
-                return (key, r.etag)
+                return (key, r.etag, true)
             }
             // Parts sent while the file was written are kept; otherwise a new multipart upload.
             let early = await takeEarlyUpload(v, key: key)
             let uploadId: String
             if let early { uploadId = early.uploadId } else { uploadId = try await createUpload(v, key: key, options: put) }
+            let completed: CkptS3.WriteResult
             do throws(FSError) {
                 let parts = try await uploadParts(v, key: key, uploadId: uploadId, ranges: ranges, done: early?.parts ?? [:])
                 expectedParts = parts.count
                 let condition = put.condition
-                _ = try await s3(.write) { () async throws(S3Error) in
+                completed = try await s3(.write) { () async throws(S3Error) in
                     try await client.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: condition)
                 }
                 liveMultipart.withLock { _ = $0.remove(uploadId) }
@@ -218,7 +227,9 @@ extension WriteBack {
                 throw FSError(EIO, "uploaded \(key) in \(expectedParts) parts but the server's ETag says \(n)")
             }
             puts.wrappingAdd(max(1, expectedParts), ordering: .relaxed)
-            return (key, info.etag)
+            // The HEAD's ETag is this upload's only if CompleteMultipartUpload answered with the same one
+            // (another client may have written the key in between).
+            return (key, info.etag, !completed.etag.isEmpty && completed.etag == info.etag)
         }
     }
 

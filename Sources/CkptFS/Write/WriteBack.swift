@@ -59,6 +59,8 @@ final class WriteBack: Sendable {
     /// CreateMultipartUpload reply was lost (`abortLostCreates`).
     let liveMultipart = Mutex<Set<String>>([])
     let handleNumbers: HandleNumbers
+    /// Enters saves that landed in the block cache (`FSOptions.cacheSaves`).
+    let seeder: SaveSeeder
 
     var journalPath: String { cache.directory + "/journal" }
 
@@ -77,6 +79,7 @@ final class WriteBack: Sendable {
         self.localFiles = localFiles
         self.changes = changes
         staging = StagingArea(cache: cache)
+        seeder = SaveSeeder(cache: cache, bucket: bucket, logger: logger)
         journal = try Journal(path: cache.directory + "/journal")
         writerId = WriteBack.writerId(directory: cache.directory)
         maxDirty = options.maxDirty ?? WriteBack.defaultMaxDirty(directory: cache.directory)

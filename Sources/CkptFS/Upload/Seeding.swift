@@ -1,0 +1,106 @@
+// Saves entered in the block cache as they land: when a version this mount uploaded lands in S3 under (key,
+// ETag), its staged bytes go into the read-through block cache under that key and ETag (`BlockCache.seed`,
+// checksummed like every block), so a later read of that version, after the staged copy is let go or after a
+// remount on the same cache directory, is served from local disk with no GET. A remount validates as always:
+// the blocks are found only under the ETag HEAD or LIST reports for the key then.
+//
+// Only bytes S3 certainly holds under that ETag go in: the uploader says whether the reply to its write vouches
+// for them (`uploadOnce`'s `sent`), the version must have landed under the key it was uploaded to (not moved or
+// dropped meanwhile), and the bytes are those of a frozen version (sealed or acknowledged: every later write
+// goes to a copy). The one way such a file is written in place again is an unlink while it is open (an orphan
+// whose acknowledgement is withdrawn, `WriteBack.orphan`), which sets `orphaned` before any such write: each
+// block is read first and the flag checked after, so a block read before the flag is set is the landed bytes.
+//
+// Off the upload's path: `take` gets a descriptor of the staged file before the version settles (it keeps the
+// bytes readable after the staged file is removed), fsync and flush are woken as the version lands, and one
+// serial queue copies the saves block by block afterwards. The ticket `take` returns counts as work to wait
+// for at exit (`waitQueued`) from before the version lands until its copy ends or the ticket is dropped (the
+// version did not land), so an unmount right after a flush finds every landed save in the cache. Reads use O_DIRECT where the filesystem allows, and
+// the cache writes whole blocks with O_DIRECT, so a seeded GiB costs its XXH64 and no copy through the page
+// cache. Bounded by the cache's share for unread saves (`BlockCache.seedBound`): a larger save is not entered.
+import CkptCache
+import CkptSystem
+import Foundation
+import Logging
+import Synchronization
+import SystemPackage
+
+final class SaveSeeder: Sendable {
+    private let cache: BlockCache
+    private let bucket: String
+    private let logger: Logger
+    private let queue = DispatchQueue(label: "ckptfs.seed", qos: .utility)
+    private let stopped = Atomic<Bool>(false)
+    /// Tickets taken and not finished.
+    private let pending = DispatchGroup()
+
+    /// A save that may be entered: the staged file's descriptor, and one unit of `pending` until it is dropped.
+    final class Ticket: Sendable {
+        let file: OwnedDescriptor
+        private let pending: DispatchGroup
+        fileprivate init(file: OwnedDescriptor, pending: DispatchGroup) {
+            self.file = file
+            self.pending = pending
+            pending.enter()
+        }
+        deinit { pending.leave() }
+    }
+
+    init(cache: BlockCache, bucket: String, logger: Logger) {
+        self.cache = cache
+        self.bucket = bucket
+        self.logger = logger
+    }
+
+    /// A ticket for entering `v` in the cache once it has landed (`seed`), or nil when it is not to be entered
+    /// (larger than the cache's share for unread saves, empty, or its staged file cannot be opened). Its
+    /// descriptor is the staged file opened again through /proc/self/fd with O_DIRECT where the filesystem allows
+    /// (the same file, read without filling the page cache), else the version's own. Call before the version
+    /// settles; drop the ticket if it does not land.
+    func take(_ v: StagedVersion) -> Ticket? {
+        guard !stopped.load(ordering: .relaxed), cache.canSeed(size: v.size), let file = try? v.open() else { return nil }
+        let direct = Glibc.open("/proc/self/fd/\(file.rawValue)", O_RDONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC)
+        return Ticket(file: direct >= 0 ? OwnedDescriptor(direct) : file, pending: pending)
+    }
+
+    /// Enters `v`, which landed as `etag` under `key`, in the block cache from `ticket` (`take`), in the background.
+    /// Stops at the first block it cannot read whole, or once the version is orphaned (its bytes may change);
+    /// blocks entered before stay (they were read before any change).
+    func seed(_ v: StagedVersion, from ticket: Ticket, key: String, etag: String) {
+        let size = v.size
+        queue.async { [self] in
+            let file = ticket.file
+            defer { withExtendedLifetime(ticket) {} }
+            guard !stopped.load(ordering: .relaxed) else { return }
+            let bs = cache.blockSize
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 4096)
+            defer { buffer.deallocate() }
+            let fd = FileDescriptor(rawValue: file.rawValue)
+            var index: Int64 = 0
+            var entered: Int64 = 0
+            while index * Int64(bs) < size, !stopped.load(ordering: .relaxed) {
+                let offset = index * Int64(bs)
+                let length = Int(min(Int64(bs), size - offset))
+                // Whole pages (O_DIRECT): the read ends at the end of the file.
+                let want = min(bs, (length + 4095) & ~4095)
+                let got = (try? fd.readAll(fromAbsoluteOffset: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))) ?? 0
+                guard got >= length else { break }
+                // After the read: a write in place can only follow the flag (see the file's comment).
+                guard !v.state.withLock({ $0.orphaned || $0.size != size }) else { break }
+                let k = BlockKey(bucket: bucket, key: key, etag: etag, index: index)
+                guard cache.seed(k, UnsafeRawBufferPointer(rebasing: buffer[0..<length])) else { break }
+                entered += Int64(length)
+                index += 1
+            }
+            logger.debug("save entered in the block cache", metadata: ["key": "\(key)", "etag": "\(etag)",
+                                                                     "bytes": "\(entered)", "size": "\(size)"])
+        }
+    }
+
+    /// Returns once every save whose ticket was taken before the call is entered or given up (blocking: call off
+    /// the cooperative pool).
+    func waitQueued() { pending.wait() }
+
+    /// No more blocks are entered (the cache directory is given up).
+    func stop() { stopped.store(true, ordering: .relaxed) }
+}
