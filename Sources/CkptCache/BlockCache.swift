@@ -171,6 +171,16 @@ public final class BlockCache: Sendable {
             entries[name]?.seeded = false
             stats.unreadSeededBytes -= e.size
         }
+
+        /// Object versions whose blocks are never evicted or removed, by the part of their blocks' names they
+        /// share ("hh/<38 hex>"), with how many holds each has (`hold(_:)`).
+        var held: [Substring: Int] = [:]
+
+        /// Whether the block stored under `rel` belongs to a held object version.
+        func isHeld(_ rel: String) -> Bool {
+            guard !held.isEmpty, let dash = rel.lastIndex(of: "-") else { return false }
+            return held[rel[..<dash]] != nil
+        }
     }
 
     private let state = Mutex(State())
@@ -350,11 +360,44 @@ public final class BlockCache: Sendable {
         return true
     }
 
-    /// Deletes the block if it is cached; returns the bytes that freed on disk (0 when it was not cached).
+    /// Keeps every block of the object version `k` names (its `index` is ignored) from eviction and `remove`
+    /// until as many `release(_:)` calls: a descriptor still reads it after this mount deleted or replaced it
+    /// in S3, so the cache holds the only copy it can read (S-UNLINK-OPEN-CLEAN). Held blocks count in
+    /// `usedBytes`; while they exceed `capacity`, the cache stays over its bound rather than drop them.
+    public func hold(_ k: BlockKey) {
+        let object = Substring(objectPart(k))
+        state.withLock { $0.held[object, default: 0] += 1 }
+    }
+
+    /// Ends one `hold(_:)` of `k`'s object version; at the last, its blocks are evicted like any others.
+    public func release(_ k: BlockKey) {
+        let object = Substring(objectPart(k))
+        let victims = state.withLock { s -> [String] in
+            guard let n = s.held[object] else { return [] }
+            if n <= 1 { s.held.removeValue(forKey: object) } else { s.held[object] = n - 1 }
+            return chooseVictims(&s)
+        }
+        for v in victims { unlink("\(directory)/blocks/\(v)") }
+    }
+
+    /// How many object versions are held (`hold(_:)`).
+    public var heldVersions: Int { state.withLock { $0.held.count } }
+
+    /// The part of a block's file name that its object version's blocks share (`relativePath` up to "-").
+    private func objectPart(_ k: BlockKey) -> String {
+        let rel = relativePath(k)
+        return String(rel[..<rel.lastIndex(of: "-")!])
+    }
+
+    /// Deletes the block if it is cached and not held; returns the bytes that freed on disk (0 when it was not
+    /// cached, or is held).
     @discardableResult
     public func remove(_ k: BlockKey) -> Int64 {
         let rel = relativePath(k)
-        let freed = state.withLock { s -> Int64 in s.removeEntry(rel)?.size ?? 0 }
+        let freed = state.withLock { s -> Int64 in
+            guard !s.isHeld(rel) else { return 0 }
+            return s.removeEntry(rel)?.size ?? 0
+        }
         if freed > 0 { unlink("\(directory)/blocks/\(rel)") }
         return freed
     }
@@ -499,6 +542,7 @@ public final class BlockCache: Sendable {
                     let goal = seedBound - max(size, seedBound / 10)
                     for name in s.entries.filter({ $0.value.seeded }).sorted(by: { $0.value.lastUse < $1.value.lastUse }).map(\.key) {
                         if s.stats.unreadSeededBytes <= goal { break }
+                        if s.isHeld(name) { continue }
                         s.removeEntry(name)
                         s.stats.evictions += 1
                         out.append(name)
@@ -545,6 +589,7 @@ public final class BlockCache: Sendable {
         var out: [String] = []
         for name in s.entries.sorted(by: { $0.value.lastUse < $1.value.lastUse }).map(\.key) {
             if s.stats.usedBytes <= goal { break }
+            if s.isHeld(name) { continue }
             s.removeEntry(name)
             s.stats.evictions += 1
             out.append(name)

@@ -30,6 +30,8 @@ public final class FileSystem: Sendable {
     // Reads (Read/).
     let reader: ObjectReader
     let handles = Mutex<[UInt64: ReadHandle]>([:])
+    /// The versions read handles pinned, kept readable when this mount changes their key in S3.
+    let openObjects: OpenObjects
     let handleNumbers: HandleNumbers
 
     /// Preloads into this mount's cache through its reader (`ckptfs preload`), leaving out files with local
@@ -69,6 +71,8 @@ public final class FileSystem: Sendable {
                                   versions: versions, smallObjects: reader, logger: logger)
         self.reader = reader
         self.namespace = namespace
+        let openObjects = OpenObjects(reader: reader, logger: logger)
+        self.openObjects = openObjects
         self.recorder = try options.recordAccess.map { path throws(FSError) in
             try AccessRecorder(path: path, bucket: bucket, blockSize: Int64(cache.blockSize))
         }
@@ -76,7 +80,7 @@ public final class FileSystem: Sendable {
         self.preloader = Preloader(reader: reader, root: p, skip: { overlay.localMeta(of: $0) != nil || overlay.isHidden($0) })
         self.writeBack = try WriteBack(client: client, bucket: bucket, prefix: p, options: options, logger: logger,
                                        cache: cache, notices: namespace, reader: reader, localFiles: localFiles,
-                                       changes: changes, handleNumbers: handleNumbers)
+                                       changes: changes, handleNumbers: handleNumbers, openObjects: openObjects)
     }
 
     public var stats: FSStats {

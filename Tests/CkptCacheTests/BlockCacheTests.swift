@@ -79,6 +79,29 @@ final class BlockCacheTests: XCTestCase {
         XCTAssertEqual(files.count, c.stats.blocks)
     }
 
+    /// A held object version's blocks are neither evicted nor removed, whatever else is stored; after the last
+    /// release they are evicted like any others. Other versions of the same key are not held.
+    func testAHeldObjectVersionIsNeverEvictedUntilItsLastRelease() throws {
+        let c = try BlockCache(directory: dir, capacity: 10 * (4096 + Int64(BlockCache.headerSize)), blockSize: 4096)
+        let data = block(4096, 3)
+        func key(_ etag: String, _ i: Int) -> BlockKey { BlockKey(bucket: "b", key: "k", etag: etag, index: Int64(i)) }
+        for i in 0..<4 { data.withUnsafeBytes { _ = c.store(key("old", i), $0) } }
+        c.hold(key("old", 99))  // the index does not matter: the whole version
+        c.hold(key("old", 0))
+        for i in 0..<4 { data.withUnsafeBytes { _ = c.store(key("other", i), $0) } }
+        for i in 0..<30 { data.withUnsafeBytes { _ = c.store(key("new", i), $0) } }
+        XCTAssertEqual(c.remove(key("old", 1)), 0, "remove leaves a held block")
+        for i in 0..<4 { XCTAssertEqual(c.read(key("old", i)), data, "held block \(i) stays") }
+        XCTAssertNil(c.read(key("other", 0)), "another version of the key is not held")
+        XCTAssertLessThanOrEqual(c.stats.usedBytes, c.capacity)
+        c.release(key("old", 0))
+        for i in 30..<60 { data.withUnsafeBytes { _ = c.store(key("new", i), $0) } }
+        XCTAssertNotNil(c.read(key("old", 0)), "one hold is left")
+        c.release(key("old", 0))
+        for i in 60..<90 { data.withUnsafeBytes { _ = c.store(key("new", i), $0) } }
+        XCTAssertEqual((0..<4).filter { c.read(key("old", $0)) != nil }, [], "released, they are evicted in turn")
+    }
+
     func testASecondUserOfTheDirectoryIsRefused() throws {
         let first = try BlockCache(directory: dir, capacity: 1 << 20)
         XCTAssertThrowsError(try BlockCache(directory: dir, capacity: 1 << 20)) { e in

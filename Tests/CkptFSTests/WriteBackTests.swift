@@ -495,6 +495,42 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(b, Array(repeating: 2, count: 2000))
     }
 
+    /// Seed 185 of the model test, as a journal: a file's upload to `y` lands while the file is renamed to `a`
+    /// and back to `y`, and its `done` is journaled after both renames. The delete of `y` the first rename
+    /// queued comes after the landing, so that landing does not stand for the file: recovery uploads it again
+    /// (after that delete). It settled the version by key alone, then deleted `y`: the file was lost.
+    func testADoneOfAnUploadSentBeforeARenameAwayAndBackDoesNotSettleTheFile() async throws {
+        let data = Array(repeating: UInt8(7), count: 1500)
+        do {
+            let fs = try make(hold: true)
+            try await write(fs, "y", data)
+            crash(fs)
+        }
+        let first = try XCTUnwrap(Journal.replay(path: dir + "/journal").records.first { $0.op == .commit && $0.key == "y" })
+        XCTAssertEqual(first.generation, 1)
+        _ = try await s3.putObject(bucket, "y", body: .bytes(data), options: .init())  // the upload that landed
+        var toA = first, back = first
+        toA.key = "a"
+        toA.generation = 2
+        back.generation = 3
+        do {
+            let fs = try make(hold: true)
+            var done = JournalRecord(op: .done, id: first.id, key: "y")
+            done.generation = 1
+            try fs.writeBack.journal.append([toA, JournalRecord(op: .delete, id: first.id + 100, key: "y"),
+                                             back, JournalRecord(op: .delete, id: first.id + 101, key: "a"), done])
+            fs.shutdown()
+        }
+        let fs = try make()
+        let report = try await fs.recover()
+        XCTAssertEqual(report.requeued, ["y"])
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty)
+        let y = try await object("y")
+        XCTAssertEqual(y, data)
+        XCTAssertEqual(s3.objects(in: bucket).keys.sorted(), ["y"])
+    }
+
     func testRecoveryAbortsAnUploadCreatedJustBeforeTheCrash() async throws {
         // A crash between CreateMultipartUpload and the journal record of its id: only `starting` is there.
         do {

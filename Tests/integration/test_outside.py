@@ -194,29 +194,35 @@ def test_names_that_are_not_utf8_are_refused_not_merged_into_one_key(server, buc
     mounts.unmount(mp)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (docs/SEMANTICS.md, Known bugs): unlink or rename over a file "
-                   "only in S3 deletes or replaces the object its open readers still read")
-@pytest.mark.parametrize("change", ["unlink", "rename-over"])
+@pytest.mark.parametrize("change", ["unlink", "rename-over", "rename-away", "overwrite", "directory-rename"])
 def test_a_file_only_in_s3_removed_or_replaced_while_open_reads_on_until_its_last_close(server, bucket, mounts, change):
-    """S-UNLINK-OPEN: a file unlinked while open lives until its last close, as POSIX says, and POSIX rename
-    over a file leaves its open descriptors reading the old file. That holds for a file written here (its
-    staged copy lives on), not for one only in S3: its delete (or the rename's upload or copy over it) goes to
-    S3 and a read of a block not cached yet fails with ENOENT (unlink) or ESTALE (rename over), seen in the
-    outside tests as an evaluation process loading `last.pt` while the trainer `os.replace`d the next save
-    onto it, and a rotation deleting a checkpoint another process was still loading. 40 MiB: read with direct
-    I/O (S-READ-COLD-DIRECT), so nothing comes from the page cache."""
+    """S-UNLINK-OPEN-CLEAN: a file unlinked while open lives until its last close, as POSIX says, and POSIX
+    rename over a file leaves its open descriptors reading the old file. For a file only in S3 the delete (or
+    the rename's upload or copy over it, the copy and delete of a rename away, a save over it) went to S3 and a
+    read of a block not cached yet failed with ENOENT or ESTALE, seen in the outside tests as an evaluation
+    process loading `last.pt` while the trainer `os.replace`d the next save onto it, and a rotation deleting a
+    checkpoint another process was still loading. Now the version read is kept in the block cache first.
+    40 MiB: read with direct I/O (S-READ-COLD-DIRECT), so nothing comes from the page cache."""
     old, new = os.urandom(40 << 20), os.urandom(40 << 20)
-    server.s3.put_object(Bucket=bucket, Key="last.pt", Body=old)
+    name = "run/last.pt" if change == "directory-rename" else "last.pt"
+    server.s3.put_object(Bucket=bucket, Key=name, Body=old)
     mp, _ = mounts.mount(f"s3://{bucket}")
-    fd = os.open(f"{mp}/last.pt", os.O_RDONLY)
+    fd = os.open(f"{mp}/{name}", os.O_RDONLY)
     try:
         assert os.pread(fd, 1 << 20, 0) == old[:1 << 20]
         if change == "unlink":
             os.unlink(f"{mp}/last.pt")
-        else:
+        elif change == "rename-over":
             with open(f"{mp}/last.pt.tmp", "wb") as f:
                 f.write(new)
             os.replace(f"{mp}/last.pt.tmp", f"{mp}/last.pt")
+        elif change == "rename-away":  # the same file under a new name: S3 gets a copy, the old key goes
+            os.rename(f"{mp}/last.pt", f"{mp}/best.pt")
+        elif change == "overwrite":  # another process saves over it in place (O_TRUNC)
+            with open(f"{mp}/last.pt", "wb") as f:
+                f.write(new)
+        else:
+            os.rename(f"{mp}/run", f"{mp}/run-1")
         flush(mounts, mp)
         for off in (20 << 20, 39 << 20):
             try:

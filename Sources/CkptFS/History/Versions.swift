@@ -116,6 +116,7 @@ extension FileSystem {
         let latest = remote.first { $0.isLatest }
         let condition: WriteCondition = latest.flatMap { $0.isDeleteMarker ? nil : $0.etag }.map { .ifMatch($0) } ?? .ifNoneMatch
         let result: CkptS3.WriteResult
+        await openObjects.keep(key: h.key)  // descriptors reading the version it replaces read on
         do throws(S3Error) {
             let source = try await client.headObject(bucket, h.key, versionId: target.versionId, ifMatch: nil)
             result = try await client.copyObject(from: (bucket, h.key, target.versionId), to: bucket, h.key, ifMatch: source.etag,

@@ -91,6 +91,7 @@ extension FileSystem {
         } ?? false
         if direct { counters.withLock { $0.directOpens += 1 } } else { reader.opened(remote) }
         let h = handleNumbers.next()
+        openObjects.opened(remote)
         handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote, listed: listed) }
         return OpenReply(handle: h, directIO: direct, keepCache: true)
     }
@@ -122,7 +123,11 @@ extension FileSystem {
     }
 
     public func release(handle: UInt64) {
-        if handles.withLock({ $0.removeValue(forKey: handle) }) == nil { writeBack.releaseLocal(handle: handle) }
+        guard let rh = handles.withLock({ $0.removeValue(forKey: handle) }) else {
+            writeBack.releaseLocal(handle: handle)
+            return
+        }
+        openObjects.closed(rh.object)
     }
 
     /// Reads up to `size` bytes at `offset`. Fewer bytes only at the end of the file.

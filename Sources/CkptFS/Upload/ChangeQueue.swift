@@ -382,6 +382,7 @@ extension WriteBack {
             return d.key
         }
         if let key {
+            await openObjects.keep(key: key)  // descriptors reading the object read on until their last close
             var delay: Duration = .milliseconds(500)
             while !Task.isCancelled {
                 do throws(S3Error) {

@@ -23,27 +23,31 @@ extension WriteBack {
         var delay: Duration = .milliseconds(500)
         while true {
             if Task.isCancelled { return }
-            enum Go { case go, stale, settled }
+            enum Go { case go(generation: Int), stale, settled }
             let go = v.state.withLock { s -> Go in
                 guard s.job == job else { return .stale }
                 guard case .waiting = s.upload else { return .settled }
                 s.upload = .uploading
-                return .go
+                return .go(generation: s.commits)
             }
+            let generation: Int
             switch go {
             case .stale: return
             case .settled:
                 finishUpload(v)
                 return
-            case .go: break
+            case .go(let g): generation = g
             }
             do throws(FSError) {
                 let (key, etag, sent) = try await uploadOnce(v)
                 // A descriptor of the staged file for entering it in the block cache once it has landed
                 // (SaveSeeder), taken now: it keeps the bytes readable after the staged file is removed.
                 let seedFile = sent && options.cacheSaves ? seeder.take(v) : nil
-                // The record names the key: a rename after it journals the version again under the new key.
-                try await journal.record(JournalRecord(op: .done, id: v.id, key: key, etag: etag))
+                // The record names the key and the commit the upload started from: a rename after it journals the
+                // version again, under a new key and generation.
+                var done = JournalRecord(op: .done, id: v.id, key: key, etag: etag)
+                done.generation = generation
+                try await journal.record(done)
                 // The object under the key holds this file's acknowledged bytes now. Decided before `land` wakes
                 // fsync and flush, under the local files' lock, where renames swap files: while the version is
                 // still uploading under this key and job, the file under the key is its own (a rename over the
@@ -135,6 +139,7 @@ extension WriteBack {
         put.condition = conditionsUnsupported.load(ordering: .relaxed) ? nil : condition(for: v)
         let ranges = WriteBack.partRanges(size: size, minimum: options.partSize)
         var expectedParts = 0
+        await openObjects.keep(key: key)  // descriptors reading the object it replaces read on
         do throws(FSError) {
             return try await putOrMultipart()
         } catch where error.kind == .conflict {

@@ -154,6 +154,8 @@ extension WriteBack {
         return v.state.withLock { s in
             var r = JournalRecord(op: .commit, id: v.id, key: s.key, size: s.size, xxh64: checksum,
                                   mtime: s.mtime.timeIntervalSince1970)
+            s.commits += 1
+            r.generation = s.commits
             if let base = s.base, !s.missing.isEmpty {
                 r.baseKey = base.key
                 r.baseETag = base.etag

@@ -57,6 +57,12 @@ struct JournalRecord: Codable, Equatable, Sendable {
     /// `renaming`: the new prefix (or key), and the objects being copied.
     var target: String?
     var keys: [String]?
+    /// `commit`: the how-manieth commit record of the version this is (1 for its first). `done` of a version: the
+    /// generation its upload started from; it settles the version only if no commit came after that one (a
+    /// rename away and back journals the version again under the same key: the upload that lands meanwhile,
+    /// sent before the renames, does not stand for it, since the old name's delete comes between). Nil in
+    /// journals written before it was recorded: a `done` then settles by key alone.
+    var generation: Int?
 }
 
 final class Journal: Sendable {

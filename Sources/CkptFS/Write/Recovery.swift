@@ -56,7 +56,8 @@ extension WriteBack {
                 acked[r.id] = (r, position)
                 landed.remove(r.id)
             case .done:
-                if let a = acked[r.id], r.key == nil || r.key == a.record.key {
+                if let a = acked[r.id], r.key == nil || r.key == a.record.key,
+                   r.generation == nil || a.record.generation == nil || r.generation == a.record.generation {
                     acked[r.id] = nil
                     landed.insert(r.id)
                     // Versions of the key acknowledged before it were superseded by it (their staged files are
@@ -177,6 +178,7 @@ extension WriteBack {
                 s.sealed = true
                 s.unjournaled = false
                 s.committedSum = r.xxh64
+                s.commits = r.generation ?? 0
                 s.differsFromBase = true
                 if let e = r.ifMatch { s.expect = .etag(e) } else if r.ifNoneMatch == true { s.expect = .absent }
                 if let bk = r.baseKey, let be = r.baseETag, let bs = r.baseSize, !missing.isEmpty {

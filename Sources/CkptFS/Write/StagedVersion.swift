@@ -51,6 +51,10 @@ final class StagedVersion: Sendable {
         var unjournaled = true
         /// The checksum in the last commit record.
         var committedSum: String?
+        /// How many commit records this version has had (its acknowledgements, and a rename journaling it again
+        /// under a new key): the last one's `generation`. An upload records the generation it started from in its
+        /// `done`, which settles the version only while no commit came after (`recover`).
+        var commits = 0
         var upload: Upload = .waiting
         var lastError: String?
         var bytesUploaded: Int64 = 0

@@ -61,13 +61,17 @@ final class WriteBack: Sendable {
     let handleNumbers: HandleNumbers
     /// Enters saves that landed in the block cache (`FSOptions.cacheSaves`).
     let seeder: SaveSeeder
+    /// Versions that read handles have open: kept readable before a change to their key goes to S3
+    /// (`keepForReaders`).
+    let openObjects: OpenObjects
 
     var journalPath: String { cache.directory + "/journal" }
 
     init(client: any ObjectClient, bucket: String, prefix: String, options: FSOptions, logger: Logger, cache: BlockCache,
          notices: any WriteBackNotices, reader: ObjectReader, localFiles: LocalFiles, changes: ChangeQueue,
-         handleNumbers: HandleNumbers) throws(FSError) {
+         handleNumbers: HandleNumbers, openObjects: OpenObjects) throws(FSError) {
         self.handleNumbers = handleNumbers
+        self.openObjects = openObjects
         self.client = client
         self.bucket = bucket
         self.prefix = prefix

@@ -871,6 +871,27 @@ final class ModelRegressionTests: XCTestCase {
         ], setup: setup)
     }
 
+    /// Seed 185 shrunk: a file fsynced empty, written, closed, renamed away and back, then a crash: lost.
+    func testSeed185() async throws {
+        try await ModelCheck.replay([
+            .open("b", h: 1, .read),
+            .open("c.tmp/a", h: 1, .createTruncate),
+            .open("y", h: 1, .create),
+            .fsync(h: 1),
+            .write(h: 1, at: 0, count: 553, seed: 185002),
+            .open("y", h: 2, .read),
+            .read(h: 1, at: 1639, count: 740),
+            .close(h: 2),
+            .close(h: 1),
+            .unlink("d"),
+            .rename("y", "a", noReplace: false),
+            .rename("a", "y", noReplace: false),
+            .releaseOne,
+            .open("c.tmp/c.tmp", h: 3, .createTruncate),
+            .crash(landing: false),
+        ])
+    }
+
     /// Skips a test of a known core bug, naming it, while `KnownCoreBugs` lists it (CKPTFS_RUN_KNOWN_BUGS=1 runs
     /// it anyway, to see it fail).
     func skipKnown(_ bug: KnownCoreBugs.Bug) throws {

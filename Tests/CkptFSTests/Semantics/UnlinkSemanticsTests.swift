@@ -55,6 +55,39 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(errno(gone), ENOENT)
     }
 
+    /// A file only in S3, open for reading here, that this mount unlinks, renames a file over, renames away or
+    /// overwrites: its descriptor reads the old bytes until its last close, after the change reached S3 and
+    /// with none of them read before (the old version's blocks were kept in the cache: no GET after it).
+    func testSUnlinkOpenClean() async throws {
+        for (i, change) in ["unlink", "rename-over", "rename-away", "overwrite"].enumerated() {
+            let name = "f\(i)", old = bytes(40_000, i)
+            s3.seed(bucket, name, old)
+            let h = try await open(name, Self.read)
+            let first = try await mount.read(h, at: 0, count: 4096).get()
+            XCTAssertEqual(first, Array(old[0..<4096]))
+            switch change {
+            case "unlink":
+                try await mount.unlink(name).get()
+            case "rename-over":
+                try await save("\(name).tmp", bytes(30_000, 9))
+                try await mount.rename("\(name).tmp", name, noReplace: false).get()
+            case "rename-away":
+                try await mount.rename(name, "\(name).moved", noReplace: false).get()
+            default:
+                try await save(name, bytes(30_000, 9))
+            }
+            await flushAll()
+            XCTAssertNotEqual(s3.objects(in: bucket)[name], old, "\(change): the change reached S3")
+            let gets = client.count("GetObject")
+            let rest = try await mount.read(h, at: 20_000, count: 20_000).get()
+            XCTAssertEqual(rest, Array(old[20_000...]), "\(change): the descriptor reads the old bytes")
+            XCTAssertEqual(client.count("GetObject"), gets, "\(change): from the cache")
+            XCTAssertEqual(fs.cache.heldVersions, 1)
+            _ = await mount.close(h)
+            XCTAssertEqual(fs.cache.heldVersions, 0, "\(change): held until the last close")
+        }
+    }
+
     /// A file created under the name of an unlinked open file is another file; the new one reaches S3.
     func testSUnlinkOpenReuse() async throws {
         let old = try await open("f", Self.create)

@@ -1,0 +1,95 @@
+// The object versions that read handles on this mount have pinned, so that a change this mount makes to a key
+// in S3 does not pull a version from under the descriptors still reading it (S-UNLINK-OPEN-CLEAN).
+//
+// POSIX: a file unlinked, or replaced by a rename over its name, lives on for the descriptors open on it until
+// their last close. A file with local changes has its staged copy for that (Write/). A clean file is read from
+// S3 by ETag, block by block, so once this mount deletes its key (unlink, the old name of a rename, a
+// rotation), or replaces it (an upload, a rename or copy over it), a block not cached yet could no longer be
+// fetched. So before the change queue sends such a change (DeleteObject, PutObject, CompleteMultipartUpload,
+// CopyObject to the key), `keep(key:)` fetches every block of each version of that key a handle reads into the
+// block cache and holds them there (never evicted) until the last handle on that version closes.
+//
+// Depends on: the object reader (its preload, which fetches and stores missing blocks), the block cache's
+// holds. Knows nothing of inodes or local files.
+import CkptCache
+import Logging
+import Synchronization
+
+final class OpenObjects: Sendable {
+    /// One object version read by open handles.
+    private struct Reading {
+        /// Handles open on it.
+        var handles: Int
+        var object: PinnedObject
+        /// Its blocks are held in the cache (`keep(key:)`), until `handles` falls to 0.
+        var kept = false
+    }
+
+    private let reader: ObjectReader
+    private let logger: Logger
+    /// By key, then ETag.
+    private let reading = Mutex<[String: [String: Reading]]>([:])
+
+    init(reader: ObjectReader, logger: Logger) {
+        self.reader = reader
+        self.logger = logger
+    }
+
+    /// A read handle pinned `o`. An earlier version read by S3 version id (a versions view) is not counted:
+    /// deleting or replacing the key leaves that version readable.
+    func opened(_ o: PinnedObject) {
+        guard o.versionId == nil, !o.etag.isEmpty else { return }
+        reading.withLock { r in
+            if r[o.key]?[o.etag] != nil {
+                r[o.key]![o.etag]!.handles += 1
+            } else {
+                r[o.key, default: [:]][o.etag] = Reading(handles: 1, object: o)
+            }
+        }
+    }
+
+    /// A handle that pinned `o` was released: at the last one on that version, its blocks are no longer held.
+    func closed(_ o: PinnedObject) {
+        guard o.versionId == nil, !o.etag.isEmpty else { return }
+        let release = reading.withLock { r -> Bool in
+            guard var versions = r[o.key], var e = versions[o.etag] else { return false }
+            e.handles -= 1
+            if e.handles > 0 {
+                versions[o.etag] = e
+            } else {
+                versions.removeValue(forKey: o.etag)
+            }
+            r[o.key] = versions.isEmpty ? nil : versions
+            return e.handles == 0 && e.kept
+        }
+        if release { reader.cache.release(reader.blockKey(o, 0)) }
+    }
+
+    /// Before this mount deletes or replaces `key` in S3: every version of it that a handle reads is made
+    /// whole in the block cache and held there until its last handle closes. Returns once they are stored.
+    /// A version that S3 no longer has (another client changed the key) cannot be fetched and is left as it
+    /// is; a fetch that fails otherwise (S3 unreachable, the cache disk full) is logged and the change goes
+    /// ahead: its readers then fail on the blocks that are missing, as they would without this. Cost: the
+    /// blocks not cached yet are downloaded, at most the versions' size, only when a handle is open.
+    func keep(key: String) async {
+        let versions = reading.withLock { r -> [PinnedObject] in
+            guard let vs = r[key] else { return [] }
+            var out: [PinnedObject] = []
+            for (etag, e) in vs where !e.kept {
+                // Held under the lock `closed` releases it under, so a close meanwhile cannot come first.
+                reader.cache.hold(reader.blockKey(e.object, 0))
+                r[key]![etag]!.kept = true
+                out.append(e.object)
+            }
+            return out
+        }
+        for o in versions {
+            let blocks = (o.size + reader.blockSize - 1) / reader.blockSize
+            let outcome = await reader.preload(o, blocks: 0..<blocks)
+            if let failure = outcome.failure, failure.kind != .objectChanged {
+                logger.warning("could not keep a copy of an object that descriptors still read before changing it in S3; their reads of blocks not cached may fail",
+                               metadata: ["s3.key": "\(key)", "error": "\(failure)"])
+            }
+        }
+    }
+}
