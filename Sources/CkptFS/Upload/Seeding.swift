@@ -18,6 +18,10 @@
 // version did not land), so an unmount right after a flush finds every landed save in the cache. Reads use O_DIRECT where the filesystem allows, and
 // the cache writes whole blocks with O_DIRECT, so a seeded GiB costs its XXH64 and no copy through the page
 // cache. Bounded by the cache's share for unread saves (`BlockCache.seedBound`): a larger save is not entered.
+// The cache disk is shared with the staging area, so a save is entered only while the disk keeps room for the
+// staging area to grow to its bound (the dirty bound less what is staged) plus `diskMargin`, counting the saves
+// taken and not written yet: seeding never takes space a write will need (a write that finds the disk full
+// anyway evicts clean blocks, seeded ones among them, before it fails).
 import CkptCache
 import CkptSystem
 import Foundation
@@ -32,18 +36,28 @@ final class SaveSeeder: Sendable {
     private let queue = DispatchQueue(label: "ckptfs.seed", qos: .utility)
     private let stopped = Atomic<Bool>(false)
     /// Tickets taken and not finished.
-    private let pending = DispatchGroup()
+    fileprivate let pending = DispatchGroup()
+    /// Bytes (blocks with their header pages) of the saves whose tickets are alive: taken and not written yet.
+    fileprivate let reserved = Atomic<Int64>(0)
+    /// Free space on the cache disk that seeding always leaves, beyond what the staging area may still take.
+    static let diskMargin: Int64 = 32 << 20
 
     /// A save that may be entered: the staged file's descriptor, and one unit of `pending` until it is dropped.
     final class Ticket: Sendable {
         let file: OwnedDescriptor
-        private let pending: DispatchGroup
-        fileprivate init(file: OwnedDescriptor, pending: DispatchGroup) {
+        private let seeder: SaveSeeder
+        private let bytes: Int64
+        fileprivate init(file: OwnedDescriptor, seeder: SaveSeeder, bytes: Int64) {
             self.file = file
-            self.pending = pending
-            pending.enter()
+            self.seeder = seeder
+            self.bytes = bytes
+            seeder.reserved.wrappingAdd(bytes, ordering: .relaxed)
+            seeder.pending.enter()
         }
-        deinit { pending.leave() }
+        deinit {
+            seeder.reserved.wrappingSubtract(bytes, ordering: .relaxed)
+            seeder.pending.leave()
+        }
     }
 
     init(cache: BlockCache, bucket: String, logger: Logger) {
@@ -53,14 +67,27 @@ final class SaveSeeder: Sendable {
     }
 
     /// A ticket for entering `v` in the cache once it has landed (`seed`), or nil when it is not to be entered
-    /// (larger than the cache's share for unread saves, empty, or its staged file cannot be opened). Its
+    /// (larger than the cache's share for unread saves, empty, no room on the cache disk beyond what the staging
+    /// area may still take, `stagingMayTake` bytes, or its staged file cannot be opened). Its
     /// descriptor is the staged file opened again through /proc/self/fd with O_DIRECT where the filesystem allows
     /// (the same file, read without filling the page cache), else the version's own. Call before the version
     /// settles; drop the ticket if it does not land.
-    func take(_ v: StagedVersion) -> Ticket? {
-        guard !stopped.load(ordering: .relaxed), cache.canSeed(size: v.size), let file = try? v.open() else { return nil }
+    func take(_ v: StagedVersion, stagingMayTake: Int64) -> Ticket? {
+        let size = v.size
+        guard !stopped.load(ordering: .relaxed), cache.canSeed(size: size) else { return nil }
+        let bytes = (size + Int64(cache.blockSize) - 1) / Int64(cache.blockSize) * BlockCache.storedSize(0) + size
+        var st = statvfs()
+        guard statvfs(cache.directory, &st) == 0 else { return nil }
+        let free = Int64(st.f_bavail) * Int64(st.f_frsize)
+        let before = reserved.wrappingAdd(bytes, ordering: .relaxed).oldValue
+        guard free - before - bytes - max(0, stagingMayTake) >= SaveSeeder.diskMargin, let file = try? v.open() else {
+            reserved.wrappingSubtract(bytes, ordering: .relaxed)
+            return nil
+        }
         let direct = Glibc.open("/proc/self/fd/\(file.rawValue)", O_RDONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC)
-        return Ticket(file: direct >= 0 ? OwnedDescriptor(direct) : file, pending: pending)
+        let ticket = Ticket(file: direct >= 0 ? OwnedDescriptor(direct) : file, seeder: self, bytes: bytes)
+        reserved.wrappingSubtract(bytes, ordering: .relaxed)  // the ticket holds its own from here
+        return ticket
     }
 
     /// Enters `v`, which landed as `etag` under `key`, in the block cache from `ticket` (`take`), in the background.

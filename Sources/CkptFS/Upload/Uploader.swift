@@ -42,7 +42,7 @@ extension WriteBack {
                 let (key, etag, sent) = try await uploadOnce(v)
                 // A descriptor of the staged file for entering it in the block cache once it has landed
                 // (SaveSeeder), taken now: it keeps the bytes readable after the staged file is removed.
-                let seedFile = sent && options.cacheSaves ? seeder.take(v) : nil
+                let seedFile = sent && options.cacheSaves ? seeder.take(v, stagingMayTake: maxDirty - staging.stagedBytes) : nil
                 // The record names the key and the commit the upload started from: a rename after it journals the
                 // version again, under a new key and generation.
                 var done = JournalRecord(op: .done, id: v.id, key: key, etag: etag)
