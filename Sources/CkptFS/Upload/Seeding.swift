@@ -15,9 +15,9 @@
 // bytes readable after the staged file is removed), fsync and flush are woken as the version lands, and one
 // serial queue copies the saves block by block afterwards. The ticket `take` returns counts as work to wait
 // for at exit (`waitQueued`) from before the version lands until its copy ends or the ticket is dropped (the
-// version did not land), so an unmount right after a flush finds every landed save in the cache. Reads use O_DIRECT where the filesystem allows, and
-// the cache writes whole blocks with O_DIRECT, so a seeded GiB costs its XXH64 and no copy through the page
-// cache. Bounded by the cache's share for unread saves (`BlockCache.seedBound`): a larger save is not entered.
+// version did not land), so an unmount right after a flush finds every landed save in the cache. Reads use
+// O_DIRECT where the filesystem allows, and the cache writes whole blocks with O_DIRECT, so a seeded GiB costs
+// its XXH64 and no copy through the page cache (0.36 CPU s per GiB by perf, bench/README issue 19). Bounded by the cache's share for unread saves (`BlockCache.seedBound`): a larger save is not entered.
 // The cache disk is shared with the staging area, so a save is entered only while the disk keeps room for the
 // staging area to grow to its bound (the dirty bound less what is staged) plus `diskMargin`, counting the saves
 // taken and not written yet: seeding never takes space a write will need (a write that finds the disk full
