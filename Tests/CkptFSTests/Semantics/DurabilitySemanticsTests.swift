@@ -252,4 +252,18 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         await flushAll()
         XCTAssertEqual(stored.count, 46)
     }
+
+    /// A file opened for writing in place and not changed is not dirty (status counted it with its whole size);
+    /// once written, it is.
+    func testAFileOpenedInPlaceIsDirtyOnlyOnceChanged() async throws {
+        s3.seed(bucket, "model.h5", bytes(40_000))
+        let h = try await open("model.h5", Self.write)
+        XCTAssertEqual(mount.status.dirtyFiles, 0)
+        XCTAssertEqual(mount.status.dirtyBytes, 0)
+        try await write(h, bytes(10, 3), at: 100)
+        XCTAssertEqual(mount.status.dirtyFiles, 1)
+        try await mount.close(h).get()
+        await flushAll()
+        XCTAssertEqual(mount.status.dirtyFiles, 0)
+    }
 }
