@@ -63,8 +63,17 @@ struct DaemonLauncher {
         if text.hasPrefix("ERR ") {
             throw UserFacingFailure(message: String(text.dropFirst(4)).replacingOccurrences(of: "\u{1}", with: "\n"))
         }
+        // Closed without an answer: it died. How (a signal says a crash or the OOM killer) is worth saying.
         var status: Int32 = 0
-        waitpid(pid, &status, WNOHANG)
-        throw UserFacingFailure(message: "the ckptfs daemon exited before the mount was live; see \(logPath)")
+        var how = ""
+        for _ in 0..<20 {
+            if waitpid(pid, &status, WNOHANG) == pid {
+                let signal = status & 0x7f
+                how = signal != 0 ? " (killed by signal \(signal))" : " (exit status \((status >> 8) & 0xff))"
+                break
+            }
+            usleep(100_000)
+        }
+        throw UserFacingFailure(message: "the ckptfs daemon exited before the mount was live\(how); see \(logPath)")
     }
 }
