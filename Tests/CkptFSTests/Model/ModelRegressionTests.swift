@@ -893,8 +893,8 @@ final class ModelRegressionTests: XCTestCase {
     }
 
     /// `--keep-every-version` seed 1192 shrunk: a read of a file renamed onto itself after crashes found its
-    /// staged file gone (1 run of the full model test, 2026-11-30); 90 of 90 pass since the done records carry
-    /// their commit's generation.
+    /// staged file gone (once, in a 1,500-sequence run); not seen again: 90 of 90 pass now (cause not
+    /// established).
     func testKeepEveryVersionSeed1192() async throws {
         var setup = CoreDriver.Setup()
         setup.keepEveryVersion = true
