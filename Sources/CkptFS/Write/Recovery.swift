@@ -37,13 +37,13 @@ extension WriteBack {
     static func setJournalBucket(_ bucket: String, directory: String) throws(FSError) {
         let path = directory + "/journal-bucket", tmp = path + ".tmp"
         let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw FSError(EIO, "cannot write \(tmp): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw FSError(EIO, "cannot write \(tmp): \(String(cString: strerror(Glibc.errno)))") }
         let data = Array((bucket + "\n").utf8)
-        let ok = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == data.count && fsync(fd) == 0
-        close(fd)
+        let ok = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == data.count && Glibc.fsync(fd) == 0
+        Glibc.close(fd)
         guard ok, Glibc.rename(tmp, path) == 0 else {
             Glibc.unlink(tmp)
-            throw FSError(EIO, "cannot write \(path): \(String(cString: strerror(errno)))")
+            throw FSError(EIO, "cannot write \(path): \(String(cString: strerror(Glibc.errno)))")
         }
         syncDirectory(of: path)
     }
