@@ -200,7 +200,11 @@ extension WriteBack {
                 close(fd)
                 let lost = cache.directory + "/lost+found"
                 Glibc.mkdir(lost, 0o700)
-                let dest = "\(lost)/\(r.id)-" + key.replacingOccurrences(of: "/", with: "_")
+                // The key flattened, its start dropped to fit a name of 255 bytes (a long key must not make the
+                // rename fail and the copy go).
+                var flat = Substring(key.replacingOccurrences(of: "/", with: "_"))
+                while flat.utf8.count > 255 - "\(r.id)-".utf8.count { flat = flat.dropFirst() }
+                let dest = "\(lost)/\(r.id)-" + flat
                 if Glibc.rename(path, dest) != 0 { Glibc.unlink(path) }
                 report.quarantined.append((key, dest))
                 logger.error("a staged file failed its checksum; moved aside, not uploaded",
