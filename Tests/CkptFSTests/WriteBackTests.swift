@@ -567,6 +567,26 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(s3.count("PutObject"), 0, "never uploaded")
     }
 
+    /// A damaged staged file of a long key (a name of 255 bytes: "ID-NAME" is longer than a file name may be)
+    /// is kept in lost+found too, under a name that fits, at the path the report gives; it used to be deleted.
+    func testDamagedStagedFileOfALongKeyIsKeptInLostAndFound() async throws {
+        let name = String(repeating: "n", count: 255)
+        do {
+            let fs = try make(hold: true)
+            try await write(fs, name, Array(repeating: 1, count: 1000))
+            crash(fs)
+        }
+        let staged = try FileManager.default.contentsOfDirectory(atPath: dir + "/staging")
+        let fd = open(dir + "/staging/" + staged[0], O_WRONLY)
+        pwrite(fd, [9], 1, 10)
+        close(fd)
+        let fs = try make()
+        let report = try await fs.recover()
+        XCTAssertEqual(report.quarantined.map(\.key), [name])
+        let kept = FileManager.default.contents(atPath: report.quarantined.first?.path ?? "")
+        XCTAssertEqual(kept?.count, 1000, "the damaged staged copy is not at \(report.quarantined.first?.path ?? "")")
+    }
+
     func testUnlinkBeforeUploadNeverUploads() async throws {
         let fs = try make(hold: true)
         try await write(fs, "gone", [1, 2, 3])
