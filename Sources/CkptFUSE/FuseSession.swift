@@ -50,11 +50,25 @@ public enum FuseSession {
         return "cannot unmount \(mountpoint): fusermount3 is not installed (apt-get install fuse3)"
     }
 
-    /// The kernel's read-ahead window for the mount (KiB): one cache block, and the most the kernel sends
-    /// in one read request (`max_pages`, from `max_write` in the INIT reply). A FUSE mount starts at the
-    /// kernel's default of 128 KiB, and the INIT reply can only lower it, so each 1 MiB cache block was read
-    /// in 8 requests (each opening and checking the block file).
-    public static let readAheadKiB = 1024
+    /// The kernel's read-ahead window for the mount (KiB), which is also the size of the read requests a
+    /// sequential reader's data comes in (up to `max_pages`, 1 MiB, from `max_write` in the INIT reply): the
+    /// largest power of two up to one cache block (1 MiB) whose reply, with libfuse's margin of a few pages,
+    /// fits in one pipe of `pipeMaxSize` bytes (/proc/sys/fs/pipe-max-size; libfuse splices a reply from
+    /// the cache block file through a pipe, and copies it through a buffer malloc'd per reply when it does
+    /// not fit): 512 KiB with the default 1 MiB pipes. A FUSE mount starts at the kernel's default of
+    /// 128 KiB, and the INIT reply can only lower it, so each 1 MiB block was read in 8 requests (each
+    /// opening and checking the block file); now 2.
+    static func readAheadKiB(pipeMaxSize: Int) -> Int {
+        var kib = 1024
+        while kib > 128 && kib * 1024 + 4 * 4096 > pipeMaxSize { kib /= 2 }
+        return kib
+    }
+
+    /// `readAheadKiB` for this machine's pipe-max-size (1 MiB when it cannot be read).
+    static var readAheadKiB: Int {
+        let text = try? String(contentsOfFile: "/proc/sys/fs/pipe-max-size", encoding: .utf8)
+        return readAheadKiB(pipeMaxSize: text.flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 1 << 20)
+    }
 
     /// Sets the read-ahead window of the filesystem mounted at `mountpoint` to `kib` KiB by writing
     /// `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`, the mount's device found in /proc/self/mountinfo (not by
@@ -163,7 +177,7 @@ public enum FuseSession {
                     + "fusermount3 must be installed and /dev/fuse accessible)"))
             }
             // Before the loop reads INIT (which can only lower the window: the kernel takes the smaller of
-            // the two): reads of 1 MiB instead of 128 KiB.
+            // the two): reads of 512 KiB instead of 128 KiB.
             if !setReadAhead(mountpoint, kib: readAheadKiB) {
                 adapter.logger.debug("cannot set the kernel's read-ahead window (needs root); reads stay at 128 KiB",
                                      metadata: ["fuse.mountpoint": "\(mountpoint)"])

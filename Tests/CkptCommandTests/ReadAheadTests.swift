@@ -5,6 +5,15 @@ import Foundation
 import XCTest
 
 final class ReadAheadTests: XCTestCase {
+    func testTheWindowIsTheLargestReadWhoseReplyFitsInAPipe() {
+        // libfuse splices a reply through a pipe only if the reply and a few pages fit in it.
+        XCTAssertEqual(FuseSession.readAheadKiB(pipeMaxSize: 1 << 20), 512, "the default pipe-max-size")
+        XCTAssertEqual(FuseSession.readAheadKiB(pipeMaxSize: 2 << 20), 1024, "one cache block at most")
+        XCTAssertEqual(FuseSession.readAheadKiB(pipeMaxSize: 64 << 20), 1024)
+        XCTAssertEqual(FuseSession.readAheadKiB(pipeMaxSize: 300 << 10), 256)
+        XCTAssertEqual(FuseSession.readAheadKiB(pipeMaxSize: 4096), 128, "never below the kernel's default")
+    }
+
     func testMountinfoEscapesAreDecoded() {
         XCTAssertEqual(FuseSession.unescapeMountField("/tmp/a\\040b\\011c\\134d"), "/tmp/a b\tc\\d")
         XCTAssertEqual(FuseSession.unescapeMountField("/plain/path"), "/plain/path")
