@@ -500,7 +500,11 @@ public final class BlockCache: Sendable {
         header.storeBytes(of: UInt32(data.count), toByteOffset: 16, as: UInt32.self)
         UnsafeMutableRawBufferPointer(rebasing: header[24..<56]).copyBytes(from: k.objectHash)
         header.storeBytes(of: XXH64.hash(data), toByteOffset: 56, as: UInt64.self)
-        let aligned = Int(bitPattern: data.baseAddress) % 4096 == 0 && data.count % 4096 == 0
+        // Whole blocks only: a smaller block is a small file (or a file's last block), read soon and whole, for
+        // which the copy into the page cache costs little and saves what O_DIRECT costs here: each store
+        // waiting for the disk (on the writer's two queues, and inline on the caller's thread beyond their
+        // limit), and the read that follows going to the disk.
+        let aligned = Int(bitPattern: data.baseAddress) % 4096 == 0 && data.count % 4096 == 0 && data.count == blockSize
         func create() throws(Errno) -> FileDescriptor {
             let options: FileDescriptor.OpenOptions = [.create, .truncate, .closeOnExec]
             do {

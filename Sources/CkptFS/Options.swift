@@ -58,8 +58,12 @@ public struct FSOptions: Sendable {
     /// until uploads bring the staged bytes under it, as long as uploads are queued that can. Nil: half of what
     /// the cache disk had free at mount (plus what was already staged), at least 16 MiB.
     public var maxDirty: Int64?
-    /// Files uploaded at once, and parts in flight over all files.
+    /// Files uploaded at once in parts (larger than `partSize`), and parts in flight over all files.
     public var uploadConcurrency = 4
+    /// Files of at most `partSize` uploaded at once (one PutObject each, streamed from the staged file: no
+    /// buffer each). Many small files (a DCP shard directory, a dataset written by a job) wait on the round
+    /// trip, not the bandwidth: 4 at a time capped 1,000 × 64 KiB at 4 per RTT (bench/README, issue 19).
+    public var smallUploadConcurrency = 32
     public var partConcurrency = 8
     /// A large new file written from the start goes up in parts while it is still being written (see
     /// EarlyUpload.swift); off (the default), every upload starts after close. On the 2-core bench machine,

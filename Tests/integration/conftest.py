@@ -141,7 +141,11 @@ class Mounts:
         # notice: the log then says how the mount ended (a signal's drain, or an unmount from outside).
         level = () if "--log-level" in extra else ("--log-level", "notice")
         r = self.run("mount", url, mp, "--cache-dir", cache, *level, *extra, env=env)
-        assert r.returncode == 0, f"mount failed: {r.stderr}"
+        if r.returncode != 0:
+            # The daemon's log goes with the test's directory: its end is what tells why.
+            log = os.path.join(cache, "ckptfs.log")
+            tail = open(log, errors="replace").read()[-4000:] if os.path.exists(log) else "(no log)"
+            raise AssertionError(f"mount failed: {r.stderr}\ndaemon log, last 4000 characters:\n{tail}")
         self.active.append(mp)
         return mp, cache
 

@@ -333,3 +333,22 @@ def test_daemon_refuses_a_socket_directory_of_another_user(other_user, mounts, b
     mounts.mount(f"s3://{bucket}")
     st = os.lstat("/run/ckptfs")
     assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and st.st_mode & 0o077 == 0
+
+
+def test_the_ready_descriptor_stays_on_dev_null_once_the_mount_is_live(server, bucket, mounts):
+    """`ckptfs mount` hears from its daemon on fd 3 (a pipe) that the mount is live. Once it has, the daemon keeps
+    fd 3 on /dev/null for its life instead of closing it, so no file it opens later (a staged file, the journal,
+    the cache's lock, libdispatch's epoll descriptor) gets that number, which a late failure report still writes
+    to; the launcher's pipe is close-on-exec, so the daemon has no other end of it. Found by the breaker: when
+    pipe() gave the launcher fd 3 for its read end, the spawn's close of it in the child closed the fd 3 the dup2
+    had just made, the daemon wrote "OK" into and closed whatever it had opened as fd 3 by then (its epoll
+    descriptor: SIGILL in _dispatch_event_loop_drain at startup; its cache lock would have let a second mount of
+    the cache directory start), and the launcher reported that the daemon had exited."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    with open(f"{mp}/a.bin", "wb") as f:
+        f.write(b"x" * 1000)
+        pid = subprocess.run(["pgrep", "-f", f"ckptfs mount .* {mp} "], capture_output=True, text=True).stdout.split()[0]
+        assert os.readlink(f"/proc/{pid}/fd/3") == "/dev/null"
+    r = mounts.run("flush", mp)
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(f"/proc/{pid}/fd/3") == "/dev/null"

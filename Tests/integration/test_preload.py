@@ -472,6 +472,53 @@ def test_an_epoch_after_a_preload_sends_no_request_per_file(server, bucket, moun
     assert sent.get("ListObjectsV2", 0) == 1, sent  # the dataset's listdir
 
 
+def bdi_read_ahead_kb(mp):
+    """The kernel's read-ahead window (KiB) of the filesystem mounted at `mp`."""
+    st = os.stat(mp)
+    with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb") as f:
+        return int(f.read())
+
+
+def test_a_cached_epoch_reads_a_block_per_request_and_a_replaced_object_is_never_served_stale(server, bucket, mounts,
+                                                                                             tmp_path):
+    """The mount's read-ahead window is the largest read whose reply fits in a pipe (512 KiB with the default
+    pipe-max-size; the kernel's default of 128 KiB made each 1 MiB block cost 8 reads, each opening and checking
+    its block file): an epoch over a preloaded file, kernel caches dropped, costs one read per window and no
+    GET. The object replaced in S3 (a new ETag) is then read as its new bytes, never the cached old ones, and
+    the next cached epoch of it sends no GET either."""
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        window = 1024 if int(f.read()) >= (1 << 20) + 4 * 4096 else 512
+    rng = random.Random(162)
+    old = rng.randbytes(8 * 1024 * 1024 + 5)
+    server.s3.put_object(Bucket=bucket, Key="big/a.bin", Body=old)
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--metadata-ttl", "1")
+    assert bdi_read_ahead_kb(mp) == window
+    path = os.path.join(mp, "big", "a.bin")
+
+    def status():
+        return json.loads(mounts.run("status", mp, "--json").stdout)
+
+    def epoch(expected):
+        drop_kernel_caches()
+        gets, hits = server.settled(lambda: server.gets(bucket)), status()["cacheHits"]
+        assert file_sha(path) == sha(expected)
+        assert server.settled(lambda: server.gets(bucket)) == gets, "a cached epoch went to S3"
+        return status()["cacheHits"] - hits
+
+    r = preload(mounts, os.path.join(mp, "big"), "--json")
+    assert r.returncode == 0, r.stderr
+    # 8 MiB in reads of the window, and the last 5 bytes (72 reads with 128 KiB reads).
+    assert epoch(old) == 8 * 1024 // window + 1
+    new = rng.randbytes(3 * 1024 * 1024 + 7)
+    server.s3.put_object(Bucket=bucket, Key="big/a.bin", Body=new)
+    time.sleep(1.5)  # past the TTL (and the second in which an open trusts the last check)
+    gets = server.settled(lambda: server.gets(bucket))
+    assert file_sha(path) == sha(new)
+    assert server.settled(lambda: server.gets(bucket)) > gets, "the new version came from S3"
+    time.sleep(1.5)
+    epoch(new)  # its blocks may be served from memory (just downloaded), so no count of cache reads
+
+
 def test_a_trainer_read_during_a_preload_does_not_wait_behind_it(server, bucket, mounts, proxy, tmp_path):
     """Reads by the trainer come first: with a preload at its widest (--parallel 64) and all of its GETs in
     flight (held by the proxy), a read of a file the preload has not fetched sends its GET at once, not after

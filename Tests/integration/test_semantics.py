@@ -667,6 +667,33 @@ def test_s_crash_condition_kept(server, bucket, mounts, proxy):
     assert read(f"{mp}/best.ckpt") == b"epoch 2 from this machine"
 
 
+def test_s_crash_other_bucket(server, bucket, mounts):
+    other = bucket + "-other"
+    server.s3.create_bucket(Bucket=other)
+    try:
+        server.s3.put_object(Bucket=bucket, Key="run/old.pt", Body=b"old checkpoint of run")
+        server.s3.put_object(Bucket=other, Key="run/old.pt", Body=b"another bucket's object")
+        mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
+        write(f"{mp}/run/last.pt", b"acknowledged in " + bucket.encode())
+        os.unlink(f"{mp}/run/old.pt")
+        kill9(mp)
+        mounts.active.remove(mp)
+        r = mounts.run("mount", f"s3://{other}", mp, "--cache-dir", cache)
+        assert r.returncode != 0 and bucket in r.stderr and "--cache-dir" in r.stderr, r.stderr
+        assert s3_keys(server, other) == ["run/old.pt"], "the other bucket got the journal's changes"
+        assert s3_bytes(server, other, "run/old.pt") == b"another bucket's object"
+        mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
+        flush(mounts, mp)
+        assert s3_keys(server, bucket) == ["run/last.pt"]
+        assert s3_bytes(server, bucket, "run/last.pt") == b"acknowledged in " + bucket.encode()
+        mounts.unmount(mp)
+        mp, _ = mounts.mount(f"s3://{other}", mp, cache)  # nothing left for the first bucket: any bucket now
+        assert os.listdir(f"{mp}/run") == ["old.pt"]
+    finally:
+        for o in server.s3.list_objects_v2(Bucket=other).get("Contents", []):
+            server.s3.delete_object(Bucket=other, Key=o["Key"])
+
+
 # Rename
 
 def test_s_rename_file_local(server, bucket, mounts):

@@ -102,7 +102,9 @@ def require_tools(tool):
 def command_version(cmd):
     """The first line a version command prints (stdout, else stderr), or None if it cannot be run."""
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        # 60 s: importing torch took over 10 s on the 2 shared cores at a load of 15-30, and s3torch was then
+        # skipped as "not installed".
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         return (out.stdout or out.stderr).strip().splitlines()[0]
     except Exception:
         return None

@@ -22,17 +22,22 @@ struct DaemonLauncher {
 
     /// Starts the daemon and returns once the mount is live; throws what the daemon reported otherwise.
     func spawn(logPath: String, cacheDir: String) throws(UserFacingFailure) {
+        // Both ends close-on-exec: the daemon gets the write end as fd 3 only (dup2 clears the flag on the copy)
+        // and inherits neither original. The read end is not closed by a file action: when pipe() returned 3 for
+        // it, closing it in the child after the dup2 closed the fd 3 just made, and the daemon then wrote its
+        // "OK" into, and closed, whatever it had opened as fd 3 by then (its epoll descriptor, the cache lock).
         var pipeFDs: [Int32] = [0, 0]
         guard pipe(&pipeFDs) == 0 else { throw UserFacingFailure(message: "pipe: \(String(cString: strerror(errno)))") }
+        for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         let (r, w) = (pipeFDs[0], pipeFDs[1])
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        // fd 3 first: the write end may be 0, 1 or 2 (a caller that closed them), which the opens replace.
+        posix_spawn_file_actions_adddup2(&actions, w, 3)
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, w, 3)
-        posix_spawn_file_actions_addclose(&actions, r)
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -63,8 +68,17 @@ struct DaemonLauncher {
         if text.hasPrefix("ERR ") {
             throw UserFacingFailure(message: String(text.dropFirst(4)).replacingOccurrences(of: "\u{1}", with: "\n"))
         }
+        // Closed without an answer: it died. How (a signal says a crash or the OOM killer) is worth saying.
         var status: Int32 = 0
-        waitpid(pid, &status, WNOHANG)
-        throw UserFacingFailure(message: "the ckptfs daemon exited before the mount was live; see \(logPath)")
+        var how = ""
+        for _ in 0..<20 {
+            if waitpid(pid, &status, WNOHANG) == pid {
+                let signal = status & 0x7f
+                how = signal != 0 ? " (killed by signal \(signal))" : " (exit status \((status >> 8) & 0xff))"
+                break
+            }
+            usleep(100_000)
+        }
+        throw UserFacingFailure(message: "the ckptfs daemon exited before the mount was live\(how); see \(logPath)")
     }
 }

@@ -88,7 +88,13 @@ struct MountDaemon {
             try await FuseSession.run(adapter: adapter, mountpoint: mountpoint, options: kernelOptions, drain: drain) {
                 if let fd = ready {
                     _ = write(fd, "OK\n", 3)
-                    close(fd)
+                    // The launcher has its answer. The number is kept, on /dev/null, rather than closed: a file
+                    // opened later must never get it, since a late failure report still writes to it.
+                    let null = open("/dev/null", O_WRONLY | O_CLOEXEC)
+                    if null >= 0 {
+                        dup2(null, fd)
+                        close(null)
+                    }
                 }
                 SystemdNotify.send("READY=1\nSTATUS=mounted \(target) at \(mountpoint)")
             }

@@ -109,11 +109,14 @@ extension Namespace {
     func releasedir(handle: UInt64) { _ = dirHandles.withLock { $0.removeValue(forKey: handle) } }
 
     /// Fills `reply` with entries from `offset` (0 = start): ".", "..", then the children, at most `limit` of
-    /// them; nothing added means the end. For readdirplus the files' stored mtimes are learned first (HEADs in
-    /// parallel, StoredMtimes.swift), and each entry given attributes takes a lookup reference.
+    /// them; nothing added means the end. For readdirplus the requests that learn the files' stored mtimes are
+    /// started (StoredMtimes.swift) but not waited for: a file whose mtime is known goes with its attributes
+    /// (and takes a lookup reference), the others go without, and the kernel's lookup of each when it is used
+    /// joins its request. So a listing costs its LISTs only (os.listdir, glob, a dataset's file list need
+    /// names only), and the files' requests run ahead of the reads, in listing order.
     func readdir(handle: UInt64, offset: Int64, limit: Int, into reply: inout some DirectoryReplier) async throws(FSError) {
         let entries = try await entries(handle: handle, offset: offset, limit: limit)
-        if reply.plus { await resolveListedEntries(handle: handle, names: entries.map(\.name)) }
+        if reply.plus { _ = startListedEntries(handle: handle, names: entries.map(\.name)) }
         for e in entries {
             guard reply.fits(e.name) else { break }
             let attributes = reply.plus ? listedEntry(handle: handle, name: e.name) : nil
@@ -161,7 +164,9 @@ extension Namespace {
         if let m = overlay.localMeta(of: key) {
             return remember(parent: d.ino, name: name, key: key, meta: m, addLookup: true)
         }
-        let meta = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
+        // A request started for an earlier batch may have told the stored mtime since (noted in `versions`).
+        let meta = (d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] })
+            .map { withKnownMtime($0, key: key) }
         guard let meta, meta.isDirectory || meta.mtimeKnown else { return nil }
         return remember(parent: d.ino, name: name, key: key, meta: meta, addLookup: true)
     }

@@ -160,7 +160,7 @@ extension Namespace {
             do throws(S3Error) {
                 if let whole {
                     do throws(S3Error) {
-                        let info = try await whole.fetchSmallObject(key, limit: limit)
+                        let info = try await whole.fetchSmallObject(key, limit: min(limit, listed?.size ?? limit))
                         // A 206 without Content-Range does not say the size: HEAD tells it.
                         if info.size >= 0 { return .success(info) }
                     } catch where error.code == .invalidRange {

@@ -8,8 +8,10 @@
 // was created with for the inode's life and ignores later attribute replies (Linux fs/fuse/inode.c,
 // fuse_get_cache_mask), so the reply that creates an inode (lookup, readdirplus) must already carry the
 // stored mtime. Hence:
-// - readdirplus HEADs the entries of each reply it does not know yet, in parallel (at most
-//   `mtimeHeadConcurrency` at once), before replying; an entry whose HEAD fails goes without attributes;
+// - readdirplus starts HEADs of the entries of each reply it does not know yet, and of the entries after
+//   them, in parallel (at most `mtimeHeadConcurrency` at once), and replies without waiting: an entry whose
+//   mtime is not known yet goes without attributes (the kernel looks it up when it is used, and the lookup
+//   joins its HEAD), so listing a directory costs its LISTs and the HEADs run ahead of the files' use;
 // - a lookup answered by a listing HEADs the name. That HEAD also revalidates the object, so the open that
 //   follows within a second sends none of its own;
 // - lookups that come in listing order (`ls -l`, `find`, `du` and `rsync` stat entries as they read them;
@@ -40,6 +42,9 @@ extension Namespace {
     static let mtimeHeadConcurrency = 32
     /// Largest number of names HEADed ahead of lookups that come in listing order.
     static let maxMtimeWindow = 256
+    /// Most requests for stored mtimes in flight or waiting for a slot before readdirplus stops starting
+    /// them for the entries after its reply.
+    static let maxQueuedMetaRequests = 4096
 
     /// `m` (a file as a listing showed it, `mtime` its Last-Modified) with the stored mtime a GET or HEAD of
     /// the same version told (KnownVersions.swift); `m` itself when none did.
@@ -159,11 +164,13 @@ extension Namespace {
         return nil
     }
 
-    /// For readdirplus: learns the stored mtimes of the entries `names` of directory handle `handle` that came
-    /// from its listing, HEADing them in parallel (at most `mtimeHeadConcurrency` at once), so that
-    /// `listedEntry` can give them to the kernel with their attributes.
-    func resolveListedEntries(handle: UInt64, names: [String]) async {
-        guard let d = dirHandles.withLock({ $0[handle] }) else { return }
+    /// Starts (or joins) the HEADs or GETs that learn the stored mtimes of entries `names` of directory handle
+    /// `handle` (`resolveListedEntries`), and of the entries after them, without waiting for any; returns the
+    /// handle and the requests for `names`, or nil when the handle is gone. A readdirplus reply does not wait
+    /// for them (`readdir`): an entry whose mtime is not known yet goes without attributes, and the kernel's
+    /// lookup of it when it is used joins the request started here.
+    func startListedEntries(handle: UInt64, names: [String]) -> (DirHandle, [(String, Task<Result<Meta?, FSError>, Never>)])? {
+        guard let d = dirHandles.withLock({ $0[handle] }) else { return nil }
         let unknown: [(String, Meta)] = names.compactMap { name in
             guard name != ".", name != ".." else { return nil }
             let m = d.state.withLock { $0.metas[name] } ?? table.withLock { $0.listings[d.ino]?.entries[name] }
@@ -185,7 +192,21 @@ extension Namespace {
         let heads = unknown.map { (name, m) in
             (name, startStoredMeta(parent: d.ino, name: name, key: d.key + name, listed: m, bounded: true))
         }
-        for (name, m) in ahead { _ = startStoredMeta(parent: d.ino, name: name, key: d.key + name, listed: m, bounded: true) }
+        // A bound on what waits for a slot: a listing that does not wait would otherwise queue a request for
+        // every file of a huge directory at once. Files past it are asked for when they are looked up (and the
+        // lookups in listing order ask ahead of themselves, `lookupStoredMeta`).
+        let room = max(0, Namespace.maxQueuedMetaRequests - mtimeHeads.withLock { $0.count })
+        for (name, m) in ahead.prefix(room) {
+            _ = startStoredMeta(parent: d.ino, name: name, key: d.key + name, listed: m, bounded: true)
+        }
+        return (d, heads)
+    }
+
+    /// For readdirplus: learns the stored mtimes of the entries `names` of directory handle `handle` that came
+    /// from its listing, HEADing them in parallel (at most `mtimeHeadConcurrency` at once), so that
+    /// `listedEntry` can give them to the kernel with their attributes. Returns once they are known.
+    func resolveListedEntries(handle: UInt64, names: [String]) async {
+        guard let (d, heads) = startListedEntries(handle: handle, names: names) else { return }
         await withTaskGroup(of: Void.self) { g in
             for (name, head) in heads {
                 g.addTask {

@@ -21,8 +21,9 @@ final class OpenObjects: Sendable {
         /// Handles open on it.
         var handles: Int
         var object: PinnedObject
-        /// Its blocks are held in the cache (`keep(key:)`), until `handles` falls to 0.
-        var kept = false
+        /// Fetching its blocks into the cache, where they are held until `handles` falls to 0 (`keep(key:)`);
+        /// every change to the key waits for it, also one that asks while an earlier one's fetch runs.
+        var keeping: Task<Void, Never>?
     }
 
     private let reader: ObjectReader
@@ -60,7 +61,7 @@ final class OpenObjects: Sendable {
                 versions.removeValue(forKey: o.etag)
             }
             r[o.key] = versions.isEmpty ? nil : versions
-            return e.handles == 0 && e.kept
+            return e.handles == 0 && e.keeping != nil
         }
         if release { reader.cache.release(reader.blockKey(o, 0)) }
     }
@@ -72,24 +73,32 @@ final class OpenObjects: Sendable {
     /// ahead: its readers then fail on the blocks that are missing, as they would without this. Cost: the
     /// blocks not cached yet are downloaded, at most the versions' size, only when a handle is open.
     func keep(key: String) async {
-        let versions = reading.withLock { r -> [PinnedObject] in
+        let fetches = reading.withLock { r -> [Task<Void, Never>] in
             guard let vs = r[key] else { return [] }
-            var out: [PinnedObject] = []
-            for (etag, e) in vs where !e.kept {
+            var out: [Task<Void, Never>] = []
+            for (etag, e) in vs {
+                if let t = e.keeping {
+                    out.append(t)
+                    continue
+                }
                 // Held under the lock `closed` releases it under, so a close meanwhile cannot come first.
                 reader.cache.hold(reader.blockKey(e.object, 0))
-                r[key]![etag]!.kept = true
-                out.append(e.object)
+                let t = Task { await self.fetchWhole(e.object) }
+                r[key]![etag]!.keeping = t
+                out.append(t)
             }
             return out
         }
-        for o in versions {
-            let blocks = (o.size + reader.blockSize - 1) / reader.blockSize
-            let outcome = await reader.preload(o, blocks: 0..<blocks)
-            if let failure = outcome.failure, failure.kind != .objectChanged {
-                logger.warning("could not keep a copy of an object that descriptors still read before changing it in S3; their reads of blocks not cached may fail",
-                               metadata: ["s3.key": "\(key)", "error": "\(failure)"])
-            }
+        for t in fetches { await t.value }
+    }
+
+    /// Fetches every block of `o` not cached yet into the cache (where it is held).
+    private func fetchWhole(_ o: PinnedObject) async {
+        let blocks = (o.size + reader.blockSize - 1) / reader.blockSize
+        let outcome = await reader.preload(o, blocks: 0..<blocks)
+        if let failure = outcome.failure, failure.kind != .objectChanged {
+            logger.warning("could not keep a copy of an object that descriptors still read before changing it in S3; their reads of blocks not cached may fail",
+                           metadata: ["s3.key": "\(o.key)", "error": "\(failure)"])
         }
     }
 }

@@ -50,14 +50,22 @@ struct PendingDelete: Sendable {
 /// uploader and the delete runner, are the facade's (Uploader.swift, below).
 final class ChangeQueue: Sendable {
     let state = Mutex(State())
-    /// Files uploaded at once, and parts in flight over all files (FSOptions.uploadConcurrency, partConcurrency).
+    /// Files uploaded at once in parts, files uploaded at once with one PutObject, and parts in flight over
+    /// all files (FSOptions.uploadConcurrency, smallUploadConcurrency, partConcurrency).
     let uploadSlots: AsyncSemaphore
+    let smallUploadSlots: AsyncSemaphore
     let partSlots: AsyncSemaphore
+    let partSize: Int64
 
     init(options: FSOptions) {
         uploadSlots = AsyncSemaphore(options.uploadConcurrency)
+        smallUploadSlots = AsyncSemaphore(options.smallUploadConcurrency)
         partSlots = AsyncSemaphore(options.partConcurrency)
+        partSize = options.partSize
     }
+
+    /// The slots an upload of `size` bytes waits for.
+    func slots(forUploadOf size: Int64) -> AsyncSemaphore { size <= partSize ? smallUploadSlots : uploadSlots }
 
     /// Versions queued or uploading, the jobs of the queue, deletes, counters for status.
     struct State: Sendable {
@@ -197,9 +205,11 @@ extension WriteBack {
                 await previous?.task.value  // one key's changes go in order
                 await uploading?.value
                 if v.state.withLock({ $0.job }) == job {
-                    await self.changes.uploadSlots.acquire()
+                    // Sealed: its size is final (a newer save is another version).
+                    let slots = self.changes.slots(forUploadOf: v.state.withLock { $0.size })
+                    await slots.acquire()
                     await self.upload(v, job: job)
-                    self.changes.uploadSlots.release()
+                    slots.release()
                 }
                 self.changes.state.withLock { u in
                     if u.tails[key]?.isCurrent(job) == true { u.tails.removeValue(forKey: key) }

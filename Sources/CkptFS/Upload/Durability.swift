@@ -86,7 +86,8 @@ extension WriteBack {
         }
         var versions = pending
         for f in localFiles.byKey.withLock({ Array($0.values) }) where !versions.contains(where: { $0 === f.current }) {
-            if f.current.state.withLock({ !$0.sealed }) { versions.append(f.current) }
+            // Open and changed. One opened in place and not changed is still the object: nothing to upload.
+            if f.current.state.withLock({ !$0.sealed && ($0.base == nil || $0.differsFromBase) }) { versions.append(f.current) }
         }
         for v in versions {
             let (key, size, up, err, sealed, sent) = v.state.withLock { ($0.key, $0.size, $0.upload, $0.lastError, $0.sealed, $0.bytesUploaded) }

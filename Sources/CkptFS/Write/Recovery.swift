@@ -24,12 +24,38 @@ extension WriteBack {
         }
     }
 
+    /// The bucket whose keys the journal in `directory` holds (`CACHE_DIR/journal-bucket`), or nil when no
+    /// mount recorded it (a new cache directory, or one of a version before it was recorded).
+    static func journalBucket(directory: String) -> String? {
+        guard let s = try? String(contentsOfFile: directory + "/journal-bucket", encoding: .utf8) else { return nil }
+        let b = s.trimmingCharacters(in: .whitespacesAndNewlines)
+        return b.isEmpty ? nil : b
+    }
+
+    /// Records `bucket` as the one the journal in `directory` holds keys of, durably (written to a temporary
+    /// file, fsynced, renamed over, the directory fsynced). Throws `EIO` (with the errno's text) on failure.
+    static func setJournalBucket(_ bucket: String, directory: String) throws(FSError) {
+        let path = directory + "/journal-bucket", tmp = path + ".tmp"
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw FSError(EIO, "cannot write \(tmp): \(String(cString: strerror(Glibc.errno)))") }
+        let data = Array((bucket + "\n").utf8)
+        let ok = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == data.count && Glibc.fsync(fd) == 0
+        Glibc.close(fd)
+        guard ok, Glibc.rename(tmp, path) == 0 else {
+            Glibc.unlink(tmp)
+            throw FSError(EIO, "cannot write \(path): \(String(cString: strerror(Glibc.errno)))")
+        }
+        syncDirectory(of: path)
+    }
+
     /// Reads the journal left by an earlier mount, in order, and queues again what it acknowledged and S3 does
     /// not have yet: the newest acknowledged version of each key (checked against its size and checksum; a
     /// damaged one is moved to `lost+found` and reported, never uploaded) and the deletes not applied yet, in
     /// the order they were journaled (so a delete still waits for the uploads acknowledged before it). A rename
     /// a crash cut short is finished. Multipart uploads the crash left open are aborted. Reads of recovered
-    /// paths see the staged bytes from now on. Call before serving requests.
+    /// paths see the staged bytes from now on. Call before serving requests. Throws `EBUSY` when the journal
+    /// holds changes not in S3 yet of another bucket (`CACHE_DIR/journal-bucket`): they are left for a mount of
+    /// that bucket, and nothing is applied here.
     func recover() async throws(FSError) -> RecoveryReport {
         var report = RecoveryReport()
         let (records, torn) = Journal.replay(path: journalPath)
@@ -77,6 +103,18 @@ extension WriteBack {
                 starting[r.id] = nil
             }
         }
+        // The journal's keys are keys of the bucket it was written for: its changes must never be applied to
+        // another bucket (a cache directory shared by the jobs of one machine, mounting one bucket after a
+        // crash of a mount of another).
+        let owner = WriteBack.journalBucket(directory: cache.directory)
+        let pending = acked.count + deletes.count + renames.count
+            + multipart.filter { !landed.contains($0.0) }.count + starting.keys.filter { !landed.contains($0) }.count
+        if let owner, owner != bucket, pending > 0 {
+            throw FSError(EBUSY, "the journal in \(cache.directory) holds \(pending) change(s) acknowledged by a mount of "
+                + "bucket \(owner) and not in S3 yet; they belong to that bucket, not to \(bucket). Fix: mount s3://\(owner) "
+                + "with this --cache-dir so they upload (then `ckptfs unmount`), or give this mount another --cache-dir")
+        }
+        if owner != bucket { try WriteBack.setJournalBucket(bucket, directory: cache.directory) }
         for (id, s) in starting where !landed.contains(id) {
             multipart += await unrecordedUploads(of: s.key, since: s.time).map { (id, s.key, $0) }
         }
@@ -163,7 +201,11 @@ extension WriteBack {
                 close(fd)
                 let lost = cache.directory + "/lost+found"
                 Glibc.mkdir(lost, 0o700)
-                let dest = "\(lost)/\(r.id)-" + key.replacingOccurrences(of: "/", with: "_")
+                // The key flattened, its start dropped to fit a name of 255 bytes (a long key must not make the
+                // rename fail and the copy go).
+                var flat = Substring(key.replacingOccurrences(of: "/", with: "_"))
+                while flat.utf8.count > 255 - "\(r.id)-".utf8.count { flat = flat.dropFirst() }
+                let dest = "\(lost)/\(r.id)-" + flat
                 if Glibc.rename(path, dest) != 0 { Glibc.unlink(path) }
                 report.quarantined.append((key, dest))
                 logger.error("a staged file failed its checksum; moved aside, not uploaded",

@@ -86,6 +86,11 @@ final class WriteBack: Sendable {
         seeder = SaveSeeder(cache: cache, bucket: bucket, logger: logger)
         journal = try Journal(path: cache.directory + "/journal")
         writerId = WriteBack.writerId(directory: cache.directory)
+        // A new cache directory's journal holds keys of this bucket from now on; one that names another bucket
+        // keeps it until recovery finds nothing of that bucket pending (`recover`).
+        if WriteBack.journalBucket(directory: cache.directory) == nil {
+            try WriteBack.setJournalBucket(bucket, directory: cache.directory)
+        }
         maxDirty = options.maxDirty ?? WriteBack.defaultMaxDirty(directory: cache.directory)
     }
 

@@ -69,6 +69,31 @@ final class CrashSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(errno(a), ENOENT, "the unlinked file came back on the mount")
     }
 
+    /// The journal's changes belong to the bucket its mount wrote them for: after a crash, a mount of another
+    /// bucket over the same cache directory refuses to recover (EBUSY) and applies none of them there (no
+    /// upload, no delete); the next mount of the first bucket uploads and deletes as usual.
+    func testSCrashOtherBucket() async throws {
+        s3.seed(bucket, "d", [1])
+        holdUploads()
+        try await save("a", bytes(40_000))
+        try await mount.unlink("d").get()
+        client.cut()
+        stop()
+        let other = MemoryObjectClient(buckets: ["other"])
+        other.seed("other", "d", [2])
+        let elsewhere = try CoreDriver(directory: dir, client: other, bucket: "other", setup: setup)
+        var refused: Int32 = 0
+        do { _ = try await elsewhere.recover() } catch let e as FSError { refused = e.errno }
+        elsewhere.stop()
+        XCTAssertEqual(refused, EBUSY, "a mount of another bucket recovered this bucket's journal")
+        XCTAssertEqual(other.objects(in: "other"), ["d": [2]], "the journal's changes were applied to another bucket")
+        try mountAgain()
+        let requeued = try await mount.recover()
+        XCTAssertEqual(requeued, ["a"])
+        await flushAll()
+        XCTAssertEqual(stored, ["a": bytes(40_000)])
+    }
+
     /// A directory rename interrupted after its copies is finished by the next mount.
     func testSCrashDirRename() async throws {
         s3.seed(bucket, "d/", [])

@@ -232,4 +232,38 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         }
         XCTAssertEqual(mount.status.stagingBytes, 0)
     }
+
+    /// Files of at most a part go up many at a time (FSOptions.smallUploadConcurrency, 32), larger ones 4 at a
+    /// time (uploadConcurrency): 4 small files at a time capped a directory of small files at 4 per round trip.
+    func testSmallFilesUploadManyAtATimeAndLargeOnesFourAtATime() async throws {
+        let gate = holdUploads()
+        for i in 0..<40 { try await save("s\(i)", bytes(1000, i)) }  // 16 KiB parts here
+        await client.waitForHeld(gate, count: 32)
+        try await Task.sleep(for: .milliseconds(200))
+        XCTAssertEqual(client.held(gate).count, 32, "32 small uploads in flight, the rest waiting")
+        client.release(gate)
+        await flushAll()
+        let gate2 = holdUploads()
+        for i in 0..<6 { try await save("l\(i)", bytes(40_000, i)) }
+        await client.waitForHeld(gate2, count: 4)
+        try await Task.sleep(for: .milliseconds(200))
+        XCTAssertEqual(Set(client.held(gate2).compactMap(\.key)).count, 4, "4 large files at a time")
+        client.release(gate2)
+        await flushAll()
+        XCTAssertEqual(stored.count, 46)
+    }
+
+    /// A file opened for writing in place and not changed is not dirty (status counted it with its whole size);
+    /// once written, it is.
+    func testAFileOpenedInPlaceIsDirtyOnlyOnceChanged() async throws {
+        s3.seed(bucket, "model.h5", bytes(40_000))
+        let h = try await open("model.h5", Self.write)
+        XCTAssertEqual(mount.status.dirtyFiles, 0)
+        XCTAssertEqual(mount.status.dirtyBytes, 0)
+        try await write(h, bytes(10, 3), at: 100)
+        XCTAssertEqual(mount.status.dirtyFiles, 1)
+        try await mount.close(h).get()
+        await flushAll()
+        XCTAssertEqual(mount.status.dirtyFiles, 0)
+    }
 }

@@ -2,6 +2,7 @@
 @testable import CkptFS
 import CkptTestSupport
 import Foundation
+import Synchronization
 import XCTest
 
 final class UnlinkSemanticsTests: SemanticsTestCase {
@@ -86,6 +87,32 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
             _ = await mount.close(h)
             XCTAssertEqual(fs.cache.heldVersions, 0, "\(change): held until the last close")
         }
+    }
+
+    /// Two changes of one key at once (an upload and a rename's copy over it): the second waits for the fetch
+    /// the first started, not only the first; neither goes before the version read is whole in the cache.
+    func testASecondChangeOfAKeyWaitsForTheKeepTheFirstStarted() async throws {
+        let etag = s3.seed(bucket, "f", bytes(40_000, 5))
+        let h = try await open("f", Self.read)
+        _ = try await mount.read(h, at: 0, count: 100).get()
+        let gate = client.hold(.operations("GetObject"))
+        let objects = fs.openObjects
+        let first = Task { await objects.keep(key: "f") }
+        await client.waitForHeld(gate)
+        let secondDone = Atomic(false)
+        let second = Task {
+            await objects.keep(key: "f")
+            secondDone.store(true, ordering: .relaxed)
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        XCTAssertFalse(secondDone.load(ordering: .relaxed), "the second returned before the blocks were fetched")
+        client.release(gate)
+        await first.value
+        await second.value
+        let blocks = (40_000 + 4095) / 4096
+        let missing = (0..<blocks).filter { !fs.cache.contains(fs.reader.blockKey(PinnedObject(key: "f", etag: etag, size: 40_000), Int64($0))) }
+        XCTAssertEqual(missing, [])
+        _ = await mount.close(h)
     }
 
     /// A file created under the name of an unlinked open file is another file; the new one reaches S3.
