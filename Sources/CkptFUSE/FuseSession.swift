@@ -99,8 +99,9 @@ public enum FuseSession {
         return found
     }
 
-    /// A mountinfo field with its octal escapes (`\040` for a space) decoded.
-    static func unescapeMountField(_ field: Substring) -> String {
+    /// A mountinfo field with its octal escapes (`\040` for a space; space, tab, newline and backslash are
+    /// escaped) decoded. Also for the mount checks before a mount (CkptCommand).
+    public static func unescapeMountField(_ field: Substring) -> String {
         var out: [UInt8] = []
         let b = Array(field.utf8)
         var i = 0

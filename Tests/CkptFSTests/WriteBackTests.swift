@@ -549,16 +549,21 @@ final class WriteBackTests: XCTestCase {
         XCTAssertFalse(Journal.replay(path: dir + "/journal").records.contains { $0.op == .starting }, "compacted away")
     }
 
-    func testDamagedStagedFileIsQuarantined() async throws {
+    /// Saves 1,000 bytes as `name`, crashes before the upload, and damages the staged copy on disk.
+    func saveAndDamageTheStagedCopy(_ name: String) async throws {
         do {
             let fs = try make(hold: true)
-            try await write(fs, "a", Array(repeating: 1, count: 1000))
+            try await write(fs, name, Array(repeating: 1, count: 1000))
             crash(fs)
         }
         let staged = try FileManager.default.contentsOfDirectory(atPath: dir + "/staging")
         let fd = open(dir + "/staging/" + staged[0], O_WRONLY)
         pwrite(fd, [9], 1, 10)
         close(fd)
+    }
+
+    func testDamagedStagedFileIsQuarantined() async throws {
+        try await saveAndDamageTheStagedCopy("a")
         let fs = try make()
         let report = try await fs.recover()
         XCTAssertEqual(report.requeued, [])
@@ -571,15 +576,7 @@ final class WriteBackTests: XCTestCase {
     /// is kept in lost+found too, under a name that fits, at the path the report gives; it used to be deleted.
     func testDamagedStagedFileOfALongKeyIsKeptInLostAndFound() async throws {
         let name = String(repeating: "n", count: 255)
-        do {
-            let fs = try make(hold: true)
-            try await write(fs, name, Array(repeating: 1, count: 1000))
-            crash(fs)
-        }
-        let staged = try FileManager.default.contentsOfDirectory(atPath: dir + "/staging")
-        let fd = open(dir + "/staging/" + staged[0], O_WRONLY)
-        pwrite(fd, [9], 1, 10)
-        close(fd)
+        try await saveAndDamageTheStagedCopy(name)
         let fs = try make()
         let report = try await fs.recover()
         XCTAssertEqual(report.quarantined.map(\.key), [name])

@@ -9,26 +9,10 @@ enum MountChecks {
         return text.split(separator: "\n").compactMap { line in
             let f = line.split(separator: " ")
             guard f.count > 7, let dash = f.firstIndex(of: "-"), dash + 1 < f.count else { return nil }
-            return (unescape(String(f[4])), String(f[dash + 1]))
+            return (FuseSession.unescapeMountField(f[4]), String(f[dash + 1]))
         }
     }
 
-    /// mountinfo escapes space, tab, newline and backslash as \\ooo.
-    static func unescape(_ s: String) -> String {
-        var out = [UInt8]()
-        let u = Array(s.utf8)
-        var i = 0
-        while i < u.count {
-            if u[i] == UInt8(ascii: "\\"), i + 3 < u.count, let v = UInt8(String(decoding: u[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
-                out.append(v)
-                i += 4
-            } else {
-                out.append(u[i])
-                i += 1
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
 
     static func isMounted(_ path: String) -> Bool { mounts().contains { $0.path == path } }
 
