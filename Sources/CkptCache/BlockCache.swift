@@ -272,9 +272,12 @@ public final class BlockCache: Sendable {
         }
     }
 
-    func relativePath(_ k: BlockKey) -> String {
+    func relativePath(_ k: BlockKey) -> String { "\(objectPart(k))-\(k.index)" }
+
+    /// The part of a block's file name that its object version's blocks share ("hh/<38 hex>", before "-INDEX").
+    private func objectPart(_ k: BlockKey) -> String {
         let h = k.objectHash.hexString
-        return "\(h.prefix(2))/\(h.dropFirst(2).prefix(38))-\(k.index)"
+        return "\(h.prefix(2))/\(h.dropFirst(2).prefix(38))"
     }
 
     /// Whether the block is in the cache (without checking it).
@@ -382,12 +385,6 @@ public final class BlockCache: Sendable {
 
     /// How many object versions are held (`hold(_:)`).
     public var heldVersions: Int { state.withLock { $0.held.count } }
-
-    /// The part of a block's file name that its object version's blocks share (`relativePath` up to "-").
-    private func objectPart(_ k: BlockKey) -> String {
-        let rel = relativePath(k)
-        return String(rel[..<rel.lastIndex(of: "-")!])
-    }
 
     /// Deletes the block if it is cached and not held; returns the bytes that freed on disk (0 when it was not
     /// cached, or is held).
@@ -544,13 +541,7 @@ public final class BlockCache: Sendable {
                 // entries are sorted once per tenth, not once per block.
                 if s.stats.unreadSeededBytes + size > seedBound {
                     let goal = seedBound - max(size, seedBound / 10)
-                    for name in s.entries.filter({ $0.value.seeded }).sorted(by: { $0.value.lastUse < $1.value.lastUse }).map(\.key) {
-                        if s.stats.unreadSeededBytes <= goal { break }
-                        if s.isHeld(name) { continue }
-                        s.removeEntry(name)
-                        s.stats.evictions += 1
-                        out.append(name)
-                    }
+                    out = evictLeastRecentlyUsed(&s, among: \.seeded) { $0.stats.unreadSeededBytes <= goal }
                 }
                 s.stats.seededBlocks += 1
                 s.stats.unreadSeededBytes += size
@@ -590,9 +581,16 @@ public final class BlockCache: Sendable {
     private func chooseVictims(_ s: inout State, target: Int64? = nil) -> [String] {
         let goal = target ?? fillBound
         guard s.stats.usedBytes > (target ?? capacity) else { return [] }
+        return evictLeastRecentlyUsed(&s) { $0.stats.usedBytes <= goal }
+    }
+
+    /// Removes from the index the entries `among` accepts, least recently used first, skipping held ones, until
+    /// `done`; returns their names (their files are the caller's to unlink).
+    private func evictLeastRecentlyUsed(_ s: inout State, among: (Entry) -> Bool = { _ in true },
+                                        until done: (State) -> Bool) -> [String] {
         var out: [String] = []
-        for name in s.entries.sorted(by: { $0.value.lastUse < $1.value.lastUse }).map(\.key) {
-            if s.stats.usedBytes <= goal { break }
+        for name in s.entries.filter({ among($0.value) }).sorted(by: { $0.value.lastUse < $1.value.lastUse }).map(\.key) {
+            if done(s) { break }
             if s.isHeld(name) { continue }
             s.removeEntry(name)
             s.stats.evictions += 1
