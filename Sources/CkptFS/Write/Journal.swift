@@ -230,19 +230,29 @@ final class Journal: Sendable {
             if size >= 0 { _ = ftruncate(old, size) }
             close(old)
         }
-        let tmp = path + ".tmp"
-        let f = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard f >= 0 else { throw FSError(errno, "cannot write \(tmp): \(String(cString: strerror(errno)))") }
-        var ok = writeAll(f, records.flatMap(frame)) == nil
-        ok = ok && fsync(f) == 0
-        close(f)
-        guard ok, rename(tmp, path) == 0 else {
-            let e = errno
-            unlink(tmp)
-            throw FSError(e == 0 ? EIO : e, "cannot rewrite the journal \(path)")
+        if let e = replaceDurably(path, with: records.flatMap(frame)) {
+            throw FSError(e, "cannot rewrite the journal \(path): \(String(cString: strerror(e)))")
         }
-        syncDirectory(of: path)
     }
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash or a power loss leaves the old file or the new one,
+/// whole: written to `PATH.tmp`, fsynced, renamed over, the directory fsynced. Returns the errno of the step that
+/// failed (the old file then stays as it was), or nil.
+func replaceDurably(_ path: String, with bytes: [UInt8]) -> Int32? {
+    let tmp = path + ".tmp"
+    let f = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard f >= 0 else { return errno }
+    var failed = Journal.writeAll(f, bytes)
+    if failed == nil && fsync(f) != 0 { failed = errno }
+    close(f)
+    if failed == nil && rename(tmp, path) != 0 { failed = errno }
+    if let e = failed {
+        unlink(tmp)
+        return e == 0 ? EIO : e
+    }
+    syncDirectory(of: path)
+    return nil
 }
 
 /// fsyncs the directory holding `path`, so a rename or create in it survives a power loss.

@@ -35,17 +35,10 @@ extension WriteBack {
     /// Records `bucket` as the one the journal in `directory` holds keys of, durably (written to a temporary
     /// file, fsynced, renamed over, the directory fsynced). Throws `EIO` (with the errno's text) on failure.
     static func setJournalBucket(_ bucket: String, directory: String) throws(FSError) {
-        let path = directory + "/journal-bucket", tmp = path + ".tmp"
-        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw FSError(EIO, "cannot write \(tmp): \(String(cString: strerror(Glibc.errno)))") }
-        let data = Array((bucket + "\n").utf8)
-        let ok = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == data.count && Glibc.fsync(fd) == 0
-        Glibc.close(fd)
-        guard ok, Glibc.rename(tmp, path) == 0 else {
-            Glibc.unlink(tmp)
-            throw FSError(EIO, "cannot write \(path): \(String(cString: strerror(Glibc.errno)))")
+        let path = directory + "/journal-bucket"
+        if let e = replaceDurably(path, with: Array((bucket + "\n").utf8)) {
+            throw FSError(EIO, "cannot write \(path): \(String(cString: strerror(e)))")
         }
-        syncDirectory(of: path)
     }
 
     /// Reads the journal left by an earlier mount, in order, and queues again what it acknowledged and S3 does

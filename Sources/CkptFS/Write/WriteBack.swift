@@ -62,7 +62,7 @@ final class WriteBack: Sendable {
     /// Enters saves that landed in the block cache (`FSOptions.cacheSaves`).
     let seeder: SaveSeeder
     /// Versions that read handles have open: kept readable before a change to their key goes to S3
-    /// (`keepForReaders`).
+    /// (`OpenObjects.keep(key:)`).
     let openObjects: OpenObjects
 
     var journalPath: String { cache.directory + "/journal" }
