@@ -83,25 +83,39 @@ public enum FuseSession {
         return text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == text.count
     }
 
-    /// "MAJOR:MINOR" of the newest mount at `mountpoint` (its real path), from /proc/self/mountinfo (fields:
-    /// id, parent, MAJOR:MINOR, root, mount point with spaces and such as octal escapes, ...); nil when none.
+    /// "MAJOR:MINOR" of the newest mount at `mountpoint` (its real path); nil when none.
     static func mountDevice(_ mountpoint: String) -> String? {
         guard let real = realpath(mountpoint, nil) else { return nil }
         let path = String(cString: real)
         free(real)
-        guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
-        var found: String?
-        for line in info.split(separator: "\n") {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard fields.count > 4, unescapeMountField(fields[4]) == path else { continue }
-            found = String(fields[2])  // later lines are newer mounts over the same point
+        return mountTable().last { $0.path == path }?.device
+    }
+
+    /// One mount, as a line of /proc/self/mountinfo gives it.
+    public struct MountEntry: Sendable {
+        /// "MAJOR:MINOR" of its device.
+        public let device: String
+        /// The mount point, its octal escapes decoded.
+        public let path: String
+        /// The filesystem type ("fuse.ckptfs", "ext4", ...).
+        public let type: String
+    }
+
+    /// The mounts in /proc/self/mountinfo, in its order: a later entry at the same path is a newer mount over
+    /// it. Fields: id, parent, MAJOR:MINOR, root, mount point, options, optional fields up to "-", then the
+    /// type. Empty when the file cannot be read.
+    public static func mountTable() -> [MountEntry] {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ")
+            guard f.count > 7, let dash = f.firstIndex(of: "-"), dash + 1 < f.count else { return nil }
+            return MountEntry(device: String(f[2]), path: unescapeMountField(f[4]), type: String(f[dash + 1]))
         }
-        return found
     }
 
     /// A mountinfo field with its octal escapes (`\040` for a space; space, tab, newline and backslash are
-    /// escaped) decoded. Also for the mount checks before a mount (CkptCommand).
-    public static func unescapeMountField(_ field: Substring) -> String {
+    /// escaped) decoded.
+    static func unescapeMountField(_ field: Substring) -> String {
         var out: [UInt8] = []
         let b = Array(field.utf8)
         var i = 0

@@ -4,15 +4,7 @@ import Foundation
 
 enum MountChecks {
     /// Mount points in /proc/self/mountinfo with their filesystem type.
-    static func mounts() -> [(path: String, type: String)] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { line in
-            let f = line.split(separator: " ")
-            guard f.count > 7, let dash = f.firstIndex(of: "-"), dash + 1 < f.count else { return nil }
-            return (FuseSession.unescapeMountField(f[4]), String(f[dash + 1]))
-        }
-    }
-
+    static func mounts() -> [(path: String, type: String)] { FuseSession.mountTable().map { ($0.path, $0.type) } }
 
     static func isMounted(_ path: String) -> Bool { mounts().contains { $0.path == path } }
 
