@@ -240,6 +240,13 @@ def workload(mnt, logpath, seed, nops):
             if e.errno in (107, 103, 5, 30):  # ENOTCONN, ECONNABORTED, EIO, EROFS: daemon gone
                 return
             raise
+    # The workload ran to its end before the kill: closing the log acknowledges what was written to it since its
+    # last fsync (close() is an acknowledgement), which the check must count (it called such bytes "never
+    # acknowledged" when the process's exit closed the log unrecorded).
+    if applog is not None:
+        rec(i=nops + 1, op="applog-close", phase="start", changes={"train.log": sha(applog_content)})
+        applog.close()
+        rec(i=nops + 1, op="applog-close", phase="done")
 
 
 # ------------------------------------------------------------------------------------------------ harness
