@@ -89,7 +89,10 @@ public final class BlockBuffer: @unchecked Sendable {
     /// at network speed is a good part of a core.
     /// (address, size) of free buffers.
     private static let pool = Mutex<[(Int, Int)]>([])
-    private static let poolLimit = 256
+    /// Most free buffers kept. Kept buffers stay resident: a burst of downloads (many readers, a preload)
+    /// would otherwise leave the daemon that much larger for good (256 allowed 256 MiB; bench/load.py's whole
+    /// RSS bound is 256 MiB). 32 cover the steady state of a stream's fetches at 16 MiB GETs.
+    private static let poolLimit = 32
 
     public init(capacity: Int) {
         let n = max(capacity, 1)

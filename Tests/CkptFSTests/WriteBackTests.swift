@@ -371,6 +371,36 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(sum.readBack, 4 << 20)
     }
 
+    func testRunningChecksumsHoldAtMostTheirSharedBudgetInMemory() throws {
+        // Two files written at once, each with 2 MiB waiting past a gap in 1 MiB writes, under a budget of 3 MiB
+        // over both: the first holds its 2 MiB, the second only 1 and reads the rest back. A sum that goes gives
+        // its share back.
+        let mib = 1 << 20
+        let data = (0..<(3 * mib)).map { UInt8(truncatingIfNeeded: $0 &* 11 &+ ($0 >> 14)) }
+        let path = NSTemporaryDirectory() + "ckptfs-sum-\(UUID().uuidString)"
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
+        defer { close(fd); unlink(path) }
+        _ = data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        let budget = HeldBudget(limit: 3 * mib)
+        var first: RunningChecksum? = RunningChecksum(budget: budget)
+        var second = RunningChecksum(budget: budget)
+        for r in [(2 * mib)..<(3 * mib), mib..<(2 * mib)] {
+            XCTAssertTrue(data[r].withUnsafeBytes { first!.wrote($0, at: Int64(r.lowerBound), fd: fd) })
+            XCTAssertTrue(data[r].withUnsafeBytes { second.wrote($0, at: Int64(r.lowerBound), fd: fd) })
+        }
+        XCTAssertEqual(first!.heldBytes, 2 * mib)
+        XCTAssertEqual(second.heldBytes, mib)
+        XCTAssertEqual(budget.inUse, 3 * mib)
+        first = nil
+        XCTAssertEqual(budget.inUse, mib)
+        XCTAssertTrue(data[0..<mib].withUnsafeBytes { second.wrote($0, at: 0, fd: fd) })
+        XCTAssertEqual(second.value(size: Int64(data.count)), XXH64.hash(data))
+        XCTAssertEqual(second.readBack, Int64(mib))
+        XCTAssertEqual(budget.inUse, mib)  // its buffer, kept for the next write past a gap
+        second.dropSpare()
+        XCTAssertEqual(budget.inUse, 0)
+    }
+
     func testByDefaultNothingGoesUpBeforeClose() async throws {
         let fs = try make()
         let h = try await writeOpen(fs, "ckpt.pt", [UInt8](repeating: 1, count: 12 << 20))

@@ -121,7 +121,10 @@ extension WriteBack {
         guard e == 0 else {
             throw FSError(e == ENOSPC ? ENOSPC : EIO, "fsync of the staged file failed: \(String(cString: strerror(e)))")
         }
-        let (size, running, missing) = v.state.withLock { ($0.size, $0.sum?.value(size: $0.size), $0.missing) }
+        let (size, running, missing) = v.state.withLock { s in
+            s.sum?.dropSpare()
+            return (s.size, s.sum?.value(size: s.size), s.missing)
+        }
         // Acknowledged, a version opened in place holds every block itself (`fillForAcknowledgement`).
         guard missing.isEmpty else {
             throw FSError(EIO, "\(v.key) still has \(missing.count) blocks only in S3; it was not acknowledged")

@@ -12,10 +12,64 @@ import CkptCache
 import CkptDigest
 import CkptSystem
 import Foundation
+import Synchronization
 import SystemPackage
+
+/// Bytes that running checksums may hold in memory, over all the files being written at once: each file's share
+/// is at most `RunningChecksum.maxHeld`, and all of them together at most `limit`. Past it, writes past a gap
+/// wait as ranges and are read back from their file.
+final class HeldBudget: Sendable {
+    let limit: Int
+    private let used = Atomic<Int>(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    /// No bound over files (unit tests of one sum, and versions recovered from the journal, which are not written).
+    static let unbounded = HeldBudget(limit: .max)
+
+    /// Bytes held now, over all files.
+    var inUse: Int { used.load(ordering: .relaxed) }
+
+    /// Takes `n` bytes if they fit under `limit`.
+    func take(_ n: Int) -> Bool {
+        var now = used.load(ordering: .relaxed)
+        while true {
+            guard n <= limit - now else { return false }
+            let (exchanged, original) = used.compareExchange(expected: now, desired: now + n, ordering: .relaxed)
+            if exchanged { return true }
+            now = original
+        }
+    }
+
+    func give(_ n: Int) { used.wrappingSubtract(n, ordering: .relaxed) }
+}
+
+/// One sum's share of a `HeldBudget`: given back whole when the sum goes (a version dropped or emptied while
+/// bytes waited past a gap).
+private final class HeldShare: Sendable {
+    let budget: HeldBudget
+    private let bytes = Atomic<Int>(0)
+
+    init(_ budget: HeldBudget) { self.budget = budget }
+
+    func take(_ n: Int) -> Bool {
+        guard budget.take(n) else { return false }
+        bytes.wrappingAdd(n, ordering: .relaxed)
+        return true
+    }
+
+    func give(_ n: Int) {
+        bytes.wrappingSubtract(n, ordering: .relaxed)
+        budget.give(n)
+    }
+
+    deinit { budget.give(bytes.load(ordering: .relaxed)) }
+}
 
 struct RunningChecksum: Sendable {
     private var hasher = XXH64()
+    /// This sum's share of the bytes all sums may hold.
+    private let share: HeldShare
     /// Bytes [0, hashedTo) are hashed and final as far as this sum knows (a write below ends the sum).
     private(set) var hashedTo: Int64 = 0
     /// Written ranges past a gap, sorted and disjoint, all ending above `hashedTo`; each with its bytes when
@@ -26,7 +80,8 @@ struct RunningChecksum: Sendable {
     private(set) var heldBytes = 0
     /// Bytes read back from the file so far (for tests and the debug log).
     private(set) var readBack: Int64 = 0
-    /// Buffers of held bytes already hashed, reused for the next ones (at most 1, of `maxEntryBytes`): the
+    /// Buffers of held bytes already hashed, reused for the next ones (at most 1, of `maxEntryBytes`; it still
+    /// counts against the budget, as its pages stay resident): the
     /// daemon has glibc map each block of 256 KiB or more on its own, so a fresh buffer per write would cost
     /// page faults and zeroing each time.
     private var spare: [[UInt8]] = []
@@ -41,8 +96,19 @@ struct RunningChecksum: Sendable {
     /// took the daemon to 277 MiB RSS with 32 MiB, over bench/load.py's 256 MiB bound). Writes the kernel's
     /// write-back reorders wait a few MiB at most; past this they are read back from the file.
     static let maxHeld = 8 << 20
-    /// Most bytes one waiting entry holds (adjacent writes are appended to it up to this).
-    static let maxEntryBytes = 4 << 20
+    /// Most bytes one waiting entry holds (adjacent writes are appended to it up to this). Each entry's buffer
+    /// is this large from the start (so appends never move it), and counts whole against the budget.
+    static let maxEntryBytes = 1 << 20
+    /// How much all files being written hold past their gaps together (the mount's `HeldBudget`), counting
+    /// the buffers' full size: 16 writers at `maxHeld` each would hold 128 MiB, and CI's load test saw the
+    /// daemon at 262 and 270 MiB RSS with 25 files' 4 MiB buffers live (bench/load.py's bound is 256 MiB).
+    static let maxHeldTotal = 32 << 20
+
+    /// A sum of nothing yet, holding bytes past gaps within `budget`.
+    init(budget: HeldBudget = .unbounded) { share = HeldShare(budget) }
+
+    /// The budget this sum's held bytes count against (a sum started again uses the same).
+    var budget: HeldBudget { share.budget }
 
     /// Takes a write of `data` at `offset`, already in `fd`. Returns false when the sum cannot go on (the
     /// write lands below `hashedTo`, too much waits past a gap, or the file cannot be read back).
@@ -119,12 +185,14 @@ struct RunningChecksum: Sendable {
             j += 1
         }
         aheadBytes += hi - lo
+        // Whether this file's share has room; the budget over all files is asked only when bytes are kept.
         let fits = heldBytes + data.count <= RunningChecksum.maxHeld
         if j == i, i > 0, ahead[i - 1].range.upperBound == lo {
             // Right after the entry before: extend it.
             // (Counted, not bound to a local: a second reference would make the append copy the buffer.)
             let heldCount = ahead[i - 1].bytes?.count
-            if heldCount == nil || (fits && heldCount! + data.count <= RunningChecksum.maxEntryBytes) {
+            if heldCount == nil
+                || (fits && heldCount! + data.count <= RunningChecksum.maxEntryBytes) {
                 if heldCount != nil {
                     ahead[i - 1].bytes!.append(contentsOf: data)
                     heldBytes += data.count
@@ -134,10 +202,7 @@ struct RunningChecksum: Sendable {
             }
         }
         let bytes: [UInt8]?
-        if j == i && fits {
-            var b = spare.popLast() ?? []
-            b.removeAll(keepingCapacity: true)
-            b.reserveCapacity(RunningChecksum.maxEntryBytes)
+        if j == i && fits, var b = buffer(for: data.count) {
             b.append(contentsOf: data)
             bytes = b
             heldBytes += data.count
@@ -147,10 +212,41 @@ struct RunningChecksum: Sendable {
         ahead.replaceSubrange(i..<j, with: [(lo..<hi, bytes)])
     }
 
-    /// Drops held bytes from the count, keeping the buffer for reuse (a few).
+    /// An empty buffer for an entry whose first write has `count` bytes: the spare, or a new one if the budget
+    /// has room for it (nil: hold the range only).
+    private mutating func buffer(for count: Int) -> [UInt8]? {
+        if count <= RunningChecksum.maxEntryBytes, var b = spare.popLast() {
+            b.removeAll(keepingCapacity: true)
+            return b
+        }
+        let size = RunningChecksum.counted(count)
+        guard share.take(size) else { return nil }
+        var b: [UInt8] = []
+        b.reserveCapacity(size)
+        return b
+    }
+
+    /// What a buffer whose first write had `count` bytes counts against the budget (entries grow only up to
+    /// `maxEntryBytes`, so one that holds more took it all at once).
+    private static func counted(_ count: Int) -> Int { max(count, maxEntryBytes) }
+
+    /// Frees the buffer kept for reuse (the file was closed or synced: writes past a gap are over for now).
+    /// A file waiting for its upload would otherwise hold one it no longer needs: 16 writers' closed files
+    /// held 25 of them in bench/load.py.
+    mutating func dropSpare() {
+        for b in spare { share.give(RunningChecksum.counted(b.count)) }
+        spare = []
+    }
+
+    /// Drops held bytes from the count, keeping the buffer for reuse (one, of `maxEntryBytes`) or giving its
+    /// size back to the budget.
     private mutating func recycle(_ b: [UInt8]) {
         heldBytes -= b.count
-        if spare.isEmpty { spare.append(b) }
+        if spare.isEmpty && b.count <= RunningChecksum.maxEntryBytes {
+            spare.append(b)
+        } else {
+            share.give(RunningChecksum.counted(b.count))
+        }
     }
 
     private mutating func hashFile(_ fd: Int32, _ r: Range<Int64>) -> Bool {

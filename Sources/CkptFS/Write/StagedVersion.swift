@@ -46,7 +46,7 @@ final class StagedVersion: Sendable {
         var sealed = false
         /// The checksum of a file written front to back, kept as it is written; nil once a write lands
         /// below what it covers (or the version did not start empty).
-        var sum: RunningChecksum? = RunningChecksum()
+        var sum: RunningChecksum?
         /// Whether bytes changed since the last commit record.
         var unjournaled = true
         /// The checksum in the last commit record.
@@ -125,11 +125,16 @@ final class StagedVersion: Sendable {
     /// error that sync saw is recorded before the commit reads it.
     let backgroundSync = DispatchSemaphore(value: 1)
 
-    init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date, writable: Bool = false) {
+    /// `sums`: what the running checksum may hold in memory, shared with the other files being written
+    /// (StagingArea.heldSums).
+    init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date, writable: Bool = false,
+         sums: HeldBudget = .unbounded) {
         self.id = id
         self.path = path
         descriptors = Mutex((fd, writable ? Glibc.open(path, O_WRONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC) : -1))
-        self.state = Mutex(State(key: key, size: size, mtime: mtime))
+        var state = State(key: key, size: size, mtime: mtime)
+        state.sum = RunningChecksum(budget: sums)
+        self.state = Mutex(state)
     }
 
     deinit { closeWriters() }

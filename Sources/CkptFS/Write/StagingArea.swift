@@ -99,6 +99,10 @@ final class StagingArea: Sendable {
         for w in roomWaiters.withLock({ $0.removeAll() }) { w.resume() }
     }
 
+    /// What the running checksums of the files being written hold in memory together (writes waiting past a
+    /// gap; RunningChecksum.maxHeldTotal).
+    let heldSums = HeldBudget(limit: RunningChecksum.maxHeldTotal)
+
     /// The staging area in `cache`'s directory (created if missing).
     init(cache: BlockCache) {
         directory = cache.directory + "/staging"
@@ -126,7 +130,7 @@ final class StagingArea: Sendable {
         let path = path(id)
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw FSError(errno, "cannot create \(path): \(String(cString: strerror(errno)))") }
-        return StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime, writable: true)
+        return StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime, writable: true, sums: heldSums)
     }
 
     /// A copy of `source` as version `id`: its bytes, size, mtime and in-place state (blocks still in S3 stay to
