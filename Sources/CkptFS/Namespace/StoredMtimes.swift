@@ -69,9 +69,19 @@ extension Namespace {
     /// showed it, is small: `headProbe`) for its stored mtime; registered before this returns,
     /// so a lookup of the same name joins it instead of sending another. `bounded`: waits for one of the
     /// `mtimeHeadConcurrency` slots first (HEADs ahead of lookups, readdirplus batches).
+    /// A caller that read the listing before a request for the same key finished (it writes the listing, then
+    /// leaves `mtimeHeads`) gets what that request learned, checked under the same lock, instead of sending
+    /// another: the small file's data was cached by then, so the second request was a HEAD.
     func startStoredMeta(parent: UInt64, name: String, key: String, listed: Meta?, bounded: Bool) -> Task<Result<Meta?, FSError>, Never> {
         mtimeHeads.withLock { heads in
             if let t = heads[key] { return t }
+            let now = ContinuousClock.now
+            if let known = table.withLock({ t -> Meta? in
+                guard let l = t.listings[parent], now < l.expires, let m = l.entries[name] else { return nil }
+                return m
+            }), known.mtimeKnown, !known.isDirectory, listed.map({ $0.etag == known.etag }) ?? true {
+                return Task { .success(known) }
+            }
             let t = Task { () -> Result<Meta?, FSError> in
                 if bounded { await self.metaSlots.acquire() }
                 let r = await self.capture { () async throws(FSError) -> Meta? in try await self.headProbe(key, listed: listed) }
