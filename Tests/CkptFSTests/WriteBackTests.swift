@@ -647,6 +647,36 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(fs.writeBackStatus.pendingDeletes, 0)
     }
 
+    func testADeleteS3RefusesIsRetriedAndStatusAndFlushNameTheCause() async throws {
+        // A delete S3 keeps refusing (a policy without s3:DeleteObject; SeaweedFS's 400 for some keys) is
+        // retried until it succeeds; meanwhile status and a flush that gives up say which delete and why, not
+        // that it waits for uploads (what they said before).
+        s3.seed(bucket, "runs/", [])
+        s3.seed(bucket, "runs/old.pt", [1, 2, 3])
+        let faults = FaultInjectingClient(wrapping: s3)
+        let refuse = faults.add(.operations("DeleteObject"), .all, .fail(.accessDenied))
+        let fs = try make(client: faults)
+        let runs = try await fs.lookup(parent: FileSystem.rootIno, name: "runs").ino
+        _ = try await fs.lookup(parent: runs, name: "old.pt")
+        try await fs.unlink(parent: runs, name: "old.pt")
+        try await fs.rmdir(parent: FileSystem.rootIno, name: "runs")
+        let left = Dictionary(uniqueKeysWithValues: await fs.flushAll(under: "", timeout: .seconds(2)).map { ($0.path, $0.reason) })
+        XCTAssertEqual(left.keys.sorted(), ["runs/", "runs/old.pt"])
+        XCTAssertTrue(left["runs/old.pt"]?.contains("AccessDenied") ?? false, "\(left)")
+        XCTAssertTrue(left["runs/"]?.contains("waits for the deletes under it") ?? false, "\(left)")
+        let deletes = fs.writeBackStatus.deletes
+        XCTAssertEqual(deletes.map(\.path), ["runs/old.pt", "runs/"])
+        XCTAssertEqual(deletes.map(\.state), ["deleting", "waiting"])
+        XCTAssertTrue(deletes.first?.error?.contains("AccessDenied") ?? false, "\(deletes)")
+        XCTAssertGreaterThanOrEqual(faults.calls("DeleteObject").count, 2, "retried")
+        faults.remove(refuse)
+        let done = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertEqual(done.map(\.path), [])
+        XCTAssertEqual(s3.objects(in: bucket).keys.sorted(), [])
+        XCTAssertEqual(fs.writeBackStatus.deletes.count, 0)
+        fs.shutdown()
+    }
+
     func testUploadFailureIsRetriedAndReported() async throws {
         let faults = FaultInjectingClient(wrapping: s3)
         faults.failNth(1, of: "PutObject", with: .internalError)

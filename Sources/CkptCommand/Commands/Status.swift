@@ -40,6 +40,12 @@ struct Status: ParsableCommand {
             lines.append("pending:          \(p.path) (\(formatBytes(p.bytes)), \(p.state)\(sent))")
         }
         if w.pending.count > 20 { lines.append("                  ... and \(w.pending.count - 20) more") }
+        for d in w.deletes where d.error != nil { lines.append("delete failing:   \(d.path): \(d.error!) (retried)") }
+        let quiet = w.deletes.filter { $0.error == nil }
+        if !quiet.isEmpty {
+            lines.append("deletes:          \(quiet.count) pending: " + quiet.prefix(5).map(\.path).joined(separator: ", ")
+                + (quiet.count > 5 ? " and \(quiet.count - 5) more" : ""))
+        }
         lines.append("cache:            \(formatBytes(s.cacheUsedBytes)) of \(formatBytes(s.cacheCapacityBytes)), "
             + "hit ratio \(String(format: "%.2f", s.cacheHitRatio))")
         for p in s.preloads ?? [] {

@@ -47,12 +47,21 @@ struct FlushProgress {
         guard let s = try? Control.status(mountpoint).reply else {
             return "waiting for the uploads under \(place) (status unavailable)"
         }
-        let mine = s.writeBack.pending.filter { relative.isEmpty || $0.path == relative || $0.path.hasPrefix(relative + "/") }
-        guard !mine.isEmpty else { return "waiting for the last uploads under \(place) to be confirmed" }
-        var text = "waiting for \(mine.count) file(s) (\(formatBytes(mine.reduce(0) { $0 + $1.bytes }))) under \(place):"
+        func under(_ p: WriteBackStatus.Pending) -> Bool {
+            relative.isEmpty || p.path == relative || p.path.hasPrefix(relative + "/")
+        }
+        let mine = s.writeBack.pending.filter(under)
+        let deletes = s.writeBack.deletes.filter(under)
         func list(_ ps: [WriteBackStatus.Pending], _ each: (WriteBackStatus.Pending) -> String) -> String {
             ps.prefix(3).map(each).joined(separator: ", ") + (ps.count > 3 ? " and \(ps.count - 3) more" : "")
         }
+        // Why a delete is stuck, if S3 refuses it (it is retried until it succeeds).
+        let refused = deletes.first { $0.error != nil }.map { "; delete of \($0.path) fails: \($0.error!)" } ?? ""
+        guard !mine.isEmpty else {
+            guard !deletes.isEmpty else { return "waiting for the last uploads under \(place) to be confirmed" }
+            return "waiting for \(deletes.count) delete(s) under \(place): " + list(deletes) { $0.path } + refused
+        }
+        var text = "waiting for \(mine.count) file(s) (\(formatBytes(mine.reduce(0) { $0 + $1.bytes }))) under \(place):"
         var parts: [String] = []
         let uploading = mine.filter { $0.state == "uploading" }
         if !uploading.isEmpty {
@@ -68,6 +77,6 @@ struct FlushProgress {
         if let failing = mine.first(where: { $0.error != nil }), let e = failing.error {
             text += "; last error: \(failing.path): \(e)"
         }
-        return text
+        return text + refused
     }
 }

@@ -42,6 +42,8 @@ struct PendingDelete: Sendable {
     var job: UInt64
     var started = false
     var cancelled = false
+    /// Why the last DeleteObject of this key failed (it is retried), for status and flush.
+    var lastError: String?
     var group: DeleteGroup
     var task: Task<Void, Never>?
 }
@@ -400,6 +402,7 @@ extension WriteBack {
                     break
                 } catch {
                     if error.code == .noSuchKey { break }
+                    changes.state.withLock { u in u.deletes[id]?.lastError = "\(error)" }
                     logger.warning("delete failed; retrying", metadata: ["s3.key": "\(key)", "error": "\(error)", "retry.in": "\(delay)"])
                     try? await Task.sleep(for: delay)
                     delay = min(delay * 2, .seconds(30))

@@ -67,8 +67,19 @@ extension WriteBack {
         let deadline = timeout.map { ContinuousClock.now + $0 }
         var failures = await waitDurable(versions, deadline: deadline)
         // Deletes too (unlink, rmdir, old names of renames), which go after the uploads before them.
-        for key in await waitDeletes(under: under, deadline: deadline) {
-            failures.append((key, "delete not applied yet (it waits for the uploads before it)"))
+        let left = await waitDeletes(under: under, deadline: deadline)
+        let why = changes.state.withLock { u in
+            Dictionary(u.deletes.values.map { ($0.key, ($0.started, $0.lastError)) }, uniquingKeysWith: { a, _ in a })
+        }
+        for key in left {
+            switch why[key] {
+            case (_, let e?)?: failures.append((key, "delete not applied yet: DeleteObject fails (\(e)); it is retried"))
+            case (true, nil)?: failures.append((key, "delete not applied yet (sent, no answer yet)"))
+            case _ where key.hasSuffix("/") && why.keys.contains(where: { $0 != key && $0.hasPrefix(key) }):
+                // A directory marker goes after the deletes under it (runDelete).
+                failures.append((key, "delete not applied yet (it waits for the deletes under it)"))
+            default: failures.append((key, "delete not applied yet (it waits for the uploads before it)"))
+            }
         }
         var seen = Set<String>()
         return failures.filter { seen.insert($0.0).inserted }.map { (String($0.0.dropFirst(prefix.count)), $0.1) }
@@ -82,6 +93,10 @@ extension WriteBack {
             s.recovered = u.recovered
             s.quarantined = u.quarantined
             s.pendingDeletes = u.deletes.count
+            s.deletes = u.deletes.values.filter { !$0.cancelled }.sorted { $0.job < $1.job }.map { d in
+                WriteBackStatus.Pending(path: String(d.key.dropFirst(prefix.count)), bytes: 0,
+                                        state: d.started ? "deleting" : "waiting", ageSeconds: 0, error: d.lastError)
+            }
             return Array(u.pending.values)
         }
         var versions = pending

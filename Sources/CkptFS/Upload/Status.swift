@@ -29,6 +29,9 @@ public struct WriteBackStatus: Sendable, Codable {
     /// Deletes (unlink, rmdir, old names of renames) journaled and not applied in S3 yet: each waits for the
     /// uploads acknowledged before it.
     public var pendingDeletes = 0
+    /// Those deletes, path by path (relative to the mount; a directory's ends with "/"): state "waiting" (for
+    /// the uploads acknowledged before it) or "deleting" (sent, or retried after `error`).
+    public var deletes: [Pending] = []
     /// Bytes the staging area takes on the cache disk (dirty versions, and copies still open).
     public var stagingBytes: Int64 = 0
     /// The dirty bound (FSOptions.maxDirty): writes wait while the staged bytes are over it and uploads pend.
