@@ -406,6 +406,13 @@ public final class BlockCache: Sendable {
     /// `capacity`, `usedBytes` and `fillBound`.
     public static func storedSize(_ length: Int64) -> Int64 { Int64(headerSize) + length }
 
+    /// Bytes an object (or file) of `size` bytes takes in the cache once all its blocks are stored: each
+    /// block with its header page.
+    public func storedSize(ofObject size: Int64) -> Int64 {
+        let blocks = (size + Int64(blockSize) - 1) / Int64(blockSize)
+        return size + blocks * BlockCache.storedSize(0)
+    }
+
     /// The most the cache holds once it has evicted (90% of `capacity`): blocks stored within this bound are
     /// never evicted to make room for each other, so a preload that stays under it does not evict what it
     /// stored itself.
@@ -416,10 +423,7 @@ public final class BlockCache: Sendable {
     public var seedBound: Int64 { fillBound / 2 }
 
     /// Whether a save of `size` bytes fits under `seedBound` (its blocks with their header pages).
-    public func canSeed(size: Int64) -> Bool {
-        let blocks = (size + Int64(blockSize) - 1) / Int64(blockSize)
-        return size > 0 && blocks * Int64(BlockCache.headerSize) + size <= seedBound
-    }
+    public func canSeed(size: Int64) -> Bool { size > 0 && storedSize(ofObject: size) <= seedBound }
 
     /// Asks the kernel to read a cached block into the page cache in the background (read-ahead for blocks
     /// that are on disk).

@@ -42,7 +42,7 @@ public final class Preloader: Sendable {
         var stored: Int64 = 0
         var full = false
         for o in mine {
-            let s = storedSize(o.size)
+            let s = cache.storedSize(ofObject: o.size)
             plan.shareStoredBytes += s
             // The first files in key order, up to the first that does not fit: a rerun with a larger cache
             // continues where this one stopped.
@@ -124,13 +124,6 @@ public final class Preloader: Sendable {
         plan.shareFiles = shareObjects.count
         plan.files = objects.count
         return PreloadRun(reader: reader, objects: objects, plan: plan, parallel: max(1, parallel), pieces: pieces)
-    }
-
-    /// What the cache stores for an object of `size` bytes: each block with its header.
-    func storedSize(_ size: Int64) -> Int64 {
-        let bs = reader.blockSize
-        let blocks = (size + bs - 1) / bs
-        return size + blocks * (BlockCache.storedSize(0))
     }
 
     /// How much of `objects` the cache holds; with `perFile`, each file's part too.

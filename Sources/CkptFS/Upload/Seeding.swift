@@ -75,7 +75,7 @@ final class SaveSeeder: Sendable {
     func take(_ v: StagedVersion, stagingMayTake: Int64) -> Ticket? {
         let size = v.size
         guard !stopped.load(ordering: .relaxed), cache.canSeed(size: size) else { return nil }
-        let bytes = (size + Int64(cache.blockSize) - 1) / Int64(cache.blockSize) * BlockCache.storedSize(0) + size
+        let bytes = cache.storedSize(ofObject: size)
         var st = statvfs()
         guard statvfs(cache.directory, &st) == 0 else { return nil }
         let free = Int64(st.f_bavail) * Int64(st.f_frsize)
