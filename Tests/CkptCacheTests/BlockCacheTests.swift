@@ -13,6 +13,19 @@ final class BlockCacheTests: XCTestCase {
 
     func block(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 7) &+ seed } }
 
+    /// Flips data byte `offset` of block `k` in `c`'s directory, on disk behind the cache; returns the block's path.
+    @discardableResult
+    func damage(_ c: BlockCache, _ k: BlockKey, at offset: Int) -> String {
+        let path = "\(dir!)/blocks/\(c.relativePath(k))"
+        let fd = open(path, O_RDWR)
+        var b: UInt8 = 0
+        pread(fd, &b, 1, off_t(BlockCache.headerSize + offset))
+        b ^= 0xff
+        pwrite(fd, &b, 1, off_t(BlockCache.headerSize + offset))
+        close(fd)
+        return path
+    }
+
     func testStoreReadAndPersistAcrossInstances() throws {
         let k = BlockKey(bucket: "b", key: "dir/obj", etag: "\"e1\"", index: 3)
         let data = block(1000, 1)
@@ -46,13 +59,7 @@ final class BlockCacheTests: XCTestCase {
         }
         // Flip one data byte on disk.
         let c = try BlockCache(directory: dir, capacity: 1 << 20, blockSize: 4096)
-        let path = "\(dir!)/blocks/\(c.relativePath(k))"
-        let fd = open(path, O_RDWR)
-        var b: UInt8 = 0
-        pread(fd, &b, 1, BlockCache.headerSize + 100)
-        b ^= 0xff
-        pwrite(fd, &b, 1, BlockCache.headerSize + 100)
-        close(fd)
+        let path = damage(c, k, at: 100)
         XCTAssertNil(c.read(k), "a block that fails its checksum is never served")
         XCTAssertEqual(c.stats.corruptBlocks, 1)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path), "and it is deleted")
@@ -136,10 +143,7 @@ final class BlockCacheTests: XCTestCase {
         }
         // A new process: the damaged block fails its check, is deleted and counted; neither a hit nor a miss.
         let c = try BlockCache(directory: dir, capacity: 1 << 20, blockSize: 4096)
-        let fd = open("\(dir!)/blocks/\(c.relativePath(k))", O_RDWR)
-        var b: UInt8 = 0xAA
-        pwrite(fd, &b, 1, off_t(BlockCache.headerSize + 10))
-        close(fd)
+        damage(c, k, at: 10)
         XCTAssertFalse(c.verify(k))
         XCTAssertFalse(c.contains(k))
         XCTAssertEqual(c.stats.corruptBlocks, 1)
@@ -196,13 +200,7 @@ final class BlockCacheTests: XCTestCase {
         let c2 = try BlockCache(directory: dir, capacity: 2_000_000, blockSize: bs)
         XCTAssertEqual(c2.read(lastOfC), block(bs, 110 &+ UInt8(fits - 1)))
         XCTAssertNil(c2.read(BlockKey(bucket: "b", key: "c", etag: "another", index: 0)), "only under the ETag it landed as")
-        let path = "\(dir!)/blocks/\(c2.relativePath(BlockKey(bucket: "b", key: "c", etag: "e-c", index: 0)))"
-        let fd = open(path, O_RDWR)
-        var x: UInt8 = 0
-        pread(fd, &x, 1, BlockCache.headerSize + 5)
-        x ^= 1
-        pwrite(fd, &x, 1, BlockCache.headerSize + 5)
-        close(fd)
+        damage(c2, BlockKey(bucket: "b", key: "c", etag: "e-c", index: 0), at: 5)
         XCTAssertNil(c2.read(BlockKey(bucket: "b", key: "c", etag: "e-c", index: 0)))
         XCTAssertEqual(c2.stats.corruptBlocks, 1)
     }

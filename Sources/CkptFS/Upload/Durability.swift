@@ -68,18 +68,21 @@ extension WriteBack {
         var failures = await waitDurable(versions, deadline: deadline)
         // Deletes too (unlink, rmdir, old names of renames), which go after the uploads before them.
         let left = await waitDeletes(under: under, deadline: deadline)
-        let why = changes.state.withLock { u in
-            Dictionary(u.deletes.values.map { ($0.key, ($0.started, $0.lastError)) }, uniquingKeysWith: { a, _ in a })
+        let queued = changes.state.withLock { u in
+            Dictionary(u.deletes.values.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
         }
         for key in left {
-            switch why[key] {
-            case (_, let e?)?: failures.append((key, "delete not applied yet: DeleteObject fails (\(e)); it is retried"))
-            case (true, nil)?: failures.append((key, "delete not applied yet (sent, no answer yet)"))
-            case _ where key.hasSuffix("/") && why.keys.contains(where: { $0 != key && $0.hasPrefix(key) }):
-                // A directory marker goes after the deletes under it (runDelete).
-                failures.append((key, "delete not applied yet (it waits for the deletes under it)"))
-            default: failures.append((key, "delete not applied yet (it waits for the uploads before it)"))
+            let why: String
+            if let e = queued[key]?.lastError {
+                why = ": DeleteObject fails (\(e)); it is retried"
+            } else if queued[key]?.started == true {
+                why = " (sent, no answer yet)"
+            } else if key.hasSuffix("/") && queued.keys.contains(where: { $0 != key && $0.hasPrefix(key) }) {
+                why = " (it waits for the deletes under it)"  // a directory marker goes after them (runDelete)
+            } else {
+                why = " (it waits for the uploads before it)"
             }
+            failures.append((key, "delete not applied yet" + why))
         }
         var seen = Set<String>()
         return failures.filter { seen.insert($0.0).inserted }.map { (String($0.0.dropFirst(prefix.count)), $0.1) }
