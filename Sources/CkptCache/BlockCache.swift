@@ -222,6 +222,27 @@ public final class BlockCache: Sendable {
 
     deinit {
         unlock()
+        for b in checkBuffers.withLock({ $0.buffers }) { b.deallocate() }
+    }
+
+    /// Buffers for checking blocks' data (`verifyHeader`), kept for the next check: a fresh 1 MiB array per
+    /// check was zero-filled and faulted in page by page, a third of the daemon's CPU on a cached load after a
+    /// remount (perf, bench/README issue 19). At most 4 are kept (reads run a few at a time).
+    private struct CheckBuffers: @unchecked Sendable { var buffers: [UnsafeMutableRawBufferPointer] = [] }
+    private let checkBuffers = Mutex(CheckBuffers())
+
+    private func withCheckBuffer<R>(_ body: (UnsafeMutableRawBufferPointer) -> R) -> R {
+        let b = checkBuffers.withLock { $0.buffers.popLast() }
+            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: max(blockSize, 1), alignment: 4096)
+        defer {
+            let kept = checkBuffers.withLock { c -> Bool in
+                guard c.buffers.count < 4 else { return false }
+                c.buffers.append(b)
+                return true
+            }
+            if !kept { b.deallocate() }
+        }
+        return body(b)
     }
 
     /// Gives up the directory (another process may open it); this object must not be used afterwards.
@@ -439,22 +460,14 @@ public final class BlockCache: Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0, Int(st.st_size) == BlockCache.headerSize + length else { return nil }
         if checkData {
-            guard length == 0 || checksumOfMapped(fd: fd, length: length) == checksum else { return nil }
+            let sound = withCheckBuffer { buffer -> Bool in
+                let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+                guard (try? file.readAll(fromAbsoluteOffset: Int64(BlockCache.headerSize), into: data)) == length else { return false }
+                return XXH64.hash(UnsafeRawBufferPointer(data)) == checksum
+            }
+            guard sound else { return nil }
         }
         return length
-    }
-
-    /// XXH64 of the `length` data bytes after the header page of block file `fd`, hashed where they lie in the
-    /// page cache (mapped, not copied): the check's copy into a buffer was a third of the daemon's CPU on a
-    /// cached load after a remount (perf, bench/README issue 19), and the reply that follows splices the same
-    /// pages. Nil if the file cannot be mapped. Block files are replaced by rename and removed by unlink, never
-    /// truncated in place, so the mapping cannot lose its pages while it is hashed (a truncation by hand of a
-    /// file in the cache directory during that moment would end the daemon with SIGBUS).
-    private func checksumOfMapped(fd: Int32, length: Int) -> UInt64? {
-        guard let base = mmap(nil, length, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, off_t(BlockCache.headerSize)),
-              base != MAP_FAILED else { return nil }
-        defer { munmap(base, length) }
-        return XXH64.hash(UnsafeRawBufferPointer(start: base, count: length))
     }
 
     /// Stores a block (written to a temporary file, fsync-free, then renamed into place). A full disk is
