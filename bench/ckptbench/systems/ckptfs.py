@@ -33,5 +33,7 @@ class Ckptfs(Mount):
             raise SystemExit(f"bench: ckptfs flush failed: {r.stderr}")
 
     def pid(self):
-        out = sh(["pgrep", "-f", f"ckptfs mount .* {self.mp} "], check=False).stdout.split()
+        # The newest: the daemon of the mount before may still be exiting (it finishes its cache writes after
+        # the unmount), and a CPU figure read from it fails once it is gone (a torch-save round did).
+        out = sh(["pgrep", "-n", "-f", f"ckptfs mount .* {self.mp} "], check=False).stdout.split()
         return int(out[0]) if out else None
