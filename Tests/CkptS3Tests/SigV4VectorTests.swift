@@ -105,6 +105,15 @@ final class SigV4VectorTests: XCTestCase {
         XCTAssertEqual(r.canonicalRequest.components(separatedBy: "\n")[1], "/bucket/a//b/./c/../d%20e%2Bf%25")
     }
 
+    /// Canonical header values: spaces, tabs and line breaks at the ends go, a run of them inside becomes one
+    /// space, and every other byte (UTF-8 in an x-amz-meta value) stays as it is.
+    func testHeaderValuesAreTrimmedAndTheirInnerSpacesFolded() {
+        XCTAssertEqual(SigV4Signer.foldSpaces("  a   b\t\tc \r\n"), "a b c")
+        XCTAssertEqual(SigV4Signer.foldSpaces("value"), "value")
+        XCTAssertEqual(SigV4Signer.foldSpaces(" \t "), "")
+        XCTAssertEqual(SigV4Signer.foldSpaces("\t é  ü\u{00A0}x "), "é ü\u{00A0}x")
+    }
+
     func testSecretNeverInDescriptions() {
         let c = Credentials(accessKeyId: "AKID", secretAccessKey: "TOPSECRET", sessionToken: "TOKENSECRET")
         XCTAssertFalse("\(c)".contains("TOPSECRET"))
