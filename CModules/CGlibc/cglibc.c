@@ -4,6 +4,9 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <spawn.h>
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 const int ckpt_glibc_O_DIRECT = O_DIRECT;
 const short ckpt_glibc_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
@@ -14,4 +17,13 @@ int ckpt_glibc_fallocate_keep_size(int fd, long long offset, long long length) {
 
 int ckpt_glibc_set_mmap_threshold(int bytes) {
     return mallopt(M_MMAP_THRESHOLD, bytes);
+}
+
+int ckpt_glibc_pidfd_open(int pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
 }

@@ -59,3 +59,29 @@ public func setMallocMmapThreshold(_ bytes: Int) -> Bool { ckpt_glibc_set_mmap_t
 /// posix_spawnattr_setflags flag POSIX_SPAWN_SETSID (glibc, from the CGlibc shim): the child starts a new
 /// session, so it is not tied to the spawning process's terminal.
 public let posixSpawnSetSID: Int16 = ckpt_glibc_POSIX_SPAWN_SETSID
+
+/// Another process (not a child) whose exit can be waited for without polling: a pidfd (pidfd_open(2), Linux
+/// 5.3, from the CGlibc shim), readable once the process has exited.
+public struct ProcessExit: ~Copyable {
+    private let fd: Int32
+
+    /// Refers to process `pid`; nil when it is gone already (ESRCH) or the kernel has no pidfd_open (ENOSYS).
+    public init?(pid: Int32) {
+        let fd = ckpt_glibc_pidfd_open(pid)
+        guard fd >= 0 else { return nil }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// Waits until the process exits or `timeout` passes; returns whether it exited.
+    public func wait(timeout: Duration) -> Bool {
+        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while true {
+            let r = poll(&p, 1, ms)
+            if r >= 0 { return r == 1 }
+            if errno != EINTR { return false }
+        }
+    }
+}

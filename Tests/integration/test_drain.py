@@ -95,6 +95,29 @@ def test_a_save_open_at_the_signal_is_finished_and_uploaded(server, bucket, moun
     assert sha(server.s3.get_object(Bucket=bucket, Key="ckpt.bin")["Body"].read()) == sha(data)
 
 
+def test_unmount_returns_once_the_daemon_has_exited_and_its_cache_is_free(server, bucket, mounts):
+    """After a save, the daemon still has work once the mount point is gone (entering the landed save in its
+    cache, its last cache writes); `ckptfs unmount` returns only after it has exited, so the cache directory
+    can be used at once by a preload without a mount (before: the daemon was still running, holding the
+    cache's lock, when unmount returned)."""
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0")
+    pid = daemon_pid(mp)
+    data = os.urandom(64 * MiB)
+    with open(os.path.join(mp, "saved.bin"), "wb") as f:
+        f.write(data)
+    mounts.unmount(mp)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("Z", "gone"), f"the daemon is still running (state {state}) after unmount returned"
+    r = mounts.run("preload", f"s3://{bucket}/saved.bin", "--cache-dir", cache, "--json")
+    assert r.returncode == 0, r.stderr
+    got = server.s3.get_object(Bucket=bucket, Key="saved.bin")["Body"].read()
+    assert sha(got) == sha(data)
+
+
 def kill9(mp):
     pid = daemon_pid(mp)
     os.kill(pid, signal.SIGKILL)

@@ -5,7 +5,7 @@
 // mallopt(3), whose <malloc.h> the module does not include); the
 // constants' values also differ by architecture (O_DIRECT is 040000 on x86_64, 0200000 on aarch64), so they
 // must not be written out by hand. cglibc.c is compiled on its own with _GNU_SOURCE and exports the values as
-// constants and fallocate and mallopt as functions. Nothing else lives here: the other calls go through swift-system
+// constants and fallocate, mallopt and pidfd_open (a raw syscall: glibc 2.36 wraps it only in <sys/pidfd.h>) as functions. Nothing else lives here: the other calls go through swift-system
 // (SystemPackage).
 #ifndef CKPT_CGLIBC_H
 #define CKPT_CGLIBC_H
@@ -25,5 +25,10 @@ int ckpt_glibc_set_mmap_threshold(int bytes);
 /// fallocate(2) with FALLOC_FL_KEEP_SIZE: allocates disk blocks for bytes [offset, offset + length) of `fd`
 /// without changing its size. Returns 0, or -1 with errno set (ENOSPC, EOPNOTSUPP where the filesystem cannot).
 int ckpt_glibc_fallocate_keep_size(int fd, long long offset, long long length);
+
+/// pidfd_open(2): a descriptor that refers to process `pid` and becomes readable (POLLIN) when it exits, so
+/// a process that is not its parent can wait for it without polling (Linux 5.3). Returns the descriptor, or
+/// -1 with errno set (ESRCH: no such process; ENOSYS: an older kernel).
+int ckpt_glibc_pidfd_open(int pid);
 
 #endif

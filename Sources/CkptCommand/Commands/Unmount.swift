@@ -1,5 +1,6 @@
 import ArgumentParser
 import CkptFUSE
+import CkptSystem
 import Foundation
 
 /// `ckptfs unmount MOUNTPOINT [--drain-timeout S]`: drains the write-back while the mount is still there,
@@ -47,9 +48,18 @@ struct Unmount: ParsableCommand {
             for n in r.notDurable { msg += "\n  \(n.path): \(n.reason)" }
             FileHandle.standardError.write(Data((msg + "\n").utf8))
         }
+        // The daemon exits once the kernel has let go, after its last cache writes; its cache directory is free
+        // (for another mount or `ckptfs preload --cache-dir`) only then, so wait for that exit, not just for
+        // the mount point to go.
+        let daemon = Control.daemonPID(path).flatMap { ProcessExit(pid: $0) }
         _ = try? Control.call(path, .init(cmd: "unmounting", timeout: 0))
         if let problem = FuseSession.unmount(path, lazy: false) { throw UserFacingFailure(message: problem) }
-        // The daemon exits once the kernel has let go; give it a moment to release its cache.
-        for _ in 0..<50 where MountChecks.isMounted(path) { usleep(100_000) }
+        if let daemon, !daemon.wait(timeout: .seconds(Unmount.exitTimeoutSeconds)) {
+            FileHandle.standardError.write(Data(("ckptfs: note: \(path) is unmounted; its daemon is still finishing after "
+                + "\(Unmount.exitTimeoutSeconds) s, and its cache directory is in use until it exits.\n").utf8))
+        }
     }
+
+    /// How long `unmount` waits for the daemon to exit once the mount point is gone (its last cache writes).
+    static let exitTimeoutSeconds = 60
 }

@@ -57,6 +57,17 @@ enum Control {
         return cred.uid
     }
 
+    /// The process id of the daemon serving `mountpoint`: the peer of a connection to its control socket
+    /// (SO_PEERCRED), after the same trust checks as every call. Nil when it cannot be reached.
+    static func daemonPID(_ mountpoint: String) -> Int32? {
+        guard let fd = try? connect(mountpoint) else { return nil }
+        defer { close(fd) }
+        var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
+        var len = socklen_t(MemoryLayout.size(ofValue: cred))
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0, cred.pid > 0 else { return nil }
+        return cred.pid
+    }
+
     /// A peer the control channel trusts: the same uid as this process, or root.
     static func trusted(_ uid: uid_t?) -> Bool { uid == geteuid() || uid == 0 }
 
