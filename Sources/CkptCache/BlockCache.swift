@@ -48,7 +48,12 @@ public struct BlockKey: Hashable, Sendable {
 /// A cache failure the user must act on.
 public struct CacheError: Error, Sendable, CustomStringConvertible {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// When the directory is in use: the process id its lock file names (the mount or preload holding it).
+    public var holder: Int32?
+    public init(_ message: String, holder: Int32? = nil) {
+        self.message = message
+        self.holder = holder
+    }
     public var description: String { message }
 }
 
@@ -210,9 +215,9 @@ public final class BlockCache: Sendable {
             var pid = [UInt8](repeating: 0, count: 31)
             let n = (try? pid.withUnsafeMutableBytes { b throws(Errno) in try FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: 0, into: b) }) ?? 0
             close(fd)
-            let holder = n > 0 ? " (process \(String(decoding: pid[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)))" : ""
-            throw CacheError("the cache directory \(directory) is in use by another ckptfs mount\(holder); "
-                + "unmount it first, or give this mount its own --cache-dir")
+            let holder = Int32(String(decoding: pid[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            throw CacheError("the cache directory \(directory) is in use by another ckptfs mount\(holder.map { " (process \($0))" } ?? ""); "
+                + "unmount it first, or give this mount its own --cache-dir", holder: holder)
         }
         ftruncate(fd, 0)
         _ = try? FileDescriptor(rawValue: fd).writeAll(toAbsoluteOffset: 0, Array("\(getpid())\n".utf8))

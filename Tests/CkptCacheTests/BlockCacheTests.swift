@@ -114,6 +114,8 @@ final class BlockCacheTests: XCTestCase {
         XCTAssertThrowsError(try BlockCache(directory: dir, capacity: 1 << 20)) { e in
             XCTAssertTrue("\(e)".contains("in use by another ckptfs mount"), "\(e)")
             XCTAssertTrue("\(e)".contains("process \(getpid())"))
+            // The holder's pid, for a mount that waits for it to exit (MountProcess.openCache).
+            XCTAssertEqual((e as? CacheError)?.holder, getpid())
         }
         _ = first
     }

@@ -1,4 +1,5 @@
 import CkptCache
+import CkptSystem
 import CkptDigest
 import CkptS3
 import Foundation
@@ -77,16 +78,16 @@ struct MountProcess {
         return "\(base)/ckptfs/\(target.bucket)-\(id)"
     }
 
-    /// Opens the cache; a mount that has just been unmounted may still be releasing it, so wait briefly.
+    /// Opens the cache. A mount unmounted from outside (`fusermount3 -u`, a signal) may still be exiting and
+    /// holding it: wait up to 5 s for that process (named in the lock file) to exit, then try once more.
     func openCache(_ dir: String, size: Int64) throws(UserFacingFailure) -> BlockCache {
-        var last: CacheError?
-        for _ in 0..<50 {
-            do { return try BlockCache(directory: dir, capacity: size) } catch {
-                last = error
-                guard error.message.contains("in use") else { break }
-                usleep(100_000)
+        do { return try BlockCache(directory: dir, capacity: size) } catch {
+            guard let holder = error.holder else { throw UserFacingFailure(message: error.description) }
+            // Gone already (nil: ESRCH) or gone within the wait: the lock is free.
+            if let exit = ProcessExit(pid: holder), !exit.wait(timeout: .seconds(5)) {
+                throw UserFacingFailure(message: error.description)
             }
+            do { return try BlockCache(directory: dir, capacity: size) } catch { throw UserFacingFailure(message: error.description) }
         }
-        throw UserFacingFailure(message: last?.description ?? "cannot open the cache")
     }
 }
