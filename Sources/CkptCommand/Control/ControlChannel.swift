@@ -46,26 +46,26 @@ enum Control {
         if create && (st.st_mode & 0o077) != 0 { chmod(dir, 0o700) }
     }
 
-    /// The uid of the process at the other end of the connected Unix socket `fd` (SO_PEERCRED: the
-    /// credentials the peer had when it called connect() or listen()).
-    static func peerUID(_ fd: Int32) -> uid_t? {
+    /// The process at the other end of the connected Unix socket `fd` (SO_PEERCRED: the credentials the peer
+    /// had when it called connect() or listen()).
+    static func peer(_ fd: Int32) -> (pid: pid_t, uid: uid_t)? {
         // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Linux ABI); glibc declares it only under
         // _GNU_SOURCE, so Swift's Glibc module does not see it.
         var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
         var len = socklen_t(MemoryLayout.size(ofValue: cred))
         guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0, Int(len) == MemoryLayout.size(ofValue: cred) else { return nil }
-        return cred.uid
+        return (cred.pid, cred.uid)
     }
 
-    /// The process id of the daemon serving `mountpoint`: the peer of a connection to its control socket
-    /// (SO_PEERCRED), after the same trust checks as every call. Nil when it cannot be reached.
-    static func daemonPID(_ mountpoint: String) -> Int32? {
+    /// The uid of the process at the other end of the connected Unix socket `fd` (`peer`).
+    static func peerUID(_ fd: Int32) -> uid_t? { peer(fd)?.uid }
+
+    /// The process id of the daemon serving `mountpoint`: the peer of a connection to its control socket,
+    /// after the same trust checks as every call. Nil when it cannot be reached.
+    static func daemonPID(_ mountpoint: String) -> pid_t? {
         guard let fd = try? connect(mountpoint) else { return nil }
         defer { close(fd) }
-        var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
-        var len = socklen_t(MemoryLayout.size(ofValue: cred))
-        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0, cred.pid > 0 else { return nil }
-        return cred.pid
+        return peer(fd).flatMap { $0.pid > 0 ? $0.pid : nil }
     }
 
     /// A peer the control channel trusts: the same uid as this process, or root.

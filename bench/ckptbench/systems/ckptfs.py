@@ -33,7 +33,8 @@ class Ckptfs(Mount):
             raise SystemExit(f"bench: ckptfs flush failed: {r.stderr}")
 
     def pid(self):
-        # The newest: the daemon of the mount before may still be exiting (it finishes its cache writes after
-        # the unmount), and a CPU figure read from it fails once it is gone (a torch-save round did).
+        # The newest: with a build whose `unmount` returned before its daemon exited (before b895994), the
+        # daemon of the mount before could still be running, and a CPU figure read from it failed once it
+        # was gone (a torch-save round did).
         out = sh(["pgrep", "-n", "-f", f"ckptfs mount .* {self.mp} "], check=False).stdout.split()
         return int(out[0]) if out else None
