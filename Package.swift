@@ -56,7 +56,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The FUSE adapter: libfuse's low-level API onto the core (the only module using libfuse).
-        .target(name: "CkptFUSE", dependencies: ["CFuse", "CkptFS", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "CkptFUSE", dependencies: ["CFuse", "CkptFS", "CkptSystem", .product(name: "Logging", package: "swift-log")]),
         // The command line: the `ckptfs` binary (product), one file per subcommand.
         .executableTarget(name: "CkptCommand", dependencies: [
             "CkptFUSE", "CkptFS", "CkptCache", "CkptS3", "CkptHTTP", "CkptDigest", "CkptSystem",

@@ -27,3 +27,7 @@ int ckpt_glibc_pidfd_open(int pid) {
     return -1;
 #endif
 }
+
+int ckpt_glibc_gettid(void) {
+    return (int)syscall(SYS_gettid);
+}

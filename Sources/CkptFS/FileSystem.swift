@@ -119,6 +119,9 @@ public final class FileSystem: Sendable {
 
     public func getattr(ino: UInt64) async throws(FSError) -> Attributes { try await namespace.getattr(ino: ino) }
 
+    /// `getattr` on the calling thread when it needs no request to S3; nil when it does (call `getattr`).
+    public func getattrNow(ino: UInt64) throws(FSError) -> Attributes? { try namespace.getattrAtHand(ino: ino) }
+
     /// The kernel dropped `count` references to `ino`.
     public func forget(ino: UInt64, count: UInt64) { namespace.forget(ino: ino, count: count) }
 
@@ -134,14 +137,15 @@ public final class FileSystem: Sendable {
 
     // MARK: Write-back
 
-    /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing.
-    public func create(parent: UInt64, name: String, flags: Int32) async throws(FSError) -> (Attributes, UInt64) {
+    /// Creates `name` in `parent` (empty, local until uploaded) and opens it for writing. On the calling thread:
+    /// it asks S3 nothing and waits for nothing but the staged file's creation on local disk.
+    public func create(parent: UInt64, name: String, flags: Int32) throws(FSError) -> (Attributes, UInt64) {
         let dir = try namespace.node(parent)
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
         guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
         try Namespace.refuseInVersionView(dir.key + name)
-        let f = try await writeBack.createFile(key: dir.key + name)
+        let f = try writeBack.createFile(key: dir.key + name)
         let attr = namespace.created(parent: parent, name: name, key: dir.key + name, meta: f.current.meta)
         return (attr, writeBack.newHandle(on: f, ino: attr.ino, writable: true))
     }

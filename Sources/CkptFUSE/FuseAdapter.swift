@@ -8,6 +8,7 @@
 // this process. This is the only module that touches libfuse.
 import CFuse
 import CkptFS
+import CkptSystem
 import Foundation
 import Logging
 import Synchronization
@@ -119,18 +120,15 @@ public final class FuseAdapter: Sendable {
         fuse_reply_err(req, e.errno)
     }
 
-    /// Replies EROFS and returns true once the mount stopped accepting changes (the drain before an unmount
-    /// is over): a change made then is refused, never acknowledged and left behind.
     /// The process (thread group) whose thread sent `req`, or 0 when that cannot be told: the kernel gives the
-    /// calling thread's id (in the daemon's pid namespace; 0 from outside it), and /proc/TID/status its Tgid.
+    /// calling thread's id (in the daemon's pid namespace; 0 from outside it).
     static func process(_ req: fuse_req_t?) -> pid_t {
-        guard let tid = fuse_req_ctx(req)?.pointee.pid, tid > 0,
-              let status = try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Tgid:") }),
-              let tgid = pid_t(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) else { return 0 }
-        return tgid
+        guard let tid = fuse_req_ctx(req)?.pointee.pid, tid > 0 else { return 0 }
+        return threadGroup(ofThread: tid)
     }
 
+    /// Replies EROFS and returns true once the mount stopped accepting changes (the drain before an unmount
+    /// is over): a change made then is refused, never acknowledged and left behind.
     static func refused(_ req: fuse_req_t?) -> Bool {
         guard !adapter(req).gate.acceptsChanges else { return false }
         fuse_reply_err(req, EROFS)
@@ -246,6 +244,18 @@ public final class FuseAdapter: Sendable {
             fuse_reply_none(req)
         }
         ops.getattr = { req, ino, _ in
+            // Answered on this thread when it needs no HEAD (a file written here, a directory, a fresh node).
+            let a = FuseAdapter.adapter(req)
+            do throws(FSError) {
+                if let attr = try a.fs.getattrNow(ino: UInt64(ino)) {
+                    var st = a.stat(attr)
+                    fuse_reply_attr(req, &st, a.timeout)
+                    return
+                }
+            } catch {
+                a.replyError(req, error, "getattr")
+                return
+            }
             FuseAdapter.interruptible(req, "getattr") { a, reply throws(FSError) in
                 var st = a.stat(try await a.fs.getattr(ino: UInt64(ino)))
                 _ = reply.send { fuse_reply_attr($0, &st, a.timeout) }
@@ -299,18 +309,20 @@ public final class FuseAdapter: Sendable {
             guard let n = FuseAdapter.utf8Name(req, name) else { return }
             let flags = fi!.pointee.flags
             let opener = FuseAdapter.process(req)
-            let boxed = UnsafeSendable(fi!.pointee)
-            FuseAdapter.async(req, "create") { a, r throws(FSError) in
-                let req = r.value
-                let (attr, h) = try await a.fs.create(parent: UInt64(parent), name: n, flags: flags)
+            // On this thread: a create asks S3 nothing (the staged file is made on local disk).
+            let a = FuseAdapter.adapter(req)
+            do throws(FSError) {
+                let (attr, h) = try a.fs.create(parent: UInt64(parent), name: n, flags: flags)
                 var e = a.entry(attr)
-                var copy = boxed.value
+                var copy = fi!.pointee
                 ckpt_fuse_fi_set(&copy, h, 0, 0)
                 a.gate.opened(writer: h, by: opener)
                 if fuse_reply_create(req, &e, &copy) != 0 {
                     a.gate.released(h)
                     a.fs.release(handle: h)
                 }
+            } catch {
+                a.replyError(req, error, "create")
             }
         }
         ops.write = { req, _, buf, size, off, fi in
@@ -372,6 +384,27 @@ public final class FuseAdapter: Sendable {
                 mtime = Date(timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
             }
             let newMtime = mtime
+            if size == nil {
+                // Times only (the kernel's write-back of a file's times at close, utime): set on this thread,
+                // and answered here too unless the attributes need a HEAD.
+                let a = FuseAdapter.adapter(req)
+                do throws(FSError) {
+                    try a.fs.setTimes(ino: UInt64(ino), mtime: newMtime)
+                    if let attr = try a.fs.getattrNow(ino: UInt64(ino)) {
+                        var out = a.stat(attr)
+                        fuse_reply_attr(req, &out, a.timeout)
+                        return
+                    }
+                } catch {
+                    a.replyError(req, error, "setattr")
+                    return
+                }
+                FuseAdapter.async(req, "setattr") { a, r throws(FSError) in
+                    var out = a.stat(try await a.fs.getattr(ino: UInt64(ino)))
+                    fuse_reply_attr(r.value, &out, a.timeout)
+                }
+                return
+            }
             FuseAdapter.async(req, "setattr") { a, r throws(FSError) in
                 var out = a.stat(try await a.fs.setattr(ino: UInt64(ino), size: size, mtime: newMtime))
                 fuse_reply_attr(r.value, &out, a.timeout)

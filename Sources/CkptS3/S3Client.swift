@@ -125,10 +125,14 @@ public final class S3Client: ObjectClient {
             headers.append(("host", host))
             let now = Date().addingTimeInterval(clockOffset.withLock { $0 })
             headers.append(("x-amz-date", SigV4Signer.amzDate(now)))
+            // A body in memory is signed (its SHA-256), unless a Content-MD5 header (itself signed) already binds
+            // it: the server checks the body against that MD5, so a second, slower hash adds nothing. File bodies
+            // (object data read as it is sent) go unsigned.
             let payloadHash: String
             switch r.body {
             case .empty: payloadHash = Digest.sha256([UInt8]()).hexString
-            case .bytes(let b): payloadHash = Digest.sha256(b).hexString
+            case .bytes(let b):
+                payloadHash = r.headers.contains { $0.0.lowercased() == "content-md5" } ? "UNSIGNED-PAYLOAD" : Digest.sha256(b).hexString
             case .file: payloadHash = "UNSIGNED-PAYLOAD"
             }
             headers.append(("x-amz-content-sha256", payloadHash))

@@ -455,7 +455,7 @@ final class FileSystemTests: XCTestCase {
         func errno(_ f: () async throws -> Void) async -> Int32? {
             do { try await f(); return nil } catch { return (error as? FSError)?.errno }
         }
-        var e = await errno { _ = try await self.fs.create(parent: FileSystem.rootIno, name: long, flags: O_WRONLY) }
+        var e = await errno { _ = try self.fs.create(parent: FileSystem.rootIno, name: long, flags: O_WRONLY) }
         XCTAssertEqual(e, ENAMETOOLONG)
         e = await errno { _ = try await self.fs.mkdir(parent: FileSystem.rootIno, name: long) }
         XCTAssertEqual(e, ENAMETOOLONG)
@@ -472,9 +472,9 @@ final class FileSystemTests: XCTestCase {
         XCTAssertEqual(e, ENAMETOOLONG)
         // Keys: a mount whose prefix is 1,000 bytes leaves 24 bytes for a file name, 23 for a directory's.
         fs = try make(prefix: String(repeating: "p", count: 999))
-        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: String(repeating: "f", count: 24), flags: O_WRONLY)
+        let (_, h) = try fs.create(parent: FileSystem.rootIno, name: String(repeating: "f", count: 24), flags: O_WRONLY)
         fs.release(handle: h)
-        e = await errno { _ = try await self.fs.create(parent: FileSystem.rootIno, name: String(repeating: "f", count: 25), flags: O_WRONLY) }
+        e = await errno { _ = try self.fs.create(parent: FileSystem.rootIno, name: String(repeating: "f", count: 25), flags: O_WRONLY) }
         XCTAssertEqual(e, ENAMETOOLONG)
         _ = try await fs.mkdir(parent: FileSystem.rootIno, name: String(repeating: "g", count: 23))
         e = await errno { _ = try await self.fs.mkdir(parent: FileSystem.rootIno, name: String(repeating: "g", count: 24)) }

@@ -128,7 +128,7 @@ final class PreloadTests: XCTestCase {
         XCTAssertEqual(many.missing, ["many/none"])
         XCTAssertEqual(s3.count("ListObjectsV2") - lists, 1)
         // A file with local changes on the mount is not preloaded: the mount reads it locally.
-        let (attr, h) = try await fs.create(parent: FileSystem.rootIno, name: "local.bin", flags: O_WRONLY)
+        let (attr, h) = try fs.create(parent: FileSystem.rootIno, name: "local.bin", flags: O_WRONLY)
         _ = attr
         try await fs.flush(handle: h)
         fs.release(handle: h)

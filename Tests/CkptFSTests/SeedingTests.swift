@@ -39,7 +39,7 @@ final class SeedingTests: XCTestCase {
     }
 
     func write(_ fs: FileSystem, _ name: String, _ data: [UInt8]) async throws {
-        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: name, flags: O_WRONLY)
+        let (_, h) = try fs.create(parent: FileSystem.rootIno, name: name, flags: O_WRONLY)
         var off = 0
         while off < data.count {
             let n = min(1 << 20, data.count - off)
@@ -107,7 +107,7 @@ final class SeedingTests: XCTestCase {
     func testAnOrphanWrittenAfterItsSaveLandedIsNotServedUnderItsETag() async throws {
         let v1 = pattern(3 << 20, 40)
         let fs = try await make()
-        let (attr, h) = try await fs.create(parent: FileSystem.rootIno, name: "x.bin", flags: O_RDWR)
+        let (attr, h) = try fs.create(parent: FileSystem.rootIno, name: "x.bin", flags: O_RDWR)
         try await fs.writeWaiting(handle: h, offset: 0, data: v1)
         try await fs.fsync(handle: h)  // landed while the handle stays open
         try await fs.unlink(parent: FileSystem.rootIno, name: "x.bin")

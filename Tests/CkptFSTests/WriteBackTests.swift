@@ -55,7 +55,7 @@ final class WriteBackTests: XCTestCase {
     }
 
     func write(_ fs: FileSystem, _ name: String, _ data: [UInt8], chunk: Int = 1 << 20) async throws {
-        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: name, flags: O_WRONLY)
+        let (_, h) = try fs.create(parent: FileSystem.rootIno, name: name, flags: O_WRONLY)
         var off = 0
         while off < data.count {
             let n = min(chunk, data.count - off)
@@ -95,7 +95,7 @@ final class WriteBackTests: XCTestCase {
         let fs = try make(hold: true, maxDirty: 1 << 20)
         try await write(fs, "a.bin", [UInt8](repeating: 1, count: 2 << 20))  // closed: queued, held, 2 MiB staged
         XCTAssertEqual(fs.writeBackStatus.maxDirty, 1 << 20)
-        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: "b.bin", flags: O_WRONLY)
+        let (_, h) = try fs.create(parent: FileSystem.rootIno, name: "b.bin", flags: O_WRONLY)
         let chunk = [UInt8](repeating: 2, count: 4096)
         let r = chunk.withUnsafeBytes { p in Result { () throws(FSError) in try fs.write(handle: h, offset: 0, data: p) } }
         guard case .later(let pending) = try r.get() else { return XCTFail("a write past the bound must wait") }
@@ -119,7 +119,7 @@ final class WriteBackTests: XCTestCase {
     /// Files still open count too, but with no upload queued that could bring them down a write never waits.
     func testTheDirtyBoundNeverHoldsAWriteNothingCanRelease() async throws {
         let fs = try make(hold: true, maxDirty: 1 << 20)
-        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: "open.bin", flags: O_WRONLY)
+        let (_, h) = try fs.create(parent: FileSystem.rootIno, name: "open.bin", flags: O_WRONLY)
         let chunk = [UInt8](repeating: 3, count: 1 << 20)
         for i in 0..<3 {
             let r = chunk.withUnsafeBytes { p in Result { () throws(FSError) in try fs.write(handle: h, offset: Int64(i) << 20, data: p) } }
@@ -151,7 +151,7 @@ final class WriteBackTests: XCTestCase {
 
     /// Opens `name` new and writes `data` from the start in 1 MiB writes, without closing. Returns the handle.
     func writeOpen(_ fs: FileSystem, _ name: String, _ data: [UInt8]) async throws -> UInt64 {
-        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: name, flags: O_WRONLY)
+        let (_, h) = try fs.create(parent: FileSystem.rootIno, name: name, flags: O_WRONLY)
         var off = 0
         while off < data.count {
             let n = min(1 << 20, data.count - off)
@@ -463,7 +463,7 @@ final class WriteBackTests: XCTestCase {
             try? FileManager.default.removeItem(atPath: dir)
             do {
                 let fs = try make(hold: true)
-                let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: "ckpt-\(round).pt", flags: O_WRONLY)
+                let (_, h) = try fs.create(parent: FileSystem.rootIno, name: "ckpt-\(round).pt", flags: O_WRONLY)
                 let writing = Atomic<Bool>(true)
                 let closer = Thread {
                     while writing.load(ordering: .relaxed) { _ = try? fs.flushNow(handle: h) }
@@ -799,7 +799,7 @@ final class WriteBackTests: XCTestCase {
 
     func testANewFileConflictsWithAnObjectCreatedMeanwhile() async throws {
         let fs = try make()
-        let (_, h) = try await fs.create(parent: FileSystem.rootIno, name: "n", flags: O_WRONLY)
+        let (_, h) = try fs.create(parent: FileSystem.rootIno, name: "n", flags: O_WRONLY)
         try await put(fs, h, Array("mine".utf8), at: 0)
         _ = s3.seed(bucket, "n", Array("other writer".utf8))
         try await fs.flush(handle: h)

@@ -47,6 +47,34 @@ final class S3IntegrationTests: XCTestCase {
         XCTAssertEqual(sha, Digest.sha256(data).hexString)
     }
 
+    /// A body in memory with a Content-MD5 goes with `x-amz-content-sha256: UNSIGNED-PAYLOAD` (the signed MD5
+    /// binds it; a small file's upload sends its bytes this way), one without is signed by its SHA-256: the
+    /// server takes both, and refuses a body that does not match its Content-MD5.
+    func testABodyInMemoryIsBoundByItsContentMD5OrItsSignedHash() async throws {
+        let data = pattern(64 << 10, seed: 7)
+        let key = prefix + "small.bin"
+        let put = try await s3.putObject(bucket, key, body: .bytes(data), options: PutOptions(contentMD5: Digest.md5(data)))
+        XCTAssertEqual(put.etag, "\"\(Digest.md5(data).hexString)\"")
+        let unsigned = try await s3.putObject(bucket, key + ".2", body: .bytes(data), options: PutOptions())
+        XCTAssertEqual(unsigned.etag, put.etag)
+        var wrong = data
+        wrong[100] ^= 1
+        do {
+            _ = try await s3.putObject(bucket, key + ".3", body: .bytes(wrong), options: PutOptions(contentMD5: Digest.md5(data)))
+            XCTFail("a body that does not match its Content-MD5 was taken")
+        } catch {
+            XCTAssertNotEqual(error.code, .noSuchKey, "\(error)")
+        }
+        let (_, back) = try await s3.getObject(bucket, key)
+        XCTAssertEqual(back, data)
+        do {
+            _ = try await s3.headObject(bucket, key + ".3")
+            XCTFail("the refused body was stored")
+        } catch {
+            XCTAssertEqual(error.code, .noSuchKey, "\(error)")
+        }
+    }
+
     func testPreconditionsAndMissingKeys() async throws {
         let key = prefix + "cond"
         _ = try await s3.putObject(bucket, key, body: .bytes(Array("v1".utf8)))

@@ -5,7 +5,7 @@
 // mallopt(3), whose <malloc.h> the module does not include); the
 // constants' values also differ by architecture (O_DIRECT is 040000 on x86_64, 0200000 on aarch64), so they
 // must not be written out by hand. cglibc.c is compiled on its own with _GNU_SOURCE and exports the values as
-// constants and fallocate, mallopt and pidfd_open (a raw syscall: glibc 2.36 wraps it only in <sys/pidfd.h>) as functions. Nothing else lives here: the other calls go through swift-system
+// constants and fallocate, mallopt, gettid and pidfd_open (a raw syscall: glibc 2.36 wraps it only in <sys/pidfd.h>) as functions. Nothing else lives here: the other calls go through swift-system
 // (SystemPackage).
 #ifndef CKPT_CGLIBC_H
 #define CKPT_CGLIBC_H
@@ -30,5 +30,8 @@ int ckpt_glibc_fallocate_keep_size(int fd, long long offset, long long length);
 /// a process that is not its parent can wait for it without polling (Linux 5.3). Returns the descriptor, or
 /// -1 with errno set (ESRCH: no such process; ENOSYS: an older kernel).
 int ckpt_glibc_pidfd_open(int pid);
+
+/// gettid(2): the calling thread's id (glibc declares it only under _GNU_SOURCE).
+int ckpt_glibc_gettid(void);
 
 #endif

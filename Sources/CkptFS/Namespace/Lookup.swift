@@ -88,6 +88,18 @@ extension Namespace {
         return remember(parent: parent, name: name, key: dir.key + name, meta: meta, addLookup: true)
     }
 
+    /// `getattr` when it needs no request: an orphan's, a local file's, a directory's, a fresh node's or a versions
+    /// view's attributes; nil when a HEAD must ask S3 (call `getattr`). Never waits, so the FUSE thread answers
+    /// it itself instead of handing it to a task.
+    func getattrAtHand(ino: UInt64) throws(FSError) -> Attributes? {
+        let n = try node(ino)
+        if let m = overlay.orphanMeta(ino: ino) { return attributes(ino, m) }
+        if !n.meta.isDirectory, let m = overlay.localMeta(of: n.key) { return attributes(ino, m) }
+        if n.meta.isDirectory || n.superseded || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
+        if VersionViews.contains(n.key) { return attributes(ino, n.meta) }  // an earlier version never changes
+        return nil
+    }
+
     /// Asks S3 whether `key` is a directory (a prefix with something under it) or a file.
     func fetchMeta(key: String) async throws(FSError) -> Meta? {
         async let listing = capture { () async throws(FSError) -> Bool in try await self.listProbe(key + "/") }
@@ -274,11 +286,8 @@ extension Namespace {
     }
 
     func getattr(ino: UInt64) async throws(FSError) -> Attributes {
+        if let a = try getattrAtHand(ino: ino) { return a }
         let n = try node(ino)
-        if let m = overlay.orphanMeta(ino: ino) { return attributes(ino, m) }
-        if !n.meta.isDirectory, let m = overlay.localMeta(of: n.key) { return attributes(ino, m) }
-        if n.meta.isDirectory || n.superseded || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
-        if VersionViews.contains(n.key) { return attributes(ino, n.meta) }  // an earlier version never changes
         guard let m = try await headProbe(n.key) else { throw FSError.noEntry }
         if !n.meta.etag.isEmpty && m.etag != n.meta.etag {
             // The inode keeps showing its version (an open file of it reads that version or fails with

@@ -15,7 +15,7 @@ extension FileSystem {
             // An unlinked file still open (ftruncate, futimens through its descriptor): it stays an orphan, and
             // a file created under its old name meanwhile is not touched.
             if let size { try writeBack.truncateVersion(f, to: size) }
-            if let mtime { f.current.state.withLock { $0.mtime = mtime } }
+            try setTimes(ino: ino, mtime: mtime)
             return namespace.attributes(ino, f.current.meta)
         }
         // A versions view is read-only: chmod, chown and utime there fail too (they changed nothing and said
@@ -42,13 +42,27 @@ extension FileSystem {
                 } else {
                     remote = try await remoteObject(ino, n)
                 }
-                f = try await writeBack.openLocalFile(key: n.key, truncate: false, writer: true, remote: remote)
+                f = try writeBack.openLocalFile(key: n.key, truncate: false, writer: true, remote: remote)
             }
             defer { writeBack.releaseHandle(f, writer: true) }
             try writeBack.truncateVersion(f, to: size)
             // Acknowledged at the release when no other writer has it open: with every block it keeps here.
             try await writeBack.fillForAcknowledgement(f.current)
         }
+        try setTimes(ino: ino, mtime: mtime)
+        return try await getattr(ino: ino)
+    }
+
+    /// The times part of `setattr` (utime, futimens, and the kernel's write-back of a file's times), on the
+    /// calling thread: it asks S3 nothing. Then `getattrNow` (or `getattr`) gives the attributes to reply with.
+    public func setTimes(ino: UInt64, mtime: Date?) throws(FSError) {
+        let n = try namespace.node(ino)
+        if let f = writeBack.localFiles.orphans.withLock({ $0[ino] }) {
+            // An unlinked file still open: its own version, not a file created under its old name meanwhile.
+            if let mtime { f.current.state.withLock { $0.mtime = mtime } }
+            return
+        }
+        try Namespace.refuseInVersionView(n.key)
         if let mtime, !n.meta.isDirectory {
             // Stored with the upload (x-amz-meta-mtime) while the file is local; otherwise not kept.
             if let v = writeBack.localVersion(n.key) {
@@ -66,6 +80,5 @@ extension FileSystem {
                 }
             }
         }
-        return try await getattr(ino: ino)
     }
 }

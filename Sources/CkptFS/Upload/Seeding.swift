@@ -11,8 +11,9 @@
 // whose acknowledgement is withdrawn, `WriteBack.orphan`), which sets `orphaned` before any such write: each
 // block is read first and the flag checked after, so a block read before the flag is set is the landed bytes.
 //
-// Off the upload's path: `take` gets a descriptor of the staged file before the version settles (it keeps the
-// bytes readable after the staged file is removed), fsync and flush are woken as the version lands, and one
+// Off the upload's path: `take` gets the body a small file was sent from (files of up to 1 MiB are read into
+// memory once for their upload), or else a descriptor of the staged file, before the version settles (it keeps
+// the bytes readable after the staged file is removed), fsync and flush are woken as the version lands, and one
 // serial queue copies the saves block by block afterwards. The ticket `take` returns counts as work to wait
 // for at exit (`waitQueued`) from before the version lands until its copy ends or the ticket is dropped (the
 // version did not land), so an unmount right after a flush finds every landed save in the cache. Reads use
@@ -42,20 +43,36 @@ final class SaveSeeder: Sendable {
     /// Free space on the cache disk that seeding always leaves, beyond what the staging area may still take.
     static let diskMargin: Int64 = 32 << 20
 
-    /// A save that may be entered: the staged file's descriptor, and one unit of `pending` until it is dropped.
+    /// Bodies of small files that landed (`take`'s `sentBody`) held at most, together, until they are entered; a
+    /// save that finds them at this bound is entered from its staged file instead.
+    static let heldBodyLimit: Int64 = 64 << 20
+    /// Bytes of the bodies that tickets hold now.
+    fileprivate let heldBodies = Atomic<Int64>(0)
+
+    /// Where a save's bytes are read from when it is entered.
+    enum Source: Sendable {
+        /// The staged file (a descriptor of its own).
+        case file(OwnedDescriptor)
+        /// The bytes one PutObject sent (a small file read into memory for its upload).
+        case body([UInt8])
+    }
+
+    /// A save that may be entered: where its bytes are, and one unit of `pending` until it is dropped.
     final class Ticket: Sendable {
-        let file: OwnedDescriptor
+        let source: Source
         private let seeder: SaveSeeder
         private let bytes: Int64
-        fileprivate init(file: OwnedDescriptor, seeder: SaveSeeder, bytes: Int64) {
-            self.file = file
+        fileprivate init(source: Source, seeder: SaveSeeder, bytes: Int64) {
+            self.source = source
             self.seeder = seeder
             self.bytes = bytes
             seeder.reserved.wrappingAdd(bytes, ordering: .relaxed)
+            if case .body(let b) = source { seeder.heldBodies.wrappingAdd(Int64(b.count), ordering: .relaxed) }
             seeder.pending.enter()
         }
         deinit {
             seeder.reserved.wrappingSubtract(bytes, ordering: .relaxed)
+            if case .body(let b) = source { seeder.heldBodies.wrappingSubtract(Int64(b.count), ordering: .relaxed) }
             seeder.pending.leave()
         }
     }
@@ -68,11 +85,12 @@ final class SaveSeeder: Sendable {
 
     /// A ticket for entering `v` in the cache once it has landed (`seed`), or nil when it is not to be entered
     /// (larger than the cache's share for unread saves, empty, no room on the cache disk beyond what the staging
-    /// area may still take, `stagingMayTake` bytes, or its staged file cannot be opened). Its
-    /// descriptor is the staged file opened again through /proc/self/fd with O_DIRECT where the filesystem allows
+    /// area may still take, `stagingMayTake` bytes, or its staged file cannot be opened). It holds `sentBody`,
+    /// the bytes a PutObject of `v` sent (all of them), while the bodies held stay under `heldBodyLimit`; else a
+    /// descriptor: the staged file opened again through /proc/self/fd with O_DIRECT where the filesystem allows
     /// (the same file, read without filling the page cache), else the version's own. Call before the version
     /// settles; drop the ticket if it does not land.
-    func take(_ v: StagedVersion, stagingMayTake: Int64) -> Ticket? {
+    func take(_ v: StagedVersion, stagingMayTake: Int64, sentBody: [UInt8]? = nil) -> Ticket? {
         let size = v.size
         guard !stopped.load(ordering: .relaxed), cache.canSeed(size: size) else { return nil }
         let bytes = cache.storedSize(ofObject: size)
@@ -80,48 +98,91 @@ final class SaveSeeder: Sendable {
         guard statvfs(cache.directory, &st) == 0 else { return nil }
         let free = Int64(st.f_bavail) * Int64(st.f_frsize)
         let before = reserved.wrappingAdd(bytes, ordering: .relaxed).oldValue
-        guard free - before - bytes - max(0, stagingMayTake) >= SaveSeeder.diskMargin, let file = try? v.open() else {
+        guard free - before - bytes - max(0, stagingMayTake) >= SaveSeeder.diskMargin else {
+            reserved.wrappingSubtract(bytes, ordering: .relaxed)
+            return nil
+        }
+        if let sentBody, Int64(sentBody.count) == size,
+           heldBodies.load(ordering: .relaxed) + size <= SaveSeeder.heldBodyLimit {
+            let ticket = Ticket(source: .body(sentBody), seeder: self, bytes: bytes)
+            reserved.wrappingSubtract(bytes, ordering: .relaxed)  // the ticket holds its own from here
+            return ticket
+        }
+        guard let file = try? v.open() else {
             reserved.wrappingSubtract(bytes, ordering: .relaxed)
             return nil
         }
         let direct = Glibc.open("/proc/self/fd/\(file.rawValue)", O_RDONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC)
-        let ticket = Ticket(file: direct >= 0 ? OwnedDescriptor(direct) : file, seeder: self, bytes: bytes)
+        let ticket = Ticket(source: .file(direct >= 0 ? OwnedDescriptor(direct) : file), seeder: self, bytes: bytes)
         reserved.wrappingSubtract(bytes, ordering: .relaxed)  // the ticket holds its own from here
         return ticket
     }
 
     /// Enters `v`, which landed as `etag` under `key`, in the block cache from `ticket` (`take`), in the background.
-    /// Stops at the first block it cannot read whole, or once the version is orphaned (its bytes may change);
-    /// blocks entered before stay (they were read before any change).
+    /// From a staged file it stops at the first block it cannot read whole, or once the version is orphaned (its
+    /// bytes may change); blocks entered before stay (they were read before any change).
     func seed(_ v: StagedVersion, from ticket: Ticket, key: String, etag: String) {
         let size = v.size
         queue.async { [self] in
-            let file = ticket.file
             defer { withExtendedLifetime(ticket) {} }
             guard !stopped.load(ordering: .relaxed) else { return }
-            let bs = cache.blockSize
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 4096)
-            defer { buffer.deallocate() }
-            let fd = FileDescriptor(rawValue: file.rawValue)
-            var index: Int64 = 0
-            var entered: Int64 = 0
-            while index * Int64(bs) < size, !stopped.load(ordering: .relaxed) {
-                let offset = index * Int64(bs)
-                let length = Int(min(Int64(bs), size - offset))
-                // Whole pages (O_DIRECT): the read ends at the end of the file.
-                let want = min(bs, (length + 4095) & ~4095)
-                let got = (try? fd.readAll(fromAbsoluteOffset: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))) ?? 0
-                guard got >= length else { break }
-                // After the read: a write in place can only follow the flag (see the file's comment).
-                guard !v.state.withLock({ $0.orphaned || $0.size != size }) else { break }
-                let k = BlockKey(bucket: bucket, key: key, etag: etag, index: index)
-                guard cache.seed(k, UnsafeRawBufferPointer(rebasing: buffer[0..<length])) else { break }
-                entered += Int64(length)
-                index += 1
+            let entered: Int64
+            switch ticket.source {
+            case .body(let body):
+                // The bytes S3 holds under `etag` (they were sent, and its ETag is their MD5), whatever happened
+                // to the version since.
+                entered = body.withUnsafeBytes { enter($0, key: key, etag: etag) { _ in true } }
+            case .file(let file):
+                entered = enter(v, size: size, from: file, key: key, etag: etag)
             }
             logger.debug("save entered in the block cache", metadata: ["key": "\(key)", "etag": "\(etag)",
                                                                      "bytes": "\(entered)", "size": "\(size)"])
         }
+    }
+
+    /// Enters `bytes` block by block as the object `key` version `etag`, while `keep` (asked after each block's
+    /// bytes are in `bytes`) says they are still that version's. Returns the bytes entered.
+    private func enter(_ bytes: UnsafeRawBufferPointer, key: String, etag: String, first: Int64 = 0,
+                       keep: (Int64) -> Bool) -> Int64 {
+        let bs = cache.blockSize
+        var entered: Int64 = 0
+        var at = 0
+        while at < bytes.count, !stopped.load(ordering: .relaxed) {
+            let index = first + Int64(at / bs)
+            guard keep(index) else { break }
+            let piece = UnsafeRawBufferPointer(rebasing: bytes[at..<min(bytes.count, at + bs)])
+            guard cache.seed(BlockKey(bucket: bucket, key: key, etag: etag, index: index), piece) else { break }
+            entered += Int64(piece.count)
+            at += piece.count
+        }
+        return entered
+    }
+
+    /// Enters the `size` bytes of `v`'s staged file `file`, a block at a time. Returns the bytes entered.
+    private func enter(_ v: StagedVersion, size: Int64, from file: OwnedDescriptor, key: String, etag: String) -> Int64 {
+        let bs = cache.blockSize
+        // A block, or the save's size in whole pages when smaller (see `StagingArea.forEachChunk`).
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: min(bs, Int(max(4096, (size + 4095) & ~4095))), alignment: 4096)
+        defer { buffer.deallocate() }
+        let fd = FileDescriptor(rawValue: file.rawValue)
+        var index: Int64 = 0
+        var entered: Int64 = 0
+        while index * Int64(bs) < size, !stopped.load(ordering: .relaxed) {
+            let offset = index * Int64(bs)
+            let length = Int(min(Int64(bs), size - offset))
+            // Whole pages (O_DIRECT): the read ends at the end of the file.
+            let want = min(bs, (length + 4095) & ~4095)
+            let got = (try? fd.readAll(fromAbsoluteOffset: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))) ?? 0
+            guard got >= length else { break }
+            // After the read: a write in place can only follow the flag (see the file's comment).
+            let n = enter(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), key: key, etag: etag, first: index) { _ in
+                !v.state.withLock { $0.orphaned || $0.size != size }
+            }
+            guard n == Int64(length) else { break }
+            entered += n
+            index += 1
+        }
+        return entered
     }
 
     /// Returns once every save whose ticket was taken before the call is entered or given up (blocking: call off

@@ -39,10 +39,12 @@ extension WriteBack {
             case .go(let g): generation = g
             }
             do throws(FSError) {
-                let (key, etag, sent) = try await uploadOnce(v)
-                // A descriptor of the staged file for entering it in the block cache once it has landed
-                // (SaveSeeder), taken now: it keeps the bytes readable after the staged file is removed.
-                let seedFile = sent && options.cacheSaves ? seeder.take(v, stagingMayTake: maxDirty - staging.stagedBytes) : nil
+                let (key, etag, sent, body) = try await uploadOnce(v)
+                // What enters the version in the block cache once it has landed (SaveSeeder), taken now: the body
+                // a small file was sent from, else a descriptor of the staged file (it keeps the bytes readable
+                // after the staged file is removed).
+                let seedFile = sent && options.cacheSaves
+                    ? seeder.take(v, stagingMayTake: maxDirty - staging.stagedBytes, sentBody: body) : nil
                 // The record names the key and the commit the upload started from: a rename after it journals the
                 // version again, under a new key and generation.
                 var done = JournalRecord(op: .done, id: v.id, key: key, etag: etag)
@@ -128,10 +130,11 @@ extension WriteBack {
     /// One attempt: PutObject or multipart, then a HEAD that checks the size. Returns the key and the ETag the
     /// version landed under, and `sent`: whether S3 certainly holds this version's staged bytes, whole, under
     /// that key and ETag (the reply to the write says so; a file opened in place and never changed, whose
-    /// staged copy may lack blocks, is not `sent`), so they may be entered in the block cache (SaveSeeder).
-    func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String, sent: Bool) {
+    /// staged copy may lack blocks, is not `sent`), so they may be entered in the block cache (SaveSeeder);
+    /// `body`, the bytes of a file of at most `inMemoryPutLimit` bytes that one PutObject sent from memory.
+    func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String, sent: Bool, body: [UInt8]?) {
         // Opened in place and never changed: the object in S3 is already this file.
-        if let base = v.state.withLock({ $0.differsFromBase ? nil : $0.base }), base.key == v.key { return (v.key, base.etag, false) }
+        if let base = v.state.withLock({ $0.differsFromBase ? nil : $0.base }), base.key == v.key { return (v.key, base.etag, false, nil) }
         try await fillAll(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
         var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970),
@@ -157,7 +160,7 @@ extension WriteBack {
             }
             if let info, let tagged = ownVersion(info) {
                 // Tagged with this version in the same reply as its ETag: this version's bytes.
-                if tagged == v.id { return (key, info.etag, true) }
+                if tagged == v.id { return (key, info.etag, true, nil) }
                 if tagged < v.id {
                     logger.info("an earlier version of this file from this cache landed before a crash; uploading over it",
                                 metadata: ["key": "\(key)"])
@@ -171,7 +174,7 @@ extension WriteBack {
                    return try withExtendedLifetime(file) { () throws(FSError) in try StagingArea.localETag(fd: file.rawValue, parts: ranges) }
                })
                 == info.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) {
-                return (key, info.etag, true)
+                return (key, info.etag, true, nil)
             }
             let what: String
             switch put.condition {
@@ -186,24 +189,35 @@ extension WriteBack {
             return try await putOrMultipart()
         }
 
-        func putOrMultipart() async throws(FSError) -> (key: String, etag: String, sent: Bool) {
+        func putOrMultipart() async throws(FSError) -> (key: String, etag: String, sent: Bool, body: [UInt8]?) {
             if ranges.count <= 1 {
                 // One PUT with Content-MD5: the server rejects a body damaged in transit, and a plain-MD5 ETag
-                // must equal ours. No HEAD needed.
+                // must equal ours. No HEAD needed. A small file is read once, into memory: its MD5, the body
+                // and what the block cache gets (SaveSeeder) all come from that one read; a larger one is hashed
+                // from the staged file and sent from it.
                 let file = try v.open()
                 defer { withExtendedLifetime(file) {} }  // the request reads it until it returns
-                let sum = try await offPool { () throws(FSError) in try StagingArea.md5(of: file.rawValue, size: size) }
+                let (sum, bytes) = try await offPool { () throws(FSError) -> ([UInt8], [UInt8]?) in
+                    if size <= WriteBack.inMemoryPutLimit {
+                        let b = try StagingArea.read(fd: file.rawValue, size: size)
+                        var md5 = StreamingDigest(.md5)
+                        b.withUnsafeBytes { md5.update($0) }
+                        return (md5.finalize(), b)
+                    }
+                    return (try StagingArea.md5(of: file.rawValue, size: size), nil)
+                }
                 var o = put
                 o.contentMD5 = sum
+                let body: ObjectBody = bytes.map { .bytes($0) } ?? .file(descriptor: file.rawValue, offset: 0, length: size)
                 let r = try await s3(.write) { () async throws(S3Error) in
-                    try await client.putObject(bucket, key, body: .file(descriptor: file.rawValue, offset: 0, length: size), options: o)
+                    try await client.putObject(bucket, key, body: body, options: o)
                 }
                 let etag = r.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\""))
                 if etag.count == 32, etag.allSatisfy(\.isHexDigit), etag.lowercased() != sum.hexString {
                     throw FSError(EIO, "uploaded \(key) but the server's ETag \(etag) is not the MD5 of the file")
                 }
                 puts.wrappingAdd(1, ordering: .relaxed)
-                return (key, r.etag, true)
+                return (key, r.etag, true, bytes)
             }
             // Parts sent while the file was written are kept; otherwise a new multipart upload.
             let early = await takeEarlyUpload(v, key: key)
@@ -234,9 +248,15 @@ extension WriteBack {
             puts.wrappingAdd(max(1, expectedParts), ordering: .relaxed)
             // The HEAD's ETag is this upload's only if CompleteMultipartUpload answered with the same one
             // (another client may have written the key in between).
-            return (key, info.etag, !completed.etag.isEmpty && completed.etag == info.etag)
+            return (key, info.etag, !completed.etag.isEmpty && completed.etag == info.etag, nil)
         }
     }
+
+    /// Files of at most this many bytes are uploaded from memory (`uploadOnce`): one read of the staged file
+    /// instead of three (the MD5, the body, the block cache's copy). At most `FSOptions.smallUploadConcurrency` of
+    /// them are in flight (32 by default: 32 MiB of bodies at most), and SaveSeeder keeps at most
+    /// `SaveSeeder.heldBodyLimit` of those that landed.
+    static let inMemoryPutLimit: Int64 = 1 << 20
 
     /// User metadata naming the cache directory and version an object was uploaded from
     /// (x-amz-meta-ckptfs-version: WRITER.VERSION).

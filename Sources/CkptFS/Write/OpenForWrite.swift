@@ -12,7 +12,7 @@ extension WriteBack {
     /// The local file of `key`, creating it with a first version: empty with `truncate`, else the object
     /// `remote` in place (its blocks fetched only when needed). Counts one handle (a writer with `writer`) on it;
     /// `releaseHandle` gives it back. `remote` is the object at `key` in S3, nil when there is none.
-    func openLocalFile(key: String, truncate: Bool, writer: Bool, remote: PinnedObject?) async throws(FSError) -> LocalFile {
+    func openLocalFile(key: String, truncate: Bool, writer: Bool, remote: PinnedObject?) throws(FSError) -> LocalFile {
         /// The key's local file, taking a handle on it, if it has one.
         func join(_ l: inout [String: LocalFile]) -> LocalFile? {
             guard let f = l[key] else { return nil }
@@ -125,9 +125,9 @@ extension WriteBack {
     }
 
     /// A new, empty local file `key` (create), counted as one writer.
-    func createFile(key: String) async throws(FSError) -> LocalFile {
+    func createFile(key: String) throws(FSError) -> LocalFile {
         try checkWritable()
-        return try await openLocalFile(key: key, truncate: true, writer: true, remote: nil)
+        return try openLocalFile(key: key, truncate: true, writer: true, remote: nil)
     }
 
     /// A handle on `f` (already counted on it) for inode `ino`.
@@ -151,7 +151,7 @@ extension WriteBack {
         if write {
             try checkWritable()
             if create {
-                f = try await openLocalFile(key: key, truncate: truncate, writer: true, remote: remote)
+                f = try openLocalFile(key: key, truncate: truncate, writer: true, remote: remote)
             } else {
                 guard let joined = try joinLocalFile(key: key, truncate: truncate, writer: true) else { return nil }
                 f = joined

@@ -175,7 +175,10 @@ final class StagingArea: Sendable {
 
     /// Reads the first `size` bytes of `fd` in 1 MiB pieces, handing each to `body` with its offset.
     static func forEachChunk(of fd: Int32, size: Int64, _ body: (UnsafeRawBufferPointer, Int64) throws(FSError) -> Void) throws(FSError) {
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        // 1 MiB, or the file's size in whole pages when smaller: a small file's buffer then comes from malloc's
+        // heap (the daemon maps blocks of 256 KiB and more on their own, and every page of those is faulted in
+        // afresh).
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(1 << 20, max(4096, (size + 4095) & ~4095))), alignment: 4096)
         defer { buf.deallocate() }
         var off: Int64 = 0
         while off < size {
@@ -280,6 +283,23 @@ final class StagingArea: Sendable {
             }
         }
         return h.finalize()
+    }
+
+    /// The first `size` bytes of `fd`, read into memory; throws EIO when the file is shorter.
+    static func read(fd: Int32, size: Int64) throws(FSError) -> [UInt8] {
+        var failure: FSError?
+        let bytes = [UInt8](unsafeUninitializedCapacity: Int(size)) { buf, count in
+            do throws(Errno) {
+                let n = try FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: 0, into: UnsafeMutableRawBufferPointer(buf))
+                if n < Int(size) { failure = FSError(EIO, "reading a staged file: it is shorter than recorded") }
+                count = n
+            } catch {
+                failure = FSError(error.rawValue, "reading a staged file: \(error)")
+                count = 0
+            }
+        }
+        if let failure { throw failure }
+        return bytes
     }
 
     /// MD5 of the first `size` bytes of `fd` (Content-MD5 of a single PUT, and its ETag).

@@ -214,7 +214,7 @@ final class CoreDriver: Sendable {
                     found = try await fs.lookup(parent: parent, name: name)
                 } catch where error.errno == ENOENT && mode.create {
                     return await run { () async throws(FSError) -> DriverHandle? in
-                        let (attr, fh) = try await fs.create(parent: parent, name: name, flags: mode.flags)
+                        let (attr, fh) = try fs.create(parent: parent, name: name, flags: mode.flags)
                         return DriverHandle(fh: fh, ino: attr.ino)  // the handle keeps create's lookup reference
                     }
                 } catch { return .failure(DriverError(error)) }

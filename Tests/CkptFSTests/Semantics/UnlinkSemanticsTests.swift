@@ -171,7 +171,7 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         let before = client.count("HeadObject") + client.count("ListObjectsV2")
         let missing = await errno { () async throws(FSError) in _ = try await fs.lookup(parent: d.ino, name: "new") }
         XCTAssertEqual(missing, ENOENT)
-        let (_, h) = try await fs.create(parent: d.ino, name: "new", flags: O_WRONLY | O_CREAT)
+        let (_, h) = try fs.create(parent: d.ino, name: "new", flags: O_WRONLY | O_CREAT)
         XCTAssertEqual(client.count("HeadObject") + client.count("ListObjectsV2"), before, "S3 was asked")
         try await fs.flush(handle: h)
         fs.release(handle: h)
