@@ -1,8 +1,9 @@
 @testable import CkptFS
 import Foundation
+import Synchronization
 import XCTest
 
-/// The journal file itself: its reserve of disk space, and what a failed append leaves.
+/// The journal file itself: its reserve of disk space, what a failed append leaves, and group commit.
 final class JournalTests: XCTestCase {
     var dir: String!
 
@@ -13,7 +14,19 @@ final class JournalTests: XCTestCase {
 
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    func record(_ id: UInt64) -> JournalRecord {
+    func record(_ id: UInt64) -> JournalRecord { JournalTests.record(id) }
+
+    /// Runs `body` on a thread of its own (not a dispatch queue's: those are as many as the cores, and these
+    /// block) as part of `group`.
+    func spawn(_ group: DispatchGroup, _ body: @escaping @Sendable () -> Void) {
+        group.enter()
+        Thread {
+            body()
+            group.leave()
+        }.start()
+    }
+
+    static func record(_ id: UInt64) -> JournalRecord {
         JournalRecord(op: .commit, id: id, key: "checkpoints/step-\(id).pt", size: Int64(id) * 1000, xxh64: "abc")
     }
 
@@ -103,6 +116,84 @@ final class JournalTests: XCTestCase {
         try j.append(record(4))
         let (records, torn) = Journal.replay(path: path)
         XCTAssertEqual(records.map(\.id), [1, 2, 4])
+        XCTAssertFalse(torn)
+    }
+
+    /// Appends that come together share an fdatasync that started after their writes (group commit), and
+    /// each returns only once its records are durable: 8 appends while a slow flush runs need 2 flushes, not 8.
+    func testAppendsThatComeTogetherShareOneFlush() throws {
+        let path = dir + "/journal"
+        let first = DispatchSemaphore(value: 0)
+        let entered = DispatchSemaphore(value: 0)
+        let calls = Atomic<Int>(0)
+        let j = try Journal(path: path, sync: { fd in
+            if calls.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
+                entered.signal()
+                first.wait()  // the first flush is slow: the other appends write meanwhile
+            }
+            return fdatasync(fd)
+        })
+        let group = DispatchGroup()
+        let failures = Atomic<Int>(0)
+        spawn(group) {
+            do { try j.append(JournalTests.record(1)) } catch { failures.wrappingAdd(1, ordering: .relaxed) }
+        }
+        entered.wait()
+        for id in 2...8 {
+            spawn(group) {
+                do { try j.append(JournalTests.record(UInt64(id))) } catch { failures.wrappingAdd(1, ordering: .relaxed) }
+            }
+        }
+        // Every record written before the first flush ends (the file holds them all), then let it end.
+        let eight = 8 * Journal.frame(record(1)).count
+        for _ in 0..<500 where (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0 < eight {
+            usleep(2000)
+        }
+        first.signal()
+        group.wait()
+        XCTAssertEqual(failures.load(ordering: .relaxed), 0)
+        XCTAssertEqual(Set(Journal.replay(path: path).records.map(\.id)), Set(1...8))
+        XCTAssertEqual(j.syncs.load(ordering: .relaxed), 2, "the 7 appends written during the first flush share the second")
+    }
+
+    /// A flush that fails fails every append whose records it was to make durable, also another thread's
+    /// written meanwhile, and cuts them all off: none of them returned, so none was acknowledged, and the
+    /// journal holds only what an earlier flush made durable. Appends after it go on.
+    func testAFailedFlushFailsEveryAppendItDidNotMakeDurable() throws {
+        let path = dir + "/journal"
+        let failNext = Atomic<Bool>(false)
+        let entered = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let j = try Journal(path: path, sync: { fd in
+            guard failNext.exchange(false, ordering: .relaxed) else { return fdatasync(fd) }
+            entered.signal()
+            release.wait()
+            errno = EIO
+            return -1
+        })
+        try j.append(record(1))
+        let durable = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
+        failNext.store(true, ordering: .relaxed)
+        let group = DispatchGroup()
+        let errors = Mutex<[Int32]>([])
+        spawn(group) {
+            do { try j.append(JournalTests.record(2)) } catch { errors.withLock { $0.append((error as? FSError)?.errno ?? 0) } }
+        }
+        entered.wait()
+        spawn(group) {
+            do { try j.append(JournalTests.record(3)) } catch { errors.withLock { $0.append((error as? FSError)?.errno ?? 0) } }
+        }
+        let two = durable + 2 * Journal.frame(record(2)).count
+        for _ in 0..<500 where (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0 < two {
+            usleep(2000)
+        }
+        release.signal()
+        group.wait()
+        XCTAssertEqual(errors.withLock { $0 }, [EIO, EIO])
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int, durable)
+        try j.append(record(4))
+        let (records, torn) = Journal.replay(path: path)
+        XCTAssertEqual(records.map(\.id), [1, 4])
         XCTAssertFalse(torn)
     }
 }
