@@ -372,11 +372,13 @@ final class CurlLoop: @unchecked Sendable {
         _ = ckpt_curl_setopt_long(h, CURLOPT_LOW_SPEED_LIMIT, 1)
         _ = ckpt_curl_setopt_long(h, CURLOPT_LOW_SPEED_TIME, max(1, Int(c.stallTimeout.milliseconds / 1000)))
         _ = ckpt_curl_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
-        // Receive 512 KiB at a time for GETs, 64 KiB for the short answers of other requests; send 1 MiB at a
-        // time, or the body in 64 KiB steps when it is smaller. libcurl allocates them per transfer, and the
-        // daemon's malloc maps blocks of 256 KiB and more on their own (each page faulted in afresh): a small
-        // PUT's 1 MiB and 512 KiB buffers cost more than its body (bench/README, small files).
-        _ = ckpt_curl_setopt_long(h, CURLOPT_BUFFERSIZE, r.method == .GET ? 512 << 10 : 64 << 10)
+        // Receive 512 KiB at a time for GETs (no more than a range asks for, in 64 KiB steps), 64 KiB for the
+        // short answers of other requests; send 1 MiB at a time, or the body in 64 KiB steps when it is smaller.
+        // libcurl allocates them per transfer, and the daemon's malloc maps blocks of 256 KiB and more on their
+        // own (each page faulted in afresh): a small object's 512 KiB and 1 MiB buffers cost more than its body
+        // (bench/README, small files).
+        let receive = r.method == .GET ? min(512 << 10, CurlLoop.rangeLength(r.headers).map { Int(($0 + 65535) & ~65535) } ?? .max) : 64 << 10
+        _ = ckpt_curl_setopt_long(h, CURLOPT_BUFFERSIZE, max(64 << 10, receive))
         _ = ckpt_curl_setopt_long(h, CURLOPT_UPLOAD_BUFFERSIZE, Int(min(1 << 20, max(64 << 10, (r.body.length + 65535) & ~65535))))
         _ = ckpt_curl_setopt_str(h, CURLOPT_USERAGENT, c.userAgent)
         _ = ckpt_curl_setopt_long(h, CURLOPT_SSL_VERIFYPEER, c.verifyTLS ? 1 : 0)
@@ -417,6 +419,15 @@ final class CurlLoop: @unchecked Sendable {
             return HTTPTransportError(kind: .other, curlCode: Int(rc.rawValue), message: "libcurl refused a callback", origin: t.origin)
         }
         return nil
+    }
+
+    /// The length of the byte range a `Range: bytes=FIRST-LAST` header asks for (RFC 9110 14.1.2), or nil for any
+    /// other form (several ranges, a suffix, an open end) or none.
+    static func rangeLength(_ headers: [(String, String)]) -> Int64? {
+        guard let v = headers.first(where: { $0.0.lowercased() == "range" })?.1, v.hasPrefix("bytes=") else { return nil }
+        let parts = v.dropFirst(6).split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, let a = Int64(parts[0]), let b = Int64(parts[1]), b >= a else { return nil }
+        return b - a + 1
     }
 
     private func finish(easy: UnsafeMutableRawPointer, result: CURLcode) {

@@ -142,10 +142,13 @@ final class StoreTally: Sendable {
 }
 
 /// Cuts a streamed body into blocks as it arrives and hands each one over as soon as it is complete. A retried
-/// request starts again at offset 0; blocks already handed over are not handed over twice.
+/// request starts again at offset 0; blocks already handed over are not handed over twice. With `end` (the
+/// object's size), the last block's buffer is only as large as that block: a small object's block comes from
+/// malloc's heap instead of a fresh 1 MiB mapping whose pages are each faulted in.
 final class BlockAssembler: @unchecked Sendable {
     let first: Int64
     let blockSize: Int
+    let end: Int64?
     let delivered: (Int64, BlockBuffer) -> Void
     private let lock = NSLock()
     private var buffer: BlockBuffer
@@ -153,13 +156,20 @@ final class BlockAssembler: @unchecked Sendable {
     private var expected: Int64 = 0
     private var handedOver: Int64
 
-    init(first: Int64, blockSize: Int, delivered: @escaping (Int64, BlockBuffer) -> Void) {
+    init(first: Int64, blockSize: Int, end: Int64? = nil, delivered: @escaping (Int64, BlockBuffer) -> Void) {
         self.first = first
         self.blockSize = blockSize
+        self.end = end
         self.delivered = delivered
         self.index = first
         self.handedOver = first
-        self.buffer = BlockBuffer(capacity: blockSize)
+        self.buffer = BlockBuffer(capacity: BlockAssembler.capacity(of: first, blockSize: blockSize, end: end))
+    }
+
+    /// The size of block `index`'s buffer: a block, or what is left of the object before `end`.
+    static func capacity(of index: Int64, blockSize: Int, end: Int64?) -> Int {
+        guard let end else { return blockSize }
+        return Int(max(1, min(Int64(blockSize), end - index * Int64(blockSize))))
     }
 
     var sink: ObjectBodySink {
@@ -168,7 +178,7 @@ final class BlockAssembler: @unchecked Sendable {
             defer { lock.unlock() }
             if offset != expected {
                 guard offset == 0 else { throw FSError(EIO, "body arrived out of order") }
-                buffer = BlockBuffer(capacity: blockSize)  // a retry: start over
+                buffer = BlockBuffer(capacity: BlockAssembler.capacity(of: first, blockSize: blockSize, end: end))  // a retry: start over
                 index = first
                 expected = 0
             }
@@ -187,7 +197,7 @@ final class BlockAssembler: @unchecked Sendable {
             handedOver = index + 1
         }
         index += 1
-        buffer = BlockBuffer(capacity: blockSize)
+        buffer = BlockBuffer(capacity: BlockAssembler.capacity(of: index, blockSize: blockSize, end: end))
     }
 
     /// Hands over the last, partial block; returns the bytes received.

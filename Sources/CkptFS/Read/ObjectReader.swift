@@ -289,7 +289,7 @@ final class ObjectReader: Sendable {
         }
         let range = (from * bs)..<min((from + n) * bs, o.size)
         let tally = purpose == .preload ? StoreTally() : nil
-        let assembler = BlockAssembler(first: from, blockSize: Int(bs)) { i, buf in
+        let assembler = BlockAssembler(first: from, blockSize: Int(bs), end: o.size) { i, buf in
             let p = mine[Int(i - from)]
             p.resolve(.success(buf))
             tally?.begin()
