@@ -110,10 +110,12 @@ final class StagedVersion: Sendable {
     let state: Mutex<State>
 
     /// The staged file's descriptors while the version may be written: `fd`, and the same file opened with
-    /// O_DIRECT for large aligned writes (-1 where the filesystem refuses it). Both are closed once the version is
-    /// sealed and no writer is left (`closeWriters`), so an idle dirty file holds no descriptor; everything that
-    /// is not a write opens a descriptor of its own (`open()`).
+    /// O_DIRECT for large aligned writes (-1 where the filesystem refuses it or once closed; `directNotOpened`
+    /// until the first such write: a small file never needs it). Both are closed once the version is sealed and
+    /// no writer is left (`closeWriters`), so an idle dirty file holds no descriptor; everything that is not a
+    /// write opens a descriptor of its own (`open()`).
     private let descriptors: Mutex<(fd: Int32, direct: Int32)>
+    private static let directNotOpened: Int32 = -2
     /// Cleared when a direct write is refused: every write then goes through the page cache.
     let direct = Atomic<Bool>(true)
     /// Bytes of the staged file the staging area counts for it (the extent written, copied or filled), and
@@ -131,7 +133,7 @@ final class StagedVersion: Sendable {
          sums: HeldBudget = .unbounded) {
         self.id = id
         self.path = path
-        descriptors = Mutex((fd, writable ? Glibc.open(path, O_WRONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC) : -1))
+        descriptors = Mutex((fd, writable ? StagedVersion.directNotOpened : -1))
         var state = State(key: key, size: size, mtime: mtime)
         state.sum = RunningChecksum(budget: sums)
         self.state = Mutex(state)
@@ -148,8 +150,15 @@ final class StagedVersion: Sendable {
         }
     }
 
-    /// The O_DIRECT descriptor for large aligned writes, or -1.
-    var directFd: Int32 { descriptors.withLock { $0.direct } }
+    /// The O_DIRECT descriptor for large aligned writes (opened on first use), or -1.
+    var directFd: Int32 {
+        descriptors.withLock { d in
+            if d.direct == StagedVersion.directNotOpened {
+                d.direct = max(-1, Glibc.open(path, O_WRONLY | FileDescriptor.OpenOptions.direct.rawValue | O_CLOEXEC))
+            }
+            return d.direct
+        }
+    }
 
     /// A descriptor of the staged file of the caller's own (reads, fills, checksums, uploads): it stays valid
     /// whatever happens to the version's own descriptors, and closes when the caller drops it.
@@ -163,7 +172,7 @@ final class StagedVersion: Sendable {
     func closeWriters() {
         descriptors.withLock { d in
             if d.fd >= 0 { close(d.fd) }
-            if d.direct >= 0 { close(d.direct) }
+            if d.direct >= 0 { close(d.direct) }  // not `directNotOpened`
             d = (-1, -1)
         }
     }

@@ -198,15 +198,17 @@ final class StagingArea: Sendable {
         if ftruncate(dst, off_t(size)) != 0 { throw FSError(errno, "ftruncate") }
     }
 
-    /// Writes to a staged file. Large page-aligned writes (the kernel's write-back of a checkpoint stream) go
-    /// with O_DIRECT: no second copy into the page cache, and nothing left to flush at close(). Others, and
-    /// every write where the filesystem refuses O_DIRECT (tmpfs), go through the page cache; the kernel keeps
-    /// the two coherent.
+    /// Writes to a staged file. Large page-aligned writes (at least `directWriteMinimum`: the kernel's
+    /// write-back of a checkpoint stream, 1 MiB at a time) go with O_DIRECT: no second copy into the page
+    /// cache, and nothing left to flush at close(). Others (a small file, whose upload then reads it back from
+    /// the page cache rather than the disk, and whose close() flushes it with its size in one fsync), and every
+    /// write where the filesystem refuses O_DIRECT (tmpfs), go through the page cache; the kernel keeps the two
+    /// coherent.
     func write(_ v: StagedVersion, _ data: UnsafeRawBufferPointer, at offset: Int64) throws(FSError) {
         defer { account(v, upTo: offset + Int64(data.count)) }
         let page = 4096
-        guard v.directFd >= 0, v.direct.load(ordering: .relaxed), offset % Int64(page) == 0,
-              data.count % page == 0, data.count >= 64 << 10 else {
+        guard offset % Int64(page) == 0, data.count % page == 0, data.count >= StagingArea.directWriteMinimum,
+              v.direct.load(ordering: .relaxed), v.directFd >= 0 else {
             return try writeAll(v.fd, data, at: offset)
         }
         // The request's bytes follow its header in libfuse's buffer: copy them to an aligned one (reused: a
@@ -222,6 +224,9 @@ final class StagingArea: Sendable {
             try writeAll(v.fd, data, at: offset)
         }
     }
+
+    /// Smallest write sent with O_DIRECT (`write`).
+    static let directWriteMinimum = 256 << 10
 
     /// pwrite that, when the disk is full, evicts clean cache blocks and tries again before giving up with
     /// ENOSPC. Dirty data is never evicted.
