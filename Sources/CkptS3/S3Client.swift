@@ -84,6 +84,10 @@ public final class S3Client: ObjectClient {
         /// The operation may answer 200 with an `<Error>` document (CompleteMultipartUpload, CopyObject,
         /// UploadPartCopy): such an answer is an error like any other, retried or thrown.
         var embeddedErrors = false
+        /// The body is object data (PutObject, UploadPart): sent with `x-amz-content-sha256: UNSIGNED-PAYLOAD`
+        /// whether it is in memory or in a file, like the AWS SDKs' uploads over https (no second pass over the
+        /// data); a Content-MD5, when given, is signed and checked by the server.
+        var objectData = false
     }
 
     /// The URL and the path as signed, for a bucket and key.
@@ -125,14 +129,13 @@ public final class S3Client: ObjectClient {
             headers.append(("host", host))
             let now = Date().addingTimeInterval(clockOffset.withLock { $0 })
             headers.append(("x-amz-date", SigV4Signer.amzDate(now)))
-            // A body in memory is signed (its SHA-256), unless a Content-MD5 header (itself signed) already binds
-            // it: the server checks the body against that MD5, so a second, slower hash adds nothing. File bodies
-            // (object data read as it is sent) go unsigned.
+            // Object data goes unsigned (`Request.objectData`: read from a file as it is sent, or a small file's
+            // bytes whose signed Content-MD5 the server checks the body against); other bodies in memory are
+            // signed by their SHA-256.
             let payloadHash: String
             switch r.body {
             case .empty: payloadHash = Digest.sha256([UInt8]()).hexString
-            case .bytes(let b):
-                payloadHash = r.headers.contains { $0.0.lowercased() == "content-md5" } ? "UNSIGNED-PAYLOAD" : Digest.sha256(b).hexString
+            case .bytes(let b): payloadHash = r.objectData ? "UNSIGNED-PAYLOAD" : Digest.sha256(b).hexString
             case .file: payloadHash = "UNSIGNED-PAYLOAD"
             }
             headers.append(("x-amz-content-sha256", payloadHash))
@@ -357,6 +360,7 @@ public final class S3Client: ObjectClient {
         var r = Request(operation: "PutObject", method: .PUT, bucket: bucket, key: key)
         r.headers = S3Client.putHeaders(options)
         r.body = body
+        r.objectData = true
         let response = try await perform(r)
         return WriteResult(etag: S3Client.quotedETag(response.header("etag") ?? ""), versionId: response.header("x-amz-version-id"),
                            lastModified: response.header("last-modified").flatMap(S3Date.parseRFC1123))
@@ -420,6 +424,7 @@ public final class S3Client: ObjectClient {
         r.query = [("partNumber", "\(partNumber)"), ("uploadId", uploadId)]
         if let md5 = contentMD5 { r.headers.append(("Content-MD5", md5.base64String)) }
         r.body = body
+        r.objectData = true
         let response = try await perform(r)
         guard let etag = response.header("etag") else {
             throw S3Error.malformed("no ETag for part \(partNumber)", operation: r.operation, bucket: bucket, key: key)

@@ -47,9 +47,9 @@ final class S3IntegrationTests: XCTestCase {
         XCTAssertEqual(sha, Digest.sha256(data).hexString)
     }
 
-    /// A body in memory with a Content-MD5 goes with `x-amz-content-sha256: UNSIGNED-PAYLOAD` (the signed MD5
-    /// binds it; a small file's upload sends its bytes this way), one without is signed by its SHA-256: the
-    /// server takes both, and refuses a body that does not match its Content-MD5.
+    /// Object data in memory goes with `x-amz-content-sha256: UNSIGNED-PAYLOAD` (a small file's upload sends its
+    /// bytes this way, with a signed Content-MD5): the server takes it with or without the MD5, and refuses a
+    /// body that does not match its Content-MD5.
     func testABodyInMemoryIsBoundByItsContentMD5OrItsSignedHash() async throws {
         let data = pattern(64 << 10, seed: 7)
         let key = prefix + "small.bin"
