@@ -400,7 +400,7 @@ public final class FuseAdapter: Sendable {
                     return
                 }
                 FuseAdapter.async(req, "setattr") { a, r throws(FSError) in
-                    var out = a.stat(try await a.fs.getattr(ino: UInt64(ino)))
+                    var out = a.stat(try await a.fs.attributesAfterTimes(ino: UInt64(ino)))
                     fuse_reply_attr(r.value, &out, a.timeout)
                 }
                 return

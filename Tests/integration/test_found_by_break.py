@@ -8,13 +8,25 @@ through a real mount of a real S3 server, checked from outside with boto3.
    so S3 holds no checkpoint until the newest one lands (a crash or a lost machine then finds none).
 3. A file unlinked while it is written with --upload-while-writing leaves its multipart upload open.
 4. A directory renamed while it holds only local files is missing from its parent's listing until they land.
+
+Found by the outside suites of the eighth session (2026-12-01, stress-ng --verify and by hand); each fails on
+main 6c73384:
+
+5. A truncate past S3's largest object (5 TiB) was accepted, and the close() after it read the whole sparse
+   file in the daemon for tens of minutes, unkillable.
+6. A file kept open and acknowledged again and again (ftruncate, then close() of a duplicate: a child process
+   exiting) left two descriptors per acknowledgement open in the daemon until it ran out (stress-ng --fcntl).
+7. syncfs(2) failed with ENOENT after files were created and unlinked: the kernel's write-back of the times
+   of an inode it still held got ENOENT and counted it as a write-back error of the file system.
 """
+import errno
 import os
 import random
+import subprocess
 import threading
 import time
 
-from test_write_back import MiB, flush, open_multipart, s3_bytes, s3_keys, sha
+from test_write_back import MiB, daemon_pid, flush, open_multipart, s3_bytes, s3_keys, sha
 
 
 def test_writes_from_two_descriptors_survive_closes_of_a_third(server, bucket, mounts):
@@ -120,3 +132,56 @@ def test_a_renamed_directory_of_local_files_is_listed_in_its_parent(server, buck
     os.rename(f"{mp}/d", f"{mp}/e")
     assert sorted(os.listdir(f"{mp}/e")) == ["new.txt", "r.bin"]
     assert os.listdir(mp) == ["e"]
+
+
+def test_a_truncate_past_s3s_largest_object_is_refused(server, bucket, mounts):
+    """S3 stores objects of up to 5 TiB: growing a file past that fails with EFBIG at once, and the file keeps
+    its bytes (its save then lands as it was). Seen: the truncate succeeded, and the close() after it waited
+    for the daemon to read 6 TiB of holes."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    path = f"{mp}/huge.bin"
+    with open(path, "wb") as f:
+        f.write(b"kept")
+    for size in (6 << 40, (5 << 40) + 1):
+        try:
+            os.truncate(path, size)
+            raise AssertionError(f"a truncate to {size} bytes was accepted")
+        except OSError as e:
+            assert e.errno == errno.EFBIG, e
+    assert os.path.getsize(path) == 4
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "huge.bin") == b"kept"
+
+
+def test_acknowledging_an_open_file_again_and_again_keeps_no_descriptors(server, bucket, mounts):
+    """A file held open while it is truncated and acknowledged by the close() of a duplicate (a child process
+    that inherited the descriptor exits) 1,000 times: the daemon's open descriptors do not grow with it. Seen:
+    two more per round (the superseded versions' staged files, deleted and still open), until the daemon ran
+    out of descriptors and every open of a staged file failed with EMFILE, for every file of the mount."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    pid = daemon_pid(mp)
+    path = f"{mp}/held.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    before = len(os.listdir(f"/proc/{pid}/fd"))
+    for i in range(1000):
+        os.ftruncate(fd, 4096 + i)
+        os.close(os.dup(fd))
+    grown = len(os.listdir(f"/proc/{pid}/fd")) - before
+    os.close(fd)
+    assert grown < 50, f"the daemon holds {grown} more descriptors after 1,000 acknowledgements"
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "held.bin") == bytes(4096 + 999)
+
+
+def test_syncfs_succeeds_after_files_are_created_and_unlinked(server, bucket, mounts):
+    """`sync -f` (syncfs) of the mount after files were created, closed and unlinked succeeds: the kernel
+    writes back the times of the inodes it still holds, and the daemon answers them. Seen: ENOENT, recorded as
+    a write-back error of the file system, so every later syncfs failed until the mount went."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    os.mkdir(f"{mp}/d")
+    for i in range(20):
+        open(f"{mp}/d/f{i}", "wb").close()
+        os.unlink(f"{mp}/d/f{i}")
+    time.sleep(1)
+    r = subprocess.run(["sync", "-f", mp], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

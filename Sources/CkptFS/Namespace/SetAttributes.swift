@@ -53,6 +53,19 @@ extension FileSystem {
         return try await getattr(ino: ino)
     }
 
+    /// The attributes to answer a times-only setattr with: `getattr`'s, or the inode's last known ones when its
+    /// file is gone (unlinked here, or deleted in S3). The kernel writes back the times of an inode it still
+    /// holds after the unlink (at close, and at sync), which changes nothing then; answered with an error, the
+    /// kernel recorded it as a write-back error of the whole file system, and `syncfs(2)` (`sync -f`) failed.
+    public func attributesAfterTimes(ino: UInt64) async throws(FSError) -> Attributes {
+        do throws(FSError) {
+            return try await getattr(ino: ino)
+        } catch where error.errno == ENOENT {
+            guard let n = try? namespace.node(ino) else { throw error }
+            return namespace.attributes(ino, n.meta)
+        }
+    }
+
     /// The times part of `setattr` (utime, futimens, and the kernel's write-back of a file's times), on the
     /// calling thread: it asks S3 nothing. Then `getattrNow` (or `getattr`) gives the attributes to reply with.
     public func setTimes(ino: UInt64, mtime: Date?) throws(FSError) {

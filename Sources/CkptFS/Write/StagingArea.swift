@@ -65,7 +65,12 @@ final class StagingArea: Sendable {
         wakeWaiters()
     }
 
-    /// Removes `v`'s staged file (once; later calls do nothing) and wakes writers waiting for room.
+    /// Removes `v`'s staged file (once; later calls do nothing), closes its write descriptors and wakes writers
+    /// waiting for room. Nothing writes a removed version (superseded, dropped, landed and not current, or its
+    /// file's last handle closed; readers hold descriptors of their own): without the close its descriptors
+    /// stayed open on the deleted file as long as something held the version, and a file kept open while
+    /// it was acknowledged again and again (ftruncate, then close() of a duplicate) used up the daemon's
+    /// descriptors, two per acknowledgement.
     func remove(_ v: StagedVersion) {
         let freed = v.staged.withLock { s -> Int64? in
             guard !s.removed else { return nil }
@@ -74,6 +79,7 @@ final class StagingArea: Sendable {
         }
         guard let freed else { return }
         Glibc.unlink(v.path)
+        v.closeWriters()  // after the unlink: a stray `fd` in between cannot open the file again
         bytes.wrappingSubtract(freed, ordering: .relaxed)
         removals.lock()
         removalCount += 1

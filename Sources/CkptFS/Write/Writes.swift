@@ -19,6 +19,7 @@ extension WriteBack {
     func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
         let n = Int64(data.count)
+        try WriteBack.checkSize(offset + n)
         if staging.admit(n, fits: fits) {
             defer { staging.finished(n) }
             if try writeNow(h, offset: offset, data: data) { return .done(data.count) }
@@ -111,8 +112,20 @@ extension WriteBack {
         return true
     }
 
-    /// Sets the size of `f`'s local version.
+    /// The largest object S3 stores: 5 TiB ("Amazon S3 multipart upload limits", S3 User Guide). A file may not
+    /// grow past it: nothing could upload it, and what close() acknowledged must reach S3.
+    static let maxFileSize: Int64 = 5 << 40
+
+    /// Throws EFBIG when a file of `size` bytes could not be stored in S3 (`maxFileSize`).
+    static func checkSize(_ size: Int64) throws(FSError) {
+        guard size <= maxFileSize else {
+            throw FSError(EFBIG, "\(size) bytes is larger than S3's largest object (5 TiB)")
+        }
+    }
+
+    /// Sets the size of `f`'s local version; EFBIG past `maxFileSize`.
     func truncateVersion(_ f: LocalFile, to size: Int64) throws(FSError) {
+        try WriteBack.checkSize(size)
         // As for writes: never into a version being acknowledged (see `writeNow`).
         while true {
             let v = try writableVersion(f, empty: size == 0)

@@ -114,6 +114,22 @@ final class WriteSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored["g"], bytes(10, 2) + [UInt8](repeating: 0, count: 40))
     }
 
+    /// A file may not grow past S3's largest object (5 TiB): a truncate or a write past it fails with EFBIG and
+    /// changes nothing; up to it is allowed (a sparse staged file).
+    func testSWriteMaxSize() async throws {
+        try await save("f", bytes(10, 3))
+        let h = try await open("f", Self.write)
+        let results = [await mount.truncate(h, to: (5 << 40) + 1), await mount.truncate("f", to: 6 << 40),
+                       await mount.write(h, at: 5 << 40, [1]), await mount.write(h, at: (5 << 40) - 1, [1, 2])]
+        XCTAssertEqual(results.map { errno($0) }, [EFBIG, EFBIG, EFBIG, EFBIG])
+        let size = try await mount.size(h).get()
+        XCTAssertEqual(size, 10, "nothing changed")
+        try await mount.truncate(h, to: 20).get()
+        try await mount.close(h).get()
+        await flushAll()
+        XCTAssertEqual(stored["f"], bytes(10, 3) + [UInt8](repeating: 0, count: 10))
+    }
+
     /// Up to the part size one PutObject, above it a multipart upload of parts of that size, never left open.
     func testSWriteParts() async throws {
         try remount { $0.partSize = 16 << 20 }
