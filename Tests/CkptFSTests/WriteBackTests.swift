@@ -108,6 +108,30 @@ final class WriteBackTests: XCTestCase {
         fs.release(handle: h)
     }
 
+    /// Memory, the same kind: each acknowledgement of a file kept open supersedes the version before, which
+    /// then goes (not only its staged file: the version itself). Failed before: each new version expected
+    /// the one before it to land first (`Expect.after`), a chain that kept every superseded version alive
+    /// while the file stayed open; stress-ng --fcntl made one of 12,000, whose release by recursion overflowed
+    /// the stack and killed the daemon.
+    func testVersionsSupersededWhileTheFileStaysOpenAreFreed() async throws {
+        let fs = try make()
+        let (attr, h) = try fs.create(parent: FileSystem.rootIno, name: "held.bin", flags: O_WRONLY)
+        _ = try await fs.setattr(ino: attr.ino, size: 4096, mtime: nil)
+        try await fs.flush(handle: h)
+        weak var first = try XCTUnwrap(fs.writeBack.localHandles.withLock { $0[h] }).file.current
+        XCTAssertNotNil(first)
+        for i in 1...50 {
+            _ = try await fs.setattr(ino: attr.ino, size: Int64(4096 + i), mtime: nil)
+            try await fs.flush(handle: h)
+        }
+        XCTAssertNil(first, "a version superseded 50 acknowledgements ago is still in memory")
+        fs.release(handle: h)
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let got = try await object("held.bin")
+        XCTAssertEqual(got, [UInt8](repeating: 0, count: 4096 + 50))
+    }
+
     /// The dirty bound (issue 15, kind 1): past FSOptions.maxDirty a write waits (`.later`) while queued uploads
     /// can bring the staged bytes down, and goes ahead as soon as they are under it again.
     func testWritesPastTheDirtyBoundWaitUntilStagedBytesGo() async throws {
@@ -543,6 +567,37 @@ final class WriteBackTests: XCTestCase {
         let b = try await object("b")
         XCTAssertEqual(a, Array(repeating: 1, count: 1000))
         XCTAssertEqual(b, Array(repeating: 2, count: 2000))
+    }
+
+    /// Two closes of one open file that both found it changed: the first acknowledges it, a write then goes to a
+    /// copy, and the copy's acknowledgement supersedes and removes the first version; then the second close's
+    /// turn comes (`journalCommit`, after its check). It journals nothing: a second commit record of the removed
+    /// version after its drop made recovery after a crash take it (quarantined: its staged file is gone) and
+    /// drop the copy, the newest acknowledged bytes (outside testing, stress-ng --fcntl: the close failed with
+    /// EBADF once removed versions closed their descriptors; a crash at that moment lost the file).
+    func testASecondCloseAfterTheFirstAcknowledgedJournalsNothing() async throws {
+        do {
+            let fs = try make(hold: true)
+            let (_, h) = try fs.create(parent: FileSystem.rootIno, name: "f", flags: O_WRONLY)
+            _ = try [UInt8](repeating: 1, count: 3000).withUnsafeBytes { try fs.write(handle: h, offset: 0, data: $0) }
+            let wb = fs.writeBack
+            let first = try XCTUnwrap(wb.localHandles.withLock { $0[h] }).file.current
+            XCTAssertTrue(try fs.flushNow(handle: h))  // the first close
+            _ = try [UInt8](repeating: 2, count: 3000).withUnsafeBytes { try fs.write(handle: h, offset: 0, data: $0) }
+            XCTAssertTrue(try fs.flushNow(handle: h))  // the copy's close: `first` goes
+            XCTAssertTrue(first.staged.withLock { $0.removed })
+            try wb.journalCommit(first)  // the second close of the first version, at last
+            fs.release(handle: h)
+            crash(fs)
+        }
+        let fs = try make()
+        let report = try await fs.recover()
+        XCTAssertEqual(report.requeued, ["f"])
+        XCTAssertTrue(report.quarantined.isEmpty, "\(report.quarantined)")
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty)
+        let got = try await object("f")
+        XCTAssertEqual(got, [UInt8](repeating: 2, count: 3000))
     }
 
     /// Seed 185 of the model test, as a journal: a file's upload to `y` lands while the file is renamed to `a`

@@ -18,6 +18,11 @@ main 6c73384:
    exiting) left two descriptors per acknowledgement open in the daemon until it ran out (stress-ng --fcntl).
 7. syncfs(2) failed with ENOENT after files were created and unlinked: the kernel's write-back of the times
    of an inode it still held got ENOENT and counted it as a write-back error of the file system.
+Found while checking those fixes with stress-ng --fcntl (core tests in WriteBackTests): every acknowledgement
+of a file kept open made a version that expected the one before to land first, a chain that kept them all in
+memory (and, before fix 6, their descriptors) and whose release overflowed the daemon's stack (SIGSEGV, the
+mount gone); and a close that waited while another close acknowledged the same bytes journaled them again,
+after a newer version had dropped them, so recovery after a crash would have taken them and lost the newer.
 """
 import errno
 import os

@@ -108,8 +108,16 @@ extension WriteBack {
     /// fsyncs `v`'s staged file and appends its commit record (size, checksum, condition) to the journal. No
     /// write lands in `v` meanwhile (it holds `v.gate` exclusive); once it returns `v` is frozen, and writes that
     /// waited go to a copy.
+    /// Two closes of one file can both find it changed and wait here: the first acknowledges the bytes, the
+    /// second finds them acknowledged and journals nothing. Checked again under the gate: by then a write may
+    /// have gone to a copy and that copy's acknowledgement superseded and removed this version, and a second
+    /// commit record of it, after its drop, would have made recovery after a crash take it (its staged file
+    /// gone: quarantined) instead of the newer version that superseded it.
     func journalCommit(_ v: StagedVersion) throws(FSError) {
-        try v.gate.exclusive { () throws(FSError) in try journalCommitAlone(v) }
+        try v.gate.exclusive { () throws(FSError) in
+            guard v.state.withLock({ $0.unjournaled && !$0.sealed }) else { return }
+            try journalCommitAlone(v)
+        }
     }
 
     private func journalCommitAlone(_ v: StagedVersion) throws(FSError) {
@@ -136,8 +144,15 @@ extension WriteBack {
             sum = try StagingArea.checksum(fd: v.fd, size: size, missing: missing, blockSize: fillBlock)
         }
         let hex = String(sum, radix: 16)
-        // The acknowledged version this one was copied from is replaced by it.
+        // The acknowledged version this one was copied from is replaced by it, and what that one expected to
+        // find in S3 is what this one expects (as for a queued version another supersedes, `enqueueUpload`):
+        // otherwise each acknowledgement of a file kept open expected the one before, a chain that kept every
+        // superseded version in memory and that each commit record's condition walked.
         let fallback = v.state.withLock { $0.fallback }
+        if let fallback {
+            let inherited = fallback.state.withLock { $0.expect }
+            v.state.withLock { s in if case .after(let p) = s.expect, p === fallback { s.expect = inherited } }
+        }
         try journal.append([commitRecord(v, checksum: hex)] + (fallback.map { [JournalRecord(op: .drop, id: $0.id)] } ?? []))
         v.state.withLock { s in
             s.unjournaled = false

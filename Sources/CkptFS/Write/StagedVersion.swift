@@ -139,7 +139,34 @@ final class StagedVersion: Sendable {
         self.state = Mutex(state)
     }
 
-    deinit { closeWriters() }
+    deinit {
+        closeWriters()
+        // Versions this one links to (fallback, successor, the one it expects to land first) that only it
+        // holds go one at a time: released by recursion, a chain of 12,000 (a file kept open while stress-ng
+        // --fcntl truncated it and closed a duplicate, each acknowledgement a version expecting the one before)
+        // overflowed the stack of the thread that dropped it.
+        var pending = StagedVersion.takeLinks(self)
+        while var v = pending.popLast() {
+            guard isKnownUniquelyReferenced(&v) else { continue }  // someone else holds it: not released here
+            pending += StagedVersion.takeLinks(v)
+        }
+    }
+
+    /// The versions `v` holds (fallback, successor, the version its expectation waits for), taken out of it.
+    private static func takeLinks(_ v: StagedVersion) -> [StagedVersion] {
+        v.state.withLock { s in
+            var out: [StagedVersion] = []
+            if let f = s.fallback { out.append(f) }
+            if let n = s.successor { out.append(n) }
+            if case .after(let p) = s.expect {
+                out.append(p)
+                s.expect = .anything
+            }
+            s.fallback = nil
+            s.successor = nil
+            return out
+        }
+    }
 
     /// The descriptor writes use (write, ftruncate, fsync, the running checksum). Open again if `closeWriters`
     /// closed it (an orphan written again through a descriptor still open).

@@ -80,6 +80,7 @@ final class StagingArea: Sendable {
         guard let freed else { return }
         Glibc.unlink(v.path)
         v.closeWriters()  // after the unlink: a stray `fd` in between cannot open the file again
+        v.state.withLock { $0.fallback = nil }  // a removed version stands for nothing, and keeps nothing alive
         bytes.wrappingSubtract(freed, ordering: .relaxed)
         removals.lock()
         removalCount += 1
