@@ -145,6 +145,21 @@ public final class FuseAdapter: Sendable {
         return nil
     }
 
+    /// Does `first`, then answers `req` with `ino`'s attributes on this thread if they need no HEAD. True when it
+    /// replied (the attributes, or the error `first` or the lookup threw); false when a task must fetch them.
+    func answerAttributesNow(_ req: fuse_req_t?, ino: UInt64, op: String,
+                             first: () throws(FSError) -> Void = {}) -> Bool {
+        do throws(FSError) {
+            try first()
+            guard let attr = try fs.getattrNow(ino: ino) else { return false }
+            var st = stat(attr)
+            fuse_reply_attr(req, &st, timeout)
+        } catch {
+            replyError(req, error, op)
+        }
+        return true
+    }
+
     /// Runs `body` in a Task and replies with its error if it throws (a successful body replies itself).
     static func async(_ req: fuse_req_t?, _ op: String,
                       _ body: @escaping @Sendable (FuseAdapter, UnsafeSendable<fuse_req_t?>) async throws(FSError) -> Void) {
@@ -245,17 +260,7 @@ public final class FuseAdapter: Sendable {
         }
         ops.getattr = { req, ino, _ in
             // Answered on this thread when it needs no HEAD (a file written here, a directory, a fresh node).
-            let a = FuseAdapter.adapter(req)
-            do throws(FSError) {
-                if let attr = try a.fs.getattrNow(ino: UInt64(ino)) {
-                    var st = a.stat(attr)
-                    fuse_reply_attr(req, &st, a.timeout)
-                    return
-                }
-            } catch {
-                a.replyError(req, error, "getattr")
-                return
-            }
+            if FuseAdapter.adapter(req).answerAttributesNow(req, ino: UInt64(ino), op: "getattr") { return }
             FuseAdapter.interruptible(req, "getattr") { a, reply throws(FSError) in
                 var st = a.stat(try await a.fs.getattr(ino: UInt64(ino)))
                 _ = reply.send { fuse_reply_attr($0, &st, a.timeout) }
@@ -388,17 +393,9 @@ public final class FuseAdapter: Sendable {
                 // Times only (the kernel's write-back of a file's times at close, utime): set on this thread,
                 // and answered here too unless the attributes need a HEAD.
                 let a = FuseAdapter.adapter(req)
-                do throws(FSError) {
-                    try a.fs.setTimes(ino: UInt64(ino), mtime: newMtime)
-                    if let attr = try a.fs.getattrNow(ino: UInt64(ino)) {
-                        var out = a.stat(attr)
-                        fuse_reply_attr(req, &out, a.timeout)
-                        return
-                    }
-                } catch {
-                    a.replyError(req, error, "setattr")
-                    return
-                }
+                if a.answerAttributesNow(req, ino: UInt64(ino), op: "setattr", first: {
+                    () throws(FSError) in try a.fs.setTimes(ino: UInt64(ino), mtime: newMtime)
+                }) { return }
                 FuseAdapter.async(req, "setattr") { a, r throws(FSError) in
                     var out = a.stat(try await a.fs.attributesAfterTimes(ino: UInt64(ino)))
                     fuse_reply_attr(r.value, &out, a.timeout)
