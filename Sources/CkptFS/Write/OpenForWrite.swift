@@ -101,7 +101,14 @@ extension WriteBack {
         let cur = f.current
         if !cur.isFrozen { return cur }
         let copy: StagedVersion
-        copy = empty ? try staging.create(id: newJournalId(), key: f.key) : try staging.copy(cur, id: newJournalId())
+        do throws(FSError) {
+            copy = empty ? try staging.create(id: newJournalId(), key: f.key) : try staging.copy(cur, id: newJournalId())
+        } catch {
+            // Another writer (the kernel writes back a mapping's pages on several threads) copied `cur` first,
+            // and `cur`, uploaded, went with its staged file before this copy could read it: write to theirs.
+            if f.current !== cur { return try writableVersion(f, empty: empty) }
+            throw error
+        }
         let expect = expectation(after: cur)
         copy.state.withLock { $0.expect = expect }
         let won = f.state.withLock { s -> Bool in
