@@ -26,6 +26,9 @@ after a newer version had dropped them, so recovery after a crash would have tak
 8. Found by the next round of outside testing (fsx with mmap): a mapping's write back could fail with ENOENT
    (msync EIO, the bytes only in the kernel's cache) when another thread had copied the uploaded version first
    and that version's staged file had gone before this write's copy read it.
+9. The same round: an unlinked file still open, opened again through /proc/self/fd, was the file under its
+   old name: written, it came back in S3 under the unlinked name, or its bytes went into the new file saved
+   there since (acknowledged bytes of that file overwritten in S3).
 """
 import errno
 import mmap
@@ -232,3 +235,36 @@ def test_writes_through_a_mapping_of_a_file_held_open_never_fail(server, bucket,
         os.close(fd)
         flush(mounts, mp)
         assert s3_bytes(server, bucket, name) == view, f"file {rnd}: S3 differs from the mount"
+
+
+def test_an_unlinked_open_file_reopened_through_proc_stays_unlinked(server, bucket, mounts):
+    """S-UNLINK-OPEN, reached another way: a file unlinked while open and opened again through /proc/self/fd
+    (read or write) is that same unlinked file: what is written through it never reaches S3, and a new file
+    saved under the old name meanwhile keeps its own bytes, in the mount and in S3. Seen: the write went to S3
+    under the unlinked name (b'RESURRECT'), or over the new file (b'XXX-unlinkedtent'); O_RDONLY gave ENOENT."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    fd = os.open(f"{mp}/gone.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.pwrite(fd, b"unlinked", 0)
+    os.unlink(f"{mp}/gone.bin")
+    r = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    assert os.pread(r, 100, 0) == b"unlinked"
+    os.close(r)
+    w = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+    os.pwrite(w, b"RESURRECT", 0)
+    os.close(w)
+    os.close(fd)
+
+    fd = os.open(f"{mp}/reused.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.pwrite(fd, b"OLD-unlinked", 0)
+    os.unlink(f"{mp}/reused.bin")
+    with open(f"{mp}/reused.bin", "wb") as f:
+        f.write(b"NEW-file-content")
+    w = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+    os.pwrite(w, b"XXX", 0)
+    os.close(w)
+    os.close(fd)
+    flush(mounts, mp)
+    assert s3_keys(server, bucket) == ["reused.bin"]
+    assert s3_bytes(server, bucket, "reused.bin") == b"NEW-file-content"
+    with open(f"{mp}/reused.bin", "rb") as f:
+        assert f.read() == b"NEW-file-content"

@@ -36,6 +36,13 @@ extension FileSystem {
         guard !n.meta.isDirectory else { throw .isDirectory }
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
         let truncate = flags & O_TRUNC != 0
+        // An unlinked file still open, opened again through its inode (/proc/PID/fd/N): the same orphan, never
+        // uploaded, whatever holds its old name now. Opened by name it was the file under that name: writes to
+        // it went to S3 under the unlinked name (or into the new file saved there).
+        if let orphan = writeBack.localFiles.orphans.withLock({ $0[ino] }) {
+            let h = try writeBack.joinOrphan(orphan, ino: ino, write: write, truncate: truncate)
+            return OpenReply(handle: h, directIO: false, keepCache: !write)
+        }
         if let version = try await namespace.versionPin(n) {
             // An earlier version, in a versions view (History/): read-only, and never changes.
             if write { try Namespace.refuseInVersionView(n.key) }
@@ -78,7 +85,8 @@ extension FileSystem {
         guard !n.meta.isDirectory else { throw .isDirectory }
         guard (flags & O_ACCMODE) == O_RDONLY, flags & O_TRUNC == 0, !n.superseded, !n.meta.etag.isEmpty,
               !VersionViews.contains(n.key),  // a version in a versions view: `open` pins it (History/)
-              writeBack.localFiles.byKey.withLock({ $0[n.key] == nil }) else { return nil }
+              writeBack.localFiles.byKey.withLock({ $0[n.key] == nil }),
+              writeBack.localFiles.orphans.withLock({ $0[ino] == nil }) else { return nil }
         let listed = n.meta.listedUntil.map { ContinuousClock.now < $0 } == true
         guard listed || options.immutable || ContinuousClock.now - n.fetched <= .seconds(1) else { return nil }
         return openClean(ino: ino, PinnedObject(key: n.key, etag: n.meta.etag, size: n.meta.size), listed: listed)

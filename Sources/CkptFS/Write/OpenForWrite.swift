@@ -137,6 +137,25 @@ extension WriteBack {
         return try openLocalFile(key: key, truncate: true, writer: true, remote: nil)
     }
 
+    /// A handle on `f`, an unlinked file still open (an orphan), opened again through its inode: counted on it
+    /// (a writer with `write`), truncated to nothing with `truncate`. ENOENT once its last handle closed.
+    func joinOrphan(_ f: LocalFile, ino: UInt64, write: Bool, truncate: Bool) throws(FSError) -> UInt64 {
+        let joined = f.state.withLock { s -> Bool in
+            guard s.unlinked, s.handles > 0 else { return false }
+            s.handles += 1
+            if write { s.writers += 1 }
+            return true
+        }
+        guard joined else { throw .noEntry }
+        if truncate {
+            do throws(FSError) { try truncateVersion(f, to: 0) } catch {
+                releaseHandle(f, writer: write)
+                throw error
+            }
+        }
+        return newHandle(on: f, ino: ino, writable: write)
+    }
+
     /// A handle on `f` (already counted on it) for inode `ino`.
     func newHandle(on f: LocalFile, ino: UInt64, writable: Bool) -> UInt64 {
         let h = handleNumbers.next()
