@@ -131,7 +131,7 @@ final class SaveSeeder: Sendable {
             case .body(let body):
                 // The bytes S3 holds under `etag` (they were sent, and its ETag is their MD5), whatever happened
                 // to the version since.
-                entered = body.withUnsafeBytes { enter($0, key: key, etag: etag) { _ in true } }
+                entered = body.withUnsafeBytes { enter($0, key: key, etag: etag) { true } }
             case .file(let file):
                 entered = enter(v, size: size, from: file, key: key, etag: etag)
             }
@@ -140,16 +140,16 @@ final class SaveSeeder: Sendable {
         }
     }
 
-    /// Enters `bytes` block by block as the object `key` version `etag`, while `keep` (asked after each block's
-    /// bytes are in `bytes`) says they are still that version's. Returns the bytes entered.
+    /// Enters `bytes` block by block, the first as block `first`, as the object `key` version `etag`, while
+    /// `keep` (asked before each block) says they are still that version's. Returns the bytes entered.
     private func enter(_ bytes: UnsafeRawBufferPointer, key: String, etag: String, first: Int64 = 0,
-                       keep: (Int64) -> Bool) -> Int64 {
+                       keep: () -> Bool) -> Int64 {
         let bs = cache.blockSize
         var entered: Int64 = 0
         var at = 0
         while at < bytes.count, !stopped.load(ordering: .relaxed) {
             let index = first + Int64(at / bs)
-            guard keep(index) else { break }
+            guard keep() else { break }
             let piece = UnsafeRawBufferPointer(rebasing: bytes[at..<min(bytes.count, at + bs)])
             guard cache.seed(BlockKey(bucket: bucket, key: key, etag: etag, index: index), piece) else { break }
             entered += Int64(piece.count)
@@ -175,7 +175,7 @@ final class SaveSeeder: Sendable {
             let got = (try? fd.readAll(fromAbsoluteOffset: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))) ?? 0
             guard got >= length else { break }
             // After the read: a write in place can only follow the flag (see the file's comment).
-            let n = enter(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), key: key, etag: etag, first: index) { _ in
+            let n = enter(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), key: key, etag: etag, first: index) {
                 !v.state.withLock { $0.orphaned || $0.size != size }
             }
             guard n == Int64(length) else { break }

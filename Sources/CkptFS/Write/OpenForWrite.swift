@@ -75,13 +75,17 @@ extension WriteBack {
             return f
         }
         guard let f = joined else { return nil }
-        if truncate {
-            do throws(FSError) { try truncateVersion(f, to: 0) } catch {
-                releaseHandle(f, writer: writer)
-                throw error
-            }
-        }
+        if truncate { try truncateJoined(f, writer: writer) }
         return f
+    }
+
+    /// Truncates `f`, which a handle (a writer with `writer`) just joined, to nothing (O_TRUNC); on failure the
+    /// handle is given back.
+    private func truncateJoined(_ f: LocalFile, writer: Bool) throws(FSError) {
+        do throws(FSError) { try truncateVersion(f, to: 0) } catch {
+            releaseHandle(f, writer: writer)
+            throw error
+        }
     }
 
     /// The object a local file that went left in S3: its current version's, if that one landed (the file went
@@ -147,12 +151,7 @@ extension WriteBack {
             return true
         }
         guard joined else { throw .noEntry }
-        if truncate {
-            do throws(FSError) { try truncateVersion(f, to: 0) } catch {
-                releaseHandle(f, writer: write)
-                throw error
-            }
-        }
+        if truncate { try truncateJoined(f, writer: write) }
         return newHandle(on: f, ino: ino, writable: write)
     }
 
