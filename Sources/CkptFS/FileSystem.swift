@@ -125,6 +125,9 @@ public final class FileSystem: Sendable {
     /// The kernel dropped `count` references to `ino`.
     public func forget(ino: UInt64, count: UInt64) { namespace.forget(ino: ino, count: count) }
 
+    /// From now on the core tells `kernel` when a name stops naming the inode the kernel holds for it.
+    public func tell(_ kernel: any KernelCaches) { namespace.kernel.withLock { $0 = kernel } }
+
     public func opendir(ino: UInt64) throws(FSError) -> UInt64 { try namespace.opendir(ino: ino) }
 
     public func releasedir(handle: UInt64) { namespace.releasedir(handle: handle) }

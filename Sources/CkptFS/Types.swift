@@ -190,6 +190,15 @@ public protocol DirectoryReplier {
     mutating func add(name: String, ino: UInt64, isDirectory: Bool, attributes: Attributes?, nextOffset: Int64)
 }
 
+/// The kernel's caches of names and inodes, as far as the core tells them what stopped being true (the FUSE
+/// adapter's notifications; nothing in tests of the core).
+public protocol KernelCaches: Sendable {
+    /// `name` in directory `parent` no longer names inode `ino` (which shows a version that is gone): the
+    /// kernel should drop the entry, so the next use of the path looks it up, and `ino`'s cached pages. Must not
+    /// wait for the kernel: it may be called while a request of the same directory is being answered.
+    func entryReplaced(parent: UInt64, name: String, ino: UInt64)
+}
+
 /// Counters the mount exposes (status, tests).
 public struct FSStats: Sendable {
     public var getRequests = 0

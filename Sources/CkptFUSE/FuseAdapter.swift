@@ -20,10 +20,13 @@ public final class FuseAdapter: Sendable {
     let timeout: Double
     /// Handles open for writing, and whether changes are still accepted (not after the drain at unmount).
     public let gate = WriteGate()
+    /// What the core says stopped being true of the kernel's caches goes to the kernel through this.
+    let notifier = KernelNotifier()
 
     public init(fs: FileSystem, logger: Logger) {
         self.fs = fs
         self.logger = logger
+        fs.tell(notifier)
         let ttl = fs.options.metadataTTL.components
         // An immutable bucket's entries and attributes stay true: the kernel may keep them for a day.
         self.timeout = fs.options.immutable ? 86_400 : Double(ttl.seconds) + Double(ttl.attoseconds) / 1e18

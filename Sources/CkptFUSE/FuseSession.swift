@@ -146,6 +146,8 @@ public enum FuseSession {
                 return .failure(FuseError(message: "libfuse rejected the mount options \(options.joined(separator: ","))"))
             }
             defer { fuse_session_destroy(se) }
+            adapter.notifier.attach(se)
+            defer { adapter.notifier.detach() }
             // SIGINT, SIGTERM and SIGHUP: the handler writes the signal number to a pipe; a watcher thread
             // drains while the loop keeps serving, closes the gate, ends the loop and unmounts (lazily),
             // which wakes every thread blocked reading /dev/fuse.

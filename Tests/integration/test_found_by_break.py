@@ -29,6 +29,9 @@ after a newer version had dropped them, so recovery after a crash would have tak
 9. The same round: an unlinked file still open, opened again through /proc/self/fd, was the file under its
    old name: written, it came back in S3 under the unlinked name, or its bytes went into the new file saved
    there since (acknowledged bytes of that file overwritten in S3).
+10. The same round: a save refused by the daemon after the kernel took it (the cache disk full: ENOSPC; a write
+   past 5 TiB: EFBIG) left the kernel's larger size on the inode, and the next save of the file, a 2-byte write
+   whose close() succeeded, uploaded a whole page: the 5 acknowledged bytes and 4,091 zeros no program wrote.
 """
 import errno
 import mmap
@@ -38,6 +41,7 @@ import subprocess
 import threading
 import time
 
+from conftest import wait_until
 from test_write_back import MiB, daemon_pid, flush, open_multipart, s3_bytes, s3_keys, sha
 
 
@@ -268,3 +272,74 @@ def test_an_unlinked_open_file_reopened_through_proc_stays_unlinked(server, buck
     assert s3_bytes(server, bucket, "reused.bin") == b"NEW-file-content"
     with open(f"{mp}/reused.bin", "rb") as f:
         assert f.read() == b"NEW-file-content"
+
+
+def save_after_a_refused_save(mp, path, refused):
+    """Saves b"hello", has `refused` (a function of a descriptor open O_RDWR) make a save that fails, then
+    writes b"XY" at 0 and closes: the second save. Returns the errno the failed save's close() gave. Between the
+    two, `stat` shows the file as it is again (5 bytes), not the size of the refused save the kernel took."""
+    with open(path, "wb") as f:
+        f.write(b"hello")
+    fd = os.open(path, os.O_RDWR)
+    failed = None
+    try:
+        refused(fd)
+    except OSError as e:
+        failed = e.errno
+    try:
+        os.close(fd)
+    except OSError as e:
+        failed = failed or e.errno
+    # The daemon drops the save when the kernel releases the file, just after close() returned.
+    assert wait_until(lambda: os.stat(path).st_size == 5, 5), f"stat shows {os.stat(path).st_size} bytes"
+    fd = os.open(path, os.O_RDWR)
+    os.pwrite(fd, b"XY", 0)
+    os.close(fd)
+    return failed
+
+
+def test_a_save_after_one_the_full_cache_disk_refused_uploads_only_what_was_written(server, bucket, mounts, tmp_path):
+    """A 6 MiB rewrite of an acknowledged 5-byte file fails at close() with ENOSPC (the cache disk is full;
+    S3 keeps the 5 bytes), then the file is saved again with 2 bytes written at 0: S3, the mount (size and bytes)
+    and a mount with an empty cache hold exactly b"XYllo". Seen: b"XYllo" and 4,091 zero bytes in S3 (the kernel
+    kept the refused save's size and wrote back a whole page), a 6 MiB file in the mount."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(tiny)], check=True)
+    try:
+        mp, _ = mounts.mount(f"s3://{bucket}", None, str(tiny / "cache"), "--cache-size", "1MiB")
+        path = f"{mp}/full.bin"
+        failed = save_after_a_refused_save(mp, path, lambda fd: os.pwrite(fd, os.urandom(6 * MiB), 0))
+        assert failed == errno.ENOSPC, f"the refused save gave {failed}"
+        flush(mounts, mp)
+        assert s3_bytes(server, bucket, "full.bin") == b"XYllo"
+        assert os.stat(path).st_size == 5
+        with open(path, "rb") as f:
+            assert f.read() == b"XYllo"
+        mounts.unmount(mp)
+    finally:
+        subprocess.run(["umount", "-l", str(tiny)])
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    with open(f"{mp}/full.bin", "rb") as f:
+        assert f.read() == b"XYllo"
+
+
+def test_a_save_after_a_write_past_5_tib_uploads_only_what_was_written(server, bucket, mounts):
+    """A write past S3's largest object (5 TiB) is refused (EFBIG from write(), or at close() when the kernel's
+    write-back cache took it first), nothing of that save is kept, and the next save of the file (2 bytes at 0)
+    leaves exactly b"XYllo" in S3 and in the mount. Seen: b"XYllo" and 4,091 zero bytes in S3, and a mount
+    showing a file of 5 TiB."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    path = f"{mp}/past5t.bin"
+
+    def refused(fd):
+        os.pwrite(fd, b"ab", 1)
+        os.pwrite(fd, b"ab", 5 << 40)
+
+    failed = save_after_a_refused_save(mp, path, refused)
+    assert failed in (errno.EFBIG, errno.EIO), f"the write past 5 TiB gave {failed}"
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "past5t.bin") == b"XYllo"
+    assert os.stat(path).st_size == 5
+    with open(path, "rb") as f:
+        assert f.read() == b"XYllo"

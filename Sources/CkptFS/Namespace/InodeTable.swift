@@ -255,6 +255,22 @@ struct InodeTable: Sendable {
         for p in inosByKey[InodeTable.split(key).dirKey] ?? [] { listings.removeValue(forKey: p) }
     }
 
+    /// The file inodes of `key` show a version that is gone: each is superseded, and its path is freed so that
+    /// the next lookup gives it a new inode. Returns the paths freed, with the inode each named.
+    mutating func renew(fileKey key: String) -> [(parent: UInt64, name: String, ino: UInt64)] {
+        var freed: [(parent: UInt64, name: String, ino: UInt64)] = []
+        for ino in inosByKey[key] ?? [] {
+            guard let n = nodes[ino], !n.meta.isDirectory else { continue }
+            nodes[ino]?.superseded = true
+            let pk = PathKey(parent: n.parent, name: n.name)
+            if inoByPath[pk] == ino {
+                inoByPath.removeValue(forKey: pk)
+                freed.append((n.parent, n.name, ino))
+            }
+        }
+        return freed
+    }
+
     /// Keeps the complete listing of `ino` for lookups. Expired listings are dropped first (at most once a
     /// second, or when the bound is reached), then the oldest ones while the entries kept would exceed
     /// `limit`. A listing larger than `limit` by itself is not kept (false).

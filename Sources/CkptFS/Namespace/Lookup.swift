@@ -268,6 +268,7 @@ extension Namespace {
             t.supersede(ino)
             if t.listings[n.parent]?.entries[n.name] != nil { t.listings[n.parent]?.entries[n.name] = m }
         }
+        tellKernel([(n.parent, n.name, ino)])
     }
 
     /// The kernel dropped `count` references to `ino`.

@@ -55,6 +55,8 @@ final class Namespace: WriteBackNotices {
     let logger: Logger
 
     let table: Mutex<InodeTable>
+    /// Told when a name stops naming the inode the kernel holds for it (`FileSystem.tell`).
+    let kernel = Mutex<(any KernelCaches)?>(nil)
     let dirHandles = Mutex<[UInt64: DirHandle]>([:])
     private let nextDirHandle = Atomic<UInt64>(1)
     /// Directories where lookups missed lately, and their listing for lookups (DirectoryReader.swift).
@@ -174,4 +176,22 @@ final class Namespace: WriteBackNotices {
 
     /// The local version of `key` went without reaching S3: stat shows the object again.
     func localVersionGone(key: String) { table.withLock { $0.localVersionGone(key: key) } }
+
+    /// The version of `key` the kernel's inodes show was dropped: each is superseded (an open of it fails with
+    /// ESTALE, and the kernel looks the path up again), and the path gets a new inode at its next lookup, as
+    /// when another writer replaced the object (see `replaced`).
+    func shownVersionDropped(key: String) {
+        let renewed = table.withLock { t in
+            t.localVersionGone(key: key)
+            return t.renew(fileKey: key)
+        }
+        tellKernel(renewed)
+    }
+
+    /// Tells the kernel that each (parent, name) no longer names inode `ino` (see `KernelCaches`): without it
+    /// the kernel shows the old inode's size (its own, with its write-back cache) for the entry's TTL.
+    func tellKernel(_ replaced: [(parent: UInt64, name: String, ino: UInt64)]) {
+        guard !replaced.isEmpty, let k = kernel.withLock({ $0 }) else { return }
+        for r in replaced { k.entryReplaced(parent: r.parent, name: r.name, ino: r.ino) }
+    }
 }

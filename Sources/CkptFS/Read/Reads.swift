@@ -43,6 +43,9 @@ extension FileSystem {
             let h = try writeBack.joinOrphan(orphan, ino: ino, write: write, truncate: truncate)
             return OpenReply(handle: h, directIO: false, keepCache: !write)
         }
+        // An inode of a version that is gone (replaced in S3, or a save dropped): the kernel's size and pages
+        // of it are not the file's.
+        if n.superseded { throw FSError(ESTALE, "\(n.key) is not the version this inode shows; the kernel looks it up again") }
         if let version = try await namespace.versionPin(n) {
             // An earlier version, in a versions view (History/): read-only, and never changes.
             if write { try Namespace.refuseInVersionView(n.key) }

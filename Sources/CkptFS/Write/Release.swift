@@ -104,6 +104,10 @@ extension WriteBack {
         }
         staging.remove(v)
         if gone { notices.localVersionGone(key: f.key) }
+        // The kernel took the writes of `v` (with its write-back cache, before the daemon saw them) and keeps
+        // the size they gave for its inode's life: a later save through that inode wrote back a whole page
+        // past the end, zeros no program wrote. The path gets a new inode.
+        if !quietly && !f.unlinked { notices.shownVersionDropped(key: f.key) }
         // The acknowledged version it was copied from stands again, and goes up once nobody writes.
         if let fallback, f.state.withLock({ $0.writers == 0 }) {
             do { try commit(fallback, of: f) } catch {

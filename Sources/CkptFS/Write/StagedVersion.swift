@@ -309,7 +309,7 @@ final class StagedVersion: Sendable {
     /// A write, truncate or commit failed with `errno`: the version is never acknowledged.
     func fail(_ errno: Int32) {
         state.withLock { s in
-            if s.failedErrno == 0 { s.failedErrno = errno == ENOSPC || errno == EDQUOT ? errno : EIO }
+            if s.failedErrno == 0 { s.failedErrno = errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? errno : EIO }
         }
     }
 

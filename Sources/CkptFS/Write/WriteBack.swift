@@ -22,6 +22,9 @@ protocol WriteBackNotices: Sendable {
     func objectLanded(key: String, meta: Meta)
     /// The local version of `key` went without reaching S3: stat shows the object again.
     func localVersionGone(key: String)
+    /// The version of `key` the kernel was shown (its writes, its size) was dropped unacknowledged: a failed
+    /// write or close. The file is what it was before that save, which the kernel's inode cannot show again.
+    func shownVersionDropped(key: String)
 }
 
 final class WriteBack: Sendable {

@@ -19,7 +19,12 @@ extension WriteBack {
     func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
         let n = Int64(data.count)
-        try WriteBack.checkSize(offset + n)
+        do throws(FSError) { try WriteBack.checkSize(offset + n) } catch {
+            // Refused as any failed write is: the kernel's write-back cache took it, and the program's write()
+            // returned, so close() says so and nothing of this save is kept (Acknowledge.swift).
+            (try? writableVersion(h.file))?.fail(error.errno)
+            throw error
+        }
         if staging.admit(n, fits: fits) {
             defer { staging.finished(n) }
             if try writeNow(h, offset: offset, data: data) { return .done(data.count) }

@@ -118,16 +118,52 @@ final class WriteSemanticsTests: SemanticsTestCase {
     /// changes nothing; up to it is allowed (a sparse staged file).
     func testSWriteMaxSize() async throws {
         try await save("f", bytes(10, 3))
-        let h = try await open("f", Self.write)
-        let results = [await mount.truncate(h, to: (5 << 40) + 1), await mount.truncate("f", to: 6 << 40),
-                       await mount.write(h, at: 5 << 40, [1]), await mount.write(h, at: (5 << 40) - 1, [1, 2])]
-        XCTAssertEqual(results.map { errno($0) }, [EFBIG, EFBIG, EFBIG, EFBIG])
+        var h = try await open("f", Self.write)
+        let truncates = [await mount.truncate(h, to: (5 << 40) + 1), await mount.truncate("f", to: 6 << 40)]
+        XCTAssertEqual(truncates.map { errno($0) }, [EFBIG, EFBIG])
         let size = try await mount.size(h).get()
         XCTAssertEqual(size, 10, "nothing changed")
         try await mount.truncate(h, to: 20).get()
         try await mount.close(h).get()
         await flushAll()
         XCTAssertEqual(stored["f"], bytes(10, 3) + [UInt8](repeating: 0, count: 10))
+        // A write is refused as any failed write is (the kernel's write-back cache took it, and write()
+        // returned): close() fails with EFBIG, and nothing of that save is kept, the write before it included.
+        h = try await open("f", Self.write)
+        try await mount.write(h, at: 0, [9]).get()
+        let writes = [await mount.write(h, at: 5 << 40, [1]), await mount.write(h, at: (5 << 40) - 1, [1, 2])]
+        XCTAssertEqual(writes.map { errno($0) }, [EFBIG, EFBIG])
+        let closed = await mount.close(h)
+        XCTAssertEqual(errno(closed), EFBIG)
+        await flushAll()
+        XCTAssertEqual(stored["f"], bytes(10, 3) + [UInt8](repeating: 0, count: 10))
+    }
+
+    /// A save with a failed write is not kept: close() reports the write's error, S3 and the mount keep the
+    /// last acknowledged version, and the path gets a new inode (the kernel's inode of the dropped save keeps
+    /// its size: an open of it fails with ESTALE, so the kernel looks the path up again).
+    func testSWriteFailed() async throws {
+        try await save("f", Array("hello".utf8))
+        await flushAll()
+        let before = try await ino("f")
+        let h = try await open("f", Self.write)
+        try await mount.write(h, at: 0, Array("XYZ".utf8)).get()
+        let refused = await mount.write(h, at: 5 << 40, [1])
+        XCTAssertEqual(errno(refused), EFBIG)
+        let closed = await mount.close(h)
+        XCTAssertEqual(errno(closed), EFBIG)
+        let after = try await ino("f")
+        XCTAssertNotEqual(after, before, "the path kept the inode of the dropped save")
+        let stale = await errno { () throws(FSError) in _ = try await fs.open(ino: before, flags: O_RDONLY) }
+        XCTAssertEqual(stale, ESTALE)
+        let content = try await read("f"), size = try await attributes("f").size
+        XCTAssertEqual(content, Array("hello".utf8))
+        XCTAssertEqual(size, 5)
+        let g = try await open("f", Self.write)
+        try await mount.write(g, at: 0, Array("XY".utf8)).get()
+        try await mount.close(g).get()
+        await flushAll()
+        XCTAssertEqual(stored["f"], Array("XYllo".utf8))
     }
 
     /// Up to the part size one PutObject, above it a multipart upload of parts of that size, never left open.
