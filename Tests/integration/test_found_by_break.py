@@ -343,3 +343,35 @@ def test_a_save_after_a_write_past_5_tib_uploads_only_what_was_written(server, b
     assert os.stat(path).st_size == 5
     with open(path, "rb") as f:
         assert f.read() == b"XYllo"
+
+
+def test_a_write_that_could_not_copy_the_acknowledged_version_fails_the_save(server, bucket, mounts, tmp_path):
+    """The same kind, reached through the copy on write: a file still open whose bytes a close() of a
+    duplicate acknowledged is written again, and the copy the write needs does not fit on the full cache disk.
+    That close() fails (ENOSPC), S3 gets the acknowledged bytes, and the mount shows them too, not the byte the
+    kernel took and the daemon refused (its page stayed in the kernel's cache, and a reader was shown it)."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(tiny)], check=True)
+    try:
+        mp, _ = mounts.mount(f"s3://{bucket}", None, str(tiny / "cache"), "--cache-size", "1MiB")
+        path = f"{mp}/acked.bin"
+        data = os.urandom(3 * MiB)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, data)
+        os.close(os.dup(fd))  # acknowledges the 3 MiB; the file stays open
+        os.pwrite(fd, b"X", 0)
+        try:
+            os.close(fd)
+            failed = None
+        except OSError as e:
+            failed = e.errno
+        assert failed == errno.ENOSPC, f"the write that could not copy gave {failed}"
+        flush(mounts, mp)
+        assert sha(s3_bytes(server, bucket, "acked.bin")) == sha(data)
+        assert wait_until(lambda: open(path, "rb").read(1) == data[:1], 5), "the mount shows the refused byte"
+        with open(path, "rb") as f:
+            assert sha(f.read()) == sha(data)
+        mounts.unmount(mp)
+    finally:
+        subprocess.run(["umount", "-l", str(tiny)])

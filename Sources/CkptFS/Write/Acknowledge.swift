@@ -201,6 +201,7 @@ extension WriteBack {
     /// writer goes on.
     func flushNow(handle: UInt64) throws(FSError) -> Bool {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return true }
+        try checkNoFailedWrite(h.file)
         if needsFill(h.file.current) { return false }
         try acknowledge(h.file.current, of: h.file)
         return true
@@ -210,6 +211,7 @@ extension WriteBack {
     /// acknowledges it (`flushNow`).
     func flush(handle: UInt64) async throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return }
+        try checkNoFailedWrite(h.file)
         try await fillForAcknowledgement(h.file.current)
         try await offPool { () throws(FSError) in try self.acknowledge(h.file.current, of: h.file) }
     }
@@ -217,6 +219,7 @@ extension WriteBack {
     /// fsync(): with durable fsync, returns once the file is in S3; with local fsync, once it is on local disk.
     func fsync(handle: UInt64) async throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }) else { return }
+        try checkNoFailedWrite(h.file)
         let v = h.file.current
         try await fillForAcknowledgement(v)
         let queued = try await offPool { () throws(FSError) -> Bool in try self.commit(v, of: h.file) }

@@ -24,6 +24,12 @@ final class LocalFile: Sendable {
         /// after a rename that did not copy the object along: the object under the new key, if any, is then
         /// another file's (one the rename replaced), and a later rename must not copy it as this file's.
         var objectIsAcknowledged = false
+        /// A write to the file failed since its last writer opened it (errno; 0: none): the kernel's
+        /// write-back cache had taken it and the program's write() had returned, so close() and fsync() fail
+        /// and nothing of the save is kept (S-WRITE-FAILED). Also when no version took the failure: a write
+        /// that could not even copy the acknowledged version. Cleared when the file is emptied, and at its
+        /// last writer's close.
+        var failedWrite: Int32 = 0
     }
     let state: Mutex<State>
 

@@ -58,8 +58,12 @@ extension WriteBack {
     /// truncate or close of it failed, or if it was never changed), and it holds no descriptor any more.
     private func lastWriterGone(_ f: LocalFile) {
         let v = f.current
-        let (sealed, changed, failed, acked) = v.state.withLock { ($0.sealed, $0.unjournaled, $0.failedErrno != 0, $0.committedSum != nil) }
-        if !sealed && failed {
+        let (sealed, changed, versionFailed, acked) = v.state.withLock { ($0.sealed, $0.unjournaled, $0.failedErrno != 0, $0.committedSum != nil) }
+        let writeFailed = f.state.withLock { s -> Bool in
+            defer { s.failedWrite = 0 }
+            return s.failedWrite != 0
+        }
+        if !sealed && !acked && (versionFailed || writeFailed) {
             discardUnacknowledged(f, v)
         } else if !sealed && (changed || acked) {
             do { try commit(v, of: f) } catch {
@@ -71,6 +75,9 @@ extension WriteBack {
             // Opened for writing and not changed: nothing to upload.
             discardUnacknowledged(f, v, quietly: true)
         }
+        // A failed write that did not reach the acknowledged version (it could not copy it): the file is that
+        // version, and the kernel shows the size the write gave it.
+        if (sealed || acked) && writeFailed && !f.unlinked { notices.shownVersionDropped(key: f.key) }
         // Nobody writes this version any more (a later write goes to a copy): an idle dirty file holds no descriptor.
         if f.current.state.withLock({ $0.sealed }) { f.current.closeWriters() }
     }

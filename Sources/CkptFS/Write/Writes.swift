@@ -16,25 +16,45 @@ extension WriteBack {
     /// `.done(count)` once the bytes are in the staged file; `.later` when the write covers part of a block of
     /// a file opened in place that is still only in S3: the returned write (with its own copy of the bytes)
     /// fetches that block first.
+    /// Whatever fails fails the save (`failedWrite`).
     func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
         let n = Int64(data.count)
-        do throws(FSError) { try WriteBack.checkSize(offset + n) } catch {
-            // Refused as any failed write is: the kernel's write-back cache took it, and the program's write()
-            // returned, so close() says so and nothing of this save is kept (Acknowledge.swift).
-            (try? writableVersion(h.file))?.fail(error.errno)
+        do throws(FSError) {
+            try WriteBack.checkSize(offset + n)
+            if staging.admit(n, fits: fits) {
+                defer { staging.finished(n) }
+                if try writeNow(h, offset: offset, data: data) { return .done(data.count) }
+            }
+        } catch {
+            failedWrite(h.file, error)
             throw error
-        }
-        if staging.admit(n, fits: fits) {
-            defer { staging.finished(n) }
-            if try writeNow(h, offset: offset, data: data) { return .done(data.count) }
         }
         let bytes = [UInt8](data)
         return .later(PendingWrite { () async throws(FSError) in
             await self.admitWaiting(n)
             defer { self.staging.finished(n) }
-            return try await self.writeFetching(h, offset: offset, data: bytes)
+            do throws(FSError) { return try await self.writeFetching(h, offset: offset, data: bytes) } catch {
+                self.failedWrite(h.file, error)
+                throw error
+            }
         })
+    }
+
+    /// A write to `f` failed with `error`. The kernel's write-back cache took it before (the program's write()
+    /// returned, and the kernel keeps the size it gave the file), so the save is failed as a whole: close()
+    /// and fsync() say so, and nothing of it is kept (S-WRITE-FAILED). Else a close() after it acknowledged
+    /// what the other writes left, and the kernel's release queued it, although close() had failed.
+    func failedWrite(_ f: LocalFile, _ error: FSError) {
+        let e = error.errno == ENOSPC || error.errno == EDQUOT || error.errno == EFBIG ? error.errno : EIO
+        f.state.withLock { s in if s.failedWrite == 0 { s.failedWrite = e } }
+    }
+
+    /// Throws when a write to `f` failed since its last writer opened it (`failedWrite`).
+    func checkNoFailedWrite(_ f: LocalFile) throws(FSError) {
+        let e = f.state.withLock { $0.failedWrite }
+        guard e != 0 else { return }
+        throw FSError(e, "an earlier write to this file failed (\(String(cString: strerror(e)))); it is not kept")
     }
 
     /// Whether the staging area may hold `total` bytes: under the dirty bound (FSOptions.maxDirty), or over it
@@ -139,7 +159,11 @@ extension WriteBack {
                 try truncateLanding(v, to: size)
                 return true
             }
-            if done { return }
+            if done {
+                // Emptied, the file holds none of what failed before (the kernel's size is 0 too).
+                if size == 0 { f.state.withLock { $0.failedWrite = 0 } }
+                return
+            }
         }
     }
 
