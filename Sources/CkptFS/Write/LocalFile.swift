@@ -30,6 +30,10 @@ final class LocalFile: Sendable {
         /// that could not even copy the acknowledged version. Cleared when the file is emptied, and at its
         /// last writer's close.
         var failedWrite: Int32 = 0
+        /// Its unacknowledged version was dropped, and with no version left it is no local file any more (not
+        /// in `LocalFiles.byKey`), while readers still had it open: they read that version until the last of
+        /// them closes and removes it.
+        var detached = false
     }
     let state: Mutex<State>
 

@@ -23,6 +23,11 @@ extension WriteBack {
             if writer { s.writers = max(0, s.writers - 1) }
             return (s.writers, s.handles, s.unlinked, s.key)
         }
+        if f.state.withLock({ $0.detached }) {
+            // Its version was dropped while it was read: the last reader takes the staged file with it.
+            if handles == 0 { staging.remove(f.current) }
+            return
+        }
         if unlinked {
             if handles == 0 {
                 // The last close of an unlinked file: its bytes go with it (only its own: a file created under
@@ -59,12 +64,17 @@ extension WriteBack {
     private func lastWriterGone(_ f: LocalFile) {
         let v = f.current
         let (sealed, changed, versionFailed, acked) = v.state.withLock { ($0.sealed, $0.unjournaled, $0.failedErrno != 0, $0.committedSum != nil) }
-        let writeFailed = f.state.withLock { s -> Bool in
+        let failedWrite = f.state.withLock { s -> Int32 in
             defer { s.failedWrite = 0 }
-            return s.failedWrite != 0
+            return s.failedWrite
         }
+        let writeFailed = failedWrite != 0
         if !sealed && !acked && (versionFailed || writeFailed) {
-            discardUnacknowledged(f, v)
+            guard discardUnacknowledged(f, v) else {
+                // A writer joined meanwhile: its close() must still fail.
+                f.state.withLock { s in if s.failedWrite == 0 { s.failedWrite = failedWrite } }
+                return
+            }
         } else if !sealed && (changed || acked) {
             do { try commit(v, of: f) } catch {
                 logger.error("could not acknowledge a file at its last close; its changes are dropped",
@@ -73,7 +83,7 @@ extension WriteBack {
             }
         } else if !sealed {
             // Opened for writing and not changed: nothing to upload.
-            discardUnacknowledged(f, v, quietly: true)
+            guard discardUnacknowledged(f, v, quietly: true) else { return }
         }
         // A failed write that did not reach the acknowledged version (it could not copy it): the file is that
         // version, and the kernel shows the size the write gave it.
@@ -84,32 +94,46 @@ extension WriteBack {
 
     /// Drops `v`, the unacknowledged current version of `f`: the previous local version (still queued or
     /// uploading) becomes current again, or, if there is none, the file has no local changes any more.
-    func discardUnacknowledged(_ f: LocalFile, _ v: StagedVersion, quietly: Bool = false) {
+    /// Returns false, changing nothing, when a writer opened the file since the last one left (its release
+    /// came after the open: the kernel sends releases asynchronously): `v` stays its version, and that writer's
+    /// last close decides. Readers still open on a file that goes read `v` until their last close.
+    @discardableResult
+    func discardUnacknowledged(_ f: LocalFile, _ v: StagedVersion, quietly: Bool = false) -> Bool {
+        let fallback = v.state.withLock { $0.fallback }
+        let previous = fallback ?? changes.state.withLock { u in
+            u.pending.values.filter { $0 !== v && $0.key == f.key }.max { $0.id < $1.id }
+        }
+        // Decided under the locks an open joins the file under (`joinLocalFile`).
+        enum Outcome { case writerJoined, notCurrent, reverted, gone(readers: Bool) }
+        let outcome = localFiles.byKey.withLock { l -> Outcome in
+            f.state.withLock { s -> Outcome in
+                guard s.current === v else { return .notCurrent }
+                if s.writers > 0 { return .writerJoined }
+                if let previous {
+                    s.current = previous
+                    return .reverted
+                }
+                if l[s.key] === f { l.removeValue(forKey: s.key) }
+                // Its readers keep reading `v`, which the last of them removes (`releaseHandle`).
+                if s.handles > 0 { s.detached = true }
+                return .gone(readers: s.handles > 0)
+            }
+        }
+        if case .writerJoined = outcome { return false }
         if !quietly {
             logger.error("a file whose write or close failed is not uploaded; S3 keeps its last acknowledged version",
                          metadata: ["key": "\(f.key)"])
         }
         abandonEarlyUpload(v, because: "its changes were not acknowledged")
         v.settle(.dropped)
-        let fallback = v.state.withLock { s -> StagedVersion? in
-            defer { s.fallback = nil }
-            return s.fallback
+        v.state.withLock { $0.fallback = nil }
+        var gone = false
+        if case .gone(let readers) = outcome {
+            gone = true
+            if !readers { staging.remove(v) }
+        } else {
+            staging.remove(v)
         }
-        let previous = fallback ?? changes.state.withLock { u in
-            u.pending.values.filter { $0 !== v && $0.key == f.key }.max { $0.id < $1.id }
-        }
-        let gone = localFiles.byKey.withLock { l -> Bool in
-            f.state.withLock { s -> Bool in
-                guard s.current === v else { return false }
-                if let previous {
-                    s.current = previous
-                    return false
-                }
-                if l[s.key] === f { l.removeValue(forKey: s.key) }
-                return true
-            }
-        }
-        staging.remove(v)
         if gone { notices.localVersionGone(key: f.key) }
         // The kernel took the writes of `v` (with its write-back cache, before the daemon saw them) and keeps
         // the size they gave for its inode's life: a later save through that inode wrote back a whole page
@@ -121,6 +145,7 @@ extension WriteBack {
                 logger.error("could not queue a file's acknowledged version", metadata: ["key": "\(f.key)", "error": "\(error)"])
             }
         }
+        return true
     }
 
     /// After the last handle of `f` closed: if its newest version is in S3, the file is clean again (its staged
