@@ -147,6 +147,7 @@ public final class FileSystem: Sendable {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
         guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        try namespace.checkNoTwin(name, in: parent, dirKey: dir.key, making: true)
         try Namespace.refuseInVersionView(dir.key + name)
         let f = try writeBack.createFile(key: dir.key + name)
         let attr = namespace.created(parent: parent, name: name, key: dir.key + name, meta: f.current.meta)

@@ -37,6 +37,11 @@ after a newer version had dropped them, so recovery after a crash would have tak
    under the reader); and a file opened again right after a close could join the version that close's release
    was dropping (the kernel sends releases asynchronously): its reads failed with ENOENT. This was the flaky
    fio --verify_only failure of test_conformance.py.
+12. The same round: names are bytes, Swift's String is text. Two names that are the same text in other Unicode
+   encodings ("caf\u00e9", "cafe\u0301") were one file to the mount: a listing showed one and read the other's
+   bytes, and a save under one went into the other's object. A name beginning with a combining mark, or ending
+   with a prepended one, joined the "/" next to it into one Character: the key did not split there, and the
+   acknowledged file could not be listed or read through any mount.
 """
 import errno
 import mmap
@@ -439,3 +444,63 @@ def test_a_file_opened_again_right_after_a_close_reads_its_bytes(server, bucket,
     flush(mounts, mp)
     for i in (0, 150, 299):
         assert s3_bytes(server, bucket, f"d/f{i}") == body[:100] + b"W%05d" % i + body[106:]
+
+
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+
+
+def test_names_that_are_the_same_text_in_other_encodings_are_never_one_file(server, bucket, mounts):
+    """S-MAP-INVALID, S-NAME-LIMITS: with both keys in S3 the directory shows one name (the first S3 lists), whose
+    bytes are its own object's; the other name does not exist in it. Through the mount, making a name that is
+    another's text in another encoding fails with EINVAL and the existing file keeps its bytes, in S3 too."""
+    server.s3.put_object(Bucket=bucket, Key="d/" + NFC, Body=b"NFC-object")
+    server.s3.put_object(Bucket=bucket, Key="d/" + NFD, Body=b"NFD-object")
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    names = os.listdir(f"{mp}/d")
+    assert [n.encode() for n in names] == [NFD.encode()]  # S3 lists in byte order: "e" before "\u00e9"
+    with open(f"{mp}/d/{NFD}", "rb") as f:
+        assert f.read() == b"NFD-object"
+    try:
+        open(f"{mp}/d/{NFC}", "rb")
+        raise AssertionError("the hidden twin opened")
+    except FileNotFoundError:
+        pass
+    with open(f"{mp}/x{NFC}", "wb") as f:
+        f.write(b"first")
+    for make in (lambda: os.open(f"{mp}/x{NFD}", os.O_WRONLY | os.O_CREAT, 0o644),
+                 lambda: os.mkdir(f"{mp}/x{NFD}"),
+                 lambda: os.rename(f"{mp}/d/{NFD}", f"{mp}/x{NFD}")):
+        try:
+            make()
+            raise AssertionError("a twin of an existing name was made")
+        except OSError as e:
+            assert e.errno == errno.EINVAL, e
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "x" + NFC) == b"first"
+    assert sorted(k.encode() for k in s3_keys(server, bucket)) == sorted(
+        k.encode() for k in ["d/" + NFC, "d/" + NFD, "x" + NFC])
+
+
+def test_names_that_would_join_a_slash_into_one_character_are_refused_and_not_shown(server, bucket, mounts):
+    """S-NAME-LIMITS, S-MAP-INVALID: a name beginning with a combining mark (U+0301) or ending with a prepended
+    one (U+0600) cannot be made (EINVAL); such keys from another client are not shown, the other files of
+    their directories are, and a rename of the directory moves them along under their own bytes."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    for make in (lambda: open(f"{mp}/\u0301x", "wb"), lambda: os.mkdir(f"{mp}/d\u0600")):
+        try:
+            make()
+            raise AssertionError("a name joining a slash was made")
+        except OSError as e:
+            assert e.errno == errno.EINVAL, e
+    for key in ("a/\u0301x", "a/ok", "d\u0600/f"):
+        server.s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    mp2, _ = mounts.mount(f"s3://{bucket}")
+    assert sorted(os.listdir(mp2)) == ["a"]
+    assert os.listdir(f"{mp2}/a") == ["ok"]
+    with open(f"{mp2}/a/ok", "rb") as f:
+        assert f.read() == b"a/ok"
+    os.rename(f"{mp2}/a", f"{mp2}/b")
+    flush(mounts, mp2)
+    assert sorted(k.encode() for k in s3_keys(server, bucket)) == sorted(
+        k.encode() for k in ["b/\u0301x", "b/ok", "d\u0600/f"])
+    assert s3_bytes(server, bucket, "b/\u0301x") == "a/\u0301x".encode()

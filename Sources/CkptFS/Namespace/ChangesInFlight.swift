@@ -100,8 +100,7 @@ struct ChangesInFlight: Sendable {
         func children(of dirKey: String) -> [String: KeyChange] {
             var out: [String: KeyChange] = [:]
             for key in changes.keys where key.hasPrefix(dirKey) && key != dirKey {
-                let rest = key.dropFirst(dirKey.count)
-                let child = rest.firstIndex(of: "/").map { String(rest[...$0]) } ?? String(rest)
+                let child = key.keySuffix(after: dirKey).firstKeySegment
                 if out[child] == nil, let c = change(of: dirKey + child) { out[child] = c }
             }
             return out

@@ -24,6 +24,10 @@ final class DirHandle: Sendable {
         var missed: [String: KeyChange] = [:]
         /// A page missed a change whose outcome is not known here: the listing is not kept for lookups.
         var unsure = false
+
+        /// Whether the listing has an entry that is `name` in another Unicode encoding (`Namespace.twin`): the
+        /// first one listed (S3 lists in byte order) is shown, the other is not.
+        func hasTwin(_ name: String) -> Bool { position.index(forKey: name).map { !position[$0].key.sameBytes(name) } ?? false }
     }
     let ino: UInt64
     let key: String
@@ -199,8 +203,8 @@ extension Namespace {
             guard s.token == token, !s.done else { return nil }  // another reader fetched it meanwhile
             for (child, change) in missed { s.missed[child] = change }
             for p in page.commonPrefixes {
-                let name = String(p.dropFirst(d.key.count).dropLast())
-                guard Namespace.validName(name), !hidden.contains(p) else { continue }
+                let name = p.keySuffix(after: d.key).droppingLastByte
+                guard Namespace.validName(name), !hidden.contains(p), !s.hasTwin(name) else { continue }
                 if case .absent = missed[name + "/"] { continue }  // deleted while the page was in flight
                 let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime)
                 if let at = s.position[name] {
@@ -213,7 +217,7 @@ extension Namespace {
                 s.metas[name] = meta
             }
             for o in page.objects {
-                let name = String(o.key.dropFirst(d.key.count))
+                let name = o.key.keySuffix(after: d.key)
                 guard Namespace.validName(name), s.position[name] == nil, !hidden.contains(o.key) else { continue }
                 var meta: Meta
                 switch missed[name] {
@@ -243,7 +247,7 @@ extension Namespace {
                 // Made by this mount while a page was in flight, and not in its answer.
                 for (child, change) in s.missed {
                     let isDirectory = child.hasSuffix("/")
-                    let name = isDirectory ? String(child.dropLast()) : child
+                    let name = isDirectory ? child.droppingLastByte : child
                     switch change {
                     case .changed: s.unsure = true
                     case .absent: break

@@ -214,7 +214,7 @@ struct InodeTable: Sendable {
             for key in inosByKey.keys where key.hasPrefix(s) {
                 for ino in inosByKey[key] ?? [] {
                     guard var n = nodes[ino] else { continue }
-                    n.key = d + n.key.dropFirst(s.count)
+                    n.key = d + n.key.keySuffix(after: s)
                     put(ino, n)
                 }
             }

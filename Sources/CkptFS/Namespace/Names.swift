@@ -10,7 +10,72 @@
 import CkptS3
 import Foundation
 
+// Keys and names are bytes (POSIX, S3), Swift's String is text: it compares and hashes canonically equivalent
+// text as equal ("é" as one code point, and as "e" and a combining accent), and counts Characters (grapheme
+// clusters), one of which can hold a "/" and the mark after it, or a prepended mark and the "/" after it.
+// So keys from S3 are cut by bytes (`keySuffix`), a name must keep its "/" around it apart (`Namespace.validName`),
+// and a directory shows one of two names that are the same text (`Namespace.twin`).
+extension String {
+    /// What follows `prefix` in this key, which starts with its bytes (a listing's key under its prefix),
+    /// counted in bytes.
+    func keySuffix(after prefix: String) -> String {
+        String(decoding: utf8.dropFirst(prefix.utf8.count), as: UTF8.self)
+    }
+
+    /// This key without its last byte (a common prefix's "/").
+    var droppingLastByte: String { String(decoding: utf8.dropLast(), as: UTF8.self) }
+
+    /// Whether these are the same bytes (`==` says whether they are the same text).
+    func sameBytes(_ other: String) -> Bool { utf8.elementsEqual(other.utf8) }
+
+    /// The first segment of this relative key with the "/" after it ("a/" of "a/b/c"), or all of it when it
+    /// has no "/", cut at the byte.
+    var firstKeySegment: String {
+        guard let slash = utf8.firstIndex(of: UInt8(ascii: "/")) else { return self }
+        return String(decoding: utf8[...slash], as: UTF8.self)
+    }
+
+    /// The prefixes of this key that end in "/" and are longer than `skip` bytes, shortest first ("a/b/" and
+    /// "a/b/c/" of "a/b/c/d" past "a/"), cut at the byte.
+    func keyPrefixes(after skip: Int = 0) -> [String] {
+        var out: [String] = []
+        var i = utf8.index(utf8.startIndex, offsetBy: min(skip, utf8.count))
+        while let slash = utf8[i...].firstIndex(of: UInt8(ascii: "/")) {
+            out.append(String(decoding: utf8[...slash], as: UTF8.self))
+            i = utf8.index(after: slash)
+        }
+        return out
+    }
+}
+
 extension Namespace {
+    /// The name directory `parent` (key prefix `dirKey`) already has that is `name` in another Unicode encoding:
+    /// the same text, other bytes ("é" as one code point, or "e" and a combining accent). The mount's tables,
+    /// keyed by String, cannot tell the two apart, so a directory shows the first one it met (a listing's, S3
+    /// listing in byte order) and the other does not exist in it: its lookup fails with ENOENT, and making it
+    /// with EINVAL (`checkNoTwin`). Before, a save under one name went into the other's file.
+    func twin(of name: String, in parent: UInt64, dirKey: String) -> String? {
+        let known: String? = table.withLock { t in
+            if let i = t.inoByPath.index(forKey: PathKey(parent: parent, name: name)) { return t.inoByPath[i].key.name }
+            if let e = t.listings[parent]?.entries, let i = e.index(forKey: name) { return e[i].key }
+            return nil
+        }
+        if let known, !known.sameBytes(name) { return known }
+        if let local = overlay.localKey(sameTextAs: dirKey + name), !local.sameBytes(dirKey + name) {
+            return local.keySuffix(after: dirKey)
+        }
+        return nil
+    }
+
+    /// Throws when `name` has a twin in `parent` (see `twin`): `absent` for a name that must exist (lookup,
+    /// unlink, rmdir, a rename's source: ENOENT), EINVAL naming the twin for one to be made.
+    func checkNoTwin(_ name: String, in parent: UInt64, dirKey: String, making: Bool) throws(FSError) {
+        guard let other = twin(of: name, in: parent, dirKey: dirKey) else { return }
+        if !making { throw FSError(ENOENT, "\(dirKey + name): the directory has \(other), the same text in another Unicode encoding") }
+        throw FSError(EINVAL, "\(dirKey + name) is the same text as \(dirKey + other), which exists, in another Unicode "
+            + "encoding: the mount cannot show both; use the existing name")
+    }
+
     /// Longest name of one file or directory, in bytes of UTF-8 (NAME_MAX; `statfs` reports it).
     static let maxNameBytes = 255
     /// Longest S3 object key, in bytes of UTF-8 (S3 API reference, "Object key naming").

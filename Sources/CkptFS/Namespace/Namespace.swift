@@ -25,6 +25,9 @@ protocol LocalOverlay: Sendable {
     func orphanMeta(ino: UInt64) -> Meta?
     /// The files directly under the prefix `dirKey` that have local versions: name and metadata.
     func localChildren(of dirKey: String) -> [(name: String, meta: Meta)]
+    /// The key of the file with local changes whose key is the same text as `key` (canonically equivalent, as
+    /// String compares), with its own bytes; nil when none has.
+    func localKey(sameTextAs key: String) -> String?
     /// Whether a queued delete hides `key` (a file key, or a directory prefix ending in "/").
     func isHidden(_ key: String) -> Bool
     /// Whether any delete is queued (listings then filter what they show).
@@ -107,8 +110,11 @@ final class Namespace: WriteBackNotices {
     }
 
     /// Whether an object key segment can be a file name.
+    /// Also not one whose first scalar joins the "/" before it into one Character (a combining mark), or whose
+    /// last joins the "/" after it (a prepended mark such as U+0600): its key would not split at that "/".
     static func validName(_ name: String) -> Bool {
-        !name.isEmpty && name != "." && name != ".." && !name.contains("/") && !name.contains("\0") && name.utf8.count <= 255
+        !name.isEmpty && name != "." && name != ".." && !name.utf8.contains(UInt8(ascii: "/")) && !name.utf8.contains(0)
+            && name.utf8.count <= 255 && ("/" + name + "/").count == name.count + 2
     }
 
     /// How long what S3 said of a file or directory is trusted: the TTL, or the mount's life for an immutable

@@ -14,6 +14,7 @@ extension FileSystem {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: true)
         guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
+        try namespace.checkNoTwin(name, in: parent, dirKey: dir.key, making: true)
         try Namespace.refuseInVersionView(dir.key + name + "/")
         if (try? await lookup(parent: parent, name: name)) != nil {
             forget(ino: namespace.inoFor(parent: parent, name: name), count: 1)
@@ -46,6 +47,7 @@ extension FileSystem {
         try checkWritable()
         let dir = try namespace.node(parent)
         let prefix = dir.key + name + "/"
+        try namespace.checkNoTwin(name, in: parent, dirKey: dir.key, making: false)
         try Namespace.refuseInVersionView(prefix)
         // The kernel looked the name up before (and refuses rmdir of a file itself); callers of the core may not have.
         let target = try await lookup(parent: parent, name: name)
@@ -127,6 +129,7 @@ extension FileSystem {
         try checkWritable()
         let dir = try namespace.node(parent)
         let key = dir.key + name
+        try namespace.checkNoTwin(name, in: parent, dirKey: dir.key, making: false)
         try Namespace.refuseInVersionView(key)
         let attr = try await lookup(parent: parent, name: name)
         forget(ino: attr.ino, count: 1)

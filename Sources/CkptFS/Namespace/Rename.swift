@@ -20,6 +20,7 @@ extension FileSystem {
         try Namespace.refuseInVersionView(srcDir.key + name, srcDir.key + name + "/", dstDir.key + newName, dstDir.key + newName + "/")
         try Namespace.checkStorable(newName, in: dstDir.key, isDirectory: false)
         guard Namespace.validName(newName) else { throw FSError(EINVAL, "not a valid name: \(newName)") }
+        try namespace.checkNoTwin(newName, in: newParent, dirKey: dstDir.key, making: true)
         guard srcDir.meta.isDirectory, dstDir.meta.isDirectory else { throw .notDirectory }
         let src = try await lookup(parent: parent, name: name)
         forget(ino: src.ino, count: 1)

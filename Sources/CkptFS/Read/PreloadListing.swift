@@ -77,9 +77,10 @@ struct PreloadListing: Sendable {
     /// The object for `key` as listed, or nil when the mount cannot show it (a marker, a segment that is not a
     /// file name).
     func object(key: String, etag: String, size: Int64) -> PreloadObject? {
-        guard key.hasPrefix(root), !key.hasSuffix("/") else { return nil }
-        let path = String(key.dropFirst(root.count))
-        guard path.split(separator: "/", omittingEmptySubsequences: false).allSatisfy({ Namespace.validName(String($0)) }) else { return nil }
+        guard key.utf8.starts(with: root.utf8), key.utf8.last != UInt8(ascii: "/") else { return nil }
+        let path = key.keySuffix(after: root)
+        guard path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            .allSatisfy({ Namespace.validName(String(decoding: $0, as: UTF8.self)) }) else { return nil }
         return PreloadObject(key: key, path: path, etag: etag, size: size)
     }
 

@@ -82,18 +82,20 @@ struct WriteBackOverlay: LocalOverlay {
 
     func orphanMeta(ino: UInt64) -> Meta? { files.orphans.withLock { $0[ino] }?.current.meta }
 
+    func localKey(sameTextAs key: String) -> String? { files.byKey.withLock { l in l.index(forKey: key).map { l[$0].key } } }
+
     func localChildren(of dirKey: String) -> [(name: String, meta: Meta)] {
         let keys = files.byKey.withLock { l in l.filter { $0.key.hasPrefix(dirKey) } }
         var out: [String: Meta] = [:]
         for (key, f) in keys {
-            let rest = key.dropFirst(dirKey.count)
-            if let slash = rest.firstIndex(of: "/") {
+            let first = key.keySuffix(after: dirKey).firstKeySegment
+            if first.hasSuffix("/") {
                 // A file deeper down: the directory it is in exists here (a directory renamed, or made implicitly,
                 // whose files are not uploaded yet has no object in S3 to list).
-                let name = String(rest[..<slash])
+                let name = first.droppingLastByte
                 if Namespace.validName(name) { out[name] = Meta(isDirectory: true, size: 0, etag: "", mtime: Date()) }
-            } else if Namespace.validName(String(rest)), out[String(rest)] == nil {
-                out[String(rest)] = f.current.meta
+            } else if Namespace.validName(first), out[first] == nil {
+                out[first] = f.current.meta
             }
         }
         return out.map { ($0.key, $0.value) }

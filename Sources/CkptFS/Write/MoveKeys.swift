@@ -129,7 +129,7 @@ extension WriteBack {
         let remaining = keys.filter { k in
             localFiles[k].map { !holdsAcknowledged($0) && $0.state.withLock { $0.objectIsAcknowledged } } ?? true
         }
-        func target(_ k: String) -> String { dst + k.dropFirst(src.count) }
+        func target(_ k: String) -> String { dst + k.keySuffix(after: src) }
         // Deletes of the new names dropped here are queued again if the rename fails.
         var dropped: [String] = []
         if changes.hasHidden { for k in remaining where await clearPendingDelete(of: target(k)) { dropped.append(target(k)) } }
@@ -188,15 +188,12 @@ extension WriteBack {
             do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError(error, during: .other) }
         }
         // The old names go (after the uploads before them), hidden until then, with every directory under them.
-        let old = Array(Set(keys + localFiles.keys))
+        // Told apart by their bytes: a Set of Strings would take two keys that are the same text in other
+        // Unicode encodings for one, and leave one of them behind.
+        var seen = Set<[UInt8]>()
+        let old = (keys + localFiles.keys).filter { seen.insert(Array($0.utf8)).inserted }
         var hides: Set<String> = [src]
-        for k in old {
-            var at = k.index(k.startIndex, offsetBy: src.count)
-            while let slash = k[at...].firstIndex(of: "/") {
-                hides.insert(String(k[...slash]))
-                at = k.index(after: slash)
-            }
-        }
+        for k in old { hides.formUnion(k.keyPrefixes(after: src.utf8.count)) }
         let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old))
         try await journal.record(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
         for v in moves.requeue { enqueueUpload(v) }

@@ -133,7 +133,7 @@ extension WriteBack {
             guard let src = r.key, let dst = r.target else { continue }
             func mapped(_ k: String) -> String? {
                 if k == src { return dst }
-                return src.hasSuffix("/") && k.hasPrefix(src) ? dst + k.dropFirst(src.count) : nil
+                return src.hasSuffix("/") && k.utf8.starts(with: src.utf8) ? dst + k.keySuffix(after: src) : nil
             }
             do throws(FSError) {
                 for k in r.keys ?? [] {
