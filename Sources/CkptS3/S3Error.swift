@@ -95,6 +95,14 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Whether S3 answered with a client error that the same request will get again: a 4xx status other than
+    /// 408 (Request Timeout) and 429 (Too Many Requests), e.g. 400 InvalidRequest for a key the server cannot
+    /// store, 403 AccessDenied. Only the user can change the outcome (another name, other permissions).
+    public var isRefusal: Bool {
+        guard let s = httpStatus, (400..<500).contains(s), s != 408, s != 429 else { return false }
+        return !isRetryable
+    }
+
     /// What the user can do about it.
     public var hint: String? {
         switch code {

@@ -42,6 +42,9 @@ after a newer version had dropped them, so recovery after a crash would have tak
    bytes, and a save under one went into the other's object. A name beginning with a combining mark, or ending
    with a prepended one, joined the "/" next to it into one Character: the key did not split there, and the
    acknowledged file could not be listed or read through any mount.
+13. Found by the second round (2026-12-01): on SeaweedFS, which reads "\\" in a key as "/", a file named
+   'x\\..\\y' was acknowledged and its upload refused for good (400 InvalidRequest): `ckptfs flush` waited for it
+   until killed, and fsync() would have too.
 """
 import errno
 import mmap
@@ -504,3 +507,44 @@ def test_names_that_would_join_a_slash_into_one_character_are_refused_and_not_sh
     assert sorted(k.encode() for k in s3_keys(server, bucket)) == sorted(
         k.encode() for k in ["b/\u0301x", "b/ok", "d\u0600/f"])
     assert s3_bytes(server, bucket, "b/\u0301x") == "a/\u0301x".encode()
+
+
+def test_flush_and_fsync_say_so_when_s3_refuses_an_upload_for_good(server, bucket, mounts):
+    """S-DUR-FLUSH-REFUSED: an acknowledged file whose upload S3 refuses with an answer no retry can change
+    (SeaweedFS: 400 InvalidRequest for a key holding '\\..\\') makes `ckptfs flush` exit 1 within seconds,
+    naming the file and the error, and fsync() fail with EIO; the other files land; the file stays
+    acknowledged (journaled, listed by status) and its upload is retried. The same for a DeleteObject S3
+    refuses. Seen: flush waited until killed."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    # Two lookups that miss make the next ones come from a listing of the directory: SeaweedFS answers the
+    # HEAD of such a key with 400 too (the lookup would fail with EIO).
+    for miss in ("miss-1", "miss-2"):
+        assert not os.path.exists(f"{mp}/{miss}")
+    name = "bs-x\\..\\y"
+    with open(f"{mp}/{name}", "wb") as f:
+        f.write(b"refused")
+    with open(f"{mp}/fine.bin", "wb") as f:
+        f.write(b"lands")
+    started = time.monotonic()
+    r = mounts.run("flush", mp, "--timeout", "120", timeout=150)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert time.monotonic() - started < 60, "flush waited for an upload S3 refuses"
+    assert name in r.stderr and "InvalidRequest" in r.stderr, r.stderr
+    fd = os.open(f"{mp}/{name}", os.O_RDWR)
+    try:
+        os.fsync(fd)
+        raise AssertionError("fsync of a refused upload returned")
+    except OSError as e:
+        assert e.errno == errno.EIO, e
+    finally:
+        os.close(fd)
+    assert s3_bytes(server, bucket, "fine.bin") == b"lands"
+    with open(f"{mp}/{name}", "rb") as f:
+        assert f.read() == b"refused"
+    # Removed, the file needs a DeleteObject of its key, which SeaweedFS refuses the same way: said too.
+    os.unlink(f"{mp}/{name}")
+    started = time.monotonic()
+    r = mounts.run("flush", mp, "--timeout", "120", timeout=150)
+    assert r.returncode == 1 and "refuses the DeleteObject" in r.stderr, (r.returncode, r.stderr)
+    assert time.monotonic() - started < 60, "flush waited for a delete S3 refuses"
+    assert not os.path.exists(f"{mp}/{name}")

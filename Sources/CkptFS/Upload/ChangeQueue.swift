@@ -44,6 +44,12 @@ struct PendingDelete: Sendable {
     var cancelled = false
     /// Why the last DeleteObject of this key failed (it is retried), for status and flush.
     var lastError: String?
+    /// Attempts in a row S3 refused for good (`S3Error.isRefusal`): from `StagedVersion.refusedLimit` on,
+    /// `ckptfs flush` stops waiting for this delete and says why (it is still retried).
+    var refusedInARow = 0
+    var refusedAt: ContinuousClock.Instant?
+    var isRefused: Bool { refusedInARow >= StagedVersion.refusedLimit }
+    func isRefused(since: ContinuousClock.Instant) -> Bool { isRefused && (refusedAt.map { $0 >= since } ?? false) }
     var group: DeleteGroup
     var task: Task<Void, Never>?
 }
@@ -402,7 +408,15 @@ extension WriteBack {
                     break
                 } catch {
                     if error.code == .noSuchKey { break }
-                    changes.state.withLock { u in u.deletes[id]?.lastError = "\(error)" }
+                    let waiting = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
+                        guard var d = u.deletes[id] else { return [] }
+                        d.lastError = "\(error)"
+                        d.refusedInARow = error.isRefusal ? d.refusedInARow + 1 : 0
+                        if error.isRefusal { d.refusedAt = .now }
+                        u.deletes[id] = d
+                        return d.isRefused ? u.deleteWaiters.removeAll() : []
+                    }
+                    for w in waiting { w.resume() }  // a flush waiting for it says so
                     logger.warning("delete failed; retrying", metadata: ["s3.key": "\(key)", "error": "\(error)", "retry.in": "\(delay)"])
                     try? await Task.sleep(for: delay)
                     delay = min(delay * 2, .seconds(30))
@@ -433,9 +447,14 @@ extension WriteBack {
     /// Waits until no delete of a key `under` accepts is queued, or the deadline passes. Returns the keys
     /// still queued.
     func waitDeletes(under: (String) -> Bool, deadline: ContinuousClock.Instant?) async -> [String] {
+        let began = ContinuousClock.now
         while true {
-            let left = changes.state.withLock { u in u.deletes.values.map(\.key).filter(under) }
+            let (left, refused) = changes.state.withLock { u in
+                let mine = u.deletes.values.filter { under($0.key) }
+                return (mine.map(\.key), mine.allSatisfy { $0.isRefused(since: began) })
+            }
             if left.isEmpty { return [] }
+            if refused { return left }  // S3 refuses every one left: waiting changes nothing
             let timeout = deadline.map { $0 - ContinuousClock.now }
             if let timeout, timeout <= .zero { return left }
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in

@@ -20,14 +20,21 @@ extension WriteBack {
     /// Waits until each version (or the version that superseded it) is settled, or the deadline passes.
     /// Returns the keys not durable, with why.
     func waitDurable(_ versions: [StagedVersion], deadline: ContinuousClock.Instant?) async -> [(String, String)] {
-        // Someone waits for all of them: none waits out the upload delay.
-        for v in versions { carrier(of: v).markUrgent() }
+        // Someone waits for all of them: none waits out the upload delay, and one S3 refused is tried again now
+        // (the wait ends when S3 refuses it again: it says how S3 answers now, not how it answered before).
+        let began = ContinuousClock.now
+        for v in versions {
+            let cur = carrier(of: v)
+            cur.markUrgent()
+            if cur.wasRefused { cur.retrySoon() }
+        }
         for v in versions {
             while true {
                 let cur = carrier(of: v)
                 cur.markUrgent()
                 if cur.isSettled && carrier(of: v) === cur { break }
                 if cur.isFinal && !cur.isSettled { break }  // a conflict: nothing more happens without the user
+                if cur.isRefused(since: began) { break }  // S3 refuses it (a key it cannot store, AccessDenied): say so
                 let left = deadline.map { $0 - ContinuousClock.now }
                 if let left, left <= .zero { break }
                 await cur.waitFinal(timeout: left)
@@ -39,7 +46,9 @@ extension WriteBack {
             if !cur.isSettled {
                 let (key, err, up) = cur.state.withLock { ($0.key, $0.lastError, $0.upload) }
                 let why: String
-                if let err { why = err } else if case .uploading = up { why = "still uploading" } else { why = "waiting to upload" }
+                if let err, cur.wasRefused {
+                    why = err + " (S3 refuses this upload; it is retried every 30 s until it lands, or the file is renamed or removed)"
+                } else if let err { why = err } else if case .uploading = up { why = "still uploading" } else { why = "waiting to upload" }
                 left.append((key, why))
             }
         }
@@ -73,7 +82,9 @@ extension WriteBack {
         }
         for key in left {
             let why: String
-            if let e = queued[key]?.lastError {
+            if let e = queued[key]?.lastError, queued[key]?.isRefused == true {
+                why = ": S3 refuses the DeleteObject (\(e)); it is retried every 30 s"
+            } else if let e = queued[key]?.lastError {
                 why = ": DeleteObject fails (\(e)); it is retried"
             } else if queued[key]?.started == true {
                 why = " (sent, no answer yet)"

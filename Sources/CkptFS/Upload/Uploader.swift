@@ -113,15 +113,15 @@ extension WriteBack {
                     staging.wakeWaiters()  // a conflict brings nothing down: held writers check again
                     return
                 }
+                v.attemptFailed(error.description, refused: error.cause?.isRefusal ?? false)
                 let stop = v.state.withLock { s -> Bool in
-                    s.lastError = error.description
                     if case .uploading = s.upload { s.upload = .waiting; return false }
                     return true
                 }
                 logger.warning("upload failed; retrying", metadata: ["key": "\(v.key)", "error": "\(error)",
                                                                     "retry.in": "\(delay)"])
                 if stop { finishUpload(v); return }
-                try? await Task.sleep(for: delay)
+                await v.waitToRetry(delay)
                 delay = min(delay * 2, .seconds(30))
             }
         }

@@ -57,6 +57,16 @@ final class StagedVersion: Sendable {
         var commits = 0
         var upload: Upload = .waiting
         var lastError: String?
+        /// Attempts in a row that S3 refused with an answer no retry of the same request can change (a 4xx
+        /// other than 408 and 429, conflicts aside: `S3Error.isRetryable`), e.g. InvalidRequest for a key the
+        /// server cannot store, AccessDenied. From `refusedLimit` on, fsync and `ckptfs flush` stop waiting
+        /// for the version and say why; its upload is still retried (the user may fix the cause).
+        var refusedInARow = 0
+        /// When S3 last refused it so.
+        var refusedAt: ContinuousClock.Instant?
+        /// The upload job waiting to retry after a failed attempt, woken early when someone starts waiting for
+        /// a version S3 refused (so that they hear how S3 answers now).
+        var retryWaiters = Waiters<Bool>()
         var bytesUploaded: Int64 = 0
         /// Someone waits for this version (fsync, flush): upload without the settle delay.
         var urgent = false
@@ -291,6 +301,8 @@ final class StagedVersion: Sendable {
             }
             s.upload = .done(etag: etag)
             s.lastError = nil
+            s.refusedInARow = 0
+            s.refusedAt = nil
             s.bytesUploaded = s.size
             return (.landed, Waiting(taking: &s))
         }
@@ -345,6 +357,56 @@ final class StagedVersion: Sendable {
                 }
             }
         }
+    }
+
+    /// Attempts S3 refused in a row (`State.refusedInARow`) after which waiting for this version ends: two, so
+    /// that one garbled request is retried before anyone is told.
+    static let refusedLimit = 2
+
+    /// Whether S3 refused this version's upload for good (as far as retrying the same request goes) at an
+    /// attempt made since `since`.
+    func isRefused(since: ContinuousClock.Instant) -> Bool {
+        state.withLock { s in s.refusedInARow >= StagedVersion.refusedLimit && (s.refusedAt.map { $0 >= since } ?? false) }
+    }
+
+    /// Whether S3 refused the last attempts for good.
+    var wasRefused: Bool { state.withLock { $0.refusedInARow >= StagedVersion.refusedLimit } }
+
+    /// The last upload attempt failed; `refused`: with an answer no retry can change. Wakes those waiting for
+    /// the version once it counts as refused, as if their wait had timed out.
+    func attemptFailed(_ message: String, refused: Bool) {
+        let waiting = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+            s.lastError = message
+            s.refusedInARow = refused ? s.refusedInARow + 1 : 0
+            if refused { s.refusedAt = .now }
+            return s.refusedInARow >= StagedVersion.refusedLimit ? s.waiters.removeAll() : []
+        }
+        for w in waiting { w.resume(returning: false) }
+    }
+
+    /// Waits `delay` before the next attempt, or less if someone starts waiting for the version (`retrySoon`).
+    /// Ends at once when the task is cancelled (a shutdown).
+    func waitToRetry(_ delay: Duration) async {
+        let ticket = Mutex<UInt64?>(nil)
+        await withTaskCancellationHandler {
+            _ = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+                let t = state.withLock { $0.retryWaiters.add(c) }
+                ticket.withLock { $0 = t }
+                if Task.isCancelled { state.withLock { $0.retryWaiters.remove(t) }?.resume(returning: false) }
+                Task {
+                    try? await Task.sleep(for: delay)
+                    self.state.withLock { $0.retryWaiters.remove(t) }?.resume(returning: false)
+                }
+            }
+        } onCancel: {
+            if let t = ticket.withLock({ $0 }) { state.withLock { $0.retryWaiters.remove(t) }?.resume(returning: false) }
+        }
+    }
+
+    /// Ends the wait of an upload job before its next attempt (`waitToRetry`).
+    func retrySoon() {
+        let waiting = state.withLock { $0.retryWaiters.removeAll() }
+        for w in waiting { w.resume(returning: true) }
     }
 
     /// Waits until final, or until `timeout` passes (false). No polling: a timer task withdraws the ticket.

@@ -1,5 +1,6 @@
 // docs/SEMANTICS.md, "Durability: close, fsync, flush, stopping", against the core.
 @testable import CkptFS
+import CkptS3
 import CkptTestSupport
 import Foundation
 import XCTest
@@ -214,6 +215,35 @@ final class DurabilitySemanticsTests: SemanticsTestCase {
         client.release(gate)
         await flushAll()
         XCTAssertEqual(stored["d/x"], bytes(100))
+    }
+
+    /// An upload or delete S3 refuses with an answer no retry changes (a 4xx such as 400 InvalidRequest) ends
+    /// the wait of flush and fsync after two attempts, with the reason; a 503 does not (it is waited out). The
+    /// file stays acknowledged and lands once S3 takes it.
+    func testSDurFlushRefused() async throws {
+        let invalid = S3Error(code: .invalidRequest, s3Code: "InvalidRequest", message: "Invalid Request", httpStatus: 400, operation: "PutObject")
+        let refusal = client.add(FaultInjectingClient.Match.uploads.key("bad"), .all, .fail(.error(invalid)))
+        try await save("bad", bytes(10))
+        try await save("fine", bytes(20))
+        let start = ContinuousClock.now
+        let left = await fs.flushAll(under: "", timeout: .seconds(60))
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(20), "flush waited for an upload S3 refuses")
+        XCTAssertEqual(left.map(\.path), ["bad"])
+        XCTAssertTrue(left.first?.reason.contains("InvalidRequest") ?? false, left.first?.reason ?? "")
+        XCTAssertEqual(stored["fine"], bytes(20))
+        let h = try await open("bad", Self.write)
+        let synced = await mount.fsync(h)
+        XCTAssertEqual(errno(synced), EIO)
+        _ = await mount.close(h)
+        client.remove(refusal)
+        await flushAll()
+        XCTAssertEqual(stored["bad"], bytes(10))
+        // A 503 is no refusal: flush waits it out.
+        let busy = client.add(FaultInjectingClient.Match.uploads.key("busy"), .first(3), .fail(.serviceUnavailable))
+        try await save("busy", bytes(30))
+        await flushAll()
+        XCTAssertEqual(stored["busy"], bytes(30))
+        client.remove(busy)
     }
 
     /// Staged copies go once their versions are in S3 and the file is closed, also after fsync and rewrites.
