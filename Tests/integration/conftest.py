@@ -1,5 +1,6 @@
 """Fixtures for mount tests: a real SeaweedFS on loopback, the ckptfs binary, boto3, mount helpers, and the
 fault proxy (Tests/Harness/s3_fault_proxy.py) that holds requests and kills a daemon at exact points."""
+import contextlib
 import json
 import os
 import shutil
@@ -179,6 +180,17 @@ def mounts(server, tmp_path):
 def is_mounted(path):
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == path for line in f)
+
+
+@contextlib.contextmanager
+def tmpfs(path, size):
+    """A tmpfs of `size` (mount's size=, e.g. "8m") at `path` for the block: a cache disk that fills for real."""
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def wait_until(pred, timeout=10.0):

@@ -54,7 +54,9 @@ import subprocess
 import threading
 import time
 
-from conftest import wait_until
+import pytest
+
+from conftest import tmpfs, wait_until
 from test_write_back import MiB, daemon_pid, flush, open_multipart, s3_bytes, s3_keys, sha
 
 
@@ -311,27 +313,28 @@ def save_after_a_refused_save(mp, path, refused):
     return failed
 
 
-def test_a_save_after_one_the_full_cache_disk_refused_uploads_only_what_was_written(server, bucket, mounts, tmp_path):
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """An 8 MiB tmpfs for the cache directory: a disk that fills for real."""
+    with tmpfs(tmp_path / "tiny", "8m") as d:
+        yield d
+
+
+def test_a_save_after_one_the_full_cache_disk_refused_uploads_only_what_was_written(server, bucket, mounts, tiny_disk):
     """A 6 MiB rewrite of an acknowledged 5-byte file fails at close() with ENOSPC (the cache disk is full;
     S3 keeps the 5 bytes), then the file is saved again with 2 bytes written at 0: S3, the mount (size and bytes)
     and a mount with an empty cache hold exactly b"XYllo". Seen: b"XYllo" and 4,091 zero bytes in S3 (the kernel
     kept the refused save's size and wrote back a whole page), a 6 MiB file in the mount."""
-    tiny = tmp_path / "tiny"
-    tiny.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(tiny)], check=True)
-    try:
-        mp, _ = mounts.mount(f"s3://{bucket}", None, str(tiny / "cache"), "--cache-size", "1MiB")
-        path = f"{mp}/full.bin"
-        failed = save_after_a_refused_save(mp, path, lambda fd: os.pwrite(fd, os.urandom(6 * MiB), 0))
-        assert failed == errno.ENOSPC, f"the refused save gave {failed}"
-        flush(mounts, mp)
-        assert s3_bytes(server, bucket, "full.bin") == b"XYllo"
-        assert os.stat(path).st_size == 5
-        with open(path, "rb") as f:
-            assert f.read() == b"XYllo"
-        mounts.unmount(mp)
-    finally:
-        subprocess.run(["umount", "-l", str(tiny)])
+    mp, _ = mounts.mount(f"s3://{bucket}", None, os.path.join(tiny_disk, "cache"), "--cache-size", "1MiB")
+    path = f"{mp}/full.bin"
+    failed = save_after_a_refused_save(mp, path, lambda fd: os.pwrite(fd, os.urandom(6 * MiB), 0))
+    assert failed == errno.ENOSPC, f"the refused save gave {failed}"
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "full.bin") == b"XYllo"
+    assert os.stat(path).st_size == 5
+    with open(path, "rb") as f:
+        assert f.read() == b"XYllo"
+    mounts.unmount(mp)
     mp, _ = mounts.mount(f"s3://{bucket}")
     with open(f"{mp}/full.bin", "rb") as f:
         assert f.read() == b"XYllo"
@@ -358,36 +361,30 @@ def test_a_save_after_a_write_past_5_tib_uploads_only_what_was_written(server, b
         assert f.read() == b"XYllo"
 
 
-def test_a_write_that_could_not_copy_the_acknowledged_version_fails_the_save(server, bucket, mounts, tmp_path):
+def test_a_write_that_could_not_copy_the_acknowledged_version_fails_the_save(server, bucket, mounts, tiny_disk):
     """The same kind, reached through the copy on write: a file still open whose bytes a close() of a
     duplicate acknowledged is written again, and the copy the write needs does not fit on the full cache disk.
     That close() fails (ENOSPC), S3 gets the acknowledged bytes, and the mount shows them too, not the byte the
     kernel took and the daemon refused (its page stayed in the kernel's cache, and a reader was shown it)."""
-    tiny = tmp_path / "tiny"
-    tiny.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(tiny)], check=True)
+    mp, _ = mounts.mount(f"s3://{bucket}", None, os.path.join(tiny_disk, "cache"), "--cache-size", "1MiB")
+    path = f"{mp}/acked.bin"
+    data = os.urandom(3 * MiB)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, data)
+    os.close(os.dup(fd))  # acknowledges the 3 MiB; the file stays open
+    os.pwrite(fd, b"X", 0)
     try:
-        mp, _ = mounts.mount(f"s3://{bucket}", None, str(tiny / "cache"), "--cache-size", "1MiB")
-        path = f"{mp}/acked.bin"
-        data = os.urandom(3 * MiB)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(fd, data)
-        os.close(os.dup(fd))  # acknowledges the 3 MiB; the file stays open
-        os.pwrite(fd, b"X", 0)
-        try:
-            os.close(fd)
-            failed = None
-        except OSError as e:
-            failed = e.errno
-        assert failed == errno.ENOSPC, f"the write that could not copy gave {failed}"
-        flush(mounts, mp)
-        assert sha(s3_bytes(server, bucket, "acked.bin")) == sha(data)
-        assert wait_until(lambda: open(path, "rb").read(1) == data[:1], 5), "the mount shows the refused byte"
-        with open(path, "rb") as f:
-            assert sha(f.read()) == sha(data)
-        mounts.unmount(mp)
-    finally:
-        subprocess.run(["umount", "-l", str(tiny)])
+        os.close(fd)
+        failed = None
+    except OSError as e:
+        failed = e.errno
+    assert failed == errno.ENOSPC, f"the write that could not copy gave {failed}"
+    flush(mounts, mp)
+    assert sha(s3_bytes(server, bucket, "acked.bin")) == sha(data)
+    assert wait_until(lambda: open(path, "rb").read(1) == data[:1], 5), "the mount shows the refused byte"
+    with open(path, "rb") as f:
+        assert sha(f.read()) == sha(data)
+    mounts.unmount(mp)
 
 
 def test_a_reader_reads_on_after_a_writer_that_changed_nothing_closes(server, bucket, mounts):

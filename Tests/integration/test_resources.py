@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import UPLOADS, wait_until
+from conftest import UPLOADS, tmpfs, wait_until
 from test_write_back import MiB, flush, kill9, open_multipart, s3_bytes, s3_keys, status
 
 
@@ -21,11 +21,8 @@ def sha(b):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 256 MiB tmpfs for the cache directory."""
-    d = tmp_path / "small-disk"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(d)], check=True)
-    yield str(d)
-    subprocess.run(["umount", "-l", str(d)], check=False)
+    with tmpfs(tmp_path / "small-disk", "256m") as d:
+        yield d
 
 
 def test_writing_more_than_the_cache_disk_holds_waits_for_uploads_instead_of_failing(server, bucket, mounts, small_disk):
