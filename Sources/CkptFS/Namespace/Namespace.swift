@@ -114,7 +114,7 @@ final class Namespace: WriteBackNotices {
     /// last joins the "/" after it (a prepended mark such as U+0600): its key would not split at that "/".
     static func validName(_ name: String) -> Bool {
         !name.isEmpty && name != "." && name != ".." && !name.utf8.contains(UInt8(ascii: "/")) && !name.utf8.contains(0)
-            && name.utf8.count <= 255 && ("/" + name + "/").count == name.count + 2
+            && name.utf8.count <= 255 && (name.utf8.allSatisfy { $0 < 0x80 } || ("/" + name + "/").count == name.count + 2)
     }
 
     /// How long what S3 said of a file or directory is trusted: the TTL, or the mount's life for an immutable
