@@ -47,7 +47,6 @@ extension FileSystem {
         try checkWritable()
         let dir = try namespace.node(parent)
         let prefix = dir.key + name + "/"
-        try namespace.checkNoTwin(name, in: parent, dirKey: dir.key, making: false)
         try Namespace.refuseInVersionView(prefix)
         // The kernel looked the name up before (and refuses rmdir of a file itself); callers of the core may not have.
         let target = try await lookup(parent: parent, name: name)
@@ -129,7 +128,6 @@ extension FileSystem {
         try checkWritable()
         let dir = try namespace.node(parent)
         let key = dir.key + name
-        try namespace.checkNoTwin(name, in: parent, dirKey: dir.key, making: false)
         try Namespace.refuseInVersionView(key)
         let attr = try await lookup(parent: parent, name: name)
         forget(ino: attr.ino, count: 1)

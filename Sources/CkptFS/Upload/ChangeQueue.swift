@@ -44,12 +44,8 @@ struct PendingDelete: Sendable {
     var cancelled = false
     /// Why the last DeleteObject of this key failed (it is retried), for status and flush.
     var lastError: String?
-    /// Attempts in a row S3 refused for good (`S3Error.isRefusal`): from `StagedVersion.refusedLimit` on,
-    /// `ckptfs flush` stops waiting for this delete and says why (it is still retried).
-    var refusedInARow = 0
-    var refusedAt: ContinuousClock.Instant?
-    var isRefused: Bool { refusedInARow >= StagedVersion.refusedLimit }
-    func isRefused(since: ContinuousClock.Instant) -> Bool { isRefused && (refusedAt.map { $0 >= since } ?? false) }
+    /// DeleteObject attempts S3 refused for good, in a row: `ckptfs flush` then stops waiting for this delete.
+    var refusals = Refusals()
     var group: DeleteGroup
     var task: Task<Void, Never>?
 }
@@ -411,10 +407,9 @@ extension WriteBack {
                     let waiting = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
                         guard var d = u.deletes[id] else { return [] }
                         d.lastError = "\(error)"
-                        d.refusedInARow = error.isRefusal ? d.refusedInARow + 1 : 0
-                        if error.isRefusal { d.refusedAt = .now }
+                        d.refusals.attemptFailed(refused: error.isRefusal)
                         u.deletes[id] = d
-                        return d.isRefused ? u.deleteWaiters.removeAll() : []
+                        return d.refusals.refused ? u.deleteWaiters.removeAll() : []
                     }
                     for w in waiting { w.resume() }  // a flush waiting for it says so
                     logger.warning("delete failed; retrying", metadata: ["s3.key": "\(key)", "error": "\(error)", "retry.in": "\(delay)"])
@@ -451,7 +446,7 @@ extension WriteBack {
         while true {
             let (left, refused) = changes.state.withLock { u in
                 let mine = u.deletes.values.filter { under($0.key) }
-                return (mine.map(\.key), mine.allSatisfy { $0.isRefused(since: began) })
+                return (mine.map(\.key), mine.allSatisfy { $0.refusals.refused(since: began) })
             }
             if left.isEmpty { return [] }
             if refused { return left }  // S3 refuses every one left: waiting changes nothing

@@ -82,7 +82,7 @@ extension WriteBack {
         }
         for key in left {
             let why: String
-            if let e = queued[key]?.lastError, queued[key]?.isRefused == true {
+            if let e = queued[key]?.lastError, queued[key]?.refusals.refused == true {
                 why = ": S3 refuses the DeleteObject (\(e)); it is retried every 30 s"
             } else if let e = queued[key]?.lastError {
                 why = ": DeleteObject fails (\(e)); it is retried"

@@ -127,14 +127,9 @@ extension WriteBack {
         abandonEarlyUpload(v, because: "its changes were not acknowledged")
         v.settle(.dropped)
         v.state.withLock { $0.fallback = nil }
-        var gone = false
-        if case .gone(let readers) = outcome {
-            gone = true
-            if !readers { staging.remove(v) }
-        } else {
-            staging.remove(v)
-        }
-        if gone { notices.localVersionGone(key: f.key) }
+        // Its readers keep `v`'s staged file until the last of them closes.
+        if case .gone(readers: true) = outcome {} else { staging.remove(v) }
+        if case .gone = outcome { notices.localVersionGone(key: f.key) }
         // The kernel took the writes of `v` (with its write-back cache, before the daemon saw them) and keeps
         // the size they gave for its inode's life: a later save through that inode wrote back a whole page
         // past the end, zeros no program wrote. The path gets a new inode.

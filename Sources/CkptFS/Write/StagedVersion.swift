@@ -57,13 +57,8 @@ final class StagedVersion: Sendable {
         var commits = 0
         var upload: Upload = .waiting
         var lastError: String?
-        /// Attempts in a row that S3 refused with an answer no retry of the same request can change (a 4xx
-        /// other than 408 and 429, conflicts aside: `S3Error.isRetryable`), e.g. InvalidRequest for a key the
-        /// server cannot store, AccessDenied. From `refusedLimit` on, fsync and `ckptfs flush` stop waiting
-        /// for the version and say why; its upload is still retried (the user may fix the cause).
-        var refusedInARow = 0
-        /// When S3 last refused it so.
-        var refusedAt: ContinuousClock.Instant?
+        /// Upload attempts S3 refused for good, in a row.
+        var refusals = Refusals()
         /// The upload job waiting to retry after a failed attempt, woken early when someone starts waiting for
         /// a version S3 refused (so that they hear how S3 answers now).
         var retryWaiters = Waiters<Bool>()
@@ -301,8 +296,7 @@ final class StagedVersion: Sendable {
             }
             s.upload = .done(etag: etag)
             s.lastError = nil
-            s.refusedInARow = 0
-            s.refusedAt = nil
+            s.refusals.reset()
             s.bytesUploaded = s.size
             return (.landed, Waiting(taking: &s))
         }
@@ -321,9 +315,13 @@ final class StagedVersion: Sendable {
     /// A write, truncate or commit failed with `errno`: the version is never acknowledged.
     func fail(_ errno: Int32) {
         state.withLock { s in
-            if s.failedErrno == 0 { s.failedErrno = errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? errno : EIO }
+            if s.failedErrno == 0 { s.failedErrno = StagedVersion.reported(errno) }
         }
     }
+
+    /// The errno close() and fsync() give for a failed write or commit: a full disk or quota, or a file past
+    /// S3's largest object, as such; anything else as EIO.
+    static func reported(_ errno: Int32) -> Int32 { errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? errno : EIO }
 
     /// Someone waits for this version (fsync, flush): its upload starts without the settle delay.
     func markUrgent() {
@@ -359,27 +357,20 @@ final class StagedVersion: Sendable {
         }
     }
 
-    /// Attempts S3 refused in a row (`State.refusedInARow`) after which waiting for this version ends: two, so
-    /// that one garbled request is retried before anyone is told.
-    static let refusedLimit = 2
-
     /// Whether S3 refused this version's upload for good (as far as retrying the same request goes) at an
     /// attempt made since `since`.
-    func isRefused(since: ContinuousClock.Instant) -> Bool {
-        state.withLock { s in s.refusedInARow >= StagedVersion.refusedLimit && (s.refusedAt.map { $0 >= since } ?? false) }
-    }
+    func isRefused(since: ContinuousClock.Instant) -> Bool { state.withLock { $0.refusals.refused(since: since) } }
 
     /// Whether S3 refused the last attempts for good.
-    var wasRefused: Bool { state.withLock { $0.refusedInARow >= StagedVersion.refusedLimit } }
+    var wasRefused: Bool { state.withLock { $0.refusals.refused } }
 
     /// The last upload attempt failed; `refused`: with an answer no retry can change. Wakes those waiting for
     /// the version once it counts as refused, as if their wait had timed out.
     func attemptFailed(_ message: String, refused: Bool) {
         let waiting = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
             s.lastError = message
-            s.refusedInARow = refused ? s.refusedInARow + 1 : 0
-            if refused { s.refusedAt = .now }
-            return s.refusedInARow >= StagedVersion.refusedLimit ? s.waiters.removeAll() : []
+            s.refusals.attemptFailed(refused: refused)
+            return s.refusals.refused ? s.waiters.removeAll() : []
         }
         for w in waiting { w.resume(returning: false) }
     }

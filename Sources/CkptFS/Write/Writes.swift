@@ -46,7 +46,7 @@ extension WriteBack {
     /// and fsync() say so, and nothing of it is kept (S-WRITE-FAILED). Else a close() after it acknowledged
     /// what the other writes left, and the kernel's release queued it, although close() had failed.
     func failedWrite(_ f: LocalFile, _ error: FSError) {
-        let e = error.errno == ENOSPC || error.errno == EDQUOT || error.errno == EFBIG ? error.errno : EIO
+        let e = StagedVersion.reported(error.errno)
         f.state.withLock { s in if s.failedWrite == 0 { s.failedWrite = e } }
     }
 
