@@ -146,6 +146,10 @@ extension WriteBack {
                 keptRenames.append(r)
                 continue
             }
+            // The old names go: the objects copied, and those of local versions moved (the intent lists only
+            // the objects it copies; a file saved here kept an older object under its old name, which the
+            // crash left there, and that came back under the old name).
+            var old = r.keys ?? []
             for (id, a) in acked {
                 guard let k = a.record.key, let to = mapped(k) else { continue }
                 var rec = a.record
@@ -154,8 +158,11 @@ extension WriteBack {
                 rec.ifNoneMatch = nil
                 acked[id] = (rec, end)
                 end += 1
+                old.append(k)
             }
-            for k in WriteBack.deleteOrder(r.keys ?? []) {
+            // Told apart by their bytes (see `renameDirectory`).
+            var seen = Set<[UInt8]>()
+            for k in WriteBack.deleteOrder(old.filter { seen.insert(Array($0.utf8)).inserted }) {
                 let id = newJournalId()
                 deletes[id] = (k, end)
                 end += 1

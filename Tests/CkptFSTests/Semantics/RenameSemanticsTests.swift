@@ -194,6 +194,34 @@ final class RenameSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored["e/new"], [3])
     }
 
+    /// A crash while a directory rename copies its objects: the next mount finishes the rename, and every old
+    /// name goes, also that of a file saved here whose older object was under it. The rename's intent lists
+    /// only the objects it copies (a local file's bytes move with it): before, that older object stayed under
+    /// the old name, and the file came back there.
+    func testRenameDirCrashWhileCopyingDeletesTheOldObjectOfASavedFile() async throws {
+        s3.seed(bucket, "d/a", [1])
+        s3.seed(bucket, "d/b", [2])
+        holdUploads()
+        try await save("d/a", [9])
+        let copies = holdUploads(.operations("CopyObject"))
+        let crashed = client!
+        let fs = self.fs, root = self.root
+        let renaming = Task { () async -> Bool in
+            do throws(FSError) {
+                try await fs.rename(parent: root, name: "d", newParent: root, newName: "e", flags: 0)
+                return true
+            } catch { return false }
+        }
+        await client.waitForHeld(copies)
+        try await crashAndRecover()
+        await flushAll()
+        XCTAssertEqual(keys, ["e/a", "e/b"])
+        XCTAssertEqual(stored["e/a"], [9])
+        // The crashed mount's rename, held in its copy until now, ends (it changes nothing any more).
+        crashed.failHeld()
+        _ = await renaming.value
+    }
+
     /// The errors of directory renames, and a directory over an empty one replaces it.
     func testSRenameDirErrors() async throws {
         s3.seed(bucket, "src/a", [1])
