@@ -45,6 +45,10 @@ after a newer version had dropped them, so recovery after a crash would have tak
 13. Found by the second round (2026-12-01): on SeaweedFS, which reads "\\" in a key as "/", a file named
    'x\\..\\y' was acknowledged and its upload refused for good (400 InvalidRequest): `ckptfs flush` waited for it
    until killed, and fsync() would have too.
+14. The fourth round (on 229b0a2): a save opened again right after a failed one (its close() had failed with
+   ENOSPC or EFBIG) still uploaded zeros no program wrote: the open reached the daemon before the kernel's
+   release of the failed writer, so it joined the failed save's inode, whose size the kernel kept, and an
+   append after the failure uploaded a megabyte of zeros.
 """
 import errno
 import mmap
@@ -359,6 +363,57 @@ def test_a_save_after_a_write_past_5_tib_uploads_only_what_was_written(server, b
     assert os.stat(path).st_size == 5
     with open(path, "rb") as f:
         assert f.read() == b"XYllo"
+
+
+@pytest.mark.parametrize("refusal", ["full-disk", "past-5-TiB"])
+def test_a_save_right_after_a_failed_one_uploads_only_what_was_written(server, bucket, mounts, tiny_disk, refusal):
+    """Six files of b"hello" each get a save that fails (a 6 MiB rewrite on a full cache disk: ENOSPC; a write
+    past 5 TiB: EFBIG or EIO), and at once, with no wait for the kernel's release, a second save: b"XY" written
+    at 0 (three files) or b"!" appended (three). S3, the mount, and a mount with an empty cache hold exactly
+    b"XYllo" or b"hello!". Seen: 3 of 6 files with zeros after the 5 bytes (a page of them, or a megabyte when
+    appended at the failed save's size)."""
+    cache = os.path.join(tiny_disk, "cache") if refusal == "full-disk" else None
+    mp, _ = mounts.mount(f"s3://{bucket}", None, cache, "--cache-size", "1MiB")
+    expected = {}
+    for i in range(6):
+        name = f"quick{i}.bin"
+        path = f"{mp}/{name}"
+        with open(path, "wb") as f:
+            f.write(b"hello")
+        fd = os.open(path, os.O_RDWR)
+        failed = None
+        try:
+            if refusal == "full-disk":
+                os.pwrite(fd, os.urandom(MiB) * 6, 0)
+            else:
+                os.pwrite(fd, b"ab", 1)
+                os.pwrite(fd, b"ab", 5 << 40)
+        except OSError as e:
+            failed = e.errno
+        try:
+            os.close(fd)
+        except OSError as e:
+            failed = failed or e.errno
+        assert failed in (errno.ENOSPC, errno.EFBIG, errno.EIO), f"{name}: the failed save gave {failed}"
+        if i % 2 == 0:
+            fd = os.open(path, os.O_RDWR)
+            os.pwrite(fd, b"XY", 0)
+            expected[name] = b"XYllo"
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, b"!")
+            expected[name] = b"hello!"
+        os.close(fd)
+    flush(mounts, mp)
+    for name, want in expected.items():
+        assert s3_bytes(server, bucket, name) == want, f"{name} in S3"
+        with open(f"{mp}/{name}", "rb") as f:
+            assert f.read() == want, f"{name} in the mount"
+    mounts.unmount(mp)
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    for name, want in expected.items():
+        with open(f"{mp}/{name}", "rb") as f:
+            assert f.read() == want, f"{name} through a mount with an empty cache"
 
 
 def test_a_write_that_could_not_copy_the_acknowledged_version_fails_the_save(server, bucket, mounts, tiny_disk):

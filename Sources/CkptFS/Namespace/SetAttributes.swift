@@ -45,9 +45,16 @@ extension FileSystem {
                 f = try writeBack.openLocalFile(key: n.key, truncate: false, writer: true, remote: remote)
             }
             defer { writeBack.releaseHandle(f, writer: true) }
-            try writeBack.truncateVersion(f, to: size)
-            // Acknowledged at the release when no other writer has it open: with every block it keeps here.
-            try await writeBack.fillForAcknowledgement(f.current)
+            do throws(FSError) {
+                try writeBack.truncateVersion(f, to: size)
+                // Acknowledged at the release when no other writer has it open: with every block it keeps here.
+                try await writeBack.fillForAcknowledgement(f.current)
+            } catch {
+                // The truncate failed the version the writers open on it write (not one it refused before
+                // changing anything): their save failed with it.
+                if f.current.state.withLock({ $0.failedErrno != 0 }) { writeBack.saveFailed(f, error) }
+                throw error
+            }
         }
         try setTimes(ino: ino, mtime: mtime)
         return try await getattr(ino: ino)

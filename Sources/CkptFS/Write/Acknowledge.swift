@@ -201,9 +201,12 @@ extension WriteBack {
     /// writer goes on.
     func flushNow(handle: UInt64) throws(FSError) -> Bool {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return true }
-        try checkNoFailedWrite(h.file)
+        try checkSaveNotFailed(h)
         if needsFill(h.file.current) { return false }
-        try acknowledge(h.file.current, of: h.file)
+        do throws(FSError) { try acknowledge(h.file.current, of: h.file) } catch {
+            saveFailed(h.file, error, through: h)
+            throw error
+        }
         return true
     }
 
@@ -211,18 +214,29 @@ extension WriteBack {
     /// acknowledges it (`flushNow`).
     func flush(handle: UInt64) async throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { return }
-        try checkNoFailedWrite(h.file)
-        try await fillForAcknowledgement(h.file.current)
-        try await offPool { () throws(FSError) in try self.acknowledge(h.file.current, of: h.file) }
+        try checkSaveNotFailed(h)
+        do throws(FSError) {
+            try await fillForAcknowledgement(h.file.current)
+            try await offPool { () throws(FSError) in try self.acknowledge(h.file.current, of: h.file) }
+        } catch {
+            saveFailed(h.file, error, through: h)
+            throw error
+        }
     }
 
     /// fsync(): with durable fsync, returns once the file is in S3; with local fsync, once it is on local disk.
     func fsync(handle: UInt64) async throws(FSError) {
         guard let h = localHandles.withLock({ $0[handle] }) else { return }
-        try checkNoFailedWrite(h.file)
+        try checkSaveNotFailed(h)
         let v = h.file.current
-        try await fillForAcknowledgement(v)
-        let queued = try await offPool { () throws(FSError) -> Bool in try self.commit(v, of: h.file) }
+        let queued: Bool
+        do throws(FSError) {
+            try await fillForAcknowledgement(v)
+            queued = try await offPool { () throws(FSError) -> Bool in try self.commit(v, of: h.file) }
+        } catch {
+            saveFailed(h.file, error, through: h)
+            throw error
+        }
         if options.durableFsync && queued {
             let left = await waitDurable([v], deadline: nil)
             if let (_, why) = left.first { throw FSError(EIO, "upload of \(h.key) failed: \(why)") }

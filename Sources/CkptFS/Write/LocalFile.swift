@@ -24,15 +24,14 @@ final class LocalFile: Sendable {
         /// after a rename that did not copy the object along: the object under the new key, if any, is then
         /// another file's (one the rename replaced), and a later rename must not copy it as this file's.
         var objectIsAcknowledged = false
-        /// A write to the file failed since its last writer opened it (errno; 0: none): the kernel's
-        /// write-back cache had taken it and the program's write() had returned, so close() and fsync() fail
-        /// and nothing of the save is kept (S-WRITE-FAILED). Also when no version took the failure: a write
-        /// that could not even copy the acknowledged version. Cleared when the file is emptied, and at its
-        /// last writer's close.
+        /// A save of the file failed (errno; 0: none) while a rename was moving it, so its unacknowledged
+        /// version could not be split off at once (`WriteBack.saveFailed`): it is dropped at the last
+        /// writer's close instead.
         var failedWrite: Int32 = 0
-        /// Its unacknowledged version was dropped, and with no version left it is no local file any more (not
-        /// in `LocalFiles.byKey`), while readers still had it open: they read that version until the last of
-        /// them closes and removes it.
+        /// It is no local file any more (not in `LocalFiles.byKey`: that key has another local file, or none)
+        /// while handles still had it open: its unacknowledged version was dropped, or its save failed and
+        /// was split off (`WriteBack.saveFailed`). Its handles read that version until the last of them closes
+        /// and removes it; its writers' writes, close() and fsync() fail.
         var detached = false
     }
     let state: Mutex<State>
@@ -49,6 +48,11 @@ final class LocalHandle: Sendable {
     let ino: UInt64
     let file: LocalFile
     let writable: Bool
+    /// The errno of the failed save this handle was open for (0: none). Set on every writer open on the file
+    /// when a write, truncate or close() of it fails (`WriteBack.saveFailed`): the kernel's write-back cache
+    /// had taken those writes and write() had returned, so that save is lost as a whole: their later writes,
+    /// close() and fsync() fail with it. A handle opened after the failure starts a new save.
+    let failedSave = Atomic<Int32>(0)
     /// The key the handle writes: it follows renames (the kernel may write back cached pages after one).
     var key: String { file.key }
 

@@ -85,11 +85,16 @@ extension WriteBack {
             // Opened for writing and not changed: nothing to upload.
             guard discardUnacknowledged(f, v, quietly: true) else { return }
         }
-        // A failed write that did not reach the acknowledged version (it could not copy it): the file is that
-        // version, and the kernel shows the size the write gave it.
-        if (sealed || acked) && writeFailed && !f.unlinked { notices.shownVersionDropped(key: f.key) }
         // Nobody writes this version any more (a later write goes to a copy): an idle dirty file holds no descriptor.
         if f.current.state.withLock({ $0.sealed }) { f.current.closeWriters() }
+    }
+
+    /// The version of `f` that stands when its unacknowledged version `v` goes: the acknowledged version `v`
+    /// was copied from (its fallback), else the newest one still queued or uploading, else none.
+    private func previousVersion(of f: LocalFile, before v: StagedVersion) -> StagedVersion? {
+        v.state.withLock { $0.fallback } ?? changes.state.withLock { u in
+            u.pending.values.filter { $0 !== v && $0.key == f.key }.max { $0.id < $1.id }
+        }
     }
 
     /// Drops `v`, the unacknowledged current version of `f`: the previous local version (still queued or
@@ -99,10 +104,7 @@ extension WriteBack {
     /// last close decides. Readers still open on a file that goes read `v` until their last close.
     @discardableResult
     func discardUnacknowledged(_ f: LocalFile, _ v: StagedVersion, quietly: Bool = false) -> Bool {
-        let fallback = v.state.withLock { $0.fallback }
-        let previous = fallback ?? changes.state.withLock { u in
-            u.pending.values.filter { $0 !== v && $0.key == f.key }.max { $0.id < $1.id }
-        }
+        let previous = previousVersion(of: f, before: v)
         // Decided under the locks an open joins the file under (`joinLocalFile`).
         enum Outcome { case writerJoined, notCurrent, reverted, gone(readers: Bool) }
         let outcome = localFiles.byKey.withLock { l -> Outcome in
@@ -120,6 +122,57 @@ extension WriteBack {
             }
         }
         if case .writerJoined = outcome { return false }
+        dropped(v, of: f, quietly: quietly, keepStaged: { if case .gone(readers: true) = outcome { true } else { false } }())
+        if case .gone = outcome { notices.localVersionGone(key: f.key) }
+        // The kernel took the writes of `v` (with its write-back cache, before the daemon saw them) and keeps
+        // the size they gave for its inode's life: a later save through that inode wrote back a whole page
+        // past the end, zeros no program wrote. The path gets a new inode.
+        if !quietly && !f.unlinked { notices.shownVersionDropped(key: f.key) }
+        // The acknowledged version it was copied from stands again, and goes up once nobody writes.
+        if let fallback = previous, fallback.state.withLock({ !$0.sealed }), f.state.withLock({ $0.writers == 0 }) {
+            queueStanding(fallback, of: f)
+        }
+        return true
+    }
+
+    /// The save of `f` in `v`, its unacknowledged current version, failed (errno `e`), with its writers still
+    /// open (`saveFailed`): `f`, with `v`, is split off its key, which gets a new local file with the version
+    /// before (`previousVersion`), or none. New opens join that one; `f`'s handles go on reading `v` (the last
+    /// of them removes it), and its writes, close() and fsync() fail. False, changing nothing, while a rename
+    /// moves `f` (it holds `f` by its key).
+    func splitOff(_ f: LocalFile, _ v: StagedVersion, errno e: Int32) -> Bool {
+        let previous = previousVersion(of: f, before: v)
+        let (split, standing) = localFiles.byKey.withLock { l -> (Bool, LocalFile?) in
+            f.state.withLock { s -> (Bool, LocalFile?) in
+                if s.detached { return (true, nil) }
+                guard s.current === v, s.moving == 0, l[s.key] === f else { return (false, nil) }
+                // A writer that joins `f` before its handles are marked failed finds `v` failed.
+                v.fail(e)
+                s.detached = true
+                guard let previous else {
+                    l.removeValue(forKey: s.key)
+                    return (true, nil)
+                }
+                let g = LocalFile(key: s.key, current: previous)
+                g.state.withLock { $0.objectIsAcknowledged = s.objectIsAcknowledged }
+                l[s.key] = g
+                return (true, g)
+            }
+        }
+        guard split else { return false }
+        dropped(v, of: f, quietly: false, keepStaged: true)
+        if let standing {
+            // The acknowledged version `v` was copied from goes up now: no writer of it is left.
+            if previous!.state.withLock({ !$0.sealed }) { queueStanding(previous!, of: standing) }
+        } else {
+            notices.localVersionGone(key: f.key)
+        }
+        return true
+    }
+
+    /// `v`, an unacknowledged version of `f`, is dropped: never uploaded, its staged file removed (kept with
+    /// `keepStaged`: handles still read it, and the last of them removes it).
+    private func dropped(_ v: StagedVersion, of f: LocalFile, quietly: Bool, keepStaged: Bool) {
         if !quietly {
             logger.error("a file whose write or close failed is not uploaded; S3 keeps its last acknowledged version",
                          metadata: ["key": "\(f.key)"])
@@ -127,20 +180,14 @@ extension WriteBack {
         abandonEarlyUpload(v, because: "its changes were not acknowledged")
         v.settle(.dropped)
         v.state.withLock { $0.fallback = nil }
-        // Its readers keep `v`'s staged file until the last of them closes.
-        if case .gone(readers: true) = outcome {} else { staging.remove(v) }
-        if case .gone = outcome { notices.localVersionGone(key: f.key) }
-        // The kernel took the writes of `v` (with its write-back cache, before the daemon saw them) and keeps
-        // the size they gave for its inode's life: a later save through that inode wrote back a whole page
-        // past the end, zeros no program wrote. The path gets a new inode.
-        if !quietly && !f.unlinked { notices.shownVersionDropped(key: f.key) }
-        // The acknowledged version it was copied from stands again, and goes up once nobody writes.
-        if let fallback, f.state.withLock({ $0.writers == 0 }) {
-            do { try commit(fallback, of: f) } catch {
-                logger.error("could not queue a file's acknowledged version", metadata: ["key": "\(f.key)", "error": "\(error)"])
-            }
+        if !keepStaged { staging.remove(v) }
+    }
+
+    /// Queues `v`, an acknowledged version of `f` that stands again (a copy of it was dropped).
+    private func queueStanding(_ v: StagedVersion, of f: LocalFile) {
+        do { try commit(v, of: f) } catch {
+            logger.error("could not queue a file's acknowledged version", metadata: ["key": "\(f.key)", "error": "\(error)"])
         }
-        return true
     }
 
     /// After the last handle of `f` closed: if its newest version is in S3, the file is clean again (its staged

@@ -16,9 +16,10 @@ extension WriteBack {
     /// `.done(count)` once the bytes are in the staged file; `.later` when the write covers part of a block of
     /// a file opened in place that is still only in S3: the returned write (with its own copy of the bytes)
     /// fetches that block first.
-    /// Whatever fails fails the save (`failedWrite`).
+    /// Whatever fails fails the save (`saveFailed`); once it failed, every write through `h` fails.
     func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> WriteResult {
         guard let h = localHandles.withLock({ $0[handle] }), h.writable else { throw .badHandle }
+        try checkSaveNotFailed(h)
         let n = Int64(data.count)
         do throws(FSError) {
             try WriteBack.checkSize(offset + n)
@@ -27,32 +28,60 @@ extension WriteBack {
                 if try writeNow(h, offset: offset, data: data) { return .done(data.count) }
             }
         } catch {
-            failedWrite(h.file, error)
+            saveFailed(h.file, error, through: h)
             throw error
         }
         let bytes = [UInt8](data)
         return .later(PendingWrite { () async throws(FSError) in
             await self.admitWaiting(n)
             defer { self.staging.finished(n) }
-            do throws(FSError) { return try await self.writeFetching(h, offset: offset, data: bytes) } catch {
-                self.failedWrite(h.file, error)
+            do throws(FSError) {
+                try self.checkSaveNotFailed(h)
+                return try await self.writeFetching(h, offset: offset, data: bytes)
+            } catch {
+                self.saveFailed(h.file, error, through: h)
                 throw error
             }
         })
     }
 
-    /// A write to `f` failed with `error`. The kernel's write-back cache took it before (the program's write()
-    /// returned, and the kernel keeps the size it gave the file), so the save is failed as a whole: close()
-    /// and fsync() say so, and nothing of it is kept (S-WRITE-FAILED). Else a close() after it acknowledged
-    /// what the other writes left, and the kernel's release queued it, although close() had failed.
-    func failedWrite(_ f: LocalFile, _ error: FSError) {
+    /// A write, truncate or close() through `h` failed with `error`. The kernel's write-back cache took the
+    /// writes before (the program's write() returned, and the kernel keeps the size they gave the file), so
+    /// the save of every writer open on the file now fails as a whole: their writes, close() and fsync() fail
+    /// from here on, and nothing of it is kept (S-WRITE-FAILED). At once, not at their last close: the file is
+    /// at once what it was before that save (its unacknowledged version is split off, `splitOff`), and its
+    /// path gets a new inode (`WriteBackNotices.shownVersionDropped`), so a save that opens it again right
+    /// after the failed close() starts from that state and the size it has, even before the kernel releases
+    /// the failed writers. Before, such a save joined the failed one's inode, and its writes at the kernel's
+    /// size uploaded zeros no program wrote.
+    func saveFailed(_ f: LocalFile, _ error: FSError, through h: LocalHandle? = nil) {
         let e = StagedVersion.reported(error.errno)
-        f.state.withLock { s in if s.failedWrite == 0 { s.failedWrite = e } }
+        // Every writer open on the file now is in the failed save; decided under the handles' lock, so of two
+        // writes failing at once only the first goes on.
+        let first = localHandles.withLock { hs -> Bool in
+            if let h, !h.failedSave.compareExchange(expected: 0, desired: e, ordering: .sequentiallyConsistent).exchanged {
+                return false
+            }
+            var marked = h != nil
+            for w in hs.values where w.file === f && w.writable {
+                if w.failedSave.compareExchange(expected: 0, desired: e, ordering: .sequentiallyConsistent).exchanged { marked = true }
+            }
+            return marked
+        }
+        guard first, !f.unlinked else { return }  // an orphan's saves are never uploaded, and it has no path
+        let v = f.current
+        if v.state.withLock({ !$0.sealed && $0.committedSum == nil }) && !splitOff(f, v, errno: e) {
+            // A rename is moving the file: its version is dropped at the last writer's close instead (and a
+            // writer that joins it meanwhile finds it failed).
+            v.fail(e)
+            f.state.withLock { s in if s.failedWrite == 0 { s.failedWrite = e } }
+        }
+        notices.shownVersionDropped(key: f.key)
     }
 
-    /// Throws when a write to `f` failed since its last writer opened it (`failedWrite`).
-    func checkNoFailedWrite(_ f: LocalFile) throws(FSError) {
-        let e = f.state.withLock { $0.failedWrite }
+    /// Throws when the save `h` is open for failed (`saveFailed`).
+    func checkSaveNotFailed(_ h: LocalHandle) throws(FSError) {
+        let e = h.failedSave.load(ordering: .sequentiallyConsistent)
         guard e != 0 else { return }
         throw FSError(e, "an earlier write to this file failed (\(String(cString: strerror(e)))); it is not kept")
     }
@@ -95,6 +124,9 @@ extension WriteBack {
             let v = try writableVersion(h.file)
             let outcome = try v.gate.shared { () throws(FSError) -> Bool? in
                 guard !v.isFrozen else { return nil }
+                // Checked once the version the write goes to is current: a save that fails from now on finds
+                // this write's version unacknowledged and splits it off, and one that failed before stops it.
+                try checkSaveNotFailed(h)
                 return try writeLanding(v, h, offset: at, data: data)
             }
             if let outcome { return outcome }
@@ -159,11 +191,7 @@ extension WriteBack {
                 try truncateLanding(v, to: size)
                 return true
             }
-            if done {
-                // Emptied, the file holds none of what failed before (the kernel's size is 0 too).
-                if size == 0 { f.state.withLock { $0.failedWrite = 0 } }
-                return
-            }
+            if done { return }
         }
     }
 

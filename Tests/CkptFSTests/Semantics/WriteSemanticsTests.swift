@@ -166,6 +166,39 @@ final class WriteSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored["f"], Array("XYllo".utf8))
     }
 
+    /// The failed save is dropped when it fails, not at its writer's release: the kernel sends that release
+    /// after close() returned, and a save opened in between (the program saving again at once) starts from the
+    /// file as it was, under a new inode, while the failed writer's handle still fails. A write, truncate or close() that fails all take one path (`WriteBack.saveFailed`); a write refused
+    /// for its size (EFBIG) stands for them here.
+    func testAFailedSaveIsDroppedBeforeItsRelease() async throws {
+        try await save("f", Array("hello".utf8))
+        let before = try await ino("f")
+        let h = try await open("f", Self.write)
+        try await mount.write(h, at: 0, Array("XYZ".utf8)).get()
+        let refused = await mount.write(h, at: 5 << 40, [1])
+        XCTAssertEqual(errno(refused), EFBIG)
+        let closed = await mount.flush(h)
+        XCTAssertEqual(errno(closed), EFBIG, "close() fails")
+        // The failed writer is not released yet. The path already names a new inode, of the file as it was.
+        let after = try await ino("f")
+        XCTAssertNotEqual(after, before)
+        let size = try await attributes("f").size
+        XCTAssertEqual(size, 5)
+        let stale = await errno { () throws(FSError) in _ = try await fs.open(ino: before, flags: O_RDWR) }
+        XCTAssertEqual(stale, ESTALE)
+        let g = try await open("f", Self.write)
+        try await mount.write(g, at: 5, Array("!".utf8)).get()
+        try await mount.close(g).get()
+        // The failed writer's later writes and fsync fail; its release changes nothing.
+        let (late, synced) = (await mount.write(h, at: 0, [7]), await mount.fsync(h))
+        XCTAssertEqual([errno(late), errno(synced)], [EFBIG, EFBIG])
+        await mount.close(h)
+        await flushAll()
+        XCTAssertEqual(stored["f"], Array("hello!".utf8))
+        let content = try await read("f")
+        XCTAssertEqual(content, Array("hello!".utf8))
+    }
+
     /// Up to the part size one PutObject, above it a multipart upload of parts of that size, never left open.
     func testSWriteParts() async throws {
         try remount { $0.partSize = 16 << 20 }
