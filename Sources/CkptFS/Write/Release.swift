@@ -149,7 +149,9 @@ extension WriteBack {
                 // A writer that joins `f` before its handles are marked failed finds `v` failed.
                 v.fail(e)
                 s.detached = true
-                guard let previous else {
+                // One that landed meanwhile had its staged file removed (it was nobody's current version): the
+                // object is the file then.
+                guard let previous, !previous.isSettled else {
                     l.removeValue(forKey: s.key)
                     return (true, nil)
                 }
@@ -161,9 +163,10 @@ extension WriteBack {
         }
         guard split else { return false }
         dropped(v, of: f, quietly: false, keepStaged: true)
-        if let standing {
-            // The acknowledged version `v` was copied from goes up now: no writer of it is left.
-            if previous!.state.withLock({ !$0.sealed }) { queueStanding(previous!, of: standing) }
+        if let standing, let previous {
+            // The acknowledged version `v` was copied from goes up now: no writer of it is left. One that lands
+            // from now on makes the file clean (`finishUpload` finds it current).
+            if previous.state.withLock({ !$0.sealed }) { queueStanding(previous, of: standing) }
         } else {
             notices.localVersionGone(key: f.key)
         }
