@@ -24,6 +24,9 @@ extension FileSystem {
         if let size {
             guard !n.meta.isDirectory else { throw .isDirectory }
             try checkWritable()
+            // The path names another file now (its save failed, or another client replaced the object): a
+            // truncate through this inode's descriptor must not cut that one.
+            if n.superseded { throw FSError(ESTALE, "\(n.key) is not the file this inode shows any more") }
             try Namespace.refuseInVersionView(n.key)
             // A truncate acts as a writer for its duration (the object is downloaded first unless it is cut to
             // nothing); without another open writer it is a complete change, acknowledged and queued at once.

@@ -188,6 +188,9 @@ final class WriteSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stale, ESTALE)
         let g = try await open("f", Self.write)
         try await mount.write(g, at: 5, Array("!".utf8)).get()
+        // A truncate through the failed writer's inode does not cut the new save (the path names it now).
+        let cut = await mount.truncate(h, to: 1)
+        XCTAssertEqual(errno(cut), ESTALE)
         try await mount.close(g).get()
         // The failed writer's later writes and fsync fail; its release changes nothing.
         let (late, synced) = (await mount.write(h, at: 0, [7]), await mount.fsync(h))
