@@ -96,8 +96,10 @@ extension Namespace {
     func getattrAtHand(ino: UInt64) throws(FSError) -> Attributes? {
         let n = try node(ino)
         if let m = overlay.orphanMeta(ino: ino) { return attributes(ino, m) }
+        // A superseded inode keeps showing its version: its key's local file, if any, is another file's now.
+        if n.superseded { return attributes(ino, n.meta) }
         if !n.meta.isDirectory, let m = overlay.localMeta(of: n.key) { return attributes(ino, m) }
-        if n.meta.isDirectory || n.superseded || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
+        if n.meta.isDirectory || (isFresh(n.fetched) && n.meta.mtimeKnown) { return attributes(ino, n.meta) }
         if VersionViews.contains(n.key) { return attributes(ino, n.meta) }  // an earlier version never changes
         return nil
     }

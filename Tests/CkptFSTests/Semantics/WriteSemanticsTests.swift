@@ -191,6 +191,8 @@ final class WriteSemanticsTests: SemanticsTestCase {
         // A truncate through the failed writer's inode does not cut the new save (the path names it now).
         let cut = await mount.truncate(h, to: 1)
         XCTAssertEqual(errno(cut), ESTALE)
+        let shownThroughH = try await mount.size(h).get()
+        XCTAssertEqual(shownThroughH, 5, "fstat of the failed writer shows its own inode, not the new save")
         try await mount.close(g).get()
         // The failed writer's later writes and fsync fail; its release changes nothing.
         let (late, synced) = (await mount.write(h, at: 0, [7]), await mount.fsync(h))
