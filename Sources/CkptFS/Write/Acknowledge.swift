@@ -36,6 +36,11 @@ extension WriteBack {
     /// then on they reach S3, across a crash. An orphan (unlinked while open) is never journaled or uploaded.
     func acknowledge(_ v: StagedVersion, of f: LocalFile) throws(FSError) {
         if f.unlinked { return }
+        // Split off its key (`splitOff`): a writer that joined it just before its save failed, even one that
+        // emptied it since, is in that failed save.
+        if f.state.withLock({ $0.detached }) {
+            throw FSError(EIO, "\(f.key): a save of this file failed while this descriptor was opened; it is not kept")
+        }
         let (changed, sealed, failed) = v.state.withLock { ($0.unjournaled, $0.sealed, $0.failedErrno) }
         if sealed { return }
         // A write that failed leaves the file short of what the program wrote: close() says so and nothing of
