@@ -219,6 +219,31 @@ final class FileSystemTests: XCTestCase {
         }
     }
 
+    /// Renaming a file onto the name of a file's twin makes a file beside it, and unlinking one twin leaves the
+    /// other (twins: see `testNamesAreBytesNotText`).
+    func testRenameAndUnlinkOfOneTwinLeaveTheOther() async throws {
+        let nfc = "caf\u{e9}", nfd = "cafe\u{301}"
+        s3.seed(bucket, "u/" + nfc, Array("nfc".utf8))
+        s3.seed(bucket, "u/x", Array("x".utf8))
+        let u = try await fs.lookup(parent: FileSystem.rootIno, name: "u")
+        _ = try await names(u.ino)
+        try await fs.rename(parent: u.ino, name: "x", newParent: u.ino, newName: nfd, flags: FileSystem.renameNoReplace)
+        var left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        XCTAssertEqual(s3.keys(in: bucket).map { Array($0.utf8) }, ["u/" + nfd, "u/" + nfc].map { Array($0.utf8) })
+        XCTAssertEqual(s3.object(in: bucket, "u/" + nfd), Array("x".utf8))
+        XCTAssertEqual(s3.object(in: bucket, "u/" + nfc), Array("nfc".utf8))
+        try await fs.unlink(parent: u.ino, name: nfc)
+        left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        XCTAssertEqual(s3.keys(in: bucket).map { Array($0.utf8) }, [Array(("u/" + nfd).utf8)])
+        let shown = try await childBytes(u.ino)
+        XCTAssertEqual(shown, [Array(nfd.utf8)])
+        let f = try await fs.lookup(parent: u.ino, name: nfd)
+        let read = try await readAll(f.ino)
+        XCTAssertEqual(read, Array("x".utf8))
+    }
+
     func testTreeFromKeysPrefixesAndMarkers() async throws {
         s3.seed(bucket, "a.txt", Array("hello".utf8))
         s3.seed(bucket, "dir/b.bin", data(10, 1))
