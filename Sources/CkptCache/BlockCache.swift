@@ -35,6 +35,20 @@ public struct BlockKey: Hashable, Sendable {
         self.index = index
     }
 
+    /// Keys are bytes (S3): two keys that are the same text in other Unicode encodings are two objects, which
+    /// String's `==` and hash would take for one.
+    public static func == (a: BlockKey, b: BlockKey) -> Bool {
+        a.index == b.index && a.etag == b.etag && a.key.utf8.elementsEqual(b.key.utf8) && a.bucket == b.bucket
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(index)
+        hasher.combine(etag)
+        var k = key  // withUTF8 is mutating: a native String hands its storage over without a copy
+        k.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        hasher.combine(bucket)
+    }
+
     /// Hash of (bucket, key, ETag): the part of the file name shared by all blocks of an object version.
     var objectHash: [UInt8] {
         var d = StreamingDigest(.sha256)

@@ -51,9 +51,8 @@ public final class FileSystem: Sendable {
                 logger: Logger = Logger(label: "ckptfs.fs")) throws(FSError) {
         self.client = client
         self.bucket = bucket
-        var p = prefix
-        while p.hasPrefix("/") { p.removeFirst() }
-        if !p.isEmpty && !p.hasSuffix("/") { p += "/" }
+        var p = String(decoding: prefix.utf8.drop { $0 == UInt8(ascii: "/") }, as: UTF8.self)
+        if !p.isEmpty && !p.endsWithSlash { p += "/" }
         self.prefix = p
         self.cache = cache
         self.options = options
@@ -147,7 +146,6 @@ public final class FileSystem: Sendable {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
         guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
-        try namespace.checkNoTwin(name, in: parent, dirKey: dir.key, making: true)
         try Namespace.refuseInVersionView(dir.key + name)
         let f = try writeBack.createFile(key: dir.key + name)
         let attr = namespace.created(parent: parent, name: name, key: dir.key + name, meta: f.current.meta)

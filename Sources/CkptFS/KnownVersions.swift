@@ -26,7 +26,7 @@ final class KnownVersions: Sendable {
         var order: UInt64
     }
 
-    private let state = Mutex<(versions: [String: Version], next: UInt64)>(([:], 0))
+    private let state = Mutex<(versions: BytesDictionary<Version>, next: UInt64)>(([:], 0))
     let limit: Int
 
     init(limit: Int) { self.limit = max(1, limit) }

@@ -119,7 +119,6 @@ final class ComponentTests: XCTestCase {
                 }
             }
         }
-        func localKey(sameTextAs key: String) -> String? { local.withLock { l in l.index(forKey: key).map { l[$0].key } } }
         func isHidden(_ key: String) -> Bool { hidden.withLock { $0.contains(key) } }
         var hasHidden: Bool { hidden.withLock { !$0.isEmpty } }
     }

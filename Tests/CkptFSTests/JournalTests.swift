@@ -94,6 +94,15 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(Journal.replay(path: path).records.map(\.id), [2, 3])
     }
 
+    /// Keys keep their bytes through the journal: two keys that are the same text in other Unicode encodings
+    /// ("twins") come back as written, so recovery uploads each to its own key.
+    func testKeysKeepTheirBytesThroughTheJournal() throws {
+        let path = dir + "/journal"
+        let keys = ["u/caf\u{e9}", "u/cafe\u{301}"]
+        try Journal.rewrite(path: path, keys.enumerated().map { JournalRecord(op: .commit, id: UInt64($0.offset + 1), key: $0.element) })
+        XCTAssertEqual(Journal.replay(path: path).records.map { Array(($0.key ?? "").utf8) }, keys.map { Array($0.utf8) })
+    }
+
     /// A record that could be written only in part (the disk full, here the file size limit) is cut off again:
     /// a torn record left in the middle of the journal would end every replay there, and the records appended
     /// after it (acknowledged files) would be lost to recovery. Failed before: the records after it were lost.

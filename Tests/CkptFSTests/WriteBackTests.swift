@@ -598,6 +598,25 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(b, Array(repeating: 2, count: 2000))
     }
 
+    /// Two files whose names are the same text in other Unicode encodings ("twins"), both created here and
+    /// not uploaded when the mount crashed, are recovered each under its own key with its own bytes.
+    func testRecoveryKeepsTwinsApart() async throws {
+        let nfc = "caf\u{e9}", nfd = "cafe\u{301}"
+        do {
+            let fs = try make(hold: true)
+            try await write(fs, nfc, Array(repeating: 1, count: 1000))
+            try await write(fs, nfd, Array(repeating: 2, count: 2000))
+            crash(fs)
+        }
+        let fs = try make()
+        let report = try await fs.recover()
+        XCTAssertEqual(Set(report.requeued.map { Array($0.utf8) }), [Array(nfc.utf8), Array(nfd.utf8)])
+        let left = await fs.flushAll(under: "", timeout: .seconds(30))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        XCTAssertEqual(s3.object(in: bucket, nfc), Array(repeating: 1, count: 1000))
+        XCTAssertEqual(s3.object(in: bucket, nfd), Array(repeating: 2, count: 2000))
+    }
+
     /// Two closes of one open file that both found it changed: the first acknowledges it, a write then goes to a
     /// copy, and the copy's acknowledgement supersedes and removes the first version; then the second close's
     /// turn comes (`journalCommit`, after its check). It journals nothing: a second commit record of the removed

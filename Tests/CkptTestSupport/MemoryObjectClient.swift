@@ -8,6 +8,15 @@ import Foundation
 import Synchronization
 
 public final class MemoryObjectClient: ObjectClient {
+    /// An object key as S3 compares it: by its bytes (String compares text, and would make one object of two
+    /// keys that are the same text in other Unicode encodings).
+    struct Key: Hashable, Comparable {
+        let text: String
+        static func == (a: Key, b: Key) -> Bool { a.text.utf8.elementsEqual(b.text.utf8) }
+        static func < (a: Key, b: Key) -> Bool { a.text.utf8.lexicographicallyPrecedes(b.text.utf8) }
+        func hash(into h: inout Hasher) { for b in text.utf8 { h.combine(b) } }
+    }
+
     struct Object {
         var data: [UInt8]
         var etag: String
@@ -16,7 +25,7 @@ public final class MemoryObjectClient: ObjectClient {
     }
 
     struct State {
-        var buckets: [String: [String: Object]] = [:]
+        var buckets: [String: [Key: Object]] = [:]
         var uploads: [String: (bucket: String, key: String, parts: [Int: [UInt8]], metadata: [String: String])] = [:]
         var counts: [String: Int] = [:]
         var bytesSent: Int64 = 0
@@ -36,9 +45,20 @@ public final class MemoryObjectClient: ObjectClient {
     /// Body bytes returned by GetObject.
     public var bytesSent: Int64 { state.withLock { $0.bytesSent } }
 
-    /// Every object of `bucket` (key → bytes), as S3 holds them now.
+    /// Every object of `bucket` (key → bytes), as S3 holds them now. Keys that are the same text in other
+    /// Unicode encodings are one entry here: `object(in:_:)` tells them apart.
     public func objects(in bucket: String) -> [String: [UInt8]] {
-        state.withLock { s in (s.buckets[bucket] ?? [:]).mapValues(\.data) }
+        state.withLock { s in Dictionary((s.buckets[bucket] ?? [:]).map { ($0.key.text, $0.value.data) }, uniquingKeysWith: { a, _ in a }) }
+    }
+
+    /// The bytes of the object with exactly the key `key` (its bytes), if `bucket` has it.
+    public func object(in bucket: String, _ key: String) -> [UInt8]? {
+        state.withLock { $0.buckets[bucket]?[Key(text: key)]?.data }
+    }
+
+    /// The keys of `bucket`, in S3's order (by bytes).
+    public func keys(in bucket: String) -> [String] {
+        state.withLock { s in (s.buckets[bucket] ?? [:]).keys.sorted().map(\.text) }
     }
 
     /// Multipart uploads created and neither completed nor aborted, as (bucket, key).
@@ -50,7 +70,7 @@ public final class MemoryObjectClient: ObjectClient {
     @discardableResult
     public func seed(_ bucket: String, _ key: String, _ data: [UInt8], metadata: [String: String] = [:]) -> String {
         let etag = "\"\(Digest.md5(data).hexString)\""
-        state.withLock { $0.buckets[bucket, default: [:]][key] = Object(data: data, etag: etag, modified: Date(), metadata: metadata) }
+        state.withLock { $0.buckets[bucket, default: [:]][Key(text: key)] = Object(data: data, etag: etag, modified: Date(), metadata: metadata) }
         return etag
     }
 
@@ -63,7 +83,7 @@ public final class MemoryObjectClient: ObjectClient {
     }
 
     private func object(_ op: String, _ bucket: String, _ key: String, ifMatch: String?) throws(S3Error) -> Object {
-        guard let o = state.withLock({ $0.buckets[bucket]?[key] }) else {
+        guard let o = state.withLock({ $0.buckets[bucket]?[Key(text: key)] }) else {
             throw S3Error(code: .noSuchKey, s3Code: "NoSuchKey", message: "The specified key does not exist.",
                           httpStatus: 404, operation: op, bucket: bucket, key: key)
         }
@@ -77,7 +97,7 @@ public final class MemoryObjectClient: ObjectClient {
     /// A conditional write's precondition, as S3 checks it.
     private func check(_ condition: WriteCondition?, _ op: String, _ bucket: String, _ key: String) throws(S3Error) {
         guard let condition else { return }
-        let current = state.withLock { $0.buckets[bucket]?[key]?.etag }
+        let current = state.withLock { $0.buckets[bucket]?[Key(text: key)]?.etag }
         let holds: Bool
         switch condition {
         case .ifNoneMatch: holds = current == nil
@@ -195,10 +215,10 @@ public final class MemoryObjectClient: ObjectClient {
     public func listMultipartUploads(_ bucket: String, prefix: String?, keyMarker: String?, uploadIdMarker: String?) async throws(S3Error) -> ListMultipartUploadsPage {
         try begin("ListMultipartUploads", bucket)
         let ups = state.withLock { s in
-            s.uploads.filter { $0.value.bucket == bucket && $0.value.key.hasPrefix(prefix ?? "") }
+            s.uploads.filter { $0.value.bucket == bucket && $0.value.key.utf8.starts(with: (prefix ?? "").utf8) }
                 .map { MultipartUploadSummary(key: $0.value.key, uploadId: $0.key, initiated: nil) }
         }
-        return ListMultipartUploadsPage(uploads: ups.sorted { $0.key < $1.key }, isTruncated: false, nextKeyMarker: nil, nextUploadIdMarker: nil)
+        return ListMultipartUploadsPage(uploads: ups.sorted { Key(text: $0.key) < Key(text: $1.key) }, isTruncated: false, nextKeyMarker: nil, nextUploadIdMarker: nil)
     }
 
     public func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String,
@@ -219,12 +239,12 @@ public final class MemoryObjectClient: ObjectClient {
 
     public func deleteObject(_ bucket: String, _ key: String, versionId: String?) async throws(S3Error) {
         try begin("DeleteObject", bucket, key)
-        _ = state.withLock { $0.buckets[bucket]?.removeValue(forKey: key) }
+        _ = state.withLock { $0.buckets[bucket]?.removeValue(forKey: Key(text: key)) }
     }
 
     public func deleteObjects(_ bucket: String, _ objects: [ObjectToDelete]) async throws(S3Error) -> DeleteObjectsResult {
         try begin("DeleteObjects", bucket)
-        state.withLock { s in for o in objects { s.buckets[bucket]?.removeValue(forKey: o.key) } }
+        state.withLock { s in for o in objects { s.buckets[bucket]?.removeValue(forKey: Key(text: o.key)) } }
         return DeleteObjectsResult(deleted: objects, errors: [])
     }
 
@@ -233,19 +253,20 @@ public final class MemoryObjectClient: ObjectClient {
         try begin("ListObjectsV2", bucket)
         let p = prefix ?? ""
         let all = state.withLock { $0.buckets[bucket] ?? [:] }
-        let after = continuationToken ?? startAfter ?? ""
+        let after = Key(text: continuationToken ?? startAfter ?? "")
         var objects: [ObjectSummary] = []
         var prefixes: [String] = []
         var last = ""
         var truncated = false
         let limit = min(maxKeys ?? pageSize, pageSize)
-        for key in all.keys.sorted() where key.hasPrefix(p) && key > after {
-            var entry = key
+        // S3 compares keys, prefixes and the delimiter by bytes of UTF-8.
+        for key in all.keys.sorted() where key.text.utf8.starts(with: p.utf8) && after < key {
+            var entry = key.text
             var isPrefix = false
-            if let d = delimiter, let r = key.dropFirst(p.count).range(of: d) {
-                entry = String(key[..<r.upperBound])
+            if let d = delimiter, let r = MemoryObjectClient.firstRange(of: Array(d.utf8), in: Array(key.text.utf8.dropFirst(p.utf8.count))) {
+                entry = String(decoding: key.text.utf8.prefix(p.utf8.count + r.upperBound), as: UTF8.self)
                 isPrefix = true
-                if entry <= after || prefixes.last == entry { continue }
+                if !(after < Key(text: entry)) || prefixes.last.map({ Key(text: $0) == Key(text: entry) }) == true { continue }
             }
             if objects.count + prefixes.count == limit {
                 truncated = true
@@ -256,12 +277,19 @@ public final class MemoryObjectClient: ObjectClient {
                 last = entry + "\u{10FFFF}"
             } else {
                 let o = all[key]!
-                objects.append(ObjectSummary(key: key, size: Int64(o.data.count), etag: o.etag, lastModified: o.modified, storageClass: nil))
-                last = key
+                objects.append(ObjectSummary(key: key.text, size: Int64(o.data.count), etag: o.etag, lastModified: o.modified, storageClass: nil))
+                last = key.text
             }
         }
         return ListObjectsPage(objects: objects, commonPrefixes: prefixes, isTruncated: truncated,
                                nextContinuationToken: truncated ? last : nil)
+    }
+
+    /// Where `needle` first occurs in `bytes`.
+    static func firstRange(of needle: [UInt8], in bytes: [UInt8]) -> Range<Int>? {
+        guard !needle.isEmpty, bytes.count >= needle.count else { return nil }
+        for i in 0...(bytes.count - needle.count) where bytes[i..<i + needle.count].elementsEqual(needle) { return i..<i + needle.count }
+        return nil
     }
 
     public func listObjectVersions(_ bucket: String, prefix: String?, delimiter: String?, keyMarker: String?,

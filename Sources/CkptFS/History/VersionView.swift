@@ -12,40 +12,42 @@ import Synchronization
 final class VersionViews: Sendable {
     struct Listing: Sendable {
         /// Entry name -> its version.
-        var entries: [String: ObjectVersion]
+        var entries: BytesDictionary<ObjectVersion>
         var fetched: ContinuousClock.Instant
     }
 
     /// By view directory key ("dir/NAME@versions/").
-    let listings = Mutex<[String: Listing]>([:])
+    let listings = Mutex(BytesDictionary<Listing>())
 
     static let suffix = "@versions"
 
     /// The key of the file a view directory key ("dir/NAME@versions/") shows the versions of ("dir/NAME"), or nil
     /// for any other key.
     static func baseKey(ofViewDirectory key: String) -> String? {
-        guard key.hasSuffix(suffix + "/") else { return nil }
-        let base = key.dropLast(suffix.count + 1)
-        guard let name = base.split(separator: "/", omittingEmptySubsequences: false).last, !name.isEmpty else { return nil }
-        return String(base)
+        guard key.hasKeySuffix(suffix + "/") else { return nil }
+        let base = key.utf8.dropLast(suffix.utf8.count + 1)
+        guard let last = base.last, last != UInt8(ascii: "/") else { return nil }  // "dir/@versions/" names no file
+        return String(decoding: base, as: UTF8.self)
     }
 
     /// Whether `key` (a file key, or a directory key ending in "/") is a view directory or inside one.
     static func contains(_ key: String) -> Bool {
         if baseKey(ofViewDirectory: key) != nil { return true }
-        guard let slash = key.dropLast().lastIndex(of: "/") else { return false }
-        return baseKey(ofViewDirectory: String(key[...slash])) != nil
+        guard let slash = key.utf8.dropLast().lastIndex(of: UInt8(ascii: "/")) else { return false }
+        return baseKey(ofViewDirectory: String(decoding: key.utf8[...slash], as: UTF8.self)) != nil
     }
 
     /// The names of `versions` (of the file `baseName`, newest first as ListObjectVersions gives them) in a
     /// view: `STAMP_VERSIONID.EXT`, delete markers have none. Versions written in the same second (S3 keeps
     /// Last-Modified to the second) get `-01`, `-02`... after the stamp, oldest first, so names sort oldest first.
-    static func entries(of versions: [ObjectVersion], baseName: String) -> [String: ObjectVersion] {
-        let ext = baseName.lastIndex(of: ".").flatMap { $0 == baseName.startIndex ? nil : String(baseName[$0...]) } ?? ""
+    static func entries(of versions: [ObjectVersion], baseName: String) -> BytesDictionary<ObjectVersion> {
+        let ext = baseName.utf8.lastIndex(of: UInt8(ascii: ".")).flatMap {
+            $0 == baseName.utf8.startIndex ? nil : String(decoding: baseName.utf8[$0...], as: UTF8.self)
+        } ?? ""
         let oldestFirst = versions.filter { !$0.isDeleteMarker }.reversed()
         let perSecond = Dictionary(grouping: oldestFirst, by: { stamp($0.lastModified) })
         var seen: [String: Int] = [:]
-        var out: [String: ObjectVersion] = [:]
+        var out = BytesDictionary<ObjectVersion>()
         for v in oldestFirst {
             let s = stamp(v.lastModified)
             seen[s, default: 0] += 1
@@ -81,9 +83,9 @@ extension Namespace {
                 }
                 throw FSError(error, during: .other)
             }
-            out += page.versions.filter { $0.key == key }
+            out += page.versions.filter { $0.key.sameBytes(key) }
             // Versions are listed by key: once past `key`, the rest are other keys.
-            let past = page.versions.last.map { $0.key > key } ?? false
+            let past = page.versions.last.map { key.bytesPrecede($0.key) } ?? false
             guard page.isTruncated, !past, let next = page.nextKeyMarker else { break }
             (keyMarker, versionMarker) = (next, page.nextVersionIdMarker)
         } while true
@@ -92,7 +94,7 @@ extension Namespace {
 
     /// The entries of the view directory `viewKey` ("dir/NAME@versions/"), listed again when older than the
     /// metadata TTL.
-    func versionViewEntries(_ viewKey: String) async throws(FSError) -> [String: ObjectVersion] {
+    func versionViewEntries(_ viewKey: String) async throws(FSError) -> BytesDictionary<ObjectVersion> {
         if let l = versionViews.listings.withLock({ $0[viewKey] }), isFresh(l.fetched) { return l.entries }
         guard let base = VersionViews.baseKey(ofViewDirectory: viewKey) else { return [:] }
         let fetched = ContinuousClock.now
@@ -117,7 +119,7 @@ extension Namespace {
             guard let v = try await versionViewEntries(dir.key)[name] else { throw .noEntry }
             return remember(parent: parent, name: name, key: dir.key + name, meta: Namespace.meta(of: v), addLookup: true)
         }
-        guard name.hasSuffix(VersionViews.suffix), name.count > VersionViews.suffix.count else { return nil }
+        guard name.hasKeySuffix(VersionViews.suffix), name.utf8.count > VersionViews.suffix.utf8.count else { return nil }
         let viewKey = dir.key + name + "/"
         // A file that has no versions leaves the name to the ordinary lookup (a file named so, or none).
         let entries = try await versionViewEntries(viewKey)
@@ -132,11 +134,11 @@ extension Namespace {
         let entries = try await versionViewEntries(d.key)
         d.state.withLock { s in
             guard !s.done else { return }
-            for name in entries.keys.sorted() {
+            for (name, v) in entries.sortedByKey() {
                 s.position[name] = s.names.count
                 s.names.append(name)
                 s.kinds.append(false)
-                s.metas[name] = Namespace.meta(of: entries[name]!)
+                s.metas[name] = Namespace.meta(of: v)
             }
             s.done = true
         }
@@ -144,10 +146,10 @@ extension Namespace {
 
     /// The object version a node in a view reads, or nil for any other node.
     func versionPin(_ n: Node) async throws(FSError) -> PinnedObject? {
-        guard let slash = n.key.lastIndex(of: "/"), !n.meta.isDirectory else { return nil }
-        let viewKey = String(n.key[...slash])
+        let (viewKey, name) = InodeTable.split(n.key)
+        guard !viewKey.isEmpty, !n.meta.isDirectory else { return nil }
         guard let base = VersionViews.baseKey(ofViewDirectory: viewKey) else { return nil }
-        guard let v = try await versionViewEntries(viewKey)[String(n.key[n.key.index(after: slash)...])] else { throw .noEntry }
+        guard let v = try await versionViewEntries(viewKey)[name] else { throw .noEntry }
         return PinnedObject(key: base, etag: v.etag ?? "", size: v.size, versionId: v.versionId)
     }
 

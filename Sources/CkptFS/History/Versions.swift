@@ -54,10 +54,10 @@ public struct FileHistory: Sendable, Codable, Equatable {
 extension FileSystem {
     /// The S3 key of `path` (a path under the mount, with or without a leading "/").
     func key(ofPath path: String) -> String {
-        var p = Substring(path)
-        while p.hasPrefix("/") { p = p.dropFirst() }
-        while p.hasSuffix("/") { p = p.dropLast() }
-        return prefix + p
+        var p = Substring(path).utf8
+        while p.first == UInt8(ascii: "/") { p = p.dropFirst() }
+        while p.last == UInt8(ascii: "/") { p = p.dropLast() }
+        return prefix + String(decoding: p, as: UTF8.self)
     }
 
     /// Every version of the file at `path` (under the mount), newest first. Throws EACCES naming the
@@ -65,10 +65,10 @@ extension FileSystem {
     /// this mount has a version of it, EIO when S3 cannot be reached.
     public func history(of path: String) async throws(FSError) -> FileHistory {
         let key = key(ofPath: path)
-        guard key.count > prefix.count else { throw FSError(EISDIR, "the mount's root has no versions: name a file under it") }
+        guard key.utf8.count > prefix.utf8.count else { throw FSError(EISDIR, "the mount's root has no versions: name a file under it") }
         var versions: [FileVersion] = []
-        let shown = String(key.dropFirst(prefix.count))
-        for p in writeBackStatus.pending where p.path == shown {
+        let shown = key.keySuffix(after: prefix)
+        for p in writeBackStatus.pending where p.path.sameBytes(shown) {
             versions.append(FileVersion(versionId: nil, lastModified: Date(timeIntervalSinceNow: -p.ageSeconds), size: p.bytes,
                                         etag: nil, isLatest: false, isDeleteMarker: false, localState: p.state))
         }

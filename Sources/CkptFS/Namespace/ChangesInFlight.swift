@@ -68,7 +68,7 @@ struct ChangesInFlight: Sendable {
 
     /// The changes one request missed, by key (newest per key, with its order).
     struct Seen: Sendable {
-        fileprivate(set) var changes: [String: (seq: UInt64, change: KeyChange)] = [:]
+        fileprivate(set) var changes = BytesDictionary<(seq: UInt64, change: KeyChange)>()
 
         var isEmpty: Bool { changes.isEmpty }
 
@@ -76,17 +76,14 @@ struct ChangesInFlight: Sendable {
         /// under a directory deleted later than the key's own change is absent.
         func change(of key: String) -> KeyChange? {
             var latest = changes[key]
-            var i = key.startIndex
-            while let slash = key[i...].firstIndex(of: "/") {
-                let p = String(key[...slash])
-                if p != key, let c = changes[p], case .absent = c.change, c.seq > (latest?.seq ?? 0) { latest = c }
-                i = key.index(after: slash)
+            for p in key.keyPrefixes() where !p.sameBytes(key) {
+                if let c = changes[p], case .absent = c.change, c.seq > (latest?.seq ?? 0) { latest = c }
             }
             // A directory made again, or a file that landed under it, after it was deleted (or with no change of
             // its own).
-            if key.hasSuffix("/"), latest.map({ if case .absent = $0.change { true } else { false } }) ?? true,
+            if key.endsWithSlash, latest.map({ if case .absent = $0.change { true } else { false } }) ?? true,
                changes.contains(where: { e in
-                   guard e.key.hasPrefix(key), e.key != key, e.value.seq > (latest?.seq ?? 0),
+                   guard e.key.hasKeyPrefix(key), !e.key.sameBytes(key), e.value.seq > (latest?.seq ?? 0),
                          case .present = e.value.change else { return false }
                    return true
                }) {
@@ -97,9 +94,9 @@ struct ChangesInFlight: Sendable {
 
         /// The entries directly under `dirKey` (a prefix ending in "/", or "" for the top) that changed: a file's
         /// name, or a directory's name with "/" (a directory is present when something under it is).
-        func children(of dirKey: String) -> [String: KeyChange] {
-            var out: [String: KeyChange] = [:]
-            for key in changes.keys where key.hasPrefix(dirKey) && key != dirKey {
+        func children(of dirKey: String) -> BytesDictionary<KeyChange> {
+            var out = BytesDictionary<KeyChange>()
+            for key in changes.keys where key.hasKeyPrefix(dirKey) && !key.sameBytes(dirKey) {
                 let child = key.keySuffix(after: dirKey).firstKeySegment
                 if out[child] == nil, let c = change(of: dirKey + child) { out[child] = c }
             }

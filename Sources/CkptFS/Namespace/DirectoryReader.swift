@@ -16,18 +16,14 @@ final class DirHandle: Sendable {
     struct State: Sendable {
         var names: [String] = []
         var kinds: [Bool] = []  // isDirectory, parallel to names
-        var position: [String: Int] = [:]
-        var metas: [String: Meta] = [:]
+        var position = BytesDictionary<Int>()
+        var metas = BytesDictionary<Meta>()
         var token: String? = nil
         var done = false
         /// Entries that this mount's own changes made or removed while a page was in flight (ChangesInFlight).
-        var missed: [String: KeyChange] = [:]
+        var missed = BytesDictionary<KeyChange>()
         /// A page missed a change whose outcome is not known here: the listing is not kept for lookups.
         var unsure = false
-
-        /// Whether the listing has an entry that is `name` in another Unicode encoding (`Namespace.twin`): the
-        /// first one listed (S3 lists in byte order) is shown, the other is not.
-        func hasTwin(_ name: String) -> Bool { position.index(forKey: name).map { !position[$0].key.sameBytes(name) } ?? false }
     }
     let ino: UInt64
     let key: String
@@ -198,13 +194,13 @@ extension Namespace {
         let endSeq = inFlight.withLock { $0.current }
         let missed = seen.children(of: d.key)
         // Stored mtimes HEADs found for these versions before (an expired listing may still be at hand).
-        let known: [String: Meta] = table.withLock { $0.listings[d.ino]?.entries ?? [:] }
-        let listing: [String: Meta]? = d.state.withLock { s in
+        let known: BytesDictionary<Meta> = table.withLock { $0.listings[d.ino]?.entries ?? [:] }
+        let listing: BytesDictionary<Meta>? = d.state.withLock { s in
             guard s.token == token, !s.done else { return nil }  // another reader fetched it meanwhile
             for (child, change) in missed { s.missed[child] = change }
             for p in page.commonPrefixes {
                 let name = p.keySuffix(after: d.key).droppingLastByte
-                guard Namespace.validName(name), !hidden.contains(p), !s.hasTwin(name) else { continue }
+                guard Namespace.validName(name), !hidden.contains(p) else { continue }
                 if case .absent = missed[name + "/"] { continue }  // deleted while the page was in flight
                 let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: mountTime)
                 if let at = s.position[name] {
@@ -246,7 +242,7 @@ extension Namespace {
             if s.done {
                 // Made by this mount while a page was in flight, and not in its answer.
                 for (child, change) in s.missed {
-                    let isDirectory = child.hasSuffix("/")
+                    let isDirectory = child.endsWithSlash
                     let name = isDirectory ? child.droppingLastByte : child
                     switch change {
                     case .changed: s.unsure = true
@@ -273,7 +269,7 @@ extension Namespace {
             // S3 confirmed what is in the directory now: names confirmed before and gone since are not served
             // stale (stale-if-error) during an outage.
             if options.staleIfError > .zero {
-                let present = Set(listing.map { $0.value.isDirectory ? d.key + $0.key + "/" : d.key + $0.key })
+                let present = BytesSet(listing.map { $0.value.isDirectory ? d.key + $0.key + "/" : d.key + $0.key })
                 confirmed.withLock { $0.listed(d.key, present: present) }
             }
             // The whole directory is known: it answers lookups (and negative lookups) until the TTL passes,
@@ -293,7 +289,7 @@ extension Namespace {
     /// that listing's entries, in S3's order, with no LIST. Returns whether it did.
     private func fillFromListing(_ d: DirHandle) -> Bool {
         let now = ContinuousClock.now
-        guard let entries = table.withLock({ t -> [String: Meta]? in
+        guard let entries = table.withLock({ t -> BytesDictionary<Meta>? in
             guard let l = t.listings[d.ino], now < l.expires, now < l.negativeUntil else { return nil }
             return l.entries
         }) else { return false }
@@ -317,7 +313,7 @@ extension Namespace {
     func objectKeys(under prefix: String) async throws(FSError) -> [String] {
         var keys: [String] = []
         var token: String?
-        var missed: [String: KeyChange] = [:]
+        var missed = BytesDictionary<KeyChange>()
         repeat {
             counters.withLock { $0.lists += 1 }
             let (page, hidden, seen) = try await observing({ () async throws(FSError) -> ListObjectsPage in
@@ -326,7 +322,7 @@ extension Namespace {
                                                    startAfter: nil, maxKeys: nil)
                 }
             }, local: hiddenKeys)
-            for (k, c) in seen.changes where k.hasPrefix(prefix) { missed[k] = seen.change(of: k) ?? c.change }
+            for (k, c) in seen.changes where k.hasKeyPrefix(prefix) { missed[k] = seen.change(of: k) ?? c.change }
             keys += page.objects.map(\.key).filter { k in
                 if case .absent = seen.change(of: k) { return false }
                 return !hidden.contains(k)
@@ -334,8 +330,8 @@ extension Namespace {
             token = page.isTruncated ? page.nextContinuationToken : nil
         } while token != nil
         // Landed or made by this mount while a page was in flight, and not in its answer.
-        let listed = Set(keys)
-        for (k, c) in missed.sorted(by: { $0.key < $1.key }) where !listed.contains(k) && !overlay.isHidden(k) {
+        let listed = BytesSet(keys)
+        for (k, c) in missed.sortedByKey() where !listed.contains(k) && !overlay.isHidden(k) {
             if case .present = c { keys.append(k) }
         }
         return keys

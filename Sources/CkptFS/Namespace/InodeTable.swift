@@ -40,7 +40,7 @@ struct Node: Sendable {
 }
 
 struct Listing: Sendable {
-    var entries: [String: Meta]
+    var entries: BytesDictionary<Meta>
     var expires: ContinuousClock.Instant
     /// Until when a name missing from `entries` is known absent (a listing made for lookups: misses are
     /// trusted for at most 5 s, like negative lookups).
@@ -49,7 +49,7 @@ struct Listing: Sendable {
     /// (StoredMtimes.swift).
     var sortedFiles: [String]?
 
-    init(entries: [String: Meta], expires: ContinuousClock.Instant) {
+    init(entries: BytesDictionary<Meta>, expires: ContinuousClock.Instant) {
         self.entries = entries
         self.expires = expires
         negativeUntil = expires
@@ -65,9 +65,17 @@ struct Listing: Sendable {
     }
 }
 
+/// A name in a directory: names are equal, and hash, by their bytes (ByteKeys.swift).
 struct PathKey: Hashable, Sendable {
     var parent: UInt64
     var name: String
+
+    static func == (a: PathKey, b: PathKey) -> Bool { a.parent == b.parent && a.name.sameBytes(b.name) }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(parent)
+        hasher.combine(ByteKey(name))
+    }
 }
 
 /// The inode table (see the file comment). Nodes change only through its methods, which keep the key index.
@@ -75,7 +83,7 @@ struct InodeTable: Sendable {
     private(set) var nodes: [UInt64: Node] = [:]
     private(set) var inoByPath: [PathKey: UInt64] = [:]
     /// Inodes by the key of their node (files: the object key; directories: the prefix ending in "/").
-    private var inosByKey: [String: Set<UInt64>] = [:]
+    private var inosByKey = BytesDictionary<Set<UInt64>>()
     private var nextIno: UInt64 = 2
     var listings: [UInt64: Listing] = [:]
     /// Entries in `listings` as of the last sweep plus those installed since (an upper bound, near enough).
@@ -89,7 +97,7 @@ struct InodeTable: Sendable {
 
     /// Sets node `ino`, keeping the key index.
     private mutating func put(_ ino: UInt64, _ n: Node?) {
-        if let old = nodes[ino], old.key != n?.key {
+        if let old = nodes[ino], !(n.map { $0.key.sameBytes(old.key) } ?? false) {
             inosByKey[old.key]?.remove(ino)
             if inosByKey[old.key]?.isEmpty == true { inosByKey.removeValue(forKey: old.key) }
         }
@@ -211,7 +219,7 @@ struct InodeTable: Sendable {
         }
         if isDirectory {
             let s = src + "/", d = dst + "/"
-            for key in inosByKey.keys where key.hasPrefix(s) {
+            for key in inosByKey.keys where key.hasKeyPrefix(s) {
                 for ino in inosByKey[key] ?? [] {
                     guard var n = nodes[ino] else { continue }
                     n.key = d + n.key.keySuffix(after: s)
@@ -241,8 +249,8 @@ struct InodeTable: Sendable {
 
     /// The directory key (the prefix up to and including the last "/", or "" at the top) and the name of `key`.
     static func split(_ key: String) -> (dirKey: String, name: String) {
-        guard let slash = key.lastIndex(of: "/") else { return ("", key) }
-        return (String(key[...slash]), String(key[key.index(after: slash)...]))
+        guard let slash = key.utf8.lastIndex(of: UInt8(ascii: "/")) else { return ("", key) }
+        return (String(decoding: key.utf8[...slash], as: UTF8.self), String(decoding: key.utf8[key.utf8.index(after: slash)...], as: UTF8.self))
     }
 
     /// The local version of `key` went without reaching S3: its file inodes revalidate at their next use, and
@@ -307,25 +315,26 @@ extension ContinuousClock.Instant {
 /// What S3 last confirmed of keys, kept past the metadata TTL for stale-if-error (FSOptions.staleIfError):
 /// at most `limit` keys, the oldest half dropped when full.
 struct Confirmed: Sendable {
-    private(set) var entries: [String: (meta: Meta, at: ContinuousClock.Instant)] = [:]
+    private(set) var entries = BytesDictionary<(meta: Meta, at: ContinuousClock.Instant)>()
     /// The keys of `entries` directly in each directory (by its prefix, "" at the top): a complete listing
     /// of that directory forgets those it lacks.
-    private var byDirectory: [String: Set<String>] = [:]
+    private var byDirectory = BytesDictionary<BytesSet>()
     /// When each key's use while S3 was unreachable was last logged (once a minute per key).
-    private var logged: [String: ContinuousClock.Instant] = [:]
+    private var logged = BytesDictionary<ContinuousClock.Instant>()
     static let limit = 200_000
 
     /// The directory prefix `key` (a file key, or a directory prefix ending in "/") is directly in.
     static func directory(of key: String) -> String {
-        InodeTable.split(key.hasSuffix("/") ? String(key.dropLast()) : key).dirKey
+        InodeTable.split(key.endsWithSlash ? key.droppingLastByte : key).dirKey
     }
 
     mutating func note(_ key: String, _ m: Meta) {
         if entries.count >= Confirmed.limit {
             let cut = entries.values.map(\.at).sorted()[entries.count / 2]
             entries = entries.filter { $0.value.at > cut }
-            byDirectory = Dictionary(grouping: entries.keys, by: Confirmed.directory).mapValues(Set.init)
-            logged = [:]
+            byDirectory = BytesDictionary()
+            for k in entries.keys { byDirectory[Confirmed.directory(of: k), default: []].insert(k) }
+            logged = BytesDictionary()
         }
         entries[key] = (m, .now)
         byDirectory[Confirmed.directory(of: key), default: []].insert(key)
@@ -341,13 +350,13 @@ struct Confirmed: Sendable {
     /// Forgets `prefix` ("dir/") and every key under it.
     mutating func forget(_ prefix: String, subtree: Bool) {
         guard subtree else { return forget(prefix) }
-        for k in entries.keys where k.hasPrefix(prefix) { forget(k) }
+        for k in Array(entries.keys) where k.hasKeyPrefix(prefix) { forget(k) }
     }
 
     /// S3 listed directory `prefix` completely with exactly `present` directly in it (file keys, and directory
     /// prefixes ending in "/"): what it confirmed before of any other key there no longer holds (as a HEAD
     /// answering "no such key" forgets it), so an outage must not bring such a key back.
-    mutating func listed(_ prefix: String, present: Set<String>) {
+    mutating func listed(_ prefix: String, present: BytesSet) {
         for k in byDirectory[prefix] ?? [] where !present.contains(k) { forget(k) }
     }
 

@@ -10,7 +10,6 @@ extension Namespace {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)  // no such key can exist
         guard Namespace.validName(name) else { throw .noEntry }
-        try checkNoTwin(name, in: parent, dirKey: dir.key, making: false)
         if let version = try await lookupInVersionView(dir: dir, parent: parent, name: name) { return version }
         // A file with local changes is what its local version says.
         if let m = overlay.localMeta(of: dir.key + name) {
@@ -77,9 +76,8 @@ extension Namespace {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: false)
         guard Namespace.validName(name) else { throw .noEntry }
-        try checkNoTwin(name, in: parent, dirKey: dir.key, making: false)
         // Versions views are answered by `lookup` (History/).
-        if VersionViews.baseKey(ofViewDirectory: dir.key) != nil || name.hasSuffix(VersionViews.suffix) { return nil }
+        if VersionViews.baseKey(ofViewDirectory: dir.key) != nil || name.hasKeySuffix(VersionViews.suffix) { return nil }
         if let m = overlay.localMeta(of: dir.key + name) {
             return remember(parent: parent, name: name, key: dir.key + name, meta: m, addLookup: true)
         }

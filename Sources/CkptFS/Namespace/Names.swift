@@ -13,8 +13,8 @@ import Foundation
 // Keys and names are bytes (POSIX, S3), Swift's String is text: it compares and hashes canonically equivalent
 // text as equal ("é" as one code point, and as "e" and a combining accent), and counts Characters (grapheme
 // clusters), one of which can hold a "/" and the mark after it, or a prepended mark and the "/" after it.
-// So keys from S3 are cut by bytes (`keySuffix`), a name must keep its "/" around it apart (`Namespace.validName`),
-// and a directory shows one of two names that are the same text (`Namespace.twin`).
+// So keys from S3 are cut, compared and ordered by bytes (these helpers), the mount's tables are keyed by bytes
+// (ByteKeys.swift), and a name must keep its "/" around it apart (`Namespace.validName`).
 extension String {
     /// What follows `prefix` in this key, which starts with its bytes (a listing's key under its prefix),
     /// counted in bytes.
@@ -26,7 +26,21 @@ extension String {
     var droppingLastByte: String { String(decoding: utf8.dropLast(), as: UTF8.self) }
 
     /// Whether these are the same bytes (`==` says whether they are the same text).
-    func sameBytes(_ other: String) -> Bool { utf8.elementsEqual(other.utf8) }
+    func sameBytes(_ other: String) -> Bool { utf8.count == other.utf8.count && utf8.elementsEqual(other.utf8) }
+
+    /// Whether this key starts with the bytes of `prefix` (`hasPrefix` compares Characters: "cafe\u{301}/x" has
+    /// the prefix "caf\u{e9}/", and "a/\u{301}" not "a/").
+    func hasKeyPrefix(_ prefix: String) -> Bool { utf8.starts(with: prefix.utf8) }
+
+    /// Whether this key ends with the bytes of `suffix`.
+    func hasKeySuffix(_ suffix: String) -> Bool { utf8.count >= suffix.utf8.count && utf8.reversed().starts(with: suffix.utf8.reversed()) }
+
+    /// Whether this key's last byte is "/" (a directory prefix; `hasSuffix("/")` is false when a prepended
+    /// mark before the "/" makes one Character of both).
+    var endsWithSlash: Bool { utf8.last == UInt8(ascii: "/") }
+
+    /// Whether this key comes before `other` in S3's order, by bytes of UTF-8 (`<` compares text).
+    func bytesPrecede(_ other: String) -> Bool { utf8.lexicographicallyPrecedes(other.utf8) }
 
     /// The first segment of this relative key with the "/" after it ("a/" of "a/b/c"), or all of it when it
     /// has no "/", cut at the byte.
@@ -49,33 +63,6 @@ extension String {
 }
 
 extension Namespace {
-    /// The name directory `parent` (key prefix `dirKey`) already has that is `name` in another Unicode encoding:
-    /// the same text, other bytes ("é" as one code point, or "e" and a combining accent). The mount's tables,
-    /// keyed by String, cannot tell the two apart, so a directory shows the first one it met (a listing's, S3
-    /// listing in byte order) and the other does not exist in it: its lookup fails with ENOENT, and making it
-    /// with EINVAL (`checkNoTwin`). Before, a save under one name went into the other's file.
-    func twin(of name: String, in parent: UInt64, dirKey: String) -> String? {
-        let known: String? = table.withLock { t in
-            if let i = t.inoByPath.index(forKey: PathKey(parent: parent, name: name)) { return t.inoByPath[i].key.name }
-            if let e = t.listings[parent]?.entries, let i = e.index(forKey: name) { return e[i].key }
-            return nil
-        }
-        if let known, !known.sameBytes(name) { return known }
-        if let local = overlay.localKey(sameTextAs: dirKey + name), !local.sameBytes(dirKey + name) {
-            return local.keySuffix(after: dirKey)
-        }
-        return nil
-    }
-
-    /// Throws when `name` has a twin in `parent` (see `twin`): `absent` for a name that must exist (lookup,
-    /// unlink, rmdir, a rename's source: ENOENT), EINVAL naming the twin for one to be made.
-    func checkNoTwin(_ name: String, in parent: UInt64, dirKey: String, making: Bool) throws(FSError) {
-        guard let other = twin(of: name, in: parent, dirKey: dirKey) else { return }
-        if !making { throw FSError(ENOENT, "\(dirKey + name): the directory has \(other), the same text in another Unicode encoding") }
-        throw FSError(EINVAL, "\(dirKey + name) is the same text as \(dirKey + other), which exists, in another Unicode "
-            + "encoding: the mount cannot show both; use the existing name")
-    }
-
     /// Longest name of one file or directory, in bytes of UTF-8 (NAME_MAX; `statfs` reports it).
     static let maxNameBytes = 255
     /// Longest S3 object key, in bytes of UTF-8 (S3 API reference, "Object key naming").
@@ -111,7 +98,7 @@ extension FileSystem {
     /// the key of something under it longer than `maxKeyBytes`: `objects` (its keys in S3) or a local file.
     func checkDirectoryMove(_ objects: [String], from src: String, to dst: String) throws(FSError) {
         try Namespace.checkMovable(objects, from: src, to: dst)
-        try Namespace.checkMovable(writeBack.localFiles.byKey.withLock { Array($0.keys.filter { $0.hasPrefix(src) }) }, from: src, to: dst)
+        try Namespace.checkMovable(writeBack.localFiles.byKey.withLock { $0.keys.filter { $0.hasKeyPrefix(src) } }, from: src, to: dst)
     }
 
     /// mknod, symlink and link: S3 has no such objects (EPERM), but a name that could never be stored is

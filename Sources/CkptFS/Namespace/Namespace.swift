@@ -25,9 +25,6 @@ protocol LocalOverlay: Sendable {
     func orphanMeta(ino: UInt64) -> Meta?
     /// The files directly under the prefix `dirKey` that have local versions: name and metadata.
     func localChildren(of dirKey: String) -> [(name: String, meta: Meta)]
-    /// The key of the file with local changes whose key is the same text as `key` (canonically equivalent, as
-    /// String compares), with its own bytes; nil when none has.
-    func localKey(sameTextAs key: String) -> String?
     /// Whether a queued delete hides `key` (a file key, or a directory prefix ending in "/").
     func isHidden(_ key: String) -> Bool
     /// Whether any delete is queued (listings then filter what they show).
@@ -66,7 +63,7 @@ final class Namespace: WriteBackNotices {
     let dirProbes = Mutex<[UInt64: DirProbe]>([:])
     /// HEADs in flight for stored mtimes, by key; lookups in listing order, by directory; the bound on those
     /// HEADs in flight (StoredMtimes.swift).
-    let mtimeHeads = Mutex<[String: Task<Result<Meta?, FSError>, Never>]>([:])
+    let mtimeHeads = Mutex(BytesDictionary<Task<Result<Meta?, FSError>, Never>>())
     let mtimeScans = Mutex<[UInt64: MtimeScan]>([:])
     let metaSlots = AsyncSemaphore(Namespace.mtimeHeadConcurrency)
     /// LIST and HEAD requests made.
@@ -127,7 +124,7 @@ final class Namespace: WriteBackNotices {
     /// answer lookups for `trustedFor`; a name it lacks is known absent for at most 5 s like any missed lookup
     /// (S-CONS-NEGATIVE: another client's new object is found within 5 s), on an immutable bucket for the TTL
     /// (its set of names also answers readdir then, S-CONS-IMMUTABLE).
-    func newListing(_ entries: [String: Meta]) -> Listing {
+    func newListing(_ entries: BytesDictionary<Meta>) -> Listing {
         var l = Listing(entries: entries, expires: .now + trustedFor)
         l.negativeUntil = .now + (options.immutable ? options.metadataTTL : Namespace.negativeTTL(options.metadataTTL))
         return l
@@ -172,9 +169,9 @@ final class Namespace: WriteBackNotices {
     }
 
     /// The keys and prefixes of `page` that a queued delete hides.
-    func hiddenKeys(_ page: ListObjectsPage) -> Set<String> {
+    func hiddenKeys(_ page: ListObjectsPage) -> BytesSet {
         guard overlay.hasHidden else { return [] }
-        return Set(page.objects.map(\.key).filter(overlay.isHidden) + page.commonPrefixes.filter(overlay.isHidden))
+        return BytesSet(page.objects.map(\.key).filter(overlay.isHidden) + page.commonPrefixes.filter(overlay.isHidden))
     }
 
     /// A version of `key` landed in S3 with `meta` (and no local version stands for it any more).

@@ -14,7 +14,6 @@ extension FileSystem {
         guard dir.meta.isDirectory else { throw .notDirectory }
         try Namespace.checkStorable(name, in: dir.key, isDirectory: true)
         guard Namespace.validName(name) else { throw FSError(EINVAL, "not a valid name: \(name)") }
-        try namespace.checkNoTwin(name, in: parent, dirKey: dir.key, making: true)
         try Namespace.refuseInVersionView(dir.key + name + "/")
         if (try? await lookup(parent: parent, name: name)) != nil {
             forget(ino: namespace.inoFor(parent: parent, name: name), count: 1)
@@ -76,7 +75,7 @@ extension FileSystem {
                                                    startAfter: nil, maxKeys: 1000)
                 }
             }, local: { page in
-                (namespace.hiddenKeys(page), writeBack.localFiles.byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } })
+                (namespace.hiddenKeys(page), writeBack.localFiles.any(under: prefix))
             })
             // What is in it: listed and not being deleted (here, or while the LIST was in flight), or made here
             // while the LIST was in flight.
@@ -86,7 +85,7 @@ extension FileSystem {
                 return true
             }
             let made = seen.children(of: prefix).values.contains { if case .absent = $0 { false } else { true } }
-            if localChildren || made || page.objects.contains(where: { $0.key != prefix && shown($0.key) }) {
+            if localChildren || made || page.objects.contains(where: { !$0.key.sameBytes(prefix) && shown($0.key) }) {
                 throw FSError(ENOTEMPTY)
             }
             for p in page.commonPrefixes where shown(p) {

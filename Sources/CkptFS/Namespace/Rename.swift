@@ -20,7 +20,6 @@ extension FileSystem {
         try Namespace.refuseInVersionView(srcDir.key + name, srcDir.key + name + "/", dstDir.key + newName, dstDir.key + newName + "/")
         try Namespace.checkStorable(newName, in: dstDir.key, isDirectory: false)
         guard Namespace.validName(newName) else { throw FSError(EINVAL, "not a valid name: \(newName)") }
-        try namespace.checkNoTwin(newName, in: newParent, dirKey: dstDir.key, making: true)
         guard srcDir.meta.isDirectory, dstDir.meta.isDirectory else { throw .notDirectory }
         let src = try await lookup(parent: parent, name: name)
         forget(ino: src.ino, count: 1)
@@ -46,7 +45,7 @@ extension FileSystem {
         let srcKey = srcDir.key + name, dstKey = dstDir.key + newName
         var sourceRemains = false
         if src.isDirectory {
-            if dstKey.hasPrefix(srcKey + "/") { throw FSError(EINVAL, "cannot move a directory into itself") }
+            if dstKey.hasKeyPrefix(srcKey + "/") { throw FSError(EINVAL, "cannot move a directory into itself") }
             // An existing destination is replaced only when empty (POSIX), and only once the move has
             // succeeded: a rename that fails leaves it as it was. Its marker stays a directory's marker (the
             // source's, if it has one, is written over it).

@@ -152,13 +152,13 @@ extension Namespace {
     /// The names of the files in the listing of `parent`, in the order S3 lists them (bytes of UTF-8), made
     /// once per listing when lookups first need it.
     func sortedFiles(_ parent: UInt64) -> [String]? {
-        let (sorted, entries, expires): ([String]?, [String: Meta]?, ContinuousClock.Instant?) = table.withLock { t in
+        let (sorted, entries, expires): ([String]?, BytesDictionary<Meta>?, ContinuousClock.Instant?) = table.withLock { t in
             guard let l = t.listings[parent] else { return (nil, nil, nil) }
             return (l.sortedFiles, l.sortedFiles == nil ? l.entries : nil, l.expires)
         }
         if let sorted { return sorted }
         guard let entries, let expires else { return nil }
-        let files = entries.filter { !$0.value.isDirectory }.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        let files = entries.filter { !$0.value.isDirectory }.sortedByKey().map(\.key)
         table.withLock { t in if t.listings[parent]?.expires == expires { t.listings[parent]?.sortedFiles = files } }
         return files
     }
@@ -168,7 +168,7 @@ extension Namespace {
         var lo = 0, hi = sorted.count
         while lo < hi {
             let mid = (lo + hi) / 2
-            if sorted[mid] == name { return mid }
+            if sorted[mid].sameBytes(name) { return mid }
             if sorted[mid].utf8.lexicographicallyPrecedes(name.utf8) { lo = mid + 1 } else { hi = mid }
         }
         return nil

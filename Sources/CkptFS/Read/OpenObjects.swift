@@ -28,8 +28,8 @@ final class OpenObjects: Sendable {
 
     private let reader: ObjectReader
     private let logger: Logger
-    /// By key, then ETag.
-    private let reading = Mutex<[String: [String: Reading]]>([:])
+    /// By key (its bytes), then ETag.
+    private let reading = Mutex(BytesDictionary<[String: Reading]>())
 
     init(reader: ObjectReader, logger: Logger) {
         self.reader = reader

@@ -19,16 +19,20 @@ struct PreloadListing: Sendable {
     static let concurrency = 16
 
     func list(_ rawPaths: [String]) async throws(FSError) -> (objects: [PreloadObject], missing: [String]) {
-        let paths = Array(Set(rawPaths.map(PreloadListing.clean)))
-        var found: [String: PreloadObject] = [:]
+        let paths = Array(BytesSet(rawPaths.map(PreloadListing.clean)))
+        var found = BytesDictionary<PreloadObject>()
         var dirs: [String] = []
         var missing: [String] = []
-        if paths.contains("") {
+        if paths.contains(where: \.isEmpty) {
             dirs = [""]
         } else {
             // Which paths are files and which directories: probe each, or list their directory when it holds many.
-            let groups = Dictionary(grouping: paths) { p in p.lastIndex(of: "/").map { String(p[..<$0]) } ?? "" }
-            let classified = try await concurrently(Array(groups)) { (parent, names) async throws(FSError) -> [(String, Kind)] in
+            var groups = BytesDictionary<[String]>()
+            for p in paths {
+                let parent = p.utf8.lastIndex(of: UInt8(ascii: "/")).map { String(decoding: p.utf8[..<$0], as: UTF8.self) } ?? ""
+                groups[parent, default: []].append(p)
+            }
+            let classified = try await concurrently(groups.map { ($0.key, $0.value) }) { (parent, names) async throws(FSError) -> [(String, Kind)] in
                 if names.count >= PreloadListing.listParentFrom {
                     return try await classifyByListing(parent: parent, names)
                 }
@@ -48,16 +52,16 @@ struct PreloadListing: Sendable {
             for o in batch { found[o.key] = o }
         }
         // A key that is also a directory (`a` and `a/b`) is the directory on the mount.
-        var prefixes = Set<String>()
+        var prefixes = BytesSet()
         for k in found.keys {
-            var k = Substring(k)
-            while let slash = k.lastIndex(of: "/") {
+            var k = Substring(k).utf8
+            while let slash = k.lastIndex(of: UInt8(ascii: "/")) {
                 k = k[..<slash]
-                if !prefixes.insert(String(k)).inserted { break }
+                if !prefixes.insert(String(decoding: k, as: UTF8.self)).inserted { break }
             }
         }
         let objects = found.values.filter { !prefixes.contains($0.key) && !skip($0.key) }.sorted(by: PreloadShare.precedes)
-        return (objects, missing.sorted())
+        return (objects, missing.sorted { $0.bytesPrecede($1) })
     }
 
     enum Kind: Sendable {
@@ -68,16 +72,17 @@ struct PreloadListing: Sendable {
 
     /// "a/b" from "/a/b/", "a//b" as given; "" for the root.
     static func clean(_ p: String) -> String {
-        var s = Substring(p)
-        while s.hasPrefix("/") { s = s.dropFirst() }
-        while s.hasSuffix("/") { s = s.dropLast() }
-        return s == "." ? "" : String(s)
+        var s = Substring(p).utf8
+        while s.first == UInt8(ascii: "/") { s = s.dropFirst() }
+        while s.last == UInt8(ascii: "/") { s = s.dropLast() }
+        let out = String(decoding: s, as: UTF8.self)
+        return out == "." ? "" : out
     }
 
     /// The object for `key` as listed, or nil when the mount cannot show it (a marker, a segment that is not a
     /// file name).
     func object(key: String, etag: String, size: Int64) -> PreloadObject? {
-        guard key.utf8.starts(with: root.utf8), key.utf8.last != UInt8(ascii: "/") else { return nil }
+        guard key.hasKeyPrefix(root), !key.endsWithSlash else { return nil }
         let path = key.keySuffix(after: root)
         guard path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
             .allSatisfy({ Namespace.validName(String(decoding: $0, as: UTF8.self)) }) else { return nil }
@@ -108,15 +113,15 @@ struct PreloadListing: Sendable {
     /// Classifies `names` (paths whose directory is `parent`) from one listing of that directory.
     func classifyByListing(parent: String, _ names: [String]) async throws(FSError) -> [(String, Kind)] {
         let dirKey = parent.isEmpty ? root : root + parent + "/"
-        var files: [String: ObjectSummary] = [:]
-        var subdirs = Set<String>()
+        var files = BytesDictionary<ObjectSummary>()
+        var subdirs = BytesSet()
         var token: String?
         repeat {
             let page = try await s3(.other) { () async throws(S3Error) in
                 try await client.listObjectsV2(bucket, prefix: dirKey, delimiter: "/", continuationToken: token, startAfter: nil, maxKeys: 1000)
             }
             for o in page.objects { files[o.key] = o }
-            for p in page.commonPrefixes { subdirs.insert(String(p.dropLast())) }
+            for p in page.commonPrefixes { subdirs.insert(p.droppingLastByte) }
             token = page.isTruncated ? page.nextContinuationToken : nil
         } while token != nil
         return names.map { p in
@@ -136,7 +141,7 @@ struct PreloadListing: Sendable {
     }
 
     /// How `key` is shown: relative to the root, or whole when it is not under it.
-    func path(of key: String) -> String { key.hasPrefix(root) ? String(key.dropFirst(root.count)) : key }
+    func path(of key: String) -> String { key.hasKeyPrefix(root) ? key.keySuffix(after: root) : key }
 
     /// Every object under directory `path` ("" for the root), at any depth.
     func listAll(_ path: String) async throws(FSError) -> [PreloadObject] {

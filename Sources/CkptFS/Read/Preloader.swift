@@ -68,11 +68,11 @@ public final class Preloader: Sendable {
             throw FSError(EINVAL, "the profile counts blocks of \(profile.blockSize) bytes, and this cache's are \(reader.blockSize)")
         }
         var keys: [String] = []
-        var seenKeys = Set<String>()
+        var seenKeys = BytesSet()
         for e in profile.entries where seenKeys.insert(e.key).inserted { keys.append(e.key) }
         let listing = self.listing
         let infos = try await listing.concurrently(keys) { (k: String) async throws(FSError) -> ObjectInfo? in try await listing.head(k) }
-        var found: [String: PreloadObject] = [:]
+        var found = BytesDictionary<PreloadObject>()
         var missing: [String] = []
         for (k, info) in zip(keys, infos) {
             if let info, !listing.skip(k) {
@@ -88,10 +88,10 @@ public final class Preloader: Sendable {
                                capacity: cache.capacity, missing: missing)
         plan.budget = budget
         var objects: [PreloadObject] = []
-        var index: [String: Int] = [:]
+        var index = BytesDictionary<Int>()
         var pieces: [PreloadRun.Piece] = []
         var taken = Set<BlockKey>()
-        var shareObjects = Set<String>()
+        var shareObjects = BytesSet()
         var stored: Int64 = 0
         var full = false
         for e in profile.entries {

@@ -75,7 +75,7 @@ final class ChangeQueue: Sendable {
     struct State: Sendable {
         var pending: [UInt64: StagedVersion] = [:]
         /// Per key, the last job queued.
-        var tails: [String: UploadTail] = [:]
+        var tails = BytesDictionary<UploadTail>()
         var uploadedFiles = 0
         var uploadedBytes: Int64 = 0
         var recovered = 0
@@ -87,7 +87,7 @@ final class ChangeQueue: Sendable {
         var deletes: [UInt64: PendingDelete] = [:]
         /// Keys and prefixes ("dir/": everything under it, and the directory itself) that queued deletes hide,
         /// with how many deletes hide each.
-        var hidden: [String: Int] = [:]
+        var hidden = BytesDictionary<Int>()
         /// Deletes waiting for the uploads queued before them, by journal id.
         var barrier: [UInt64: (job: UInt64, c: CheckedContinuation<Void, Never>)] = [:]
         /// Tasks waiting for a delete to finish (flush).
@@ -127,7 +127,7 @@ final class ChangeQueue: Sendable {
         /// Returns the continuations of those waiting for their barrier, to resume outside the lock.
         mutating func cancelDeletes(of key: String) -> [CheckedContinuation<Void, Never>] {
             var waiting: [CheckedContinuation<Void, Never>] = []
-            for (id, d) in deletes where d.key == key && !d.started && !d.cancelled {
+            for (id, d) in deletes where d.key.sameBytes(key) && !d.started && !d.cancelled {
                 deletes[id]?.cancelled = true
                 d.group.lostOne.store(true, ordering: .relaxed)
                 if let w = barrier.removeValue(forKey: id) { waiting.append(w.c) }
@@ -136,7 +136,7 @@ final class ChangeQueue: Sendable {
         }
     }
 
-    static func unhide(_ hidden: inout [String: Int], _ k: String) {
+    static func unhide(_ hidden: inout BytesDictionary<Int>, _ k: String) {
         guard let n = hidden[k] else { return }
         if n <= 1 { hidden.removeValue(forKey: k) } else { hidden[k] = n - 1 }
     }
@@ -147,13 +147,7 @@ final class ChangeQueue: Sendable {
         state.withLock { u in
             guard !u.hidden.isEmpty else { return false }
             if u.hidden[key] != nil { return true }
-            var i = key.startIndex
-            while let slash = key[i...].firstIndex(of: "/") {
-                let p = String(key[...slash])
-                if p != key, u.hidden[p] != nil { return true }
-                i = key.index(after: slash)
-            }
-            return false
+            return key.keyPrefixes().contains { !$0.sameBytes(key) && u.hidden[$0] != nil }
         }
     }
 
@@ -174,7 +168,7 @@ extension WriteBack {
         let cancelled: [CheckedContinuation<Void, Never>] = changes.state.withLock { u in
             // Only older versions: one queued again by a rename (its key's versions are queued again oldest
             // first) never stands in for a newer one, and no two versions can supersede each other.
-            for (_, old) in u.pending where old !== v && old.key == key && old.id < v.id && !options.keepEveryVersion {
+            for (_, old) in u.pending where old !== v && old.key.sameBytes(key) && old.id < v.id && !options.keepEveryVersion {
                 let skip = old.state.withLock { s -> Bool in
                     guard case .waiting = s.upload, s.sealed else { return false }
                     s.successor = v
@@ -195,7 +189,7 @@ extension WriteBack {
             // A delete of the key not started is replaced: the object it would have removed (this mount
             // deleted it) is still there when this upload goes, so one that expects no object (a file created
             // again under the name) replaces it instead.
-            if u.deletes.values.contains(where: { $0.key == key && !$0.started && !$0.cancelled }) {
+            if u.deletes.values.contains(where: { $0.key.sameBytes(key) && !$0.started && !$0.cancelled }) {
                 v.state.withLock { s in if case .absent = s.expect { s.expect = .anything } }
             }
             let cancelled = u.cancelDeletes(of: key)
@@ -239,7 +233,7 @@ extension WriteBack {
 
     /// Every local version of `key`: those queued or uploading, and `newest` (the key's current one).
     func versions(of key: String, newest: StagedVersion) -> [StagedVersion] {
-        var vs = changes.state.withLock { u in u.pending.values.filter { $0.key == key } }
+        var vs = changes.state.withLock { u in u.pending.values.filter { $0.key.sameBytes(key) } }
         if !vs.contains(where: { $0 === newest }) { vs.append(newest) }
         return vs
     }
@@ -328,10 +322,11 @@ extension WriteBack {
     /// Orders deletes so that objects go before the directory markers above them, deepest first.
     static func deleteOrder(_ keys: [String]) -> [String] {
         keys.sorted { a, b in
-            let (ma, mb) = (a.hasSuffix("/"), b.hasSuffix("/"))
+            let (ma, mb) = (a.endsWithSlash, b.endsWithSlash)
             if ma != mb { return !ma }
-            let (da, db) = (a.filter { $0 == "/" }.count, b.filter { $0 == "/" }.count)
-            return da != db ? da > db : a < b
+            let slash = UInt8(ascii: "/")
+            let (da, db) = (a.utf8.count(where: { $0 == slash }), b.utf8.count(where: { $0 == slash }))
+            return da != db ? da > db : a.bytesPrecede(b)
         }
     }
 
@@ -385,8 +380,8 @@ extension WriteBack {
         // Cancelled while it waits here, it is past its barrier, so the deletes under it (queued before it) are
         // past theirs too, and finish.
         let children = changes.state.withLock { u -> [Task<Void, Never>] in
-            guard let d = u.deletes[id], !d.cancelled, d.key.hasSuffix("/") else { return [] }
-            return u.deletes.values.filter { $0.key != d.key && $0.key.hasPrefix(d.key) }.compactMap { $0.task }
+            guard let d = u.deletes[id], !d.cancelled, d.key.endsWithSlash else { return [] }
+            return u.deletes.values.filter { !$0.key.sameBytes(d.key) && $0.key.hasKeyPrefix(d.key) }.compactMap { $0.task }
         }
         for t in children { await t.value }
         let key: String? = changes.state.withLock { u in
@@ -472,9 +467,9 @@ extension WriteBack {
     @discardableResult
     func clearPendingDelete(of key: String) async -> Bool {
         let (tail, waiters, dropped) = changes.state.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>], Bool) in
-            let dropped = u.deletes.values.contains { $0.key == key && !$0.started && !$0.cancelled }
+            let dropped = u.deletes.values.contains { $0.key.sameBytes(key) && !$0.started && !$0.cancelled }
             let waiting = u.cancelDeletes(of: key)
-            if key.hasSuffix("/") { u.hidden.removeValue(forKey: key) }
+            if key.endsWithSlash { u.hidden.removeValue(forKey: key) }
             return (u.tails[key]?.task, waiting, dropped)
         }
         for w in waiters { w.resume() }

@@ -7,7 +7,7 @@ extension WriteBack {
     /// Server-side copy; multipart (UploadPartCopy) when the object is over 5 GiB. A directory marker (a key
     /// ending in "/") is written anew instead: SeaweedFS, among others, refuses to copy one.
     func copyObjectOrMarker(from src: String, to dst: String) async throws(FSError) {
-        if src.hasSuffix("/") {
+        if src.endsWithSlash {
             do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError(error, during: .other) }
             return
         }

@@ -63,7 +63,7 @@ extension WriteBack {
     func flushAll(under path: String, timeout: Duration?) async -> [(path: String, reason: String)] {
         let keyPrefix = prefix + path
         func under(_ key: String) -> Bool {
-            path.isEmpty || key == keyPrefix || key.hasPrefix(keyPrefix.hasSuffix("/") ? keyPrefix : keyPrefix + "/")
+            path.isEmpty || key.sameBytes(keyPrefix) || key.hasKeyPrefix(keyPrefix.endsWithSlash ? keyPrefix : keyPrefix + "/")
         }
         let files = localFiles.byKey.withLock { l in l.filter { under($0.key) }.map(\.value) }
         _ = try? await offPool { () throws(FSError) in for f in files { self.queueAcknowledged(f) } }  // may wait for a write
@@ -71,14 +71,14 @@ extension WriteBack {
         let open = localFiles.byKey.withLock { l in l.filter { under($0.key) && !$0.value.current.state.withLock { $0.sealed } }.map(\.key) }
         if !open.isEmpty {
             logger.info("files open for writing are not uploaded until they are closed or fsynced",
-                        metadata: ["keys": "\(open.sorted().prefix(10))", "count": "\(open.count)"])
+                        metadata: ["keys": "\(open.sorted { $0.bytesPrecede($1) }.prefix(10))", "count": "\(open.count)"])
         }
         let deadline = timeout.map { ContinuousClock.now + $0 }
         var failures = await waitDurable(versions, deadline: deadline)
         // Deletes too (unlink, rmdir, old names of renames), which go after the uploads before them.
         let left = await waitDeletes(under: under, deadline: deadline)
         let queued = changes.state.withLock { u in
-            Dictionary(u.deletes.values.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+            BytesDictionary(u.deletes.values.reversed().map { ($0.key, $0) })
         }
         for key in left {
             let why: String
@@ -88,15 +88,15 @@ extension WriteBack {
                 why = ": DeleteObject fails (\(e)); it is retried"
             } else if queued[key]?.started == true {
                 why = " (sent, no answer yet)"
-            } else if key.hasSuffix("/") && queued.keys.contains(where: { $0 != key && $0.hasPrefix(key) }) {
+            } else if key.endsWithSlash && queued.keys.contains(where: { !$0.sameBytes(key) && $0.hasKeyPrefix(key) }) {
                 why = " (it waits for the deletes under it)"  // a directory marker goes after them (runDelete)
             } else {
                 why = " (it waits for the uploads before it)"
             }
             failures.append((key, "delete not applied yet" + why))
         }
-        var seen = Set<String>()
-        return failures.filter { seen.insert($0.0).inserted }.map { (String($0.0.dropFirst(prefix.count)), $0.1) }
+        var seen = BytesSet()
+        return failures.filter { seen.insert($0.0).inserted }.map { ($0.0.keySuffix(after: prefix), $0.1) }
     }
 
     var writeBackStatus: WriteBackStatus {
@@ -108,7 +108,7 @@ extension WriteBack {
             s.quarantined = u.quarantined
             s.pendingDeletes = u.deletes.count
             s.deletes = u.deletes.values.filter { !$0.cancelled }.sorted { $0.job < $1.job }.map { d in
-                WriteBackStatus.Pending(path: String(d.key.dropFirst(prefix.count)), bytes: 0,
+                WriteBackStatus.Pending(path: d.key.keySuffix(after: prefix), bytes: 0,
                                         state: d.started ? "deleting" : "waiting", ageSeconds: 0, error: d.lastError)
             }
             return Array(u.pending.values)
@@ -128,7 +128,7 @@ extension WriteBack {
             default: continue
             }
             let age = (ContinuousClock.now - v.created).seconds
-            let p = WriteBackStatus.Pending(path: String(key.dropFirst(prefix.count)), bytes: size, state: state,
+            let p = WriteBackStatus.Pending(path: key.keySuffix(after: prefix), bytes: size, state: state,
                                             ageSeconds: age, error: err, sentBytes: sent)
             s.dirtyFiles += 1
             s.dirtyBytes += size
@@ -137,7 +137,7 @@ extension WriteBack {
             s.pending.append(p)
             if err != nil { s.failures.append(p) }
         }
-        s.pending.sort { $0.path < $1.path }
+        s.pending.sort { $0.path.bytesPrecede($1.path) }
         s.stagingBytes = staging.diskUsage()
         s.maxDirty = maxDirty
         s.heldWriters = heldWriters.load(ordering: .relaxed)

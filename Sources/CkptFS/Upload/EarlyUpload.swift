@@ -79,7 +79,7 @@ extension WriteBack {
                 s.early = EarlyUpload(key: s.key)
                 logger.info("uploading a new file while it is written", metadata: ["key": "\(s.key)"])
             }
-            guard var e = s.early, !e.driving, !e.abandoned, !e.stalled, !e.taken, e.key == s.key else { return false }
+            guard var e = s.early, !e.driving, !e.abandoned, !e.stalled, !e.taken, e.key.sameBytes(s.key) else { return false }
             guard e.uploadId == nil || hashed > WriteBack.partEnd(start: e.scheduledEnd, minimum: minimum) else { return false }
             e.driving = true
             s.early = e
@@ -109,7 +109,7 @@ extension WriteBack {
             // The next part, if the writer is past its end and the early upload still stands.
             let next = v.state.withLock { s -> (Int, Range<Int64>, String, String)? in
                 guard var e = s.early, let id = e.uploadId, !e.abandoned, !e.stalled, !e.taken, !s.sealed,
-                      let hashed = s.sum?.hashedTo, e.key == s.key else {
+                      let hashed = s.sum?.hashedTo, e.key.sameBytes(s.key) else {
                     s.early?.driving = false
                     return nil
                 }
@@ -173,7 +173,7 @@ extension WriteBack {
         v.state.withLock { $0.early?.stalled = true }  // nothing new starts
         await earlyIdle(v)
         let usable = v.state.withLock { s -> (String, [Int: String])? in
-            guard var e = s.early, let id = e.uploadId, !e.abandoned, !e.taken, e.key == key,
+            guard var e = s.early, let id = e.uploadId, !e.abandoned, !e.taken, e.key.sameBytes(key),
                   e.scheduledEnd <= s.size else { return nil }
             e.taken = true
             s.early = e

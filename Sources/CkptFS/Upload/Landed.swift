@@ -21,7 +21,7 @@ extension WriteBack {
         let key = v.key
         let (remove, file) = localFiles.byKey.withLock { l -> (Bool, LocalFile?) in
             // Under this lock a rename has moved the version completely or not at all (retarget).
-            guard v.isSettled, v.key == key else { return (false, nil) }
+            guard v.isSettled, v.key.sameBytes(key) else { return (false, nil) }
             guard let f = l[key], f.state.withLock({ $0.current === v }) else { return (!v.state.withLock { $0.orphaned }, nil) }
             return (false, f)
         }

@@ -57,7 +57,7 @@ extension WriteBack {
                 // one moves the version first, and sets the flag itself).
                 localFiles.byKey.withLock { l in
                     let mine = v.state.withLock { s in
-                        if case .uploading = s.upload { s.job == job && s.key == key } else { false }
+                        if case .uploading = s.upload { s.job == job && s.key.sameBytes(key) } else { false }
                     }
                     if mine, let f = l[key] { f.state.withLock { $0.objectIsAcknowledged = true } }
                 }
@@ -134,7 +134,7 @@ extension WriteBack {
     /// `body`, the bytes of a file of at most `inMemoryPutLimit` bytes that one PutObject sent from memory.
     func uploadOnce(_ v: StagedVersion) async throws(FSError) -> (key: String, etag: String, sent: Bool, body: [UInt8]?) {
         // Opened in place and never changed: the object in S3 is already this file.
-        if let base = v.state.withLock({ $0.differsFromBase ? nil : $0.base }), base.key == v.key { return (v.key, base.etag, false, nil) }
+        if let base = v.state.withLock({ $0.differsFromBase ? nil : $0.base }), base.key.sameBytes(v.key) { return (v.key, base.etag, false, nil) }
         try await fillAll(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
         var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970),

@@ -66,14 +66,14 @@ final class LocalHandle: Sendable {
 /// The files with local changes: by key, and those unlinked while open (orphans) by inode, so stat through an
 /// open descriptor still answers.
 final class LocalFiles: Sendable {
-    let byKey = Mutex<[String: LocalFile]>([:])
+    let byKey = Mutex(BytesDictionary<LocalFile>())
     let orphans = Mutex<[UInt64: LocalFile]>([:])
 
     /// The local file of `key`, if it has local changes.
     subscript(key: String) -> LocalFile? { byKey.withLock { $0[key] } }
 
     /// Whether any file under `prefix` has local changes.
-    func any(under prefix: String) -> Bool { byKey.withLock { l in l.keys.contains { $0.hasPrefix(prefix) } } }
+    func any(under prefix: String) -> Bool { byKey.withLock { l in l.keys.contains { $0.hasKeyPrefix(prefix) } } }
 }
 
 /// The namespace's view of local changes: files written here (by key, and unlinked while open by inode) and
@@ -86,14 +86,12 @@ struct WriteBackOverlay: LocalOverlay {
 
     func orphanMeta(ino: UInt64) -> Meta? { files.orphans.withLock { $0[ino] }?.current.meta }
 
-    func localKey(sameTextAs key: String) -> String? { files.byKey.withLock { l in l.index(forKey: key).map { l[$0].key } } }
-
     func localChildren(of dirKey: String) -> [(name: String, meta: Meta)] {
-        let keys = files.byKey.withLock { l in l.filter { $0.key.hasPrefix(dirKey) } }
-        var out: [String: Meta] = [:]
+        let keys = files.byKey.withLock { l in l.filter { $0.key.hasKeyPrefix(dirKey) } }
+        var out = BytesDictionary<Meta>()
         for (key, f) in keys {
             let first = key.keySuffix(after: dirKey).firstKeySegment
-            if first.hasSuffix("/") {
+            if first.endsWithSlash {
                 // A file deeper down: the directory it is in exists here (a directory renamed, or made implicitly,
                 // whose files are not uploaded yet has no object in S3 to list).
                 let name = first.droppingLastByte

@@ -120,7 +120,7 @@ extension WriteBack {
     /// deletes the copies made and changes nothing), then the local files move and the old names are queued
     /// for deletion, in one journal record batch.
     func renameDirectory(_ keys: [String], from src: String, to dst: String) async throws(FSError) {
-        let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasPrefix(src) }.mapValues { beginMove($0) } }
+        let localFiles = localFiles.byKey.withLock { l in l.filter { $0.key.hasKeyPrefix(src) }.mapValues { beginMove($0) } }
         defer { for f in localFiles.values { endMove(f) } }
         for f in localFiles.values { try await fillForMove(f) }
         // Objects are copied, except those of local files holding their last acknowledged bytes (those move
@@ -149,8 +149,8 @@ extension WriteBack {
         // deleted: nothing moved.
         var copied: [String] = []
         var failure: FSError?
-        let levels = Dictionary(grouping: remaining.filter { $0.hasSuffix("/") }) { k in k.reduce(0) { $1 == "/" ? $0 + 1 : $0 } }
-        let batches = levels.keys.sorted().map { levels[$0]! } + [remaining.filter { !$0.hasSuffix("/") }]
+        let levels = Dictionary(grouping: remaining.filter(\.endsWithSlash)) { k in k.utf8.count(where: { $0 == UInt8(ascii: "/") }) }
+        let batches = levels.keys.sorted().map { levels[$0]! } + [remaining.filter { !$0.endsWithSlash }]
         for level in batches where failure == nil {
             var i = 0
             while i < level.count && failure == nil {
@@ -177,8 +177,8 @@ extension WriteBack {
             throw FSError(failure.errno, "renaming \(src) to \(dst) failed and was undone: \(failure.message)")
         }
         var moves = Retarget()
-        let copiedKeys = Set(remaining)
-        for (k, f) in localFiles.sorted(by: { $0.key < $1.key }) {
+        let copiedKeys = BytesSet(remaining)
+        for (k, f) in localFiles.sortedByKey() {
             let r = retarget(f, from: k, to: target(k), objectCopied: copiedKeys.contains(k))
             moves.records += r.records
             moves.requeue += r.requeue
@@ -188,12 +188,10 @@ extension WriteBack {
             do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError(error, during: .other) }
         }
         // The old names go (after the uploads before them), hidden until then, with every directory under them.
-        // Told apart by their bytes: a Set of Strings would take two keys that are the same text in other
-        // Unicode encodings for one, and leave one of them behind.
-        var seen = Set<[UInt8]>()
-        let old = (keys + localFiles.keys).filter { seen.insert(Array($0.utf8)).inserted }
-        var hides: Set<String> = [src]
-        for k in old { hides.formUnion(k.keyPrefixes(after: src.utf8.count)) }
+        var seen = BytesSet()
+        let old = (keys + localFiles.keys).filter { seen.insert($0).inserted }
+        var hides: BytesSet = [src]
+        for k in old { for p in k.keyPrefixes(after: src.utf8.count) { hides.insert(p) } }
         let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old))
         try await journal.record(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
         for v in moves.requeue { enqueueUpload(v) }

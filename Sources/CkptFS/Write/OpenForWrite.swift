@@ -14,7 +14,7 @@ extension WriteBack {
     /// `releaseHandle` gives it back. `remote` is the object at `key` in S3, nil when there is none.
     func openLocalFile(key: String, truncate: Bool, writer: Bool, remote: PinnedObject?) throws(FSError) -> LocalFile {
         /// The key's local file, taking a handle on it, if it has one.
-        func join(_ l: inout [String: LocalFile]) -> LocalFile? {
+        func join(_ l: inout BytesDictionary<LocalFile>) -> LocalFile? {
             guard let f = l[key] else { return nil }
             f.state.withLock { s in
                 s.handles += 1

@@ -17,7 +17,7 @@ extension WriteBack {
                 logger.warning("could not list multipart uploads to find one a crash left open", metadata: ["key": "\(key)"])
                 return found
             }
-            found += page.uploads.filter { $0.key == key && ($0.initiated ?? since) >= since }.map(\.uploadId)
+            found += page.uploads.filter { $0.key.sameBytes(key) && ($0.initiated ?? since) >= since }.map(\.uploadId)
             guard page.isTruncated, page.nextKeyMarker != nil || page.nextUploadIdMarker != nil else { return found }
             keyMarker = page.nextKeyMarker
             idMarker = page.nextUploadIdMarker
@@ -70,19 +70,19 @@ extension WriteBack {
                 // save of a version waiting behind an upload in flight journals no drop of that one): once it
                 // is dropped (unlink), none of them may come back.
                 if let key = r.key {
-                    for (id, b) in acked where id != r.id && b.record.key == key { acked[id] = nil }
+                    for (id, b) in acked where id != r.id && b.record.key?.sameBytes(key) == true { acked[id] = nil }
                 }
                 acked[r.id] = (r, position)
                 landed.remove(r.id)
             case .done:
-                if let a = acked[r.id], r.key == nil || r.key == a.record.key,
+                if let a = acked[r.id], r.key.map({ k in a.record.key?.sameBytes(k) == true }) ?? true,
                    r.generation == nil || a.record.generation == nil || r.generation == a.record.generation {
                     acked[r.id] = nil
                     landed.insert(r.id)
                     // Versions of the key acknowledged before it were superseded by it (their staged files are
                     // gone): what landed carries their bytes.
                     if let key = a.record.key {
-                        for (id, b) in acked where b.record.key == key && b.position < a.position { acked[id] = nil }
+                        for (id, b) in acked where b.record.key?.sameBytes(key) == true && b.position < a.position { acked[id] = nil }
                     }
                 }
                 deletes[r.id] = nil
@@ -132,8 +132,8 @@ extension WriteBack {
         for (_, r) in renames.sorted(by: { $0.key < $1.key }) {
             guard let src = r.key, let dst = r.target else { continue }
             func mapped(_ k: String) -> String? {
-                if k == src { return dst }
-                return src.hasSuffix("/") && k.utf8.starts(with: src.utf8) ? dst + k.keySuffix(after: src) : nil
+                if k.sameBytes(src) { return dst }
+                return src.endsWithSlash && k.hasKeyPrefix(src) ? dst + k.keySuffix(after: src) : nil
             }
             do throws(FSError) {
                 for k in r.keys ?? [] {
@@ -160,9 +160,8 @@ extension WriteBack {
                 end += 1
                 old.append(k)
             }
-            // Told apart by their bytes (see `renameDirectory`).
-            var seen = Set<[UInt8]>()
-            for k in WriteBack.deleteOrder(old.filter { seen.insert(Array($0.utf8)).inserted }) {
+            var seen = BytesSet()
+            for k in WriteBack.deleteOrder(old.filter { seen.insert($0).inserted }) {
                 let id = newJournalId()
                 deletes[id] = (k, end)
                 end += 1
@@ -171,7 +170,7 @@ extension WriteBack {
         }
 
         // The newest acknowledged version of each key is what must reach S3.
-        var newest: [String: (record: JournalRecord, position: Int)] = [:]
+        var newest = BytesDictionary<(record: JournalRecord, position: Int)>()
         for (_, a) in acked {
             guard let key = a.record.key else { continue }
             if let cur = newest[key], cur.position > a.position { continue }
@@ -203,7 +202,7 @@ extension WriteBack {
                 Glibc.mkdir(lost, 0o700)
                 // The key flattened, its start dropped to fit a name of 255 bytes (a long key must not make the
                 // rename fail and the copy go).
-                var flat = Substring(key.replacingOccurrences(of: "/", with: "_"))
+                var flat = Substring(String(decoding: key.utf8.map { $0 == UInt8(ascii: "/") ? UInt8(ascii: "_") : $0 }, as: UTF8.self))
                 while flat.utf8.count > 255 - "\(r.id)-".utf8.count { flat = flat.dropFirst() }
                 let dest = "\(lost)/\(r.id)-" + flat
                 if Glibc.rename(path, dest) != 0 { Glibc.unlink(path) }
@@ -232,7 +231,7 @@ extension WriteBack {
             localFiles.byKey.withLock { $0[key] = LocalFile(key: key, current: v) }
             keep.append((r, a.position))
             recovered.append((v, a.position))
-            report.requeued.append(String(key.dropFirst(prefix.count)))
+            report.requeued.append(key.keySuffix(after: prefix))
         }
         // Staged files nobody acknowledged (close never returned), superseded or already uploaded are removed.
         staging.removeAll(except: Set(keep.map { $0.0.id }))
@@ -251,7 +250,7 @@ extension WriteBack {
         for (op, _) in ops.sorted(by: { $0.1 < $1.1 }) {
             switch op {
             case .upload(let v): enqueueUpload(v)
-            case .delete(let id, let key): queueDeletes([(id, key)], hiding: key.hasSuffix("/") ? [key] : [])
+            case .delete(let id, let key): queueDeletes([(id, key)], hiding: key.endsWithSlash ? [key] : [])
             }
         }
         report.pendingDeletes = deletes.count

@@ -93,7 +93,7 @@ extension WriteBack {
     /// was copied from (its fallback), else the newest one still queued or uploading, else none.
     private func previousVersion(of f: LocalFile, before v: StagedVersion) -> StagedVersion? {
         v.state.withLock { $0.fallback } ?? changes.state.withLock { u in
-            u.pending.values.filter { $0 !== v && $0.key == f.key }.max { $0.id < $1.id }
+            u.pending.values.filter { $0 !== v && $0.key.sameBytes(f.key) }.max { $0.id < $1.id }
         }
     }
 

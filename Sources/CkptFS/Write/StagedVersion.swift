@@ -290,7 +290,7 @@ final class StagedVersion: Sendable {
     func land(job: UInt64, key: String, etag: String) -> Landing {
         let (outcome, waiting) = state.withLock { s -> (Landing, Waiting) in
             if case .dropped = s.upload { return (.dropped, Waiting()) }
-            if s.job != job || s.key != key {
+            if s.job != job || !s.key.sameBytes(key) {
                 s.upload = .waiting
                 return (.moved, Waiting())
             }
