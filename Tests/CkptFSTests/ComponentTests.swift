@@ -121,6 +121,7 @@ final class ComponentTests: XCTestCase {
         }
         func isHidden(_ key: String) -> Bool { hidden.withLock { $0.contains(key) } }
         var hasHidden: Bool { hidden.withLock { !$0.isEmpty } }
+        func splits(of key: String) -> UInt64 { 0 }
     }
 
     func testNamespaceLaysLocalChangesAndQueuedDeletesOverS3() async throws {

@@ -29,6 +29,10 @@ protocol LocalOverlay: Sendable {
     func isHidden(_ key: String) -> Bool
     /// Whether any delete is queued (listings then filter what they show).
     var hasHidden: Bool { get }
+    /// How many times a failed save split `key`'s local file off (`WriteBack.splitOff`): an open or truncate
+    /// that read it with its inode (`Namespace.nodeAndSplits`) and finds it changed when it joins the file
+    /// raced a failed save, and its inode shows that save.
+    func splits(of key: String) -> UInt64
 }
 
 /// Reads all of a small object with one GET, where a HEAD would tell only its metadata: the answer's headers
@@ -138,6 +142,16 @@ final class Namespace: WriteBackNotices {
         return n
     }
 
+    /// Node `ino` and how many times its key's local file was split off (`LocalOverlay.splits`), read together:
+    /// a failed save splits and renews the inodes in one step (`shownVersionDropped`), so an inode that is not
+    /// superseded here showed the file that count belongs to.
+    func nodeAndSplits(_ ino: UInt64) throws(FSError) -> (Node, splits: UInt64) {
+        guard let (n, splits) = table.withLock({ t in t[ino].map { ($0, overlay.splits(of: $0.key)) } }) else {
+            throw FSError(ESTALE, "unknown inode \(ino)")
+        }
+        return (n, splits)
+    }
+
     // MARK: What the write-back tells the namespace
 
     /// A file was created here (not in S3 yet): (parent, name) is `key` with `meta`, one lookup reference taken.
@@ -183,8 +197,9 @@ final class Namespace: WriteBackNotices {
     /// The version of `key` the kernel's inodes show was dropped: each is superseded (an open of it fails with
     /// ESTALE, and the kernel looks the path up again), and the path gets a new inode at its next lookup, as
     /// when another writer replaced the object (see `replaced`).
-    func shownVersionDropped(key: String) {
+    func shownVersionDropped(key: String, by drop: () -> Void) {
         let renewed = table.withLock { t in
+            drop()
             t.localVersionGone(key: key)
             return t.renew(fileKey: key)
         }

@@ -10,7 +10,8 @@ extension FileSystem {
 
     /// Changes size and times. Mode and owner are accepted and not stored (they come from the mount options).
     public func setattr(ino: UInt64, size: Int64?, mtime: Date?) async throws(FSError) -> Attributes {
-        let n = try namespace.node(ino)
+        // With the count of the key's failed saves: one that fails from here on makes the truncate fail (ESTALE).
+        let (n, splits) = try namespace.nodeAndSplits(ino)
         if let f = writeBack.localFiles.orphans.withLock({ $0[ino] }) {
             // An unlinked file still open (ftruncate, futimens through its descriptor): it stays an orphan, and
             // a file created under its old name meanwhile is not touched.
@@ -32,7 +33,7 @@ extension FileSystem {
             // nothing); without another open writer it is a complete change, acknowledged and queued at once.
             let f: LocalFile
             let local = writeBack.localFiles.byKey.withLock { $0[n.key] }
-            if local != nil, let joined = try writeBack.joinLocalFile(key: n.key, truncate: false, writer: true) {
+            if local != nil, let joined = try writeBack.joinLocalFile(key: n.key, truncate: false, writer: true, splitsSeen: splits) {
                 f = joined
             } else {
                 // No local file, or it went since (its upload ended): one made from the object S3 has now.
@@ -45,7 +46,7 @@ extension FileSystem {
                 } else {
                     remote = try await remoteObject(ino, n)
                 }
-                f = try writeBack.openLocalFile(key: n.key, truncate: false, writer: true, remote: remote)
+                f = try writeBack.openLocalFile(key: n.key, truncate: false, writer: true, remote: remote, splitsSeen: splits)
             }
             defer { writeBack.releaseHandle(f, writer: true) }
             do throws(FSError) {

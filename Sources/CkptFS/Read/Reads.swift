@@ -32,7 +32,8 @@ extension FileSystem {
     /// showed it within the TTL (`Meta.listedUntil`), and pins its ETag for the handle's life.
     /// Writing (or reading a file with local changes) goes to its local version (Write/).
     public func open(ino: UInt64, flags: Int32) async throws(FSError) -> OpenReply {
-        let n = try namespace.node(ino)
+        // With the count of the key's failed saves: one that fails from here on makes its join fail (ESTALE).
+        let (n, splits) = try namespace.nodeAndSplits(ino)
         guard !n.meta.isDirectory else { throw .isDirectory }
         let write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0
         let truncate = flags & O_TRUNC != 0
@@ -57,7 +58,8 @@ extension FileSystem {
         var listed = false
         if let local = writeBack.localFiles.byKey.withLock({ $0[n.key] }) {
             // Its local version, if it still has one: its upload may end (and the local file go) meanwhile.
-            if let h = try await writeBack.openLocal(ino: ino, key: n.key, write: write, truncate: truncate, remote: nil, create: false) {
+            if let h = try await writeBack.openLocal(ino: ino, key: n.key, write: write, truncate: truncate, remote: nil,
+                                                     create: false, splitsSeen: splits) {
                 return OpenReply(handle: h, directIO: false, keepCache: !write)
             }
             // It went: unlinked meanwhile, or the version it uploaded is the object now, else (discarded) S3 is
@@ -72,7 +74,8 @@ extension FileSystem {
         }
         if write {
             if remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
-            let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: truncate, remote: remote)!
+            let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: truncate, remote: remote,
+                                                  splitsSeen: splits)!
             return OpenReply(handle: h, directIO: false, keepCache: false)
         }
         guard let remote else { throw .noEntry }

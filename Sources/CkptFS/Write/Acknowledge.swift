@@ -120,7 +120,10 @@ extension WriteBack {
     /// gone: quarantined) instead of the newer version that superseded it.
     func journalCommit(_ v: StagedVersion) throws(FSError) {
         try v.gate.exclusive { () throws(FSError) in
-            guard v.state.withLock({ $0.unjournaled && !$0.sealed }) else { return }
+            let (pending, failed) = v.state.withLock { ($0.unjournaled && !$0.sealed, $0.failedErrno) }
+            guard pending else { return }
+            // Failed meanwhile: a save that failed while this close() waited (`splitOff`) is not acknowledged.
+            if failed != 0 { throw FSError(failed, "a write to this file failed (\(String(cString: strerror(failed)))); it is not kept") }
             try journalCommitAlone(v)
         }
     }

@@ -68,6 +68,16 @@ final class LocalHandle: Sendable {
 final class LocalFiles: Sendable {
     let byKey = Mutex(BytesDictionary<LocalFile>())
     let orphans = Mutex<[UInt64: LocalFile]>([:])
+    /// How many times a failed save split each key's local file off (`WriteBack.splitOff`); changed and read
+    /// under `byKey`'s lock.
+    let splits = Mutex<BytesDictionary<UInt64>>([:])
+
+    /// Throws ESTALE when `key`'s local file was split off since an opener read `seen` (nil: not checked).
+    /// Called under `byKey`'s lock.
+    func checkSplits(_ key: String, seen: UInt64?) throws(FSError) {
+        guard let seen, splits.withLock({ $0[key] ?? 0 }) != seen else { return }
+        throw FSError(ESTALE, "\(key): a save of it failed while it was opened; the kernel looks it up again")
+    }
 
     /// The local file of `key`, if it has local changes.
     subscript(key: String) -> LocalFile? { byKey.withLock { $0[key] } }
@@ -104,6 +114,8 @@ struct WriteBackOverlay: LocalOverlay {
     }
 
     func isHidden(_ key: String) -> Bool { changes.isHidden(key) }
+
+    func splits(of key: String) -> UInt64 { files.byKey.withLock { _ in files.splits.withLock { $0[key] ?? 0 } } }
 
     var hasHidden: Bool { changes.hasHidden }
 }

@@ -11,8 +11,11 @@ extension WriteBack {
 
     /// The local file of `key`, creating it with a first version: empty with `truncate`, else the object
     /// `remote` in place (its blocks fetched only when needed). Counts one handle (a writer with `writer`) on it;
-    /// `releaseHandle` gives it back. `remote` is the object at `key` in S3, nil when there is none.
-    func openLocalFile(key: String, truncate: Bool, writer: Bool, remote: PinnedObject?) throws(FSError) -> LocalFile {
+    /// `releaseHandle` gives it back. `remote` is the object at `key` in S3, nil when there is none. ESTALE,
+    /// changing nothing, when a failed save split the key's file off since the caller read `splitsSeen`
+    /// (`LocalFiles.checkSplits`; nil: not checked).
+    func openLocalFile(key: String, truncate: Bool, writer: Bool, remote: PinnedObject?,
+                       splitsSeen: UInt64? = nil) throws(FSError) -> LocalFile {
         /// The key's local file, taking a handle on it, if it has one.
         func join(_ l: inout BytesDictionary<LocalFile>) -> LocalFile? {
             guard let f = l[key] else { return nil }
@@ -22,7 +25,7 @@ extension WriteBack {
             }
             return f
         }
-        if let f = try joinLocalFile(key: key, truncate: truncate, writer: writer) { return f }
+        if let f = try joinLocalFile(key: key, truncate: truncate, writer: writer, splitsSeen: splitsSeen) { return f }
         let v = try staging.create(id: newJournalId(), key: key)
         let expect: StagedVersion.Expect = !options.conditionalWrites ? .anything : remote.map { .etag($0.etag) } ?? .absent
         v.state.withLock { s in
@@ -49,24 +52,33 @@ extension WriteBack {
         }
         // Another opener may have raced us: the first registration wins.
         let fresh = LocalFile(key: key, current: v)
-        let winner = localFiles.byKey.withLock { l -> LocalFile in
-            if let other = join(&l) { return other }
-            fresh.state.withLock { s in
-                s.handles = 1
-                s.writers = writer ? 1 : 0
-                s.objectIsAcknowledged = remote != nil
+        let winner: LocalFile
+        do throws(FSError) {
+            winner = try localFiles.byKey.withLock { l throws(FSError) -> LocalFile in
+                try localFiles.checkSplits(key, seen: splitsSeen)
+                if let other = join(&l) { return other }
+                fresh.state.withLock { s in
+                    s.handles = 1
+                    s.writers = writer ? 1 : 0
+                    s.objectIsAcknowledged = remote != nil
+                }
+                l[key] = fresh
+                return fresh
             }
-            l[key] = fresh
-            return fresh
+        } catch {
+            staging.remove(v)
+            throw error
         }
         if winner !== fresh { staging.remove(v) }
         return winner
     }
 
     /// The local file of `key` if it has one now (nil if not), with one handle (a writer with `writer`) counted
-    /// on it, truncated to nothing with `truncate`.
-    func joinLocalFile(key: String, truncate: Bool, writer: Bool) throws(FSError) -> LocalFile? {
-        let joined = localFiles.byKey.withLock { l -> LocalFile? in
+    /// on it, truncated to nothing with `truncate`. ESTALE, changing nothing, when a failed save split the key's
+    /// file off since the caller read `splitsSeen` (nil: not checked).
+    func joinLocalFile(key: String, truncate: Bool, writer: Bool, splitsSeen: UInt64? = nil) throws(FSError) -> LocalFile? {
+        let joined = try localFiles.byKey.withLock { l throws(FSError) -> LocalFile? in
+            try localFiles.checkSplits(key, seen: splitsSeen)
             guard let f = l[key] else { return nil }
             f.state.withLock { s in
                 s.handles += 1
@@ -170,19 +182,21 @@ extension WriteBack {
     /// Opens a file through its local version. Reading, or with `create` false, only a local version `key` has
     /// now (nil when it has none: its upload may have ended since the caller looked); writing with `create`, a
     /// local version made from `remote` (the object at `key` in S3, nil when there is none) when it has none.
+    /// ESTALE when a failed save split the file off since the caller read `splitsSeen` with the inode: that
+    /// inode shows the failed save (its size, its pages), not the file the key has now.
     func openLocal(ino: UInt64, key: String, write: Bool, truncate: Bool, remote: PinnedObject?,
-                   create: Bool = true) async throws(FSError) -> UInt64? {
+                   create: Bool = true, splitsSeen: UInt64? = nil) async throws(FSError) -> UInt64? {
         let f: LocalFile
         if write {
             try checkWritable()
             if create {
-                f = try openLocalFile(key: key, truncate: truncate, writer: true, remote: remote)
+                f = try openLocalFile(key: key, truncate: truncate, writer: true, remote: remote, splitsSeen: splitsSeen)
             } else {
-                guard let joined = try joinLocalFile(key: key, truncate: truncate, writer: true) else { return nil }
+                guard let joined = try joinLocalFile(key: key, truncate: truncate, writer: true, splitsSeen: splitsSeen) else { return nil }
                 f = joined
             }
         } else {
-            guard let joined = try joinLocalFile(key: key, truncate: false, writer: false) else { return nil }
+            guard let joined = try joinLocalFile(key: key, truncate: false, writer: false, splitsSeen: splitsSeen) else { return nil }
             f = joined
         }
         return newHandle(on: f, ino: ino, writable: write)

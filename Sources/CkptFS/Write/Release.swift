@@ -91,7 +91,7 @@ extension WriteBack {
 
     /// The version of `f` that stands when its unacknowledged version `v` goes: the acknowledged version `v`
     /// was copied from (its fallback), else the newest one still queued or uploading, else none.
-    private func previousVersion(of f: LocalFile, before v: StagedVersion) -> StagedVersion? {
+    func previousVersion(of f: LocalFile, before v: StagedVersion) -> StagedVersion? {
         v.state.withLock { $0.fallback } ?? changes.state.withLock { u in
             u.pending.values.filter { $0 !== v && $0.key.sameBytes(f.key) }.max { $0.id < $1.id }
         }
@@ -135,42 +135,49 @@ extension WriteBack {
         return true
     }
 
-    /// The save of `f` in `v`, its unacknowledged current version, failed (errno `e`), with its writers still
-    /// open (`saveFailed`): `f`, with `v`, is split off its key, which gets a new local file with the version
-    /// before (`previousVersion`), or none. New opens join that one; `f`'s handles go on reading `v` (the last
-    /// of them removes it), and its writes, close() and fsync() fail. False, changing nothing, while a rename
-    /// moves `f` (it holds `f` by its key).
-    func splitOff(_ f: LocalFile, _ v: StagedVersion, errno e: Int32) -> Bool {
-        let previous = previousVersion(of: f, before: v)
-        let (split, standing) = localFiles.byKey.withLock { l -> (Bool, LocalFile?) in
-            f.state.withLock { s -> (Bool, LocalFile?) in
-                if s.detached { return (true, nil) }
-                guard s.current === v, s.moving == 0, l[s.key] === f else { return (false, nil) }
-                // A writer that joins `f` before its handles are marked failed finds `v` failed.
-                v.fail(e)
-                s.detached = true
-                // One that landed meanwhile had its staged file removed (it was nobody's current version): the
-                // object is the file then.
-                guard let previous, !previous.isSettled else {
-                    l.removeValue(forKey: s.key)
-                    return (true, nil)
+    /// The save of `f` in `v`, its current version, failed (errno `e`), with its writers still open
+    /// (`saveFailed`). If `v` is not acknowledged, `f`, with `v`, is split off its key, which gets a new local
+    /// file with `previous` (`previousVersion`), or none; true then (`dropSplit` goes on, outside the caller's
+    /// locks). New opens join that one; `f`'s handles go on reading `v` (the last of them removes it), and its
+    /// writes, close() and fsync() fail. Acknowledged (a close() of another writer came first), `v` stays the
+    /// file's. While a rename moves `f` (it holds `f` by its key), `v` is failed and dropped at the last
+    /// writer's close instead. Takes the write-back's locks only (the namespace calls it under its own).
+    func splitOff(_ f: LocalFile, _ v: StagedVersion, previous: StagedVersion?, errno e: Int32) -> Bool {
+        // Exclusive: no acknowledgement of `v` is under way (`journalCommit`), and none starts before `v` is failed.
+        v.gate.exclusive { () -> Bool in
+            localFiles.byKey.withLock { l -> Bool in
+                f.state.withLock { s -> Bool in
+                    guard !s.detached, s.current === v, v.state.withLock({ !$0.sealed && $0.committedSum == nil }) else { return false }
+                    // A writer that joins `f` before its handles are marked failed finds `v` failed.
+                    v.fail(e)
+                    guard s.moving == 0, l[s.key] === f else {
+                        if s.failedWrite == 0 { s.failedWrite = e }
+                        return false
+                    }
+                    s.detached = true
+                    localFiles.splits.withLock { $0[s.key, default: 0] += 1 }
+                    // One that landed meanwhile had its staged file removed (it was nobody's current version): the
+                    // object is the file then.
+                    if let previous, !previous.isSettled {
+                        let g = LocalFile(key: s.key, current: previous)
+                        g.state.withLock { $0.objectIsAcknowledged = s.objectIsAcknowledged }
+                        l[s.key] = g
+                    } else {
+                        l.removeValue(forKey: s.key)
+                    }
+                    return true
                 }
-                let g = LocalFile(key: s.key, current: previous)
-                g.state.withLock { $0.objectIsAcknowledged = s.objectIsAcknowledged }
-                l[s.key] = g
-                return (true, g)
             }
         }
-        guard split else { return false }
+    }
+
+    /// After `splitOff` split `f` off: `v` is dropped, and `previous`, if it is the acknowledged version `v` was
+    /// copied from, goes up now (no writer of it is left); one that lands from now on makes the file clean
+    /// (`finishUpload` finds it current).
+    func dropSplit(_ f: LocalFile, _ v: StagedVersion, previous: StagedVersion?) {
         dropped(v, of: f, quietly: false, keepStaged: true)
-        if let standing, let previous {
-            // The acknowledged version `v` was copied from goes up now: no writer of it is left. One that lands
-            // from now on makes the file clean (`finishUpload` finds it current).
-            if previous.state.withLock({ !$0.sealed }) { queueStanding(previous, of: standing) }
-        } else {
-            notices.localVersionGone(key: f.key)
-        }
-        return true
+        guard let previous, let standing = localFiles.byKey.withLock({ $0[f.key] }), standing.current === previous else { return }
+        if previous.state.withLock({ !$0.sealed }) { queueStanding(previous, of: standing) }
     }
 
     /// `v`, an unacknowledged version of `f`, is dropped: never uploaded, its staged file removed (kept with

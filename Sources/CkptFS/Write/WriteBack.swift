@@ -24,7 +24,14 @@ protocol WriteBackNotices: Sendable {
     func localVersionGone(key: String)
     /// The version of `key` the kernel was shown (its writes, its size) was dropped unacknowledged: a failed
     /// write or close. The file is what it was before that save, which the kernel's inode cannot show again.
-    func shownVersionDropped(key: String)
+    /// `drop` drops it (it may take the write-back's locks, and no other): run together with the inodes'
+    /// renewal, so no lookup or open sees the file dropped and its inode not yet renewed.
+    func shownVersionDropped(key: String, by drop: () -> Void)
+}
+
+extension WriteBackNotices {
+    /// `shownVersionDropped(key:by:)` of a version dropped already.
+    func shownVersionDropped(key: String) { shownVersionDropped(key: key, by: {}) }
 }
 
 final class WriteBack: Sendable {

@@ -70,13 +70,12 @@ extension WriteBack {
         }
         guard first, !f.unlinked else { return }  // an orphan's saves are never uploaded, and it has no path
         let v = f.current
-        if v.state.withLock({ !$0.sealed && $0.committedSum == nil }) && !splitOff(f, v, errno: e) {
-            // A rename is moving the file: its version is dropped at the last writer's close instead (and a
-            // writer that joins it meanwhile finds it failed).
-            v.fail(e)
-            f.state.withLock { s in if s.failedWrite == 0 { s.failedWrite = e } }
-        }
-        notices.shownVersionDropped(key: f.key)
+        let previous = previousVersion(of: f, before: v)
+        var split = false
+        // Together with the inodes' renewal: an open or lookup sees either the failed save and its inode
+        // (renewed next, and an open that read it fails to join: `LocalFiles.checkSplits`), or neither.
+        notices.shownVersionDropped(key: f.key) { split = splitOff(f, v, previous: previous, errno: e) }
+        if split { dropSplit(f, v, previous: previous) }
     }
 
     /// Throws when the save `h` is open for failed (`saveFailed`).
