@@ -297,10 +297,9 @@ def test_an_unlinked_open_file_reopened_through_proc_stays_unlinked(server, buck
         assert f.read() == b"NEW-file-content"
 
 
-def save_after_a_refused_save(mp, path, refused):
-    """Saves b"hello", has `refused` (a function of a descriptor open O_RDWR) make a save that fails, then
-    writes b"XY" at 0 and closes: the second save. Returns the errno the failed save's close() gave. Between the
-    two, `stat` shows the file as it is again (5 bytes), not the size of the refused save the kernel took."""
+def failed_save(path, refused):
+    """Saves b"hello", then has `refused` (a function of a descriptor open O_RDWR) make a save that fails, and
+    closes it. Returns the errno the failed save's write() or close() gave (None if neither failed)."""
     with open(path, "wb") as f:
         f.write(b"hello")
     fd = os.open(path, os.O_RDWR)
@@ -313,6 +312,14 @@ def save_after_a_refused_save(mp, path, refused):
         os.close(fd)
     except OSError as e:
         failed = failed or e.errno
+    return failed
+
+
+def save_after_a_refused_save(mp, path, refused):
+    """`failed_save`, then writes b"XY" at 0 and closes: the second save. Returns the errno the failed save
+    gave. Between the two, `stat` shows the file as it is again (5 bytes), not the size of the refused save the
+    kernel took."""
+    failed = failed_save(path, refused)
     # The daemon drops the save when the kernel releases the file, just after close() returned.
     assert wait_until(lambda: os.stat(path).st_size == 5, 5), f"stat shows {os.stat(path).st_size} bytes"
     fd = os.open(path, os.O_RDWR)
@@ -382,22 +389,15 @@ def test_a_save_right_after_a_failed_one_uploads_only_what_was_written(server, b
     for i in range(6):
         name = f"quick{i}.bin"
         path = f"{mp}/{name}"
-        with open(path, "wb") as f:
-            f.write(b"hello")
-        fd = os.open(path, os.O_RDWR)
-        failed = None
-        try:
+
+        def refused(fd):
             if refusal == "full-disk":
                 os.pwrite(fd, os.urandom(MiB) * 6, 0)
             else:
                 os.pwrite(fd, b"ab", 1)
                 os.pwrite(fd, b"ab", 5 << 40)
-        except OSError as e:
-            failed = e.errno
-        try:
-            os.close(fd)
-        except OSError as e:
-            failed = failed or e.errno
+
+        failed = failed_save(path, refused)
         assert failed in (errno.ENOSPC, errno.EFBIG, errno.EIO), f"{name}: the failed save gave {failed}"
         if i % 2 == 0:
             fd = os.open(path, os.O_RDWR)
