@@ -24,6 +24,10 @@ final class DirHandle: Sendable {
         var missed = BytesDictionary<KeyChange>()
         /// A page missed a change whose outcome is not known here: the listing is not kept for lookups.
         var unsure = false
+        /// Brackets the whole listing, from its first page to its last (ChangesInFlight): a file whose upload
+        /// lands between two pages, after the page that covers its name and before the last one (which adds
+        /// the files still local), is in no page; the changes this bracket saw add it.
+        var listing: ChangesInFlight.Ticket?
     }
     let ino: UInt64
     let key: String
@@ -31,10 +35,16 @@ final class DirHandle: Sendable {
     /// until the TTL passes (`Meta.listedUntil`).
     let forReader: Bool
     let state = Mutex(State())
-    init(ino: UInt64, key: String, forReader: Bool) {
+    /// Ends a bracket still open when the handle goes (a listing given up before its last page).
+    private let endListing: @Sendable (ChangesInFlight.Ticket) -> Void
+    init(ino: UInt64, key: String, forReader: Bool, endListing: @escaping @Sendable (ChangesInFlight.Ticket) -> Void) {
         self.ino = ino
         self.key = key
         self.forReader = forReader
+        self.endListing = endListing
+    }
+    deinit {
+        if let t = state.withLock({ $0.listing }) { endListing(t) }
     }
 }
 
@@ -77,7 +87,7 @@ extension Namespace {
     /// are answered from it); otherwise the rest is listed in the background (up to `lookupListingPages`)
     /// while lookups go on probing names, and a listing that completes answers the lookups after it.
     private func listForLookups(ino: UInt64, key: String) async -> Bool {
-        let d = DirHandle(ino: ino, key: key, forReader: false)
+        let d = DirHandle(ino: ino, key: key, forReader: false, endListing: endListing)
         do throws(FSError) { try await fetchPage(d) } catch { return false }
         if finishLookupListing(d) { return true }
         Task {
@@ -102,11 +112,16 @@ extension Namespace {
         let n = try node(ino)
         guard n.meta.isDirectory else { throw .notDirectory }
         let h = newDirHandle()
-        dirHandles.withLock { $0[h] = DirHandle(ino: ino, key: n.key, forReader: true) }
+        dirHandles.withLock { $0[h] = DirHandle(ino: ino, key: n.key, forReader: true, endListing: endListing) }
         return h
     }
 
     func releasedir(handle: UInt64) { _ = dirHandles.withLock { $0.removeValue(forKey: handle) } }
+
+    /// Ends a directory handle's bracket of its listing (`DirHandle.State.listing`) that it did not end itself.
+    private var endListing: @Sendable (ChangesInFlight.Ticket) -> Void {
+        { [weak self] t in _ = self?.inFlight.withLock { $0.end(t) } }
+    }
 
     /// Fills `reply` with entries from `offset` (0 = start): ".", "..", then the children, at most `limit` of
     /// them; nothing added means the end. For readdirplus the requests that learn the files' stored mtimes are
@@ -184,6 +199,8 @@ extension Namespace {
         counters.withLock { $0.lists += 1 }
         // Opens trust what this page says of a file until the TTL passes, counted from before the request.
         let listedUntil = d.forReader ? ContinuousClock.now + trustedFor : nil
+        // Bracketed from before its first page (see `DirHandle.State.listing`).
+        d.state.withLock { s in if s.listing == nil && !s.done && s.token == nil && s.names.isEmpty { s.listing = inFlight.withLock { $0.begin() } } }
         // What changed while the page was in flight is either still local (hidden, a local file) or in `seen`.
         let (page, (hidden, localChildren), seen) = try await observing({ () async throws(FSError) -> ListObjectsPage in
             try await s3(.other) { () async throws(S3Error) in
@@ -193,6 +210,15 @@ extension Namespace {
         }, local: { page in (hiddenKeys(page), page.isTruncated ? [] : overlay.localChildren(of: d.key)) })
         let endSeq = inFlight.withLock { $0.current }
         let missed = seen.children(of: d.key)
+        // The last page: what changed since the first began (landed between two pages, and in no page), less
+        // what a delete queued since hides.
+        var sinceFirstPage = BytesDictionary<KeyChange>()
+        if !page.isTruncated, let t = d.state.withLock({ s in defer { s.listing = nil }; return s.listing }) {
+            sinceFirstPage = inFlight.withLock { $0.end(t) }.children(of: d.key).filter { child, change in
+                if case .present = change { return !overlay.isHidden(d.key + child) }
+                return true
+            }
+        }
         // Stored mtimes HEADs found for these versions before (an expired listing may still be at hand).
         let known: BytesDictionary<Meta> = table.withLock { $0.listings[d.ino]?.entries ?? [:] }
         let listing: BytesDictionary<Meta>? = d.state.withLock { s in
@@ -239,6 +265,7 @@ extension Namespace {
             }
             s.token = page.isTruncated ? page.nextContinuationToken : nil
             s.done = !page.isTruncated
+            if s.done { for (child, change) in sinceFirstPage { s.missed[child] = change } }
             if s.done {
                 // Made by this mount while a page was in flight, and not in its answer.
                 for (child, change) in s.missed {
