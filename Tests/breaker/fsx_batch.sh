@@ -2,6 +2,8 @@
 # fsx runs in parallel on one mount, then flush, unmount, remount with an empty cache and compare each file's
 # sha256 (through the mount and from S3 with boto3) with fsx's final good buffer (.fsxgood).
 # usage: fsx_batch.sh BIN SERVER_JSON OUTDIR "fsx-args-1" "fsx-args-2" ...
+# fsx is xfstests' ltp/fsx.c built at /tmp/out-tools/fsx, changed to save its good buffer (.fsxgood) when it
+# ends: upstream saves it only when a check fails, and the comparison here then sees an empty file.
 set -u
 BIN=$1; SJ=$2; OUT=$3; shift 3
 rm -rf "$OUT"; mkdir -p "$OUT/mnt" "$OUT/good"
