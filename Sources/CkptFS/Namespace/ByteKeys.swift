@@ -112,5 +112,11 @@ struct BytesSet: Sequence, ExpressibleByArrayLiteral, Sendable {
     /// The keys ordered by their bytes (S3's order).
     func sortedByBytes() -> [String] { storage.sorted().map(\.text) }
 
+    /// `keys` without repeats (the same bytes), in their order.
+    static func distinct(_ keys: some Sequence<String>) -> [String] {
+        var seen = BytesSet()
+        return keys.filter { seen.insert($0).inserted }
+    }
+
     func makeIterator() -> some IteratorProtocol<String> { storage.lazy.map(\.text).makeIterator() }
 }

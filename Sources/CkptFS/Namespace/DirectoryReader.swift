@@ -265,8 +265,8 @@ extension Namespace {
             }
             s.token = page.isTruncated ? page.nextContinuationToken : nil
             s.done = !page.isTruncated
-            if s.done { for (child, change) in sinceFirstPage { s.missed[child] = change } }
             if s.done {
+                for (child, change) in sinceFirstPage { s.missed[child] = change }
                 // Made by this mount while a page was in flight, and not in its answer.
                 for (child, change) in s.missed {
                     let isDirectory = child.endsWithSlash

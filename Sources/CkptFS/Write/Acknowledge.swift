@@ -46,7 +46,7 @@ extension WriteBack {
         // A write that failed leaves the file short of what the program wrote: close() says so and nothing of
         // it is acknowledged (the last acknowledged version, or the object in S3, stays).
         if failed != 0 {
-            throw FSError(failed, "an earlier write to this file failed (\(String(cString: strerror(failed)))); it is not kept")
+            throw StagedVersion.failedSave(failed)
         }
         if !changed { return }
         do throws(FSError) { try journalCommit(v) } catch {
@@ -123,7 +123,7 @@ extension WriteBack {
             let (pending, failed) = v.state.withLock { ($0.unjournaled && !$0.sealed, $0.failedErrno) }
             guard pending else { return }
             // Failed meanwhile: a save that failed while this close() waited (`splitOff`) is not acknowledged.
-            if failed != 0 { throw FSError(failed, "a write to this file failed (\(String(cString: strerror(failed)))); it is not kept") }
+            if failed != 0 { throw StagedVersion.failedSave(failed) }
             try journalCommitAlone(v)
         }
     }

@@ -68,8 +68,9 @@ final class LocalHandle: Sendable {
 final class LocalFiles: Sendable {
     let byKey = Mutex(BytesDictionary<LocalFile>())
     let orphans = Mutex<[UInt64: LocalFile]>([:])
-    /// How many times a failed save split each key's local file off (`WriteBack.splitOff`); changed and read
-    /// under `byKey`'s lock.
+    /// How many times a failed save split each key's local file off (`WriteBack.splitOff`): changed under
+    /// `byKey`'s lock (and the namespace's, `shownVersionDropped`), so a join under `byKey`'s lock sees every
+    /// split before it, and a read under the namespace's lock every split before that.
     let splits = Mutex<BytesDictionary<UInt64>>([:])
 
     /// Throws ESTALE when `key`'s local file was split off since an opener read `seen` (nil: not checked).
@@ -115,7 +116,7 @@ struct WriteBackOverlay: LocalOverlay {
 
     func isHidden(_ key: String) -> Bool { changes.isHidden(key) }
 
-    func splits(of key: String) -> UInt64 { files.byKey.withLock { _ in files.splits.withLock { $0[key] ?? 0 } } }
+    func splits(of key: String) -> UInt64 { files.splits.withLock { $0[key] ?? 0 } }
 
     var hasHidden: Bool { changes.hasHidden }
 }

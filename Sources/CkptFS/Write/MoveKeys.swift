@@ -188,8 +188,7 @@ extension WriteBack {
             do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError(error, during: .other) }
         }
         // The old names go (after the uploads before them), hidden until then, with every directory under them.
-        var seen = BytesSet()
-        let old = (keys + localFiles.keys).filter { seen.insert($0).inserted }
+        let old = BytesSet.distinct(keys + localFiles.keys)
         var hides: BytesSet = [src]
         for k in old { for p in k.keyPrefixes(after: src.utf8.count) { hides.insert(p) } }
         let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old))

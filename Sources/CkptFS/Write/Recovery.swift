@@ -160,8 +160,7 @@ extension WriteBack {
                 end += 1
                 old.append(k)
             }
-            var seen = BytesSet()
-            for k in WriteBack.deleteOrder(old.filter { seen.insert($0).inserted }) {
+            for k in WriteBack.deleteOrder(BytesSet.distinct(old)) {
                 let id = newJournalId()
                 deletes[id] = (k, end)
                 end += 1

@@ -122,7 +122,9 @@ extension WriteBack {
             }
         }
         if case .writerJoined = outcome { return false }
-        dropped(v, of: f, quietly: quietly, keepStaged: { if case .gone(readers: true) = outcome { true } else { false } }())
+        var readersKeepIt = false
+        if case .gone(readers: true) = outcome { readersKeepIt = true }
+        dropped(v, of: f, quietly: quietly, keepStaged: readersKeepIt)
         if case .gone = outcome { notices.localVersionGone(key: f.key) }
         // The kernel took the writes of `v` (with its write-back cache, before the daemon saw them) and keeps
         // the size they gave for its inode's life: a later save through that inode wrote back a whole page

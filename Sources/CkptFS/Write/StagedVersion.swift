@@ -323,6 +323,11 @@ final class StagedVersion: Sendable {
     /// S3's largest object, as such; anything else as EIO.
     static func reported(_ errno: Int32) -> Int32 { errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? errno : EIO }
 
+    /// The error of a save that failed with `errno` (as `reported`): close(), fsync() and later writes give it.
+    static func failedSave(_ errno: Int32) -> FSError {
+        FSError(errno, "an earlier write to this file failed (\(String(cString: strerror(errno)))); it is not kept")
+    }
+
     /// Someone waits for this version (fsync, flush): its upload starts without the settle delay.
     func markUrgent() {
         let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in

@@ -82,7 +82,7 @@ extension WriteBack {
     func checkSaveNotFailed(_ h: LocalHandle) throws(FSError) {
         let e = h.failedSave.load(ordering: .sequentiallyConsistent)
         guard e != 0 else { return }
-        throw FSError(e, "an earlier write to this file failed (\(String(cString: strerror(e)))); it is not kept")
+        throw StagedVersion.failedSave(e)
     }
 
     /// Whether the staging area may hold `total` bytes: under the dirty bound (FSOptions.maxDirty), or over it
