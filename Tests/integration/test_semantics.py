@@ -702,9 +702,13 @@ def test_s_rename_file_local(server, bucket, mounts):
     write(f"{mp}/ckpt.tmp", data)
     os.rename(f"{mp}/ckpt.tmp", f"{mp}/ckpt")
     assert os.listdir(mp) == ["ckpt"] and read(f"{mp}/ckpt") == data
+    # The temporary name never reached S3, so the rename deletes nothing there: not even what another client
+    # puts under that name meanwhile.
+    server.s3.put_object(Bucket=bucket, Key="ckpt.tmp", Body=b"another client's")
     flush(mounts, mp)
-    assert s3_keys(server, bucket) == ["ckpt"]
+    assert s3_keys(server, bucket) == ["ckpt", "ckpt.tmp"]
     assert sha(s3_bytes(server, bucket, "ckpt")) == sha(data)
+    assert s3_bytes(server, bucket, "ckpt.tmp") == b"another client's"
     assert status(mounts, mp)["putRequests"] == 1
 
 
@@ -927,6 +931,12 @@ def test_s_unlink_not_uploaded(server, bucket, mounts):
     os.unlink(f"{mp}/scratch")
     flush(mounts, mp)
     assert s3_keys(server, bucket) == [] and status(mounts, mp)["putRequests"] == 0
+    # Nothing of it was in S3, so the unlink deletes nothing there: not what another client put under the name.
+    write(f"{mp}/scratch", os.urandom(MiB))
+    server.s3.put_object(Bucket=bucket, Key="scratch", Body=b"another client's")
+    os.unlink(f"{mp}/scratch")
+    flush(mounts, mp)
+    assert s3_keys(server, bucket) == ["scratch"] and s3_bytes(server, bucket, "scratch") == b"another client's"
 
 
 def test_s_unlink_kind(server, bucket, mounts):

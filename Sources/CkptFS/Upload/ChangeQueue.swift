@@ -164,8 +164,17 @@ extension WriteBack {
     /// waiting is superseded by it (unless `FSOptions.keepEveryVersion`: then each goes up, in order); a delete
     /// of the key that has not started is replaced by it.
     func enqueueUpload(_ v: StagedVersion) {
-        let key = v.key
         let cancelled: [CheckedContinuation<Void, Never>] = changes.state.withLock { u in
+            // Read under the queue's lock: a rename that moves `v` meanwhile (`retarget`) finds it queued under
+            // the key it read, or queues it under the new one. A version dropped (unlinked, replaced by a rename)
+            // or superseded meanwhile is never queued: it would cancel a delete of the key, and the object that
+            // delete removes would stay (`keyMayHoldObject` read the version before).
+            guard let key = v.state.withLock({ s -> String? in
+                switch s.upload {
+                case .waiting, .uploading: return s.key
+                case .done, .superseded, .dropped, .conflict: return nil
+                }
+            }) else { return [] }
             // Only older versions: one queued again by a rename (its key's versions are queued again oldest
             // first) never stands in for a newer one, and no two versions can supersede each other.
             for (_, old) in u.pending where old !== v && old.key.sameBytes(key) && old.id < v.id && !options.keepEveryVersion {
@@ -176,9 +185,12 @@ extension WriteBack {
                 }
                 if skip {
                     old.settle(.superseded)
-                    // The new version inherits what the skipped one expected to find in S3.
-                    let inherited = old.state.withLock { $0.expect }
-                    v.state.withLock { s in if case .after(let p) = s.expect, p === old { s.expect = inherited } }
+                    // The new version inherits what the skipped one expected to find in S3, and what it left there.
+                    let (inherited, reached) = old.state.withLock { ($0.expect, $0.reachedKey) }
+                    v.state.withLock { s in
+                        if case .after(let p) = s.expect, p === old { s.expect = inherited }
+                        if reached { s.reachedKey = true }
+                    }
                 }
             }
             u.pending[v.id] = v
@@ -190,8 +202,14 @@ extension WriteBack {
             // deleted it) is still there when this upload goes, so one that expects no object (a file created
             // again under the name) replaces it instead.
             if u.deletes.values.contains(where: { $0.key.sameBytes(key) && !$0.started && !$0.cancelled }) {
-                v.state.withLock { s in if case .absent = s.expect { s.expect = .anything } }
+                v.state.withLock { s in
+                    if case .absent = s.expect { s.expect = .anything }
+                    s.reachedKey = true
+                }
             }
+            // With no upload delay the job starts now: counted as started (a rename or unlink meanwhile sends its
+            // delete whichever comes first, so the outcome does not depend on the scheduler).
+            if options.uploadDelay <= .zero { v.state.withLock { $0.reachedKey = true } }
             let cancelled = u.cancelDeletes(of: key)
             let previous = u.tails[key]
             // Renamed while an older job uploads it (to its old name): this job goes once that one is over.
@@ -242,7 +260,8 @@ extension WriteBack {
     /// withdraw the acknowledged ones, and the staged files to remove once those are journaled (but the current
     /// version's while a handle has the file open: an orphan reads it; it goes at its last close).
     func dropVersions(of f: LocalFile, heldFor delete: UInt64? = nil) -> Withdrawal {
-        let victims = versions(of: f).filter { !$0.isSettled }
+        let all = versions(of: f)
+        let victims = all.filter { !$0.isSettled }
         var records: [JournalRecord] = []
         if let delete {
             // Their upload jobs stay open until that delete has waited for the uploads before it (heldUploads).
@@ -263,7 +282,9 @@ extension WriteBack {
         // Open, the file's handles read its current version, which goes at their last close; the others go now
         // (nothing else removes one stopped by a conflict, which no upload job finishes).
         let (open, current) = f.state.withLock { ($0.handles > 0, $0.current) }
-        return Withdrawal(records: records, versions: open ? victims.filter { $0 !== current } : victims)
+        // Read once they are settled: no upload of them starts from now on (`upload` and `enqueueUpload` check).
+        return Withdrawal(records: records, versions: open ? victims.filter { $0 !== current } : victims,
+                          keyMayHoldObject: keyMayHoldObject(f, all))
     }
 
     /// Journal records that withdraw versions, and their staged files, removed only after the records are
@@ -271,24 +292,50 @@ extension WriteBack {
     struct Withdrawal {
         var records: [JournalRecord] = []
         var versions: [StagedVersion] = []
+        /// S3 may hold an object under the withdrawn file's key (`keyMayHoldObject`); true when no local file
+        /// was withdrawn (the object is all there is).
+        var keyMayHoldObject = true
+    }
+
+    /// Whether S3 may hold an object under `f`'s key that removing the name must delete: `f` was opened from an
+    /// object or renamed onto the key (`LocalFile.State.keyMayHoldObject`), a version of it landed there, or one
+    /// of `versions` (its versions under the key) reached it (`StagedVersion.State.reachedKey`: an upload
+    /// started, or its queueing cancelled a delete). False for a file created here whose saves never left this
+    /// machine: removing its name sends no DeleteObject, which could only remove another client's object.
+    /// Read once no upload of `versions` can start any more (they are settled, or moved away by a rename).
+    func keyMayHoldObject(_ f: LocalFile, _ versions: [StagedVersion]) -> Bool {
+        f.state.withLock { $0.keyMayHoldObject || $0.objectIsAcknowledged }
+            || versions.contains { $0.state.withLock { $0.reachedKey } }
+    }
+
+    /// Lets go the upload jobs a delete that is not queued after all (`delete`: its id) held (`heldFor`).
+    func releaseUploads(heldFor delete: UInt64) {
+        changes.state.withLock { u in u.heldUploads = u.heldUploads.filter { $0.value != delete } }
+        closeUploadJobs()
     }
 
     /// unlink of a file key: its local file (if any) loses its name (an orphan while open, never uploaded; the
     /// upload jobs of its versions stay open until the delete has waited for the uploads before it), and the
     /// key is deleted in S3 after the uploads queued before now. Journaled before it returns.
     func unlinkFile(key: String, ino: UInt64) async throws(FSError) {
-        let (deleteRecords, items) = deleteRecords([key])
+        var (deleteRecords, items) = deleteRecords([key])
+        let delete = items[0].0
         var withdrawn = Withdrawal()
         if let f = localFiles.byKey.withLock({ $0.removeValue(forKey: key) }) {
-            withdrawn = orphan(f, ino: ino, heldFor: items[0].0)
+            withdrawn = orphan(f, ino: ino, heldFor: delete)
         }
-        do throws(FSError) {
-            try await journal.record(withdrawn.records + deleteRecords)
-        } catch {
-            // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
-            changes.state.withLock { u in u.heldUploads = u.heldUploads.filter { $0.value != items[0].0 } }
-            closeUploadJobs()
-            throw error
+        if !withdrawn.keyMayHoldObject {
+            // Created here and never sent: nothing of it is in S3 (S-UNLINK-NOT-UPLOADED).
+            releaseUploads(heldFor: delete)
+            (deleteRecords, items) = ([], [])
+        }
+        let records = withdrawn.records + deleteRecords
+        if !records.isEmpty {
+            do throws(FSError) { try await journal.record(records) } catch {
+                // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
+                releaseUploads(heldFor: delete)
+                throw error
+            }
         }
         queueDeletes(items, hiding: [key])
         removeFiles(withdrawn)

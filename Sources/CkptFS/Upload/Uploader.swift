@@ -28,6 +28,7 @@ extension WriteBack {
                 guard s.job == job else { return .stale }
                 guard case .waiting = s.upload else { return .settled }
                 s.upload = .uploading
+                s.reachedKey = true
                 return .go(generation: s.commits)
             }
             let generation: Int

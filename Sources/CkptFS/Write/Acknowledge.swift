@@ -158,8 +158,11 @@ extension WriteBack {
         // superseded version in memory and that each commit record's condition walked.
         let fallback = v.state.withLock { $0.fallback }
         if let fallback {
-            let inherited = fallback.state.withLock { $0.expect }
-            v.state.withLock { s in if case .after(let p) = s.expect, p === fallback { s.expect = inherited } }
+            let (inherited, reached) = fallback.state.withLock { ($0.expect, $0.reachedKey) }
+            v.state.withLock { s in
+                if case .after(let p) = s.expect, p === fallback { s.expect = inherited }
+                if reached { s.reachedKey = true }
+            }
         }
         try journal.append([commitRecord(v, checksum: hex)] + (fallback.map { [JournalRecord(op: .drop, id: $0.id)] } ?? []))
         v.state.withLock { s in

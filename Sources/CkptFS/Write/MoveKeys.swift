@@ -47,7 +47,8 @@ extension WriteBack {
             let withdrawn = withdrawDestination()
             defer { removeFiles(withdrawn) }
             let moved = retarget(f, from: src, to: dst, objectCopied: copied)
-            let (deletes, items) = moved.keepsSource ? ([], []) : deleteRecords([src])
+            // A file created here and never sent leaves nothing under the old name (S-RENAME-FILE-LOCAL).
+            let (deletes, items) = moved.keepsSource || !moved.sourceMayHoldObject ? ([], []) : deleteRecords([src])
             try await journal.record(withdrawn.records + moved.records + deletes)
             for v in moved.requeue { enqueueUpload(v) }
             queueDeletes(items, hiding: [src])
@@ -178,17 +179,19 @@ extension WriteBack {
         }
         var moves = Retarget()
         let copiedKeys = BytesSet(remaining)
+        var sent: [String] = []  // local files whose old names may hold an object
         for (k, f) in localFiles.sortedByKey() {
             let r = retarget(f, from: k, to: target(k), objectCopied: copiedKeys.contains(k))
             moves.records += r.records
             moves.requeue += r.requeue
+            if r.sourceMayHoldObject { sent.append(k) }
         }
         if keys.isEmpty && localFiles.isEmpty {
             // An empty directory that exists only in this mount's memory.
             do { _ = try await client.putObject(bucket, dst, body: .empty, options: PutOptions()) } catch { throw FSError(error, during: .other) }
         }
         // The old names go (after the uploads before them), hidden until then, with every directory under them.
-        let old = BytesSet.distinct(keys + localFiles.keys)
+        let old = BytesSet.distinct(keys + sent)
         var hides: BytesSet = [src]
         for k in old { for p in k.keyPrefixes(after: src.utf8.count) { hides.insert(p) } }
         let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old))

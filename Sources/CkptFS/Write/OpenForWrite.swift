@@ -61,6 +61,7 @@ extension WriteBack {
                     s.handles = 1
                     s.writers = writer ? 1 : 0
                     s.objectIsAcknowledged = remote != nil
+                    s.keyMayHoldObject = remote != nil
                 }
                 l[key] = fresh
                 return fresh

@@ -162,7 +162,10 @@ extension WriteBack {
                     // object is the file then.
                     if let previous, !previous.isSettled {
                         let g = LocalFile(key: s.key, current: previous)
-                        g.state.withLock { $0.objectIsAcknowledged = s.objectIsAcknowledged }
+                        g.state.withLock { g in
+                            g.objectIsAcknowledged = s.objectIsAcknowledged
+                            g.keyMayHoldObject = s.keyMayHoldObject
+                        }
                         l[s.key] = g
                     } else {
                         l.removeValue(forKey: s.key)
@@ -272,6 +275,7 @@ extension WriteBack {
             abandonEarlyUpload(fallback, because: "unlinked")
             if fallback.state.withLock({ $0.committedSum != nil }) { withdrawal.records.append(JournalRecord(op: .drop, id: fallback.id)) }
             fallback.settle(.dropped)
+            if fallback.state.withLock({ $0.reachedKey }) { withdrawal.keyMayHoldObject = true }
             withdrawal.versions.append(fallback)  // nothing reads it: the handles read the current version
         }
         if handles > 0 {

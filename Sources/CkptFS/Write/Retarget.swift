@@ -10,6 +10,9 @@ extension WriteBack {
         var requeue: [StagedVersion] = []
         /// A version was stopped by a conflict under the old name: the object there is someone else's and stays.
         var keepsSource = false
+        /// S3 may hold an object under the old name that the rename must delete (`keyMayHoldObject`): false for
+        /// a file created here and never sent (write-temp-then-rename), whose old name needs no DeleteObject.
+        var sourceMayHoldObject = true
     }
 
     /// Moves local file `f` from `src` to `dst`: handles follow it, and every version not settled goes to the
@@ -25,6 +28,7 @@ extension WriteBack {
         // meanwhile (`finishUpload`) sees either the version before the move or after it, never between (it
         // would take a version queued again under the new name for a finished one and remove its staged file).
         var moved: [(StagedVersion, Bool, String?)] = []
+        var fileMayHoldObject = true
         // The acknowledged version a later write copied (not queued while a writer stays open) moves too: it
         // stands for the file until the copy is acknowledged, and is uploaded if the copy is dropped.
         if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) {
@@ -35,8 +39,11 @@ extension WriteBack {
             if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f
             let cur = f.state.withLock { s in
+                fileMayHoldObject = s.keyMayHoldObject || s.objectIsAcknowledged
                 s.key = dst
                 s.objectIsAcknowledged = objectCopied
+                // Whatever the new name held (another file's object, replaced) is this file's to delete now.
+                s.keyMayHoldObject = true
                 return s.current
             }
             for v in vs {
@@ -69,6 +76,10 @@ extension WriteBack {
                 if let (requeue, sum) = moves { moved.append((v, requeue, sum)) }
             }
         }
+        // Read after the move: no upload of these versions starts under the old name any more (their jobs'
+        // checks find them moved, and `enqueueUpload` reads the key under the queue's lock).
+        out.sourceMayHoldObject = fileMayHoldObject || vs.contains { $0.state.withLock { $0.reachedKey } }
+            || changes.state.withLock { u in u.pending.values.contains { $0.key.sameBytes(src) } }
         for (v, requeue, sum) in moved {
             abandonEarlyUpload(v, because: "renamed")  // its parts went to the old name
             if requeue { out.requeue.append(v) }

@@ -101,6 +101,11 @@ final class StagedVersion: Sendable {
         /// it replaces whatever the key holds, as the rename does; an upload already in flight with a condition
         /// that then fails is dropped, not held as a conflict (no name is left to resolve one by).
         var keptByRename = false
+        /// S3 may hold an object under the key because of this version: its upload started there (or the upload
+        /// of a version it superseded did; with no upload delay, it was queued), or queueing it cancelled a
+        /// delete of the key (its upload was to replace that object). Never cleared. `WriteBack.keyMayHoldObject`
+        /// reads it when a name goes.
+        var reachedKey = false
         /// Parts sent while the file is still being written (EarlyUpload.swift), and tasks waiting for them
         /// to go idle.
         var early: EarlyUpload?

@@ -80,6 +80,11 @@ struct ModelFile {
     /// `keepEveryVersion` each is uploaded; without, a newer one supersedes those still waiting, but one in
     /// flight when a rename moves the file is sent again under the new name first.
     var pendingVersions: [Bytes] = []
+    /// S3 may hold an object under the file's key that removing its name must delete (the core's
+    /// `WriteBack.keyMayHoldObject`): false for a file created here until a version of it is queued (with no
+    /// upload delay, as here, its upload counts as started then); true once opened from an object, renamed onto
+    /// a name, or recovered after a crash. Its unlink, or a rename away, journals no delete while false.
+    var mayHoldObject = true
 }
 
 /// An open file of the model.
@@ -245,6 +250,7 @@ struct Model {
     mutating func makeLocal(_ id: Int, key: String, truncating: Bool = false) {
         guard !files[id]!.local else { return }
         files[id]!.local = true
+        files[id]!.mayHoldObject = true  // opened from the object
         files[id]!.ackedHere = false  // what was acknowledged is the object now
         files[id]!.inPlace = !truncating && !files[id]!.data.isEmpty
         files[id]!.base = files[id]!.data
@@ -274,7 +280,7 @@ struct Model {
             return
         }
         let id = newFile(ModelFile(dirty: true, handles: 1, localHandles: 1, writers: 1, local: true, base: nil,
-                                   baseEpoch: epoch[path, default: 0]))
+                                   baseEpoch: epoch[path, default: 0], mayHoldObject: false))
         entries[path] = .file(id)
         handles[handle] = ModelHandle(file: id, writable: true)
     }
@@ -382,8 +388,18 @@ struct Model {
     mutating func unlink(_ path: String) {
         let id = file(at: path)!
         entries[path] = nil
+        let sent = files[id]!.mayHoldObject
         orphan(id)
-        record(path, .delete, nil)
+        if sent { record(path, .delete, nil) } else { showTheirs(at: path) }
+    }
+
+    /// A name this mount removed without a delete (nothing of its file reached S3) shows what the other client
+    /// put there meanwhile, if anything.
+    mutating func showTheirs(at path: String) {
+        // The key's last change that is not an upload of ours: a delete of ours still hides what came before it.
+        guard let last = events.last(where: { $0.key == path && $0.kind != .put }), last.kind == .remote,
+              let theirs = last.result else { return }
+        entries[path] = .file(newFile(ModelFile(data: theirs, acked: theirs)))
     }
 
     mutating func mkdir(_ path: String) {
@@ -399,8 +415,13 @@ struct Model {
     /// A local file's versions move from `src` to `dst` (handles follow): the uploads go to the new key without
     /// a condition. `keepSource`: a file rename of a file in conflict, whose old name keeps the other writer's
     /// object.
-    mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool) {
+    /// Returns whether the old name's delete was journaled (false: nothing of the file reached S3 under it).
+    @discardableResult
+    mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool) -> Bool {
         let f = files[id]!
+        // Nothing of a file created here reached S3 until a version of it was queued: no delete of the old name.
+        let deleteSource = !keepSource && f.mayHoldObject
+        files[id]!.mayHoldObject = true  // whatever the new name held is this file's to delete now
         files[id]!.conditional = false
         files[id]!.conflicted = false
         files[id]!.conflictSeq = nil
@@ -425,7 +446,7 @@ struct Model {
         }
         if landedAndChanged {
             record(dst, .sync, f.acked)
-            if !keepSource { record(src, .delete, nil) }
+            if deleteSource { record(src, .delete, nil) }
         } else if f.local {
             if f.acked != nil && !f.ackedUnqueued {
                 files[id]!.queued = f.queued ?? f.acked
@@ -433,12 +454,14 @@ struct Model {
             } else if let q = f.queued {
                 record(dst, .put, q, file: id)
             }
-            if !keepSource { record(src, .delete, nil) }
+            if deleteSource { record(src, .delete, nil) }
         } else {
             // Only in S3: a server-side copy, made during the call; the old name is deleted later.
             record(dst, .sync, f.data)
             record(src, .delete, nil)
+            return true
         }
+        return deleteSource
     }
 
     mutating func rename(_ src: String, _ dst: String) {
@@ -458,12 +481,14 @@ struct Model {
             }
             let f = files[id]!
             let keep = f.local && f.conflicted
-            move(id, from: src, to: dst, keepSource: keep)
+            let deleted = move(id, from: src, to: dst, keepSource: keep)
             entries[src] = nil
             entries[dst] = .file(id)
             if keep, let theirs = remoteState[src] ?? nil {
                 // The old name shows the other writer's object again.
                 entries[src] = .file(newFile(ModelFile(data: theirs, acked: theirs)))
+            } else if !deleted {
+                showTheirs(at: src)
             }
             return
         }

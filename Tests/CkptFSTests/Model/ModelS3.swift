@@ -66,6 +66,7 @@ extension Model {
         files[id]!.pendingVersions.append(acked)
         files[id]!.queuedVersions += 1
         files[id]!.ackedUnqueued = false
+        files[id]!.mayHoldObject = true
         let i = record(key, .put, acked, file: id, at: position)
         if position != nil { events[i].recovered = true }
     }
@@ -257,6 +258,7 @@ extension Model {
             f.pendingVersions = []
             f.local = pending
             f.ackedHere = pending
+            f.mayHoldObject = true  // recovery's local files make no difference
             files[id] = f
             if pending {
                 // Recovery queues the newest acknowledged version again (the same bytes, perhaps already in S3),

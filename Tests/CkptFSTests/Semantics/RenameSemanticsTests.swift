@@ -30,6 +30,24 @@ final class RenameSemanticsTests: SemanticsTestCase {
         XCTAssertFalse(client.log.contains { $0.key == "t.tmp" && sends.contains($0.operation) }, "the temporary name reached S3")
     }
 
+    /// The old name of a file created here and renamed before its upload needs no DeleteObject: none is sent,
+    /// and an object another client put under that name meanwhile stays. Likewise for a directory rename.
+    func testRenameOfAFileNeverSentDeletesNothing() async throws {
+        try remount { $0.uploadDelay = .seconds(2) }
+        try await save("t.tmp", bytes(40_000))
+        s3.seed(bucket, "t.tmp", [9])  // another client, after this mount's lookup found no "t.tmp"
+        try await mount.rename("t.tmp", "t", noReplace: false).get()
+        try await mount.mkdir("d").get()
+        try await save("d/a", [1])
+        try await mount.rename("d", "e", noReplace: false).get()
+        await flushAll()
+        XCTAssertEqual(keys, ["e/", "e/a", "t", "t.tmp"])
+        XCTAssertEqual(stored["t.tmp"], [9])
+        XCTAssertEqual(stored["t"], bytes(40_000))
+        XCTAssertFalse(client.log.contains { ($0.key == "t.tmp" || $0.key == "d/a") && $0.operation == "DeleteObject" },
+                       "a DeleteObject of a name that never reached S3")
+    }
+
     /// A file only in S3 is copied in S3 (no GET), keeps its metadata, and the old key goes.
     func testSRenameFileRemote() async throws {
         s3.seed(bucket, "a", bytes(5000), metadata: ["mtime": "1600000000.250"])

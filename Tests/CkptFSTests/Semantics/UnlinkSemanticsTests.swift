@@ -36,6 +36,56 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(client.count("PutObject") + client.count("CreateMultipartUpload"), 0)
     }
 
+    /// A file created here and unlinked before its upload sends no DeleteObject: nothing of it is in S3, and an
+    /// object another client put under the name meanwhile stays. Before, every unlink sent one, which removed
+    /// that object.
+    func testUnlinkOfAFileNeverSentDeletesNothing() async throws {
+        try remount { $0.uploadDelay = .seconds(2) }
+        try await save("a", bytes(40_000))
+        s3.seed(bucket, "a", [9])  // another client, after this mount's lookup found no "a"
+        try await mount.unlink("a").get()
+        await flushAll()
+        XCTAssertEqual(keys, ["a"])
+        XCTAssertEqual(stored["a"], [9])
+        let shown = try await read("a")
+        XCTAssertEqual(shown, [9], "the name shows the other client's object")
+        XCTAssertEqual(client.count("DeleteObject") + client.count("DeleteObjects"), 0)
+        XCTAssertEqual(client.count("PutObject") + client.count("CreateMultipartUpload"), 0)
+    }
+
+    /// A file saved under the name of an object unlinked here whose delete had not started (waiting for an
+    /// upload before it), so that the save's upload replaced the delete, and then unlinked before that upload:
+    /// the object goes all the same. Sending no DeleteObject for a file never sent (above) must not cover this one.
+    func testUnlinkOfASaveThatReplacedAWaitingDeleteDeletesTheObject() async throws {
+        try remount { $0.uploadDelay = .seconds(2) }
+        s3.seed(bucket, "a", [1])
+        s3.seed(bucket, "b", [1])
+        _ = try await attributes("a")
+        _ = try await attributes("b")
+        try await save("x", bytes(1000))  // waits out the delay: the deletes below wait for it
+        try await mount.unlink("a").get()
+        try await mount.unlink("b").get()
+        try await save("a", bytes(2000, 2))  // its upload replaces that delete
+        try await save("b", bytes(2000, 2))
+        try await save("b", bytes(2000, 3))  // and this one supersedes it before its upload
+        try await mount.unlink("a").get()
+        try await mount.unlink("b").get()
+        await flushAll()
+        XCTAssertEqual(keys, ["x"], "an unlinked object came back")
+    }
+
+    /// A file whose upload started before the unlink is deleted once the upload has landed.
+    func testUnlinkWhileTheUploadRunsDeletesWhatLanded() async throws {
+        let gate = holdUploads()
+        try await save("a", bytes(40_000))
+        try await waitFor("the upload to start") { !self.client.unanswered.isEmpty }
+        try await mount.unlink("a").get()
+        client.release(gate)
+        await flushAll()
+        XCTAssertEqual(keys, [])
+        XCTAssertEqual(client.count("DeleteObject") + client.count("DeleteObjects"), 1)
+    }
+
     /// An unlinked open file lives until its last close: stat, read and write work through the descriptor, close
     /// returns 0, and nothing of it reaches S3.
     func testSUnlinkOpen() async throws {
