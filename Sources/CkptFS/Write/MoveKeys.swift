@@ -14,7 +14,10 @@ extension WriteBack {
         // copies) has succeeded: a rename that fails leaves the destination as it was. Open, it lives on as an
         // orphan.
         func withdrawDestination() -> Withdrawal {
-            guard let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) else { return Withdrawal() }
+            // No file there (the lookup found none): nothing of this mount's is under the name in S3.
+            guard let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) else {
+                return Withdrawal(keyMayHoldObject: replacing != nil)
+            }
             // Every save is a version (`FSOptions.keepEveryVersion`): the destination's saves still queued
             // (closed: nothing writes them any more) go up first, in order, and the renamed file after them;
             // write-temp-then-rename (torch.save + os.replace) is a save like any other.
@@ -46,7 +49,8 @@ extension WriteBack {
             let copied = holdsAcknowledged(f) ? false : try await copyAcknowledgedObject(of: f, from: src, to: dst)
             let withdrawn = withdrawDestination()
             defer { removeFiles(withdrawn) }
-            let moved = retarget(f, from: src, to: dst, objectCopied: copied)
+            let moved = retarget(f, from: src, to: dst, objectCopied: copied,
+                                 destinationMayHoldObject: withdrawn.keyMayHoldObject)
             // A file created here and never sent leaves nothing under the old name (S-RENAME-FILE-LOCAL).
             let (deletes, items) = moved.keepsSource || !moved.sourceMayHoldObject ? ([], []) : deleteRecords([src])
             try await journal.record(withdrawn.records + moved.records + deletes)
@@ -181,7 +185,8 @@ extension WriteBack {
         let copiedKeys = BytesSet(remaining)
         var sent: [String] = []  // local files whose old names may hold an object
         for (k, f) in localFiles.sortedByKey() {
-            let r = retarget(f, from: k, to: target(k), objectCopied: copiedKeys.contains(k))
+            // The destination directory is new or was empty: nothing is under the new name but a copy made now.
+            let r = retarget(f, from: k, to: target(k), objectCopied: copiedKeys.contains(k), destinationMayHoldObject: false)
             moves.records += r.records
             moves.requeue += r.requeue
             if r.sourceMayHoldObject { sent.append(k) }

@@ -21,7 +21,11 @@ extension WriteBack {
     /// and the new job waits for it. The destination is replaced whatever it holds
     /// (POSIX rename): uploads to it carry no condition. The caller journals the records before queueing.
     /// `objectCopied`: the caller copied the object under `src` (the file's last acknowledged bytes) to `dst`.
-    func retarget(_ f: LocalFile, from src: String, to dst: String, objectCopied: Bool) -> Retarget {
+    /// `destinationMayHoldObject`: S3 may hold an object under `dst` (the file the rename replaces, or one its
+    /// lookup did not see): false when the lookup found no file there, so a later unlink of a file never sent
+    /// sends no DeleteObject (`LocalFile.State.keyMayHoldObject`).
+    func retarget(_ f: LocalFile, from src: String, to dst: String, objectCopied: Bool,
+                  destinationMayHoldObject: Bool) -> Retarget {
         var out = Retarget()
         var vs = versions(of: src, newest: f.current)
         // The file, and its versions' keys and states, move under the local files' lock: an upload that lands
@@ -43,7 +47,7 @@ extension WriteBack {
                 s.key = dst
                 s.objectIsAcknowledged = objectCopied
                 // Whatever the new name held (another file's object, replaced) is this file's to delete now.
-                s.keyMayHoldObject = true
+                s.keyMayHoldObject = destinationMayHoldObject
                 return s.current
             }
             for v in vs {

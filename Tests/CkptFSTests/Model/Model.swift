@@ -417,11 +417,12 @@ struct Model {
     /// object.
     /// Returns whether the old name's delete was journaled (false: nothing of the file reached S3 under it).
     @discardableResult
-    mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool) -> Bool {
+    mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool, destinationMayHoldObject: Bool) -> Bool {
         let f = files[id]!
         // Nothing of a file created here reached S3 until a version of it was queued: no delete of the old name.
         let deleteSource = !keepSource && f.mayHoldObject
-        files[id]!.mayHoldObject = true  // whatever the new name held is this file's to delete now
+        // Whatever the new name held is this file's to delete now, and a copy of the object made there.
+        files[id]!.mayHoldObject = true
         files[id]!.conditional = false
         files[id]!.conflicted = false
         files[id]!.conflictSeq = nil
@@ -436,13 +437,20 @@ struct Model {
         // nothing to upload.
         let landedAndChanged = f.local && f.acked != nil && f.queued == nil && !f.ackedUnqueued && (f.dirty || !f.ackedHere)
         if f.local && !landedAndChanged {
+            files[id]!.mayHoldObject = destinationMayHoldObject  // no copy: the versions move
             // The acknowledged version is journaled again under the new key (also one a later write copied).
             if f.acked != nil {
                 seq += 1
                 files[id]!.ackSeq = seq
             }
             // Versions queued before the newest go to the new name too, in order (see `pendingVersions`).
+            if f.pendingVersions.count > 1 { files[id]!.mayHoldObject = true }
             for v in f.pendingVersions.dropLast() { record(dst, .put, v, file: id) }
+        }
+        // A version queued again under the new name counts as sent there (no upload delay here).
+        func requeue(_ v: Bytes?) {
+            record(dst, .put, v, file: id)
+            files[id]!.mayHoldObject = true
         }
         if landedAndChanged {
             record(dst, .sync, f.acked)
@@ -450,9 +458,9 @@ struct Model {
         } else if f.local {
             if f.acked != nil && !f.ackedUnqueued {
                 files[id]!.queued = f.queued ?? f.acked
-                record(dst, .put, files[id]!.queued, file: id)
+                requeue(files[id]!.queued)
             } else if let q = f.queued {
-                record(dst, .put, q, file: id)
+                requeue(q)
             }
             if deleteSource { record(src, .delete, nil) }
         } else {
@@ -468,6 +476,9 @@ struct Model {
         guard src != dst else { return }
         let s = entries[src]!
         if case .file(let id) = s {
+            // S3 may hold an object under the new name: the replaced file's, unless nothing of it was sent.
+            var keptOld = false
+            let destinationMayHoldObject = file(at: dst).map { !files[$0]!.local || files[$0]!.mayHoldObject } ?? false
             if let old = file(at: dst) {
                 let o = files[old]!
                 if keepEveryVersion && o.handles == 0 && o.local && !o.conflicted && o.queued != nil {
@@ -475,13 +486,15 @@ struct Model {
                     // flight with its condition may be dropped instead.
                     if uncertain { withdraw(old) }
                     files[old] = nil
+                    keptOld = true
                 } else {
                     orphan(old)
                 }
             }
             let f = files[id]!
             let keep = f.local && f.conflicted
-            let deleted = move(id, from: src, to: dst, keepSource: keep)
+            let deleted = move(id, from: src, to: dst, keepSource: keep,
+                               destinationMayHoldObject: destinationMayHoldObject || keptOld)
             entries[src] = nil
             entries[dst] = .file(id)
             if keep, let theirs = remoteState[src] ?? nil {
@@ -504,7 +517,7 @@ struct Model {
                 record(q + "/", .sync, [])
                 record(p + "/", .delete, nil)
             case .file(let id):
-                move(id, from: p, to: q, keepSource: false)
+                move(id, from: p, to: q, keepSource: false, destinationMayHoldObject: false)
             }
         }
         for p in moving {

@@ -214,6 +214,7 @@ extension Model {
                 continue
             }
             if let q = files[id]!.queued {
+                files[id]!.mayHoldObject = true  // landed
                 files[id]!.queued = nil
                 files[id]!.pendingVersions = []
                 files[id]!.queuedVersions = 0

@@ -48,6 +48,26 @@ final class RenameSemanticsTests: SemanticsTestCase {
                        "a DeleteObject of a name that never reached S3")
     }
 
+    /// Checkpoint rotation (Keras, TF CheckpointManager): save to a temporary name, rename to the step's name,
+    /// remove the oldest. A file renamed to a name that held nothing and removed before its upload sends no
+    /// DeleteObject at all; one renamed over an object removes that object when it is unlinked.
+    func testRotationOfSavesNeverSentDeletesOnlyWhatS3Holds() async throws {
+        try remount { $0.uploadDelay = .seconds(2) }
+        s3.seed(bucket, "old", [7])
+        _ = try await attributes("old")
+        for (i, name) in ["c1", "c2", "old"].enumerated() {
+            try await save("c.tmp", bytes(3000, i))
+            try await mount.rename("c.tmp", name, noReplace: false).get()
+        }
+        try await mount.unlink("c1").get()
+        try await mount.unlink("old").get()
+        await flushAll()
+        XCTAssertEqual(keys, ["c2"])
+        XCTAssertEqual(stored["c2"], bytes(3000, 1))
+        XCTAssertEqual(client.calls("DeleteObject").map(\.key), ["old"])
+        XCTAssertEqual(client.calls("PutObject").count + client.calls("CreateMultipartUpload").count, 1)
+    }
+
     /// A file only in S3 is copied in S3 (no GET), keeps its metadata, and the old key goes.
     func testSRenameFileRemote() async throws {
         s3.seed(bucket, "a", bytes(5000), metadata: ["mtime": "1600000000.250"])
