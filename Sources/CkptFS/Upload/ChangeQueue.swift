@@ -48,6 +48,12 @@ struct PendingDelete: Sendable {
     var refusals = Refusals()
     var group: DeleteGroup
     var task: Task<Void, Never>?
+    /// Nothing of the removed file reached S3 under the key (`WriteBack.keyMayHoldObject`): no DeleteObject is
+    /// sent (it could only remove another client's object), but the delete keeps its place in the order: the
+    /// upload jobs of the withdrawn versions stay open until it passes its barrier, so deletes made before it
+    /// still wait for the uploads before it (a rotation's older checkpoint is not removed before the newer one
+    /// lands, S-DUR-ORDER).
+    var sendsNothing = false
 }
 
 /// The change queue's state and the slots its jobs run in (see the file comment). The jobs themselves, the
@@ -201,7 +207,7 @@ extension WriteBack {
             // A delete of the key not started is replaced: the object it would have removed (this mount
             // deleted it) is still there when this upload goes, so one that expects no object (a file created
             // again under the name) replaces it instead.
-            if u.deletes.values.contains(where: { $0.key.sameBytes(key) && !$0.started && !$0.cancelled }) {
+            if u.deletes.values.contains(where: { $0.key.sameBytes(key) && !$0.started && !$0.cancelled && !$0.sendsNothing }) {
                 v.state.withLock { s in
                     if case .absent = s.expect { s.expect = .anything }
                     s.reachedKey = true
@@ -318,26 +324,20 @@ extension WriteBack {
     /// upload jobs of its versions stay open until the delete has waited for the uploads before it), and the
     /// key is deleted in S3 after the uploads queued before now. Journaled before it returns.
     func unlinkFile(key: String, ino: UInt64) async throws(FSError) {
-        var (deleteRecords, items) = deleteRecords([key])
+        let (deleteRecords, items) = deleteRecords([key])
         let delete = items[0].0
         var withdrawn = Withdrawal()
         if let f = localFiles.byKey.withLock({ $0.removeValue(forKey: key) }) {
             withdrawn = orphan(f, ino: ino, heldFor: delete)
         }
-        if !withdrawn.keyMayHoldObject {
-            // Created here and never sent: nothing of it is in S3 (S-UNLINK-NOT-UPLOADED).
+        do throws(FSError) { try await journal.record(withdrawn.records + deleteRecords) } catch {
+            // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
             releaseUploads(heldFor: delete)
-            (deleteRecords, items) = ([], [])
+            throw error
         }
-        let records = withdrawn.records + deleteRecords
-        if !records.isEmpty {
-            do throws(FSError) { try await journal.record(records) } catch {
-                // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
-                releaseUploads(heldFor: delete)
-                throw error
-            }
-        }
-        queueDeletes(items, hiding: [key])
+        // Created here and never sent: nothing of it is in S3 to delete (S-UNLINK-NOT-UPLOADED). (After a crash
+        // the journaled delete is sent: recovery does not know it.)
+        queueDeletes(items, hiding: [key], sendsNothing: !withdrawn.keyMayHoldObject)
         removeFiles(withdrawn)
     }
 
@@ -378,7 +378,7 @@ extension WriteBack {
     }
 
     /// Queues journaled deletes (id, key) in the change queue.
-    func queueDeletes(_ items: [(UInt64, String)], hiding: [String]) {
+    func queueDeletes(_ items: [(UInt64, String)], hiding: [String], sendsNothing: Bool = false) {
         guard !items.isEmpty else { return }
         let group = DeleteGroup(hides: hiding, count: items.count)
         changes.state.withLock { u in
@@ -395,7 +395,7 @@ extension WriteBack {
                         if u.tails[key]?.isCurrent(job) == true { u.tails.removeValue(forKey: key) }
                     }
                 }
-                u.deletes[id] = PendingDelete(key: key, job: job, group: group, task: task)
+                u.deletes[id] = PendingDelete(key: key, job: job, group: group, task: task, sendsNothing: sendsNothing)
                 u.tails[key] = UploadTail(id: job, task: task)
             }
         }
@@ -432,7 +432,7 @@ extension WriteBack {
         }
         for t in children { await t.value }
         let key: String? = changes.state.withLock { u in
-            guard var d = u.deletes[id], !d.cancelled else { return nil }
+            guard var d = u.deletes[id], !d.cancelled, !d.sendsNothing else { return nil }
             d.started = true
             u.deletes[id] = d
             return d.key
@@ -467,7 +467,7 @@ extension WriteBack {
         let waiters = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
             if let d = u.deletes.removeValue(forKey: id) {
                 // Told before the hide goes, so a listing or HEAD in flight cannot show the name again.
-                if !d.cancelled { notices.changedInS3(key: d.key, .absent) }
+                if !d.cancelled && !d.sendsNothing { notices.changedInS3(key: d.key, .absent) }
                 ChangeQueue.unhide(&u.hidden, d.key)
                 if d.group.remaining.wrappingSubtract(1, ordering: .relaxed).newValue == 0 {
                     for h in d.group.hides {
@@ -514,7 +514,8 @@ extension WriteBack {
     @discardableResult
     func clearPendingDelete(of key: String) async -> Bool {
         let (tail, waiters, dropped) = changes.state.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>], Bool) in
-            let dropped = u.deletes.values.contains { $0.key.sameBytes(key) && !$0.started && !$0.cancelled }
+            // One that sends nothing is not queued again if the write fails: it had nothing to remove.
+            let dropped = u.deletes.values.contains { $0.key.sameBytes(key) && !$0.started && !$0.cancelled && !$0.sendsNothing }
             let waiting = u.cancelDeletes(of: key)
             if key.endsWithSlash { u.hidden.removeValue(forKey: key) }
             return (u.tails[key]?.task, waiting, dropped)

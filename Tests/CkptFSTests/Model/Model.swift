@@ -390,11 +390,12 @@ struct Model {
         entries[path] = nil
         let sent = files[id]!.mayHoldObject
         orphan(id)
-        if sent { record(path, .delete, nil) } else { showTheirs(at: path) }
+        let i = record(path, .delete, nil)
+        events[i].sendsNothing = !sent
     }
 
-    /// A name this mount removed without a delete (nothing of its file reached S3) shows what the other client
-    /// put there meanwhile, if anything.
+    /// A name a rename moved a file from without a delete (nothing of it reached S3) shows what the other
+    /// client put there meanwhile, if anything.
     mutating func showTheirs(at path: String) {
         // The key's last change that is not an upload of ours: a delete of ours still hides what came before it.
         guard let last = events.last(where: { $0.key == path && $0.kind != .put }), last.kind == .remote,

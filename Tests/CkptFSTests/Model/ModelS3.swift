@@ -25,6 +25,9 @@ struct S3Event {
     var withdrawn = false
     /// Queued again by recovery after a crash (deletes applied before the crash did not wait for it).
     var recovered = false
+    /// A delete of a name whose file never reached S3: it keeps its place in the order (and is held like
+    /// any other) but removes nothing.
+    var sendsNothing = false
 }
 
 extension Model {
@@ -188,7 +191,7 @@ extension Model {
                     maybe.removeAll()
                 case .put where e.withdrawn: maybe.insert(e.result)
                 case .put where e.file.map(conflicting.contains) == true: continue
-                case .delete where held.contains(e.seq): continue
+                case .delete where held.contains(e.seq) || e.sendsNothing: continue
                 case .put, .delete:
                     // The key's chain: a withdrawn version in flight lands before this change, never after it.
                     later = .some(e.result)
@@ -235,6 +238,8 @@ extension Model {
     /// runner to adopt from the core.
     mutating func crash(landing: Bool) -> [String: Set<Bytes?>] {
         handles = [:]
+        // Recovery sends every journaled delete: it does not know which ones had nothing to remove.
+        for i in events.indices { events[i].sendsNothing = false }
         var open: [String: Set<Bytes?>] = [:]
         for (id, f) in files where f.unlinked { files[id] = nil }
         for (path, e) in entries {

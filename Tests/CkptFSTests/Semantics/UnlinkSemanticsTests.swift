@@ -74,6 +74,25 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(keys, ["x"], "an unlinked object came back")
     }
 
+    /// Rotation with one checkpoint kept, while the uploads wait out their delay: save ckpt-1, remove ckpt-0,
+    /// save ckpt-2, remove ckpt-1 (never sent: no DeleteObject of it). ckpt-0 stays in S3 until ckpt-2 has
+    /// landed: the unlink of ckpt-1 still holds its withdrawn upload's place, which the delete of ckpt-0 waits
+    /// for. Without that, S3 held no checkpoint until ckpt-2 landed (test_found_by_break's rotation test).
+    func testUnlinkOfAFileNeverSentKeepsTheOrderOfTheDeletesBeforeIt() async throws {
+        try remount { $0.uploadDelay = .seconds(2) }
+        s3.seed(bucket, "ckpt-0", [0])
+        _ = try await attributes("ckpt-0")
+        try await save("ckpt-1", [1])
+        try await mount.unlink("ckpt-0").get()
+        try await save("ckpt-2", [2])
+        try await mount.unlink("ckpt-1").get()
+        try await Task.sleep(for: .milliseconds(300))
+        XCTAssertEqual(keys, ["ckpt-0"], "S3 held no checkpoint before ckpt-2 landed")
+        await flushAll()
+        XCTAssertEqual(keys, ["ckpt-2"])
+        XCTAssertEqual(client.calls("DeleteObject").map(\.key), ["ckpt-0"])
+    }
+
     /// A file whose upload started before the unlink is deleted once the upload has landed.
     func testUnlinkWhileTheUploadRunsDeletesWhatLanded() async throws {
         let gate = holdUploads()
