@@ -161,12 +161,19 @@ def test_the_versions_view_reads_every_version_with_plain_file_io_and_is_read_on
     for attempt in (lambda: open(f"{view}/{names[0]}", "r+b"), lambda: open(f"{view}/new.pt", "wb"),
                     lambda: os.unlink(f"{view}/{names[0]}"), lambda: os.mkdir(f"{view}/d"),
                     lambda: os.rename(f"{view}/{names[0]}", f"{mp}/run/x.pt"), lambda: os.truncate(f"{view}/{names[1]}", 0),
-                    lambda: os.utime(f"{view}/{names[0]}", (1, 1)), lambda: os.chmod(f"{view}/{names[0]}", 0o600)):
+                    lambda: os.utime(f"{view}/{names[0]}", (1, 1)), lambda: os.chmod(f"{view}/{names[0]}", 0o600),
+                    # A file named like a view (outside testing round 7: it was created, then unreadable: EISDIR).
+                    lambda: open(f"{mp}/run/other.pt@versions", "wb")):
         try:
             attempt()
             raise AssertionError("a change in the versions view was allowed")
         except OSError as e:
             assert e.errno == errno.EROFS, e
+    try:
+        open(f"{mp}/run/model.pt@versions", "wb")
+        raise AssertionError("a file was created over a versions view")
+    except OSError as e:
+        assert e.errno == errno.EISDIR, e
     assert len(s3_versions(server, bucket, "run/model.pt")) == 3
     # A file without versions has no view; a name that is not a version is not found.
     assert not os.path.exists(f"{mp}/run/other.pt@versions")

@@ -206,6 +206,14 @@ final class Namespace: WriteBackNotices {
         tellKernel(renewed)
     }
 
+    func fileReplaced(key: String, by change: () -> Void) {
+        let renewed = table.withLock { t in
+            change()
+            return t.renew(fileKey: key)
+        }
+        tellKernel(renewed)
+    }
+
     /// Tells the kernel that each (parent, name) no longer names inode `ino` (see `KernelCaches`): without it
     /// the kernel shows the old inode's size (its own, with its write-back cache) for the entry's TTL.
     func tellKernel(_ replaced: [(parent: UInt64, name: String, ino: UInt64)]) {

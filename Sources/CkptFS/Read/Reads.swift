@@ -41,7 +41,12 @@ extension FileSystem {
         // uploaded, whatever holds its old name now. Opened by name it was the file under that name: writes to
         // it went to S3 under the unlinked name (or into the new file saved there).
         if let orphan = writeBack.localFiles.orphans.withLock({ $0[ino] }) {
-            let h = try writeBack.joinOrphan(orphan, ino: ino, write: write, truncate: truncate)
+            let h: UInt64
+            do throws(FSError) { h = try writeBack.joinOrphan(orphan, ino: ino, write: write, truncate: truncate) } catch where error.errno == ENOENT {
+                // Its last descriptor closed: the kernel had looked the name up before a rename replaced (or an
+                // unlink removed) the file; it looks the name up again (it was ENOENT for a name that exists).
+                throw gone(ino, splits)
+            }
             return OpenReply(handle: h, directIO: false, keepCache: !write)
         }
         // An inode of a version that is gone (replaced in S3, or a save dropped): the kernel's size and pages
@@ -64,7 +69,7 @@ extension FileSystem {
             }
             // It went: unlinked meanwhile, or the version it uploaded is the object now, else (discarded) S3 is
             // asked.
-            if local.unlinked { throw .noEntry }
+            if local.unlinked { throw gone(ino, splits) }
             if let landed = writeBack.landedObject(local) { remote = landed } else { remote = try await remoteObject(ino, namespace.node(ino)) }
         } else {
             // Listed within the TTL (a listing pinned its ETag and size): a read opens it with no HEAD.
@@ -73,13 +78,26 @@ extension FileSystem {
                                              : try await remoteObject(ino, n)
         }
         if write {
-            if remote == nil && !n.meta.etag.isEmpty { throw .noEntry }  // deleted in S3 meanwhile
+            if remote == nil && !n.meta.etag.isEmpty { throw gone(ino, splits) }  // deleted in S3 meanwhile
             let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: truncate, remote: remote,
                                                   splitsSeen: splits)!
             return OpenReply(handle: h, directIO: false, keepCache: false)
         }
-        guard let remote else { throw .noEntry }
+        guard let remote else { throw gone(ino, splits) }
         return openClean(ino: ino, remote, listed: listed)
+    }
+
+    /// The error for an open that found no file behind inode `ino`: ESTALE when the inode stopped naming its
+    /// key while the open looked (superseded, or the key's local file replaced or removed since the open read
+    /// `splits` with the inode: a rename over it, an unlink), so the kernel looks the name up again and opens
+    /// what it names now (the new file, or, with O_CREAT, a file it creates); else ENOENT. Before, an open racing
+    /// a save by rename failed with ENOENT though the name always existed (outside testing round 7).
+    private func gone(_ ino: UInt64, _ splits: UInt64) -> FSError {
+        guard let (n, now) = try? namespace.nodeAndSplits(ino), !n.superseded, now == splits,
+              writeBack.localFiles.orphans.withLock({ $0[ino] == nil }) else {
+            return FSError(ESTALE, "the file this inode showed was replaced or removed; the kernel looks its name up again")
+        }
+        return .noEntry
     }
 
     /// `open` when it needs no request: a read-only open of a clean file (no local version) whose version is

@@ -327,9 +327,16 @@ extension WriteBack {
         let (deleteRecords, items) = deleteRecords([key])
         let delete = items[0].0
         var withdrawn = Withdrawal()
-        if let f = localFiles.byKey.withLock({ $0.removeValue(forKey: key) }) {
-            withdrawn = orphan(f, ino: ino, heldFor: delete)
+        // The inodes of the name stop naming it as its local file goes (`fileReplaced`): one the kernel looked up
+        // before must not join the file created under the name next.
+        var removed: LocalFile?
+        notices.fileReplaced(key: key) {
+            removed = localFiles.byKey.withLock { l in
+                localFiles.bumpSplits(key)
+                return l.removeValue(forKey: key)
+            }
         }
+        if let f = removed { withdrawn = orphan(f, ino: ino, heldFor: delete) }
         do throws(FSError) { try await journal.record(withdrawn.records + deleteRecords) } catch {
             // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
             releaseUploads(heldFor: delete)

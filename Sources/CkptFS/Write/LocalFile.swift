@@ -72,16 +72,32 @@ final class LocalHandle: Sendable {
 final class LocalFiles: Sendable {
     let byKey = Mutex(BytesDictionary<LocalFile>())
     let orphans = Mutex<[UInt64: LocalFile]>([:])
-    /// How many times a failed save split each key's local file off (`WriteBack.splitOff`): changed under
-    /// `byKey`'s lock (and the namespace's, `shownVersionDropped`), so a join under `byKey`'s lock sees every
-    /// split before it, and a read under the namespace's lock every split before that.
-    let splits = Mutex<BytesDictionary<UInt64>>([:])
+    /// How many times the local file under a key was split off by a failed save (`WriteBack.splitOff`), replaced
+    /// by a rename or removed by an unlink (`WriteBackNotices.fileReplaced`): changed under `byKey`'s lock (and the
+    /// namespace's), so a join under `byKey`'s lock sees every change before it, and a read under the namespace's
+    /// lock every change before that. Counted per bucket of keys (a hash of the key's bytes), so memory stays
+    /// bounded whatever the number of keys: a change of another key of the bucket only makes an open that races it
+    /// look its name up again.
+    private let splits = Mutex<[UInt64]>(Array(repeating: 0, count: LocalFiles.splitBuckets))
+    static let splitBuckets = 4096
 
-    /// Throws ESTALE when `key`'s local file was split off since an opener read `seen` (nil: not checked).
-    /// Called under `byKey`'s lock.
+    private static func bucket(_ key: String) -> Int {
+        var h = Hasher()
+        for b in key.utf8 { h.combine(b) }
+        return Int(UInt(bitPattern: h.finalize()) % UInt(splitBuckets))
+    }
+
+    /// The count `checkSplits` compares (`nodeAndSplits` reads it with the inode).
+    func splitCount(_ key: String) -> UInt64 { splits.withLock { $0[LocalFiles.bucket(key)] } }
+
+    /// The local file under `key` is split off, replaced or removed now. Called under `byKey`'s lock.
+    func bumpSplits(_ key: String) { splits.withLock { $0[LocalFiles.bucket(key)] &+= 1 } }
+
+    /// Throws ESTALE when `key`'s local file was split off, replaced or removed since an opener read `seen` (nil:
+    /// not checked). Called under `byKey`'s lock.
     func checkSplits(_ key: String, seen: UInt64?) throws(FSError) {
-        guard let seen, splits.withLock({ $0[key] ?? 0 }) != seen else { return }
-        throw FSError(ESTALE, "\(key): a save of it failed while it was opened; the kernel looks it up again")
+        guard let seen, splitCount(key) != seen else { return }
+        throw FSError(ESTALE, "\(key) is not the file it was when it was looked up; the kernel looks it up again")
     }
 
     /// The local file of `key`, if it has local changes.
@@ -120,7 +136,7 @@ struct WriteBackOverlay: LocalOverlay {
 
     func isHidden(_ key: String) -> Bool { changes.isHidden(key) }
 
-    func splits(of key: String) -> UInt64 { files.splits.withLock { $0[key] ?? 0 } }
+    func splits(of key: String) -> UInt64 { files.splitCount(key) }
 
     var hasHidden: Bool { changes.hasHidden }
 }

@@ -157,7 +157,7 @@ extension WriteBack {
                         return false
                     }
                     s.detached = true
-                    localFiles.splits.withLock { $0[s.key, default: 0] += 1 }
+                    localFiles.bumpSplits(s.key)
                     // One that landed meanwhile had its staged file removed (it was nobody's current version): the
                     // object is the file then.
                     if let previous, !previous.isSettled {

@@ -39,9 +39,13 @@ extension WriteBack {
             vs.append(fallback)
         }
         vs.sort { $0.id < $1.id }  // journaled again in the order they were made: the newest last
-        localFiles.byKey.withLock { l in
+        // Under the namespace's lock too: inodes of the file the destination was (the kernel looked them up
+        // before) stop naming it at the moment `f` takes its place (outside testing round 7: an O_APPEND open of the
+        // replaced file joined the renamed one and wrote at the old file's size).
+        notices.fileReplaced(key: dst) { localFiles.byKey.withLock { l in
             if l[src] === f { l.removeValue(forKey: src) }
             l[dst] = f
+            localFiles.bumpSplits(dst)
             let cur = f.state.withLock { s in
                 fileMayHoldObject = s.keyMayHoldObject || s.objectIsAcknowledged
                 s.key = dst
@@ -79,7 +83,7 @@ extension WriteBack {
                 }
                 if let (requeue, sum) = moves { moved.append((v, requeue, sum)) }
             }
-        }
+        } }
         // Read after the move: no upload of these versions starts under the old name any more (their jobs'
         // checks find them moved, and `enqueueUpload` reads the key under the queue's lock).
         out.sourceMayHoldObject = fileMayHoldObject || vs.contains { $0.state.withLock { $0.reachedKey } }

@@ -27,6 +27,11 @@ protocol WriteBackNotices: Sendable {
     /// `drop` drops it (it may take the write-back's locks, and no other): run together with the inodes'
     /// renewal, so no lookup or open sees the file dropped and its inode not yet renewed.
     func shownVersionDropped(key: String, by drop: () -> Void)
+    /// The local file under `key` is replaced (a rename over it) or removed (unlink) by `change`, which takes the
+    /// write-back's locks and no other. Run together with it, the file inodes of `key` are superseded and their
+    /// paths freed: an open of one (the kernel looked it up before) fails with ESTALE and the kernel looks the
+    /// name up again, instead of joining the file the key holds next with the old file's size and pages.
+    func fileReplaced(key: String, by change: () -> Void)
 }
 
 extension WriteBackNotices {
