@@ -777,3 +777,24 @@ def test_appends_racing_saves_by_rename_stay_whole_lines_of_the_newest_save(serv
     shown = open(f"{mp}/log", "rb").read()
     assert whole(shown), shown[:200]
     assert s3_bytes(server, bucket, "log") == shown
+
+
+def test_an_unlinked_open_file_only_in_s3_opens_again_through_proc_fd(server, bucket, mounts):
+    """Item 17's fix, found by the eighth round (on 6f3b6d7): an unlinked inode stops naming its key, and an open
+    of it answered ESTALE, also open("/proc/self/fd/N") of a file only in S3 that a descriptor still reads,
+    which has no path to look up again (S-UNLINK-OPEN-CLEAN: it lives until its last close)."""
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    data = os.urandom(300_000)
+    with open(f"{mp}/f", "wb") as f:
+        f.write(data)
+    flush(mounts, mp)
+    fd = os.open(f"{mp}/f", os.O_RDONLY)
+    try:
+        os.unlink(f"{mp}/f")
+        with open(f"/proc/self/fd/{fd}", "rb") as again:
+            assert again.read() == data
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        os.close(fd)
+    flush(mounts, mp)
+    assert s3_keys(server, bucket) == []

@@ -49,6 +49,9 @@ final class OpenObjects: Sendable {
         }
     }
 
+    /// Whether a handle reads `o` now.
+    func isRead(_ o: PinnedObject) -> Bool { reading.withLock { $0[o.key]?[o.etag] != nil } }
+
     /// A handle that pinned `o` was released: at the last one on that version, its blocks are no longer held.
     func closed(_ o: PinnedObject) {
         guard o.versionId == nil, !o.etag.isEmpty else { return }

@@ -51,7 +51,14 @@ extension FileSystem {
         }
         // An inode of a version that is gone (replaced in S3, or a save dropped): the kernel's size and pages
         // of it are not the file's.
-        if n.superseded { throw FSError(ESTALE, "\(n.key) is not the version this inode shows; the kernel looks it up again") }
+        if n.superseded {
+            // Unless descriptors still read that version of a file only in S3 (unlinked or replaced here while they
+            // were open, S-UNLINK-OPEN-CLEAN) and this opens it again through one of them (/proc/PID/fd/N): that
+            // version, which lives until their last close, as POSIX says.
+            let pinned = PinnedObject(key: n.key, etag: n.meta.etag, size: n.meta.size)
+            if !write, !n.meta.etag.isEmpty, openObjects.isRead(pinned) { return openClean(ino: ino, pinned, listed: false) }
+            throw FSError(ESTALE, "\(n.key) is not the version this inode shows; the kernel looks it up again")
+        }
         if let version = try await namespace.versionPin(n) {
             // An earlier version, in a versions view (History/): read-only, and never changes.
             if write { try Namespace.refuseInVersionView(n.key) }

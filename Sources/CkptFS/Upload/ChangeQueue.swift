@@ -324,7 +324,7 @@ extension WriteBack {
     /// upload jobs of its versions stay open until the delete has waited for the uploads before it), and the
     /// key is deleted in S3 after the uploads queued before now. Journaled before it returns.
     func unlinkFile(key: String, ino: UInt64) async throws(FSError) {
-        let (deleteRecords, items) = deleteRecords([key])
+        var (deleteRecords, items) = deleteRecords([key])
         let delete = items[0].0
         var withdrawn = Withdrawal()
         // The inodes of the name stop naming it as its local file goes (`fileReplaced`): one the kernel looked up
@@ -337,13 +337,14 @@ extension WriteBack {
             }
         }
         if let f = removed { withdrawn = orphan(f, ino: ino, heldFor: delete) }
+        // Created here and never sent: nothing of it is in S3 to delete (S-UNLINK-NOT-UPLOADED); journaled so, recovery
+        // after a crash does not send it either.
+        if !withdrawn.keyMayHoldObject { deleteRecords[0].sendsNothing = true }
         do throws(FSError) { try await journal.record(withdrawn.records + deleteRecords) } catch {
             // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
             releaseUploads(heldFor: delete)
             throw error
         }
-        // Created here and never sent: nothing of it is in S3 to delete (S-UNLINK-NOT-UPLOADED). (After a crash
-        // the journaled delete is sent: recovery does not know it.)
         queueDeletes(items, hiding: [key], sendsNothing: !withdrawn.keyMayHoldObject)
         removeFiles(withdrawn)
     }

@@ -63,6 +63,9 @@ struct JournalRecord: Codable, Equatable, Sendable {
     /// sent before the renames, does not stand for it, since the old name's delete comes between). Nil in
     /// journals written before it was recorded: a `done` then settles by key alone.
     var generation: Int?
+    /// `delete`: nothing of the removed file reached S3 under the key (`PendingDelete.sendsNothing`): recovery
+    /// queues it for its place in the order, and sends no DeleteObject. Nil in journals written before.
+    var sendsNothing: Bool?
 }
 
 final class Journal: Sendable {

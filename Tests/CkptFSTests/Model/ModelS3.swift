@@ -26,7 +26,7 @@ struct S3Event {
     /// Queued again by recovery after a crash (deletes applied before the crash did not wait for it).
     var recovered = false
     /// A delete of a name whose file never reached S3: it keeps its place in the order (and is held like
-    /// any other) but removes nothing.
+    /// any other) but removes nothing, also when recovery queues it again.
     var sendsNothing = false
 }
 
@@ -238,8 +238,6 @@ extension Model {
     /// runner to adopt from the core.
     mutating func crash(landing: Bool) -> [String: Set<Bytes?>] {
         handles = [:]
-        // Recovery sends every journaled delete: it does not know which ones had nothing to remove.
-        for i in events.indices { events[i].sendsNothing = false }
         var open: [String: Set<Bytes?>] = [:]
         for (id, f) in files where f.unlinked { files[id] = nil }
         for (path, e) in entries {

@@ -93,6 +93,21 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(client.calls("DeleteObject").map(\.key), ["ckpt-0"])
     }
 
+    /// The same across a crash: recovery queues the unlink's delete again for its place in the order and sends
+    /// nothing (outside testing round 8: it sent a real DeleteObject, which removed another client's object).
+    func testUnlinkOfAFileNeverSentDeletesNothingAfterACrash() async throws {
+        try remount { $0.uploadDelay = .seconds(2) }
+        try await save("z", [1])  // waits out the delay: the unlink's delete below waits for it
+        try await save("a", bytes(3000))
+        try await mount.unlink("a").get()
+        s3.seed(bucket, "a", [9])  // another client
+        try await crashAndRecover()
+        await flushAll()
+        XCTAssertEqual(stored["a"], [9])
+        XCTAssertEqual(stored["z"], [1])
+        XCTAssertEqual(client.calls("DeleteObject").count, 0)
+    }
+
     /// A file whose upload started before the unlink is deleted once the upload has landed.
     func testUnlinkWhileTheUploadRunsDeletesWhatLanded() async throws {
         let gate = holdUploads()
