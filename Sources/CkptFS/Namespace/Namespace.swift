@@ -197,18 +197,16 @@ final class Namespace: WriteBackNotices {
     /// The version of `key` the kernel's inodes show was dropped: each is superseded (an open of it fails with
     /// ESTALE, and the kernel looks the path up again), and the path gets a new inode at its next lookup, as
     /// when another writer replaced the object (see `replaced`).
-    func shownVersionDropped(key: String, by drop: () -> Void) {
-        let renewed = table.withLock { t in
-            drop()
-            t.localVersionGone(key: key)
-            return t.renew(fileKey: key)
-        }
-        tellKernel(renewed)
-    }
+    func shownVersionDropped(key: String, by drop: () -> Void) { renewFileInodes(of: key, localVersionGone: true, by: drop) }
 
-    func fileReplaced(key: String, by change: () -> Void) {
+    func fileReplaced(key: String, by change: () -> Void) { renewFileInodes(of: key, localVersionGone: false, by: change) }
+
+    /// `change`, then under the same lock the file inodes of `key` superseded and their paths freed (`renew`),
+    /// with `localVersionGone` also their listings dropped; the kernel is told after.
+    private func renewFileInodes(of key: String, localVersionGone: Bool, by change: () -> Void) {
         let renewed = table.withLock { t in
             change()
+            if localVersionGone { t.localVersionGone(key: key) }
             return t.renew(fileKey: key)
         }
         tellKernel(renewed)

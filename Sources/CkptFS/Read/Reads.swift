@@ -45,7 +45,7 @@ extension FileSystem {
             do throws(FSError) { h = try writeBack.joinOrphan(orphan, ino: ino, write: write, truncate: truncate) } catch where error.errno == ENOENT {
                 // Its last descriptor closed: the kernel had looked the name up before a rename replaced (or an
                 // unlink removed) the file; it looks the name up again (it was ENOENT for a name that exists).
-                throw gone(ino, splits)
+                throw FileSystem.inodeReplaced
             }
             return OpenReply(handle: h, directIO: false, keepCache: !write)
         }
@@ -100,12 +100,11 @@ extension FileSystem {
     /// what it names now (the new file, or, with O_CREAT, a file it creates); else ENOENT. Before, an open racing
     /// a save by rename failed with ENOENT though the name always existed (outside testing round 7).
     private func gone(_ ino: UInt64, _ splits: UInt64) -> FSError {
-        guard let (n, now) = try? namespace.nodeAndSplits(ino), !n.superseded, now == splits,
-              writeBack.localFiles.orphans.withLock({ $0[ino] == nil }) else {
-            return FSError(ESTALE, "the file this inode showed was replaced or removed; the kernel looks its name up again")
-        }
+        guard let (n, now) = try? namespace.nodeAndSplits(ino), !n.superseded, now == splits else { return FileSystem.inodeReplaced }
         return .noEntry
     }
+
+    private static let inodeReplaced = FSError(ESTALE, "the file this inode showed was replaced or removed; the kernel looks its name up again")
 
     /// `open` when it needs no request: a read-only open of a clean file (no local version) whose version is
     /// known, because a reader's listing showed it within the TTL (S-CONS-LISTED-OPEN), it was checked within

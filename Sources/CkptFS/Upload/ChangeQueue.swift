@@ -131,6 +131,12 @@ final class ChangeQueue: Sendable {
 
         /// Drops the deletes of `key` that have not started (an upload or a direct write replaces them).
         /// Returns the continuations of those waiting for their barrier, to resume outside the lock.
+        /// Whether a delete of `key` that would remove something (not one that sends nothing) waits, not started
+        /// and not cancelled: a write under the key replaces it.
+        func removingDeleteWaits(_ key: String) -> Bool {
+            deletes.values.contains { $0.key.sameBytes(key) && !$0.started && !$0.cancelled && !$0.sendsNothing }
+        }
+
         mutating func cancelDeletes(of key: String) -> [CheckedContinuation<Void, Never>] {
             var waiting: [CheckedContinuation<Void, Never>] = []
             for (id, d) in deletes where d.key.sameBytes(key) && !d.started && !d.cancelled {
@@ -207,7 +213,7 @@ extension WriteBack {
             // A delete of the key not started is replaced: the object it would have removed (this mount
             // deleted it) is still there when this upload goes, so one that expects no object (a file created
             // again under the name) replaces it instead.
-            if u.deletes.values.contains(where: { $0.key.sameBytes(key) && !$0.started && !$0.cancelled && !$0.sendsNothing }) {
+            if u.removingDeleteWaits(key) {
                 v.state.withLock { s in
                     if case .absent = s.expect { s.expect = .anything }
                     s.reachedKey = true
@@ -310,8 +316,7 @@ extension WriteBack {
     /// machine: removing its name sends no DeleteObject, which could only remove another client's object.
     /// Read once no upload of `versions` can start any more (they are settled, or moved away by a rename).
     func keyMayHoldObject(_ f: LocalFile, _ versions: [StagedVersion]) -> Bool {
-        f.state.withLock { $0.keyMayHoldObject || $0.objectIsAcknowledged }
-            || versions.contains { $0.state.withLock { $0.reachedKey } }
+        f.state.withLock { $0.mayHoldObject } || versions.contains { $0.state.withLock { $0.reachedKey } }
     }
 
     /// Lets go the upload jobs a delete that is not queued after all (`delete`: its id) held (`heldFor`).
@@ -523,7 +528,7 @@ extension WriteBack {
     func clearPendingDelete(of key: String) async -> Bool {
         let (tail, waiters, dropped) = changes.state.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>], Bool) in
             // One that sends nothing is not queued again if the write fails: it had nothing to remove.
-            let dropped = u.deletes.values.contains { $0.key.sameBytes(key) && !$0.started && !$0.cancelled && !$0.sendsNothing }
+            let dropped = u.removingDeleteWaits(key)
             let waiting = u.cancelDeletes(of: key)
             if key.endsWithSlash { u.hidden.removeValue(forKey: key) }
             return (u.tails[key]?.task, waiting, dropped)

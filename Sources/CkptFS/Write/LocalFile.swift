@@ -28,6 +28,9 @@ final class LocalFile: Sendable {
         /// unless the file was created here on a key that held no object (as far as the lookup knew) and has not
         /// been renamed onto it since. Its versions' uploads and queued saves add to it (`WriteBack.keyMayHoldObject`).
         var keyMayHoldObject = true
+        /// `keyMayHoldObject`, or a version of the file landed under `key` (`objectIsAcknowledged`): the file's
+        /// own part of `WriteBack.keyMayHoldObject` (its versions' part is theirs).
+        var mayHoldObject: Bool { keyMayHoldObject || objectIsAcknowledged }
         /// A save of the file failed (errno; 0: none) while a rename was moving it, so its unacknowledged
         /// version could not be split off at once (`WriteBack.saveFailed`): it is dropped at the last
         /// writer's close instead.

@@ -47,7 +47,7 @@ extension WriteBack {
             l[dst] = f
             localFiles.bumpSplits(dst)
             let cur = f.state.withLock { s in
-                fileMayHoldObject = s.keyMayHoldObject || s.objectIsAcknowledged
+                fileMayHoldObject = s.mayHoldObject  // read before the move changes it
                 s.key = dst
                 s.objectIsAcknowledged = objectCopied
                 // Whatever the new name held (another file's object, replaced) is this file's to delete now.
