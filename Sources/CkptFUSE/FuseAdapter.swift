@@ -115,7 +115,11 @@ public final class FuseAdapter: Sendable {
     }
 
     func replyError(_ req: fuse_req_t?, _ e: FSError, _ op: String) {
-        if e.errno == EIO || e.errno == ESTALE || e.errno == EACCES {
+        // An open answering ESTALE asks the kernel to look the name up again (the inode it looked up stopped
+        // naming the file: a save by rename replaced it meanwhile); the caller sees nothing of it. Logged as an
+        // error, a loop of saves by rename racing opens of the name wrote about 50 lines a second.
+        let retried = e.errno == ESTALE && op == "open"
+        if !retried && (e.errno == EIO || e.errno == ESTALE || e.errno == EACCES) {
             logger.error("operation failed", metadata: ["fuse.op": "\(op)", "fuse.error": "\(e)"])
         } else {
             logger.debug("operation failed", metadata: ["fuse.op": "\(op)", "fuse.error": "\(e)"])

@@ -84,6 +84,10 @@ extension FileSystem {
             remote = listed && !n.superseded ? PinnedObject(key: n.key, etag: n.meta.etag, size: n.meta.size)
                                              : try await remoteObject(ino, n)
         }
+        // Its name changed while S3 was asked (a rename over it, an unlink: their local files go in the same step
+        // as the key's inodes stop naming it): what S3 said is not this inode's file, which may have been a
+        // local file the rename withdrew (an old save of it in S3 would open instead of the renamed file).
+        if !stillNames(ino, splits) { throw FileSystem.inodeReplaced }
         if write {
             if remote == nil && !n.meta.etag.isEmpty { throw gone(ino, splits) }  // deleted in S3 meanwhile
             let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: truncate, remote: remote,
@@ -100,8 +104,14 @@ extension FileSystem {
     /// what it names now (the new file, or, with O_CREAT, a file it creates); else ENOENT. Before, an open racing
     /// a save by rename failed with ENOENT though the name always existed (outside testing round 7).
     private func gone(_ ino: UInt64, _ splits: UInt64) -> FSError {
-        guard let (n, now) = try? namespace.nodeAndSplits(ino), !n.superseded, now == splits else { return FileSystem.inodeReplaced }
-        return .noEntry
+        stillNames(ino, splits) ? .noEntry : FileSystem.inodeReplaced
+    }
+
+    /// Whether inode `ino` still names its key's file as it did when the open read `splits` with it: not
+    /// superseded, and the key's local file neither replaced nor removed since.
+    private func stillNames(_ ino: UInt64, _ splits: UInt64) -> Bool {
+        guard let (n, now) = try? namespace.nodeAndSplits(ino) else { return false }
+        return !n.superseded && now == splits
     }
 
     private static let inodeReplaced = FSError(ESTALE, "the file this inode showed was replaced or removed; the kernel looks its name up again")

@@ -325,15 +325,13 @@ extension WriteBack {
         closeUploadJobs()
     }
 
-    /// unlink of a file key: its local file (if any) loses its name (an orphan while open, never uploaded; the
-    /// upload jobs of its versions stay open until the delete has waited for the uploads before it), and the
-    /// key is deleted in S3 after the uploads queued before now. Journaled before it returns.
-    func unlinkFile(key: String, ino: UInt64) async throws(FSError) {
-        var (deleteRecords, items) = deleteRecords([key])
-        let delete = items[0].0
-        var withdrawn = Withdrawal()
-        // The inodes of the name stop naming it as its local file goes (`fileReplaced`): one the kernel looked up
-        // before must not join the file created under the name next.
+    /// Takes the local file of `key` (if any) out of the local files, as an unlink or a rename over it removes
+    /// it. The inodes of the key stop naming it at the same moment (`fileReplaced`), and its split count moves
+    /// on: an open that found the file (or the inode) before answers ESTALE and the kernel looks the name up
+    /// again, instead of joining the file the key holds next, or finding none and answering ENOENT for a name
+    /// a rename keeps (CI: 1 open in about 8,000 racing saves by rename, which found the replaced file
+    /// withdrawn and the renamed one not placed yet).
+    func takeLocalFile(key: String) -> LocalFile? {
         var removed: LocalFile?
         notices.fileReplaced(key: key) {
             removed = localFiles.byKey.withLock { l in
@@ -341,7 +339,17 @@ extension WriteBack {
                 return l.removeValue(forKey: key)
             }
         }
-        if let f = removed { withdrawn = orphan(f, ino: ino, heldFor: delete) }
+        return removed
+    }
+
+    /// unlink of a file key: its local file (if any) loses its name (an orphan while open, never uploaded; the
+    /// upload jobs of its versions stay open until the delete has waited for the uploads before it), and the
+    /// key is deleted in S3 after the uploads queued before now. Journaled before it returns.
+    func unlinkFile(key: String, ino: UInt64) async throws(FSError) {
+        var (deleteRecords, items) = deleteRecords([key])
+        let delete = items[0].0
+        var withdrawn = Withdrawal()
+        if let f = takeLocalFile(key: key) { withdrawn = orphan(f, ino: ino, heldFor: delete) }
         // Created here and never sent: nothing of it is in S3 to delete (S-UNLINK-NOT-UPLOADED); journaled so, recovery
         // after a crash does not send it either.
         if !withdrawn.keyMayHoldObject { deleteRecords[0].sendsNothing = true }

@@ -15,7 +15,7 @@ extension WriteBack {
         // orphan.
         func withdrawDestination() -> Withdrawal {
             // No file there (the lookup found none): nothing of this mount's is under the name in S3.
-            guard let old = localFiles.byKey.withLock({ $0.removeValue(forKey: dst) }) else {
+            guard let old = takeLocalFile(key: dst) else {
                 return Withdrawal(keyMayHoldObject: replacing != nil)
             }
             // Every save is a version (`FSOptions.keepEveryVersion`): the destination's saves still queued

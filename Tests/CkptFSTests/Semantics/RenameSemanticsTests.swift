@@ -81,6 +81,27 @@ final class RenameSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(info.metadata["mtime"], "1600000000.250", "the copy keeps the stored mtime")
     }
 
+    /// A file only in S3 renamed (copied in S3) over another: the destination's inodes stop naming the name at
+    /// the moment the rename replaces it, as with a local move, so an open of one the kernel looked up before
+    /// answers ESTALE and the kernel looks the name up again. Before, the inode kept naming the key and
+    /// showing the replaced version: an O_APPEND open of it opened that version (checked within the last
+    /// second) and its write made a save of the replaced file plus the line, uploaded over the renamed one.
+    func testRenameOfAnObjectOverAnotherRenewsTheDestinationsInode() async throws {
+        s3.seed(bucket, "a", bytes(5000))
+        try await save("d", bytes(300, 2))
+        await flushAll()  // d is only in S3 now, as a is
+        let old = try await ino("d")
+        try await mount.rename("a", "d", noReplace: false).get()
+        let e = await errno { () async throws(FSError) in _ = try await fs.open(ino: old, flags: O_WRONLY | O_APPEND) }
+        XCTAssertEqual(e, ESTALE, "an open of the replaced file's inode opened the replaced version")
+        let now = try await ino("d")
+        XCTAssertNotEqual(now, old, "the name names a new inode")
+        await flushAll()
+        XCTAssert(stored["d"] == bytes(5000), "S3 holds \(stored["d"]?.count ?? -1) bytes, not the renamed file's")
+        let shown = try await read("d")
+        XCTAssert(shown == bytes(5000), "the mount shows \(shown.count) bytes, not the renamed file's")
+    }
+
     /// A rename over a file replaces it whatever S3 holds under that name by then: no condition, no conflict.
     func testSRenameReplace() async throws {
         s3.seed(bucket, "t", Array("v1".utf8))
