@@ -61,6 +61,11 @@ after a newer version had dropped them, so recovery after a crash would have tak
    just before joined the renamed file with the old file's size and pages, so O_APPEND writes landed inside the
    newer save (in the mount and in S3), and opens of the name that always existed failed with ENOENT (10% of
    them); the same for an unlink and a new file under the name (EIO, "a staged file shorter than recorded").
+18. The ninth round (on b0404d1): a file only in S3 opened for writing without truncating (O_APPEND: opened in
+   place, the blocks it does not rewrite come from the object when read) and still open, then replaced by a
+   rename (a copy in S3, or a new save moved over it and uploaded) or unlinked: its descriptors' reads and its
+   last close failed with EIO once the mount's own change landed, taken for another client's ("changed in S3
+   since it was opened for writing"). 8 of 8 runs.
 """
 import concurrent.futures
 import errno
@@ -798,3 +803,50 @@ def test_an_unlinked_open_file_only_in_s3_opens_again_through_proc_fd(server, bu
         os.close(fd)
     flush(mounts, mp)
     assert s3_keys(server, bucket) == []
+
+
+@pytest.mark.parametrize("change", ["copy", "local", "unlink"])
+def test_a_file_opened_in_place_reads_on_after_this_mount_replaces_or_removes_it(server, bucket, mounts, change):
+    """Item 18: S-UNLINK-OPEN / S-RENAME-REPLACE: the replaced file lives on for its descriptors. Before this mount
+    changes the key in S3, such a file fetches the blocks it still reads from the object (as clean read handles
+    keep theirs, S-UNLINK-OPEN-CLEAN); on b0404d1 the reads and the close failed with EIO."""
+    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "0")
+    old, new = os.urandom(3 * MiB), os.urandom(5000)
+    server.s3.put_object(Bucket=bucket, Key="last.pt", Body=old)
+    name = f"{mp}/last.pt"
+    wfd = os.open(name, os.O_WRONLY | os.O_APPEND)
+    rfd = -1
+    try:
+        os.write(wfd, b"appended line\n")
+        rfd = os.open(name, os.O_RDONLY)
+        if change == "copy":
+            with open(f"{mp}/src.pt", "wb") as f:
+                f.write(new)
+            flush(mounts, mp)  # src.pt is only in S3: the rename copies it over last.pt there
+            os.replace(f"{mp}/src.pt", name)
+        elif change == "local":
+            with open(f"{mp}/last.tmp", "wb") as f:
+                f.write(new)
+            os.replace(f"{mp}/last.tmp", name)
+        else:
+            os.unlink(name)
+            flush(mounts, mp)
+            with open(name, "wb") as f:
+                f.write(new)
+        flush(mounts, mp)  # the change has landed: S3's last.pt is the new save
+        assert s3_bytes(server, bucket, "last.pt") == new
+        got, off = b"", 0
+        while chunk := os.pread(rfd, 1 << 20, off):
+            got += chunk
+            off += len(chunk)
+        assert got == old + b"appended line\n", (len(got), got[:5000] == new)
+        os.write(wfd, b"second line\n")
+        assert os.pread(rfd, 100, len(old)) == b"appended line\nsecond line\n"
+    finally:
+        if rfd >= 0:
+            os.close(rfd)
+        os.close(wfd)  # an orphan's last close: nothing goes to S3, and it succeeds
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "last.pt") == new
+    with open(name, "rb") as f:
+        assert f.read() == new

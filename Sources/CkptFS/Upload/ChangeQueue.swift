@@ -336,7 +336,12 @@ extension WriteBack {
         notices.fileReplaced(key: key) {
             removed = localFiles.byKey.withLock { l in
                 localFiles.bumpSplits(key)
-                return l.removeValue(forKey: key)
+                guard let f = l.removeValue(forKey: key) else { return nil }
+                // Open, its current version is its descriptors' from this moment (`orphan` finishes the job): an
+                // upload of it landing before then must not take the file for gone and remove the staged file
+                // they read (outside testing round 9: read() failed with ENOENT, "cannot open the staged file").
+                f.state.withLock { s in if s.handles > 0 { s.current.state.withLock { $0.orphaned = true } } }
+                return f
             }
         }
         return removed
@@ -459,7 +464,7 @@ extension WriteBack {
             return d.key
         }
         if let key {
-            await openObjects.keep(key: key)  // descriptors reading the object read on until their last close
+            await keepReaders(of: key)  // descriptors reading the object read on until their last close
             var delay: Duration = .milliseconds(500)
             while !Task.isCancelled {
                 do throws(S3Error) {

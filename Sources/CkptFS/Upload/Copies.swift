@@ -25,7 +25,7 @@ extension WriteBack {
 
     /// Server-side copy; multipart (UploadPartCopy) when the object is over 5 GiB.
     func copyObject(from src: String, to dst: String) async throws(FSError) {
-        await openObjects.keep(key: dst)  // descriptors reading the object it replaces read on
+        await keepReaders(of: dst, replacingLocalFile: true)  // descriptors reading the object it replaces read on
         do throws(S3Error) {
             let info = try await client.headObject(bucket, src, versionId: nil, ifMatch: nil)
             if info.size <= 5 << 30 {

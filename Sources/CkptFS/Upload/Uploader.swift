@@ -143,7 +143,7 @@ extension WriteBack {
         put.condition = conditionsUnsupported.load(ordering: .relaxed) ? nil : condition(for: v)
         let ranges = WriteBack.partRanges(size: size, minimum: options.partSize)
         var expectedParts = 0
-        await openObjects.keep(key: key)  // descriptors reading the object it replaces read on
+        await keepReaders(of: key)  // descriptors reading the object it replaces read on
         do throws(FSError) {
             return try await putOrMultipart()
         } catch where error.kind == .conflict {

@@ -132,6 +132,29 @@ extension WriteBack {
         }
     }
 
+    /// Before this mount changes `key` in S3 (a delete, an upload, a copy over it): descriptors still reading
+    /// what it holds read on (S-UNLINK-OPEN, S-UNLINK-OPEN-CLEAN). The versions clean read handles pinned are
+    /// kept in the block cache (`OpenObjects.keep(key:)`); a file opened for writing in place from that object
+    /// (its blocks not rewritten come from the object when read) that lost its name, an orphan, or that a copy
+    /// over the key replaces (`replacingLocalFile`), fetches those blocks now, while the object is there.
+    /// Before, its descriptors' reads and its last close failed with EIO once the change landed, this mount's
+    /// own change taken for another client's (outside testing round 9). A fetch that fails is logged and the
+    /// change goes ahead, as for read handles.
+    func keepReaders(of key: String, replacingLocalFile: Bool = false) async {
+        await openObjects.keep(key: key)
+        var vs = localFiles.orphans.withLock { o in o.values.map(\.current) }
+        if replacingLocalFile, let f = localFiles[key] {
+            vs += versions(of: f)
+            if let fallback = f.current.state.withLock({ $0.fallback }) { vs.append(fallback) }
+        }
+        for v in vs where v.state.withLock({ s in s.base.map { $0.key.sameBytes(key) } == true && !s.missing.isEmpty }) {
+            do throws(FSError) { try await fillAll(v) } catch {
+                logger.warning("could not fetch what a file opened in place still reads from an object this mount changes",
+                               metadata: ["key": "\(key)", "error": "\(error)"])
+            }
+        }
+    }
+
     /// Fetches every block still missing (before an acknowledgement, an upload, or a rename that deletes the
     /// base object).
     func fillAll(_ v: StagedVersion) async throws(FSError) {

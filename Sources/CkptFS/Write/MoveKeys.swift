@@ -66,6 +66,11 @@ extension WriteBack {
             if dropped { await restoreDelete(of: [dst]) }
             throw error
         }
+        // The destination's inodes stop naming it before the copy replaces its object: an open of one from here
+        // on answers ESTALE (the kernel's new lookup waits for the rename, which holds the directory), so none
+        // pins the version the copy replaces, or opens it in place, after `keepReaders` made that version's
+        // readers whole (outside testing round 9: reads failed with ESTALE or EIO, and appends with EIO).
+        notices.fileReplaced(key: dst) { localFiles.bumpSplits(dst) }
         do throws(FSError) { try await copyObjectOrMarker(from: src, to: dst) } catch {
             try? await journal.record(JournalRecord(op: .done, id: intent))
             if dropped { await restoreDelete(of: [dst]) }

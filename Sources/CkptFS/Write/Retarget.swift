@@ -33,6 +33,7 @@ extension WriteBack {
         // would take a version queued again under the new name for a finished one and remove its staged file).
         var moved: [(StagedVersion, Bool, String?)] = []
         var fileMayHoldObject = true
+        var stayed = false
         // The acknowledged version a later write copied (not queued while a writer stays open) moves too: it
         // stands for the file until the copy is acknowledged, and is uploaded if the copy is dropped.
         if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) {
@@ -54,9 +55,30 @@ extension WriteBack {
                 s.keyMayHoldObject = destinationMayHoldObject
                 return s.current
             }
-            for v in vs {
+            // The newest save (acknowledged version) goes to the new name, with what was written after it. The
+            // saves before it stay under the old name, where they were made: one uploading lands there, one
+            // waiting (every save kept, `FSOptions.keepEveryVersion`) is uploaded there, and the old name's
+            // delete comes after them. Sent again under the new name (as before), they showed it holding bytes
+            // it never held: a save of the old name, replaced by the newest (outside testing round 8).
+            // Of a file stopped by a conflict all go (the object under the old name is someone else's: renaming
+            // the file is how its saves get uploaded, README).
+            let fallback = cur.state.withLock { $0.fallback }
+            let conflicted = vs.contains { v in v.state.withLock { s in if case .conflict = s.upload { true } else { false } } }
+            let newestSave = conflicted ? nil : vs.lastIndex { v in v.state.withLock { s in s.committedSum != nil && !v.wasLetGo(s, current: cur) } }
+            for (i, v) in vs.enumerated() {
                 let moves = v.state.withLock { s -> (requeue: Bool, sum: String?)? in
                     if v.wasLetGo(s, current: cur) { return nil }
+                    if let newestSave, i < newestSave, v !== cur, v !== fallback {
+                        switch s.upload {
+                        case .waiting where s.sealed || s.committedSum != nil, .uploading:
+                            // History of the old name only: one that meets another client's object there is
+                            // dropped, not a conflict (that would hold the old name's delete for ever).
+                            s.keptByRename = true
+                            stayed = true
+                            return nil
+                        default: break
+                        }
+                    }
                     s.key = dst
                     s.expect = .anything
                     var requeue = false
@@ -86,7 +108,7 @@ extension WriteBack {
         } }
         // Read after the move: no upload of these versions starts under the old name any more (their jobs'
         // checks find them moved, and `enqueueUpload` reads the key under the queue's lock).
-        out.sourceMayHoldObject = fileMayHoldObject || vs.contains { $0.state.withLock { $0.reachedKey } }
+        out.sourceMayHoldObject = fileMayHoldObject || stayed || vs.contains { $0.state.withLock { $0.reachedKey } }
             || changes.state.withLock { u in u.pending.values.contains { $0.key.sameBytes(src) } }
         for (v, requeue, sum) in moved {
             abandonEarlyUpload(v, because: "renamed")  // its parts went to the old name

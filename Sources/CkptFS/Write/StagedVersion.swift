@@ -98,8 +98,9 @@ final class StagedVersion: Sendable {
         /// The file was unlinked while open: its handles write it in place, and nothing of it is ever uploaded.
         var orphaned = false
         /// A save of a file a rename replaced, kept to be uploaded all the same (`FSOptions.keepEveryVersion`):
-        /// it replaces whatever the key holds, as the rename does; an upload already in flight with a condition
-        /// that then fails is dropped, not held as a conflict (no name is left to resolve one by).
+        /// it replaces whatever the key holds, as the rename does; or a save a rename left under the old name
+        /// (an earlier one than the newest it moved, `WriteBack.retarget`). An upload with a condition that then
+        /// fails is dropped, not held as a conflict (no name is left to resolve one by).
         var keptByRename = false
         /// S3 may hold an object under the key because of this version: its upload started there (or the upload
         /// of a version it superseded did; with no upload delay, it was queued), or queueing it cancelled a

@@ -77,8 +77,9 @@ struct ModelFile {
     /// lets it go), not taken from the object (opened from S3, or after a crash that left nothing to upload).
     var ackedHere = false
     /// The versions queued since the file last landed, oldest first (`queued` is the last): with
-    /// `keepEveryVersion` each is uploaded; without, a newer one supersedes those still waiting, but one in
-    /// flight when a rename moves the file is sent again under the new name first.
+    /// `keepEveryVersion` each is uploaded; without, a newer one supersedes those still waiting. A rename
+    /// leaves those before the newest under the old name, but of a file stopped by a conflict, whose versions
+    /// all go to the new name, in order.
     var pendingVersions: [Bytes] = []
     /// S3 may hold an object under the file's key that removing its name must delete (the core's
     /// `WriteBack.keyMayHoldObject`): false for a file created here until a version of it is queued (with no
@@ -427,8 +428,10 @@ struct Model {
         files[id]!.conditional = false
         files[id]!.conflicted = false
         files[id]!.conflictSeq = nil
-        // The versions queued under the old name go to the new one (the core retargets them). Under `src`, one
-        // in flight may still land, before the old name's delete (the key's chain waits for it).
+        // The newest version queued under the old name goes to the new one (the core retargets it); those
+        // before it stay under `src` (one in flight lands, one waiting with every save kept is uploaded), before
+        // the old name's delete (the key's chain waits for them): withdrawn there, they may land or not. A
+        // file stopped by a conflict moves them all (the object under the old name is someone else's).
         for i in events.indices where events[i].kind == .put && events[i].file == id && events[i].key == src {
             events[i].withdrawn = true
         }
@@ -444,9 +447,11 @@ struct Model {
                 seq += 1
                 files[id]!.ackSeq = seq
             }
-            // Versions queued before the newest go to the new name too, in order (see `pendingVersions`).
-            if f.pendingVersions.count > 1 { files[id]!.mayHoldObject = true }
-            for v in f.pendingVersions.dropLast() { record(dst, .put, v, file: id) }
+            // Versions queued before the newest of a file stopped by a conflict go to the new name too, in order.
+            if f.conflicted {
+                if f.pendingVersions.count > 1 { files[id]!.mayHoldObject = true }
+                for v in f.pendingVersions.dropLast() { record(dst, .put, v, file: id) }
+            }
         }
         // A version queued again under the new name counts as sent there (no upload delay here).
         func requeue(_ v: Bytes?) {

@@ -853,9 +853,9 @@ final class ModelRegressionTests: XCTestCase {
         ], setup: setup)
     }
 
-    /// Model imprecision (`--keep-every-version`, seeds 16 and 149 shrunk): a rename moves every save queued
-    /// since the file last landed to the new name, in order, and each is uploaded there; the model expected
-    /// only the newest.
+    /// Model imprecision (`--keep-every-version`, seeds 16 and 149 shrunk): a rename of a file stopped by a
+    /// conflict moves every save queued since the file last landed to the new name, in order, and each is
+    /// uploaded there; the model expected only the newest (of another file, only the newest goes).
     func testKeepEveryVersionARenameMovesEverySaveQueued() async throws {
         var setup = CoreDriver.Setup()
         setup.keepEveryVersion = true
@@ -869,6 +869,21 @@ final class ModelRegressionTests: XCTestCase {
             .rename("a", "y/y", noReplace: false),
             .releaseOne,
         ], setup: setup)
+    }
+
+    /// Seed 989 shrunk (on the change that leaves a file's earlier saves under the old name at a rename): the
+    /// first save, uploading with If-None-Match when another client put the name and a rename moved the file,
+    /// met that object and stopped as a conflict under a name no file had any more. A save left under the old
+    /// name is history only: dropped on a conflict (`StagedVersion.State.keptByRename`).
+    func testSeed989() async throws {
+        try await ModelCheck.replay([
+            .open("y", h: 1, .createTruncate),
+            .mkdir("x"),
+            .close(h: 1),
+            .remotePut("y", count: 5476, seed: 989009),
+            .truncate("y", to: 6152),
+            .rename("y", "x/d", noReplace: false),
+        ])
     }
 
     /// Seed 185 shrunk: a file fsynced empty, written, closed, renamed away and back, then a crash: lost.

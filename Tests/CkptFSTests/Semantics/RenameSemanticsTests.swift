@@ -214,6 +214,30 @@ final class RenameSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored, ["a2": bytes(1000, 1), "b2": bytes(1000, 2), "c2": bytes(1000, 3)])
     }
 
+    /// A rename sends only the file's newest save to the new name: a save before it, uploading (or, with every
+    /// save kept, waiting) when the rename comes, lands under the old name, before that name's delete. Before,
+    /// it was sent again under the new name first, which then held bytes it never held (a save of the old
+    /// name; outside testing round 8, with --keep-every-version).
+    func testRenameSendsOnlyTheNewestSaveToTheNewName() async throws {
+        for keepEveryVersion in [false, true] {
+            try remount { $0.keepEveryVersion = keepEveryVersion }
+            let f = "f\(keepEveryVersion)", g = "g\(keepEveryVersion)"
+            let gate = holdUploads(FaultInjectingClient.Match.uploads.key(f))
+            try await save(f, bytes(1000, 1))
+            await client.waitForHeld(gate)  // the first save is uploading
+            try await save(f, bytes(1000, 2))
+            try await save(f, bytes(1000, 3))
+            try await mount.rename(f, g, noReplace: false).get()
+            client.release(gate)
+            await flushAll()
+            XCTAssertNil(stored[f])
+            XCTAssert(stored[g] == bytes(1000, 3), "\(g) is not the newest save")
+            let puts = client.calls("PutObject")
+            XCTAssertEqual(puts.filter { $0.key == g }.count, 1, "an earlier save went to the new name (every save kept: \(keepEveryVersion))")
+            XCTAssertEqual(puts.filter { $0.key == f }.count, keepEveryVersion ? 2 : 1, "the saves before the newest")
+        }
+    }
+
     /// Renaming a file stopped by a conflict uploads it under the new name; the old name shows the other
     /// writer's object again.
     func testSRenameConflicted() async throws {
