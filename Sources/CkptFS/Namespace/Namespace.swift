@@ -197,23 +197,24 @@ final class Namespace: WriteBackNotices {
     /// The version of `key` the kernel's inodes show was dropped: each is superseded (an open of it fails with
     /// ESTALE, and the kernel looks the path up again), and the path gets a new inode at its next lookup, as
     /// when another writer replaced the object (see `replaced`).
-    func shownVersionDropped(key: String, by drop: () -> Void) { renewFileInodes(of: key, localVersionGone: true, by: drop) }
+    func shownVersionDropped(key: String, by drop: () -> Void) {
+        tellKernel(renewFileInodes(of: key, localVersionGone: true, by: drop))
+    }
 
-    func fileReplaced(key: String, by change: () -> Void) { renewFileInodes(of: key, localVersionGone: false, by: change) }
+    /// A rename over the name or an unlink tells the kernel nothing: the kernel made that change to its own
+    /// entries, and its notice would wait for the directory the rename or unlink holds while it waits for this
+    /// daemon: after a kill -9 in between, neither ever ended and the mount could not even be detached
+    /// (outside testing round 10: 3 of 3 runs of renames over one name in 4 processes).
+    func fileReplaced(key: String, by change: () -> Void) { _ = renewFileInodes(of: key, localVersionGone: false, by: change) }
 
     /// `change`, then under the same lock the file inodes of `key` superseded and their paths freed (`renew`),
-    /// with `localVersionGone` also their listings dropped and the kernel told after. A rename over the name
-    /// or an unlink (`fileReplaced`) tells it nothing: the kernel made that change to its own entries, and its
-    /// notice would wait for the directory the rename or unlink holds while it waits for this daemon: after a
-    /// kill -9 in between, neither ever ended and the mount could not even be detached (outside testing
-    /// round 10: 3 of 3 runs of renames over one name in 4 processes).
-    private func renewFileInodes(of key: String, localVersionGone: Bool, by change: () -> Void) {
-        let renewed = table.withLock { t in
+    /// with `localVersionGone` also their listings dropped. Returns the paths freed, for the kernel.
+    private func renewFileInodes(of key: String, localVersionGone: Bool, by change: () -> Void) -> [(parent: UInt64, name: String, ino: UInt64)] {
+        table.withLock { t in
             change()
             if localVersionGone { t.localVersionGone(key: key) }
             return t.renew(fileKey: key)
         }
-        if localVersionGone { tellKernel(renewed) }
     }
 
     /// Tells the kernel that each (parent, name) no longer names inode `ino` (see `KernelCaches`): without it

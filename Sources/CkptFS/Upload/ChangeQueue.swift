@@ -261,6 +261,15 @@ extension WriteBack {
         for c in ready { c.resume() }
     }
 
+    /// `versions(of: key, newest:)` and `newest`'s fallback: the acknowledged version a later write copied (not
+    /// queued while a writer stays open), which stands for the file until the copy is acknowledged. Every
+    /// version that holds bytes of the file a rename moves or a change to its base object must not lose.
+    func versionsWithFallback(of key: String, newest: StagedVersion) -> [StagedVersion] {
+        var vs = versions(of: key, newest: newest)
+        if let fallback = newest.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) { vs.append(fallback) }
+        return vs
+    }
+
     /// Every local version of `key`: those queued or uploading, and `newest` (the key's current one).
     func versions(of key: String, newest: StagedVersion) -> [StagedVersion] {
         var vs = changes.state.withLock { u in u.pending.values.filter { $0.key.sameBytes(key) } }

@@ -143,10 +143,7 @@ extension WriteBack {
     func keepReaders(of key: String, replacingLocalFile: Bool = false) async {
         await openObjects.keep(key: key)
         var vs = localFiles.orphans.withLock { o in o.values.map(\.current) }
-        if replacingLocalFile, let f = localFiles[key] {
-            vs += versions(of: f)
-            if let fallback = f.current.state.withLock({ $0.fallback }) { vs.append(fallback) }
-        }
+        if replacingLocalFile, let f = localFiles[key] { vs += versionsWithFallback(of: f.key, newest: f.current) }
         for v in vs where v.state.withLock({ s in s.base.map { $0.key.sameBytes(key) } == true && !s.missing.isEmpty }) {
             do throws(FSError) { try await fillAll(v) } catch {
                 logger.warning("could not fetch what a file opened in place still reads from an object this mount changes",

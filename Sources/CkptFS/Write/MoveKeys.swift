@@ -108,8 +108,7 @@ extension WriteBack {
     /// (the checksum of its acknowledgement counted the blocks missing then as zeros: recovery would find it
     /// wrong and quarantine the file). Errors: those of the fetches (EIO) and of reading the staged files.
     func fillForMove(_ f: LocalFile) async throws(FSError) {
-        var vs = versions(of: f)
-        if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) { vs.append(fallback) }
+        let vs = versionsWithFallback(of: f.key, newest: f.current)
         let cur = f.current
         for v in vs {
             if v.state.withLock({ v.wasLetGo($0, current: cur) }) { continue }  // it does not move (`retarget`)

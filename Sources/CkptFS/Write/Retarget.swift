@@ -27,18 +27,15 @@ extension WriteBack {
     func retarget(_ f: LocalFile, from src: String, to dst: String, objectCopied: Bool,
                   destinationMayHoldObject: Bool) -> Retarget {
         var out = Retarget()
-        var vs = versions(of: src, newest: f.current)
+        // The acknowledged version a later write copied moves too: it stands for the file until the copy is
+        // acknowledged, and is uploaded if the copy is dropped.
+        var vs = versionsWithFallback(of: src, newest: f.current)
         // The file, and its versions' keys and states, move under the local files' lock: an upload that lands
         // meanwhile (`finishUpload`) sees either the version before the move or after it, never between (it
         // would take a version queued again under the new name for a finished one and remove its staged file).
         var moved: [(StagedVersion, Bool, String?)] = []
         var fileMayHoldObject = true
         var stayed = false
-        // The acknowledged version a later write copied (not queued while a writer stays open) moves too: it
-        // stands for the file until the copy is acknowledged, and is uploaded if the copy is dropped.
-        if let fallback = f.current.state.withLock({ $0.fallback }), !vs.contains(where: { $0 === fallback }) {
-            vs.append(fallback)
-        }
         vs.sort { $0.id < $1.id }  // journaled again in the order they were made: the newest last
         // Under the namespace's lock too: inodes of the file the destination was (the kernel looked them up
         // before) stop naming it at the moment `f` takes its place (outside testing round 7: an O_APPEND open of the
