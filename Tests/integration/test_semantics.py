@@ -346,7 +346,6 @@ def test_s_cons_stat_stale(server, bucket, mounts):
     assert os.stat(f"{mp}/grown").st_size == 5
 
 
-@pytest.mark.xfail(strict=True, reason="Known bug: a descriptor reads the version it pinned at open (SEMANTICS Known bugs)")
 def test_s_cons_own_appends(server, bucket, mounts):
     # A log written through the mount and read by a descriptor opened before (`tail -f`): each append is a save
     # that lands (flush), then the kernel's clean pages of the file go (as under memory pressure, or when an open

@@ -92,6 +92,7 @@ extension FileSystem {
             if remote == nil && !n.meta.etag.isEmpty { throw gone(ino, splits) }  // deleted in S3 meanwhile
             let h = try await writeBack.openLocal(ino: ino, key: n.key, write: true, truncate: truncate, remote: remote,
                                                   splitsSeen: splits)!
+            if !truncate, let f = writeBack.localHandles.withLock({ $0[h] })?.file { joinReaders(of: ino, to: f) }
             return OpenReply(handle: h, directIO: false, keepCache: false)
         }
         guard let remote else { throw gone(ino, splits) }
@@ -112,6 +113,44 @@ extension FileSystem {
     private func stillNames(_ ino: UInt64, _ splits: UInt64) -> Bool {
         guard let (n, now) = try? namespace.nodeAndSplits(ino) else { return false }
         return !n.superseded && now == splits
+    }
+
+    /// Read handles of inode `ino` that pinned the object version its local file `f` was opened from for
+    /// writing in place (another descriptor appending or rewriting part of it) read `f` from now on, as every
+    /// descriptor of a file on a local disk reads what any of them wrote (S-CONS-OWN-APPENDS). A save over it
+    /// (O_TRUNC, or truncate) is a new version: they read the old one until their last close, with every
+    /// block of it (S-UNLINK-OPEN-CLEAN). Before, such a handle read its pinned
+    /// version for good: once the kernel dropped its pages of the file (an open for writing does) and this
+    /// mount's save of the appends landed, the appended range read as zeros, the kernel's size including it
+    /// (`tail -f` of a log written through the mount; outside testing round 9). Each handle moves in one step
+    /// under the read handles' lock, so a read or release of it finds it either pinned or on `f`, never
+    /// neither. Only while `f` is the key's local file: one replaced or removed since (a rename over it, an
+    /// unlink) leaves the handles on their version, which lives on for them (S-UNLINK-OPEN-CLEAN). A file
+    /// another client changed in S3 meanwhile is another inode (`replaced`), never joined.
+    func joinReaders(of ino: UInt64, to f: LocalFile) {
+        let (key, from) = f.state.withLock { ($0.key, $0.madeFrom) }
+        guard let from, openObjects.isRead(PinnedObject(key: key, etag: from, size: 0)),
+              let (n, splits) = try? namespace.nodeAndSplits(ino), !n.superseded, n.key.sameBytes(key) else { return }
+        let moved = handles.withLock { hs -> [PinnedObject] in
+            let pinned = hs.filter { _, rh in
+                rh.ino == ino && rh.object.versionId == nil && rh.object.etag == from && rh.object.key.sameBytes(key)
+            }
+            guard !pinned.isEmpty else { return [] }
+            let joined = writeBack.localFiles.byKey.withLock { l -> Bool in
+                // `f` is still the file the inode names: a rename over the name, or an unlink, would have
+                // changed the split count in the step that took `f` out (or put another file under the key).
+                guard l[key] === f, writeBack.localFiles.splitCount(key) == splits else { return false }
+                f.state.withLock { $0.handles += pinned.count }
+                return true
+            }
+            guard joined else { return [] }
+            writeBack.localHandles.withLock { lh in
+                for h in pinned.keys { lh[h] = LocalHandle(ino: ino, file: f, writable: false) }
+            }
+            for h in pinned.keys { hs.removeValue(forKey: h) }
+            return pinned.values.map(\.object)
+        }
+        for o in moved { openObjects.closed(o) }
     }
 
     private static let inodeReplaced = FSError(ESTALE, "the file this inode showed was replaced or removed; the kernel looks its name up again")
@@ -141,6 +180,9 @@ extension FileSystem {
         let h = handleNumbers.next()
         openObjects.opened(remote)
         handles.withLock { $0[h] = ReadHandle(ino: ino, object: remote, listed: listed) }
+        // A writer may have opened the file since the caller found it clean (`openNow` decides on the FUSE
+        // thread, without the namespace's lock): its local file was made before this handle was registered.
+        if let f = writeBack.localFiles[remote.key] { joinReaders(of: ino, to: f) }
         return OpenReply(handle: h, directIO: direct, keepCache: true)
     }
 

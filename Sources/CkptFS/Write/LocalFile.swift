@@ -40,6 +40,10 @@ final class LocalFile: Sendable {
         /// was split off (`WriteBack.saveFailed`). Its handles read that version until the last of them closes
         /// and removes it; its writers' writes, close() and fsync() fail.
         var detached = false
+        /// The ETag of the object version this local file was opened from for writing in place (no O_TRUNC),
+        /// nil for a file created here or saved over with O_TRUNC: read handles that pinned that version of
+        /// the same inode read this file instead (`FileSystem.joinReaders`).
+        var madeFrom: String?
     }
     let state: Mutex<State>
 

@@ -62,6 +62,7 @@ extension WriteBack {
                     s.writers = writer ? 1 : 0
                     s.objectIsAcknowledged = remote != nil
                     s.keyMayHoldObject = remote != nil
+                    s.madeFrom = truncate ? nil : remote?.etag
                 }
                 l[key] = fresh
                 return fresh

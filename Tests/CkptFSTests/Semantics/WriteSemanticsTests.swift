@@ -81,6 +81,52 @@ final class WriteSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored["log"], old + more)
     }
 
+    /// A descriptor open for reading reads what this mount's other descriptors wrote since (S-CONS-OWN-APPENDS):
+    /// appends, also once their save landed. Before, it read the version it pinned at open for good (10,000
+    /// bytes here), and the kernel filled the appended range with zeros. (A save over it with O_TRUNC is a new
+    /// version, which it does not read: `UnlinkSemanticsTests.testSUnlinkOpenClean`.)
+    func testAReaderOpenedBeforeThisMountsAppendsReadsThem() async throws {
+        let old = bytes(10_000, 1), more = bytes(700, 2)
+        s3.seed(bucket, "log", old)
+        let r = try await open("log", Self.read)
+        let a = try await open("log", Self.write)
+        try await write(a, more, at: 10_000)
+        let beforeClose = try await read(r)
+        XCTAssertEqual(beforeClose, old + more, "the reader did not see the append in the local file")
+        try await mount.close(a).get()
+        await flushAll()
+        XCTAssertEqual(stored["log"], old + more)
+        let afterLanding = try await read(r)
+        XCTAssertEqual(afterLanding, old + more, "the reader did not see the append after it landed")
+        let b = try await open("log", Self.write)
+        try await write(b, more, at: 10_700)
+        try await mount.close(b).get()
+        await flushAll()
+        let second = try await read(r)
+        XCTAssertEqual(second, old + more + more, "the reader missed the second save's append")
+        try await mount.close(r).get()
+    }
+
+    /// A reader of a file another client replaced in S3 keeps the version it opened: the write open finds the
+    /// new version (another inode), and the reader's descriptor is not moved to it (S-CONS-HANDLE-PINNED).
+    func testAReaderOfAFileAnotherClientReplacedKeepsItsVersionWhenThisMountWritesTheNewOne() async throws {
+        let old = bytes(10_000, 1), theirs = bytes(3000, 3)
+        s3.seed(bucket, "log", old)
+        let r = try await open("log", Self.read)
+        let first = try await read(r)  // cached now: a pinned version S3 no longer has reads from the cache
+        XCTAssertEqual(first, old)
+        s3.seed(bucket, "log", theirs)
+        try await Task.sleep(for: .milliseconds(1100))  // past the revalidation window: the open asks S3
+        let a = try await open("log", Self.write)
+        try await write(a, bytes(5, 4), at: 3000)
+        try await mount.close(a).get()
+        await flushAll()
+        XCTAssertEqual(stored["log"], theirs + bytes(5, 4))
+        let mine = try await read(r)
+        XCTAssertEqual(mine, old)
+        try await mount.close(r).get()
+    }
+
     /// O_TRUNC empties the local version only: S3 keeps the old object until the new one is uploaded whole.
     func testSWriteOtrunc() async throws {
         let old = bytes(5000, 1), new = bytes(40_000, 2)
