@@ -177,10 +177,30 @@ public final class BlockCache: Sendable {
         var clock: UInt64 = 0
         var stats = CacheStats()
 
+        /// The block indices stored of each object version, by the part of their names they share ("hh/<38
+        /// hex>"): `removeVersion` finds a version's blocks without the object's size.
+        var blocksOf: [Substring: Set<Int64>] = [:]
+
+        /// Enters `name` ("hh/<38 hex>-INDEX") in the index as `e`.
+        mutating func addEntry(_ name: String, _ e: Entry) {
+            entries[name] = e
+            if let (object, index) = State.parse(name) { blocksOf[object, default: []].insert(index) }
+        }
+
+        /// The object part and block index of a block's name.
+        static func parse(_ name: String) -> (Substring, Int64)? {
+            guard let dash = name.lastIndex(of: "-"), let index = Int64(name[name.index(after: dash)...]) else { return nil }
+            return (Substring(String(name[..<dash])), index)
+        }
+
         /// Removes entry `name` from the index (its file is the caller's to unlink); returns it.
         @discardableResult
         mutating func removeEntry(_ name: String) -> Entry? {
             guard let e = entries.removeValue(forKey: name) else { return nil }
+            if let (object, index) = State.parse(name) {
+                blocksOf[object]?.remove(index)
+                if blocksOf[object]?.isEmpty == true { blocksOf.removeValue(forKey: object) }
+            }
             stats.usedBytes -= e.size
             if e.seeded { stats.unreadSeededBytes -= e.size }
             stats.blocks = entries.count
@@ -287,7 +307,7 @@ public final class BlockCache: Sendable {
         state.withLock { s in
             for (name, size, _) in found {
                 s.clock += 1
-                s.entries[name] = Entry(size: size, lastUse: s.clock, verified: false)
+                s.addEntry(name, Entry(size: size, lastUse: s.clock, verified: false))
                 s.stats.usedBytes += size
             }
             s.stats.blocks = s.entries.count
@@ -418,6 +438,29 @@ public final class BlockCache: Sendable {
             return s.removeEntry(rel)?.size ?? 0
         }
         if freed > 0 { unlink("\(directory)/blocks/\(rel)") }
+        return freed
+    }
+
+    /// Deletes every cached block of the object version `k` names (its `index` is ignored) unless the version is
+    /// held: S3 no longer has that version under its key (this mount replaced or deleted it), so no read can
+    /// ask for its blocks again. Returns the bytes freed on disk. Without it, each replaced save stayed in the
+    /// cache until eviction, up to the share for saves (`seedBound`), pushing out blocks readers still use.
+    @discardableResult
+    public func removeVersion(_ k: BlockKey) -> Int64 {
+        let object = Substring(objectPart(k))
+        let (names, freed) = state.withLock { s -> ([String], Int64) in
+            guard s.held[object] == nil, let indices = s.blocksOf[object] else { return ([], 0) }
+            var names: [String] = [], freed: Int64 = 0
+            for i in indices {
+                let rel = "\(object)-\(i)"
+                if let e = s.removeEntry(rel) {
+                    freed += e.size
+                    names.append(rel)
+                }
+            }
+            return (names, freed)
+        }
+        for rel in names { unlink("\(directory)/blocks/\(rel)") }
         return freed
     }
 
@@ -573,7 +616,7 @@ public final class BlockCache: Sendable {
                 s.stats.unreadSeededBytes += size
             }
             s.clock += 1
-            s.entries[rel] = Entry(size: size, lastUse: s.clock, verified: true, seeded: seeded)
+            s.addEntry(rel, Entry(size: size, lastUse: s.clock, verified: true, seeded: seeded))
             s.stats.usedBytes += size
             s.stats.bytesStored += Int64(data.count)
             s.stats.blocks = s.entries.count

@@ -244,6 +244,20 @@ struct InodeTable: Sendable {
         for p in inosByKey[dirKey] ?? [] where listings[p]?.entries[name] != nil { listings[p]?.entries[name] = meta }
     }
 
+    /// The ETags of the versions of file `key` this table knows: its inodes' (superseded ones too) and the
+    /// entries of the listings naming it.
+    func knownETags(of key: String) -> Set<String> {
+        var out = Set<String>()
+        for ino in inosByKey[key] ?? [] {
+            if let n = nodes[ino], !n.meta.isDirectory, !n.meta.etag.isEmpty { out.insert(n.meta.etag) }
+        }
+        let (dirKey, name) = InodeTable.split(key)
+        for p in inosByKey[dirKey] ?? [] {
+            if let m = listings[p]?.entries[name], !m.isDirectory, !m.etag.isEmpty { out.insert(m.etag) }
+        }
+        return out
+    }
+
     /// The inodes whose node has `key` (a file's key, or a directory's key ending in "/").
     func inos(forKey key: String) -> Set<UInt64> { inosByKey[key] ?? [] }
 

@@ -191,6 +191,9 @@ final class Namespace: WriteBackNotices {
     /// A version of `key` landed in S3 with `meta` (and no local version stands for it any more).
     func objectLanded(key: String, meta: Meta) { table.withLock { $0.objectLanded(key: key, meta: meta) } }
 
+    /// The ETags of the versions of `key` the namespace knows (inodes, listings).
+    func knownETags(of key: String) -> Set<String> { table.withLock { $0.knownETags(of: key) } }
+
     /// The local version of `key` went without reaching S3: stat shows the object again.
     func localVersionGone(key: String) { table.withLock { $0.localVersionGone(key: key) } }
 

@@ -104,4 +104,14 @@ final class OpenObjects: Sendable {
                            metadata: ["s3.key": "\(o.key)", "error": "\(failure)"])
         }
     }
+
+    /// This mount replaced (its upload landed over it) or deleted version `etag` of `key` in S3: no read can
+    /// fetch it again, so its cached blocks go now, unless a handle still reads it (its blocks stay until the
+    /// version's last close, then go by eviction). Before, every replaced save stayed in the cache until
+    /// evicted, up to the share saves may take (`BlockCache.seedBound`, 45% of the cache), pushing out blocks
+    /// that readers still use (outside testing: fsx's saves grew the cache by 6.3 GB in 5 minutes).
+    func versionGone(key: String, etag: String) {
+        guard !etag.isEmpty, !isRead(PinnedObject(key: key, etag: etag, size: 0)) else { return }
+        reader.cache.removeVersion(reader.blockKey(PinnedObject(key: key, etag: etag, size: 0), 0))
+    }
 }

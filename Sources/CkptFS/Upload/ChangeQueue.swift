@@ -474,10 +474,13 @@ extension WriteBack {
         }
         if let key {
             await keepReaders(of: key)  // descriptors reading the object read on until their last close
+            let known = notices.knownETags(of: key)
             var delay: Duration = .milliseconds(500)
             while !Task.isCancelled {
                 do throws(S3Error) {
                     try await client.deleteObject(bucket, key, versionId: nil)
+                    // What the cache holds of the versions it knew there is of no use any more.
+                    for etag in known { openObjects.versionGone(key: key, etag: etag) }
                     break
                 } catch {
                     if error.code == .noSuchKey { break }

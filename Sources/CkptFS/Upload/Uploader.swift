@@ -73,6 +73,10 @@ extension WriteBack {
                     return
                 case .landed: break
                 }
+                // The version this save replaced in S3 (its condition named it) has no use in the cache any more.
+                if case .ifMatch(let replaced)? = condition(for: v), replaced != etag {
+                    openObjects.versionGone(key: key, etag: replaced)
+                }
                 resolveExpectations(after: v, etag: etag)
                 changes.state.withLock { u in
                     u.uploadedFiles += 1

@@ -22,6 +22,8 @@ protocol WriteBackNotices: Sendable {
     func objectLanded(key: String, meta: Meta)
     /// The local version of `key` went without reaching S3: stat shows the object again.
     func localVersionGone(key: String)
+    /// The ETags of the versions of `key` the namespace knows (inodes, listings).
+    func knownETags(of key: String) -> Set<String>
     /// The version of `key` the kernel was shown (its writes, its size) was dropped unacknowledged: a failed
     /// write or close. The file is what it was before that save, which the kernel's inode cannot show again.
     /// `drop` drops it (it may take the write-back's locks, and no other): run together with the inodes'
