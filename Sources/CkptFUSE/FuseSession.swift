@@ -50,6 +50,31 @@ public enum FuseSession {
         return "cannot unmount \(mountpoint): fusermount3 is not installed (apt-get install fuse3)"
     }
 
+    /// Aborts the FUSE connection of the mount whose device is `device` ("0:MINOR", from /proc/self/mountinfo;
+    /// the connection's number is MINOR) by writing its `abort` file under /sys/fs/fuse/connections (the
+    /// fusectl filesystem, mounted there first when it is not, as systemd does at boot). Every request waiting
+    /// on the connection then fails with ECONNABORTED and new ones with ENOTCONN, as when its daemon exits:
+    /// the way out when the daemon was killed but cannot exit (Documentation/filesystems/fuse.rst, "Aborting
+    /// a filesystem connection"). Needs root. Returns nil on success, else what went wrong.
+    public static func abortConnection(device: String) -> String? {
+        guard let minor = device.split(separator: ":").last.flatMap({ Int($0) }) else { return "not a device number: \(device)" }
+        let root = "/sys/fs/fuse/connections"
+        if access("\(root)/\(minor)", F_OK) != 0 {
+            _ = Glibc.mount("fusectl", root, "fusectl", 0, nil)
+        }
+        let fd = open("\(root)/\(minor)/abort", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            return "cannot open \(root)/\(minor)/abort: \(String(cString: strerror(errno)))"
+                + (getuid() == 0 ? "" : " (aborting a FUSE connection needs root)")
+        }
+        defer { close(fd) }
+        let one = Array("1".utf8)
+        guard one.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == one.count else {
+            return "cannot write \(root)/\(minor)/abort: \(String(cString: strerror(errno)))"
+        }
+        return nil
+    }
+
     /// The kernel's read-ahead window for the mount (KiB), which is also the size of the read requests a
     /// sequential reader's data comes in (up to `max_pages`, 1 MiB, from `max_write` in the INIT reply): the
     /// largest power of two up to one cache block (1 MiB) whose reply, with libfuse's margin of a few pages,

@@ -70,6 +70,8 @@ after a newer version had dropped them, so recovery after a crash would have tak
    the mount hung, not dead: a thread of the daemon waited, unkillable, in the kernel's entry invalidation for
    the directory a rename held while it waited for the daemon, so the daemon never exited, nothing could
    detach the mount (`ckptfs unmount` hung too), and only the connection's abort file freed it. 2 of 4 runs.
+   That cause is gone; any other (a thread waiting for another FUSE filesystem) is freed by `ckptfs unmount`
+   and `ckptfs mount`, which abort the connection of a mount whose killed daemon cannot exit.
 """
 import concurrent.futures
 import errno
@@ -82,7 +84,7 @@ import time
 
 import pytest
 
-from conftest import tmpfs, wait_until
+from conftest import UPLOADS, is_mounted, tmpfs, wait_until
 from test_write_back import MiB, daemon_pid, flush, open_multipart, s3_bytes, s3_keys, sha
 
 
@@ -890,3 +892,54 @@ def test_a_kill_9_while_saves_by_rename_run_leaves_a_dead_mount_not_a_hung_one(s
     assert gone, "the daemon did not exit after kill -9 (a zombie with a thread stuck in the kernel)"
     r = mounts.run("unmount", mp, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def process_state(pid):
+    """The state letter of process `pid` (/proc/PID/stat: R, S, D, Z, ...), None once it is gone."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def waits_for_fuse(pid):
+    """Whether a thread of `pid` waits for a FUSE request's answer."""
+    try:
+        return any(open(f"/proc/{pid}/task/{t}/wchan").read() == "request_wait_answer" for t in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return False
+
+
+def test_unmount_frees_a_mount_whose_killed_daemon_cannot_exit(server, bucket, mounts, proxy):
+    """Item 19's kind: a daemon killed with -9 while a thread of it waits in the kernel stays a zombie that
+    holds /dev/fuse, so every request to its mount waits forever, statvfs and umount included, and before,
+    `ckptfs unmount` waited with them. Made here with A's cache directory on a second mount B, whose uploads
+    the proxy holds: A's close syncs its staged file on B, B's fsync waits for S3, and B is stopped, so it
+    cannot answer the interrupt the kill sends either. `ckptfs unmount A` finds A's daemon a zombie without
+    asking the mount, aborts the connection and detaches it; A exits once B answers."""
+    import signal
+    import sys
+    b_mp, _ = mounts.mount_via(proxy, f"s3://{bucket}/b")
+    cache_a = os.path.join(b_mp, "cache-a")
+    os.mkdir(cache_a)
+    a_mp, _ = mounts.mount(f"s3://{bucket}/a", None, cache_a)
+    a_pid, b_pid = daemon_pid(a_mp), daemon_pid(b_mp)
+    proxy.hold(UPLOADS)
+    writer = subprocess.Popen([sys.executable, "-c", "import sys\nwith open(sys.argv[1], 'wb') as f: f.write(b'x' * 100000)",
+                               f"{a_mp}/f"], stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: waits_for_fuse(a_pid), 30), "A's daemon never waited for B"
+        os.kill(b_pid, signal.SIGSTOP)
+        os.kill(a_pid, signal.SIGKILL)
+        assert wait_until(lambda: process_state(a_pid) == "Z", 10), process_state(a_pid)
+        r = mounts.run("unmount", a_mp, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "could not exit" in r.stderr, r.stderr
+        assert not is_mounted(a_mp)
+        mounts.active.remove(a_mp)
+    finally:
+        os.kill(b_pid, signal.SIGCONT)
+        proxy.release()
+    writer.wait(timeout=60)
+    assert wait_until(lambda: process_state(a_pid) is None, 30), "A's daemon did not exit once B answered"
+    mounts.unmount(b_mp)

@@ -31,6 +31,11 @@ struct Unmount: ParsableCommand {
             throw UserFacingFailure(message: "\(path) is not mounted")
         }
         guard m.type == "fuse.ckptfs" else { throw UserFacingFailure(message: "\(path) is a \(m.type) mount, not ckptfs; use umount") }
+        // Its daemon killed but stuck in the kernel: every request to the mount, statvfs included, would wait.
+        if let stuck = MountChecks.stuckMount(path) {
+            try MountChecks.freeStuckMount(path, stuck)
+            return
+        }
         // A daemon killed with -9 leaves a dead mount ("Transport endpoint is not connected"): there is
         // nothing to drain, so detach it (lazily: a process may still have a file or its cwd there).
         if MountChecks.deadFuseMount(path) != nil {

@@ -8,23 +8,61 @@ enum MountChecks {
 
     static func isMounted(_ path: String) -> Bool { mounts().contains { $0.path == path } }
 
-    /// `path` made absolute, with symbolic links resolved. A dead FUSE mount point cannot be resolved itself
-    /// (ENOTCONN): then its parent is, and the last component appended.
+    /// `path` made absolute, with symbolic links resolved. A mount point is not resolved itself when its parent
+    /// resolved and the last component appended name a mount: resolving it asks its filesystem (GETATTR),
+    /// which a dead FUSE mount answers with ENOTCONN and a stuck one never answers (`stuckMount`).
     static func absolute(_ path: String) -> String {
         func real(_ p: String) -> String? {
             guard let r = realpath(p, nil) else { return nil }
             defer { free(r) }
             return String(cString: r)
         }
-        if let r = real(path) { return r }
         let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
         let ns = trimmed as NSString
         let parent = ns.deletingLastPathComponent
-        if !ns.lastPathComponent.isEmpty, ns.lastPathComponent != "..", ns.lastPathComponent != ".",
+        var viaParent: String?
+        if !ns.lastPathComponent.isEmpty, ns.lastPathComponent != "..", ns.lastPathComponent != ".", ns.lastPathComponent != "/",
            let p = real(parent.isEmpty ? "." : parent) {
-            return (p == "/" ? "" : p) + "/" + ns.lastPathComponent
+            viaParent = (p == "/" ? "" : p) + "/" + ns.lastPathComponent
         }
-        return path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        if let viaParent, isMounted(viaParent) { return viaParent }
+        if let r = real(path) { return r }
+        return viaParent ?? (path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path)
+    }
+
+    /// A ckptfs mount at `path` (absolute) whose daemon was killed but cannot exit: a thread of it waits in
+    /// the kernel (for another FUSE filesystem's answer, or for a directory lock a request to this mount
+    /// holds: outside testing round 10) and keeps /dev/fuse open, so the connection stays up with nobody
+    /// reading it, and every request to the mount waits forever: statvfs, `umount`, the processes using it.
+    /// Found without a request to the mount: the daemon's pid from its control socket (whose listening
+    /// descriptor the stuck thread keeps too), its state from /proc (a zombie: its main thread has exited).
+    /// Returns the mount's device ("0:MINOR") and the daemon's pid, or nil.
+    static func stuckMount(_ path: String) -> (device: String, pid: pid_t)? {
+        guard let m = FuseSession.mountTable().last(where: { $0.path == path }), m.type == "fuse.ckptfs",
+              let pid = Control.daemonPID(path),
+              let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")"),
+              stat[stat.index(after: close)...].split(separator: " ").first == "Z" else { return nil }
+        return (m.device, pid)
+    }
+
+    /// Frees a mount `stuckMount` found: aborts its FUSE connection, then detaches it (lazily: processes may
+    /// still have files or their working directory there). Nothing is lost that was acknowledged: it is in
+    /// its cache directory's journal, which the next mount with that cache directory uploads.
+    static func freeStuckMount(_ path: String, _ stuck: (device: String, pid: pid_t)) throws(UserFacingFailure) {
+        if let problem = FuseSession.abortConnection(device: stuck.device) {
+            throw UserFacingFailure(message: "the daemon of \(path) (process \(stuck.pid)) was killed but cannot exit (a thread of "
+                + "it waits in the kernel), and aborting its FUSE connection failed: \(problem)\n  fix: as root, "
+                + "echo 1 > /sys/fs/fuse/connections/\(stuck.device.split(separator: ":").last ?? "N")/abort; then ckptfs unmount \(path)")
+        }
+        if let problem = FuseSession.unmount(path, lazy: true) {
+            throw UserFacingFailure(message: "aborted the FUSE connection of \(path), whose daemon (process \(stuck.pid)) was killed "
+                + "but could not exit, and detaching it failed: \(problem)")
+        }
+        FileHandle.standardError.write(Data(("ckptfs: note: the daemon of \(path) (process \(stuck.pid)) was killed but could not "
+            + "exit (a thread of it waits in the kernel), so every request to the mount waited; aborted its FUSE connection "
+            + "and detached the mount. Files it had not uploaded stay in its cache directory's journal; the next mount "
+            + "with that cache directory uploads them.\n").utf8))
     }
 
     /// The filesystem type of a FUSE mount at `path` whose daemon is gone ("Transport endpoint is not
@@ -42,6 +80,7 @@ enum MountChecks {
     /// there (its daemon was killed) is detached first: nothing is lost by that, since what it had not
     /// uploaded is in its cache directory's journal, and the next mount with that cache directory uploads it.
     static func mountpoint(_ raw: String) throws(UserFacingFailure) -> String {
+        if let stuck = stuckMount(absolute(raw)) { try freeStuckMount(absolute(raw), stuck) }
         if let type = deadFuseMount(raw) {
             let path = absolute(raw)
             guard type == "fuse.ckptfs" else {
