@@ -13,7 +13,8 @@ response ends and which S3 operation it is (from the method, the query and x-amz
 State, set over the control port (JSON; `FaultProxy` below is the client the tests use):
   POST /hold     {"ops": [...]}   requests of these operations are not forwarded until /release; the
                                   request stays open, so the client sees an upload in flight
-  POST /release                   forwards what is held (for clients still connected) and holds no more
+  POST /release  {"ops": [...]}   forwards what is held (for clients still connected) and holds no more; with
+                                  "ops", only the held requests of those operations, which are held no more
   POST /hold-answers {"ops": [...]}  answers of these operations are received whole from the server and
                                   kept from the client until /release-answers: the client reads, late, what
                                   S3 answered before the changes made meanwhile
@@ -145,6 +146,7 @@ class Proxy:
         self.target = target
         self.hold_ops = set()
         self.released = asyncio.Event()
+        self.released_ops = {}
         self.rules = []
         self.requests = {}
         self.responses = {}
@@ -226,7 +228,7 @@ class Proxy:
                     return
                 early = b""
                 if op in self.hold_ops and not self.released.is_set():
-                    early = await self.hold(creader)
+                    early = await self.hold(creader, op)
                     if early is None:
                         return
                 if upstream is None or upstream[0].at_eof():
@@ -343,14 +345,26 @@ class Proxy:
                       b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), b"" if method == "HEAD" else body))
         await cwriter.drain()
 
-    async def hold(self, creader):
-        """Waits for /release, keeping what the client sends meanwhile (the request's body, or the part of it
-        that fits in the socket buffers). Returns those bytes, or None if the client went away first."""
+    def op_released(self, op):
+        """The event a /release naming `op` sets."""
+        return self.released_ops.setdefault(op, asyncio.Event())
+
+    async def released_for(self, op):
+        """Returns at /release, or at one naming `op`."""
+        waits = {asyncio.ensure_future(self.released.wait()), asyncio.ensure_future(self.op_released(op).wait())}
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+
+    async def hold(self, creader, op):
+        """Waits for /release (of all, or of `op`), keeping what the client sends meanwhile (the request's body,
+        or the part of it that fits in the socket buffers). Returns those bytes, or None if the client went away
+        first."""
         early = bytearray()
         self.held += 1
         self.held_total += 1
         self.notify()
-        release = asyncio.ensure_future(self.released.wait())
+        release = asyncio.ensure_future(self.released_for(op))
         try:
             while True:
                 read = asyncio.ensure_future(creader.read(1 << 20))
@@ -384,6 +398,12 @@ class Proxy:
                 self.hold_ops = set(args.get("ops", WRITES))
                 if self.released.is_set():
                     self.released = asyncio.Event()
+                for op in self.hold_ops:
+                    self.released_ops.pop(op, None)
+            elif path == "/release" and args.get("ops"):
+                for op in args["ops"]:
+                    self.op_released(op).set()
+                self.hold_ops -= set(args["ops"])
             elif path == "/release":
                 self.released.set()
                 self.hold_ops = set()
@@ -457,8 +477,9 @@ class FaultProxy:
         """Requests of `ops` wait in the proxy (the client sees them in flight) until `release`."""
         return self._call("/hold", {"ops": list(ops)})
 
-    def release(self):
-        return self._call("/release", {})
+    def release(self, ops=None):
+        """Forwards the held requests (with `ops`, only those of these operations, which are held no more)."""
+        return self._call("/release", {"ops": list(ops)} if ops else {})
 
     def hold_answers(self, ops):
         """Answers of `ops` are received from S3 and kept from the client until `release_answers`: the client

@@ -563,6 +563,33 @@ extension WriteBack {
         return dropped
     }
 
+    /// Runs `body`, a write under `key` that is not an upload job (a rename's server-side copy over it, and the
+    /// withdrawal of the file it replaces), as a link of the key's chain of changes: after every upload and
+    /// delete of `key` queued before (in flight ones included), and before every one queued while it runs. So
+    /// no save of the replaced file lands after the copy: before, an upload of it in flight or starting during
+    /// the copy (an appender's close) landed over the renamed file, through its If-Match failing and the
+    /// copied object's tag (the renamed file's, from this cache, an older version id) being taken for an
+    /// earlier version of the same file, or unconditionally with `--no-conditional-writes` (outside testing
+    /// round 9's race with a reader that follows the appends).
+    func inKeyOrder<T>(_ key: String, _ body: () async throws(FSError) -> T) async throws(FSError) -> T {
+        let (done, finish) = AsyncStream<Void>.makeStream()
+        let gate = Task { for await _ in done {} }
+        let (job, previous) = changes.state.withLock { u -> (UInt64, Task<Void, Never>?) in
+            u.nextJob += 1
+            let previous = u.tails[key]?.task
+            u.tails[key] = UploadTail(id: u.nextJob, task: gate)
+            return (u.nextJob, previous)
+        }
+        defer {
+            finish.finish()
+            changes.state.withLock { u in
+                if u.tails[key]?.isCurrent(job) == true { u.tails.removeValue(forKey: key) }
+            }
+        }
+        await previous?.value
+        return try await body()
+    }
+
     /// Queues again (journaled) the deletes of `keys` that `clearPendingDelete` dropped before a write under
     /// them that failed: the removed objects stay removed. A journal failure is logged (the object may then
     /// come back).

@@ -46,8 +46,11 @@ extension WriteBack {
             // No version here holds the file's last acknowledged bytes (it is open with changes nobody
             // acknowledged yet, or none): they are the object under the old name, copied to the new one now,
             // or a crash before the file's next upload would leave it under neither name.
-            let copied = holdsAcknowledged(f) ? false : try await copyAcknowledgedObject(of: f, from: src, to: dst)
-            let withdrawn = withdrawDestination()
+            // A copy goes in the key's order: no save of the replaced file lands over it (`inKeyOrder`). Without
+            // one (write-temp-then-rename) the rename waits for nothing: the renamed file's versions are queued
+            // under the key after the replaced file's saves.
+            let (copied, withdrawn) = holdsAcknowledged(f) ? (false, withdrawDestination())
+                : try await copyAcknowledgedObject(of: f, from: src, to: dst, then: withdrawDestination)
             defer { removeFiles(withdrawn) }
             let moved = retarget(f, from: src, to: dst, objectCopied: copied,
                                  destinationMayHoldObject: withdrawn.keyMayHoldObject)
@@ -71,12 +74,18 @@ extension WriteBack {
         // pins the version the copy replaces, or opens it in place, after `keepReaders` made that version's
         // readers whole (outside testing round 9: reads failed with ESTALE or EIO, and appends with EIO).
         notices.fileReplaced(key: dst) { localFiles.bumpSplits(dst) }
-        do throws(FSError) { try await copyObjectOrMarker(from: src, to: dst) } catch {
+        // In the key's order: no save of the replaced file lands over the copy (`inKeyOrder`).
+        let withdrawn: Withdrawal
+        do throws(FSError) {
+            withdrawn = try await inKeyOrder(dst) { () throws(FSError) -> Withdrawal in
+                try await copyObjectOrMarker(from: src, to: dst)
+                return withdrawDestination()
+            }
+        } catch {
             try? await journal.record(JournalRecord(op: .done, id: intent))
             if dropped { await restoreDelete(of: [dst]) }
             throw error
         }
-        let withdrawn = withdrawDestination()
         defer { removeFiles(withdrawn) }
         try await deleteLater([src], hiding: [src], with: withdrawn.records + [JournalRecord(op: .done, id: intent)])
         return false

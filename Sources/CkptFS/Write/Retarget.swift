@@ -137,13 +137,20 @@ extension WriteBack {
     /// (`LocalFile.State.objectIsAcknowledged`: a file created here, or renamed over another file's object,
     /// whose bytes a copy would pass off as this file's) or when no object is there (NoSuchKey). Errors: those
     /// of the HEAD or copy (FSError: EIO, EACCES); the rename then fails.
-    func copyAcknowledgedObject(of f: LocalFile, from src: String, to dst: String) async throws(FSError) -> Bool {
-        guard f.state.withLock({ $0.objectIsAcknowledged }) else { return false }
+    /// The copy goes as a link of `dst`'s chain of changes (`inKeyOrder`), together with `then` (the withdrawal
+    /// of the file the rename replaces), so no save of that file lands over the copy.
+    func copyAcknowledgedObject<T>(of f: LocalFile, from src: String, to dst: String,
+                                   then: () -> T) async throws(FSError) -> (copied: Bool, T) {
+        guard f.state.withLock({ $0.objectIsAcknowledged }) else { return (false, then()) }
         let dropped = await clearPendingDelete(of: dst)
-        do throws(FSError) { try await copyIfPresent(from: src, to: dst) } catch {
+        do throws(FSError) {
+            return (true, try await inKeyOrder(dst) { () throws(FSError) -> T in
+                try await copyIfPresent(from: src, to: dst)
+                return then()
+            })
+        } catch {
             if dropped { await restoreDelete(of: [dst]) }
             throw error
         }
-        return true
     }
 }
