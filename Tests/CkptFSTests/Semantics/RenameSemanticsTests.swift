@@ -300,9 +300,10 @@ final class RenameSemanticsTests: SemanticsTestCase {
         await flushAll()
         XCTAssertEqual(keys, ["e/a", "e/b"])
         XCTAssertEqual(stored["e/a"], [9])
-        // The crashed mount's rename, held in its copy until now, ends (it changes nothing any more).
+        // The crashed mount's rename, held in its copy until now, fails; it asks S3 whether the copy landed
+        // anyway (its reply may be what was lost), and a crashed client never answers: left waiting.
         crashed.failHeld()
-        _ = await renaming.value
+        renaming.cancel()
     }
 
     /// The errors of directory renames, and a directory over an empty one replaces it.
@@ -340,6 +341,29 @@ final class RenameSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(shown, ["a": false, "b": false, "c": false])
         let moved = await mount.stat("e")
         XCTAssertEqual(errno(moved), ENOENT)
+    }
+
+    /// A CopyObject that landed but whose reply was lost (every attempt of the client failed after the first
+    /// took effect) is a copy made: the rename of a file goes on, and a directory's copies are not left behind
+    /// by an undo. Before, the rename failed with EIO while S3 had changed: the destination replaced, or a
+    /// directory's copy left under the new name after the rename was "undone" (outside testing round 11).
+    func testARenameWhoseCopyReplyWasLostGoesOn() async throws {
+        s3.seed(bucket, "f", Array("the file".utf8))
+        s3.seed(bucket, "g", Array("replaced".utf8))
+        let lost = client.add(FaultInjectingClient.Match.operations("CopyObject"), .first(1), .failAfter(.serviceUnavailable))
+        let e = await coreRename("f", "g")
+        XCTAssertEqual(e, 0)
+        client.remove(lost)
+        for k in ["d/a", "d/b"] { s3.seed(bucket, k, Array(k.utf8)) }
+        let lostToo = client.add(FaultInjectingClient.Match.operations("CopyObject"), .nth(2), .failAfter(.serviceUnavailable))
+        let d = await coreRename("d", "e")
+        XCTAssertEqual(d, 0)
+        client.remove(lostToo)
+        await flushAll()
+        XCTAssertEqual(stored["g"], Array("the file".utf8))
+        XCTAssertEqual(keys.filter { !$0.hasSuffix("/") }, ["e/a", "e/b", "g"])
+        let shown = try await read("g")
+        XCTAssertEqual(shown, Array("the file".utf8))
     }
 
     /// A failed rename over an empty directory leaves that directory too: it is replaced only once the move
