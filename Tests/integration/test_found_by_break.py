@@ -883,18 +883,12 @@ def test_a_kill_9_while_saves_by_rename_run_leaves_a_dead_mount_not_a_hung_one(s
             "    os.replace(t, os.path.join(d, 'latest'))\n")
     savers = [subprocess.Popen([sys.executable, "-c", loop, mp, str(k)], stderr=subprocess.DEVNULL) for k in range(4)]
 
-    def state():
-        try:
-            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return None
-
     try:
         time.sleep(4)
         os.kill(pid, signal.SIGKILL)
-        gone = wait_until(lambda: state() is None, 15)
+        gone = wait_until(lambda: process_state(pid) is None, 15)
     finally:
-        if state() is not None:  # hung: free it, or the rest of the suite hangs with it
+        if process_state(pid) is not None:  # hung: free it, or the rest of the suite hangs with it
             with open(f"/sys/fs/fuse/connections/{conn}/abort", "w") as f:
                 f.write("1")
         for p in savers:

@@ -80,7 +80,8 @@ enum MountChecks {
     /// there (its daemon was killed) is detached first: nothing is lost by that, since what it had not
     /// uploaded is in its cache directory's journal, and the next mount with that cache directory uploads it.
     static func mountpoint(_ raw: String) throws(UserFacingFailure) -> String {
-        if let stuck = stuckMount(absolute(raw)) { try freeStuckMount(absolute(raw), stuck) }
+        let resolved = absolute(raw)
+        if let stuck = stuckMount(resolved) { try freeStuckMount(resolved, stuck) }
         if let type = deadFuseMount(raw) {
             let path = absolute(raw)
             guard type == "fuse.ckptfs" else {

@@ -111,7 +111,8 @@ final class OpenObjects: Sendable {
     /// evicted, up to the share saves may take (`BlockCache.seedBound`, 45% of the cache), pushing out blocks
     /// that readers still use (outside testing: fsx's saves grew the cache by 6.3 GB in 5 minutes).
     func versionGone(key: String, etag: String) {
-        guard !etag.isEmpty, !isRead(PinnedObject(key: key, etag: etag, size: 0)) else { return }
-        reader.cache.removeVersion(reader.blockKey(PinnedObject(key: key, etag: etag, size: 0), 0))
+        let version = PinnedObject(key: key, etag: etag, size: 0)
+        guard !etag.isEmpty, !isRead(version) else { return }
+        reader.cache.removeVersion(reader.blockKey(version, 0))
     }
 }

@@ -566,11 +566,9 @@ extension WriteBack {
     /// Runs `body`, a write under `key` that is not an upload job (a rename's server-side copy over it, and the
     /// withdrawal of the file it replaces), as a link of the key's chain of changes: after every upload and
     /// delete of `key` queued before (in flight ones included), and before every one queued while it runs. So
-    /// no save of the replaced file lands after the copy: before, an upload of it in flight or starting during
-    /// the copy (an appender's close) landed over the renamed file, through its If-Match failing and the
-    /// copied object's tag (the renamed file's, from this cache, an older version id) being taken for an
-    /// earlier version of the same file, or unconditionally with `--no-conditional-writes` (outside testing
-    /// round 9's race with a reader that follows the appends).
+    /// no save of the replaced file is sent during the copy: before, one starting then (an appender's close)
+    /// went alongside it, and with readers following the appends, outside testing round 9's race of renames
+    /// by copy failed reads and appends with EIO in every run (the replaced file's blocks no longer in S3).
     func inKeyOrder<T>(_ key: String, _ body: () async throws(FSError) -> T) async throws(FSError) -> T {
         let (done, finish) = AsyncStream<Void>.makeStream()
         let gate = Task { for await _ in done {} }
