@@ -85,7 +85,7 @@ import time
 import pytest
 
 from conftest import UPLOADS, is_mounted, tmpfs, wait_until
-from test_write_back import MiB, daemon_pid, flush, open_multipart, s3_bytes, s3_keys, sha
+from test_write_back import MiB, daemon_pid, flush, kill9, open_multipart, s3_bytes, s3_keys, sha
 
 
 def test_writes_from_two_descriptors_survive_closes_of_a_third(server, bucket, mounts):
@@ -993,3 +993,22 @@ def test_a_save_of_the_replaced_file_never_lands_over_a_rename_by_copy(server, b
     with open(f"{mp}/last.pt", "rb") as f:
         assert f.read() == want
     assert "new.pt" not in s3_keys(server, bucket)
+
+
+def test_a_file_created_again_after_an_unlink_uploads_after_a_crash(server, bucket, mounts):
+    # Found by the model test: the new file's upload replaces the waiting delete and goes with no condition,
+    # but its journal record said If-None-Match; after kill -9 it met the unlinked object and was a conflict.
+    server.s3.put_object(Bucket=bucket, Key="best.ckpt", Body=b"epoch 1")
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
+    with open(f"{mp}/log.txt", "wb") as f:  # an upload the delete waits behind
+        f.write(b"epoch 2 log")
+    os.unlink(f"{mp}/best.ckpt")
+    with open(f"{mp}/best.ckpt", "wb") as f:
+        f.write(b"epoch 2")
+    kill9(mp)
+    mounts.active.remove(mp)
+    mp, _ = mounts.mount(f"s3://{bucket}", mp, cache)
+    flush(mounts, mp, timeout=60)
+    assert s3_bytes(server, bucket, "best.ckpt") == b"epoch 2"
+    assert s3_bytes(server, bucket, "log.txt") == b"epoch 2 log"
+

@@ -1126,7 +1126,6 @@ def test_s_conflict_new(server, bucket, mounts):
     assert [f["state"] for f in status(mounts, mp)["writeBack"]["failures"]] == ["conflict"]
 
 
-@pytest.mark.xfail(strict=True, reason="Known bug: a rename's upload carries no condition (SEMANTICS Known bugs)")
 def test_s_conflict_renamed_new(server, bucket, mounts):
     # torch.save to a temp name, then os.replace onto a name that held nothing; another client creates it first.
     mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
@@ -1138,6 +1137,10 @@ def test_s_conflict_renamed_new(server, bucket, mounts):
     assert s3_bytes(server, bucket, "best.ckpt") == b"theirs"
     assert read(f"{mp}/best.ckpt") == b"mine"
     assert [f["state"] for f in status(mounts, mp)["writeBack"]["failures"]] == ["conflict"]
+    os.rename(f"{mp}/best.ckpt", f"{mp}/best.ckpt.mine")  # how a conflict is resolved (README)
+    flush(mounts, mp)
+    assert sorted(s3_keys(server, bucket)) == ["best.ckpt", "best.ckpt.mine"]
+    assert s3_bytes(server, bucket, "best.ckpt.mine") == b"mine"
 
 
 def test_s_conflict_off(server, bucket, mounts):

@@ -179,7 +179,12 @@ extension WriteBack {
 
     /// The journal record that acknowledges `v` as it is now.
     func commitRecord(_ v: StagedVersion, checksum: String) -> JournalRecord {
-        let condition = condition(for: v)
+        var condition = condition(for: v)
+        // A delete of the key that has not started is replaced by this version's upload, which then expects
+        // nothing (`enqueueUpload`: the object the delete would have removed is still there), and the delete
+        // is journaled as done: recovery must not send the upload with If-None-Match, or it meets that object
+        // and is kept as a conflict (an unlink, a create of the name again and a crash before the upload).
+        if case .ifNoneMatch = condition, changes.state.withLock({ $0.removingDeleteWaits(v.key) }) { condition = nil }
         return v.state.withLock { s in
             var r = JournalRecord(op: .commit, id: v.id, key: s.key, size: s.size, xxh64: checksum,
                                   mtime: s.mtime.timeIntervalSince1970)

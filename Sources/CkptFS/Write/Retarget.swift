@@ -18,14 +18,17 @@ extension WriteBack {
     /// Moves local file `f` from `src` to `dst`: handles follow it, and every version not settled goes to the
     /// new key. A version waiting, uploading or uploaded (still held: the file is open) is queued again under the
     /// new key, now, in its order among the key's versions; the job of one uploading finds it moved when it lands,
-    /// and the new job waits for it. The destination is replaced whatever it holds
-    /// (POSIX rename): uploads to it carry no condition. The caller journals the records before queueing.
+    /// and the new job waits for it. The destination is replaced whatever it holds (POSIX rename): uploads to it
+    /// carry no condition, but when `expectNoObject`: the rename replaced nothing the mount knew of (no file under
+    /// `dst`, nothing copied there), so the first moved version expects no object (`If-None-Match: *`) and each
+    /// later one what the one before it leaves; another client's object created under `dst` meanwhile stays and
+    /// the file is kept as a conflict (S-CONFLICT-RENAMED-NEW). The caller journals the records before queueing.
     /// `objectCopied`: the caller copied the object under `src` (the file's last acknowledged bytes) to `dst`.
     /// `destinationMayHoldObject`: S3 may hold an object under `dst` (the file the rename replaces, or one its
     /// lookup did not see): false when the lookup found no file there, so a later unlink of a file never sent
     /// sends no DeleteObject (`LocalFile.State.keyMayHoldObject`).
     func retarget(_ f: LocalFile, from src: String, to dst: String, objectCopied: Bool,
-                  destinationMayHoldObject: Bool) -> Retarget {
+                  destinationMayHoldObject: Bool, expectNoObject: Bool = false) -> Retarget {
         var out = Retarget()
         // The acknowledged version a later write copied moves too: it stands for the file until the copy is
         // acknowledged, and is uploaded if the copy is dropped.
@@ -36,6 +39,7 @@ extension WriteBack {
         var moved: [(StagedVersion, Bool, String?)] = []
         var fileMayHoldObject = true
         var stayed = false
+        var previousMoved: StagedVersion?
         vs.sort { $0.id < $1.id }  // journaled again in the order they were made: the newest last
         // Under the namespace's lock too: inodes of the file the destination was (the kernel looked them up
         // before) stop naming it at the moment `f` takes its place (outside testing round 7: an O_APPEND open of the
@@ -77,7 +81,13 @@ extension WriteBack {
                         }
                     }
                     s.key = dst
-                    s.expect = .anything
+                    if !expectNoObject {
+                        s.expect = .anything
+                    } else if let previousMoved {
+                        s.expect = .after(previousMoved)
+                    } else {
+                        s.expect = .absent
+                    }
                     var requeue = false
                     switch s.upload {
                     case .waiting: requeue = s.sealed
@@ -100,7 +110,10 @@ extension WriteBack {
                     if requeue { s.job = 0 }
                     return (requeue, !s.unjournaled ? s.committedSum : nil)
                 }
-                if let (requeue, sum) = moves { moved.append((v, requeue, sum)) }
+                if let (requeue, sum) = moves {
+                    moved.append((v, requeue, sum))
+                    previousMoved = v
+                }
             }
         } }
         // Read after the move: no upload of these versions starts under the old name any more (their jobs'

@@ -415,11 +415,14 @@ struct Model {
     }
 
     /// A local file's versions move from `src` to `dst` (handles follow): the uploads go to the new key without
-    /// a condition. `keepSource`: a file rename of a file in conflict, whose old name keeps the other writer's
-    /// object.
+    /// a condition, but with `expectNoObject` (a file renamed onto a name that held nothing the mount knew of):
+    /// then they expect no object there, and another client's object created meanwhile is a conflict
+    /// (S-CONFLICT-RENAMED-NEW). `keepSource`: a file rename of a file in conflict, whose old name keeps the other
+    /// writer's object.
     /// Returns whether the old name's delete was journaled (false: nothing of the file reached S3 under it).
     @discardableResult
-    mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool, destinationMayHoldObject: Bool) -> Bool {
+    mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool, destinationMayHoldObject: Bool,
+                       expectNoObject: Bool = false) -> Bool {
         let f = files[id]!
         // Nothing of a file created here reached S3 until a version of it was queued: no delete of the old name.
         let deleteSource = !keepSource && f.mayHoldObject
@@ -442,6 +445,11 @@ struct Model {
         let landedAndChanged = f.local && f.acked != nil && f.queued == nil && !f.ackedUnqueued && (f.dirty || !f.ackedHere)
         if f.local && !landedAndChanged {
             files[id]!.mayHoldObject = destinationMayHoldObject  // no copy: the versions move
+            if expectNoObject {
+                files[id]!.conditional = true
+                files[id]!.base = nil
+                files[id]!.baseEpoch = epoch[dst, default: 0]
+            }
             // The acknowledged version is journaled again under the new key (also one a later write copied).
             if f.acked != nil {
                 seq += 1
@@ -465,8 +473,14 @@ struct Model {
             if f.acked != nil && !f.ackedUnqueued {
                 files[id]!.queued = f.queued ?? f.acked
                 requeue(files[id]!.queued)
-            } else if let q = f.queued {
+            } else if let q = f.queued, f.conflicted {
                 requeue(q)
+            } else if f.queued != nil {
+                // The newest save is acknowledged and not queued yet (a writer is still open): it is the one
+                // that moves; those queued before it stay under the old name, before its delete.
+                files[id]!.queued = nil
+                files[id]!.pendingVersions = []
+                files[id]!.queuedVersions = 0
             }
             if deleteSource { record(src, .delete, nil) }
         } else {
@@ -500,7 +514,8 @@ struct Model {
             let f = files[id]!
             let keep = f.local && f.conflicted
             let deleted = move(id, from: src, to: dst, keepSource: keep,
-                               destinationMayHoldObject: destinationMayHoldObject || keptOld)
+                               destinationMayHoldObject: destinationMayHoldObject || keptOld,
+                               expectNoObject: !destinationMayHoldObject && !keptOld)
             entries[src] = nil
             entries[dst] = .file(id)
             if keep, let theirs = remoteState[src] ?? nil {

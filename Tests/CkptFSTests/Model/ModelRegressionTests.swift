@@ -964,4 +964,50 @@ final class ModelRegressionTests: XCTestCase {
             throw XCTSkip("core bug: \(bug) (for the lead)")
         }
     }
+
+    /// Seed 368 shrunk (with S-CONFLICT-RENAMED-NEW's fix): a file saved, then saved again with a writer still
+    /// open, renamed onto a name that held nothing; another client creates that name. Only the newest save (not
+    /// queued yet) moves; the one queued before it lands under the old name before its delete, so the conflict
+    /// of the moved save holds no delete (the model moved the queued save too, and held the delete).
+    func testSeed368() async throws {
+        try await ModelCheck.replay([
+            .open("x", h: 1, .createTruncate),
+            .close(h: 1),
+            .open("x", h: 2, .createTruncate),
+            .open("x", h: 3, .createTruncate),
+            .close(h: 2),
+            .rename("x", "d", noReplace: false),
+            .close(h: 3),
+            .remotePut("d", count: 4, seed: 368003),
+        ])
+    }
+
+    /// Seed 671 shrunk (with S-CONFLICT-RENAMED-NEW's fix): a file renamed onto a name whose delete (the old name
+    /// of a rename) waits behind its own upload, then a crash. The upload replaces that delete, so it expects
+    /// nothing; the journal said If-None-Match, and recovery met the object the cancelled delete left: a false
+    /// conflict.
+    func testSeed671() async throws {
+        try await ModelCheck.replay([
+            .open("c.tmp", h: 2, .createTruncate),
+            .close(h: 2),
+            .remotePut("a", count: 3101, seed: 671002),
+            .rename("a", "b", noReplace: false),
+            .rename("c.tmp", "a", noReplace: false),
+            .crash(landing: false),
+        ])
+    }
+
+    /// The kind of seed 671 on the code before its fix: a file created again under a name this mount unlinked
+    /// while the delete waited, then a crash (also `CrashSemanticsTests.testSCrashRecreated`).
+    func testUnlinkedThenCreatedAgainThenACrashIsNoConflict() async throws {
+        try await ModelCheck.replay([
+            .open("c", h: 1, .createTruncate),
+            .close(h: 1),
+            .remotePut("a", count: 100, seed: 5),
+            .unlink("a"),
+            .open("a", h: 2, .createTruncate),
+            .close(h: 2),
+            .crash(landing: false),
+        ])
+    }
 }

@@ -23,6 +23,30 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(shown, Array("mine".utf8))
     }
 
+    /// torch.save to a temporary name, then os.replace onto a name that held nothing; another client creates
+    /// the name before the upload: their object stays and the renamed file is kept as a conflict, readable;
+    /// renamed again (README: how a conflict is resolved), it uploads and nothing is left held.
+    func testSConflictRenamedNew() async throws {
+        let theirs = Array("theirs".utf8), mine = Array("mine".utf8)
+        let gate = holdUploads()
+        try await save("best.tmp", mine)
+        try await mount.rename("best.tmp", "best.ckpt", noReplace: false).get()
+        s3.seed(bucket, "best.ckpt", theirs)
+        client.release(gate)
+        let left = await mount.flushAll(timeout: .seconds(2))
+        XCTAssertTrue(left.map(\.path).contains("best.ckpt"), "\(left)")
+        XCTAssertEqual(mount.status.failures.filter { $0.state == "conflict" }.map(\.path), ["best.ckpt"])
+        XCTAssertEqual(stored["best.ckpt"], theirs, "their object is not overwritten")
+        // The save's upload to the temporary name, sent before the rename, may have landed there (and its
+        // delete waits behind the conflict): S3 then holds the save under the name it had.
+        XCTAssertTrue(stored["best.tmp"] == nil || stored["best.tmp"] == mine)
+        let shown = try await read("best.ckpt")
+        XCTAssertEqual(shown, mine, "the local copy stays readable")
+        try await mount.rename("best.ckpt", "best.ckpt.mine", noReplace: false).get()
+        await flushAll()
+        XCTAssertEqual(stored, ["best.ckpt": theirs, "best.ckpt.mine": mine])
+    }
+
     /// Two mounts save the same file from the same starting object: the later upload is a conflict and S3
     /// keeps the first.
     func testSConflictTwoMounts() async throws {

@@ -123,6 +123,25 @@ final class CrashSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(mount.status.failures.map(\.path), [])
     }
 
+    /// A file created again under a name this mount unlinked, while that delete waited behind an earlier
+    /// upload: its upload replaces the delete, also after a crash (no conflict with the object the delete was
+    /// to remove; before, recovery sent it with If-None-Match and kept it as a conflict, S3 keeping the
+    /// unlinked object).
+    func testSCrashRecreated() async throws {
+        let old = Array("the unlinked object".utf8), mine = Array("created again".utf8)
+        s3.seed(bucket, "a", old)
+        _ = try await read("a")
+        holdUploads()
+        try await save("c", bytes(100))
+        try await mount.unlink("a").get()  // waits behind c's upload
+        try await save("a", mine)
+        try await crashAndRecover()
+        let left = await mount.flushAll(timeout: .seconds(10))
+        XCTAssertEqual(left.map(\.path), [])
+        XCTAssertEqual(stored["a"], mine)
+        XCTAssertEqual(stored["c"], bytes(100))
+    }
+
     /// A recovered file keeps its condition: another client's change meanwhile makes its upload a conflict.
     func testSCrashConditionKept() async throws {
         let theirs1 = Array("theirs v1".utf8), theirs2 = Array("theirs v2".utf8)
