@@ -345,17 +345,14 @@ public final class BlockCache: Sendable {
         let path = "\(directory)/blocks/\(rel)"
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            drop(rel)
+            drop(rel, path: path)
+            state.withLock { $0.stats.misses += 1 }
             return nil
         }
         guard let length = verifyHeader(fd: fd, key: k, checkData: !entry.verified) else {
+            discardDamaged(rel, path: path, fd: fd)
             close(fd)
-            unlink(path)
-            state.withLock { s in
-                s.removeEntry(rel)
-                s.stats.corruptBlocks += 1
-                s.stats.misses += 1
-            }
+            state.withLock { $0.stats.misses += 1 }
             return nil
         }
         state.withLock { s in
@@ -385,16 +382,12 @@ public final class BlockCache: Sendable {
         let path = "\(directory)/blocks/\(rel)"
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            state.withLock { s in _ = s.removeEntry(rel) }
+            drop(rel, path: path)
             return false
         }
         defer { close(fd) }
         guard verifyHeader(fd: fd, key: k, checkData: !entry.verified) != nil else {
-            unlink(path)
-            state.withLock { s in
-                s.removeEntry(rel)
-                s.stats.corruptBlocks += 1
-            }
+            discardDamaged(rel, path: path, fd: fd)
             return false
         }
         // Preload asks for it: someone means to read it.
@@ -596,13 +589,16 @@ public final class BlockCache: Sendable {
         let written = (try? file.writeAll(toAbsoluteOffset: 0, UnsafeRawBufferPointer(header))) != nil
             && (try? file.writeAll(toAbsoluteOffset: Int64(BlockCache.headerSize), data)) != nil
         try? file.close()
-        guard written, rename(tmp, path) == 0 else {
+        guard written else {
             unlink(tmp)
             return storeFailed()
         }
         let size = Int64(BlockCache.headerSize + data.count)
         let seedBound = self.seedBound
-        let victims = state.withLock { s -> [String] in
+        // Renamed into place under the lock, with its entry: a check of the damaged file it replaces
+        // (`discardDamaged`) or a failed open (`drop`) sees either the old file or the new one with its entry.
+        let victims = state.withLock { s -> [String]? in
+            guard rename(tmp, path) == 0 else { return nil }
             s.removeEntry(rel)
             var out: [String] = []
             if seeded {
@@ -621,6 +617,10 @@ public final class BlockCache: Sendable {
             s.stats.bytesStored += Int64(data.count)
             s.stats.blocks = s.entries.count
             return out + chooseVictims(&s)
+        }
+        guard let victims else {
+            unlink(tmp)
+            return storeFailed()
         }
         for v in victims { unlink("\(directory)/blocks/\(v)") }
         return true
@@ -668,10 +668,29 @@ public final class BlockCache: Sendable {
         return out
     }
 
-    private func drop(_ rel: String) {
+    /// Forgets block `rel`, whose file could not be opened: unless a store put a file there since (stores
+    /// rename their file into place under the state's lock).
+    private func drop(_ rel: String, path: String) {
         state.withLock { s in
-            s.removeEntry(rel)
-            s.stats.misses += 1
+            if access(path, F_OK) != 0 { s.removeEntry(rel) }
+        }
+    }
+
+    /// Deletes block `rel`, whose file (open as `fd`) failed its check, and counts it in `corruptBlocks`; only
+    /// while `path` still is that file. Two reads that open a damaged block at once both find it so; the later
+    /// one may finish its check after the earlier one fetched the block again and stored it under the same
+    /// path, and must not delete that one (it then fetched the block a second time: a corrupted-block test saw
+    /// 2 MiB downloaded for one damaged 1 MiB block).
+    private func discardDamaged(_ rel: String, path: String, fd: Int32) {
+        var checked = stat()
+        let known = fstat(fd, &checked) == 0
+        state.withLock { s in
+            var now = stat()
+            if known, lstat(path, &now) == 0, now.st_ino == checked.st_ino, now.st_dev == checked.st_dev {
+                unlink(path)
+                s.removeEntry(rel)
+                s.stats.corruptBlocks += 1
+            }
         }
     }
 

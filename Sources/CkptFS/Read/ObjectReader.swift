@@ -204,18 +204,26 @@ final class ObjectReader: Sendable {
     }
 
     /// Block `b`, from a fetch already in flight or a new one covering up to `demandBlocks` blocks that are
-    /// neither cached nor being fetched. A reader waits for its own block only, not for the whole request:
-    /// each block is handed over as soon as its last byte has arrived and been stored.
+    /// neither cached nor being fetched, or from the cache when a fetch stored it since this read found it
+    /// missing. A reader waits for its own block only, not for the whole request: each block is handed over as
+    /// soon as its last byte has arrived and been stored. Errors: the fetch failed twice (EIO), or the object
+    /// changed (its ETag no longer matches).
     private func fetchBlock(_ o: PinnedObject, _ b: Int64, demandBlocks: Int64) async throws(FSError) -> BlockSource {
         let key = blockKey(o, b)
-        for attempt in 0..<2 {
-            let pending = fetches.withLock { $0[key] } ?? startFetch(o, from: b, count: max(1, demandBlocks))
-            do throws(FSError) {
-                return .memory(try await pending.wait())
-            } catch {
-                if attempt == 1 || error.kind == .objectChanged { throw error }
+        var failures = 0
+        for _ in 0..<4 {
+            switch startFetch(o, from: b, count: max(1, demandBlocks)) {
+            case .cached:
+                if let ob = cache.open(key) { return .file(ob) }
+            case .pending(let pending):
+                do throws(FSError) {
+                    return .memory(try await pending.wait())
+                } catch {
+                    failures += 1
+                    if failures == 2 || error.kind == .objectChanged { throw error }
+                }
+                if let ob = cache.open(key) { return .file(ob) }
             }
-            if let ob = cache.open(key) { return .file(ob) }
         }
         throw FSError(EIO, "block \(b) of \(o.key) could not be read")
     }
@@ -228,13 +236,25 @@ final class ObjectReader: Sendable {
     /// GETs in flight for readers (demand and read-ahead), so a preload can give way to them.
     var readerFetchesInFlight: Int { readerFetches.load(ordering: .relaxed) }
 
+    /// Where block `from` will come from: a fetch (new or in flight), or the cache, which a fetch finished since
+    /// the caller found the block missing stored it in.
+    enum Claim {
+        case pending(PendingBlock)
+        case cached
+    }
+
     /// Starts one ranged GET for blocks [from, from+count) (stopping at the first block cached or in
     /// flight), registers a pending block for each, and stores every block in the cache as it arrives.
-    /// Returns the pending block `from` (which may belong to a fetch already in flight).
+    /// Returns the pending block `from` (which may belong to a fetch already in flight), or `.cached` when
+    /// block `from` is in the cache now (nothing started).
     @discardableResult
-    private func startFetch(_ o: PinnedObject, from: Int64, count: Int64, isPrefetch: Bool = false) -> PendingBlock {
-        let (joined, mine) = claim(o, from: from, count: count)
-        if let joined { return joined }
+    private func startFetch(_ o: PinnedObject, from: Int64, count: Int64, isPrefetch: Bool = false) -> Claim {
+        let mine: [PendingBlock]
+        switch claim(o, from: from, count: count) {
+        case .cached: return .cached
+        case .joined(let p): return .pending(p)
+        case .mine(let m): mine = m
+        }
         if isPrefetch { prefetchInFlight.wrappingAdd(1, ordering: .relaxed) }
         readerFetches.wrappingAdd(1, ordering: .relaxed)
         Task {
@@ -242,16 +262,29 @@ final class ObjectReader: Sendable {
             self.readerFetches.wrappingSubtract(1, ordering: .relaxed)
             if isPrefetch { self.prefetchInFlight.wrappingSubtract(1, ordering: .relaxed) }
         }
-        return mine[0]
+        return .pending(mine[0])
+    }
+
+    enum Claimed {
+        /// Block `from` is being fetched already: wait for that fetch.
+        case joined(PendingBlock)
+        /// Block `from` is in the cache (a fetch stored it since the caller found it missing).
+        case cached
+        /// These blocks, `from` first, are the caller's to fetch.
+        case mine([PendingBlock])
     }
 
     /// Registers the blocks one fetch will deliver, under one lock: if block `from` is being fetched already,
-    /// returns that fetch's pending block to join (and claims nothing); otherwise claims `from` and the blocks
-    /// after it, up to `count` in all, stopping at the first one cached or in flight (and at the object's end).
-    private func claim(_ o: PinnedObject, from: Int64, count: Int64) -> (joined: PendingBlock?, mine: [PendingBlock]) {
+    /// returns that fetch's pending block to join (and claims nothing); if it is in the cache, claims nothing (a
+    /// fetch stores a block before it unregisters it, so under this lock a block is in one or the other once
+    /// fetched: two reads that found it damaged or missing at once fetch it once); otherwise claims `from` and
+    /// the blocks after it, up to `count` in all, stopping at the first one cached or in flight (and at the
+    /// object's end).
+    private func claim(_ o: PinnedObject, from: Int64, count: Int64) -> Claimed {
         let lastBlock = (o.size - 1) / blockSize
         return fetches.withLock { map in
-            if let e = map[blockKey(o, from)] { return (e, []) }
+            if let e = map[blockKey(o, from)] { return .joined(e) }
+            if cache.contains(blockKey(o, from)) { return .cached }
             var blocks: [PendingBlock] = []
             var i = from
             while i < from + max(1, count) && i <= lastBlock && (i == from || (map[blockKey(o, i)] == nil && !cache.contains(blockKey(o, i)))) {
@@ -260,7 +293,7 @@ final class ObjectReader: Sendable {
                 blocks.append(p)
                 i += 1
             }
-            return (nil, blocks)
+            return .mine(blocks)
         }
     }
 
@@ -405,37 +438,26 @@ final class ObjectReader: Sendable {
                 return out
             }
             let b = missing[at]
-            if cache.contains(blockKey(o, b)) {
-                // A reader's fetch stored it since it was found missing.
-                out.joinedBytes += length(b)
-                at += 1
-                continue
-            }
             // The length of the run of consecutive missing blocks from here.
             var run = 1
             while at + run < missing.count && missing[at + run] == b + Int64(run) { run += 1 }
-            let (joined, mine) = claim(o, from: b, count: Int64(run))
-            if let joined {
-                // A reader is fetching this block: wait for it rather than fetch it twice.
-                if (try? await joined.wait()) != nil || cache.contains(blockKey(o, b)) {
-                    out.joinedBytes += length(b)
-                    at += 1
-                    continue
-                }
-                // That fetch failed: fetch the block here.
-                let (again, mine) = claim(o, from: b, count: 1)
-                guard again == nil, !mine.isEmpty else {
-                    out.failure = FSError(EIO, "block \(b) of \(o.key) could not be fetched")
-                    return out
-                }
-                let r = await runFetch(o, mine, purpose: .preload)
-                out.add(r)
-                if let f = r.failure {
-                    out.failure = f
-                    return out
-                }
+            var claimed = claim(o, from: b, count: Int64(run))
+            if case .joined(let joined) = claimed {
+                // A reader is fetching this block: wait for it rather than fetch it twice; if that fetch
+                // failed, fetch the block here.
+                claimed = (try? await joined.wait()) != nil ? .cached : claim(o, from: b, count: 1)
+            }
+            let mine: [PendingBlock]
+            switch claimed {
+            case .cached:
+                // A reader's fetch brought it since it was found missing.
+                out.joinedBytes += length(b)
                 at += 1
                 continue
+            case .joined:
+                out.failure = FSError(EIO, "block \(b) of \(o.key) could not be fetched")
+                return out
+            case .mine(let m): mine = m
             }
             let r = await runFetch(o, mine, purpose: .preload)
             out.add(r)
