@@ -48,12 +48,18 @@ public struct HTTPRequest: Sendable {
     public var url: String
     public var headers: [(String, String)]
     public var body: HTTPRequestBody
+    /// Sent on a new connection (CURLOPT_FRESH_CONNECT): libcurl sends a request again by itself when a reused
+    /// connection closes before any answer, which a request that is not idempotent must not be (the first may
+    /// have acted, its answer lost); on a new connection that is an error for the caller to see.
+    public var freshConnection = false
 
-    public init(method: HTTPMethod, url: String, headers: [(String, String)] = [], body: HTTPRequestBody = .empty) {
+    public init(method: HTTPMethod, url: String, headers: [(String, String)] = [], body: HTTPRequestBody = .empty,
+                freshConnection: Bool = false) {
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
+        self.freshConnection = freshConnection
     }
 }
 
@@ -372,6 +378,7 @@ final class CurlLoop: @unchecked Sendable {
         _ = ckpt_curl_setopt_long(h, CURLOPT_LOW_SPEED_LIMIT, 1)
         _ = ckpt_curl_setopt_long(h, CURLOPT_LOW_SPEED_TIME, max(1, Int(c.stallTimeout.milliseconds / 1000)))
         _ = ckpt_curl_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
+        _ = ckpt_curl_setopt_long(h, CURLOPT_FRESH_CONNECT, r.freshConnection ? 1 : 0)
         // Receive 512 KiB at a time for GETs (no more than a range asks for, in 64 KiB steps), 64 KiB for the
         // short answers of other requests; send 1 MiB at a time, or the body in 64 KiB steps when it is smaller.
         // libcurl allocates them per transfer, and the daemon's malloc maps blocks of 256 KiB and more on their

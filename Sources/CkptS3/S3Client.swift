@@ -50,6 +50,27 @@ public protocol ObjectClient: Sendable {
                             versionIdMarker: String?, maxKeys: Int?) async throws(S3Error) -> ListVersionsPage
 }
 
+/// How many times the calls of a task sent their request, retries included: set `RequestTally.current` around
+/// a call whose request is not idempotent (CreateMultipartUpload makes a new upload each time it is sent) to
+/// learn whether a retry may have left the first one behind, its reply lost. Clients that send requests count
+/// each one sent (`S3Client` does); a client that counts nothing leaves it 0.
+public final class RequestTally: Sendable {
+    private let count = Atomic<Int>(0)
+    public init() {}
+    /// Requests sent so far.
+    public var sent: Int { count.load(ordering: .relaxed) }
+    public func add() { count.wrappingAdd(1, ordering: .relaxed) }
+    /// Runs `body` with this tally as `current`.
+    public func counting<T>(_ body: () async throws(S3Error) -> T) async throws(S3Error) -> T {
+        let r: Result<T, S3Error> = await RequestTally.$current.withValue(self) {
+            do throws(S3Error) { return .success(try await body()) } catch { return .failure(error) }
+        }
+        return try r.get()
+    }
+    /// The tally of the calls the current task makes (nil: nobody counts).
+    @TaskLocal public static var current: RequestTally?
+}
+
 /// The libcurl-backed S3 client.
 public final class S3Client: ObjectClient {
     public let configuration: S3ClientConfiguration
@@ -88,6 +109,9 @@ public final class S3Client: ObjectClient {
         /// whether it is in memory or in a file, like the AWS SDKs' uploads over https (no second pass over the
         /// data); a Content-MD5, when given, is signed and checked by the server.
         var objectData = false
+        /// Not idempotent (CreateMultipartUpload makes a new upload each time): sent on a new connection, so
+        /// only this client sends it again, counted in `RequestTally` (`HTTPRequest.freshConnection`).
+        var freshConnection = false
     }
 
     /// The URL and the path as signed, for a bucket and key.
@@ -122,8 +146,10 @@ public final class S3Client: ObjectClient {
         /// Refreshes made for this request after S3 rejected its credentials as expired (at most 2: a refresh that
         /// raced a revocation of every key handed out so far gets keys that are revoked too).
         var tokenRefreshes = 0
+        let tally = RequestTally.current
         while true {
             attempt += 1
+            tally?.add()
             let (url, host, path) = target(bucket: r.bucket, key: r.key, query: r.query)
             var headers = r.headers
             headers.append(("host", host))
@@ -158,7 +184,8 @@ public final class S3Client: ObjectClient {
                                                   "s3.key": "\(r.key ?? "")", "s3.attempt": "\(attempt)"])
             var error: S3Error
             do {
-                let response = try await http.execute(HTTPRequest(method: r.method, url: url, headers: wire, body: r.body.http),
+                let response = try await http.execute(HTTPRequest(method: r.method, url: url, headers: wire, body: r.body.http,
+                                                                  freshConnection: r.freshConnection),
                                                       sink: r.sink)
                 if (200..<300).contains(response.status) || r.extraSuccess.contains(response.status) {
                     // A body shorter than Content-Length that libcurl did not flag (e.g. connection closed cleanly).
@@ -407,6 +434,7 @@ public final class S3Client: ObjectClient {
     public func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions = .init()) async throws(S3Error) -> String {
         var r = Request(operation: "CreateMultipartUpload", method: .POST, bucket: bucket, key: key)
         r.query = [("uploads", "")]
+        r.freshConnection = true
         var o = options
         o.condition = nil  // conditions belong on CompleteMultipartUpload
         o.contentMD5 = nil

@@ -157,6 +157,7 @@ class Proxy:
         self.held_answers = 0
         self.dropped = 0
         self.kills = []
+        self.drops = []
         self.outage = None  # None, or how requests are refused: "503", "reset", "blackhole"
         self.refused = {}
         self.changed = asyncio.Event()  # set (and replaced) whenever a count changes
@@ -168,7 +169,8 @@ class Proxy:
     def stats(self):
         return {"requests": self.requests, "responses": self.responses, "held": self.held,
                 "heldAnswers": self.held_answers,
-                "heldTotal": self.held_total, "dropped": self.dropped, "kills": self.kills, "armed": len(self.rules),
+                "heldTotal": self.held_total, "dropped": self.dropped, "kills": self.kills, "drops": self.drops,
+                "armed": len(self.rules),
                 "outage": self.outage, "refused": self.refused}
 
     def satisfies(self, want):
@@ -198,6 +200,10 @@ class Proxy:
             rule["seen"] += 1
             if rule["seen"] == rule["nth"]:
                 self.rules.remove(rule)
+                if rule["pid"] is None:  # a drop: the connection closes, the client never sees the answer
+                    self.drops.append({"op": op, "nth": rule["nth"], "status": status})
+                    self.notify()
+                    return True
                 try:
                     os.kill(rule["pid"], signal.SIGKILL)
                 except OSError:
@@ -423,6 +429,9 @@ class Proxy:
             elif path == "/kill":
                 self.rules.append({"pid": int(args["pid"]), "ops": set(args["ops"]), "at": args["at"],
                                    "nth": int(args.get("nth", 1)), "seen": 0})
+            elif path == "/drop":
+                self.rules.append({"pid": None, "ops": set(args["ops"]), "at": "response",
+                                   "nth": int(args.get("nth", 1)), "seen": 0})
             elif path == "/wait":
                 pass
             elif path != "/stats":
@@ -506,6 +515,11 @@ class FaultProxy:
         """SIGKILL `pid` once S3 has answered the `nth` request of `ops` from now with success, before the
         answer is relayed: the change is in S3, and the client never learns it."""
         return self._call("/kill", {"pid": pid, "ops": list(ops), "at": "response", "nth": nth})
+
+    def drop_after_response(self, ops, nth=1):
+        """Once S3 has answered the `nth` request of `ops` from now with success, closes the connection instead
+        of relaying the answer: the change is in S3, the client sees a reset and sends the request again."""
+        return self._call("/drop", {"ops": list(ops), "nth": nth})
 
     def stats(self):
         return self._call("/stats")

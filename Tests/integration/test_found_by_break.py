@@ -1012,3 +1012,17 @@ def test_a_file_created_again_after_an_unlink_uploads_after_a_crash(server, buck
     assert s3_bytes(server, bucket, "best.ckpt") == b"epoch 2"
     assert s3_bytes(server, bucket, "log.txt") == b"epoch 2 log"
 
+
+def test_a_lost_create_multipart_upload_reply_leaves_no_upload_open(server, bucket, mounts, proxy):
+    # Outside testing round 11, F3: S3 created the upload, its answer never came, the client sent the request
+    # again and used the second upload; the first stayed open for good (storage billed, never listed).
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
+    proxy.drop_after_response(["CreateMultipartUpload"])
+    data = os.urandom(40 * MiB)
+    with open(f"{mp}/model.pt", "wb") as f:
+        f.write(data)
+    flush(mounts, mp, timeout=60)
+    assert len(proxy.stats()["drops"]) == 1, proxy.stats()
+    assert proxy.stats()["requests"]["CreateMultipartUpload"] == 2
+    assert sha(s3_bytes(server, bucket, "model.pt")) == sha(data)
+    assert open_multipart(server, bucket) == []

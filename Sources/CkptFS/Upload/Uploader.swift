@@ -345,13 +345,19 @@ extension WriteBack {
         let started = Date()
         try await journal.record(JournalRecord(op: .starting, id: v.id, key: key, mtime: started.timeIntervalSince1970))
         let uploadId: String
+        let tally = RequestTally()
         do throws(FSError) {
-            uploadId = try await s3(.write) { () async throws(S3Error) in try await client.createMultipartUpload(bucket, key, options: put) }
+            uploadId = try await s3(.write) { () async throws(S3Error) in
+                try await tally.counting { () async throws(S3Error) in try await client.createMultipartUpload(bucket, key, options: put) }
+            }
         } catch {
             await abortLostCreates(key: key, since: started)
             throw error
         }
         liveMultipart.withLock { _ = $0.insert(uploadId) }
+        // Sent more than once (the client retried): an earlier one may have created an upload whose reply was
+        // lost (outside testing round 11, F3: it stayed open for good).
+        if tally.sent > 1 { await abortLostCreates(key: key, since: started) }
         do throws(FSError) {
             try await journal.record(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
         } catch {
@@ -361,8 +367,9 @@ extension WriteBack {
         return uploadId
     }
 
-    /// After a CreateMultipartUpload of `key` that failed: its reply may be what was lost, and S3 may hold the
-    /// upload it created, which nobody would complete or abort until the next mount's recovery. Aborts the
+    /// After a CreateMultipartUpload of `key` that failed, or succeeded only when sent again: a reply may be what
+    /// was lost, and S3 may hold the upload it created, which nobody would complete or abort until the next
+    /// mount's recovery (or ever, after a success). Aborts the
     /// multipart uploads of `key` initiated since `since` (less 30 s for the server's clock) that this mount
     /// does not know as its own. Another client starting one for the same key within that moment would have
     /// its upload aborted (its CompleteMultipartUpload then fails with NoSuchUpload), as recovery would.
