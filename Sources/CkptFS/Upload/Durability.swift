@@ -149,7 +149,12 @@ extension WriteBack {
     /// Stops background uploads (what is not durable stays in the journal) and releases the cache directory,
     /// as a crash would. For tests of recovery.
     func shutdown() {
-        for t in changes.state.withLock({ Array($0.tails.values) }) { t.task.cancel() }
+        // Every upload job, not only each key's last (`tails`): an earlier version's job retrying a failed
+        // upload went on after the "crash" (unit tests logged its retries long after their teardown).
+        let tasks = changes.state.withLock { u in
+            u.tails.values.map(\.task) + u.pending.values.compactMap { v in v.state.withLock { $0.uploadTask } }
+        }
+        for t in tasks { t.cancel() }
         seeder.stop()
         cache.unlock()
     }
