@@ -689,6 +689,25 @@ def test_s_crash_condition_kept(server, bucket, mounts, proxy):
     assert read(f"{mp}/best.ckpt") == b"epoch 2 from this machine"
 
 
+def test_s_crash_cache_lost(server, bucket, mounts):
+    # A new machine (or a wiped disk): the cache directory, and with it the journal, is gone.
+    server.s3.put_object(Bucket=bucket, Key="last.pt", Body=b"epoch 1")
+    mp, cache = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
+    with open(f"{mp}/best.pt", "wb") as f:
+        f.write(b"fsynced")
+        f.flush()
+        os.fsync(f.fileno())
+    write(f"{mp}/last.pt", b"epoch 2, closed only")
+    kill9(mp)
+    mounts.active.remove(mp)
+    subprocess.run(["rm", "-rf", cache], check=True)
+    mp, _ = mounts.mount(f"s3://{bucket}")
+    assert read(f"{mp}/best.pt") == b"fsynced"
+    assert read(f"{mp}/last.pt") == b"epoch 1", "what close() acknowledged and S3 did not have is gone with the cache"
+    flush(mounts, mp)
+    assert sorted(s3_keys(server, bucket)) == ["best.pt", "last.pt"]
+
+
 def test_s_crash_other_bucket(server, bucket, mounts):
     other = bucket + "-other"
     server.s3.create_bucket(Bucket=other)
