@@ -195,6 +195,10 @@ public struct WriteResult: Sendable, Equatable {
     public var etag: String
     public var versionId: String?
     public var lastModified: Date?
+    /// The ETag is the MD5 of the body: false when the answer says the object is encrypted with SSE-KMS
+    /// (`x-amz-server-side-encryption: aws:kms`, `aws:kms:dsse`) or SSE-C, whose ETags are not (S3 API,
+    /// "Common Response Headers", ETag).
+    public var etagIsMD5 = true
 
     public init(etag: String, versionId: String?, lastModified: Date?) {
         self.etag = etag

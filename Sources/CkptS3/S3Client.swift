@@ -389,8 +389,11 @@ public final class S3Client: ObjectClient {
         r.body = body
         r.objectData = true
         let response = try await perform(r)
-        return WriteResult(etag: S3Client.quotedETag(response.header("etag") ?? ""), versionId: response.header("x-amz-version-id"),
-                           lastModified: response.header("last-modified").flatMap(S3Date.parseRFC1123))
+        var w = WriteResult(etag: S3Client.quotedETag(response.header("etag") ?? ""), versionId: response.header("x-amz-version-id"),
+                            lastModified: response.header("last-modified").flatMap(S3Date.parseRFC1123))
+        let sse = response.header("x-amz-server-side-encryption")?.lowercased() ?? ""
+        w.etagIsMD5 = !sse.hasPrefix("aws:kms") && response.header("x-amz-server-side-encryption-customer-algorithm") == nil
+        return w
     }
 
     public func deleteObject(_ bucket: String, _ key: String, versionId: String? = nil) async throws(S3Error) {

@@ -87,6 +87,9 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
     public var isRetryable: Bool {
         switch code {
         case .slowDown, .internalError, .serviceUnavailable, .requestTimeout: return true
+        // The body arrived damaged (its Content-MD5, checksum header or signed SHA-256 did not match what the
+        // server received): the bytes are read and sent anew, so the same request may well succeed.
+        case .badDigest: return true
         case .transport(let kind): return kind.isTransient
         case .other:
             if let s = httpStatus { return s == 500 || s == 502 || s == 503 || s == 504 || s == 429 }

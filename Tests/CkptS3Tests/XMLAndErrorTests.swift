@@ -81,7 +81,8 @@ final class S3ErrorTests: XCTestCase {
     }
 
     func testRetryableClassification() {
-        for (code, status) in [("SlowDown", 503), ("InternalError", 500), ("ServiceUnavailable", 503), ("RequestTimeout", 400), ("Whatever", 502)] {
+        for (code, status) in [("SlowDown", 503), ("InternalError", 500), ("ServiceUnavailable", 503), ("RequestTimeout", 400), ("Whatever", 502),
+                               ("BadDigest", 400), ("XAmzContentSHA256Mismatch", 400)] {
             let e = S3Error.from(response: response(status, "<Error><Code>\(code)</Code></Error>"), operation: "PutObject", bucket: "b", key: "k")
             XCTAssertTrue(e.isRetryable, code)
         }

@@ -158,6 +158,8 @@ class Proxy:
         self.dropped = 0
         self.kills = []
         self.drops = []
+        self.flips = []
+        self.flipped = []
         self.outage = None  # None, or how requests are refused: "503", "reset", "blackhole"
         self.refused = {}
         self.changed = asyncio.Event()  # set (and replaced) whenever a count changes
@@ -169,7 +171,7 @@ class Proxy:
     def stats(self):
         return {"requests": self.requests, "responses": self.responses, "held": self.held,
                 "heldAnswers": self.held_answers,
-                "heldTotal": self.held_total, "dropped": self.dropped, "kills": self.kills, "drops": self.drops,
+                "heldTotal": self.held_total, "dropped": self.dropped, "kills": self.kills, "drops": self.drops, "flipped": self.flipped,
                 "armed": len(self.rules),
                 "outage": self.outage, "refused": self.refused}
 
@@ -213,6 +215,18 @@ class Proxy:
                 return True
         return False
 
+    def take_flip(self, op):
+        """Whether this request of `op` gets a byte of its body flipped (see /flip); counts it."""
+        for rule in list(self.flips):
+            if op in rule["ops"]:
+                rule["seen"] += 1
+                if rule["seen"] == rule["nth"]:
+                    self.flips.remove(rule)
+                    self.flipped.append(op)
+                    self.notify()
+                    return True
+        return False
+
     # The proxy
 
     async def handle(self, creader, cwriter):
@@ -247,10 +261,20 @@ class Proxy:
                     swriter.write(data)
                     await swriter.drain()
 
+                flip = self.take_flip(op) if int(headers.get("content-length", "0")) > len(early) else False
+
+                async def to_server_flipping(data):
+                    # The first body byte that passes, flipped once: damage on the way the client cannot see.
+                    nonlocal flip
+                    if flip and data:
+                        data = bytes([data[0] ^ 0xFF]) + data[1:]
+                        flip = False
+                    await to_server(data)
+
                 async def rest_of_body():
                     if "content-length" in headers:
                         left = int(headers["content-length"]) - len(early)
-                        await copy_body(creader, {"content-length": str(left)}, to_server)
+                        await copy_body(creader, {"content-length": str(left)}, to_server_flipping)
                     elif early:
                         raise ConnectionError("a held request with a chunked body")  # no client here sends one
                     else:
@@ -429,6 +453,8 @@ class Proxy:
             elif path == "/kill":
                 self.rules.append({"pid": int(args["pid"]), "ops": set(args["ops"]), "at": args["at"],
                                    "nth": int(args.get("nth", 1)), "seen": 0})
+            elif path == "/flip":
+                self.flips.append({"ops": set(args["ops"]), "nth": int(args.get("nth", 1)), "seen": 0})
             elif path == "/drop":
                 self.rules.append({"pid": None, "ops": set(args["ops"]), "at": "response",
                                    "nth": int(args.get("nth", 1)), "seen": 0})
@@ -520,6 +546,11 @@ class FaultProxy:
         """Once S3 has answered the `nth` request of `ops` from now with success, closes the connection instead
         of relaying the answer: the change is in S3, the client sees a reset and sends the request again."""
         return self._call("/drop", {"ops": list(ops), "nth": nth})
+
+    def flip_body_byte(self, ops, nth=1):
+        """Flips the first body byte of the `nth` request of `ops` from now on its way to S3 (the request with a
+        body; the client never learns)."""
+        return self._call("/flip", {"ops": list(ops), "nth": nth})
 
     def stats(self):
         return self._call("/stats")

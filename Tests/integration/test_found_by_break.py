@@ -1026,3 +1026,19 @@ def test_a_lost_create_multipart_upload_reply_leaves_no_upload_open(server, buck
     assert proxy.stats()["requests"]["CreateMultipartUpload"] == 2
     assert sha(s3_bytes(server, bucket, "model.pt")) == sha(data)
     assert open_multipart(server, bucket) == []
+
+
+@pytest.mark.parametrize("op", ["UploadPart", "PutObject"])
+def test_a_body_damaged_on_the_way_to_s3_is_sent_again_never_stored(server, bucket, mounts, proxy, op):
+    # Outside testing round 11, O1: one byte of a part flipped on the way; S3 stored it and fsync returned 0.
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0")
+    proxy.flip_body_byte([op], nth=2 if op == "UploadPart" else 1)
+    data = os.urandom(40 * MiB if op == "UploadPart" else 1 * MiB)
+    with open(f"{mp}/model.pt", "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    assert proxy.stats()["flipped"] == [op], proxy.stats()
+    assert sha(s3_bytes(server, bucket, "model.pt")) == sha(data)
+    flush(mounts, mp, timeout=60)
+    assert open_multipart(server, bucket) == []

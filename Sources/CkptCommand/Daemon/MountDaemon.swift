@@ -34,8 +34,10 @@ struct MountDaemon {
         if let metrics { client = MetricsObjectClient(wrapping: client, factory: metrics.factory) }
         let fs: FileSystem
         do {
+            var fsOptions = options.fileSystemOptions
+            fsOptions.partContentMD5 = config.endpoint.scheme != "https"
             fs = try FileSystem(client: client, bucket: target.bucket, prefix: target.prefix, cache: cache,
-                                options: options.fileSystemOptions, logger: logger)
+                                options: fsOptions, logger: logger)
             // Files an earlier mount acknowledged but did not upload are queued again before anything is served.
             let r = try await fs.recover()
             if !r.requeued.isEmpty || !r.quarantined.isEmpty || r.abortedMultipart > 0 || r.tornTail {

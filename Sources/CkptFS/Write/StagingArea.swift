@@ -321,6 +321,26 @@ final class StagingArea: Sendable {
         return md5.finalize()
     }
 
+    /// The MD5 of bytes `range` of `fd` (a part of a multipart upload: its Content-MD5). Errors: reading the
+    /// staged file (its errno), or it is shorter than `range` (EIO).
+    static func md5(of fd: Int32, range: Range<Int64>) throws(FSError) -> [UInt8] {
+        var md5 = StreamingDigest(.md5)
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(1 << 20, max(4096, Int64(range.count)))), alignment: 4096)
+        defer { buf.deallocate() }
+        var off = range.lowerBound
+        while off < range.upperBound {
+            let want = UnsafeMutableRawBufferPointer(rebasing: buf[0..<min(buf.count, Int(range.upperBound - off))])
+            let n: Int
+            do { n = try FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: off, into: want) } catch {
+                throw FSError(error.rawValue, "reading a staged file: \(error)")
+            }
+            guard n > 0 else { throw FSError(EIO, "reading a staged file: it is shorter than recorded") }
+            md5.update(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+            off += Int64(n)
+        }
+        return md5.finalize()
+    }
+
     /// The ETag S3 gives this file when uploaded in `parts`: the MD5 for one PUT, else the MD5 of the parts'
     /// MD5s and "-count".
     static func localETag(fd: Int32, parts: [Range<Int64>]) throws(FSError) -> String {
