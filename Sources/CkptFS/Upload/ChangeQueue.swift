@@ -283,6 +283,8 @@ extension WriteBack {
     func dropVersions(of f: LocalFile, heldFor delete: UInt64? = nil) -> Withdrawal {
         let all = versions(of: f)
         let victims = all.filter { !$0.isSettled }
+        // Read before they are settled as dropped.
+        let conflicted = all.contains { v in v.state.withLock { s in if case .conflict = s.upload { true } else { false } } }
         var records: [JournalRecord] = []
         if let delete {
             // Their upload jobs stay open until that delete has waited for the uploads before it (heldUploads).
@@ -305,7 +307,7 @@ extension WriteBack {
         let (open, current) = f.state.withLock { ($0.handles > 0, $0.current) }
         // Read once they are settled: no upload of them starts from now on (`upload` and `enqueueUpload` check).
         return Withdrawal(records: records, versions: open ? victims.filter { $0 !== current } : victims,
-                          keyMayHoldObject: keyMayHoldObject(f, all))
+                          keyMayHoldObject: keyMayHoldObject(f, all), conflicted: conflicted)
     }
 
     /// Journal records that withdraw versions, and their staged files, removed only after the records are
@@ -316,6 +318,12 @@ extension WriteBack {
         /// S3 may hold an object under the withdrawn file's key (`keyMayHoldObject`); true when no local file
         /// was withdrawn (the object is all there is).
         var keyMayHoldObject = true
+        /// The withdrawn file was stopped by a conflict: the object under its key is another client's, which
+        /// removing or replacing the file must leave (an unlink sends no DeleteObject; a rename over it expects
+        /// no object, so it meets theirs as a conflict too), outside testing round 12, F1.
+        var conflicted = false
+        /// S3 may hold an object of this mount's under the key, which removing the name must delete.
+        var mustDelete: Bool { keyMayHoldObject && !conflicted }
     }
 
     /// Whether S3 may hold an object under `f`'s key that removing the name must delete: `f` was opened from an
@@ -364,15 +372,24 @@ extension WriteBack {
         let delete = items[0].0
         var withdrawn = Withdrawal()
         if let f = takeLocalFile(key: key) { withdrawn = orphan(f, ino: ino, heldFor: delete) }
-        // Created here and never sent: nothing of it is in S3 to delete (S-UNLINK-NOT-UPLOADED); journaled so, recovery
-        // after a crash does not send it either.
-        if !withdrawn.keyMayHoldObject { deleteRecords[0].sendsNothing = true }
+        if withdrawn.conflicted {
+            // Stopped by a conflict: the object under the key is another client's, and stays; the name shows it
+            // again, as after renaming such a file away (S-CONFLICT-UNLINK). Its versions, final, hold nothing
+            // in the order of changes.
+            releaseUploads(heldFor: delete)
+            try await journal.record(withdrawn.records)
+            removeFiles(withdrawn)
+            return
+        }
+        // Created here and never sent: nothing of it is in S3 to delete (S-UNLINK-NOT-UPLOADED). Journaled so,
+        // recovery after a crash does not send it either.
+        if !withdrawn.mustDelete { deleteRecords[0].sendsNothing = true }
         do throws(FSError) { try await journal.record(withdrawn.records + deleteRecords) } catch {
             // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
             releaseUploads(heldFor: delete)
             throw error
         }
-        queueDeletes(items, hiding: [key], sendsNothing: !withdrawn.keyMayHoldObject)
+        queueDeletes(items, hiding: [key], sendsNothing: !withdrawn.mustDelete)
         removeFiles(withdrawn)
     }
 

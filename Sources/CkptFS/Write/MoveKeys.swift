@@ -53,10 +53,12 @@ extension WriteBack {
                 : try await copyAcknowledgedObject(of: f, from: src, to: dst, then: withdrawDestination)
             defer { removeFiles(withdrawn) }
             // Onto a name that held nothing the mount knew of (torch.save to a temporary name, then os.replace):
-            // an object another client created there meanwhile is not replaced (S-CONFLICT-RENAMED-NEW).
+            // an object another client created there meanwhile is not replaced (S-CONFLICT-RENAMED-NEW); nor is
+            // the object of the other client whose conflict stopped the file the rename replaces (its upload
+            // then meets theirs as a conflict too, S-CONFLICT-RENAMED-OVER).
             let moved = retarget(f, from: src, to: dst, objectCopied: copied,
                                  destinationMayHoldObject: withdrawn.keyMayHoldObject,
-                                 expectNoObject: !copied && !withdrawn.keyMayHoldObject)
+                                 expectNoObject: !copied && !withdrawn.mustDelete)
             // A file created here and never sent leaves nothing under the old name (S-RENAME-FILE-LOCAL).
             let (deletes, items) = moved.keepsSource || !moved.sourceMayHoldObject ? ([], []) : deleteRecords([src])
             try await journal.record(withdrawn.records + moved.records + deletes)

@@ -71,6 +71,10 @@ struct ModelFile {
     /// The position of the upload job a conflict stopped: deletes made after it wait for it (README: "a file
     /// stopped by a conflict holds the deletes made after it").
     var conflictSeq: Int?
+    /// The position of the upload job of the version a rename moved while it was queued under the old name:
+    /// that job stays open until the version settles under the new name, so a conflict there holds the
+    /// deletes made after this position, not only those after the job queued under the new name.
+    var movedJobSeq: Int?
     /// The position of the last acknowledgement (its journal record): recovery queues the version there.
     var ackSeq = 0
     /// The acknowledged bytes were acknowledged by this mount (a version here holds them until a later write
@@ -389,6 +393,13 @@ struct Model {
     mutating func unlink(_ path: String) {
         let id = file(at: path)!
         entries[path] = nil
+        if files[id]!.conflicted {
+            // Stopped by a conflict, the key holds the other client's object: the unlink leaves it, and the
+            // name shows it again (as after renaming the file away).
+            orphan(id)
+            if let theirs = remoteState[path] ?? nil { entries[path] = .file(newFile(ModelFile(data: theirs, acked: theirs))) }
+            return
+        }
         let sent = files[id]!.mayHoldObject
         orphan(id)
         let i = record(path, .delete, nil)
@@ -422,10 +433,11 @@ struct Model {
     /// Returns whether the old name's delete was journaled (false: nothing of the file reached S3 under it).
     @discardableResult
     mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool, destinationMayHoldObject: Bool,
-                       expectNoObject: Bool = false) -> Bool {
+                       expectNoObject: Bool = false, destinationConflicted: Bool = false) -> Bool {
         let f = files[id]!
         // Nothing of a file created here reached S3 until a version of it was queued: no delete of the old name.
         let deleteSource = !keepSource && f.mayHoldObject
+        let queuedJob = events.last { $0.kind == .put && $0.file == id && $0.key == src && !$0.withdrawn }?.seq
         // Whatever the new name held is this file's to delete now, and a copy of the object made there.
         files[id]!.mayHoldObject = true
         files[id]!.conditional = false
@@ -448,7 +460,8 @@ struct Model {
             if expectNoObject {
                 files[id]!.conditional = true
                 files[id]!.base = nil
-                files[id]!.baseEpoch = epoch[dst, default: 0]
+                // Over a file stopped by a conflict, the other client's object is there already.
+                files[id]!.baseEpoch = destinationConflicted ? -1 : epoch[dst, default: 0]
             }
             // The acknowledged version is journaled again under the new key (also one a later write copied).
             if f.acked != nil {
@@ -471,6 +484,7 @@ struct Model {
             if deleteSource { record(src, .delete, nil) }
         } else if f.local {
             if f.acked != nil && !f.ackedUnqueued {
+                if f.queued != nil, let queuedJob { files[id]!.movedJobSeq = min(f.movedJobSeq ?? queuedJob, queuedJob) }
                 files[id]!.queued = f.queued ?? f.acked
                 requeue(files[id]!.queued)
             } else if let q = f.queued, f.conflicted {
@@ -499,6 +513,9 @@ struct Model {
             // S3 may hold an object under the new name: the replaced file's, unless nothing of it was sent.
             var keptOld = false
             let destinationMayHoldObject = file(at: dst).map { !files[$0]!.local || files[$0]!.mayHoldObject } ?? false
+            // A file stopped by a conflict under the new name: the object there is the other client's, which the
+            // renamed file's upload must not replace either.
+            let destinationConflicted = file(at: dst).map { files[$0]!.conflicted } ?? false
             if let old = file(at: dst) {
                 let o = files[old]!
                 if keepEveryVersion && o.handles == 0 && o.local && !o.conflicted && o.queued != nil {
@@ -515,7 +532,8 @@ struct Model {
             let keep = f.local && f.conflicted
             let deleted = move(id, from: src, to: dst, keepSource: keep,
                                destinationMayHoldObject: destinationMayHoldObject || keptOld,
-                               expectNoObject: !destinationMayHoldObject && !keptOld)
+                               expectNoObject: (!destinationMayHoldObject && !keptOld) || destinationConflicted,
+                               destinationConflicted: destinationConflicted)
             entries[src] = nil
             entries[dst] = .file(id)
             if keep, let theirs = remoteState[src] ?? nil {

@@ -1010,4 +1010,31 @@ final class ModelRegressionTests: XCTestCase {
             .crash(landing: false),
         ])
     }
+
+    /// Seed 43 shrunk (S-CONFLICT-UNLINK): a file stopped by a conflict, then unlinked: the other client's object
+    /// stays and the name shows it (the unlink sent a DeleteObject that removed it before).
+    func testSeed43() async throws {
+        try await ModelCheck.replay([
+            .open("d", h: 1, .createTruncate),
+            .close(h: 1),
+            .remotePut("d", count: 4, seed: 43003),
+            .drain(faults: []),
+            .unlink("d"),
+        ])
+    }
+
+    /// Seed 2988 shrunk (S-CONFLICT-RENAMED-OVER): a save by rename over a file stopped by a conflict meets the
+    /// other client's object as a conflict too, and holds the old name's delete behind it.
+    func testSeed2988() async throws {
+        try await ModelCheck.replay([
+            .open("a", h: 2, .createTruncate),
+            .closeDup(h: 2),
+            .open("b", h: 3, .createExclusive),
+            .close(h: 3),
+            .remotePut("b", count: 7963, seed: 2988004),
+            .fsync(h: 2),
+            .rename("a", "b", noReplace: false),
+            .read(h: 2, at: 98, count: 2676),
+        ])
+    }
 }

@@ -152,7 +152,8 @@ extension Model {
         for p in conflicts {
             guard let id = file(at: p) else { continue }
             let f = files[id]!
-            let first = f.conflictSeq ?? events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
+            var first = f.conflictSeq ?? events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
+            if f.conflictSeq == nil, let moved = f.movedJobSeq { first = min(first ?? moved, moved) }
             if let first { low = min(low ?? first, first) }
         }
         return low
@@ -211,11 +212,13 @@ extension Model {
             guard case .file(let id) = e else { continue }
             if conflicts.contains(path) {
                 if files[id]!.conflictSeq == nil {
-                    files[id]!.conflictSeq = events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
+                    let first = events.first { $0.kind == .put && !$0.withdrawn && $0.file == id }?.seq
+                    files[id]!.conflictSeq = [first, files[id]!.movedJobSeq].compactMap { $0 }.min()
                 }
                 files[id]!.conflicted = true
                 continue
             }
+            files[id]!.movedJobSeq = nil
             if let q = files[id]!.queued {
                 files[id]!.mayHoldObject = true  // landed
                 files[id]!.queued = nil
@@ -257,6 +260,7 @@ extension Model {
             f.writers = 0
             f.conflicted = false
             f.conflictSeq = nil
+            f.movedJobSeq = nil
             f.ackedUnqueued = false
             f.queuedVersions = 0
             f.pendingVersions = []

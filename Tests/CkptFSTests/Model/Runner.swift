@@ -233,6 +233,7 @@ final class ModelRun: @unchecked Sendable {
             _ = try outcome(r, expect, fault, step, i)
 
         case .unlink(let path):
+            adoptConflict(path, i)
             let r = await driver.unlink(path)
             if try outcome(r, model.expect(step), fault, step, i) { Step.applyToModel(step, &model) }
 
@@ -245,6 +246,7 @@ final class ModelRun: @unchecked Sendable {
             if try outcome(r, model.expect(step), fault, step, i) { Step.applyToModel(step, &model) }
 
         case .rename(let src, let dst, let noReplace):
+            if src != dst { adoptConflict(dst, i) }
             let r = await driver.rename(src, dst, noReplace: noReplace)
             if try outcome(r, model.expect(step), fault, step, i) {
                 // An upload let go since the last drain may have met the other client's object: the core then
@@ -294,6 +296,16 @@ final class ModelRun: @unchecked Sendable {
         case .crash(let landing):
             try await crash(landing: landing, i)
         }
+    }
+
+    /// An upload let go since the last drain may have met the other client's object under `path`: when the
+    /// core says so (its status names the conflict), the model adopts it before a step that removes or replaces
+    /// the file there (the other client's object stays then).
+    private func adoptConflict(_ path: String, _ i: Int) {
+        guard let id = model.mayHaveConflicted(path),
+              driver.status.failures.contains(where: { $0.path == path && $0.state == "conflict" }) else { return }
+        model.files[id]!.conflicted = true
+        trace.append("\(i): (the core found the conflict of \(path) before the step)")
     }
 
     /// The rest of a drain, once the held uploads go: waits for S3 (flushAll), holds uploads again, and checks

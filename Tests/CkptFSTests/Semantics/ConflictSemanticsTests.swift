@@ -47,6 +47,46 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored, ["best.ckpt": theirs, "best.ckpt.mine": mine])
     }
 
+    /// A file stopped by a conflict and then unlinked: the other client's object stays (the name shows it
+    /// again), nothing of ours was in S3 to delete.
+    func testSConflictUnlink() async throws {
+        let theirs = Array("theirs".utf8)
+        let gate = holdUploads()
+        try await save("n", Array("mine".utf8))
+        s3.seed(bucket, "n", theirs)
+        client.release(gate)
+        _ = await mount.flushAll(timeout: .seconds(2))
+        XCTAssertEqual(mount.status.failures.map(\.state), ["conflict"])
+        try await mount.unlink("n").get()
+        await flushAll()
+        XCTAssertEqual(stored, ["n": theirs], "the other client's object is not deleted")
+        XCTAssertEqual(mount.status.failures.map(\.path), [])
+        let shown = try await read("n")
+        XCTAssertEqual(shown, theirs)
+    }
+
+    /// The next save by rename over a file stopped by a conflict meets the other client's object as a
+    /// conflict too: it does not replace it.
+    func testSConflictRenamedOver() async throws {
+        let theirs = Array("theirs".utf8)
+        let gate = holdUploads()
+        try await save("last.pt", Array("epoch 1".utf8))
+        s3.seed(bucket, "last.pt", theirs)
+        client.release(gate)
+        _ = await mount.flushAll(timeout: .seconds(2))
+        XCTAssertEqual(mount.status.failures.map(\.state), ["conflict"])
+        let again = holdUploads()  // the temporary file is still local when it is renamed (not copied in S3)
+        try await save("last.pt.tmp", Array("epoch 2".utf8))
+        try await mount.rename("last.pt.tmp", "last.pt", noReplace: false).get()
+        client.release(again)
+        let left = await mount.flushAll(timeout: .seconds(2))
+        XCTAssertTrue(left.map(\.path).contains("last.pt"), "\(left)")
+        XCTAssertEqual(mount.status.failures.filter { $0.state == "conflict" }.map(\.path), ["last.pt"])
+        XCTAssertEqual(stored["last.pt"], theirs, "the other client's object is not replaced")
+        let shown = try await read("last.pt")
+        XCTAssertEqual(shown, Array("epoch 2".utf8))
+    }
+
     /// Two mounts save the same file from the same starting object: the later upload is a conflict and S3
     /// keeps the first.
     func testSConflictTwoMounts() async throws {
