@@ -1162,12 +1162,18 @@ def test_s_conflict_renamed_new(server, bucket, mounts):
     assert s3_bytes(server, bucket, "best.ckpt.mine") == b"mine"
 
 
-def test_s_conflict_unlink(server, bucket, mounts):
+def save_in_conflict(server, bucket, mounts, name, mine):
+    """A mount whose save of `name` meets another client's object created meanwhile: a conflict."""
     mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
-    write(f"{mp}/best.ckpt", b"mine")
-    server.s3.put_object(Bucket=bucket, Key="best.ckpt", Body=b"theirs")
+    write(f"{mp}/{name}", mine)
+    server.s3.put_object(Bucket=bucket, Key=name, Body=b"theirs")
     r = mounts.run("flush", mp, "--timeout", "30", timeout=60)
     assert r.returncode != 0 and "conflict" in r.stderr, r.stderr
+    return mp
+
+
+def test_s_conflict_unlink(server, bucket, mounts):
+    mp = save_in_conflict(server, bucket, mounts, "best.ckpt", b"mine")
     os.unlink(f"{mp}/best.ckpt")
     flush(mounts, mp)
     assert s3_bytes(server, bucket, "best.ckpt") == b"theirs"
@@ -1177,11 +1183,7 @@ def test_s_conflict_unlink(server, bucket, mounts):
 
 
 def test_s_conflict_renamed_over(server, bucket, mounts):
-    mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
-    write(f"{mp}/last.pt", b"epoch 1")
-    server.s3.put_object(Bucket=bucket, Key="last.pt", Body=b"theirs")
-    r = mounts.run("flush", mp, "--timeout", "30", timeout=60)
-    assert r.returncode != 0 and "conflict" in r.stderr, r.stderr
+    mp = save_in_conflict(server, bucket, mounts, "last.pt", b"epoch 1")
     write(f"{mp}/last.pt.tmp", b"epoch 2")  # the next save, by rename over the file in conflict
     os.replace(f"{mp}/last.pt.tmp", f"{mp}/last.pt")
     r = mounts.run("flush", mp, "--timeout", "5", timeout=60)

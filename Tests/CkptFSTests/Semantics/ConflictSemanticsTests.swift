@@ -47,16 +47,23 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored, ["best.ckpt": theirs, "best.ckpt.mine": mine])
     }
 
-    /// A file stopped by a conflict and then unlinked: the other client's object stays (the name shows it
-    /// again), nothing of ours was in S3 to delete.
-    func testSConflictUnlink() async throws {
+    /// Saves `mine` as `path` while another client creates it: the upload stops as a conflict. Returns their
+    /// bytes, which S3 keeps.
+    func saveInConflict(_ path: String, _ mine: [UInt8]) async throws -> [UInt8] {
         let theirs = Array("theirs".utf8)
         let gate = holdUploads()
-        try await save("n", Array("mine".utf8))
-        s3.seed(bucket, "n", theirs)
+        try await save(path, mine)
+        s3.seed(bucket, path, theirs)
         client.release(gate)
         _ = await mount.flushAll(timeout: .seconds(2))
         XCTAssertEqual(mount.status.failures.map(\.state), ["conflict"])
+        return theirs
+    }
+
+    /// A file stopped by a conflict and then unlinked: the other client's object stays (the name shows it
+    /// again), nothing of ours was in S3 to delete.
+    func testSConflictUnlink() async throws {
+        let theirs = try await saveInConflict("n", Array("mine".utf8))
         try await mount.unlink("n").get()
         await flushAll()
         XCTAssertEqual(stored, ["n": theirs], "the other client's object is not deleted")
@@ -68,13 +75,7 @@ final class ConflictSemanticsTests: SemanticsTestCase {
     /// The next save by rename over a file stopped by a conflict meets the other client's object as a
     /// conflict too: it does not replace it.
     func testSConflictRenamedOver() async throws {
-        let theirs = Array("theirs".utf8)
-        let gate = holdUploads()
-        try await save("last.pt", Array("epoch 1".utf8))
-        s3.seed(bucket, "last.pt", theirs)
-        client.release(gate)
-        _ = await mount.flushAll(timeout: .seconds(2))
-        XCTAssertEqual(mount.status.failures.map(\.state), ["conflict"])
+        let theirs = try await saveInConflict("last.pt", Array("epoch 1".utf8))
         let again = holdUploads()  // the temporary file is still local when it is renamed (not copied in S3)
         try await save("last.pt.tmp", Array("epoch 2".utf8))
         try await mount.rename("last.pt.tmp", "last.pt", noReplace: false).get()
