@@ -212,18 +212,16 @@ final class ObjectReader: Sendable {
         let key = blockKey(o, b)
         var failures = 0
         for _ in 0..<4 {
-            switch startFetch(o, from: b, count: max(1, demandBlocks)) {
-            case .cached:
-                if let ob = cache.open(key) { return .file(ob) }
-            case .pending(let pending):
+            // None: a fetch stored it since this read found it missing.
+            if let pending = startFetch(o, from: b, count: max(1, demandBlocks)) {
                 do throws(FSError) {
                     return .memory(try await pending.wait())
                 } catch {
                     failures += 1
                     if failures == 2 || error.kind == .objectChanged { throw error }
                 }
-                if let ob = cache.open(key) { return .file(ob) }
             }
+            if let ob = cache.open(key) { return .file(ob) }
         }
         throw FSError(EIO, "block \(b) of \(o.key) could not be read")
     }
@@ -236,23 +234,16 @@ final class ObjectReader: Sendable {
     /// GETs in flight for readers (demand and read-ahead), so a preload can give way to them.
     var readerFetchesInFlight: Int { readerFetches.load(ordering: .relaxed) }
 
-    /// Where block `from` will come from: a fetch (new or in flight), or the cache, which a fetch finished since
-    /// the caller found the block missing stored it in.
-    enum Claim {
-        case pending(PendingBlock)
-        case cached
-    }
-
     /// Starts one ranged GET for blocks [from, from+count) (stopping at the first block cached or in
     /// flight), registers a pending block for each, and stores every block in the cache as it arrives.
-    /// Returns the pending block `from` (which may belong to a fetch already in flight), or `.cached` when
-    /// block `from` is in the cache now (nothing started).
+    /// Returns the pending block `from` (which may belong to a fetch already in flight), or nil when block
+    /// `from` is in the cache now (nothing started).
     @discardableResult
-    private func startFetch(_ o: PinnedObject, from: Int64, count: Int64, isPrefetch: Bool = false) -> Claim {
+    private func startFetch(_ o: PinnedObject, from: Int64, count: Int64, isPrefetch: Bool = false) -> PendingBlock? {
         let mine: [PendingBlock]
         switch claim(o, from: from, count: count) {
-        case .cached: return .cached
-        case .joined(let p): return .pending(p)
+        case .cached: return nil
+        case .joined(let p): return p
         case .mine(let m): mine = m
         }
         if isPrefetch { prefetchInFlight.wrappingAdd(1, ordering: .relaxed) }
@@ -262,7 +253,7 @@ final class ObjectReader: Sendable {
             self.readerFetches.wrappingSubtract(1, ordering: .relaxed)
             if isPrefetch { self.prefetchInFlight.wrappingSubtract(1, ordering: .relaxed) }
         }
-        return .pending(mine[0])
+        return mine[0]
     }
 
     enum Claimed {

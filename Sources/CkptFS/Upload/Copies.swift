@@ -46,19 +46,7 @@ extension WriteBack {
                 }
                 return
             }
-            let started = Date()
-            let uploadId: String
-            let tally = RequestTally()
-            do throws(S3Error) {
-                uploadId = try await tally.counting { () async throws(S3Error) in
-                    try await client.createMultipartUpload(bucket, dst, options: PutOptions(metadata: info.metadata))
-                }
-            } catch {
-                await abortLostCreates(key: dst, since: started)
-                throw error
-            }
-            liveMultipart.withLock { _ = $0.insert(uploadId) }
-            if tally.sent > 1 { await abortLostCreates(key: dst, since: started) }  // a reply lost, then a retry
+            let uploadId = try await createMultipartUpload(dst, options: PutOptions(metadata: info.metadata), since: Date())
             defer { liveMultipart.withLock { _ = $0.remove(uploadId) } }
             do {
                 var parts: [CompletedPart] = []

@@ -350,26 +350,35 @@ extension WriteBack {
     func createUpload(_ v: StagedVersion, key: String, options put: PutOptions) async throws(FSError) -> String {
         let started = Date()
         try await journal.record(JournalRecord(op: .starting, id: v.id, key: key, mtime: started.timeIntervalSince1970))
-        let uploadId: String
-        let tally = RequestTally()
-        do throws(FSError) {
-            uploadId = try await s3(.write) { () async throws(S3Error) in
-                try await tally.counting { () async throws(S3Error) in try await client.createMultipartUpload(bucket, key, options: put) }
-            }
-        } catch {
-            await abortLostCreates(key: key, since: started)
-            throw error
+        let uploadId = try await s3(.write) { () async throws(S3Error) in
+            try await createMultipartUpload(key, options: put, since: started)
         }
-        liveMultipart.withLock { _ = $0.insert(uploadId) }
-        // Sent more than once (the client retried): an earlier one may have created an upload whose reply was
-        // lost (outside testing round 11, F3: it stayed open for good).
-        if tally.sent > 1 { await abortLostCreates(key: key, since: started) }
         do throws(FSError) {
             try await journal.record(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))
         } catch {
             try? await client.abortMultipartUpload(bucket, key, uploadId: uploadId)
             throw error
         }
+        return uploadId
+    }
+
+    /// CreateMultipartUpload of `key` (`since`: when the caller began it), the upload id registered in
+    /// `liveMultipart`. When it failed, or was sent more than once (the client retried), a reply may have been
+    /// lost with an upload S3 made: `abortLostCreates` (outside testing round 11, F3: one stayed open for good).
+    /// Errors: the request's.
+    func createMultipartUpload(_ key: String, options: PutOptions, since started: Date) async throws(S3Error) -> String {
+        let tally = RequestTally()
+        let uploadId: String
+        do throws(S3Error) {
+            uploadId = try await tally.counting { () async throws(S3Error) in
+                try await client.createMultipartUpload(bucket, key, options: options)
+            }
+        } catch {
+            await abortLostCreates(key: key, since: started)
+            throw error
+        }
+        liveMultipart.withLock { _ = $0.insert(uploadId) }
+        if tally.sent > 1 { await abortLostCreates(key: key, since: started) }
         return uploadId
     }
 

@@ -182,14 +182,21 @@ final class StagingArea: Sendable {
 
     /// Reads the first `size` bytes of `fd` in 1 MiB pieces, handing each to `body` with its offset.
     static func forEachChunk(of fd: Int32, size: Int64, _ body: (UnsafeRawBufferPointer, Int64) throws(FSError) -> Void) throws(FSError) {
-        // 1 MiB, or the file's size in whole pages when smaller: a small file's buffer then comes from malloc's
+        try forEachChunk(of: fd, range: 0..<size, body)
+    }
+
+    /// `forEachChunk(of:size:)` over bytes `range` of `fd` only (a part of a multipart upload); `body` gets
+    /// each chunk and its offset in the file.
+    static func forEachChunk(of fd: Int32, range: Range<Int64>, _ body: (UnsafeRawBufferPointer, Int64) throws(FSError) -> Void) throws(FSError) {
+        // 1 MiB, or the range's size in whole pages when smaller: a small file's buffer then comes from malloc's
         // heap (the daemon maps blocks of 256 KiB and more on their own, and every page of those is faulted in
         // afresh).
+        let size = Int64(range.count)
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(1 << 20, max(4096, (size + 4095) & ~4095))), alignment: 4096)
         defer { buf.deallocate() }
-        var off: Int64 = 0
-        while off < size {
-            let want = UnsafeMutableRawBufferPointer(rebasing: buf[0..<min(buf.count, Int(size - off))])
+        var off = range.lowerBound
+        while off < range.upperBound {
+            let want = UnsafeMutableRawBufferPointer(rebasing: buf[0..<min(buf.count, Int(range.upperBound - off))])
             let n: Int
             do { n = try FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: off, into: want) } catch {
                 throw FSError(error.rawValue, "reading a staged file: \(error)")
@@ -315,29 +322,13 @@ final class StagingArea: Sendable {
     }
 
     /// MD5 of the first `size` bytes of `fd` (Content-MD5 of a single PUT, and its ETag).
-    static func md5(of fd: Int32, size: Int64) throws(FSError) -> [UInt8] {
-        var md5 = StreamingDigest(.md5)
-        try StagingArea.forEachChunk(of: fd, size: size) { chunk, _ in md5.update(chunk) }
-        return md5.finalize()
-    }
+    static func md5(of fd: Int32, size: Int64) throws(FSError) -> [UInt8] { try md5(of: fd, range: 0..<size) }
 
     /// The MD5 of bytes `range` of `fd` (a part of a multipart upload: its Content-MD5). Errors: reading the
     /// staged file (its errno), or it is shorter than `range` (EIO).
     static func md5(of fd: Int32, range: Range<Int64>) throws(FSError) -> [UInt8] {
         var md5 = StreamingDigest(.md5)
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(1 << 20, max(4096, Int64(range.count)))), alignment: 4096)
-        defer { buf.deallocate() }
-        var off = range.lowerBound
-        while off < range.upperBound {
-            let want = UnsafeMutableRawBufferPointer(rebasing: buf[0..<min(buf.count, Int(range.upperBound - off))])
-            let n: Int
-            do { n = try FileDescriptor(rawValue: fd).readAll(fromAbsoluteOffset: off, into: want) } catch {
-                throw FSError(error.rawValue, "reading a staged file: \(error)")
-            }
-            guard n > 0 else { throw FSError(EIO, "reading a staged file: it is shorter than recorded") }
-            md5.update(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
-            off += Int64(n)
-        }
+        try StagingArea.forEachChunk(of: fd, range: range) { chunk, _ in md5.update(chunk) }
         return md5.finalize()
     }
 
