@@ -24,7 +24,7 @@ extension FileSystem {
         do {
             _ = try await client.putObject(bucket, dir.key + name + "/", body: .empty, options: PutOptions())
         } catch {
-            if dropped { await writeBack.restoreDelete(of: [dir.key + name + "/"]) }
+            if let dropped { await writeBack.restoreDelete(of: [(dir.key + name + "/", dropped)]) }
             throw FSError(error, during: .other)
         }
         let meta = Meta(isDirectory: true, size: 0, etag: "", mtime: Date())

@@ -36,6 +36,32 @@ final class DeleteGroup: Sendable {
     }
 }
 
+/// What the delete that removes a name (unlink, rmdir, the old name of a rename) takes from S3.
+enum Removal: Sendable, Equatable {
+    /// Whatever object the key holds: one the file was opened from or replaced, one of its saves that landed, an
+    /// object the mount listed.
+    case anyObject
+    /// Only an object this cache directory uploaded (`x-amz-meta-ckptfs-version`, `WriteBack.ownVersion`): the
+    /// file was created here on a name that held nothing, and a save of it reached the key with
+    /// `If-None-Match: *`, but it may have met another client's object there (412) and left it; nobody here saw
+    /// that object, so it stays (S-CONFLICT-IN-FLIGHT). A HEAD at the delete's turn tells.
+    case ownObject
+    /// Nothing of the removed file reached S3 under the key: no DeleteObject is sent (it could only remove
+    /// another client's object).
+    case nothing
+
+    /// What removing the name takes once uploads expecting `conditions` (nil: none, a plain PUT) reached the
+    /// key too, when this is what it took before them. Uploads onto a name that held nothing, each with a
+    /// condition, can only have left their own object there (`ownObject`); a plain one replaces whatever is
+    /// there (a rename's destination, a name whose delete it replaced, a server without conditional writes),
+    /// and what it may have left goes too, whoever's it is (`anyObject`).
+    func then(uploadsExpecting conditions: [WriteCondition?]) -> Removal {
+        guard !conditions.isEmpty else { return self }
+        guard self != .anyObject, !conditions.contains(where: { $0 == nil }) else { return .anyObject }
+        return .ownObject
+    }
+}
+
 /// A delete not applied yet.
 struct PendingDelete: Sendable {
     var key: String
@@ -48,12 +74,12 @@ struct PendingDelete: Sendable {
     var refusals = Refusals()
     var group: DeleteGroup
     var task: Task<Void, Never>?
-    /// Nothing of the removed file reached S3 under the key (`WriteBack.keyMayHoldObject`): no DeleteObject is
-    /// sent (it could only remove another client's object), but the delete keeps its place in the order: the
-    /// upload jobs of the withdrawn versions stay open until it passes its barrier, so deletes made before it
-    /// still wait for the uploads before it (a rotation's older checkpoint is not removed before the newer one
-    /// lands, S-DUR-ORDER).
-    var sendsNothing = false
+    /// What it removes (`WriteBack.removal`). One that removes `nothing` sends no DeleteObject but keeps its
+    /// place in the order: the upload jobs of the withdrawn versions stay open until it passes its barrier, so
+    /// deletes made before it still wait for the uploads before it (a rotation's older checkpoint is not
+    /// removed before the newer one lands, S-DUR-ORDER).
+    var removes: Removal = .anyObject
+    var sendsNothing: Bool { removes == .nothing }
 }
 
 /// The change queue's state and the slots its jobs run in (see the file comment). The jobs themselves, the
@@ -129,14 +155,20 @@ final class ChangeQueue: Sendable {
             return ready
         }
 
-        /// Drops the deletes of `key` that have not started (an upload or a direct write replaces them).
-        /// Returns the continuations of those waiting for their barrier, to resume outside the lock.
-        /// Whether a delete of `key` that would remove something (not one that sends nothing) waits, not started
-        /// and not cancelled: a write under the key replaces it.
-        func removingDeleteWaits(_ key: String) -> Bool {
-            deletes.values.contains { $0.key.sameBytes(key) && !$0.started && !$0.cancelled && !$0.sendsNothing }
+        /// What the deletes of `key` that would remove something (not those that send nothing), not started and
+        /// not cancelled, remove (`anyObject` if one of them removes whatever is there); nil when none waits. A
+        /// write under the key replaces them.
+        func removingDeleteWaits(_ key: String) -> Removal? {
+            var out: Removal?
+            for d in deletes.values where d.key.sameBytes(key) && !d.started && !d.cancelled && !d.sendsNothing {
+                if d.removes == .anyObject { return .anyObject }
+                out = d.removes
+            }
+            return out
         }
 
+        /// Drops the deletes of `key` that have not started (an upload or a direct write replaces them).
+        /// Returns the continuations of those waiting for their barrier, to resume outside the lock.
         mutating func cancelDeletes(of key: String) -> [CheckedContinuation<Void, Never>] {
             var waiting: [CheckedContinuation<Void, Never>] = []
             for (id, d) in deletes where d.key.sameBytes(key) && !d.started && !d.cancelled {
@@ -212,10 +244,12 @@ extension WriteBack {
             v.state.withLock { $0.job = job }
             // A delete of the key not started is replaced: the object it would have removed (this mount
             // deleted it) is still there when this upload goes, so one that expects no object (a file created
-            // again under the name) replaces it instead.
-            if u.removingDeleteWaits(key) {
+            // again under the name) replaces it instead. One that removes only this mount's own object keeps
+            // its expectation (no object): it meets that object as one of its own earlier versions and
+            // replaces it (`uploadOnce`), or meets another client's object as a conflict.
+            if let removal = u.removingDeleteWaits(key) {
                 v.state.withLock { s in
-                    if case .absent = s.expect { s.expect = .anything }
+                    if removal == .anyObject, case .absent = s.expect { s.expect = .anything }
                     s.reachedKey = true
                 }
             }
@@ -307,7 +341,7 @@ extension WriteBack {
         let (open, current) = f.state.withLock { ($0.handles > 0, $0.current) }
         // Read once they are settled: no upload of them starts from now on (`upload` and `enqueueUpload` check).
         return Withdrawal(records: records, versions: open ? victims.filter { $0 !== current } : victims,
-                          keyMayHoldObject: keyMayHoldObject(f, all), conflicted: conflicted)
+                          keyRemoval: removal(f, all), conflicted: conflicted)
     }
 
     /// Journal records that withdraw versions, and their staged files, removed only after the records are
@@ -315,25 +349,32 @@ extension WriteBack {
     struct Withdrawal {
         var records: [JournalRecord] = []
         var versions: [StagedVersion] = []
-        /// S3 may hold an object under the withdrawn file's key (`keyMayHoldObject`); true when no local file
-        /// was withdrawn (the object is all there is).
-        var keyMayHoldObject = true
+        /// What removing the withdrawn file's name takes from S3 (`removal`); whatever the key holds when no
+        /// local file was withdrawn (the object is all there is).
+        var keyRemoval: Removal = .anyObject
         /// The withdrawn file was stopped by a conflict: the object under its key is another client's, which
         /// removing or replacing the file must leave (an unlink sends no DeleteObject; a rename over it expects
         /// no object, so it meets theirs as a conflict too), outside testing round 12, F1.
         var conflicted = false
-        /// S3 may hold an object of this mount's under the key, which removing the name must delete.
-        var mustDelete: Bool { keyMayHoldObject && !conflicted }
+        /// What the delete of the name removes.
+        var removes: Removal { conflicted ? .nothing : keyRemoval }
     }
 
-    /// Whether S3 may hold an object under `f`'s key that removing the name must delete: `f` was opened from an
-    /// object or renamed onto the key (`LocalFile.State.keyMayHoldObject`), a version of it landed there, or one
-    /// of `versions` (its versions under the key) reached it (`StagedVersion.State.reachedKey`: an upload
-    /// started, or its queueing cancelled a delete). False for a file created here whose saves never left this
-    /// machine: removing its name sends no DeleteObject, which could only remove another client's object.
-    /// Read once no upload of `versions` can start any more (they are settled, or moved away by a rename).
-    func keyMayHoldObject(_ f: LocalFile, _ versions: [StagedVersion]) -> Bool {
-        f.state.withLock { $0.mayHoldObject } || versions.contains { $0.state.withLock { $0.reachedKey } }
+    /// What removing `f`'s name must delete in S3: what the key held before the file's own saves
+    /// (`LocalFile.State.removal`: an object it was opened from or replaced, or one of its versions that landed),
+    /// then what those of `versions` (its versions under the key) that reached it may have left there
+    /// (`StagedVersion.State.reachedKey`: an upload started, or its queueing cancelled a delete; `Removal.then`).
+    /// `nothing` for a file created here whose saves never left this machine: a DeleteObject could only remove
+    /// another client's object. Read once no upload of `versions` can start any more (they are settled, or
+    /// moved away by a rename).
+    func removal(_ f: LocalFile, _ versions: [StagedVersion]) -> Removal {
+        f.state.withLock { $0.removal }.then(uploadsExpecting: sentConditions(of: versions))
+    }
+
+    /// The conditions the uploads of those of `versions` that reached their key were (or will be) sent with.
+    func sentConditions(of versions: [StagedVersion]) -> [WriteCondition?] {
+        let plain = conditionsUnsupported.load(ordering: .relaxed)
+        return versions.filter { $0.state.withLock { $0.reachedKey } }.map { plain ? nil : condition(for: $0) }
     }
 
     /// Lets go the upload jobs a delete that is not queued after all (`delete`: its id) held (`heldFor`).
@@ -369,7 +410,7 @@ extension WriteBack {
     /// key is deleted in S3 after the uploads queued before now. Journaled before it returns.
     func unlinkFile(key: String, ino: UInt64) async throws(FSError) {
         var (deleteRecords, items) = deleteRecords([key])
-        let delete = items[0].0
+        let delete = items[0].id
         var withdrawn = Withdrawal()
         if let f = takeLocalFile(key: key) { withdrawn = orphan(f, ino: ino, heldFor: delete) }
         if withdrawn.conflicted {
@@ -381,15 +422,16 @@ extension WriteBack {
             removeFiles(withdrawn)
             return
         }
-        // Created here and never sent: nothing of it is in S3 to delete (S-UNLINK-NOT-UPLOADED). Journaled so,
-        // recovery after a crash does not send it either.
-        if !withdrawn.mustDelete { deleteRecords[0].sendsNothing = true }
+        // Created here and never sent: nothing of it is in S3 to delete (S-UNLINK-NOT-UPLOADED); sent, perhaps
+        // only its own object (S-CONFLICT-IN-FLIGHT). Journaled so: recovery after a crash does the same.
+        deleteRecords[0].removes = withdrawn.removes
+        items[0].removes = withdrawn.removes
         do throws(FSError) { try await journal.record(withdrawn.records + deleteRecords) } catch {
             // Not acknowledged: nothing holds the withdrawn versions' jobs any more.
             releaseUploads(heldFor: delete)
             throw error
         }
-        queueDeletes(items, hiding: [key], sendsNothing: !withdrawn.mustDelete)
+        queueDeletes(items, hiding: [key])
         removeFiles(withdrawn)
     }
 
@@ -400,20 +442,31 @@ extension WriteBack {
 
     /// Deletes `keys` in S3 in order after every upload queued before now, and hides them (and `hiding`:
     /// prefixes "dir/") from lookups and listings until then. Journaled, with `records`, before it returns.
-    func deleteLater(_ keys: [String], hiding: [String], with records: [JournalRecord] = []) async throws(FSError) {
-        let (deleteRecords, items) = deleteRecords(keys)
+    func deleteLater(_ keys: [String], hiding: [String], with records: [JournalRecord] = [],
+                     removes: (String) -> Removal = { _ in .anyObject }) async throws(FSError) {
+        let (deleteRecords, items) = deleteRecords(keys, removes: removes)
         try await journal.record(records + deleteRecords)
         queueDeletes(items, hiding: hiding)
     }
 
-    /// Journal records for deletes of `keys`, with the (id, key) pairs to queue once they are journaled.
-    func deleteRecords(_ keys: [String]) -> ([JournalRecord], [(UInt64, String)]) {
+    /// A journaled delete to queue.
+    struct DeleteItem {
+        var id: UInt64
+        var key: String
+        var removes: Removal = .anyObject
+    }
+
+    /// Journal records for deletes of `keys` (each removing what `removes` says), with the items to queue once
+    /// they are journaled.
+    func deleteRecords(_ keys: [String], removes: (String) -> Removal = { _ in .anyObject }) -> ([JournalRecord], [DeleteItem]) {
         var records: [JournalRecord] = []
-        var items: [(UInt64, String)] = []
+        var items: [DeleteItem] = []
         for k in keys {
             let id = newJournalId()
-            records.append(JournalRecord(op: .delete, id: id, key: k))
-            items.append((id, k))
+            var r = JournalRecord(op: .delete, id: id, key: k)
+            r.removes = removes(k)
+            records.append(r)
+            items.append(DeleteItem(id: id, key: k, removes: r.removes))
         }
         return (records, items)
     }
@@ -429,13 +482,14 @@ extension WriteBack {
         }
     }
 
-    /// Queues journaled deletes (id, key) in the change queue.
-    func queueDeletes(_ items: [(UInt64, String)], hiding: [String], sendsNothing: Bool = false) {
+    /// Queues journaled deletes in the change queue.
+    func queueDeletes(_ items: [DeleteItem], hiding: [String]) {
         guard !items.isEmpty else { return }
         let group = DeleteGroup(hides: hiding, count: items.count)
         changes.state.withLock { u in
             for h in hiding { u.hidden[h, default: 0] += 1 }
-            for (id, key) in items {
+            for item in items {
+                let (id, key) = (item.id, item.key)
                 u.hidden[key, default: 0] += 1
                 u.nextJob += 1
                 let job = u.nextJob
@@ -447,7 +501,7 @@ extension WriteBack {
                         if u.tails[key]?.isCurrent(job) == true { u.tails.removeValue(forKey: key) }
                     }
                 }
-                u.deletes[id] = PendingDelete(key: key, job: job, group: group, task: task, sendsNothing: sendsNothing)
+                u.deletes[id] = PendingDelete(key: key, job: job, group: group, task: task, removes: item.removes)
                 u.tails[key] = UploadTail(id: job, task: task)
             }
         }
@@ -483,18 +537,30 @@ extension WriteBack {
             return u.deletes.values.filter { !$0.key.sameBytes(d.key) && $0.key.hasKeyPrefix(d.key) }.compactMap { $0.task }
         }
         for t in children { await t.value }
-        let key: String? = changes.state.withLock { u in
+        let started: (key: String, removes: Removal)? = changes.state.withLock { u in
             guard var d = u.deletes[id], !d.cancelled, !d.sendsNothing else { return nil }
             d.started = true
             u.deletes[id] = d
-            return d.key
+            return (d.key, d.removes)
         }
-        if let key {
+        var kept = false  // another client's object, left in place (`Removal.ownObject`)
+        if let (key, removes) = started {
             await keepReaders(of: key)  // descriptors reading the object read on until their last close
             let known = notices.knownETags(of: key)
             var delay: Duration = .milliseconds(500)
             while !Task.isCancelled {
                 do throws(S3Error) {
+                    if removes == .ownObject {
+                        // Only this mount's own object: anything else is another client's, which none of this
+                        // mount's saves replaced (they met it as a conflict).
+                        let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
+                        if ownVersion(info) == nil {
+                            logger.info("the object under the removed name is another client's; it stays",
+                                        metadata: ["s3.key": "\(key)", "s3.etag": "\(info.etag)"])
+                            kept = true
+                            break
+                        }
+                    }
                     try await client.deleteObject(bucket, key, versionId: nil)
                     // What the cache holds of the versions it knew there is of no use any more.
                     for etag in known { openObjects.versionGone(key: key, etag: etag) }
@@ -522,7 +588,8 @@ extension WriteBack {
         let waiters = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
             if let d = u.deletes.removeValue(forKey: id) {
                 // Told before the hide goes, so a listing or HEAD in flight cannot show the name again.
-                if !d.cancelled && !d.sendsNothing { notices.changedInS3(key: d.key, .absent) }
+                if !d.cancelled && !d.sendsNothing && !kept { notices.changedInS3(key: d.key, .absent) }
+                if kept { d.group.lostOne.store(true, ordering: .relaxed) }  // what it hides was not all deleted
                 ChangeQueue.unhide(&u.hidden, d.key)
                 if d.group.remaining.wrappingSubtract(1, ordering: .relaxed).newValue == 0 {
                     for h in d.group.hides {
@@ -565,10 +632,11 @@ extension WriteBack {
     /// delete of it that has not started is dropped, one that has is waited for, so it cannot remove what is
     /// written now. With a prefix ("dir/"), the directory shows again (objects under it still queued for
     /// deletion stay hidden). Returns whether a delete was dropped: if what was to be written fails, the
-    /// caller queues it again (`restoreDelete`), or the removed object would be back.
+    /// caller queues it again (`restoreDelete`), or the removed object would be back. Returns what the dropped
+    /// delete removed (nil: none was dropped).
     @discardableResult
-    func clearPendingDelete(of key: String) async -> Bool {
-        let (tail, waiters, dropped) = changes.state.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>], Bool) in
+    func clearPendingDelete(of key: String) async -> Removal? {
+        let (tail, waiters, dropped) = changes.state.withLock { u -> (Task<Void, Never>?, [CheckedContinuation<Void, Never>], Removal?) in
             // One that sends nothing is not queued again if the write fails: it had nothing to remove.
             let dropped = u.removingDeleteWaits(key)
             let waiting = u.cancelDeletes(of: key)
@@ -608,9 +676,11 @@ extension WriteBack {
     /// Queues again (journaled) the deletes of `keys` that `clearPendingDelete` dropped before a write under
     /// them that failed: the removed objects stay removed. A journal failure is logged (the object may then
     /// come back).
-    func restoreDelete(of keys: [String]) async {
-        guard !keys.isEmpty else { return }
-        do throws(FSError) { try await deleteLater(keys, hiding: keys) } catch {
+    func restoreDelete(of dropped: [(key: String, removes: Removal)]) async {
+        guard !dropped.isEmpty else { return }
+        let keys = dropped.map(\.key)
+        let removes = Dictionary(dropped.map { ($0.key, $0.removes) }, uniquingKeysWith: { a, _ in a })
+        do throws(FSError) { try await deleteLater(keys, hiding: keys, removes: { removes[$0] ?? .anyObject }) } catch {
             logger.error("could not queue again a delete a failed change had dropped", metadata: ["keys": "\(keys)", "error": "\(error)"])
         }
     }

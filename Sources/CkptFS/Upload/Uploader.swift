@@ -151,9 +151,11 @@ extension WriteBack {
         do throws(FSError) {
             return try await putOrMultipart()
         } catch where error.kind == .conflict {
-            // Perhaps our own earlier attempt landed (a crash or a lost reply after it completed), or an earlier
+            // Perhaps our own earlier attempt landed (a crash or a lost reply after it completed), or another
             // version of this key from this cache directory that the condition was written before (a crash
-            // while it was uploading): the object's tag tells. Only an answer tells: a HEAD that fails (not
+            // while it was uploading; a save the trainer removed or replaced, whose delete this upload replaced,
+            // S-CONFLICT-IN-FLIGHT): the object's tag tells. This mount's changes of one key go in order, so
+            // any other of its versions there is one the trainer replaced. Only an answer tells: a HEAD that fails (not
             // "no such key") fails this attempt, which is retried; it is no conflict.
             let info: ObjectInfo?
             do throws(S3Error) {
@@ -166,12 +168,10 @@ extension WriteBack {
             if let info, let tagged = ownVersion(info) {
                 // Tagged with this version in the same reply as its ETag: this version's bytes.
                 if tagged == v.id { return (key, info.etag, true, nil) }
-                if tagged < v.id {
-                    logger.info("an earlier version of this file from this cache landed before a crash; uploading over it",
-                                metadata: ["key": "\(key)"])
-                    put.condition = .ifMatch(info.etag)
-                    return try await putOrMultipart()
-                }
+                logger.info("another save of this name from this cache directory is there; uploading over it",
+                            metadata: ["key": "\(key)"])
+                put.condition = .ifMatch(info.etag)
+                return try await putOrMultipart()
             }
             if let info, info.size == size,
                try await offPool({ () throws(FSError) in

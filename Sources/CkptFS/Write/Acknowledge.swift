@@ -184,7 +184,8 @@ extension WriteBack {
         // nothing (`enqueueUpload`: the object the delete would have removed is still there), and the delete
         // is journaled as done: recovery must not send the upload with If-None-Match, or it meets that object
         // and is kept as a conflict (an unlink, a create of the name again and a crash before the upload).
-        if case .ifNoneMatch = condition, changes.state.withLock({ $0.removingDeleteWaits(v.key) }) { condition = nil }
+        // (One that removes only this mount's own object leaves the condition: that object is one of ours.)
+        if case .ifNoneMatch = condition, changes.state.withLock({ $0.removingDeleteWaits(v.key) }) == .anyObject { condition = nil }
         return v.state.withLock { s in
             var r = JournalRecord(op: .commit, id: v.id, key: s.key, size: s.size, xxh64: checksum,
                                   mtime: s.mtime.timeIntervalSince1970)

@@ -63,9 +63,21 @@ struct JournalRecord: Codable, Equatable, Sendable {
     /// sent before the renames, does not stand for it, since the old name's delete comes between). Nil in
     /// journals written before it was recorded: a `done` then settles by key alone.
     var generation: Int?
-    /// `delete`: nothing of the removed file reached S3 under the key (`PendingDelete.sendsNothing`): recovery
-    /// queues it for its place in the order, and sends no DeleteObject. Nil in journals written before.
+    /// `delete`: nothing of the removed file reached S3 under the key (`Removal.nothing`): recovery queues it for
+    /// its place in the order, and sends no DeleteObject. Nil in journals written before.
     var sendsNothing: Bool?
+    /// `delete`: only an object this cache directory uploaded is deleted (`Removal.ownObject`). Nil: whatever
+    /// the key holds.
+    var ownObjectOnly: Bool?
+
+    /// `delete`: what it removes (`sendsNothing`, `ownObjectOnly`).
+    var removes: Removal {
+        get { sendsNothing == true ? .nothing : ownObjectOnly == true ? .ownObject : .anyObject }
+        set {
+            sendsNothing = newValue == .nothing ? true : nil
+            ownObjectOnly = newValue == .ownObject ? true : nil
+        }
+    }
 }
 
 final class Journal: Sendable {

@@ -24,13 +24,15 @@ final class LocalFile: Sendable {
         /// after a rename that did not copy the object along: the object under the new key, if any, is then
         /// another file's (one the rename replaced), and a later rename must not copy it as this file's.
         var objectIsAcknowledged = false
-        /// S3 may hold an object under `key` that removing the name (unlink, a rename away) must delete: true
-        /// unless the file was created here on a key that held no object (as far as the lookup knew) and has not
-        /// been renamed onto it since. Its versions' uploads and queued saves add to it (`WriteBack.keyMayHoldObject`).
-        var keyMayHoldObject = true
-        /// `keyMayHoldObject`, or a version of the file landed under `key` (`objectIsAcknowledged`): the file's
-        /// own part of `WriteBack.keyMayHoldObject` (its versions' part is theirs).
-        var mayHoldObject: Bool { keyMayHoldObject || objectIsAcknowledged }
+        /// What removing the name (unlink, a rename away) must delete of what `key` held before this file's
+        /// saves: whatever is there (`anyObject`), unless the file was created here on a key that held no object
+        /// as far as the lookup knew (`nothing`), or was renamed onto a file of this mount's whose saves had
+        /// reached S3 (what that one's removal would have taken). Its versions' uploads add to it
+        /// (`WriteBack.removal`).
+        var keyRemoval: Removal = .anyObject
+        /// `keyRemoval`, or whatever is there once a version of the file landed under `key`
+        /// (`objectIsAcknowledged`): the file's own part of `WriteBack.removal` (its versions' part is theirs).
+        var removal: Removal { objectIsAcknowledged ? .anyObject : keyRemoval }
         /// A save of the file failed (errno; 0: none) while a rename was moving it, so its unacknowledged
         /// version could not be split off at once (`WriteBack.saveFailed`): it is dropped at the last
         /// writer's close instead.

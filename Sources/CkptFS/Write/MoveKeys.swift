@@ -16,7 +16,7 @@ extension WriteBack {
         func withdrawDestination() -> Withdrawal {
             // No file there (the lookup found none): nothing of this mount's is under the name in S3.
             guard let old = takeLocalFile(key: dst) else {
-                return Withdrawal(keyMayHoldObject: replacing != nil)
+                return Withdrawal(keyRemoval: replacing != nil ? .anyObject : .nothing)
             }
             // Every save is a version (`FSOptions.keepEveryVersion`): the destination's saves still queued
             // (closed: nothing writes them any more) go up first, in order, and the renamed file after them;
@@ -57,10 +57,12 @@ extension WriteBack {
             // the object of the other client whose conflict stopped the file the rename replaces (its upload
             // then meets theirs as a conflict too, S-CONFLICT-RENAMED-OVER).
             let moved = retarget(f, from: src, to: dst, objectCopied: copied,
-                                 destinationMayHoldObject: withdrawn.keyMayHoldObject,
-                                 expectNoObject: !copied && !withdrawn.mustDelete)
-            // A file created here and never sent leaves nothing under the old name (S-RENAME-FILE-LOCAL).
-            let (deletes, items) = moved.keepsSource || !moved.sourceMayHoldObject ? ([], []) : deleteRecords([src])
+                                 destinationRemoval: withdrawn.removes,
+                                 expectNoObject: !copied && withdrawn.removes != .anyObject)
+            // A file created here and never sent leaves nothing under the old name (S-RENAME-FILE-LOCAL); one
+            // whose conditional saves reached it, perhaps only its own object (S-CONFLICT-IN-FLIGHT).
+            let (deletes, items) = moved.keepsSource || moved.sourceRemoval == .nothing
+                ? ([], []) : deleteRecords([src], removes: { _ in moved.sourceRemoval })
             try await journal.record(withdrawn.records + moved.records + deletes)
             for v in moved.requeue { enqueueUpload(v) }
             queueDeletes(items, hiding: [src])
@@ -71,7 +73,7 @@ extension WriteBack {
         do throws(FSError) {
             try await journal.record([JournalRecord(op: .renaming, id: intent, key: src, target: dst, keys: [src])])
         } catch {
-            if dropped { await restoreDelete(of: [dst]) }
+            if let dropped { await restoreDelete(of: [(dst, dropped)]) }
             throw error
         }
         // The destination's inodes stop naming it before the copy replaces its object: an open of one from here
@@ -88,7 +90,7 @@ extension WriteBack {
             }
         } catch {
             try? await journal.record(JournalRecord(op: .done, id: intent))
-            if dropped { await restoreDelete(of: [dst]) }
+            if let dropped { await restoreDelete(of: [(dst, dropped)]) }
             throw error
         }
         defer { removeFiles(withdrawn) }
@@ -154,9 +156,11 @@ extension WriteBack {
         }
         func target(_ k: String) -> String { dst + k.keySuffix(after: src) }
         // Deletes of the new names dropped here are queued again if the rename fails.
-        var dropped: [String] = []
-        if changes.hasHidden { for k in remaining where await clearPendingDelete(of: target(k)) { dropped.append(target(k)) } }
-        if await clearPendingDelete(of: dst) { dropped.append(dst) }
+        var dropped: [(key: String, removes: Removal)] = []
+        if changes.hasHidden {
+            for k in remaining { if let r = await clearPendingDelete(of: target(k)) { dropped.append((target(k), r)) } }
+        }
+        if let r = await clearPendingDelete(of: dst) { dropped.append((dst, r)) }
         let intent = newJournalId()
         if !remaining.isEmpty {
             do throws(FSError) {
@@ -202,12 +206,16 @@ extension WriteBack {
         var moves = Retarget()
         let copiedKeys = BytesSet(remaining)
         var sent: [String] = []  // local files whose old names may hold an object
+        var removals: [String: Removal] = [:]  // what their deletes remove (the listed objects: whatever is there)
         for (k, f) in localFiles.sortedByKey() {
             // The destination directory is new or was empty: nothing is under the new name but a copy made now.
-            let r = retarget(f, from: k, to: target(k), objectCopied: copiedKeys.contains(k), destinationMayHoldObject: false)
+            let r = retarget(f, from: k, to: target(k), objectCopied: copiedKeys.contains(k), destinationRemoval: .nothing)
             moves.records += r.records
             moves.requeue += r.requeue
-            if r.sourceMayHoldObject { sent.append(k) }
+            if r.sourceRemoval != .nothing {
+                sent.append(k)
+                removals[k] = r.sourceRemoval
+            }
         }
         if keys.isEmpty && localFiles.isEmpty {
             // An empty directory that exists only in this mount's memory.
@@ -217,7 +225,8 @@ extension WriteBack {
         let old = BytesSet.distinct(keys + sent)
         var hides: BytesSet = [src]
         for k in old { for p in k.keyPrefixes(after: src.utf8.count) { hides.insert(p) } }
-        let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old))
+        let listed = BytesSet(keys)
+        let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old)) { k in listed.contains(k) ? .anyObject : removals[k] ?? .anyObject }
         try await journal.record(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
         for v in moves.requeue { enqueueUpload(v) }
         if items.isEmpty {

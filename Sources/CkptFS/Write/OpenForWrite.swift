@@ -61,7 +61,7 @@ extension WriteBack {
                     s.handles = 1
                     s.writers = writer ? 1 : 0
                     s.objectIsAcknowledged = remote != nil
-                    s.keyMayHoldObject = remote != nil
+                    s.keyRemoval = remote != nil ? .anyObject : .nothing
                     s.madeFrom = truncate ? nil : remote?.etag
                 }
                 l[key] = fresh

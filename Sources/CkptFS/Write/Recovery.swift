@@ -57,7 +57,7 @@ extension WriteBack {
         // had at that point of the journal), with the position of their last commit record.
         var acked: [UInt64: (record: JournalRecord, position: Int)] = [:]
         var landed = Set<UInt64>()
-        var deletes: [UInt64: (key: String, position: Int, sendsNothing: Bool)] = [:]
+        var deletes: [UInt64: (key: String, position: Int, removes: Removal)] = [:]
         var renames: [UInt64: JournalRecord] = [:]
         var multipart: [(UInt64, String, String)] = []
         var starting: [UInt64: (key: String, time: Double)] = [:]  // created, perhaps, but no id recorded
@@ -88,7 +88,7 @@ extension WriteBack {
                 deletes[r.id] = nil
                 renames[r.id] = nil
             case .drop: acked[r.id] = nil
-            case .delete: if let k = r.key { deletes[r.id] = (k, position, r.sendsNothing == true) }
+            case .delete: if let k = r.key { deletes[r.id] = (k, position, r.removes) }
             case .renaming: renames[r.id] = r
             case .starting: if let k = r.key { starting[r.id] = (k, r.mtime ?? 0) }
             case .multipart:
@@ -162,7 +162,7 @@ extension WriteBack {
             }
             for k in WriteBack.deleteOrder(BytesSet.distinct(old)) {
                 let id = newJournalId()
-                deletes[id] = (k, end, false)
+                deletes[id] = (k, end, .anyObject)
                 end += 1
             }
             report.finishedRenames += 1
@@ -236,7 +236,7 @@ extension WriteBack {
         staging.removeAll(except: Set(keep.map { $0.0.id }))
         for (id, d) in deletes {
             var r = JournalRecord(op: .delete, id: id, key: d.key)
-            if d.sendsNothing { r.sendsNothing = true }
+            r.removes = d.removes
             keep.append((r, d.position))
         }
         for r in keptRenames { keep.append((r, -1)) }
@@ -247,14 +247,14 @@ extension WriteBack {
             u.quarantined = report.quarantined.map { "\($0.key) -> \($0.path)" }
         }
         // Queued again in the journal's order: each delete after the uploads acknowledged before it.
-        enum Op { case upload(StagedVersion), delete(UInt64, String, sendsNothing: Bool) }
+        enum Op { case upload(StagedVersion), delete(DeleteItem) }
         var ops: [(Op, Int)] = recovered.map { (.upload($0.0), $0.1) }
-        ops += deletes.map { (.delete($0.key, $0.value.key, sendsNothing: $0.value.sendsNothing), $0.value.position) }
+        ops += deletes.map { (.delete(DeleteItem(id: $0.key, key: $0.value.key, removes: $0.value.removes)), $0.value.position) }
         for (op, _) in ops.sorted(by: { $0.1 < $1.1 }) {
             switch op {
             case .upload(let v): enqueueUpload(v)
-            case .delete(let id, let key, let nothing):
-                queueDeletes([(id, key)], hiding: key.endsWithSlash ? [key] : [], sendsNothing: nothing)
+            case .delete(let item):
+                queueDeletes([item], hiding: item.key.endsWithSlash ? [item.key] : [])
             }
         }
         report.pendingDeletes = deletes.count

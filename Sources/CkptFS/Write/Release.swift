@@ -164,7 +164,7 @@ extension WriteBack {
                         let g = LocalFile(key: s.key, current: previous)
                         g.state.withLock { g in
                             g.objectIsAcknowledged = s.objectIsAcknowledged
-                            g.keyMayHoldObject = s.keyMayHoldObject
+                            g.keyRemoval = s.keyRemoval
                         }
                         l[s.key] = g
                     } else {
@@ -275,7 +275,8 @@ extension WriteBack {
             abandonEarlyUpload(fallback, because: "unlinked")
             if fallback.state.withLock({ $0.committedSum != nil }) { withdrawal.records.append(JournalRecord(op: .drop, id: fallback.id)) }
             fallback.settle(.dropped)
-            if fallback.state.withLock({ $0.reachedKey }) { withdrawal.keyMayHoldObject = true }
+            // What it may have left is removed too (read once settled: no upload of it starts from now on).
+            withdrawal.keyRemoval = withdrawal.keyRemoval.then(uploadsExpecting: sentConditions(of: [fallback]))
             withdrawal.versions.append(fallback)  // nothing reads it: the handles read the current version
         }
         if handles > 0 {

@@ -10,9 +10,10 @@ extension WriteBack {
         var requeue: [StagedVersion] = []
         /// A version was stopped by a conflict under the old name: the object there is someone else's and stays.
         var keepsSource = false
-        /// S3 may hold an object under the old name that the rename must delete (`keyMayHoldObject`): false for
-        /// a file created here and never sent (write-temp-then-rename), whose old name needs no DeleteObject.
-        var sourceMayHoldObject = true
+        /// What the old name's delete removes (`WriteBack.removal`): `nothing` for a file created here and never
+        /// sent (write-temp-then-rename), whose old name needs no DeleteObject; only this mount's own object when
+        /// its saves that reached the old name each carried a condition (S-CONFLICT-IN-FLIGHT).
+        var sourceRemoval: Removal = .anyObject
     }
 
     /// Moves local file `f` from `src` to `dst`: handles follow it, and every version not settled goes to the
@@ -24,11 +25,11 @@ extension WriteBack {
     /// later one what the one before it leaves; another client's object created under `dst` meanwhile stays and
     /// the file is kept as a conflict (S-CONFLICT-RENAMED-NEW). The caller journals the records before queueing.
     /// `objectCopied`: the caller copied the object under `src` (the file's last acknowledged bytes) to `dst`.
-    /// `destinationMayHoldObject`: S3 may hold an object under `dst` (the file the rename replaces, or one its
-    /// lookup did not see): false when the lookup found no file there, so a later unlink of a file never sent
-    /// sends no DeleteObject (`LocalFile.State.keyMayHoldObject`).
+    /// `destinationRemoval`: what removing `dst` takes of what it holds (the file the rename replaces, or one its
+    /// lookup did not see): `nothing` when the lookup found no file there, so a later unlink of a file never
+    /// sent sends no DeleteObject (`LocalFile.State.keyRemoval`).
     func retarget(_ f: LocalFile, from src: String, to dst: String, objectCopied: Bool,
-                  destinationMayHoldObject: Bool, expectNoObject: Bool = false) -> Retarget {
+                  destinationRemoval: Removal, expectNoObject: Bool = false) -> Retarget {
         var out = Retarget()
         // The acknowledged version a later write copied moves too: it stands for the file until the copy is
         // acknowledged, and is uploaded if the copy is dropped.
@@ -37,8 +38,10 @@ extension WriteBack {
         // meanwhile (`finishUpload`) sees either the version before the move or after it, never between (it
         // would take a version queued again under the new name for a finished one and remove its staged file).
         var moved: [(StagedVersion, Bool, String?)] = []
-        var fileMayHoldObject = true
-        var stayed = false
+        // What each upload under the old name expects, read before the move changes it.
+        let oldConditions = vs.map { condition(for: $0) }
+        var fileRemoval = Removal.anyObject
+        var stayed: [StagedVersion] = []
         var previousMoved: StagedVersion?
         vs.sort { $0.id < $1.id }  // journaled again in the order they were made: the newest last
         // Under the namespace's lock too: inodes of the file the destination was (the kernel looked them up
@@ -49,11 +52,11 @@ extension WriteBack {
             l[dst] = f
             localFiles.bumpSplits(dst)
             let cur = f.state.withLock { s in
-                fileMayHoldObject = s.mayHoldObject  // read before the move changes it
+                fileRemoval = s.removal  // read before the move changes it
                 s.key = dst
                 s.objectIsAcknowledged = objectCopied
                 // Whatever the new name held (another file's object, replaced) is this file's to delete now.
-                s.keyMayHoldObject = destinationMayHoldObject
+                s.keyRemoval = destinationRemoval
                 return s.current
             }
             // The newest save (acknowledged version) goes to the new name, with what was written after it. The
@@ -75,7 +78,7 @@ extension WriteBack {
                             // History of the old name only: one that meets another client's object there is
                             // dropped, not a conflict (that would hold the old name's delete for ever).
                             s.keptByRename = true
-                            stayed = true
+                            stayed.append(v)
                             return nil
                         default: break
                         }
@@ -118,8 +121,12 @@ extension WriteBack {
         } }
         // Read after the move: no upload of these versions starts under the old name any more (their jobs'
         // checks find them moved, and `enqueueUpload` reads the key under the queue's lock).
-        out.sourceMayHoldObject = fileMayHoldObject || stayed || vs.contains { $0.state.withLock { $0.reachedKey } }
-            || changes.state.withLock { u in u.pending.values.contains { $0.key.sameBytes(src) } }
+        // Those that reached the old name, and those that stay there (they are still to be sent).
+        var sent = zip(vs, oldConditions).filter { v, _ in v.state.withLock { $0.reachedKey } }.map(\.1)
+        let staying = stayed + changes.state.withLock { u in u.pending.values.filter { $0.key.sameBytes(src) } }
+        sent += staying.map { condition(for: $0) }
+        if conditionsUnsupported.load(ordering: .relaxed) { sent = sent.map { _ in nil } }
+        out.sourceRemoval = fileRemoval.then(uploadsExpecting: sent)
         for (v, requeue, sum) in moved {
             abandonEarlyUpload(v, because: "renamed")  // its parts went to the old name
             if requeue { out.requeue.append(v) }
@@ -162,7 +169,7 @@ extension WriteBack {
                 return then()
             })
         } catch {
-            if dropped { await restoreDelete(of: [dst]) }
+            if let dropped { await restoreDelete(of: [(dst, dropped)]) }
             throw error
         }
     }

@@ -90,6 +90,11 @@ struct ModelFile {
     /// upload delay, as here, its upload counts as started then); true once opened from an object, renamed onto
     /// a name, or recovered after a crash. Its unlink, or a rename away, journals no delete while false.
     var mayHoldObject = true
+    /// Removing the name removes only an object this mount uploaded (the core's `Removal.ownObject`): the file
+    /// was created here on a name that held nothing and a conditional save of it was queued (or it was renamed
+    /// over such a file), and nothing of it has landed yet. Another client's object its upload then meets
+    /// stays (S-CONFLICT-IN-FLIGHT).
+    var ownOnly = false
 }
 
 /// An open file of the model.
@@ -163,6 +168,19 @@ struct Model {
         var out: [String: Bool] = [:]
         for (p, e) in entries where Model.parent(p) == dir {
             out[String(p.split(separator: "/").last!)] = e == .directory
+        }
+        return out
+    }
+
+    /// Names of files that may show or not until the next drain: a removed file's, whose delete leaves another
+    /// client's object (S-CONFLICT-IN-FLIGHT), which shows once the delete's turn has passed (it waits for the
+    /// uploads before it, which the runner holds, or not).
+    func mayShowTheirs(in dir: String) -> Set<String> {
+        var out = Set<String>()
+        for (n, e) in events.enumerated() where e.kind == .delete && Model.parent(e.key) == dir && entries[e.key] == nil {
+            if case .some(.some) = e.leaves, !events[(n + 1)...].contains(where: { $0.key == e.key }) {
+                out.insert(String(e.key.split(separator: "/").last!))
+            }
         }
         return out
     }
@@ -256,6 +274,7 @@ struct Model {
         guard !files[id]!.local else { return }
         files[id]!.local = true
         files[id]!.mayHoldObject = true  // opened from the object
+        files[id]!.ownOnly = false
         files[id]!.ackedHere = false  // what was acknowledged is the object now
         files[id]!.inPlace = !truncating && !files[id]!.data.isEmpty
         files[id]!.base = files[id]!.data
@@ -285,9 +304,17 @@ struct Model {
             return
         }
         let id = newFile(ModelFile(dirty: true, handles: 1, localHandles: 1, writers: 1, local: true, base: nil,
-                                   baseEpoch: epoch[path, default: 0], mayHoldObject: false))
+                                   baseEpoch: freshBaseEpoch(path), mayHoldObject: false))
         entries[path] = .file(id)
         handles[handle] = ModelHandle(file: id, writable: true)
+    }
+
+    /// The base epoch of a file created at `path` (or renamed there) where the mount knows of no file: now, or
+    /// while the delete of a removed file that removes only this mount's own object waits (S-CONFLICT-IN-FLIGHT),
+    /// that file's: the new file's upload expects no object all the same (it replaces that delete), so another
+    /// client's object created since the removed file was is a conflict for it too.
+    func freshBaseEpoch(_ path: String) -> Int {
+        events.last { $0.key == path && $0.kind == .delete }?.ownOnlyBaseEpoch ?? epoch[path, default: 0]
     }
 
     mutating func write(handle: Int, at offset: Int, _ bytes: Bytes) {
@@ -400,10 +427,21 @@ struct Model {
             if let theirs = remoteState[path] ?? nil { entries[path] = .file(newFile(ModelFile(data: theirs, acked: theirs))) }
             return
         }
-        let sent = files[id]!.mayHoldObject
+        let f = files[id]!
         orphan(id)
+        recordDelete(of: f, at: path)
+    }
+
+    /// Journals the delete of `path`, the name of `f` until now (unlink, or a rename away): one that sends nothing
+    /// (nothing of `f` reached S3 there), or that removes only this mount's own object and leaves another
+    /// client's, which `f`'s upload met (S-CONFLICT-IN-FLIGHT).
+    mutating func recordDelete(of f: ModelFile, at path: String) {
         let i = record(path, .delete, nil)
-        events[i].sendsNothing = !sent
+        events[i].sendsNothing = !f.mayHoldObject
+        guard f.mayHoldObject && f.ownOnly else { return }
+        events[i].ownOnlyBaseEpoch = f.baseEpoch
+        let theirs = remoteState[path] ?? f.base
+        if epoch[path, default: 0] > f.baseEpoch && theirs != f.base { events[i].leaves = .some(theirs) }
     }
 
     /// A name a rename moved a file from without a delete (nothing of it reached S3) shows what the other
@@ -433,13 +471,16 @@ struct Model {
     /// Returns whether the old name's delete was journaled (false: nothing of the file reached S3 under it).
     @discardableResult
     mutating func move(_ id: Int, from src: String, to dst: String, keepSource: Bool, destinationMayHoldObject: Bool,
-                       expectNoObject: Bool = false, destinationConflicted: Bool = false) -> Bool {
+                       expectNoObject: Bool = false, destinationConflicted: Bool = false,
+                       destinationOwnOnlyEpoch: Int? = nil) -> Bool {
         let f = files[id]!
         // Nothing of a file created here reached S3 until a version of it was queued: no delete of the old name.
         let deleteSource = !keepSource && f.mayHoldObject
+        let destinationOwnOnly = destinationOwnOnlyEpoch != nil
         let queuedJob = events.last { $0.kind == .put && $0.file == id && $0.key == src && !$0.withdrawn }?.seq
         // Whatever the new name held is this file's to delete now, and a copy of the object made there.
         files[id]!.mayHoldObject = true
+        files[id]!.ownOnly = false
         files[id]!.conditional = false
         files[id]!.conflicted = false
         files[id]!.conflictSeq = nil
@@ -457,11 +498,13 @@ struct Model {
         let landedAndChanged = f.local && f.acked != nil && f.queued == nil && !f.ackedUnqueued && (f.dirty || !f.ackedHere)
         if f.local && !landedAndChanged {
             files[id]!.mayHoldObject = destinationMayHoldObject  // no copy: the versions move
+            files[id]!.ownOnly = destinationOwnOnly
             if expectNoObject {
                 files[id]!.conditional = true
                 files[id]!.base = nil
-                // Over a file stopped by a conflict, the other client's object is there already.
-                files[id]!.baseEpoch = destinationConflicted ? -1 : epoch[dst, default: 0]
+                // Over a file stopped by a conflict, the other client's object is there already; over one whose
+                // upload may meet another client's object, that object is as new to this one.
+                files[id]!.baseEpoch = destinationConflicted ? -1 : destinationOwnOnlyEpoch ?? freshBaseEpoch(dst)
             }
             // The acknowledged version is journaled again under the new key (also one a later write copied).
             if f.acked != nil {
@@ -477,11 +520,12 @@ struct Model {
         // A version queued again under the new name counts as sent there (no upload delay here).
         func requeue(_ v: Bytes?) {
             record(dst, .put, v, file: id)
+            if !files[id]!.mayHoldObject && files[id]!.conditional { files[id]!.ownOnly = true }
             files[id]!.mayHoldObject = true
         }
         if landedAndChanged {
             record(dst, .sync, f.acked)
-            if deleteSource { record(src, .delete, nil) }
+            if deleteSource { recordDelete(of: f, at: src) }
         } else if f.local {
             if f.acked != nil && !f.ackedUnqueued {
                 if f.queued != nil, let queuedJob { files[id]!.movedJobSeq = min(f.movedJobSeq ?? queuedJob, queuedJob) }
@@ -496,7 +540,7 @@ struct Model {
                 files[id]!.pendingVersions = []
                 files[id]!.queuedVersions = 0
             }
-            if deleteSource { record(src, .delete, nil) }
+            if deleteSource { recordDelete(of: f, at: src) }
         } else {
             // Only in S3: a server-side copy, made during the call; the old name is deleted later.
             record(dst, .sync, f.data)
@@ -516,6 +560,8 @@ struct Model {
             // A file stopped by a conflict under the new name: the object there is the other client's, which the
             // renamed file's upload must not replace either.
             let destinationConflicted = file(at: dst).map { files[$0]!.conflicted } ?? false
+            // Over a file whose delete would remove only this mount's own object: so would the renamed file's.
+            let destinationOwnOnlyEpoch = file(at: dst).flatMap { o in files[o]!.ownOnly && !files[o]!.conflicted ? files[o]!.baseEpoch : nil }
             if let old = file(at: dst) {
                 let o = files[old]!
                 if keepEveryVersion && o.handles == 0 && o.local && !o.conflicted && o.queued != nil {
@@ -532,8 +578,10 @@ struct Model {
             let keep = f.local && f.conflicted
             let deleted = move(id, from: src, to: dst, keepSource: keep,
                                destinationMayHoldObject: destinationMayHoldObject || keptOld,
-                               expectNoObject: (!destinationMayHoldObject && !keptOld) || destinationConflicted,
-                               destinationConflicted: destinationConflicted)
+                               expectNoObject: (!destinationMayHoldObject && !keptOld) || destinationConflicted
+                                   || destinationOwnOnlyEpoch != nil,
+                               destinationConflicted: destinationConflicted,
+                               destinationOwnOnlyEpoch: keptOld ? nil : destinationOwnOnlyEpoch)
             entries[src] = nil
             entries[dst] = .file(id)
             if keep, let theirs = remoteState[src] ?? nil {

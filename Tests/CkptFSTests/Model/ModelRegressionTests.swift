@@ -1037,4 +1037,51 @@ final class ModelRegressionTests: XCTestCase {
             .read(h: 2, at: 98, count: 2676),
         ])
     }
+
+    /// Seed 323 shrunk (S-CONFLICT-IN-FLIGHT): a file created here and saved, another client's object put under
+    /// its name while the upload is held, then the file unlinked: the delete leaves their object, and the name
+    /// shows it once the delete's turn has passed, before the drain (the model expected the name gone until
+    /// then).
+    func testSeed323() async throws {
+        try await ModelCheck.replay([
+            .open("a", h: 1, .createTruncate),
+            .write(h: 1, at: 0, count: 873, seed: 323002),
+            .close(h: 1),
+            .remotePut("a", count: 8809, seed: 323003),
+            .faulty(Fault(["GetObject"], .nth(3), .fail(.timeout)), .open("a", h: 2, .createTruncate)),
+            .unlink("a"),
+            .rename("x", "y/c.tmp", noReplace: false),
+        ])
+    }
+
+    /// Seed 677 shrunk: a rename over a file whose upload was queued (so its delete removes only this mount's
+    /// own object) expects no object, and meets the replaced file's save, which landed first with a newer
+    /// version number: that is this mount's own object, replaced, not a conflict (the core took only an older
+    /// version of its own for one).
+    func testSeed677() async throws {
+        try await ModelCheck.replay([
+            .open("b", h: 3, .createTruncate),
+            .open("b", h: 4, .createTruncate),
+            .open("d", h: 5, .createTruncate),
+            .rename("d", "c.tmp/b", noReplace: false),
+            .close(h: 4),
+            .ftruncate(h: 3, to: 1),
+            .close(h: 3),
+            .rename("d", "b", noReplace: false),
+        ])
+    }
+
+    /// Seed 1029 shrunk: a file renamed onto a name whose delete leaves another client's object (S-CONFLICT-
+    /// IN-FLIGHT) expects no object there, so that object is a conflict for it too (the model expected it
+    /// replaced).
+    func testSeed1029() async throws {
+        try await ModelCheck.replay([
+            .open("y", h: 2, .createTruncate),
+            .close(h: 2),
+            .remotePut("y", count: 4, seed: 1029004),
+            .rename("y", "b", noReplace: false),
+            .open("a", h: 7, .createTruncate),
+            .rename("a", "y", noReplace: false),
+        ])
+    }
 }

@@ -28,6 +28,11 @@ struct S3Event {
     /// A delete of a name whose file never reached S3: it keeps its place in the order (and is held like
     /// any other) but removes nothing, also when recovery queues it again.
     var sendsNothing = false
+    /// A delete that removes only this mount's own object (`ModelFile.ownOnly`): the removed file's base epoch.
+    var ownOnlyBaseEpoch: Int?
+    /// Such a delete leaves this object of the other client's, which the removed file's upload met (nil: it
+    /// removes what is there).
+    var leaves: Bytes??
 }
 
 extension Model {
@@ -69,6 +74,7 @@ extension Model {
         files[id]!.pendingVersions.append(acked)
         files[id]!.queuedVersions += 1
         files[id]!.ackedUnqueued = false
+        if !files[id]!.mayHoldObject && files[id]!.conditional { files[id]!.ownOnly = true }
         files[id]!.mayHoldObject = true
         let i = record(key, .put, acked, file: id, at: position)
         if position != nil { events[i].recovered = true }
@@ -193,6 +199,10 @@ extension Model {
                 case .put where e.withdrawn: maybe.insert(e.result)
                 case .put where e.file.map(conflicting.contains) == true: continue
                 case .delete where held.contains(e.seq) || e.sendsNothing: continue
+                case .delete where e.leaves != nil:
+                    // Another client's object, which the removed file's upload met: it stays.
+                    later = .some(e.leaves!)
+                    maybe.removeAll()
                 case .put, .delete:
                     // The key's chain: a withdrawn version in flight lands before this change, never after it.
                     later = .some(e.result)
@@ -221,6 +231,7 @@ extension Model {
             files[id]!.movedJobSeq = nil
             if let q = files[id]!.queued {
                 files[id]!.mayHoldObject = true  // landed
+                files[id]!.ownOnly = false
                 files[id]!.queued = nil
                 files[id]!.pendingVersions = []
                 files[id]!.queuedVersions = 0
@@ -230,6 +241,13 @@ extension Model {
                 files[id]!.conditional = true
             }
             settleIfClean(id)
+        }
+        // A name whose delete left another client's object shows that object.
+        let heldSeqs = Set(held.map(\.seq))
+        for e in events where e.kind == .delete && !heldSeqs.contains(e.seq) && entries[e.key] == nil {
+            if let theirs = e.leaves ?? nil, !events.contains(where: { $0.key == e.key && $0.seq > e.seq }) {
+                entries[e.key] = .file(newFile(ModelFile(data: theirs, acked: theirs)))
+            }
         }
         synced = s3
         events = held
@@ -267,6 +285,7 @@ extension Model {
             f.local = pending
             f.ackedHere = pending
             f.mayHoldObject = true  // recovery's local files make no difference
+            f.ownOnly = false
             files[id] = f
             if pending {
                 // Recovery queues the newest acknowledged version again (the same bytes, perhaps already in S3),

@@ -90,6 +90,45 @@ final class ConflictSemanticsTests: SemanticsTestCase {
 
     /// Two mounts save the same file from the same starting object: the later upload is a conflict and S3
     /// keeps the first.
+    /// S-CONFLICT-IN-FLIGHT: a file removed or renamed away while its upload, which then meets another client's
+    /// object, is in flight (or queued behind its temporary name's upload, never sent): their object stays.
+    func testSConflictInFlight() async throws {
+        let theirs = Array("theirs".utf8), mine = Array("mine".utf8)
+        func race(_ path: String, then change: () async throws -> Void) async throws {
+            let gate = holdUploads()
+            try await save(path, mine)
+            await client.waitForHeld(gate)  // sent, not answered
+            s3.seed(bucket, path, theirs)
+            try await change()
+            client.release(gate)
+            await flushAll()
+        }
+        try await race("x") { try await mount.rename("x", "y", noReplace: false).get() }
+        XCTAssertEqual(stored, ["x": theirs, "y": mine], "renamed away")
+        try await race("u") { try await mount.unlink("u").get() }
+        XCTAssertEqual(stored, ["x": theirs, "y": mine, "u": theirs], "removed")
+        // Saved by rename while the temporary name's upload is in flight: the upload under the new name waits
+        // behind it, and is never sent there.
+        let gate = holdUploads()
+        try await save("t.tmp", mine)
+        await client.waitForHeld(gate)
+        try await mount.rename("t.tmp", "t", noReplace: false).get()
+        s3.seed(bucket, "t", theirs)
+        try await mount.rename("t", "t2", noReplace: false).get()
+        client.release(gate)
+        await flushAll()
+        XCTAssertEqual(stored, ["x": theirs, "y": mine, "u": theirs, "t": theirs, "t2": mine], "queued, never sent")
+        // A crash before the delete: the next mount's recovery deletes no more than this one would have.
+        let cut = holdUploads()
+        try await save("c", mine)
+        await client.waitForHeld(cut)
+        s3.seed(bucket, "c", theirs)
+        try await mount.unlink("c").get()
+        try await crashAndRecover()
+        await flushAll()
+        XCTAssertEqual(stored["c"], theirs, "after a crash")
+    }
+
     func testSConflictTwoMounts() async throws {
         s3.seed(bucket, "f", Array("start".utf8))
         let other = try CoreDriver(directory: dir + "-other", client: s3, bucket: bucket)

@@ -108,7 +108,8 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(client.calls("DeleteObject").count, 0)
     }
 
-    /// A file whose upload started before the unlink is deleted once the upload has landed.
+    /// A file whose upload started before the unlink is deleted once the upload has landed (its delete, which
+    /// removes only this mount's own object, finds none if the upload was stopped first: S-CONFLICT-IN-FLIGHT).
     func testUnlinkWhileTheUploadRunsDeletesWhatLanded() async throws {
         let gate = holdUploads()
         try await save("a", bytes(40_000))
@@ -117,7 +118,8 @@ final class UnlinkSemanticsTests: SemanticsTestCase {
         client.release(gate)
         await flushAll()
         XCTAssertEqual(keys, [])
-        XCTAssertEqual(client.count("DeleteObject") + client.count("DeleteObjects"), 1)
+        XCTAssertEqual(client.count("DeleteObject") + client.count("DeleteObjects"),
+                       client.count("CompleteMultipartUpload") > 0 ? 1 : 0)
     }
 
     /// An unlinked open file lives until its last close: stat, read and write work through the descriptor, close
