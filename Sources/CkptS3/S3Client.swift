@@ -39,7 +39,7 @@ public protocol ObjectClient: Sendable {
     func listParts(_ bucket: String, _ key: String, uploadId: String, partNumberMarker: Int?) async throws(S3Error) -> ListPartsPage
     func listMultipartUploads(_ bucket: String, prefix: String?, keyMarker: String?, uploadIdMarker: String?) async throws(S3Error) -> ListMultipartUploadsPage
     func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String,
-                    ifMatch: String?, options: PutOptions?) async throws(S3Error) -> WriteResult
+                    ifMatch: String?, condition: WriteCondition?, options: PutOptions?) async throws(S3Error) -> WriteResult
     func uploadPartCopy(from source: (bucket: String, key: String, versionId: String?), range: Range<Int64>?,
                         to bucket: String, _ key: String, uploadId: String, partNumber: Int, ifMatch: String?) async throws(S3Error) -> String
     func deleteObject(_ bucket: String, _ key: String, versionId: String?) async throws(S3Error)
@@ -523,10 +523,11 @@ public final class S3Client: ObjectClient {
     // MARK: Copy
 
     public func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String,
-                           ifMatch: String? = nil, options: PutOptions? = nil) async throws(S3Error) -> WriteResult {
+                           ifMatch: String? = nil, condition: WriteCondition? = nil, options: PutOptions? = nil) async throws(S3Error) -> WriteResult {
         var r = Request(operation: "CopyObject", method: .PUT, bucket: bucket, key: key)
         r.headers = [("x-amz-copy-source", S3Client.copySource(source))]
         if let ifMatch { r.headers.append(("x-amz-copy-source-if-match", ifMatch)) }
+        r.headers += S3Client.conditionHeaders(condition)  // of the destination (CopyObject, S3 API reference)
         if let options {
             r.headers.append(("x-amz-metadata-directive", "REPLACE"))
             r.headers += S3Client.putHeaders(options)

@@ -465,8 +465,8 @@ final class GatedClient: ObjectClient, @unchecked Sendable {
     func listMultipartUploads(_ bucket: String, prefix: String?, keyMarker: String?, uploadIdMarker: String?) async throws(S3Error) -> ListMultipartUploadsPage {
         try await base.listMultipartUploads(bucket, prefix: prefix, keyMarker: keyMarker, uploadIdMarker: uploadIdMarker)
     }
-    func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String, ifMatch: String?, options: PutOptions?) async throws(S3Error) -> CkptS3.WriteResult {
-        try await base.copyObject(from: source, to: bucket, key, ifMatch: ifMatch, options: options)
+    func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String, ifMatch: String?, condition: WriteCondition?, options: PutOptions?) async throws(S3Error) -> CkptS3.WriteResult {
+        try await base.copyObject(from: source, to: bucket, key, ifMatch: ifMatch, condition: condition, options: options)
     }
     func uploadPartCopy(from source: (bucket: String, key: String, versionId: String?), range: Range<Int64>?, to bucket: String, _ key: String, uploadId: String, partNumber: Int, ifMatch: String?) async throws(S3Error) -> String {
         try await base.uploadPartCopy(from: source, range: range, to: bucket, key, uploadId: uploadId, partNumber: partNumber, ifMatch: ifMatch)

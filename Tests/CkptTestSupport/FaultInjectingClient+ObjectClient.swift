@@ -83,9 +83,9 @@ extension FaultInjectingClient {
     }
 
     public func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String,
-                           ifMatch: String?, options: PutOptions?) async throws(S3Error) -> WriteResult {
+                           ifMatch: String?, condition: WriteCondition?, options: PutOptions?) async throws(S3Error) -> WriteResult {
         try await perform("CopyObject", bucket, key) { () async throws(S3Error) in
-            try await base.copyObject(from: source, to: bucket, key, ifMatch: ifMatch, options: options)
+            try await base.copyObject(from: source, to: bucket, key, ifMatch: ifMatch, condition: condition, options: options)
         }
     }
 

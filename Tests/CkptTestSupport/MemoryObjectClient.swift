@@ -222,9 +222,10 @@ public final class MemoryObjectClient: ObjectClient {
     }
 
     public func copyObject(from source: (bucket: String, key: String, versionId: String?), to bucket: String, _ key: String,
-                           ifMatch: String?, options: PutOptions?) async throws(S3Error) -> WriteResult {
+                           ifMatch: String?, condition: WriteCondition?, options: PutOptions?) async throws(S3Error) -> WriteResult {
         try begin("CopyObject", bucket, key)
         let o = try object("CopyObject", source.bucket, source.key, ifMatch: ifMatch)
+        try check(condition, "CopyObject", bucket, key)
         let etag = seed(bucket, key, o.data, metadata: options?.metadata ?? o.metadata)
         return WriteResult(etag: etag, versionId: nil, lastModified: Date())
     }

@@ -1234,10 +1234,10 @@ def test_s_conflict_in_flight_opened(server, bucket, mounts, proxy):
     assert s3_bytes(server, bucket, "x") == b"theirs", "the other client's object is deleted"
 
 
-@pytest.mark.xfail(strict=True, reason="Known bug: a save by rename of a file already in S3 copies with no condition (SEMANTICS Known bugs)")
 def test_s_conflict_renamed_new_copied(server, bucket, mounts):
     # Outside testing round 12, F3: torch.save with fsync, then os.replace: the temporary file is in S3 already,
-    # so the rename is a server-side copy, which carries no condition.
+    # so the rename is a server-side copy; it expects no object under the new name, and fails with EEXIST
+    # (the file stays under its old name) when another client created one meanwhile.
     mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
     with open(f"{mp}/best.ckpt.tmp", "wb") as f:
         f.write(b"mine")
@@ -1245,22 +1245,43 @@ def test_s_conflict_renamed_new_copied(server, bucket, mounts):
         os.fsync(f.fileno())
     assert not os.path.exists(f"{mp}/best.ckpt")
     server.s3.put_object(Bucket=bucket, Key="best.ckpt", Body=b"theirs")
-    os.replace(f"{mp}/best.ckpt.tmp", f"{mp}/best.ckpt")
-    mounts.run("flush", mp, "--timeout", "10", timeout=60)
+    with pytest.raises(FileExistsError):
+        os.replace(f"{mp}/best.ckpt.tmp", f"{mp}/best.ckpt")
+    assert read(f"{mp}/best.ckpt.tmp") == b"mine"
+    flush(mounts, mp)
     assert s3_bytes(server, bucket, "best.ckpt") == b"theirs"
+    assert s3_bytes(server, bucket, "best.ckpt.tmp") == b"mine"
+    # Onto a name that held nothing, the same rename copies and goes on.
+    os.replace(f"{mp}/best.ckpt.tmp", f"{mp}/best.ckpt.2")
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "best.ckpt.2") == b"mine"
+    assert "best.ckpt.tmp" not in s3_keys(server, bucket)
 
 
-@pytest.mark.xfail(strict=True, reason="Known bug: a directory rename copies with no condition (SEMANTICS Known bugs)")
-def test_s_conflict_dir_renamed_new(server, bucket, mounts):
+@pytest.mark.parametrize("in_s3", [False, True], ids=["local", "in-s3"])
+def test_s_conflict_dir_renamed_new(server, bucket, mounts, in_s3):
     # Outside testing round 12, F4: orbax, DeepSpeed and the HF Trainer save a directory under a temporary name
-    # and rename it; another client's file created under the new name meanwhile is replaced.
+    # and rename it; another client's file created under the new name meanwhile stays. A file of the directory
+    # not uploaded yet is moved and its upload meets theirs as a conflict; one in S3 already is copied, and the
+    # copy fails with EEXIST, which undoes the rename.
     mp, _ = mounts.mount(f"s3://{bucket}", None, None, "--upload-delay", "60")
     os.mkdir(f"{mp}/ckpt.tmp")
     write(f"{mp}/ckpt.tmp/model", b"mine")
+    if in_s3:
+        flush(mounts, mp)
     assert not os.path.exists(f"{mp}/ckpt")
     server.s3.put_object(Bucket=bucket, Key="ckpt/model", Body=b"theirs")
-    os.rename(f"{mp}/ckpt.tmp", f"{mp}/ckpt")
-    mounts.run("flush", mp, "--timeout", "10", timeout=60)
+    if in_s3:
+        with pytest.raises(FileExistsError):
+            os.rename(f"{mp}/ckpt.tmp", f"{mp}/ckpt")
+        assert read(f"{mp}/ckpt.tmp/model") == b"mine"
+        flush(mounts, mp)
+        assert s3_bytes(server, bucket, "ckpt.tmp/model") == b"mine"
+    else:
+        os.rename(f"{mp}/ckpt.tmp", f"{mp}/ckpt")
+        r = mounts.run("flush", mp, "--timeout", "10", timeout=60)
+        assert r.returncode != 0 and "ckpt/model" in r.stdout + r.stderr, r
+        assert read(f"{mp}/ckpt/model") == b"mine", "the local copy stays readable"
     assert s3_bytes(server, bucket, "ckpt/model") == b"theirs"
 
 

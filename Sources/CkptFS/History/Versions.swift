@@ -119,7 +119,7 @@ extension FileSystem {
         await openObjects.keep(key: h.key)  // descriptors reading the version it replaces read on
         do throws(S3Error) {
             let source = try await client.headObject(bucket, h.key, versionId: target.versionId, ifMatch: nil)
-            result = try await client.copyObject(from: (bucket, h.key, target.versionId), to: bucket, h.key, ifMatch: source.etag,
+            result = try await client.copyObject(from: (bucket, h.key, target.versionId), to: bucket, h.key, ifMatch: source.etag, condition: nil,
                                                  options: PutOptions(contentType: source.contentType, metadata: source.metadata,
                                                                      condition: condition))
         } catch {

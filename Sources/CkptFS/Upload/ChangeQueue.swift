@@ -511,12 +511,14 @@ extension WriteBack {
     /// replaced it meanwhile), retrying until S3 accepts it.
     func runDelete(id: UInt64) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let ready = changes.state.withLock { u -> [CheckedContinuation<Void, Never>] in
-                guard let d = u.deletes[id], !d.cancelled else { return [c] }
+            let (ready, waiters) = changes.state.withLock { u -> ([CheckedContinuation<Void, Never>], [CheckedContinuation<Void, Never>]) in
+                guard let d = u.deletes[id], !d.cancelled else { return ([c], []) }
                 u.barrier[id] = (d.job, c)
-                return u.passBarriers()  // this one, and any waiting only for the jobs it holds
+                // this one, and any waiting only for the jobs it holds; a flush waiting for deletes looks again
+                // (a conflict may hold them all now: `waitDeletes`)
+                return (u.passBarriers(), u.deleteWaiters.removeAll())
             }
-            for r in ready { r.resume() }
+            for r in ready + waiters { r.resume() }
         }
         // Past its barrier (or cancelled): the upload jobs it held for the deletes after them are released.
         let held = changes.state.withLock { u -> Bool in
@@ -603,19 +605,30 @@ extension WriteBack {
         for w in waiters { w.resume() }
     }
 
-    /// Waits until no delete of a key `under` accepts is queued, or the deadline passes. Returns the keys
-    /// still queued.
-    func waitDeletes(under: (String) -> Bool, deadline: ContinuousClock.Instant?) async -> [String] {
+    /// Waits until no delete of a key `under` accepts is queued, or the deadline passes, or waiting changes
+    /// nothing (S3 refuses each one left, or files stopped by a conflict hold them: `heldByConflict`). Returns
+    /// the keys still queued.
+    func waitDeletes(under: (String) -> Bool, deadline: ContinuousClock.Instant?) async -> (keys: [String], heldByConflict: Bool) {
         let began = ContinuousClock.now
         while true {
-            let (left, refused) = changes.state.withLock { u in
-                let mine = u.deletes.values.filter { under($0.key) }
-                return (mine.map(\.key), mine.allSatisfy { $0.refusals.refused(since: began) })
+            let (left, refused, held) = changes.state.withLock { u in
+                let mine = u.deletes.filter { under($0.value.key) }
+                // Each waits at its barrier, and every upload job still open is a file stopped by a conflict,
+                // which is never retried: none goes until the trainer renames or removes such a file
+                // (S-CONFLICT-HOLDS-DELETES).
+                // (A job kept open for a delete that waits too, its version dropped, goes with that delete.)
+                let held = mine.allSatisfy { u.barrier[$0.key] != nil }
+                    && u.openUploads.allSatisfy { job, v in
+                        let c = carrier(of: v)
+                        return c.state.withLock { s in if case .conflict = s.upload { true } else { false } }
+                            || (u.heldUploads[job] != nil && c.isSettled)
+                    }
+                return (mine.map(\.value.key), mine.values.allSatisfy { $0.refusals.refused(since: began) }, held)
             }
-            if left.isEmpty { return [] }
-            if refused { return left }  // S3 refuses every one left: waiting changes nothing
+            if left.isEmpty { return ([], false) }
+            if refused || held { return (left, held) }  // waiting changes nothing
             let timeout = deadline.map { $0 - ContinuousClock.now }
-            if let timeout, timeout <= .zero { return left }
+            if let timeout, timeout <= .zero { return (left, false) }
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let ticket = changes.state.withLock { $0.deleteWaiters.add(c) }
                 if let timeout {

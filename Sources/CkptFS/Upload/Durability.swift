@@ -76,7 +76,7 @@ extension WriteBack {
         let deadline = timeout.map { ContinuousClock.now + $0 }
         var failures = await waitDurable(versions, deadline: deadline)
         // Deletes too (unlink, rmdir, old names of renames), which go after the uploads before them.
-        let left = await waitDeletes(under: under, deadline: deadline)
+        let (left, heldByConflict) = await waitDeletes(under: under, deadline: deadline)
         let queued = changes.state.withLock { u in
             BytesDictionary(u.deletes.values.reversed().map { ($0.key, $0) })
         }
@@ -88,6 +88,8 @@ extension WriteBack {
                 why = ": DeleteObject fails (\(e)); it is retried"
             } else if queued[key]?.started == true {
                 why = " (sent, no answer yet)"
+            } else if heldByConflict {
+                why = " (a file stopped by a conflict holds it: rename or remove that file)"
             } else if key.endsWithSlash && queued.keys.contains(where: { !$0.sameBytes(key) && $0.hasKeyPrefix(key) }) {
                 why = " (it waits for the deletes under it)"  // a directory marker goes after them (runDelete)
             } else {

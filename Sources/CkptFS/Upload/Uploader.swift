@@ -116,6 +116,8 @@ extension WriteBack {
                                  metadata: ["key": "\(v.key)", "error": "\(error)"])
                     v.settle(.conflict)
                     staging.wakeWaiters()  // a conflict brings nothing down: held writers check again
+                    // A flush waiting for deletes looks again: this conflict may hold them all (`waitDeletes`).
+                    for w in changes.state.withLock({ $0.deleteWaiters.removeAll() }) { w.resume() }
                     return
                 }
                 v.attemptFailed(error.description, refused: error.cause?.isRefusal ?? false)

@@ -39,6 +39,8 @@ extension WriteBack {
             }
             return orphan(old, ino: replacing)
         }
+        // Nothing under the new name as far as the mount knows: no file the lookup found, no local file.
+        let destinationUnknown = replacing == nil && localFiles.byKey.withLock { $0[dst] == nil }
         if let f = localFiles.byKey.withLock({ l in l[src].map { beginMove($0) } }) {
             defer { endMove(f) }
             // A file opened in place reads unchanged blocks from the source object, which is deleted later.
@@ -49,8 +51,10 @@ extension WriteBack {
             // A copy goes in the key's order: no save of the replaced file lands over it (`inKeyOrder`). Without
             // one (write-temp-then-rename) the rename waits for nothing: the renamed file's versions are queued
             // under the key after the replaced file's saves.
+            // A copy onto a name the mount knows nothing of expects no object there (S-CONFLICT-RENAMED-NEW-COPIED).
             let (copied, withdrawn) = holdsAcknowledged(f) ? (false, withdrawDestination())
-                : try await copyAcknowledgedObject(of: f, from: src, to: dst, then: withdrawDestination)
+                : try await copyAcknowledgedObject(of: f, from: src, to: dst, ifAbsent: destinationUnknown,
+                                                   then: withdrawDestination)
             defer { removeFiles(withdrawn) }
             // Onto a name that held nothing the mount knew of (torch.save to a temporary name, then os.replace):
             // an object another client created there meanwhile is not replaced (S-CONFLICT-RENAMED-NEW); nor is
@@ -85,7 +89,7 @@ extension WriteBack {
         let withdrawn: Withdrawal
         do throws(FSError) {
             withdrawn = try await inKeyOrder(dst) { () throws(FSError) -> Withdrawal in
-                try await copyObjectOrMarker(from: src, to: dst)
+                try await copyObjectOrMarker(from: src, to: dst, ifAbsent: destinationUnknown && dropped != .anyObject)
                 return withdrawDestination()
             }
         } catch {
@@ -178,6 +182,9 @@ extension WriteBack {
         var failure: FSError?
         let levels = Dictionary(grouping: remaining.filter(\.endsWithSlash)) { k in k.utf8.count(where: { $0 == UInt8(ascii: "/") }) }
         let batches = levels.keys.sorted().map { levels[$0]! } + [remaining.filter { !$0.endsWithSlash }]
+        // The new directory is new or empty: each copy expects no object under its new name
+        // (S-CONFLICT-DIR-RENAMED-NEW), but where it replaces a delete that removed whatever was there.
+        let replacedDeletes = BytesSet(dropped.filter { $0.removes == .anyObject }.map(\.key))
         for level in batches where failure == nil {
             var i = 0
             while i < level.count && failure == nil {
@@ -185,7 +192,10 @@ extension WriteBack {
                 let results = await withTaskGroup(of: (String, FSError?).self) { g -> [(String, FSError?)] in
                     for k in batch {
                         g.addTask {
-                            do throws(FSError) { try await self.copyObjectOrMarker(from: k, to: target(k)); return (k, nil) } catch { return (k, error) }
+                            do throws(FSError) {
+                                try await self.copyObjectOrMarker(from: k, to: target(k), ifAbsent: !replacedDeletes.contains(target(k)))
+                                return (k, nil)
+                            } catch { return (k, error) }
                         }
                     }
                     var out: [(String, FSError?)] = []
@@ -208,8 +218,10 @@ extension WriteBack {
         var sent: [String] = []  // local files whose old names may hold an object
         var removals: [String: Removal] = [:]  // what their deletes remove (the listed objects: whatever is there)
         for (k, f) in localFiles.sortedByKey() {
-            // The destination directory is new or was empty: nothing is under the new name but a copy made now.
-            let r = retarget(f, from: k, to: target(k), objectCopied: copiedKeys.contains(k), destinationRemoval: .nothing)
+            // The destination directory is new or was empty: nothing is under the new name but a copy made now,
+            // so a file's versions moved there expect no object (S-CONFLICT-DIR-RENAMED-NEW).
+            let copied = copiedKeys.contains(k)
+            let r = retarget(f, from: k, to: target(k), objectCopied: copied, destinationRemoval: .nothing, expectNoObject: !copied)
             moves.records += r.records
             moves.requeue += r.requeue
             if r.sourceRemoval != .nothing {

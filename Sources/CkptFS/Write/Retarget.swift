@@ -158,14 +158,16 @@ extension WriteBack {
     /// whose bytes a copy would pass off as this file's) or when no object is there (NoSuchKey). Errors: those
     /// of the HEAD or copy (FSError: EIO, EACCES); the rename then fails.
     /// The copy goes as a link of `dst`'s chain of changes (`inKeyOrder`), together with `then` (the withdrawal
-    /// of the file the rename replaces), so no save of that file lands over the copy.
-    func copyAcknowledgedObject<T>(of f: LocalFile, from src: String, to dst: String,
+    /// of the file the rename replaces), so no save of that file lands over the copy. `ifAbsent`: the mount
+    /// knows of nothing under `dst`; the copy then expects no object there, unless it replaces a delete of
+    /// `dst` that removed whatever was there (`copyObject`; EEXIST when another client created it).
+    func copyAcknowledgedObject<T>(of f: LocalFile, from src: String, to dst: String, ifAbsent: Bool,
                                    then: () -> T) async throws(FSError) -> (copied: Bool, T) {
         guard f.state.withLock({ $0.objectIsAcknowledged }) else { return (false, then()) }
         let dropped = await clearPendingDelete(of: dst)
         do throws(FSError) {
             return (true, try await inKeyOrder(dst) { () throws(FSError) -> T in
-                try await copyIfPresent(from: src, to: dst)
+                try await copyIfPresent(from: src, to: dst, ifAbsent: ifAbsent && dropped != .anyObject)
                 return then()
             })
         } catch {

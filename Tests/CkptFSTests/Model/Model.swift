@@ -604,7 +604,9 @@ struct Model {
                 record(q + "/", .sync, [])
                 record(p + "/", .delete, nil)
             case .file(let id):
-                move(id, from: p, to: q, keepSource: false, destinationMayHoldObject: false)
+                // The new directory is new or empty: a file's versions moved there expect no object
+                // (S-CONFLICT-DIR-RENAMED-NEW).
+                move(id, from: p, to: q, keepSource: false, destinationMayHoldObject: false, expectNoObject: true)
             }
         }
         for p in moving {

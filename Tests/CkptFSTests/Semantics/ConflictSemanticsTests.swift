@@ -129,6 +129,47 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored["c"], theirs, "after a crash")
     }
 
+    /// S-CONFLICT-RENAMED-NEW-COPIED: the temporary file is in S3 already, so the rename copies it; the copy
+    /// expects no object under the new name, and another client's object created there meanwhile (after the
+    /// rename's lookup) makes the rename fail with EEXIST, the file still under its old name.
+    func testSConflictRenamedNewCopied() async throws {
+        let theirs = Array("theirs".utf8), mine = Array("mine".utf8)
+        try await save("best.tmp", mine)
+        await flushAll()
+        let gate = client.hold(.operations("CopyObject"))
+        let m = mount!
+        let renaming = Task { () -> Result<Void, DriverError> in await m.rename("best.tmp", "best.ckpt", noReplace: false) }
+        await client.waitForHeld(gate)
+        s3.seed(bucket, "best.ckpt", theirs)
+        client.release(gate)
+        switch await renaming.value {
+        case .failure(let e): XCTAssertEqual(e.errno, EEXIST, "\(e)")
+        case .success: XCTFail("the rename replaced their object")
+        }
+        await flushAll()
+        XCTAssertEqual(stored, ["best.ckpt": theirs, "best.tmp": mine])
+        let shown = try await read("best.tmp")
+        XCTAssertEqual(shown, mine)
+    }
+
+    /// S-CONFLICT-DIR-RENAMED-NEW: a directory saved under a temporary name and renamed onto a new one: a file of
+    /// it not in S3 yet moves, and its upload expects no object under the new name (a conflict with another
+    /// client's object created there meanwhile).
+    func testSConflictDirRenamedNew() async throws {
+        let theirs = Array("theirs".utf8), mine = Array("mine".utf8)
+        try await mount.mkdir("ckpt.tmp").get()
+        let gate = holdUploads()
+        try await save("ckpt.tmp/model", mine)
+        try await mount.rename("ckpt.tmp", "ckpt", noReplace: false).get()
+        s3.seed(bucket, "ckpt/model", theirs)
+        client.release(gate)
+        let left = await mount.flushAll(timeout: .seconds(2))
+        XCTAssertTrue(left.map(\.path).contains("ckpt/model"), "\(left)")
+        XCTAssertEqual(stored["ckpt/model"], theirs, "their object is not overwritten")
+        let shown = try await read("ckpt/model")
+        XCTAssertEqual(shown, mine, "the local copy stays readable")
+    }
+
     func testSConflictTwoMounts() async throws {
         s3.seed(bucket, "f", Array("start".utf8))
         let other = try CoreDriver(directory: dir + "-other", client: s3, bucket: bucket)
@@ -158,8 +199,9 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         try await mount.close(h).get()
         try await waitFor("the conflict") { mount.status.failures.map(\.state) == ["conflict"] }
         try await mount.unlink("old").get()
-        let left = await mount.flushAll(timeout: .milliseconds(500))
-        XCTAssertTrue(left.map(\.path).contains("old"), "\(left)")
+        // Flush says so as soon as nothing else can go (it waited out its whole timeout before).
+        let left = await mount.flushAll(timeout: .seconds(120))
+        XCTAssertTrue(left.contains { $0.path == "old" && $0.reason.contains("a file stopped by a conflict holds it") }, "\(left)")
         XCTAssertNotNil(stored["old"], "the delete went before the conflicted file")
         try await mount.rename("c", "c.mine", noReplace: false).get()
         await flushAll()
