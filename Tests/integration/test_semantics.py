@@ -1234,6 +1234,22 @@ def test_s_conflict_in_flight_opened(server, bucket, mounts, proxy):
     assert s3_bytes(server, bucket, "x") == b"theirs", "the other client's object is deleted"
 
 
+@pytest.mark.xfail(strict=True, reason="Known bug: with --keep-every-version, a save by rename over a save in flight that meets a conflict (SEMANTICS Known bugs)")
+def test_s_conflict_renamed_over_kept(server, bucket, mounts, proxy):
+    # Outside testing round 13, F3: every save kept; the first save's upload (If-None-Match) meets the other
+    # client's object while in flight, and the next save, by rename over it, goes up with no condition.
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0", "--keep-every-version")
+    proxy.hold(["PutObject"])
+    write(f"{mp}/x", b"first")
+    assert proxy.wait(held=1)
+    server.s3.put_object(Bucket=bucket, Key="x", Body=b"theirs")
+    write(f"{mp}/x.tmp", b"second")
+    os.replace(f"{mp}/x.tmp", f"{mp}/x")
+    proxy.release()
+    mounts.run("flush", mp, "--timeout", "20", timeout=60)
+    assert s3_bytes(server, bucket, "x") == b"theirs", "the other client's object is replaced"
+
+
 def test_s_conflict_renamed_new_copied(server, bucket, mounts):
     # Outside testing round 12, F3: torch.save with fsync, then os.replace: the temporary file is in S3 already,
     # so the rename is a server-side copy; it expects no object under the new name, and fails with EEXIST

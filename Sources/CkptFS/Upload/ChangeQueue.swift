@@ -556,7 +556,7 @@ extension WriteBack {
                         // Only this mount's own object: anything else is another client's, which none of this
                         // mount's saves replaced (they met it as a conflict).
                         let info = try await client.headObject(bucket, key, versionId: nil, ifMatch: nil)
-                        if ownVersion(info) == nil {
+                        if ownVersion(info, key: key) == nil {
                             logger.info("the object under the removed name is another client's; it stays",
                                         metadata: ["s3.key": "\(key)", "s3.etag": "\(info.etag)"])
                             kept = true

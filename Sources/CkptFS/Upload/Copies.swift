@@ -51,7 +51,7 @@ extension WriteBack {
                     return
                 }
                 if error.code == .preconditionFailed, case .ifNoneMatch? = condition, let now {
-                    if ownVersion(now) != nil {
+                    if ownVersion(now, key: dst) != nil {
                         condition = .ifMatch(now.etag)  // this cache directory's own save, which the rename replaces
                         continue
                     }

@@ -97,7 +97,7 @@ extension WriteBack {
             let key = v.key
             do {
                 // No metadata: the mtime is not known yet (the object gets Last-Modified, about the close).
-                let uploadId = try await createUpload(v, key: key, options: PutOptions(metadata: [WriteBack.versionTag: versionTag(v)]))
+                let uploadId = try await createUpload(v, key: key, options: PutOptions(metadata: ownTags(v, key: key)))
                 v.state.withLock { $0.early?.uploadId = uploadId }
             } catch {
                 logger.info("could not start uploading a file being written; it is uploaded after close",

@@ -144,8 +144,7 @@ extension WriteBack {
         if let base = v.state.withLock({ $0.differsFromBase ? nil : $0.base }), base.key.sameBytes(v.key) { return (v.key, base.etag, false, nil) }
         try await fillAll(v)
         let (key, size, mtime) = v.state.withLock { ($0.key, $0.size, $0.mtime) }
-        var put = PutOptions(metadata: ["mtime": String(format: "%.3f", mtime.timeIntervalSince1970),
-                                        WriteBack.versionTag: versionTag(v)])
+        var put = PutOptions(metadata: ownTags(v, key: key).merging(["mtime": String(format: "%.3f", mtime.timeIntervalSince1970)]) { a, _ in a })
         put.condition = conditionsUnsupported.load(ordering: .relaxed) ? nil : condition(for: v)
         let ranges = WriteBack.partRanges(size: size, minimum: options.partSize)
         var expectedParts = 0
@@ -167,7 +166,7 @@ extension WriteBack {
             } catch {
                 throw FSError(error, during: .other)
             }
-            if let info, let tagged = ownVersion(info) {
+            if let info, let tagged = ownVersion(info, key: key) {
                 // Tagged with this version in the same reply as its ETag: this version's bytes.
                 if tagged == v.id { return (key, info.etag, true, nil) }
                 logger.info("another save of this name from this cache directory is there; uploading over it",
@@ -266,15 +265,26 @@ extension WriteBack {
     static let inMemoryPutLimit: Int64 = 1 << 20
 
     /// User metadata naming the cache directory and version an object was uploaded from
-    /// (x-amz-meta-ckptfs-version: WRITER.VERSION).
+    /// (x-amz-meta-ckptfs-version: WRITER.VERSION), and the key it was uploaded under (x-amz-meta-ckptfs-key:
+    /// the first 8 bytes of its SHA-256, hex): a copy keeps user metadata (CopyObject's default
+    /// MetadataDirective COPY), so the version tag alone follows an object another client copies elsewhere.
     static let versionTag = "ckptfs-version"
+    static let keyTag = "ckptfs-key"
 
-    func versionTag(_ v: StagedVersion) -> String { "\(writerId).\(v.id)" }
+    /// The user metadata of an upload of `v` under `key` (`versionTag`, `keyTag`).
+    func ownTags(_ v: StagedVersion, key: String) -> [String: String] {
+        [WriteBack.versionTag: "\(writerId).\(v.id)", WriteBack.keyTag: WriteBack.keyTag(key)]
+    }
 
-    /// The version id, if `info` is an object this cache directory uploaded.
-    func ownVersion(_ info: ObjectInfo) -> UInt64? {
+    static func keyTag(_ key: String) -> String { Array(Digest.sha256(key).prefix(8)).hexString }
+
+    /// The version id, if `info` (the object under `key`) is an object this cache directory uploaded under
+    /// that key: not a copy of one made elsewhere (outside testing round 13, F1: another client's copy of one
+    /// of ours was taken for ours, and replaced or deleted). An object of an earlier build has no key tag.
+    func ownVersion(_ info: ObjectInfo, key: String) -> UInt64? {
         guard let tag = info.metadata[WriteBack.versionTag], let dot = tag.lastIndex(of: "."),
               tag[..<dot] == writerId else { return nil }
+        if let k = info.metadata[WriteBack.keyTag], k != WriteBack.keyTag(key) { return nil }
         return UInt64(tag[tag.index(after: dot)...])
     }
 

@@ -216,7 +216,10 @@ extension WriteBack {
         var moves = Retarget()
         let copiedKeys = BytesSet(remaining)
         var sent: [String] = []  // local files whose old names may hold an object
-        var removals: [String: Removal] = [:]  // what their deletes remove (the listed objects: whatever is there)
+        // What removing each local file's old name takes (`Retarget.sourceRemoval`): the listing may show an
+        // object under it that the file's upload met there, another client's (outside testing round 13, F2).
+        // A listed object no local file has: whatever is there.
+        var removals: [String: Removal] = [:]
         for (k, f) in localFiles.sortedByKey() {
             // The destination directory is new or was empty: nothing is under the new name but a copy made now,
             // so a file's versions moved there expect no object (S-CONFLICT-DIR-RENAMED-NEW).
@@ -224,10 +227,8 @@ extension WriteBack {
             let r = retarget(f, from: k, to: target(k), objectCopied: copied, destinationRemoval: .nothing, expectNoObject: !copied)
             moves.records += r.records
             moves.requeue += r.requeue
-            if r.sourceRemoval != .nothing {
-                sent.append(k)
-                removals[k] = r.sourceRemoval
-            }
+            removals[k] = r.sourceRemoval
+            if r.sourceRemoval != .nothing { sent.append(k) }
         }
         if keys.isEmpty && localFiles.isEmpty {
             // An empty directory that exists only in this mount's memory.
@@ -237,8 +238,7 @@ extension WriteBack {
         let old = BytesSet.distinct(keys + sent)
         var hides: BytesSet = [src]
         for k in old { for p in k.keyPrefixes(after: src.utf8.count) { hides.insert(p) } }
-        let listed = BytesSet(keys)
-        let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old)) { k in listed.contains(k) ? .anyObject : removals[k] ?? .anyObject }
+        let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old)) { k in removals[k] ?? .anyObject }
         try await journal.record(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
         for v in moves.requeue { enqueueUpload(v) }
         if items.isEmpty {

@@ -221,13 +221,19 @@ extension WriteBack {
                 s.commits = r.generation ?? 0
                 s.differsFromBase = true
                 if let e = r.ifMatch { s.expect = .etag(e) } else if r.ifNoneMatch == true { s.expect = .absent }
+                s.reachedKey = true  // it may have been sent before the crash
                 if let bk = r.baseKey, let be = r.baseETag, let bs = r.baseSize, !missing.isEmpty {
                     s.base = PinnedObject(key: bk, etag: be, size: bs)
                     s.baseLimit = r.baseLimit ?? bs
                     s.missing = missing
                 }
             }
-            localFiles.byKey.withLock { $0[key] = LocalFile(key: key, current: v) }
+            let f = LocalFile(key: key, current: v)
+            // Created here on a name that held nothing (its save expects none): removing it removes only this
+            // cache directory's own object, as before the crash (outside testing round 13, F4: it removed
+            // another client's object that the recovered save met).
+            if r.ifNoneMatch == true { f.state.withLock { $0.keyRemoval = .nothing } }
+            localFiles.byKey.withLock { $0[key] = f }
             keep.append((r, a.position))
             recovered.append((v, a.position))
             report.requeued.append(key.keySuffix(after: prefix))

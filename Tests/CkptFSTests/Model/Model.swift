@@ -172,17 +172,22 @@ struct Model {
         return out
     }
 
-    /// Names of files that may show or not until the next drain: a removed file's, whose delete leaves another
+    /// Paths of files that may show or not until the next drain: a removed file's, whose delete leaves another
     /// client's object (S-CONFLICT-IN-FLIGHT), which shows once the delete's turn has passed (it waits for the
-    /// uploads before it, which the runner holds, or not).
-    func mayShowTheirs(in dir: String) -> Set<String> {
-        var out = Set<String>()
-        for (n, e) in events.enumerated() where e.kind == .delete && Model.parent(e.key) == dir && entries[e.key] == nil {
-            if case .some(.some) = e.leaves, !events[(n + 1)...].contains(where: { $0.key == e.key }) {
-                out.insert(String(e.key.split(separator: "/").last!))
+    /// uploads before it, which the runner holds, or not). With the object each would show.
+    func namesShowingTheirsLater() -> [String: Bytes] {
+        var out: [String: Bytes] = [:]
+        for (n, e) in events.enumerated() where e.kind == .delete && entries[e.key] == nil {
+            if case .some(.some(let theirs)) = e.leaves, !events[(n + 1)...].contains(where: { $0.key == e.key }) {
+                out[e.key] = theirs
             }
         }
         return out
+    }
+
+    /// The names in `dir` of `namesShowingTheirsLater`.
+    func mayShowTheirs(in dir: String) -> Set<String> {
+        Set(namesShowingTheirsLater().keys.filter { Model.parent($0) == dir }.map { String($0.split(separator: "/").last!) })
     }
 
     /// Paths under `dir` (not `dir` itself).

@@ -260,6 +260,9 @@ extension Model {
     mutating func crash(landing: Bool) -> [String: Set<Bytes?>] {
         handles = [:]
         var open: [String: Set<Bytes?>] = [:]
+        // A name whose delete leaves another client's object: recovery queues that delete again, and it may
+        // have run by the time the runner looks (adopted from the core).
+        for (path, theirs) in namesShowingTheirsLater() { open[path] = [nil, theirs] }
         for (id, f) in files where f.unlinked { files[id] = nil }
         for (path, e) in entries {
             guard case .file(let id) = e else { continue }
@@ -285,7 +288,9 @@ extension Model {
             f.local = pending
             f.ackedHere = pending
             f.mayHoldObject = true  // recovery's local files make no difference
-            f.ownOnly = false
+            // but one created here on a free name, whose save expects no object: its removal removes only
+            // this mount's own object, as before the crash.
+            f.ownOnly = pending && f.conditional && f.base == nil
             files[id] = f
             if pending {
                 // Recovery queues the newest acknowledged version again (the same bytes, perhaps already in S3),

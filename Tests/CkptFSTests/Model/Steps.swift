@@ -389,6 +389,13 @@ extension Step {
     /// Whether the step can run in `model`'s state: its handle is open (writable where it writes), a change by
     /// the other client has a predictable outcome.
     static func valid(_ s: Step, in model: Model) -> Bool {
+        // A name whose delete leaves another client's object shows it once that delete's turn has passed, which
+        // the model does not know before the next drain (S-CONFLICT-IN-FLIGHT): no step names it (or a path
+        // under it) until then.
+        let later = model.namesShowingTheirsLater().keys
+        if !later.isEmpty, s.namedPaths.contains(where: { p in later.contains { p == $0 || p.hasPrefix($0 + "/") } }) {
+            return false
+        }
         switch s {
         case .open(_, let h, _): return model.handles[h] == nil
         case .write(let h, _, _, _), .ftruncate(let h, _), .closeDup(let h):
@@ -401,6 +408,16 @@ extension Step {
         case .remoteDelete(let p): return model.remoteAllowed(p, delete: true)
         case .faulty(_, let inner): return valid(inner, in: model)
         default: return true
+        }
+    }
+
+    /// The paths a step names.
+    var namedPaths: [String] {
+        switch self {
+        case .open(let p, _, _), .truncate(let p, _), .unlink(let p), .mkdir(let p), .rmdir(let p): return [p]
+        case .rename(let a, let b, _): return [a, b]
+        case .faulty(_, let inner): return inner.namedPaths
+        default: return []
         }
     }
 

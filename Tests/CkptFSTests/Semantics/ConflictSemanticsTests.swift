@@ -127,6 +127,46 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         try await crashAndRecover()
         await flushAll()
         XCTAssertEqual(stored["c"], theirs, "after a crash")
+        // Renamed away with its directory (outside testing round 13, F2: the listing of the old directory showed
+        // their object, whose delete then removed whatever was there).
+        try await mount.mkdir("d").get()
+        let dir = holdUploads()
+        try await save("d/x", mine)
+        await client.waitForHeld(dir)
+        s3.seed(bucket, "d/x", theirs)
+        try await mount.rename("d", "e", noReplace: false).get()
+        client.release(dir)
+        await flushAll()
+        XCTAssertEqual(stored["d/x"], theirs, "a directory renamed away")
+        XCTAssertEqual(stored["e/x"], mine)
+        // Saved, then a crash before anything was sent; their object comes meanwhile; the recovered save is in
+        // flight when the file is removed (round 13, F4: recovery took the key to hold whatever was there).
+        let before = holdUploads()
+        try await save("r", mine)
+        await client.waitForHeld(before)
+        try await crashAndRecover(hold: true) { self.s3.seed(self.bucket, "r", theirs) }
+        await client.waitForHeld(heldAfterCrash)
+        try await mount.unlink("r").get()
+        client.release(heldAfterCrash!)
+        await flushAll()
+        XCTAssertEqual(stored["r"], theirs, "a recovered save")
+        // Another client's copy of one of this mount's objects keeps its tags (CopyObject keeps user metadata):
+        // it is not this mount's own, neither for the delete nor for a save that meets it (round 13, F1).
+        let z = Array("ours, copied by them".utf8)
+        try await save("z", z)
+        await flushAll()
+        for path in ["w", "w2"] {
+            let gate = holdUploads()
+            try await save(path, mine)
+            await client.waitForHeld(gate)
+            _ = try await s3.copyObject(from: (bucket, "z", nil), to: bucket, path, ifMatch: nil, condition: nil, options: nil)
+            if path == "w" { try await mount.unlink(path).get() }
+            client.release(gate)
+        }
+        let left = await mount.flushAll(timeout: .seconds(2))
+        XCTAssertEqual(left.map(\.path), ["w2"], "a save that meets their copy is a conflict")
+        XCTAssertEqual(stored["w"], z, "their copy stays")
+        XCTAssertEqual(stored["w2"], z, "their copy is not replaced")
     }
 
     /// S-CONFLICT-RENAMED-NEW-COPIED: the temporary file is in S3 already, so the rename copies it; the copy
