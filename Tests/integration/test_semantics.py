@@ -1234,10 +1234,9 @@ def test_s_conflict_in_flight_opened(server, bucket, mounts, proxy):
     assert s3_bytes(server, bucket, "x") == b"theirs", "the other client's object is deleted"
 
 
-@pytest.mark.xfail(strict=True, reason="Known bug: with --keep-every-version, a save by rename over a save in flight that meets a conflict (SEMANTICS Known bugs)")
 def test_s_conflict_renamed_over_kept(server, bucket, mounts, proxy):
     # Outside testing round 13, F3: every save kept; the first save's upload (If-None-Match) meets the other
-    # client's object while in flight, and the next save, by rename over it, goes up with no condition.
+    # client's object while in flight, and the next save, by rename over it, went up with no condition.
     mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0", "--keep-every-version")
     proxy.hold(["PutObject"])
     write(f"{mp}/x", b"first")
@@ -1246,8 +1245,10 @@ def test_s_conflict_renamed_over_kept(server, bucket, mounts, proxy):
     write(f"{mp}/x.tmp", b"second")
     os.replace(f"{mp}/x.tmp", f"{mp}/x")
     proxy.release()
-    mounts.run("flush", mp, "--timeout", "20", timeout=60)
+    r = mounts.run("flush", mp, "--timeout", "20", timeout=60)
+    assert r.returncode != 0 and "conflict" in r.stdout + r.stderr, r
     assert s3_bytes(server, bucket, "x") == b"theirs", "the other client's object is replaced"
+    assert read(f"{mp}/x") == b"second", "the local copy stays readable"
 
 
 def test_s_conflict_renamed_new_copied(server, bucket, mounts):

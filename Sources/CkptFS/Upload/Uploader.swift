@@ -105,6 +105,16 @@ extension WriteBack {
                     // another file under the key, so this save is history only; dropped, not a conflict.
                     logger.warning("a save of a file a rename replaced met another client's object and was not kept",
                                    metadata: ["key": "\(v.key)", "error": "\(error)"])
+                    // The saves queued after it under the key with no condition were to replace what it left:
+                    // that is another client's object, which nobody here saw, so they expect no object instead
+                    // and meet it as a conflict too (S-CONFLICT-RENAMED-OVER-KEPT; outside testing round 13, F3).
+                    // (Queued after it in the key's order; also the current version of the file the rename put
+                    // there, not queued while a writer has it open.)
+                    var later = changes.state.withLock { u in
+                        u.pending.values.filter { w in w.key.sameBytes(v.key) && w.state.withLock { $0.job } > job }
+                    }
+                    if let cur = localFiles.byKey.withLock({ $0[v.key]?.current }), cur !== v { later.append(cur) }
+                    for w in later { w.state.withLock { s in if case .anything = s.expect { s.expect = .absent } } }
                     v.settle(.dropped)
                     finishUpload(v)
                     return

@@ -561,6 +561,7 @@ struct Model {
         if case .file(let id) = s {
             // S3 may hold an object under the new name: the replaced file's, unless nothing of it was sent.
             var keptOld = false
+            var keptMeetsTheirs = false
             let destinationMayHoldObject = file(at: dst).map { !files[$0]!.local || files[$0]!.mayHoldObject } ?? false
             // A file stopped by a conflict under the new name: the object there is the other client's, which the
             // renamed file's upload must not replace either.
@@ -571,8 +572,13 @@ struct Model {
                 let o = files[old]!
                 if keepEveryVersion && o.handles == 0 && o.local && !o.conflicted && o.queued != nil {
                     // Its saves still go up, in order, with no condition, before the renamed file's; one in
-                    // flight with its condition may be dropped instead.
+                    // flight with its condition may be dropped instead. One in flight that meets the other
+                    // client's object (the conflict criterion) is dropped, and the renamed file's saves then
+                    // expect no object: they meet theirs as a conflict too (S-CONFLICT-RENAMED-OVER-KEPT).
                     if uncertain { withdraw(old) }
+                    let theirs = remoteState[dst] ?? o.base
+                    keptMeetsTheirs = !uncertain && o.conditional && epoch[dst, default: 0] > o.baseEpoch && theirs != o.base
+                    if keptMeetsTheirs { withdraw(old) }  // none of its saves lands over theirs
                     files[old] = nil
                     keptOld = true
                 } else {
@@ -584,8 +590,8 @@ struct Model {
             let deleted = move(id, from: src, to: dst, keepSource: keep,
                                destinationMayHoldObject: destinationMayHoldObject || keptOld,
                                expectNoObject: (!destinationMayHoldObject && !keptOld) || destinationConflicted
-                                   || destinationOwnOnlyEpoch != nil,
-                               destinationConflicted: destinationConflicted,
+                                   || destinationOwnOnlyEpoch != nil || keptMeetsTheirs,
+                               destinationConflicted: destinationConflicted || keptMeetsTheirs,
                                destinationOwnOnlyEpoch: keptOld ? nil : destinationOwnOnlyEpoch)
             entries[src] = nil
             entries[dst] = .file(id)

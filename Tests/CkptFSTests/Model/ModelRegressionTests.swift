@@ -840,7 +840,9 @@ final class ModelRegressionTests: XCTestCase {
     /// object under the same name, then a rename of an open file over it. The kept save went up with its
     /// condition, stopped as a conflict, and held the delete of the rename's old name for ever: flush reported
     /// a conflict on a file no name showed any more. Fixed: the saves a rename keeps replace whatever the key
-    /// holds, as the rename does (`StagedVersion.State.keptByRename`).
+    /// holds, as the rename does (`StagedVersion.State.keptByRename`); one that meets the other client's object
+    /// is dropped, and the renamed file's saves then expect no object, so the renamed file is the conflict
+    /// (S-CONFLICT-RENAMED-OVER-KEPT).
     func testKeepEveryVersionASaveKeptByARenameOverItIsNotAConflict() async throws {
         var setup = CoreDriver.Setup()
         setup.keepEveryVersion = true

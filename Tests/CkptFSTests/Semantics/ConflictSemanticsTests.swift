@@ -210,6 +210,26 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(shown, mine, "the local copy stays readable")
     }
 
+    /// S-CONFLICT-RENAMED-OVER-KEPT: every save kept; a save by rename over a file whose save, in flight, meets
+    /// another client's object: the renamed file's save meets it as a conflict too.
+    func testSConflictRenamedOverKept() async throws {
+        try remount { $0.keepEveryVersion = true }
+        let theirs = Array("theirs".utf8), mine = Array("second".utf8)
+        let gate = holdUploads()
+        try await save("x", Array("first".utf8))
+        await client.waitForHeld(gate)
+        s3.seed(bucket, "x", theirs)
+        try await save("x.tmp", mine)
+        try await mount.rename("x.tmp", "x", noReplace: false).get()
+        client.release(gate)
+        let left = await mount.flushAll(timeout: .seconds(2))
+        // (The temporary name's save, sent before the rename, landed; its delete waits behind the conflict.)
+        XCTAssertTrue(left.contains { $0.path == "x" && $0.reason.contains("conflict") }, "\(left)")
+        XCTAssertEqual(stored["x"], theirs, "their object is not replaced")
+        let shown = try await read("x")
+        XCTAssertEqual(shown, mine, "the local copy stays readable")
+    }
+
     func testSConflictTwoMounts() async throws {
         s3.seed(bucket, "f", Array("start".utf8))
         let other = try CoreDriver(directory: dir + "-other", client: s3, bucket: bucket)
