@@ -212,7 +212,7 @@ extension WriteBack {
             // Read under the queue's lock: a rename that moves `v` meanwhile (`retarget`) finds it queued under
             // the key it read, or queues it under the new one. A version dropped (unlinked, replaced by a rename)
             // or superseded meanwhile is never queued: it would cancel a delete of the key, and the object that
-            // delete removes would stay (`keyMayHoldObject` read the version before).
+            // delete removes would stay (`removal` read the version before).
             guard let key = v.state.withLock({ s -> String? in
                 switch s.upload {
                 case .waiting, .uploading: return s.key

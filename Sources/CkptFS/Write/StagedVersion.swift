@@ -104,8 +104,8 @@ final class StagedVersion: Sendable {
         var keptByRename = false
         /// S3 may hold an object under the key because of this version: its upload started there (or the upload
         /// of a version it superseded did; with no upload delay, it was queued), or queueing it cancelled a
-        /// delete of the key (its upload was to replace that object). Never cleared. `WriteBack.keyMayHoldObject`
-        /// reads it when a name goes.
+        /// delete of the key (its upload was to replace that object), or recovery queued it again after a crash
+        /// (it may have been sent before). Never cleared. `WriteBack.removal` reads it when a name goes.
         var reachedKey = false
         /// Parts sent while the file is still being written (EarlyUpload.swift), and tasks waiting for them
         /// to go idle.
