@@ -3,9 +3,9 @@
 //
 // Layers, dependencies pointing one way:
 //   CkptCommand (the `ckptfs` binary) → CkptFUSE (adapter) → CkptFS (core) → CkptCache, CkptS3 → CkptHTTP → CCurl
-//                                                                                   ↘ CkptDigest → COpenSSL
+//                                                                                   ↘ CkptDigest → COpenSSL, CIsal
 // `check` needs no kernel: the command line also talks to CkptS3 directly.
-// Only CkptHTTP touches libcurl, only CkptDigest touches OpenSSL, only the FUSE adapter touches libfuse.
+// Only CkptHTTP touches libcurl, only CkptDigest touches OpenSSL and ISA-L, only the FUSE adapter touches libfuse.
 // File descriptors and errno go through swift-system (SystemPackage) and CkptSystem, which adds what it
 // lacks here (a positional read that fills its buffer; O_DIRECT from the CGlibc shim).
 import PackageDescription
@@ -32,12 +32,14 @@ let package = Package(
         .target(name: "CCurl", path: "CModules/CCurl", linkerSettings: [.linkedLibrary("curl")]),
         .target(name: "COpenSSL", path: "CModules/COpenSSL", linkerSettings: [.linkedLibrary("crypto")]),
         .target(name: "CGlibc", path: "CModules/CGlibc"),
+        .target(name: "CIsal", path: "CModules/CIsal", linkerSettings: [.linkedLibrary("isal")]),
 
         // File I/O: swift-system's FileDescriptor/Errno, a positional read that fills its buffer, O_DIRECT.
         .target(name: "CkptSystem", dependencies: ["CGlibc", .product(name: "SystemPackage", package: "swift-system")]),
 
-        // Hashes and MACs: SHA-256, HMAC-SHA256 and MD5 over OpenSSL; XXH64 (block and staged-file checksums) in Swift.
-        .target(name: "CkptDigest", dependencies: ["COpenSSL"]),
+        // Hashes and MACs: SHA-256, HMAC-SHA256 and MD5 over OpenSSL; CRC32C (part checksums) over ISA-L; XXH64
+        // (block and staged-file checksums) in Swift.
+        .target(name: "CkptDigest", dependencies: ["COpenSSL", "CIsal"]),
         // HTTP transport: libcurl multi interface on its own thread; async API; no Swift thread ever blocks.
         .target(name: "CkptHTTP", dependencies: [
             "CCurl", "CkptSystem", .product(name: "SystemPackage", package: "swift-system"), .product(name: "Logging", package: "swift-log"),

@@ -77,11 +77,13 @@ public struct FSOptions: Sendable {
     /// Uploads carry If-None-Match / If-Match so a change someone else made in S3 is never overwritten
     /// silently (a conflict keeps the local copy and is reported).
     public var conditionalWrites = true
-    /// Each part of a multipart upload carries its Content-MD5 (a single PutObject always does), so the server
-    /// refuses a part damaged on the way instead of storing it. It costs an MD5 of every part (about 1.3 s of CPU
-    /// per GiB here, `openssl speed md5`: 740 MB/s): the mount turns it on for plain-http endpoints and leaves it
-    /// off over https, whose TLS records are authenticated already.
-    public var partContentMD5 = true
+    /// Each part of a multipart upload carries its CRC32C (`x-amz-checksum-crc32c`, declared at
+    /// CreateMultipartUpload and repeated in CompleteMultipartUpload; a single PutObject carries Content-MD5), so
+    /// the server refuses a part damaged on the way instead of storing it. It costs one read of each part from
+    /// the staged file and a hardware CRC32C (23.5 GB/s here; the Content-MD5 it replaced cost 1.6 s of CPU per
+    /// GiB): the mount turns it on for plain-http endpoints and leaves it off over https, whose TLS records are
+    /// authenticated already.
+    public var partChecksums = true
     /// Every save of a file (each last close, each fsync) is uploaded, in order, so a versioned bucket keeps
     /// one S3 version per save; off (the default), a save still waiting for its upload is replaced by the next
     /// one of the same file (only the newest bytes go up). After a crash, saves acknowledged and not uploaded

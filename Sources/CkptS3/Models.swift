@@ -183,11 +183,30 @@ public struct ListPartsPage: Sendable {
 public struct CompletedPart: Sendable, Equatable {
     public var partNumber: Int
     public var etag: String
+    /// The part's CRC32C, sent as `<ChecksumCRC32C>`: required when the upload was created with
+    /// `ChecksumAlgorithm.crc32c` (S3 API, CompleteMultipartUpload), and then nil for no part.
+    public var checksumCRC32C: UInt32?
 
-    public init(partNumber: Int, etag: String) {
+    public init(partNumber: Int, etag: String, checksumCRC32C: UInt32? = nil) {
         self.partNumber = partNumber
         self.etag = etag
+        self.checksumCRC32C = checksumCRC32C
     }
+}
+
+/// The checksum a request body carries, which the server checks the body against before it stores it
+/// (BadDigest when they differ; S3 API, "Checking object integrity").
+public enum BodyChecksum: Sendable, Equatable {
+    /// `Content-MD5`: the MD5, 16 bytes.
+    case md5([UInt8])
+    /// `x-amz-checksum-crc32c`: in an UploadPart, the upload must have been created with `.crc32c`.
+    case crc32c(UInt32)
+}
+
+/// The checksum algorithm of a multipart upload, declared in CreateMultipartUpload (`x-amz-checksum-algorithm`):
+/// every part then carries its checksum, and CompleteMultipartUpload repeats each one (S3 API).
+public enum ChecksumAlgorithm: String, Sendable {
+    case crc32c = "CRC32C"
 }
 
 /// The result of a write (PutObject, CompleteMultipartUpload, CopyObject).
@@ -243,15 +262,18 @@ public struct PutOptions: Sendable {
     public var contentType: String?
     public var metadata: [String: String]
     public var condition: WriteCondition?
-    /// MD5 of the body, sent as Content-MD5 so the server rejects a body damaged in transit.
+    /// MD5 of the body, sent as Content-MD5 so the server rejects a body damaged in transit (PutObject only).
     public var contentMD5: [UInt8]?
+    /// The checksum every part carries (CreateMultipartUpload only; `x-amz-checksum-algorithm`).
+    public var checksumAlgorithm: ChecksumAlgorithm?
 
     public init(contentType: String? = nil, metadata: [String: String] = [:], condition: WriteCondition? = nil,
-                contentMD5: [UInt8]? = nil) {
+                contentMD5: [UInt8]? = nil, checksumAlgorithm: ChecksumAlgorithm? = nil) {
         self.contentType = contentType
         self.metadata = metadata
         self.condition = condition
         self.contentMD5 = contentMD5
+        self.checksumAlgorithm = checksumAlgorithm
     }
 }
 

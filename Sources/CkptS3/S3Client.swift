@@ -32,7 +32,7 @@ public protocol ObjectClient: Sendable {
     func putObject(_ bucket: String, _ key: String, body: ObjectBody, options: PutOptions) async throws(S3Error) -> WriteResult
     func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions) async throws(S3Error) -> String
     func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody,
-                    contentMD5: [UInt8]?) async throws(S3Error) -> String
+                    checksum: BodyChecksum?) async throws(S3Error) -> String
     func completeMultipartUpload(_ bucket: String, _ key: String, uploadId: String, parts: [CompletedPart],
                                  condition: WriteCondition?) async throws(S3Error) -> WriteResult
     func abortMultipartUpload(_ bucket: String, _ key: String, uploadId: String) async throws(S3Error)
@@ -107,7 +107,7 @@ public final class S3Client: ObjectClient {
         var embeddedErrors = false
         /// The body is object data (PutObject, UploadPart): sent with `x-amz-content-sha256: UNSIGNED-PAYLOAD`
         /// whether it is in memory or in a file, like the AWS SDKs' uploads over https (no second pass over the
-        /// data); a Content-MD5, when given, is signed and checked by the server.
+        /// data); a Content-MD5 or x-amz-checksum-crc32c, when given, is signed and checked by the server.
         var objectData = false
         /// Not idempotent (CreateMultipartUpload makes a new upload each time): sent on a new connection, so
         /// only this client sends it again, counted in `RequestTally` (`HTTPRequest.freshConnection`).
@@ -442,6 +442,7 @@ public final class S3Client: ObjectClient {
         o.condition = nil  // conditions belong on CompleteMultipartUpload
         o.contentMD5 = nil
         r.headers = S3Client.putHeaders(o)
+        if let a = options.checksumAlgorithm { r.headers.append(("x-amz-checksum-algorithm", a.rawValue)) }
         let root = try xml(try await perform(r), r)
         guard let id = root.string("UploadId"), !id.isEmpty else {
             throw S3Error.malformed("no UploadId in the answer", operation: r.operation, bucket: bucket, key: key)
@@ -450,10 +451,14 @@ public final class S3Client: ObjectClient {
     }
 
     public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody,
-                           contentMD5: [UInt8]? = nil) async throws(S3Error) -> String {
+                           checksum: BodyChecksum? = nil) async throws(S3Error) -> String {
         var r = Request(operation: "UploadPart", method: .PUT, bucket: bucket, key: key)
         r.query = [("partNumber", "\(partNumber)"), ("uploadId", uploadId)]
-        if let md5 = contentMD5 { r.headers.append(("Content-MD5", md5.base64String)) }
+        switch checksum {
+        case .md5(let md5): r.headers.append(("Content-MD5", md5.base64String))
+        case .crc32c(let crc): r.headers.append(("x-amz-checksum-crc32c", CRC32C.s3String(crc)))
+        case nil: break
+        }
         r.body = body
         r.objectData = true
         let response = try await perform(r)
@@ -467,7 +472,9 @@ public final class S3Client: ObjectClient {
                                         condition: WriteCondition? = nil) async throws(S3Error) -> WriteResult {
         var body = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
         for p in parts.sorted(by: { $0.partNumber < $1.partNumber }) {
-            body += "<Part><PartNumber>\(p.partNumber)</PartNumber><ETag>\(XML.escape(p.etag))</ETag></Part>"
+            body += "<Part><PartNumber>\(p.partNumber)</PartNumber><ETag>\(XML.escape(p.etag))</ETag>"
+            if let crc = p.checksumCRC32C { body += "<ChecksumCRC32C>\(CRC32C.s3String(crc))</ChecksumCRC32C>" }
+            body += "</Part>"
         }
         body += "</CompleteMultipartUpload>"
         var r = Request(operation: "CompleteMultipartUpload", method: .POST, bucket: bucket, key: key)

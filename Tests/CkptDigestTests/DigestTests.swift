@@ -44,6 +44,38 @@ final class DigestTests: XCTestCase {
     }
 }
 
+final class CRC32CTests: XCTestCase {
+    /// The check value of the CRC catalogue and the test vectors of RFC 3720, appendix B.4.
+    func testKnownAnswers() {
+        XCTAssertEqual(CRC32C.checksum([UInt8]()), 0)
+        XCTAssertEqual(CRC32C.checksum(Array("123456789".utf8)), 0xE306_9283)
+        XCTAssertEqual(CRC32C.checksum([UInt8](repeating: 0, count: 32)), 0x8A91_36AA)
+        XCTAssertEqual(CRC32C.checksum([UInt8](repeating: 0xFF, count: 32)), 0x62A8_AB43)
+        XCTAssertEqual(CRC32C.checksum((0..<32).map { UInt8($0) }), 0x46DD_794E)
+        XCTAssertEqual(CRC32C.checksum((0..<32).map { UInt8(31 - $0) }), 0x113F_DB5C)
+    }
+
+    func testStreamingInAnyPiecesEqualsOneShot() {
+        let data = (0..<100_003).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        for piece in [1, 7, 4096, 65_537] {
+            var c = CRC32C()
+            var i = 0
+            while i < data.count {
+                let n = min(piece, data.count - i)
+                c.update(Array(data[i..<i + n]))
+                i += n
+            }
+            XCTAssertEqual(c.value, CRC32C.checksum(data), "pieces of \(piece)")
+        }
+    }
+
+    /// S3's form: the 4 bytes big-endian, base64 (S3 API reference, x-amz-checksum-crc32c).
+    func testS3String() {
+        XCTAssertEqual(CRC32C.s3String(0), "AAAAAA==")
+        XCTAssertEqual(CRC32C.s3String(0xE306_9283), "4waSgw==")
+    }
+}
+
 final class XXH64Tests: XCTestCase {
     /// Reference values from the `xxhash` package (the C implementation).
     func testKnownAnswers() {

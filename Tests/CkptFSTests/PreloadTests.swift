@@ -450,8 +450,8 @@ final class GatedClient: ObjectClient, @unchecked Sendable {
     func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions) async throws(S3Error) -> String {
         try await base.createMultipartUpload(bucket, key, options: options)
     }
-    func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody, contentMD5: [UInt8]?) async throws(S3Error) -> String {
-        try await base.uploadPart(bucket, key, uploadId: uploadId, partNumber: partNumber, body: body, contentMD5: contentMD5)
+    func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody, checksum: BodyChecksum?) async throws(S3Error) -> String {
+        try await base.uploadPart(bucket, key, uploadId: uploadId, partNumber: partNumber, body: body, checksum: checksum)
     }
     func completeMultipartUpload(_ bucket: String, _ key: String, uploadId: String, parts: [CompletedPart], condition: WriteCondition?) async throws(S3Error) -> CkptS3.WriteResult {
         try await base.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts, condition: condition)

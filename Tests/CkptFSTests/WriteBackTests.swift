@@ -352,6 +352,42 @@ final class WriteBackTests: XCTestCase {
         XCTAssertFalse(data[10..<20].withUnsafeBytes { sum.wrote($0, at: 10, fd: fd) })
     }
 
+    /// The running checksum gives each multipart part's CRC32C (its x-amz-checksum-crc32c) for the part layout
+    /// uploads use, whatever order the writes came in (in memory past a gap, read back from the file, the last
+    /// page sent again), and nothing for a range that is not a part or not hashed whole.
+    func testTheRunningChecksumGivesEachPartsCRC32C() throws {
+        let minimum: Int64 = 5 << 20
+        let data = (0..<(11 << 20) + 777).map { UInt8(truncatingIfNeeded: $0 &* 151 &+ ($0 >> 9)) }
+        let path = NSTemporaryDirectory() + "ckptfs-sum-\(UUID().uuidString)"
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
+        defer { close(fd); unlink(path) }
+        // 256 KiB writes, each pair swapped, after a 3 MiB write past the gap that they overlap (its bytes are
+        // then read back from the file); the last page sent again.
+        var pieces: [Range<Int>] = stride(from: 0, to: data.count, by: 256 << 10).map { $0..<min($0 + (256 << 10), data.count) }
+        for i in stride(from: 0, to: pieces.count - 1, by: 2) { pieces.swapAt(i, i + 1) }
+        let overlapping = pieces.filter { $0.lowerBound >= 8 << 20 && $0.upperBound <= 11 << 20 }
+        pieces = [8 << 20..<(11 << 20)] + overlapping + pieces.filter { !overlapping.contains($0) }
+        pieces.append((data.count - 4096)..<data.count)
+        var sum = RunningChecksum(partSize: minimum)
+        let ranges = WriteBack.partRanges(size: Int64(data.count), minimum: minimum)
+        XCTAssertEqual(ranges.count, 3)
+        for r in pieces {
+            _ = data[r].withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(r.lowerBound)) }
+            XCTAssertTrue(data[r].withUnsafeBytes { sum.wrote($0, at: Int64(r.lowerBound), fd: fd) })
+            // A part is given only once hashed whole.
+            for p in ranges where Int64(r.upperBound) < p.upperBound && sum.hashedTo < p.upperBound {
+                XCTAssertNil(sum.partChecksum(p))
+            }
+        }
+        XCTAssertGreaterThan(sum.readBack, 0)
+        for p in ranges {
+            XCTAssertEqual(sum.partChecksum(p), CRC32C.checksum(Array(data[Int(p.lowerBound)..<Int(p.upperBound)])), "part \(p)")
+        }
+        XCTAssertNil(sum.partChecksum(0..<(1 << 20)))
+        XCTAssertNil(sum.partChecksum(ranges[0].lowerBound..<ranges[1].upperBound))
+        XCTAssertNil(RunningChecksum().partChecksum(0..<1), "without a part layout, no CRC32C")
+    }
+
     func testTheRunningChecksumHoldsWritesPastAGapInMemory() throws {
         let data = (0..<(8 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ ($0 >> 11)) }
         var whole = XXH64()

@@ -114,7 +114,7 @@ final class S3IntegrationTests: XCTestCase {
                 group.addTask {
                     let etag = try await s3c.uploadPart(bucketName, key, uploadId: uploadId, partNumber: i + 1,
                                                             body: .file(descriptor: fd, offset: Int64(start), length: Int64(len)),
-                                                            contentMD5: Digest.md5(Array(data[start..<start + len])))
+                                                            checksum: .md5(Digest.md5(Array(data[start..<start + len]))))
                     return CompletedPart(partNumber: i + 1, etag: etag)
                 }
             }
@@ -149,6 +149,39 @@ final class S3IntegrationTests: XCTestCase {
                                                      parts: [CompletedPart(partNumber: 1, etag: "\"x\"")])
             XCTFail("completing an aborted upload must fail")
         } catch { XCTAssertFalse(error.isRetryable, "\(error)") }
+    }
+
+    /// A multipart upload declared with CRC32C (x-amz-checksum-algorithm): a part whose body does not match its
+    /// x-amz-checksum-crc32c is refused (BadDigest) and nothing of it is kept; CompleteMultipartUpload repeats
+    /// each part's checksum and S3's composite checksum of the object is the CRC32C of the parts' checksums
+    /// ("-2"), as another client reads it.
+    func testMultipartUploadWithCRC32CChecksums() async throws {
+        let partSize = 5 << 20
+        let data = pattern(partSize + 4099, seed: 5)
+        let key = prefix + "crc32c.bin"
+        let uploadId = try await s3.createMultipartUpload(bucket, key, options: PutOptions(checksumAlgorithm: .crc32c))
+        let bodies = [Array(data[0..<partSize]), Array(data[partSize...])]
+        let sums = bodies.map { CRC32C.checksum($0) }
+        var damaged = bodies[0]
+        damaged[12_345] ^= 0x10
+        do {
+            _ = try await s3.uploadPart(bucket, key, uploadId: uploadId, partNumber: 1, body: .bytes(damaged), checksum: .crc32c(sums[0]))
+            XCTFail("a part that does not match its CRC32C was taken")
+        } catch {
+            XCTAssertEqual(error.code, .badDigest, "\(error)")
+        }
+        var parts: [CompletedPart] = []
+        for (i, body) in bodies.enumerated() {
+            let etag = try await s3.uploadPart(bucket, key, uploadId: uploadId, partNumber: i + 1, body: .bytes(body), checksum: .crc32c(sums[i]))
+            parts.append(CompletedPart(partNumber: i + 1, etag: etag, checksumCRC32C: sums[i]))
+        }
+        _ = try await s3.completeMultipartUpload(bucket, key, uploadId: uploadId, parts: parts)
+        let composite = CRC32C.checksum(sums.flatMap { [UInt8($0 >> 24), UInt8($0 >> 16 & 0xff), UInt8($0 >> 8 & 0xff), UInt8($0 & 0xff)] })
+        let seen = try server.boto3("""
+            h = s3.head_object(Bucket='\(bucket)', Key='\(key)', ChecksumMode='ENABLED')
+            print(h.get('ChecksumCRC32C'), hashlib.sha256(s3.get_object(Bucket='\(bucket)', Key='\(key)')['Body'].read()).hexdigest())
+            """)
+        XCTAssertEqual(seen, "\(CRC32C.s3String(composite))-2 \(Digest.sha256(data).hexString)")
     }
 
     func testCopyObjectAndUploadPartCopy() async throws {

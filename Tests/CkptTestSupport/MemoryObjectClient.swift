@@ -26,7 +26,7 @@ public final class MemoryObjectClient: ObjectClient {
 
     struct State {
         var buckets: [String: [Key: Object]] = [:]
-        var uploads: [String: (bucket: String, key: String, parts: [Int: [UInt8]], metadata: [String: String])] = [:]
+        var uploads: [String: (bucket: String, key: String, parts: [Int: [UInt8]], metadata: [String: String], checksum: ChecksumAlgorithm?)] = [:]
         var counts: [String: Int] = [:]
         var bytesSent: Int64 = 0
     }
@@ -165,21 +165,39 @@ public final class MemoryObjectClient: ObjectClient {
     public func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions) async throws(S3Error) -> String {
         try begin("CreateMultipartUpload", bucket, key)
         let id = UUID().uuidString
-        state.withLock { $0.uploads[id] = (bucket, key, [:], options.metadata) }
+        state.withLock { $0.uploads[id] = (bucket, key, [:], options.metadata, options.checksumAlgorithm) }
         return id
     }
 
+    /// Checks a body's checksum as S3 does: BadDigest when it differs; in an upload created with a checksum
+    /// algorithm, a part without that checksum is refused (InvalidRequest), as AWS refuses it.
     public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody,
-                           contentMD5: [UInt8]?) async throws(S3Error) -> String {
+                           checksum: BodyChecksum?) async throws(S3Error) -> String {
         try begin("UploadPart", bucket, key)
         let data = try MemoryObjectClient.bytes(body)
-        let ok = state.withLock { s -> Bool in
-            guard s.uploads[uploadId] != nil else { return false }
-            s.uploads[uploadId]!.parts[partNumber] = data
-            return true
+        let matches: Bool
+        switch checksum {
+        case .md5(let md5): matches = md5 == Digest.md5(data)
+        case .crc32c(let crc): matches = crc == CRC32C.checksum(data)
+        case nil: matches = true
         }
-        guard ok else { throw noSuchUpload("UploadPart", bucket, key) }
-        return "\"\(Digest.md5(data).hexString)\""
+        guard matches else {
+            throw S3Error(code: .badDigest, s3Code: "BadDigest", message: "checksum mismatch", httpStatus: 400,
+                          operation: "UploadPart", bucket: bucket, key: key)
+        }
+        let found = state.withLock { s -> ChecksumAlgorithm?? in
+            guard let up = s.uploads[uploadId] else { return nil }
+            if up.checksum == .crc32c, case .crc32c = checksum {} else if up.checksum != nil { return .some(up.checksum) }
+            s.uploads[uploadId]!.parts[partNumber] = data
+            return .some(nil)
+        }
+        switch found {
+        case nil: throw noSuchUpload("UploadPart", bucket, key)
+        case .some(.some(let a)):
+            throw S3Error(code: .invalidRequest, s3Code: "InvalidRequest", message: "the upload expects a \(a.rawValue) checksum",
+                          httpStatus: 400, operation: "UploadPart", bucket: bucket, key: key)
+        case .some(nil): return "\"\(Digest.md5(data).hexString)\""
+        }
     }
 
     func noSuchUpload(_ op: String, _ bucket: String, _ key: String) -> S3Error {
@@ -191,9 +209,18 @@ public final class MemoryObjectClient: ObjectClient {
                                         condition: WriteCondition?) async throws(S3Error) -> WriteResult {
         try begin("CompleteMultipartUpload", bucket, key)
         try check(condition, "CompleteMultipartUpload", bucket, key)
-        guard let up = state.withLock({ $0.uploads.removeValue(forKey: uploadId) }) else { throw noSuchUpload("CompleteMultipartUpload", bucket, key) }
+        guard let up = state.withLock({ $0.uploads[uploadId] }) else { throw noSuchUpload("CompleteMultipartUpload", bucket, key) }
         var data: [UInt8] = []
-        for p in parts.sorted(by: { $0.partNumber < $1.partNumber }) { data += up.parts[p.partNumber] ?? [] }
+        for p in parts.sorted(by: { $0.partNumber < $1.partNumber }) {
+            let part = up.parts[p.partNumber] ?? []
+            // S3 refuses a part whose checksum is missing or differs when the upload declared one (InvalidPart).
+            if up.checksum == .crc32c, p.checksumCRC32C != CRC32C.checksum(part) {
+                throw S3Error(code: .invalidPart, s3Code: "InvalidPart", message: "part \(p.partNumber)'s checksum is missing or wrong",
+                              httpStatus: 400, operation: "CompleteMultipartUpload", bucket: bucket, key: key)
+            }
+            data += part
+        }
+        state.withLock { _ = $0.uploads.removeValue(forKey: uploadId) }
         let etag = seed(bucket, key, data, metadata: up.metadata)
         return WriteResult(etag: etag, versionId: nil, lastModified: Date())
     }
@@ -235,7 +262,10 @@ public final class MemoryObjectClient: ObjectClient {
         try begin("UploadPartCopy", bucket, key)
         let o = try object("UploadPartCopy", source.bucket, source.key, ifMatch: ifMatch)
         let r = range.map { Int($0.lowerBound)..<Int($0.upperBound) } ?? 0..<o.data.count
-        return try await uploadPart(bucket, key, uploadId: uploadId, partNumber: partNumber, body: .bytes(Array(o.data[r])), contentMD5: nil)
+        let declared = state.withLock { $0.uploads[uploadId]?.checksum }
+        let part = Array(o.data[r])
+        return try await uploadPart(bucket, key, uploadId: uploadId, partNumber: partNumber, body: .bytes(part),
+                                    checksum: declared == .crc32c ? .crc32c(CRC32C.checksum(part)) : nil)
     }
 
     public func deleteObject(_ bucket: String, _ key: String, versionId: String?) async throws(S3Error) {

@@ -1234,13 +1234,18 @@ def test_s_conflict_in_flight_opened(server, bucket, mounts, proxy):
     assert s3_bytes(server, bucket, "x") == b"theirs", "the other client's object is deleted"
 
 
-def test_s_conflict_renamed_over_kept(server, bucket, mounts, proxy):
+@pytest.mark.parametrize("first_save", ["in_flight", "queued"])
+def test_s_conflict_renamed_over_kept(server, bucket, mounts, proxy, first_save):
     # Outside testing round 13, F3: every save kept; the first save's upload (If-None-Match) meets the other
-    # client's object while in flight, and the next save, by rename over it, went up with no condition.
-    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0", "--keep-every-version")
-    proxy.hold(["PutObject"])
+    # client's object while in flight, and the next save, by rename over it, went up with no condition. Still
+    # queued at the rename (the upload delay), the first save went with no condition and replaced theirs.
+    delay = "0" if first_save == "in_flight" else "60"
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", delay, "--keep-every-version")
+    if first_save == "in_flight":
+        proxy.hold(["PutObject"])
     write(f"{mp}/x", b"first")
-    assert proxy.wait(held=1)
+    if first_save == "in_flight":
+        assert proxy.wait(held=1)
     server.s3.put_object(Bucket=bucket, Key="x", Body=b"theirs")
     write(f"{mp}/x.tmp", b"second")
     os.replace(f"{mp}/x.tmp", f"{mp}/x")

@@ -35,7 +35,7 @@ struct MountDaemon {
         let fs: FileSystem
         do {
             var fsOptions = options.fileSystemOptions
-            fsOptions.partContentMD5 = config.endpoint.scheme != "https"
+            fsOptions.partChecksums = config.endpoint.scheme != "https"
             fs = try FileSystem(client: client, bucket: target.bucket, prefix: target.prefix, cache: cache,
                                 options: fsOptions, logger: logger)
             // Files an earlier mount acknowledged but did not upload are queued again before anything is served.

@@ -84,9 +84,9 @@ struct MetricsObjectClient: ObjectClient {
     }
 
     func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody,
-                    contentMD5: [UInt8]?) async throws(S3Error) -> String {
+                    checksum: BodyChecksum?) async throws(S3Error) -> String {
         try await record("UploadPart", sent: body.length) { () async throws(S3Error) in
-            try await base.uploadPart(bucket, key, uploadId: uploadId, partNumber: partNumber, body: body, contentMD5: contentMD5)
+            try await base.uploadPart(bucket, key, uploadId: uploadId, partNumber: partNumber, body: body, checksum: checksum)
         }
     }
 

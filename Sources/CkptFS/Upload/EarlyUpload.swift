@@ -19,8 +19,8 @@ struct EarlyUpload: Sendable {
     var key: String
     /// Nil while CreateMultipartUpload is in flight (or if it failed).
     var uploadId: String?
-    /// Finished parts: part number → ETag.
-    var parts: [Int: String] = [:]
+    /// Finished parts, by part number.
+    var parts: [Int: CompletedPart] = [:]
     /// The end of the last part started; the next part starts here.
     var scheduledEnd: Int64 = 0
     var nextPart = 1
@@ -133,17 +133,17 @@ extension WriteBack {
             await changes.partSlots.acquire()
             Task {
                 defer { self.changes.partSlots.release() }
-                var etag: String?
+                var sent: CompletedPart?
                 do {
-                    etag = try await self.sendPart(v, key: key, uploadId: uploadId, number: number, range: range)
+                    sent = try await self.sendPart(v, key: key, uploadId: uploadId, number: number, range: range)
                 } catch {
                     self.logger.info("an early part failed; it is sent again after close",
                                      metadata: ["key": "\(key)", "part": "\(number)", "error": "\(error)"])
                 }
                 v.state.withLock { s in
                     s.early?.inFlight -= 1
-                    if let etag {
-                        s.early?.parts[number] = etag
+                    if let sent {
+                        s.early?.parts[number] = sent
                     } else {
                         s.early?.stalled = true
                     }
@@ -168,11 +168,11 @@ extension WriteBack {
 
     /// The early upload the ordinary upload of `v` to `key` can finish (upload id and finished parts), or nil.
     /// One that cannot be used is aborted.
-    func takeEarlyUpload(_ v: StagedVersion, key: String) async -> (uploadId: String, parts: [Int: String])? {
+    func takeEarlyUpload(_ v: StagedVersion, key: String) async -> (uploadId: String, parts: [Int: CompletedPart])? {
         guard v.state.withLock({ $0.early != nil }) else { return nil }
         v.state.withLock { $0.early?.stalled = true }  // nothing new starts
         await earlyIdle(v)
-        let usable = v.state.withLock { s -> (String, [Int: String])? in
+        let usable = v.state.withLock { s -> (String, [Int: CompletedPart])? in
             guard var e = s.early, let id = e.uploadId, !e.abandoned, !e.taken, e.key.sameBytes(key),
                   e.scheduledEnd <= s.size else { return nil }
             e.taken = true

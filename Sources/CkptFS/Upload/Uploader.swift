@@ -23,21 +23,22 @@ extension WriteBack {
         var delay: Duration = .milliseconds(500)
         while true {
             if Task.isCancelled { return }
-            enum Go { case go(generation: Int), stale, settled }
+            enum Go { case go(generation: Int, key: String), stale, settled }
             let go = v.state.withLock { s -> Go in
                 guard s.job == job else { return .stale }
                 guard case .waiting = s.upload else { return .settled }
                 s.upload = .uploading
                 s.reachedKey = true
-                return .go(generation: s.commits)
+                return .go(generation: s.commits, key: s.key)
             }
             let generation: Int
+            let attemptKey: String
             switch go {
             case .stale: return
             case .settled:
                 finishUpload(v)
                 return
-            case .go(let g): generation = g
+            case .go(let g, let k): (generation, attemptKey) = (g, k)
             }
             do throws(FSError) {
                 let (key, etag, sent, body) = try await uploadOnce(v)
@@ -93,9 +94,12 @@ extension WriteBack {
                     return
                 }
                 // Renamed while uploading: what the old name holds (a conflict there too) is none of this
-                // version's any more; the job the rename queued waits for this one and uploads it there.
+                // version's any more; the job the rename queued waits for this one and uploads it there. The
+                // rename moves the key first and queues that job after journaling: a failure in between is the
+                // old name's too (seed 1363: a conflict met just before the rename was reported under the new
+                // name, held the old name's delete, and the file never went up there).
                 let moved = v.state.withLock { s -> Bool in
-                    guard s.job != job else { return false }
+                    guard s.job != job || !s.key.sameBytes(attemptKey) else { return false }
                     s.upload = .waiting
                     return true
                 }
@@ -313,23 +317,22 @@ extension WriteBack {
         return (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? String(id)
     }
 
-    /// Uploads the parts not in `done` (part number → ETag), several at a time; returns all of them in order.
+    /// Uploads the parts not in `done` (by part number), several at a time; returns all of them in order.
     func uploadParts(_ v: StagedVersion, key: String, uploadId: String, ranges: [Range<Int64>],
-                     done: [Int: String]) async throws(FSError) -> [CompletedPart] {
+                     done: [Int: CompletedPart]) async throws(FSError) -> [CompletedPart] {
         let slots = self.changes.partSlots
         let result = await withTaskGroup(of: Result<CompletedPart, FSError>.self) { group -> Result<[CompletedPart], FSError> in
             var parts: [CompletedPart] = []
             for (i, r) in ranges.enumerated() {
-                if let etag = done[i + 1] {
-                    parts.append(CompletedPart(partNumber: i + 1, etag: etag))
+                if let part = done[i + 1] {
+                    parts.append(part)
                     continue
                 }
                 await slots.acquire()
                 group.addTask {
                     defer { slots.release() }
                     do throws(FSError) {
-                        let etag = try await self.sendPart(v, key: key, uploadId: uploadId, number: i + 1, range: r)
-                        return .success(CompletedPart(partNumber: i + 1, etag: etag))
+                        return .success(try await self.sendPart(v, key: key, uploadId: uploadId, number: i + 1, range: r))
                     } catch {
                         return .failure(error)
                     }
@@ -348,28 +351,51 @@ extension WriteBack {
         return try result.get()
     }
 
-    /// Uploads bytes `range` of `v`'s staged file as part `number`, and counts them as sent. Returns the ETag.
-    /// With its Content-MD5 (`FSOptions.partContentMD5`: over plain http), as a single PutObject has: the server
-    /// refuses a body damaged on the way (BadDigest, which the client sends again), where before it stored it and
-    /// the upload was reported durable with other bytes in S3 (outside testing round 11, O1: one byte flipped in
-    /// a part).
-    func sendPart(_ v: StagedVersion, key: String, uploadId: String, number: Int, range: Range<Int64>) async throws(FSError) -> String {
+    /// Uploads bytes `range` of `v`'s staged file as part `number`, and counts them as sent. Returns the part as
+    /// CompleteMultipartUpload names it. With its CRC32C (`FSOptions.partChecksums`: over plain http; the upload
+    /// declared it in `createUpload`): the server refuses a body damaged on the way (BadDigest, which the client
+    /// sends again), where without it S3 stored it and the upload was reported durable with other bytes in S3
+    /// (outside testing round 11, O1: one byte flipped in a part). The CRC32C comes from the running checksum,
+    /// which computed it as the file was written, or else from reading the part from the staged file.
+    func sendPart(_ v: StagedVersion, key: String, uploadId: String, number: Int, range: Range<Int64>) async throws(FSError) -> CompletedPart {
         let file = try v.open()
         defer { withExtendedLifetime(file) {} }  // the request reads it until it returns
-        let sum = !options.partContentMD5 ? nil
-            : try await offPool { () throws(FSError) in try StagingArea.md5(of: file.rawValue, range: range) }
-        let etag = try await s3(.write) { () async throws(S3Error) in
-            try await client.uploadPart(bucket, key, uploadId: uploadId, partNumber: number,
-                                        body: .file(descriptor: file.rawValue, offset: range.lowerBound, length: Int64(range.count)),
-                                        contentMD5: sum)
+        let body = ObjectBody.file(descriptor: file.rawValue, offset: range.lowerBound, length: Int64(range.count))
+        func fromFile() async throws(FSError) -> UInt32 {
+            try await offPool { () throws(FSError) in try StagingArea.crc32c(of: file.rawValue, range: range) }
+        }
+        func send(_ crc: UInt32?) async throws(FSError) -> String {
+            try await s3(.write) { () async throws(S3Error) in
+                try await client.uploadPart(bucket, key, uploadId: uploadId, partNumber: number, body: body, checksum: crc.map { .crc32c($0) })
+            }
+        }
+        var crc: UInt32?
+        let etag: String
+        if options.partChecksums, let running = v.state.withLock({ $0.sum?.partChecksum(range) }) {
+            crc = running
+            do throws(FSError) {
+                etag = try await send(running)
+            } catch where error.cause?.code == .badDigest {
+                // The part was refused every time it was sent: the running checksum and the staged file disagree
+                // (a write it did not see). The file's bytes are what is uploaded; their own CRC32C goes with them.
+                logger.warning("a part's running CRC32C does not match the staged file; checksumming the file",
+                               metadata: ["key": "\(key)", "part": "\(number)"])
+                crc = try await fromFile()
+                etag = try await send(crc)
+            }
+        } else {
+            crc = options.partChecksums ? try await fromFile() : nil
+            etag = try await send(crc)
         }
         v.state.withLock { $0.bytesUploaded += Int64(range.count) }
-        return etag
+        return CompletedPart(partNumber: number, etag: etag, checksumCRC32C: crc)
     }
 
     /// Creates a multipart upload of `v` to `key`, journaled on both sides of the request: a `starting` record
     /// before it and the upload id after it, so that recovery aborts it whenever a crash comes.
-    func createUpload(_ v: StagedVersion, key: String, options put: PutOptions) async throws(FSError) -> String {
+    func createUpload(_ v: StagedVersion, key: String, options: PutOptions) async throws(FSError) -> String {
+        var put = options
+        put.checksumAlgorithm = self.options.partChecksums ? .crc32c : nil  // every part carries it (sendPart)
         let started = Date()
         try await journal.record(JournalRecord(op: .starting, id: v.id, key: key, mtime: started.timeIntervalSince1970))
         let uploadId = try await s3(.write) { () async throws(S3Error) in

@@ -26,14 +26,12 @@ extension WriteBack {
                 // One already stopped by a conflict (final, not settled) was reported, and the rename replaces
                 // it: withdrawn as usual.
                 if !kept.contains(where: \.isFinal) {
-                    // The rename replaces whatever the key holds, and these saves with it: no condition. One with
-                    // a condition would stop at the other client's object and hold the old name's delete for ever.
-                    for v in kept {
-                        v.state.withLock { s in
-                            s.expect = .anything
-                            s.keptByRename = true
-                        }
-                    }
+                    // These saves keep their conditions: one that meets another client's object is dropped, not a
+                    // conflict (`keptByRename`: it would hold the old name's delete for ever), and the renamed
+                    // file's saves then expect no object (S-CONFLICT-RENAMED-OVER-KEPT). Sent with no condition
+                    // (as they were when still queued at the rename), they replaced the other client's object,
+                    // which the trainer never saw; only those already in flight met it.
+                    for v in kept { v.state.withLock { $0.keptByRename = true } }
                     return Withdrawal()
                 }
             }

@@ -8,6 +8,9 @@
 // is then computed at close. One rewrite is taken: the write-back sends a page again when the writer added to
 // it after it was sent (a writer whose writes end mid-page, as torch.save's do), so a write that starts in the
 // last page hashed and repeats the bytes hashed there goes on (the last 4 KiB hashed are kept to compare).
+//
+// The same pass computes the CRC32C of each multipart part (their `x-amz-checksum-crc32c`, `partChecksum`), so an
+// upload over plain http need not read each part from the staged file once more to checksum it.
 import CkptCache
 import CkptDigest
 import CkptSystem
@@ -104,8 +107,21 @@ struct RunningChecksum: Sendable {
     /// daemon at 262 and 270 MiB RSS with 25 files' 4 MiB buffers live (bench/load.py's bound is 256 MiB).
     static let maxHeldTotal = 32 << 20
 
-    /// A sum of nothing yet, holding bytes past gaps within `budget`.
-    init(budget: HeldBudget = .unbounded) { share = HeldShare(budget) }
+    /// The part layout whose CRC32Cs this sum computes (`WriteBack.partRanges(minimum:)`), or nil for none.
+    let partSize: Int64?
+    /// Parts whose CRC32C is complete, by their first byte: their end and CRC32C.
+    private var finishedParts: [Int64: (end: Int64, crc: UInt32)] = [:]
+    /// The part being hashed: its first byte, and the CRC32C of its bytes up to `crcTo`.
+    private var partStart: Int64 = 0
+    private var partCRC = CRC32C()
+    private var crcTo: Int64 = 0
+
+    /// A sum of nothing yet, holding bytes past gaps within `budget`, computing the CRC32C of every part of
+    /// `partSize`'s layout too (nil: none).
+    init(budget: HeldBudget = .unbounded, partSize: Int64? = nil) {
+        share = HeldShare(budget)
+        self.partSize = partSize
+    }
 
     /// The budget this sum's held bytes count against (a sum started again uses the same).
     var budget: HeldBudget { share.budget }
@@ -151,6 +167,7 @@ struct RunningChecksum: Sendable {
     /// Hashes `bytes` (the next after `hashedTo`) and keeps the last 4 KiB hashed.
     private mutating func hash(_ bytes: UnsafeRawBufferPointer) {
         hasher.update(bytes)
+        if let partSize { addToParts(bytes, minimum: partSize) }
         let keep = RunningChecksum.repeatable
         if bytes.count >= keep {
             lastHashed.removeAll(keepingCapacity: true)
@@ -160,6 +177,31 @@ struct RunningChecksum: Sendable {
             if drop > 0 { lastHashed.removeFirst(drop) }
             lastHashed.append(contentsOf: bytes)
         }
+    }
+
+    /// Adds `bytes` (the next after `crcTo`) to the CRC32C of the parts they fall in.
+    private mutating func addToParts(_ bytes: UnsafeRawBufferPointer, minimum: Int64) {
+        var rest = bytes
+        while !rest.isEmpty {
+            let end = WriteBack.partEnd(start: partStart, minimum: minimum)
+            let n = Int(min(Int64(rest.count), end - crcTo))
+            partCRC.update(UnsafeRawBufferPointer(rebasing: rest[..<n]))
+            crcTo += Int64(n)
+            if crcTo == end {
+                finishedParts[partStart] = (end, partCRC.value)
+                partCRC = CRC32C()
+                partStart = end
+            }
+            rest = UnsafeRawBufferPointer(rebasing: rest[n...])
+        }
+    }
+
+    /// The CRC32C of bytes `range`, if they are a part of `partSize`'s layout (or the end of the file in the
+    /// part being hashed) that this sum hashed whole. Bytes hashed are final as long as the sum goes on (a
+    /// write below what it hashed ends it), so the checksum is the file's.
+    func partChecksum(_ range: Range<Int64>) -> UInt32? {
+        if let p = finishedParts[range.lowerBound] { return p.end == range.upperBound ? p.crc : nil }
+        return range.lowerBound == partStart && range.upperBound == crcTo ? partCRC.value : nil
     }
 
     /// The sum of the first `size` bytes, if it covers exactly them.

@@ -139,14 +139,14 @@ final class StagedVersion: Sendable {
     let backgroundSync = DispatchSemaphore(value: 1)
 
     /// `sums`: what the running checksum may hold in memory, shared with the other files being written
-    /// (StagingArea.heldSums).
+    /// (StagingArea.heldSums); `partSize`: the part layout whose CRC32Cs it computes (StagingArea.partChecksums).
     init(id: UInt64, path: String, fd: Int32, key: String, size: Int64, mtime: Date, writable: Bool = false,
-         sums: HeldBudget = .unbounded) {
+         sums: HeldBudget = .unbounded, partSize: Int64? = nil) {
         self.id = id
         self.path = path
         descriptors = Mutex((fd, writable ? StagedVersion.directNotOpened : -1))
         var state = State(key: key, size: size, mtime: mtime)
-        state.sum = RunningChecksum(budget: sums)
+        state.sum = RunningChecksum(budget: sums, partSize: partSize)
         self.state = Mutex(state)
     }
 

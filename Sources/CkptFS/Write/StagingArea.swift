@@ -110,10 +110,15 @@ final class StagingArea: Sendable {
     /// gap; RunningChecksum.maxHeldTotal).
     let heldSums = HeldBudget(limit: RunningChecksum.maxHeldTotal)
 
+    /// The part layout whose CRC32C the running checksums of files being written compute (the multipart part
+    /// size, when parts carry their CRC32C: `FSOptions.partChecksums`), or nil.
+    let partChecksums: Int64?
+
     /// The staging area in `cache`'s directory (created if missing).
-    init(cache: BlockCache) {
+    init(cache: BlockCache, partChecksums: Int64? = nil) {
         directory = cache.directory + "/staging"
         self.cache = cache
+        self.partChecksums = partChecksums
         Glibc.mkdir(directory, 0o700)
     }
 
@@ -137,7 +142,8 @@ final class StagingArea: Sendable {
         let path = path(id)
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw FSError(errno, "cannot create \(path): \(String(cString: strerror(errno)))") }
-        return StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime, writable: true, sums: heldSums)
+        return StagedVersion(id: id, path: path, fd: fd, key: key, size: 0, mtime: mtime, writable: true, sums: heldSums,
+                             partSize: partChecksums)
     }
 
     /// A copy of `source` as version `id`: its bytes, size, mtime and in-place state (blocks still in S3 stay to
@@ -330,6 +336,14 @@ final class StagingArea: Sendable {
         var md5 = StreamingDigest(.md5)
         try StagingArea.forEachChunk(of: fd, range: range) { chunk, _ in md5.update(chunk) }
         return md5.finalize()
+    }
+
+    /// The CRC32C of bytes `range` of `fd` (a part of a multipart upload: its `x-amz-checksum-crc32c`).
+    /// Errors: as `md5(of:range:)`.
+    static func crc32c(of fd: Int32, range: Range<Int64>) throws(FSError) -> UInt32 {
+        var crc = CRC32C()
+        try StagingArea.forEachChunk(of: fd, range: range) { chunk, _ in crc.update(chunk) }
+        return crc.value
     }
 
     /// The ETag S3 gives this file when uploaded in `parts`: the MD5 for one PUT, else the MD5 of the parts'

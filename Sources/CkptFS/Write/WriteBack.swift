@@ -99,7 +99,7 @@ final class WriteBack: Sendable {
         self.reader = reader
         self.localFiles = localFiles
         self.changes = changes
-        staging = StagingArea(cache: cache)
+        staging = StagingArea(cache: cache, partChecksums: options.partChecksums ? options.partSize : nil)
         seeder = SaveSeeder(cache: cache, bucket: bucket, logger: logger)
         journal = try Journal(path: cache.directory + "/journal")
         writerId = WriteBack.writerId(directory: cache.directory)

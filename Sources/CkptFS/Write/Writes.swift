@@ -209,7 +209,7 @@ extension WriteBack {
             if size == 0 {
                 // Emptied: whatever failed before is gone with it.
                 s.failedErrno = 0
-                s.sum = RunningChecksum(budget: s.sum?.budget ?? staging.heldSums)
+                s.sum = RunningChecksum(budget: s.sum?.budget ?? staging.heldSums, partSize: staging.partChecksums)
             } else if s.sum?.value(size: s.size) == nil || size != s.size {
                 s.sum = nil
             }

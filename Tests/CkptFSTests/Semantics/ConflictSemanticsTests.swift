@@ -228,6 +228,20 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored["x"], theirs, "their object is not replaced")
         let shown = try await read("x")
         XCTAssertEqual(shown, mine, "the local copy stays readable")
+
+        // The same with the replaced file's save still queued at the rename (waiting out the upload delay): it
+        // keeps its condition too, so it meets their object rather than replacing it (it went with none, and
+        // the renamed file replaced theirs after it; ModelRegressionTests, seed 898, 1 run in 3).
+        try remount { $0.uploadDelay = .seconds(60) }
+        try await save("y", Array("first".utf8))
+        s3.seed(bucket, "y", theirs)
+        try await save("y.tmp", mine)
+        try await mount.rename("y.tmp", "y", noReplace: false).get()
+        let queued = await mount.flushAll(timeout: .seconds(2))
+        XCTAssertTrue(queued.contains { $0.path == "y" && $0.reason.contains("conflict") }, "\(queued)")
+        XCTAssertEqual(stored["y"], theirs, "their object is not replaced")
+        let kept = try await read("y")
+        XCTAssertEqual(kept, mine, "the local copy stays readable")
     }
 
     func testSConflictTwoMounts() async throws {
