@@ -118,7 +118,23 @@ extension WriteBack {
                         u.pending.values.filter { w in w.key.sameBytes(v.key) && w.state.withLock { $0.job } > job }
                     }
                     if let cur = localFiles.byKey.withLock({ $0[v.key]?.current }), cur !== v { later.append(cur) }
-                    for w in later { w.state.withLock { s in if case .anything = s.expect { s.expect = .absent } } }
+                    var changed: [StagedVersion] = []
+                    for w in later {
+                        let now = w.state.withLock { s -> Bool in
+                            guard case .anything = s.expect else { return false }
+                            s.expect = .absent
+                            return true
+                        }
+                        if now { changed.append(w) }
+                    }
+                    // Journaled too: recovered after a crash with their old records, they went with no condition.
+                    for w in changed {
+                        guard let sum = w.state.withLock({ $0.committedSum }) else { continue }
+                        do throws(FSError) { try await journal.record(commitRecord(w, checksum: sum)) } catch {
+                            logger.warning("could not journal that a save expects no object; after a crash it replaces what is there",
+                                           metadata: ["key": "\(w.key)", "error": "\(error)"])
+                        }
+                    }
                     v.settle(.dropped)
                     finishUpload(v)
                     return

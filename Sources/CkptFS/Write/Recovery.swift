@@ -178,7 +178,17 @@ extension WriteBack {
         var keep: [(JournalRecord, Int)] = []
         var recovered: [(StagedVersion, Int)] = []
         for (key, a) in newest {
-            let r = a.record
+            var r = a.record
+            // Deletes of the key journaled before this save and not applied (the rename or unlink of an object
+            // the trainer saw there, cut short by the crash; one sent already when the file was saved there left
+            // the save expecting no object): this save's upload replaces them, as `enqueueUpload` replaces a
+            // delete that has not started, and so replaces the object they were to remove instead of expecting
+            // none. Decided here, not by which of the two starts first once queued, and journaled (the record
+            // rewritten without its condition, the deletes dropped), so a crash after it cannot send the save
+            // with If-None-Match (seed 30425: it met that object as a conflict, and an unlink after it left
+            // the object in S3 for good).
+            let replacedDeletes = deletes.filter { $0.value.key.sameBytes(key) && $0.value.position < a.position && $0.value.removes == .anyObject }
+            if !replacedDeletes.isEmpty { r.ifNoneMatch = nil }
             let path = staging.path(r.id)
             var missing = Set<Int64>()
             for range in r.missing ?? [] where range.count == 2 && range[0] < range[1] { missing.formUnion(range[0]..<range[1]) }
@@ -235,6 +245,7 @@ extension WriteBack {
             if r.ifNoneMatch == true { f.state.withLock { $0.keyRemoval = .nothing } }
             localFiles.byKey.withLock { $0[key] = f }
             keep.append((r, a.position))
+            for id in replacedDeletes.keys { deletes[id] = nil }
             recovered.append((v, a.position))
             report.requeued.append(key.keySuffix(after: prefix))
         }

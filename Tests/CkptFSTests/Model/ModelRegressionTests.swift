@@ -1086,4 +1086,22 @@ final class ModelRegressionTests: XCTestCase {
             .rename("a", "y", noReplace: false),
         ])
     }
+
+    /// Seed 30425 shrunk: an object renamed away (its delete sent, not applied), a file created under the name
+    /// and saved (so its save expected no object), then two crashes. The first recovery queued the save in the
+    /// delete's place; the second sent it with If-None-Match: it met the object the delete was to remove as a
+    /// conflict, and the unlink after it left that object in S3. Recovery now journals the save without its
+    /// condition and drops the delete (S-CRASH-RECREATED).
+    func testSeed30425ASaveThatReplacedADeleteAtRecoveryStillDoesAfterTheNextCrash() async throws {
+        try await ModelCheck.replay([
+            .mkdir("x"),
+            .remotePut("a", count: 4, seed: 30425004),
+            .rename("a", "x/a", noReplace: false),
+            .open("a", h: 3, .createTruncate),
+            .closeDup(h: 3),
+            .crash(landing: false),
+            .crash(landing: false),
+            .unlink("a"),
+        ])
+    }
 }

@@ -242,6 +242,23 @@ final class ConflictSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(stored["y"], theirs, "their object is not replaced")
         let kept = try await read("y")
         XCTAssertEqual(kept, mine, "the local copy stays readable")
+
+        // A crash after the kept save met their object, before the renamed file's save went: recovered, that save
+        // still expects no object (its journal record says so; it said "anything" and replaced theirs).
+        try remount { $0.uploadDelay = .zero }
+        let held = holdUploads(.init { op, key in op == "PutObject" && key == "z" })
+        try await save("z", Array("first".utf8))
+        await client.waitForHeld(held)
+        s3.seed(bucket, "z", theirs)
+        try await save("z.tmp", mine)
+        try await mount.rename("z.tmp", "z", noReplace: false).get()
+        let first = try XCTUnwrap(client.releaseOldest(held))
+        await client.waitForReply(first.id)
+        await client.waitForHeld(held)  // the renamed file's save, queued after the kept one
+        try await crashAndRecover()
+        let recovered = await mount.flushAll(timeout: .seconds(2))
+        XCTAssertTrue(recovered.contains { $0.path == "z" && $0.reason.contains("conflict") }, "\(recovered)")
+        XCTAssertEqual(stored["z"], theirs, "their object is not replaced after the crash")
     }
 
     func testSConflictTwoMounts() async throws {

@@ -140,6 +140,28 @@ final class CrashSemanticsTests: SemanticsTestCase {
         XCTAssertEqual(left.map(\.path), [])
         XCTAssertEqual(stored["a"], mine)
         XCTAssertEqual(stored["c"], bytes(100))
+
+        // The delete already sent when the file was saved there (so its save expects no object), and a second
+        // crash after the first recovery queued the save in the delete's place: the save still replaces the
+        // object the delete was to remove (model seed 30425: it went with If-None-Match, met that object as a
+        // conflict, and the object stayed for good).
+        s3.seed(bucket, "b", old)
+        _ = try await read("b")
+        let deletes = holdUploads(.init(operations: ["DeleteObject"]))
+        try await mount.unlink("b").get()
+        await client.waitForHeld(deletes)
+        try await save("b", mine)
+        try await crashAndRecover(hold: true)
+        await client.waitForHeld(heldAfterCrash)  // the save went in the delete's place (journaled as done)
+        try await waitFor("the replaced delete journaled as done") {
+            let records = Journal.replay(path: dir + "/journal").records
+            let deleteIds = Set(records.filter { $0.op == .delete && $0.key == "b" }.map(\.id))
+            return deleteIds.allSatisfy { id in records.contains { $0.op == .done && $0.id == id } }
+        }
+        try await crashAndRecover()
+        let again = await mount.flushAll(timeout: .seconds(10))
+        XCTAssertEqual(again.map(\.path), [])
+        XCTAssertEqual(stored["b"], mine)
     }
 
     /// A recovered file keeps its condition: another client's change meanwhile makes its upload a conflict.
