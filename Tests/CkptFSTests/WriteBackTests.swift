@@ -282,6 +282,29 @@ final class WriteBackTests: XCTestCase {
         XCTAssertEqual(open, 0)
     }
 
+    /// Parts carry their CRC32C (the upload declares it); a server without additional checksums refuses such an
+    /// upload (501 here): the upload is created again without, later ones go without from the start, and the
+    /// object is whole.
+    func testAServerWithoutPartChecksumsGetsPartsWithout() async throws {
+        s3.refusesChecksums = true
+        let fs = try make()
+        let big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ ($0 >> 13)) }
+        try await write(fs, "a.pt", big)
+        let left = await fs.flushAll(under: "", timeout: .seconds(10))
+        XCTAssertTrue(left.isEmpty, "\(left)")
+        let a = try await object("a.pt")
+        XCTAssertEqual(a, big)
+        XCTAssertEqual(s3.count("CreateMultipartUpload"), 2, "refused once, then created without")
+        try await write(fs, "b.pt", big)
+        let after = await fs.flushAll(under: "", timeout: .seconds(10))
+        XCTAssertTrue(after.isEmpty, "\(after)")
+        let b = try await object("b.pt")
+        XCTAssertEqual(b, big)
+        XCTAssertEqual(s3.count("CreateMultipartUpload"), 3, "the next file's upload goes without at once")
+        let open = try await openUploads()
+        XCTAssertEqual(open, 0)
+    }
+
     func testARewriteBelowWhatWentUpStartsTheUploadAfresh() async throws {
         let fs = try make(whileWriting: true)
         var big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 5 &+ 1) }

@@ -29,6 +29,7 @@ public final class MemoryObjectClient: ObjectClient {
         var uploads: [String: (bucket: String, key: String, parts: [Int: [UInt8]], metadata: [String: String], checksum: ChecksumAlgorithm?)] = [:]
         var counts: [String: Int] = [:]
         var bytesSent: Int64 = 0
+        var refusesChecksums = false
     }
 
     private let state = Mutex(State())
@@ -38,6 +39,13 @@ public final class MemoryObjectClient: ObjectClient {
     public init(buckets: [String], pageSize: Int = 1000) {
         self.pageSize = pageSize
         state.withLock { s in for b in buckets { s.buckets[b] = [:] } }
+    }
+
+    /// Answers as a server without additional checksums would: 501 NotImplemented to a CreateMultipartUpload
+    /// that declares a checksum algorithm, 400 InvalidArgument to a part that carries x-amz-checksum-crc32c.
+    public var refusesChecksums: Bool {
+        get { state.withLock { $0.refusesChecksums } }
+        set { state.withLock { $0.refusesChecksums = newValue } }
     }
 
     /// How many requests of an operation were made ("GetObject", "ListObjectsV2", ...).
@@ -164,6 +172,10 @@ public final class MemoryObjectClient: ObjectClient {
 
     public func createMultipartUpload(_ bucket: String, _ key: String, options: PutOptions) async throws(S3Error) -> String {
         try begin("CreateMultipartUpload", bucket, key)
+        if options.checksumAlgorithm != nil && refusesChecksums {
+            throw S3Error(code: .other("NotImplemented"), s3Code: "NotImplemented", message: "x-amz-checksum-algorithm is not implemented",
+                          httpStatus: 501, operation: "CreateMultipartUpload", bucket: bucket, key: key)
+        }
         let id = UUID().uuidString
         state.withLock { $0.uploads[id] = (bucket, key, [:], options.metadata, options.checksumAlgorithm) }
         return id
@@ -174,6 +186,10 @@ public final class MemoryObjectClient: ObjectClient {
     public func uploadPart(_ bucket: String, _ key: String, uploadId: String, partNumber: Int, body: ObjectBody,
                            checksum: BodyChecksum?) async throws(S3Error) -> String {
         try begin("UploadPart", bucket, key)
+        if case .crc32c = checksum, refusesChecksums {
+            throw S3Error(code: .other("InvalidArgument"), s3Code: "InvalidArgument", message: "x-amz-checksum-crc32c is not supported",
+                          httpStatus: 400, operation: "UploadPart", bucket: bucket, key: key)
+        }
         let data = try MemoryObjectClient.bytes(body)
         let matches: Bool
         switch checksum {

@@ -387,7 +387,7 @@ extension WriteBack {
         }
         var crc: UInt32?
         let etag: String
-        if options.partChecksums, let running = v.state.withLock({ $0.sum?.partChecksum(range) }) {
+        if partChecksums, let running = v.state.withLock({ $0.sum?.partChecksum(range) }) {
             crc = running
             do throws(FSError) {
                 etag = try await send(running)
@@ -400,22 +400,43 @@ extension WriteBack {
                 etag = try await send(crc)
             }
         } else {
-            crc = options.partChecksums ? try await fromFile() : nil
+            crc = partChecksums ? try await fromFile() : nil
             etag = try await send(crc)
         }
         v.state.withLock { $0.bytesUploaded += Int64(range.count) }
         return CompletedPart(partNumber: number, etag: etag, checksumCRC32C: crc)
     }
 
+    /// Whether parts carry their CRC32C: over plain http (`FSOptions.partChecksums`), unless the server refused them.
+    var partChecksums: Bool { options.partChecksums && !checksumsUnsupported.load(ordering: .relaxed) }
+
+    /// A CreateMultipartUpload refused for its `x-amz-checksum-algorithm` by a server without additional
+    /// checksums (S3-compatible servers answer 501 NotImplemented, or 400 InvalidArgument / InvalidRequest).
+    static func refusesChecksums(_ e: FSError) -> Bool {
+        guard let c = e.cause else { return false }
+        return c.httpStatus == 501 || c.code == .invalidRequest || c.s3Code == "InvalidArgument" || c.s3Code == "NotImplemented"
+    }
+
     /// Creates a multipart upload of `v` to `key`, journaled on both sides of the request: a `starting` record
     /// before it and the upload id after it, so that recovery aborts it whenever a crash comes.
     func createUpload(_ v: StagedVersion, key: String, options: PutOptions) async throws(FSError) -> String {
         var put = options
-        put.checksumAlgorithm = self.options.partChecksums ? .crc32c : nil  // every part carries it (sendPart)
+        put.checksumAlgorithm = partChecksums ? .crc32c : nil  // every part carries it (sendPart)
         let started = Date()
         try await journal.record(JournalRecord(op: .starting, id: v.id, key: key, mtime: started.timeIntervalSince1970))
-        let uploadId = try await s3(.write) { () async throws(S3Error) in
-            try await createMultipartUpload(key, options: put, since: started)
+        let uploadId: String
+        do throws(FSError) {
+            uploadId = try await s3(.write) { () async throws(S3Error) in
+                try await createMultipartUpload(key, options: put, since: started)
+            }
+        } catch where put.checksumAlgorithm != nil && WriteBack.refusesChecksums(error) {
+            logger.warning("the server does not take part checksums (x-amz-checksum-algorithm); parts go without them",
+                           metadata: ["key": "\(key)", "error": "\(error)"])
+            checksumsUnsupported.store(true, ordering: .relaxed)
+            put.checksumAlgorithm = nil
+            uploadId = try await s3(.write) { () async throws(S3Error) in
+                try await createMultipartUpload(key, options: put, since: started)
+            }
         }
         do throws(FSError) {
             try await journal.record(JournalRecord(op: .multipart, id: v.id, key: key, uploadId: uploadId))

@@ -63,6 +63,9 @@ final class WriteBack: Sendable {
     let lastJournalId = Atomic<UInt64>(0)
     /// Set once the server rejected a conditional write as not implemented: later uploads go without.
     let conditionsUnsupported = Atomic<Bool>(false)
+    /// Set once the server refused a multipart upload that declares a checksum algorithm (501 NotImplemented,
+    /// 400 InvalidArgument or InvalidRequest): later parts go without their CRC32C (`FSOptions.partChecksums`).
+    let checksumsUnsupported = Atomic<Bool>(false)
     /// Tags this cache directory's uploads (x-amz-meta-ckptfs-version), so a later mount of it recognises its
     /// own earlier uploads after a crash (Uploader.swift).
     let writerId: String
