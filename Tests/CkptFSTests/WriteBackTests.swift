@@ -289,18 +289,15 @@ final class WriteBackTests: XCTestCase {
         s3.refusesChecksums = true
         let fs = try make()
         let big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ ($0 >> 13)) }
-        try await write(fs, "a.pt", big)
-        let left = await fs.flushAll(under: "", timeout: .seconds(10))
-        XCTAssertTrue(left.isEmpty, "\(left)")
-        let a = try await object("a.pt")
-        XCTAssertEqual(a, big)
-        XCTAssertEqual(s3.count("CreateMultipartUpload"), 2, "refused once, then created without")
-        try await write(fs, "b.pt", big)
-        let after = await fs.flushAll(under: "", timeout: .seconds(10))
-        XCTAssertTrue(after.isEmpty, "\(after)")
-        let b = try await object("b.pt")
-        XCTAssertEqual(b, big)
-        XCTAssertEqual(s3.count("CreateMultipartUpload"), 3, "the next file's upload goes without at once")
+        // The first upload is refused once, then created without; the next goes without at once.
+        for (name, creates) in [("a.pt", 2), ("b.pt", 3)] {
+            try await write(fs, name, big)
+            let left = await fs.flushAll(under: "", timeout: .seconds(10))
+            XCTAssertTrue(left.isEmpty, "\(left)")
+            let got = try await object(name)
+            XCTAssertEqual(got, big)
+            XCTAssertEqual(s3.count("CreateMultipartUpload"), creates, name)
+        }
         let open = try await openUploads()
         XCTAssertEqual(open, 0)
     }
