@@ -111,13 +111,14 @@ extension WriteBack {
     }
 
     /// The rename that called `beginMove` is over (moved or failed): a file whose upload landed meanwhile and
-    /// stayed where it was is cleaned now, as the landing would have done.
+    /// stayed where it was is cleaned now, as the landing would have done, and one never changed whose last
+    /// handle closed meanwhile goes, as that close would have done (`settleIdle`).
     func endMove(_ f: LocalFile) {
         let idle = f.state.withLock { s -> Bool in
             s.moving -= 1
             return s.moving == 0 && s.handles == 0
         }
-        if idle { cleanIfUploaded(f) }
+        if idle { settleIdle(f) }
     }
 
     /// Before `f` moves to a new key (`retarget`): the blocks its in-place versions have not fetched are

@@ -56,7 +56,22 @@ extension WriteBack {
             }
             lastWriterGone(f)
         }
-        if handles == 0 { cleanIfUploaded(f) }
+        if handles == 0 { settleIdle(f) }
+    }
+
+    /// After the last handle of `f` closed (or the rename moving it ended with none open): a version opened for
+    /// writing and never changed, which stayed the file's for the descriptors still open on it
+    /// (`discardUnacknowledged` with `keepWhileOpen`), goes now, with nothing to upload (the object is the
+    /// file); else, if its newest version is in S3, the file is clean again (`cleanIfUploaded`).
+    func settleIdle(_ f: LocalFile) {
+        let v = f.current
+        let unchanged = f.state.withLock { !$0.unlinked && !$0.detached && $0.writers == 0 }
+            && v.state.withLock { !$0.sealed && !$0.unjournaled && $0.committedSum == nil && $0.failedErrno == 0 }
+        if unchanged {
+            discardUnacknowledged(f, v, quietly: true, keepWhileOpen: true)
+        } else {
+            cleanIfUploaded(f)
+        }
     }
 
     /// The last writer of `f` is gone: its current version is acknowledged and queued (or dropped if a write,
@@ -82,8 +97,9 @@ extension WriteBack {
                 discardUnacknowledged(f, v)
             }
         } else if !sealed {
-            // Opened for writing and not changed: nothing to upload.
-            guard discardUnacknowledged(f, v, quietly: true) else { return }
+            // Opened for writing and not changed: nothing to upload. The descriptors still open on it keep it
+            // as the file's local version until their last close (`settleIdle`).
+            guard discardUnacknowledged(f, v, quietly: true, keepWhileOpen: true) else { return }
         }
         // Nobody writes this version any more (a later write goes to a copy): an idle dirty file holds no descriptor.
         if f.current.state.withLock({ $0.sealed }) { f.current.closeWriters() }
@@ -102,11 +118,21 @@ extension WriteBack {
     /// Returns false, changing nothing, when a writer opened the file since the last one left (its release
     /// came after the open: the kernel sends releases asynchronously): `v` stays its version, and that writer's
     /// last close decides. Readers still open on a file that goes read `v` until their last close.
+    ///
+    /// `keepWhileOpen` (`v` was never changed: the file is the object it was opened from): while descriptors are
+    /// open on `f`, or a rename moves it, `f` stays the key's local file with `v` and this returns false; the
+    /// last close (or the rename's end) drops it (`settleIdle`). Those descriptors are the inode's: a reader
+    /// opened while a writer had the file open (or moved onto it, `FileSystem.joinReaders`) reads what later
+    /// opens of the file do to it, a write in place, an O_TRUNC or a truncate, also after a rename over it
+    /// orphans it, as POSIX says. Before, `v` went at the last writer's close with the readers on it (as a
+    /// failed save's does): they read those bytes for good, never the file's later bytes (model seeds 24068,
+    /// 34639: a read after an O_TRUNC returned the old bytes, and one through an orphan missed what its other
+    /// descriptor wrote).
     @discardableResult
-    func discardUnacknowledged(_ f: LocalFile, _ v: StagedVersion, quietly: Bool = false) -> Bool {
+    func discardUnacknowledged(_ f: LocalFile, _ v: StagedVersion, quietly: Bool = false, keepWhileOpen: Bool = false) -> Bool {
         let previous = previousVersion(of: f, before: v)
-        // Decided under the locks an open joins the file under (`joinLocalFile`).
-        enum Outcome { case writerJoined, notCurrent, reverted, gone(readers: Bool) }
+        // Decided under the locks an open joins the file under (`joinLocalFile`), and a rename finds it under.
+        enum Outcome { case writerJoined, notCurrent, reverted, gone(readers: Bool), kept }
         let outcome = localFiles.byKey.withLock { l -> Outcome in
             f.state.withLock { s -> Outcome in
                 guard s.current === v else { return .notCurrent }
@@ -115,13 +141,21 @@ extension WriteBack {
                     s.current = previous
                     return .reverted
                 }
+                // Never changed: it stays while descriptors are open on it or a rename moves it (`settleIdle`
+                // drops it then). Not the key's file any more, it was dropped already (by the close of its last
+                // writer or of its last reader: each may find the other gone) or taken off the key (an unlink, a
+                // rename over it: the orphan's last close removes it).
+                if keepWhileOpen && (s.handles > 0 || s.moving > 0 || l[s.key] !== f) { return .kept }
                 if l[s.key] === f { l.removeValue(forKey: s.key) }
                 // Its readers keep reading `v`, which the last of them removes (`releaseHandle`).
                 if s.handles > 0 { s.detached = true }
                 return .gone(readers: s.handles > 0)
             }
         }
-        if case .writerJoined = outcome { return false }
+        switch outcome {
+        case .writerJoined, .kept: return false
+        default: break
+        }
         var readersKeepIt = false
         if case .gone(readers: true) = outcome { readersKeepIt = true }
         dropped(v, of: f, quietly: quietly, keepStaged: readersKeepIt)

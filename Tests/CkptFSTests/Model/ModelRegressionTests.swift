@@ -1104,4 +1104,60 @@ final class ModelRegressionTests: XCTestCase {
             .unlink("a"),
         ])
     }
+
+    /// Seed 24068 shrunk: a file only in S3 opened for writing (in place) and then for reading, so the reader is
+    /// on its local version; the writer closes without a change, the file is renamed and opened again with
+    /// O_TRUNC. Expected: the reader reads the emptied file (0 bytes). Found: 1 byte of the old bytes: the last
+    /// writer's close had dropped the unchanged local version with the reader still on it, which read that copy
+    /// for good, no longer the inode's bytes. Fixed: an unchanged local version stays the file's until its last
+    /// descriptor closes (`WriteBack.discardUnacknowledged`, `keepWhileOpen`), so the O_TRUNC empties it.
+    func testSeed24068AReaderOpenedWhileTheFileWasWrittenSeesALaterOTrunc() async throws {
+        try await ModelCheck.replay([
+            .remotePut("c.tmp", count: 15, seed: 24068002),
+            .open("c.tmp", h: 1, .write),
+            .open("c.tmp", h: 2, .read),
+            .close(h: 1),
+            .rename("c.tmp", "a", noReplace: false),
+            .open("a", h: 3, .createTruncate),
+            .read(h: 2, at: 14, count: 2394),
+        ])
+    }
+
+    /// Seed 34639 shrunk (same cause): as above, then the O_TRUNC descriptor writes and a rename over the name
+    /// orphans the file, still open through both. Expected: the reader reads what the other descriptor wrote
+    /// (701 bytes at its offset). Found: 0 bytes (the reader was on the dropped 4-byte copy of the object).
+    /// Fixed as seed 24068: both descriptors are on the file's local version, which the rename orphans.
+    func testSeed34639AReaderOpenedWhileTheFileWasWrittenReadsItsOrphanAfterARenameOver() async throws {
+        try await ModelCheck.replay([
+            .remotePut("a", count: 4, seed: 34639002),
+            .open("a", h: 1, .write),
+            .open("a", h: 2, .read),
+            .close(h: 1),
+            .open("a", h: 3, .createTruncate),
+            .write(h: 3, at: 6899, count: 17456, seed: 34639004),
+            .open("d", h: 4, .createTruncate),
+            .rename("d", "a", noReplace: false),
+            .read(h: 2, at: 23654, count: 19574),
+        ])
+    }
+
+    /// The kind of seeds 24068 and 34639, found by looking for it: a reader opened while the file was written
+    /// reads what a later writer (opened after the first closed without a change) writes in place, and a
+    /// truncate by name (S-CONS-OWN-APPENDS). Before, it read the dropped copy of the object.
+    func testAReaderOpenedWhileTheFileWasWrittenSeesLaterWritesAndTruncates() async throws {
+        try await ModelCheck.replay([
+            .remotePut("a", count: 15, seed: 7),
+            .open("a", h: 1, .write),
+            .open("a", h: 2, .read),
+            .close(h: 1),
+            .open("a", h: 3, .write),
+            .write(h: 3, at: 10, count: 20, seed: 8),
+            .read(h: 2, at: 0, count: 100),
+            .close(h: 3),
+            .truncate("a", to: 3),
+            .read(h: 2, at: 0, count: 100),
+            .close(h: 2),
+            .drain(faults: []),
+        ])
+    }
 }
