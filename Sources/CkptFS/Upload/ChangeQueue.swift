@@ -304,9 +304,15 @@ extension WriteBack {
         return vs
     }
 
-    /// Every local version of `key`: those queued or uploading, and `newest` (the key's current one).
+    /// Every local version of `key`: those queued or uploading, and `newest` (the key's current one). Not the
+    /// saves a rename left under the key (`keptByRename`): those of the file it replaced (every save kept) or
+    /// the renamed file's earlier ones are history of the key, no version of the file there now. Taken for it,
+    /// a rename of that file moved them with it, the newest of them as its newest save (keep-every-version seed
+    /// 23176: the replaced file's empty save landed under the renamed file's new name, over its bytes).
     func versions(of key: String, newest: StagedVersion) -> [StagedVersion] {
-        var vs = changes.state.withLock { u in u.pending.values.filter { $0.key.sameBytes(key) } }
+        var vs = changes.state.withLock { u in
+            u.pending.values.filter { v in v.key.sameBytes(key) && (v === newest || !v.state.withLock { $0.keptByRename }) }
+        }
         if !vs.contains(where: { $0 === newest }) { vs.append(newest) }
         return vs
     }

@@ -178,6 +178,12 @@ extension WriteBack {
         var keep: [(JournalRecord, Int)] = []
         var recovered: [(StagedVersion, Int)] = []
         for (key, a) in newest {
+            // A delete of the key journaled after this save: the name was removed since. Only a save a rename
+            // kept under the name is left so (`keptByRename`: the replaced file's, every save kept), which no
+            // removal of the file there drops (`versions(of:newest:)`): history of a name that is gone, not the
+            // file. Recovered, it showed the removed name again until its delete ran (keep-every-version seed
+            // 24023). Not recovered (its staged file goes; the delete is queued as any other).
+            if deletes.values.contains(where: { $0.key.sameBytes(key) && $0.position > a.position }) { continue }
             var r = a.record
             // Deletes of the key journaled before this save and not applied (the rename or unlink of an object
             // the trainer saw there, cut short by the crash; one sent already when the file was saved there left

@@ -106,11 +106,10 @@ extension WriteBack {
     }
 
     /// The version of `f` that stands when its unacknowledged version `v` goes: the acknowledged version `v`
-    /// was copied from (its fallback), else the newest one still queued or uploading, else none.
+    /// was copied from (its fallback), else the newest one still queued or uploading, else none (not a save a
+    /// rename left under the key, `keptByRename`: another file's, or history; `versions(of:newest:)`).
     func previousVersion(of f: LocalFile, before v: StagedVersion) -> StagedVersion? {
-        v.state.withLock { $0.fallback } ?? changes.state.withLock { u in
-            u.pending.values.filter { $0 !== v && $0.key.sameBytes(f.key) }.max { $0.id < $1.id }
-        }
+        v.state.withLock { $0.fallback } ?? versions(of: f.key, newest: v).filter { $0 !== v }.max { $0.id < $1.id }
     }
 
     /// Drops `v`, the unacknowledged current version of `f`: the previous local version (still queued or

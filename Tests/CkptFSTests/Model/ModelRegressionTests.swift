@@ -1160,4 +1160,88 @@ final class ModelRegressionTests: XCTestCase {
             .drain(faults: []),
         ])
     }
+
+    /// `--keep-every-version` seed 23176 shrunk: a closed file (b) renamed twice while its save uploads, then a
+    /// file with a save of its own (a) renamed over it, then renamed back. The first file's save, kept under the
+    /// name (every save is kept), was taken for a version of the file renamed over it: the rename back moved it
+    /// with that file as its newest save, and left that file's own save behind as history. S3 ended with the
+    /// first file's empty bytes under a. Fixed: the saves a rename leaves under a key (`keptByRename`) are no
+    /// version of the file there now (`WriteBack.versions(of:newest:)`, also `previousVersion`).
+    func testKeepEveryVersionASaveKeptByARenameDoesNotMoveWithTheFileRenamedOverIt() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .remotePut("a", count: 4, seed: 23176002),
+            .truncate("a", to: 1),
+            .mkdir("x"),
+            .open("b", h: 4, .createTruncate),
+            .mkdir("y"),
+            .close(h: 4),
+            .rename("b", "x/y", noReplace: false),
+            .rename("x/y", "y/b", noReplace: false),
+            .rename("a", "y/b", noReplace: false),
+            .rename("y/b", "a", noReplace: false),
+        ], setup: setup)
+    }
+
+    /// `--keep-every-version` seed 23516 shrunk (same cause): a file saved (its upload held), saved again with a
+    /// writer still open and written on, then renamed away: its first save stays under the old name (history,
+    /// `keptByRename`). A file created under the old name and unlinked took that save for one of its own: it
+    /// dropped it, and the unlink's delete never went (flush: "delete not applied yet (it waits for the uploads
+    /// before it)"). Fixed: that save is no version of the new file (`WriteBack.versions(of:newest:)`); it
+    /// lands, and the delete after it.
+    func testKeepEveryVersionAnUnlinkDoesNotDropASaveARenameLeftUnderTheName() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("x", h: 1, .createExclusive),
+            .close(h: 1),
+            .open("x", h: 2, .createTruncate),
+            .write(h: 2, at: 34683, count: 2323, seed: 23516003),
+            .closeDup(h: 2),
+            .write(h: 2, at: 11763, count: 5820, seed: 23516004),
+            .rename("x", "a", noReplace: false),
+            .open("x", h: 3, .createExclusive),
+            .faulty(Fault(["ListObjectsV2"], .nth(3), .fail(.slowDown)), .unlink("x")),
+        ], setup: setup)
+    }
+
+    /// `--keep-every-version` seed 24023 shrunk (with the fix above): a closed file's save kept under its name by
+    /// a rename of a file never saved over it, then that name unlinked, then a crash. The unlink no longer drops
+    /// the kept save (it is no version of the unlinked file), so its commit record stayed live before the
+    /// delete's, and recovery showed the unlinked name again (the kept save) until that delete ran. Fixed:
+    /// recovery does not take a save with a delete of its key journaled after it for the file (`recover`).
+    /// (Passed before the fix above: the unlink dropped the kept save.)
+    func testKeepEveryVersionASaveKeptByARenameIsNotRecoveredUnderANameRemovedSince() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("a", h: 2, .createTruncate),
+            .open("c.tmp", h: 3, .createTruncate),
+            .close(h: 2),
+            .open("b", h: 4, .createTruncate),
+            .close(h: 3),
+            .rename("b", "c.tmp", noReplace: false),
+            .unlink("c.tmp"),
+            .crash(landing: false),
+        ], setup: setup)
+    }
+
+    /// Same kind, found by looking for it (`--keep-every-version`): a closed file's save kept under its name by
+    /// a rename of a file never saved over it, then that name renamed away, then a crash. The rename away took
+    /// the kept save for the renamed file's newest save and moved it along: after the crash the new name showed
+    /// the replaced file's bytes (a file nobody acknowledged there). Fixed by both changes above.
+    func testKeepEveryVersionASaveKeptByARenameStaysBehindWhenTheNameIsRenamedAway() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("c.tmp", h: 3, .createTruncate),
+            .write(h: 3, at: 0, count: 10, seed: 5),
+            .open("b", h: 4, .createTruncate),
+            .close(h: 3),
+            .rename("b", "c.tmp", noReplace: false),
+            .rename("c.tmp", "d", noReplace: false),
+            .crash(landing: false),
+        ], setup: setup)
+    }
 }
