@@ -280,9 +280,17 @@ struct InodeTable: Sendable {
     /// The file inodes of `key` show a version that is gone: each is superseded, and its path is freed so that
     /// the next lookup gives it a new inode. Returns the paths freed, with the inode each named.
     mutating func renew(fileKey key: String) -> [(parent: UInt64, name: String, ino: UInt64)] {
+        var renewed: [UInt64] = []
+        return renew(fileKey: key, renewed: &renewed)
+    }
+
+    /// `renew(fileKey:)`, also giving the inodes it superseded that were not superseded before (`renewed`, for
+    /// `unrenew`).
+    mutating func renew(fileKey key: String, renewed: inout [UInt64]) -> [(parent: UInt64, name: String, ino: UInt64)] {
         var freed: [(parent: UInt64, name: String, ino: UInt64)] = []
         for ino in inosByKey[key] ?? [] {
             guard let n = nodes[ino], !n.meta.isDirectory else { continue }
+            if !n.superseded { renewed.append(ino) }
             nodes[ino]?.superseded = true
             let pk = PathKey(parent: n.parent, name: n.name)
             if inoByPath[pk] == ino {
@@ -291,6 +299,18 @@ struct InodeTable: Sendable {
             }
         }
         return freed
+    }
+
+    /// Undoes `renew` of inodes that still show the version they did (the change that renewed them failed):
+    /// each is not superseded any more, and names its path again if nothing took the path meanwhile.
+    mutating func unrenew(_ inos: [UInt64], freed: [(parent: UInt64, name: String, ino: UInt64)]) {
+        for ino in inos where nodes[ino] != nil {
+            nodes[ino]?.superseded = false
+        }
+        for f in freed where nodes[f.ino].map({ $0.parent == f.parent && $0.name.sameBytes(f.name) }) == true {
+            let pk = PathKey(parent: f.parent, name: f.name)
+            if inoByPath[pk] == nil && negative[pk] == nil { inoByPath[pk] = f.ino }
+        }
     }
 
     /// Keeps the complete listing of `ino` for lookups. Expired listings are dropped first (at most once a

@@ -210,6 +210,17 @@ final class Namespace: WriteBackNotices {
     /// (outside testing round 10: 3 of 3 runs of renames over one name in 4 processes).
     func fileReplaced(key: String, by change: () -> Void) { _ = renewFileInodes(of: key, localVersionGone: false, by: change) }
 
+    func fileReplacedUndoably(key: String, by change: () -> Void) -> ReplacedInodes {
+        var out = ReplacedInodes()
+        out.freed = table.withLock { t in
+            change()
+            return t.renew(fileKey: key, renewed: &out.renewed)
+        }
+        return out
+    }
+
+    func fileReplaceUndone(_ r: ReplacedInodes) { table.withLock { $0.unrenew(r.renewed, freed: r.freed) } }
+
     /// `change`, then under the same lock the file inodes of `key` superseded and their paths freed (`renew`),
     /// with `localVersionGone` also their listings dropped. Returns the paths freed, for the kernel.
     private func renewFileInodes(of key: String, localVersionGone: Bool, by change: () -> Void) -> [(parent: UInt64, name: String, ino: UInt64)] {

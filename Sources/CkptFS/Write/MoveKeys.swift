@@ -82,7 +82,9 @@ extension WriteBack {
         // on answers ESTALE (the kernel's new lookup waits for the rename, which holds the directory), so none
         // pins the version the copy replaces, or opens it in place, after `keepReaders` made that version's
         // readers whole (outside testing round 9: reads failed with ESTALE or EIO, and appends with EIO).
-        notices.fileReplaced(key: dst) { localFiles.bumpSplits(dst) }
+        // A copy that fails replaced nothing: those inodes name the destination again (a failed rename leaves
+        // both names as they were).
+        let replaced = notices.fileReplacedUndoably(key: dst) { localFiles.bumpSplits(dst) }
         // In the key's order: no save of the replaced file lands over the copy (`inKeyOrder`).
         let withdrawn: Withdrawal
         do throws(FSError) {
@@ -91,6 +93,7 @@ extension WriteBack {
                 return withdrawDestination()
             }
         } catch {
+            notices.fileReplaceUndone(replaced)
             try? await journal.record(JournalRecord(op: .done, id: intent))
             if let dropped { await restoreDelete(of: [(dst, dropped)]) }
             throw error

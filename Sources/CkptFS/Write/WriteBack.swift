@@ -34,6 +34,21 @@ protocol WriteBackNotices: Sendable {
     /// paths freed: an open of one (the kernel looked it up before) fails with ESTALE and the kernel looks the
     /// name up again, instead of joining the file the key holds next with the old file's size and pages.
     func fileReplaced(key: String, by change: () -> Void)
+    /// `fileReplaced(key:by:)` for a replacement that may still fail (a rename's copy over the key): what it
+    /// changed, for `fileReplaceUndone`.
+    func fileReplacedUndoably(key: String, by change: () -> Void) -> ReplacedInodes
+    /// The replacement failed and the key names the file it did before: its inodes that
+    /// `fileReplacedUndoably(key:by:)` superseded are that file's again (not superseded; their paths named by them again unless
+    /// taken since). Before, a failed rename onto an open file left it superseded: its ftruncate failed with
+    /// ESTALE for good (model test seed 24184).
+    func fileReplaceUndone(_ r: ReplacedInodes)
+}
+
+/// The inodes `WriteBackNotices.fileReplacedUndoably(key:by:)` superseded (those not superseded before), and the
+/// paths it freed.
+struct ReplacedInodes: Sendable {
+    var renewed: [UInt64] = []
+    var freed: [(parent: UInt64, name: String, ino: UInt64)] = []
 }
 
 extension WriteBackNotices {

@@ -1244,4 +1244,18 @@ final class ModelRegressionTests: XCTestCase {
             .crash(landing: false),
         ], setup: setup)
     }
+
+    /// Seed 24184 shrunk (also with `--keep-every-version`): a rename of an object only in S3 over a file open
+    /// here whose copy fails. The rename superseded the destination's inodes before the copy (so none pins the
+    /// version the copy replaces) and left them so when the copy failed and the rename was undone: ftruncate
+    /// through the open descriptor failed with ESTALE, as if the name showed another file. Fixed: a failed copy
+    /// gives the inodes back (`WriteBackNotices.fileReplaceUndone`): a failed rename leaves both names as they were.
+    func testAFailedRenameOverAnOpenFileLeavesItsInodeUsable() async throws {
+        try await ModelCheck.replay([
+            .open("a", h: 2, .createTruncate),
+            .remotePut("c.tmp", count: 4, seed: 24184004),
+            .faulty(Fault(["CopyObject"], .nth(1), .fail(.internalError)), .rename("c.tmp", "a", noReplace: false)),
+            .ftruncate(h: 2, to: 0),
+        ])
+    }
 }
