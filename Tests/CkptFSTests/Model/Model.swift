@@ -145,6 +145,12 @@ struct Model {
     var seq = 0
     /// A held upload request went on (or landed at a crash) since the last drain: queued uploads may have landed.
     var uncertain = false
+    /// Directories S3 shows only because an object under them is there (no marker): the parents of another
+    /// client's object that a delete left (S-CONFLICT-IN-FLIGHT) after a rename of its directory (seed 30022:
+    /// a directory renamed while its file's save meets the other client's object; the old directory's markers
+    /// go, their object stays, and the listing shows the old directory again, holding it). No step names one or
+    /// a path related to one (`Step.valid`): the model has no rules for a directory without a marker.
+    var implicitDirectories: Set<String> = []
     /// The other client's changes, per key: how many, and the object after the last one.
     var epoch: [String: Int] = [:]
     var remoteState: [String: Bytes?] = [:]
@@ -185,9 +191,50 @@ struct Model {
         return out
     }
 
-    /// The names in `dir` of `namesShowingTheirsLater`.
-    func mayShowTheirs(in dir: String) -> Set<String> {
-        Set(namesShowingTheirsLater().keys.filter { Model.parent($0) == dir }.map { String($0.split(separator: "/").last!) })
+    /// The names in `dir` of `namesShowingTheirsLater` → whether each is a directory: the name itself, or the
+    /// directory on its way that the model has no entry for (its directory was renamed away: S3 shows the
+    /// prefix as a directory while the object is there).
+    func mayShowTheirs(in dir: String) -> [String: Bool] {
+        var out: [String: Bool] = [:]
+        for k in namesShowingTheirsLater().keys where dir.isEmpty || k.hasPrefix(dir + "/") {
+            let rest = dir.isEmpty ? k : String(k.dropFirst(dir.count + 1))
+            let parts = rest.split(separator: "/").map(String.init)
+            if parts.count == 1 {
+                out[parts[0]] = false
+            } else if entries[dir.isEmpty ? parts[0] : dir + "/" + parts[0]] == nil {
+                out[parts[0]] = true
+            }
+        }
+        return out
+    }
+
+    /// The paths no step may name (nor a path under one, nor a directory on the way to one) while they are so:
+    /// names that may show the other client's object or not (`namesShowingTheirsLater`), the directories on
+    /// the way to one that the model has no entry for (they show with it), and `implicitDirectories`.
+    func unpredictablePaths() -> [String] {
+        var out = Array(implicitDirectories)
+        for k in namesShowingTheirsLater().keys {
+            out.append(k)
+            var p = Model.parent(k)
+            while !p.isEmpty && entries[p] == nil {
+                out.append(p)
+                p = Model.parent(p)
+            }
+        }
+        return out
+    }
+
+    /// Shows `theirs`, another client's object that a delete of this mount left under `path`: with the
+    /// directories on the way to it that the model has no entry for (their markers went with a rename of the
+    /// directory; the prefix shows as a directory while the object is there), as `implicitDirectories`.
+    mutating func showLeftObject(_ theirs: Bytes, at path: String) {
+        var p = Model.parent(path)
+        while !p.isEmpty && entries[p] == nil {
+            entries[p] = .directory
+            implicitDirectories.insert(p)
+            p = Model.parent(p)
+        }
+        entries[path] = .file(newFile(ModelFile(data: theirs, acked: theirs)))
     }
 
     /// Paths under `dir` (not `dir` itself).

@@ -246,7 +246,7 @@ extension Model {
         let heldSeqs = Set(held.map(\.seq))
         for e in events where e.kind == .delete && !heldSeqs.contains(e.seq) && entries[e.key] == nil {
             if let theirs = e.leaves ?? nil, !events.contains(where: { $0.key == e.key && $0.seq > e.seq }) {
-                entries[e.key] = .file(newFile(ModelFile(data: theirs, acked: theirs)))
+                showLeftObject(theirs, at: e.key)
             }
         }
         synced = s3
@@ -307,7 +307,7 @@ extension Model {
     /// The core showed `bytes` (nil: nothing) at `path` after a crash left it open.
     mutating func adopt(_ path: String, _ bytes: Bytes?) {
         guard let bytes else { return }
-        entries[path] = .file(newFile(ModelFile(data: bytes, acked: bytes)))
+        showLeftObject(bytes, at: path)
     }
 
     /// What S3 must hold at the end, after every handle is closed and a drain: each file's bytes (the other
@@ -316,7 +316,7 @@ extension Model {
         var out: [String: Bytes] = [:]
         for (path, e) in entries {
             switch e {
-            case .directory: out[path + "/"] = []
+            case .directory: if !implicitDirectories.contains(path) { out[path + "/"] = [] }
             case .file(let id):
                 let f = files[id]!
                 if f.conflicted {

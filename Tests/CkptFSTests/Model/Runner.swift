@@ -392,7 +392,7 @@ final class ModelRun: @unchecked Sendable {
             case .success(let names):
                 let want = model.children(of: d)
                 let maybe = model.mayShowTheirs(in: d)
-                if names.filter({ !(want[$0.key] == nil && $0.value == false && maybe.contains($0.key)) }) != want {
+                if names.filter({ !(want[$0.key] == nil && maybe[$0.key] == $0.value) }) != want {
                     throw fail(i, "listing", "\(d.isEmpty ? "the root" : d) lists \(names.sorted { $0.key < $1.key }.map { $0.key + ($0.value ? "/" : "") }); "
                         + "expected \(want.sorted { $0.key < $1.key }.map { $0.key + ($0.value ? "/" : "") })")
                 }

@@ -392,8 +392,13 @@ extension Step {
         // A name whose delete leaves another client's object shows it once that delete's turn has passed, which
         // the model does not know before the next drain (S-CONFLICT-IN-FLIGHT): no step names it (or a path
         // under it) until then.
-        let later = model.namesShowingTheirsLater().keys
-        if !later.isEmpty, s.namedPaths.contains(where: { p in later.contains { p == $0 || p.hasPrefix($0 + "/") } }) {
+        // Nor the directories on the way to one that it shows with it, nor a directory S3 shows without a marker
+        // (`Model.implicitDirectories`), nor a directory above one (a rename or rmdir of it), nor a path under
+        // one, also for the other client.
+        let unpredictable = model.unpredictablePaths()
+        if !unpredictable.isEmpty, (s.namedPaths + s.remotePaths).contains(where: { p in
+            unpredictable.contains { p == $0 || p.hasPrefix($0 + "/") || (model.implicitDirectories.contains($0) && $0.hasPrefix(p + "/")) }
+        }) {
             return false
         }
         switch s {
@@ -417,6 +422,14 @@ extension Step {
         case .open(let p, _, _), .truncate(let p, _), .unlink(let p), .mkdir(let p), .rmdir(let p): return [p]
         case .rename(let a, let b, _): return [a, b]
         case .faulty(_, let inner): return inner.namedPaths
+        default: return []
+        }
+    }
+
+    /// The paths the other client's change names.
+    var remotePaths: [String] {
+        switch self {
+        case .remotePut(let p, _, _), .remoteDelete(let p): return [p]
         default: return []
         }
     }
