@@ -75,6 +75,9 @@ struct ModelFile {
     /// that job stays open until the version settles under the new name, so a conflict there holds the
     /// deletes made after this position, not only those after the job queued under the new name.
     var movedJobSeq: Int?
+    /// `pendingVersions.count` when `movedJobSeq` was set: more since means a newer version was queued after the
+    /// moved one.
+    var movedJobVersions = 0
     /// The position of the last acknowledgement (its journal record): recovery queues the version there.
     var ackSeq = 0
     /// The acknowledged bytes were acknowledged by this mount (a version here holds them until a later write
@@ -480,20 +483,30 @@ struct Model {
             return
         }
         let f = files[id]!
+        // The uploads of the file still queued: the deletes queued after them wait for this unlink's delete.
+        let open = events.filter { $0.kind == .put && $0.file == id && !$0.withdrawn }.map(\.seq).min()
         orphan(id)
-        recordDelete(of: f, at: path)
+        let i = recordDelete(of: f, at: path)
+        if let open {
+            let unlinkDelete = events[i].seq
+            for j in events.indices where events[j].kind == .delete && events[j].seq > open && events[j].seq < unlinkDelete {
+                events[j].waitsForDeletes.append(unlinkDelete)
+            }
+        }
     }
 
     /// Journals the delete of `path`, the name of `f` until now (unlink, or a rename away): one that sends nothing
     /// (nothing of `f` reached S3 there), or that removes only this mount's own object and leaves another
     /// client's, which `f`'s upload met (S-CONFLICT-IN-FLIGHT).
-    mutating func recordDelete(of f: ModelFile, at path: String) {
+    @discardableResult
+    mutating func recordDelete(of f: ModelFile, at path: String) -> Int {
         let i = record(path, .delete, nil)
         events[i].sendsNothing = !f.mayHoldObject
-        guard f.mayHoldObject && f.ownOnly else { return }
+        guard f.mayHoldObject && f.ownOnly else { return i }
         events[i].ownOnlyBaseEpoch = f.baseEpoch
         let theirs = remoteState[path] ?? f.base
         if epoch[path, default: 0] > f.baseEpoch && theirs != f.base { events[i].leaves = .some(theirs) }
+        return i
     }
 
     /// A name a rename moved a file from without a delete (nothing of it reached S3) shows what the other
@@ -580,7 +593,15 @@ struct Model {
             if deleteSource { recordDelete(of: f, at: src) }
         } else if f.local {
             if f.acked != nil && !f.ackedUnqueued {
-                if f.queued != nil, let queuedJob { files[id]!.movedJobSeq = min(f.movedJobSeq ?? queuedJob, queuedJob) }
+                if f.queued != nil, let queuedJob {
+                    // The version an earlier rename moved, when a newer one was queued since: it stays under the
+                    // old name now (the core leaves the saves before the newest there, `keptByRename`) and settles
+                    // there, so its job holds nothing for this file any more (seed 20578 with
+                    // `--keep-every-version`: the model held the first name's delete too).
+                    let earlier = f.movedJobVersions == f.pendingVersions.count ? f.movedJobSeq : nil
+                    files[id]!.movedJobSeq = min(earlier ?? queuedJob, queuedJob)
+                    files[id]!.movedJobVersions = f.pendingVersions.count
+                }
                 files[id]!.queued = f.queued ?? f.acked
                 requeue(files[id]!.queued)
             } else if let q = f.queued, f.conflicted {

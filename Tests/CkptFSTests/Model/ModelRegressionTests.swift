@@ -1276,4 +1276,46 @@ final class ModelRegressionTests: XCTestCase {
             .rename("y", "b", noReplace: false),
         ])
     }
+
+    /// Model imprecision (`--keep-every-version`, seed 20578 shrunk): a file saved (upload held), renamed, saved
+    /// again, renamed again onto a name another client then creates (a conflict). The second rename moves only
+    /// the newest save; the first stays under the name between, lands there, and its job (the one the first
+    /// rename moved) holds nothing: the core holds only the deletes after the conflicting save's job. The model
+    /// kept the first rename's job as the file's and held the first name's delete too. Fixed in the model: a
+    /// rename after a newer save forgets the job an earlier rename moved (`ModelFile.movedJobVersions`).
+    func testKeepEveryVersionARenameAfterANewerSaveLeavesTheEarlierMovedJobBehind() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("d", h: 2, .createTruncate),
+            .mkdir("y"),
+            .close(h: 2),
+            .rename("d", "y/d", noReplace: false),
+            .open("y/d", h: 3, .createTruncate),
+            .close(h: 3),
+            .rename("y/d", "b", noReplace: false),
+            .remotePut("b", count: 4, seed: 20578009),
+        ], setup: setup)
+    }
+
+    /// Model imprecision (`--keep-every-version`, seed 23278 shrunk): a file saved (upload held), renamed (the
+    /// old name's delete queued after its upload), another file saved onto an object another client then
+    /// changes (a conflict), the renamed file unlinked. The unlink's delete comes after the conflicting save and
+    /// is held; the core keeps the withdrawn upload's job open until that delete goes (`heldUploads`: a
+    /// rotation's delete must not take a withdrawal for the upload it waited for), so the rename's delete, made
+    /// before the conflicting save, is held too. Fixed in the model: a delete queued after an upload an unlink
+    /// withdrew waits for that unlink's delete (`S3Event.waitsForDeletes`).
+    func testKeepEveryVersionADeleteBehindAnUnlinkedUploadIsHeldWithTheUnlinksDelete() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("x", h: 1, .createTruncate),
+            .remotePut("b", count: 4, seed: 23278003),
+            .close(h: 1),
+            .rename("x", "d", noReplace: false),
+            .truncate("b", to: 0),
+            .unlink("d"),
+            .remotePut("b", count: 4, seed: 23278010),
+        ], setup: setup)
+    }
 }

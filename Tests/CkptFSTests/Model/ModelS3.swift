@@ -33,6 +33,12 @@ struct S3Event {
     /// Such a delete leaves this object of the other client's, which the removed file's upload met (nil: it
     /// removes what is there).
     var leaves: Bytes??
+    /// A delete queued after the upload of a file that an unlink then withdrew: it waits for that unlink's
+    /// delete (these seqs) too. The core keeps the withdrawn upload's job open until the unlink's delete has
+    /// waited for the uploads before it (`ChangeQueue.State.heldUploads`: a rotation's delete must not take the
+    /// withdrawal for the upload it waited for), so a conflict that holds the unlink's delete holds this one
+    /// too, though it was made before the conflicting upload (seed 23278 with `--keep-every-version`).
+    var waitsForDeletes: [Int] = []
 }
 
 extension Model {
@@ -169,10 +175,20 @@ extension Model {
     /// replaced by a later write of the same key.
     func heldDeletes(conflicts: Set<String>) -> [S3Event] {
         guard let from = holdFrom(conflicts: conflicts) else { return [] }
-        return events.enumerated().filter { i, e in
-            e.kind == .delete && e.seq > from
-                && !events[(i + 1)...].contains { $0.key == e.key && ($0.kind == .put || $0.kind == .sync) }
+        let waiting = events.enumerated().filter { i, e in
+            e.kind == .delete && !events[(i + 1)...].contains { $0.key == e.key && ($0.kind == .put || $0.kind == .sync) }
         }.map(\.element)
+        var held = Set(waiting.filter { $0.seq > from }.map(\.seq))
+        // And those waiting for an unlink's delete that is held (`S3Event.waitsForDeletes`), in turn.
+        var grew = true
+        while grew {
+            grew = false
+            for e in waiting where !held.contains(e.seq) && e.waitsForDeletes.contains(where: held.contains) {
+                held.insert(e.seq)
+                grew = true
+            }
+        }
+        return waiting.filter { held.contains($0.seq) }
     }
 
     /// What S3 may hold for each key once every queued change has landed (conflicting uploads, and the deletes
