@@ -437,8 +437,19 @@ extension WriteBack {
             releaseUploads(heldFor: delete)
             throw error
         }
+        keptSavesLoseTheirName { $0.sameBytes(key) }
         queueDeletes(items, hiding: [key])
         removeFiles(withdrawn)
+    }
+
+    /// The saves a rename left under the keys `removed` accepts (`keptByRename`) lose their name: an unlink or a
+    /// rename away removed it, journaled (`StagedVersion.State.nameRemoved`).
+    func keptSavesLoseTheirName(_ removed: (String) -> Bool) {
+        changes.state.withLock { u in
+            for v in u.pending.values where removed(v.key) {
+                v.state.withLock { s in if s.keptByRename { s.nameRemoved = true } }
+            }
+        }
     }
 
     /// Removes the staged files of `w`'s versions (once its records are journaled).

@@ -114,10 +114,14 @@ extension WriteBack {
                     // and meet it as a conflict too (S-CONFLICT-RENAMED-OVER-KEPT; outside testing round 13, F3).
                     // (Queued after it in the key's order; also the current version of the file the rename put
                     // there, not queued while a writer has it open.)
+                    // Not once the name was removed since the rename: the saves under it then are a new file's,
+                    // which replaced that removal's delete and replace what the key holds (keep-every-version
+                    // seed 32488: a file created under the name after an unlink was stopped as a conflict).
                     var later = changes.state.withLock { u in
                         u.pending.values.filter { w in w.key.sameBytes(v.key) && w.state.withLock { $0.job } > job }
                     }
                     if let cur = localFiles.byKey.withLock({ $0[v.key]?.current }), cur !== v { later.append(cur) }
+                    if v.state.withLock({ $0.nameRemoved }) { later = [] }
                     var changed: [StagedVersion] = []
                     for w in later {
                         let now = w.state.withLock { s -> Bool in

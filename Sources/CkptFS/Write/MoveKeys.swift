@@ -66,6 +66,7 @@ extension WriteBack {
             let (deletes, items) = moved.keepsSource || moved.sourceRemoval == .nothing
                 ? ([], []) : deleteRecords([src], removes: { _ in moved.sourceRemoval })
             try await journal.record(withdrawn.records + moved.records + deletes)
+            keptSavesLoseTheirName { $0.sameBytes(src) }
             for v in moved.requeue { enqueueUpload(v) }
             queueDeletes(items, hiding: [src])
             return moved.keepsSource
@@ -242,6 +243,7 @@ extension WriteBack {
         for k in old { for p in k.keyPrefixes(after: src.utf8.count) { hides.insert(p) } }
         let (deletes, items) = deleteRecords(WriteBack.deleteOrder(old)) { k in removals[k] ?? .anyObject }
         try await journal.record(moves.records + deletes + [JournalRecord(op: .done, id: intent)])
+        keptSavesLoseTheirName { $0.hasKeyPrefix(src) }
         for v in moves.requeue { enqueueUpload(v) }
         if items.isEmpty {
             try await deleteLater([src], hiding: [src])

@@ -102,6 +102,12 @@ final class StagedVersion: Sendable {
         /// (an earlier one than the newest it moved, `WriteBack.retarget`). An upload with a condition that then
         /// fails is dropped, not held as a conflict (no name is left to resolve one by).
         var keptByRename = false
+        /// Kept by a rename (`keptByRename`), and the name was removed since (unlink, or a rename of the file
+        /// there away, `WriteBack.keptSavesLoseTheirName`): the saves queued under the key later are a new
+        /// file's, which replaced that removal's delete (it removes whatever the key holds). This one meeting
+        /// another client's object changes nothing of theirs (S-CONFLICT-RENAMED-OVER-KEPT is about the saves of
+        /// the file the rename put there).
+        var nameRemoved = false
         /// S3 may hold an object under the key because of this version: its upload started there (or the upload
         /// of a version it superseded did; with no upload delay, it was queued), or queueing it cancelled a
         /// delete of the key (its upload was to replace that object), or recovery queued it again after a crash

@@ -1318,4 +1318,26 @@ final class ModelRegressionTests: XCTestCase {
             .remotePut("b", count: 4, seed: 23278010),
         ], setup: setup)
     }
+
+    /// `--keep-every-version` seed 32488 shrunk (with the first fix of this series): a closed file's save (in
+    /// flight, expecting no object) kept by a rename over it, another client's object put under the name, the
+    /// name unlinked, a file created there again. The kept save met their object and, as S-CONFLICT-RENAMED-
+    /// OVER-KEPT says for the file the rename put there, made the saves queued under the name after it expect no
+    /// object: also the new file's, which replaced the unlink's delete (it removes whatever is there); that file
+    /// was stopped as a conflict. (Before that fix the unlink dropped the kept save.) Fixed: a kept save whose
+    /// name was removed since (unlink, rename away; `StagedVersion.State.nameRemoved`) changes no later save.
+    func testKeepEveryVersionAKeptSaveMeetingTheirsAfterItsNameWasRemovedLeavesANewFileAlone() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("b", h: 2, .createTruncate),
+            .close(h: 2),
+            .open("a", h: 3, .createTruncate),
+            .close(h: 3),
+            .rename("a", "b", noReplace: false),
+            .remotePut("b", count: 4, seed: 32488004),
+            .unlink("b"),
+            .open("b", h: 5, .createTruncate),
+        ], setup: setup)
+    }
 }
