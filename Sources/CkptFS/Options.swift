@@ -79,9 +79,9 @@ public struct FSOptions: Sendable {
     public var conditionalWrites = true
     /// Each part of a multipart upload carries its CRC32C (`x-amz-checksum-crc32c`, declared at
     /// CreateMultipartUpload and repeated in CompleteMultipartUpload; a single PutObject carries Content-MD5), so
-    /// the server refuses a part damaged on the way instead of storing it. It costs one read of each part from
-    /// the staged file and a hardware CRC32C (23.5 GB/s here; the Content-MD5 it replaced cost 1.6 s of CPU per
-    /// GiB): the mount turns it on for plain-http endpoints and leaves it off over https, whose TLS records are
+    /// the server refuses a part damaged on the way instead of storing it. The running checksum computes it as
+    /// the file is written (hardware CRC32C, 23.5 GB/s here; the Content-MD5 it replaced cost 1.6 s of CPU per
+    /// GiB); a part it did not see whole is read from the staged file once for it. The mount turns it on for plain-http endpoints and leaves it off over https, whose TLS records are
     /// authenticated already.
     public var partChecksums = true
     /// Every save of a file (each last close, each fsync) is uploaded, in order, so a versioned bucket keeps

@@ -117,11 +117,13 @@ extension WriteBack {
                     // Not once the name was removed since the rename: the saves under it then are a new file's,
                     // which replaced that removal's delete and replace what the key holds (keep-every-version
                     // seed 32488: a file created under the name after an unlink was stopped as a conflict).
-                    var later = changes.state.withLock { u in
-                        u.pending.values.filter { w in w.key.sameBytes(v.key) && w.state.withLock { $0.job } > job }
+                    var later: [StagedVersion] = []
+                    if !v.state.withLock({ $0.nameRemoved }) {
+                        later = changes.state.withLock { u in
+                            u.pending.values.filter { w in w.key.sameBytes(v.key) && w.state.withLock { $0.job } > job }
+                        }
+                        if let cur = localFiles.byKey.withLock({ $0[v.key]?.current }), cur !== v { later.append(cur) }
                     }
-                    if let cur = localFiles.byKey.withLock({ $0[v.key]?.current }), cur !== v { later.append(cur) }
-                    if v.state.withLock({ $0.nameRemoved }) { later = [] }
                     var changed: [StagedVersion] = []
                     for w in later {
                         let now = w.state.withLock { s -> Bool in

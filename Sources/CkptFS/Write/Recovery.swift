@@ -177,13 +177,17 @@ extension WriteBack {
         }
         var keep: [(JournalRecord, Int)] = []
         var recovered: [(StagedVersion, Int)] = []
+        // The deletes of each key, looked up per save below instead of scanning them all for each.
+        var deletesOf = BytesDictionary<[UInt64]>()
+        for (id, d) in deletes { deletesOf[d.key, default: []].append(id) }
         for (key, a) in newest {
+            let keyDeletes = (deletesOf[key] ?? []).compactMap { id in deletes[id].map { (id: id, position: $0.position, removes: $0.removes) } }
             // A delete of the key journaled after this save: the name was removed since. Only a save a rename
             // kept under the name is left so (`keptByRename`: the replaced file's, every save kept), which no
             // removal of the file there drops (`versions(of:newest:)`): history of a name that is gone, not the
             // file. Recovered, it showed the removed name again until its delete ran (keep-every-version seed
             // 24023). Not recovered (its staged file goes; the delete is queued as any other).
-            if deletes.values.contains(where: { $0.key.sameBytes(key) && $0.position > a.position }) { continue }
+            if keyDeletes.contains(where: { $0.position > a.position }) { continue }
             var r = a.record
             // Deletes of the key journaled before this save and not applied (the rename or unlink of an object
             // the trainer saw there, cut short by the crash; one sent already when the file was saved there left
@@ -193,7 +197,7 @@ extension WriteBack {
             // rewritten without its condition, the deletes dropped), so a crash after it cannot send the save
             // with If-None-Match (seed 30425: it met that object as a conflict, and an unlink after it left
             // the object in S3 for good).
-            let replacedDeletes = deletes.filter { $0.value.key.sameBytes(key) && $0.value.position < a.position && $0.value.removes == .anyObject }
+            let replacedDeletes = keyDeletes.filter { $0.position < a.position && $0.removes == .anyObject }.map(\.id)
             if !replacedDeletes.isEmpty { r.ifNoneMatch = nil }
             let path = staging.path(r.id)
             var missing = Set<Int64>()
@@ -251,7 +255,7 @@ extension WriteBack {
             if r.ifNoneMatch == true { f.state.withLock { $0.keyRemoval = .nothing } }
             localFiles.byKey.withLock { $0[key] = f }
             keep.append((r, a.position))
-            for id in replacedDeletes.keys { deletes[id] = nil }
+            for id in replacedDeletes { deletes[id] = nil }
             recovered.append((v, a.position))
             report.requeued.append(key.keySuffix(after: prefix))
         }

@@ -330,7 +330,7 @@ final class StagingArea: Sendable {
     /// MD5 of the first `size` bytes of `fd` (Content-MD5 of a single PUT, and its ETag).
     static func md5(of fd: Int32, size: Int64) throws(FSError) -> [UInt8] { try md5(of: fd, range: 0..<size) }
 
-    /// The MD5 of bytes `range` of `fd` (a part of a multipart upload: its Content-MD5). Errors: reading the
+    /// The MD5 of bytes `range` of `fd`. Errors: reading the
     /// staged file (its errno), or it is shorter than `range` (EIO).
     static func md5(of fd: Int32, range: Range<Int64>) throws(FSError) -> [UInt8] {
         var md5 = StreamingDigest(.md5)
