@@ -128,8 +128,16 @@ public struct FSError: Error, Sendable, CustomStringConvertible {
 /// descriptors by convention.
 public final class OwnedDescriptor: Sendable {
     public let rawValue: Int32
-    init(_ fd: Int32) { rawValue = fd }
-    deinit { close(rawValue) }
+    /// Called once the descriptor is closed (a staged file's bytes are counted until then: StagedVersion.open).
+    private let closed: (@Sendable () -> Void)?
+    init(_ fd: Int32, closed: (@Sendable () -> Void)? = nil) {
+        rawValue = fd
+        self.closed = closed
+    }
+    deinit {
+        close(rawValue)
+        closed?()
+    }
 }
 
 /// Bytes held in memory for a read reply (a block just downloaded); valid while this value lives.

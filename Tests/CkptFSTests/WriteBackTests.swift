@@ -181,10 +181,15 @@ final class WriteBackTests: XCTestCase {
         let done = Task { try await pending.finish() }
         try await Task.sleep(for: .milliseconds(300))
         XCTAssertEqual(fs.writeBackStatus.heldWriters, 1, "held while the queued upload could bring the bytes down")
-        // The queued file goes (unlinked): its staged bytes with it, and the held write proceeds.
+        // The queued file goes (unlinked), but its upload still has the staged file open: the bytes are still
+        // on the disk, and the write waits on. Once that upload ends, the held write proceeds.
         let a = try await fs.lookup(parent: FileSystem.rootIno, name: "a.bin")
         fs.forget(ino: a.ino, count: 1)
         try await fs.unlink(parent: FileSystem.rootIno, name: "a.bin")
+        try await Task.sleep(for: .milliseconds(300))
+        XCTAssertEqual(fs.writeBackStatus.heldWriters, 1, "held while the unlinked file's upload holds its staged file")
+        XCTAssertEqual(fs.writeBackStatus.stagedBytes, 2 << 20, "a removed file held open still takes the disk")
+        holding[0].failHeld()
         let n = try await done.value
         XCTAssertEqual(n, 4096)
         XCTAssertEqual(fs.writeBackStatus.heldWriters, 0)

@@ -23,6 +23,10 @@ final class StagingArea: Sendable {
 
     /// Bytes the staged versions hold now.
     var stagedBytes: Int64 { bytes.load(ordering: .relaxed) }
+    /// Bytes of removed staged files that descriptors still hold open (counted in `stagedBytes` until closed).
+    private let heldAfterRemoval = Atomic<Int64>(0)
+    /// Whether removed staged files are still held open: their bytes go when the descriptors close.
+    var freeingSoon: Bool { heldAfterRemoval.load(ordering: .relaxed) > 0 }
     /// Bytes of writes admitted and not finished (`admit`, `finished`).
     private let writing = Mutex<Int64>(0)
 
@@ -71,17 +75,35 @@ final class StagingArea: Sendable {
     /// stayed open on the deleted file as long as something held the version, and a file kept open while
     /// it was acknowledged again and again (ftruncate, then close() of a duplicate) used up the daemon's
     /// descriptors, two per acknowledgement.
+    ///
+    /// The file's bytes stay counted while descriptors `open` gave are still open on it (a save being entered
+    /// in the block cache, an upload of a superseded version): its space on the disk is freed at the last close.
     func remove(_ v: StagedVersion) {
-        let freed = v.staged.withLock { s -> Int64? in
+        // nil: removed before; 0: freed at the last close of a descriptor still open.
+        let freedNow = v.staged.withLock { s -> Int64? in
             guard !s.removed else { return nil }
             s.removed = true
+            guard s.openDescriptors == 0 else {
+                let extent = s.extent
+                heldAfterRemoval.wrappingAdd(extent, ordering: .relaxed)
+                s.whenClosed = { [weak self] in
+                    self?.heldAfterRemoval.wrappingSubtract(extent, ordering: .relaxed)
+                    self?.freed(extent)
+                }
+                return 0
+            }
             return s.extent
         }
-        guard let freed else { return }
+        guard let freedNow else { return }
         Glibc.unlink(v.path)
         v.closeWriters()  // after the unlink: a stray `fd` in between cannot open the file again
         v.state.withLock { $0.fallback = nil }  // a removed version stands for nothing, and keeps nothing alive
-        bytes.wrappingSubtract(freed, ordering: .relaxed)
+        freed(freedNow)
+    }
+
+    /// `n` bytes of a removed staged file left the disk: writers waiting for room check again.
+    private func freed(_ n: Int64) {
+        bytes.wrappingSubtract(n, ordering: .relaxed)
         removals.lock()
         removalCount += 1
         removals.broadcast()

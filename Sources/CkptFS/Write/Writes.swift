@@ -86,10 +86,11 @@ extension WriteBack {
     }
 
     /// Whether the staging area may hold `total` bytes: under the dirty bound (FSOptions.maxDirty), or over it
-    /// with no upload queued that could bring it down (waiting would never end: the bound is then exceeded by
-    /// files still open, and the write goes ahead).
+    /// with nothing that could bring it down, neither an upload queued nor a removed file still held open
+    /// (waiting would never end: the bound is then exceeded by files still open, and the write goes ahead).
     func fits(_ total: Int64) -> Bool {
         guard total > maxDirty else { return true }
+        if staging.freeingSoon { return false }
         return !changes.state.withLock { u in
             u.pending.values.contains { v in
                 v.state.withLock { s in
