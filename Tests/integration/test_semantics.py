@@ -953,6 +953,32 @@ def test_s_rename_dir_undo(server, bucket, mounts):
         proxy.close()
 
 
+
+def test_s_rename_file_failed(server, bucket, mounts):
+    # A rename of a file only in S3 whose server-side copy fails changes nothing: both names stay as they were,
+    # and a descriptor open on the destination goes on writing it (model seed 24184: its ftruncate failed with
+    # ESTALE, the destination's inode left superseded by the failed rename).
+    server.s3.put_object(Bucket=bucket, Key="b", Body=b"from s3")
+    proxy = CopyFailingProxy(server.endpoint, r"/a(\?|$)")
+    try:
+        mp, _ = mounts.mount(f"s3://{bucket}", None, None, env=server.env(AWS_ENDPOINT_URL=proxy.endpoint))
+        fd = os.open(f"{mp}/a", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"mine, open")
+            assert errno_of(os.rename, f"{mp}/b", f"{mp}/a") == errno.EIO
+            assert proxy.failed >= 1
+            os.ftruncate(fd, 4)
+            os.pwrite(fd, b"!", 4)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert read(f"{mp}/a") == b"mine!" and read(f"{mp}/b") == b"from s3"
+        flush(mounts, mp)
+        assert s3_bytes(server, bucket, "a") == b"mine!"
+        assert s3_bytes(server, bucket, "b") == b"from s3"
+    finally:
+        proxy.close()
+
 # Unlink, mkdir, rmdir
 
 def test_s_unlink(server, bucket, mounts):
@@ -1255,6 +1281,31 @@ def test_s_conflict_renamed_over_kept(server, bucket, mounts, proxy, first_save)
     assert s3_bytes(server, bucket, "x") == b"theirs", "the other client's object is replaced"
     assert read(f"{mp}/x") == b"second", "the local copy stays readable"
 
+
+
+def test_s_hist_keep_renamed(server, bucket, mounts, proxy):
+    # Every save kept: a save a rename leaves under a name (here b's, uploading while b is renamed twice and
+    # another file renamed over it) stays that name's history. Renaming the other file back moved that save
+    # along as the file's newest and left the file's own save behind: S3 ended with b's empty bytes under a
+    # (model seed 23176, --keep-every-version).
+    server.s3.put_object(Bucket=bucket, Key="a", Body=b"0123")
+    mp, _ = mounts.mount_via(proxy, f"s3://{bucket}", None, None, "--upload-delay", "0", "--keep-every-version")
+    os.mkdir(f"{mp}/x")
+    os.mkdir(f"{mp}/y")
+    flush(mounts, mp)
+    proxy.hold(["PutObject"])
+    os.truncate(f"{mp}/a", 1)
+    write(f"{mp}/b", b"")
+    assert proxy.wait(held=2)
+    os.rename(f"{mp}/b", f"{mp}/x/y")
+    os.rename(f"{mp}/x/y", f"{mp}/y/b")
+    os.rename(f"{mp}/a", f"{mp}/y/b")
+    os.rename(f"{mp}/y/b", f"{mp}/a")
+    proxy.release()
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "a") == b"0", "another file's save landed under a"
+    assert sorted(s3_keys(server, bucket)) == ["a", "x/", "y/"]
+    assert read(f"{mp}/a") == b"0"
 
 def test_s_conflict_renamed_new_copied(server, bucket, mounts):
     # Outside testing round 12, F3: torch.save with fsync, then os.replace: the temporary file is in S3 already,
