@@ -56,10 +56,13 @@ extension WriteBack {
                 // fsync and flush, under the local files' lock, where renames swap files: while the version is
                 // still uploading under this key and job, the file under the key is its own (a rename over the
                 // key drops the replaced file's versions before it puts another file there; a rename of this
-                // one moves the version first, and sets the flag itself).
+                // one moves the version first, and sets the flag itself), unless a rename left it under the key
+                // (`keptByRename`, every save kept): then it is the replaced file's save, or an earlier save of
+                // the file renamed away, and the file there now has none of its bytes (model seed 98618: a
+                // rename of that file copied it to the new name as the file's own).
                 localFiles.byKey.withLock { l in
                     let mine = v.state.withLock { s in
-                        if case .uploading = s.upload { s.job == job && s.key.sameBytes(key) } else { false }
+                        if case .uploading = s.upload { s.job == job && s.key.sameBytes(key) && !s.keptByRename } else { false }
                     }
                     if mine, let f = l[key] { f.state.withLock { $0.objectIsAcknowledged = true } }
                 }

@@ -1184,6 +1184,27 @@ final class ModelRegressionTests: XCTestCase {
         ], setup: setup)
     }
 
+    /// `--keep-every-version` seed 98618 shrunk: a closed file's save uploading, the file renamed (y/d), a file
+    /// created and renamed over it (its save is kept under y/d: every save is uploaded), the drain, then that
+    /// file renamed on (y/x) before it ever closed. The kept save landing under y/d marked the object there as
+    /// the acknowledged bytes of the file the key held now (`objectIsAcknowledged`), so the rename copied it to
+    /// y/x: S3 held the replaced file's empty save under a name whose writer never acknowledged anything.
+    /// Fixed: a save a rename kept under a key is no save of the file there now, also when it lands.
+    func testKeepEveryVersionAKeptSaveLandingIsNoSaveOfTheFileRenamedOverIt() async throws {
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .open("c.tmp", h: 1, .createTruncate),
+            .mkdir("y"),
+            .close(h: 1),
+            .rename("c.tmp", "y/d", noReplace: false),
+            .open("y/a", h: 4, .createTruncate),
+            .rename("y/a", "y/d", noReplace: false),
+            .drain(faults: []),
+            .rename("y/d", "y/x", noReplace: false),
+        ], setup: setup)
+    }
+
     /// `--keep-every-version` seed 23516 shrunk (same cause): a file saved (its upload held), saved again with a
     /// writer still open and written on, then renamed away: its first save stays under the old name (history,
     /// `keptByRename`). A file created under the old name and unlinked took that save for one of its own: it
