@@ -1306,6 +1306,28 @@ def test_s_hist_keep_renamed(server, bucket, mounts, proxy):
     assert s3_bytes(server, bucket, "a") == b"0", "another file's save landed under a"
     assert sorted(s3_keys(server, bucket)) == ["a", "x/", "y/"]
     assert read(f"{mp}/a") == b"0"
+    # The kept save landing under the name does not make it the bytes of the file renamed over it: renamed on
+    # before its writer closed, that file leaves nothing under its new name (model seed 98618: the rename
+    # copied the kept save there as the file's own).
+    proxy.hold(["PutObject"])
+    write(f"{mp}/c.tmp", b"kept")
+    assert proxy.wait(held=1)
+    os.rename(f"{mp}/c.tmp", f"{mp}/y/d")
+    fd = os.open(f"{mp}/y/a", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.rename(f"{mp}/y/a", f"{mp}/y/d")
+        proxy.release()
+        flush(mounts, mp)
+        assert s3_bytes(server, bucket, "y/d") == b"kept"
+        os.rename(f"{mp}/y/d", f"{mp}/y/x")
+        flush(mounts, mp)
+        assert "y/x" not in s3_keys(server, bucket), "a save of another file under the new name"
+        os.write(fd, b"mine")
+    finally:
+        os.close(fd)
+    flush(mounts, mp)
+    assert s3_bytes(server, bucket, "y/x") == b"mine"
+    assert "y/d" not in s3_keys(server, bucket)
 
 def test_s_conflict_renamed_new_copied(server, bucket, mounts):
     # Outside testing round 12, F3: torch.save with fsync, then os.replace: the temporary file is in S3 already,
