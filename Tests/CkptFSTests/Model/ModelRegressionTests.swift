@@ -1184,6 +1184,29 @@ final class ModelRegressionTests: XCTestCase {
         ], setup: setup)
     }
 
+    /// `--keep-every-version` seed 119156 shrunk: b created here and saved (its upload held, expecting no
+    /// object), another client's b, x renamed over b (b's save kept), a crash, then b renamed to a. The kept
+    /// Withdrawal took the name as removing `anyObject`, so x's save under b went with no condition and, after
+    /// the crash, the rename's delete of b removed the other client's object. Open: KnownCoreBugs
+    /// `keptSaveMeetsTheirsAfterACrash`.
+    func testKeepEveryVersionARenameOverAFileWhoseSaveIsKeptKeepsItsRemoval() async throws {
+        try skipKnown(KnownCoreBugs.keptSaveMeetsTheirsAfterACrash)
+        var setup = CoreDriver.Setup()
+        setup.keepEveryVersion = true
+        try await ModelCheck.replay([
+            .remotePut("x", count: 4, seed: 119156002),
+            .open("b", h: 2, .createTruncate),
+            .close(h: 2),
+            .open("x", h: 3, .createTruncate),
+            .remotePut("b", count: 4, seed: 119156005),
+            .closeDup(h: 3),
+            .write(h: 3, at: 0, count: 1, seed: 119156007),
+            .rename("x", "b", noReplace: false),
+            .crash(landing: false),
+            .rename("b", "a", noReplace: false),
+        ], setup: setup)
+    }
+
     /// `--keep-every-version` seed 98618 shrunk: a closed file's save uploading, the file renamed (y/d), a file
     /// created and renamed over it (its save is kept under y/d: every save is uploaded), the drain, then that
     /// file renamed on (y/x) before it ever closed. The kept save landing under y/d marked the object there as
