@@ -83,26 +83,39 @@ final class CacheWriter: Sendable {
     private let queues = [DispatchQueue(label: "ckptfs.cache-writer.0"), DispatchQueue(label: "ckptfs.cache-writer.1")]
     private let next = Atomic<Int>(0)
     private let queued = Atomic<Int>(0)
+    /// Stores announced (`announce`) and not ended.
+    private let announced = DispatchGroup()
     let limit: Int
 
     init(limit: Int = 64) { self.limit = limit }
 
-    /// Returns once every block queued before the call is stored (blocking: call off the cooperative pool).
+    /// Returns once every block announced or queued before the call is stored (blocking: call off the
+    /// cooperative pool).
     func waitQueued() {
+        announced.wait()
         for q in queues { q.sync {} }
     }
 
+    /// A store of a block is coming (`store(…, announced: true)`), once its readers are answered: `waitQueued`
+    /// waits for it from now on. A read could return, and an unmount's wait for the cache writes end, between
+    /// the answer and the store (CI: a block stored after the test had looked at the cache).
+    func announce() { announced.enter() }
+
     /// Stores `buf` as block `key`, then calls `done` with whether it was stored (false: the cache disk is full).
-    func store(_ cache: BlockCache, _ key: BlockKey, _ buf: BlockBuffer, then done: @escaping @Sendable (Bool) -> Void) {
+    /// `announced`: `announce` was called for this store.
+    func store(_ cache: BlockCache, _ key: BlockKey, _ buf: BlockBuffer, announced: Bool = false,
+               then done: @escaping @Sendable (Bool) -> Void) {
         if queued.wrappingAdd(1, ordering: .relaxed).newValue > limit {
             queued.wrappingSubtract(1, ordering: .relaxed)
             done(cache.store(key, buf.bytes))
+            if announced { self.announced.leave() }
             return
         }
         queues[next.wrappingAdd(1, ordering: .relaxed).newValue % queues.count].async { [self] in
             let stored = cache.store(key, buf.bytes)
             queued.wrappingSubtract(1, ordering: .relaxed)
             done(stored)
+            if announced { self.announced.leave() }
         }
     }
 }

@@ -315,9 +315,10 @@ final class ObjectReader: Sendable {
         let tally = purpose == .preload ? StoreTally() : nil
         let assembler = BlockAssembler(first: from, blockSize: Int(bs), end: o.size) { i, buf in
             let p = mine[Int(i - from)]
+            self.cacheWriter.announce()  // before the readers go on: a wait for the cache writes covers it
             p.resolve(.success(buf))
             tally?.begin()
-            self.cacheWriter.store(self.cache, key(i), buf) { stored in
+            self.cacheWriter.store(self.cache, key(i), buf, announced: true) { stored in
                 // Kept in memory for the reader still to come, unless it already read the block meanwhile (a
                 // preload's blocks have no reader coming soon).
                 if purpose != .preload && !buf.consumed.load(ordering: .relaxed) { self.recent.put(key(i), buf) }
