@@ -220,26 +220,28 @@ final class StagedVersion: Sendable {
     /// its bytes (the dirty bound, and the room seeding leaves, are about the disk: a save held open for its
     /// copy into the block cache once filled a 256 MiB cache disk to 12 MiB free, CI).
     func open() throws(FSError) -> OwnedDescriptor {
-        staged.withLock { $0.openDescriptors += 1 }
-        let fd = descriptors.withLock { d in d.fd >= 0 ? dup(d.fd) : Glibc.open(path, O_RDWR | O_CLOEXEC) }
-        guard fd >= 0 else {
-            let e = errno
-            descriptorClosed()
-            throw FSError(e, "cannot open the staged file \(path): \(String(cString: strerror(e)))")
-        }
-        return OwnedDescriptor(fd, closed: { self.descriptorClosed() })
+        let (file, e) = counted { descriptors.withLock { d in d.fd >= 0 ? dup(d.fd) : Glibc.open(path, O_RDWR | O_CLOEXEC) } }
+        guard let file else { throw FSError(e, "cannot open the staged file \(path): \(String(cString: strerror(e)))") }
+        return file
     }
 
     /// Reopens `file` (a descriptor `open` gave) with `flags`: the new descriptor counts like one of `open`'s.
     /// Nil when the open fails.
     func reopen(_ file: OwnedDescriptor, flags: Int32) -> OwnedDescriptor? {
+        counted { Glibc.open("/proc/self/fd/\(file.rawValue)", flags) }.file
+    }
+
+    /// The descriptor `opening` returns, counted in `openDescriptors` until it closes (counted before the open,
+    /// so a removal meanwhile waits for it); nil and the open's errno when it fails.
+    private func counted(_ opening: () -> Int32) -> (file: OwnedDescriptor?, errno: Int32) {
         staged.withLock { $0.openDescriptors += 1 }
-        let fd = Glibc.open("/proc/self/fd/\(file.rawValue)", flags)
+        let fd = opening()
         guard fd >= 0 else {
+            let e = errno
             descriptorClosed()
-            return nil
+            return (nil, e)
         }
-        return OwnedDescriptor(fd, closed: { self.descriptorClosed() })
+        return (OwnedDescriptor(fd, closed: { self.descriptorClosed() }), 0)
     }
 
     private func descriptorClosed() {
